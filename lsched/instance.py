@@ -161,12 +161,14 @@ class Instance:
         a = self.arrival_s
         if not np.all(np.isfinite(a)):
             i = _first_bad(~np.isfinite(a))
-            raise InputError(f"request {i}: got {a[i]}; expected a finite number",
-                             field="arrival_s")  # fmt: skip
+            raise InputError(
+                f"request {i}: got {a[i]}; expected a finite number", field="arrival_s"
+            )
         if np.any(a < 0):
             i = _first_bad(a < 0)
-            raise InputError(f"request {i}: got {a[i]}; expected >= 0",
-                             field="arrival_s")  # fmt: skip
+            raise InputError(
+                f"request {i}: got {a[i]}; expected >= 0", field="arrival_s"
+            )
         if n > 1 and np.any(np.diff(a) < 0):
             i = _first_bad(np.diff(a) < 0) + 1
             raise InputError(
@@ -330,6 +332,7 @@ class Instance:
     __hash__ = None  # type: ignore[assignment]  # mutable-looking arrays: no hashing
 
     def __repr__(self) -> str:
-        extra = sorted(set(self.columns()) - {"arrival_s", "prompt_tokens",
-                                              "output_tokens"})  # fmt: skip
+        extra = sorted(
+            set(self.columns()) - {"arrival_s", "prompt_tokens", "output_tokens"}
+        )
         return f"Instance(name={self.name!r}, n={len(self)}, optional={extra})"
