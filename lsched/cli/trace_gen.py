@@ -1,0 +1,295 @@
+"""`lsched trace gen`: write a seeded, generated instance to a trace file.
+
+::
+
+    lsched trace gen jaillet --n 10 --seed 0 --out j10.csv
+    lsched trace gen gsm8k --n 1000 --seed 1 --rate 4 --out gsm.parquet
+    lsched trace gen poisson --rate 2 --prompt lognormal:median=512,sigma=1.0 \\
+        --output lognormal:mean=128,cv=1 --out p.csv
+    lsched trace gen resample --source ../shared/traces/azure_code_2023.csv \\
+        --n 500 --out r.csv
+
+Families (see :mod:`lsched.generators`):
+
+- ``jaillet``: Jaillet et al. 2025 synthetic (``--kv-capacity`` fixes ``M``);
+- ``gsm8k``: GSM8K under an 8-shot CoT prompt (``--few-shot-tokens``,
+  ``--output`` override the estimated lengths);
+- ``poisson``: the generic ``synthetic`` family, ``--rate`` required, ``--prompt``
+  and ``--output`` required (length specs, see
+  :func:`lsched.generators.parse_length_spec`);
+- ``resample``: joint (prompt, output) bootstrap of ``--source`` (read with
+  ``lsched.traces.read_trace``); arrivals default to a Poisson process at the
+  source's mean rate.
+
+Arrivals, for every family: ``--rate R`` gives a Poisson process at ``R`` req/s;
+``--rate R --cv C`` a Gamma renewal process with gap CV ``C`` (burstiness);
+neither gives the family's default (all at ``t = 0``, or the source rate for
+``resample``). An option that does not apply to the chosen family is an error,
+not silently ignored. The file is written atomically by
+``lsched.traces.write_trace`` (native CSV for ``.csv``, Parquet for ``.parquet``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.errors import InputError
+from lsched.generators import (
+    ArrivalProcess,
+    Gamma,
+    Poisson,
+    generate,
+    gsm8k,
+    jaillet,
+    parse_length_spec,
+    resample,
+)
+from lsched.instance import Instance
+
+#: CLI family names, in help order.
+CLI_FAMILIES: tuple[str, ...] = ("jaillet", "gsm8k", "poisson", "resample")
+
+#: Family-specific options: option name -> families that take it.
+_APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "--prompt": ("poisson",),
+    "--output": ("poisson", "gsm8k"),
+    "--kv-capacity": ("jaillet",),
+    "--few-shot-tokens": ("gsm8k",),
+    "--source": ("resample",),
+    "--format": ("resample",),
+}
+
+
+#: Generator keyword argument -> the CLI option that sets it.
+_OPTION_OF: dict[str, str] = {
+    "n": "--n",
+    "seed": "--seed",
+    "kv_capacity_tokens": "--kv-capacity",
+    "few_shot_tokens": "--few-shot-tokens",
+}
+
+
+def _arrivals(rate_per_s: float | None, cv: float | None) -> ArrivalProcess | None:
+    if cv is not None and rate_per_s is None:
+        raise InputError(
+            "needs --rate: a CV alone does not set the arrival rate", field="--cv"
+        )
+    if rate_per_s is None:
+        return None
+    try:
+        if cv is None:
+            return Poisson(rate_per_s=rate_per_s)
+        return Gamma(rate_per_s=rate_per_s, cv=cv)
+    except InputError as exc:
+        option = "--rate" if exc.field == "rate_per_s" else "--cv"
+        raise InputError(exc.message, field=option) from None
+
+
+def _check_applicable(family: str, given: dict[str, Any]) -> None:
+    for option, value in given.items():
+        if value is not None and family not in _APPLIES_TO[option]:
+            takers = ", ".join(_APPLIES_TO[option])
+            raise InputError(
+                f"does not apply to family {family!r}; it applies to: {takers}",
+                field=option,
+            )
+
+
+def _build(
+    family: str,
+    *,
+    n: int,
+    seed: int,
+    name: str | None,
+    arrivals: ArrivalProcess | None,
+    prompt: str | None,
+    output: str | None,
+    kv_capacity: int | None,
+    few_shot_tokens: int | None,
+    source: Path | None,
+    trace_format: str | None,
+) -> Instance:
+    if family == "jaillet":
+        return jaillet(
+            n, seed=seed, arrivals=arrivals, name=name, kv_capacity_tokens=kv_capacity
+        )
+    if family == "gsm8k":
+        options: dict[str, Any] = {}
+        if few_shot_tokens is not None:
+            options["few_shot_tokens"] = few_shot_tokens
+        if output is not None:
+            options["output"] = parse_length_spec(output, option="--output")
+        return gsm8k(n, seed=seed, arrivals=arrivals, name=name, **options)
+    if family == "poisson":
+        if arrivals is None:
+            raise InputError("is required for family 'poisson'", field="--rate")
+        for option, spec in (("--prompt", prompt), ("--output", output)):
+            if spec is None:
+                raise InputError(
+                    "is required for family 'poisson', e.g. "
+                    f"{option} lognormal:median=512,sigma=1.0",
+                    field=option,
+                )
+        assert prompt is not None and output is not None
+        return generate(
+            n,
+            arrivals=arrivals,
+            prompt=parse_length_spec(prompt, option="--prompt"),
+            output=parse_length_spec(output, option="--output"),
+            seed=seed,
+            name=name,
+        )
+    # resample
+    if source is None:
+        raise InputError("is required for family 'resample'", field="--source")
+    from lsched.traces import read_trace  # pulls in pandas/pyarrow: load on use
+
+    trace, _report = read_trace(source, format=trace_format)
+    return resample(
+        trace, n, seed=seed, arrivals=arrivals, source_label=str(source), name=name
+    )
+
+
+def _summary(instance: Instance, out: Path) -> dict[str, Any]:
+    def stats(column: np.ndarray) -> dict[str, float | int]:
+        return {
+            "mean": float(column.mean()),
+            "min": int(column.min()),
+            "max": int(column.max()),
+        }
+
+    return {
+        "file": str(out),
+        "name": instance.name,
+        "family": instance.family,
+        "seed": instance.seed,
+        "n": len(instance),
+        "params": dict(instance.params),
+        "arrival_span_s": float(instance.arrival_s[-1] - instance.arrival_s[0]),
+        "prompt_tokens": stats(instance.prompt_tokens),
+        "output_tokens": stats(instance.output_tokens),
+    }
+
+
+def gen(
+    family: Annotated[
+        str, typer.Argument(help=f"Instance family: {', '.join(CLI_FAMILIES)}.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output file (.csv or .parquet).")
+    ],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of requests.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0).")] = 0,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", help="Arrival rate (req/s); default: family's own."),
+    ] = None,
+    cv: Annotated[
+        float | None,
+        typer.Option("--cv", help="Gap CV: Gamma arrivals at --rate (1 = Poisson)."),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="Prompt lengths, e.g. lognormal:median=512,sigma=1.0 (poisson).",
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="Output lengths, e.g. uniform:low=1,high=64 (poisson, gsm8k).",
+        ),
+    ] = None,
+    kv_capacity: Annotated[
+        int | None,
+        typer.Option("--kv-capacity", help="Fix the KV capacity M (jaillet)."),
+    ] = None,
+    few_shot_tokens: Annotated[
+        int | None,
+        typer.Option("--few-shot-tokens", help="Few-shot prefix tokens (gsm8k)."),
+    ] = None,
+    source: Annotated[
+        Path | None, typer.Option("--source", help="Trace to resample (resample).")
+    ] = None,
+    trace_format: Annotated[
+        str | None,
+        typer.Option("--format", help="Format of --source; default: from its name."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Instance name; default: derived.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Generate a seeded instance and write it to --out."""
+    if family not in CLI_FAMILIES:
+        raise InputError(
+            f"got {family!r}; expected one of {', '.join(CLI_FAMILIES)}",
+            field="FAMILY",
+        )
+    _check_applicable(
+        family,
+        {
+            "--prompt": prompt,
+            "--output": output,
+            "--kv-capacity": kv_capacity,
+            "--few-shot-tokens": few_shot_tokens,
+            "--source": source,
+            "--format": trace_format,
+        },
+    )
+    try:
+        instance = _build(
+            family,
+            n=n,
+            seed=seed,
+            name=name,
+            arrivals=_arrivals(rate, cv),
+            prompt=prompt,
+            output=output,
+            kv_capacity=kv_capacity,
+            few_shot_tokens=few_shot_tokens,
+            source=source,
+            trace_format=trace_format,
+        )
+    except InputError as exc:
+        # name the CLI option rather than the generator's keyword argument
+        if exc.field in _OPTION_OF and exc.file is None:
+            raise InputError(exc.message, field=_OPTION_OF[exc.field]) from None
+        raise
+    from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
+
+    write_trace(instance, out)
+    summary = _summary(instance, out)
+    if as_json:
+        print_json(summary)
+        return
+    rows = [
+        ("file", summary["file"]),
+        ("name", instance.name),
+        ("family", instance.family),
+        ("seed", instance.seed),
+        ("requests", len(instance)),
+        ("arrival span (s)", summary["arrival_span_s"]),
+    ]
+    for column in ("prompt_tokens", "output_tokens"):
+        stats = summary[column]
+        # parentheses, not brackets: rich would read "[min, max]" as markup
+        rows.append(
+            (
+                f"{column} mean (min-max)",
+                f"{stats['mean']:,.1f} ({stats['min']:,}-{stats['max']:,})",
+            )
+        )
+    print_table("lsched trace gen", ["field", "value"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``gen`` command to the ``lsched trace`` app."""
+    app.command("gen")(gen)
