@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lsched.cli import models, profile, trace
+from lsched.cli import models, profile, trace, trace_gen
 from lsched.errors import InputError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+trace_gen.register(trace.app)  # `lsched trace gen` lives beside the generators
 app.add_typer(trace.app, name="trace")
 app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
@@ -39,7 +40,3 @@ def main(argv: list[str] | None = None) -> None:
         name = f"{exc.filename}: " if exc.filename is not None else ""
         print(f"lsched: error: {name}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

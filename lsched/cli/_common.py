@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 JSON_HELP = "Print one JSON object instead of a table."
 
@@ -36,7 +37,8 @@ def print_table(
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(_format(v) for v in row))
+        # Text, not str: a path with [brackets] must not be read as rich markup
+        table.add_row(*(Text(_format(v)) for v in row))
     Console().print(table)
 
 
