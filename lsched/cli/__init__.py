@@ -12,8 +12,9 @@ import sys
 
 import typer
 
-from lsched.cli import models, profile, trace, trace_gen
+from lsched.cli import models, profile, simulate, trace, trace_gen
 from lsched.errors import InputError
+from lsched.policies import PolicyError
 
 app = typer.Typer(
     name="lsched",
@@ -26,6 +27,7 @@ trace_gen.register(trace.app)  # `lsched trace gen` lives beside the generators
 app.add_typer(trace.app, name="trace")
 app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
+app.command("simulate")(simulate.simulate_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         print(f"lsched: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except PolicyError as exc:  # a policy broke the model's rules or stalled
+        print(f"lsched: policy error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except OSError as exc:  # a missing or unreadable file named by the user
         name = f"{exc.filename}: " if exc.filename is not None else ""
         print(f"lsched: error: {name}{exc.strerror or exc}", file=sys.stderr)

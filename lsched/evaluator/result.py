@@ -1,0 +1,137 @@
+"""What a simulation returns: per-request records, the iteration log, metrics.
+
+Per-request records (``SimulationResult.requests``, one row per request, indexed by
+the request's position in the instance):
+
+==================== ==============================================================
+column               meaning
+==================== ==============================================================
+``replica``          replica that served the request
+``admitted_s``       start of the iteration that first admitted it
+``first_token_s``    end of the iteration that emitted output token 1
+``completion_s``     end of the iteration that emitted token ``o_i``
+``preemptions``      times it was preempted (recompute)
+``recomputed_tokens`` KV tokens it lost to preemption and computed again
+==================== ==============================================================
+
+The iteration log is stored as *runs*: maximal stretches of iterations in which the
+batch keeps the same members (one iteration for a batch with prefill; many for a
+held decode batch). Table ``runs`` (one row per run, index ``run``):
+
+===================== =============================================================
+column                meaning
+===================== =============================================================
+``replica``           replica
+``start_s``, ``end_s`` start of its first iteration, end of its last
+``iterations``        number of iterations n >= 1
+``prefill_tokens``    P of every iteration (0 for a decode run)
+``prefill_attention`` Q of every iteration
+``decode_steps``      D of every iteration
+``kv_read_tokens``    K of the *first* iteration; iteration k has ``K + k * D``
+``has_prefill``       H
+``kv_tokens``         KV tokens held on the replica after the first iteration
+                      (every running request, in the batch or not); iteration k
+                      holds ``kv_tokens + k * D``
+===================== =============================================================
+
+Table ``members`` (run, request, kind, tokens, processed_before): request ``request``
+(instance position) takes part in run ``run`` with a ``"prefill"`` chunk of
+``tokens`` tokens or ``"decode"`` steps (``tokens = 1`` per iteration), holding
+``processed_before`` KV tokens before the run. Table ``preemptions`` (run, request):
+the request was preempted (recompute) just before the run started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "replica",
+    "start_s",
+    "end_s",
+    "iterations",
+    "prefill_tokens",
+    "prefill_attention",
+    "decode_steps",
+    "kv_read_tokens",
+    "has_prefill",
+    "kv_tokens",
+)
+MEMBER_COLUMNS: tuple[str, ...] = (
+    "run",
+    "request",
+    "kind",
+    "tokens",
+    "processed_before",
+)
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "replica",
+    "admitted_s",
+    "first_token_s",
+    "completion_s",
+    "preemptions",
+    "recomputed_tokens",
+)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """A replayed schedule: records, optional iteration log, metrics.
+
+    Attributes
+    ----------
+    policy
+        Policy label (``name[:params]``) or schedule source.
+    profile
+        Deployment profile name.
+    replicas
+        Number of replicas.
+    requests
+        Per-request records (see the module docstring).
+    metrics
+        :func:`lsched.metrics.schedule_metrics` of the schedule.
+    iterations
+        Iterations run, all replicas together.
+    runtime_s
+        Wall-clock seconds the simulation took.
+    runs, members, preemptions
+        The iteration log, when it was asked for.
+    """
+
+    policy: str
+    profile: str
+    replicas: int
+    requests: pd.DataFrame
+    metrics: dict[str, float]
+    iterations: int
+    runtime_s: float
+    runs: pd.DataFrame | None = None
+    members: pd.DataFrame | None = None
+    preemptions: pd.DataFrame | None = field(default=None)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready summary the CLI prints per policy."""
+        return {
+            "policy": self.policy,
+            "profile": self.profile,
+            "replicas": self.replicas,
+            "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
+            "iterations": self.iterations,
+            "runtime_s": self.runtime_s,
+        }
+
+    def to_json(self) -> str:
+        """Summary plus per-request records as one JSON document."""
+        record = self.summary()
+        record["requests"] = json.loads(self.requests.to_json(orient="records"))
+        return json.dumps(record)
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no NaN: a metric that is undefined (e.g. no deadlines) is null
+    return None if isinstance(value, float) and math.isnan(value) else value

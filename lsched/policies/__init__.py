@@ -1,0 +1,123 @@
+"""Online policies, registered by name with a parameter dataclass.
+
+A policy is named on the command line and in notebooks as ``NAME`` or
+``NAME:key=value,key=value`` (e.g. ``fcfs:chunked=false``); :func:`parse_policy`
+turns that into a :class:`PolicySpec`, which builds a fresh policy object per
+replica and run (policies may keep state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lsched.errors import InputError
+from lsched.policies.base import Batch, Policy, PolicyError, ReplicaLimits, ReplicaView
+from lsched.policies.fcfs import Fcfs, FcfsParams
+
+__all__ = [
+    "REGISTRY",
+    "Batch",
+    "Policy",
+    "PolicyError",
+    "PolicySpec",
+    "ReplicaLimits",
+    "ReplicaView",
+    "parse_policy",
+]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A policy family: its parameter dataclass and how to build one."""
+
+    params: type
+    build: Callable[[Any], Policy]
+    summary: str
+
+
+#: Policy name -> parameters and constructor.
+REGISTRY: dict[str, Registered] = {
+    "fcfs": Registered(FcfsParams, Fcfs, "FCFS continuous batching (vLLM-like)"),
+}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A named policy with its parameters; ``make()`` gives a fresh policy."""
+
+    name: str
+    params: Any
+
+    def make(self) -> Policy:
+        return REGISTRY[self.name].build(self.params)
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``name:key=value,...`` listing the non-default parameters."""
+        default = REGISTRY[self.name].params()
+        changed = [
+            f"{f.name}={_show(getattr(self.params, f.name))}"
+            for f in dataclasses.fields(self.params)
+            if getattr(self.params, f.name) != getattr(default, f.name)
+        ]
+        return self.name + (":" + ",".join(changed) if changed else "")
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _convert(text: str, kind: Any, option: str) -> Any:
+    kind = {"bool": bool, "int": int, "float": float, "str": str}.get(kind, kind)
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in {"true", "1", "yes"}:
+            return True
+        if lowered in {"false", "0", "no"}:
+            return False
+        raise InputError(f"got {text!r}; expected true or false", field=option)
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise InputError(
+                f"got {text!r}; expected {'an integer' if kind is int else 'a number'}",
+                field=option,
+            ) from None
+    return text
+
+
+def parse_policy(spec: str) -> PolicySpec:
+    """Parse ``NAME[:key=value,...]`` into a :class:`PolicySpec`.
+
+    Raises
+    ------
+    InputError
+        For an unknown policy or parameter, or a value of the wrong type; the
+        message lists what is known.
+    """
+    name, _, rest = spec.strip().partition(":")
+    if name not in REGISTRY:
+        raise InputError(
+            f"unknown policy {name!r}; expected one of {', '.join(sorted(REGISTRY))}",
+            field="policy",
+        )
+    params_type = REGISTRY[name].params
+    fields = {f.name: f for f in dataclasses.fields(params_type)}
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, text = item.partition("=")
+        if not eq or key not in fields:
+            known = ", ".join(fields) or "none"
+            raise InputError(
+                f"got {item!r}; expected key=value with key one of: {known}",
+                field=f"policy {name}",
+            )
+        values[key] = _convert(text, fields[key].type, f"{name}.{key}")
+    try:
+        return PolicySpec(name, params_type(**values))
+    except ValueError as exc:
+        raise InputError(str(exc), field=f"policy {name}") from None

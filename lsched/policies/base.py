@@ -1,0 +1,167 @@
+"""The policy interface: what an online scheduler sees and what it returns.
+
+A policy is called at iteration boundaries of one replica. It sees a
+:class:`ReplicaView` (arrived requests, their prompts, tokens emitted and processed,
+*predicted* output lengths; never the true output length) and returns the next
+:class:`Batch`: prefill chunks, decode steps and recompute preemptions.
+
+Request lifecycle, per replica (DESIGN.md, "The iteration model")
+------------------------------------------------------------------
+A request is *waiting* (arrived, holds no KV), *running* (admitted: holds the KV
+of its ``processed_tokens``) or *done*.
+
+- Admission: a waiting request becomes running when the policy gives it a first
+  prefill chunk. Its ``prefill_target_tokens`` is then ``s_i + e_i`` (prompt plus
+  the ``e_i`` tokens already emitted, all of which a recomputed request must
+  process again).
+- Prefill chunk of ``c`` tokens: ``1 <= c <= prefill_target - processed``; the
+  chunk that reaches the target emits the next output token (token 1 the first
+  time, token ``e_i + 1`` after a preemption).
+- Decode step (only once ``processed >= prefill_target``): processes one token and
+  emits one; the step that emits token ``j`` leaves ``s_i + j - 1`` tokens of KV.
+- The request completes at the end of the iteration that emits token ``o_i``; its
+  KV is freed then.
+- Recompute preemption (``Batch.preempt``, applied before the iteration): the
+  running request frees all its KV (those ``processed_tokens`` are *recomputed
+  tokens*) and waits again.
+
+Per iteration: KV blocks held by all running requests *after* the iteration
+(``ceil(processed / block_tokens)`` each) <= ``kv_capacity_blocks``; requests in the
+batch <= ``max_num_seqs``; prefill tokens + decode steps <=
+``max_num_batched_tokens``. A batch that breaks a rule is a policy bug and the
+engine raises :class:`PolicyError`.
+
+Holding a decision
+------------------
+Evaluating one iteration at a time is what makes simulators slow. A policy may set
+``Batch.hold = True`` on a decode-only batch (no prefill, no preemption): a promise
+that, were it called at the following boundaries, it would return the same batch
+until the next *event*: a completion, an arrival (the first boundary at or after
+it), the KV limit (the next repetition would not fit) or its ``wake_at_s``. The
+engine may then advance the whole stretch in closed form. The naive reference
+engine ignores ``hold`` and calls the policy every iteration, so a false promise
+shows up as a difference in the tests. A policy's own state must not depend on
+whether it was called during a held stretch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_EMPTY.flags.writeable = False
+
+
+class PolicyError(RuntimeError):
+    """A policy returned a batch that breaks the iteration model's rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLimits:
+    """The limits a replica enforces on every iteration."""
+
+    kv_capacity_blocks: int
+    block_tokens: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+    def kv_blocks(self, tokens: npt.ArrayLike) -> IntArray:
+        """Blocks needed to hold ``tokens`` tokens: ``ceil(tokens / block_tokens)``."""
+        return -(-np.asarray(tokens, dtype=np.int64) // self.block_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """What a policy may see of one replica at an iteration boundary.
+
+    Requests are numbered locally, ``0..m-1`` in arrival order, on this replica.
+    Every array is read-only and indexed by local id; entries of requests that have
+    not arrived yet (``id >= num_arrived``) are meaningless to the policy.
+
+    Attributes
+    ----------
+    now_s
+        Time of this boundary, seconds.
+    iteration
+        Iterations this replica has run so far.
+    num_arrived
+        Requests with ``arrival_s <= now_s``; they are ids ``0..num_arrived-1``.
+    running
+        Ids holding KV, in admission order (oldest first).
+    waiting
+        Arrived ids that are neither running nor done, in arrival order.
+    arrival_s, prompt_tokens
+        Per request.
+    predicted_output_tokens
+        Predicted output lengths, or ``None`` if the instance has none.
+    emitted_tokens
+        Output tokens emitted so far.
+    processed_tokens
+        Tokens whose KV the request holds (0 unless running).
+    prefill_target_tokens
+        Tokens to process before the next token is emitted: ``s_i + e_i`` at the
+        last admission (meaningful while running).
+    limits
+        The replica's KV and batch limits.
+    """
+
+    now_s: float
+    iteration: int
+    num_arrived: int
+    running: IntArray
+    waiting: IntArray
+    arrival_s: FloatArray
+    prompt_tokens: IntArray
+    predicted_output_tokens: IntArray | None
+    emitted_tokens: IntArray
+    processed_tokens: IntArray
+    prefill_target_tokens: IntArray
+    limits: ReplicaLimits
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A policy's decision for the next iteration (local request ids).
+
+    Attributes
+    ----------
+    prefill, prefill_tokens
+        Requests given a prefill chunk, and the chunk sizes. A waiting request in
+        ``prefill`` is admitted.
+    decode
+        Running requests, prefill complete, that decode one token.
+    preempt
+        Running requests preempted (recompute) *before* the iteration.
+    hold
+        See the module docstring; only meaningful for a decode-only batch.
+    wake_at_s
+        Ask to be called again at the first boundary at or after this time, even
+        if no event happens (for policies that wait on a clock). With an empty
+        batch, the replica idles until this time or the next arrival.
+    """
+
+    prefill: IntArray = field(default_factory=lambda: _EMPTY)
+    prefill_tokens: IntArray = field(default_factory=lambda: _EMPTY)
+    decode: IntArray = field(default_factory=lambda: _EMPTY)
+    preempt: IntArray = field(default_factory=lambda: _EMPTY)
+    hold: bool = False
+    wake_at_s: float | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.prefill) == 0 and len(self.decode) == 0
+
+
+class Policy(Protocol):
+    """An online scheduler for one replica (one object per replica and run)."""
+
+    def decide(self, view: ReplicaView) -> Batch:
+        """Return the next batch; called at iteration boundaries."""
+        ...
