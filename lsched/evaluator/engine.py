@@ -150,12 +150,12 @@ class ReplicaEngine:
             if batch.is_empty:
                 self._idle(batch)
                 continue
-            self._check(batch)
+            grow = self._check(batch)
             self._admit(batch.prefill)
             if batch.hold and len(batch.prefill) == 0 and len(batch.preempt) == 0:
                 self._decode_stretch(batch)
             else:
-                self._iteration(batch)
+                self._iteration(batch, grow)
 
     def _arrive(self) -> None:
         n = int(np.searchsorted(self.arrival_s, self.now_s, side="right"))
@@ -248,52 +248,55 @@ class ReplicaEngine:
             self.queue[self.head : self.head + len(keep)] = keep
             self.tail = self.head + len(keep)
 
-    def _check(self, batch: Batch) -> None:
-        """Raise :class:`PolicyError` if the batch breaks a rule of the model."""
+    def _check(self, batch: Batch) -> int:
+        """KV blocks the batch adds; :class:`PolicyError` if it breaks a rule."""
         prefill, chunk, decode = batch.prefill, batch.prefill_tokens, batch.decode
-        ids = np.concatenate([prefill, decode])
-        if len(chunk) != len(prefill):
-            raise PolicyError("prefill and prefill_tokens differ in length")
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_arrived):
-            raise PolicyError(f"batch names a request not arrived: {ids.tolist()}")
-        if len(np.unique(ids)) != len(ids):
-            raise PolicyError(f"a request appears twice in the batch: {ids.tolist()}")
-        status = self.status[prefill]
-        if np.any(status == DONE):
-            raise PolicyError("prefill of a finished request")
-        remaining = np.where(
-            status == WAITING,
-            self.prompt[prefill] + self.emitted[prefill],
-            self.target[prefill] - self.processed[prefill],
-        )
-        if np.any((chunk < 1) | (chunk > remaining)):
-            raise PolicyError(
-                f"prefill chunks {chunk.tolist()} outside 1..remaining "
-                f"{remaining.tolist()}"
-            )
-        if np.any(self.status[decode] != RUNNING) or np.any(
-            self.processed[decode] < self.target[decode]
-        ):
-            raise PolicyError("decode of a request that is not past its prefill")
+        n_p, n_d = len(prefill), len(decode)
         limits = self.limits
-        if len(ids) > limits.max_num_seqs:
-            raise PolicyError(f"{len(ids)} requests > max_num_seqs")
-        if int(chunk.sum()) + len(decode) > limits.max_num_batched_tokens:
+        if len(chunk) != n_p:
+            raise PolicyError("prefill and prefill_tokens differ in length")
+        if n_p + n_d > limits.max_num_seqs:
+            raise PolicyError(f"{n_p + n_d} requests > max_num_seqs")
+        if int(chunk.sum()) + n_d > limits.max_num_batched_tokens:
             raise PolicyError("prefill tokens + decode steps > max_num_batched_tokens")
-        before = np.where(status == WAITING, 0, self.processed[prefill])
-        grow = (limits.kv_blocks(before + chunk) - limits.kv_blocks(before)).sum() + (
-            limits.kv_blocks(self.processed[decode] + 1)
-            - limits.kv_blocks(self.processed[decode])
-        ).sum()
-        if self.held_blocks + int(grow) > limits.kv_capacity_blocks:
+        ids = np.concatenate([prefill, decode]) if n_p else decode
+        if ids.min() < 0 or ids.max() >= self.num_arrived:
+            raise PolicyError(f"batch names a request not arrived: {ids.tolist()}")
+        if n_p + n_d > 1 and len(set(ids.tolist())) != n_p + n_d:
+            raise PolicyError(f"a request appears twice in the batch: {ids.tolist()}")
+        block = limits.block_tokens
+        grow = 0
+        if n_p:
+            status = self.status[prefill]
+            before = self.processed[prefill]  # 0 for a waiting request
+            remaining = np.where(
+                status == WAITING,
+                self.prompt[prefill] + self.emitted[prefill],
+                self.target[prefill] - before,
+            )
+            if (status == DONE).any() or (chunk < 1).any() or (chunk > remaining).any():
+                raise PolicyError(
+                    f"prefill chunks {chunk.tolist()} of requests {prefill.tolist()} "
+                    f"outside 1..remaining {remaining.tolist()}"
+                )
+            grow += int((-(-(before + chunk) // block) - -(-before // block)).sum())
+        if n_d:
+            before = self.processed[decode]
+            if (self.status[decode] != RUNNING).any() or (
+                before < self.target[decode]
+            ).any():
+                raise PolicyError("decode of a request that is not past its prefill")
+            grow += int((before % block == 0).sum())  # a step that opens a block
+        if self.held_blocks + grow > limits.kv_capacity_blocks:
             raise PolicyError(
-                f"KV after the iteration {self.held_blocks + int(grow)} blocks > "
+                f"KV after the iteration {self.held_blocks + grow} blocks > "
                 f"capacity {limits.kv_capacity_blocks}"
             )
+        return grow
 
     # -- running iterations -------------------------------------------------------
 
-    def _iteration(self, batch: Batch) -> None:
+    def _iteration(self, batch: Batch, grow: int) -> None:
         """One iteration with any mix of prefill chunks and decode steps."""
         prefill, chunk, decode = batch.prefill, batch.prefill_tokens, batch.decode
         before_p = self.processed[prefill]
@@ -312,11 +315,7 @@ class ReplicaEngine:
         if not dt > 0:
             raise PolicyError(f"iteration time {dt} s is not positive for {phi}")
         start, end = self.now_s, self.now_s + dt
-        limits = self.limits
-        self.held_blocks += int(
-            (limits.kv_blocks(before_p + chunk) - limits.kv_blocks(before_p)).sum()
-            + (limits.kv_blocks(before_d + 1) - limits.kv_blocks(before_d)).sum()
-        )
+        self.held_blocks += grow
         self.processed[prefill] += chunk
         self.processed[decode] += 1
         emits = np.concatenate(

@@ -16,14 +16,16 @@ a convex piecewise-linear function of ``k``. Its upper envelope over the integer
 are sums of arithmetic and quadratic series per segment, O(pieces) each however
 long the stretch. :class:`DecodeStretch` evaluates them for arrays of ``n`` and
 finds the first boundary at or after a given time by bisection on ``S``.
+Integers up to 2^53 are exact in float64, so the sums are exact in k for any
+stretch shorter than about 10^5 iterations and accurate to rounding beyond.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 
 def _envelope(a: np.ndarray, b: np.ndarray) -> list[tuple[float, float, float]]:
@@ -33,6 +35,8 @@ def _envelope(a: np.ndarray, b: np.ndarray) -> list[tuple[float, float, float]]:
     integer where two pieces tie either value is exact, so rounding the crossing up
     loses nothing.
     """
+    if len(a) == 1:
+        return [(0.0, float(a[0]), float(b[0]))]
     # start with the max at k = 0 (ties: the steeper piece stays max longer)
     order = np.lexsort((b, a))
     p = int(order[-1])
@@ -76,41 +80,40 @@ class DecodeStretch:
         phi0 = np.array([1.0, 0.0, 0.0, self.decode_steps, self.kv_read_tokens, 0.0])
         a = self.weights @ phi0
         b = self.weights[:, 4] * self.decode_steps
-        segs = _envelope(a, b)
-        object.__setattr__(self, "_starts", np.array([s[0] for s in segs]))
-        object.__setattr__(self, "_a", np.array([s[1] for s in segs]))
-        object.__setattr__(self, "_b", np.array([s[2] for s in segs]))
+        # a handful of segments: plain floats beat NumPy's per-call overhead here
+        object.__setattr__(self, "_segments", _envelope(a, b))
 
-    def _pieces(self, n: npt.ArrayLike) -> tuple[np.ndarray, ...]:
-        """Per (n, segment): count, sum of k and sum of k^2 over k in seg, k < n."""
-        n = np.asarray(n, dtype=np.float64)[..., np.newaxis]
-        lo = self._starts  # type: ignore[attr-defined]
-        hi = np.append(lo[1:], np.inf)
-        u = np.minimum(hi, n)
-        lo_b = np.minimum(lo, u)  # empty segment where lo >= n
-        count = u - lo_b
-        # sum_{k=l}^{u-1} k and k^2 as differences of closed forms at u and l
-        s1 = (u * (u - 1) - lo_b * (lo_b - 1)) / 2
-        s2 = ((u - 1) * u * (2 * u - 1) - (lo_b - 1) * lo_b * (2 * lo_b - 1)) / 6
-        return count, s1, s2
+    def _sums(self, n: int) -> list[tuple[float, float, float, float, float]]:
+        """Per segment (a, b, count, sum k, sum k^2) over its k with k < n."""
+        out = []
+        segments = self._segments  # type: ignore[attr-defined]
+        for j, (lo, a, b) in enumerate(segments):
+            hi = segments[j + 1][0] if j + 1 < len(segments) else math.inf
+            u = min(hi, n)
+            if u <= lo:
+                break
+            # sum_{k=lo}^{u-1} k and k^2 as differences of closed forms
+            s1 = (u * (u - 1) - lo * (lo - 1)) / 2
+            s2 = ((u - 1) * u * (2 * u - 1) - (lo - 1) * lo * (2 * lo - 1)) / 6
+            out.append((a, b, u - lo, s1, s2))
+        return out
 
-    def elapsed_s(self, n: npt.ArrayLike) -> np.ndarray:
+    def elapsed_s(self, n: int) -> float:
         """S(n): seconds taken by the first ``n`` iterations."""
-        count, s1, _ = self._pieces(n)
-        return (count * self._a + s1 * self._b).sum(axis=-1)  # type: ignore[attr-defined]
+        return sum(a * count + b * s1 for a, b, count, s1, _ in self._sums(n))
 
     def kv_token_seconds(self, n: int, kv0: float, kv_step: float) -> float:
         """sum_{k<n} (kv0 + kv_step * k) * dt_k."""
-        count, s1, s2 = self._pieces(n)
-        a, b = self._a, self._b  # type: ignore[attr-defined]
-        total = kv0 * a * count + (kv0 * b + kv_step * a) * s1 + kv_step * b * s2
-        return float(total.sum())
+        return sum(
+            kv0 * a * count + (kv0 * b + kv_step * a) * s1 + kv_step * b * s2
+            for a, b, count, s1, s2 in self._sums(n)
+        )
 
     def iterations_until(self, duration_s: float, limit: int) -> int:
         """Smallest n in ``1..limit`` with S(n) >= duration_s, or ``limit``."""
-        lo, hi = 1, limit
-        if self.elapsed_s(hi) < duration_s:
+        if self.elapsed_s(limit) < duration_s:
             return limit
+        lo, hi = 1, limit
         while lo < hi:
             mid = (lo + hi) // 2
             if self.elapsed_s(mid) >= duration_s:

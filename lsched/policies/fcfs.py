@@ -60,41 +60,48 @@ class Fcfs:
 
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
+        block = limits.block_tokens
         running = view.running
         processed = view.processed_tokens[running]
         remaining = view.prefill_target_tokens[running] - processed
-        need = np.where(remaining > 0, remaining, 1)
+        prefilling = remaining > 0
+        need = np.where(prefilling, remaining, 1)
         budget = limits.max_num_batched_tokens
         if self.params.chunked:
             # running in order, each taking min(need, budget left): the cumulative
             # work is min(cumulative need, budget)
-            taken = np.minimum(np.cumsum(need), budget)
-            work = np.diff(taken, prepend=0)
+            work = np.diff(np.minimum(np.cumsum(need), budget), prepend=0)
         else:
             work = self._whole_prefills(need, remaining, budget)
-        held = limits.kv_blocks(processed)
-        used = int(held.sum() + (limits.kv_blocks(processed + work) - held).sum())
+        # blocks held after the iteration by every running request
+        used = int((-(-(processed + work) // block)).sum())
         if used <= limits.kv_capacity_blocks:
-            plan = dict(zip(running.tolist(), work.tolist(), strict=True))
-            plan = {r: c for r, c in plan.items() if c > 0}
-            preempted: list[int] = []
+            scheduled = work > 0
+            ids, work, prefilling = (
+                running[scheduled],
+                work[scheduled],
+                prefilling[scheduled],
+            )
+            preempted = np.zeros(0, dtype=np.int64)
         else:
-            plan, preempted, used = self._with_preemption(view)
-        budget -= sum(plan.values())
-        admitted = [] if preempted else self._admit(view, plan, used, budget)
-
-        is_prefill = [
-            r in admitted or view.prefill_target_tokens[r] > view.processed_tokens[r]
-            for r in plan
-        ]
-        prefill = [r for r, p in zip(plan, is_prefill, strict=True) if p]
-        decode = [r for r, p in zip(plan, is_prefill, strict=True) if not p]
+            plan, victims, used = self._with_preemption(view)
+            ids = np.array(list(plan), dtype=np.int64)
+            work = np.array(list(plan.values()), dtype=np.int64)
+            prefilling = view.prefill_target_tokens[ids] > view.processed_tokens[ids]
+            preempted = np.array(victims, dtype=np.int64)
+        budget -= int(work.sum())
+        new, new_tokens = (
+            ([], []) if len(preempted) else self._admit(view, len(ids), used, budget)
+        )
+        prefill = np.concatenate([ids[prefilling], np.array(new, dtype=np.int64)])
         return Batch(
-            prefill=np.array(prefill, dtype=np.int64),
-            prefill_tokens=np.array([plan[r] for r in prefill], dtype=np.int64),
-            decode=np.array(decode, dtype=np.int64),
-            preempt=np.array(preempted, dtype=np.int64),
-            hold=not prefill and not preempted,
+            prefill=prefill,
+            prefill_tokens=np.concatenate(
+                [work[prefilling], np.array(new_tokens, dtype=np.int64)]
+            ),
+            decode=ids[~prefilling],
+            preempt=preempted,
+            hold=len(prefill) == 0 and len(preempted) == 0,
         )
 
     @staticmethod
@@ -151,23 +158,23 @@ class Fcfs:
         return plan, preempted, used
 
     def _admit(
-        self, view: ReplicaView, plan: dict[int, int], used: int, budget: int
-    ) -> list[int]:
+        self, view: ReplicaView, seqs: int, used: int, budget: int
+    ) -> tuple[list[int], list[int]]:
         """Step 3: admit the head of the waiting queue while it fits."""
         limits = view.limits
         admitted: list[int] = []
-        seqs = len(plan)
+        chunks: list[int] = []
         for w in view.waiting.tolist():
             if seqs >= limits.max_num_seqs or budget == 0:
                 break
             want = int(view.prompt_tokens[w] + view.emitted_tokens[w])
             c = min(want, budget) if self.params.chunked else want
-            grow = int(limits.kv_blocks(c))
+            grow = -(-c // limits.block_tokens)
             if c > budget or used + grow > limits.kv_capacity_blocks:
                 break
             admitted.append(w)
-            plan[w] = c
+            chunks.append(c)
             used += grow
             budget -= c
             seqs += 1
-        return admitted
+        return admitted, chunks
