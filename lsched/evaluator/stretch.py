@@ -49,8 +49,10 @@ def _envelope(a: np.ndarray, b: np.ndarray) -> list[tuple[float, float, float]]:
         with np.errstate(over="ignore"):  # a barely steeper piece crosses at +inf
             cross = (a[p] - a[steeper]) / (b[steeper] - b[p])
         switch = np.maximum(np.ceil(cross), start)
-        # the piece that overtakes first; among ties, the steepest
-        first = np.lexsort((-b[steeper], switch))[0]
+        # the piece that overtakes first; among ties, the highest there, then the
+        # steepest
+        height = a[steeper] + b[steeper] * np.where(np.isinf(switch), 0, switch)
+        first = np.lexsort((-b[steeper], -height, switch))[0]
         p, start = int(steeper[first]), float(switch[first])
         if start == segments[-1][0]:
             segments[-1] = (start, float(a[p]), float(b[p]))
