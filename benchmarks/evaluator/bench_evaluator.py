@@ -1,0 +1,99 @@
+"""Evaluator speed: the fast engine against the naive reference, in one run.
+
+    ./run python benchmarks/evaluator/bench_evaluator.py [--skip-million]
+
+Cases (policy ``fcfs``, profile ``llama2-70b-a100-tp4``, one replica):
+
+- the Azure code 2023 trace (../shared/traces, skipped if absent);
+- a seeded 20,000-request synthetic trace (Poisson 2 req/s, lognormal prompt
+  median 512 / output median 128 tokens);
+- a seeded 1,000,000-request synthetic trace of the same shape at 8 req/s over 4
+  replicas, fast engine only (the naive one would take hours): wall time and peak
+  resident memory of this process.
+
+Both engines must agree on every completion time (rel 1e-9) for a ratio to count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # the naive engine lives with the tests
+
+from reference_engine import simulate_naive  # noqa: E402
+
+from lsched.evaluator import simulate  # noqa: E402
+from lsched.generators import LogNormal, Poisson, generate  # noqa: E402
+from lsched.instance import Instance  # noqa: E402
+from lsched.profile import load_profile  # noqa: E402
+from lsched.traces import read_trace  # noqa: E402
+
+PROFILE = "llama2-70b-a100-tp4"
+
+
+def synthetic(n: int, rate_per_s: float) -> Instance:
+    return generate(
+        n,
+        arrivals=Poisson(rate_per_s=rate_per_s),
+        prompt=LogNormal(median=512, sigma=1.0, max_tokens=3000),
+        output=LogNormal(median=128, sigma=1.0, max_tokens=1000),
+        seed=0,
+    )
+
+
+def compare(label: str, instance: Instance) -> None:
+    profile = load_profile(PROFILE)
+    t0 = time.perf_counter()
+    fast = simulate(instance, profile, "fcfs")
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = simulate_naive(instance, profile, "fcfs")
+    t_naive = time.perf_counter() - t0
+    done = fast.requests["completion_s"].to_numpy()
+    agree = np.allclose(done, naive.completion_s, rtol=1e-9, atol=0)
+    print(
+        f"| {label} | {len(instance):,} | {fast.iterations:,} | {t_fast:.2f} | "
+        f"{t_naive:.2f} | {t_naive / t_fast:.1f}x | {'yes' if agree else 'NO'} |"
+    )
+
+
+def million(replicas: int) -> None:
+    instance = synthetic(1_000_000, 2.0 * replicas)
+    profile = load_profile(PROFILE)
+    t0 = time.perf_counter()
+    result = simulate(instance, profile, "fcfs", replicas=replicas)
+    elapsed = time.perf_counter() - t0
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        f"| 1,000,000 synthetic, {replicas} replicas | {result.iterations:,} | "
+        f"{elapsed:.1f} | {peak_gib:.2f} | "
+        f"{result.metrics['num_completed']:,.0f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-million", action="store_true")
+    args = parser.parse_args()
+    print("| case | requests | iterations | fast (s) | naive (s) | speed-up | agree |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    azure = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
+    if azure.exists():
+        compare("Azure code 2023", read_trace(azure)[0])
+    compare("synthetic 2 req/s", synthetic(20_000, 2.0))
+    if not args.skip_million:
+        print()
+        print("| case | iterations | wall (s) | peak RSS (GiB) | completed |")
+        print("|---|---:|---:|---:|---:|")
+        million(4)
+
+
+if __name__ == "__main__":
+    main()

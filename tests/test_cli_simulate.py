@@ -1,0 +1,83 @@
+"""`lsched simulate`: JSON shape, the instance's own KV capacity, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lsched.cli import main
+from lsched.evaluator import simulate
+from lsched.profile import load_profile
+from lsched.traces import read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "instances" / "default.csv"
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_json_lists_each_policy_with_its_metrics(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "requests.csv"
+    code, out, _ = run(
+        [
+            "simulate", str(DEFAULT), "--model", "unit-slot", "--policy", "fcfs",
+            "--policy", "fcfs:chunked=false", "--json",
+            "--requests-out", str(out_file),
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    assert [p["policy"] for p in report["policies"]] == ["fcfs", "fcfs:chunked=false"]
+    for entry in report["policies"]:
+        for key in ("makespan_s", "ttft_mean_s", "ttft_p99_s", "e2e_mean_s",
+                    "tpot_mean_s", "throughput_tok_s", "busy_fraction",
+                    "kv_utilization", "preemptions", "num_completed"):  # fmt: skip
+            assert key in entry["metrics"]
+        assert entry["metrics"]["num_completed"] == 10
+        assert entry["iterations"] >= 1 and entry["runtime_s"] >= 0
+    # the default instance carries Jaillet's M: the CLI must simulate with it
+    instance, _ = read_trace(DEFAULT)
+    capacity = instance.params["kv_capacity_tokens"]
+    direct = simulate(
+        instance, load_profile("unit-slot").replace(kv_capacity_tokens=capacity), "fcfs"
+    )
+    assert (
+        report["policies"][0]["metrics"]["makespan_s"] == direct.metrics["makespan_s"]
+    )
+    records = pd.read_csv(out_file)
+    assert len(records) == 20 and set(records["policy"]) == {
+        "fcfs",
+        "fcfs:chunked=false",
+    }
+    assert (records["completion_s"] >= records["first_token_s"]).all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--policy", "nope"], "unknown policy 'nope'"),
+        (["--policy", "fcfs:chunked=maybe"], "expected true or false"),
+        (["--policy", "fcfs:colour=red"], "key one of: chunked"),
+        (["--kv-capacity-tokens", "20"], "more than the capacity of 20 tokens"),
+        (["--model", "nope"], "nope"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    extra: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", str(DEFAULT), "--model", "unit-slot", *extra]
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
