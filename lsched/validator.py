@@ -1,0 +1,1111 @@
+"""An independent check of an iteration log: the referee of the referee.
+
+:func:`validate_schedule` replays an iteration log (the ``runs``, ``members`` and
+``preemptions`` tables of :mod:`lsched.evaluator.result`) against the instance and
+the deployment profile, re-derives every request's timeline and every metric of
+DESIGN.md ("Metrics") from scratch, and reports each rule of DESIGN.md ("The
+iteration model") that the log breaks. It shares no code with the engine: it reads
+the cost model (:meth:`DeploymentProfile.iteration_time_s`) and the instance as
+data, restates the log's column names, and computes the metrics itself rather than
+calling :mod:`lsched.metrics`. Violations are collected, not raised.
+
+The log
+-------
+``runs`` (index = run id; runs of one replica in id order must be in time order):
+``replica, start_s, end_s, iterations, prefill_tokens, prefill_attention,
+decode_steps, kv_read_tokens, has_prefill, kv_tokens``. A run is ``n >= 1``
+iterations with the same members; iteration ``k`` (0-based) has
+``K = kv_read_tokens + k * D`` and holds ``kv_tokens + k * D`` KV tokens.
+``members``: ``run, request, kind ("prefill" | "decode"), tokens,
+processed_before``. ``preemptions``: ``run, request`` (recompute preemption just
+before the run starts).
+
+Rules (the ``rule`` of a :class:`Violation`)
+--------------------------------------------
+==========================  ==========================================================
+rule                        what is checked
+==========================  ==========================================================
+``schema``                  columns present, ids known, values of the right kind,
+                            ``1 <= iterations <= max o_i``; a log that fails this
+                            is not checked further
+``run-order``               per replica, runs in id order start at or after the end
+                            of the previous run
+``run-shape``               a run has members, each request at most once; a run with
+                            a prefill chunk has 1 iteration (so a run of ``n > 1``
+                            iterations only decodes); a decode member has
+                            ``tokens = 1`` (one per iteration)
+``run-features``            the run's P, Q, D, K, H columns equal the features
+                            recomputed from its members and the validator's own
+                            bookkeeping: ``P = sum c``, ``Q = sum c * (before + c)``,
+                            ``D = #decode``, ``K = sum (before + 1)`` over decode
+                            members, ``H = P > 0``
+``run-duration``            ``end_s - start_s`` equals the sum over the run's
+                            iterations of ``profile.iteration_time_s(phi)``
+                            (``rtol``), phi from the recomputed features
+``arrival``                 a request's first run starts at or after ``arrival_s``
+``processed-before``        a member's ``processed_before`` equals the KV tokens the
+                            validator says the request holds
+``prefill-chunk``           ``1 <= c <= target - processed``, target =
+                            ``s_i + emitted`` at the request's last admission
+``prefill-before-decode``   a request decodes only while running with its
+                            prefill done (``processed >= target``)
+``kv-capacity``             after every iteration, ``sum ceil(processed / b)`` over
+                            running requests (in the batch or not, completing ones
+                            included) ``<= kv_capacity_blocks``
+``kv-tokens``               the run's ``kv_tokens`` equals the KV tokens held after
+                            its first iteration
+``max-num-seqs``            members per run ``<= max_num_seqs``
+``max-num-batched-tokens``  prefill tokens + decode steps ``<= max_num_batched_tokens``
+``token-conservation``      every request completes exactly once with exactly
+                            ``o_i`` tokens emitted (the chunk that reaches the
+                            target emits one, each decode step one); nothing runs
+                            after completion
+``single-replica``          every run and preemption of a request is on one replica
+``preemption``              only a running request is preempted, at most once per run
+``request-record``          the claimed per-request records agree (``rtol``)
+``metric``                  every claimed metric agrees (``rtol``; NaN equals NaN)
+==========================  ==========================================================
+
+Bookkeeping (per request, in run order): a preemption frees all KV (those
+tokens are *recomputed tokens*) and makes the request wait; a prefill chunk to a
+waiting request admits it with target ``s_i + emitted``; the request completes at
+the end of the iteration that emits token ``o_i`` and frees its KV then.
+
+Times the log states (``start_s``, ``end_s``, arrivals) are compared exactly; times
+the validator recomputes (durations, records, metrics) within ``rtol`` relative,
+plus the float resolution of the absolute times subtracted.
+
+Metrics (keys as in :mod:`lsched.metrics`): ``num_completed``, ``makespan_s``
+(``max c - min a``), ``throughput_tok_s`` (``sum o / makespan``; inf for a zero
+makespan), ``busy_fraction`` (recomputed iteration times / ``(C * makespan)``; 1 for
+a zero makespan), ``kv_utilization`` (sum over iterations of KV tokens held after the
+iteration x its duration, / ``(C * kv_capacity_tokens * makespan)``), ``preemptions``,
+``recomputed_tokens``, mean/p50/p90/p99 (NumPy's linear percentile) of ``ttft``,
+``e2e``, ``tpot`` (``o_i >= 2`` only) and ``normalized_latency`` (``e2e / o_i``), each
+as ``<name>_<stat>_s``, and ``slo_attainment`` (share of requests meeting every
+deadline they carry; NaN without deadlines).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from lsched.instance import Instance
+from lsched.profile import DeploymentProfile
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+# The log's columns, restated (lsched.evaluator.result) so that nothing is shared.
+RUN_COLUMNS: tuple[str, ...] = (
+    "replica",
+    "start_s",
+    "end_s",
+    "iterations",
+    "prefill_tokens",
+    "prefill_attention",
+    "decode_steps",
+    "kv_read_tokens",
+    "has_prefill",
+    "kv_tokens",
+)
+MEMBER_COLUMNS: tuple[str, ...] = (
+    "run",
+    "request",
+    "kind",
+    "tokens",
+    "processed_before",
+)
+PREEMPTION_COLUMNS: tuple[str, ...] = ("run", "request")
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "replica",
+    "admitted_s",
+    "first_token_s",
+    "completion_s",
+    "preemptions",
+    "recomputed_tokens",
+)
+
+#: The rules a log can break (see the module docstring).
+RULES: tuple[str, ...] = (
+    "schema",
+    "run-order",
+    "run-shape",
+    "run-features",
+    "run-duration",
+    "arrival",
+    "processed-before",
+    "prefill-chunk",
+    "prefill-before-decode",
+    "kv-capacity",
+    "kv-tokens",
+    "max-num-seqs",
+    "max-num-batched-tokens",
+    "token-conservation",
+    "single-replica",
+    "preemption",
+    "request-record",
+    "metric",
+)
+
+#: Violations kept in a report; the rest are only counted.
+MAX_VIOLATIONS = 100
+
+_PREFILL, _DECODE = 0, 1
+_PREEMPT_EVENT, _MEMBER_EVENT = 0, 1  # a preemption comes before the run's members
+# Iterations expanded at once when timing runs (bounds memory on long logs).
+_CHUNK_ITERATIONS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule.
+
+    Attributes
+    ----------
+    rule
+        One of :data:`RULES`.
+    run
+        The run id concerned, if any.
+    request
+        The request (instance position) concerned, if any.
+    message
+        What was expected and what the log says.
+    """
+
+    rule: str
+    run: int | None
+    request: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.run is not None:
+            where.append(f"run {self.run}")
+        if self.request is not None:
+            where.append(f"request {self.request}")
+        place = f" ({', '.join(where)})" if where else ""
+        return f"[{self.rule}]{place} {self.message}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What :func:`validate_schedule` found.
+
+    Attributes
+    ----------
+    violations
+        The first :data:`MAX_VIOLATIONS` violations, in the order found.
+    metrics
+        Every metric, recomputed by the validator (empty if the log failed the
+        ``schema`` rule).
+    first_token_s, completion_s
+        Per request (instance order), as the validator derives them; NaN where
+        the log never emits the token.
+    requests
+        The validator's own per-request records (columns of
+        :data:`REQUEST_COLUMNS`; replica -1 for a request that never ran).
+    suppressed
+        Violations found beyond the first :data:`MAX_VIOLATIONS`.
+    """
+
+    violations: tuple[Violation, ...]
+    metrics: dict[str, float]
+    first_token_s: FloatArray
+    completion_s: FloatArray
+    requests: pd.DataFrame | None = None
+    suppressed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the log breaks no rule."""
+        return not self.violations and self.suppressed == 0
+
+    @property
+    def rules(self) -> frozenset[str]:
+        """The rules broken by the violations kept."""
+        return frozenset(v.rule for v in self.violations)
+
+    def raise_if_invalid(self, limit: int = 10) -> None:
+        """Raise ``AssertionError`` listing the first ``limit`` violations, if any."""
+        if self.ok:
+            return
+        total = len(self.violations) + self.suppressed
+        lines = [str(v) for v in self.violations[:limit]]
+        if total > len(lines):
+            lines.append(f"... and {total - len(lines)} more")
+        raise AssertionError(
+            f"schedule breaks {total} rule check(s):\n" + "\n".join(lines)
+        )
+
+
+class _Collector:
+    """Keeps the first ``cap`` violations and counts the rest."""
+
+    def __init__(self, cap: int = MAX_VIOLATIONS) -> None:
+        self.cap = cap
+        self.kept: list[Violation] = []
+        self.extra = 0
+
+    def add(
+        self,
+        rule: str,
+        message: str,
+        *,
+        run: int | None = None,
+        request: int | None = None,
+    ) -> None:
+        assert rule in RULES, rule
+        if len(self.kept) < self.cap:
+            self.kept.append(Violation(rule, run, request, message))
+        else:
+            self.extra += 1
+
+
+def _frozen(array: npt.ArrayLike, dtype: Any = np.float64) -> np.ndarray:
+    out = np.array(array, dtype=dtype)
+    out.flags.writeable = False
+    return out
+
+
+def _close(a: float, b: float, rtol: float, atol: float = 0.0) -> bool:
+    """Equal within ``rtol`` (relative to the larger) plus ``atol``; NaN == NaN."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if a == b:  # also inf == inf
+        return True
+    return abs(a - b) <= rtol * max(abs(a), abs(b)) + atol
+
+
+def _close_array(
+    a: FloatArray, b: FloatArray, rtol: float, atol: npt.ArrayLike = 0.0
+) -> npt.NDArray[np.bool_]:
+    """:func:`_close`, elementwise."""
+    with np.errstate(invalid="ignore"):
+        near = np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b)) + atol
+    return (a == b) | near | (np.isnan(a) & np.isnan(b))
+
+
+# -- schema ----------------------------------------------------------------------
+
+
+def _integral(values: pd.Series) -> bool:
+    array = values.to_numpy()
+    if array.size == 0 or np.issubdtype(array.dtype, np.integer):
+        return True
+    if array.dtype == bool:
+        return True
+    if not np.issubdtype(array.dtype, np.number):
+        return False
+    return bool(np.all(np.isfinite(array)) and np.all(array == np.round(array)))
+
+
+def _check_schema(
+    instance: Instance,
+    runs: pd.DataFrame,
+    members: pd.DataFrame,
+    preemptions: pd.DataFrame,
+    replicas: int,
+    out: _Collector,
+) -> bool:
+    """Check the log's shape; False if it cannot be replayed."""
+    ok = True
+    for table, name, columns in (
+        (runs, "runs", RUN_COLUMNS),
+        (members, "members", MEMBER_COLUMNS),
+        (preemptions, "preemptions", PREEMPTION_COLUMNS),
+    ):
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            out.add("schema", f"table {name} lacks column(s) {missing}")
+            ok = False
+    if not ok:
+        return False
+    if not runs.index.is_unique or not _integral(runs.index.to_series()):
+        out.add("schema", "runs: expected unique integer run ids as the index")
+        return False
+    integer_columns = [
+        (runs, "runs", c) for c in RUN_COLUMNS if c not in ("start_s", "end_s")
+    ]
+    integer_columns += [(members, "members", c) for c in MEMBER_COLUMNS if c != "kind"]
+    integer_columns += [(preemptions, "preemptions", c) for c in PREEMPTION_COLUMNS]
+    for table, name, column in integer_columns:
+        if not _integral(table[column]):
+            out.add("schema", f"{name}.{column}: expected integers")
+            ok = False
+    for column in ("start_s", "end_s"):
+        values = runs[column].to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            out.add("schema", f"runs.{column}: expected finite times")
+            ok = False
+    if not ok:
+        return False
+    n = len(instance)
+    replica = runs["replica"].to_numpy()
+    if np.any((replica < 0) | (replica >= replicas)):
+        run = int(runs.index[np.flatnonzero((replica < 0) | (replica >= replicas))[0]])
+        out.add("schema", f"replica outside 0..{replicas - 1}", run=run)
+        ok = False
+    iterations = runs["iterations"].to_numpy()
+    # no valid run is longer than the longest output (each iteration emits a token)
+    longest = int(instance.output_tokens.max())
+    bad = (iterations < 1) | (iterations > longest)
+    if np.any(bad):
+        run = int(runs.index[np.flatnonzero(bad)[0]])
+        out.add(
+            "schema",
+            f"iterations = {int(iterations[np.flatnonzero(bad)[0]])}; expected "
+            f"1..{longest} (the longest output)",
+            run=run,
+        )
+        ok = False
+    known = set(runs.index.tolist())
+    for table, name in ((members, "members"), (preemptions, "preemptions")):
+        unknown = ~table["run"].isin(known).to_numpy()
+        if np.any(unknown):
+            out.add(
+                "schema",
+                f"{name}: run {int(table['run'].iloc[np.flatnonzero(unknown)[0]])} "
+                "is not in runs",
+            )
+            ok = False
+        request = table["request"].to_numpy()
+        outside = (request < 0) | (request >= n)
+        if np.any(outside):
+            out.add(
+                "schema",
+                f"{name}: request {int(request[np.flatnonzero(outside)[0]])} is not "
+                f"in the instance (0..{n - 1})",
+            )
+            ok = False
+    kinds = set(members["kind"].astype(str).unique().tolist())
+    if not kinds <= {"prefill", "decode"}:
+        out.add("schema", f"members.kind: got {sorted(kinds)}; expected prefill/decode")
+        ok = False
+    return ok
+
+
+# -- iteration times ------------------------------------------------------------
+
+
+def _phi(
+    P: IntArray, Q: IntArray, D: IntArray, K0: IntArray, n: IntArray
+) -> tuple[FloatArray, IntArray, IntArray]:
+    """Every iteration of some runs: phi rows, the run of each row, and its k."""
+    run = np.repeat(np.arange(len(n)), n)
+    k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    phi = np.empty((len(run), 6), dtype=np.float64)
+    phi[:, 0] = 1.0
+    phi[:, 1] = P[run]
+    phi[:, 2] = Q[run]
+    phi[:, 3] = D[run]
+    phi[:, 4] = K0[run] + k * D[run]  # each decode step of the run adds a token
+    phi[:, 5] = P[run] > 0
+    return phi, run, k
+
+
+def _run_times(
+    profile: DeploymentProfile,
+    P: IntArray,
+    Q: IntArray,
+    D: IntArray,
+    K0: IntArray,
+    n: IntArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Per run: total time ``sum_k t_k`` and ``sum_k k * t_k`` over its iterations."""
+    m = len(n)
+    total = np.zeros(m, dtype=np.float64)
+    weighted = np.zeros(m, dtype=np.float64)
+    ends = np.cumsum(n)
+    lo = 0
+    while lo < m:
+        done_before = ends[lo - 1] if lo else 0
+        hi = int(np.searchsorted(ends, done_before + _CHUNK_ITERATIONS, side="right"))
+        hi = max(hi, lo + 1)
+        phi, run, k = _phi(P[lo:hi], Q[lo:hi], D[lo:hi], K0[lo:hi], n[lo:hi])
+        t = profile.iteration_time_s(phi)
+        total[lo:hi] = np.bincount(run, weights=t, minlength=hi - lo)
+        weighted[lo:hi] = np.bincount(run, weights=k * t, minlength=hi - lo)
+        lo = hi
+    return total, weighted
+
+
+# -- the replay ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """Outcome of the per-request bookkeeping.
+
+    Member rows and preemption rows keep the order of their tables; marks are
+    ``(request, run position, iteration within the run)``.
+    """
+
+    before: IntArray  # per member: KV tokens held before the run (own bookkeeping)
+    after: IntArray  # per member: KV tokens held after the run
+    completes: npt.NDArray[np.bool_]  # per member: the request completes in it
+    freed: IntArray  # per preemption: KV tokens freed
+    replica: IntArray  # per request: its first replica, -1 if it never ran
+    admitted_s: FloatArray
+    preemptions: IntArray
+    recomputed: IntArray
+    emitted: IntArray  # per request: tokens emitted in all
+    first_at: list[tuple[int, int, int]]  # where token 1 is emitted
+    done_at: list[tuple[int, int, int]]  # where token o_i is emitted
+
+
+def _replay(
+    instance: Instance,
+    run_ids: list[int],
+    run_replica: list[int],
+    run_start: list[float],
+    run_n: list[int],
+    m_pos: IntArray,
+    m_req: IntArray,
+    m_kind: IntArray,
+    m_tokens: IntArray,
+    m_logged_before: IntArray,
+    p_pos: IntArray,
+    p_req: IntArray,
+    out: _Collector,
+) -> _Replay:
+    """Walk each request's preemptions and memberships in run order.
+
+    One plain loop over events sorted by (request, run, preemption first): the
+    state of a request (processed, target, emitted, running, done) depends only
+    on its own earlier events.
+    """
+    n = len(instance)
+    arrival = instance.arrival_s.tolist()
+    prompt = instance.prompt_tokens.tolist()
+    output = instance.output_tokens.tolist()
+    num_members, num_preempt = len(m_pos), len(p_pos)
+
+    # events: members then preemptions, in one order
+    req = np.concatenate([m_req, p_req])
+    pos = np.concatenate([m_pos, p_pos])
+    kind = np.concatenate(
+        [np.full(num_members, _MEMBER_EVENT), np.full(num_preempt, _PREEMPT_EVENT)]
+    )
+    order = np.lexsort((kind, pos, req))
+    row = np.concatenate([np.arange(num_members), np.arange(num_preempt)])
+
+    before = np.zeros(num_members, dtype=np.int64)
+    after = np.zeros(num_members, dtype=np.int64)
+    completes = np.zeros(num_members, dtype=bool)
+    freed = np.zeros(num_preempt, dtype=np.int64)
+    replica_of = np.full(n, -1, dtype=np.int64)
+    admitted_s = np.full(n, np.nan)
+    preempted = np.zeros(n, dtype=np.int64)
+    recomputed = np.zeros(n, dtype=np.int64)
+    first_at: list[tuple[int, int, int]] = []  # (request, run position, iteration)
+    done_at: list[tuple[int, int, int]] = []
+    member_kind, member_tokens = m_kind.tolist(), m_tokens.tolist()
+    logged_before = m_logged_before.tolist()
+
+    emitted_of = np.zeros(n, dtype=np.int64)
+    current = -1
+    processed = target = emitted = 0
+    running = done = warned_replica = warned_after = False
+    for e_req, e_pos, e_kind, e_row in zip(
+        req[order].tolist(),
+        pos[order].tolist(),
+        kind[order].tolist(),
+        row[order].tolist(),
+        strict=True,
+    ):
+        if e_req != current:  # a new request: fresh state
+            current = e_req
+            processed = target = emitted = 0
+            running = done = warned_replica = warned_after = False
+        i, run = e_req, run_ids[e_pos]
+        if replica_of[i] < 0:
+            replica_of[i] = run_replica[e_pos]
+        elif run_replica[e_pos] != replica_of[i] and not warned_replica:
+            out.add(
+                "single-replica",
+                f"on replica {run_replica[e_pos]}, earlier on replica {replica_of[i]}",
+                run=run,
+                request=i,
+            )
+            warned_replica = True
+
+        if e_kind == _PREEMPT_EVENT:
+            if not running:
+                state = "completed" if done else "waiting"
+                out.add("preemption", f"preempted while {state}", run=run, request=i)
+                continue
+            freed[e_row] = processed
+            recomputed[i] += processed
+            preempted[i] += 1
+            processed, running = 0, False
+            continue
+
+        if done:
+            if not warned_after:
+                out.add(
+                    "token-conservation",
+                    "runs after it completed",
+                    run=run,
+                    request=i,
+                )
+                warned_after = True
+            before[e_row] = after[e_row] = 0  # holds nothing: its KV was freed
+            continue
+        if math.isnan(admitted_s[i]):
+            admitted_s[i] = run_start[e_pos]
+            if run_start[e_pos] < arrival[i]:
+                out.add(
+                    "arrival",
+                    f"first run starts at {run_start[e_pos]!r} s, before its "
+                    f"arrival at {arrival[i]!r} s",
+                    run=run,
+                    request=i,
+                )
+        if logged_before[e_row] != processed:
+            out.add(
+                "processed-before",
+                f"processed_before = {logged_before[e_row]}; the request holds "
+                f"{processed} KV tokens",
+                run=run,
+                request=i,
+            )
+        before[e_row] = processed
+        emitted_before = emitted
+        if member_kind[e_row] == _PREFILL:
+            c = member_tokens[e_row]
+            if not running:  # admission: re-prefill the prompt and emitted tokens
+                running, target = True, prompt[i] + emitted
+            if not 1 <= c <= target - processed:
+                out.add(
+                    "prefill-chunk",
+                    f"chunk of {c} tokens; expected 1..{target - processed} "
+                    f"(target {target}, processed {processed})",
+                    run=run,
+                    request=i,
+                )
+            if processed < target <= processed + c:  # this chunk ends the prefill
+                emitted += 1
+            processed += c
+            steps = 1
+        else:
+            if not running or processed < target:  # prefill not finished
+                out.add(
+                    "prefill-before-decode",
+                    f"decodes while {'running' if running else 'waiting'} with "
+                    f"{processed} of {target} prefill tokens processed",
+                    run=run,
+                    request=i,
+                )
+                running = True
+            if member_tokens[e_row] != 1:
+                out.add(
+                    "run-shape",
+                    f"decode member with tokens = {member_tokens[e_row]}; "
+                    "expected 1 (one per iteration)",
+                    run=run,
+                    request=i,
+                )
+            steps = run_n[e_pos]
+            processed += steps
+            emitted += steps
+        after[e_row] = processed
+        emitted_of[i] = emitted
+        if emitted_before == 0 and emitted > 0:
+            first_at.append((i, e_pos, 0))
+        if emitted >= output[i]:
+            if emitted > output[i]:
+                out.add(
+                    "token-conservation",
+                    f"emits {emitted} tokens; expected {output[i]}",
+                    run=run,
+                    request=i,
+                )
+            # the iteration that emits token o_i ends the request
+            done_at.append((i, e_pos, steps - 1 - (emitted - output[i])))
+            completes[e_row] = True
+            done, running = True, False
+
+    return _Replay(
+        before=before,
+        after=after,
+        completes=completes,
+        freed=freed,
+        replica=replica_of,
+        admitted_s=admitted_s,
+        preemptions=preempted,
+        recomputed=recomputed,
+        emitted=emitted_of,
+        first_at=first_at,
+        done_at=done_at,
+    )
+
+
+def _iteration_end(
+    profile: DeploymentProfile,
+    start: float,
+    end: float,
+    n: int,
+    k: int,
+    features: tuple[int, int, int, int],
+) -> float:
+    """End of iteration ``k`` of a run (the logged end for its last iteration)."""
+    if k >= n - 1:
+        return end
+    P, Q, D, K0 = features
+    phi, _, _ = _phi(*(np.array([x], dtype=np.int64) for x in (P, Q, D, K0, k + 1)))
+    return start + float(profile.iteration_time_s(phi).sum())
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def _stats(prefix: str, values: FloatArray) -> dict[str, float]:
+    keys = (f"{prefix}_mean_s", f"{prefix}_p50_s", f"{prefix}_p90_s", f"{prefix}_p99_s")
+    if len(values) == 0:
+        return dict.fromkeys(keys, math.nan)
+    figures = [float(np.mean(values))]
+    figures += [float(np.percentile(values, q)) for q in (50, 90, 99)]
+    return dict(zip(keys, figures, strict=True))
+
+
+def _metrics(
+    instance: Instance,
+    first: FloatArray,
+    done: FloatArray,
+    *,
+    busy_s: float,
+    kv_token_seconds: float,
+    capacity_tokens: int,
+    replicas: int,
+    preemptions: int,
+    recomputed: int,
+) -> dict[str, float]:
+    """The metrics of DESIGN.md, from the validator's own times."""
+    arrival, output = instance.arrival_s, instance.output_tokens
+    ttft = first - arrival
+    e2e = done - arrival
+    multi = output >= 2
+    tpot = (done[multi] - first[multi]) / (output[multi] - 1)
+    makespan = float(np.max(done) - np.min(arrival))
+    metrics = {
+        "num_completed": float(np.count_nonzero(np.isfinite(done))),
+        "makespan_s": makespan,
+        "throughput_tok_s": (
+            float(output.sum()) / makespan if makespan > 0 else math.inf
+        ),
+        "busy_fraction": busy_s / (replicas * makespan) if makespan > 0 else 1.0,
+        "kv_utilization": (
+            kv_token_seconds / (replicas * capacity_tokens * makespan)
+            if makespan != 0
+            else 0.0
+        ),
+        "preemptions": float(preemptions),
+        "recomputed_tokens": float(recomputed),
+    }
+    metrics |= _stats("ttft", ttft)
+    metrics |= _stats("e2e", e2e)
+    metrics |= _stats("tpot", tpot)
+    metrics |= _stats("normalized_latency", e2e / output)
+    ttft_limit, tpot_limit = instance.ttft_deadline_s, instance.tpot_deadline_s
+    if ttft_limit is None and tpot_limit is None:
+        metrics["slo_attainment"] = math.nan
+    else:
+        met = np.ones(len(instance), dtype=bool)
+        if ttft_limit is not None:
+            met &= ttft <= ttft_limit
+        if tpot_limit is not None:
+            per_token = np.full(len(instance), -math.inf)  # one token: no TPOT to miss
+            per_token[multi] = tpot
+            met &= per_token <= tpot_limit
+        metrics["slo_attainment"] = float(met.mean())
+    return metrics
+
+
+# -- the front door ---------------------------------------------------------------
+
+
+def validate_schedule(
+    instance: Instance,
+    profile: DeploymentProfile,
+    runs: pd.DataFrame,
+    members: pd.DataFrame,
+    preemptions: pd.DataFrame,
+    *,
+    replicas: int,
+    requests: pd.DataFrame | None = None,
+    metrics: Mapping[str, float] | None = None,
+    rtol: float = 1e-9,
+) -> ValidationReport:
+    """Check an iteration log against the iteration model and recompute its metrics.
+
+    Parameters
+    ----------
+    instance
+        The requests the log serves.
+    profile
+        The deployment: cost model, KV capacity and block size, batch limits
+        (possibly ``replace``-d, e.g. with an instance's memory limit).
+    runs, members, preemptions
+        The iteration log (module docstring).
+    replicas
+        Number of replicas ``C`` (runs name replicas ``0..C-1``).
+    requests
+        Claimed per-request records (index = request position; columns of
+        :data:`REQUEST_COLUMNS`), compared with the validator's own if given.
+    metrics
+        Claimed metrics, compared key by key with the validator's own if given.
+    rtol
+        Relative tolerance for recomputed times and metrics.
+
+    Returns
+    -------
+    ValidationReport
+        Every violation found (the first :data:`MAX_VIOLATIONS`, and a count of
+        the rest), the recomputed metrics and per-request times.
+    """
+    out = _Collector()
+    n = len(instance)
+    nan = np.full(n, np.nan)
+    if not _check_schema(instance, runs, members, preemptions, replicas, out):
+        return ValidationReport(
+            tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
+        )
+
+    runs = runs.sort_index()
+    run_ids = [int(r) for r in runs.index]
+    m = len(runs)
+    replica = runs["replica"].to_numpy(dtype=np.int64)
+    start = runs["start_s"].to_numpy(dtype=np.float64)
+    end = runs["end_s"].to_numpy(dtype=np.float64)
+    n_it = runs["iterations"].to_numpy(dtype=np.int64)
+
+    m_pos = runs.index.get_indexer(members["run"]).astype(np.int64)
+    m_req = members["request"].to_numpy(dtype=np.int64)
+    m_kind = np.where(members["kind"].astype(str).to_numpy() == "prefill", 0, 1)
+    m_tokens = members["tokens"].to_numpy(dtype=np.int64)
+    p_pos = runs.index.get_indexer(preemptions["run"]).astype(np.int64)
+    p_req = preemptions["request"].to_numpy(dtype=np.int64)
+
+    _check_order(run_ids, replica, start, end, replicas, out)
+    _check_shape(run_ids, n_it, m_pos, m_req, m_kind, p_pos, p_req, out)
+
+    replay = _replay(
+        instance,
+        run_ids,
+        replica.tolist(),
+        start.tolist(),
+        n_it.tolist(),
+        m_pos,
+        m_req,
+        m_kind,
+        m_tokens,
+        members["processed_before"].to_numpy(dtype=np.int64),
+        p_pos,
+        p_req,
+        out,
+    )
+
+    # features of every run from its members and the validator's bookkeeping
+    pre, dec = m_kind == _PREFILL, m_kind == _DECODE
+
+    def per_run(mask: npt.NDArray[np.bool_], values: npt.ArrayLike) -> IntArray:
+        weights = np.broadcast_to(np.asarray(values, dtype=np.float64), mask.shape)
+        # float sums of integers are exact below 2**53
+        sums = np.bincount(m_pos[mask], weights=weights[mask], minlength=m)
+        return sums.astype(np.int64)
+
+    c = m_tokens
+    P = per_run(pre, c)
+    Q = per_run(pre, c * (replay.before + c))
+    D = per_run(dec, 1)
+    K0 = per_run(dec, replay.before + 1)
+    H = (P > 0).astype(np.int64)
+    _check_features(runs, run_ids, {"P": P, "Q": Q, "D": D, "K": K0, "H": H}, out)
+    seqs = np.bincount(m_pos, minlength=m)
+    _check_limits(profile, run_ids, seqs, P + D, out)
+
+    duration, weighted = _run_times(profile, P, Q, D, K0, n_it)
+    # the logged duration is a difference of absolute times: allow their rounding
+    atol = 4 * np.finfo(np.float64).eps * np.maximum(np.abs(start), np.abs(end))
+    for r in np.flatnonzero(~_close_array(end - start, duration, rtol, atol)).tolist():
+        out.add(
+            "run-duration",
+            f"lasts {float(end[r] - start[r])!r} s; its {n_it[r]} iteration(s) take "
+            f"{float(duration[r])!r} s",
+            run=run_ids[r],
+        )
+
+    kv_first = _check_kv(profile, runs, run_ids, replica, n_it, D, m_pos, p_pos,
+                         replay, replicas, out)  # fmt: skip
+    kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
+
+    # per-request times, then token conservation for requests never completed
+    features = list(zip(P.tolist(), Q.tolist(), D.tolist(), K0.tolist(), strict=True))
+    first, done = nan.copy(), nan.copy()
+    for times, marks in ((first, replay.first_at), (done, replay.done_at)):
+        for i, r, k in marks:
+            times[i] = _iteration_end(profile, start[r], end[r], n_it[r], k,
+                                      features[r])  # fmt: skip
+    output = instance.output_tokens
+    for i in np.flatnonzero(np.isnan(done)).tolist():
+        out.add(
+            "token-conservation",
+            f"emits {replay.emitted[i]} of its {output[i]} tokens and never completes",
+            request=i,
+        )
+
+    own = _metrics(
+        instance,
+        first,
+        done,
+        busy_s=float(duration.sum()),
+        kv_token_seconds=kv_token_seconds,
+        capacity_tokens=profile.kv_capacity_tokens,
+        replicas=replicas,
+        preemptions=int(replay.preemptions.sum()),
+        recomputed=int(replay.recomputed.sum()),
+    )
+    records = pd.DataFrame(
+        {
+            "replica": replay.replica,
+            "admitted_s": replay.admitted_s,
+            "first_token_s": first,
+            "completion_s": done,
+            "preemptions": replay.preemptions,
+            "recomputed_tokens": replay.recomputed,
+        }
+    )
+    records.index.name = "request"
+    if requests is not None:
+        _compare_records(records, requests, rtol, out)
+    if metrics is not None:
+        _compare_metrics(own, metrics, rtol, out)
+    return ValidationReport(
+        tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
+    )
+
+
+# -- the checks ------------------------------------------------------------------
+
+
+def _check_order(
+    run_ids: list[int],
+    replica: IntArray,
+    start: FloatArray,
+    end: FloatArray,
+    replicas: int,
+    out: _Collector,
+) -> None:
+    """Per replica, in run id order: each run starts at or after the previous end."""
+    for rep in range(replicas):
+        index = np.flatnonzero(replica == rep)
+        early = np.flatnonzero(start[index[1:]] < end[index[:-1]])
+        for j in early.tolist():
+            prev, run = index[j], index[j + 1]
+            out.add(
+                "run-order",
+                f"starts at {float(start[run])!r} s, before run {run_ids[prev]} "
+                f"on replica {rep} ends at {float(end[prev])!r} s",
+                run=run_ids[run],
+            )
+
+
+def _check_shape(
+    run_ids: list[int],
+    n_it: IntArray,
+    m_pos: IntArray,
+    m_req: IntArray,
+    m_kind: IntArray,
+    p_pos: IntArray,
+    p_req: IntArray,
+    out: _Collector,
+) -> None:
+    m = len(run_ids)
+    seqs = np.bincount(m_pos, minlength=m)
+    for r in np.flatnonzero(seqs == 0).tolist():
+        out.add("run-shape", "has no members", run=run_ids[r])
+    prefills = np.bincount(m_pos[m_kind == _PREFILL], minlength=m)
+    for r in np.flatnonzero((prefills > 0) & (n_it != 1)).tolist():
+        out.add(
+            "run-shape",
+            f"has {n_it[r]} iterations and a prefill chunk; a run with prefill has "
+            "exactly 1",
+            run=run_ids[r],
+        )
+    for pos, req, rule in ((m_pos, m_req, "run-shape"), (p_pos, p_req, "preemption")):
+        pairs = pd.DataFrame({"pos": pos, "req": req})
+        for r, i in pairs[pairs.duplicated()].itertuples(index=False):
+            out.add(rule, "listed twice in the run", run=run_ids[r], request=int(i))
+
+
+def _check_features(
+    runs: pd.DataFrame,
+    run_ids: list[int],
+    own: dict[str, IntArray],
+    out: _Collector,
+) -> None:
+    columns = {
+        "P": "prefill_tokens",
+        "Q": "prefill_attention",
+        "D": "decode_steps",
+        "K": "kv_read_tokens",
+        "H": "has_prefill",
+    }
+    logged = {k: runs[c].to_numpy(dtype=np.int64) for k, c in columns.items()}
+    wrong = np.zeros(len(run_ids), dtype=bool)
+    for k in columns:
+        wrong |= logged[k] != own[k]
+    for r in np.flatnonzero(wrong).tolist():
+        parts = [
+            f"{columns[k]} = {logged[k][r]}, expected {own[k][r]}"
+            for k in columns
+            if logged[k][r] != own[k][r]
+        ]
+        out.add("run-features", "; ".join(parts), run=run_ids[r])
+
+
+def _check_limits(
+    profile: DeploymentProfile,
+    run_ids: list[int],
+    seqs: IntArray,
+    batched: IntArray,
+    out: _Collector,
+) -> None:
+    for r in np.flatnonzero(seqs > profile.max_num_seqs).tolist():
+        out.add(
+            "max-num-seqs",
+            f"{seqs[r]} requests in the batch; max_num_seqs = {profile.max_num_seqs}",
+            run=run_ids[r],
+        )
+    limit = profile.max_num_batched_tokens
+    for r in np.flatnonzero(batched > limit).tolist():
+        out.add(
+            "max-num-batched-tokens",
+            f"{batched[r]} prefill tokens + decode steps; max_num_batched_tokens = "
+            f"{limit}",
+            run=run_ids[r],
+        )
+
+
+def _check_kv(
+    profile: DeploymentProfile,
+    runs: pd.DataFrame,
+    run_ids: list[int],
+    replica: IntArray,
+    n_it: IntArray,
+    D: IntArray,
+    m_pos: IntArray,
+    p_pos: IntArray,
+    replay: _Replay,
+    replicas: int,
+    out: _Collector,
+) -> IntArray:
+    """KV capacity and the ``kv_tokens`` column; returns KV after each first iteration.
+
+    The KV a replica holds changes by: members' growth during a run, preemptions
+    (before it) and completions (freed after its last iteration, so a completing
+    request still counts in that iteration). Within a run KV only grows, so its
+    last iteration holds the most.
+    """
+    m = len(run_ids)
+    blocks = profile.kv_blocks
+    completing = replay.completes
+
+    def per_run(pos: IntArray, values: IntArray) -> IntArray:
+        return np.bincount(pos, weights=values.astype(np.float64), minlength=m).astype(
+            np.int64
+        )
+
+    during_tokens = per_run(m_pos, replay.after - replay.before) - per_run(
+        p_pos, replay.freed
+    )
+    during_blocks = per_run(
+        m_pos, blocks(replay.after) - blocks(replay.before)
+    ) - per_run(p_pos, blocks(replay.freed))
+    freed_tokens = per_run(m_pos[completing], replay.after[completing])
+    freed_blocks = per_run(m_pos[completing], blocks(replay.after[completing]))
+
+    last_tokens = np.zeros(m, dtype=np.int64)
+    last_blocks = np.zeros(m, dtype=np.int64)
+    for rep in range(replicas):
+        index = np.flatnonzero(replica == rep)
+        # held after run r = all changes up to r, less the frees after r itself
+        last_tokens[index] = (
+            np.cumsum(during_tokens[index] - freed_tokens[index]) + freed_tokens[index]
+        )
+        last_blocks[index] = (
+            np.cumsum(during_blocks[index] - freed_blocks[index]) + freed_blocks[index]
+        )
+    capacity = profile.kv_capacity_blocks
+    for r in np.flatnonzero(last_blocks > capacity).tolist():
+        out.add(
+            "kv-capacity",
+            f"holds {last_blocks[r]} KV blocks after its last iteration; capacity "
+            f"{capacity} blocks of {profile.block_tokens} tokens",
+            run=run_ids[r],
+        )
+    first_tokens = last_tokens - (n_it - 1) * D
+    logged = runs["kv_tokens"].to_numpy(dtype=np.int64)
+    for r in np.flatnonzero(logged != first_tokens).tolist():
+        out.add(
+            "kv-tokens",
+            f"kv_tokens = {logged[r]}; the replica holds {first_tokens[r]} KV tokens "
+            "after the first iteration",
+            run=run_ids[r],
+        )
+    return first_tokens
+
+
+def _compare_records(
+    own: pd.DataFrame, claimed: pd.DataFrame, rtol: float, out: _Collector
+) -> None:
+    missing = [c for c in REQUEST_COLUMNS if c not in claimed.columns]
+    if missing:
+        out.add("schema", f"requests lacks column(s) {missing}")
+        return
+    if len(claimed) != len(own) or not np.array_equal(
+        claimed.index.to_numpy(), own.index.to_numpy()
+    ):
+        out.add(
+            "schema",
+            f"requests: expected one row per request, indexed 0..{len(own) - 1}",
+        )
+        return
+    for column in REQUEST_COLUMNS:
+        mine = own[column].to_numpy(dtype=np.float64)
+        theirs = claimed[column].to_numpy(dtype=np.float64)
+        for i in np.flatnonzero(~_close_array(theirs, mine, rtol)).tolist():
+            out.add(
+                "request-record",
+                f"{column} = {float(theirs[i])!r}; the log gives {float(mine[i])!r}",
+                request=i,
+            )
+
+
+def _compare_metrics(
+    own: dict[str, float], claimed: Mapping[str, float], rtol: float, out: _Collector
+) -> None:
+    for key, value in own.items():
+        if key not in claimed:
+            out.add("metric", f"{key} is missing; the log gives {value!r}")
+        elif not _close(float(claimed[key]), value, rtol):
+            out.add(
+                "metric", f"{key} = {float(claimed[key])!r}; the log gives {value!r}"
+            )
+
+
+__all__ = [
+    "MAX_VIOLATIONS",
+    "RULES",
+    "ValidationReport",
+    "Violation",
+    "validate_schedule",
+]
