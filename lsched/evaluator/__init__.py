@@ -46,8 +46,14 @@ def assign_replicas(
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     if assignment is None:
         return np.arange(n, dtype=np.int64) % replicas
-    array = np.asarray(assignment, dtype=np.int64)
-    if array.shape != (n,) or np.any((array < 0) | (array >= replicas)):
+    raw = np.asarray(assignment)
+    array = raw.astype(np.int64) if raw.dtype.kind in "iuf" else raw
+    if (
+        array.shape != (n,)
+        or array.dtype != np.int64
+        or np.any(array != raw)  # 0.7 is no replica id
+        or np.any((array < 0) | (array >= replicas))
+    ):
         raise InputError(
             f"expected {n} replica ids in 0..{replicas - 1}", field="assignment"
         )

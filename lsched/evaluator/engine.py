@@ -15,6 +15,12 @@ stretch up to the next event at once:
 with the stretch's elapsed time and KV token-seconds in closed form
 (:mod:`lsched.evaluator.stretch`). The KV limit is found by bisection on the
 monotone total ``sum_i ceil((p_i + k + 1) / b)``.
+
+A request has arrived at a boundary ``t`` when ``arrival_s <= t`` in float64. A
+stretch's end is ``t + S(n)`` computed in closed form, which can differ in the last
+bit from adding the iteration times one by one; an arrival that falls *exactly* on
+a boundary (in real arithmetic) may therefore be seen one iteration apart by two
+correct engines. Boundaries of integer-timed profiles (``unit-slot``) are exact.
 """
 
 from __future__ import annotations
@@ -212,7 +218,7 @@ class ReplicaEngine:
 
     def _preempt(self, ids: np.ndarray, run: int) -> None:
         for r in ids.tolist():
-            if self.status[r] != RUNNING:
+            if not 0 <= r < self.num_arrived or self.status[r] != RUNNING:
                 raise PolicyError(f"preempted request {r} is not running")
             self.running.remove(r)
             self.held_blocks -= int(self.limits.kv_blocks(self.processed[r]))
