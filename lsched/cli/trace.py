@@ -63,10 +63,6 @@ DropOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 
 
-def _read(path: str, format: str | None, **options: Any) -> tuple[Any, ReadReport]:
-    return read_trace(path, format, **options)
-
-
 def _counts_rows(report: ReadReport) -> list[tuple[str, Any]]:
     return [
         ("format", report.format),
@@ -92,7 +88,7 @@ def info(
     json_output: JsonOpt = False,
 ) -> None:
     """Summarise a trace: requests, token statistics, span, rate, drops and clips."""
-    instance, report = _read(
+    instance, report = read_trace(
         path,
         format,
         limit=limit,
@@ -154,7 +150,7 @@ def convert(
         if to is None
         else normalise_format(to, WRITE_FORMATS)
     )
-    instance, report = _read(
+    instance, report = read_trace(
         source,
         format,
         limit=limit,

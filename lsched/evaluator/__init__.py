@@ -63,7 +63,7 @@ def assign_replicas(
 def check_fits(instance: Instance, profile: DeploymentProfile) -> None:
     """Raise if a request's peak KV (``s + o - 1`` tokens) exceeds the capacity."""
     peak = instance.prompt_tokens + instance.output_tokens - 1
-    blocks = -(-peak // profile.block_tokens)
+    blocks = profile.kv_blocks(peak)
     too_big = np.flatnonzero(blocks > profile.kv_capacity_blocks)
     if len(too_big):
         i = int(too_big[0])
@@ -236,5 +236,4 @@ def _concat(
         if index:
             frame.index.name = index
         return frame
-    out = pd.concat(frames, ignore_index=index is None)
-    return out
+    return pd.concat(frames, ignore_index=index is None)
