@@ -25,6 +25,7 @@ correct engines. Boundaries of integer-timed profiles (``unit-slot``) are exact.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -91,8 +92,12 @@ class ReplicaEngine:
         self.profile = profile
         self.time = profile.iteration_time
         self.regimes = self.time.effective_regimes
+        # the same pieces as plain tuples: one iteration's time is a handful of
+        # multiply-adds, cheaper in Python than through NumPy's call overhead
+        self.pieces = [[tuple(map(float, w)) for w in r] for r in self.regimes]
+        self.thresholds = list(self.time.thresholds)
         self.switch = (
-            None
+            0  # the const feature: always regime 0
             if self.time.switch_feature is None
             else FEATURES.index(self.time.switch_feature)
         )
@@ -120,6 +125,7 @@ class ReplicaEngine:
         self.head = self.tail = 0
         self.num_arrived = 0
         self.held_blocks = 0
+        self.held_tokens = 0  # sum of processed over running requests
         self.now_s = float(arrival_s[0]) if m else 0.0
         self.iterations = 0
         self.busy_s = 0.0
@@ -222,6 +228,7 @@ class ReplicaEngine:
                 raise PolicyError(f"preempted request {r} is not running")
             self.running.remove(r)
             self.held_blocks -= int(self.limits.kv_blocks(self.processed[r]))
+            self.held_tokens -= int(self.processed[r])
             self.recomputed[r] += self.processed[r]
             self.preemptions[r] += 1
             self.processed[r] = 0
@@ -302,32 +309,43 @@ class ReplicaEngine:
 
     # -- running iterations -------------------------------------------------------
 
+    def _regime(self, phi: tuple[float, ...]) -> int:
+        return bisect.bisect_right(self.thresholds, phi[self.switch])
+
+    def _seconds(self, phi: tuple[float, ...]) -> float:
+        """Iteration time of one batch: its regime's max of affine pieces."""
+        return max(
+            sum(w * x for w, x in zip(piece, phi, strict=True))
+            for piece in self.pieces[self._regime(phi)]
+        )
+
     def _iteration(self, batch: Batch, grow: int) -> None:
         """One iteration with any mix of prefill chunks and decode steps."""
         prefill, chunk, decode = batch.prefill, batch.prefill_tokens, batch.decode
         before_p = self.processed[prefill]
         before_d = self.processed[decode]
-        phi = np.array(
-            [
-                1.0,
-                float(chunk.sum()),
-                float((chunk * (before_p + chunk)).sum()),
-                float(len(decode)),
-                float((before_d + 1).sum()),
-                1.0 if len(prefill) else 0.0,
-            ]
+        prefill_tokens = int(chunk.sum())
+        phi = (
+            1.0,
+            float(prefill_tokens),
+            float((chunk * (before_p + chunk)).sum()),
+            float(len(decode)),
+            float(before_d.sum() + len(decode)),
+            1.0 if len(prefill) else 0.0,
         )
-        dt = float(self.time(phi))
+        dt = self._seconds(phi)
         if not dt > 0:
             raise PolicyError(f"iteration time {dt} s is not positive for {phi}")
         start, end = self.now_s, self.now_s + dt
         self.held_blocks += grow
+        self.held_tokens += prefill_tokens + len(decode)
         self.processed[prefill] += chunk
         self.processed[decode] += 1
-        emits = np.concatenate(
-            [prefill[self.processed[prefill] == self.target[prefill]], decode]
-        )
-        kv_tokens = int(self.processed[self.running].sum())
+        firsts = prefill[self.processed[prefill] == self.target[prefill]]
+        unset = np.isnan(self.first_token_s[firsts])  # token 1, not a recompute
+        self.first_token_s[firsts[unset]] = self.now_s + dt
+        emits = np.concatenate([firsts, decode]) if len(decode) else firsts
+        kv_tokens = self.held_tokens
         self._log_run(start, end, 1, phi, kv_tokens, prefill, chunk, before_p, decode,
                       before_d)  # fmt: skip
         self.iterations += 1
@@ -341,15 +359,15 @@ class ReplicaEngine:
         decode = batch.decode
         p = self.processed[decode]
         d = len(decode)
-        k0 = int((p + 1).sum())
-        phi0 = np.array([1.0, 0.0, 0.0, float(d), float(k0), 0.0])
-        regime = int(self.time.regime_of(phi0))
+        k0 = int(p.sum()) + d
+        phi0 = (1.0, 0.0, 0.0, float(d), float(k0), 0.0)
+        regime = self._regime(phi0)
         stretch = DecodeStretch(self.regimes[regime], d, k0)
 
         n = int((self.output[decode] - self.emitted[decode]).min())  # completion
-        if self.switch == _K and regime < len(self.time.thresholds):
+        if self.switch == _K and regime < len(self.thresholds):
             # the regime switches on K, which grows by d per iteration
-            n = min(n, math.ceil((self.time.thresholds[regime] - k0) / d))
+            n = min(n, math.ceil((self.thresholds[regime] - k0) / d))
         n = min(n, self._iterations_in_kv(p, n))
         wake = math.inf
         if self.num_arrived < self.m:
@@ -359,11 +377,12 @@ class ReplicaEngine:
         if wake < math.inf and n > 1:
             n = stretch.iterations_until(wake - self.now_s, n)
 
-        elapsed = float(stretch.elapsed_s(n))
+        elapsed = stretch.elapsed_s(n)
         start, end = self.now_s, self.now_s + elapsed
-        limits = self.limits
-        self.held_blocks += int((limits.kv_blocks(p + n) - limits.kv_blocks(p)).sum())
-        kv0 = int(self.processed[self.running].sum()) + d
+        block = self.limits.block_tokens
+        self.held_blocks += int((-(-(p + n) // block) - -(-p // block)).sum())
+        kv0 = self.held_tokens + d
+        self.held_tokens += n * d
         self.processed[decode] += n
         none = decode[:0]
         self._log_run(start, end, n, phi0, kv0, none, none, none, decode, p)
@@ -399,14 +418,14 @@ class ReplicaEngine:
         if len(ids) == 0:
             return
         self.emitted[ids] += tokens
-        first = np.isnan(self.first_token_s[ids])
-        self.first_token_s[ids[first]] = end  # only token 1 can be first (tokens=1)
         finished = ids[self.emitted[ids] >= self.output[ids]]
         if len(finished) == 0:
             return
         self.completion_s[finished] = end
         self.status[finished] = DONE
-        self.held_blocks -= int(self.limits.kv_blocks(self.processed[finished]).sum())
+        done_tokens = self.processed[finished]
+        self.held_blocks -= int(self.limits.kv_blocks(done_tokens).sum())
+        self.held_tokens -= int(done_tokens.sum())
         self.processed[finished] = 0
         gone = set(finished.tolist())
         self.running = [r for r in self.running if r not in gone]
@@ -417,7 +436,7 @@ class ReplicaEngine:
         start: float,
         end: float,
         n: int,
-        phi: np.ndarray,
+        phi: tuple[float, ...],
         kv_tokens: int,
         prefill: np.ndarray,
         chunk: np.ndarray,

@@ -70,7 +70,9 @@ class Fcfs:
         if self.params.chunked:
             # running in order, each taking min(need, budget left): the cumulative
             # work is min(cumulative need, budget)
-            work = np.diff(np.minimum(np.cumsum(need), budget), prepend=0)
+            taken = np.minimum(np.cumsum(need), budget)
+            work = taken.copy()
+            work[1:] -= taken[:-1]
         else:
             work = self._whole_prefills(need, remaining, budget)
         # blocks held after the iteration by every running request
