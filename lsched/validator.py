@@ -43,6 +43,7 @@ rule                        what is checked
                             iterations of ``profile.iteration_time_s(phi)``
                             (``rtol``), phi from the recomputed features
 ``arrival``                 a request's first run starts at or after ``arrival_s``
+                            (less the model's 1 ns arrival tolerance)
 ``processed-before``        a member's ``processed_before`` equals the KV tokens the
                             validator says the request holds
 ``prefill-chunk``           ``1 <= c <= target - processed``, target =
@@ -99,6 +100,10 @@ import pandas as pd
 
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
+
+#: The iteration model's arrival tolerance (lsched.policies.base restates it): a
+#: request may start at a boundary up to 1 ns before its arrival time.
+ARRIVAL_TOLERANCE_S = 1e-9
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -561,7 +566,7 @@ def _replay(
             continue
         if math.isnan(admitted_s[i]):
             admitted_s[i] = run_start[e_pos]
-            if run_start[e_pos] < arrival[i]:
+            if run_start[e_pos] < arrival[i] - ARRIVAL_TOLERANCE_S:
                 out.add(
                     "arrival",
                     f"first run starts at {run_start[e_pos]!r} s, before its "

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.policies import (
+    ARRIVAL_TOLERANCE_S,
     Batch,
     Policy,
     PolicyError,
@@ -184,7 +185,7 @@ class _Replica:
         done = 0
         t = self.arrival[0]
         while done < m:
-            num_arrived = bisect.bisect_right(self.arrival, t)
+            num_arrived = bisect.bisect_right(self.arrival, t + ARRIVAL_TOLERANCE_S)
             # arrived, neither running nor done; local ids are in arrival order
             waiting = [i for i in range(num_arrived) if self.status[i] == _WAITING]
             if not self.running and not waiting:

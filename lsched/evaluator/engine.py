@@ -16,11 +16,10 @@ with the stretch's elapsed time and KV token-seconds in closed form
 (:mod:`lsched.evaluator.stretch`). The KV limit is found by bisection on the
 monotone total ``sum_i ceil((p_i + k + 1) / b)``.
 
-A request has arrived at a boundary ``t`` when ``arrival_s <= t`` in float64. A
-stretch's end is ``t + S(n)`` computed in closed form, which can differ in the last
-bit from adding the iteration times one by one; an arrival that falls *exactly* on
-a boundary (in real arithmetic) may therefore be seen one iteration apart by two
-correct engines. Boundaries of integer-timed profiles (``unit-slot``) are exact.
+A request has arrived at a boundary ``t`` when ``arrival_s <= t +
+ARRIVAL_TOLERANCE_S`` (1 ns): a stretch's end ``t + S(n)`` computed in closed form
+can differ in the last bits from adding the iteration times one by one, and the
+tolerance keeps an arrival that falls on a boundary on the same side for both.
 """
 
 from __future__ import annotations
@@ -33,7 +32,14 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.evaluator.stretch import DecodeStretch
-from lsched.policies.base import Batch, Policy, PolicyError, ReplicaLimits, ReplicaView
+from lsched.policies.base import (
+    ARRIVAL_TOLERANCE_S,
+    Batch,
+    Policy,
+    PolicyError,
+    ReplicaLimits,
+    ReplicaView,
+)
 from lsched.profile import FEATURES, DeploymentProfile
 
 _K = FEATURES.index("kv_read_tokens")
@@ -170,7 +176,11 @@ class ReplicaEngine:
                 self._iteration(batch, grow)
 
     def _arrive(self) -> None:
-        n = int(np.searchsorted(self.arrival_s, self.now_s, side="right"))
+        n = int(
+            np.searchsorted(
+                self.arrival_s, self.now_s + ARRIVAL_TOLERANCE_S, side="right"
+            )
+        )
         if n > self.num_arrived:
             new = np.arange(self.num_arrived, n)
             self.queue[self.tail : self.tail + len(new)] = new
@@ -270,13 +280,14 @@ class ReplicaEngine:
             raise PolicyError("prefill and prefill_tokens differ in length")
         if n_p + n_d > limits.max_num_seqs:
             raise PolicyError(f"{n_p + n_d} requests > max_num_seqs")
-        if int(chunk.sum()) + n_d > limits.max_num_batched_tokens:
+        if (int(chunk.sum()) if n_p else 0) + n_d > limits.max_num_batched_tokens:
             raise PolicyError("prefill tokens + decode steps > max_num_batched_tokens")
-        ids = np.concatenate([prefill, decode]) if n_p else decode
-        if ids.min() < 0 or ids.max() >= self.num_arrived:
-            raise PolicyError(f"batch names a request not arrived: {ids.tolist()}")
-        if n_p + n_d > 1 and len(set(ids.tolist())) != n_p + n_d:
-            raise PolicyError(f"a request appears twice in the batch: {ids.tolist()}")
+        ids = (np.concatenate([prefill, decode]) if n_d else prefill) if n_p else decode
+        listed = ids.tolist()
+        if min(listed) < 0 or max(listed) >= self.num_arrived:
+            raise PolicyError(f"batch names a request not arrived: {listed}")
+        if len(set(listed)) != n_p + n_d:
+            raise PolicyError(f"a request appears twice in the batch: {listed}")
         block = limits.block_tokens
         grow = 0
         if n_p:
@@ -371,7 +382,7 @@ class ReplicaEngine:
         n = min(n, self._iterations_in_kv(p, n))
         wake = math.inf
         if self.num_arrived < self.m:
-            wake = float(self.arrival_s[self.num_arrived])
+            wake = float(self.arrival_s[self.num_arrived]) - ARRIVAL_TOLERANCE_S
         if batch.wake_at_s is not None:
             wake = min(wake, batch.wake_at_s)
         if wake < math.inf and n > 1:

@@ -115,6 +115,23 @@ class DecodeStretch:
         """Smallest n in ``1..limit`` with S(n) >= duration_s, or ``limit``."""
         if self.elapsed_s(limit) < duration_s:
             return limit
+        segments = self._segments  # type: ignore[attr-defined]
+        if len(segments) == 1:
+            # one affine piece: S(n) = a n + b n (n - 1) / 2; start from the root
+            # of that quadratic and step over any rounding (S is increasing)
+            _, a, b = segments[0]
+            c = a - b / 2
+            root = (
+                duration_s / a
+                if b == 0
+                else (-c + math.sqrt(c * c + 2 * b * duration_s)) / b
+            )
+            n = min(max(math.ceil(root), 1), limit)
+            while n > 1 and self.elapsed_s(n - 1) >= duration_s:
+                n -= 1
+            while self.elapsed_s(n) < duration_s:
+                n += 1
+            return n
         lo, hi = 1, limit
         while lo < hi:
             mid = (lo + hi) // 2

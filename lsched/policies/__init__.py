@@ -14,10 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from lsched.errors import InputError
-from lsched.policies.base import Batch, Policy, PolicyError, ReplicaLimits, ReplicaView
+from lsched.policies.base import (
+    ARRIVAL_TOLERANCE_S,
+    Batch,
+    Policy,
+    PolicyError,
+    ReplicaLimits,
+    ReplicaView,
+)
 from lsched.policies.fcfs import Fcfs, FcfsParams
 
 __all__ = [
+    "ARRIVAL_TOLERANCE_S",
     "REGISTRY",
     "Batch",
     "Policy",

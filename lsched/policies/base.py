@@ -59,6 +59,13 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
 
 
+#: A request arriving at most this long after an iteration boundary counts as
+#: arrived at it. Boundaries computed in closed form and by adding iteration times
+#: one by one differ in the last bits; without a tolerance an arrival that falls on
+#: a boundary in exact arithmetic would be seen an iteration apart by two engines.
+ARRIVAL_TOLERANCE_S = 1e-9
+
+
 class PolicyError(RuntimeError):
     """A policy returned a batch that breaks the iteration model's rules."""
 
@@ -92,7 +99,8 @@ class ReplicaView:
     iteration
         Iterations this replica has run so far.
     num_arrived
-        Requests with ``arrival_s <= now_s``; they are ids ``0..num_arrived-1``.
+        Requests with ``arrival_s <= now_s + ARRIVAL_TOLERANCE_S``; they are ids
+        ``0..num_arrived-1``.
     running
         Ids holding KV, in admission order (oldest first).
     waiting

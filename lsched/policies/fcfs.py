@@ -60,62 +60,61 @@ class Fcfs:
 
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
-        block = limits.block_tokens
         running = view.running
         processed = view.processed_tokens[running]
         remaining = view.prefill_target_tokens[running] - processed
         prefilling = remaining > 0
-        need = np.where(prefilling, remaining, 1)
         budget = limits.max_num_batched_tokens
-        if self.params.chunked:
+        if not prefilling.any() and len(running) <= budget:
+            work = np.ones_like(processed)  # the usual case: every one decodes
+        elif self.params.chunked:
             # running in order, each taking min(need, budget left): the cumulative
             # work is min(cumulative need, budget)
-            taken = np.minimum(np.cumsum(need), budget)
+            taken = np.minimum(np.cumsum(np.where(prefilling, remaining, 1)), budget)
             work = taken.copy()
             work[1:] -= taken[:-1]
         else:
-            work = self._whole_prefills(need, remaining, budget)
+            work = self._whole_prefills(remaining, budget)
         # blocks held after the iteration by every running request
-        used = int((-(-(processed + work) // block)).sum())
-        if used <= limits.kv_capacity_blocks:
-            scheduled = work > 0
-            ids, work, prefilling = (
-                running[scheduled],
-                work[scheduled],
-                prefilling[scheduled],
-            )
-            preempted = np.zeros(0, dtype=np.int64)
-        else:
+        used = int((-(-(processed + work) // limits.block_tokens)).sum())
+        if used > limits.kv_capacity_blocks:
             plan, victims, used = self._with_preemption(view)
             ids = np.array(list(plan), dtype=np.int64)
             work = np.array(list(plan.values()), dtype=np.int64)
             prefilling = view.prefill_target_tokens[ids] > view.processed_tokens[ids]
-            preempted = np.array(victims, dtype=np.int64)
-        budget -= int(work.sum())
-        new, new_tokens = (
-            ([], []) if len(preempted) else self._admit(view, len(ids), used, budget)
-        )
-        prefill = np.concatenate([ids[prefilling], np.array(new, dtype=np.int64)])
+            return Batch(
+                prefill=ids[prefilling],
+                prefill_tokens=work[prefilling],
+                decode=ids[~prefilling],
+                preempt=np.array(victims, dtype=np.int64),
+            )  # vLLM admits nothing in a step that preempted
+        scheduled = work > 0
+        if not scheduled.all():
+            running, work, prefilling = (
+                running[scheduled],
+                work[scheduled],
+                prefilling[scheduled],
+            )
+        new, chunks = self._admit(view, len(running), used, budget - int(work.sum()))
+        if not prefilling.any() and not new:
+            return Batch(decode=running, hold=True)
         return Batch(
-            prefill=prefill,
+            prefill=np.concatenate([running[prefilling], np.array(new, np.int64)]),
             prefill_tokens=np.concatenate(
-                [work[prefilling], np.array(new_tokens, dtype=np.int64)]
+                [work[prefilling], np.array(chunks, np.int64)]
             ),
-            decode=ids[~prefilling],
-            preempt=preempted,
-            hold=len(prefill) == 0 and len(preempted) == 0,
+            decode=running[~prefilling],
         )
 
     @staticmethod
-    def _whole_prefills(
-        need: np.ndarray, remaining: np.ndarray, budget: int
-    ) -> np.ndarray:
+    def _whole_prefills(remaining: np.ndarray, budget: int) -> np.ndarray:
         """Work per running request when a prefill may not be split."""
-        work = np.zeros_like(need)
-        for k, (n, r) in enumerate(zip(need.tolist(), remaining.tolist(), strict=True)):
-            if n <= budget:
-                work[k] = n
-                budget -= n
+        work = np.zeros_like(remaining)
+        for k, r in enumerate(remaining.tolist()):
+            need = r if r > 0 else 1
+            if need <= budget:
+                work[k] = need
+                budget -= need
             elif r <= 0:  # a decode step: nothing later fits either
                 break
         return work
