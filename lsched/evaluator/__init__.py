@@ -105,7 +105,8 @@ def simulate(
     log
         Keep the iteration log (runs, members, preemptions).
     progress
-        Called with the number of requests finished after each replica.
+        Called with the number of requests finished so far, about every 0.5 %
+        of the instance and at the end.
 
     Returns
     -------
@@ -138,6 +139,16 @@ def simulate(
     members: list[pd.DataFrame] = []
     preempted: list[pd.DataFrame] = []
     finished = 0
+    step = max(1, len(instance) // 200)
+    reported = 0
+
+    def count(k: int) -> None:
+        nonlocal finished, reported
+        finished += k
+        if progress is not None and finished - reported >= step:
+            reported = finished
+            progress(finished)
+
     for c in range(replicas):
         ids = np.flatnonzero(where == c)
         if len(ids) == 0:
@@ -151,6 +162,7 @@ def simulate(
             profile,
             spec.make(),
             log=log,
+            on_finished=count,
         )
         engine.run()
         columns["admitted_s"][ids] = engine.admitted_s
@@ -172,10 +184,9 @@ def simulate(
                     dtype=np.int64,
                 )
             )
-        finished += len(ids)
-        if progress is not None:
-            progress(finished)
 
+    if progress is not None:
+        progress(finished)
     requests = pd.DataFrame(columns, columns=list(REQUEST_COLUMNS))
     metrics = schedule_metrics(
         instance,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,8 @@ class ReplicaEngine:
         A fresh policy object for this replica.
     log
         Record the iteration log.
+    on_finished
+        Called with the number of requests each completion event finishes.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class ReplicaEngine:
         policy: Policy,
         *,
         log: bool = False,
+        on_finished: Callable[[int], None] | None = None,
     ) -> None:
         m = len(arrival_s)
         self.m = m
@@ -138,6 +142,7 @@ class ReplicaEngine:
         self.kv_token_seconds = 0.0
         self.done = 0
         self.log = ReplicaLog() if log else None
+        self.on_finished = on_finished
         # read-only views of the live arrays: built once, shown to every decision
         self._views = tuple(
             _read_only(a)
@@ -441,6 +446,8 @@ class ReplicaEngine:
         gone = set(finished.tolist())
         self.running = [r for r in self.running if r not in gone]
         self.done += len(finished)
+        if self.on_finished is not None:
+            self.on_finished(len(finished))
 
     def _log_run(
         self,
