@@ -101,8 +101,12 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 #: Violation codes, in the order of checks within one slot (arrival comes first).
-VIOLATIONS: tuple[str, ...] = ("arrival", "max_num_seqs", "max_num_batched_tokens",
-                               "kv")  # fmt: skip
+VIOLATIONS: tuple[str, ...] = (
+    "arrival",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "kv",
+)
 #: Most events (candidates x events per candidate) swept in one vectorised block.
 CHUNK_ELEMENTS = 1 << 22
 
@@ -246,7 +250,10 @@ def score_start_slots(
             field="kv_capacity_tokens",
         )
     n = len(instance)
-    raw = np.asarray(starts)
+    try:
+        raw = np.asarray(starts)
+    except ValueError as exc:  # ragged rows
+        raise InputError(f"expected an (m, {n}) array: {exc}", field="starts") from None
     if raw.ndim == 1:
         raw = raw[np.newaxis, :]
     if raw.ndim != 2 or raw.shape[1] != n:
@@ -266,11 +273,12 @@ def score_start_slots(
     total_ttft = (S + 1 - a).sum(axis=1)
     makespan = completion.max(axis=1) - a.min()
 
-    early = S < earliest_slots(instance)
+    early = earliest_slots(instance) > S
     arrival_slot = np.where(early, S, _NO_SLOT).min(axis=1)
 
     sweep = _Sweep(s, o, capacity, block, seqs, budget)
-    parts = [sweep(S[lo : lo + sweep.rows]) for lo in range(0, m, sweep.rows)]
+    # blocks of rows only bound memory; each block is one vectorised sweep
+    parts = [sweep(S[lo : lo + sweep.rows]) for lo in range(0, max(m, 1), sweep.rows)]
     peak_tokens, peak_blocks, peak_n, peak_b, first = (
         np.concatenate(p) for p in zip(*parts, strict=True)
     )  # first: (m, 3) earliest slot per rule, _NO_SLOT if never
@@ -281,7 +289,7 @@ def score_start_slots(
     any_early = arrival_slot < _NO_SLOT
     rule = np.where(any_early, 0, np.where(slot < _NO_SLOT, rule, -1))
     slot = np.where(any_early, arrival_slot, slot)
-    codes = np.array(VIOLATIONS + ("",))
+    codes = np.array((*VIOLATIONS, ""))
     return SlotScores(
         feasible=rule < 0,
         total_latency=total_latency.astype(np.float64),
@@ -359,9 +367,7 @@ class _Sweep:
 
         first = np.full((m, 3), _NO_SLOT, dtype=np.int64)
         first[:, 0] = np.where(valid & (count > self.seqs), t, _NO_SLOT).min(axis=1)
-        first[:, 1] = np.where(valid & (batched > self.budget), t, _NO_SLOT).min(
-            axis=1
-        )
+        first[:, 1] = np.where(valid & (batched > self.budget), t, _NO_SLOT).min(axis=1)
         if self.block == 1:
             peak_blocks = peak_tokens
             # first t in the segment with C + t N > capacity: t > (capacity - C) / N
@@ -379,8 +385,9 @@ class _Sweep:
         order = np.argsort(times, axis=1, kind="stable")
         t = np.take_along_axis(times, order, axis=1)
         held = np.cumsum(self.b_delta[order], axis=1)
-        valid = np.concatenate([t[:, 1:] > t[:, :-1], np.zeros_like(t[:, :1], bool)],
-                               axis=1)  # fmt: skip
+        # the totals after event j hold until the next event time, if later
+        last_event = np.zeros_like(t[:, :1], dtype=bool)
+        valid = np.concatenate([t[:, 1:] > t[:, :-1], last_event], axis=1)
         held = np.where(valid, held, 0)
         over = np.where(held > self.blocks, t, _NO_SLOT).min(axis=1)
         return held.max(axis=1), over
