@@ -411,6 +411,11 @@ class ReplicaEngine:
     def _iterations_in_kv(self, p: np.ndarray, limit: int) -> int:
         """How many of the next ``limit`` repetitions fit in KV (at least 1)."""
         limits = self.limits
+        # each request opens at most ceil(limit / b) blocks in `limit` iterations:
+        # with that much room there is nothing to search
+        most = len(p) * -(-limit // limits.block_tokens)
+        if self.held_blocks + most <= limits.kv_capacity_blocks:
+            return limit
         others = self.held_blocks - int(limits.kv_blocks(p).sum())
 
         def fits(k: int) -> bool:  # iteration k (0-based) leaves p + k + 1 tokens
