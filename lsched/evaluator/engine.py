@@ -98,8 +98,6 @@ class ReplicaEngine:
         self.arrival_s = arrival_s
         self.prompt = prompt_tokens
         self.output = output_tokens
-        self.predicted = predicted_output_tokens
-        self.profile = profile
         self.time = profile.iteration_time
         self.regimes = self.time.effective_regimes
         # the same pieces as plain tuples: one iteration's time is a handful of
@@ -155,7 +153,9 @@ class ReplicaEngine:
             )
         )
         self._predicted_view = (
-            None if self.predicted is None else _read_only(self.predicted)
+            None
+            if predicted_output_tokens is None
+            else _read_only(predicted_output_tokens)
         )
 
     # -- the loop -----------------------------------------------------------------
