@@ -50,6 +50,10 @@ class Registered:
 REGISTRY: dict[str, Registered] = {
     "fcfs": Registered(FcfsParams, Fcfs, "FCFS continuous batching (vLLM-like)"),
 }
+# -- engine policies (static, orca, vllm-v0, vllm, sarathi): registered below --
+# -- end engine policies --
+# -- length-aware policies (sjf, srpt, mc-sf, sorted-f): registered below --
+# -- end length-aware policies --
 
 
 @dataclass(frozen=True)
