@@ -81,3 +81,20 @@ def test_bad_input_is_one_line_and_exit_2(
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_result_exports_round_trip_through_json() -> None:
+    instance, _ = read_trace(DEFAULT)
+    profile = load_profile("unit-slot").replace(
+        kv_capacity_tokens=instance.params["kv_capacity_tokens"]
+    )
+    result = simulate(instance, profile, "fcfs", log=True)
+    record = json.loads(result.to_json(include_log=True))
+    assert len(record["requests"]) == len(instance)
+    assert len(record["runs"]) == len(result.runs)
+    assert sum(r["iterations"] for r in record["runs"]) == result.iterations
+    assert len(record["preemptions"]) == record["metrics"]["preemptions"]
+    frame = result.metrics_frame
+    assert frame.index.tolist() == ["fcfs"]
+    assert frame.loc["fcfs", "makespan_s"] == result.metrics["makespan_s"]
+    assert "runs" not in json.loads(result.to_json())

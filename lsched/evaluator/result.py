@@ -125,10 +125,26 @@ class SimulationResult:
             "runtime_s": self.runtime_s,
         }
 
-    def to_json(self) -> str:
-        """Summary plus per-request records as one JSON document."""
+    @property
+    def metrics_frame(self) -> pd.DataFrame:
+        """The metrics as a one-row DataFrame indexed by policy (for concatenation)."""
+        return pd.DataFrame(
+            [self.metrics], index=pd.Index([self.policy], name="policy")
+        )
+
+    def to_json(self, *, include_log: bool = False) -> str:
+        """Summary, per-request records and, if asked and kept, the iteration log."""
         record = self.summary()
-        record["requests"] = json.loads(self.requests.to_json(orient="records"))
+        tables = {"requests": self.requests}
+        if include_log:
+            tables |= {
+                "runs": self.runs,
+                "members": self.members,
+                "preemptions": self.preemptions,
+            }
+        for name, table in tables.items():
+            if table is not None:
+                record[name] = json.loads(table.to_json(orient="records"))
         return json.dumps(record)
 
 
