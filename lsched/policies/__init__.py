@@ -51,8 +51,45 @@ REGISTRY: dict[str, Registered] = {
     "fcfs": Registered(FcfsParams, Fcfs, "FCFS continuous batching (vLLM-like)"),
 }
 # -- engine policies (static, orca, vllm-v0, vllm, sarathi): registered below --
+from lsched.policies.orca import Orca, OrcaParams  # noqa: E402
+from lsched.policies.sarathi import Sarathi, SarathiParams  # noqa: E402
+from lsched.policies.static import Static, StaticParams  # noqa: E402
+from lsched.policies.vllm import Vllm, VllmParams  # noqa: E402
+from lsched.policies.vllm_v0 import VllmV0, VllmV0Params  # noqa: E402
+
+REGISTRY["static"] = Registered(
+    StaticParams, Static, "static (request-level) batching, FasterTransformer-like"
+)
+REGISTRY["orca"] = Registered(
+    OrcaParams, Orca, "Orca iteration-level batching, KV reserved at admission"
+)
+REGISTRY["vllm-v0"] = Registered(
+    VllmV0Params, VllmV0, "vLLM V0 prefill-first (or DistServe colocated, kv_limit)"
+)
+REGISTRY["sarathi"] = Registered(
+    SarathiParams, Sarathi, "Sarathi-Serve stall-free batching, fixed chunk budget"
+)
+REGISTRY["vllm"] = Registered(
+    VllmParams, Vllm, "vLLM V1: running first, one token budget, recompute preemption"
+)
 # -- end engine policies --
 # -- length-aware policies (sjf, srpt, mc-sf, sorted-f): registered below --
+from lsched.policies.mc_sf import McSf, McSfParams  # noqa: E402
+from lsched.policies.sjf import Sjf, SjfParams, Srpt, SrptParams  # noqa: E402
+from lsched.policies.sorted_f import SortedF, SortedFParams  # noqa: E402
+
+REGISTRY["sjf"] = Registered(
+    SjfParams, Sjf, "shortest predicted output first, non-preemptive admission"
+)
+REGISTRY["srpt"] = Registered(
+    SrptParams, Srpt, "shortest predicted remaining output, preempts longer ones"
+)
+REGISTRY["mc-sf"] = Registered(
+    McSfParams, McSf, "memory-constrained shortest first (Jaillet et al. 2025)"
+)
+REGISTRY["sorted-f"] = Registered(
+    SortedFParams, SortedF, "batches minimising sum(pred)/|X|^2 (Wang et al. 2025)"
+)
 # -- end length-aware policies --
 
 

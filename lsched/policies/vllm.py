@@ -1,0 +1,339 @@
+"""``vllm``: vLLM V1's scheduler (one token budget, chunked prefill, recompute).
+
+Source: vllm-project/vllm, ``vllm/v1/core/sched/scheduler.py`` (``Scheduler.schedule``)
+with the FCFS and PRIORITY request queues of ``vllm/v1/core/sched/request_queue.py``.
+
+The rule, at every iteration boundary:
+
+1. **One token budget** ``max_num_batched_tokens`` for the whole batch.
+2. **Running requests first**, in admission order. Each wants
+   ``remaining prefill`` tokens (``target - processed``; 1 for a decode), capped by
+   ``long_prefill_token_threshold`` when it is > 0 and by the budget left; a
+   request the budget does not reach (0 tokens) keeps its KV and is skipped.
+3. **KV shortage: recompute preemption.** Scheduling running request r needs
+   ``blocks(processed + c) - blocks(processed)`` new blocks. While they do not fit,
+   a victim is preempted (all KV freed, back to the waiting queue; if it was already
+   scheduled this step its tokens go back to the budget): the most recently
+   admitted running request (``self.running.pop()``), or with ``priority=true`` the
+   one with the largest ``(priority, arrival)``. If the victim is r itself, r is
+   not scheduled.
+4. **Waiting requests**, only if nothing was preempted in this step: while the
+   budget is positive and fewer than ``max_num_seqs`` requests are running
+   (``len(self.running)``, scheduled this step or not), the head of the waiting
+   queue is admitted with a first chunk of ``min(s_i + e_i, threshold, budget
+   left)`` tokens if its blocks fit; the first that does not fit stops admission
+   (strict head-of-line blocking). The queue is FCFS (arrival order; a preempted
+   request goes back to its head, which is also its arrival position since running
+   requests always arrived before waiting ones) or, with ``priority=true``, ordered
+   by ``(priority, arrival)`` (smaller priority value first).
+
+Where vLLM was silent or does not apply:
+
+- Priority ties: vLLM takes ``max`` over ``(priority, arrival_time)``, which picks
+  the earliest-admitted of equal keys; here ties go to the most recently admitted
+  (admission index as a third key), the reading "lowest priority, then latest".
+- Priorities are read from ``view.priority`` (the instance's ``priority`` column).
+  :class:`~lsched.policies.base.ReplicaView` has no such field yet, so
+  ``priority=true`` raises :class:`~lsched.errors.InputError` until the engines
+  expose it; the rule itself is implemented and tested on a view that carries it.
+
+A decode-only batch with no admission and no preemption is *held*: until a
+completion, an arrival or the KV limit, the running set, the budget use and so the
+batch stay the same, and admission only gets harder as KV grows.
+
+This module also holds the helpers the other engine policies share
+(:func:`running_pass`, :func:`optional_int`, :func:`watermark_blocks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lsched.errors import InputError
+from lsched.policies.base import Batch, ReplicaLimits, ReplicaView
+
+# -- helpers shared by the engine policies ---------------------------------------
+
+
+def optional_int(owner: object, name: str, minimum: int) -> None:
+    """Normalise the ``int | None`` field ``name`` of a frozen params object.
+
+    ``parse_policy`` passes text for fields whose type it does not know
+    (``int | None``), so ``"none"`` and digit strings are converted here.
+
+    Raises
+    ------
+    InputError
+        Naming the parameter, if the value is neither ``None`` nor an integer
+        ``>= minimum``.
+    """
+    value = getattr(owner, name)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"none", ""}:
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                raise InputError(
+                    f"got {value!r}; expected an integer >= {minimum} or none",
+                    field=name,
+                ) from None
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | np.integer)
+    ):
+        raise InputError(
+            f"got {value!r}; expected an integer >= {minimum} or none", field=name
+        )
+    if value is not None and value < minimum:
+        raise InputError(f"got {value}; expected an integer >= {minimum}", field=name)
+    object.__setattr__(owner, name, None if value is None else int(value))
+
+
+def check_int(value: object, name: str, minimum: int) -> None:
+    """Raise InputError naming ``name`` unless ``value`` is an int >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"got {value!r}; expected an integer", field=name)
+    if value < minimum:
+        raise InputError(f"got {value}; expected an integer >= {minimum}", field=name)
+
+
+def watermark_blocks(limits: ReplicaLimits, watermark: float, need: int) -> int:
+    """Blocks that must stay free after admitting a request needing ``need``.
+
+    vLLM's ``can_allocate`` keeps ``int(watermark * capacity)`` blocks free; a
+    request that could never pass that test (``capacity - need < watermark``) is
+    *ignored* (finished unserved) by vLLM. lsched cannot drop requests, so for such
+    a request the watermark is waived instead (it only needs ``need`` free blocks).
+    """
+    mark = int(watermark * limits.kv_capacity_blocks)
+    return mark if limits.kv_capacity_blocks - need >= mark else 0
+
+
+def running_pass(
+    limits: ReplicaLimits,
+    order: Sequence[int],
+    want: Callable[[int, int], int],
+    grow: Callable[[int, int], int],
+    held: dict[int, int],
+    victims: Sequence[int],
+    budget: int,
+) -> tuple[dict[int, int], list[int], int, int]:
+    """Schedule running requests one at a time, preempting when KV runs short.
+
+    Parameters
+    ----------
+    limits
+        The replica's limits (KV capacity in blocks).
+    order
+        Running requests in the order they are visited.
+    want
+        ``want(r, budget_left)``: tokens r would process now (0: skip r).
+    grow
+        ``grow(r, c)``: new blocks r needs to process ``c`` tokens.
+    held
+        Blocks each running request holds (or has reserved) now.
+    victims
+        Every running request, first victim first.
+    budget
+        Token budget available to these requests.
+
+    Returns
+    -------
+    plan, preempted, used, budget
+        Tokens per scheduled request (in visiting order), the preempted requests,
+        the blocks used (held plus grown) and the budget left.
+    """
+    used = sum(held.values())
+    plan: dict[int, int] = {}
+    extra: dict[int, int] = {}
+    preempted: list[int] = []
+    gone: set[int] = set()
+    for r in order:
+        if r in gone:
+            continue
+        c = want(r, budget)
+        if c <= 0:
+            continue
+        g = grow(r, c)
+        while used + g > limits.kv_capacity_blocks:
+            victim = next(v for v in victims if v not in gone)
+            gone.add(victim)
+            preempted.append(victim)
+            used -= held[victim] + extra.pop(victim, 0)
+            budget += plan.pop(victim, 0)  # vLLM V1 gives the victim's tokens back
+            if victim == r:
+                break
+        if r in gone:
+            continue
+        plan[r] = c
+        extra[r] = g
+        used += g
+        budget -= c
+    return plan, preempted, used, budget
+
+
+def plan_batch(view: ReplicaView, plan: dict[int, int], preempted: list[int]) -> Batch:
+    """A batch from ``{request: tokens}``: prefill chunks where the request is
+    still prefilling (or waiting), decode steps otherwise."""
+    ids = np.fromiter(plan, dtype=np.int64, count=len(plan))
+    work = np.fromiter(plan.values(), dtype=np.int64, count=len(plan))
+    running = np.isin(ids, view.running)
+    decoding = running & (view.processed_tokens[ids] >= view.prefill_target_tokens[ids])
+    return Batch(
+        prefill=ids[~decoding],
+        prefill_tokens=work[~decoding],
+        decode=ids[decoding],
+        preempt=np.array(preempted, dtype=np.int64),
+    )
+
+
+# -- the policy ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VllmParams:
+    """Parameters of :class:`Vllm`.
+
+    Attributes
+    ----------
+    long_prefill_token_threshold
+        Largest prefill chunk one request may take per iteration; 0 means no cap
+        (vLLM's ``--long-prefill-token-threshold``).
+    priority
+        Order the waiting queue by the instance's ``priority`` column (smaller
+        first, then arrival) and preempt the lowest-priority running request
+        (vLLM's ``--scheduling-policy priority``).
+    """
+
+    long_prefill_token_threshold: int = 0
+    priority: bool = False
+
+    def __post_init__(self) -> None:
+        check_int(self.long_prefill_token_threshold, "long_prefill_token_threshold", 0)
+        if not isinstance(self.priority, bool):
+            raise InputError(
+                f"got {self.priority!r}; expected true or false", field="priority"
+            )
+
+
+class Vllm:
+    """vLLM V1: running first, then waiting, one budget, recompute preemption."""
+
+    def __init__(self, params: VllmParams | None = None) -> None:
+        self.params = params or VllmParams()
+
+    def decide(self, view: ReplicaView) -> Batch:
+        limits = view.limits
+        budget = limits.max_num_batched_tokens
+        priority = self._priority(view) if self.params.priority else None
+        running = view.running
+        processed = view.processed_tokens[running]
+        remaining = view.prefill_target_tokens[running] - processed
+        if not (remaining > 0).any() and len(running) <= budget:
+            # the usual case: every running request decodes one token
+            after = limits.kv_blocks(processed + 1)
+            if int(after.sum()) <= limits.kv_capacity_blocks:
+                used = int(after.sum())
+                left = budget - len(running)
+                new, chunks = self._admit(view, priority, len(running), used, left)
+                if not new:
+                    return Batch(decode=running, hold=True)
+                return Batch(
+                    prefill=np.array(new, dtype=np.int64),
+                    prefill_tokens=np.array(chunks, dtype=np.int64),
+                    decode=running,
+                )
+        plan, preempted, used, left = self._running(view, priority)
+        if preempted:
+            return plan_batch(view, plan, preempted)  # V1 admits nothing then
+        new, chunks = self._admit(view, priority, len(running), used, left)
+        batch = plan_batch(view, plan | dict(zip(new, chunks, strict=True)), [])
+        if len(batch.prefill) == 0:
+            return Batch(decode=batch.decode, hold=True)
+        return batch
+
+    def _priority(self, view: ReplicaView) -> np.ndarray:
+        values = getattr(view, "priority", None)
+        if values is None:
+            raise InputError(
+                "vllm:priority=true needs each request's priority (the instance's "
+                "priority column), and this replica view has none",
+                field="priority",
+            )
+        return np.asarray(values)
+
+    def _chunk(self, need: int, budget: int) -> int:
+        threshold = self.params.long_prefill_token_threshold
+        if 0 < threshold < need:
+            need = threshold
+        return min(need, budget)
+
+    def _running(
+        self, view: ReplicaView, priority: np.ndarray | None
+    ) -> tuple[dict[int, int], list[int], int, int]:
+        """Steps 2-3, one request at a time."""
+        limits = view.limits
+        processed = view.processed_tokens
+        target = view.prefill_target_tokens
+        running = view.running.tolist()
+        held = {r: int(limits.kv_blocks(processed[r])) for r in running}
+        if priority is None:
+            victims = running[::-1]
+        else:
+            rank = {r: k for k, r in enumerate(running)}
+            victims = sorted(
+                running,
+                key=lambda r: (int(priority[r]), float(view.arrival_s[r]), rank[r]),
+                reverse=True,
+            )
+
+        def want(r: int, budget: int) -> int:
+            return self._chunk(max(int(target[r] - processed[r]), 1), budget)
+
+        def grow(r: int, c: int) -> int:
+            p = int(processed[r])
+            return int(limits.kv_blocks(p + c)) - held[r]
+
+        return running_pass(
+            limits,
+            running,
+            want,
+            grow,
+            held,
+            victims,
+            limits.max_num_batched_tokens,
+        )
+
+    def _admit(
+        self,
+        view: ReplicaView,
+        priority: np.ndarray | None,
+        seqs: int,
+        used: int,
+        budget: int,
+    ) -> tuple[list[int], list[int]]:
+        """Step 4: admit the head of the waiting queue while it fits."""
+        limits = view.limits
+        waiting = view.waiting.tolist()
+        if priority is not None:
+            waiting.sort(key=lambda w: (int(priority[w]), float(view.arrival_s[w]), w))
+        admitted: list[int] = []
+        chunks: list[int] = []
+        for w in waiting:
+            if seqs >= limits.max_num_seqs or budget <= 0:
+                break
+            c = self._chunk(int(view.prompt_tokens[w] + view.emitted_tokens[w]), budget)
+            grow = int(limits.kv_blocks(c))
+            if used + grow > limits.kv_capacity_blocks:
+                break
+            admitted.append(w)
+            chunks.append(c)
+            used += grow
+            budget -= c
+            seqs += 1
+        return admitted, chunks

@@ -1,0 +1,216 @@
+"""``vllm-v0``: vLLM V0's default scheduler (prefill-first), and DistServe's
+colocated-vLLM simulator mode.
+
+Sources: vllm-project/vllm, ``vllm/core/scheduler.py`` (``Scheduler._schedule_default``,
+``_schedule_prefills``, ``_schedule_running``) and ``vllm/core/block_manager.py``
+(``can_allocate`` with ``watermark_blocks``); LLMServe/DistServe,
+``simdistserve/base/worker.py`` (``Worker.run``, ``_enter_prefill``,
+``_enter_decodes``) for the colocated mode.
+
+The rule (``kv_limit=true``, vLLM V0), at every iteration boundary:
+
+1. **Prefill first.** Walk the waiting queue in arrival order (a preempted request
+   goes back to its head, which is its arrival position). Request w is taken with
+   its whole prompt ``s_w + e_w`` while the prefill token budget
+   (``min(prefill_token_budget, max_num_batched_tokens)``) covers it, fewer than
+   ``max_num_seqs`` requests would be running (V0 counts the running ones), and its
+   blocks fit with ``int(watermark * capacity)`` blocks to spare. The first that
+   does not fit stops the walk (no skipping, no chunking). If any was taken, the
+   iteration is **prefill-only**.
+2. Otherwise **decode**: requests from the head of the decode queue, one step each,
+   while the batch holds fewer than ``max_num_seqs`` requests and
+   ``max_num_batched_tokens`` tokens and, when ``decode_context_cap`` is set, the
+   sum of their context tokens after the step (``processed + 1``) fits the cap.
+   When a step needs a block and none is free, the most recently admitted running
+   request is preempted (recompute, back to the head of the waiting queue); if that
+   is the request itself, it is not scheduled.
+3. The decode queue holds the running requests: one that finishes its prefill joins
+   its tail; a decode batch taken from its head goes back to its tail in the same
+   order (DistServe's ``_exit_decode``). When every running request decodes the
+   order does not change.
+
+DistServe's colocated mode (``kv_limit=false``; with ``prefill_token_budget`` and
+``decode_context_cap``, DistServe uses 50000 for the latter): the policy applies no
+KV limit at all: no watermark, no KV check on admission, no preemption; the prefill
+walk counts only the prefill batch against ``max_num_seqs``
+(``prefill_max_batch_size``). The engine still enforces the profile's KV capacity
+and raises :class:`~lsched.policies.base.PolicyError` if a batch overflows it:
+**raise the profile's capacity** (``profile.replace(kv_capacity_tokens=...)``) to
+model DistServe's unbounded memory.
+
+Where the sources were silent or do not apply:
+
+- V0 *ignores* (finishes unserved) a prompt over the token budget or a request that
+  could never pass the watermark test; lsched cannot drop requests. The watermark
+  is waived for the latter (:func:`lsched.policies.vllm.watermark_blocks`); the
+  former can never be prefilled, so the policy decodes instead and stalls (a
+  PolicyError from the engine) once nothing else can run.
+- DistServe loops on an empty prefill batch when the head prompt exceeds the
+  prefill budget; here the policy decodes instead, as above.
+- DistServe stops a decode batch at the first request over the context cap, which
+  can leave it empty; here the head of the decode queue always decodes.
+- V0 asserts ``max_num_batched_tokens >= max_num_seqs`` so all running requests
+  decode together; lsched's profiles need not, and the decode queue then rotates as
+  DistServe's does.
+
+A decode batch of every running request, with no preemption, is *held* when no cap
+can bind (``decode_context_cap`` unset or at least the KV capacity in tokens):
+until a completion, an arrival or the KV limit, the waiting head cannot start
+fitting (KV only fills, the budgets are fixed) and the batch stays the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lsched.errors import InputError
+from lsched.policies.base import Batch, ReplicaView
+from lsched.policies.vllm import optional_int, watermark_blocks
+
+
+@dataclass(frozen=True)
+class VllmV0Params:
+    """Parameters of :class:`VllmV0`.
+
+    Attributes
+    ----------
+    watermark
+        Fraction of KV blocks a prefill admission must leave free (vLLM V0's
+        ``watermark``, default 0.01). Unused when ``kv_limit`` is false.
+    kv_limit
+        Apply vLLM's KV checks and preemption; false gives DistServe's colocated
+        simulator, which has no memory limit (raise the profile's capacity).
+    prefill_token_budget
+        Prompt tokens per prefill iteration (DistServe's ``prefill_max_tokens``);
+        ``None``: the profile's ``max_num_batched_tokens`` (which also caps it).
+    decode_context_cap
+        Cap on the context tokens of a decode batch (DistServe's
+        ``decode_max_tokens``, 50000 in its colocated runs); ``None``: no cap.
+    """
+
+    watermark: float = 0.01
+    kv_limit: bool = True
+    prefill_token_budget: int | None = None
+    decode_context_cap: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.watermark, bool) or not 0.0 <= self.watermark < 1.0:
+            raise InputError(
+                f"got {self.watermark!r}; expected a number in [0, 1)",
+                field="watermark",
+            )
+        if not isinstance(self.kv_limit, bool):
+            raise InputError(
+                f"got {self.kv_limit!r}; expected true or false", field="kv_limit"
+            )
+        optional_int(self, "prefill_token_budget", 1)
+        optional_int(self, "decode_context_cap", 1)
+
+
+class VllmV0:
+    """vLLM V0 prefill-first scheduling (or DistServe's colocated simulator)."""
+
+    def __init__(self, params: VllmV0Params | None = None) -> None:
+        self.params = params or VllmV0Params()
+        self._queue: list[int] = []  # the decode queue (running requests)
+
+    def decide(self, view: ReplicaView) -> Batch:
+        running = view.running.tolist()
+        alive = set(running)
+        queued = set(self._queue)
+        # finished or preempted requests leave; newly prefilled ones join the tail
+        self._queue = [r for r in self._queue if r in alive] + [
+            r for r in running if r not in queued
+        ]
+        new = self._prefills(view)
+        if new:
+            return Batch(
+                prefill=np.array(new, dtype=np.int64),
+                prefill_tokens=view.prompt_tokens[new] + view.emitted_tokens[new],
+            )
+        return self._decodes(view)
+
+    def _prefills(self, view: ReplicaView) -> list[int]:
+        """Step 1: whole prompts from the head of the waiting queue."""
+        limits = view.limits
+        p = self.params
+        budget = limits.max_num_batched_tokens
+        if p.prefill_token_budget is not None:
+            budget = min(budget, p.prefill_token_budget)
+        seqs = len(view.running) if p.kv_limit else 0
+        used = int(limits.kv_blocks(view.processed_tokens[view.running]).sum())
+        taken: list[int] = []
+        for w in view.waiting.tolist():
+            c = int(view.prompt_tokens[w] + view.emitted_tokens[w])
+            if c > budget or seqs >= limits.max_num_seqs:
+                break
+            if p.kv_limit:
+                need = int(limits.kv_blocks(c))
+                spare = watermark_blocks(limits, p.watermark, need)
+                if limits.kv_capacity_blocks - used - need < spare:
+                    break
+                used += need
+            taken.append(w)
+            budget -= c
+            seqs += 1
+        return taken
+
+    def _decodes(self, view: ReplicaView) -> Batch:
+        """Steps 2-3: a decode batch from the head of the decode queue."""
+        limits = view.limits
+        p = self.params
+        processed = view.processed_tokens
+        seq_cap = min(limits.max_num_seqs, limits.max_num_batched_tokens)
+        cap = p.decode_context_cap
+        running = view.running.tolist()
+        held = dict(
+            zip(running, limits.kv_blocks(processed[running]).tolist(), strict=True)
+        )
+        used = sum(held.values())
+        batch: list[int] = []
+        grown: dict[int, int] = {}
+        preempted: list[int] = []
+        gone: set[int] = set()
+        context = 0
+        for r in self._queue:
+            if r in gone:
+                continue
+            if len(batch) >= seq_cap:
+                break
+            after = int(processed[r]) + 1
+            # DistServe stops at the first request over the cap; the head always goes
+            if cap is not None and batch and context + after > cap:
+                break
+            if p.kv_limit:
+                g = int(limits.kv_blocks(after)) - held[r]
+                while used + g > limits.kv_capacity_blocks:
+                    # V0: running_queue.pop(), the most recently admitted
+                    victim = next(v for v in reversed(running) if v not in gone)
+                    gone.add(victim)
+                    preempted.append(victim)
+                    used -= held[victim] + grown.pop(victim, 0)
+                    if victim in batch:
+                        batch.remove(victim)
+                        context -= int(processed[victim]) + 1
+                    if victim == r:
+                        break
+                if r in gone:
+                    continue
+                grown[r] = g
+                used += g
+            batch.append(r)
+            context += after
+        if not batch and not preempted:
+            return Batch()  # nothing runs (the engine idles or reports a stall)
+        # the batch goes back to the tail of the queue, in order
+        taken = set(batch) | gone
+        self._queue = [r for r in self._queue if r not in taken] + batch
+        everyone = len(batch) == len(running)
+        no_cap = cap is None or cap >= limits.kv_capacity_blocks * limits.block_tokens
+        return Batch(
+            decode=np.array(batch, dtype=np.int64),
+            preempt=np.array(preempted, dtype=np.int64),
+            hold=everyone and no_cap and not preempted,
+        )
