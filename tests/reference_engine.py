@@ -152,12 +152,15 @@ class _Replica:
             block_tokens=profile.block_tokens,
             max_num_seqs=profile.max_num_seqs,
             max_num_batched_tokens=profile.max_num_batched_tokens,
+            max_model_len=profile.max_model_len,
         )
         self.arrival = [float(instance.arrival_s[i]) for i in rows]
         self.prompt = [int(instance.prompt_tokens[i]) for i in rows]
         self.output = [int(instance.output_tokens[i]) for i in rows]
         pred = instance.predicted_output_tokens
         self.predicted = None if pred is None else _frozen(pred[rows].tolist(), int)
+        prio = instance.priority
+        self.priority = None if prio is None else _frozen(prio[rows].tolist(), int)
         self.arrival_view = _frozen(self.arrival, float)
         self.prompt_view = _frozen(self.prompt, int)
         m = len(rows)
@@ -225,6 +228,7 @@ class _Replica:
             processed_tokens=_frozen(self.processed, int),
             prefill_target_tokens=_frozen(self.target, int),
             limits=self.limits,
+            priority=self.priority,
         )
 
     def _preempt(self, preempt: list[int]) -> None:

@@ -12,7 +12,7 @@ static's no admission mid-batch).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -106,22 +106,11 @@ def test_vllm_preempts_the_newest_running_request() -> None:
     assert naive.recomputed_tokens.tolist() == [0, 5]
 
 
-@dataclass(frozen=True)
-class _PriorityView:
-    """A replica view that also carries priorities (ReplicaView has none yet)."""
-
-    view: ReplicaView
-    priority: np.ndarray
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.view, name)
-
-
 def _view(**fields: Any) -> ReplicaView:
     frozen = {
         k: np.asarray(v, dtype=np.float64 if k == "arrival_s" else np.int64)
         for k, v in fields.items()
-        if k not in ("limits", "now_s", "num_arrived")
+        if k not in ("limits", "now_s", "num_arrived", "priority")
     }
     return ReplicaView(
         now_s=fields.get("now_s", 0.0),
@@ -129,6 +118,7 @@ def _view(**fields: Any) -> ReplicaView:
         num_arrived=len(frozen["arrival_s"]),
         predicted_output_tokens=None,
         limits=fields["limits"],
+        priority=fields.get("priority"),
         **frozen,
     )
 
@@ -147,9 +137,10 @@ def test_vllm_priority_preempts_the_lowest_priority_and_admits_the_highest() -> 
         processed_tokens=[3, 3, 3, 0, 0],
         prefill_target_tokens=[3, 3, 3, 0, 0],
         limits=limits,
+        priority=np.array([0, 5, 1, 9, 2]),
     )
     policy = Vllm(VllmParams(priority=True))
-    batch = policy.decide(_PriorityView(view, np.array([0, 5, 1, 9, 2])))
+    batch = policy.decide(view)
     assert batch.preempt.tolist() == [1]
     assert batch.decode.tolist() == [0, 2]
     assert len(batch.prefill) == 0  # nothing admitted in a step that preempted
@@ -157,8 +148,20 @@ def test_vllm_priority_preempts_the_lowest_priority_and_admits_the_highest() -> 
     assert Vllm().decide(view).preempt.tolist() == [2]
     # with room, the waiting queue is taken by priority: 4 (2) before 3 (9)
     roomy = replace(view, limits=ReplicaLimits(100, 1, 4, 100))
-    batch = policy.decide(_PriorityView(roomy, np.array([0, 5, 1, 9, 2])))
+    batch = policy.decide(roomy)
     assert batch.prefill.tolist() == [4]  # max_num_seqs 4: 3 running + 1
+
+
+def test_vllm_priority_runs_end_to_end_like_the_naive_engine() -> None:
+    # four requests at t=0, room for two at a time (KV 12 tokens, peaks 6):
+    # priorities put 3 and 1 first, then 2, then 0
+    instance = Instance([0.0] * 4, [3] * 4, [4] * 4, priority=[7, 2, 5, 1])
+    profile = UNIT.replace(kv_capacity_tokens=12)
+    fast = simulate(instance, profile, "vllm:priority=true")
+    naive = simulate_naive(instance, profile, "vllm:priority=true")
+    done = fast.requests["completion_s"].to_numpy()
+    assert np.allclose(done, naive.completion_s, rtol=1e-9)
+    assert done[3] <= done[2] and done[1] <= done[2] and done[2] <= done[0]
 
 
 def test_vllm_priority_needs_priorities() -> None:

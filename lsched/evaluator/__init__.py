@@ -163,6 +163,7 @@ def simulate(
             spec.make(),
             log=log,
             on_finished=count,
+            priority=None if instance.priority is None else instance.priority[ids],
         )
         engine.run()
         columns["admitted_s"][ids] = engine.admitted_s

@@ -79,6 +79,8 @@ class ReplicaEngine:
         Record the iteration log.
     on_finished
         Called with the number of requests each completion event finishes.
+    priority
+        Priorities shown to the policy, or ``None``.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class ReplicaEngine:
         *,
         log: bool = False,
         on_finished: Callable[[int], None] | None = None,
+        priority: np.ndarray | None = None,
     ) -> None:
         m = len(arrival_s)
         self.m = m
@@ -115,6 +118,7 @@ class ReplicaEngine:
             block_tokens=profile.block_tokens,
             max_num_seqs=profile.max_num_seqs,
             max_num_batched_tokens=profile.max_num_batched_tokens,
+            max_model_len=profile.max_model_len,
         )
         self.emitted = np.zeros(m, dtype=np.int64)
         self.processed = np.zeros(m, dtype=np.int64)
@@ -152,6 +156,7 @@ class ReplicaEngine:
                 self.target,
             )
         )
+        self._priority_view = None if priority is None else _read_only(priority)
         self._predicted_view = (
             None
             if predicted_output_tokens is None
@@ -219,6 +224,7 @@ class ReplicaEngine:
             processed_tokens=processed,
             prefill_target_tokens=target,
             limits=self.limits,
+            priority=self._priority_view,
         )
 
     def _idle(self, batch: Batch) -> None:

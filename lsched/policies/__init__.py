@@ -23,6 +23,14 @@ from lsched.policies.base import (
     ReplicaView,
 )
 from lsched.policies.fcfs import Fcfs, FcfsParams
+from lsched.policies.mc_sf import McSf, McSfParams
+from lsched.policies.orca import Orca, OrcaParams
+from lsched.policies.sarathi import Sarathi, SarathiParams
+from lsched.policies.sjf import Sjf, SjfParams, Srpt, SrptParams
+from lsched.policies.sorted_f import SortedF, SortedFParams
+from lsched.policies.static import Static, StaticParams
+from lsched.policies.vllm import Vllm, VllmParams
+from lsched.policies.vllm_v0 import VllmV0, VllmV0Params
 
 __all__ = [
     "ARRIVAL_TOLERANCE_S",
@@ -49,48 +57,34 @@ class Registered:
 #: Policy name -> parameters and constructor.
 REGISTRY: dict[str, Registered] = {
     "fcfs": Registered(FcfsParams, Fcfs, "FCFS continuous batching (vLLM-like)"),
+    "static": Registered(
+        StaticParams, Static, "static (request-level) batching, FasterTransformer-like"
+    ),
+    "orca": Registered(
+        OrcaParams, Orca, "Orca iteration-level batching, KV reserved at admission"
+    ),
+    "vllm-v0": Registered(
+        VllmV0Params, VllmV0, "vLLM V0 prefill-first (or DistServe colocated)"
+    ),
+    "vllm": Registered(
+        VllmParams, Vllm, "vLLM V1: running first, one token budget, recompute"
+    ),
+    "sarathi": Registered(
+        SarathiParams, Sarathi, "Sarathi-Serve stall-free batching, chunk budget"
+    ),
+    "sjf": Registered(
+        SjfParams, Sjf, "shortest predicted output first, non-preemptive admission"
+    ),
+    "srpt": Registered(
+        SrptParams, Srpt, "shortest predicted remaining output, preempts longer ones"
+    ),
+    "mc-sf": Registered(
+        McSfParams, McSf, "memory-constrained shortest first (Jaillet et al. 2025)"
+    ),
+    "sorted-f": Registered(
+        SortedFParams, SortedF, "batches minimising sum(pred)/|X|^2 (Wang et al. 2025)"
+    ),
 }
-# -- engine policies (static, orca, vllm-v0, vllm, sarathi): registered below --
-from lsched.policies.orca import Orca, OrcaParams  # noqa: E402
-from lsched.policies.sarathi import Sarathi, SarathiParams  # noqa: E402
-from lsched.policies.static import Static, StaticParams  # noqa: E402
-from lsched.policies.vllm import Vllm, VllmParams  # noqa: E402
-from lsched.policies.vllm_v0 import VllmV0, VllmV0Params  # noqa: E402
-
-REGISTRY["static"] = Registered(
-    StaticParams, Static, "static (request-level) batching, FasterTransformer-like"
-)
-REGISTRY["orca"] = Registered(
-    OrcaParams, Orca, "Orca iteration-level batching, KV reserved at admission"
-)
-REGISTRY["vllm-v0"] = Registered(
-    VllmV0Params, VllmV0, "vLLM V0 prefill-first (or DistServe colocated, kv_limit)"
-)
-REGISTRY["sarathi"] = Registered(
-    SarathiParams, Sarathi, "Sarathi-Serve stall-free batching, fixed chunk budget"
-)
-REGISTRY["vllm"] = Registered(
-    VllmParams, Vllm, "vLLM V1: running first, one token budget, recompute preemption"
-)
-# -- end engine policies --
-# -- length-aware policies (sjf, srpt, mc-sf, sorted-f): registered below --
-from lsched.policies.mc_sf import McSf, McSfParams  # noqa: E402
-from lsched.policies.sjf import Sjf, SjfParams, Srpt, SrptParams  # noqa: E402
-from lsched.policies.sorted_f import SortedF, SortedFParams  # noqa: E402
-
-REGISTRY["sjf"] = Registered(
-    SjfParams, Sjf, "shortest predicted output first, non-preemptive admission"
-)
-REGISTRY["srpt"] = Registered(
-    SrptParams, Srpt, "shortest predicted remaining output, preempts longer ones"
-)
-REGISTRY["mc-sf"] = Registered(
-    McSfParams, McSf, "memory-constrained shortest first (Jaillet et al. 2025)"
-)
-REGISTRY["sorted-f"] = Registered(
-    SortedFParams, SortedF, "batches minimising sum(pred)/|X|^2 (Wang et al. 2025)"
-)
-# -- end length-aware policies --
 
 
 @dataclass(frozen=True)
@@ -120,6 +114,12 @@ def _show(value: Any) -> str:
 
 
 def _convert(text: str, kind: Any, option: str) -> Any:
+    # field types are strings under `from __future__ import annotations`:
+    # "int", "float | None", ...; "none" gives None where None is allowed
+    parts = [p.strip() for p in str(kind).split("|")]
+    if "None" in parts and text.lower() == "none":
+        return None
+    kind = next((p for p in parts if p != "None"), "str")
     kind = {"bool": bool, "int": int, "float": float, "str": str}.get(kind, kind)
     if kind is bool:
         lowered = text.lower()

@@ -78,6 +78,7 @@ class ReplicaLimits:
     block_tokens: int
     max_num_seqs: int
     max_num_batched_tokens: int
+    max_model_len: int | None = None
 
     def kv_blocks(self, tokens: npt.ArrayLike) -> IntArray:
         """Blocks needed to hold ``tokens`` tokens: ``ceil(tokens / block_tokens)``."""
@@ -118,6 +119,8 @@ class ReplicaView:
         last admission (meaningful while running).
     limits
         The replica's KV and batch limits.
+    priority
+        The instance's priorities (smaller is more urgent), or ``None``.
     """
 
     now_s: float
@@ -132,6 +135,7 @@ class ReplicaView:
     processed_tokens: IntArray
     prefill_target_tokens: IntArray
     limits: ReplicaLimits
+    priority: IntArray | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,8 @@ lsched makes.
 
 Where the sources were silent or do not apply:
 
-- Policies cannot see the profile's ``max_model_len``; pass it as the
-  ``max_model_len`` parameter. Without it ``L`` is the whole KV capacity, so under
+- ``L`` is the ``max_model_len`` parameter, else the profile's (``ReplicaLimits``),
+  capped by the KV capacity. Were neither given, ``L`` would be the capacity, so under
   ``reserve="max"`` requests run one at a time.
 - Orca has no token budget; lsched's engine caps every batch at
   ``max_num_batched_tokens``, so admissions must fit it (a prompt over it can never
@@ -79,6 +79,9 @@ def reservations(
     """Reserved tokens of ``ids`` (see the module docstring)."""
     limits = view.limits
     capacity = limits.kv_capacity_blocks * limits.block_tokens
+    # the parameter, else the deployment's context limit, never above the capacity
+    if max_model_len is None:
+        max_model_len = limits.max_model_len
     ceiling = capacity if max_model_len is None else min(max_model_len, capacity)
     index = np.array(ids, dtype=np.int64)
     whole = view.prompt_tokens[index] + view.emitted_tokens[index]

@@ -32,10 +32,9 @@ Where vLLM was silent or does not apply:
 - Priority ties: vLLM takes ``max`` over ``(priority, arrival_time)``, which picks
   the earliest-admitted of equal keys; here ties go to the most recently admitted
   (admission index as a third key), the reading "lowest priority, then latest".
-- Priorities are read from ``view.priority`` (the instance's ``priority`` column).
-  :class:`~lsched.policies.base.ReplicaView` has no such field yet, so
-  ``priority=true`` raises :class:`~lsched.errors.InputError` until the engines
-  expose it; the rule itself is implemented and tested on a view that carries it.
+- Priorities are read from ``view.priority`` (the instance's ``priority`` column);
+  ``priority=true`` on an instance without one raises
+  :class:`~lsched.errors.InputError`.
 
 A decode-only batch with no admission and no preemption is *held*: until a
 completion, an arrival or the KV limit, the running set, the budget use and so the
@@ -59,10 +58,7 @@ from lsched.policies.base import Batch, ReplicaLimits, ReplicaView
 
 
 def optional_int(owner: object, name: str, minimum: int) -> None:
-    """Normalise the ``int | None`` field ``name`` of a frozen params object.
-
-    ``parse_policy`` passes text for fields whose type it does not know
-    (``int | None``), so ``"none"`` and digit strings are converted here.
+    """Check the ``int | None`` field ``name`` of a frozen params object.
 
     Raises
     ------
@@ -71,18 +67,6 @@ def optional_int(owner: object, name: str, minimum: int) -> None:
         ``>= minimum``.
     """
     value = getattr(owner, name)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in {"none", ""}:
-            value = None
-        else:
-            try:
-                value = int(text)
-            except ValueError:
-                raise InputError(
-                    f"got {value!r}; expected an integer >= {minimum} or none",
-                    field=name,
-                ) from None
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int | np.integer)
     ):
@@ -258,7 +242,7 @@ class Vllm:
         return batch
 
     def _priority(self, view: ReplicaView) -> np.ndarray:
-        values = getattr(view, "priority", None)
+        values = view.priority
         if values is None:
             raise InputError(
                 "vllm:priority=true needs each request's priority (the instance's "
