@@ -161,6 +161,8 @@ class _Replica:
         self.predicted = None if pred is None else _frozen(pred[rows].tolist(), int)
         prio = instance.priority
         self.priority = None if prio is None else _frozen(prio[rows].tolist(), int)
+        tenant = instance.tenant
+        self.tenant = None if tenant is None else _frozen(tenant[rows].tolist(), str)
         self.arrival_view = _frozen(self.arrival, float)
         self.prompt_view = _frozen(self.prompt, int)
         m = len(rows)
@@ -229,6 +231,7 @@ class _Replica:
             prefill_target_tokens=_frozen(self.target, int),
             limits=self.limits,
             priority=self.priority,
+            tenant=self.tenant,
         )
 
     def _preempt(self, preempt: list[int]) -> None:

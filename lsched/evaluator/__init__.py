@@ -164,6 +164,7 @@ def simulate(
             log=log,
             on_finished=count,
             priority=None if instance.priority is None else instance.priority[ids],
+            tenant=None if instance.tenant is None else instance.tenant[ids],
         )
         engine.run()
         columns["admitted_s"][ids] = engine.admitted_s

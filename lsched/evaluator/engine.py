@@ -79,8 +79,8 @@ class ReplicaEngine:
         Record the iteration log.
     on_finished
         Called with the number of requests each completion event finishes.
-    priority
-        Priorities shown to the policy, or ``None``.
+    priority, tenant
+        Priorities and tenants shown to the policy, or ``None``.
     """
 
     def __init__(
@@ -95,6 +95,7 @@ class ReplicaEngine:
         log: bool = False,
         on_finished: Callable[[int], None] | None = None,
         priority: np.ndarray | None = None,
+        tenant: np.ndarray | None = None,
     ) -> None:
         m = len(arrival_s)
         self.m = m
@@ -157,6 +158,7 @@ class ReplicaEngine:
             )
         )
         self._priority_view = None if priority is None else _read_only(priority)
+        self._tenant_view = None if tenant is None else _read_only(tenant)
         self._predicted_view = (
             None
             if predicted_output_tokens is None
@@ -225,6 +227,7 @@ class ReplicaEngine:
             prefill_target_tokens=target,
             limits=self.limits,
             priority=self._priority_view,
+            tenant=self._tenant_view,
         )
 
     def _idle(self, batch: Batch) -> None:

@@ -85,6 +85,10 @@ REGISTRY: dict[str, Registered] = {
         SortedFParams, SortedF, "batches minimising sum(pred)/|X|^2 (Wang et al. 2025)"
     ),
 }
+# -- sglang, fastserve: registered below --
+# -- end sglang, fastserve --
+# -- vtc, wait, nested-wait: registered below --
+# -- end vtc, wait, nested-wait --
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,8 @@ class ReplicaView:
         The replica's KV and batch limits.
     priority
         The instance's priorities (smaller is more urgent), or ``None``.
+    tenant
+        The instance's tenant names, or ``None``.
     """
 
     now_s: float
@@ -136,6 +138,7 @@ class ReplicaView:
     prefill_target_tokens: IntArray
     limits: ReplicaLimits
     priority: IntArray | None = None
+    tenant: npt.NDArray[np.str_] | None = None
 
 
 @dataclass(frozen=True, slots=True)
