@@ -214,3 +214,53 @@ def interval(instance: Instance, width: float, seed: int) -> Instance:
     _, hi = interval_bounds(instance, width, seed)
     how = {"name": "interval", "width": width, "seed": check_seed(seed)}
     return _with_predictions(instance, hi, how)
+
+
+def apply_predictor(instance: Instance, spec: str) -> Instance:
+    """Apply a predictor named as on the command line.
+
+    ``oracle``, ``noise:sigma=0.5[,seed=0]``, ``interval:width=2[,seed=0]`` or
+    ``buckets:edges=64/256/1024`` (bucket edges separated by ``/``).
+
+    Raises
+    ------
+    InputError
+        For an unknown predictor or parameter, or a value that is not a number.
+    """
+    name, _, rest = spec.strip().partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"got {item!r}; expected key=value", field="predictor")
+        options[key.strip()] = value.strip()
+    allowed = {
+        "oracle": set(),
+        "noise": {"sigma", "seed"},
+        "interval": {"width", "seed"},
+        "buckets": {"edges"},
+    }
+    if name not in allowed:
+        raise InputError(
+            f"unknown predictor {name!r}; expected one of {', '.join(allowed)}",
+            field="predictor",
+        )
+    unknown = set(options) - allowed[name]
+    if unknown:
+        raise InputError(
+            f"unknown parameter(s) {sorted(unknown)} of {name}; expected "
+            f"{sorted(allowed[name]) or 'none'}",
+            field="predictor",
+        )
+    try:
+        seed = int(options.get("seed", "0"))
+        if name == "oracle":
+            return oracle(instance)
+        if name == "noise":
+            return lognormal_noise(instance, float(options.get("sigma", "0.5")), seed)
+        if name == "interval":
+            return interval(instance, float(options.get("width", "2")), seed)
+        edges = [int(e) for e in options.get("edges", "").split("/") if e]
+        return buckets(instance, edges)
+    except ValueError as exc:
+        raise InputError(f"{spec!r}: {exc}", field="predictor") from None

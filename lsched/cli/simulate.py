@@ -14,6 +14,7 @@ from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate
 from lsched.policies import parse_policy
+from lsched.predictors import apply_predictor
 from lsched.profile import load_profile
 from lsched.traces import read_trace
 
@@ -54,6 +55,13 @@ def simulate_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    predictor: Annotated[
+        str | None,
+        typer.Option(
+            help="Output-length predictions for length-aware policies: oracle, "
+            "noise:sigma=0.5,seed=0, interval:width=2, buckets:edges=64/256/1024."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     requests_out: Annotated[
         Path | None,
@@ -63,6 +71,8 @@ def simulate_command(
     """Replay TRACE on a deployment under each policy; print their metrics."""
     specs = [parse_policy(p) for p in policy]
     instance, _ = read_trace(trace, format, limit=limit)
+    if predictor is not None:
+        instance = apply_predictor(instance, predictor)
     profile = load_profile(model)
     capacity = kv_capacity_tokens or instance.params.get("kv_capacity_tokens")
     if capacity is not None:
