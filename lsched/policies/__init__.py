@@ -22,15 +22,19 @@ from lsched.policies.base import (
     ReplicaLimits,
     ReplicaView,
 )
+from lsched.policies.fastserve import FastServe, FastServeParams
 from lsched.policies.fcfs import Fcfs, FcfsParams
 from lsched.policies.mc_sf import McSf, McSfParams
 from lsched.policies.orca import Orca, OrcaParams
 from lsched.policies.sarathi import Sarathi, SarathiParams
+from lsched.policies.sglang import Sglang, SglangParams
 from lsched.policies.sjf import Sjf, SjfParams, Srpt, SrptParams
 from lsched.policies.sorted_f import SortedF, SortedFParams
 from lsched.policies.static import Static, StaticParams
 from lsched.policies.vllm import Vllm, VllmParams
 from lsched.policies.vllm_v0 import VllmV0, VllmV0Params
+from lsched.policies.vtc import Vtc, VtcParams
+from lsched.policies.wait import Wait, WaitParams
 
 __all__ = [
     "ARRIVAL_TOLERANCE_S",
@@ -84,11 +88,19 @@ REGISTRY: dict[str, Registered] = {
     "sorted-f": Registered(
         SortedFParams, SortedF, "batches minimising sum(pred)/|X|^2 (Wang et al. 2025)"
     ),
+    "sglang": Registered(
+        SglangParams, Sglang, "SGLang: new_token_ratio reservation, retraction"
+    ),
+    "fastserve": Registered(
+        FastServeParams, FastServe, "FastServe skip-join MLFQ, pause or recompute"
+    ),
+    "vtc": Registered(
+        VtcParams, Vtc, "Virtual Token Counter fair sharing across tenants"
+    ),
+    "wait": Registered(
+        WaitParams, Wait, "WAIT threshold batching, known lengths (Ao et al. 2025)"
+    ),
 }
-# -- sglang, fastserve: registered below --
-# -- end sglang, fastserve --
-# -- vtc, wait, nested-wait: registered below --
-# -- end vtc, wait, nested-wait --
 
 
 @dataclass(frozen=True)
