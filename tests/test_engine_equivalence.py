@@ -33,6 +33,7 @@ from lsched.evaluator import simulate
 from lsched.instance import Instance
 from lsched.policies import Batch, PolicyError, ReplicaView
 from lsched.profile import FEATURES, DeploymentProfile, IterationTime, load_profile
+from lsched.validator import validate_schedule
 
 RTOL = 1e-9
 
@@ -204,6 +205,30 @@ def run_both(case: Case) -> tuple[NaiveResult | None, Any]:
             simulate(case.instance, case.profile, case.policy, **kwargs)
         return None, None
     return naive, simulate(case.instance, case.profile, case.policy, **kwargs)
+
+
+def agree_and_validate(case: Case) -> tuple[NaiveResult, Any]:
+    """Both engines agree and the validator accepts the fast engine's log.
+
+    The fast engine runs once, keeping its log (keeping it does not change the
+    schedule: ``test_engine_properties`` checks that). Returns both results.
+    """
+    kwargs = {"replicas": case.replicas, "assignment": case.assignment}
+    naive = simulate_naive(case.instance, case.profile, case.policy, **kwargs)
+    fast = simulate(case.instance, case.profile, case.policy, log=True, **kwargs)
+    assert_same(case, naive, fast)
+    report = validate_schedule(
+        case.instance,
+        case.profile,
+        fast.runs,
+        fast.members,
+        fast.preemptions,
+        replicas=case.replicas,
+        requests=fast.requests,
+        metrics=fast.metrics,
+    )
+    assert report.ok, f"{report}\n{case.describe()}"
+    return naive, fast
 
 
 def assert_same(case: Case, naive: NaiveResult, fast: Any) -> None:

@@ -22,6 +22,7 @@ from test_engine_equivalence import (
     PROFILES,
     TIME_SCALE_S,
     Case,
+    agree_and_validate,
     assert_same,
     random_instance,
     run_both,
@@ -34,7 +35,6 @@ from lsched.instance import Instance
 from lsched.policies import REGISTRY, ReplicaLimits, ReplicaView, parse_policy
 from lsched.policies.vllm import Vllm, VllmParams
 from lsched.profile import load_profile
-from lsched.validator import validate_schedule
 
 UNIT = load_profile("unit-slot")
 
@@ -326,21 +326,8 @@ def test_random_instances_agree_and_validate(policy: str) -> None:
     for _ in range(CASES):
         case, exact = _case(rng, policy)
         where = case.describe()
-        naive, fast = run_both(case)
-        assert naive is not None, f"policy error\n{where}"
-        assert_same(case, naive, fast)
+        naive, r = agree_and_validate(case)
         inst, profile = case.instance, case.profile
-        r = simulate(inst, profile, policy, replicas=case.replicas, log=True)
-        validate_schedule(
-            inst,
-            profile,
-            r.runs,
-            r.members,
-            r.preemptions,
-            replicas=case.replicas,
-            requests=r.requests,
-            metrics=r.metrics,
-        ).raise_if_invalid()
         preempting += int(naive.preemptions.sum() > 0)
         params = parse_policy(policy).params
         tokens = r.runs["prefill_tokens"] + r.runs["decode_steps"]

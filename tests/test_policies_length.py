@@ -20,7 +20,7 @@ from test_engine_equivalence import (
     PROFILES,
     TIME_SCALE_S,
     Case,
-    assert_same,
+    agree_and_validate,
     random_instance,
     tight_profile,
 )
@@ -32,7 +32,6 @@ from lsched.generators import Poisson, jaillet
 from lsched.instance import Instance
 from lsched.policies import REGISTRY, PolicyError, parse_policy
 from lsched.policies.sorted_f import best_prefix
-from lsched.validator import validate_schedule
 
 POLICIES = ("sjf", "srpt", "mc-sf", "sorted-f")
 UNIT = PROFILES["unit-slot"]
@@ -44,20 +43,7 @@ def _oracle(arrival: list[float], prompt: list[int], output: list[int]) -> Insta
 
 def _run(instance: Instance, profile: Any, policy: str) -> Any:
     """Both engines agree and the validator accepts; return the fast result."""
-    naive = simulate_naive(instance, profile, policy)
-    fast = simulate(instance, profile, policy, log=True)
-    assert_same(Case(instance, profile, policy, 1, None), naive, fast)
-    validate_schedule(
-        instance,
-        profile,
-        fast.runs,
-        fast.members,
-        fast.preemptions,
-        replicas=1,
-        requests=fast.requests,
-        metrics=fast.metrics,
-    ).raise_if_invalid()
-    return fast
+    return agree_and_validate(Case(instance, profile, policy, 1, None))[1]
 
 
 def _column(result: Any, name: str) -> list[Any]:
@@ -226,22 +212,8 @@ def test_random_instances_agree_with_the_reference_engine(policy: str) -> None:
     preempted = blocks16 = 0
     for _ in range(120):
         case = _random_case(rng, policy)
-        kwargs = {"replicas": case.replicas, "assignment": case.assignment}
         # chunked prefill by the budget and the idle-replica rule: never stalls
-        naive = simulate_naive(case.instance, case.profile, case.policy, **kwargs)
-        fast = simulate(case.instance, case.profile, case.policy, log=True, **kwargs)
-        assert_same(case, naive, fast)
-        report = validate_schedule(
-            case.instance,
-            case.profile,
-            fast.runs,
-            fast.members,
-            fast.preemptions,
-            replicas=case.replicas,
-            requests=fast.requests,
-            metrics=fast.metrics,
-        )
-        assert report.ok, f"{report}\n{case.describe()}"
+        naive, _ = agree_and_validate(case)
         preempted += int(naive.preemptions.sum() > 0)
         blocks16 += int(case.profile.block_tokens == 16)
     # the random cases reach the preemption paths (tight KV, small seq caps;

@@ -17,6 +17,7 @@ from test_engine_equivalence import (
     PROFILES,
     TIME_SCALE_S,
     Case,
+    agree_and_validate,
     assert_same,
     random_instance,
     run_both,
@@ -25,12 +26,10 @@ from test_engine_equivalence import (
 from test_policies_engines import _times, _view
 
 from lsched.errors import InputError
-from lsched.evaluator import simulate
 from lsched.instance import Instance
 from lsched.policies import REGISTRY, ReplicaLimits, parse_policy
 from lsched.policies.sglang import Sglang, SglangParams
 from lsched.profile import load_profile
-from lsched.validator import validate_schedule
 
 UNIT = load_profile("unit-slot")
 
@@ -180,22 +179,7 @@ def test_random_instances_agree_and_validate(policy: str) -> None:
     preempting = 0
     for _ in range(CASES):
         case = _case(rng, policy)
-        where = case.describe()
-        naive, fast = run_both(case)
-        assert naive is not None, f"policy error\n{where}"
-        assert_same(case, naive, fast)
-        inst, profile = case.instance, case.profile
-        r = simulate(inst, profile, policy, replicas=case.replicas, log=True)
-        validate_schedule(
-            inst,
-            profile,
-            r.runs,
-            r.members,
-            r.preemptions,
-            replicas=case.replicas,
-            requests=r.requests,
-            metrics=r.metrics,
-        ).raise_if_invalid()
+        naive, _ = agree_and_validate(case)
         preempting += int(naive.preemptions.sum() > 0)
     if "init_new_token_ratio=1" not in policy:
         assert preempting >= 1  # tight KV made the policy retract
@@ -257,18 +241,4 @@ def test_fastserve_random_instances_agree_and_validate(policy: str) -> None:
     rng = np.random.default_rng([20250624, FASTSERVE.index(policy)])
     for _ in range(CASES):
         case = _case(rng, policy)
-        naive, fast = run_both(case)
-        assert naive is not None, f"policy error\n{case.describe()}"
-        assert_same(case, naive, fast)
-        inst, profile = case.instance, case.profile
-        r = simulate(inst, profile, policy, replicas=case.replicas, log=True)
-        validate_schedule(
-            inst,
-            profile,
-            r.runs,
-            r.members,
-            r.preemptions,
-            replicas=case.replicas,
-            requests=r.requests,
-            metrics=r.metrics,
-        ).raise_if_invalid()
+        agree_and_validate(case)

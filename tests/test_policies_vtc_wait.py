@@ -19,7 +19,7 @@ from test_engine_equivalence import (
     PROFILES,
     TIME_SCALE_S,
     Case,
-    assert_same,
+    agree_and_validate,
     random_instance,
     tight_profile,
 )
@@ -29,27 +29,13 @@ from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.instance import Instance
 from lsched.policies import REGISTRY, parse_policy
-from lsched.validator import validate_schedule
 
 UNIT = PROFILES["unit-slot"]
 
 
 def _run(instance: Instance, profile: Any, policy: str) -> Any:
     """Both engines agree and the validator accepts; return the fast result."""
-    naive = simulate_naive(instance, profile, policy)
-    fast = simulate(instance, profile, policy, log=True)
-    assert_same(Case(instance, profile, policy, 1, None), naive, fast)
-    validate_schedule(
-        instance,
-        profile,
-        fast.runs,
-        fast.members,
-        fast.preemptions,
-        replicas=1,
-        requests=fast.requests,
-        metrics=fast.metrics,
-    ).raise_if_invalid()
-    return fast
+    return agree_and_validate(Case(instance, profile, policy, 1, None))[1]
 
 
 def _column(result: Any, name: str) -> list[Any]:
@@ -230,24 +216,7 @@ def test_random_instances_agree_with_the_reference_engine(policy: str) -> None:
     preempted = 0
     for _ in range(80):
         case = _random_case(rng, policy)
-        naive = simulate_naive(
-            case.instance, case.profile, case.policy, replicas=case.replicas
-        )
-        fast = simulate(
-            case.instance, case.profile, case.policy, log=True, replicas=case.replicas
-        )
-        assert_same(case, naive, fast)
-        report = validate_schedule(
-            case.instance,
-            case.profile,
-            fast.runs,
-            fast.members,
-            fast.preemptions,
-            replicas=case.replicas,
-            requests=fast.requests,
-            metrics=fast.metrics,
-        )
-        assert report.ok, f"{report}\n{case.describe()}"
+        naive, _ = agree_and_validate(case)
         preempted += int(naive.preemptions.sum() > 0)
     assert preempted >= 3, preempted
 
@@ -340,18 +309,4 @@ def test_wait_random_instances_agree_with_the_reference_engine(policy: str) -> N
     rng = np.random.default_rng([20250703, len(policy)])
     for _ in range(80):
         case = _random_wait_case(rng, policy)
-        kwargs = {"replicas": case.replicas}
-        naive = simulate_naive(case.instance, case.profile, case.policy, **kwargs)
-        fast = simulate(case.instance, case.profile, case.policy, log=True, **kwargs)
-        assert_same(case, naive, fast)
-        report = validate_schedule(
-            case.instance,
-            case.profile,
-            fast.runs,
-            fast.members,
-            fast.preemptions,
-            replicas=case.replicas,
-            requests=fast.requests,
-            metrics=fast.metrics,
-        )
-        assert report.ok, f"{report}\n{case.describe()}"
+        agree_and_validate(case)
