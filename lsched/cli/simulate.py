@@ -44,6 +44,14 @@ def simulate_command(
     replicas: Annotated[
         int | None, typer.Option(help="Replicas (the profile's by default).")
     ] = None,
+    dispatch: Annotated[
+        str,
+        typer.Option(
+            help="Replica dispatch: round-robin, least-outstanding (fewest "
+            "unfinished requests) or least-kv (fewest KV tokens held); the last two "
+            "simulate the replicas jointly."
+        ),
+    ] = "round-robin",
     kv_capacity_tokens: Annotated[
         int | None,
         typer.Option(
@@ -70,6 +78,12 @@ def simulate_command(
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     specs = [parse_policy(p) for p in policy]
+    if dispatch == "static":
+        raise InputError(
+            "dispatch 'static' needs an assignment, which the CLI cannot take; "
+            "expected round-robin, least-outstanding or least-kv",
+            field="dispatch",
+        )
     instance, _ = read_trace(trace, format, limit=limit)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
@@ -87,6 +101,7 @@ def simulate_command(
                     profile,
                     spec,
                     replicas=replicas,
+                    dispatch=dispatch,
                     progress=lambda done, task=task: bar.update(task, completed=done),
                 )
             )

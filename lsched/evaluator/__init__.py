@@ -5,9 +5,12 @@ iteration in meaning and event by event in cost (:mod:`lsched.evaluator.engine`)
 and returns a :class:`SimulationResult` with per-request records, the metrics of
 :mod:`lsched.metrics` and, on request, the iteration log.
 
-Replicas are independent: request ``i`` (instance position) runs on replica
-``i mod C`` (round robin in arrival order) unless an explicit ``assignment`` says
-otherwise, and each replica gets a fresh policy object. The iteration model and
+Replicas are independent once a request is dispatched: request ``i`` (instance
+position) runs on replica ``i mod C`` (round robin in arrival order) unless an
+explicit ``assignment`` says otherwise, or a state-dependent ``dispatch`` rule
+(:mod:`lsched.evaluator.dispatch`: ``least-outstanding``, ``least-kv``) chooses
+at its arrival, which simulates the replicas jointly in time. Each replica gets a
+fresh policy object. The iteration model and
 the request lifecycle are those of DESIGN.md, restated in
 :mod:`lsched.policies.base`.
 """
@@ -22,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from lsched.errors import InputError
+from lsched.evaluator.dispatch import JOINT_RULES, check_dispatch, run_joint
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.result import (
     MEMBER_COLUMNS,
@@ -85,6 +89,7 @@ def simulate(
     *,
     replicas: int | None = None,
     assignment: npt.ArrayLike | None = None,
+    dispatch: str | None = None,
     log: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
@@ -102,6 +107,10 @@ def simulate(
         Number of replicas ``C``; the profile's by default.
     assignment
         Replica id per request; round robin in arrival order by default.
+    dispatch
+        ``round-robin``, ``static`` (the ``assignment``), ``least-outstanding``
+        or ``least-kv`` (:mod:`lsched.evaluator.dispatch`); by default
+        ``static`` with an assignment, else ``round-robin``.
     log
         Keep the iteration log (runs, members, preemptions).
     progress
@@ -115,14 +124,22 @@ def simulate(
     Raises
     ------
     InputError
-        If a request can never fit in KV, or on a bad ``replicas``/``assignment``.
+        If a request can never fit in KV, or on a bad ``replicas``/``assignment``/
+        ``dispatch``.
     PolicyError
         If the policy returns a batch that breaks the model's rules, or stalls.
     """
     spec = parse_policy(policy) if isinstance(policy, str) else policy
     replicas = profile.replicas if replicas is None else replicas
     check_fits(instance, profile)
-    where = assign_replicas(instance, replicas, assignment)
+    if dispatch is None:
+        dispatch = "round-robin" if assignment is None else "static"
+    dispatch = check_dispatch(dispatch, assignment is not None)
+    if dispatch in JOINT_RULES:
+        assign_replicas(instance, replicas)  # checks replicas
+        where = np.zeros(len(instance), dtype=np.int64)
+    else:
+        where = assign_replicas(instance, replicas, assignment)
     started = time.perf_counter()
 
     columns = {
@@ -149,7 +166,37 @@ def simulate(
             reported = finished
             progress(finished)
 
-    for c in range(replicas):
+    def collect(c: int, ids: np.ndarray, engine: ReplicaEngine) -> None:
+        nonlocal busy_s, kv_token_seconds, iterations
+        m = len(ids)
+        columns["admitted_s"][ids] = engine.admitted_s[:m]
+        columns["first_token_s"][ids] = engine.first_token_s[:m]
+        columns["completion_s"][ids] = engine.completion_s[:m]
+        columns["preemptions"][ids] = engine.preemptions[:m]
+        columns["recomputed_tokens"][ids] = engine.recomputed[:m]
+        busy_s += engine.busy_s
+        kv_token_seconds += engine.kv_token_seconds
+        iterations += engine.iterations
+        if engine.log is not None:
+            offset = sum(len(r) for r in runs)
+            runs.append(_runs_frame(engine.log.runs, c, offset))
+            members.append(_members_frame(engine.log.members, ids, offset))
+            preempted.append(
+                pd.DataFrame(
+                    [(run + offset, int(ids[r])) for run, r in engine.log.preemptions],
+                    columns=["run", "request"],
+                    dtype=np.int64,
+                )
+            )
+
+    if dispatch in JOINT_RULES:
+        where[:], engines = run_joint(
+            instance, profile, spec, replicas, dispatch, log=log, on_finished=count
+        )
+        for c, joint in enumerate(engines):
+            if joint.ids:
+                collect(c, np.array(joint.ids, dtype=np.int64), joint)
+    for c in range(replicas if dispatch not in JOINT_RULES else 0):
         ids = np.flatnonzero(where == c)
         if len(ids) == 0:
             continue
@@ -167,25 +214,7 @@ def simulate(
             tenant=None if instance.tenant is None else instance.tenant[ids],
         )
         engine.run()
-        columns["admitted_s"][ids] = engine.admitted_s
-        columns["first_token_s"][ids] = engine.first_token_s
-        columns["completion_s"][ids] = engine.completion_s
-        columns["preemptions"][ids] = engine.preemptions
-        columns["recomputed_tokens"][ids] = engine.recomputed
-        busy_s += engine.busy_s
-        kv_token_seconds += engine.kv_token_seconds
-        iterations += engine.iterations
-        if engine.log is not None:
-            offset = sum(len(r) for r in runs)
-            runs.append(_runs_frame(engine.log.runs, c, offset))
-            members.append(_members_frame(engine.log.members, ids, offset))
-            preempted.append(
-                pd.DataFrame(
-                    [(run + offset, int(ids[r])) for run, r in engine.log.preemptions],
-                    columns=["run", "request"],
-                    dtype=np.int64,
-                )
-            )
+        collect(c, ids, engine)
 
     if progress is not None:
         progress(finished)

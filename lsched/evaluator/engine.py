@@ -379,8 +379,8 @@ class ReplicaEngine:
         self.now_s = end
         self._emit(emits, 1, end)
 
-    def _decode_stretch(self, batch: Batch) -> None:
-        """A held decode batch, advanced to its next event in closed form."""
+    def _stretch_length(self, batch: Batch) -> tuple[DecodeStretch, int]:
+        """A held decode batch's closed form and its iterations to the next event."""
         decode = batch.decode
         p = self.processed[decode]
         d = len(decode)
@@ -401,6 +401,18 @@ class ReplicaEngine:
             wake = min(wake, batch.wake_at_s)
         if wake < math.inf and n > 1:
             n = stretch.iterations_until(wake - self.now_s, n)
+        return stretch, n
+
+    def _decode_stretch(
+        self, batch: Batch, planned: tuple[DecodeStretch, int] | None = None
+    ) -> None:
+        """A held decode batch, advanced to its next event in closed form
+        (``planned``: its :meth:`_stretch_length`, if already computed)."""
+        stretch, n = self._stretch_length(batch) if planned is None else planned
+        decode = batch.decode
+        p = self.processed[decode]
+        d = len(decode)
+        phi0 = (1.0, 0.0, 0.0, float(d), float(int(p.sum()) + d), 0.0)
 
         elapsed = stretch.elapsed_s(n)
         start, end = self.now_s, self.now_s + elapsed

@@ -24,7 +24,9 @@ from lsched.policies.base import (
 )
 from lsched.policies.fastserve import FastServe, FastServeParams
 from lsched.policies.fcfs import Fcfs, FcfsParams
+from lsched.policies.hybrid import Hybrid, HybridParams
 from lsched.policies.mc_sf import McSf, McSfParams
+from lsched.policies.nested_wait import NestedWait, NestedWaitParams
 from lsched.policies.orca import Orca, OrcaParams
 from lsched.policies.sarathi import Sarathi, SarathiParams
 from lsched.policies.sglang import Sglang, SglangParams
@@ -99,6 +101,16 @@ REGISTRY: dict[str, Registered] = {
     ),
     "wait": Registered(
         WaitParams, Wait, "WAIT threshold batching, known lengths (Ao et al. 2025)"
+    ),
+    "nested-wait": Registered(
+        NestedWaitParams,
+        NestedWait,
+        "Nested WAIT: segment guesses, unknown lengths (Ao et al. 2025)",
+    ),
+    "hybrid": Registered(
+        HybridParams,
+        Hybrid,
+        "offline sort + Lagrangian prefill insertion (Pang et al. 2025)",
     ),
 }
 
