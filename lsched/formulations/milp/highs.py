@@ -1,0 +1,355 @@
+"""Run HiGHS on a Pyomo model under a hard wall-clock limit.
+
+From Pyomo to HiGHS
+-------------------
+The model is built in Pyomo and compiled to matrices by Pyomo's public
+``LinearStandardFormCompiler`` (``mixed_form=True``: each row keeps its sense),
+then passed to a ``highspy.Highs`` object with ``passModel``. That is the
+simplest robust route: one vectorised pass with no temporary files and no
+name mangling (unlike writing an LP/MPS file and reading it back), and full
+control of the ``Highs`` object (options, MIP start, callbacks) without relying
+on private attributes of a Pyomo solver plugin (``appsi_highs`` keeps its
+``Highs`` object in ``_solver_model`` and runs it itself). The column list maps
+HiGHS values back to Pyomo variables.
+
+The wall-clock limit
+--------------------
+HiGHS's own ``time_limit`` is checked only at some points of its search, and
+has been seen to overrun by minutes. Here the limit is a wall-clock deadline
+(``time.monotonic()``), enforced twice:
+
+* HiGHS's ``time_limit`` is set to the time left before the deadline;
+* a callback subscribed to the simplex, IPM and MIP interrupt events (HiGHS
+  calls these many times per second: per simplex iteration batch, per node,
+  during cut rounds) sets ``user_interrupt`` once the deadline has passed, so
+  HiGHS stops with model status ``kInterrupt`` and keeps its incumbent and bound.
+
+HiGHS's thread pool is global to the process and sized by the first solve;
+when a later run asks for another ``threads`` value HiGHS refuses to start, and
+:func:`run` then resets the pool (``Highs.resetGlobalScheduler``) and retries.
+
+The remaining overrun is the longest stretch of HiGHS work between two callbacks
+(and postsolve), typically milliseconds.
+
+Progress
+--------
+``kCallbackMipImprovingSolution`` reports each new incumbent and the interrupt
+and ``kCallbackMipLogging`` events report the dual bound; each improvement of
+either is passed to ``on_event(time_s, objective, bound)`` in solver units (the
+caller adds its constant). An exception raised by ``on_event`` interrupts the
+solve and is re-raised after HiGHS has returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+import pyomo.environ as pyo
+from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
+
+from lsched.formulations.result import Status
+
+FloatArray = npt.NDArray[np.float64]
+
+#: ``on_event(time_s, objective or None, bound)``, solver units.
+EventCallback = Callable[[float, float | None, float], None]
+
+_STATUS = {
+    highspy.HighsModelStatus.kOptimal: Status.OPTIMAL,
+    highspy.HighsModelStatus.kTimeLimit: Status.TIME_LIMIT,
+    highspy.HighsModelStatus.kInterrupt: Status.TIME_LIMIT,
+    highspy.HighsModelStatus.kInfeasible: Status.INFEASIBLE,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A Pyomo model loaded into a ``highspy.Highs`` object.
+
+    Attributes
+    ----------
+    highs
+        The solver object, model passed.
+    columns
+        Pyomo variables in HiGHS column order.
+    offset
+        Objective constant (included in HiGHS's objective values).
+    size
+        ``variables``, ``constraints``, ``nonzeros``, ``integers``.
+    """
+
+    highs: highspy.Highs
+    columns: list[Any]
+    offset: float
+    size: dict[str, int]
+
+
+@dataclass
+class HighsOutcome:
+    """What one HiGHS run returned, in solver units.
+
+    Attributes
+    ----------
+    status
+        Mapped status (module docstring of :mod:`lsched.formulations.milp`).
+    model_status
+        HiGHS's own status text.
+    objective
+        Incumbent objective, or ``None`` without one.
+    bound
+        Best dual bound (``-inf`` if none).
+    values
+        Column values of the incumbent, or ``None``.
+    nodes
+        Branch-and-bound nodes.
+    runtime_s
+        Wall-clock seconds of the run.
+    interrupted
+        Whether the wall-clock callback stopped it.
+    events
+        ``(time_s, objective, bound)`` per improvement, as passed to ``on_event``.
+    """
+
+    status: Status
+    model_status: str
+    objective: float | None
+    bound: float
+    values: FloatArray | None
+    nodes: int
+    runtime_s: float
+    interrupted: bool = False
+    events: list[tuple[float, float | None, float]] = field(default_factory=list)
+
+
+def load(model: pyo.ConcreteModel, *, relax: bool = False) -> LoadedModel:
+    """Compile ``model`` (linear, one minimised objective) and pass it to HiGHS.
+
+    Parameters
+    ----------
+    model
+        A linear Pyomo model.
+    relax
+        Pass every variable as continuous (the LP relaxation).
+    """
+    form = LinearStandardFormCompiler().write(model, mixed_form=True)
+    columns = list(form.columns)
+    a = form.A.tocsc()
+    n_cols, n_rows = len(columns), a.shape[0]
+    senses = np.array([row.bound_type for row in form.rows], dtype=np.int64)
+    rhs = np.asarray(form.rhs, dtype=np.float64)
+    inf = highspy.kHighsInf
+    row_lower = np.where(senses <= 0, rhs, -inf) if n_rows else np.empty(0)
+    row_upper = np.where(senses >= 0, rhs, inf) if n_rows else np.empty(0)
+    col_lower = np.array(
+        [-inf if v.lb is None else float(v.lb) for v in columns], dtype=np.float64
+    )
+    col_upper = np.array(
+        [inf if v.ub is None else float(v.ub) for v in columns], dtype=np.float64
+    )
+    integer = np.array(
+        [0 if relax or v.is_continuous() else 1 for v in columns], dtype=np.int32
+    )
+    cost = np.asarray(form.c.toarray()[0], dtype=np.float64)
+    offset = float(form.c_offset[0])
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.passModel(
+        n_cols,
+        n_rows,
+        int(a.nnz),
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMinimize),
+        offset,
+        cost,
+        col_lower,
+        col_upper,
+        row_lower.astype(np.float64),
+        row_upper.astype(np.float64),
+        a.indptr.astype(np.int32),
+        a.indices.astype(np.int32),
+        a.data.astype(np.float64),
+        integer,
+    )
+    size = {
+        "variables": n_cols,
+        "constraints": n_rows,
+        "nonzeros": int(a.nnz),
+        "integers": int(integer.sum()),
+    }
+    return LoadedModel(highs=highs, columns=columns, offset=offset, size=size)
+
+
+def run(
+    loaded: LoadedModel,
+    *,
+    deadline: float,
+    threads: int = 1,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+    start: FloatArray | None = None,
+    start_objective: float | None = None,
+    on_event: EventCallback | None = None,
+    origin: float | None = None,
+) -> HighsOutcome:
+    """Solve ``loaded`` until optimal or until ``deadline`` (``time.monotonic()``).
+
+    Parameters
+    ----------
+    loaded
+        From :func:`load`.
+    deadline
+        Wall-clock deadline, ``time.monotonic()`` seconds.
+    threads
+        HiGHS ``threads`` option.
+    seed
+        HiGHS ``random_seed``.
+    options
+        Further HiGHS options (override the defaults set here).
+    start
+        Column values of a feasible solution (MIP start).
+    start_objective
+        Its objective: only better incumbents are reported.
+    on_event
+        Called on each improvement (module docstring).
+    origin
+        ``time.monotonic()`` that event times count from; the start of this run
+        by default.
+
+    Returns
+    -------
+    HighsOutcome
+        Never raises on a time-out; HiGHS option errors raise ``ValueError``.
+    """
+    highs = loaded.highs
+    began = time.monotonic()
+    settings: dict[str, Any] = {
+        "time_limit": max(deadline - began, 1e-3),
+        "threads": int(threads),
+        "random_seed": int(seed),
+    }
+    settings.update(options or {})
+    for name, value in settings.items():
+        if highs.setOptionValue(name, value) == highspy.HighsStatus.kError:
+            raise ValueError(f"HiGHS rejected option {name}={value!r}")
+    if start is not None:
+        solution = highspy.HighsSolution()
+        solution.col_value = list(map(float, start))
+        solution.value_valid = True
+        highs.setSolution(solution)
+
+    events: list[tuple[float, float | None, float]] = []
+    origin = began if origin is None else origin
+    state: dict[str, Any] = {
+        "objective": math.inf if start_objective is None else start_objective,
+        "bound": -math.inf,
+        "interrupted": False,
+        "error": None,
+    }
+
+    def report(objective: float | None, bound: float | None) -> None:
+        better = False
+        if objective is not None and objective < state["objective"] - 1e-9:
+            state["objective"], better = objective, True
+        if bound is not None and math.isfinite(bound) and bound > state["bound"] + 1e-9:
+            state["bound"], better = bound, True
+        if not better:
+            return
+        finite = state["objective"] if math.isfinite(state["objective"]) else None
+        event = (time.monotonic() - origin, finite, state["bound"])
+        events.append(event)
+        if on_event is not None and state["error"] is None:
+            try:
+                on_event(*event)
+            except Exception as error:  # re-raised after HiGHS returns
+                state["error"] = error
+
+    def interrupt(event: Any) -> None:
+        if event.callback_type == highspy.cb.HighsCallbackType.kCallbackMipInterrupt:
+            out = event.data_out
+            report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
+        if time.monotonic() >= deadline or state["error"] is not None:
+            state["interrupted"] = state["error"] is None
+            event.interrupt()
+
+    def improving(event: Any) -> None:
+        report(float(event.data_out.objective_function_value), None)
+
+    def logging(event: Any) -> None:
+        out = event.data_out
+        report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
+
+    highs.cbSimplexInterrupt.subscribe(interrupt)
+    highs.cbIpmInterrupt.subscribe(interrupt)
+    highs.cbMipInterrupt.subscribe(interrupt)
+    highs.cbMipImprovingSolution.subscribe(improving)
+    highs.cbMipLogging.subscribe(logging)
+    try:
+        ran = highs.run()
+        if (
+            ran == highspy.HighsStatus.kError
+            and highs.getModelStatus() == highspy.HighsModelStatus.kNotset
+        ):
+            # HiGHS's thread pool is per process and fixed by the first solve; a
+            # different ``threads`` makes ``run`` fail before it starts.
+            highspy.Highs.resetGlobalScheduler(True)
+            ran = highs.run()
+    finally:
+        highs.clearCallbacks()
+    if state["error"] is not None:
+        raise state["error"]
+
+    model_status = highs.getModelStatus()
+    if ran == highspy.HighsStatus.kError and model_status in (
+        highspy.HighsModelStatus.kNotset,
+        highspy.HighsModelStatus.kSolveError,
+        highspy.HighsModelStatus.kModelError,
+    ):
+        return HighsOutcome(
+            status=Status.UNKNOWN,
+            model_status=highs.modelStatusToString(model_status),
+            objective=None,
+            bound=-math.inf,
+            values=None,
+            nodes=0,
+            runtime_s=time.monotonic() - began,
+            interrupted=bool(state["interrupted"]),
+            events=events,
+        )
+    info = highs.getInfo()
+    solution = highs.getSolution()
+    has_value = info.primal_solution_status == 2 and solution.value_valid
+    values = np.asarray(solution.col_value, dtype=np.float64) if has_value else None
+    objective = float(info.objective_function_value) if has_value else None
+    is_mip = loaded.size["integers"] > 0
+    if is_mip:
+        bound = _finite(info.mip_dual_bound)
+        bound = -math.inf if bound is None else bound
+    elif model_status == highspy.HighsModelStatus.kOptimal:
+        bound = float(info.objective_function_value)
+    else:
+        bound = -math.inf
+    if objective is not None:
+        report(objective, bound)
+    return HighsOutcome(
+        status=_STATUS.get(model_status, Status.UNKNOWN),
+        model_status=highs.modelStatusToString(model_status),
+        objective=objective,
+        bound=bound,
+        values=values,
+        nodes=int(info.mip_node_count) if is_mip else 0,
+        runtime_s=time.monotonic() - began,
+        interrupted=bool(state["interrupted"]),
+        events=events,
+    )
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) and abs(value) < highspy.kHighsInf else None
