@@ -3,12 +3,12 @@ and a brute-force enumeration that shares no code with lsched."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 
 import numpy as np
 import pytest
+from slot_brute import brute_force, make_problem, random_case
 
 from lsched.errors import InputError
 from lsched.formulations.incumbent import is_feasible
@@ -17,32 +17,6 @@ from lsched.formulations.result import LOG_COLUMNS, Status
 from lsched.formulations.slot import SlotProblem
 from lsched.generators.families import jaillet
 from lsched.profile import load_profile
-
-
-def _problem(
-    arrival,
-    prompt,
-    output,
-    *,
-    capacity,
-    weight=None,
-    block=1,
-    seqs=None,
-    budget=None,
-    objective="latency",
-):
-    n = len(arrival)
-    return SlotProblem(
-        arrival=np.asarray(arrival, dtype=np.float64),
-        prompt_tokens=np.asarray(prompt, dtype=np.int64),
-        output_tokens=np.asarray(output, dtype=np.int64),
-        weight=np.ones(n, dtype=np.int64) if weight is None else np.asarray(weight),
-        kv_capacity_blocks=capacity,
-        block_tokens=block,
-        max_num_seqs=seqs,
-        max_num_batched_tokens=budget,
-        objective=objective,
-    )
 
 
 def _check(problem, result):
@@ -77,7 +51,7 @@ def _check(problem, result):
     ],
 )
 def test_hand_two_requests_kv(objective, value):
-    problem = _problem([0, 0], [1, 1], [3, 3], capacity=4, objective=objective)
+    problem = make_problem([0, 0], [1, 1], [3, 3], capacity=4, objective=objective)
     result = solve(problem, time_limit=10)
     _check(problem, result)
     assert result.status == Status.OPTIMAL
@@ -90,12 +64,12 @@ def test_hand_two_requests_kv(objective, value):
 # S = (0, 2), E = (2, 4): latency 6. With weights (1, 3) the heavier goes first:
 # E = (4, 2), weighted latency 1*4 + 3*2 = 10 (the other order gives 2 + 12 = 14).
 def test_hand_batch_cap_weighted():
-    problem = _problem([0, 0], [1, 1], [2, 2], capacity=100, seqs=1)
+    problem = make_problem([0, 0], [1, 1], [2, 2], capacity=100, seqs=1)
     result = solve(problem, time_limit=10)
     _check(problem, result)
     assert result.status == Status.OPTIMAL
     assert result.objective == pytest.approx(6.0)
-    weighted = _problem([0, 0], [1, 1], [2, 2], capacity=100, seqs=1, weight=[1, 3])
+    weighted = make_problem([0, 0], [1, 1], [2, 2], capacity=100, seqs=1, weight=[1, 3])
     result = solve(weighted, time_limit=10)
     _check(weighted, result)
     assert result.status == Status.OPTIMAL
@@ -109,12 +83,12 @@ def test_hand_batch_cap_weighted():
 # With an arrival of 0.5 for the second (release 1) the same schedule is optimal
 # and the latency is 2 + (3 - 0.5) = 4.5.
 def test_hand_token_budget_and_arrival():
-    problem = _problem([0, 0], [2, 2], [2, 2], capacity=100, budget=3)
+    problem = make_problem([0, 0], [2, 2], [2, 2], capacity=100, budget=3)
     result = solve(problem, time_limit=10)
     _check(problem, result)
     assert result.status == Status.OPTIMAL
     assert result.objective == pytest.approx(5.0)
-    late = _problem([0, 0.5], [2, 2], [2, 2], capacity=100, budget=3)
+    late = make_problem([0, 0.5], [2, 2], [2, 2], capacity=100, budget=3)
     result = solve(late, time_limit=10)
     _check(late, result)
     assert result.status == Status.OPTIMAL
@@ -125,76 +99,12 @@ def test_hand_token_budget_and_arrival():
 # -- (b) brute force ----------------------------------------------------------
 
 
-def _brute_force(arrival, prompt, output, weight, capacity, block, seqs, budget, obj):
-    """Optimal integer objective by enumerating all start slots, with a
-    feasibility check written from the slot model's rules (no lsched code).
-
-    Any optimal schedule has no idle slot after the last release (R), so every
-    completion is at most R + sum(o): starts range over [r_i, R + sum(o) - o_i].
-    """
-    release = np.ceil(np.asarray(arrival)).astype(int)
-    prompt, output = np.asarray(prompt), np.asarray(output)
-    weight = np.asarray(weight)
-    horizon = int(release.max() + output.sum())
-    ranges = [
-        range(int(r), horizon - int(o) + 1)
-        for r, o in zip(release, output, strict=True)
-    ]
-    starts = np.array(list(itertools.product(*ranges)), dtype=np.int64)  # (m, n)
-    ok = np.ones(len(starts), dtype=bool)
-    for tau in range(horizon):
-        age = tau - starts  # offset j of each request in slot tau
-        running = (age >= 0) & (age < output)
-        blocks = -(-(prompt + age) // block) * running
-        ok &= blocks.sum(axis=1) <= capacity
-        if seqs is not None:
-            ok &= running.sum(axis=1) <= seqs
-        if budget is not None:
-            tokens = np.where(age == 0, prompt, 1) * running
-            ok &= tokens.sum(axis=1) <= budget
-    starts = starts[ok]
-    if obj == "latency":
-        values = (starts + output) @ weight
-    elif obj == "ttft":
-        values = starts @ weight
-    else:
-        values = (starts + output).max(axis=1)
-    a = np.asarray(arrival, dtype=np.float64)
-    offset = {
-        "latency": -float(weight @ a),
-        "ttft": float(weight @ (1 - a)),
-        "makespan": -float(a.min()),
-    }[obj]
-    return float(values.min()) + offset
-
-
-def _random_case(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 6))
-    objective = ("latency", "ttft", "makespan")[seed % 3]
-    # a few (prompt, output) kinds, so that identical requests occur
-    kinds = [(int(rng.integers(1, 4)), int(rng.integers(1, 5))) for _ in range(3)]
-    chosen = [kinds[k] for k in rng.integers(0, len(kinds), size=n)]
-    prompt = [p for p, _ in chosen]
-    output = [o for _, o in chosen]
-    if n == 5:  # keep the enumeration small
-        output = [min(o, 3) for o in output]
-    arrival = np.sort(rng.choice([0.0, 0.0, 0.5, 1.0, 2.0], size=n))
-    weight = rng.integers(1, 4, size=n) if seed % 2 else np.ones(n, dtype=np.int64)
-    block = int(rng.choice([1, 2]))
-    peak = max(-(-(p + o - 1) // block) for p, o in zip(prompt, output, strict=True))
-    capacity = peak + int(rng.integers(0, peak + 1))
-    seqs = int(rng.integers(1, 4)) if seed % 4 == 1 else None
-    budget = max(prompt) + int(rng.integers(0, 3)) if seed % 5 == 2 else None
-    return arrival, prompt, output, weight, capacity, block, seqs, budget, objective
-
-
 @pytest.mark.parametrize("seed", range(15))
-def test_random_small_matches_brute_force(seed):
+def test_random_small_matchesbrute_force(seed):
     arrival, prompt, output, weight, capacity, block, seqs, budget, objective = (
-        _random_case(seed)
+        random_case(seed)
     )
-    problem = _problem(
+    problem = make_problem(
         arrival,
         prompt,
         output,
@@ -205,7 +115,7 @@ def test_random_small_matches_brute_force(seed):
         budget=budget,
         objective=objective,
     )
-    expected = _brute_force(
+    expected = brute_force(
         arrival, prompt, output, weight, capacity, block, seqs, budget, objective
     )
     result = solve(problem, time_limit=10)
@@ -252,7 +162,7 @@ def test_time_limit_returns_feasible_schedule():
 
 
 def test_progress_callback_and_initial_solution():
-    problem = _problem([0, 0, 0], [1, 1, 2], [3, 3, 2], capacity=5)
+    problem = make_problem([0, 0, 0], [1, 1, 2], [3, 3, 2], capacity=5)
     events = []
     # a feasible but poor start: one request after the other
     initial = np.array([0, 3, 6], dtype=np.int64)
@@ -274,7 +184,7 @@ def test_progress_callback_and_initial_solution():
 
 
 def test_infeasible_initial_solution_raises():
-    problem = _problem([0, 0], [1, 1], [3, 3], capacity=4)
+    problem = make_problem([0, 0], [1, 1], [3, 3], capacity=4)
     with pytest.raises(InputError):
         solve(problem, initial_solution=np.array([0, 0], dtype=np.int64))
 
@@ -291,7 +201,7 @@ def test_relaxed_gap_is_not_reported_optimal_unless_closed():
 
 def test_thread_count_can_change_between_solves():
     # HiGHS's thread pool is per process; a new ``threads`` value must still run.
-    problem = _problem([0, 0], [1, 1], [3, 3], capacity=4)
+    problem = make_problem([0, 0], [1, 1], [3, 3], capacity=4)
     for workers in (1, 2, 1):
         result = solve(problem, time_limit=10, num_workers=workers)
         _check(problem, result)

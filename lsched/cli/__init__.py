@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lsched.cli import models, profile, simulate, trace, trace_gen
+from lsched.cli import models, profile, simulate, solve, trace, trace_gen
 from lsched.errors import InputError
 from lsched.policies import PolicyError
 
@@ -28,6 +28,7 @@ app.add_typer(trace.app, name="trace")
 app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
 app.command("simulate")(simulate.simulate_command)
+app.command("solve")(solve.solve_command)
 
 
 def main(argv: list[str] | None = None) -> None:

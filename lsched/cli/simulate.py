@@ -11,11 +11,11 @@ from rich.progress import Progress
 
 from lsched.atomic import atomic_target
 from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
-from lsched.profile import load_profile
 from lsched.traces import read_trace
 
 #: Metrics shown in the table, in order (all are in the JSON).
@@ -75,9 +75,24 @@ def simulate_command(
         Path | None,
         typer.Option(help="Write per-request records (.csv or .parquet)."),
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
+    ] = None,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     specs = [parse_policy(p) for p in policy]
+    overrides = parse_overrides(settings)
+    if (
+        kv_capacity_tokens is not None
+        and overrides.get("kv_capacity_tokens", kv_capacity_tokens)
+        != kv_capacity_tokens
+    ):
+        raise InputError(
+            f"got {kv_capacity_tokens}, but --set kv_capacity_tokens="
+            f"{overrides['kv_capacity_tokens']}; expected one capacity",
+            field="kv-capacity-tokens",
+        )
     if dispatch == "static":
         raise InputError(
             "dispatch 'static' needs an assignment, which the CLI cannot take; "
@@ -87,10 +102,9 @@ def simulate_command(
     instance, _ = read_trace(trace, format, limit=limit)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
-    profile = load_profile(model)
-    capacity = kv_capacity_tokens or instance.params.get("kv_capacity_tokens")
-    if capacity is not None:
-        profile = profile.replace(kv_capacity_tokens=int(capacity))
+    profile = deployment_profile(
+        model, overrides, instance, kv_capacity_tokens=kv_capacity_tokens
+    )
     results: list[SimulationResult] = []
     with Progress(transient=True, disable=json_output) as bar:
         for spec in specs:

@@ -1,0 +1,343 @@
+"""``lsched solve``: the offline optimum of a trace in the slot model.
+
+Reads the trace, builds :class:`~lsched.formulations.slot.SlotProblem` on the
+deployment (the instance's own KV capacity applies unless ``--set
+kv_capacity_tokens=...`` is given), solves it with CP-SAT or the MILP (HiGHS)
+under one wall-clock limit, and replays the schedule through the evaluator
+(:func:`~lsched.evaluator.fixed.replay_start_slots`) as an independent check of
+its objective. Exit status: 0 with a schedule (optimal, feasible or time limit),
+1 without one (infeasible, unknown) or if the replay disagrees, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+
+from lsched.atomic import atomic_target
+from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
+from lsched.errors import InputError
+from lsched.evaluator.fixed import replay_start_slots
+from lsched.formulations.result import SolveResult
+from lsched.formulations.slot import OBJECTIVES, SlotProblem, slot_length_s
+from lsched.policies import PolicyError
+from lsched.traces import read_trace
+
+#: ``--formulation`` values (the timed model comes later).
+FORMULATIONS: tuple[str, ...] = ("slot",)
+#: ``--backend`` values.
+BACKENDS: tuple[str, ...] = ("cpsat", "milp")
+#: Columns of ``--out``: one row per request, times in slots.
+SCHEDULE_COLUMNS: tuple[str, ...] = (
+    "request",
+    "arrival_slot",
+    "start_slot",
+    "first_token_slot",
+    "completion_slot",
+)
+#: Relative tolerance of the replay check.
+REPLAY_RTOL = 1e-9
+
+
+def _choice(value: str, accepted: tuple[str, ...], option: str) -> str:
+    if value not in accepted:
+        raise InputError(
+            f"got {value!r}; expected one of: {', '.join(accepted)}", field=option
+        )
+    return value
+
+
+def solve_command(
+    trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Deployment profile name or TOML.")
+    ],
+    formulation: Annotated[
+        str,
+        typer.Option(
+            metavar="slot", help="Formulation: slot (the timed model comes later)."
+        ),
+    ] = "slot",
+    backend: Annotated[
+        str,
+        typer.Option(
+            metavar="cpsat|milp",
+            help="Solver: cpsat (OR-Tools) or milp (Pyomo + HiGHS).",
+        ),
+    ] = "cpsat",
+    objective: Annotated[
+        str,
+        typer.Option(
+            metavar="latency|makespan|ttft",
+            help="latency (sum of E2E), makespan (last completion - first "
+            "arrival) or ttft (sum of time to first token); in slots.",
+        ),
+    ] = "latency",
+    time_limit: Annotated[
+        float, typer.Option(help="Wall-clock seconds for the whole solve.")
+    ] = 60.0,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Solver threads (cpsat 2, milp 1 by default)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Solver random seed.")] = 0,
+    slot_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds per slot; by default 1 on a unit-slot profile, else the "
+            "profile's decode iteration at the mean context."
+        ),
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help="Trace format.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the schedule, one row per request (.parquet/.csv)."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
+    ] = None,
+) -> None:
+    """Solve TRACE offline in the slot model; print the optimum, bound and gap."""
+    _choice(formulation, FORMULATIONS, "--formulation")
+    _choice(backend, BACKENDS, "--backend")
+    _choice(objective, OBJECTIVES, "--objective")
+    if not math.isfinite(time_limit) or time_limit <= 0:
+        raise InputError(
+            f"got {time_limit}; expected seconds > 0", field="--time-limit"
+        )
+    if workers is not None and workers < 1:
+        raise InputError(f"got {workers}; expected >= 1", field="--workers")
+    if out is not None:
+        _check_out(out)
+    overrides = parse_overrides(settings)
+
+    instance, _ = read_trace(trace, format, limit=limit)
+    profile = deployment_profile(model, overrides, instance)
+    tau = slot_length_s(instance, profile) if slot_s is None else slot_s
+    try:
+        problem = SlotProblem.from_instance(
+            instance, profile, objective=objective, slot_s=tau
+        )
+    except InputError as exc:
+        if exc.field == "kv_capacity_blocks":  # say where the capacity came from
+            source = (
+                "--set kv_capacity_tokens"
+                if "kv_capacity_tokens" in overrides
+                else "the instance's params"
+                if "kv_capacity_tokens" in instance.params
+                else f"profile {profile.name!r}"
+            )
+            raise InputError(
+                f"{exc.message} (kv_capacity_tokens = {profile.kv_capacity_tokens} "
+                f"from {source})",
+                field="kv_capacity_tokens",
+            ) from None
+        raise
+
+    result = _solve(problem, backend, time_limit, workers, seed)
+    replay = None if result.start is None else _replay_objective(problem, result)
+    summary = {
+        **result.summary(),
+        "formulation": formulation,
+        "backend": backend,
+        "objective_name": objective,
+        "num_requests": len(problem),
+        "slot_s": tau,
+        "replay_objective": replay,
+        "incumbent_source": _incumbent_source(result),
+        "kv_capacity_tokens": profile.kv_capacity_tokens,
+        "profile": profile.name,
+        "instance": instance.name,
+    }
+    agrees = (
+        replay is not None
+        and result.objective is not None
+        and math.isclose(replay, result.objective, rel_tol=REPLAY_RTOL, abs_tol=1e-9)
+    )
+    if out is not None and result.start is not None and agrees:
+        _write_schedule(out, problem, result.start)
+        summary["out"] = str(out)
+    if json_output:
+        print_json(summary)
+    else:
+        print_table(
+            f"{instance.name} on {profile.name}: {objective}, slot model, {backend} "
+            f"({len(problem)} requests)",
+            ["field", "value"],
+            [
+                [key, summary[key]]
+                for key in (
+                    "status",
+                    "objective",
+                    "bound",
+                    "gap",
+                    "runtime_s",
+                    "solver",
+                    "incumbent_source",
+                    "replay_objective",
+                    "slot_s",
+                    "kv_capacity_tokens",
+                )
+            ],
+        )
+    if result.start is None:
+        print(
+            f"lsched: no schedule found (status {result.status.value})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+    if not agrees:
+        print(
+            f"lsched: error: replay check failed: the evaluator scores the schedule "
+            f"{replay!r}, the solver reported {result.objective!r}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+
+
+def _check_out(path: Path) -> None:
+    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".parquet"}:
+        raise InputError(
+            f"got suffix {suffix!r}; expected .parquet or .csv", field="--out"
+        )
+    if not path.parent.is_dir():
+        raise InputError(f"no such directory {str(path.parent)!r}", field="--out")
+
+
+class _ProgressLine:
+    """A live status line on stderr: objective and bound as the solver improves.
+
+    Quiet when stderr is not a terminal (piped, captured), so ``--json`` output and
+    logs stay clean.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.console = Console(stderr=True)
+        self.enabled = self.console.is_terminal
+        self.label = label
+        self.status = self.console.status(label) if self.enabled else None
+
+    def __enter__(self) -> _ProgressLine:
+        if self.status is not None:
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+    def __call__(self, time_s: float, objective: float | None, bound: float) -> None:
+        if self.status is None:
+            return
+        parts = [f"{self.label}  {time_s:7.1f} s"]
+        if objective is not None:
+            parts.append(f"objective {objective:,.6g}")
+        if math.isfinite(bound):
+            parts.append(f"bound {bound:,.6g}")
+        if objective is not None and math.isfinite(bound) and objective != 0:
+            parts.append(f"gap {max(0.0, (objective - bound) / abs(objective)):.2%}")
+        self.status.update("  ".join(parts))
+
+
+def _solve(
+    problem: SlotProblem,
+    backend: str,
+    time_limit: float,
+    workers: int | None,
+    seed: int,
+) -> SolveResult:
+    # imported here: each backend pulls in a heavy solver stack
+    if backend == "cpsat":
+        from lsched.formulations.cpsat import solve
+    else:
+        from lsched.formulations.milp import solve
+    options: dict[str, Any] = {"time_limit": time_limit, "seed": seed}
+    if workers is not None:
+        options["num_workers"] = workers
+    with (
+        _native_stdout_to_stderr(),
+        _ProgressLine(f"solving ({backend}, {problem.objective})") as line,
+    ):
+        return solve(problem, on_progress=line, **options)
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native solver code prints on file descriptor 1 to stderr.
+
+    HiGHS prints a banner to the C-level stdout when a solver object is created,
+    whatever its options; stdout must stay one JSON object under ``--json``.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1: nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _incumbent_source(result: SolveResult) -> str | None:
+    """Who found the returned schedule: the solver, a heuristic or the start."""
+    source = result.info.get("incumbent", result.info.get("source"))
+    return None if source is None else str(source)
+
+
+def _replay_objective(problem: SlotProblem, result: SolveResult) -> float:
+    """The objective of ``result.start`` as the evaluator scores its replay."""
+    assert result.start is not None
+    try:
+        replay = replay_start_slots(
+            problem.unit_instance(), problem.unit_profile(), result.start
+        )
+    except PolicyError as exc:  # the solver's schedule breaks a rule: a bug
+        raise PolicyError(f"replay check failed: {exc}") from exc
+    records = replay.requests
+    arrival = problem.arrival
+    weight = problem.weight
+    if problem.objective == "latency":
+        return float(np.dot(weight, records["completion_s"].to_numpy() - arrival))
+    if problem.objective == "ttft":
+        return float(np.dot(weight, records["first_token_s"].to_numpy() - arrival))
+    return float(records["completion_s"].max() - arrival.min())
+
+
+def _write_schedule(path: Path, problem: SlotProblem, start: np.ndarray) -> None:
+    start = np.asarray(start, dtype=np.int64)
+    frame = pd.DataFrame(
+        {
+            "request": np.arange(len(problem), dtype=np.int64),
+            "arrival_slot": problem.arrival,
+            "start_slot": start,
+            "first_token_slot": start + 1,
+            "completion_slot": start + problem.output_tokens,
+        },
+        columns=list(SCHEDULE_COLUMNS),
+    )
+    with atomic_target(path) as temporary:
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(temporary, index=False)
+        else:
+            frame.to_parquet(temporary, index=False)
