@@ -124,6 +124,42 @@ def best_heuristic(problem: SlotProblem) -> tuple[str, IntArray]:
     return name, schedules[name]
 
 
+def starting_schedule(
+    problem: SlotProblem, initial_solution: npt.ArrayLike | None
+) -> tuple[str, IntArray]:
+    """The incumbent every solve starts from, and its source.
+
+    ``initial_solution`` (checked: integer starts, feasible) or the best
+    heuristic, with idle slots after the last release closed
+    (:func:`~lsched.formulations.horizon.close_idle_slots`, so that it keeps the
+    safe deadlines) and identical requests in position order
+    (:meth:`~lsched.formulations.slot.SlotProblem.canonical`, so that it keeps the
+    symmetry-breaking constraints).
+
+    Raises
+    ------
+    InputError
+        Naming ``initial_solution`` if it has the wrong shape or breaks a rule.
+    """
+    if initial_solution is None:
+        source, start = best_heuristic(problem)
+    else:
+        source, start = "initial", np.asarray(initial_solution)
+        if start.shape != (len(problem),) or start.dtype.kind not in "iu":
+            raise InputError(
+                f"got shape {start.shape} dtype {start.dtype}; expected "
+                f"{len(problem)} integer start slots",
+                field="initial_solution",
+            )
+        if not is_feasible(problem, start):
+            raise InputError(
+                "the schedule breaks a slot-model rule (arrival, KV capacity, "
+                "batch cap or token budget); expected a feasible schedule",
+                field="initial_solution",
+            )
+    return source, problem.canonical(close_idle_slots(problem, start))
+
+
 def is_feasible(problem: SlotProblem, start: npt.ArrayLike) -> bool:
     """Whether ``start`` keeps every slot-model rule (checked by the evaluator's
     vectorised scorer, which shares no code with the formulations)."""

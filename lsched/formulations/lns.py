@@ -37,6 +37,7 @@ from lsched.formulations import cpsat
 from lsched.formulations.bounds import energy
 from lsched.formulations.cpsat.slot import build
 from lsched.formulations.horizon import deadlines
+from lsched.formulations.incumbent import starting_schedule
 from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
 from lsched.formulations.slot import SlotProblem
 
@@ -85,7 +86,7 @@ def solve(
         CP-SAT parameters for the sub-models and the full model.
     """
     started = time.perf_counter()
-    source, start = cpsat.incumbent(problem, initial_solution)
+    source, start = starting_schedule(problem, initial_solution)
     upper = problem.integer_objective(start)
     lo_all = problem.release
     hi_all = deadlines(problem, upper) - problem.output_tokens

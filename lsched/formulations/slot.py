@@ -264,6 +264,31 @@ class SlotProblem:
         """The objective of start slots ``start`` (feasibility not checked)."""
         return self.integer_objective(start) + self.objective_offset
 
+    def identical_groups(self) -> list[IntArray]:
+        """Groups (size >= 2) of interchangeable requests, in position order.
+
+        Requests equal in release, prompt, output and weight can swap starts: the
+        schedule stays feasible with the same objective. So ``S_i <= S_k`` for
+        ``i < k`` within a group loses no optimum (symmetry breaking).
+        """
+        keys = np.stack(
+            [self.release, self.prompt_tokens, self.output_tokens, self.weight], axis=1
+        )
+        _, label, counts = np.unique(
+            keys, axis=0, return_inverse=True, return_counts=True
+        )
+        order = np.argsort(label.ravel(), kind="stable")
+        groups = np.split(order, np.cumsum(counts)[:-1])
+        return [g for g in groups if len(g) > 1]
+
+    def canonical(self, start: npt.ArrayLike) -> IntArray:
+        """``start`` with each identical group's starts sorted by position: same
+        objective, feasible whenever ``start`` is, and symmetry-broken."""
+        start = np.array(start, dtype=np.int64)
+        for group in self.identical_groups():
+            start[group] = np.sort(start[group])
+        return start
+
     def subproblem(self, ids: npt.ArrayLike) -> SlotProblem:
         """The same problem restricted to requests ``ids`` (in that order)."""
         ids = np.asarray(ids, dtype=np.int64)

@@ -29,35 +29,13 @@ from ortools.sat.python import cp_model
 from lsched.errors import InputError
 from lsched.formulations.cpsat.slot import FORMULATIONS, build
 from lsched.formulations.horizon import deadlines
-from lsched.formulations.incumbent import best_heuristic, is_feasible
+from lsched.formulations.incumbent import starting_schedule
 from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
 from lsched.formulations.slot import SlotProblem
 
 __all__ = ["FORMULATIONS", "solve"]
 
 Progress = Callable[[float, float | None, float], None]
-
-
-def incumbent(
-    problem: SlotProblem, initial_solution: npt.ArrayLike | None
-) -> tuple[str, npt.NDArray[np.int64]]:
-    """``initial_solution`` checked for feasibility, or the best heuristic."""
-    if initial_solution is None:
-        return best_heuristic(problem)
-    start = np.asarray(initial_solution)
-    if start.shape != (len(problem),) or start.dtype.kind not in "iu":
-        raise InputError(
-            f"got shape {start.shape} dtype {start.dtype}; expected {len(problem)} "
-            "integer start slots",
-            field="initial_solution",
-        )
-    if not is_feasible(problem, start):
-        raise InputError(
-            "the schedule breaks a slot-model rule (arrival, KV capacity, batch "
-            "cap or token budget); expected a feasible schedule",
-            field="initial_solution",
-        )
-    return "initial", start.astype(np.int64)
 
 
 class _Recorder(cp_model.CpSolverSolutionCallback):
@@ -128,7 +106,7 @@ def solve(
         Never raises on a time-out: the incumbent and bound found so far.
     """
     started = time.perf_counter()
-    source, start = incumbent(problem, initial_solution)
+    source, start = starting_schedule(problem, initial_solution)
     upper = problem.integer_objective(start)
     hi = deadlines(problem, upper) - problem.output_tokens
     built = build(problem, problem.release, hi, formulation)

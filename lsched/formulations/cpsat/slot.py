@@ -51,7 +51,6 @@ formulations). Objectives as in :mod:`lsched.formulations.slot`: ``sum w E``,
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -76,20 +75,6 @@ class SlotModel:
     formulation: str
 
 
-def identical_groups(problem: SlotProblem) -> list[IntArray]:
-    """Groups (of size >= 2) of interchangeable requests, in position order."""
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i in range(len(problem)):
-        key = (
-            int(problem.release[i]),
-            int(problem.prompt_tokens[i]),
-            int(problem.output_tokens[i]),
-            int(problem.weight[i]),
-        )
-        groups[key].append(i)
-    return [np.array(ids) for ids in groups.values() if len(ids) > 1]
-
-
 def build(
     problem: SlotProblem, lo: IntArray, hi: IntArray, formulation: str = "interval"
 ) -> SlotModel:
@@ -107,7 +92,7 @@ def build(
     {"interval": _interval, "time-indexed": _time_indexed, "events": _events}[
         formulation
     ](model, problem, start, lo, hi)
-    for ids in identical_groups(problem):
+    for ids in problem.identical_groups():
         for a, b in pairwise(ids):
             model.add(start[a] <= start[b])
     w = problem.weight.tolist()

@@ -39,9 +39,8 @@ import numpy.typing as npt
 import pandas as pd
 from pyomo.common.collections import ComponentMap
 
-from lsched.errors import InputError
-from lsched.formulations.horizon import close_idle_slots, deadlines
-from lsched.formulations.incumbent import best_heuristic, is_feasible
+from lsched.formulations.horizon import deadlines
+from lsched.formulations.incumbent import is_feasible, starting_schedule
 from lsched.formulations.milp import highs as _highs
 from lsched.formulations.milp.slot import SlotModel, Strengthening, build_model
 from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
@@ -58,34 +57,12 @@ INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
 ProgressCallback = Callable[[float, float | None, float], None]
 
 
-def _incumbent(
-    problem: SlotProblem, initial_solution: npt.ArrayLike | None
-) -> tuple[str, np.ndarray]:
-    if initial_solution is None:
-        return best_heuristic(problem)
-    start = np.asarray(initial_solution)
-    if start.shape != (len(problem),) or start.dtype.kind not in "iu":
-        raise InputError(
-            f"got shape {start.shape} dtype {start.dtype}; expected "
-            f"{len(problem)} integer start slots",
-            field="initial_solution",
-        )
-    start = start.astype(np.int64)
-    if not is_feasible(problem, start):
-        raise InputError(
-            "expected a feasible schedule (release, KV, batch cap and token budget "
-            "rules of the slot model)",
-            field="initial_solution",
-        )
-    return "initial", close_idle_slots(problem, start)
-
-
 def _prepare(
     problem: SlotProblem,
     initial_solution: npt.ArrayLike | None,
     strengthening: Strengthening | None,
 ) -> tuple[str, np.ndarray, SlotModel]:
-    source, start = _incumbent(problem, initial_solution)
+    source, start = starting_schedule(problem, initial_solution)
     upper = problem.integer_objective(start)
     built = build_model(
         problem,
@@ -93,7 +70,7 @@ def _prepare(
         upper_bound=upper,
         strengthening=strengthening,
     )
-    return source, built.canonical(start), built
+    return source, start, built
 
 
 def _integer_bound(bound: float) -> float:

@@ -146,23 +146,11 @@ class SlotModel:
         """``L_i = d_i - o_i``."""
         return self.deadline - self.problem.output_tokens
 
-    def canonical(self, start: npt.ArrayLike) -> IntArray:
-        """``start`` with each symmetric group's starts sorted by request index.
-
-        The result is feasible whenever ``start`` is (the requests of a group are
-        interchangeable) and has the same objective; it satisfies the symmetry
-        rows, so it can be given to the solver as a start.
-        """
-        start = np.array(start, dtype=np.int64)
-        for group in self.groups:
-            start[group] = np.sort(start[group])
-        return start
-
     def values(self, start: npt.ArrayLike) -> ComponentMap:
         """Values of every model variable for the schedule ``start``.
 
-        ``start`` must satisfy ``r_i <= S_i <= L_i`` and the symmetry order (use
-        :meth:`canonical`).
+        ``start`` must satisfy ``r_i <= S_i <= L_i`` and the symmetry order
+        (:meth:`~lsched.formulations.slot.SlotProblem.canonical`).
         """
         start = np.asarray(start, dtype=np.int64)
         model, problem = self.model, self.problem
@@ -186,19 +174,6 @@ class SlotModel:
             if v > best[i]:
                 best[i], start[i] = v, t
         return start
-
-
-def _groups(problem: SlotProblem) -> list[list[int]]:
-    keyed: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i in range(len(problem)):
-        key = (
-            int(problem.release[i]),
-            int(problem.prompt_tokens[i]),
-            int(problem.output_tokens[i]),
-            int(problem.weight[i]),
-        )
-        keyed[key].append(i)
-    return [group for group in keyed.values() if len(group) > 1]
 
 
 def build_model(
@@ -331,7 +306,7 @@ def build_model(
                 )
                 counts[f"clique{c}"] += 1
 
-    groups = _groups(problem) if opts.symmetry else []
+    groups = [g.tolist() for g in problem.identical_groups()] if opts.symmetry else []
     if groups:
         y_index = [
             (i, t)
