@@ -37,7 +37,7 @@ from lsched.traces import read_trace
 #: ``--formulation`` values (the timed model comes later).
 FORMULATIONS: tuple[str, ...] = ("slot",)
 #: ``--backend`` values.
-BACKENDS: tuple[str, ...] = ("cpsat", "milp")
+BACKENDS: tuple[str, ...] = ("cpsat", "milp", "lns")
 #: Columns of ``--out``: one row per request, times in slots.
 SCHEDULE_COLUMNS: tuple[str, ...] = (
     "request",
@@ -72,8 +72,9 @@ def solve_command(
     backend: Annotated[
         str,
         typer.Option(
-            metavar="cpsat|milp",
-            help="Solver: cpsat (OR-Tools) or milp (Pyomo + HiGHS).",
+            metavar="cpsat|milp|lns",
+            help="Solver: cpsat (OR-Tools), milp (Pyomo + HiGHS) or lns (CP-SAT LNS, "
+            "then the full CP-SAT model).",
         ),
     ] = "cpsat",
     objective: Annotated[
@@ -266,6 +267,8 @@ def _solve(
     # imported here: each backend pulls in a heavy solver stack
     if backend == "cpsat":
         from lsched.formulations.cpsat import solve
+    elif backend == "lns":
+        from lsched.formulations.lns import solve
     else:
         from lsched.formulations.milp import solve
     options: dict[str, Any] = {"time_limit": time_limit, "seed": seed}
