@@ -69,6 +69,7 @@ def run_case(n: int, setting: str, seed: int, backends: list[str], limit: float)
     )
     extra = {
         "energy": bounds.energy(problem),
+        "sawtooth": bounds.sawtooth(problem),
         "lagrangian": bounds.lagrangian(problem, upper),
     }
     best_bound = max([*extra.values(), *(r.bound for r in found.values())])
@@ -86,8 +87,8 @@ def summary(frame: pd.DataFrame) -> str:
     lines = [
         "| n | arrivals | backend | proven | time to proof (median s) | gap own "
         "(median / max) | gap certified (median / max) | energy / best | "
-        "lagrangian / best | MC-SF / best (mean) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "sawtooth / best | lagrangian / best | MC-SF / best (mean) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (n, setting, backend), g in frame.groupby(["n", "setting", "backend"]):
         own = (g["objective"] - g["bound"]) / g["objective"]
@@ -99,6 +100,7 @@ def summary(frame: pd.DataFrame) -> str:
             f"{own.median():.1%} / {own.max():.1%} | "
             f"{g['certified_gap'].median():.1%} / {g['certified_gap'].max():.1%} | "
             f"{(g['energy'] / g['best_found']).median():.3f} | "
+            f"{(g['sawtooth'] / g['best_found']).median():.3f} | "
             f"{(g['lagrangian'] / g['best_found']).median():.3f} | "
             f"{g['mcsf_over_best'].mean():.3f} |"
         )

@@ -21,6 +21,28 @@ objective; ``-inf`` where it says nothing. Notation of
     ``max_tau tau + ceil(sum_{r_i >= tau} A_i / M)``. TTFT: ``S_i = E_i - o_i``,
     so the latency bound minus ``sum_i w_i o_i``.
 
+``sawtooth`` (closed form; unit weights; every objective)
+    Between two completions nothing frees KV and every running request grows,
+    so KV peaks in *event* slots (some request's last slot). Request k running in
+    slot t still runs in the next event slot ``e >= t`` (at the latest its own
+    last slot), so *reserving* in t what k holds in ``e`` keeps the sum of
+    reservations ``<= KV(e) <= M`` in every slot. If ``a_1 < ... < a_m = o_k - 1``
+    are the ages of k at event slots, k reserves
+    ``R_k = sum_j (a_j - a_{j-1}) k_{k,a_j}`` (``a_0 = -1``) and holds
+    ``Q_k = sum_j k_{k,a_j}`` in event slots. For the first ``q`` completers:
+    their slots lie in ``[min r, E_(q))``, so ``sum R_k <= M (E_(q) - min r)``;
+    their event slots are completion slots of requests done by ``E_(q)``, at
+    most ``q`` distinct ones, each holding ``<= M``, so ``sum Q_k <= q M``.
+    Hence, for any ``eta >= 0``, with ``v_k(eta) = min_A (R_k + eta Q_k)`` over
+    age sets ``A`` (a DP in ``O(o_k^2)``)::
+
+        E_(q) >= min r + (sum of the q smallest v_k(eta) - eta q M) / M.
+
+    The best ``eta`` per ``q``, and the ``q``-th smallest ``r_i + o_i``, give the
+    bound as for ``energy``. It charges each request the sawtooth of KV between
+    completions that the energy bound (a flat profile) misses. (Derived in this
+    project's research on the slot model, 2026-11.)
+
 ``lagrangian`` (latency and TTFT)
     Relax the per-slot KV rule with multipliers ``lambda_t >= 0``:
     ``L(lambda) = sum_i min_{S} [w_i (S + o_i) + sum_j lambda_{S+j} k_ij]
@@ -102,6 +124,53 @@ def energy(problem: SlotProblem) -> float:
     if problem.objective == "ttft":
         value -= float(np.dot(w, o))
     return float(value) + problem.objective_offset
+
+
+#: Multipliers ``eta`` tried by :func:`sawtooth` (those below ``2 M`` are used).
+SAWTOOTH_ETAS = np.concatenate([np.arange(0.0, 4.0, 0.25), np.arange(4.0, 101.0)])
+
+
+def _reservation_costs(table: npt.NDArray[np.int64], etas: FloatArray) -> FloatArray:
+    """``v(eta) = min_A (R + eta Q)`` for one request's KV table, every ``eta``."""
+    o = len(table)
+    best = np.full((len(etas), o + 1), np.inf)
+    best[:, 0] = 0.0  # best[:, a + 1]: the cheapest age set whose last event is a
+    for a in range(o):
+        since = a - np.arange(-1, a)  # slots since the previous event b = -1..a-1
+        step = (since[None, :] + etas[:, None]) * float(table[a])
+        best[:, a + 1] = np.min(best[:, : a + 1] + step, axis=1)
+    return best[:, o]
+
+
+def sawtooth(problem: SlotProblem) -> float:
+    """Sawtooth (event reservation) bound (module docstring); unit weights only."""
+    if np.any(problem.weight != 1):
+        return -math.inf
+    n, capacity = len(problem), problem.kv_capacity_blocks
+    r, o = problem.release, problem.output_tokens
+    etas = SAWTOOTH_ETAS[: np.searchsorted(SAWTOOTH_ETAS, 2 * capacity)]
+    cache: dict[tuple[int, int], FloatArray] = {}
+    costs = np.empty((len(etas), n))
+    for i in range(n):
+        key = (int(problem.prompt_tokens[i]), int(o[i]))
+        if key not in cache:
+            cache[key] = _reservation_costs(problem.kv_table(i), etas)
+        costs[:, i] = cache[key]
+    q = np.arange(1, n + 1)
+    reserved = np.cumsum(np.sort(costs, axis=1), axis=1) - etas[:, None] * q * capacity
+    completion = r.min() + _ceil(np.max(reserved, axis=0) / capacity)
+    completion = np.maximum(completion, np.sort(r + o))
+    if problem.objective == "makespan":
+        return float(completion[-1]) + problem.objective_offset
+    value = float(completion.sum())
+    if problem.objective == "ttft":
+        value -= float(o.sum())
+    return value + problem.objective_offset
+
+
+def closed_form(problem: SlotProblem) -> float:
+    """The best free bound: the larger of :func:`energy` and :func:`sawtooth`."""
+    return max(energy(problem), sawtooth(problem))
 
 
 def lagrangian(

@@ -20,7 +20,7 @@ Every accepted schedule keeps the safe start range of
 exact backends search. The remaining time (``polish_share`` of the limit, 0.5 by
 default) runs the full CP-SAT model from the LNS incumbent, which supplies the
 dual bound and, on small instances, the proof; the reported bound is the best of
-that, :func:`lsched.formulations.bounds.energy` and
+that (closed-form bounds included) and
 :func:`lsched.formulations.bounds.lagrangian`.
 """
 
@@ -35,7 +35,7 @@ import pandas as pd
 from ortools.sat.python import cp_model
 
 from lsched.formulations import cpsat
-from lsched.formulations.bounds import energy, lagrangian
+from lsched.formulations.bounds import lagrangian
 from lsched.formulations.cpsat.slot import build
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import starting_schedule
@@ -147,7 +147,7 @@ def solve(
     )
     rows += [(offset_s + t, o, b) for t, o, b in full.log.itertuples(index=False)]
     upper = problem.integer_objective(full.start)
-    bound = max(full.bound, energy(problem), lagrangian(problem, upper))
+    bound = max(full.bound, lagrangian(problem, upper))
     objective = full.objective
     if objective is not None:
         bound = min(bound, objective)

@@ -9,10 +9,11 @@ The formulations are in :mod:`lsched.formulations.cpsat.slot`. Every solve
 3. hands the incumbent to CP-SAT as a solution hint and runs it under
    ``max_time_in_seconds`` (CP-SAT keeps to it; the remaining time after building
    the model is what it gets);
-4. returns the better of CP-SAT's best solution and the incumbent, CP-SAT's best
-   bound (valid: the deadlines keep an optimal schedule), and the objective and
-   bound over time. CP-SAT's objective is an integer, and it reports optimal only
-   with a zero absolute gap.
+4. returns the better of CP-SAT's best solution and the incumbent, the better of
+   CP-SAT's best bound (valid: the deadlines keep an optimal schedule) and the
+   closed-form bounds of :func:`lsched.formulations.bounds.closed_form`, and the
+   objective and bound over time. CP-SAT's objective is an integer, and it
+   reports optimal only with a zero absolute gap.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 from ortools.sat.python import cp_model
 
 from lsched.errors import InputError
+from lsched.formulations.bounds import closed_form
 from lsched.formulations.cpsat.slot import FORMULATIONS, build
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import starting_schedule
@@ -147,7 +149,11 @@ def solve(
         if code == cp_model.MODEL_INVALID:
             status = Status.UNKNOWN
     offset = problem.objective_offset
+    # the free closed-form bounds may beat CP-SAT's on large instances
+    bound = max(bound, closed_form(problem) - offset)
     objective = None if start is None else problem.objective_value(start)
+    if objective is not None and bound + offset >= objective:
+        status = Status.OPTIMAL
     bound = min(bound + offset, objective) if objective is not None else bound + offset
     runtime = time.perf_counter() - started
     recorder.record(objective, bound)

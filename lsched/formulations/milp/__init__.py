@@ -39,6 +39,7 @@ import numpy.typing as npt
 import pandas as pd
 from pyomo.common.collections import ComponentMap
 
+from lsched.formulations.bounds import closed_form
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import is_feasible, starting_schedule
 from lsched.formulations.milp import highs as _highs
@@ -170,7 +171,9 @@ def solve(
         ):
             best, best_source = candidate, "highs"
     integer = problem.integer_objective(best)
-    bound = min(_integer_bound(outcome.bound), float(integer))
+    # the free closed-form bounds may beat HiGHS's dual bound on large instances
+    free = closed_form(problem) - problem.objective_offset
+    bound = min(max(_integer_bound(outcome.bound), free), float(integer))
     status = outcome.status
     if status == Status.OPTIMAL and bound < integer:
         status = Status.FEASIBLE  # HiGHS stopped on a gap the caller relaxed
