@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,13 @@ SETTINGS = {
     "poisson-1.0": 1.0,
     "poisson-1.5": 1.5,
 }
-BACKENDS = {"cpsat": cpsat.solve, "lns": lns.solve, "milp": milp.solve}
+BACKENDS = {
+    "cpsat": cpsat.solve,
+    "cpsat-events": partial(cpsat.solve, formulation="events"),
+    "cpsat-time-indexed": partial(cpsat.solve, formulation="time-indexed"),
+    "lns": lns.solve,
+    "milp": milp.solve,
+}
 
 
 def problem_of(n: int, setting: str, seed: int) -> SlotProblem:

@@ -68,6 +68,7 @@ completions), so such batches are not held.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,23 +168,25 @@ def future_kv(view: ReplicaView, plan: Plan, name: str, kv_fraction: float) -> F
     return FutureKv(base, remaining, view.limits.block_tokens, capacity)
 
 
-def admissible_prefix(
-    view: ReplicaView, plan: Plan, name: str, kv_fraction: float
+def admit_in_order(
+    view: ReplicaView,
+    plan: Plan,
+    candidates: Sequence[int],
+    remaining: Sequence[int],
+    future: FutureKv,
 ) -> tuple[list[int], list[int], list[int]]:
-    """Step 3: the longest prefix of the waiting requests (ascending predicted
-    remaining output) that passes every check; returns ids, first chunks and the
-    predicted remaining outputs of that prefix."""
+    """Admit ``candidates`` in order while every check holds; stop at the first
+    that fails. ``remaining[k]`` is the predicted remaining output of
+    ``candidates[k]``; ``future`` the predicted KV profile it must fit (it is
+    extended with each admitted request). Returns ids, first chunks and the
+    predicted remaining outputs of the admitted requests."""
     limits = view.limits
-    waiting = view.waiting
-    key = predicted_remaining(view, waiting, name)
-    order = np.argsort(key, kind="stable")
-    future = future_kv(view, plan, name, kv_fraction)
     ids: list[int] = []
     chunks: list[int] = []
     keys: list[int] = []
     seqs, used, budget = len(plan.running), plan.used, plan.budget_left
-    for k in order.tolist():
-        w = int(waiting[k])
+    for w, r in zip(candidates, remaining, strict=True):
+        w, r = int(w), int(r)
         if seqs >= limits.max_num_seqs or budget == 0:
             break
         c = first_chunk(view, w, budget)
@@ -191,19 +194,31 @@ def admissible_prefix(
         if used + grow > limits.kv_capacity_blocks:
             break
         base = int(view.prompt_tokens[w] + view.emitted_tokens[w]) - 1
-        ok, checkpoints, loads = future.fits(base, int(key[k]))
+        ok, checkpoints, loads = future.fits(base, r)
         if not ok:
             if not ids and len(plan.running) == 0:
                 # an idle replica admits the head alone: it fits by itself
                 # (the engine checks every true peak), whatever its prediction
-                ids, chunks, keys = [w], [c], [int(key[k])]
+                ids, chunks, keys = [w], [c], [r]
             break
-        future.add(base, int(key[k]), checkpoints, loads)
+        future.add(base, r, checkpoints, loads)
         ids.append(w)
         chunks.append(c)
-        keys.append(int(key[k]))
+        keys.append(r)
         seqs, used, budget = seqs + 1, used + grow, budget - c
     return ids, chunks, keys
+
+
+def admissible_prefix(
+    view: ReplicaView, plan: Plan, name: str, kv_fraction: float
+) -> tuple[list[int], list[int], list[int]]:
+    """Step 3: the longest prefix of the waiting requests (ascending predicted
+    remaining output) that passes every check; returns ids, first chunks and the
+    predicted remaining outputs of that prefix."""
+    key = predicted_remaining(view, view.waiting, name)
+    order = np.argsort(key, kind="stable")
+    future = future_kv(view, plan, name, kv_fraction)
+    return admit_in_order(view, plan, view.waiting[order], key[order], future)
 
 
 def admission_blocked(view: ReplicaView, plan: Plan) -> bool:

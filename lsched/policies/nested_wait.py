@@ -69,8 +69,8 @@ import numpy as np
 
 from lsched.errors import InputError
 from lsched.policies.base import ARRIVAL_TOLERANCE_S, Batch, IntArray, ReplicaView
-from lsched.policies.mc_sf import FutureKv, admission_blocked
-from lsched.policies.sjf import Plan, first_chunk, shed, to_batch
+from lsched.policies.mc_sf import FutureKv, admission_blocked, admit_in_order
+from lsched.policies.sjf import Plan, shed, to_batch
 from lsched.policies.wait import check_wait
 
 
@@ -241,25 +241,6 @@ class NestedWait:
             limits.block_tokens,
             capacity,
         )
-        ids: list[int] = []
-        chunks: list[int] = []
-        seqs, used, budget = len(running), plan.used, plan.budget_left
         remaining = guessed_remaining(self.bounds, view.emitted_tokens[order])
-        for k, w in enumerate(order):
-            if seqs >= limits.max_num_seqs or budget == 0:
-                break
-            c = first_chunk(view, w, budget)
-            grow = int(limits.kv_blocks(c))
-            if used + grow > limits.kv_capacity_blocks:
-                break
-            base = int(view.prompt_tokens[w] + view.emitted_tokens[w]) - 1
-            ok, checkpoints, loads = future.fits(base, int(remaining[k]))
-            if not ok:
-                if not ids and len(running) == 0:
-                    ids, chunks = [w], [c]  # idle replica: it fits alone
-                break
-            future.add(base, int(remaining[k]), checkpoints, loads)
-            ids.append(w)
-            chunks.append(c)
-            seqs, used, budget = seqs + 1, used + grow, budget - c
+        ids, chunks, _ = admit_in_order(view, plan, order, remaining, future)
         return ids, chunks

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 
 from lsched.errors import InputError
 from lsched.policies.base import ARRIVAL_TOLERANCE_S, Batch, ReplicaView
-from lsched.policies.mc_sf import admission_blocked, future_kv
-from lsched.policies.sjf import Plan, first_chunk, predicted_remaining, shed, to_batch
+from lsched.policies.mc_sf import admission_blocked, admit_in_order, future_kv
+from lsched.policies.sjf import Plan, predicted_remaining, shed, to_batch
 from lsched.policies.vllm import check_int
 
 
@@ -112,27 +112,8 @@ class Wait:
 
     def _admit(self, view: ReplicaView, plan: Plan) -> tuple[list[int], list[int]]:
         """Step 3: up to ``threshold`` waiting requests in arrival order."""
-        limits = view.limits
+        candidates = view.waiting[: self.params.threshold]
+        remaining = predicted_remaining(view, candidates, self.name)
         future = future_kv(view, plan, self.name, 1.0)
-        remaining = predicted_remaining(view, view.waiting, self.name)
-        ids: list[int] = []
-        chunks: list[int] = []
-        seqs, used, budget = len(plan.running), plan.used, plan.budget_left
-        for k, w in enumerate(view.waiting.tolist()[: self.params.threshold]):
-            if seqs >= limits.max_num_seqs or budget == 0:
-                break
-            c = first_chunk(view, w, budget)
-            grow = int(limits.kv_blocks(c))
-            if used + grow > limits.kv_capacity_blocks:
-                break
-            base = int(view.prompt_tokens[w] + view.emitted_tokens[w]) - 1
-            ok, checkpoints, loads = future.fits(base, int(remaining[k]))
-            if not ok:
-                if not ids and len(plan.running) == 0:
-                    ids, chunks = [w], [c]  # idle replica: it fits alone
-                break
-            future.add(base, int(remaining[k]), checkpoints, loads)
-            ids.append(w)
-            chunks.append(c)
-            seqs, used, budget = seqs + 1, used + grow, budget - c
+        ids, chunks, _ = admit_in_order(view, plan, candidates, remaining, future)
         return ids, chunks
