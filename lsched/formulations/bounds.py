@@ -39,8 +39,11 @@ objective; ``-inf`` where it says nothing. Notation of
         E_(q) >= min r + (sum of the q smallest v_k(eta) - eta q M) / M.
 
     The best ``eta`` per ``q``, and the ``q``-th smallest ``r_i + o_i``, give the
-    bound as for ``energy``. It charges each request the sawtooth of KV between
-    completions that the energy bound (a flat profile) misses. (Derived in this
+    bound as for ``energy``. With releases, the same argument on the requests
+    released at ``tau`` or later (slots from ``tau``), plus ``r_i + o_i`` for the
+    others, is a bound for every ``tau``; the largest is taken. It charges each
+    request the sawtooth of KV between completions that the energy bound (a flat
+    profile) misses. (Derived in this
     project's research on the slot model, 2026-11.)
 
 ``lagrangian`` (latency and TTFT)
@@ -156,16 +159,22 @@ def sawtooth(problem: SlotProblem) -> float:
         if key not in cache:
             cache[key] = _reservation_costs(problem.kv_table(i), etas)
         costs[:, i] = cache[key]
-    q = np.arange(1, n + 1)
-    reserved = np.cumsum(np.sort(costs, axis=1), axis=1) - etas[:, None] * q * capacity
-    completion = r.min() + _ceil(np.max(reserved, axis=0) / capacity)
-    completion = np.maximum(completion, np.sort(r + o))
-    if problem.objective == "makespan":
-        return float(completion[-1]) + problem.objective_offset
-    value = float(completion.sum())
+    best = -math.inf
+    for tau in np.unique(r):  # requests released at tau or later, the rest apart
+        late = r >= tau
+        q = np.arange(1, int(late.sum()) + 1)
+        reserved = np.cumsum(np.sort(costs[:, late], axis=1), axis=1)
+        reserved -= etas[:, None] * q * capacity
+        completion = tau + _ceil(np.max(reserved, axis=0) / capacity)
+        completion = np.maximum(completion, np.sort((r + o)[late]))
+        if problem.objective == "makespan":
+            value = float(completion[-1])
+        else:
+            value = float(completion.sum() + (r + o)[~late].sum())
+        best = max(best, value)
     if problem.objective == "ttft":
-        value -= float(o.sum())
-    return value + problem.objective_offset
+        best -= float(o.sum())
+    return best + problem.objective_offset
 
 
 def closed_form(problem: SlotProblem) -> float:
