@@ -7,7 +7,7 @@ repeat until the search share of the time limit is spent:
    incumbent start. Two kinds, alternated: a *time window* (requests whose
    incumbent run ``[S_i, E_i)`` meets a random window ``[t0, t0 + W)``, the slots
    where they interact) and a *random subset* of the same size;
-2. **repair**: solve the sub-model (the ``interval`` formulation of
+2. **repair**: solve the sub-model (the default ``events`` formulation of
    :mod:`lsched.formulations.cpsat.slot`, the fixed starts as one-value domains,
    the incumbent as hint) for at most ``step_s`` seconds;
 3. **accept** the repaired schedule if its objective is no worse (equal moves
@@ -160,7 +160,7 @@ def solve(
         bound=bound,
         runtime_s=time.perf_counter() - started,
         start=full.start,
-        solver="lns/cpsat-interval",
+        solver="lns/cpsat-events",
         log=pd.DataFrame(rows, columns=list(LOG_COLUMNS)),
         info={
             "incumbent": source,

@@ -69,7 +69,7 @@ class SolveResult:
     start
         Start slot per request, or ``None``.
     solver
-        Which backend and formulation produced it, e.g. ``"cpsat/interval"``.
+        Which backend and formulation produced it, e.g. ``"cpsat/events"``.
     log
         Objective and bound over time (:data:`LOG_COLUMNS`).
     info

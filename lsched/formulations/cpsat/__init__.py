@@ -77,7 +77,7 @@ def solve(
     seed: int = 0,
     initial_solution: npt.ArrayLike | None = None,
     on_progress: Progress | None = None,
-    formulation: str = "interval",
+    formulation: str = "events",
     **params: Any,
 ) -> SolveResult:
     """Solve ``problem`` with CP-SAT.
@@ -98,7 +98,8 @@ def solve(
     on_progress
         Called with ``(time_s, objective, bound)`` on every improvement.
     formulation
-        ``"interval"`` (default), ``"time-indexed"`` or ``"events"``.
+        ``"events"`` (default), ``"interval"`` or ``"time-indexed"``
+        (:mod:`lsched.formulations.cpsat.slot`).
     **params
         Further CP-SAT parameters, e.g. ``linearization_level=2``.
 
