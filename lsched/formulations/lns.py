@@ -110,16 +110,9 @@ def solve(
         lo, hi = start.copy(), start.copy()
         lo[free], hi[free] = lo_all[free], hi_all[free]
         built = build(problem, lo, hi)
-        for var, value in zip(built.start, start.tolist(), strict=True):
-            built.model.add_hint(var, value)
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = num_workers
-        solver.parameters.random_seed = seed + steps
-        solver.parameters.max_time_in_seconds = max(
-            0.01, min(step_s, search_until - time.perf_counter())
-        )
-        for key, value in params.items():
-            setattr(solver.parameters, key, value)
+        built.hint(start)
+        step_limit = max(0.01, min(step_s, search_until - time.perf_counter()))
+        solver = cpsat.configured_solver(step_limit, num_workers, seed + steps, params)
         code = solver.solve(built.model)
         steps += 1
         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -62,6 +62,7 @@ import numpy.typing as npt
 
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
+from lsched.generators._checks import check_int
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile, batch_features, load_profile
 
@@ -148,10 +149,10 @@ class SlotProblem:
                 )
             columns[name] = raw.astype(np.int64)
         for name in ("kv_capacity_blocks", "block_tokens"):
-            _check_limit(getattr(self, name), name)
+            check_int(name, getattr(self, name), 1)
         for name in ("max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) is not None:
-                _check_limit(getattr(self, name), name)
+                check_int(name, getattr(self, name), 1)
         if self.objective not in OBJECTIVES:
             raise InputError(
                 f"got {self.objective!r}; expected one of {', '.join(OBJECTIVES)}",
@@ -330,11 +331,6 @@ class SlotProblem:
                 int((self.prompt_tokens + self.output_tokens).max()),
             ),
         )
-
-
-def _check_limit(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InputError(f"got {value!r}; expected an integer >= 1", field=name)
 
 
 #: Engine limits at or above this are "no limit" in the slot model (the unit-slot

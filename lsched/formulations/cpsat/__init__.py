@@ -40,6 +40,27 @@ __all__ = ["FORMULATIONS", "solve"]
 Progress = Callable[[float, float | None, float], None]
 
 
+def configured_solver(
+    time_limit: float, num_workers: int, seed: int, params: dict[str, Any]
+) -> cp_model.CpSolver:
+    """A CP-SAT solver with these limits and any further CP-SAT ``params``.
+
+    Raises
+    ------
+    InputError
+        Naming an unknown CP-SAT parameter.
+    """
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = num_workers
+    solver.parameters.random_seed = seed
+    solver.parameters.max_time_in_seconds = time_limit
+    for key, value in params.items():
+        if not hasattr(solver.parameters, key):
+            raise InputError(f"unknown CP-SAT parameter {key!r}", field=key)
+        setattr(solver.parameters, key, value)
+    return solver
+
+
 class _Recorder(cp_model.CpSolverSolutionCallback):
     """Collects (time, objective, bound) whenever the solution or bound improves."""
 
@@ -113,23 +134,13 @@ def solve(
     upper = problem.integer_objective(start)
     hi = deadlines(problem, upper) - problem.output_tokens
     built = build(problem, problem.release, hi, formulation)
-    model = built.model
-    for var, value in zip(built.start, start.tolist(), strict=True):
-        model.add_hint(var, value)
-
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = num_workers
-    solver.parameters.random_seed = seed
+    built.hint(start)
     remaining = time_limit - (time.perf_counter() - started)
-    solver.parameters.max_time_in_seconds = max(0.0, remaining)
-    for key, value in params.items():
-        if not hasattr(solver.parameters, key):
-            raise InputError(f"unknown CP-SAT parameter {key!r}", field=key)
-        setattr(solver.parameters, key, value)
+    solver = configured_solver(max(0.0, remaining), num_workers, seed, params)
     recorder = _Recorder(problem, started, on_progress)
     recorder.record(problem.objective_value(start), -np.inf)
     solver.best_bound_callback = recorder.on_bound
-    code = solver.solve(model, recorder)
+    code = solver.solve(built.model, recorder)
 
     has_solution = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     if has_solution:

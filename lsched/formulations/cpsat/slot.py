@@ -81,6 +81,11 @@ class SlotModel:
     start: list[cp_model.IntVar]
     formulation: str
 
+    def hint(self, start: IntArray) -> None:
+        """Give CP-SAT the schedule ``start`` as a solution hint."""
+        for var, value in zip(self.start, start.tolist(), strict=True):
+            self.model.add_hint(var, value)
+
 
 def build(
     problem: SlotProblem, lo: IntArray, hi: IntArray, formulation: str = "events"
