@@ -231,6 +231,16 @@ def agree_and_validate(case: Case) -> tuple[NaiveResult, Any]:
     return naive, fast
 
 
+def run_checked(instance: Instance, profile: Any, policy: str) -> Any:
+    """One replica: both engines agree and the validator accepts; the fast result."""
+    return agree_and_validate(Case(instance, profile, policy, 1, None))[1]
+
+
+def request_column(result: Any, name: str) -> list[Any]:
+    """A per-request column of a result, as a list."""
+    return result.requests[name].tolist()
+
+
 def assert_same(case: Case, naive: NaiveResult, fast: Any) -> None:
     """Every per-request record and the schedule totals agree."""
     where = case.describe()

@@ -22,6 +22,8 @@ from test_engine_equivalence import (
     Case,
     agree_and_validate,
     random_instance,
+    request_column,
+    run_checked,
     tight_profile,
 )
 
@@ -41,15 +43,6 @@ def _oracle(arrival: list[float], prompt: list[int], output: list[int]) -> Insta
     return predictors.oracle(Instance(arrival, prompt, output))
 
 
-def _run(instance: Instance, profile: Any, policy: str) -> Any:
-    """Both engines agree and the validator accepts; return the fast result."""
-    return agree_and_validate(Case(instance, profile, policy, 1, None))[1]
-
-
-def _column(result: Any, name: str) -> list[Any]:
-    return result.requests[name].tolist()
-
-
 # -- hand cases ----------------------------------------------------------------
 
 
@@ -61,9 +54,13 @@ def test_sjf_admits_the_shortest_prediction_first() -> None:
     inst = _oracle([0, 0, 0], [1, 1, 1], [5, 2, 3])
     profile = UNIT.replace(max_num_seqs=1)
     for policy in ("sjf", "srpt", "mc-sf"):
-        got = _run(inst, profile, policy)
-        assert _column(got, "completion_s") == [10.0, 2.0, 5.0], policy
-    assert _column(_run(inst, profile, "fcfs"), "completion_s") == [5.0, 7.0, 10.0]
+        got = run_checked(inst, profile, policy)
+        assert request_column(got, "completion_s") == [10.0, 2.0, 5.0], policy
+    assert request_column(run_checked(inst, profile, "fcfs"), "completion_s") == [
+        5.0,
+        7.0,
+        10.0,
+    ]
 
 
 def test_sjf_preempts_the_longest_remaining_on_kv_shortage() -> None:
@@ -77,12 +74,12 @@ def test_sjf_preempts_the_longest_remaining_on_kv_shortage() -> None:
     tokens, emitting token 6 in [6,7), then tokens 7..10 by t=11."""
     inst = _oracle([0, 1], [2, 2], [10, 5])
     profile = UNIT.replace(kv_capacity_tokens=11)
-    got = _run(inst, profile, "sjf")
-    assert _column(got, "completion_s") == [11.0, 6.0]
-    assert _column(got, "preemptions") == [1, 0]
-    assert _column(got, "recomputed_tokens") == [6, 0]
+    got = run_checked(inst, profile, "sjf")
+    assert request_column(got, "completion_s") == [11.0, 6.0]
+    assert request_column(got, "preemptions") == [1, 0]
+    assert request_column(got, "recomputed_tokens") == [6, 0]
     # FCFS preempts the newest (B) instead
-    assert _column(_run(inst, profile, "fcfs"), "preemptions") == [0, 1]
+    assert request_column(run_checked(inst, profile, "fcfs"), "preemptions") == [0, 1]
 
 
 def test_srpt_preempts_a_longer_running_request_sjf_does_not() -> None:
@@ -95,21 +92,21 @@ def test_srpt_preempts_a_longer_running_request_sjf_does_not() -> None:
     then tokens 4..10 by t=12."""
     inst = _oracle([0, 2], [1, 1], [10, 2])
     profile = UNIT.replace(max_num_seqs=1)
-    sjf = _run(inst, profile, "sjf")
-    assert _column(sjf, "completion_s") == [10.0, 12.0]
-    assert _column(sjf, "preemptions") == [0, 0]
-    srpt = _run(inst, profile, "srpt")
-    assert _column(srpt, "completion_s") == [12.0, 4.0]
-    assert _column(srpt, "preemptions") == [1, 0]
-    assert _column(srpt, "recomputed_tokens") == [2, 0]
+    sjf = run_checked(inst, profile, "sjf")
+    assert request_column(sjf, "completion_s") == [10.0, 12.0]
+    assert request_column(sjf, "preemptions") == [0, 0]
+    srpt = run_checked(inst, profile, "srpt")
+    assert request_column(srpt, "completion_s") == [12.0, 4.0]
+    assert request_column(srpt, "preemptions") == [1, 0]
+    assert request_column(srpt, "recomputed_tokens") == [2, 0]
 
 
 def test_srpt_does_not_preempt_for_an_equal_remaining_output() -> None:
     """As above but B's output is 8 = A's remaining at t=2: no preemption."""
     inst = _oracle([0, 2], [1, 1], [10, 8])
-    got = _run(inst, UNIT.replace(max_num_seqs=1), "srpt")
-    assert _column(got, "preemptions") == [0, 0]
-    assert _column(got, "completion_s") == [10.0, 18.0]
+    got = run_checked(inst, UNIT.replace(max_num_seqs=1), "srpt")
+    assert request_column(got, "preemptions") == [0, 0]
+    assert request_column(got, "completion_s") == [10.0, 18.0]
 
 
 def test_mc_sf_checks_kv_at_every_predicted_completion() -> None:
@@ -125,11 +122,11 @@ def test_mc_sf_checks_kv_at_every_predicted_completion() -> None:
     1..6 in [1, 7)."""
     inst = _oracle([0, 0, 0], [2, 2, 2], [2, 3, 6])
     profile = UNIT.replace(kv_capacity_tokens=8)
-    got = _run(inst, profile, "mc-sf")
-    assert _column(got, "admitted_s") == [0.0, 0.0, 1.0]
-    assert _column(got, "completion_s") == [2.0, 3.0, 7.0]
-    assert sum(_column(got, "preemptions")) == 0
-    assert sum(_column(_run(inst, profile, "sjf"), "preemptions")) > 0
+    got = run_checked(inst, profile, "mc-sf")
+    assert request_column(got, "admitted_s") == [0.0, 0.0, 1.0]
+    assert request_column(got, "completion_s") == [2.0, 3.0, 7.0]
+    assert sum(request_column(got, "preemptions")) == 0
+    assert sum(request_column(run_checked(inst, profile, "sjf"), "preemptions")) > 0
 
 
 def test_sorted_f_admits_the_prefix_minimising_f() -> None:
@@ -139,10 +136,14 @@ def test_sorted_f_admits_the_prefix_minimising_f() -> None:
     both complete at 1; at t=1 C alone (F = 10) runs [1, 11). MC-SF admits all
     three at 0 (C done at 10)."""
     inst = _oracle([0, 0, 0], [1, 1, 1], [1, 1, 10])
-    got = _run(inst, UNIT, "sorted-f")
-    assert _column(got, "admitted_s") == [0.0, 0.0, 1.0]
-    assert _column(got, "completion_s") == [1.0, 1.0, 11.0]
-    assert _column(_run(inst, UNIT, "mc-sf"), "completion_s") == [1.0, 1.0, 10.0]
+    got = run_checked(inst, UNIT, "sorted-f")
+    assert request_column(got, "admitted_s") == [0.0, 0.0, 1.0]
+    assert request_column(got, "completion_s") == [1.0, 1.0, 11.0]
+    assert request_column(run_checked(inst, UNIT, "mc-sf"), "completion_s") == [
+        1.0,
+        1.0,
+        10.0,
+    ]
 
 
 def test_sorted_f_metric() -> None:
@@ -244,8 +245,8 @@ def test_never_preempts_with_predictions_that_do_not_underestimate(
         for online in (False, True):
             inst, profile = _jaillet(seed, online)
             for pred in (predictors.oracle(inst), predictors.interval(inst, 2, seed)):
-                got = _run(pred, profile, policy)
-                assert sum(_column(got, "preemptions")) == 0, (seed, online)
+                got = run_checked(pred, profile, policy)
+                assert sum(request_column(got, "preemptions")) == 0, (seed, online)
                 assert got.metrics["preemptions"] == 0
 
 
@@ -273,7 +274,7 @@ def test_policy_error_is_never_raised_by_an_idle_replica() -> None:
     profile = UNIT.replace(kv_capacity_tokens=8)
     for policy in ("mc-sf", "sorted-f"):
         try:
-            got = _run(inst, profile, policy)
+            got = run_checked(inst, profile, policy)
         except PolicyError as exc:  # pragma: no cover - the failure being tested
             pytest.fail(f"{policy} stalled: {exc}")
-        assert _column(got, "completion_s") == [4.0]
+        assert request_column(got, "completion_s") == [4.0]

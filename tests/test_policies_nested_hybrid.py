@@ -10,8 +10,6 @@ the same records as the naive reference engine and pass the validator.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from test_engine_equivalence import (
@@ -20,6 +18,8 @@ from test_engine_equivalence import (
     Case,
     agree_and_validate,
     random_instance,
+    request_column,
+    run_checked,
     tight_profile,
 )
 
@@ -32,15 +32,6 @@ from lsched.policies.hybrid import Hybrid, HybridParams
 from lsched.policies.nested_wait import guessed_remaining
 
 UNIT = PROFILES["unit-slot"]
-
-
-def _run(instance: Instance, profile: Any, policy: str) -> Any:
-    """Both engines agree and the validator accepts; return the fast result."""
-    return agree_and_validate(Case(instance, profile, policy, 1, None))[1]
-
-
-def _column(result: Any, name: str) -> list[Any]:
-    return result.requests[name].tolist()
 
 
 # -- nested-wait ---------------------------------------------------------------------
@@ -64,9 +55,9 @@ def test_nested_wait_never_reads_output_lengths() -> None:
     for out_a in (6, 40):
         inst = Instance([0, 0, 1, 2], [2, 2, 2, 2], [out_a, 6, 3, 3])
         for variant in (inst, inst.replace(predicted_output_tokens=[1, 1, 1, 1])):
-            got = _run(variant, UNIT, policy)
-            assert _column(got, "admitted_s") == [0.0, 0.0, 2.0, 2.0]
-            records.append(_column(got, "completion_s")[1:])
+            got = run_checked(variant, UNIT, policy)
+            assert request_column(got, "admitted_s") == [0.0, 0.0, 2.0, 2.0]
+            records.append(request_column(got, "completion_s")[1:])
     assert all(r == [6.0, 5.0, 5.0] for r in records)
 
 
@@ -80,11 +71,11 @@ def test_nested_wait_keeps_a_safety_buffer() -> None:
     on the idle replica at 2."""
     inst = Instance([0, 0], [2, 2], [2, 2])
     profile = UNIT.replace(kv_capacity_tokens=10)
-    got = _run(inst, profile, "nested-wait:segments=4,thresholds=2,buffer=0")
-    assert _column(got, "admitted_s") == [0.0, 0.0]
-    got = _run(inst, profile, "nested-wait:segments=4,thresholds=2,buffer=0.5")
-    assert _column(got, "admitted_s") == [0.0, 2.0]
-    assert sum(_column(got, "preemptions")) == 0
+    got = run_checked(inst, profile, "nested-wait:segments=4,thresholds=2,buffer=0")
+    assert request_column(got, "admitted_s") == [0.0, 0.0]
+    got = run_checked(inst, profile, "nested-wait:segments=4,thresholds=2,buffer=0.5")
+    assert request_column(got, "admitted_s") == [0.0, 2.0]
+    assert sum(request_column(got, "preemptions")) == 0
 
 
 def test_nested_wait_parameters() -> None:
@@ -157,9 +148,9 @@ def test_hybrid_end_to_end() -> None:
     """A (s=1, o=3) at 0, B (s=30, o=2) at 1, oracle predictions. Defaults insert B
     at 1; with A = 1, theta = 1 (the case above) B waits for A to finish at 3."""
     inst = predictors.oracle(Instance([0, 1], [1, 30], [3, 2]))
-    assert _column(_run(inst, UNIT, "hybrid"), "admitted_s") == [0.0, 1.0]
+    assert request_column(run_checked(inst, UNIT, "hybrid"), "admitted_s") == [0.0, 1.0]
     slow = "hybrid:overhead_tokens=1,delay_weight=1"
-    assert _column(_run(inst, UNIT, slow), "admitted_s") == [0.0, 3.0]
+    assert request_column(run_checked(inst, UNIT, slow), "admitted_s") == [0.0, 3.0]
 
 
 def test_hybrid_parameters() -> None:

@@ -21,6 +21,8 @@ from test_engine_equivalence import (
     Case,
     agree_and_validate,
     random_instance,
+    request_column,
+    run_checked,
     tight_profile,
 )
 
@@ -31,15 +33,6 @@ from lsched.instance import Instance
 from lsched.policies import REGISTRY, parse_policy
 
 UNIT = PROFILES["unit-slot"]
-
-
-def _run(instance: Instance, profile: Any, policy: str) -> Any:
-    """Both engines agree and the validator accepts; return the fast result."""
-    return agree_and_validate(Case(instance, profile, policy, 1, None))[1]
-
-
-def _column(result: Any, name: str) -> list[Any]:
-    return result.requests[name].tolist()
 
 
 # -- vtc: hand cases ---------------------------------------------------------------
@@ -55,10 +48,10 @@ def test_vtc_serves_the_least_served_tenant_first() -> None:
     FCFS runs B3 last, [6, 8)."""
     inst = Instance([0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], tenant=list("AAAB"))
     profile = UNIT.replace(max_num_seqs=1)
-    got = _run(inst, profile, "vtc")
-    assert _column(got, "completion_s") == [2.0, 6.0, 8.0, 4.0]
-    fcfs = _run(inst, profile, "fcfs")
-    assert _column(fcfs, "completion_s") == [2.0, 4.0, 6.0, 8.0]
+    got = run_checked(inst, profile, "vtc")
+    assert request_column(got, "completion_s") == [2.0, 6.0, 8.0, 4.0]
+    fcfs = run_checked(inst, profile, "fcfs")
+    assert request_column(fcfs, "completion_s") == [2.0, 4.0, 6.0, 8.0]
 
 
 def test_vtc_lifts_a_newly_backlogged_tenant() -> None:
@@ -73,8 +66,8 @@ def test_vtc_lifts_a_newly_backlogged_tenant() -> None:
     Without the lift B (counter 0) would take both B4 [4, 6) and B5 [6, 8), and
     A2, A3 would wait to 10 and 12: the idle tenant would have banked credit."""
     inst = Instance([0, 0, 0, 0, 4, 4], [1] * 6, [2] * 6, tenant=["A"] * 4 + ["B"] * 2)
-    got = _run(inst, UNIT.replace(max_num_seqs=1), "vtc")
-    assert _column(got, "completion_s") == [2.0, 4.0, 6.0, 10.0, 8.0, 12.0]
+    got = run_checked(inst, UNIT.replace(max_num_seqs=1), "vtc")
+    assert request_column(got, "completion_s") == [2.0, 4.0, 6.0, 10.0, 8.0, 12.0]
 
 
 def test_vtc_weights_change_the_order() -> None:
@@ -88,10 +81,10 @@ def test_vtc_weights_change_the_order() -> None:
     weights (0, 1): c_A = 1 < c_B = 3: A2 [4, 5), then B3 [5, 6)."""
     inst = Instance([0, 0, 0, 0], [6, 1, 1, 1], [1, 3, 1, 1], tenant=list("ABAB"))
     profile = UNIT.replace(max_num_seqs=1)
-    got = _run(inst, profile, "vtc")
-    assert _column(got, "completion_s") == [1.0, 4.0, 6.0, 5.0]
-    got = _run(inst, profile, "vtc:input_weight=0,output_weight=1")
-    assert _column(got, "completion_s") == [1.0, 4.0, 5.0, 6.0]
+    got = run_checked(inst, profile, "vtc")
+    assert request_column(got, "completion_s") == [1.0, 4.0, 6.0, 5.0]
+    got = run_checked(inst, profile, "vtc:input_weight=0,output_weight=1")
+    assert request_column(got, "completion_s") == [1.0, 4.0, 5.0, 6.0]
 
 
 # -- vtc: the paper's fairness bound -------------------------------------------------
@@ -157,7 +150,7 @@ def test_vtc_service_gap_of_backlogged_tenants_stays_within_2u() -> None:
     for policy in ("vtc", "fcfs"):
         got = simulate(inst, profile, policy, log=True)
         if policy == "vtc":
-            got = _run(inst, profile, policy)
+            got = run_checked(inst, profile, policy)
         times, total = _service(got, inst, (1.0, 2.0))
         admitted = got.requests["admitted_s"].to_numpy()
         # both backlogged: before the last admission of either tenant
@@ -236,10 +229,10 @@ def test_wait_accumulates_the_threshold_before_admitting() -> None:
     emits token 1 of each, [4, 5) token 2: both complete at 5. FCFS runs A
     [0, 2) and B [3, 5)."""
     inst = _oracle([0, 3], [1, 1], [2, 2])
-    got = _run(inst, UNIT, "wait:threshold=2,max_wait_s=10")
-    assert _column(got, "admitted_s") == [3.0, 3.0]
-    assert _column(got, "completion_s") == [5.0, 5.0]
-    assert _column(_run(inst, UNIT, "fcfs"), "completion_s") == [2.0, 5.0]
+    got = run_checked(inst, UNIT, "wait:threshold=2,max_wait_s=10")
+    assert request_column(got, "admitted_s") == [3.0, 3.0]
+    assert request_column(got, "completion_s") == [5.0, 5.0]
+    assert request_column(run_checked(inst, UNIT, "fcfs"), "completion_s") == [2.0, 5.0]
 
 
 def test_wait_flushes_after_max_wait_and_caps_each_batch() -> None:
@@ -252,11 +245,11 @@ def test_wait_flushes_after_max_wait_and_caps_each_batch() -> None:
     batch: R0, R1 run [0, 1). t=1: one waiting < 2, R2 has waited 1 < 4: wake
     at 4; R2 runs [4, 5)."""
     policy = "wait:threshold=2,max_wait_s=4"
-    got = _run(_oracle([0], [1], [2]), UNIT, policy)
-    assert _column(got, "admitted_s") == [4.0]
-    assert _column(got, "completion_s") == [6.0]
-    got = _run(_oracle([0, 0, 0], [1, 1, 1], [1, 1, 1]), UNIT, policy)
-    assert _column(got, "completion_s") == [1.0, 1.0, 5.0]
+    got = run_checked(_oracle([0], [1], [2]), UNIT, policy)
+    assert request_column(got, "admitted_s") == [4.0]
+    assert request_column(got, "completion_s") == [6.0]
+    got = run_checked(_oracle([0, 0, 0], [1, 1, 1], [1, 1, 1]), UNIT, policy)
+    assert request_column(got, "completion_s") == [1.0, 1.0, 5.0]
 
 
 def test_wait_checks_the_known_lengths_kv_at_admission() -> None:
@@ -268,10 +261,10 @@ def test_wait_checks_the_known_lengths_kv_at_admission() -> None:
     the flush opens admission; loads with C: 3+3+2 = 8, 4+3 = 7, 7: C admitted at 1. No
     preemption, unlike fcfs-like admission of all three at 0."""
     inst = _oracle([0, 0, 0], [2, 2, 2], [2, 3, 6])
-    got = _run(inst, UNIT.replace(kv_capacity_tokens=8), "wait:threshold=3")
-    assert _column(got, "admitted_s") == [0.0, 0.0, 1.0]
-    assert _column(got, "completion_s") == [2.0, 3.0, 7.0]
-    assert sum(_column(got, "preemptions")) == 0
+    got = run_checked(inst, UNIT.replace(kv_capacity_tokens=8), "wait:threshold=3")
+    assert request_column(got, "admitted_s") == [0.0, 0.0, 1.0]
+    assert request_column(got, "completion_s") == [2.0, 3.0, 7.0]
+    assert sum(request_column(got, "preemptions")) == 0
 
 
 def test_wait_parameters() -> None:
