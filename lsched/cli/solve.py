@@ -28,16 +28,13 @@ from lsched.atomic import atomic_target
 from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.errors import InputError
-from lsched.evaluator.fixed import replay_start_slots
+from lsched.formulations.backends import BACKENDS, replay_objective, solve_slot
 from lsched.formulations.result import SolveResult
 from lsched.formulations.slot import OBJECTIVES, SlotProblem, slot_length_s
-from lsched.policies import PolicyError
 from lsched.traces import read_trace
 
 #: ``--formulation`` values (the timed model comes later).
 FORMULATIONS: tuple[str, ...] = ("slot",)
-#: ``--backend`` values.
-BACKENDS: tuple[str, ...] = ("cpsat", "milp", "lns")
 #: Columns of ``--out``: one row per request, times in slots.
 SCHEDULE_COLUMNS: tuple[str, ...] = (
     "request",
@@ -152,7 +149,7 @@ def solve_command(
         raise
 
     result = _solve(problem, backend, time_limit, workers, seed)
-    replay = None if result.start is None else _replay_objective(problem, result)
+    replay = None if result.start is None else replay_objective(problem, result.start)
     summary = {
         **result.summary(),
         "formulation": formulation,
@@ -264,13 +261,6 @@ def _solve(
     workers: int | None,
     seed: int,
 ) -> SolveResult:
-    # imported here: each backend pulls in a heavy solver stack
-    if backend == "cpsat":
-        from lsched.formulations.cpsat import solve
-    elif backend == "lns":
-        from lsched.formulations.lns import solve
-    else:
-        from lsched.formulations.milp import solve
     options: dict[str, Any] = {"time_limit": time_limit, "seed": seed}
     if workers is not None:
         options["num_workers"] = workers
@@ -278,7 +268,7 @@ def _solve(
         _native_stdout_to_stderr(),
         _ProgressLine(f"solving ({backend}, {problem.objective})") as line,
     ):
-        return solve(problem, on_progress=line, **options)
+        return solve_slot(problem, backend, on_progress=line, **options)
 
 
 @contextlib.contextmanager
@@ -306,25 +296,6 @@ def _incumbent_source(result: SolveResult) -> str | None:
     """Who found the returned schedule: the solver, a heuristic or the start."""
     source = result.info.get("incumbent", result.info.get("source"))
     return None if source is None else str(source)
-
-
-def _replay_objective(problem: SlotProblem, result: SolveResult) -> float:
-    """The objective of ``result.start`` as the evaluator scores its replay."""
-    assert result.start is not None
-    try:
-        replay = replay_start_slots(
-            problem.unit_instance(), problem.unit_profile(), result.start
-        )
-    except PolicyError as exc:  # the solver's schedule breaks a rule: a bug
-        raise PolicyError(f"replay check failed: {exc}") from exc
-    records = replay.requests
-    arrival = problem.arrival
-    weight = problem.weight
-    if problem.objective == "latency":
-        return float(np.dot(weight, records["completion_s"].to_numpy() - arrival))
-    if problem.objective == "ttft":
-        return float(np.dot(weight, records["first_token_s"].to_numpy() - arrival))
-    return float(records["completion_s"].max() - arrival.min())
 
 
 def _write_schedule(path: Path, problem: SlotProblem, start: np.ndarray) -> None:

@@ -1,0 +1,261 @@
+"""Closed-form lower bounds in seconds, valid for every schedule the evaluator runs.
+
+Unlike :mod:`lsched.formulations.bounds` (the unit-slot model), these bound the
+objective of *any* schedule of an :class:`~lsched.instance.Instance` on a
+:class:`~lsched.profile.DeploymentProfile` with ``C`` replicas: online policies
+(chunked prefill and preemption included), the slot and timed models, fixed
+batch tables. So one bound serves every row of a comparison.
+
+Linear under-estimators of the iteration time
+---------------------------------------------
+Inside a regime ``t(phi) = max_p w_p . phi >= sum_p theta_p w_p . phi`` for any
+convex weights ``theta``; across regimes, for ``phi >= 0``, ``t(phi) >=
+u . phi`` with ``u = min_r`` (elementwise) of one such mixture per regime
+(overhead folded in). A negative weight moves onto a feature that is never
+smaller: ``H <= 1`` (the constant), ``D <= K`` (every step reads a token),
+``P <= Q``; a candidate still negative somewhere is dropped. Every bound below
+holds for each candidate ``u``; the largest is taken.
+
+Per-member attribution
+----------------------
+With ``u >= 0`` an iteration lasts at least ``u . phi``, a sum over its members
+(prefill chunks and decode steps) plus the constant ``u_0`` and ``u_H H``. The
+constant is shared out by the engine's limits: an iteration holds at most ``N``
+members (``max_num_seqs``), ``M`` KV blocks and ``B`` batched tokens, so for
+``lambda`` in the simplex
+
+    1 >= lambda_1 members / N + lambda_2 blocks / M + lambda_3 tokens / B,
+
+and ``H >= (lambda_1 chunks / N + lambda_3 P / B)``. Request i's *work*
+``p_i(u, lambda)`` is the least total it can be charged over all ways to run it:
+its prefill once (chunking ``s`` tokens into pieces only adds members and keeps
+``P``; ``Q = sum c (ctx + c) >= s (s + 1) / 2``) and ``o_i - 1`` decode steps,
+the step emitting token ``j`` holding ``s_i + j - 1`` tokens. Recompute and swap
+only add work. Hence the iterations of a replica process at most one second of
+work per second: the replicas together form a machine of speed ``C``.
+
+The bounds
+----------
+``critical_path`` (latency, makespan)
+    Each iteration that serves i lasts at least ``u . phi`` of i alone, so i
+    finishes no earlier than ``a_i + q_i``, ``q_i`` = its prefill alone plus its
+    ``o_i - 1`` decode steps alone (best ``u`` per iteration).
+``work`` (latency, makespan)
+    Fluid relaxation: the machine of speed ``C`` runs every ``p_i`` from
+    ``a_i``, preemptively. SRPT completes the most work items by every time
+    (Schrage 1968), so the ``k``-th smallest completion of any schedule is at
+    least the ``k``-th SRPT completion and the ``k``-th smallest ``a_i + q_i``.
+    Makespan: ``max_tau (tau - min a) + sum_{a_i >= tau} p_i / C``.
+``prefill_queue`` (latency)
+    Queueing of prompts: only the prefill part of the work, ``p^pre_i``, by the
+    first token ``f_i``; after it, i still needs its decode steps alone
+    (``q^dec_i``). So ``sum_i C_i >= sum_k max(SRPT(p^pre)_(k), (a + q^pre)_(k))
+    + sum_i q^dec_i``. It sees what the KV-flat ``work`` bound misses when
+    prompts queue while the KV is not scarce.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+
+from lsched.errors import InputError
+from lsched.formulations.bounds import srpt_completions
+from lsched.instance import Instance
+from lsched.profile import FEATURES, DeploymentProfile
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Objectives the bounds in seconds are stated for.
+OBJECTIVES: tuple[str, ...] = ("latency", "makespan")
+
+_CONST, _P, _Q, _D, _K, _H = range(len(FEATURES))
+
+#: Mixture weights tried between two pieces of a regime.
+_THETAS = np.linspace(0.0, 1.0, 11)
+#: Splits ``lambda`` of the constant over (members, KV blocks, tokens).
+_LAMBDAS = (
+    (1.0, 0.0, 0.0),
+    (0.0, 1.0, 0.0),
+    (0.0, 0.0, 1.0),
+    (0.5, 0.5, 0.0),
+    (0.0, 0.5, 0.5),
+    (0.5, 0.0, 0.5),
+)
+
+
+def _mixtures(pieces: FloatArray) -> list[FloatArray]:
+    """Each piece, and convex mixtures of every pair of pieces."""
+    out = [pieces[p] for p in range(len(pieces))]
+    for a, b in itertools.combinations(range(len(pieces)), 2):
+        out += [t * pieces[a] + (1 - t) * pieces[b] for t in _THETAS[1:-1]]
+    return out
+
+
+def under_estimators(profile: DeploymentProfile) -> FloatArray:
+    """Candidate weights ``u >= 0`` with ``t(phi) >= u . phi`` (module docstring).
+
+    Returns
+    -------
+    FloatArray
+        Shape ``(candidates, 6)``; possibly no rows.
+    """
+    per_regime = [_mixtures(w) for w in profile.iteration_time.effective_regimes]
+    rows = []
+    for choice in itertools.product(*per_regime):
+        u = np.min(np.stack(choice), axis=0)
+        # a negative weight moves onto a feature that is at least as large
+        for small, large in ((_H, _CONST), (_D, _K), (_P, _Q)):
+            if u[small] < 0:
+                u[large] += u[small]
+                u[small] = 0.0
+        if np.all(u >= 0) and np.any(u > 0):
+            rows.append(u)
+    return np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES))
+
+
+def _decode_kv(instance: Instance) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """Request and KV tokens held by every decode step (``s_i + j - 1``, j >= 2)."""
+    o = instance.output_tokens.astype(np.int64)
+    owner = np.repeat(np.arange(len(instance)), o - 1)
+    first = np.cumsum(o - 1) - (o - 1)
+    j = np.arange(len(owner)) - np.repeat(first, o - 1) + 2
+    return owner, (instance.prompt_tokens[owner] + j - 1).astype(np.float64)
+
+
+class _Parts:
+    """Per-request prefill/decode figures shared by the bounds of one instance."""
+
+    def __init__(self, instance: Instance, profile: DeploymentProfile) -> None:
+        s = instance.prompt_tokens.astype(np.float64)
+        self.n = len(instance)
+        self.s = s
+        self.q_min = s * (s + 1) / 2  # least Q over every chunking of the prompt
+        self.owner, kv = _decode_kv(instance)
+        self.decode_kv = kv
+        b = profile.block_tokens
+        self.prefill_blocks = np.ceil(s / b)
+        self.decode_blocks = np.ceil(kv / b)
+        self.decodes = instance.output_tokens.astype(np.float64) - 1
+        self.n_seqs = float(profile.max_num_seqs)
+        self.m_blocks = float(profile.kv_capacity_blocks)
+        self.budget = float(profile.max_num_batched_tokens)
+
+    def sum_decodes(self, per_step: FloatArray) -> FloatArray:
+        return np.bincount(self.owner, weights=per_step, minlength=self.n)
+
+    def alone(self, u: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Per-iteration time of each prefill and decode step run alone."""
+        prefill = u[_CONST] + u[_H] + u[_P] * self.s + u[_Q] * self.q_min
+        decode = u[_CONST] + u[_D] + u[_K] * self.decode_kv
+        return prefill, decode
+
+    def work(self, u: FloatArray, lam: tuple[float, ...]) -> tuple[FloatArray, ...]:
+        """Prefill and decode work ``p^pre_i``, ``p^dec_i`` (module docstring)."""
+        l_seq, l_kv, l_tok = lam
+        share = l_seq / self.n_seqs
+        prefill = (
+            u[_P] * self.s
+            + u[_Q] * self.q_min
+            + u[_CONST] * (share + l_kv * self.prefill_blocks / self.m_blocks)
+            + (u[_CONST] + u[_H]) * l_tok * self.s / self.budget
+            + u[_H] * share
+        )
+        per_step = (
+            u[_D]
+            + u[_K] * self.decode_kv
+            + u[_CONST]
+            * (share + l_kv * self.decode_blocks / self.m_blocks + l_tok / self.budget)
+        )
+        return prefill, self.sum_decodes(per_step)
+
+
+def _check(instance: Instance, objective: str, replicas: int) -> None:
+    if objective not in OBJECTIVES:
+        raise InputError(
+            f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
+            field="objective",
+        )
+    if replicas < 1:
+        raise InputError(f"got {replicas}; expected >= 1", field="replicas")
+    if len(instance) == 0:
+        raise InputError("expected at least one request", field="instance")
+
+
+def _critical_paths(parts: _Parts, candidates: FloatArray) -> tuple[FloatArray, ...]:
+    """``q^pre_i`` and ``q^dec_i``: prefill and decode steps alone, best ``u`` each."""
+    alone = [parts.alone(u) for u in candidates]
+    prefill = np.max([a[0] for a in alone], axis=0)
+    decode = parts.sum_decodes(np.max([a[1] for a in alone], axis=0))
+    return prefill, decode
+
+
+def work_bounds(
+    instance: Instance,
+    profile: DeploymentProfile,
+    objective: str = "latency",
+    *,
+    replicas: int | None = None,
+) -> dict[str, float]:
+    """Closed-form bounds in seconds on the objective of any schedule.
+
+    Parameters
+    ----------
+    instance
+        The requests.
+    profile
+        The deployment (cost model, KV capacity, limits).
+    objective
+        ``"latency"`` (total E2E, ``sum_i C_i - a_i``) or ``"makespan"``
+        (``max C - min a``).
+    replicas
+        Number of replicas ``C``; the profile's by default.
+
+    Returns
+    -------
+    dict[str, float]
+        ``critical_path``, ``work`` and, for latency, ``prefill_queue`` (module
+        docstring); empty if the cost model has no usable under-estimator.
+    """
+    replicas = profile.replicas if replicas is None else replicas
+    _check(instance, objective, replicas)
+    candidates = under_estimators(profile)
+    if len(candidates) == 0:
+        return {}
+    parts = _Parts(instance, profile)
+    a = instance.arrival_s.astype(np.float64)
+    q_pre, q_dec = _critical_paths(parts, candidates)
+    finish = a + q_pre + q_dec  # no request completes earlier
+    works = [parts.work(u, lam) for u in candidates for lam in _LAMBDAS]
+    if objective == "makespan":
+        start = a.min()
+        order = np.argsort(a, kind="stable")
+        best_work = 0.0
+        for pre, dec in works:
+            # tau = a_(k): the work released at or after it runs after it
+            tail = np.cumsum(((pre + dec) / replicas)[order][::-1])[::-1]
+            best_work = max(best_work, float(np.max(a[order] - start + tail)))
+        return {
+            "critical_path": float(finish.max() - start),
+            "work": max(best_work, float(finish.max() - start)),
+        }
+    total_a = float(a.sum())
+    best_work = best_queue = 0.0
+    sorted_finish = np.sort(finish)
+    sorted_first = np.sort(a + q_pre)
+    for pre, dec in works:
+        srpt = np.sort(srpt_completions(a, (pre + dec) / replicas))
+        best_work = max(best_work, float(np.maximum(srpt, sorted_finish).sum()))
+        first = np.sort(srpt_completions(a, pre / replicas))
+        queue = float(np.maximum(first, sorted_first).sum() + q_dec.sum())
+        best_queue = max(best_queue, queue)
+    return {
+        "critical_path": float(finish.sum()) - total_a,
+        "work": best_work - total_a,
+        "prefill_queue": best_queue - total_a,
+    }
+
+
+__all__ = ["OBJECTIVES", "under_estimators", "work_bounds"]

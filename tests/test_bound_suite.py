@@ -1,0 +1,89 @@
+"""The bound suite: every bound <= the brute-force optimum of its class."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from slot_brute import brute_force
+
+from lsched.errors import InputError
+from lsched.evaluator import simulate
+from lsched.formulations.bound_suite import best_bound, bound_suite
+from lsched.instance import Instance
+from lsched.profile import load_profile
+
+UNIT = load_profile("unit-slot")
+
+
+def small_case(seed: int):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 6))
+    prompt = rng.integers(1, 4, n)
+    output = rng.integers(1, 5 if n < 5 else 4, n)
+    arrival = np.sort(rng.choice([0.0, 0.0, 1.0, 2.0], size=n))
+    block = int(rng.choice([1, 2]))
+    peak = int((-(-(prompt + output - 1) // block)).max())
+    blocks = peak + int(rng.integers(0, peak + 1))
+    seqs = int(rng.integers(1, 4)) if seed % 4 == 1 else 10**6
+    budget = int(prompt.max() + rng.integers(0, 3)) if seed % 5 == 2 else 10**6
+    instance = Instance(arrival_s=arrival, prompt_tokens=prompt, output_tokens=output)
+    profile = UNIT.replace(
+        kv_capacity_tokens=blocks * block,
+        block_tokens=block,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=budget,
+    )
+    return instance, profile
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("objective", ["latency", "makespan"])
+def test_every_bound_below_the_slot_optimum(seed: int, objective: str) -> None:
+    instance, profile = small_case(seed)
+    bounds = bound_suite(instance, profile, objective)
+    names = {b.name for b in bounds}
+    assert {"seconds.work", "slot.energy", "slot.sawtooth", "slot.lp"} <= names
+    seqs = None if profile.max_num_seqs >= 10**6 else profile.max_num_seqs
+    budget = profile.max_num_batched_tokens
+    optimum = brute_force(
+        instance.arrival_s,
+        instance.prompt_tokens,
+        instance.output_tokens,
+        np.ones(len(instance), dtype=np.int64),
+        profile.kv_capacity_blocks,
+        profile.block_tokens,
+        seqs,
+        None if budget >= 10**6 else budget,
+        objective,
+    )
+    for bound in bounds:
+        assert bound.value <= optimum + 1e-6, (bound, optimum)
+    # the bounds for any schedule also hold for a preemptive policy
+    result = simulate(instance, profile, "fcfs")
+    if objective == "latency":
+        value = float((result.requests["completion_s"] - instance.arrival_s).sum())
+    else:
+        value = float(result.metrics["makespan_s"])
+    assert best_bound(bounds, "any") <= value + 1e-6
+
+
+def test_slot_bounds_only_where_slots_are_seconds() -> None:
+    instance, profile = small_case(0)
+    real = load_profile("llama2-70b-a100-tp4")
+    assert {b.scope for b in bound_suite(instance, real)} == {"any"}
+    # two replicas: the slot model has one
+    assert {b.scope for b in bound_suite(instance, profile, replicas=2)} == {"any"}
+    shifted = instance.replace(arrival_s=instance.arrival_s + 0.5)
+    assert all(b.name.startswith("seconds.") for b in bound_suite(shifted, profile))
+
+
+def test_best_bound_by_scope() -> None:
+    instance, profile = small_case(3)
+    bounds = bound_suite(instance, profile)
+    assert best_bound(bounds, "slot") == max(b.value for b in bounds)
+    assert best_bound(bounds, "any") == max(b.value for b in bounds if b.scope == "any")
+    assert best_bound([], "any") == -math.inf
+    with pytest.raises(InputError, match="scope"):
+        best_bound(bounds, "everything")
