@@ -12,7 +12,15 @@ import sys
 
 import typer
 
-from lsched.cli import models, profile, simulate, solve, trace, trace_gen
+from lsched.cli import (
+    compare,
+    models,
+    profile,
+    simulate,
+    solve,
+    trace,
+    trace_gen,
+)
 from lsched.errors import InputError
 from lsched.policies import PolicyError
 
@@ -29,6 +37,8 @@ app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
 app.command("simulate")(simulate.simulate_command)
 app.command("solve")(solve.solve_command)
+app.command("bound")(compare.bound_command)
+app.command("compare")(compare.compare_command)
 
 
 def main(argv: list[str] | None = None) -> None:

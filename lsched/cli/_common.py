@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import math
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,3 +53,59 @@ def _format(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return "" if value is None else str(value)
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native solver code prints on file descriptor 1 to stderr.
+
+    HiGHS prints a banner to the C-level stdout when a solver object is created,
+    whatever its options; stdout must stay one JSON object under ``--json``.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1: nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class ProgressLine:
+    """A live status line on stderr: objective and bound as the solver improves.
+
+    Quiet when stderr is not a terminal (piped, captured), so ``--json`` output and
+    logs stay clean.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.console = Console(stderr=True)
+        self.enabled = self.console.is_terminal
+        self.label = label
+        self.status = self.console.status(label) if self.enabled else None
+
+    def __enter__(self) -> ProgressLine:
+        if self.status is not None:
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+    def __call__(self, time_s: float, objective: float | None, bound: float) -> None:
+        if self.status is None:
+            return
+        parts = [f"{self.label}  {time_s:7.1f} s"]
+        if objective is not None:
+            parts.append(f"objective {objective:,.6g}")
+        if math.isfinite(bound):
+            parts.append(f"bound {bound:,.6g}")
+        if objective is not None and math.isfinite(bound) and objective != 0:
+            parts.append(f"gap {max(0.0, (objective - bound) / abs(objective)):.2%}")
+        self.status.update("  ".join(parts))

@@ -11,21 +11,23 @@ its objective. Exit status: 0 with a schedule (optimal, feasible or time limit),
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import typer
-from rich.console import Console
 
 from lsched.atomic import atomic_target
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import (
+    JSON_HELP,
+    ProgressLine,
+    native_stdout_to_stderr,
+    print_json,
+    print_table,
+)
 from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.errors import InputError
 from lsched.formulations.backends import BACKENDS, replay_objective, solve_slot
@@ -219,41 +221,6 @@ def _check_out(path: Path) -> None:
         raise InputError(f"no such directory {str(path.parent)!r}", field="--out")
 
 
-class _ProgressLine:
-    """A live status line on stderr: objective and bound as the solver improves.
-
-    Quiet when stderr is not a terminal (piped, captured), so ``--json`` output and
-    logs stay clean.
-    """
-
-    def __init__(self, label: str) -> None:
-        self.console = Console(stderr=True)
-        self.enabled = self.console.is_terminal
-        self.label = label
-        self.status = self.console.status(label) if self.enabled else None
-
-    def __enter__(self) -> _ProgressLine:
-        if self.status is not None:
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
-
-    def __call__(self, time_s: float, objective: float | None, bound: float) -> None:
-        if self.status is None:
-            return
-        parts = [f"{self.label}  {time_s:7.1f} s"]
-        if objective is not None:
-            parts.append(f"objective {objective:,.6g}")
-        if math.isfinite(bound):
-            parts.append(f"bound {bound:,.6g}")
-        if objective is not None and math.isfinite(bound) and objective != 0:
-            parts.append(f"gap {max(0.0, (objective - bound) / abs(objective)):.2%}")
-        self.status.update("  ".join(parts))
-
-
 def _solve(
     problem: SlotProblem,
     backend: str,
@@ -265,31 +232,10 @@ def _solve(
     if workers is not None:
         options["num_workers"] = workers
     with (
-        _native_stdout_to_stderr(),
-        _ProgressLine(f"solving ({backend}, {problem.objective})") as line,
+        native_stdout_to_stderr(),
+        ProgressLine(f"solving ({backend}, {problem.objective})") as line,
     ):
         return solve_slot(problem, backend, on_progress=line, **options)
-
-
-@contextlib.contextmanager
-def _native_stdout_to_stderr() -> Iterator[None]:
-    """Send what native solver code prints on file descriptor 1 to stderr.
-
-    HiGHS prints a banner to the C-level stdout when a solver object is created,
-    whatever its options; stdout must stay one JSON object under ``--json``.
-    """
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no file descriptor 1: nothing to protect
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _incumbent_source(result: SolveResult) -> str | None:

@@ -1,0 +1,241 @@
+"""``lsched compare`` and ``lsched bound``: policies against bounds and optimum."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lsched.cli._common import (
+    JSON_HELP,
+    ProgressLine,
+    native_stdout_to_stderr,
+    print_json,
+    print_table,
+)
+from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
+from lsched.compare import DEFAULT_POLICIES, Comparison, compare
+from lsched.errors import InputError
+from lsched.formulations.bound_suite import best_bound, bound_suite
+from lsched.formulations.result import certified_gap
+from lsched.formulations.work_bounds import OBJECTIVES
+from lsched.instance import Instance
+from lsched.predictors import apply_predictor
+from lsched.profile import DeploymentProfile
+from lsched.traces import read_trace
+
+#: Per-policy metrics shown in the table (all are in the JSON).
+TABLE_METRICS: tuple[str, ...] = ("e2e_mean_s", "ttft_mean_s", "preemptions")
+#: How the tables name a bound's scope (the schedules it holds for).
+SCOPE_LABELS = {"any": "all", "slot": "non-preemptive"}
+
+Trace = Annotated[Path, typer.Argument(help="Trace file (any supported format).")]
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="Deployment profile name or TOML.")
+]
+Objective = Annotated[
+    str,
+    typer.Option(help="latency (total E2E seconds) or makespan (seconds)."),
+]
+Replicas = Annotated[
+    int | None, typer.Option(help="Replicas (the profile's by default).")
+]
+Format = Annotated[str | None, typer.Option("--format", "-f", help="Trace format.")]
+Limit = Annotated[int | None, typer.Option(help="First N requests.")]
+Settings = Annotated[
+    list[str] | None, typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP)
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+
+
+def _load(
+    trace: Path,
+    model: str,
+    settings: list[str] | None,
+    format: str | None,
+    limit: int | None,
+    objective: str,
+) -> tuple[Instance, DeploymentProfile]:
+    if objective not in OBJECTIVES:
+        raise InputError(
+            f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
+            field="--objective",
+        )
+    overrides = parse_overrides(settings)
+    instance, _ = read_trace(trace, format, limit=limit)
+    return instance, deployment_profile(model, overrides, instance)
+
+
+def compare_command(
+    trace: Trace,
+    model: Model,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            "-p",
+            help="NAME[:key=value,...]; repeat. Default: "
+            + ", ".join(DEFAULT_POLICIES)
+            + ".",
+        ),
+    ] = None,
+    objective: Objective = "latency",
+    backend: Annotated[
+        str,
+        typer.Option(help="Slot-model backend: cpsat, milp, lns, or none."),
+    ] = "cpsat",
+    time_limit: Annotated[
+        float, typer.Option(help="Wall-clock seconds for the solve.")
+    ] = 10.0,
+    workers: Annotated[int, typer.Option(help="Solver worker threads.")] = 2,
+    seed: Annotated[int, typer.Option(help="Solver random seed.")] = 0,
+    replicas: Replicas = None,
+    predictor: Annotated[
+        str | None,
+        typer.Option(
+            help="Output-length predictions for length-aware policies (as in "
+            "simulate); the oracle's when the trace has none."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a gap-to-bound bar chart (PNG).")
+    ] = None,
+    format: Format = None,
+    limit: Limit = None,
+    json_output: JsonOutput = False,
+    settings: Settings = None,
+) -> None:
+    """Bounds, the best offline schedule and each policy's gap to the bound."""
+    instance, profile = _load(trace, model, settings, format, limit, objective)
+    if predictor is not None:
+        instance = apply_predictor(instance, predictor)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
+    with (
+        native_stdout_to_stderr(),
+        ProgressLine(f"solving ({backend}, {objective})") as line,
+    ):
+        result = compare(
+            instance,
+            profile,
+            objective=objective,
+            policies=policy or DEFAULT_POLICIES,
+            backend=None if backend == "none" else backend,
+            time_limit=time_limit,
+            replicas=replicas,
+            num_workers=workers,
+            seed=seed,
+            on_progress=line,
+        )
+    if plot is not None:
+        _plot(plot, result)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    _print(result, f"{instance.name} on {profile.name} ({len(instance)} requests)")
+
+
+def _plot(path: Path, result: Comparison) -> None:
+    from lsched.plots import gap_bars  # matplotlib is only loaded when asked
+
+    values = {row.policy: row.objective_value for row in result.policies}
+    best = result.best_schedule()
+    if best["source"] not in values:
+        values[best["source"]] = best["objective_value"]
+    gap_bars(
+        values,
+        result.best_bound,
+        path=path,
+        title=f"gap to the best bound ({result.objective})",
+    )
+
+
+def _print(result: Comparison, title: str) -> None:
+    unit = "total E2E, s" if result.objective == "latency" else "makespan, s"
+    print_table(
+        f"{title}: bounds ({unit})",
+        ["bound", "value", "holds for"],
+        [[b.name, b.value, SCOPE_LABELS[b.scope]] for b in result.bounds],
+    )
+    rows = []
+    if result.solve is not None:
+        solve = result.solve
+        rows.append(
+            [
+                f"{solve.solver} (slot model)",
+                result.solve_objective,
+                solve.status.value,
+                _pct(certified_gap(result.solve_objective, result.best_slot_bound)),
+            ]
+        )
+    best = result.best_schedule()
+    rows.append(
+        [
+            f"best: {best['source']}",
+            best["objective_value"],
+            best["status"],
+            _pct(best["gap"]),
+        ]
+    )
+    print_table("schedules", ["source", "objective", "status", "gap"], rows)
+    print_table(
+        "policies: gap to the best bound that holds for the run",
+        ["policy", "objective", "gap", "bound", *TABLE_METRICS],
+        [
+            [
+                row.policy,
+                row.objective_value,
+                _pct(row.gap),
+                SCOPE_LABELS[row.bound_scope],
+                *(row.result.metrics[m] for m in TABLE_METRICS),
+            ]
+            for row in result.policies
+        ],
+    )
+
+
+def _pct(gap: float | None) -> str:
+    return "" if gap is None else f"{gap:.2%}"
+
+
+def bound_command(
+    trace: Trace,
+    model: Model,
+    objective: Objective = "latency",
+    replicas: Replicas = None,
+    lp_time_limit: Annotated[
+        float, typer.Option(help="Wall-clock seconds for the LP relaxation.")
+    ] = 10.0,
+    format: Format = None,
+    limit: Limit = None,
+    json_output: JsonOutput = False,
+    settings: Settings = None,
+) -> None:
+    """Every lower bound on the objective, with the schedules it holds for."""
+    instance, profile = _load(trace, model, settings, format, limit, objective)
+    with native_stdout_to_stderr():
+        bounds = bound_suite(
+            instance, profile, objective, replicas=replicas, lp_time_limit=lp_time_limit
+        )
+    best = best_bound(bounds, "slot")
+    if json_output:
+        print_json(
+            {
+                "objective": objective,
+                "bounds": {b.name: b.value for b in bounds},
+                "scopes": {b.name: b.scope for b in bounds},
+                "best": best if math.isfinite(best) else None,
+                "best_any": best_bound(bounds, "any"),
+            }
+        )
+        return
+    print_table(
+        f"{instance.name} on {profile.name}: bounds on {objective}",
+        ["bound", "value", "holds for"],
+        [
+            [b.name, b.value, SCOPE_LABELS[b.scope]]
+            for b in sorted(bounds, key=lambda b: -b.value)
+        ],
+    )

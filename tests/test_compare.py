@@ -1,0 +1,211 @@
+"""`compare` and `lsched compare` / `lsched bound`: bound <= optimum <= policies.
+
+The tiny trace of tests/test_cli_solve.py: two requests s = 1, o = 3 at 0 on
+unit slots with M = 4. The non-preemptive optimum starts them at (0, 2):
+latency 3 + 5 = 8, makespan 5. Preemption does better: ``fcfs`` starts both at
+0 (KV 2, then 4); in slot 2 they would hold 3 + 3 > 4, so the newer one is
+recompute-preempted after 2 tokens. The first completes at 3; the second
+re-prefills its 1 + 2 tokens in slot 3, which emits its third token: done at 4,
+latency 3 + 4 = 7.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsched.cli import main
+from lsched.compare import compare, is_slot_schedule, objective_value
+from lsched.errors import InputError
+from lsched.evaluator import simulate
+from lsched.instance import Instance
+from lsched.predictors import oracle
+from lsched.profile import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "instances" / "default.csv"
+UNIT = load_profile("unit-slot")
+POLICIES = ("fcfs", "sjf", "mc-sf", "sorted-f", "sarathi:chunk=2")
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.csv"
+    path.write_text(
+        '"arrival_s","prompt_tokens","output_tokens"\n0,1,3\n0,1,3\n', encoding="utf-8"
+    )
+    return path
+
+
+def two_requests() -> Instance:
+    return Instance(
+        arrival_s=np.zeros(2), prompt_tokens=np.ones(2), output_tokens=np.full(2, 3)
+    )
+
+
+@pytest.mark.parametrize(("objective", "optimum"), [("latency", 8), ("makespan", 5)])
+def test_hand_derived_optimum(objective: str, optimum: float) -> None:
+    profile = UNIT.replace(kv_capacity_tokens=4)
+    result = compare(
+        two_requests(),
+        profile,
+        objective=objective,
+        policies=POLICIES,
+        time_limit=10,
+    )
+    assert result.solve is not None and result.solve.status == "optimal"
+    assert result.solve_objective == optimum
+    assert result.best_bound <= optimum <= result.best_slot_bound + 1e-9
+    for row in result.policies:
+        assert row.objective_value >= result.best_bound - 1e-9
+        if row.bound_scope == "slot":
+            assert row.objective_value >= optimum
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bound_below_optimum_below_policies(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 8))
+    instance = Instance(
+        arrival_s=np.sort(rng.integers(0, 4, n)).astype(float),
+        prompt_tokens=rng.integers(1, 6, n),
+        output_tokens=rng.integers(1, 10, n),
+    )
+    peak = int((instance.prompt_tokens + instance.output_tokens - 1).max())
+    profile = UNIT.replace(kv_capacity_tokens=peak + int(rng.integers(0, 8)))
+    objective = ("latency", "makespan")[seed % 2]
+    result = compare(
+        instance, profile, objective=objective, policies=POLICIES, time_limit=20
+    )
+    assert result.solve is not None and result.solve.status == "optimal"
+    optimum = result.solve_objective
+    assert optimum == pytest.approx(result.solve.objective)
+    for bound in result.bounds:
+        assert bound.value <= optimum + 1e-6, bound
+    for row in result.policies:
+        # every run is scored again here, outside compare
+        again = simulate(oracle(instance), profile, row.policy)
+        value = objective_value(again, instance, objective)
+        assert value == pytest.approx(row.objective_value)
+        assert row.objective_value >= result.best_bound - 1e-6
+        if row.bound_scope == "slot":  # a non-preemptive, whole-prefill run
+            assert row.objective_value >= optimum - 1e-6
+            assert row.gap is not None and row.gap >= 0
+    best = result.best_schedule()
+    assert best["objective_value"] == min(
+        [optimum, *(row.objective_value for row in result.policies)]
+    )
+
+
+def test_slot_schedule_detection() -> None:
+    profile = UNIT.replace(kv_capacity_tokens=4)
+    instance = two_requests()
+    chunked = simulate(instance, profile, "sarathi:chunk=1", log=True)
+    assert is_slot_schedule(chunked)  # one-token prompts: one chunk each
+    long = Instance(
+        arrival_s=np.zeros(1), prompt_tokens=np.array([3]), output_tokens=np.ones(1)
+    )
+    chunked = simulate(long, UNIT, "sarathi:chunk=1", log=True)
+    assert not is_slot_schedule(chunked)  # 3 prefill chunks
+    with pytest.raises(InputError, match="log"):
+        is_slot_schedule(simulate(instance, profile, "fcfs"))
+
+
+def test_real_profile_has_no_solver_and_bounds_every_policy() -> None:
+    rng = np.random.default_rng(5)
+    instance = Instance(
+        arrival_s=np.sort(rng.uniform(0, 2, 12)),
+        prompt_tokens=rng.integers(50, 400, 12),
+        output_tokens=rng.integers(1, 60, 12),
+    )
+    profile = load_profile("llama2-70b-a100-tp4")
+    result = compare(instance, profile, policies=POLICIES)
+    assert result.solve is None
+    assert {b.scope for b in result.bounds} == {"any"}
+    for row in result.policies:
+        assert row.objective_value >= result.best_bound
+    assert result.best_schedule()["source"] in {r.policy for r in result.policies}
+
+
+def test_cli_compare_json_and_plot(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "gap.png"
+    code, out, _ = run(
+        [
+            "compare", str(tiny), "--model", "unit-slot",
+            "--set", "kv_capacity_tokens=4", "--policy", "fcfs",
+            "--policy", "mc-sf", "--plot", str(plot), "--json",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) >= {
+        "objective",
+        "bounds",
+        "best_bound",
+        "best_schedule",
+        "policies",
+    }
+    assert data["objective"] == "latency"
+    assert data["best_schedule"]["objective_value"] == 7
+    assert data["best_schedule"]["source"] == "fcfs"
+    assert data["solver"]["objective"] == 8
+    assert data["best_bound"] <= 7
+    assert [p["policy"] for p in data["policies"]] == ["fcfs", "mc-sf"]
+    for row in data["policies"]:
+        assert set(row) >= {"policy", "objective_value", "gap", "metrics"}
+        assert row["objective_value"] >= data["best_bound"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_compare_table_on_default(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        ["compare", str(DEFAULT), "--model", "unit-slot", "--policy", "mc-sf"],
+        capsys,
+    )
+    assert code == 0
+    assert "optimal" in out and "mc-sf" in out and "slot.sawtooth" in out
+
+
+def test_cli_bound(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        [
+            "bound", str(tiny), "--model", "unit-slot",
+            "--set", "kv_capacity_tokens=4", "--objective", "makespan", "--json",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) >= {"bounds", "best"}
+    assert data["best"] == max(data["bounds"].values())
+    assert 0 < data["best"] <= 5  # the optimum makespan
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--objective", "speed"], "objective"),
+        (["--policy", "nosuch"], "nosuch"),
+        (["--backend", "gurobi"], "backend"),
+        (["--plot", "gap.svg"], "png"),
+    ],
+)
+def test_cli_compare_bad_input(
+    tiny: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, _, err = run(["compare", str(tiny), "--model", "unit-slot", *args], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
