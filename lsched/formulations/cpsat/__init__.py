@@ -167,8 +167,8 @@ def solve(
     if objective is not None and bound + offset >= objective:
         status = Status.OPTIMAL
     bound = min(bound + offset, objective) if objective is not None else bound + offset
-    runtime = time.perf_counter() - started
     recorder.record(objective, bound)
+    runtime = time.perf_counter() - started  # after the last log row
     return SolveResult(
         status=status,
         objective=objective,
