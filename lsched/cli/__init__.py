@@ -18,6 +18,7 @@ from lsched.cli import (
     profile,
     simulate,
     solve,
+    sweep,
     trace,
     trace_gen,
 )
@@ -39,6 +40,7 @@ app.command("simulate")(simulate.simulate_command)
 app.command("solve")(solve.solve_command)
 app.command("bound")(compare.bound_command)
 app.command("compare")(compare.compare_command)
+app.command("sweep")(sweep.sweep_command)
 
 
 def main(argv: list[str] | None = None) -> None:
