@@ -283,7 +283,7 @@ class ProfileSetting:
         As ``lsched simulate``/``solve``: an instance that carries its KV capacity
         (Jaillet's ``M``) uses it unless ``kv_capacity_tokens`` is overridden.
         """
-        from lsched.cli.overrides import deployment_profile
+        from lsched.overrides import deployment_profile
 
         return deployment_profile(self.location, dict(self.overrides), instance)
 
@@ -760,7 +760,7 @@ _KIND_TEXT = {
 def _profiles(
     sweep: Mapping[str, Any], base: Path, loc: _Located
 ) -> list[ProfileSetting]:
-    from lsched.cli.overrides import deployment_profile, parse_overrides
+    from lsched.overrides import deployment_profile, parse_overrides
 
     settings: list[ProfileSetting] = []
     for entry in _list_of(sweep, "profiles", loc, "names or {name = ...} tables"):

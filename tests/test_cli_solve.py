@@ -29,9 +29,9 @@ import pandas as pd
 import pytest
 
 from lsched.cli import main
-from lsched.cli.overrides import parse_overrides, parse_value
 from lsched.errors import InputError
 from lsched.evaluator import simulate
+from lsched.overrides import parse_overrides, parse_value
 from lsched.profile import load_profile
 from lsched.traces import read_trace
 

@@ -15,13 +15,13 @@ from lsched.cli._common import (
     print_json,
     print_table,
 )
-from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.compare import DEFAULT_POLICIES, Comparison, compare
 from lsched.errors import InputError
 from lsched.formulations.bound_suite import best_bound, bound_suite
 from lsched.formulations.result import certified_gap
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
+from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.predictors import apply_predictor
 from lsched.profile import DeploymentProfile
 from lsched.traces import read_trace

@@ -11,9 +11,9 @@ from rich.progress import Progress
 
 from lsched.atomic import atomic_target
 from lsched.cli._common import JSON_HELP, print_json, print_table
-from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate
+from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
 from lsched.traces import read_trace

@@ -28,11 +28,11 @@ from lsched.cli._common import (
     print_json,
     print_table,
 )
-from lsched.cli.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.errors import InputError
 from lsched.formulations.backends import BACKENDS, replay_objective, solve_slot
 from lsched.formulations.result import SolveResult
 from lsched.formulations.slot import OBJECTIVES, SlotProblem, slot_length_s
+from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.traces import read_trace
 
 #: ``--formulation`` values (the timed model comes later).
