@@ -141,14 +141,13 @@ def _plot(path: Path, result: Comparison) -> None:
     from lsched.plots import gap_bars  # matplotlib is only loaded when asked
 
     values = {row.policy: row.objective_value for row in result.policies}
-    best = result.best_schedule()
-    if best["source"] not in values:
-        values[best["source"]] = best["objective_value"]
+    if result.solve is not None and result.solve_objective is not None:
+        values[f"{result.solve.solver} (slot model)"] = result.solve_objective
     gap_bars(
         values,
         result.best_bound,
         path=path,
-        title=f"gap to the best bound ({result.objective})",
+        title=f"{result.objective}: gap to the best bound for every schedule",
     )
 
 
