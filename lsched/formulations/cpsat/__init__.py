@@ -156,7 +156,13 @@ def solve(
     else:
         if has_solution or code == cp_model.UNKNOWN:
             bound = solver.best_objective_bound
-        timed_out = solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
+        # UNKNOWN: neither a solution nor a proof in the time it had (under
+        # load, or with the little an LNS left, CP-SAT may stop before its clock)
+        timed_out = (
+            code == cp_model.UNKNOWN
+            or solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
+            or time.perf_counter() - started >= 0.99 * time_limit
+        )
         status = Status.TIME_LIMIT if timed_out else Status.FEASIBLE
         if code == cp_model.MODEL_INVALID:
             status = Status.UNKNOWN
