@@ -5,7 +5,12 @@
 :mod:`~lsched.formulations.milp` and :mod:`~lsched.formulations.lns` solve it
 behind one ``solve(problem, *, time_limit, num_workers, seed, initial_solution,
 on_progress, **params)`` signature and return a
-:class:`~lsched.formulations.result.SolveResult`;
-:mod:`~lsched.formulations.bounds` gives lower bounds that name their objective.
-Every schedule is checked by the evaluator, which shares no code with them.
+:class:`~lsched.formulations.result.SolveResult`
+(:func:`~lsched.formulations.backends.solve_slot` picks one by name).
+:mod:`~lsched.formulations.bounds` gives the slot model's lower bounds,
+:mod:`~lsched.formulations.work_bounds` bounds in seconds for every schedule, and
+:mod:`~lsched.formulations.bound_suite` all of them, each tagged with the schedules
+it holds for. :mod:`~lsched.formulations.replicas` assigns requests to replicas
+(Pang et al. 2025's bin packing) and compares with an exact joint model. Every
+schedule is checked by the evaluator, which shares no code with them.
 """
