@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_engine_equivalence import PROFILES, random_instance, tight_profile
+from test_timed_model import ROOFLINE, THRESHOLD
+from test_timed_model import brute_force as timed_brute_force
+from test_timed_model import random_case as timed_case
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
@@ -138,3 +141,17 @@ def test_bad_input() -> None:
         work_bounds(instance, UNIT, "ttft-ish")
     with pytest.raises(InputError, match="replicas"):
         work_bounds(instance, UNIT, "latency", replicas=0)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_bounds_below_the_timed_optimum(seed: int) -> None:
+    # the timed model's brute-force optimum (its own test helper, from DESIGN.md's
+    # rules), on a two-piece roofline or a two-regime cost model
+    iteration_time = ROOFLINE if seed % 2 else THRESHOLD
+    instance, profile, _ = timed_case(seed, iteration_time)
+    optima = timed_brute_force(instance, profile)
+    for objective in ("latency", "makespan"):
+        bounds = work_bounds(instance, profile, objective)
+        assert bounds, "no under-estimator for the cost model"
+        for name, value in bounds.items():
+            assert value <= optima[objective][0] * (1 + 1e-9), (name, objective)
