@@ -176,9 +176,11 @@ def test_table_output_names_status_and_objective(
     [
         (["--backend", "gurobi"], "'--backend'"),
         (
-            ["--formulation", "timed"],
-            "'--formulation': got 'timed'; expected one of: slot",
+            ["--formulation", "exact"],
+            "'--formulation': got 'exact'; expected one of: slot, timed",
         ),
+        (["--formulation", "timed", "--backend", "lns"], "'--backend'"),
+        (["--formulation", "timed", "--objective", "ttft"], "'--objective'"),
         (["--objective", "throughput"], "'--objective'"),
         (["--set", "nosuchfield=1"], "--set nosuchfield"),
         (["--set", "hardware=a100"], "--set hardware"),
@@ -283,3 +285,26 @@ def test_parse_overrides_reads_int_float_text() -> None:
     assert parsed == {"max_num_seqs": 16, "fit_mape": 0.05, "name": "123"}
     with pytest.raises(InputError, match="--set colour"):
         parse_overrides(["colour=red"])
+
+
+def test_timed_formulation_solves_and_replays(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # on unit slots the timed model is the slot model: latency 6 + d = 8 at M = 4
+    out = tmp_path / "timed.csv"
+    code, stdout, _ = run(
+        [
+            "solve", str(tiny), "--model", "unit-slot", "--formulation", "timed",
+            "--backend", "milp", "--set", "kv_capacity_tokens=4", "--out", str(out),
+            "--json",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["status"] == "optimal"
+    assert summary["objective"] == pytest.approx(8.0)
+    assert summary["replay_objective"] == pytest.approx(8.0)
+    frame = pd.read_csv(out)
+    assert frame["completion_s"].sum() == pytest.approx(8.0)
+    assert sorted(frame["start_iteration"]) == [0, 2]

@@ -29,14 +29,25 @@ from lsched.cli._common import (
     print_table,
 )
 from lsched.errors import InputError
-from lsched.formulations.backends import BACKENDS, replay_objective, solve_slot
+from lsched.formulations.backends import (
+    BACKENDS,
+    TIMED_BACKENDS,
+    replay_objective,
+    replay_timed_objective,
+    solve_slot,
+    solve_timed,
+)
 from lsched.formulations.result import SolveResult
 from lsched.formulations.slot import OBJECTIVES, SlotProblem, slot_length_s
+from lsched.formulations.timed import OBJECTIVES as TIMED_OBJECTIVES
+from lsched.formulations.timed import TimedProblem, timed_schedule
+from lsched.instance import Instance
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
+from lsched.profile import DeploymentProfile
 from lsched.traces import read_trace
 
-#: ``--formulation`` values (the timed model comes later).
-FORMULATIONS: tuple[str, ...] = ("slot",)
+#: ``--formulation`` values.
+FORMULATIONS: tuple[str, ...] = ("slot", "timed")
 #: Columns of ``--out``: one row per request, times in slots.
 SCHEDULE_COLUMNS: tuple[str, ...] = (
     "request",
@@ -47,6 +58,8 @@ SCHEDULE_COLUMNS: tuple[str, ...] = (
 )
 #: Relative tolerance of the replay check.
 REPLAY_RTOL = 1e-9
+#: The timed model's (DESIGN.md: float seconds, summed in another order).
+TIMED_REPLAY_RTOL = 1e-6
 
 
 def _choice(value: str, accepted: tuple[str, ...], option: str) -> str:
@@ -65,7 +78,9 @@ def solve_command(
     formulation: Annotated[
         str,
         typer.Option(
-            metavar="slot", help="Formulation: slot (the timed model comes later)."
+            metavar="slot|timed",
+            help="slot (one iteration = one slot) or timed (iterations priced by "
+            "the profile's cost model; objectives in seconds).",
         ),
     ] = "slot",
     backend: Annotated[
@@ -73,7 +88,7 @@ def solve_command(
         typer.Option(
             metavar="cpsat|milp|lns",
             help="Solver: cpsat (OR-Tools), milp (Pyomo + HiGHS) or lns (CP-SAT LNS, "
-            "then the full CP-SAT model).",
+            "then the full CP-SAT model; slot model only).",
         ),
     ] = "cpsat",
     objective: Annotated[
@@ -129,6 +144,10 @@ def solve_command(
 
     instance, _ = read_trace(trace, format, limit=limit)
     profile = deployment_profile(model, overrides, instance)
+    if formulation == "timed":
+        _solve_timed(instance, profile, objective, backend, time_limit, workers, seed,
+                     out, json_output)  # fmt: skip
+        return
     tau = slot_length_s(instance, profile) if slot_s is None else slot_s
     try:
         problem = SlotProblem.from_instance(
@@ -171,31 +190,30 @@ def solve_command(
         and math.isclose(replay, result.objective, rel_tol=REPLAY_RTOL, abs_tol=1e-9)
     )
     if out is not None and result.start is not None and agrees:
-        _write_schedule(out, problem, result.start)
+        _write_frame(out, _slot_schedule_frame(problem, result.start))
         summary["out"] = str(out)
+    _report(summary, result, replay, agrees, json_output,
+            f"{instance.name} on {profile.name}: {objective}, slot model, {backend} "
+            f"({len(problem)} requests)",
+            ("status", "objective", "bound", "gap", "runtime_s", "solver",
+             "incumbent_source", "replay_objective", "slot_s",
+             "kv_capacity_tokens"))  # fmt: skip
+
+
+def _report(
+    summary: dict[str, Any],
+    result: SolveResult,
+    replay: float | None,
+    agrees: bool,
+    json_output: bool,
+    title: str,
+    keys: tuple[str, ...],
+) -> None:
+    """Print the summary; exit 1 without a schedule or when the replay disagrees."""
     if json_output:
         print_json(summary)
     else:
-        print_table(
-            f"{instance.name} on {profile.name}: {objective}, slot model, {backend} "
-            f"({len(problem)} requests)",
-            ["field", "value"],
-            [
-                [key, summary[key]]
-                for key in (
-                    "status",
-                    "objective",
-                    "bound",
-                    "gap",
-                    "runtime_s",
-                    "solver",
-                    "incumbent_source",
-                    "replay_objective",
-                    "slot_s",
-                    "kv_capacity_tokens",
-                )
-            ],
-        )
+        print_table(title, ["field", "value"], [[k, summary[k]] for k in keys])
     if result.start is None:
         print(
             f"lsched: no schedule found (status {result.status.value})",
@@ -209,6 +227,71 @@ def solve_command(
             file=sys.stderr,
         )
         raise typer.Exit(1)
+
+
+def _solve_timed(
+    instance: Instance,
+    profile: DeploymentProfile,
+    objective: str,
+    backend: str,
+    time_limit: float,
+    workers: int | None,
+    seed: int,
+    out: Path | None,
+    json_output: bool,
+) -> None:
+    """``--formulation timed``: solve, replay in the evaluator, report."""
+    _choice(backend, TIMED_BACKENDS, "--backend")
+    if objective not in TIMED_OBJECTIVES:
+        raise InputError(
+            f"got {objective!r}; the timed model takes {' or '.join(TIMED_OBJECTIVES)}",
+            field="--objective",
+        )
+    problem = TimedProblem.from_instance(instance, profile, objective=objective)
+    options: dict[str, Any] = {"time_limit": time_limit, "seed": seed}
+    if workers is not None:
+        options["num_workers"] = workers
+    with (
+        native_stdout_to_stderr(),
+        ProgressLine(f"solving (timed, {backend}, {objective})") as line,
+    ):
+        result = solve_timed(problem, backend, on_progress=line, **options)
+    replay = (
+        None if result.start is None else replay_timed_objective(problem, result.start)
+    )
+    summary = {
+        **result.summary(),
+        "formulation": "timed",
+        "backend": backend,
+        "objective_name": objective,
+        "num_requests": len(instance),
+        "replay_objective": replay,
+        "profile": profile.name,
+        "instance": instance.name,
+    }
+    agrees = (
+        replay is not None
+        and result.objective is not None
+        and math.isclose(replay, result.objective, rel_tol=TIMED_REPLAY_RTOL)
+    )
+    if out is not None and result.start is not None and agrees:
+        times = timed_schedule(problem, result.start)
+        frame = pd.DataFrame(
+            {
+                "request": np.arange(len(instance), dtype=np.int64),
+                "arrival_s": instance.arrival_s,
+                "start_iteration": times.start,
+                "first_token_s": times.first_token_s,
+                "completion_s": times.completion_s,
+            }
+        )
+        _write_frame(out, frame)
+        summary["out"] = str(out)
+    _report(summary, result, replay, agrees, json_output,
+            f"{instance.name} on {profile.name}: {objective} (s), timed model, "
+            f"{backend} ({len(instance)} requests)",
+            ("status", "objective", "bound", "gap", "runtime_s", "solver",
+             "replay_objective"))  # fmt: skip
 
 
 def _check_out(path: Path) -> None:
@@ -244,9 +327,9 @@ def _incumbent_source(result: SolveResult) -> str | None:
     return None if source is None else str(source)
 
 
-def _write_schedule(path: Path, problem: SlotProblem, start: np.ndarray) -> None:
+def _slot_schedule_frame(problem: SlotProblem, start: np.ndarray) -> pd.DataFrame:
     start = np.asarray(start, dtype=np.int64)
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "request": np.arange(len(problem), dtype=np.int64),
             "arrival_slot": problem.arrival,
@@ -256,6 +339,9 @@ def _write_schedule(path: Path, problem: SlotProblem, start: np.ndarray) -> None
         },
         columns=list(SCHEDULE_COLUMNS),
     )
+
+
+def _write_frame(path: Path, frame: pd.DataFrame) -> None:
     with atomic_target(path) as temporary:
         if path.suffix.lower() == ".csv":
             frame.to_csv(temporary, index=False)
