@@ -5,9 +5,11 @@
 1. every bound of :func:`~lsched.formulations.bound_suite.bound_suite`, each with
    the class of schedules it holds for (``any``, or ``slot``: non-preemptive,
    whole-prompt prefill);
-2. the best offline schedule: the slot model solved by a backend, where slots are
-   seconds (a unit-slot profile, one replica, integer arrivals), replayed through
-   the evaluator; otherwise the best policy run stands in for it;
+2. the best offline schedule, replayed through the evaluator: the slot model
+   solved by a backend where slots are seconds (a unit-slot profile, one
+   replica, integer arrivals); else, on one replica and up to
+   :data:`TIMED_MAX_REQUESTS` requests, the timed model (iterations priced by the
+   cost model); otherwise the best policy run stands in for it;
 3. every policy replayed by the evaluator, with its gap to the best bound that
    holds for its run: a run that never preempts and prefills every prompt in one
    iteration is a slot-model schedule, so the ``slot`` bounds hold for it too.
@@ -31,7 +33,14 @@ import numpy as np
 
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate
-from lsched.formulations.backends import BACKENDS, replay_objective, solve_slot
+from lsched.formulations.backends import (
+    BACKENDS,
+    TIMED_BACKENDS,
+    replay_objective,
+    replay_timed_objective,
+    solve_slot,
+    solve_timed,
+)
 from lsched.formulations.bound_suite import (
     Bound,
     best_bound,
@@ -39,6 +48,7 @@ from lsched.formulations.bound_suite import (
     slot_problem_in_seconds,
 )
 from lsched.formulations.result import SolveResult, certified_gap
+from lsched.formulations.timed import TimedProblem
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
 from lsched.policies import parse_policy
@@ -56,6 +66,9 @@ DEFAULT_POLICIES: tuple[str, ...] = (
     "sorted-f",
     "hybrid",
 )
+
+#: Largest instance whose timed model compare solves (it grows as n x sum(o)).
+TIMED_MAX_REQUESTS = 8
 
 Progress = Callable[[float, float | None, float], None]
 
@@ -93,9 +106,11 @@ class Comparison:
     policies
         One row per policy, in the order asked.
     solve
-        The slot-model solve, or ``None`` where slots are not seconds.
+        The offline solve (slot or timed model), or ``None``.
     solve_objective
         The evaluator's objective of the solver's schedule (``None`` without one).
+    solve_model
+        ``"slot model"`` or ``"timed model"``.
     """
 
     objective: str
@@ -103,6 +118,7 @@ class Comparison:
     policies: list[PolicyRow]
     solve: SolveResult | None = None
     solve_objective: float | None = None
+    solve_model: str | None = None
 
     @property
     def best_bound(self) -> float:
@@ -122,7 +138,7 @@ class Comparison:
         ]
         if self.solve is not None and self.solve_objective is not None:
             gap = certified_gap(self.solve_objective, self.best_slot_bound)
-            label = f"{self.solve.solver} (slot model)"
+            label = f"{self.solve.solver} ({self.solve_model})"
             found.append((self.solve_objective, label, self.solve.status.value, gap))
         value, source, status, gap = min(found, key=lambda row: row[0])
         return {
@@ -160,14 +176,33 @@ def objective_value(
     return float(np.sum(completion - instance.arrival_s))
 
 
-def is_slot_schedule(result: SimulationResult) -> bool:
-    """Whether a logged run never preempts and prefills every prompt whole."""
-    if result.members is None:
+def is_slot_schedule(result: SimulationResult, instance: Instance) -> bool:
+    """Whether a logged run is a slot/timed-model schedule.
+
+    That is: no preemption, every prompt prefilled in one iteration, and every
+    request decoding in each iteration of its replica from its prefill to its
+    completion (``o_i`` consecutive iterations, none skipped while it holds KV).
+    """
+    if result.members is None or result.runs is None:
         raise InputError("expected a run with its log (log=True)", field="result")
-    if int(result.requests["preemptions"].sum()) > 0:
+    records = result.requests
+    if int(records["preemptions"].sum()) > 0:
         return False
     prefills = result.members[result.members["kind"] == "prefill"]
-    return bool(prefills["request"].is_unique)
+    if not prefills["request"].is_unique:
+        return False
+    runs = result.runs
+    for replica, own in records.groupby("replica"):
+        mine = runs[runs["replica"] == replica]
+        ends = mine["end_s"].to_numpy()
+        done = np.concatenate([[0], np.cumsum(mine["iterations"].to_numpy())])
+        # runs start at admissions and end at completions: exact boundaries
+        first = np.searchsorted(mine["start_s"].to_numpy(), own["admitted_s"])
+        last = np.searchsorted(ends, own["completion_s"])
+        spans = done[last + 1] - done[first]
+        if np.any(spans != instance.output_tokens[own.index.to_numpy()]):
+            return False
+    return True
 
 
 def compare(
@@ -229,33 +264,48 @@ def compare(
         instance = oracle(instance)
     bounds = bound_suite(instance, profile, objective, replicas=replicas)
     problem = slot_problem_in_seconds(instance, profile, objective, replicas)
-    solve = solve_value = None
-    if problem is not None and backend is not None:
-        solve = solve_slot(
-            problem,
-            backend,
-            time_limit=time_limit,
-            num_workers=num_workers,
-            seed=seed,
-            on_progress=on_progress,
-        )
-        if math.isfinite(solve.bound):
-            bounds.append(Bound(f"slot.{backend}", solve.bound, "slot"))
+    options = {
+        "time_limit": time_limit,
+        "num_workers": num_workers,
+        "seed": seed,
+        "on_progress": on_progress,
+    }
+    solve = solve_value = model = None
+    if backend is not None and problem is not None:
+        model = "slot model"
+        solve = solve_slot(problem, backend, **options)
         if solve.start is not None:
             solve_value = replay_objective(problem, solve.start)
+    elif (
+        backend is not None
+        and replicas == 1
+        and len(instance) <= TIMED_MAX_REQUESTS
+        and backend in TIMED_BACKENDS
+    ):
+        model = "timed model"
+        timed = TimedProblem.from_instance(instance, profile, objective=objective)
+        solve = solve_timed(timed, backend, **options)
+        if solve.start is not None:
+            solve_value = replay_timed_objective(timed, solve.start)
+    if solve is not None and math.isfinite(solve.bound):
+        name = "slot" if problem is not None else "timed"
+        bounds.append(Bound(f"{name}.{backend}", solve.bound, "slot"))
     bounds.sort(key=lambda b: -b.value)
     rows = []
     for spec in specs:
         result = simulate(instance, profile, spec, replicas=replicas, log=True)
         value = objective_value(result, instance, objective)
-        scope = "slot" if problem is not None and is_slot_schedule(result) else "any"
+        has_class = problem is not None or model is not None
+        in_class = has_class and is_slot_schedule(result, instance)
+        scope = "slot" if in_class else "any"
         gap = certified_gap(value, best_bound(bounds, scope))
         rows.append(PolicyRow(spec.label, value, scope, gap, result))
-    return Comparison(objective, bounds, rows, solve, solve_value)
+    return Comparison(objective, bounds, rows, solve, solve_value, model)
 
 
 __all__ = [
     "DEFAULT_POLICIES",
+    "TIMED_MAX_REQUESTS",
     "Comparison",
     "PolicyRow",
     "compare",

@@ -15,12 +15,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lsched.cli import main
 from lsched.compare import compare, is_slot_schedule, objective_value
 from lsched.errors import InputError
 from lsched.evaluator import simulate
+from lsched.evaluator.fixed import replay_batch_table
 from lsched.instance import Instance
 from lsched.predictors import oracle
 from lsched.profile import load_profile
@@ -111,14 +113,30 @@ def test_slot_schedule_detection() -> None:
     profile = UNIT.replace(kv_capacity_tokens=4)
     instance = two_requests()
     chunked = simulate(instance, profile, "sarathi:chunk=1", log=True)
-    assert is_slot_schedule(chunked)  # one-token prompts: one chunk each
+    assert is_slot_schedule(chunked, instance)  # one-token prompts: one chunk each
     long = Instance(
         arrival_s=np.zeros(1), prompt_tokens=np.array([3]), output_tokens=np.ones(1)
     )
     chunked = simulate(long, UNIT, "sarathi:chunk=1", log=True)
-    assert not is_slot_schedule(chunked)  # 3 prefill chunks
+    assert not is_slot_schedule(chunked, long)  # 3 prefill chunks
+    # a table where request 1 holds its KV but skips iteration 1: not a slot run
+    table = pd.DataFrame(
+        {
+            "iteration": [0, 0, 1, 2, 2],
+            "request": [0, 1, 0, 0, 1],
+            "kind": ["prefill", "prefill", "decode", "decode", "decode"],
+            "tokens": [1, 1, 1, 1, 1],
+        }
+    )
+    pair = Instance(
+        arrival_s=np.zeros(2), prompt_tokens=np.ones(2), output_tokens=[3, 2]
+    )
+    paused = replay_batch_table(pair, UNIT, table, log=True)
+    assert int(paused.requests["preemptions"].sum()) == 0
+    assert not is_slot_schedule(paused, pair)
+    assert is_slot_schedule(simulate(pair, UNIT, "fcfs", log=True), pair)
     with pytest.raises(InputError, match="log"):
-        is_slot_schedule(simulate(instance, profile, "fcfs"))
+        is_slot_schedule(simulate(instance, profile, "fcfs"), instance)
 
 
 def test_real_profile_has_no_solver_and_bounds_every_policy() -> None:
@@ -209,3 +227,29 @@ def test_cli_compare_bad_input(
     code, _, err = run(["compare", str(tiny), "--model", "unit-slot", *args], capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_real_profile_small_instance_uses_the_timed_model(seed: int) -> None:
+    rng = np.random.default_rng(20 + seed)
+    instance = Instance(
+        arrival_s=np.sort(rng.uniform(0, 0.2, 4)),
+        prompt_tokens=rng.integers(5, 60, 4),
+        output_tokens=rng.integers(1, 6, 4),
+    )
+    peak = int((instance.prompt_tokens + instance.output_tokens - 1).max())
+    profile = load_profile("llama2-70b-a100-tp4").replace(
+        block_tokens=1, kv_capacity_tokens=peak + 20
+    )
+    result = compare(instance, profile, policies=POLICIES, time_limit=20)
+    assert result.solve_model == "timed model"
+    assert result.solve is not None and result.solve.status == "optimal"
+    optimum = result.solve_objective
+    assert optimum == pytest.approx(result.solve.objective, rel=1e-6)
+    assert result.best_bound <= optimum * (1 + 1e-9)
+    for row in result.policies:
+        assert row.objective_value >= result.best_bound * (1 - 1e-9)
+        if row.bound_scope == "slot":  # non-preemptive whole prefills: the class
+            # CP-SAT's optimum is exact up to its stated rounding bound
+            slack = result.solve.info.get("rounding_bound_s", 0.0)
+            assert row.objective_value >= optimum - slack - 1e-9

@@ -142,7 +142,7 @@ def _plot(path: Path, result: Comparison) -> None:
 
     values = {row.policy: row.objective_value for row in result.policies}
     if result.solve is not None and result.solve_objective is not None:
-        values[f"{result.solve.solver} (slot model)"] = result.solve_objective
+        values[f"{result.solve.solver} ({result.solve_model})"] = result.solve_objective
     gap_bars(
         values,
         result.best_bound,
@@ -163,7 +163,7 @@ def _print(result: Comparison, title: str) -> None:
         solve = result.solve
         rows.append(
             [
-                f"{solve.solver} (slot model)",
+                f"{solve.solver} ({result.solve_model})",
                 result.solve_objective,
                 solve.status.value,
                 _pct(certified_gap(result.solve_objective, result.best_slot_bound)),
