@@ -12,11 +12,15 @@ Cases (policy ``fcfs``, profile ``llama2-70b-a100-tp4``, one replica):
   resident memory of this process.
 
 Both engines must agree on every completion time (rel 1e-9) for a ratio to count.
+The machine's load average (1, 5, 15 min) is printed before and after: timings on
+a busy machine are slower, the fast/naive ratio less so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import resource
 import sys
 import time
@@ -82,6 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-million", action="store_true")
     args = parser.parse_args()
+    print(
+        f"Python {platform.python_version()}, NumPy {np.__version__}, "
+        f"{os.cpu_count()} cores, load average before {_load()}"
+    )
+    print()
     print("| case | requests | iterations | fast (s) | naive (s) | speed-up | agree |")
     print("|---|---:|---:|---:|---:|---:|---|")
     azure = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
@@ -93,6 +102,12 @@ def main() -> None:
         print("| case | iterations | wall (s) | peak RSS (GiB) | completed |")
         print("|---|---:|---:|---:|---:|")
         million(4)
+    print()
+    print(f"load average after {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,22 @@ with the stretch's elapsed time and KV token-seconds in closed form
 (:mod:`lsched.evaluator.stretch`). The KV limit is found by bisection on the
 monotone total ``sum_i ceil((p_i + k + 1) / b)``.
 
+A policy that declares ``holds_running_when_idle`` (:mod:`lsched.policies.base`) is
+not called at a boundary where nothing waits, no running request is prefilling and
+one more decode step of every running request fits: the engine holds that
+decode-only batch itself, without building a view. With a FCFS-like policy on a
+trace that is not overloaded this skips about half the calls (every boundary after
+a completion or a first token). At the other boundaries (arrivals) such a policy
+returns the view's own ``running`` array as its decode list, plus admissions; the
+engine recognises the array (the same object, no running request prefilling), so
+those decode steps are valid by construction and only the admissions are checked.
+
+KV blocks held are tracked as an upper bound between checks (a stretch of ``n``
+iterations adds at most ``ceil(n / b)`` blocks per request) and made exact only
+where a check against the capacity could fail. Per-event work is kept off NumPy
+where the arrays are tiny (prefill lists, single completions, reductions over the
+running set as Python ``sum``/``min``, the iteration time and the stretch sums).
+
 A request has arrived at a boundary ``t`` when ``arrival_s <= t +
 ARRIVAL_TOLERANCE_S`` (1 ns): a stretch's end ``t + S(n)`` computed in closed form
 can differ in the last bits from adding the iteration times one by one, and the
@@ -32,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from lsched.evaluator.stretch import DecodeStretch
+from lsched.evaluator.stretch import DecodeStretch, decode_rows
 from lsched.policies.base import (
     ARRIVAL_TOLERANCE_S,
     Batch,
@@ -40,11 +56,14 @@ from lsched.policies.base import (
     PolicyError,
     ReplicaLimits,
     ReplicaView,
+    holds_running_when_idle,
 )
 from lsched.profile import FEATURES, DeploymentProfile
 
 _K = FEATURES.index("kv_read_tokens")
 WAITING, RUNNING, DONE = 0, 1, 2
+#: Prefill lists up to this long are handled element by element in Python.
+_SMALL = 16
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -81,6 +100,12 @@ class ReplicaEngine:
         Called with the number of requests each completion event finishes.
     priority, tenant
         Priorities and tenants shown to the policy, or ``None``.
+
+    Notes
+    -----
+    The mutable state is numbers, lists of ints and arrays of one entry per
+    request (so that a copy of ``vars(engine)`` restores it); the cached arrays
+    (``_shown``) are read-only and rebuilt at every view.
     """
 
     def __init__(
@@ -107,6 +132,7 @@ class ReplicaEngine:
         # the same pieces as plain tuples: one iteration's time is a handful of
         # multiply-adds, cheaper in Python than through NumPy's call overhead
         self.pieces = [[tuple(map(float, w)) for w in r] for r in self.regimes]
+        self._rows = [decode_rows(r) for r in self.regimes]  # for DecodeStretch
         self.thresholds = list(self.time.thresholds)
         self.switch = (
             0  # the const feature: always regime 0
@@ -121,6 +147,13 @@ class ReplicaEngine:
             max_num_batched_tokens=profile.max_num_batched_tokens,
             max_model_len=profile.max_model_len,
         )
+        # the limits as plain ints, read at every event
+        self._block = int(profile.block_tokens)
+        self._capacity = int(profile.kv_capacity_blocks)
+        self._max_seqs = int(profile.max_num_seqs)
+        self._max_tokens = int(profile.max_num_batched_tokens)
+        # the policy's standing decision when nothing waits (policies.base)
+        self._idle_rule = holds_running_when_idle(policy)
         self.emitted = np.zeros(m, dtype=np.int64)
         self.processed = np.zeros(m, dtype=np.int64)
         self.target = np.zeros(m, dtype=np.int64)
@@ -137,8 +170,13 @@ class ReplicaEngine:
         self.queue = np.zeros(m, dtype=np.int64)
         self.head = self.tail = 0
         self.num_arrived = 0
+        # KV blocks held by the running requests: exact while blocks_exact, else an
+        # upper bound (a held stretch adds its most, ceil(n / b) per request), made
+        # exact only where a check against the capacity needs it
         self.held_blocks = 0
+        self.blocks_exact = True
         self.held_tokens = 0  # sum of processed over running requests
+        self.num_prefilling = 0  # running requests with processed < target
         self.now_s = float(arrival_s[0]) if m else 0.0
         self.iterations = 0
         self.busy_s = 0.0
@@ -164,19 +202,35 @@ class ReplicaEngine:
             if predicted_output_tokens is None
             else _read_only(predicted_output_tokens)
         )
+        # the running array of the last view, while the running set is unchanged:
+        # a batch whose decode list *is* this array decodes every running request
+        self._shown: np.ndarray | None = None
 
     # -- the loop -----------------------------------------------------------------
 
     def run(self) -> None:
         """Simulate until every request is done."""
+        idle_rule = self._idle_rule
         while self.done < self.m:
             self._arrive()
-            if not self.running and not self._has_waiting():
-                self.now_s = max(self.now_s, float(self.arrival_s[self.num_arrived]))
+            if not self.running:
+                if not self.requeued and self.tail == self.head:
+                    self.now_s = max(
+                        self.now_s, float(self.arrival_s[self.num_arrived])
+                    )
+                    continue
+            elif (
+                idle_rule
+                and self.num_prefilling == 0
+                and self.tail == self.head
+                and not self.requeued
+                and self._hold_running()
+            ):
                 continue
             batch = self.policy.decide(self._view())
-            run = len(self.log.runs) if self.log is not None else -1
-            self._preempt(batch.preempt, run)
+            if len(batch.preempt):
+                run = len(self.log.runs) if self.log is not None else -1
+                self._preempt(batch.preempt, run)
             if batch.is_empty:
                 self._idle(batch)
                 continue
@@ -188,16 +242,20 @@ class ReplicaEngine:
                 self._iteration(batch, grow)
 
     def _arrive(self) -> None:
-        n = int(
-            np.searchsorted(
-                self.arrival_s, self.now_s + ARRIVAL_TOLERANCE_S, side="right"
-            )
-        )
-        if n > self.num_arrived:
-            new = np.arange(self.num_arrived, n)
-            self.queue[self.tail : self.tail + len(new)] = new
-            self.tail += len(new)
-            self.num_arrived = n
+        k = self.num_arrived
+        if k >= self.m:
+            return
+        now = self.now_s + ARRIVAL_TOLERANCE_S
+        if not self.arrival_s[k] <= now:
+            return
+        n = int(self.arrival_s.searchsorted(now, side="right"))
+        tail = self.tail
+        if n == k + 1:
+            self.queue[tail] = k
+        else:
+            self.queue[tail : tail + n - k] = np.arange(k, n)
+        self.tail = tail + n - k
+        self.num_arrived = n
 
     def _has_waiting(self) -> bool:
         return bool(self.requeued) or self.tail > self.head
@@ -213,11 +271,14 @@ class ReplicaEngine:
 
     def _view(self) -> ReplicaView:
         arrival, prompt, emitted, processed, target = self._views
+        running = np.array(self.running, dtype=np.int64)
+        running.flags.writeable = False
+        self._shown = running
         return ReplicaView(
             now_s=self.now_s,
             iteration=self.iterations,
             num_arrived=self.num_arrived,
-            running=np.array(self.running, dtype=np.int64),
+            running=running,
             waiting=self._waiting(),
             arrival_s=arrival,
             prompt_tokens=prompt,
@@ -244,26 +305,96 @@ class ReplicaEngine:
             )
         self.now_s = upcoming
 
+    def _hold_running(self) -> bool:
+        """Hold every running request's decode step for the policy, if it fits.
+
+        Called only for a policy that declares ``holds_running_when_idle``, with
+        nothing waiting and every running request past its prefill: that policy
+        would return ``Batch(decode=view.running, hold=True)`` here whenever the
+        step fits, so the engine runs that stretch without calling it. Returns
+        False (the policy decides) when the step does not fit.
+        """
+        running = self.running
+        d = len(running)
+        if d > self._max_seqs or d > self._max_tokens:
+            return False
+        ids = np.array(running, dtype=np.int64)
+        p = self.processed[ids]
+        if self.held_blocks + d > self._capacity:  # each step opens <= 1 block
+            block = self._block
+            grow = d if block == 1 else int(np.count_nonzero(p % block == 0))
+            if self._exact_blocks() + grow > self._capacity:
+                return False
+        self._advance(ids, p, *self._plan(ids, p, self.held_tokens, None))
+        return True
+
+    def _exact_blocks(self) -> int:
+        """Make :attr:`held_blocks` exact (sum of ceil(processed / b) over the
+        running requests) and return it."""
+        if not self.blocks_exact:
+            block = self._block
+            p = self.processed[np.array(self.running, dtype=np.int64)]
+            self.held_blocks = int(((p + (block - 1)) // block).sum())
+            self.blocks_exact = True
+        return self.held_blocks
+
     # -- state changes ------------------------------------------------------------
 
     def _preempt(self, ids: np.ndarray, run: int) -> None:
+        block = self._block
         for r in ids.tolist():
             if not 0 <= r < self.num_arrived or self.status[r] != RUNNING:
                 raise PolicyError(f"preempted request {r} is not running")
             self.running.remove(r)
-            self.held_blocks -= int(self.limits.kv_blocks(self.processed[r]))
-            self.held_tokens -= int(self.processed[r])
-            self.recomputed[r] += self.processed[r]
+            p = int(self.processed[r])
+            if p < self.target[r]:
+                self.num_prefilling -= 1
+            self.held_blocks -= -(-p // block)
+            self.held_tokens -= p
+            self.recomputed[r] += p
             self.preemptions[r] += 1
             self.processed[r] = 0
             self.status[r] = WAITING
             self.requeued.append(r)
+            self._shown = None
             if self.log is not None:
                 self.log.preemptions.append((run, r))
         if len(ids):
             self.requeued.sort()
 
     def _admit(self, prefill: np.ndarray) -> None:
+        if len(prefill) == 0:
+            return
+        if len(prefill) > _SMALL:
+            self._admit_many(prefill)
+            return
+        status = self.status
+        new = [r for r in prefill.tolist() if status[r] == WAITING]
+        if not new:
+            return
+        target, prompt, emitted = self.target, self.prompt, self.emitted
+        admitted_s, now = self.admitted_s, self.now_s
+        fresh: list[int] = []
+        back: list[int] = []
+        for r in new:
+            status[r] = RUNNING
+            target[r] = prompt[r] + emitted[r]
+            if math.isnan(admitted_s[r]):  # never admitted: in the fresh queue
+                admitted_s[r] = now
+                fresh.append(r)
+            else:
+                back.append(r)
+        self.running.extend(new)
+        self.num_prefilling += len(new)
+        self._shown = None
+        if back:
+            gone = set(back)
+            self.requeued = [r for r in self.requeued if r not in gone]
+        if fresh:
+            fresh.sort()
+            self._dequeue(fresh)
+
+    def _admit_many(self, prefill: np.ndarray) -> None:
         new = prefill[self.status[prefill] == WAITING]
         if len(new) == 0:
             return
@@ -272,29 +403,38 @@ class ReplicaEngine:
         never = np.isnan(self.admitted_s[new])  # never admitted: in the fresh queue
         self.admitted_s[new[never]] = self.now_s
         self.running.extend(new.tolist())
+        self.num_prefilling += len(new)
+        self._shown = None
         if not never.all():
             back = set(new[~never].tolist())
             self.requeued = [r for r in self.requeued if r not in back]
         fresh = np.sort(new[never])
+        if len(fresh):
+            self._dequeue(fresh.tolist())
+
+    def _dequeue(self, fresh: list[int]) -> None:
+        """Remove the sorted ids ``fresh`` from the queue of never-admitted ones."""
         k = len(fresh)
-        if np.array_equal(self.queue[self.head : self.head + k], fresh):
-            self.head += k  # admitted from the head, as FCFS does: O(1)
-        elif k:
-            rest = self.queue[self.head : self.tail]
-            keep = rest[~np.isin(rest, fresh)]
-            self.queue[self.head : self.head + len(keep)] = keep
-            self.tail = self.head + len(keep)
+        head = self.head
+        if self.queue[head : head + k].tolist() == fresh:
+            self.head = head + k  # admitted from the head, as FCFS does: O(1)
+            return
+        rest = self.queue[head : self.tail]
+        keep = rest[~np.isin(rest, fresh)]
+        self.queue[head : head + len(keep)] = keep
+        self.tail = head + len(keep)
 
     def _check(self, batch: Batch) -> int:
         """KV blocks the batch adds; :class:`PolicyError` if it breaks a rule."""
         prefill, chunk, decode = batch.prefill, batch.prefill_tokens, batch.decode
         n_p, n_d = len(prefill), len(decode)
-        limits = self.limits
         if len(chunk) != n_p:
             raise PolicyError("prefill and prefill_tokens differ in length")
-        if n_p + n_d > limits.max_num_seqs:
+        if n_p + n_d > self._max_seqs:
             raise PolicyError(f"{n_p + n_d} requests > max_num_seqs")
-        if (int(chunk.sum()) if n_p else 0) + n_d > limits.max_num_batched_tokens:
+        if n_p <= _SMALL and decode is self._shown and self.num_prefilling == 0:
+            return self._check_running(prefill, chunk, decode)
+        if (int(chunk.sum()) if n_p else 0) + n_d > self._max_tokens:
             raise PolicyError("prefill tokens + decode steps > max_num_batched_tokens")
         ids = (np.concatenate([prefill, decode]) if n_d else prefill) if n_p else decode
         listed = ids.tolist()
@@ -302,7 +442,7 @@ class ReplicaEngine:
             raise PolicyError(f"batch names a request not arrived: {listed}")
         if len(set(listed)) != n_p + n_d:
             raise PolicyError(f"a request appears twice in the batch: {listed}")
-        block = limits.block_tokens
+        block = self._block
         grow = 0
         if n_p:
             status = self.status[prefill]
@@ -325,10 +465,59 @@ class ReplicaEngine:
             ).any():
                 raise PolicyError("decode of a request that is not past its prefill")
             grow += int((before % block == 0).sum())  # a step that opens a block
-        if self.held_blocks + grow > limits.kv_capacity_blocks:
+        cap = self._capacity
+        if self.held_blocks + grow > cap and self._exact_blocks() + grow > cap:
             raise PolicyError(
                 f"KV after the iteration {self.held_blocks + grow} blocks > "
-                f"capacity {limits.kv_capacity_blocks}"
+                f"capacity {cap}"
+            )
+        return grow
+
+    def _check_running(
+        self, prefill: np.ndarray, chunk: np.ndarray, decode: np.ndarray
+    ) -> int:
+        """:meth:`_check` of a batch that decodes every running request, none of
+        them prefilling (its decode list is the view's ``running`` array): those
+        steps are valid by construction, and every prefill must admit a waiting
+        request."""
+        n_d = len(decode)
+        chunks = chunk.tolist()
+        if sum(chunks) + n_d > self._max_tokens:
+            raise PolicyError("prefill tokens + decode steps > max_num_batched_tokens")
+        block = self._block
+        grow = 0
+        if chunks:
+            ids = prefill.tolist()
+            if len(set(ids)) != len(ids):
+                raise PolicyError(f"a request appears twice in the batch: {ids}")
+            status, prompt, emitted = self.status, self.prompt, self.emitted
+            for r, c in zip(ids, chunks, strict=True):
+                if not 0 <= r < self.num_arrived:
+                    raise PolicyError(f"batch names a request not arrived: {ids}")
+                if status[r] != WAITING:
+                    # running (so decoding in this batch too) or done
+                    raise PolicyError(
+                        f"prefill of request {r}, which is not waiting, in a batch "
+                        "that decodes every running request"
+                    )
+                if not 1 <= c <= prompt[r] + emitted[r]:
+                    raise PolicyError(
+                        f"prefill chunk {c} of request {r} outside 1.."
+                        f"{int(prompt[r] + emitted[r])}"
+                    )
+                grow += -(-c // block)
+        # each decode step opens at most one block: the exact count only if that
+        # much might not fit
+        if self.held_blocks + grow + n_d <= self._capacity:
+            self.blocks_exact = False
+            return grow + n_d
+        if n_d:
+            p = self.processed[decode]
+            grow += n_d if block == 1 else int(np.count_nonzero(p % block == 0))
+        if self._exact_blocks() + grow > self._capacity:
+            raise PolicyError(
+                f"KV after the iteration {self.held_blocks + grow} blocks > "
+                f"capacity {self._capacity}"
             )
         return grow
 
@@ -339,68 +528,138 @@ class ReplicaEngine:
 
     def _seconds(self, phi: tuple[float, ...]) -> float:
         """Iteration time of one batch: its regime's max of affine pieces."""
+        pieces = self.pieces[self._regime(phi) if self.thresholds else 0]
+        x0, x1, x2, x3, x4, x5 = phi
+        # summed left to right, as sum() over the six products would
+        if len(pieces) == 1:
+            w0, w1, w2, w3, w4, w5 = pieces[0]
+            return w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5
         return max(
-            sum(w * x for w, x in zip(piece, phi, strict=True))
-            for piece in self.pieces[self._regime(phi)]
+            w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5
+            for w0, w1, w2, w3, w4, w5 in pieces
         )
 
     def _iteration(self, batch: Batch, grow: int) -> None:
-        """One iteration with any mix of prefill chunks and decode steps."""
+        """One iteration with any mix of prefill chunks and decode steps (``grow``:
+        the blocks it adds, or an upper bound)."""
         prefill, chunk, decode = batch.prefill, batch.prefill_tokens, batch.decode
-        before_p = self.processed[prefill]
-        before_d = self.processed[decode]
-        prefill_tokens = int(chunk.sum())
+        n_p, n_d = len(prefill), len(decode)
+        processed, target = self.processed, self.target
+        kv_read = 0.0
+        if n_d:
+            before_d = processed[decode]
+            kv_read = float(sum(before_d.tolist()) + n_d)
+        if n_p <= _SMALL:
+            ids, chunks = prefill.tolist(), chunk.tolist()
+            before = []
+            prefill_tokens = q = 0
+            for r, c in zip(ids, chunks, strict=True):
+                p = processed.item(r)
+                before.append(p)
+                prefill_tokens += c
+                q += c * (p + c)
+        else:
+            before_p = processed[prefill]
+            prefill_tokens = int(chunk.sum())
+            q = int((chunk * (before_p + chunk)).sum())
         phi = (
             1.0,
             float(prefill_tokens),
-            float((chunk * (before_p + chunk)).sum()),
-            float(len(decode)),
-            float(before_d.sum() + len(decode)),
-            1.0 if len(prefill) else 0.0,
+            float(q),
+            float(n_d),
+            kv_read,
+            1.0 if n_p else 0.0,
         )
         dt = self._seconds(phi)
         if not dt > 0:
             raise PolicyError(f"iteration time {dt} s is not positive for {phi}")
         start, end = self.now_s, self.now_s + dt
         self.held_blocks += grow
-        self.held_tokens += prefill_tokens + len(decode)
-        self.processed[prefill] += chunk
-        self.processed[decode] += 1
-        firsts = prefill[self.processed[prefill] == self.target[prefill]]
-        unset = np.isnan(self.first_token_s[firsts])  # token 1, not a recompute
-        self.first_token_s[firsts[unset]] = self.now_s + dt
-        emits = np.concatenate([firsts, decode]) if len(decode) else firsts
+        self.held_tokens += prefill_tokens + n_d
+        if n_p <= _SMALL:
+            firsts = []
+            for r, p, c in zip(ids, before, chunks, strict=True):
+                processed[r] = p + c
+                if p + c == target[r]:
+                    firsts.append(r)
+            if self.log is not None:
+                before_p = np.array(before, dtype=np.int64)
+        else:
+            after = before_p + chunk
+            processed[prefill] = after
+            firsts = prefill[after == target[prefill]].tolist()
+        if n_d:
+            processed[decode] = before_d + 1
         kv_tokens = self.held_tokens
-        self._log_run(start, end, 1, phi, kv_tokens, prefill, chunk, before_p, decode,
-                      before_d)  # fmt: skip
+        if self.log is not None:
+            self._log_run(start, end, 1, phi, kv_tokens, prefill, chunk, before_p,
+                          decode, before_d if n_d else decode[:0])  # fmt: skip
         self.iterations += 1
         self.busy_s += dt
         self.kv_token_seconds += kv_tokens * dt
         self.now_s = end
-        self._emit(emits, 1, end)
+        finished: list[int] = []
+        if firsts:
+            self.num_prefilling -= len(firsts)
+            emitted, output, first = self.emitted, self.output, self.first_token_s
+            for r in firsts:
+                if math.isnan(first[r]):  # token 1, not a recompute
+                    first[r] = end
+                e = emitted[r] + 1
+                emitted[r] = e
+                if e >= output[r]:
+                    finished.append(r)
+        if n_d:
+            e = self.emitted[decode] + 1
+            self.emitted[decode] = e
+            left = (self.output[decode] - e).tolist()
+            if min(left) <= 0:
+                finished.extend(
+                    r for r, x in zip(decode.tolist(), left, strict=True) if x <= 0
+                )
+        if finished:
+            self._finish(finished, end)
+
+    def _plan(
+        self,
+        decode: np.ndarray,
+        p: np.ndarray,
+        held: int,
+        wake_at_s: float | None,
+    ) -> tuple[DecodeStretch, int, list[int]]:
+        """A held decode batch's closed form, its iterations to the next event and
+        its members' remaining output tokens (``p``: their processed tokens,
+        ``held``: their sum)."""
+        d = len(decode)
+        k0 = held + d
+        regime = 0
+        if self.thresholds:
+            regime = self._regime((1.0, 0.0, 0.0, float(d), float(k0), 0.0))
+        stretch = DecodeStretch.from_rows(self._rows[regime], d, k0)
+
+        remaining = (self.output[decode] - self.emitted[decode]).tolist()
+        n = min(remaining)  # completion
+        if self.switch == _K and regime < len(self.thresholds):
+            # the regime switches on K, which grows by d per iteration
+            n = min(n, math.ceil((self.thresholds[regime] - k0) / d))
+        # each request opens at most ceil(n / b) blocks in n iterations: with that
+        # much room there is nothing to search
+        if self.held_blocks + d * -(-n // self._block) > self._capacity:
+            n = min(n, self._iterations_in_kv(p, n))
+        wake = math.inf
+        if self.num_arrived < self.m:
+            wake = float(self.arrival_s[self.num_arrived]) - ARRIVAL_TOLERANCE_S
+        if wake_at_s is not None:
+            wake = min(wake, wake_at_s)
+        if wake < math.inf and n > 1:
+            n = stretch.iterations_until(wake - self.now_s, n)
+        return stretch, n, remaining
 
     def _stretch_length(self, batch: Batch) -> tuple[DecodeStretch, int]:
         """A held decode batch's closed form and its iterations to the next event."""
         decode = batch.decode
         p = self.processed[decode]
-        d = len(decode)
-        k0 = int(p.sum()) + d
-        phi0 = (1.0, 0.0, 0.0, float(d), float(k0), 0.0)
-        regime = self._regime(phi0)
-        stretch = DecodeStretch(self.regimes[regime], d, k0)
-
-        n = int((self.output[decode] - self.emitted[decode]).min())  # completion
-        if self.switch == _K and regime < len(self.thresholds):
-            # the regime switches on K, which grows by d per iteration
-            n = min(n, math.ceil((self.thresholds[regime] - k0) / d))
-        n = min(n, self._iterations_in_kv(p, n))
-        wake = math.inf
-        if self.num_arrived < self.m:
-            wake = float(self.arrival_s[self.num_arrived]) - ARRIVAL_TOLERANCE_S
-        if batch.wake_at_s is not None:
-            wake = min(wake, batch.wake_at_s)
-        if wake < math.inf and n > 1:
-            n = stretch.iterations_until(wake - self.now_s, n)
+        stretch, n, _ = self._plan(decode, p, int(p.sum()), batch.wake_at_s)
         return stretch, n
 
     def _decode_stretch(
@@ -408,26 +667,52 @@ class ReplicaEngine:
     ) -> None:
         """A held decode batch, advanced to its next event in closed form
         (``planned``: its :meth:`_stretch_length`, if already computed)."""
-        stretch, n = self._stretch_length(batch) if planned is None else planned
         decode = batch.decode
         p = self.processed[decode]
-        d = len(decode)
-        phi0 = (1.0, 0.0, 0.0, float(d), float(int(p.sum()) + d), 0.0)
+        if planned is None:
+            # a held batch of every running request holds all of their KV
+            held = self.held_tokens if len(p) == len(self.running) else int(p.sum())
+            self._advance(decode, p, *self._plan(decode, p, held, batch.wake_at_s))
+        else:
+            self._advance(decode, p, *planned, None)
 
+    def _advance(
+        self,
+        decode: np.ndarray,
+        p: np.ndarray,
+        stretch: DecodeStretch,
+        n: int,
+        remaining: list[int] | None,
+    ) -> None:
+        """Run ``n`` iterations of the decode batch ``decode`` (validated; ``p``
+        its processed tokens, ``remaining`` its remaining output tokens or None)."""
+        d = len(decode)
         elapsed = stretch.elapsed_s(n)
         start, end = self.now_s, self.now_s + elapsed
-        block = self.limits.block_tokens
-        self.held_blocks += int((-(-(p + n) // block) - -(-p // block)).sum())
+        # at most ceil(n / b) new blocks per request: an upper bound
+        self.held_blocks += d * -(-n // self._block)
+        self.blocks_exact = False
         kv0 = self.held_tokens + d
         self.held_tokens += n * d
-        self.processed[decode] += n
-        none = decode[:0]
-        self._log_run(start, end, n, phi0, kv0, none, none, none, decode, p)
+        self.processed[decode] = p + n
+        emitted = self.emitted[decode] + n
+        self.emitted[decode] = emitted
+        if self.log is not None:
+            phi0 = (1.0, 0.0, 0.0, float(d), float(int(p.sum()) + d), 0.0)
+            none = decode[:0]
+            self._log_run(start, end, n, phi0, kv0, none, none, none, decode, p)
         self.iterations += n
         self.busy_s += elapsed
         self.kv_token_seconds += stretch.kv_token_seconds(n, kv0, d)
         self.now_s = end
-        self._emit(decode, n, end)
+        if remaining is None:
+            remaining = (self.output[decode] - emitted + n).tolist()
+        if min(remaining) <= n:  # == n: the stretch ends at these completions
+            if remaining.count(n) == 1:
+                self._finish([int(decode[remaining.index(n)])], end)
+            else:
+                ids = zip(decode.tolist(), remaining, strict=True)
+                self._finish([r for r, x in ids if x <= n], end)
 
     def _iterations_in_kv(self, p: np.ndarray, limit: int) -> int:
         """How many of the next ``limit`` repetitions fit in KV (at least 1)."""
@@ -437,7 +722,7 @@ class ReplicaEngine:
         most = len(p) * -(-limit // limits.block_tokens)
         if self.held_blocks + most <= limits.kv_capacity_blocks:
             return limit
-        others = self.held_blocks - int(limits.kv_blocks(p).sum())
+        others = self._exact_blocks() - int(limits.kv_blocks(p).sum())
 
         def fits(k: int) -> bool:  # iteration k (0-based) leaves p + k + 1 tokens
             return others + int(limits.kv_blocks(p + k + 1).sum()) <= (
@@ -455,22 +740,26 @@ class ReplicaEngine:
                 hi = mid
         return lo
 
-    def _emit(self, ids: np.ndarray, tokens: int, end: float) -> None:
-        """``ids`` emitted ``tokens`` tokens each, the last at ``end``."""
-        if len(ids) == 0:
-            return
-        self.emitted[ids] += tokens
-        finished = ids[self.emitted[ids] >= self.output[ids]]
-        if len(finished) == 0:
-            return
-        self.completion_s[finished] = end
-        self.status[finished] = DONE
-        done_tokens = self.processed[finished]
-        self.held_blocks -= int(self.limits.kv_blocks(done_tokens).sum())
-        self.held_tokens -= int(done_tokens.sum())
-        self.processed[finished] = 0
-        gone = set(finished.tolist())
-        self.running = [r for r in self.running if r not in gone]
+    def _finish(self, finished: list[int], end: float) -> None:
+        """The requests ``finished`` completed at ``end``: free their KV."""
+        block = self._block
+        processed = self.processed
+        for r in finished:
+            tokens = int(processed[r])
+            self.held_blocks -= -(-tokens // block)
+            self.held_tokens -= tokens
+            processed[r] = 0
+        if len(finished) == 1:
+            r = finished[0]
+            self.completion_s[r] = end
+            self.status[r] = DONE
+            self.running.remove(r)
+        else:
+            self.completion_s[finished] = end
+            self.status[finished] = DONE
+            gone = set(finished)
+            self.running = [r for r in self.running if r not in gone]
+        self._shown = None
         self.done += len(finished)
         if self.on_finished is not None:
             self.on_finished(len(finished))

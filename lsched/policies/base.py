@@ -42,6 +42,34 @@ engine may then advance the whole stretch in closed form. The naive reference
 engine ignores ``hold`` and calls the policy every iteration, so a false promise
 shows up as a difference in the tests. A policy's own state must not depend on
 whether it was called during a held stretch.
+
+A standing decision
+-------------------
+A policy may also declare, with a true attribute ``holds_running_when_idle``, what
+it decides at a boundary where
+
+- no request is waiting,
+- every running request is past its prefill (``processed >= prefill_target``), and
+- one decode step of every running request fits: running requests <=
+  ``max_num_seqs`` and <= ``max_num_batched_tokens``, and the KV blocks after the
+  step (``ceil((processed + 1) / block_tokens)`` summed over them) <=
+  ``kv_capacity_blocks``:
+
+it returns ``Batch(decode=view.running, hold=True)``, every running request in
+admission order, held, no wake-up time; and whether it is called there or not does
+not change its state. The engine (:mod:`lsched.evaluator.engine`) then takes that
+decision itself, without building a view or calling the policy; such a boundary
+follows every completion and every first token on a replica that is not
+overloaded. The declaration says nothing the policy could not see in a
+:class:`ReplicaView`, and the naive reference engine ignores it (it calls the
+policy every iteration), so a false declaration shows up in the tests like a false
+hold. Read it with :func:`holds_running_when_idle`; a subclass that changes the
+rule must not inherit it.
+
+A batch that decodes every running request is cheapest to check when its
+``decode`` is ``view.running`` itself (the same array object, which is read-only):
+with no running request prefilling the engine then knows those steps are valid and
+checks only the rest of the batch.
 """
 
 from __future__ import annotations
@@ -172,6 +200,11 @@ class Batch:
     @property
     def is_empty(self) -> bool:
         return len(self.prefill) == 0 and len(self.decode) == 0
+
+
+def holds_running_when_idle(policy: object) -> bool:
+    """Whether ``policy`` declares the standing decision of the module docstring."""
+    return getattr(policy, "holds_running_when_idle", False) is True
 
 
 class Policy(Protocol):

@@ -25,7 +25,10 @@ waiting one, so "newest admitted" is also "latest arrived" among the running.
 A decode-only batch with no admission and no preemption is *held*
 (:mod:`lsched.policies.base`): until a completion, an arrival or the KV limit, the
 running set, the budget use and so the batch stay the same, and admission only gets
-harder as KV grows.
+harder as KV grows. For the same reason it declares ``holds_running_when_idle``
+(:mod:`lsched.policies.base`): with nothing waiting, nothing prefilling and one
+decode step of every running request fitting, the rule above gives exactly that
+held batch, and the policy keeps no state.
 """
 
 from __future__ import annotations
@@ -58,16 +61,38 @@ class Fcfs:
     def __init__(self, params: FcfsParams | None = None) -> None:
         self.params = params or FcfsParams()
 
+    @property
+    def holds_running_when_idle(self) -> bool:
+        """The standing decision of :mod:`lsched.policies.base` (not inherited: a
+        subclass may admit or hold differently)."""
+        return type(self) is Fcfs
+
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
         running = view.running
-        processed = view.processed_tokens[running]
-        remaining = view.prefill_target_tokens[running] - processed
-        prefilling = remaining > 0
         budget = limits.max_num_batched_tokens
-        if not prefilling.any() and len(running) <= budget:
-            work = np.ones_like(processed)  # the usual case: every one decodes
-        elif self.params.chunked:
+        processed = view.processed_tokens[running]
+        target = view.prefill_target_tokens[running]
+        if len(running) <= budget and (processed >= target).all():
+            # the usual case: every running request decodes one token; blocks
+            # held after the step, ceil((p + 1) / b)
+            block = limits.block_tokens
+            used = int(((processed + block) // block).sum())
+            if used <= limits.kv_capacity_blocks:
+                new, chunks = self._admit(
+                    view, len(running), used, budget - len(running)
+                )
+                if not new:
+                    return Batch(decode=running, hold=True)
+                return Batch(
+                    prefill=np.array(new, dtype=np.int64),
+                    prefill_tokens=np.array(chunks, dtype=np.int64),
+                    decode=running,
+                )
+            return self._preempting(view)
+        remaining = target - processed
+        prefilling = remaining > 0
+        if self.params.chunked:
             # running in order, each taking min(need, budget left): the cumulative
             # work is min(cumulative need, budget)
             taken = np.minimum(np.cumsum(np.where(prefilling, remaining, 1)), budget)
@@ -78,16 +103,7 @@ class Fcfs:
         # blocks held after the iteration by every running request
         used = int((-(-(processed + work) // limits.block_tokens)).sum())
         if used > limits.kv_capacity_blocks:
-            plan, victims, used = self._with_preemption(view)
-            ids = np.array(list(plan), dtype=np.int64)
-            work = np.array(list(plan.values()), dtype=np.int64)
-            prefilling = view.prefill_target_tokens[ids] > view.processed_tokens[ids]
-            return Batch(
-                prefill=ids[prefilling],
-                prefill_tokens=work[prefilling],
-                decode=ids[~prefilling],
-                preempt=np.array(victims, dtype=np.int64),
-            )  # vLLM admits nothing in a step that preempted
+            return self._preempting(view)
         scheduled = work > 0
         if not scheduled.all():
             running, work, prefilling = (
@@ -105,6 +121,19 @@ class Fcfs:
             ),
             decode=running[~prefilling],
         )
+
+    def _preempting(self, view: ReplicaView) -> Batch:
+        """The batch when KV runs short: step 2, and no admission."""
+        plan, victims, _ = self._with_preemption(view)
+        ids = np.array(list(plan), dtype=np.int64)
+        work = np.array(list(plan.values()), dtype=np.int64)
+        prefilling = view.prefill_target_tokens[ids] > view.processed_tokens[ids]
+        return Batch(
+            prefill=ids[prefilling],
+            prefill_tokens=work[prefilling],
+            decode=ids[~prefilling],
+            preempt=np.array(victims, dtype=np.int64),
+        )  # vLLM admits nothing in a step that preempted
 
     @staticmethod
     def _whole_prefills(remaining: np.ndarray, budget: int) -> np.ndarray:
@@ -124,33 +153,45 @@ class Fcfs:
     ) -> tuple[dict[int, int], list[int], int]:
         """Step 2 of the rule, one request at a time (only when KV runs short)."""
         limits = view.limits
-        processed = view.processed_tokens
-        target = view.prefill_target_tokens
+        block, capacity = limits.block_tokens, limits.kv_capacity_blocks
         budget = limits.max_num_batched_tokens
-        running = view.running.tolist()
-        held = {r: int(limits.kv_blocks(processed[r])) for r in running}
+        ids = view.running
+        running = ids.tolist()
+        # per running request, as plain ints: processed and remaining prefill
+        tokens = view.processed_tokens[ids]
+        processed = dict(zip(running, tokens.tolist(), strict=True))
+        need = dict(
+            zip(
+                running,
+                (view.prefill_target_tokens[ids] - tokens).tolist(),
+                strict=True,
+            )
+        )
+        held = {r: -(-p // block) for r, p in processed.items()}
         used = sum(held.values())
         plan: dict[int, int] = {}
         extra: dict[int, int] = {}
         preempted: list[int] = []
+        gone: set[int] = set()
         for r in running:
-            if r in preempted:
+            if r in gone:
                 continue
-            remaining = int(target[r] - processed[r])
+            remaining = need[r]
             c = 1 if remaining <= 0 else remaining
             if self.params.chunked:
                 c = min(c, budget)
             if c == 0 or c > budget:
                 continue
-            grow = int(limits.kv_blocks(processed[r] + c)) - held[r]
-            while used + grow > limits.kv_capacity_blocks:
-                victim = next(v for v in reversed(running) if v not in preempted)
+            grow = -(-(processed[r] + c) // block) - held[r]
+            while used + grow > capacity:
+                victim = next(v for v in reversed(running) if v not in gone)
                 preempted.append(victim)
+                gone.add(victim)
                 used -= held[victim] + extra.pop(victim, 0)
                 budget += plan.pop(victim, 0)
                 if victim == r:
                     break
-            if r in preempted:
+            if r in gone:
                 continue
             plan[r] = c
             extra[r] = grow
@@ -165,17 +206,24 @@ class Fcfs:
         limits = view.limits
         admitted: list[int] = []
         chunks: list[int] = []
-        for w in view.waiting.tolist():
-            if seqs >= limits.max_num_seqs or budget == 0:
+        # each admission takes a sequence and at least one token of the budget:
+        # only the head of the queue can be reached
+        room = min(limits.max_num_seqs - seqs, budget)
+        if room <= 0 or len(view.waiting) == 0:
+            return admitted, chunks
+        prompt, emitted = view.prompt_tokens, view.emitted_tokens
+        block, capacity = limits.block_tokens, limits.kv_capacity_blocks
+        chunked = self.params.chunked
+        for w in view.waiting[:room].tolist():
+            if budget == 0:
                 break
-            want = int(view.prompt_tokens[w] + view.emitted_tokens[w])
-            c = min(want, budget) if self.params.chunked else want
-            grow = -(-c // limits.block_tokens)
-            if c > budget or used + grow > limits.kv_capacity_blocks:
+            want = int(prompt[w] + emitted[w])
+            c = min(want, budget) if chunked else want
+            grow = -(-c // block)
+            if c > budget or used + grow > capacity:
                 break
             admitted.append(w)
             chunks.append(c)
             used += grow
             budget -= c
-            seqs += 1
         return admitted, chunks

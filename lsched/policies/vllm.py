@@ -38,7 +38,10 @@ Where vLLM was silent or does not apply:
 
 A decode-only batch with no admission and no preemption is *held*: until a
 completion, an arrival or the KV limit, the running set, the budget use and so the
-batch stay the same, and admission only gets harder as KV grows.
+batch stay the same, and admission only gets harder as KV grows. For the same reason
+it declares ``holds_running_when_idle`` (:mod:`lsched.policies.base`): with nothing
+waiting, nothing prefilling and one decode step of every running request fitting,
+the rule gives exactly that held batch, and the policy keeps no state.
 
 This module also holds the helpers the other engine policies share
 (:func:`running_pass`, :func:`optional_int`, :func:`watermark_blocks`).
@@ -211,18 +214,25 @@ class Vllm:
     def __init__(self, params: VllmParams | None = None) -> None:
         self.params = params or VllmParams()
 
+    @property
+    def holds_running_when_idle(self) -> bool:
+        """The standing decision of :mod:`lsched.policies.base` (not inherited: a
+        subclass may admit or hold differently)."""
+        return type(self) is Vllm
+
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
         budget = limits.max_num_batched_tokens
         priority = self._priority(view) if self.params.priority else None
         running = view.running
         processed = view.processed_tokens[running]
-        remaining = view.prefill_target_tokens[running] - processed
-        if not (remaining > 0).any() and len(running) <= budget:
-            # the usual case: every running request decodes one token
-            after = limits.kv_blocks(processed + 1)
-            if int(after.sum()) <= limits.kv_capacity_blocks:
-                used = int(after.sum())
+        target = view.prefill_target_tokens[running]
+        if len(running) <= budget and (processed >= target).all():
+            # the usual case: every running request decodes one token; blocks
+            # held after the step, ceil((p + 1) / b)
+            block = limits.block_tokens
+            used = int(((processed + block) // block).sum())
+            if used <= limits.kv_capacity_blocks:
                 left = budget - len(running)
                 new, chunks = self._admit(view, priority, len(running), used, left)
                 if not new:
@@ -232,6 +242,10 @@ class Vllm:
                     prefill_tokens=np.array(chunks, dtype=np.int64),
                     decode=running,
                 )
+        else:
+            batch = self._without_preemption(view, priority, processed, target)
+            if batch is not None:
+                return batch
         plan, preempted, used, left = self._running(view, priority)
         if preempted:
             return plan_batch(view, plan, preempted)  # V1 admits nothing then
@@ -240,6 +254,49 @@ class Vllm:
         if len(batch.prefill) == 0:
             return Batch(decode=batch.decode, hold=True)
         return batch
+
+    def _without_preemption(
+        self,
+        view: ReplicaView,
+        priority: np.ndarray | None,
+        processed: np.ndarray,
+        target: np.ndarray,
+    ) -> Batch | None:
+        """Steps 2-4 at once when every running request's share fits in KV (None
+        when it does not: then :meth:`_running` goes one request at a time).
+
+        Without a preemption each running request takes ``min(want, budget left)``
+        in order, so the cumulative tokens are ``min(cumsum(want), budget)``; KV
+        only grows along the way, so if the total fits, every step fit.
+        """
+        limits = view.limits
+        budget = limits.max_num_batched_tokens
+        running = view.running
+        remaining = target - processed
+        prefilling = remaining > 0
+        want = np.where(prefilling, remaining, 1)
+        threshold = self.params.long_prefill_token_threshold
+        if threshold > 0:
+            want = np.minimum(want, threshold)
+        taken = np.minimum(np.cumsum(want), budget)
+        work = taken.copy()
+        work[1:] -= taken[:-1]
+        # blocks held after the iteration by every running request
+        used = int((-(-(processed + work) // limits.block_tokens)).sum())
+        if used > limits.kv_capacity_blocks:
+            return None
+        left = budget - (int(taken[-1]) if len(taken) else 0)
+        new, chunks = self._admit(view, priority, len(running), used, left)
+        scheduled = work > 0
+        chunked = scheduled & prefilling
+        decode = running[scheduled & ~prefilling]
+        if not new and not chunked.any():
+            return Batch(decode=decode, hold=True)
+        return Batch(
+            prefill=np.concatenate([running[chunked], np.array(new, np.int64)]),
+            prefill_tokens=np.concatenate([work[chunked], np.array(chunks, np.int64)]),
+            decode=decode,
+        )
 
     def _priority(self, view: ReplicaView) -> np.ndarray:
         values = view.priority
@@ -262,10 +319,20 @@ class Vllm:
     ) -> tuple[dict[int, int], list[int], int, int]:
         """Steps 2-3, one request at a time."""
         limits = view.limits
-        processed = view.processed_tokens
-        target = view.prefill_target_tokens
-        running = view.running.tolist()
-        held = {r: int(limits.kv_blocks(processed[r])) for r in running}
+        block = limits.block_tokens
+        ids = view.running
+        running = ids.tolist()
+        # per running request, as plain ints: processed and remaining prefill
+        tokens = view.processed_tokens[ids]
+        processed = dict(zip(running, tokens.tolist(), strict=True))
+        need = dict(
+            zip(
+                running,
+                (view.prefill_target_tokens[ids] - tokens).tolist(),
+                strict=True,
+            )
+        )
+        held = {r: -(-p // block) for r, p in processed.items()}
         if priority is None:
             victims = running[::-1]
         else:
@@ -277,11 +344,10 @@ class Vllm:
             )
 
         def want(r: int, budget: int) -> int:
-            return self._chunk(max(int(target[r] - processed[r]), 1), budget)
+            return self._chunk(max(need[r], 1), budget)
 
         def grow(r: int, c: int) -> int:
-            p = int(processed[r])
-            return int(limits.kv_blocks(p + c)) - held[r]
+            return -(-(processed[r] + c) // block) - held[r]
 
         return running_pass(
             limits,
@@ -303,17 +369,26 @@ class Vllm:
     ) -> tuple[list[int], list[int]]:
         """Step 4: admit the head of the waiting queue while it fits."""
         limits = view.limits
-        waiting = view.waiting.tolist()
-        if priority is not None:
-            waiting.sort(key=lambda w: (int(priority[w]), float(view.arrival_s[w]), w))
         admitted: list[int] = []
         chunks: list[int] = []
+        # each admission takes a sequence and at least one token of the budget:
+        # only the head of the queue can be reached
+        room = min(limits.max_num_seqs - seqs, budget)
+        if room <= 0 or len(view.waiting) == 0:
+            return admitted, chunks
+        if priority is None:
+            waiting = view.waiting[:room].tolist()
+        else:
+            waiting = view.waiting.tolist()
+            waiting.sort(key=lambda w: (int(priority[w]), float(view.arrival_s[w]), w))
+        prompt, emitted = view.prompt_tokens, view.emitted_tokens
+        block, capacity = limits.block_tokens, limits.kv_capacity_blocks
         for w in waiting:
             if seqs >= limits.max_num_seqs or budget <= 0:
                 break
-            c = self._chunk(int(view.prompt_tokens[w] + view.emitted_tokens[w]), budget)
-            grow = int(limits.kv_blocks(c))
-            if used + grow > limits.kv_capacity_blocks:
+            c = self._chunk(int(prompt[w] + emitted[w]), budget)
+            grow = -(-c // block)
+            if used + grow > capacity:
                 break
             admitted.append(w)
             chunks.append(c)
