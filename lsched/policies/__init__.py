@@ -28,6 +28,7 @@ from lsched.policies.hybrid import Hybrid, HybridParams
 from lsched.policies.mc_sf import McSf, McSfParams
 from lsched.policies.nested_wait import NestedWait, NestedWaitParams
 from lsched.policies.orca import Orca, OrcaParams
+from lsched.policies.priority import Priority, PriorityParams
 from lsched.policies.sarathi import Sarathi, SarathiParams
 from lsched.policies.sglang import Sglang, SglangParams
 from lsched.policies.sjf import Sjf, SjfParams, Srpt, SrptParams
@@ -83,6 +84,9 @@ REGISTRY: dict[str, Registered] = {
     ),
     "srpt": Registered(
         SrptParams, Srpt, "shortest predicted remaining output, preempts longer ones"
+    ),
+    "priority": Registered(
+        PriorityParams, Priority, "ascending per-request key (estimated work, ...)"
     ),
     "mc-sf": Registered(
         McSfParams, McSf, "memory-constrained shortest first (Jaillet et al. 2025)"
