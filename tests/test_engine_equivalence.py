@@ -31,7 +31,8 @@ from reference_engine import NaiveResult, simulate_naive
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.instance import Instance
-from lsched.policies import Batch, PolicyError, ReplicaView
+from lsched.policies import Batch, PolicyError, ReplicaView, parse_policy
+from lsched.policies.base import holds_running_when_idle
 from lsched.profile import FEATURES, DeploymentProfile, IterationTime, load_profile
 from lsched.validator import validate_schedule
 
@@ -462,6 +463,55 @@ def test_a_false_hold_shows_up_as_a_difference() -> None:
     # its completion instead.
     assert naive.completion_s.tolist() == [11.0, 10.0]
     assert fast.requests["completion_s"].tolist() != [11.0, 10.0]
+
+
+class _FalseStanding:
+    """Declares the standing decision but decodes only the oldest running request
+    when nothing waits (a lie the engine would act on without asking)."""
+
+    holds_running_when_idle = True
+
+    def decide(self, view: ReplicaView) -> Batch:
+        waiting = view.waiting.tolist()
+        if waiting:
+            tokens = [int(view.prompt_tokens[w]) for w in waiting]
+            return _batch(prefill=waiting, prefill_tokens=tokens)
+        return Batch(decode=view.running[:1].copy())
+
+
+def test_a_false_standing_decision_shows_up_as_a_difference() -> None:
+    instance = Instance([0.0, 0.0], [3, 3], [4, 4])
+    profile = PROFILES["unit-slot"]
+    spec = _Spec(_FalseStanding)
+    naive = simulate_naive(instance, profile, spec)
+    fast = simulate(instance, profile, spec)
+    # naive, by hand: iteration 0 prefills both (t=1); then request 0 alone decodes
+    # its 3 steps (done at 4), then request 1 its 3 (done at 7). An engine that
+    # trusts the declaration decodes both together: both done at 4.
+    assert naive.completion_s.tolist() == [4.0, 7.0]
+    assert fast.requests["completion_s"].tolist() != [4.0, 7.0]
+
+
+class _Counting:
+    """fcfs, counting its calls."""
+
+    def __init__(self) -> None:
+        self.policy = parse_policy("fcfs").make()
+        self.holds_running_when_idle = holds_running_when_idle(self.policy)
+        self.calls = 0
+
+    def decide(self, view: ReplicaView) -> Batch:
+        self.calls += 1
+        return self.policy.decide(view)
+
+
+def test_the_standing_decision_saves_policy_calls() -> None:
+    rng = np.random.default_rng(0)
+    instance = random_instance(rng, 12, 0.5)
+    counting = _Counting()
+    assert counting.holds_running_when_idle  # fcfs declares it
+    result = simulate(instance, PROFILES["unit-slot"], _Spec(lambda: counting))
+    assert counting.calls < result.iterations
 
 
 # -- a policy that waits on a clock ----------------------------------------------

@@ -28,7 +28,7 @@ from lsched.profile import load_profile
 from lsched.traces import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
-LENGTH_AWARE = {"sjf", "srpt", "mc-sf", "sorted-f", "wait", "hybrid"}
+LENGTH_AWARE = {"sjf", "srpt", "mc-sf", "sorted-f", "wait", "hybrid", "priority"}
 NEEDS_TENANTS = {"vtc"}  # neither instance set carries tenants
 
 
