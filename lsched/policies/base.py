@@ -202,6 +202,28 @@ class Batch:
         return len(self.prefill) == 0 and len(self.decode) == 0
 
 
+def running_state(
+    view: ReplicaView,
+) -> tuple[list[int], dict[int, int], dict[int, int], dict[int, int]]:
+    """The running requests as plain ints, for policies that plan one at a time.
+
+    Returns
+    -------
+    running, processed, need, held
+        Ids in admission order; per id the tokens processed, the prefill tokens
+        still to go (``<= 0`` once decoding) and the KV blocks held.
+    """
+    ids = view.running
+    running = ids.tolist()
+    tokens = view.processed_tokens[ids]
+    processed = dict(zip(running, tokens.tolist(), strict=True))
+    left = (view.prefill_target_tokens[ids] - tokens).tolist()
+    need = dict(zip(running, left, strict=True))
+    block = view.limits.block_tokens
+    held = {r: -(-p // block) for r, p in processed.items()}
+    return running, processed, need, held
+
+
 def holds_running_when_idle(policy: object) -> bool:
     """Whether ``policy`` declares the standing decision of the module docstring."""
     return getattr(policy, "holds_running_when_idle", False) is True

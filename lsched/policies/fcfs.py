@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lsched.policies.base import Batch, ReplicaView
+from lsched.policies.base import Batch, ReplicaView, running_state
 
 
 @dataclass(frozen=True)
@@ -155,19 +155,7 @@ class Fcfs:
         limits = view.limits
         block, capacity = limits.block_tokens, limits.kv_capacity_blocks
         budget = limits.max_num_batched_tokens
-        ids = view.running
-        running = ids.tolist()
-        # per running request, as plain ints: processed and remaining prefill
-        tokens = view.processed_tokens[ids]
-        processed = dict(zip(running, tokens.tolist(), strict=True))
-        need = dict(
-            zip(
-                running,
-                (view.prefill_target_tokens[ids] - tokens).tolist(),
-                strict=True,
-            )
-        )
-        held = {r: -(-p // block) for r, p in processed.items()}
+        running, processed, need, held = running_state(view)
         used = sum(held.values())
         plan: dict[int, int] = {}
         extra: dict[int, int] = {}

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lsched.errors import InputError
-from lsched.policies.base import Batch, ReplicaLimits, ReplicaView
+from lsched.policies.base import Batch, ReplicaLimits, ReplicaView, running_state
 
 # -- helpers shared by the engine policies ---------------------------------------
 
@@ -320,19 +320,7 @@ class Vllm:
         """Steps 2-3, one request at a time."""
         limits = view.limits
         block = limits.block_tokens
-        ids = view.running
-        running = ids.tolist()
-        # per running request, as plain ints: processed and remaining prefill
-        tokens = view.processed_tokens[ids]
-        processed = dict(zip(running, tokens.tolist(), strict=True))
-        need = dict(
-            zip(
-                running,
-                (view.prefill_target_tokens[ids] - tokens).tolist(),
-                strict=True,
-            )
-        )
-        held = {r: -(-p // block) for r, p in processed.items()}
+        running, processed, need, held = running_state(view)
         if priority is None:
             victims = running[::-1]
         else:
