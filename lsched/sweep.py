@@ -222,9 +222,13 @@ class InstanceSource:
 def _generate(family: str, n: int, seed: int, options: Mapping[str, Any]) -> Instance:
     # `lsched trace gen`'s own builder, so that a sweep's jaillet-n10-s0 is the
     # same instance as `lsched trace gen jaillet --n 10 --seed 0`
-    from lsched.cli.trace_gen import _arrivals, _build, _check_applicable
+    from lsched.generators.build import (
+        arrival_process,
+        build_family,
+        check_applicable,
+    )
 
-    _check_applicable(
+    check_applicable(
         family,
         {
             "--prompt": options.get("prompt"),
@@ -238,12 +242,12 @@ def _generate(family: str, n: int, seed: int, options: Mapping[str, Any]) -> Ins
     source = options.get("source")
     rate = options.get("rate")
     cv = options.get("cv")
-    return _build(
+    return build_family(
         family,
         n=n,
         seed=seed,
         name=None,
-        arrivals=_arrivals(
+        arrivals=arrival_process(
             None if rate is None else float(rate), None if cv is None else float(cv)
         ),
         prompt=options.get("prompt"),
@@ -672,7 +676,7 @@ def _file_sources(
 def _generated_sources(
     sweep: Mapping[str, Any], base: Path, loc: _Located
 ) -> list[InstanceSource]:
-    from lsched.cli.trace_gen import _OPTION_OF, CLI_FAMILIES
+    from lsched.generators.build import CLI_FAMILIES, OPTION_OF
 
     tables = _typed(
         sweep.get("generate", []),
@@ -726,7 +730,7 @@ def _generated_sources(
             except InputError as exc:
                 # the generator names its keyword (kv_capacity_tokens), the config
                 # the `lsched trace gen` option (kv_capacity)
-                option = _OPTION_OF.get(exc.field or "", exc.field)
+                option = OPTION_OF.get(exc.field or "", exc.field)
                 raise loc.relocate(
                     InputError(exc.message, file=exc.file, field=option), field, family
                 ) from None

@@ -39,120 +39,14 @@ import typer
 
 from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.errors import InputError
-from lsched.generators import (
-    ArrivalProcess,
-    Gamma,
-    Poisson,
-    generate,
-    gsm8k,
-    jaillet,
-    parse_length_spec,
-    resample,
+from lsched.generators.build import (
+    CLI_FAMILIES,
+    OPTION_OF,
+    arrival_process,
+    build_family,
+    check_applicable,
 )
 from lsched.instance import Instance
-
-#: CLI family names, in help order.
-CLI_FAMILIES: tuple[str, ...] = ("jaillet", "gsm8k", "poisson", "resample")
-
-#: Family-specific options: option name -> families that take it.
-_APPLIES_TO: dict[str, tuple[str, ...]] = {
-    "--prompt": ("poisson",),
-    "--output": ("poisson", "gsm8k"),
-    "--kv-capacity": ("jaillet",),
-    "--few-shot-tokens": ("gsm8k",),
-    "--source": ("resample",),
-    "--format": ("resample",),
-}
-
-
-#: Generator keyword argument -> the CLI option that sets it.
-_OPTION_OF: dict[str, str] = {
-    "n": "--n",
-    "seed": "--seed",
-    "kv_capacity_tokens": "--kv-capacity",
-    "few_shot_tokens": "--few-shot-tokens",
-}
-
-
-def _arrivals(rate_per_s: float | None, cv: float | None) -> ArrivalProcess | None:
-    if cv is not None and rate_per_s is None:
-        raise InputError(
-            "needs --rate: a CV alone does not set the arrival rate", field="--cv"
-        )
-    if rate_per_s is None:
-        return None
-    try:
-        if cv is None:
-            return Poisson(rate_per_s=rate_per_s)
-        return Gamma(rate_per_s=rate_per_s, cv=cv)
-    except InputError as exc:
-        option = "--rate" if exc.field == "rate_per_s" else "--cv"
-        raise InputError(exc.message, field=option) from None
-
-
-def _check_applicable(family: str, given: dict[str, Any]) -> None:
-    for option, value in given.items():
-        if value is not None and family not in _APPLIES_TO[option]:
-            takers = ", ".join(_APPLIES_TO[option])
-            raise InputError(
-                f"does not apply to family {family!r}; it applies to: {takers}",
-                field=option,
-            )
-
-
-def _build(
-    family: str,
-    *,
-    n: int,
-    seed: int,
-    name: str | None,
-    arrivals: ArrivalProcess | None,
-    prompt: str | None,
-    output: str | None,
-    kv_capacity: int | None,
-    few_shot_tokens: int | None,
-    source: Path | None,
-    trace_format: str | None,
-) -> Instance:
-    if family == "jaillet":
-        return jaillet(
-            n, seed=seed, arrivals=arrivals, name=name, kv_capacity_tokens=kv_capacity
-        )
-    if family == "gsm8k":
-        options: dict[str, Any] = {}
-        if few_shot_tokens is not None:
-            options["few_shot_tokens"] = few_shot_tokens
-        if output is not None:
-            options["output"] = parse_length_spec(output, option="--output")
-        return gsm8k(n, seed=seed, arrivals=arrivals, name=name, **options)
-    if family == "poisson":
-        if arrivals is None:
-            raise InputError("is required for family 'poisson'", field="--rate")
-        for option, spec in (("--prompt", prompt), ("--output", output)):
-            if spec is None:
-                raise InputError(
-                    "is required for family 'poisson', e.g. "
-                    f"{option} lognormal:median=512,sigma=1.0",
-                    field=option,
-                )
-        assert prompt is not None and output is not None
-        return generate(
-            n,
-            arrivals=arrivals,
-            prompt=parse_length_spec(prompt, option="--prompt"),
-            output=parse_length_spec(output, option="--output"),
-            seed=seed,
-            name=name,
-        )
-    # resample
-    if source is None:
-        raise InputError("is required for family 'resample'", field="--source")
-    from lsched.traces import read_trace  # pulls in pandas/pyarrow: load on use
-
-    trace, _report = read_trace(source, format=trace_format)
-    return resample(
-        trace, n, seed=seed, arrivals=arrivals, source_label=str(source), name=name
-    )
 
 
 def _summary(instance: Instance, out: Path) -> dict[str, Any]:
@@ -233,7 +127,7 @@ def gen(
             f"got {family!r}; expected one of {', '.join(CLI_FAMILIES)}",
             field="FAMILY",
         )
-    _check_applicable(
+    check_applicable(
         family,
         {
             "--prompt": prompt,
@@ -245,12 +139,12 @@ def gen(
         },
     )
     try:
-        instance = _build(
+        instance = build_family(
             family,
             n=n,
             seed=seed,
             name=name,
-            arrivals=_arrivals(rate, cv),
+            arrivals=arrival_process(rate, cv),
             prompt=prompt,
             output=output,
             kv_capacity=kv_capacity,
@@ -260,8 +154,8 @@ def gen(
         )
     except InputError as exc:
         # name the CLI option rather than the generator's keyword argument
-        if exc.field in _OPTION_OF and exc.file is None:
-            raise InputError(exc.message, field=_OPTION_OF[exc.field]) from None
+        if exc.field in OPTION_OF and exc.file is None:
+            raise InputError(exc.message, field=OPTION_OF[exc.field]) from None
         raise
     from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
 
