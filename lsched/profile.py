@@ -711,6 +711,20 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in directory.glob("*.toml"))
 
 
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """The text of a TOML file and its tables; InputError with the line if invalid."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise InputError(
+            f"not valid TOML: {exc}",
+            file=path,
+            line=int(match.group(1)) if match else None,
+        ) from None
+
+
 def load_profile(name_or_path: str | Path) -> DeploymentProfile:
     """Load a profile by name (``models/<name>.toml``) or from a ``.toml`` path.
 
@@ -734,16 +748,7 @@ def load_profile(name_or_path: str | Path) -> DeploymentProfile:
                 f"unknown profile {text_name!r}; known profiles: {known}",
                 field="profile",
             )
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise InputError(
-            f"not valid TOML: {exc}",
-            file=path,
-            line=int(match.group(1)) if match else None,
-        ) from None
+    text, data = read_toml(path)
     try:
         return _profile_from_dict(data, default_name=path.stem, path=str(path))
     except InputError as exc:

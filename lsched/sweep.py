@@ -77,7 +77,6 @@ import math
 import multiprocessing
 import os
 import re
-import tomllib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -93,7 +92,7 @@ from lsched.atomic import atomic_target
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.policies import PolicyError, PolicySpec, parse_policy
-from lsched.profile import DeploymentProfile
+from lsched.profile import DeploymentProfile, read_toml
 
 #: Executors :func:`run_sweep` accepts.
 EXECUTORS: tuple[str, ...] = ("local", "dask")
@@ -857,16 +856,7 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
     if not path.is_file():
         what = "a directory" if path.is_dir() else "no such file"
         raise InputError(f"{what}; expected a sweep config (.toml)", file=path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise InputError(
-            f"not valid TOML: {exc}",
-            file=path,
-            line=int(match.group(1)) if match else None,
-        ) from None
+    text, data = read_toml(path)
     loc = _Located(path, text)
     _check_keys(data, ("sweep",), "", loc)
     if "sweep" not in data:
