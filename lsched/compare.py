@@ -292,10 +292,12 @@ def compare(
         bounds.append(Bound(f"{name}.{backend}", solve.bound, "slot"))
     bounds.sort(key=lambda b: -b.value)
     rows = []
+    # slot-class bounds exist only with a slot problem or a timed solve; only then
+    # does a run need its log, to tell whether it belongs to that class
+    has_class = problem is not None or model is not None
     for spec in specs:
-        result = simulate(instance, profile, spec, replicas=replicas, log=True)
+        result = simulate(instance, profile, spec, replicas=replicas, log=has_class)
         value = objective_value(result, instance, objective)
-        has_class = problem is not None or model is not None
         in_class = has_class and is_slot_schedule(result, instance)
         scope = "slot" if in_class else "any"
         gap = certified_gap(value, best_bound(bounds, scope))
