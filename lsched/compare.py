@@ -169,11 +169,12 @@ class Comparison:
 def objective_value(
     result: SimulationResult, instance: Instance, objective: str
 ) -> float:
-    """The objective of an evaluator run, in seconds."""
+    """The objective of an evaluator run, in seconds: total E2E (``latency``),
+    total time to first token (``ttft``) or ``makespan``."""
     if objective == "makespan":
         return float(result.metrics["makespan_s"])
-    completion = result.requests["completion_s"].to_numpy()
-    return float(np.sum(completion - instance.arrival_s))
+    column = "first_token_s" if objective == "ttft" else "completion_s"
+    return float(np.sum(result.requests[column].to_numpy() - instance.arrival_s))
 
 
 def is_slot_schedule(result: SimulationResult, instance: Instance) -> bool:

@@ -977,6 +977,7 @@ def run_case(case: Case) -> dict[str, Any]:
 def _run_policy(
     case: Case, policy: PolicySpec, instance: Instance, profile: DeploymentProfile
 ) -> dict[str, Any]:
+    from lsched.compare import objective_value
     from lsched.evaluator import simulate
 
     if case.predictor is not None:
@@ -986,14 +987,7 @@ def _run_policy(
     result = simulate(
         instance, profile, policy, replicas=case.replicas, dispatch=case.dispatch
     )
-    records = result.requests
-    arrival = instance.arrival_s
-    if case.objective == "latency":
-        value = float(np.sum(records["completion_s"].to_numpy() - arrival))
-    elif case.objective == "ttft":
-        value = float(np.sum(records["first_token_s"].to_numpy() - arrival))
-    else:
-        value = float(records["completion_s"].max() - arrival.min())
+    value = objective_value(result, instance, case.objective)
     return {
         **{name: float(v) for name, v in result.metrics.items()},
         "status": "ok",
