@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from slot_brute import brute_force
+from test_timed_model import brute_force as timed_brute_force
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
@@ -72,11 +73,20 @@ def test_every_bound_below_the_slot_optimum(seed: int, objective: str) -> None:
 def test_slot_bounds_only_where_slots_are_seconds() -> None:
     instance, profile = small_case(0)
     real = load_profile("llama2-70b-a100-tp4")
-    assert {b.scope for b in bound_suite(instance, real)} == {"any"}
+    # on a real profile the slot class is bounded by the timed model's LP alone,
+    # below the timed optimum (brute force)
+    optima = timed_brute_force(instance, real)
+    for objective in ("latency", "makespan"):
+        bounds = bound_suite(instance, real, objective)
+        assert [b.name for b in bounds if b.scope == "slot"] == ["timed.lp"]
+        assert best_bound(bounds, "slot") <= optima[objective][0] * (1 + 1e-9)
+    assert {b.scope for b in bound_suite(instance, real, replicas=2)} == {"any"}
     # two replicas: the slot model has one
     assert {b.scope for b in bound_suite(instance, profile, replicas=2)} == {"any"}
     shifted = instance.replace(arrival_s=instance.arrival_s + 0.5)
-    assert all(b.name.startswith("seconds.") for b in bound_suite(shifted, profile))
+    # fractional arrivals: slots are not seconds, the timed model still applies
+    names = {b.name.split(".")[0] for b in bound_suite(shifted, profile)}
+    assert names == {"seconds", "timed"}
 
 
 def test_best_bound_by_scope() -> None:

@@ -13,6 +13,8 @@ from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.formulations import cpsat
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.timed import TimedProblem
+from lsched.formulations.timed import milp as timed_milp
 from lsched.formulations.work_bounds import under_estimators, work_bounds
 from lsched.instance import Instance
 from lsched.profile import load_profile
@@ -153,5 +155,8 @@ def test_bounds_below_the_timed_optimum(seed: int) -> None:
     for objective in ("latency", "makespan"):
         bounds = work_bounds(instance, profile, objective)
         assert bounds, "no under-estimator for the cost model"
+        problem = TimedProblem(instance, profile, objective=objective)
+        bounds["timed.lp"] = timed_milp.lp_bound(problem, time_limit=20)
+        assert np.isfinite(bounds["timed.lp"])
         for name, value in bounds.items():
             assert value <= optima[objective][0] * (1 + 1e-9), (name, objective)

@@ -17,7 +17,10 @@ A bound is only a bound *for a class of schedules*. Two classes matter here:
 
 The slot bounds are computed only where slots are seconds: a unit-slot profile
 (every iteration one second), one replica and integer arrivals, where the slot
-model's objective equals the evaluator's.
+model's objective equals the evaluator's. On other profiles with one replica,
+the LP relaxation of the timed model (:func:`lsched.formulations.timed.milp.lp_bound`)
+is the ``slot``-class bound, on small instances: its model grows with ``n``
+times the horizon, at most ``sum_i o_i`` iterations.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from lsched.formulations import bounds as slot_bounds
 from lsched.formulations import milp
 from lsched.formulations.incumbent import best_heuristic
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.timed import TimedProblem
+from lsched.formulations.timed import milp as timed_milp
 from lsched.formulations.work_bounds import work_bounds
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
@@ -41,6 +46,8 @@ from lsched.profile import DeploymentProfile
 SCOPES: tuple[str, ...] = ("any", "slot")
 #: Largest instance whose slot LP relaxation the suite solves by default.
 LP_MAX_REQUESTS = 60
+#: Largest ``sum_i o_i`` (the timed model's horizon) whose timed LP the suite solves.
+TIMED_LP_MAX_ITERATIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -102,10 +109,11 @@ def bound_suite(
     replicas
         Number of replicas; the profile's by default.
     lp_time_limit
-        Wall-clock seconds for the slot LP relaxation.
+        Wall-clock seconds for the slot or timed LP relaxation.
     lp_max_requests
-        Skip the slot LP above this many requests (its size grows with ``n``
-        times the horizon).
+        Skip the LP above this many requests (its size grows with ``n`` times
+        the horizon); the timed LP is also skipped above
+        :data:`TIMED_LP_MAX_ITERATIONS` output tokens in all.
 
     Returns
     -------
@@ -131,6 +139,18 @@ def bound_suite(
         if len(instance) <= lp_max_requests:
             value = milp.lp_bound(problem, time_limit=lp_time_limit)
             found.append(Bound("slot.lp", value, "slot"))
+    elif (
+        replicas == 1
+        and len(instance) <= lp_max_requests
+        and instance.output_tokens.sum() <= TIMED_LP_MAX_ITERATIONS
+    ):
+        try:
+            timed = TimedProblem.from_instance(instance, profile, objective=objective)
+        except InputError:
+            timed = None  # e.g. a prompt over the token budget: no slot schedule
+        if timed is not None:
+            value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
+            found.append(Bound("timed.lp", value, "slot"))
     return [b for b in found if math.isfinite(b.value)]
 
 
@@ -142,4 +162,11 @@ def best_bound(bounds: list[Bound], scope: str = "slot") -> float:
     return max(valid, default=-math.inf)
 
 
-__all__ = ["LP_MAX_REQUESTS", "SCOPES", "Bound", "best_bound", "bound_suite"]
+__all__ = [
+    "LP_MAX_REQUESTS",
+    "SCOPES",
+    "TIMED_LP_MAX_ITERATIONS",
+    "Bound",
+    "best_bound",
+    "bound_suite",
+]
