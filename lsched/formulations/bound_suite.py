@@ -47,7 +47,7 @@ SCOPES: tuple[str, ...] = ("any", "slot")
 #: Largest instance whose slot LP relaxation the suite solves by default.
 LP_MAX_REQUESTS = 60
 #: Largest ``sum_i o_i`` (the timed model's horizon) whose timed LP the suite solves.
-TIMED_LP_MAX_ITERATIONS = 1000
+TIMED_LP_MAX_ITERATIONS = 400
 
 
 @dataclass(frozen=True)

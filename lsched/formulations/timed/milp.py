@@ -501,13 +501,16 @@ def lp_bound(
     within ``time_limit`` wall-clock seconds.
 
     Measured against the closed forms of :mod:`lsched.formulations.work_bounds`
-    (2 cores): on ``jaillet(n, seed=0)`` with ``llama2-70b-a100-tp4`` the latency
-    LP is 1-4 % above them (24.30 s against 23.39 s at ``n = 20``, 0.4 s); on
-    the first 20 requests of ``instances/gsm8k-n100-s0.csv`` with
+    (2 cores), it helps where prompts are short or every request is present at
+    the start: on ``jaillet(n, seed=0)`` with ``llama2-70b-a100-tp4`` the latency
+    LP is 1-4 % above them (24.30 s against 23.39 s at ``n = 20``, 0.4 s), and
+    on the first 20 requests of ``instances/gsm8k-n100-s0.csv`` with
     ``llama-65b-pang2025`` the makespan LP is 15 % above (5.50 s against 4.77 s,
-    7.5 s), while the latency LP of only 10 of them (866 output tokens) does not
-    finish in 30 s. On tiny instances with threshold regimes (big-M rows) it
-    can be far below them.
+    7.5 s). With prompts of 50-800 tokens arriving over 5 s it is below them
+    for both objectives (10 requests, 154 output tokens: makespan 4.59 s
+    against 5.43 s; the latency LP, whose completions are big-M sums, even
+    below zero), and its latency LP does not finish in 10 s from about 400
+    output tokens in all. Threshold regimes (more big-M rows) weaken it too.
     """
     began = time.monotonic()
     _, start, exact = starting_schedule(problem, None)
