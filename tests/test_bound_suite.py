@@ -80,8 +80,8 @@ def test_slot_bounds_only_where_slots_are_seconds() -> None:
         bounds = bound_suite(instance, real, objective)
         assert [b.name for b in bounds if b.scope == "slot"] == ["timed.lp"]
         assert best_bound(bounds, "slot") <= optima[objective][0] * (1 + 1e-9)
+    # two replicas: the slot and timed models have one
     assert {b.scope for b in bound_suite(instance, real, replicas=2)} == {"any"}
-    # two replicas: the slot model has one
     assert {b.scope for b in bound_suite(instance, profile, replicas=2)} == {"any"}
     shifted = instance.replace(arrival_s=instance.arrival_s + 0.5)
     # fractional arrivals: slots are not seconds, the timed model still applies

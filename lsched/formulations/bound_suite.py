@@ -147,8 +147,8 @@ def bound_suite(
         try:
             timed = TimedProblem.from_instance(instance, profile, objective=objective)
         except InputError:
-            timed = None  # e.g. a prompt over the token budget: no slot schedule
-        if timed is not None:
+            pass  # e.g. a prompt over the token budget: no slot schedule to bound
+        else:
             value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
             found.append(Bound("timed.lp", value, "slot"))
     return [b for b in found if math.isfinite(b.value)]
