@@ -80,6 +80,12 @@ def test_slot_bounds_only_where_slots_are_seconds() -> None:
         bounds = bound_suite(instance, real, objective)
         assert [b.name for b in bounds if b.scope == "slot"] == ["timed.lp"]
         assert best_bound(bounds, "slot") <= optima[objective][0] * (1 + 1e-9)
+    # a prompt over the token budget: no non-preemptive schedule, no timed LP
+    long_prompt = Instance(
+        arrival_s=np.zeros(2), prompt_tokens=[10, 3], output_tokens=[2, 2]
+    )
+    chunked = real.replace(max_num_batched_tokens=8)
+    assert {b.scope for b in bound_suite(long_prompt, chunked)} == {"any"}
     # two replicas: the slot and timed models have one
     assert {b.scope for b in bound_suite(instance, real, replicas=2)} == {"any"}
     assert {b.scope for b in bound_suite(instance, profile, replicas=2)} == {"any"}
