@@ -350,6 +350,16 @@ def run(
     )
 
 
+def lp_relaxation(model: pyo.ConcreteModel, *, deadline: float) -> float:
+    """Optimal value of ``model`` with its integrality dropped, in model units.
+
+    ``-inf`` if HiGHS does not prove the LP optimal by ``deadline``
+    (``time.monotonic()`` seconds).
+    """
+    outcome = run(load(model, relax=True), deadline=deadline)
+    return outcome.bound if outcome.status == Status.OPTIMAL else -math.inf
+
+
 def _finite(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) and abs(value) < highspy.kHighsInf else None

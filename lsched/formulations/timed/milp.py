@@ -516,11 +516,8 @@ def lp_bound(
     _, start, exact = starting_schedule(problem, None)
     latest = np.maximum(latest_starts(problem, exact), start)
     built = build_model(problem, latest, time_unit_s=time_unit_s)
-    loaded = _highs.load(built.model, relax=True)
-    outcome = _highs.run(loaded, deadline=began + float(time_limit))
-    if outcome.status != Status.OPTIMAL:
-        return -math.inf
-    return outcome.bound * built.time_unit_s + problem.objective_offset
+    value = _highs.lp_relaxation(built.model, deadline=began + float(time_limit))
+    return value * built.time_unit_s + problem.objective_offset
 
 
 def _consistent(loaded: _highs.LoadedModel, outcome: _highs.HighsOutcome) -> bool:
