@@ -621,6 +621,27 @@ def _list_of(table: Mapping[str, Any], key: str, loc: _Located, what: str) -> li
     return list(_typed(value, list, f"sweep.{key}", loc, f"a list of {what}"))
 
 
+def _entries(
+    sweep: Mapping[str, Any],
+    key: str,
+    loc: _Located,
+    short: str,
+    allowed: Sequence[str],
+    expected: str,
+) -> list[dict[str, Any]]:
+    """The tables of ``sweep.<key>``, a bare string read as ``{short = text}``."""
+    field = f"sweep.{key}"
+    tables = []
+    for entry in _list_of(sweep, key, loc, f"{short}s or {{{short} = ...}} tables"):
+        if isinstance(entry, str):
+            entry = {short: entry}
+        if not isinstance(entry, dict):
+            raise loc.error(f"got {entry!r}; expected {expected}", field)
+        _check_keys(entry, allowed, field, loc)
+        tables.append(entry)
+    return tables
+
+
 def _config_path(base: Path, text: str) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else base / path
@@ -630,17 +651,9 @@ def _file_sources(
     sweep: Mapping[str, Any], base: Path, loc: _Located
 ) -> list[InstanceSource]:
     sources: list[InstanceSource] = []
-    for entry in _list_of(sweep, "instances", loc, "paths or {path = ...} tables"):
-        field = "sweep.instances"
-        if isinstance(entry, str):
-            entry = {"path": entry}
-        if not isinstance(entry, dict):
-            raise loc.error(
-                f"got {entry!r}; expected a path or {{path = ..., format = ..., "
-                "limit = ...}",
-                field,
-            )
-        _check_keys(entry, _INSTANCE_KEYS, field, loc)
+    field = "sweep.instances"
+    expected = "a path or {path = ..., format = ..., limit = ...}"
+    for entry in _entries(sweep, "instances", loc, "path", _INSTANCE_KEYS, expected):
         if "path" not in entry:
             raise loc.error("an entry has no path; expected path = ...", field)
         written = _typed(entry["path"], str, f"{field}.path", loc, "a path")
@@ -766,16 +779,9 @@ def _profiles(
     from lsched.overrides import deployment_profile, parse_overrides
 
     settings: list[ProfileSetting] = []
-    for entry in _list_of(sweep, "profiles", loc, "names or {name = ...} tables"):
-        field = "sweep.profiles"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict):
-            raise loc.error(
-                f"got {entry!r}; expected a name or {{name = ..., sets = [...]}}",
-                field,
-            )
-        _check_keys(entry, _PROFILE_KEYS, field, loc)
+    field = "sweep.profiles"
+    expected = "a name or {name = ..., sets = [...]}"
+    for entry in _entries(sweep, "profiles", loc, "name", _PROFILE_KEYS, expected):
         name = _typed(entry.get("name"), str, f"{field}.name", loc, "a profile name")
         sets = _typed(
             entry.get("sets", []), list, f"{field}.sets", loc, "FIELD=VALUE texts"
