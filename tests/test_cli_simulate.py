@@ -7,21 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import run
 
-from lsched.cli import main
 from lsched.evaluator import simulate
 from lsched.profile import load_profile
 from lsched.traces import read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "instances" / "default.csv"
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def test_json_lists_each_policy_with_its_metrics(

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run
 
-from lsched.cli import main
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.overrides import parse_overrides, parse_value
@@ -37,23 +37,6 @@ from lsched.traces import read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "instances" / "default.csv"
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    """The module docstring's two requests, in lsched's plain CSV layout."""
-    path = tmp_path / "tiny.csv"
-    path.write_text(
-        '"arrival_s","prompt_tokens","output_tokens"\n0,1,3\n0,1,3\n', encoding="utf-8"
-    )
-    return path
 
 
 def test_default_instance_solves_to_optimum_and_replays(

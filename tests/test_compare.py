@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run
 
-from lsched.cli import main
 from lsched.compare import compare, is_slot_schedule, objective_value
 from lsched.errors import InputError
 from lsched.evaluator import simulate
@@ -31,22 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "instances" / "default.csv"
 UNIT = load_profile("unit-slot")
 POLICIES = ("fcfs", "sjf", "mc-sf", "sorted-f", "sarathi:chunk=2")
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.csv"
-    path.write_text(
-        '"arrival_s","prompt_tokens","output_tokens"\n0,1,3\n0,1,3\n', encoding="utf-8"
-    )
-    return path
 
 
 def two_requests() -> Instance:

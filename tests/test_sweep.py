@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run
 
-from lsched.cli import main
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.predictors import apply_predictor
@@ -87,13 +87,6 @@ def deterministic(frame: pd.DataFrame) -> pd.DataFrame:
         .sort_values("case_id")
         .reset_index(drop=True)
     )
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")

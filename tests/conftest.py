@@ -1,0 +1,17 @@
+"""Fixtures shared by the CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """Two requests (arrival 0, prompt 1, output 3), in lsched's plain CSV layout."""
+    path = tmp_path / "tiny.csv"
+    path.write_text(
+        '"arrival_s","prompt_tokens","output_tokens"\n0,1,3\n0,1,3\n', encoding="utf-8"
+    )
+    return path
