@@ -114,6 +114,7 @@ from lsched.evaluator import check_fits, simulate
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.formulations.result import LOG_COLUMNS, Status, certified_gap
 from lsched.formulations.work_bounds import work_bounds
+from lsched.generators._checks import check_float, check_int
 from lsched.instance import Instance
 from lsched.policies import PolicySpec
 from lsched.policies.base import Batch, ReplicaView
@@ -420,28 +421,10 @@ def _check(
             f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
             field="objective",
         )
-    if (
-        isinstance(time_limit_s, bool)
-        or not isinstance(time_limit_s, int | float)
-        or not math.isfinite(time_limit_s)
-        or time_limit_s <= 0
-    ):
-        raise InputError(
-            f"got {time_limit_s!r}; expected a finite number > 0",
-            field="time_limit_s",
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InputError(f"got {seed!r}; expected an integer", field="seed")
-    if window_s is not None and (
-        isinstance(window_s, bool)
-        or not isinstance(window_s, int | float)
-        or not math.isfinite(window_s)
-        or window_s <= 0
-    ):
-        raise InputError(
-            f"got {window_s!r}; expected a finite number > 0 or None",
-            field="window_s",
-        )
+    check_float("time_limit_s", time_limit_s, strictly_positive=True)
+    check_int("seed", seed)
+    if window_s is not None:
+        check_float("window_s", window_s, strictly_positive=True)
     if replicas < 1:
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     if len(instance) == 0:
