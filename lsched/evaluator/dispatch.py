@@ -221,9 +221,9 @@ class JointEngine(ReplicaEngine):
         unfinished = self.m - self.done
         batch = self.pending
         if batch is None or batch.is_empty:
-            return unfinished, self.held_tokens
+            return unfinished, self.kv.held_tokens
         _, _, j = self._cut(t)  # j < n: no completion before the boundary
-        return unfinished, self.held_tokens + j * len(batch.decode)
+        return unfinished, self.kv.held_tokens + j * len(batch.decode)
 
 
 def _choose(rule: str, engines: list[JointEngine], i: int, t: float) -> int:

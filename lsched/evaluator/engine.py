@@ -44,11 +44,13 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from lsched.evaluator.stretch import DecodeStretch, decode_rows
+from lsched.kv import KVLedger
 from lsched.policies.base import (
     ARRIVAL_TOLERANCE_S,
     Batch,
@@ -57,6 +59,8 @@ from lsched.policies.base import (
     ReplicaLimits,
     ReplicaView,
     holds_running_when_idle,
+    restore_policy,
+    snapshot_policy,
 )
 from lsched.profile import FEATURES, DeploymentProfile
 
@@ -103,10 +107,21 @@ class ReplicaEngine:
 
     Notes
     -----
-    The mutable state is numbers, lists of ints and arrays of one entry per
-    request (so that a copy of ``vars(engine)`` restores it); the cached arrays
-    (``_shown``) are read-only and rebuilt at every view.
+    :meth:`snapshot` and :meth:`restore` take and put back the whole state, the
+    policy's included; :meth:`run` may stop at a time and go on later.
     """
+
+    #: Per-request arrays of the state, restored in place (the policy's read-only
+    #: views of them stay valid).
+    _STATE_ARRAYS = (
+        "emitted", "target", "status", "admitted_s", "first_token_s",
+        "completion_s", "preemptions", "recomputed", "queue",
+    )  # fmt: skip
+    #: Numbers of the state.
+    _STATE_NUMBERS = (
+        "head", "tail", "num_arrived", "num_prefilling", "now_s", "iterations",
+        "busy_s", "kv_token_seconds", "done",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -148,14 +163,16 @@ class ReplicaEngine:
             max_model_len=profile.max_model_len,
         )
         # the limits as plain ints, read at every event
-        self._block = int(profile.block_tokens)
         self._capacity = int(profile.kv_capacity_blocks)
         self._max_seqs = int(profile.max_num_seqs)
         self._max_tokens = int(profile.max_num_batched_tokens)
         # the policy's standing decision when nothing waits (policies.base)
         self._idle_rule = holds_running_when_idle(policy)
         self.emitted = np.zeros(m, dtype=np.int64)
-        self.processed = np.zeros(m, dtype=np.int64)
+        # the KV ledger owns the tokens each request holds (its processed tokens)
+        # and the blocks held: exact, or an upper bound after a held stretch
+        self.kv = KVLedger(self.limits.kv, m)
+        self.processed = self.kv.tokens
         self.target = np.zeros(m, dtype=np.int64)
         self.status = np.zeros(m, dtype=np.int8)
         self.admitted_s = np.full(m, np.nan)
@@ -170,12 +187,6 @@ class ReplicaEngine:
         self.queue = np.zeros(m, dtype=np.int64)
         self.head = self.tail = 0
         self.num_arrived = 0
-        # KV blocks held by the running requests: exact while blocks_exact, else an
-        # upper bound (a held stretch adds its most, ceil(n / b) per request), made
-        # exact only where a check against the capacity needs it
-        self.held_blocks = 0
-        self.blocks_exact = True
-        self.held_tokens = 0  # sum of processed over running requests
         self.num_prefilling = 0  # running requests with processed < target
         self.now_s = float(arrival_s[0]) if m else 0.0
         self.iterations = 0
@@ -208,10 +219,20 @@ class ReplicaEngine:
 
     # -- the loop -----------------------------------------------------------------
 
-    def run(self) -> None:
-        """Simulate until every request is done."""
+    def run(self, until_s: float = math.inf) -> bool:
+        """Simulate until every request is done, or until the first iteration
+        boundary at or after ``until_s`` (where the policy has not been called
+        yet; a held stretch that spans ``until_s`` runs to its end). Returns
+        whether every request is done; call again to go on.
+
+        A boundary ``t`` counts as reached when ``t + ARRIVAL_TOLERANCE_S >=
+        until_s``: stopping at a request's arrival time stops where the policy
+        would first see it.
+        """
         idle_rule = self._idle_rule
         while self.done < self.m:
+            if self.now_s + ARRIVAL_TOLERANCE_S >= until_s:
+                return False
             self._arrive()
             if not self.running:
                 if not self.requeued and self.tail == self.head:
@@ -240,6 +261,37 @@ class ReplicaEngine:
                 self._decode_stretch(batch)
             else:
                 self._iteration(batch, grow)
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        """The engine's whole state (the policy's and the log's included), for
+        :meth:`restore`; the engine may run on meanwhile."""
+        state: dict[str, Any] = {
+            name: getattr(self, name).copy() for name in self._STATE_ARRAYS
+        }
+        state |= {name: getattr(self, name) for name in self._STATE_NUMBERS}
+        state["running"] = list(self.running)
+        state["requeued"] = list(self.requeued)
+        state["kv"] = self.kv.snapshot()
+        state["policy"] = snapshot_policy(self.policy)
+        if self.log is not None:
+            state["log"] = tuple(len(part) for part in vars(self.log).values())
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put the engine back in a :meth:`snapshot` (which stays reusable)."""
+        for name in self._STATE_ARRAYS:
+            np.copyto(getattr(self, name), state[name])
+        for name in self._STATE_NUMBERS:
+            setattr(self, name, state[name])
+        self.running = list(state["running"])
+        self.requeued = list(state["requeued"])
+        self.kv.restore(state["kv"])
+        restore_policy(self.policy, state["policy"])
+        if self.log is not None:
+            for part, length in zip(vars(self.log).values(), state["log"], strict=True):
+                del part[length:]
+        self._shown = None
 
     def _arrive(self) -> None:
         k = self.num_arrived
@@ -320,40 +372,27 @@ class ReplicaEngine:
             return False
         ids = np.array(running, dtype=np.int64)
         p = self.processed[ids]
-        if self.held_blocks + d > self._capacity:  # each step opens <= 1 block
-            block = self._block
-            grow = d if block == 1 else int(np.count_nonzero(p % block == 0))
-            if self._exact_blocks() + grow > self._capacity:
-                return False
-        self._advance(ids, p, *self._plan(ids, p, self.held_tokens, None))
+        kv = self.kv
+        # each step opens at most one block: the exact count only if that might
+        # not fit
+        if kv.held_blocks + d > self._capacity and not kv.fits(
+            kv.kv.decode_growth(p), running
+        ):
+            return False
+        self._advance(ids, p, *self._plan(ids, p, kv.held_tokens, None))
         return True
-
-    def _exact_blocks(self) -> int:
-        """Make :attr:`held_blocks` exact (sum of ceil(processed / b) over the
-        running requests) and return it."""
-        if not self.blocks_exact:
-            block = self._block
-            p = self.processed[np.array(self.running, dtype=np.int64)]
-            self.held_blocks = int(((p + (block - 1)) // block).sum())
-            self.blocks_exact = True
-        return self.held_blocks
 
     # -- state changes ------------------------------------------------------------
 
     def _preempt(self, ids: np.ndarray, run: int) -> None:
-        block = self._block
         for r in ids.tolist():
             if not 0 <= r < self.num_arrived or self.status[r] != RUNNING:
                 raise PolicyError(f"preempted request {r} is not running")
             self.running.remove(r)
-            p = int(self.processed[r])
-            if p < self.target[r]:
+            if self.processed[r] < self.target[r]:
                 self.num_prefilling -= 1
-            self.held_blocks -= -(-p // block)
-            self.held_tokens -= p
-            self.recomputed[r] += p
+            self.recomputed[r] += self.kv.free(r)
             self.preemptions[r] += 1
-            self.processed[r] = 0
             self.status[r] = WAITING
             self.requeued.append(r)
             self._shown = None
@@ -442,7 +481,7 @@ class ReplicaEngine:
             raise PolicyError(f"batch names a request not arrived: {listed}")
         if len(set(listed)) != n_p + n_d:
             raise PolicyError(f"a request appears twice in the batch: {listed}")
-        block = self._block
+        kv = self.kv.kv
         grow = 0
         if n_p:
             status = self.status[prefill]
@@ -457,20 +496,15 @@ class ReplicaEngine:
                     f"prefill chunks {chunk.tolist()} of requests {prefill.tolist()} "
                     f"outside 1..remaining {remaining.tolist()}"
                 )
-            grow += int((-(-(before + chunk) // block) - -(-before // block)).sum())
+            grow += int(kv.growth(before, chunk).sum())
         if n_d:
             before = self.processed[decode]
             if (self.status[decode] != RUNNING).any() or (
                 before < self.target[decode]
             ).any():
                 raise PolicyError("decode of a request that is not past its prefill")
-            grow += int((before % block == 0).sum())  # a step that opens a block
-        cap = self._capacity
-        if self.held_blocks + grow > cap and self._exact_blocks() + grow > cap:
-            raise PolicyError(
-                f"KV after the iteration {self.held_blocks + grow} blocks > "
-                f"capacity {cap}"
-            )
+            grow += kv.decode_growth(before)
+        self._check_kv(grow)
         return grow
 
     def _check_running(
@@ -484,7 +518,7 @@ class ReplicaEngine:
         chunks = chunk.tolist()
         if sum(chunks) + n_d > self._max_tokens:
             raise PolicyError("prefill tokens + decode steps > max_num_batched_tokens")
-        block = self._block
+        kv = self.kv
         grow = 0
         if chunks:
             ids = prefill.tolist()
@@ -505,21 +539,25 @@ class ReplicaEngine:
                         f"prefill chunk {c} of request {r} outside 1.."
                         f"{int(prompt[r] + emitted[r])}"
                     )
-                grow += -(-c // block)
+                grow += kv.kv.blocks(c)
         # each decode step opens at most one block: the exact count only if that
         # much might not fit
-        if self.held_blocks + grow + n_d <= self._capacity:
-            self.blocks_exact = False
+        if kv.held_blocks + grow + n_d <= self._capacity:
+            kv.exact = False  # n_d is an upper bound
             return grow + n_d
         if n_d:
-            p = self.processed[decode]
-            grow += n_d if block == 1 else int(np.count_nonzero(p % block == 0))
-        if self._exact_blocks() + grow > self._capacity:
+            grow += kv.kv.decode_growth(self.processed[decode])
+        self._check_kv(grow)
+        return grow
+
+    def _check_kv(self, grow: int) -> None:
+        """:class:`PolicyError` unless ``grow`` more blocks fit."""
+        kv = self.kv
+        if not kv.fits(grow, self.running):
             raise PolicyError(
-                f"KV after the iteration {self.held_blocks + grow} blocks > "
+                f"KV after the iteration {kv.held_blocks + grow} blocks > "
                 f"capacity {self._capacity}"
             )
-        return grow
 
     # -- running iterations -------------------------------------------------------
 
@@ -574,8 +612,7 @@ class ReplicaEngine:
         if not dt > 0:
             raise PolicyError(f"iteration time {dt} s is not positive for {phi}")
         start, end = self.now_s, self.now_s + dt
-        self.held_blocks += grow
-        self.held_tokens += prefill_tokens + n_d
+        self.kv.grow(grow, prefill_tokens + n_d)
         if n_p <= _SMALL:
             firsts = []
             for r, p, c in zip(ids, before, chunks, strict=True):
@@ -590,7 +627,7 @@ class ReplicaEngine:
             firsts = prefill[after == target[prefill]].tolist()
         if n_d:
             processed[decode] = before_d + 1
-        kv_tokens = self.held_tokens
+        kv_tokens = self.kv.held_tokens
         if self.log is not None:
             self._log_run(start, end, 1, phi, kv_tokens, prefill, chunk, before_p,
                           decode, before_d if n_d else decode[:0])  # fmt: skip
@@ -644,8 +681,7 @@ class ReplicaEngine:
             n = min(n, math.ceil((self.thresholds[regime] - k0) / d))
         # each request opens at most ceil(n / b) blocks in n iterations: with that
         # much room there is nothing to search
-        if self.held_blocks + d * -(-n // self._block) > self._capacity:
-            n = min(n, self._iterations_in_kv(p, n))
+        n = self.kv.decode_steps_that_fit(decode, p, n, self.running)
         wake = math.inf
         if self.num_arrived < self.m:
             wake = float(self.arrival_s[self.num_arrived]) - ARRIVAL_TOLERANCE_S
@@ -671,7 +707,7 @@ class ReplicaEngine:
         p = self.processed[decode]
         if planned is None:
             # a held batch of every running request holds all of their KV
-            held = self.held_tokens if len(p) == len(self.running) else int(p.sum())
+            held = self.kv.held_tokens if len(p) == len(self.running) else int(p.sum())
             self._advance(decode, p, *self._plan(decode, p, held, batch.wake_at_s))
         else:
             self._advance(decode, p, *planned, None)
@@ -689,12 +725,8 @@ class ReplicaEngine:
         d = len(decode)
         elapsed = stretch.elapsed_s(n)
         start, end = self.now_s, self.now_s + elapsed
-        # at most ceil(n / b) new blocks per request: an upper bound
-        self.held_blocks += d * -(-n // self._block)
-        self.blocks_exact = False
-        kv0 = self.held_tokens + d
-        self.held_tokens += n * d
-        self.processed[decode] = p + n
+        kv0 = self.kv.held_tokens + d
+        self.kv.decode(decode, p, n)
         emitted = self.emitted[decode] + n
         self.emitted[decode] = emitted
         if self.log is not None:
@@ -714,41 +746,10 @@ class ReplicaEngine:
                 ids = zip(decode.tolist(), remaining, strict=True)
                 self._finish([r for r, x in ids if x <= n], end)
 
-    def _iterations_in_kv(self, p: np.ndarray, limit: int) -> int:
-        """How many of the next ``limit`` repetitions fit in KV (at least 1)."""
-        limits = self.limits
-        # each request opens at most ceil(limit / b) blocks in `limit` iterations:
-        # with that much room there is nothing to search
-        most = len(p) * -(-limit // limits.block_tokens)
-        if self.held_blocks + most <= limits.kv_capacity_blocks:
-            return limit
-        others = self._exact_blocks() - int(limits.kv_blocks(p).sum())
-
-        def fits(k: int) -> bool:  # iteration k (0-based) leaves p + k + 1 tokens
-            return others + int(limits.kv_blocks(p + k + 1).sum()) <= (
-                limits.kv_capacity_blocks
-            )
-
-        if fits(limit - 1):
-            return limit
-        lo, hi = 1, limit - 1  # fits(lo - 1) holds, fits(hi) does not
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
     def _finish(self, finished: list[int], end: float) -> None:
         """The requests ``finished`` completed at ``end``: free their KV."""
-        block = self._block
-        processed = self.processed
         for r in finished:
-            tokens = int(processed[r])
-            self.held_blocks -= -(-tokens // block)
-            self.held_tokens -= tokens
-            processed[r] = 0
+            self.kv.free(r)
         if len(finished) == 1:
             r = finished[0]
             self.completion_s[r] = end

@@ -86,12 +86,11 @@ Limits
   a lost second) *and* tie each decode phase to its prefill completion, so that
   a relaxation cannot move the long tails to the cheap end of the horizon. The
   closed forms here do neither.
-* Boundary states are copies of the engine's attributes
-  (:func:`engine_state`): every writable array, list and number of
-  :class:`~lsched.evaluator.engine.ReplicaEngine`, arrays restored in place so the
-  policy's read-only views stay valid. The tests compare every replay with a
-  fresh :func:`~lsched.evaluator.simulate`, so a change of the engine that this
-  misses fails there.
+* Boundary states are the engine's own snapshots
+  (:meth:`~lsched.evaluator.engine.ReplicaEngine.snapshot`), taken where
+  :meth:`~lsched.evaluator.engine.ReplicaEngine.run` stops at a window's first
+  arrival. The tests compare every replay with a fresh
+  :func:`~lsched.evaluator.simulate`.
 * Replicas are dealt round robin and searched independently (as the evaluator
   runs them); the joint dispatch rules are not searched.
 """
@@ -117,7 +116,7 @@ from lsched.formulations.work_bounds import work_bounds
 from lsched.generators._checks import check_float, check_int
 from lsched.instance import Instance
 from lsched.policies import PolicySpec
-from lsched.policies.base import Batch, ReplicaView
+from lsched.policies.base import Batch, ReplicaView, restore_policy, snapshot_policy
 from lsched.policies.priority import (
     KeyArray,
     Priority,
@@ -235,82 +234,31 @@ class ScaleResult:
 # -- replaying one replica from a window's boundary state -----------------------------
 
 
-class _Pause(Exception):
-    """The engine reached the boundary where a window's first request has arrived."""
-
-
 class _OutOfTime(Exception):
     """The wall-clock deadline passed during a replay."""
 
 
 class _Gate:
-    """Wraps the policy: pauses the engine at window starts, stops at the deadline.
-
-    Raising inside ``decide`` leaves the engine at a boundary with its arrivals
-    taken in and nothing else done, so ``run()`` can resume from there.
-    """
+    """Wraps the policy to stop a replay at a wall-clock deadline."""
 
     def __init__(self, inner: Priority) -> None:
         self.inner = inner
-        self.pause_after: int | None = None
         self.deadline = math.inf
-        # the inner policy's standing decision (lsched.policies.base): the engine
-        # may skip the gate at boundaries where nothing waits, never at the one
-        # where a window's first request has just arrived (it waits there)
+        # the inner policy's standing decision (lsched.policies.base)
         self.holds_running_when_idle = (
             getattr(inner, "holds_running_when_idle", False) is True
         )
 
     def decide(self, view: ReplicaView) -> Batch:
-        if self.pause_after is not None and view.num_arrived > self.pause_after:
-            raise _Pause
         if time.perf_counter() > self.deadline:
             raise _OutOfTime
         return self.inner.decide(view)
 
+    def snapshot(self) -> Any:
+        return snapshot_policy(self.inner)
 
-def engine_state(engine: ReplicaEngine) -> dict[str, Any]:
-    """A snapshot of a replica engine's mutable state.
-
-    Writable arrays are copied (and :func:`restore_engine` writes them back *in
-    place*, so the read-only views shown to the policy stay valid), lists are
-    copied, and numbers, ``None``, strings, tuples and read-only arrays are kept
-    by reference (they are immutable). Other attributes (the policy, the cost
-    model, callbacks) are not state.
-
-    Raises
-    ------
-    TypeError
-        If the engine holds a mutable container this cannot copy (a dict or a
-        set): a change of the engine that the search would otherwise get wrong.
-    """
-    state: dict[str, Any] = {}
-    for name, value in vars(engine).items():
-        if isinstance(value, np.ndarray):
-            state[name] = value.copy() if value.flags.writeable else value
-        elif isinstance(value, list):
-            state[name] = list(value)
-        elif value is None or isinstance(
-            value, bool | int | float | str | tuple | np.integer | np.floating
-        ):
-            state[name] = value
-        elif isinstance(value, dict | set | bytearray):
-            raise TypeError(
-                f"ReplicaEngine.{name} is a {type(value).__name__}: the scale "
-                "search cannot snapshot it (lsched.formulations.scale.engine_state)"
-            )
-    return state
-
-
-def restore_engine(engine: ReplicaEngine, state: dict[str, Any]) -> None:
-    """Put ``engine`` back in a state taken by :func:`engine_state`."""
-    for name, value in state.items():
-        if isinstance(value, np.ndarray) and value.flags.writeable:
-            np.copyto(getattr(engine, name), value)
-        elif isinstance(value, list):
-            setattr(engine, name, list(value))
-        else:
-            setattr(engine, name, value)
+    def restore(self, state: Any) -> None:
+        restore_policy(self.inner, state)
 
 
 class ReplicaReplay:
@@ -366,7 +314,7 @@ class ReplicaReplay:
         )
         self.starts = np.asarray(starts, dtype=np.int64)
         self.states: list[dict[str, Any] | None] = [None] * len(self.starts)
-        self.states[0] = engine_state(self.engine)
+        self.states[0] = self.engine.snapshot()
         #: Total latency of the last accepted replay.
         self.value = math.nan
 
@@ -383,19 +331,16 @@ class ReplicaReplay:
         state = self.states[k]
         if state is None:
             raise RuntimeError(f"window {k} has no boundary state")
-        restore_engine(self.engine, state)
+        self.engine.restore(state)
         self.gate.deadline = deadline
         taken: list[dict[str, Any]] = []
-        later = k + 1
-        while True:
-            last = later >= len(self.starts)
-            self.gate.pause_after = None if last else int(self.starts[later])
-            try:
-                self.engine.run()
-                break
-            except _Pause:
-                taken.append(engine_state(self.engine))
-                later += 1
+        arrival_s = self.instance.arrival_s
+        for start in self.starts[k + 1 :].tolist():
+            # stop where the window's first request has arrived, before the policy
+            # sees it
+            self.engine.run(until_s=float(arrival_s[start]))
+            taken.append(self.engine.snapshot())
+        self.engine.run()
         return self.objective(), taken
 
     def accept(self, k: int, value: float, taken: list[dict[str, Any]]) -> None:
@@ -810,8 +755,6 @@ __all__ = [
     "RULES",
     "ReplicaReplay",
     "ScaleResult",
-    "engine_state",
     "improve",
-    "restore_engine",
     "window_starts",
 ]

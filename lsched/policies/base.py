@@ -74,11 +74,14 @@ checks only the rest of the batch.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from lsched.kv import KVBlocks
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -100,17 +103,49 @@ class PolicyError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ReplicaLimits:
-    """The limits a replica enforces on every iteration."""
+    """The limits a replica enforces on every iteration.
+
+    ``kv`` is the replica's block arithmetic (:class:`lsched.kv.KVBlocks`), the one
+    place that turns tokens into blocks.
+    """
 
     kv_capacity_blocks: int
     block_tokens: int
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int | None = None
+    kv: KVBlocks = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kv = KVBlocks(int(self.kv_capacity_blocks), int(self.block_tokens))
+        object.__setattr__(self, "kv", kv)
 
     def kv_blocks(self, tokens: npt.ArrayLike) -> IntArray:
-        """Blocks needed to hold ``tokens`` tokens: ``ceil(tokens / block_tokens)``."""
-        return -(-np.asarray(tokens, dtype=np.int64) // self.block_tokens)
+        """Blocks needed to hold ``tokens`` tokens (``kv.blocks``)."""
+        return self.kv.blocks(np.asarray(tokens, dtype=np.int64))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """What a policy knows of its replica when it is built (``PolicySpec.make``).
+
+    Attributes
+    ----------
+    replica
+        The replica's id in the cluster (``0..C-1`` over all pools).
+    pool
+        The name of the replica's pool.
+    limits
+        The replica's KV and batch limits.
+    tenants
+        Every tenant name of the workload, sorted (``None``: no tenant column);
+        a fair-sharing policy knows its tenants before their requests come.
+    """
+
+    replica: int
+    pool: str
+    limits: ReplicaLimits
+    tenants: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +203,11 @@ class ReplicaView:
     priority: IntArray | None = None
     tenant: npt.NDArray[np.str_] | None = None
 
+    @property
+    def kv(self) -> KVBlocks:
+        """The replica's block arithmetic (``limits.kv``)."""
+        return self.limits.kv
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -219,9 +259,41 @@ def running_state(
     processed = dict(zip(running, tokens.tolist(), strict=True))
     left = (view.prefill_target_tokens[ids] - tokens).tolist()
     need = dict(zip(running, left, strict=True))
-    block = view.limits.block_tokens
-    held = {r: -(-p // block) for r, p in processed.items()}
+    held = dict(zip(running, view.kv.blocks(tokens).tolist(), strict=True))
     return running, processed, need, held
+
+
+def snapshot_policy(policy: object) -> Any:
+    """A policy's decision state, for :func:`restore_policy`.
+
+    A policy that defines ``snapshot()`` and ``restore(state)`` owns its state;
+    for any other the state is a deep copy of its attributes, read-only arrays
+    (the views the engine shows) kept by reference.
+    """
+    own = getattr(policy, "snapshot", None)
+    if callable(own):
+        return own()
+    return copy.deepcopy(vars(policy), _shared_arrays(vars(policy)))
+
+
+def restore_policy(policy: object, state: Any) -> None:
+    """Put a policy back in a :func:`snapshot_policy` (which stays reusable)."""
+    own = getattr(policy, "restore", None)
+    if callable(own):
+        own(state)
+        return
+    attributes = vars(policy)
+    attributes.clear()
+    attributes.update(copy.deepcopy(state, _shared_arrays(state)))
+
+
+def _shared_arrays(attributes: dict[str, Any]) -> dict[int, Any]:
+    """A deepcopy memo that keeps the read-only arrays among ``attributes``."""
+    return {
+        id(value): value
+        for value in attributes.values()
+        if isinstance(value, np.ndarray) and not value.flags.writeable
+    }
 
 
 def holds_running_when_idle(policy: object) -> bool:

@@ -381,6 +381,15 @@ class Priority:
             else p.prefill_budgets.values.astype(np.int64)
         )
 
+    def snapshot(self) -> None:
+        """No decision state: the keys are read from the view at every call, and
+        the per-request settings above are settings, not state (a search changes
+        them between replays)."""
+        return None
+
+    def restore(self, state: None) -> None:
+        """Nothing to restore (:meth:`snapshot`)."""
+
     # -- keys ---------------------------------------------------------------------
 
     def keys(self, view: ReplicaView, ids: IntArray) -> FloatArray:
