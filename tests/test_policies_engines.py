@@ -70,12 +70,17 @@ def test_parameters_are_parsed_and_validated() -> None:
         is None
     )
     assert parse_policy("orca:max_batch=4").params.max_batch == 4
+    assert parse_policy("vllm-v0").params.back_pressure_tokens is None
+    spec = parse_policy("vllm-v0:back_pressure_tokens=100")
+    assert spec.params.back_pressure_tokens == 100
     bad = {
         "sarathi:chunk=0": "chunk",
         "sarathi:watermark=1.5": "watermark",
         "vllm:long_prefill_token_threshold=-1": "long_prefill_token_threshold",
         "vllm-v0:prefill_token_budget=abc": "prefill_token_budget",
         "vllm-v0:decode_context_cap=0": "decode_context_cap",
+        "vllm-v0:back_pressure_tokens=0": "back_pressure_tokens",
+        "vllm-v0:back_pressure_tokens=abc": "back_pressure_tokens",
         "orca:reserve=always": "reserve",
         "orca:max_batch=0": "max_batch",
         "static:batch_size=0": "batch_size",
@@ -246,6 +251,27 @@ def test_distserve_mode_rotates_the_decode_queue_under_the_context_cap() -> None
     assert _times(instance, UNIT, "vllm-v0:kv_limit=false")["done"] == [3.0] * 3
 
 
+def test_distserve_back_pressure_blocks_prefill_above_the_threshold() -> None:
+    # simdistserve's Worker.has_back_pressure: no prefill while the running
+    # requests' context tokens (prompt + decode steps done) are > 6 (strictly).
+    # A (prompt 4, output 4) at 0, B (2, 3) at 0.5, C (1, 1) at 1.5, D (1, 1) at 3.5.
+    # t0: prefill A -> A token 1 at 1; context A 4.
+    # t1: B waits; 4 <= 6: prefill B -> token 1 at 2; context 4 + 2 = 6.
+    # t2: C waits; 6 is not > 6: prefill C -> token 1, done at 3.
+    # t3: nothing waits: decode A (token 2), B (token 2); context 5 + 3 = 8.
+    # t4: D waits, but 8 > 6: decode A (token 3), B (token 3, done at 5).
+    # t5: context A 6, not > 6: prefill D -> token 1, done at 6.
+    # t6: decode A -> token 4, done at 7.
+    # Without back pressure D is prefilled at t4 (done at 5) and B finishes at 6.
+    instance = Instance([0.0, 0.5, 1.5, 3.5], [4, 2, 1, 1], [4, 3, 1, 1])
+    got = _times(instance, UNIT, "vllm-v0:kv_limit=false,back_pressure_tokens=6")
+    assert got["first"] == [1.0, 2.0, 3.0, 6.0]
+    assert got["done"] == [7.0, 5.0, 3.0, 6.0]
+    off = _times(instance, UNIT, "vllm-v0:kv_limit=false")
+    assert off["first"] == [1.0, 2.0, 3.0, 5.0]
+    assert off["done"] == [7.0, 6.0, 3.0, 5.0]
+
+
 # -- random instances: both engines, the validator, each policy's promise -------------
 
 POLICIES = (
@@ -257,6 +283,8 @@ POLICIES = (
     "vllm-v0",
     "vllm-v0:watermark=0.1,decode_context_cap=60",
     "vllm-v0:kv_limit=false,prefill_token_budget=50,decode_context_cap=60",
+    "vllm-v0:back_pressure_tokens=40",
+    "vllm-v0:kv_limit=false,prefill_token_budget=50,back_pressure_tokens=60",
     "orca",
     "orca:reserve=predicted",
     "orca:max_model_len=60,max_batch=3",

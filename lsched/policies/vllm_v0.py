@@ -4,11 +4,14 @@ colocated-vLLM simulator mode.
 Sources: vllm-project/vllm, ``vllm/core/scheduler.py`` (``Scheduler._schedule_default``,
 ``_schedule_prefills``, ``_schedule_running``) and ``vllm/core/block_manager.py``
 (``can_allocate`` with ``watermark_blocks``); LLMServe/DistServe,
-``simdistserve/base/worker.py`` (``Worker.run``, ``_enter_prefill``,
-``_enter_decodes``) for the colocated mode.
+``simdistserve/base/worker.py`` (``Worker.run``, ``Worker.has_back_pressure``,
+``_enter_prefill``, ``_enter_decodes``) for the colocated mode.
 
 The rule (``kv_limit=true``, vLLM V0), at every iteration boundary:
 
+0. **Back pressure** (only when ``back_pressure_tokens`` is set; default ``None``,
+   off): if the context tokens of the decode queue exceed it, step 1 is skipped
+   and the iteration decodes (step 2).
 1. **Prefill first.** Walk the waiting queue in arrival order (a preempted request
    goes back to its head, which is its arrival position). Request w is taken with
    its whole prompt ``s_w + e_w`` while the prefill token budget
@@ -38,6 +41,41 @@ and raises :class:`~lsched.policies.base.PolicyError` if a batch overflows it:
 **raise the profile's capacity** (``profile.replace(kv_capacity_tokens=...)``) to
 model DistServe's unbounded memory.
 
+Back pressure is DistServe's (LLMServe/DistServe, ``simdistserve/base/worker.py``,
+``Worker.run`` and the property ``Worker.has_back_pressure``)::
+
+    threshold = int(self.decode_max_batch_size * self.decode_back_pressure)
+    return sum(r.current_context_len for r in self.decode_queue) > threshold
+    ...
+    if self.prefill_queue and not self.has_back_pressure:
+        yield from self.do_prefill()
+    else:
+        yield from self.do_decode()
+
+It is checked at the top of every iteration of ``Worker.run``, before the prefill
+batch is built. ``decode_back_pressure`` is 0.9 and ``decode_max_batch_size`` is
+``10**7`` (the default, and what ``benchmarks/simulate_dist.py`` passes), so
+simdistserve's threshold is 9,000,000 tokens. The comparison is strict (``>``): a
+count equal to the threshold does not block. ``current_context_len`` is
+``prefill_lens + max(0, counter)`` (``simdistserve/base/request.py``): the prompt
+plus the decode steps done, which is lsched's ``processed_tokens``. In the colocated
+mode (one worker, its own ``next_worker``) no batch is in flight at that check, so
+``decode_queue`` holds every request whose prefill has finished and that has not
+finished, including those prefilled in the iteration just ended (``_exit_prefill``
+appends them before the next check): here, every running request. So the count is
+``processed_tokens`` summed over ``view.running``.
+
+A decode batch of every running request, with no preemption, is *held* when no cap
+can bind (``decode_context_cap`` unset or at least the KV capacity in tokens):
+until a completion, an arrival or the KV limit, the waiting head cannot start
+fitting (KV only fills, the budgets are fixed) and the batch stays the same.
+Back pressure keeps this true: within a held stretch the count only grows (every
+decode step adds a token per running request; only a completion or a preemption,
+which is never held, lowers it), so once it blocks prefill it blocks until a
+completion; while it does not block, step 1 runs as without it and the
+waiting head does not fit, as above, whether or not the count crosses the
+threshold during the stretch.
+
 Where the sources were silent or do not apply:
 
 - V0 *ignores* (finishes unserved) a prompt over the token budget or a request that
@@ -49,14 +87,12 @@ Where the sources were silent or do not apply:
   prefill budget; here the policy decodes instead, as above.
 - DistServe stops a decode batch at the first request over the context cap, which
   can leave it empty; here the head of the decode queue always decodes.
+- vLLM V0 has no back pressure; ``back_pressure_tokens`` applies in either mode
+  (with ``kv_limit=true`` a recomputed request counts its ``s + e`` tokens once
+  readmitted, as it holds them; DistServe never preempts).
 - V0 asserts ``max_num_batched_tokens >= max_num_seqs`` so all running requests
   decode together; lsched's profiles need not, and the decode queue then rotates as
   DistServe's does.
-
-A decode batch of every running request, with no preemption, is *held* when no cap
-can bind (``decode_context_cap`` unset or at least the KV capacity in tokens):
-until a completion, an arrival or the KV limit, the waiting head cannot start
-fitting (KV only fills, the budgets are fixed) and the batch stays the same.
 """
 
 from __future__ import annotations
@@ -88,12 +124,18 @@ class VllmV0Params:
     decode_context_cap
         Cap on the context tokens of a decode batch (DistServe's
         ``decode_max_tokens``, 50000 in its colocated runs); ``None``: no cap.
+    back_pressure_tokens
+        DistServe's back pressure: no prefill while the running requests' context
+        tokens (``processed_tokens`` summed) exceed this (strictly); they decode
+        instead. simdistserve uses 9,000,000 (``Worker.has_back_pressure``);
+        ``None`` (default): off.
     """
 
     watermark: float = 0.01
     kv_limit: bool = True
     prefill_token_budget: int | None = None
     decode_context_cap: int | None = None
+    back_pressure_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.watermark, bool) or not 0.0 <= self.watermark < 1.0:
@@ -107,6 +149,7 @@ class VllmV0Params:
             )
         optional_int(self, "prefill_token_budget", 1)
         optional_int(self, "decode_context_cap", 1)
+        optional_int(self, "back_pressure_tokens", 1)
 
 
 class VllmV0:
@@ -124,13 +167,20 @@ class VllmV0:
         self._queue = [r for r in self._queue if r in alive] + [
             r for r in running if r not in queued
         ]
-        new = self._prefills(view)
+        new = [] if self._back_pressure(view) else self._prefills(view)
         if new:
             return Batch(
                 prefill=np.array(new, dtype=np.int64),
                 prefill_tokens=view.prompt_tokens[new] + view.emitted_tokens[new],
             )
         return self._decodes(view)
+
+    def _back_pressure(self, view: ReplicaView) -> bool:
+        """Step 0: the decode queue's context tokens exceed the threshold."""
+        threshold = self.params.back_pressure_tokens
+        if threshold is None:
+            return False
+        return int(view.processed_tokens[view.running].sum()) > threshold
 
     def _prefills(self, view: ReplicaView) -> list[int]:
         """Step 1: whole prompts from the head of the waiting queue."""
