@@ -34,3 +34,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
     with atomic_target(path) as temporary:
         temporary.write_text(text, encoding="utf-8", newline="\n")
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    inputs: tuple[str | os.PathLike[str] | None, ...],
+    option: str,
+) -> None:
+    """Raise :class:`~lsched.errors.InputError` if ``path`` is one of ``inputs``
+    (an output must never replace the file it was computed from)."""
+    from lsched.errors import InputError
+
+    target = Path(path).resolve()
+    for source in inputs:
+        if source is not None and Path(source).resolve() == target:
+            raise InputError(
+                f"{path} is also an input of this command; expected a new path, so "
+                "that the input is not overwritten",
+                field=option,
+            )

@@ -14,6 +14,7 @@ reading this engine takes.
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from lsched.policies import (
     ARRIVAL_TOLERANCE_S,
     Batch,
     Policy,
+    PolicyContext,
     PolicyError,
     PolicySpec,
     ReplicaLimits,
@@ -385,6 +387,21 @@ class _Replica:
         return end, done
 
 
+def _make(spec: Any, replica: int, profile: DeploymentProfile) -> Policy:
+    """A fresh policy for ``replica``: ``spec.make(context)``, or ``spec.make()``
+    for a test spec whose ``make`` takes nothing."""
+    if not inspect.signature(spec.make).parameters:
+        return spec.make()
+    limits = ReplicaLimits(
+        kv_capacity_blocks=profile.kv_capacity_blocks,
+        block_tokens=profile.block_tokens,
+        max_num_seqs=profile.max_num_seqs,
+        max_num_batched_tokens=profile.max_num_batched_tokens,
+        max_model_len=profile.max_model_len,
+    )
+    return spec.make(PolicyContext(replica, "pool0", limits))
+
+
 def simulate_naive(
     instance: Instance,
     profile: DeploymentProfile,
@@ -450,7 +467,7 @@ def simulate_naive(
         rows = np.flatnonzero(where == k).tolist()
         if not rows:
             continue
-        replica = _Replica(rows, instance, profile, spec.make())
+        replica = _Replica(rows, instance, profile, _make(spec, k, profile))
         replica.run()
         admitted[rows] = replica.admitted_s
         first[rows] = replica.first_token_s

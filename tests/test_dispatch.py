@@ -25,9 +25,10 @@ from test_engine_equivalence import (
 
 from lsched import predictors
 from lsched.cli import main
+from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate
-from lsched.evaluator.dispatch import run_joint
+from lsched.evaluator.cluster import run_cluster
 from lsched.instance import Instance
 from lsched.policies import parse_policy
 from lsched.validator import validate_schedule
@@ -86,9 +87,9 @@ def test_joint_round_robin_equals_the_fast_path_exactly() -> None:
         policy = str(rng.choice(POLICIES))
         replicas = int(rng.choice([2, 3]))
         fast = simulate(instance, profile, policy, replicas=replicas)
-        where, engines = run_joint(
-            instance, profile, parse_policy(policy), replicas, "round-robin"
-        )
+        cluster = Cluster.colocated(profile, parse_policy(policy), replicas)
+        joint = run_cluster(instance, cluster, joint=True)
+        where, engines = joint.where, [e for e in joint.engines if e is not None]
         assert where.tolist() == fast.requests["replica"].tolist()
         for engine in engines:
             ids = np.array(engine.ids, dtype=np.int64)
@@ -135,6 +136,22 @@ def test_state_dependent_dispatch_replays_and_validates(dispatch: str) -> None:
         assert report.ok, f"{report}\n{case.describe()}"
 
 
+@pytest.mark.parametrize("dispatch", ["least-outstanding", "least-kv"])
+def test_vtc_runs_under_state_dependent_dispatch(dispatch: str) -> None:
+    """vtc reads a tenant only once its request has arrived, so it runs on a
+    replica whose requests are routed to it one by one; the reference engine,
+    given the chosen replicas, reproduces every record."""
+    rng = np.random.default_rng([20251205, len(dispatch)])
+    for _ in range(20):
+        instance, profile = _random(rng)
+        tenants = rng.choice(["a", "b", "c"], size=len(instance))
+        instance = instance.replace(tenant=tenants.tolist())
+        got = simulate(instance, profile, "vtc", replicas=2, dispatch=dispatch)
+        where = got.requests["replica"].to_numpy()
+        naive = simulate_naive(instance, profile, "vtc", replicas=2, assignment=where)
+        assert_same(Case(instance, profile, "vtc", 2, where), naive, got)
+
+
 def test_bad_dispatch_arguments() -> None:
     inst = Instance([0.0, 0.0], [1, 1], [1, 1])
     with pytest.raises(InputError, match="dispatch"):
@@ -145,9 +162,6 @@ def test_bad_dispatch_arguments() -> None:
         simulate(inst, UNIT, "fcfs", replicas=2, dispatch="least-kv", assignment=[0, 1])
     with pytest.raises(InputError, match="replicas"):
         simulate(inst, UNIT, "fcfs", replicas=0, dispatch="least-kv")
-    tenants = inst.replace(tenant=["a", "b"])
-    with pytest.raises(InputError, match="vtc"):
-        simulate(tenants, UNIT, "vtc", replicas=2, dispatch="least-outstanding")
     got = simulate(inst, UNIT, "fcfs", replicas=2, dispatch="static", assignment=[1, 1])
     assert got.requests["replica"].tolist() == [1, 1]
 

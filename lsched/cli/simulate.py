@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -9,13 +10,16 @@ import pandas as pd
 import typer
 from rich.progress import Progress
 
-from lsched.atomic import atomic_target
+from lsched.atomic import atomic_target, check_output
 from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cluster import Cluster, load_cluster
 from lsched.errors import InputError
-from lsched.evaluator import SimulationResult, simulate
+from lsched.evaluator import SimulationResult, check_dispatch, simulate_cluster
+from lsched.instance import Instance
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
+from lsched.routers import parse_router
 from lsched.traces import read_trace
 
 #: Metrics shown in the table, in order (all are in the JSON).
@@ -35,23 +39,36 @@ TABLE_METRICS: tuple[str, ...] = (
 def simulate_command(
     trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Deployment profile name or TOML.")
-    ],
+        str | None,
+        typer.Option("--model", "-m", help="Deployment profile name or TOML."),
+    ] = None,
     policy: Annotated[
-        list[str],
-        typer.Option("--policy", "-p", help="NAME[:key=value,...]; repeat to compare."),
-    ] = ["fcfs"],  # noqa: B006  (Typer reads list defaults; never mutated)
+        list[str] | None,
+        typer.Option(
+            "--policy", "-p", help="NAME[:key=value,...]; repeat to compare (fcfs)."
+        ),
+    ] = None,
     replicas: Annotated[
         int | None, typer.Option(help="Replicas (the profile's by default).")
     ] = None,
-    dispatch: Annotated[
-        str,
+    cluster_file: Annotated[
+        Path | None,
         typer.Option(
-            help="Replica dispatch: round-robin, least-outstanding (fewest "
-            "unfinished requests) or least-kv (fewest KV tokens held); the last two "
-            "simulate the replicas jointly."
+            "--cluster",
+            help="Cluster TOML (pools of replicas with their profile and policy, "
+            "and a router), instead of --model/--policy/--replicas.",
         ),
-    ] = "round-robin",
+    ] = None,
+    dispatch: Annotated[
+        str | None,
+        typer.Option(
+            "--dispatch",
+            "--router",
+            help="Router: round-robin (default), least-outstanding (fewest "
+            "unfinished requests), least-kv (fewest KV tokens held) or a registered "
+            "one; overrides a cluster file's.",
+        ),
+    ] = None,
     kv_capacity_tokens: Annotated[
         int | None,
         typer.Option(
@@ -75,13 +92,59 @@ def simulate_command(
         Path | None,
         typer.Option(help="Write per-request records (.csv or .parquet)."),
     ] = None,
+    timeline_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the iteration log as a timeline (.parquet), one row per "
+            "run and member, with a policy column."
+        ),
+    ] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
     ] = None,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
-    specs = [parse_policy(p) for p in policy]
+    for path, option in (
+        (requests_out, "requests-out"),
+        (timeline_out, "timeline-out"),
+    ):
+        if path is not None:
+            check_output(path, (trace, cluster_file), option)
+    if timeline_out is not None and timeline_out.suffix.lower() != ".parquet":
+        raise InputError(
+            f"got suffix {timeline_out.suffix!r}; expected .parquet",
+            field="timeline-out",
+        )
+    if cluster_file is not None:
+        given = [
+            name
+            for name, value in (
+                ("--model", model),
+                ("--policy", policy),
+                ("--replicas", replicas),
+                ("--set", settings),
+                ("--kv-capacity-tokens", kv_capacity_tokens),
+            )
+            if value
+        ]
+        if given:
+            raise InputError(
+                f"got {', '.join(given)} with --cluster; expected the cluster file "
+                "to say them",
+                field="cluster",
+            )
+        clusters = [load_cluster(cluster_file)]
+        if dispatch is not None:
+            clusters = [replace(clusters[0], router=parse_router(dispatch))]
+        instance, _ = read_trace(trace, format, limit=limit)
+        if predictor is not None:
+            instance = apply_predictor(instance, predictor)
+        _run(instance, clusters, json_output, requests_out, timeline_out)
+        return
+    if model is None:
+        raise InputError("expected --model PROFILE or --cluster FILE", field="model")
+    specs = [parse_policy(p) for p in policy or ["fcfs"]]
     overrides = parse_overrides(settings)
     if (
         kv_capacity_tokens is not None
@@ -93,40 +156,56 @@ def simulate_command(
             f"{overrides['kv_capacity_tokens']}; expected one capacity",
             field="kv-capacity-tokens",
         )
-    if dispatch == "static":
+    router = check_dispatch(dispatch or "round-robin", has_assignment=False)
+    if router.name == "static":
         raise InputError(
             "dispatch 'static' needs an assignment, which the CLI cannot take; "
             "expected round-robin, least-outstanding or least-kv",
             field="dispatch",
         )
+    if replicas is not None and replicas < 1:
+        raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     instance, _ = read_trace(trace, format, limit=limit)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
     profile = deployment_profile(
         model, overrides, instance, kv_capacity_tokens=kv_capacity_tokens
     )
+    clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
+    _run(instance, clusters, json_output, requests_out, timeline_out)
+
+
+def _run(
+    instance: Instance,
+    clusters: list[Cluster],
+    json_output: bool,
+    requests_out: Path | None,
+    timeline_out: Path | None,
+) -> None:
+    """Simulate each cluster; write and print what was asked for."""
     results: list[SimulationResult] = []
     with Progress(transient=True, disable=json_output) as bar:
-        for spec in specs:
-            task = bar.add_task(spec.label, total=len(instance))
+        for cluster in clusters:
+            label = " + ".join(p.policy.label for p in cluster.pools)
+            task = bar.add_task(label, total=len(instance))
             results.append(
-                simulate(
+                simulate_cluster(
                     instance,
-                    profile,
-                    spec,
-                    replicas=replicas,
-                    dispatch=dispatch,
+                    cluster,
+                    log=timeline_out is not None,
                     progress=lambda done, task=task: bar.update(task, completed=done),
                 )
             )
     if requests_out is not None:
         _write_requests(requests_out, results)
+    if timeline_out is not None:
+        _write_timeline(timeline_out, results)
     if json_output:
         print_json({"policies": [r.summary() for r in results]})
         return
     # one column per policy: metrics read down, policies compare across
     print_table(
-        f"{instance.name} on {profile.name} ({len(instance)} requests)",
+        f"{instance.name} on {results[0].profile} ({len(instance)} requests)",
         ["metric", *(r.policy for r in results)],
         [
             *([m, *(r.metrics[m] for r in results)] for m in TABLE_METRICS),
@@ -134,6 +213,14 @@ def simulate_command(
             ["runtime_s", *(r.runtime_s for r in results)],
         ],
     )
+
+
+def _write_timeline(path: Path, results: list[SimulationResult]) -> None:
+    frame = pd.concat(
+        [r.timeline().assign(policy=r.policy) for r in results], ignore_index=True
+    )
+    with atomic_target(path) as temporary:
+        frame.to_parquet(temporary, index=False)
 
 
 def _write_requests(path: Path, results: list[SimulationResult]) -> None:

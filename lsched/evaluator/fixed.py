@@ -63,7 +63,7 @@ tables are single-replica.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,14 @@ from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, assign_replicas, simulate
 from lsched.evaluator.slots import earliest_slots, integer_slots, score_start_slots
 from lsched.instance import Instance
-from lsched.policies import Batch, Policy, PolicyError, PolicySpec, ReplicaView
+from lsched.policies import (
+    Batch,
+    Policy,
+    PolicyContext,
+    PolicyError,
+    PolicySpec,
+    ReplicaView,
+)
 from lsched.profile import FEATURES, DeploymentProfile, IterationTime
 
 IntArray = npt.NDArray[np.int64]
@@ -154,10 +161,10 @@ class _OnReplica:
 class ScheduleSpec(PolicySpec):
     """A :class:`~lsched.policies.PolicySpec` that replays a fixed schedule.
 
-    ``params`` holds one parameter object per non-empty replica, in replica
-    order; the ``k``-th call of :meth:`make` builds the policy of replica ``k``
-    (cyclically, so the spec can be simulated again). Not in the policy registry:
-    a schedule is data, not a ``name:key=value`` string.
+    ``params`` holds one parameter object per replica (``None`` for a replica
+    that serves nothing); :meth:`make` builds the policy of the replica its
+    context names. Not in the policy registry: a schedule is data, not a
+    ``name:key=value`` string.
 
     Attributes
     ----------
@@ -168,17 +175,19 @@ class ScheduleSpec(PolicySpec):
     """
 
     build: Callable[[Any], Policy]
-    arrival_s: tuple[FloatArray, ...]
-    prompt_tokens: tuple[IntArray, ...]
-    # calls of make() so far: mutable state in a frozen spec, on purpose
-    _made: list[int] = field(default_factory=lambda: [0], repr=False)
+    arrival_s: tuple[FloatArray | None, ...]
+    prompt_tokens: tuple[IntArray | None, ...]
 
-    def make(self) -> Policy:
-        k = self._made[0] % len(self.params)
-        self._made[0] += 1
-        return _OnReplica(
-            self.build(self.params[k]), k, self.arrival_s[k], self.prompt_tokens[k]
-        )
+    def make(self, context: PolicyContext | None = None) -> Policy:
+        k = 0 if context is None else context.replica
+        if k >= len(self.params) or self.params[k] is None:
+            raise PolicyError(
+                f"the schedule has no requests for replica {k}: simulate it with "
+                "the replicas and assignment it was prepared for"
+            )
+        arrival_s, prompt = self.arrival_s[k], self.prompt_tokens[k]
+        assert arrival_s is not None and prompt is not None
+        return _OnReplica(self.build(self.params[k]), k, arrival_s, prompt)
 
     @property
     def label(self) -> str:
@@ -336,13 +345,16 @@ def start_slots_spec(
             field="assignment",
         )
     where = assign_replicas(instance, replicas, assignment)
-    groups = [ids for c in range(replicas) if len(ids := np.flatnonzero(where == c))]
+    groups = [ids if len(ids := np.flatnonzero(where == c)) else None
+              for c in range(replicas)]  # fmt: skip
     return ScheduleSpec(
         "start-slots",
-        tuple(StartSlotsParams(slots[ids]) for ids in groups),
+        tuple(None if g is None else StartSlotsParams(slots[g]) for g in groups),
         build=StartSlots,
-        arrival_s=tuple(instance.arrival_s[ids] for ids in groups),
-        prompt_tokens=tuple(instance.prompt_tokens[ids] for ids in groups),
+        arrival_s=tuple(None if g is None else instance.arrival_s[g] for g in groups),
+        prompt_tokens=tuple(
+            None if g is None else instance.prompt_tokens[g] for g in groups
+        ),
     )
 
 

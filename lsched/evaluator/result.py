@@ -12,7 +12,14 @@ column               meaning
 ``completion_s``     end of the iteration that emitted token ``o_i``
 ``preemptions``      times it was preempted (recompute)
 ``recomputed_tokens`` KV tokens it lost to preemption and computed again
+``pool``             the replica's pool ("" if rejected)
+``rejected``         the router's reason for rejecting it, "" if served (a
+                     rejected request has replica -1 and no times)
 ==================== ==============================================================
+
+Per replica and per pool (``replica_metrics``, ``pool_metrics``): the metrics of
+:mod:`lsched.metrics` over the requests each served, with its own busy time, KV
+and capacity, plus ``iterations``.
 
 The iteration log is stored as *runs*: maximal stretches of iterations in which the
 batch keeps the same members (one iteration for a batch with prefill; many for a
@@ -76,6 +83,8 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "completion_s",
     "preemptions",
     "recomputed_tokens",
+    "pool",
+    "rejected",
 )
 
 
@@ -101,6 +110,9 @@ class SimulationResult:
         Wall-clock seconds the simulation took.
     runs, members, preemptions
         The iteration log, when it was asked for.
+    replica_metrics, pool_metrics
+        The metrics per replica (index ``replica``, with its ``pool``) and per
+        pool (index ``pool``, with its ``profile``, ``policy``, ``replicas``).
     """
 
     policy: str
@@ -113,6 +125,8 @@ class SimulationResult:
     runs: pd.DataFrame | None = None
     members: pd.DataFrame | None = None
     preemptions: pd.DataFrame | None = field(default=None)
+    replica_metrics: pd.DataFrame | None = field(default=None)
+    pool_metrics: pd.DataFrame | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary the CLI prints per policy."""
@@ -123,6 +137,8 @@ class SimulationResult:
             "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
             "iterations": self.iterations,
             "runtime_s": self.runtime_s,
+            "pools": _records(self.pool_metrics),
+            "per_replica": _records(self.replica_metrics),
         }
 
     @property
@@ -130,6 +146,20 @@ class SimulationResult:
         """The metrics as a one-row DataFrame indexed by policy (for concatenation)."""
         return pd.DataFrame(
             [self.metrics], index=pd.Index([self.policy], name="policy")
+        )
+
+    def timeline(self) -> pd.DataFrame:
+        """The iteration log as one table, one row per (run, member): the run's
+        columns (replica, times, features, KV) and the member's (request, kind,
+        tokens, processed_before); a run with no member (none today) would be
+        dropped. Raises if the log was not kept (``log=True``)."""
+        if self.runs is None or self.members is None:
+            raise ValueError("no iteration log: simulate with log=True")
+        return (
+            self.runs.reset_index()
+            .merge(self.members, on="run", how="inner")
+            .sort_values(["run", "request"], kind="stable")
+            .reset_index(drop=True)
         )
 
     def to_json(self, *, include_log: bool = False) -> str:
@@ -146,6 +176,13 @@ class SimulationResult:
             if table is not None:
                 record[name] = json.loads(table.to_json(orient="records"))
         return json.dumps(record)
+
+
+def _records(frame: pd.DataFrame | None) -> list[dict[str, Any]] | None:
+    """A per-replica or per-pool table as JSON-ready rows (index included)."""
+    if frame is None:
+        return None
+    return json.loads(frame.reset_index().to_json(orient="records"))
 
 
 def _json_number(value: float) -> float | None:

@@ -74,7 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lsched.errors import InputError
-from lsched.policies.base import Batch, IntArray, ReplicaView
+from lsched.policies.base import Batch, IntArray, PolicyContext, ReplicaView
 from lsched.policies.fcfs import Fcfs, FcfsParams
 
 
@@ -116,10 +116,15 @@ class Vtc(Fcfs):
 
     name = "vtc"
 
-    def __init__(self, params: VtcParams | None = None) -> None:
+    def __init__(
+        self, params: VtcParams | None = None, context: PolicyContext | None = None
+    ) -> None:
         super().__init__(FcfsParams(chunked=True))
         self.vtc = params or VtcParams()
-        self._codes: IntArray | None = None  # tenant index per local request
+        # every tenant of the workload, sorted; None: taken from the replica's
+        # tenant column at the first call (a policy built without a context)
+        self._tenants = None if context is None else context.tenants
+        self._codes = np.zeros(0, dtype=np.int64)  # tenant index per arrived request
         self._lift = np.zeros(0)  # lift offset per tenant
         self._charged = np.zeros(0, dtype=bool)  # admitted at least once
         self._seen = 0  # arrivals seen at the previous call
@@ -128,17 +133,24 @@ class Vtc(Fcfs):
     # -- counters ----------------------------------------------------------------
 
     def _setup(self, view: ReplicaView) -> IntArray:
-        if self._codes is None:
-            if view.tenant is None:
-                raise InputError(
-                    "policy 'vtc' shares service across tenants but the instance "
-                    "has no tenant column",
-                    field="tenant",
-                )
-            _, codes = np.unique(np.asarray(view.tenant), return_inverse=True)
-            self._codes = codes.astype(np.int64).ravel()
-            self._lift = np.zeros(int(self._codes.max(initial=-1)) + 1)
-            self._charged = np.zeros(len(self._codes), dtype=bool)
+        """Tenant codes of the arrived requests (read only as they arrive, so the
+        policy works on a replica whose requests are routed to it one by one)."""
+        if view.tenant is None:
+            raise InputError(
+                "policy 'vtc' shares service across tenants but the instance "
+                "has no tenant column",
+                field="tenant",
+            )
+        if self._tenants is None:
+            self._tenants = tuple(str(t) for t in np.unique(view.tenant))
+        if len(self._lift) == 0:
+            self._lift = np.zeros(len(self._tenants))
+            self._charged = np.zeros(len(view.tenant), dtype=bool)
+        seen, n = len(self._codes), view.num_arrived
+        if n > seen:
+            names = np.asarray(view.tenant[seen:n]).astype(str)
+            new = np.searchsorted(np.array(self._tenants), names).astype(np.int64)
+            self._codes = np.concatenate([self._codes, new])
         return self._codes
 
     def counters(self, view: ReplicaView) -> np.ndarray:

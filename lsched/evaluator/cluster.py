@@ -1,0 +1,518 @@
+"""The cluster loop: every replica of every pool, and the router between them.
+
+:func:`run_cluster` replays an instance on a :class:`~lsched.cluster.Cluster`.
+Each replica is a :class:`~lsched.evaluator.engine.ReplicaEngine` with its pool's
+profile and a fresh policy built with its :class:`~lsched.policies.PolicyContext`
+(replica id, pool, limits, the workload's tenants). The router
+(:mod:`lsched.routers`) is called once per request in arrival order.
+
+Two ways through, with the same results
+---------------------------------------
+*A stateless router* (round robin, static) reads nothing of the replicas: every
+request is routed up front and each replica runs alone, start to end. Replicas
+do not interact, so this is the joint run in time below, without its cost.
+
+*A router that reads state* needs the replicas advanced jointly in time. Arrivals
+are taken in instance order; before arrival ``i`` at ``a_i`` is routed, every
+replica is advanced as far as the arrival cannot change it: every iteration that
+starts at a boundary ``t`` with ``a_i > t + ARRIVAL_TOLERANCE_S`` (where the
+engine would not see the request yet) runs. A replica then sits at its first
+boundary at or after ``a_i`` (where its policy would first see the request), or
+in a held decode stretch or an idle spell that spans ``a_i`` and is not yet
+committed. The router reads the replica's state **at that first boundary at or
+after** ``a_i`` (for a pending held stretch in closed form: ``j`` more
+iterations, ``j * d`` more KV tokens, no completion before the stretch's end). A
+real router reads the state one iteration earlier at most; the difference is at
+most one iteration's completions and KV growth.
+
+Exactness. A held stretch (or an idle spell waiting on a clock) is committed only
+once it is known not to be cut by a request routed to its own replica: it runs in
+one piece exactly as when the replica runs alone, and is cut at an arrival only
+when that arrival joins its replica. So the joint run with round-robin routing
+gives bit-for-bit the per-request times of the stateless path
+(``tests/test_dispatch.py`` checks it).
+
+Engine arrays. In the joint run each replica's engine has room for every request
+(one entry per instance request, ``+inf`` arrival times at the unused tail, which
+the engine never reaches); routing writes the next entry. A policy sees only its
+arrived requests' entries, as the policy contract says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lsched.cluster import Cluster
+from lsched.errors import InputError
+from lsched.evaluator.engine import ReplicaEngine
+from lsched.evaluator.stretch import DecodeStretch
+from lsched.instance import Instance
+from lsched.policies import ARRIVAL_TOLERANCE_S, Batch, PolicyContext, ReplicaLimits
+from lsched.policies.base import restore_policy, snapshot_policy
+from lsched.profile import DeploymentProfile
+from lsched.registry import positional_arity
+from lsched.routers import ClusterView, Reject, RouterContext, is_stateless
+
+#: The replica of a request a router rejected.
+REJECTED = -1
+
+
+@dataclass
+class ClusterRun:
+    """What :func:`run_cluster` leaves: the replica of every request (or
+    :data:`REJECTED`), the rejection reasons and each replica's engine (``None``
+    for a replica that served nothing); engine ``c``'s local request ``k`` is
+    instance request ``ids[c][k]``."""
+
+    where: np.ndarray
+    reasons: dict[int, str]
+    engines: list[ReplicaEngine | None]
+    ids: list[np.ndarray]
+
+
+def limits_of(profile: DeploymentProfile) -> ReplicaLimits:
+    """The limits a replica of ``profile`` enforces."""
+    return ReplicaLimits(
+        kv_capacity_blocks=profile.kv_capacity_blocks,
+        block_tokens=profile.block_tokens,
+        max_num_seqs=profile.max_num_seqs,
+        max_num_batched_tokens=profile.max_num_batched_tokens,
+        max_model_len=profile.max_model_len,
+    )
+
+
+def make_policy(spec: object, context: PolicyContext) -> object:
+    """A fresh policy from ``spec`` for the replica of ``context``; a spec whose
+    ``make()`` takes no context (written before contexts) still works."""
+    make = spec.make  # type: ignore[attr-defined]
+    return make(context) if positional_arity(make) >= 1 else make()
+
+
+def _contexts(instance: Instance, cluster: Cluster) -> list[PolicyContext]:
+    tenants = None
+    if instance.tenant is not None:
+        tenants = tuple(str(t) for t in np.unique(instance.tenant))
+    contexts = []
+    for c, k in enumerate(cluster.replica_pool.tolist()):
+        pool = cluster.pools[k]
+        contexts.append(
+            PolicyContext(c, pool.name, limits_of(pool.profile), tenants=tenants)
+        )
+    return contexts
+
+
+def _router_context(cluster: Cluster, assignment: np.ndarray | None) -> RouterContext:
+    pools = [cluster.pools[k] for k in cluster.replica_pool.tolist()]
+    return RouterContext(
+        replicas=cluster.num_replicas,
+        pool=tuple(p.name for p in pools),
+        kv_capacity_tokens=tuple(p.profile.kv_capacity_tokens for p in pools),
+        assignment=assignment,
+    )
+
+
+def _view(
+    context: RouterContext,
+    instance: Instance,
+    i: int,
+    state: Callable[[int], tuple[int, int]] | None,
+) -> ClusterView:
+    pred, tenant, prio = (
+        instance.predicted_output_tokens,
+        instance.tenant,
+        instance.priority,
+    )
+    return ClusterView(
+        context,
+        i,
+        float(instance.arrival_s[i]),
+        int(instance.prompt_tokens[i]),
+        state,
+        predicted_output_tokens=None if pred is None else int(pred[i]),
+        tenant=None if tenant is None else str(tenant[i]),
+        priority=None if prio is None else int(prio[i]),
+    )
+
+
+def _decision(choice: object, i: int, replicas: int) -> int | Reject:
+    if isinstance(choice, Reject):
+        return choice
+    if (
+        isinstance(choice, bool)
+        or not isinstance(choice, int | np.integer)
+        or not 0 <= choice < replicas
+    ):
+        raise InputError(
+            f"the router sent request {i} to {choice!r}; expected a replica id in "
+            f"0..{replicas - 1} or a Reject",
+            field="router",
+        )
+    return int(choice)
+
+
+def _check_fits(instance: Instance, i: int, cluster: Cluster, c: int) -> None:
+    profile = cluster.pool_of(c).profile
+    peak = int(instance.prompt_tokens[i] + instance.output_tokens[i] - 1)
+    if profile.kv_capacity_blocks < -(-peak // profile.block_tokens):
+        raise InputError(
+            f"the router sent request {i} (peak KV {peak} tokens) to replica {c} "
+            f"of pool {cluster.pool_of(c).name!r}, whose capacity is "
+            f"{profile.kv_capacity_tokens} tokens: it could never complete there",
+            field="router",
+        )
+
+
+def run_cluster(
+    instance: Instance,
+    cluster: Cluster,
+    *,
+    assignment: np.ndarray | None = None,
+    log: bool = False,
+    on_finished: Callable[[int], None] | None = None,
+    joint: bool | None = None,
+) -> ClusterRun:
+    """Replay ``instance`` on ``cluster`` to the end (:class:`ClusterSim`)."""
+    sim = ClusterSim(
+        instance,
+        cluster,
+        assignment=assignment,
+        log=log,
+        on_finished=on_finished,
+        joint=joint,
+    )
+    sim.run()
+    return sim.outcome()
+
+
+class ClusterSim:
+    """A cluster replay that can stop at a time, go on, and be snapshotted.
+
+    Parameters
+    ----------
+    instance, cluster
+        The requests and the cluster.
+    assignment
+        For the ``static`` router: a checked replica id per request.
+    log
+        Keep every replica's iteration log.
+    on_finished
+        Called with the number of requests each completion event finishes.
+    joint
+        Run the replicas jointly in time even under a stateless router (for
+        checking the two ways against each other); by default only when the
+        router reads state.
+
+    Raises
+    ------
+    InputError
+        If the router sends a request to a replica where it can never fit, or
+        returns something that is no replica id.
+    PolicyError
+        If a policy returns a batch that breaks the model's rules, or stalls.
+    """
+
+    def __init__(
+        self,
+        instance: Instance,
+        cluster: Cluster,
+        *,
+        assignment: np.ndarray | None = None,
+        log: bool = False,
+        on_finished: Callable[[int], None] | None = None,
+        joint: bool | None = None,
+    ) -> None:
+        self.instance = instance
+        self.cluster = cluster
+        self.context = _router_context(cluster, assignment)
+        self.router = cluster.router.make(self.context)
+        contexts = _contexts(instance, cluster)
+        self.joint = not is_stateless(self.router) if joint is None else joint
+        n = len(instance)
+        self.where = np.full(n, REJECTED, dtype=np.int64)
+        self.reasons: dict[int, str] = {}
+        self.routed = 0  # requests routed so far (instance order)
+        if self.joint:
+            self.engines: list[ReplicaEngine] = [
+                JointEngine(
+                    n,
+                    instance,
+                    cluster.pool_of(c).profile,
+                    make_policy(cluster.pool_of(c).policy, contexts[c]),
+                    log=log,
+                    on_finished=on_finished,
+                )
+                for c in range(cluster.num_replicas)
+            ]
+            return
+        # stateless: route every request now, then each replica is independent
+        for i in range(n):
+            self._route(i, None)
+        self.routed = n
+        self.engines = []
+        for c in range(cluster.num_replicas):
+            ids = np.flatnonzero(self.where == c)
+            self.engines.append(
+                _replica_engine(
+                    instance, ids, cluster, c, contexts[c], log, on_finished
+                )
+            )
+
+    def _route(self, i: int, state: Callable[[int], tuple[int, int]] | None) -> int:
+        """Route request ``i``; its replica or :data:`REJECTED`."""
+        view = _view(self.context, self.instance, i, state)
+        choice = _decision(self.router.route(view), i, self.cluster.num_replicas)
+        if isinstance(choice, Reject):
+            self.reasons[i] = choice.reason
+            return REJECTED
+        _check_fits(self.instance, i, self.cluster, choice)
+        self.where[i] = choice
+        return choice
+
+    def run(self, until_s: float = math.inf) -> bool:
+        """Run until every request is done, or until ``until_s``: every replica
+        then sits at its first iteration boundary at or after ``until_s`` (or in
+        a held stretch or idle spell that spans it), and every request arriving
+        before ``until_s`` is routed. Returns whether everything is done."""
+        if not self.joint:
+            done = [e.run(until_s) for e in self.engines]  # every one, no short cut
+            return all(done)
+        arrival = self.instance.arrival_s
+        engines: list[JointEngine] = self.engines  # type: ignore[assignment]
+        n = len(self.instance)
+        while self.routed < n and arrival[self.routed] < until_s:
+            i = self.routed
+            t = float(arrival[i])
+            for engine in engines:
+                engine.advance(t)
+            c = self._route(i, lambda c, t=t: engines[c].state_at(t))
+            if c != REJECTED:
+                engines[c].add(self.instance, i)
+            self.routed += 1
+        for engine in engines:
+            engine.advance(until_s)
+        return self.routed == n and all(e.done == e.m for e in engines)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state (every engine's, the router's, routing so far), for
+        :meth:`restore`."""
+        return {
+            "engines": [e.snapshot() for e in self.engines],
+            "router": snapshot_policy(self.router),
+            "where": self.where.copy(),
+            "reasons": dict(self.reasons),
+            "routed": self.routed,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put the replay back in a :meth:`snapshot` (which stays reusable)."""
+        for engine, saved in zip(self.engines, state["engines"], strict=True):
+            engine.restore(saved)
+        restore_policy(self.router, state["router"])
+        np.copyto(self.where, state["where"])
+        self.reasons = dict(state["reasons"])
+        self.routed = state["routed"]
+
+    def outcome(self) -> ClusterRun:
+        """Where every request went and the engines (after :meth:`run`)."""
+        if self.joint:
+            engines: list[JointEngine] = self.engines  # type: ignore[assignment]
+            ids = [np.array(e.ids, dtype=np.int64) for e in engines]
+        else:
+            ids = [np.flatnonzero(self.where == c) for c in range(len(self.engines))]
+        return ClusterRun(
+            self.where,
+            self.reasons,
+            [e if len(k) else None for e, k in zip(self.engines, ids, strict=True)],
+            ids,
+        )
+
+
+def _replica_engine(
+    instance: Instance,
+    ids: np.ndarray,
+    cluster: Cluster,
+    c: int,
+    context: PolicyContext,
+    log: bool,
+    on_finished: Callable[[int], None] | None,
+) -> ReplicaEngine:
+    """The engine of replica ``c`` serving the requests ``ids``."""
+    predicted = instance.predicted_output_tokens
+    pool = cluster.pool_of(c)
+    return ReplicaEngine(
+        instance.arrival_s[ids],
+        instance.prompt_tokens[ids],
+        instance.output_tokens[ids],
+        None if predicted is None else predicted[ids],
+        pool.profile,
+        make_policy(pool.policy, context),  # type: ignore[arg-type]
+        log=log,
+        on_finished=on_finished,
+        priority=None if instance.priority is None else instance.priority[ids],
+        tenant=None if instance.tenant is None else instance.tenant[ids],
+    )
+
+
+class JointEngine(ReplicaEngine):
+    """A replica engine that receives requests while it runs.
+
+    :meth:`advance` runs everything an arrival at ``t`` cannot change;
+    :meth:`add` routes a request to it; :meth:`state_at` is what a router reads.
+    Reading and committing stretches reuses :meth:`ReplicaEngine._stretch_length`
+    and :meth:`ReplicaEngine._decode_stretch`.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        instance: Instance,
+        profile: DeploymentProfile,
+        policy: object,
+        *,
+        log: bool,
+        on_finished: Callable[[int], None] | None,
+    ) -> None:
+        pred = instance.predicted_output_tokens
+        # the arrays the engine shows read-only views of; add() writes into them
+        self._pred = None if pred is None else np.ones(capacity, dtype=np.int64)
+        self._prio = (
+            None
+            if instance.priority is None
+            else np.zeros(capacity, dtype=instance.priority.dtype)
+        )
+        self._tenant = (
+            None
+            if instance.tenant is None
+            else np.full(capacity, instance.tenant[0], dtype=instance.tenant.dtype)
+        )
+        super().__init__(
+            np.full(capacity, np.inf),
+            np.ones(capacity, dtype=np.int64),
+            np.ones(capacity, dtype=np.int64),
+            self._pred,
+            profile,
+            policy,  # type: ignore[arg-type]
+            log=log,
+            on_finished=on_finished,
+            priority=self._prio,
+            tenant=self._tenant,
+        )
+        self.m = 0
+        self.now_s = -math.inf
+        self.ids: list[int] = []  # instance position of every local request
+        self.pending: Batch | None = None  # a held or empty batch not yet run
+
+    def add(self, instance: Instance, i: int) -> None:
+        """Route request ``i`` of ``instance`` to this replica."""
+        k = self.m
+        self.arrival_s[k] = instance.arrival_s[i]
+        self.prompt[k] = instance.prompt_tokens[i]
+        self.output[k] = instance.output_tokens[i]
+        if self._pred is not None:
+            self._pred[k] = instance.predicted_output_tokens[i]  # type: ignore[index]
+        if self._prio is not None:
+            self._prio[k] = instance.priority[i]  # type: ignore[index]
+        if self._tenant is not None:
+            self._tenant[k] = instance.tenant[i]  # type: ignore[index]
+        self.m += 1
+        self.ids.append(i)
+
+    def snapshot(self) -> dict[str, Any]:
+        """:meth:`ReplicaEngine.snapshot` plus the requests routed here."""
+        state = super().snapshot()
+        state["joint"] = (
+            self.m,
+            list(self.ids),
+            self.pending,
+            [a.copy() for a in self._routed_arrays()],
+        )
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """:meth:`ReplicaEngine.restore` plus the requests routed here."""
+        super().restore(state)
+        self.m, ids, self.pending, arrays = state["joint"]
+        self.ids = list(ids)
+        for array, saved in zip(self._routed_arrays(), arrays, strict=True):
+            np.copyto(array, saved)
+
+    def _routed_arrays(self) -> list[np.ndarray]:
+        arrays = [self.arrival_s, self.prompt, self.output]
+        return arrays + [
+            a for a in (self._pred, self._prio, self._tenant) if a is not None
+        ]
+
+    def advance(self, t: float) -> None:
+        """Run every step that an arrival at ``t`` (``inf``: none) cannot change."""
+        while True:
+            if self.pending is not None:
+                if not self._resume(t):
+                    return
+                continue
+            if self.done >= self.m or t <= self.now_s + ARRIVAL_TOLERANCE_S:
+                return
+            self._arrive()
+            if not self.running and not self._has_waiting():
+                if self.num_arrived == self.m:
+                    return  # idle until a request is routed here
+                self.now_s = max(self.now_s, float(self.arrival_s[self.num_arrived]))
+                continue
+            batch = self.policy.decide(self._view())
+            run = len(self.log.runs) if self.log is not None else -1
+            self._preempt(batch.preempt, run)
+            if batch.is_empty:
+                self.pending = batch
+                continue
+            grow = self._check(batch)
+            self._admit(batch.prefill)
+            if batch.hold and len(batch.prefill) == 0 and len(batch.preempt) == 0:
+                self.pending = batch
+            else:
+                self._iteration(batch, grow)
+
+    def _cut(self, t: float) -> tuple[DecodeStretch, int, int]:
+        """The pending stretch, its length and its length if cut at ``t``."""
+        assert self.pending is not None
+        stretch, n = self._stretch_length(self.pending)
+        j = n
+        if n > 1 and t < math.inf:
+            j = stretch.iterations_until((t - ARRIVAL_TOLERANCE_S) - self.now_s, n)
+        return stretch, n, j
+
+    def _resume(self, t: float) -> bool:
+        """Commit the pending batch if ``t`` cannot change it; True if committed."""
+        batch = self.pending
+        assert batch is not None
+        if batch.is_empty:
+            if self.num_arrived < self.m:
+                self._idle(batch)  # a known arrival of its own comes first
+            elif batch.wake_at_s is not None and batch.wake_at_s > self.now_s:
+                if batch.wake_at_s > t:
+                    return False  # a request routed here at t would come first
+                self.now_s = batch.wake_at_s
+            elif t < math.inf:
+                return False  # waits for a request to be routed here
+            else:
+                self._idle(batch)  # nothing left to wait for: the stall error
+        else:
+            stretch, n, j = self._cut(t)
+            if j < n:
+                return False
+            self._decode_stretch(batch, (stretch, n))
+        self.pending = None
+        return True
+
+    def state_at(self, t: float) -> tuple[int, int]:
+        """(unfinished requests, KV tokens held) at the first boundary at or after
+        ``t``, after :meth:`advance` to ``t``."""
+        unfinished = self.m - self.done
+        batch = self.pending
+        if batch is None or batch.is_empty:
+            return unfinished, self.kv.held_tokens
+        _, _, j = self._cut(t)  # j < n: no completion before the boundary
+        return unfinished, self.kv.held_tokens + j * len(batch.decode)

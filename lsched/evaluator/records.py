@@ -1,0 +1,241 @@
+"""Records of a cluster run: per request, per replica, per pool, and the log.
+
+:func:`collect` turns a :class:`~lsched.evaluator.cluster.ClusterRun` into a
+:class:`~lsched.evaluator.result.SimulationResult`. Metrics (:mod:`lsched.metrics`)
+are computed over the *served* requests: a rejected request is counted
+(``num_rejected``), excluded from latency metrics, and a miss for SLO attainment
+(the attainment over served requests times the served share). Per replica and per
+pool the same metrics are computed over the requests each served, with its own
+busy time, KV integral and capacity (so each one's makespan is its own).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from lsched.cluster import Cluster
+from lsched.evaluator.cluster import REJECTED, ClusterRun
+from lsched.evaluator.engine import ReplicaEngine
+from lsched.evaluator.result import (
+    MEMBER_COLUMNS,
+    REQUEST_COLUMNS,
+    RUN_COLUMNS,
+    SimulationResult,
+)
+from lsched.instance import Instance
+from lsched.metrics import schedule_metrics
+
+
+def collect(
+    instance: Instance,
+    cluster: Cluster,
+    run: ClusterRun,
+    log: bool,
+    runtime_s: float,
+) -> SimulationResult:
+    """The result of ``run``: records, metrics (total, per replica, per pool) and,
+    when ``log``, the iteration log."""
+    n = len(instance)
+    pool_of = cluster.replica_pool
+    served = run.where != REJECTED
+    columns: dict[str, np.ndarray] = {
+        "replica": run.where,
+        "admitted_s": np.full(n, np.nan),
+        "first_token_s": np.full(n, np.nan),
+        "completion_s": np.full(n, np.nan),
+        "preemptions": np.zeros(n, dtype=np.int64),
+        "recomputed_tokens": np.zeros(n, dtype=np.int64),
+        "pool": np.array(
+            [cluster.pools[k].name for k in pool_of[np.maximum(run.where, 0)]]
+            if n
+            else [],
+            dtype=object,
+        ),
+        "rejected": np.full(n, "", dtype=object),
+    }
+    columns["pool"][~served] = ""
+    for i, reason in run.reasons.items():
+        columns["rejected"][i] = reason
+    runs: list[pd.DataFrame] = []
+    members: list[pd.DataFrame] = []
+    preempted: list[pd.DataFrame] = []
+    for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
+        if engine is None:
+            continue
+        m = len(ids)
+        columns["admitted_s"][ids] = engine.admitted_s[:m]
+        columns["first_token_s"][ids] = engine.first_token_s[:m]
+        columns["completion_s"][ids] = engine.completion_s[:m]
+        columns["preemptions"][ids] = engine.preemptions[:m]
+        columns["recomputed_tokens"][ids] = engine.recomputed[:m]
+        if engine.log is not None:
+            offset = sum(len(r) for r in runs)
+            runs.append(_runs_frame(engine, c, offset))
+            members.append(_members_frame(engine.log.members, ids, offset))
+            preempted.append(
+                pd.DataFrame(
+                    [(r + offset, int(ids[k])) for r, k in engine.log.preemptions],
+                    columns=["run", "request"],
+                    dtype=np.int64,
+                )
+            )
+    requests = pd.DataFrame(columns, columns=list(REQUEST_COLUMNS))
+    engines = [e for e in run.engines if e is not None]
+    profiles = dict.fromkeys(p.profile.name for p in cluster.pools)
+    return SimulationResult(
+        policy=" + ".join(dict.fromkeys(p.policy.label for p in cluster.pools)),
+        profile=" + ".join(profiles),
+        replicas=cluster.num_replicas,
+        requests=requests,
+        metrics=_metrics(instance, requests, engines, cluster, list(range(n))),
+        iterations=sum(e.iterations for e in engines),
+        runtime_s=runtime_s,
+        runs=_concat(runs, RUN_COLUMNS, index="run") if log else None,
+        members=_concat(members, MEMBER_COLUMNS) if log else None,
+        preemptions=_concat(preempted, ("run", "request")) if log else None,
+        replica_metrics=_replica_metrics(instance, requests, run, cluster),
+        pool_metrics=_pool_metrics(instance, requests, run, cluster),
+    )
+
+
+def _metrics(
+    instance: Instance,
+    requests: pd.DataFrame,
+    engines: list[ReplicaEngine],
+    cluster: Cluster | None,
+    rows: list[int],
+    *,
+    replicas: int | None = None,
+    capacity_tokens: float | None = None,
+) -> dict[str, float]:
+    """Metrics of the requests ``rows`` served by ``engines``; by default over
+    the whole cluster."""
+    if cluster is not None:
+        replicas = cluster.num_replicas
+        capacity_tokens = (
+            sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
+            / replicas
+        )
+    part = requests.iloc[rows]
+    served = (part["replica"] != REJECTED).to_numpy()
+    ids = np.asarray(rows, dtype=np.int64)[served]
+    subset = instance if served.all() and len(ids) == len(instance) else None
+    if subset is None:
+        subset = instance.subset(ids)
+    assert replicas is not None and capacity_tokens is not None
+    metrics = schedule_metrics(
+        subset,
+        part["first_token_s"].to_numpy()[served],
+        part["completion_s"].to_numpy()[served],
+        busy_s=sum(e.busy_s for e in engines),
+        kv_token_seconds=sum(e.kv_token_seconds for e in engines),
+        kv_capacity_tokens=capacity_tokens,  # type: ignore[arg-type]
+        replicas=replicas,
+        preemptions=int(part["preemptions"].sum()),
+        recomputed_tokens=int(part["recomputed_tokens"].sum()),
+    )
+    rejected = int((~served).sum())
+    metrics["num_rejected"] = float(rejected)
+    if rejected and not math.isnan(metrics["slo_attainment"]):
+        metrics["slo_attainment"] *= len(ids) / len(rows)  # a rejection is a miss
+    return metrics
+
+
+def _replica_metrics(
+    instance: Instance, requests: pd.DataFrame, run: ClusterRun, cluster: Cluster
+) -> pd.DataFrame:
+    rows = []
+    for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
+        pool = cluster.pool_of(c)
+        record: dict[str, object] = {"replica": c, "pool": pool.name}
+        record |= {"num_completed": 0.0, "iterations": 0}
+        if engine is not None:
+            record |= _metrics(
+                instance,
+                requests,
+                [engine],
+                None,
+                ids.tolist(),
+                replicas=1,
+                capacity_tokens=pool.profile.kv_capacity_tokens,
+            )
+            record["iterations"] = engine.iterations
+        rows.append(record)
+    return pd.DataFrame(rows).set_index("replica")
+
+
+def _pool_metrics(
+    instance: Instance, requests: pd.DataFrame, run: ClusterRun, cluster: Cluster
+) -> pd.DataFrame:
+    rows = []
+    pool_of = cluster.replica_pool
+    for k, pool in enumerate(cluster.pools):
+        members = np.flatnonzero(pool_of == k).tolist()
+        engines = [run.engines[c] for c in members if run.engines[c] is not None]
+        ids = (
+            np.sort(np.concatenate([run.ids[c] for c in members]))
+            if members
+            else np.zeros(0, np.int64)
+        )
+        record: dict[str, object] = {
+            "pool": pool.name,
+            "profile": pool.profile.name,
+            "policy": pool.policy.label,
+            "replicas": pool.replicas,
+            "num_completed": 0.0,
+            "iterations": 0,
+        }
+        if len(ids):
+            record |= _metrics(
+                instance,
+                requests,
+                engines,  # type: ignore[arg-type]
+                None,
+                ids.tolist(),
+                replicas=pool.replicas,
+                capacity_tokens=pool.profile.kv_capacity_tokens,
+            )
+            record["iterations"] = sum(e.iterations for e in engines)  # type: ignore[union-attr]
+        rows.append(record)
+    return pd.DataFrame(rows).set_index("pool")
+
+
+def _runs_frame(engine: ReplicaEngine, replica: int, offset: int) -> pd.DataFrame:
+    assert engine.log is not None
+    frame = pd.DataFrame(engine.log.runs, columns=list(RUN_COLUMNS[1:]))
+    frame.insert(0, "replica", replica)
+    frame.index = pd.RangeIndex(offset, offset + len(frame), name="run")
+    return frame
+
+
+def _members_frame(
+    parts: list[tuple[np.ndarray, ...]], ids: np.ndarray, offset: int
+) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame(columns=list(MEMBER_COLUMNS))
+    run, local, kind, tokens, before = (
+        np.concatenate(c) for c in zip(*parts, strict=True)
+    )
+    return pd.DataFrame(
+        {
+            "run": run + offset,
+            "request": ids[local],
+            "kind": kind,
+            "tokens": tokens,
+            "processed_before": before,
+        }
+    )
+
+
+def _concat(
+    frames: list[pd.DataFrame], columns: tuple[str, ...], index: str | None = None
+) -> pd.DataFrame:
+    if not frames:
+        frame = pd.DataFrame(columns=list(columns))
+        if index:
+            frame.index.name = index
+        return frame
+    return pd.concat(frames, ignore_index=index is None)
