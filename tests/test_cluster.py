@@ -20,11 +20,11 @@ from reference_engine import simulate_naive
 from test_engine_equivalence import PROFILES, TIME_SCALE_S, random_instance
 
 import lsched
-from lsched import predictors
+from lsched import plots, predictors
 from lsched.cli import main
 from lsched.cluster import Cluster, Pool, load_cluster
 from lsched.errors import InputError
-from lsched.evaluator import simulate, simulate_cluster
+from lsched.evaluator import SimulationResult, simulate, simulate_cluster
 from lsched.evaluator.cluster import ClusterSim, limits_of
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.records import collect
@@ -32,6 +32,7 @@ from lsched.instance import Instance
 from lsched.policies import REGISTRY, Batch, PolicyContext, ReplicaView, parse_policy
 from lsched.routers import REGISTRY as ROUTERS
 from lsched.routers import ClusterView, Reject
+from lsched.traces import read_trace
 
 UNIT = PROFILES["unit-slot"]
 SMALL = UNIT.replace(kv_capacity_tokens=120, max_num_seqs=3)
@@ -288,7 +289,7 @@ def test_pool_and_replica_metrics_match_the_records() -> None:
     assert got.pool_metrics["iterations"].sum() == got.iterations
     # the timeline: every member of every run, with its run's replica
     timeline = got.timeline()
-    assert len(timeline) == len(got.members)
+    assert len(timeline) == len(got.members) + len(got.preemptions)
     assert set(timeline["replica"]) <= set(range(3))
     # tokens are conserved: every request processes s_i + o_i - 1 tokens plus
     # those it lost to preemption
@@ -378,6 +379,20 @@ def test_cli_cluster_json_and_timeline(
     assert sum(p["num_completed"] for p in record["pools"]) == 10
     timeline = pd.read_parquet(out)
     assert {"run", "replica", "request", "kind", "start_s", "policy"} <= set(timeline)
+    # the plots read it back: the same log as a fresh run's
+    again = simulate_cluster(read_trace(trace)[0], load_cluster(path), log=True)
+    back = SimulationResult.from_timeline(timeline, 10)
+    pd.testing.assert_frame_equal(back.runs, again.runs, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        back.members.sort_values(["run", "request"]).reset_index(drop=True),
+        again.members.sort_values(["run", "request"]).reset_index(drop=True),
+        check_dtype=False,
+    )
+    figure = plots.request_gantt(back)
+    bars = sum(len(c) for c in figure.axes[0].containers)
+    assert bars == len(plots.request_gantt(again).axes[0].containers[0]) + len(
+        plots.request_gantt(again).axes[0].containers[1]
+    )
     # a timeline written over its input is refused, the input kept
     before = path.read_text()
     with pytest.raises(SystemExit) as exited:

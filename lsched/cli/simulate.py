@@ -216,9 +216,7 @@ def _run(
 
 
 def _write_timeline(path: Path, results: list[SimulationResult]) -> None:
-    frame = pd.concat(
-        [r.timeline().assign(policy=r.policy) for r in results], ignore_index=True
-    )
+    frame = pd.concat([r.timeline() for r in results], ignore_index=True)
     with atomic_target(path) as temporary:
         frame.to_parquet(temporary, index=False)
 

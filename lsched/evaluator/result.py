@@ -151,15 +151,61 @@ class SimulationResult:
     def timeline(self) -> pd.DataFrame:
         """The iteration log as one table, one row per (run, member): the run's
         columns (replica, times, features, KV) and the member's (request, kind,
-        tokens, processed_before); a run with no member (none today) would be
-        dropped. Raises if the log was not kept (``log=True``)."""
-        if self.runs is None or self.members is None:
+        tokens, processed_before), plus a row of kind ``"preempt"`` (0 tokens) for
+        each request preempted just before a run; ``policy`` and ``profile``
+        columns name the run. Raises if the log was not kept (``log=True``)."""
+        if self.runs is None or self.members is None or self.preemptions is None:
             raise ValueError("no iteration log: simulate with log=True")
+        preempted = self.preemptions.assign(
+            kind="preempt", tokens=0, processed_before=0
+        )
         return (
             self.runs.reset_index()
-            .merge(self.members, on="run", how="inner")
+            .merge(
+                pd.concat([self.members, preempted], ignore_index=True),
+                on="run",
+                how="inner",
+            )
             .sort_values(["run", "request"], kind="stable")
             .reset_index(drop=True)
+            .assign(policy=self.policy, profile=self.profile)
+        )
+
+    @classmethod
+    def from_timeline(
+        cls, timeline: pd.DataFrame, num_requests: int
+    ) -> SimulationResult:
+        """A result holding the log of a :meth:`timeline` (one policy's rows, e.g.
+        read back from ``--timeline-out``), for the plots of :mod:`lsched.plots`.
+
+        Only the log and each request's replica are known: times and metrics are
+        left out (NaN, empty). ``num_requests``: the instance's size.
+        """
+        policies = timeline["policy"].unique()
+        if len(policies) != 1:
+            raise ValueError(
+                f"expected the rows of one policy, got {sorted(map(str, policies))}"
+            )
+        runs = timeline.drop_duplicates("run").set_index("run")[list(RUN_COLUMNS)]
+        preempt = (timeline["kind"] == "preempt").to_numpy()
+        members = timeline.loc[~preempt, list(MEMBER_COLUMNS)].reset_index(drop=True)
+        preemptions = timeline.loc[preempt, ["run", "request"]].reset_index(drop=True)
+        requests = pd.DataFrame(
+            index=pd.RangeIndex(num_requests), columns=list(REQUEST_COLUMNS)
+        )
+        where = timeline.drop_duplicates("request").set_index("request")["replica"]
+        requests["replica"] = where.reindex(requests.index, fill_value=-1)
+        return cls(
+            policy=str(policies[0]),
+            profile=str(timeline["profile"].iloc[0]),
+            replicas=int(runs["replica"].max()) + 1 if len(runs) else 0,
+            requests=requests,
+            metrics={},
+            iterations=int(runs["iterations"].sum()),
+            runtime_s=math.nan,
+            runs=runs,
+            members=members,
+            preemptions=preemptions,
         )
 
     def to_json(self, *, include_log: bool = False) -> str:
