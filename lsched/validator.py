@@ -65,7 +65,13 @@ rule                        what is checked
 ``preemption``              only a running request is preempted, at most once per run
 ``request-record``          the claimed per-request records agree (``rtol``)
 ``metric``                  every claimed metric agrees (``rtol``; NaN equals NaN)
+``rejection``               (:func:`validate_cluster`) a rejected request has a
+                            reason, no times and no run or preemption
 ==========================  ==========================================================
+
+A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,
+with its replicas numbered from 0 and its requests as a sub-instance, against that
+pool's profile, with every rule above and the pool's claimed metrics.
 
 Bookkeeping (per request, in run order): a preemption frees all KV (those
 tokens are *recomputed tokens*) and makes the request wait; a prefill chunk to a
@@ -158,6 +164,7 @@ RULES: tuple[str, ...] = (
     "preemption",
     "request-record",
     "metric",
+    "rejection",
 )
 
 #: Violations kept in a report; the rest are only counted.
@@ -1112,5 +1119,96 @@ __all__ = [
     "RULES",
     "ValidationReport",
     "Violation",
+    "validate_cluster",
     "validate_schedule",
 ]
+
+
+def validate_cluster(
+    instance: Instance,
+    cluster: Any,
+    result: Any,
+    *,
+    rtol: float = 1e-9,
+) -> ValidationReport:
+    """Check a cluster run (``simulate_cluster(..., log=True)``) pool by pool.
+
+    Parameters
+    ----------
+    instance
+        The requests.
+    cluster
+        The :class:`~lsched.cluster.Cluster` (pools in order; replicas numbered
+        over the pools).
+    result
+        The :class:`~lsched.evaluator.SimulationResult`, with its log; its
+        ``requests`` name each request's replica and pool, ``rejected`` the
+        router's reason.
+
+    Returns
+    -------
+    ValidationReport
+        The violations of every pool (requests and runs named by their position
+        in the whole instance and log) and of the ``rejection`` rule; metrics are
+        the pools' (``metrics[f"{pool}.{key}"]``); per-request times in instance
+        order.
+    """
+    out = _Collector()
+    n = len(instance)
+    requests = result.requests
+    replica = requests["replica"].to_numpy(dtype=np.int64)
+    first = np.full(n, np.nan)
+    done = np.full(n, np.nan)
+    metrics: dict[str, float] = {}
+    _check_rejections(requests, result, out)
+    start = 0
+    for pool in cluster.pools:
+        ids = np.flatnonzero((replica >= start) & (replica < start + pool.replicas))
+        mine = result.runs["replica"].between(start, start + pool.replicas - 1)
+        runs = result.runs[mine].assign(replica=lambda r, s=start: r["replica"] - s)
+        members = result.members[result.members["run"].isin(runs.index)]
+        preempted = result.preemptions[result.preemptions["run"].isin(runs.index)]
+        local = np.full(n, -1, dtype=np.int64)
+        local[ids] = np.arange(len(ids))
+        members = members.assign(request=local[members["request"].to_numpy()])
+        preempted = preempted.assign(request=local[preempted["request"].to_numpy()])
+        claimed = requests.iloc[ids].reset_index(drop=True)
+        claimed = claimed.assign(replica=claimed["replica"] - start)
+        pool_metrics = None
+        if result.pool_metrics is not None and len(ids):
+            row = result.pool_metrics.loc[pool.name]
+            skip = {"profile", "policy", "replicas", "iterations", "num_rejected"}
+            pool_metrics = {k: float(v) for k, v in row.items() if k not in skip}
+        if len(ids):
+            report = validate_schedule(
+                instance.subset(ids), pool.profile, runs, members, preempted,
+                replicas=pool.replicas, requests=claimed, metrics=pool_metrics,
+                rtol=rtol,
+            )  # fmt: skip
+            for v in report.violations:
+                request = None if v.request is None else int(ids[v.request])
+                out.add(v.rule, f"pool {pool.name}: {v.message}", run=v.run,
+                        request=request)  # fmt: skip
+            out.extra += report.suppressed
+            first[ids] = report.first_token_s
+            done[ids] = report.completion_s
+            metrics |= {f"{pool.name}.{k}": v for k, v in report.metrics.items()}
+        start += pool.replicas
+    return ValidationReport(
+        tuple(out.kept), metrics, _frozen(first), _frozen(done), None, out.extra
+    )
+
+
+def _check_rejections(requests: pd.DataFrame, result: Any, out: _Collector) -> None:
+    rejected = requests["replica"].to_numpy() == -1
+    reason = requests["rejected"].astype(str).to_numpy()
+    logged = set(result.members["request"].tolist()) | set(
+        result.preemptions["request"].tolist()
+    )
+    times = requests[["admitted_s", "first_token_s", "completion_s"]].to_numpy()
+    for i in np.flatnonzero(rejected | (reason != "")).tolist():
+        if not rejected[i] or not reason[i]:
+            out.add("rejection", "a rejected request needs replica -1 and a reason",
+                    request=i)  # fmt: skip
+        if i in logged or not np.isnan(times[i]).all():
+            out.add("rejection", "a rejected request ran", request=i)

@@ -10,7 +10,7 @@ metrics are recomputed from the per-request records.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from lsched.policies import REGISTRY, Batch, PolicyContext, ReplicaView, parse_p
 from lsched.routers import REGISTRY as ROUTERS
 from lsched.routers import ClusterView, Reject
 from lsched.traces import read_trace
+from lsched.validator import validate_cluster
 
 UNIT = PROFILES["unit-slot"]
 SMALL = UNIT.replace(kv_capacity_tokens=120, max_num_seqs=3)
@@ -180,7 +181,7 @@ def test_plugins_run_in_a_cluster_of_two_pools_against_the_naive_engine() -> Non
             rng, int(rng.integers(2, 30)), TIME_SCALE_S["unit-slot"]
         )
         cluster = _two_pools()
-        got = simulate_cluster(instance, cluster)
+        got = simulate_cluster(instance, cluster, log=True)
         requests = got.requests
         gone = requests["replica"].to_numpy() == -1
         # rejection: exactly the prompts over 35, with the reason, no times
@@ -190,6 +191,7 @@ def test_plugins_run_in_a_cluster_of_two_pools_against_the_naive_engine() -> Non
         assert got.metrics["num_rejected"] == gone.sum()
         assert got.metrics["num_completed"] == (~gone).sum()
         _naive_per_pool(instance, cluster, requests)
+        validate_cluster(instance, cluster, got).raise_if_invalid()
         rejected += int(gone.sum())
         served_small += int((requests["pool"] == "small").sum())
         served_big += int((requests["pool"] == "big").sum())
@@ -522,3 +524,21 @@ def test_cluster_snapshot_restore_gives_identical_runs(router: str) -> None:
     again = collect(instance, cluster, sim.outcome(), False, 0.0).requests
     pd.testing.assert_frame_equal(first, whole)
     pd.testing.assert_frame_equal(again, whole)
+
+
+def test_the_cluster_validator_catches_a_rejected_request_that_ran() -> None:
+    rng = np.random.default_rng(8)
+    instance = random_instance(rng, 30, 0.5)
+    cluster = _two_pools()
+    got = simulate_cluster(instance, cluster, log=True)
+    assert validate_cluster(instance, cluster, got).ok
+    served = int(np.flatnonzero(got.requests["replica"] >= 0)[0])
+    forged = got.requests.copy()
+    forged.loc[served, "rejected"] = "forged"
+    report = validate_cluster(instance, cluster, replace(got, requests=forged))
+    assert "rejection" in report.rules
+    # a pool's claimed metric that its log does not give
+    pools = got.pool_metrics.copy()
+    pools.loc["big", "makespan_s"] += 1.0
+    report = validate_cluster(instance, cluster, replace(got, pool_metrics=pools))
+    assert report.rules == {"metric"}
