@@ -213,6 +213,14 @@ def _run(
             ["runtime_s", *(r.runtime_s for r in results)],
         ],
     )
+    for r in results:
+        pools = r.pool_metrics
+        if pools is not None and len(pools) > 1:  # one pool: the table above
+            print_table(
+                f"per pool: {r.policy}",
+                ["metric", *pools.index],
+                [[m, *pools[m]] for m in ("replicas", "num_completed", *TABLE_METRICS)],
+            )
 
 
 def _write_timeline(path: Path, results: list[SimulationResult]) -> None:

@@ -64,8 +64,8 @@ def assign_replicas(
 def check_fits(instance: Instance, profile: DeploymentProfile) -> None:
     """Raise if a request's peak KV (``s + o - 1`` tokens) exceeds the capacity."""
     peak = instance.prompt_tokens + instance.output_tokens - 1
-    blocks = profile.kv_blocks(peak)
-    too_big = np.flatnonzero(blocks > profile.kv_capacity_blocks)
+    kv = limits_of(profile).kv
+    too_big = np.flatnonzero(kv.blocks(peak) > kv.capacity_blocks)
     if len(too_big):
         i = int(too_big[0])
         raise InputError(
