@@ -28,7 +28,7 @@ from lsched.cli import main
 from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate
-from lsched.evaluator.cluster import run_cluster
+from lsched.evaluator.cluster import ClusterSim
 from lsched.instance import Instance
 from lsched.policies import parse_policy
 from lsched.validator import validate_schedule
@@ -88,7 +88,9 @@ def test_joint_round_robin_equals_the_fast_path_exactly() -> None:
         replicas = int(rng.choice([2, 3]))
         fast = simulate(instance, profile, policy, replicas=replicas)
         cluster = Cluster.colocated(profile, parse_policy(policy), replicas)
-        joint = run_cluster(instance, cluster, joint=True)
+        sim = ClusterSim(instance, cluster, joint=True)
+        sim.run()
+        joint = sim.outcome()
         where, engines = joint.where, [e for e in joint.engines if e is not None]
         assert where.tolist() == fast.requests["replica"].tolist()
         for engine in engines:

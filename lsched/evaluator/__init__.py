@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from lsched.cluster import Cluster
 from lsched.errors import InputError
-from lsched.evaluator.cluster import limits_of, run_cluster
+from lsched.evaluator.cluster import ClusterSim, limits_of
 from lsched.evaluator.records import collect
 from lsched.evaluator.result import SimulationResult
 from lsched.instance import Instance
@@ -227,7 +227,8 @@ def simulate_cluster(
             reported = finished
             progress(finished)
 
-    run = run_cluster(instance, cluster, assignment=where, log=log, on_finished=count)
+    sim = ClusterSim(instance, cluster, assignment=where, log=log, on_finished=count)
+    sim.run()
     if progress is not None:
         progress(finished)
-    return collect(instance, cluster, run, log, time.perf_counter() - started)
+    return collect(instance, cluster, sim.outcome(), log, time.perf_counter() - started)

@@ -1,6 +1,6 @@
 """The cluster loop: every replica of every pool, and the router between them.
 
-:func:`run_cluster` replays an instance on a :class:`~lsched.cluster.Cluster`.
+:class:`ClusterSim` replays an instance on a :class:`~lsched.cluster.Cluster`.
 Each replica is a :class:`~lsched.evaluator.engine.ReplicaEngine` with its pool's
 profile and a fresh policy built with its :class:`~lsched.policies.PolicyContext`
 (replica id, pool, limits, the workload's tenants). The router
@@ -64,7 +64,7 @@ REJECTED = -1
 
 @dataclass
 class ClusterRun:
-    """What :func:`run_cluster` leaves: the replica of every request (or
+    """What a :class:`ClusterSim` run leaves: the replica of every request (or
     :data:`REJECTED`), the rejection reasons and each replica's engine (``None``
     for a replica that served nothing); engine ``c``'s local request ``k`` is
     instance request ``ids[c][k]``."""
@@ -165,28 +165,6 @@ def _check_fits(instance: Instance, i: int, cluster: Cluster, c: int) -> None:
             f"{profile.kv_capacity_tokens} tokens: it could never complete there",
             field="router",
         )
-
-
-def run_cluster(
-    instance: Instance,
-    cluster: Cluster,
-    *,
-    assignment: np.ndarray | None = None,
-    log: bool = False,
-    on_finished: Callable[[int], None] | None = None,
-    joint: bool | None = None,
-) -> ClusterRun:
-    """Replay ``instance`` on ``cluster`` to the end (:class:`ClusterSim`)."""
-    sim = ClusterSim(
-        instance,
-        cluster,
-        assignment=assignment,
-        log=log,
-        on_finished=on_finished,
-        joint=joint,
-    )
-    sim.run()
-    return sim.outcome()
 
 
 class ClusterSim:
