@@ -34,6 +34,7 @@ A relative profile path is taken from the cluster file's folder.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,12 @@ class Cluster:
         """Replicas over all pools."""
         return sum(p.replicas for p in self.pools)
 
-    @property
+    @functools.cached_property
     def replica_pool(self) -> np.ndarray:
-        """The pool index of every replica."""
-        return np.repeat(np.arange(len(self.pools)), [p.replicas for p in self.pools])
+        """The pool index of every replica (read-only)."""
+        pools = np.repeat(np.arange(len(self.pools)), [p.replicas for p in self.pools])
+        pools.flags.writeable = False
+        return pools
 
     def pool_of(self, replica: int) -> Pool:
         """The pool replica ``replica`` belongs to."""

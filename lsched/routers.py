@@ -24,9 +24,11 @@ Built-in routers
 A router that declares ``stateless = True`` reads nothing of the replicas' state
 (``round-robin``, ``static``): the evaluator then routes every request up front
 and runs each replica alone, which gives the same result as running them jointly
-in time (the replicas do not interact) at a fraction of the cost. The others read
-the state at the first iteration boundary at or after the arrival
-(:mod:`lsched.evaluator.cluster` says how exactly).
+in time (the replicas do not interact) at a fraction of the cost. Such a router
+may also route the whole instance at once with ``route_all(instance)``, an array
+of replica ids, instead of a call per request. The others read the state at the
+first iteration boundary at or after the arrival (:mod:`lsched.evaluator.cluster`
+says how exactly).
 
 Register your own with :func:`register_router`::
 
@@ -168,8 +170,14 @@ class RoundRobin:
 
     stateless = True
 
+    def __init__(self, context: RouterContext) -> None:
+        self.replicas = context.replicas
+
     def route(self, view: ClusterView) -> int:
         return view.request % view.replicas
+
+    def route_all(self, instance: Any) -> npt.NDArray[np.int64]:
+        return np.arange(len(instance), dtype=np.int64) % self.replicas
 
 
 class Static:
@@ -187,6 +195,9 @@ class Static:
 
     def route(self, view: ClusterView) -> int:
         return int(self.assignment[view.request])
+
+    def route_all(self, instance: Any) -> npt.NDArray[np.int64]:
+        return self.assignment
 
 
 class LeastOutstanding:
@@ -208,7 +219,9 @@ class LeastKv:
 
 #: Router name -> parameters and constructor.
 REGISTRY = Registry("router")
-REGISTRY.register("round-robin", lambda params: RoundRobin(), None, RoundRobin.__doc__)
+REGISTRY.register(
+    "round-robin", lambda params, context: RoundRobin(context), None, RoundRobin.__doc__
+)
 REGISTRY.register("static", Static, None, Static.__doc__)
 REGISTRY.register(
     "least-outstanding",

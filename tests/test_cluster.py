@@ -25,11 +25,18 @@ from lsched.cli import main
 from lsched.cluster import Cluster, Pool, load_cluster
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate, simulate_cluster
-from lsched.evaluator.cluster import ClusterSim, limits_of
+from lsched.evaluator.cluster import ClusterSim
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.records import collect
 from lsched.instance import Instance
-from lsched.policies import REGISTRY, Batch, PolicyContext, ReplicaView, parse_policy
+from lsched.policies import (
+    REGISTRY,
+    Batch,
+    PolicyContext,
+    ReplicaLimits,
+    ReplicaView,
+    parse_policy,
+)
 from lsched.routers import REGISTRY as ROUTERS
 from lsched.routers import ClusterView, Reject
 from lsched.traces import read_trace
@@ -216,7 +223,7 @@ def test_policies_get_their_replica_context() -> None:
     inst = Instance([0, 0, 0], [1, 1, 1], [2, 2, 2], tenant=["x", "y", "x"])
     simulate_cluster(inst, cluster)
     assert [(c.replica, c.pool) for c in seen] == [(0, "a"), (1, "a"), (2, "b")]
-    assert seen[2].limits == limits_of(BIG)
+    assert seen[2].limits == ReplicaLimits.from_profile(BIG)
     assert seen[0].tenants == ("x", "y")
 
 
@@ -435,7 +442,9 @@ def _policy_cases() -> list[str]:
 
 
 def _engine(instance: Instance, spec: str) -> ReplicaEngine:
-    context = PolicyContext(0, "pool0", limits_of(SMALL), tenants=("a", "b"))
+    context = PolicyContext(
+        0, "pool0", ReplicaLimits.from_profile(SMALL), tenants=("a", "b")
+    )
     return ReplicaEngine(
         instance.arrival_s,
         instance.prompt_tokens,

@@ -27,11 +27,11 @@ import numpy.typing as npt
 
 from lsched.cluster import Cluster
 from lsched.errors import InputError
-from lsched.evaluator.cluster import ClusterSim, limits_of
+from lsched.evaluator.cluster import ClusterSim
 from lsched.evaluator.records import collect
 from lsched.evaluator.result import SimulationResult
 from lsched.instance import Instance
-from lsched.policies import PolicySpec, parse_policy
+from lsched.policies import PolicySpec, ReplicaLimits, parse_policy
 from lsched.profile import DeploymentProfile
 from lsched.routers import RouterSpec, parse_router
 
@@ -64,7 +64,7 @@ def assign_replicas(
 def check_fits(instance: Instance, profile: DeploymentProfile) -> None:
     """Raise if a request's peak KV (``s + o - 1`` tokens) exceeds the capacity."""
     peak = instance.prompt_tokens + instance.output_tokens - 1
-    kv = limits_of(profile).kv
+    kv = ReplicaLimits.from_profile(profile).kv
     too_big = np.flatnonzero(kv.blocks(peak) > kv.capacity_blocks)
     if len(too_big):
         i = int(too_big[0])
@@ -107,7 +107,7 @@ def _check_fits_somewhere(instance: Instance, cluster: Cluster) -> None:
     peak = instance.prompt_tokens + instance.output_tokens - 1
     fits = np.zeros(len(instance), dtype=bool)
     for pool in cluster.pools:
-        kv = limits_of(pool.profile).kv
+        kv = ReplicaLimits.from_profile(pool.profile).kv
         fits |= kv.blocks(peak) <= kv.capacity_blocks
     if not fits.all():
         i = int(np.flatnonzero(~fits)[0])

@@ -75,17 +75,6 @@ class ClusterRun:
     ids: list[np.ndarray]
 
 
-def limits_of(profile: DeploymentProfile) -> ReplicaLimits:
-    """The limits a replica of ``profile`` enforces."""
-    return ReplicaLimits(
-        kv_capacity_blocks=profile.kv_capacity_blocks,
-        block_tokens=profile.block_tokens,
-        max_num_seqs=profile.max_num_seqs,
-        max_num_batched_tokens=profile.max_num_batched_tokens,
-        max_model_len=profile.max_model_len,
-    )
-
-
 def make_policy(spec: object, context: PolicyContext) -> object:
     """A fresh policy from ``spec`` for the replica of ``context``; a spec whose
     ``make()`` takes no context (written before contexts) still works."""
@@ -101,7 +90,9 @@ def _contexts(instance: Instance, cluster: Cluster) -> list[PolicyContext]:
     for c, k in enumerate(cluster.replica_pool.tolist()):
         pool = cluster.pools[k]
         contexts.append(
-            PolicyContext(c, pool.name, limits_of(pool.profile), tenants=tenants)
+            PolicyContext(
+                c, pool.name, ReplicaLimits.from_profile(pool.profile), tenants=tenants
+            )
         )
     return contexts
 
@@ -158,7 +149,8 @@ def _decision(choice: object, i: int, replicas: int) -> int | Reject:
 def _check_fits(instance: Instance, i: int, cluster: Cluster, c: int) -> None:
     profile = cluster.pool_of(c).profile
     peak = int(instance.prompt_tokens[i] + instance.output_tokens[i] - 1)
-    if profile.kv_capacity_blocks < -(-peak // profile.block_tokens):
+    kv = ReplicaLimits.from_profile(profile).kv
+    if not kv.fits(kv.blocks(peak)):
         raise InputError(
             f"the router sent request {i} (peak KV {peak} tokens) to replica {c} "
             f"of pool {cluster.pool_of(c).name!r}, whose capacity is "
@@ -228,8 +220,7 @@ class ClusterSim:
             ]
             return
         # stateless: route every request now, then each replica is independent
-        for i in range(n):
-            self._route(i, None)
+        self._route_all()
         self.routed = n
         self.engines = []
         for c in range(cluster.num_replicas):
@@ -239,6 +230,35 @@ class ClusterSim:
                     instance, ids, cluster, c, contexts[c], log, on_finished
                 )
             )
+
+    def _route_all(self) -> None:
+        """Route every request up front (a stateless router)."""
+        route_all = getattr(self.router, "route_all", None)
+        if route_all is None:
+            for i in range(len(self.instance)):
+                self._route(i, None)
+            return
+        where = np.asarray(route_all(self.instance))
+        replicas = self.cluster.num_replicas
+        bad = (where < 0) | (where >= replicas)
+        if where.shape != (len(self.instance),) or where.dtype.kind not in "iu":
+            raise InputError(
+                f"the router's route_all gave {where.shape} {where.dtype}; expected "
+                f"{len(self.instance)} replica ids",
+                field="router",
+            )
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            _decision(int(where[i]), i, replicas)  # raises, naming the request
+        self.where[:] = where
+        pool_of = self.cluster.replica_pool[where]
+        peak = self.instance.prompt_tokens + self.instance.output_tokens - 1
+        for k, pool in enumerate(self.cluster.pools):
+            kv = ReplicaLimits.from_profile(pool.profile).kv
+            over = (pool_of == k) & (kv.blocks(peak) > kv.capacity_blocks)
+            if over.any():
+                i = int(np.flatnonzero(over)[0])
+                _check_fits(self.instance, i, self.cluster, int(where[i]))
 
     def _route(self, i: int, state: Callable[[int], tuple[int, int]] | None) -> int:
         """Route request ``i``; its replica or :data:`REJECTED`."""

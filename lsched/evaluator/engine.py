@@ -155,13 +155,7 @@ class ReplicaEngine:
             else FEATURES.index(self.time.switch_feature)
         )
         self.policy = policy
-        self.limits = ReplicaLimits(
-            kv_capacity_blocks=profile.kv_capacity_blocks,
-            block_tokens=profile.block_tokens,
-            max_num_seqs=profile.max_num_seqs,
-            max_num_batched_tokens=profile.max_num_batched_tokens,
-            max_model_len=profile.max_model_len,
-        )
+        self.limits = ReplicaLimits.from_profile(profile)
         # the limits as plain ints, read at every event
         self._capacity = int(profile.kv_capacity_blocks)
         self._max_seqs = int(profile.max_num_seqs)

@@ -120,6 +120,17 @@ class ReplicaLimits:
         kv = KVBlocks(int(self.kv_capacity_blocks), int(self.block_tokens))
         object.__setattr__(self, "kv", kv)
 
+    @classmethod
+    def from_profile(cls, profile: Any) -> ReplicaLimits:
+        """The limits a replica of a deployment profile enforces."""
+        return cls(
+            kv_capacity_blocks=profile.kv_capacity_blocks,
+            block_tokens=profile.block_tokens,
+            max_num_seqs=profile.max_num_seqs,
+            max_num_batched_tokens=profile.max_num_batched_tokens,
+            max_model_len=profile.max_model_len,
+        )
+
     def kv_blocks(self, tokens: npt.ArrayLike) -> IntArray:
         """Blocks needed to hold ``tokens`` tokens (``kv.blocks``)."""
         return self.kv.blocks(np.asarray(tokens, dtype=np.int64))
