@@ -76,8 +76,10 @@ class KVBlocks:
         return used_blocks + extra_blocks <= self.capacity_blocks
 
     def watermark_blocks(self, fraction: float) -> int:
-        """Blocks an admission must leave free under a watermark ``fraction``
-        (vLLM's ``int(watermark * num_gpu_blocks)``)."""
+        """Blocks in a share ``fraction`` of the capacity, ``int(fraction *
+        capacity_blocks)`` (truncated, not rounded): the blocks an admission must
+        leave free under a watermark (vLLM's ``int(watermark * num_gpu_blocks)``),
+        or the capacity a planning check keeps to (MC-SF's ``kv_fraction``)."""
         return int(fraction * self.capacity_blocks)
 
     def decode_steps_that_fit(

@@ -237,6 +237,11 @@ def test_an_old_style_policy_builder_still_works() -> None:
     assert old == simulate(inst, UNIT, "fcfs").requests["completion_s"].tolist()
 
 
+def test_old_limits_arithmetic_says_what_changed() -> None:
+    with pytest.raises(AttributeError, match=r"view\.kv\.blocks"):
+        ReplicaLimits.from_profile(UNIT).kv_blocks  # noqa: B018
+
+
 def test_registration_errors() -> None:
     with pytest.raises(InputError, match="already registered"):
         lsched.register_policy("fcfs", ShortestPrompt)

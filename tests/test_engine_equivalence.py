@@ -535,7 +535,7 @@ class _Periodic:
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
         assert view.predicted_output_tokens is not None
-        peak = limits.kv_blocks(view.prompt_tokens + view.predicted_output_tokens - 1)
+        peak = view.kv.blocks(view.prompt_tokens + view.predicted_output_tokens - 1)
         running = view.running.tolist()
         window = math.floor(view.now_s / self.period)
         wake = (window + 1) * self.period

@@ -106,7 +106,8 @@ class ReplicaLimits:
     """The limits a replica enforces on every iteration.
 
     ``kv`` is the replica's block arithmetic (:class:`lsched.kv.KVBlocks`), the one
-    place that turns tokens into blocks.
+    place that turns tokens into blocks; ``kv_capacity_blocks`` and ``block_tokens``
+    are the data it is built from. A policy reads it as ``view.kv``.
     """
 
     kv_capacity_blocks: int
@@ -131,9 +132,13 @@ class ReplicaLimits:
             max_model_len=profile.max_model_len,
         )
 
-    def kv_blocks(self, tokens: npt.ArrayLike) -> IntArray:
-        """Blocks needed to hold ``tokens`` tokens (``kv.blocks``)."""
-        return self.kv.blocks(np.asarray(tokens, dtype=np.int64))
+    @property
+    def kv_blocks(self) -> Any:
+        """Gone: ``view.kv.blocks(tokens)`` (:class:`lsched.kv.KVBlocks`)."""
+        raise AttributeError(
+            "ReplicaLimits.kv_blocks(tokens) is now view.kv.blocks(tokens) "
+            "(lsched.kv.KVBlocks owns the block arithmetic)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,8 +109,9 @@ class FastServe:
         rank = {r: k for k, r in enumerate(order)}
         is_running = set(running.tolist())
         processed = view.processed_tokens
-        held = {r: int(limits.kv_blocks(processed[r])) for r in is_running}
-        free = limits.kv_capacity_blocks - sum(held.values())
+        kv = view.kv
+        held = {r: int(kv.blocks(processed[r])) for r in is_running}
+        free = kv.capacity_blocks - sum(held.values())
         budget = limits.max_num_batched_tokens
         plan: dict[int, int] = {}
         preempt: list[int] = []
@@ -122,10 +123,10 @@ class FastServe:
             if i in is_running:
                 left = int(view.prefill_target_tokens[i] - processed[i])
                 c = min(max(left, 1), budget)
-                g = int(limits.kv_blocks(processed[i] + c)) - held[i]
+                g = int(kv.blocks(processed[i] + c)) - held[i]
             else:
                 c = min(int(view.prompt_tokens[i] + view.emitted_tokens[i]), budget)
-                g = int(limits.kv_blocks(c))
+                g = kv.blocks(c)
             if g > free:
                 pool = [
                     r

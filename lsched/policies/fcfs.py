@@ -76,9 +76,9 @@ class Fcfs:
         if len(running) <= budget and (processed >= target).all():
             # the usual case: every running request decodes one token; blocks
             # held after the step, ceil((p + 1) / b)
-            block = limits.block_tokens
-            used = int(((processed + block) // block).sum())
-            if used <= limits.kv_capacity_blocks:
+            kv = view.kv
+            used = int(kv.blocks(processed + 1).sum())
+            if used <= kv.capacity_blocks:
                 new, chunks = self._admit(
                     view, len(running), used, budget - len(running)
                 )
@@ -101,8 +101,9 @@ class Fcfs:
         else:
             work = self._whole_prefills(remaining, budget)
         # blocks held after the iteration by every running request
-        used = int((-(-(processed + work) // limits.block_tokens)).sum())
-        if used > limits.kv_capacity_blocks:
+        kv = view.kv
+        used = int(kv.blocks(processed + work).sum())
+        if used > kv.capacity_blocks:
             return self._preempting(view)
         scheduled = work > 0
         if not scheduled.all():
@@ -152,9 +153,9 @@ class Fcfs:
         self, view: ReplicaView
     ) -> tuple[dict[int, int], list[int], int]:
         """Step 2 of the rule, one request at a time (only when KV runs short)."""
-        limits = view.limits
-        block, capacity = limits.block_tokens, limits.kv_capacity_blocks
-        budget = limits.max_num_batched_tokens
+        kv = view.kv
+        capacity = kv.capacity_blocks
+        budget = view.limits.max_num_batched_tokens
         running, processed, need, held = running_state(view)
         used = sum(held.values())
         plan: dict[int, int] = {}
@@ -170,7 +171,7 @@ class Fcfs:
                 c = min(c, budget)
             if c == 0 or c > budget:
                 continue
-            grow = -(-(processed[r] + c) // block) - held[r]
+            grow = kv.blocks(processed[r] + c) - held[r]
             while used + grow > capacity:
                 victim = next(v for v in reversed(running) if v not in gone)
                 preempted.append(victim)
@@ -200,14 +201,15 @@ class Fcfs:
         if room <= 0 or len(view.waiting) == 0:
             return admitted, chunks
         prompt, emitted = view.prompt_tokens, view.emitted_tokens
-        block, capacity = limits.block_tokens, limits.kv_capacity_blocks
+        kv = view.kv
+        capacity = kv.capacity_blocks
         chunked = self.params.chunked
         for w in view.waiting[:room].tolist():
             if budget == 0:
                 break
             want = int(prompt[w] + emitted[w])
             c = min(want, budget) if chunked else want
-            grow = -(-c // block)
+            grow = kv.blocks(c)
             if c > budget or used + grow > capacity:
                 break
             admitted.append(w)

@@ -172,7 +172,8 @@ class Hybrid:
         kept = np.isin(view.running, plan.running)
         horizon = int(key[kept].max()) if kept.any() else 0
         d = int((plan.work > 0).sum())
-        kv_tokens = limits.kv_capacity_blocks * limits.block_tokens
+        kv = view.kv
+        kv_tokens = kv.capacity_tokens
         remaining = predicted_remaining(view, waiting, self.name)
         order = np.argsort(remaining, kind="stable")
         seqs, used, budget = len(plan.running), plan.used, plan.budget_left
@@ -181,8 +182,8 @@ class Hybrid:
             if seqs >= limits.max_num_seqs or budget == 0:
                 break
             c = first_chunk(view, w, budget)
-            grow = int(limits.kv_blocks(c))
-            if used + grow > limits.kv_capacity_blocks:
+            grow = kv.blocks(c)
+            if used + grow > kv.capacity_blocks:
                 break
             r = int(remaining[k])
             base = int(view.prompt_tokens[w] + view.emitted_tokens[w]) - 1
@@ -198,7 +199,7 @@ class Hybrid:
 
     def _step(self, view: ReplicaView, batch: Batch) -> None:
         """Step 4: projected subgradient step on the KV use after ``batch``."""
-        limits = view.limits
+        kv = view.kv
         after = view.processed_tokens.copy()
         after[batch.preempt] = 0
         after[batch.decode] += 1
@@ -206,7 +207,7 @@ class Hybrid:
         ids = np.concatenate(
             [view.running[~np.isin(view.running, batch.preempt)], batch.prefill]
         )
-        used = int(limits.kv_blocks(after[np.unique(ids)]).sum())
-        u = used / limits.kv_capacity_blocks
+        used = int(kv.blocks(after[np.unique(ids)]).sum())
+        u = used / kv.capacity_blocks
         p = self.params
         self.lam = max(0.0, self.lam + p.step * (u - p.target_kv))

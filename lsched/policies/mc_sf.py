@@ -74,6 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lsched.errors import InputError
+from lsched.kv import KVBlocks
 from lsched.policies.base import Batch, IntArray, ReplicaView
 from lsched.policies.sjf import (
     Plan,
@@ -121,31 +122,29 @@ class FutureKv:
     """
 
     def __init__(
-        self, base: IntArray, remaining: IntArray, block: int, capacity: int
+        self, base: IntArray, remaining: IntArray, kv: KVBlocks, capacity: int
     ) -> None:
         # member j holds base_j + K tokens in iteration K = 1..remaining_j
         self.base = base.astype(np.int64)
         self.remaining = remaining.astype(np.int64)
-        self.block = block
+        self.kv = kv
         self.capacity = capacity
         self.checkpoints = np.unique(self.remaining)
         self.loads = np.array([self._load(int(k)) for k in self.checkpoints], np.int64)
 
-    def _blocks(self, tokens: np.ndarray) -> np.ndarray:
-        return -(-tokens // self.block)
-
     def _load(self, k: int) -> int:
         alive = self.remaining >= k
-        return int(self._blocks(self.base[alive] + k).sum())
+        return int(self.kv.blocks(self.base[alive] + k).sum())
 
     def fits(self, base: int, remaining: int) -> tuple[bool, np.ndarray, np.ndarray]:
         """Whether a request with ``base`` and ``remaining`` fits; the checkpoints
         and loads with it added."""
+        blocks = self.kv.blocks
         during = self.checkpoints <= remaining
-        loads = self.loads + np.where(during, self._blocks(base + self.checkpoints), 0)
+        loads = self.loads + np.where(during, blocks(base + self.checkpoints), 0)
         checkpoints = self.checkpoints
         if not np.any(self.checkpoints == remaining):
-            own = self._load(remaining) + int(self._blocks(np.int64(base + remaining)))
+            own = self._load(remaining) + int(blocks(np.int64(base + remaining)))
             at = int(np.searchsorted(checkpoints, remaining))
             checkpoints = np.insert(checkpoints, at, remaining)
             loads = np.insert(loads, at, own)
@@ -164,8 +163,8 @@ def future_kv(view: ReplicaView, plan: Plan, name: str, kv_fraction: float) -> F
     running = plan.running
     base = view.prompt_tokens[running] + view.emitted_tokens[running] - 1
     remaining = predicted_remaining(view, running, name)
-    capacity = int(kv_fraction * view.limits.kv_capacity_blocks)
-    return FutureKv(base, remaining, view.limits.block_tokens, capacity)
+    kv = view.kv
+    return FutureKv(base, remaining, kv, kv.watermark_blocks(kv_fraction))
 
 
 def admit_in_order(
@@ -181,6 +180,7 @@ def admit_in_order(
     extended with each admitted request). Returns ids, first chunks and the
     predicted remaining outputs of the admitted requests."""
     limits = view.limits
+    kv = view.kv
     ids: list[int] = []
     chunks: list[int] = []
     keys: list[int] = []
@@ -190,8 +190,8 @@ def admit_in_order(
         if seqs >= limits.max_num_seqs or budget == 0:
             break
         c = first_chunk(view, w, budget)
-        grow = int(limits.kv_blocks(c))
-        if used + grow > limits.kv_capacity_blocks:
+        grow = kv.blocks(c)
+        if used + grow > kv.capacity_blocks:
             break
         base = int(view.prompt_tokens[w] + view.emitted_tokens[w]) - 1
         ok, checkpoints, loads = future.fits(base, r)

@@ -232,14 +232,13 @@ class NestedWait:
         self, view: ReplicaView, plan: Plan, order: list[int]
     ) -> tuple[list[int], list[int]]:
         """Step 3: admit in ``order`` under the buffered guessed-length check."""
-        limits = view.limits
+        kv = view.kv
         running = plan.running
-        capacity = int((1 - self.params.buffer) * limits.kv_capacity_blocks)
         future = FutureKv(
             view.prompt_tokens[running] + view.emitted_tokens[running] - 1,
             guessed_remaining(self.bounds, view.emitted_tokens[running]),
-            limits.block_tokens,
-            capacity,
+            kv,
+            kv.watermark_blocks(1 - self.params.buffer),
         )
         remaining = guessed_remaining(self.bounds, view.emitted_tokens[order])
         ids, chunks, _ = admit_in_order(view, plan, order, remaining, future)

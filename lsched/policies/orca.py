@@ -78,7 +78,7 @@ def reservations(
 ) -> np.ndarray:
     """Reserved tokens of ``ids`` (see the module docstring)."""
     limits = view.limits
-    capacity = limits.kv_capacity_blocks * limits.block_tokens
+    capacity = view.kv.capacity_tokens
     # the parameter, else the deployment's context limit, never above the capacity
     if max_model_len is None:
         max_model_len = limits.max_model_len
@@ -107,22 +107,23 @@ def reserved_decode(
     requests still running and the token budget left.
     """
     limits = view.limits
+    kv = view.kv
     running = view.running.tolist()
     processed = view.processed_tokens
     n = min(len(running), limits.max_num_seqs, limits.max_num_batched_tokens)
     decode = running[:n]
     ids = np.array(decode, dtype=np.int64)
-    held = limits.kv_blocks(processed[view.running])
-    grow = limits.kv_blocks(processed[ids] + 1) - limits.kv_blocks(processed[ids])
+    held = kv.blocks(processed[view.running])
+    grow = kv.growth(processed[ids], 1)
     preempted: list[int] = []
-    if int(held.sum() + grow.sum()) > limits.kv_capacity_blocks:
+    if int(held.sum() + grow.sum()) > kv.capacity_blocks:
         # a too-small prediction: vLLM's newest-first recompute preemption
         held_map = dict(zip(running, held.tolist(), strict=True))
         plan, preempted, _, _ = running_pass(
-            limits,
+            kv,
             decode,
             lambda r, left: 1,
-            lambda r, c: int(limits.kv_blocks(processed[r] + c)) - held_map[r],
+            lambda r, c: int(kv.blocks(processed[r] + c)) - held_map[r],
             held_map,
             running[::-1],
             n,
@@ -132,7 +133,7 @@ def reserved_decode(
     reserved = 0
     if alive:
         res = reservations(view, alive, reserve, max_model_len)
-        reserved = int(limits.kv_blocks(np.maximum(res, processed[alive])).sum())
+        reserved = int(kv.blocks(np.maximum(res, processed[alive])).sum())
     return decode, preempted, reserved, limits.max_num_batched_tokens - len(decode)
 
 
@@ -146,17 +147,17 @@ def reserved_admit(
     budget: int,
 ) -> list[int]:
     """Step 2: whole prompts from the head of the waiting queue while they fit."""
-    limits = view.limits
     waiting = view.waiting.tolist()
     if not waiting:
         return []
-    need = limits.kv_blocks(reservations(view, waiting, reserve, max_model_len))
+    kv = view.kv
+    need = kv.blocks(reservations(view, waiting, reserve, max_model_len))
     taken: list[int] = []
     for w, blocks in zip(waiting, need.tolist(), strict=True):
         c = int(view.prompt_tokens[w] + view.emitted_tokens[w])
         if seqs >= seq_cap or c > budget:
             break
-        if reserved + blocks > limits.kv_capacity_blocks:
+        if reserved + blocks > kv.capacity_blocks:
             break
         taken.append(w)
         reserved += blocks

@@ -490,7 +490,7 @@ class Priority:
                     "expected one per request",
                     field=name,
                 )
-        limits = view.limits
+        capacity = view.kv.capacity_blocks
         running = view.running
         key_run = self.keys(view, running)
         remaining = view.prefill_target_tokens[running] - view.processed_tokens[running]
@@ -502,7 +502,7 @@ class Priority:
         while True:
             work, blocks = self._plan(view, running, remaining, prefilling, key_run,
                                       alive)  # fmt: skip
-            if int(blocks[alive].sum()) <= limits.kv_capacity_blocks:
+            if int(blocks[alive].sum()) <= capacity:
                 break
             # the largest key; ties: the most recently admitted (the last index)
             idx = np.flatnonzero(alive)
@@ -549,7 +549,7 @@ class Priority:
         work = np.zeros(len(running), dtype=np.int64)
         work[serve] = got
         after = view.processed_tokens[running] + work
-        blocks = np.where(alive, view.limits.kv_blocks(after), 0)
+        blocks = np.where(alive, view.kv.blocks(after), 0)
         return work, blocks
 
     def _admit(
@@ -598,8 +598,8 @@ class Priority:
 
         seqs = n_run
         used = int(plan_blocks.sum())  # as if every running request got its plan
-        capacity = limits.kv_capacity_blocks
-        block = limits.block_tokens
+        kv = view.kv
+        capacity = kv.capacity_blocks
         admitted: list[int] = []
         chunks: list[int] = []
         victims: list[int] = []
@@ -629,7 +629,7 @@ class Priority:
 
             def fits(seqs: int, used: int, budget: int, full: int = full) -> bool:
                 c = min(full, budget)
-                return seqs < limits.max_num_seqs and used + -(-c // block) <= capacity
+                return seqs < limits.max_num_seqs and used + kv.blocks(c) <= capacity
 
             if not fits(seqs, used, budget):
                 if not params.preemptive:
@@ -663,7 +663,7 @@ class Priority:
             c = min(full, budget)
             admitted.append(w)
             chunks.append(c)
-            seqs, used, budget = seqs + 1, used + -(-c // block), budget - c
+            seqs, used, budget = seqs + 1, used + kv.blocks(c), budget - c
             prefill_left -= c
         return self._batch(view, running, work, alive, admitted, chunks, victims)
 

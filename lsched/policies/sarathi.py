@@ -94,6 +94,7 @@ class Sarathi:
 
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
+        kv = view.kv
         budget = min(self.params.chunk, limits.max_num_batched_tokens)
         running = view.running
         processed = view.processed_tokens[running]
@@ -101,8 +102,8 @@ class Sarathi:
         prefilling = processed < target
         if not prefilling.any() and len(running) <= budget:
             # the usual case: every running request decodes one token
-            used = int(limits.kv_blocks(processed + 1).sum())
-            if used <= limits.kv_capacity_blocks:
+            used = int(kv.blocks(processed + 1).sum())
+            if used <= kv.capacity_blocks:
                 new, chunks = self._admit(
                     view, len(running), used, budget - len(running)
                 )
@@ -116,7 +117,7 @@ class Sarathi:
         ids = running.tolist()
         # the whole prompt is reserved at admission (Sarathi's block manager)
         held = {
-            r: int(limits.kv_blocks(max(p, t)))
+            r: kv.blocks(max(p, t))
             for r, p, t in zip(ids, processed.tolist(), target.tolist(), strict=True)
         }
         decoders = [r for r, f in zip(ids, prefilling.tolist(), strict=True) if not f]
@@ -132,10 +133,10 @@ class Sarathi:
         def grow(r: int, c: int) -> int:
             if proc[r] < tgt[r]:
                 return 0  # reserved at admission
-            return int(limits.kv_blocks(proc[r] + c)) - held[r]
+            return int(kv.blocks(proc[r] + c)) - held[r]
 
         plan, preempted, used, left = running_pass(
-            limits, decoders + partial, want, grow, held, ids[::-1], budget
+            kv, decoders + partial, want, grow, held, ids[::-1], budget
         )
         if preempted:
             return plan_batch(view, plan, preempted)
@@ -150,15 +151,16 @@ class Sarathi:
     ) -> tuple[list[int], list[int]]:
         """Step 3: admit the head of the waiting queue while it fits."""
         limits = view.limits
+        kv = view.kv
         admitted: list[int] = []
         chunks: list[int] = []
         for w in view.waiting.tolist():
             if seqs >= limits.max_num_seqs or budget <= 0:
                 break
             whole = int(view.prompt_tokens[w] + view.emitted_tokens[w])
-            need = int(limits.kv_blocks(whole))
-            spare = watermark_blocks(limits, self.params.watermark, need)
-            if limits.kv_capacity_blocks - used - need < spare:
+            need = kv.blocks(whole)
+            spare = watermark_blocks(kv, self.params.watermark, need)
+            if kv.capacity_blocks - used - need < spare:
                 break
             c = min(whole, budget)
             admitted.append(w)

@@ -181,10 +181,11 @@ class Sglang:
     def _running(self, view: ReplicaView) -> tuple[dict[int, int], list[int], int, int]:
         """Steps 2-3: plan the running requests, retracting on KV shortage."""
         limits = view.limits
+        kv = view.kv
         processed = view.processed_tokens
         target = view.prefill_target_tokens
         running = view.running.tolist()
-        held = {r: int(limits.kv_blocks(processed[r])) for r in running}
+        held = {r: int(kv.blocks(processed[r])) for r in running}
         rank = {r: k for k, r in enumerate(running)}
         # first victim: fewest emitted, then longest prompt, then newest
         victims = sorted(
@@ -200,10 +201,10 @@ class Sglang:
             return min(max(int(target[r] - processed[r]), 1), budget)
 
         def grow(r: int, c: int) -> int:
-            return int(limits.kv_blocks(processed[r] + c)) - held[r]
+            return int(kv.blocks(processed[r] + c)) - held[r]
 
         return running_pass(
-            limits, running, want, grow, held, victims, limits.max_num_batched_tokens
+            kv, running, want, grow, held, victims, limits.max_num_batched_tokens
         )
 
     def _admit(
@@ -230,7 +231,8 @@ class Sglang:
         )
         left = budget_max[running] - view.emitted_tokens[running]
         left_out = np.minimum(np.maximum(left, 0), clip)
-        rem_total = float(limits.kv_capacity_blocks * limits.block_tokens)
+        kv = view.kv
+        rem_total = float(kv.capacity_tokens)
         rem_total -= float(tokens.sum()) + ratio * float(left_out.sum())
         seqs = len(running)
         admitted: list[int] = []
@@ -241,11 +243,9 @@ class Sglang:
             need = int(view.prompt_tokens[w] + view.emitted_tokens[w])
             total = need + min(int(budget_max[w]), clip)
             c = min(need, budget)
-            blocks = int(limits.kv_blocks(c))
+            blocks = kv.blocks(c)
             alone = seqs == 0  # SGLang would abort a request that never fits
-            if used + blocks > limits.kv_capacity_blocks or (
-                not alone and total >= rem_total
-            ):
+            if used + blocks > kv.capacity_blocks or (not alone and total >= rem_total):
                 break
             admitted.append(w)
             chunks.append(c)

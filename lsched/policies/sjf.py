@@ -101,14 +101,14 @@ class Plan:
         taken = np.minimum(np.cumsum(need), limits.max_num_batched_tokens)
         work = taken.copy()
         work[1:] -= taken[:-1]
-        used = int(limits.kv_blocks(processed + work).sum())
+        used = int(view.kv.blocks(processed + work).sum())
         left = limits.max_num_batched_tokens - (int(taken[-1]) if len(taken) else 0)
         return cls(running, work, used, left)
 
     def blocks_of(self, view: ReplicaView, k: int) -> int:
         """KV blocks that ``running[k]`` holds after the planned iteration."""
         after = view.processed_tokens[self.running[k]] + self.work[k]
-        return int(view.limits.kv_blocks(after))
+        return int(view.kv.blocks(after))
 
 
 def shed(view: ReplicaView, key: IntArray) -> tuple[Plan, list[int]]:
@@ -121,7 +121,7 @@ def shed(view: ReplicaView, key: IntArray) -> tuple[Plan, list[int]]:
     running = view.running
     plan = Plan.of(view, running)
     victims: list[int] = []
-    capacity = view.limits.kv_capacity_blocks
+    capacity = view.kv.capacity_blocks
     while plan.used > capacity:
         keys = key[np.isin(view.running, plan.running)]
         # argmax over the reversed order picks the most recently admitted on ties
@@ -201,13 +201,14 @@ class Sjf:
         if len(view.waiting) == 0:
             return admitted, chunks, []
         order = by_key(view.waiting, predicted_remaining(view, view.waiting, self.name))
+        kv = view.kv
         seqs, used, budget = len(plan.running), plan.used, plan.budget_left
         for w in order.tolist():
             if seqs >= limits.max_num_seqs or budget == 0:
                 break
             c = first_chunk(view, w, budget)
-            grow = int(limits.kv_blocks(c))
-            if used + grow > limits.kv_capacity_blocks:
+            grow = kv.blocks(c)
+            if used + grow > kv.capacity_blocks:
                 break
             admitted.append(w)
             chunks.append(c)
@@ -228,7 +229,8 @@ class Srpt(Sjf):
     ) -> tuple[list[int], list[int], list[int]]:
         """Step 3 with preemption of strictly longer running requests."""
         limits = view.limits
-        capacity = limits.kv_capacity_blocks
+        kv = view.kv
+        capacity = kv.capacity_blocks
         admitted: list[int] = []
         chunks: list[int] = []
         victims: list[int] = []
@@ -247,7 +249,7 @@ class Srpt(Sjf):
 
         def fits(seqs: int, used: int, budget: int, w: int) -> bool:
             c = first_chunk(view, w, budget)
-            return seqs < limits.max_num_seqs and used + _blocks(view, c) <= capacity
+            return seqs < limits.max_num_seqs and used + kv.blocks(c) <= capacity
 
         for w in order.tolist():
             if budget == 0:
@@ -275,14 +277,10 @@ class Srpt(Sjf):
             c = first_chunk(view, w, budget)
             admitted.append(w)
             chunks.append(c)
-            seqs, used, budget = seqs + 1, used + _blocks(view, c), budget - c
+            seqs, used, budget = seqs + 1, used + kv.blocks(c), budget - c
         if victims:
             # every running request got its whole work (budget was left), so the
             # others' work does not change when the victims leave
             keep = ~np.isin(plan.running, victims)
             plan.running, plan.work = plan.running[keep], plan.work[keep]
         return admitted, chunks, victims
-
-
-def _blocks(view: ReplicaView, tokens: int) -> int:
-    return -(-tokens // view.limits.block_tokens)

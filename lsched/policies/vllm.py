@@ -55,7 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lsched.errors import InputError
-from lsched.policies.base import Batch, ReplicaLimits, ReplicaView, running_state
+from lsched.kv import KVBlocks
+from lsched.policies.base import Batch, ReplicaView, running_state
 
 # -- helpers shared by the engine policies ---------------------------------------
 
@@ -89,7 +90,7 @@ def check_int(value: object, name: str, minimum: int) -> None:
         raise InputError(f"got {value}; expected an integer >= {minimum}", field=name)
 
 
-def watermark_blocks(limits: ReplicaLimits, watermark: float, need: int) -> int:
+def watermark_blocks(kv: KVBlocks, watermark: float, need: int) -> int:
     """Blocks that must stay free after admitting a request needing ``need``.
 
     vLLM's ``can_allocate`` keeps ``int(watermark * capacity)`` blocks free; a
@@ -97,12 +98,12 @@ def watermark_blocks(limits: ReplicaLimits, watermark: float, need: int) -> int:
     *ignored* (finished unserved) by vLLM. lsched cannot drop requests, so for such
     a request the watermark is waived instead (it only needs ``need`` free blocks).
     """
-    mark = int(watermark * limits.kv_capacity_blocks)
-    return mark if limits.kv_capacity_blocks - need >= mark else 0
+    mark = kv.watermark_blocks(watermark)
+    return mark if kv.capacity_blocks - need >= mark else 0
 
 
 def running_pass(
-    limits: ReplicaLimits,
+    kv: KVBlocks,
     order: Sequence[int],
     want: Callable[[int, int], int],
     grow: Callable[[int, int], int],
@@ -114,8 +115,8 @@ def running_pass(
 
     Parameters
     ----------
-    limits
-        The replica's limits (KV capacity in blocks).
+    kv
+        The replica's block arithmetic (KV capacity in blocks).
     order
         Running requests in the order they are visited.
     want
@@ -135,6 +136,7 @@ def running_pass(
         Tokens per scheduled request (in visiting order), the preempted requests,
         the blocks used (held plus grown) and the budget left.
     """
+    capacity = kv.capacity_blocks
     used = sum(held.values())
     plan: dict[int, int] = {}
     extra: dict[int, int] = {}
@@ -147,7 +149,7 @@ def running_pass(
         if c <= 0:
             continue
         g = grow(r, c)
-        while used + g > limits.kv_capacity_blocks:
+        while used + g > capacity:
             victim = next(v for v in victims if v not in gone)
             gone.add(victim)
             preempted.append(victim)
@@ -230,9 +232,9 @@ class Vllm:
         if len(running) <= budget and (processed >= target).all():
             # the usual case: every running request decodes one token; blocks
             # held after the step, ceil((p + 1) / b)
-            block = limits.block_tokens
-            used = int(((processed + block) // block).sum())
-            if used <= limits.kv_capacity_blocks:
+            kv = view.kv
+            used = int(kv.blocks(processed + 1).sum())
+            if used <= kv.capacity_blocks:
                 left = budget - len(running)
                 new, chunks = self._admit(view, priority, len(running), used, left)
                 if not new:
@@ -282,8 +284,9 @@ class Vllm:
         work = taken.copy()
         work[1:] -= taken[:-1]
         # blocks held after the iteration by every running request
-        used = int((-(-(processed + work) // limits.block_tokens)).sum())
-        if used > limits.kv_capacity_blocks:
+        kv = view.kv
+        used = int(kv.blocks(processed + work).sum())
+        if used > kv.capacity_blocks:
             return None
         left = budget - (int(taken[-1]) if len(taken) else 0)
         new, chunks = self._admit(view, priority, len(running), used, left)
@@ -319,7 +322,7 @@ class Vllm:
     ) -> tuple[dict[int, int], list[int], int, int]:
         """Steps 2-3, one request at a time."""
         limits = view.limits
-        block = limits.block_tokens
+        kv = view.kv
         running, processed, need, held = running_state(view)
         if priority is None:
             victims = running[::-1]
@@ -335,10 +338,10 @@ class Vllm:
             return self._chunk(max(need[r], 1), budget)
 
         def grow(r: int, c: int) -> int:
-            return -(-(processed[r] + c) // block) - held[r]
+            return kv.blocks(processed[r] + c) - held[r]
 
         return running_pass(
-            limits,
+            kv,
             running,
             want,
             grow,
@@ -370,12 +373,13 @@ class Vllm:
             waiting = view.waiting.tolist()
             waiting.sort(key=lambda w: (int(priority[w]), float(view.arrival_s[w]), w))
         prompt, emitted = view.prompt_tokens, view.emitted_tokens
-        block, capacity = limits.block_tokens, limits.kv_capacity_blocks
+        kv = view.kv
+        capacity = kv.capacity_blocks
         for w in waiting:
             if seqs >= limits.max_num_seqs or budget <= 0:
                 break
             c = self._chunk(int(prompt[w] + emitted[w]), budget)
-            grow = -(-c // block)
+            grow = kv.blocks(c)
             if used + grow > capacity:
                 break
             admitted.append(w)

@@ -190,16 +190,17 @@ class VllmV0:
         if p.prefill_token_budget is not None:
             budget = min(budget, p.prefill_token_budget)
         seqs = len(view.running) if p.kv_limit else 0
-        used = int(limits.kv_blocks(view.processed_tokens[view.running]).sum())
+        kv = view.kv
+        used = int(kv.blocks(view.processed_tokens[view.running]).sum())
         taken: list[int] = []
         for w in view.waiting.tolist():
             c = int(view.prompt_tokens[w] + view.emitted_tokens[w])
             if c > budget or seqs >= limits.max_num_seqs:
                 break
             if p.kv_limit:
-                need = int(limits.kv_blocks(c))
-                spare = watermark_blocks(limits, p.watermark, need)
-                if limits.kv_capacity_blocks - used - need < spare:
+                need = kv.blocks(c)
+                spare = watermark_blocks(kv, p.watermark, need)
+                if kv.capacity_blocks - used - need < spare:
                     break
                 used += need
             taken.append(w)
@@ -215,9 +216,9 @@ class VllmV0:
         seq_cap = min(limits.max_num_seqs, limits.max_num_batched_tokens)
         cap = p.decode_context_cap
         running = view.running.tolist()
-        held = dict(
-            zip(running, limits.kv_blocks(processed[running]).tolist(), strict=True)
-        )
+        kv = view.kv
+        capacity = kv.capacity_blocks
+        held = dict(zip(running, kv.blocks(processed[running]).tolist(), strict=True))
         used = sum(held.values())
         batch: list[int] = []
         grown: dict[int, int] = {}
@@ -234,8 +235,8 @@ class VllmV0:
             if cap is not None and batch and context + after > cap:
                 break
             if p.kv_limit:
-                g = int(limits.kv_blocks(after)) - held[r]
-                while used + g > limits.kv_capacity_blocks:
+                g = kv.blocks(after) - held[r]
+                while used + g > capacity:
                     # V0: running_queue.pop(), the most recently admitted
                     victim = next(v for v in reversed(running) if v not in gone)
                     gone.add(victim)
@@ -258,7 +259,7 @@ class VllmV0:
         taken = set(batch) | gone
         self._queue = [r for r in self._queue if r not in taken] + batch
         everyone = len(batch) == len(running)
-        no_cap = cap is None or cap >= limits.kv_capacity_blocks * limits.block_tokens
+        no_cap = cap is None or cap >= kv.capacity_tokens
         return Batch(
             decode=np.array(batch, dtype=np.int64),
             preempt=np.array(preempted, dtype=np.int64),

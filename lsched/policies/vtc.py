@@ -208,7 +208,9 @@ class Vtc(Fcfs):
         first = np.minimum(
             view.prompt_tokens[waiting] + view.emitted_tokens[waiting], budget
         )
-        if int(limits.kv_blocks(first).min()) + used > limits.kv_capacity_blocks:
+        kv = view.kv
+        capacity = kv.capacity_blocks
+        if int(kv.blocks(first).min()) + used > capacity:
             return admitted, chunks  # nothing fits, and KV only grows until an event
         self._blocked = False
         codes = self._setup(view)
@@ -222,8 +224,8 @@ class Vtc(Fcfs):
             u = min(queues, key=lambda t: (counters[t], queues[t][-1]))
             w = queues[u][-1]
             c = min(int(view.prompt_tokens[w] + view.emitted_tokens[w]), budget)
-            grow = -(-c // limits.block_tokens)
-            if used + grow > limits.kv_capacity_blocks:
+            grow = kv.blocks(c)
+            if used + grow > capacity:
                 break
             queues[u].pop()
             if not queues[u]:
