@@ -218,6 +218,7 @@ def compare(
     num_workers: int = 2,
     seed: int = 0,
     on_progress: Progress | None = None,
+    lp_time_limit: float = 10.0,
 ) -> Comparison:
     """Bounds, the best offline schedule and every policy on one instance.
 
@@ -244,6 +245,9 @@ def compare(
         Passed to the solver.
     on_progress
         Called with ``(time_s, objective, bound)`` as the solver improves.
+    lp_time_limit
+        Wall-clock seconds for each LP bound of the suite
+        (:func:`~lsched.formulations.bound_suite.bound_suite`).
 
     Raises
     ------
@@ -263,7 +267,9 @@ def compare(
     replicas = profile.replicas if replicas is None else replicas
     if instance.predicted_output_tokens is None:
         instance = oracle(instance)
-    bounds = bound_suite(instance, profile, objective, replicas=replicas)
+    bounds = bound_suite(
+        instance, profile, objective, replicas=replicas, lp_time_limit=lp_time_limit
+    )
     problem = slot_problem_in_seconds(instance, profile, objective, replicas)
     options = {
         "time_limit": time_limit,
