@@ -56,13 +56,15 @@ class KVBlocks:
     def blocks(self, tokens: Any) -> Any:
         """Blocks that hold ``tokens`` tokens, ``ceil(tokens / block_tokens)``
         (an int for an int, an array otherwise)."""
-        if not isinstance(tokens, int | np.integer | np.ndarray):
-            tokens = np.asarray(tokens, dtype=np.int64)
-        return -(-tokens // self.block_tokens)
+        try:  # ints and arrays, the hot path: no type checks
+            return -(-tokens // self.block_tokens)
+        except TypeError:  # a list or a tuple
+            return -(-np.asarray(tokens, dtype=np.int64) // self.block_tokens)
 
     def growth(self, before: Any, work: Any) -> Any:
         """Blocks opened by taking ``before`` tokens to ``before + work``."""
-        return self.blocks(before + work) - self.blocks(before)
+        b = self.block_tokens
+        return (-before // b) - (-(before + work) // b)
 
     def decode_growth(self, processed: IntArray) -> int:
         """Blocks opened by one decode step of each request holding ``processed``

@@ -88,8 +88,9 @@ class ClusterView:
     has them ``predicted_output_tokens``, ``tenant``, ``priority``; never its true
     output length) and, per replica ``c``, :meth:`outstanding` and
     :meth:`kv_tokens` at the first iteration boundary at or after ``now_s``. The
-    per-replica state is computed on first use; a stateless router never pays
-    for it (and may not read it: the replicas have not run yet).
+    per-replica state is computed on first use, for every replica at once; a
+    stateless router never pays for it (and may not read it: the replicas have
+    not run yet).
     """
 
     __slots__ = (
@@ -124,7 +125,7 @@ class ClusterView:
         self.tenant = tenant
         self.priority = priority
         self._state = state
-        self._cache: dict[int, tuple[int, int]] = {}
+        self._cache: list[tuple[int, int]] | None = None
 
     @property
     def replicas(self) -> int:
@@ -132,12 +133,12 @@ class ClusterView:
         return self.context.replicas
 
     def _of(self, replica: int) -> tuple[int, int]:
-        if self._state is None:
-            raise RuntimeError(
-                "a router that declares stateless = True read the replicas' state"
-            )
-        if replica not in self._cache:
-            self._cache[replica] = self._state(replica)
+        if self._cache is None:  # every replica at once: routers compare them all
+            if self._state is None:
+                raise RuntimeError(
+                    "a router that declares stateless = True read the replicas' state"
+                )
+            self._cache = [self._state(c) for c in range(self.context.replicas)]
         return self._cache[replica]
 
     def outstanding(self, replica: int) -> int:

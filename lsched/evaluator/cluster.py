@@ -52,6 +52,7 @@ from lsched.errors import InputError
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
+from lsched.kv import KVBlocks
 from lsched.policies import ARRIVAL_TOLERANCE_S, Batch, PolicyContext, ReplicaLimits
 from lsched.policies.base import restore_policy, snapshot_policy
 from lsched.profile import DeploymentProfile
@@ -146,10 +147,12 @@ def _decision(choice: object, i: int, replicas: int) -> int | Reject:
     return int(choice)
 
 
-def _check_fits(instance: Instance, i: int, cluster: Cluster, c: int) -> None:
+def _check_fits(
+    instance: Instance, i: int, cluster: Cluster, c: int, kv: KVBlocks
+) -> None:
+    """Raise unless request ``i`` fits replica ``c`` (block arithmetic ``kv``)."""
     profile = cluster.pool_of(c).profile
     peak = int(instance.prompt_tokens[i] + instance.output_tokens[i] - 1)
-    kv = ReplicaLimits.from_profile(profile).kv
     if not kv.fits(kv.blocks(peak)):
         raise InputError(
             f"the router sent request {i} (peak KV {peak} tokens) to replica {c} "
@@ -199,6 +202,10 @@ class ClusterSim:
         self.instance = instance
         self.cluster = cluster
         self.context = _router_context(cluster, assignment)
+        self._pool_kv = [
+            ReplicaLimits.from_profile(p.profile).kv for p in cluster.pools
+        ]
+        self._kv = [self._pool_kv[k] for k in cluster.replica_pool.tolist()]
         self.router = cluster.router.make(self.context)
         contexts = _contexts(instance, cluster)
         self.joint = not is_stateless(self.router) if joint is None else joint
@@ -253,12 +260,11 @@ class ClusterSim:
         self.where[:] = where
         pool_of = self.cluster.replica_pool[where]
         peak = self.instance.prompt_tokens + self.instance.output_tokens - 1
-        for k, pool in enumerate(self.cluster.pools):
-            kv = ReplicaLimits.from_profile(pool.profile).kv
+        for k, kv in enumerate(self._pool_kv):
             over = (pool_of == k) & (kv.blocks(peak) > kv.capacity_blocks)
             if over.any():
                 i = int(np.flatnonzero(over)[0])
-                _check_fits(self.instance, i, self.cluster, int(where[i]))
+                _check_fits(self.instance, i, self.cluster, int(where[i]), kv)
 
     def _route(self, i: int, state: Callable[[int], tuple[int, int]] | None) -> int:
         """Route request ``i``; its replica or :data:`REJECTED`."""
@@ -267,7 +273,7 @@ class ClusterSim:
         if isinstance(choice, Reject):
             self.reasons[i] = choice.reason
             return REJECTED
-        _check_fits(self.instance, i, self.cluster, choice)
+        _check_fits(self.instance, i, self.cluster, choice, self._kv[choice])
         self.where[i] = choice
         return choice
 

@@ -39,8 +39,8 @@ def collect(
     """The result of ``run``: records, metrics (total, per replica, per pool) and,
     when ``log``, the iteration log."""
     n = len(instance)
-    pool_of = cluster.replica_pool
     served = run.where != REJECTED
+    names = np.array([p.name for p in cluster.pools] + [""], dtype=object)
     columns: dict[str, np.ndarray] = {
         "replica": run.where,
         "admitted_s": np.full(n, np.nan),
@@ -48,15 +48,9 @@ def collect(
         "completion_s": np.full(n, np.nan),
         "preemptions": np.zeros(n, dtype=np.int64),
         "recomputed_tokens": np.zeros(n, dtype=np.int64),
-        "pool": np.array(
-            [cluster.pools[k].name for k in pool_of[np.maximum(run.where, 0)]]
-            if n
-            else [],
-            dtype=object,
-        ),
+        "pool": names[np.where(served, cluster.replica_pool[run.where], -1)],
         "rejected": np.full(n, "", dtype=object),
     }
-    columns["pool"][~served] = ""
     for i, reason in run.reasons.items():
         columns["rejected"][i] = reason
     runs: list[pd.DataFrame] = []
@@ -82,62 +76,56 @@ def collect(
                     dtype=np.int64,
                 )
             )
-    requests = pd.DataFrame(columns, columns=list(REQUEST_COLUMNS))
     engines = [e for e in run.engines if e is not None]
-    profiles = dict.fromkeys(p.profile.name for p in cluster.pools)
+    replicas = cluster.num_replicas
+    capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
+    # the mean capacity of a replica: the total over C replicas is what counts
+    mean_capacity = capacity / replicas
+    if capacity % replicas == 0:
+        mean_capacity = capacity // replicas
+    total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
+    pools = " + ".join(dict.fromkeys(p.profile.name for p in cluster.pools))
     return SimulationResult(
         policy=" + ".join(dict.fromkeys(p.policy.label for p in cluster.pools)),
-        profile=" + ".join(profiles),
-        replicas=cluster.num_replicas,
-        requests=requests,
-        metrics=_metrics(instance, requests, engines, cluster, list(range(n))),
+        profile=pools,
+        replicas=replicas,
+        requests=pd.DataFrame(columns, columns=list(REQUEST_COLUMNS)),
+        metrics=total,
         iterations=sum(e.iterations for e in engines),
         runtime_s=runtime_s,
         runs=_concat(runs, RUN_COLUMNS, index="run") if log else None,
         members=_concat(members, MEMBER_COLUMNS) if log else None,
         preemptions=_concat(preempted, ("run", "request")) if log else None,
-        replica_metrics=_replica_metrics(instance, requests, run, cluster),
-        pool_metrics=_pool_metrics(instance, requests, run, cluster),
+        replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
+        pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
     )
 
 
 def _metrics(
     instance: Instance,
-    requests: pd.DataFrame,
+    columns: dict[str, np.ndarray],
     engines: list[ReplicaEngine],
-    cluster: Cluster | None,
-    rows: list[int],
-    *,
-    replicas: int | None = None,
-    capacity_tokens: float | None = None,
+    rows: np.ndarray,
+    replicas: int,
+    capacity_tokens: float,
 ) -> dict[str, float]:
-    """Metrics of the requests ``rows`` served by ``engines``; by default over
-    the whole cluster."""
-    if cluster is not None:
-        replicas = cluster.num_replicas
-        capacity_tokens = (
-            sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
-            / replicas
-        )
-    part = requests.iloc[rows]
-    served = (part["replica"] != REJECTED).to_numpy()
-    ids = np.asarray(rows, dtype=np.int64)[served]
-    subset = instance if served.all() and len(ids) == len(instance) else None
-    if subset is None:
-        subset = instance.subset(ids)
-    assert replicas is not None and capacity_tokens is not None
+    """Metrics of the requests ``rows`` served by ``engines`` (``replicas`` of
+    ``capacity_tokens`` each, on average)."""
+    served = columns["replica"][rows] != REJECTED
+    ids = rows[served]
+    subset = instance if len(ids) == len(instance) else instance.subset(ids)
     metrics = schedule_metrics(
         subset,
-        part["first_token_s"].to_numpy()[served],
-        part["completion_s"].to_numpy()[served],
+        columns["first_token_s"][ids],
+        columns["completion_s"][ids],
         busy_s=sum(e.busy_s for e in engines),
         kv_token_seconds=sum(e.kv_token_seconds for e in engines),
         kv_capacity_tokens=capacity_tokens,  # type: ignore[arg-type]
         replicas=replicas,
-        preemptions=int(part["preemptions"].sum()),
-        recomputed_tokens=int(part["recomputed_tokens"].sum()),
+        preemptions=int(columns["preemptions"][ids].sum()),
+        recomputed_tokens=int(columns["recomputed_tokens"][ids].sum()),
     )
-    rejected = int((~served).sum())
+    rejected = len(rows) - len(ids)
     metrics["num_rejected"] = float(rejected)
     if rejected and not math.isnan(metrics["slo_attainment"]):
         metrics["slo_attainment"] *= len(ids) / len(rows)  # a rejection is a miss
@@ -145,7 +133,11 @@ def _metrics(
 
 
 def _replica_metrics(
-    instance: Instance, requests: pd.DataFrame, run: ClusterRun, cluster: Cluster
+    instance: Instance,
+    columns: dict[str, np.ndarray],
+    run: ClusterRun,
+    cluster: Cluster,
+    total: dict[str, float],
 ) -> pd.DataFrame:
     rows = []
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
@@ -153,33 +145,29 @@ def _replica_metrics(
         record: dict[str, object] = {"replica": c, "pool": pool.name}
         record |= {"num_completed": 0.0, "iterations": 0}
         if engine is not None:
-            record |= _metrics(
-                instance,
-                requests,
-                [engine],
-                None,
-                ids.tolist(),
-                replicas=1,
-                capacity_tokens=pool.profile.kv_capacity_tokens,
-            )
+            if cluster.num_replicas == 1 and not run.reasons:  # the totals
+                record |= total
+            else:
+                capacity = pool.profile.kv_capacity_tokens
+                record |= _metrics(instance, columns, [engine], ids, 1, capacity)
             record["iterations"] = engine.iterations
         rows.append(record)
     return pd.DataFrame(rows).set_index("replica")
 
 
 def _pool_metrics(
-    instance: Instance, requests: pd.DataFrame, run: ClusterRun, cluster: Cluster
+    instance: Instance,
+    columns: dict[str, np.ndarray],
+    run: ClusterRun,
+    cluster: Cluster,
+    total: dict[str, float],
 ) -> pd.DataFrame:
     rows = []
     pool_of = cluster.replica_pool
     for k, pool in enumerate(cluster.pools):
         members = np.flatnonzero(pool_of == k).tolist()
         engines = [run.engines[c] for c in members if run.engines[c] is not None]
-        ids = (
-            np.sort(np.concatenate([run.ids[c] for c in members]))
-            if members
-            else np.zeros(0, np.int64)
-        )
+        ids = np.sort(np.concatenate([run.ids[c] for c in members]))
         record: dict[str, object] = {
             "pool": pool.name,
             "profile": pool.profile.name,
@@ -189,15 +177,13 @@ def _pool_metrics(
             "iterations": 0,
         }
         if len(ids):
-            record |= _metrics(
-                instance,
-                requests,
-                engines,  # type: ignore[arg-type]
-                None,
-                ids.tolist(),
-                replicas=pool.replicas,
-                capacity_tokens=pool.profile.kv_capacity_tokens,
-            )
+            if len(cluster.pools) == 1 and not run.reasons:  # the totals
+                record |= total
+            else:
+                capacity = pool.profile.kv_capacity_tokens
+                record |= _metrics(
+                    instance, columns, engines, ids, pool.replicas, capacity
+                )
             record["iterations"] = sum(e.iterations for e in engines)  # type: ignore[union-attr]
         rows.append(record)
     return pd.DataFrame(rows).set_index("pool")
