@@ -36,7 +36,10 @@ def fit_command(
     ] = False,
     base: Annotated[
         str | None,
-        typer.Option(help="Profile whose other fields --out copies (full profile)."),
+        typer.Option(
+            help="Profile whose other fields --out copies (a full profile, named "
+            "after the --out file)."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -69,6 +72,8 @@ def fit_command(
         if base is not None:
             profile = load_profile(base)
             profile = profile.replace(
+                # its own name, the file's stem: not the base's a second time
+                name=out.stem,
                 iteration_time=fit.iteration_time(),
                 fit_mape=fit.mape,
                 sources={**profile.sources, "iteration_time": source},
