@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_refused, must_not_run
 
 from lsched.cli import main
 from lsched.profile import list_profiles, load_profile, models_dir
@@ -224,3 +225,37 @@ def test_fitted_profile_in_a_profile_folder_is_listed_once(
     names = [p["name"] for p in json.loads(out_text)["profiles"]]
     assert names.count("llama2-70b-a100-tp4") == 1
     assert names.count("my-gpu") == 1
+
+
+# -- profile fit --out: never an input, its folder checked first --------------------
+
+MEASUREMENTS = "prefill_tokens,time_s\n0,0.01\n10,0.02\n20,0.03\n"
+
+
+def test_fit_out_onto_its_inputs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measurements = tmp_path / "m.csv"
+    measurements.write_text(MEASUREMENTS)
+    base = tmp_path / "base.toml"
+    base.write_bytes((models_dir() / "unit-slot.toml").read_bytes())
+    before = {p: p.read_bytes() for p in (measurements, base)}
+    fit = ["profile", "fit", str(measurements)]
+    code, out, err = _run([*fit, "--base", str(base), "--out", str(base)], capsys)
+    assert_refused(code, out, err, "also an input", str(base), "'--out'")
+    code, out, err = _run([*fit, "--out", str(measurements)], capsys)
+    assert_refused(code, out, err, "'--out'", "expected .toml")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_fit_missing_out_folder_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lsched.cli.profile.read_measurements", must_not_run)
+    measurements = tmp_path / "m.csv"
+    measurements.write_text(MEASUREMENTS)
+    target = tmp_path / "nowhere" / "fit.toml"
+    code, out, err = _run(
+        ["profile", "fit", str(measurements), "--out", str(target)], capsys
+    )
+    assert_refused(code, out, err, str(target), "no such folder")

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple | np.ndarray):
         return [_plain(v) for v in value]
     return value
+
+
+def profile_file(model: str | None) -> Path | None:
+    """The file a ``--model`` value reads: the path given, or a named profile's
+    file (``None`` for no model or an unknown name, which loading reports)."""
+    if model is None:
+        return None
+    candidate = Path(model)
+    if candidate.suffix == ".toml" or candidate.exists():
+        return candidate
+    from lsched._models import find_profile
+
+    return find_profile(model)
 
 
 def print_json(obj: Mapping[str, Any]) -> None:

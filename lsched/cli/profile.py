@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from lsched.atomic import write_text_atomic
+from lsched.atomic import check_output, write_text_atomic
 from lsched.calibration import fit_iteration_time, read_measurements
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
+from lsched.errors import InputError
 from lsched.profile import FEATURES, iteration_time_toml, load_profile, profile_to_toml
 
 app = typer.Typer(help="Fit deployment profiles to measurements.", no_args_is_help=True)
@@ -55,6 +56,12 @@ def fit_command(
         raise typer.BadParameter(
             f"got {format_!r}; expected features or splitwise", param_hint="--format"
         )
+    if out is not None:
+        if out.suffix.lower() != ".toml":
+            raise InputError(
+                f"got suffix {out.suffix.lower()!r}; expected .toml", field="--out"
+            )
+        check_output(out, (measurements, profile_file(base)), "--out")
     features, time_s = read_measurements(
         measurements, format_, model=model, hardware=hardware, tp=tp
     )

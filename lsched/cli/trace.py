@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lsched.atomic import check_output
 from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.traces import FORMATS, WRITE_FORMATS, read_trace, trace_summary, write_trace
 from lsched.traces.detect import format_from_suffix, normalise_format
@@ -144,12 +145,14 @@ def convert(
     json_output: JsonOpt = False,
 ) -> None:
     """Convert a trace to lsched's native CSV or Parquet (written atomically)."""
-    # decide the output format before reading a possibly large input
+    # decide the output format and check the output before reading a possibly
+    # large input
     out_format = (
         format_from_suffix(target)
         if to is None
         else normalise_format(to, WRITE_FORMATS)
     )
+    check_output(target, (source,), "TARGET")
     instance, report = read_trace(
         source,
         format,
