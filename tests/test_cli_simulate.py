@@ -131,3 +131,22 @@ def test_requests_out_suffix_is_checked_before_work(
             "--requests-out", str(tmp_path / "r.txt")]  # fmt: skip
     code, out, err = run(args, capsys)
     assert_refused(code, out, err, "expected .csv or .parquet")
+
+
+def test_json_counts_are_integers(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["simulate", str(DEFAULT), "--model", "unit-slot", "--replicas", "2"]
+    code, out, _ = run([*args, "--json"], capsys)
+    assert code == 0
+    (entry,) = json.loads(out)["policies"]
+    tables = [entry["metrics"], entry, *entry["pools"], *entry["per_replica"]]
+    counts = ("num_completed", "num_rejected", "preemptions", "recomputed_tokens",
+              "iterations", "replicas")  # fmt: skip
+    seen = 0
+    for table in tables:
+        for key in counts:
+            if key in table:
+                assert type(table[key]) is int, (key, table[key])
+                seen += 1
+    assert seen >= 15
+    assert entry["metrics"]["preemptions"] > 0  # the counts are not all trivial
+    assert type(entry["metrics"]["makespan_s"]) is float  # other metrics stay floats
