@@ -17,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 JSON_HELP = "Print one JSON object instead of a table."
+#: Console width for tables written to a file or a pipe: wider than any row.
+UNBOUNDED_WIDTH = 100_000
 
 
 def _plain(value: Any) -> Any:
@@ -50,14 +52,23 @@ def print_json(obj: Mapping[str, Any]) -> None:
 def print_table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """Print a rich table with right-aligned numbers."""
+    """Print a rich table; no number is ever cut.
+
+    A terminal keeps its width and a cell too long for it folds onto the next
+    line; a file or a pipe has no width, so the table takes the width of its
+    longest row (rich would otherwise squeeze it into 80 columns and cut numbers
+    to ``1.25606e+…``).
+    """
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         # Text, not str: a path with [brackets] must not be read as rich markup
         table.add_row(*(Text(_format(v)) for v in row))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=UNBOUNDED_WIDTH)
+    console.print(table)
 
 
 def _format(value: Any) -> str:
