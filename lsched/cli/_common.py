@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -22,11 +21,15 @@ UNBOUNDED_WIDTH = 100_000
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
+    # NumPy values exist only once NumPy is loaded: no import for plain data
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
+    if isinstance(value, list | tuple) or (
+        np is not None and isinstance(value, np.ndarray)
+    ):
         return [_plain(v) for v in value]
     return value
 

@@ -18,6 +18,7 @@ from lsched.profile import load_profile
 app = typer.Typer(
     help=f"Deployment profiles: models/*.toml and ${ENV_VAR} folders.",
     no_args_is_help=True,
+    add_completion=False,
 )
 
 

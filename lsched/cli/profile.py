@@ -13,7 +13,11 @@ from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
 from lsched.errors import InputError
 from lsched.profile import FEATURES, iteration_time_toml, load_profile, profile_to_toml
 
-app = typer.Typer(help="Fit deployment profiles to measurements.", no_args_is_help=True)
+app = typer.Typer(
+    help="Fit deployment profiles to measurements.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command("fit")
