@@ -1,18 +1,24 @@
 """lsched: operations research for scheduling LLM inference.
 
-The names below are the front door; the plug-in calls and the cluster model are
-imported on first use (``lsched.register_policy`` loads the policies, not
-``import lsched``).
+The names below are the front door, imported on first use: ``import lsched`` (and
+so the ``lsched`` command line, ``lsched --help`` included) loads no NumPy;
+``lsched.Instance`` loads the instance model and ``lsched.register_policy`` the
+policies.
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsched.errors import InputError
-from lsched.instance import Instance, Request
+
+if TYPE_CHECKING:  # the types, for checkers; at run time __getattr__ imports them
+    from lsched.instance import Instance as Instance
+    from lsched.instance import Request as Request
 
 #: Lazily imported names and their modules.
 _LAZY = {
+    "Instance": "lsched.instance",
+    "Request": "lsched.instance",
     "Cluster": "lsched.cluster",
     "Pool": "lsched.cluster",
     "load_cluster": "lsched.cluster",
@@ -22,7 +28,7 @@ _LAZY = {
     "simulate_cluster": "lsched.evaluator",
 }
 
-__all__ = ["InputError", "Instance", "Request", *_LAZY]
+__all__ = ["InputError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

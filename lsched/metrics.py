@@ -26,6 +26,18 @@ import numpy.typing as npt
 from lsched.instance import Instance
 
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
+#: Metrics (and per-pool, per-replica columns) that count something: whole numbers,
+#: written as JSON integers (``16``, not ``16.0``) though tables hold them as floats.
+COUNT_METRICS: frozenset[str] = frozenset(
+    {
+        "num_completed",
+        "num_rejected",
+        "preemptions",
+        "recomputed_tokens",
+        "iterations",
+        "replicas",
+    }
+)
 
 
 def _describe(prefix: str, values: np.ndarray) -> dict[str, float]:

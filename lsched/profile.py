@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lsched._models import find_profile, profile_files, shipped_models_dir
 from lsched.errors import InputError
 
 #: Names of the batch features, in the order of phi = [1, P, Q, D, K, H].
@@ -699,16 +700,18 @@ class DeploymentProfile:
 
 
 def models_dir() -> Path:
-    """``<repo>/models``, located from this file (lsched is installed editable)."""
-    return Path(__file__).resolve().parents[1] / "models"
+    """The folder of the shipped profiles: the checkout's ``models/`` or, in a
+    wheel, the installed ``lsched_models`` package (:mod:`lsched._models`)."""
+    return shipped_models_dir()
 
 
 def list_profiles() -> list[str]:
-    """Names (file stems) of the profiles in :func:`models_dir`, sorted."""
-    directory = models_dir()
-    if not directory.is_dir():
-        return []
-    return sorted(p.stem for p in directory.glob("*.toml"))
+    """Names of the profiles found by name, each once, sorted.
+
+    The folders of ``$LSCHED_MODELS`` come before the shipped ones; a name in
+    several folders is the first folder's profile.
+    """
+    return list(profile_files())
 
 
 def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
@@ -726,7 +729,10 @@ def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def load_profile(name_or_path: str | Path) -> DeploymentProfile:
-    """Load a profile by name (``models/<name>.toml``) or from a ``.toml`` path.
+    """Load a profile by name or from a ``.toml`` path.
+
+    A name is looked up in the folders of ``$LSCHED_MODELS``, then in the shipped
+    profiles (``models/<name>.toml``); see :mod:`lsched._models`.
 
     Raises
     ------
@@ -741,13 +747,14 @@ def load_profile(name_or_path: str | Path) -> DeploymentProfile:
         if not path.is_file():
             raise InputError("no such profile file", file=path)
     else:
-        path = models_dir() / f"{text_name}.toml"
-        if not path.is_file():
+        found = find_profile(text_name)
+        if found is None:
             known = ", ".join(list_profiles()) or "(none)"
             raise InputError(
                 f"unknown profile {text_name!r}; known profiles: {known}",
                 field="profile",
             )
+        path = found
     text, data = read_toml(path)
     try:
         return _profile_from_dict(data, default_name=path.stem, path=str(path))

@@ -78,7 +78,7 @@ import multiprocessing
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +88,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lsched.atomic import atomic_target
+from lsched.atomic import atomic_target, check_output
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.policies import PolicyError, PolicySpec, parse_policy
@@ -512,6 +512,21 @@ class SweepConfig:
                     )
                 seen.add(label)
 
+    def input_files(self) -> tuple[Path, ...]:
+        """Every file the sweep reads: the config, the traces (and generators'
+        sources) and the profile files (a named profile's file included)."""
+        from lsched._models import find_profile
+
+        files = [self.path]
+        for source in self.instances:
+            files += [Path(p) for p in (source.path, dict(source.options).get("source"))
+                      if p is not None]  # fmt: skip
+        for profile in self.profiles:
+            location = Path(profile.location)
+            found = location if location.is_file() else find_profile(profile.location)
+            files += [] if found is None else [found]
+        return tuple(files)
+
     def cases(self) -> tuple[Case, ...]:
         """Every case: instances x profiles x (policies, then solvers)."""
         shared = {
@@ -910,7 +925,7 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
         sweep.get("dispatch", "round-robin"), str, "sweep.dispatch", loc, "a rule"
     )
     try:
-        return SweepConfig(
+        config = SweepConfig(
             path=path,
             out=out,
             instances=(
@@ -932,16 +947,21 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
         raise InputError(
             exc.message, file=path, line=loc.line_of(needle), field=exc.field
         ) from None
+    try:  # the results file must not be one of the files the sweep reads
+        check_out(out, config.input_files())
+    except InputError as exc:
+        raise loc.relocate(exc, "sweep.out", "out", inner=False) from None
+    return config
 
 
-def check_out(path: Path) -> None:
-    """Check that ``path`` is a ``.parquet`` file in an existing directory."""
+def check_out(path: Path, inputs: Iterable[Path] = ()) -> None:
+    """Check that ``path`` is a ``.parquet`` file in an existing, writable folder
+    and none of ``inputs`` (:func:`lsched.atomic.check_output`)."""
     if path.suffix.lower() != ".parquet":
         raise InputError(
             f"got suffix {path.suffix.lower()!r}; expected .parquet", field="out"
         )
-    if not path.parent.is_dir():
-        raise InputError(f"no such directory {str(path.parent)!r}", field="out")
+    check_output(path, inputs, "out")
 
 
 # -- running one case -------------------------------------------------------------
@@ -1384,7 +1404,7 @@ def run_sweep(
     if not isinstance(config, SweepConfig):
         config = load_config(config)
     target = config.out if out is None else Path(out)
-    check_out(target)
+    check_out(target, config.input_files())
     if max_cases is not None and max_cases < 0:
         raise InputError(f"got {max_cases}; expected >= 0", field="max_cases")
     cases = config.cases()

@@ -13,3 +13,19 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
         main(args)
     out, err = capsys.readouterr()
     return int(info.value.code or 0), out, err
+
+
+def assert_refused(code: int, out: str, err: str, *needles: str) -> None:
+    """Exit 2 with one line on stderr that names every needle; nothing on stdout."""
+    assert code == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0]
+    assert ".tmp" not in err  # the user's path, never a hidden temporary file
+
+
+def must_not_run(*args: object, **kwargs: object) -> None:
+    """Stands in for the first piece of work of a command that must refuse first."""
+    raise AssertionError("the command started working before checking its output")

@@ -1,4 +1,4 @@
-"""Fixtures shared by the CLI tests."""
+"""Fixtures shared by the tests."""
 
 from __future__ import annotations
 
@@ -15,3 +15,9 @@ def tiny(tmp_path: Path) -> Path:
         '"arrival_s","prompt_tokens","output_tokens"\n0,1,3\n0,1,3\n', encoding="utf-8"
     )
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_user_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see the shipped profiles only, whatever ``$LSCHED_MODELS`` says."""
+    monkeypatch.delenv("LSCHED_MODELS", raising=False)

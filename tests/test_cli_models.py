@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_refused, must_not_run
 
 from lsched.cli import main
 from lsched.profile import list_profiles, load_profile, models_dir
@@ -171,3 +173,89 @@ def test_profile_fit_features_csv_subprocess(tmp_path: Path) -> None:
     assert result["weights"]["const"] == pytest.approx(0.01, rel=1e-9)
     assert result["weights"]["prefill_tokens"] == pytest.approx(0.001, rel=1e-9)
     assert result["mape"] < 1e-9
+
+
+def test_user_profile_folders_come_first_and_names_are_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    text = (models_dir() / "unit-slot.toml").read_text(encoding="utf-8")
+    (first / "unit-slot.toml").write_text(text, encoding="utf-8")
+    (second / "unit-slot.toml").write_text(text, encoding="utf-8")
+    (second / "extra-slot.toml").write_text(text, encoding="utf-8")
+    monkeypatch.setenv("LSCHED_MODELS", os.pathsep.join([str(first), "", str(second)]))
+    code, out, _ = _run(["models", "list", "--json"], capsys)
+    assert code == 0
+    listed = [(p["name"], p["path"]) for p in json.loads(out)["profiles"]]
+    names = [name for name, _ in listed]
+    assert names == sorted(set(names)) == list_profiles()
+    paths = dict(listed)
+    assert paths["unit-slot"] == str(first / "unit-slot.toml")
+    assert paths["extra-slot"] == str(second / "extra-slot.toml")
+    assert load_profile("extra-slot").path == str(second / "extra-slot.toml")
+
+
+def test_missing_user_profile_folder_is_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LSCHED_MODELS", str(tmp_path / "nowhere"))
+    code, _, err = _run(["models", "list"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "LSCHED_MODELS" in err and "nowhere" in err
+
+
+def test_fitted_profile_in_a_profile_folder_is_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measurements = tmp_path / "m.csv"
+    measurements.write_text("prefill_tokens,time_s\n0,0.01\n10,0.02\n20,0.03\n")
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    out = folder / "my-gpu.toml"
+    argv = ["profile", "fit", str(measurements), "--base", "llama2-70b-a100-tp4"]
+    code, _, _ = _run([*argv, "--out", str(out)], capsys)
+    assert code == 0
+    assert load_profile(out).name == "my-gpu"
+    monkeypatch.setenv("LSCHED_MODELS", str(folder))
+    code, out_text, _ = _run(["models", "list", "--json"], capsys)
+    assert code == 0
+    names = [p["name"] for p in json.loads(out_text)["profiles"]]
+    assert names.count("llama2-70b-a100-tp4") == 1
+    assert names.count("my-gpu") == 1
+
+
+# -- profile fit --out: never an input, its folder checked first --------------------
+
+MEASUREMENTS = "prefill_tokens,time_s\n0,0.01\n10,0.02\n20,0.03\n"
+
+
+def test_fit_out_onto_its_inputs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measurements = tmp_path / "m.csv"
+    measurements.write_text(MEASUREMENTS)
+    base = tmp_path / "base.toml"
+    base.write_bytes((models_dir() / "unit-slot.toml").read_bytes())
+    before = {p: p.read_bytes() for p in (measurements, base)}
+    fit = ["profile", "fit", str(measurements)]
+    code, out, err = _run([*fit, "--base", str(base), "--out", str(base)], capsys)
+    assert_refused(code, out, err, "also an input", str(base), "'--out'")
+    code, out, err = _run([*fit, "--out", str(measurements)], capsys)
+    assert_refused(code, out, err, "'--out'", "expected .toml")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_fit_missing_out_folder_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lsched.cli.profile.read_measurements", must_not_run)
+    measurements = tmp_path / "m.csv"
+    measurements.write_text(MEASUREMENTS)
+    target = tmp_path / "nowhere" / "fit.toml"
+    code, out, err = _run(
+        ["profile", "fit", str(measurements), "--out", str(target)], capsys
+    )
+    assert_refused(code, out, err, str(target), "no such folder")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli_helpers import run
+from cli_helpers import assert_refused, must_not_run, run
 
 from lsched.evaluator import simulate
 from lsched.profile import load_profile
-from lsched.traces import read_trace
+from lsched.traces import read_trace, write_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "instances" / "default.csv"
@@ -91,3 +91,62 @@ def test_result_exports_round_trip_through_json() -> None:
     assert frame.index.tolist() == ["fcfs"]
     assert frame.loc["fcfs", "makespan_s"] == result.metrics["makespan_s"]
     assert "runs" not in json.loads(result.to_json())
+
+
+@pytest.mark.parametrize("option", ["--requests-out", "--timeline-out"])
+def test_output_equal_to_the_trace_is_refused(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.parquet"
+    write_trace(read_trace(DEFAULT)[0], trace)
+    before = trace.read_bytes()
+    (tmp_path / "sub").mkdir()
+    spelled = tmp_path / "sub" / ".." / "trace.parquet"  # the same file, spelled apart
+    for out_path in (trace, spelled):
+        args = ["simulate", str(trace), "--model", "unit-slot", option, str(out_path)]
+        code, out, err = run(args, capsys)
+        assert_refused(code, out, err, "also an input", str(out_path))
+    assert trace.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--requests-out", "--timeline-out"])
+def test_missing_output_folder_is_refused_before_work(
+    option: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lsched.cli.simulate.read_trace", must_not_run)
+    target = tmp_path / "nowhere" / "out.parquet"
+    args = ["simulate", str(DEFAULT), "--model", "unit-slot", option, str(target)]
+    code, out, err = run(args, capsys)
+    assert_refused(code, out, err, str(target), "no such folder")
+
+
+def test_requests_out_suffix_is_checked_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lsched.cli.simulate.read_trace", must_not_run)
+    args = ["simulate", str(DEFAULT), "--model", "unit-slot",
+            "--requests-out", str(tmp_path / "r.txt")]  # fmt: skip
+    code, out, err = run(args, capsys)
+    assert_refused(code, out, err, "expected .csv or .parquet")
+
+
+def test_json_counts_are_integers(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["simulate", str(DEFAULT), "--model", "unit-slot", "--replicas", "2"]
+    code, out, _ = run([*args, "--json"], capsys)
+    assert code == 0
+    (entry,) = json.loads(out)["policies"]
+    tables = [entry["metrics"], entry, *entry["pools"], *entry["per_replica"]]
+    counts = ("num_completed", "num_rejected", "preemptions", "recomputed_tokens",
+              "iterations", "replicas")  # fmt: skip
+    seen = 0
+    for table in tables:
+        for key in counts:
+            if key in table:
+                assert type(table[key]) is int, (key, table[key])
+                seen += 1
+    assert seen >= 15
+    assert entry["metrics"]["preemptions"] > 0  # the counts are not all trivial
+    assert type(entry["metrics"]["makespan_s"]) is float  # other metrics stay floats

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import run
+from cli_helpers import assert_refused, must_not_run, run
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
@@ -291,3 +291,26 @@ def test_timed_formulation_solves_and_replays(
     frame = pd.read_csv(out)
     assert frame["completion_s"].sum() == pytest.approx(8.0)
     assert sorted(frame["start_iteration"]) == [0, 2]
+
+
+# -- --out: never an input, its folder checked first -------------------------------
+
+
+def test_out_equal_to_the_trace_is_refused(
+    tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = tiny.read_bytes()
+    args = ["solve", str(tiny), "--model", "unit-slot", "--out", str(tiny)]
+    code, out, err = run(args, capsys)
+    assert_refused(code, out, err, "also an input", str(tiny), "'--out'")
+    assert tiny.read_bytes() == before
+
+
+def test_missing_out_folder_is_refused_before_work(
+    tiny: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lsched.cli.solve.read_trace", must_not_run)
+    target = tiny.parent / "nowhere" / "schedule.csv"
+    args = ["solve", str(tiny), "--model", "unit-slot", "--out", str(target)]
+    code, out, err = run(args, capsys)
+    assert_refused(code, out, err, str(target), "no such folder")

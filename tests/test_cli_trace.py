@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_refused, must_not_run, run
 
 from lsched.cli import main
 from lsched.traces import read_trace
@@ -152,3 +153,53 @@ def test_subprocess_error_has_no_traceback() -> None:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "decreasing_timestamp.csv:4" in lines[0]
+
+
+# -- outputs: never an input, their folder checked first ---------------------------
+
+
+def test_convert_onto_its_source_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "m.csv"
+    assert (
+        _run(["trace", "convert", str(DATA / "mooncake_sample.jsonl"), str(source)])
+        == 0
+    )
+    capsys.readouterr()
+    before = source.read_bytes()
+    code, out, err = run(["trace", "convert", str(source), str(source)], capsys)
+    assert_refused(code, out, err, "also an input", str(source))
+    assert source.read_bytes() == before
+
+
+def test_convert_missing_folder_is_refused_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lsched.cli.trace.read_trace", must_not_run)
+    target = tmp_path / "nowhere" / "m.csv"
+    source = str(DATA / "mooncake_sample.jsonl")
+    code, out, err = run(["trace", "convert", source, str(target)], capsys)
+    assert_refused(code, out, err, str(target), "no such folder")
+
+
+def test_gen_onto_its_resample_source_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source.csv"
+    assert _run(["trace", "gen", "jaillet", "--n", "5", "--out", str(source)]) == 0
+    capsys.readouterr()
+    before = source.read_bytes()
+    args = ["trace", "gen", "resample", "--source", str(source), "--out", str(source)]
+    code, out, err = run(args, capsys)
+    assert_refused(code, out, err, "also an input", str(source), "'--out'")
+    assert source.read_bytes() == before
+
+
+def test_gen_missing_folder_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lsched.cli.trace_gen.build_family", must_not_run)
+    target = tmp_path / "nowhere" / "j.csv"
+    code, out, err = run(["trace", "gen", "jaillet", "--out", str(target)], capsys)
+    assert_refused(code, out, err, str(target), "no such folder")

@@ -8,24 +8,43 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 JSON_HELP = "Print one JSON object instead of a table."
+#: Console width for tables written to a file or a pipe: wider than any row.
+UNBOUNDED_WIDTH = 100_000
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
+    # NumPy values exist only once NumPy is loaded: no import for plain data
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
+    if isinstance(value, list | tuple) or (
+        np is not None and isinstance(value, np.ndarray)
+    ):
         return [_plain(v) for v in value]
     return value
+
+
+def profile_file(model: str | None) -> Path | None:
+    """The file a ``--model`` value reads: the path given, or a named profile's
+    file (``None`` for no model or an unknown name, which loading reports)."""
+    if model is None:
+        return None
+    candidate = Path(model)
+    if candidate.suffix == ".toml" or candidate.exists():
+        return candidate
+    from lsched._models import find_profile
+
+    return find_profile(model)
 
 
 def print_json(obj: Mapping[str, Any]) -> None:
@@ -36,14 +55,23 @@ def print_json(obj: Mapping[str, Any]) -> None:
 def print_table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """Print a rich table with right-aligned numbers."""
+    """Print a rich table; no number is ever cut.
+
+    A terminal keeps its width and a cell too long for it folds onto the next
+    line; a file or a pipe has no width, so the table takes the width of its
+    longest row (rich would otherwise squeeze it into 80 columns and cut numbers
+    to ``1.25606e+…``).
+    """
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         # Text, not str: a path with [brackets] must not be read as rich markup
         table.add_row(*(Text(_format(v)) for v in row))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=UNBOUNDED_WIDTH)
+    console.print(table)
 
 
 def _format(value: Any) -> str:

@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 
+from lsched.atomic import check_output
 from lsched.cli._common import (
     JSON_HELP,
     ProgressLine,
     native_stdout_to_stderr,
     print_json,
     print_table,
+    profile_file,
 )
 from lsched.compare import DEFAULT_POLICIES, Comparison, compare
 from lsched.errors import InputError
@@ -108,11 +110,15 @@ def compare_command(
     settings: Settings = None,
 ) -> None:
     """Bounds, the best offline schedule and each policy's gap to the bound."""
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise InputError(
+                f"got suffix {plot.suffix!r}; expected .png", field="--plot"
+            )
+        check_output(plot, (trace, profile_file(model)), "--plot")
     instance, profile = _load(trace, model, settings, format, limit, objective)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
     with (
         native_stdout_to_stderr(),
         ProgressLine(f"solving ({backend}, {objective})") as line,

@@ -1,4 +1,9 @@
-"""`lsched models` commands: list the deployment profiles in models/ and show one."""
+"""`lsched models` commands: list the deployment profiles and show one.
+
+Profiles are found by name in the folders of ``$LSCHED_MODELS``, then in the shipped
+``models/`` (:mod:`lsched._models`); each name is listed once, as the first folder
+has it.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +11,41 @@ from typing import Annotated
 
 import typer
 
+from lsched._models import ENV_VAR, profile_files
 from lsched.cli._common import JSON_HELP, print_json, print_table
-from lsched.profile import list_profiles, load_profile
+from lsched.profile import load_profile
 
-app = typer.Typer(help="Deployment profiles (models/*.toml).", no_args_is_help=True)
+app = typer.Typer(
+    help=f"Deployment profiles: models/*.toml and ${ENV_VAR} folders.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command("list")
 def list_command(
     json_: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """List every profile in models/ with its key figures."""
-    profiles = [load_profile(name) for name in list_profiles()]
+    """List every profile, each name once, with its key figures."""
+    # the name a command takes (--model NAME) is the file stem, whatever the file's
+    # own name field says
+    profiles = {name: load_profile(path) for name, path in profile_files().items()}
     if json_:
-        print_json({"profiles": [p.summary() for p in profiles]})
+        print_json(
+            {"profiles": [{**p.summary(), "name": n} for n, p in profiles.items()]}
+        )
         return
     rows = [
         (
-            p.name,
+            name,
             f"{p.replicas}x{p.hardware.num_gpus} {p.hardware.gpu}",
             p.kv_capacity_tokens,
             None if p.fit_mape is None else f"{100 * p.fit_mape:.2f} %",
         )
-        for p in profiles
+        for name, p in profiles.items()
     ]
     print_table(
-        "Deployment profiles (models/)",
+        "Deployment profiles",
         ("name", "replicas x GPUs", "KV tokens", "fit MAPE"),
         rows,
     )
@@ -39,9 +53,7 @@ def list_command(
 
 @app.command("show")
 def show_command(
-    name: Annotated[
-        str, typer.Argument(help="Profile name in models/ or a .toml path.")
-    ],
+    name: Annotated[str, typer.Argument(help="Profile name or a .toml path.")],
     json_: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Show one profile: hardware, KV memory, limits and the cost model."""

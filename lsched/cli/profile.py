@@ -7,12 +7,17 @@ from typing import Annotated
 
 import typer
 
-from lsched.atomic import write_text_atomic
+from lsched.atomic import check_output, write_text_atomic
 from lsched.calibration import fit_iteration_time, read_measurements
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
+from lsched.errors import InputError
 from lsched.profile import FEATURES, iteration_time_toml, load_profile, profile_to_toml
 
-app = typer.Typer(help="Fit deployment profiles to measurements.", no_args_is_help=True)
+app = typer.Typer(
+    help="Fit deployment profiles to measurements.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command("fit")
@@ -36,7 +41,10 @@ def fit_command(
     ] = False,
     base: Annotated[
         str | None,
-        typer.Option(help="Profile whose other fields --out copies (full profile)."),
+        typer.Option(
+            help="Profile whose other fields --out copies (a full profile, named "
+            "after the --out file)."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -52,6 +60,12 @@ def fit_command(
         raise typer.BadParameter(
             f"got {format_!r}; expected features or splitwise", param_hint="--format"
         )
+    if out is not None:
+        if out.suffix.lower() != ".toml":
+            raise InputError(
+                f"got suffix {out.suffix.lower()!r}; expected .toml", field="--out"
+            )
+        check_output(out, (measurements, profile_file(base)), "--out")
     features, time_s = read_measurements(
         measurements, format_, model=model, hardware=hardware, tp=tp
     )
@@ -69,6 +83,8 @@ def fit_command(
         if base is not None:
             profile = load_profile(base)
             profile = profile.replace(
+                # its own name, the file's stem: not the base's a second time
+                name=out.stem,
                 iteration_time=fit.iteration_time(),
                 fit_mape=fit.mape,
                 sources={**profile.sources, "iteration_time": source},

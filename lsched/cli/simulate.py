@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress
 
 from lsched.atomic import atomic_target, check_output
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
 from lsched.cluster import Cluster, load_cluster
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, check_dispatch, simulate_cluster
@@ -34,6 +34,8 @@ TABLE_METRICS: tuple[str, ...] = (
     "kv_utilization",
     "preemptions",
 )
+#: Suffixes of ``--requests-out``.
+_TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def simulate_command(
@@ -105,17 +107,18 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
-    for path, option in (
-        (requests_out, "requests-out"),
-        (timeline_out, "timeline-out"),
-    ):
-        if path is not None:
-            check_output(path, (trace, cluster_file), option)
+    if requests_out is not None and requests_out.suffix.lower() not in _TABLE_SUFFIXES:
+        raise InputError(
+            f"got suffix {requests_out.suffix.lower()!r}; expected .csv or .parquet",
+            field="requests-out",
+        )
     if timeline_out is not None and timeline_out.suffix.lower() != ".parquet":
         raise InputError(
             f"got suffix {timeline_out.suffix!r}; expected .parquet",
             field="timeline-out",
         )
+    inputs = [trace, cluster_file, profile_file(model)]
+    _check_outputs(requests_out, timeline_out, inputs)
     if cluster_file is not None:
         given = [
             name
@@ -135,6 +138,8 @@ def simulate_command(
                 field="cluster",
             )
         clusters = [load_cluster(cluster_file)]
+        inputs += [pool.profile.path for pool in clusters[0].pools]
+        _check_outputs(requests_out, timeline_out, inputs)
         if dispatch is not None:
             clusters = [replace(clusters[0], router=parse_router(dispatch))]
         instance, _ = read_trace(trace, format, limit=limit)
@@ -173,6 +178,20 @@ def simulate_command(
     )
     clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
     _run(instance, clusters, json_output, requests_out, timeline_out)
+
+
+def _check_outputs(
+    requests_out: Path | None,
+    timeline_out: Path | None,
+    inputs: list[str | Path | None],
+) -> None:
+    """Check the output files before any work: none of them is an input."""
+    for path, option in (
+        (requests_out, "requests-out"),
+        (timeline_out, "timeline-out"),
+    ):
+        if path is not None:
+            check_output(path, inputs, option)
 
 
 def _run(
@@ -237,13 +256,8 @@ def _write_requests(path: Path, results: list[SimulationResult]) -> None:
         ],
         ignore_index=True,
     )
-    suffix = path.suffix.lower()
-    if suffix not in {".csv", ".parquet"}:
-        raise InputError(
-            f"got suffix {suffix!r}; expected .csv or .parquet", field="requests-out"
-        )
     with atomic_target(path) as temporary:
-        if suffix == ".csv":
+        if path.suffix.lower() == ".csv":
             frame.to_csv(temporary, index=False)
         else:
             frame.to_parquet(temporary, index=False)

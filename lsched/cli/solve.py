@@ -20,13 +20,14 @@ import numpy as np
 import pandas as pd
 import typer
 
-from lsched.atomic import atomic_target
+from lsched.atomic import atomic_target, check_output
 from lsched.cli._common import (
     JSON_HELP,
     ProgressLine,
     native_stdout_to_stderr,
     print_json,
     print_table,
+    profile_file,
 )
 from lsched.errors import InputError
 from lsched.formulations.backends import (
@@ -139,7 +140,7 @@ def solve_command(
     if workers is not None and workers < 1:
         raise InputError(f"got {workers}; expected >= 1", field="--workers")
     if out is not None:
-        _check_out(out)
+        _check_out(out, (trace, profile_file(model)))
     overrides = parse_overrides(settings)
 
     instance, _ = read_trace(trace, format, limit=limit)
@@ -294,14 +295,13 @@ def _solve_timed(
              "replay_objective"))  # fmt: skip
 
 
-def _check_out(path: Path) -> None:
+def _check_out(path: Path, inputs: tuple[Path | None, ...]) -> None:
     suffix = path.suffix.lower()
     if suffix not in {".csv", ".parquet"}:
         raise InputError(
             f"got suffix {suffix!r}; expected .parquet or .csv", field="--out"
         )
-    if not path.parent.is_dir():
-        raise InputError(f"no such directory {str(path.parent)!r}", field="--out")
+    check_output(path, inputs, "--out")
 
 
 def _solve(

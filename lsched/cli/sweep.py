@@ -105,6 +105,11 @@ def sweep_command(
         except InputError as exc:
             raise InputError(exc.message, field="--out") from None
     settings = load_config(config)
+    if out is not None:
+        try:
+            check_out(out, settings.input_files())
+        except InputError as exc:
+            raise InputError(exc.message, field="--out") from None
     try:
         report = run_sweep(
             settings,

@@ -14,13 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
+from lsched.atomic import check_output
+from lsched.cli import trace_gen
 from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.traces import FORMATS, WRITE_FORMATS, read_trace, trace_summary, write_trace
 from lsched.traces.detect import format_from_suffix, normalise_format
 from lsched.traces.io import ReadReport
 
 app = typer.Typer(
-    help="Read, summarise and convert request traces.", no_args_is_help=True
+    help="Read, summarise, convert and generate request traces.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 PathArg = Annotated[str, typer.Argument(help="Trace file.", show_default=False)]
@@ -144,12 +148,14 @@ def convert(
     json_output: JsonOpt = False,
 ) -> None:
     """Convert a trace to lsched's native CSV or Parquet (written atomically)."""
-    # decide the output format before reading a possibly large input
+    # decide the output format and check the output before reading a possibly
+    # large input
     out_format = (
         format_from_suffix(target)
         if to is None
         else normalise_format(to, WRITE_FORMATS)
     )
+    check_output(target, (source,), "TARGET")
     instance, report = read_trace(
         source,
         format,
@@ -174,3 +180,6 @@ def convert(
         ["quantity", "value"],
         _counts_rows(report),
     )
+
+
+trace_gen.register(app)  # `lsched trace gen` lives beside the generators

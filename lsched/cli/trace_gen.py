@@ -37,6 +37,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from lsched.atomic import check_output
 from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.errors import InputError
 from lsched.generators.build import (
@@ -127,6 +128,7 @@ def gen(
             f"got {family!r}; expected one of {', '.join(CLI_FAMILIES)}",
             field="FAMILY",
         )
+    check_output(out, (source,), "--out")
     check_applicable(
         family,
         {

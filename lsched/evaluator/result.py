@@ -57,6 +57,8 @@ from typing import Any
 
 import pandas as pd
 
+from lsched.metrics import COUNT_METRICS
+
 RUN_COLUMNS: tuple[str, ...] = (
     "replica",
     "start_s",
@@ -134,7 +136,7 @@ class SimulationResult:
             "policy": self.policy,
             "profile": self.profile,
             "replicas": self.replicas,
-            "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
+            "metrics": {k: _json_number(k, v) for k, v in self.metrics.items()},
             "iterations": self.iterations,
             "runtime_s": self.runtime_s,
             "pools": _records(self.pool_metrics),
@@ -228,9 +230,17 @@ def _records(frame: pd.DataFrame | None) -> list[dict[str, Any]] | None:
     """A per-replica or per-pool table as JSON-ready rows (index included)."""
     if frame is None:
         return None
-    return json.loads(frame.reset_index().to_json(orient="records"))
+    rows = json.loads(frame.reset_index().to_json(orient="records"))
+    return [{k: _json_number(k, v) for k, v in row.items()} for row in rows]
 
 
-def _json_number(value: float) -> float | None:
-    # JSON has no NaN: a metric that is undefined (e.g. no deadlines) is null
-    return None if isinstance(value, float) and math.isnan(value) else value
+def _json_number(name: str, value: Any) -> Any:
+    """A metric as JSON wants it: ``None`` for NaN (JSON has none, e.g. an SLO
+    attainment without deadlines), an ``int`` for a count (:data:`COUNT_METRICS`)."""
+    if not isinstance(value, float):
+        return value
+    if math.isnan(value):
+        return None
+    if name in COUNT_METRICS and value.is_integer():
+        return int(value)
+    return value
