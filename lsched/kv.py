@@ -56,10 +56,11 @@ class KVBlocks:
     def blocks(self, tokens: Any) -> Any:
         """Blocks that hold ``tokens`` tokens, ``ceil(tokens / block_tokens)``
         (an int for an int, an array otherwise)."""
-        try:  # ints and arrays, the hot path: no type checks
-            return -(-tokens // self.block_tokens)
+        b = self.block_tokens
+        try:  # ints and arrays (never negative), the hot path: no type checks
+            return (tokens + (b - 1)) // b
         except TypeError:  # a list or a tuple
-            return -(-np.asarray(tokens, dtype=np.int64) // self.block_tokens)
+            return (np.asarray(tokens, dtype=np.int64) + (b - 1)) // b
 
     def growth(self, before: Any, work: Any) -> Any:
         """Blocks opened by taking ``before`` tokens to ``before + work``."""
@@ -184,7 +185,9 @@ class KVLedger:
         bound on the blocks, ``ceil(steps / b)`` per request."""
         d = len(ids)
         self.tokens[ids] = processed + steps
-        self.grow(d * -(-steps // self.kv.block_tokens), d * steps, exact=False)
+        self.held_blocks += d * -(-steps // self.kv.block_tokens)
+        self.held_tokens += d * steps
+        self.exact = False
 
     def free(self, r: int) -> int:
         """Free every block of request ``r``; return the tokens it held."""

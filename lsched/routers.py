@@ -87,7 +87,8 @@ class ClusterView:
     The arriving request's own columns (``prompt_tokens``, and where the instance
     has them ``predicted_output_tokens``, ``tenant``, ``priority``; never its true
     output length) and, per replica ``c``, :meth:`outstanding` and
-    :meth:`kv_tokens` at the first iteration boundary at or after ``now_s``. The
+    :meth:`kv_tokens` (all of them: :attr:`loads`) at the first iteration
+    boundary at or after ``now_s``. The
     per-replica state is computed on first use, for every replica at once; a
     stateless router never pays for it (and may not read it: the replicas have
     not run yet).
@@ -132,22 +133,24 @@ class ClusterView:
         """Number of replicas ``C``."""
         return self.context.replicas
 
-    def _of(self, replica: int) -> tuple[int, int]:
+    @property
+    def loads(self) -> list[tuple[int, int]]:
+        """``(outstanding, kv_tokens)`` of every replica, in replica order."""
         if self._cache is None:  # every replica at once: routers compare them all
             if self._state is None:
                 raise RuntimeError(
                     "a router that declares stateless = True read the replicas' state"
                 )
             self._cache = [self._state(c) for c in range(self.context.replicas)]
-        return self._cache[replica]
+        return self._cache
 
     def outstanding(self, replica: int) -> int:
         """Requests dispatched to ``replica`` and not complete."""
-        return self._of(replica)[0]
+        return self.loads[replica][0]
 
     def kv_tokens(self, replica: int) -> int:
         """KV tokens ``replica`` holds."""
-        return self._of(replica)[1]
+        return self.loads[replica][1]
 
 
 class Router(Protocol):
@@ -205,17 +208,14 @@ class LeastOutstanding:
     """The replica with the fewest unfinished requests, ties to the lowest id."""
 
     def route(self, view: ClusterView) -> int:
-        return min(range(view.replicas), key=lambda c: (view.outstanding(c), c))
+        return min((u, c) for c, (u, _) in enumerate(view.loads))[1]
 
 
 class LeastKv:
     """The replica holding the fewest KV tokens, then fewest unfinished, then id."""
 
     def route(self, view: ClusterView) -> int:
-        return min(
-            range(view.replicas),
-            key=lambda c: (view.kv_tokens(c), view.outstanding(c), c),
-        )
+        return min((kv, u, c) for c, (u, kv) in enumerate(view.loads))[2]
 
 
 #: Router name -> parameters and constructor.
