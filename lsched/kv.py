@@ -67,6 +67,12 @@ class KVBlocks:
         b = self.block_tokens
         return (-before // b) - (-(before + work) // b)
 
+    def blocks_after_step(self, processed: Any) -> Any:
+        """Blocks held after one decode step of each request holding
+        ``processed`` tokens: ``blocks(processed + 1) = (processed + b) // b``."""
+        b = self.block_tokens
+        return (processed + b) // b
+
     def decode_growth(self, processed: IntArray) -> int:
         """Blocks opened by one decode step of each request holding ``processed``
         tokens (a step opens one where ``processed % b == 0``)."""

@@ -101,3 +101,12 @@ def test_a_policy_reaches_the_arithmetic_as_view_kv() -> None:
     # a policy written against the old interface gets a pointer to the new one
     with pytest.raises(AttributeError, match=r"now view\.kv\.blocks\(tokens\)"):
         limits.kv_blocks(5)
+
+
+def test_blocks_after_a_decode_step() -> None:
+    """b = 4: 0 -> 1 token is 1 block, 3 -> 4 still 1, 4 -> 5 opens the 2nd."""
+    kv = KVBlocks(capacity_blocks=10, block_tokens=4)
+    held = np.array([0, 3, 4, 7, 8])
+    np.testing.assert_array_equal(kv.blocks_after_step(held), [1, 1, 2, 2, 3])
+    np.testing.assert_array_equal(kv.blocks_after_step(held), kv.blocks(held + 1))
+    assert kv.blocks_after_step(4) == 2

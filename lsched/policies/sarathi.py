@@ -102,7 +102,7 @@ class Sarathi:
         prefilling = processed < target
         if not prefilling.any() and len(running) <= budget:
             # the usual case: every running request decodes one token
-            used = int(kv.blocks(processed + 1).sum())
+            used = int(kv.blocks_after_step(processed).sum())
             if used <= kv.capacity_blocks:
                 new, chunks = self._admit(
                     view, len(running), used, budget - len(running)

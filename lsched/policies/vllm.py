@@ -233,7 +233,7 @@ class Vllm:
             # the usual case: every running request decodes one token; blocks
             # held after the step, ceil((p + 1) / b)
             kv = view.kv
-            used = int(kv.blocks(processed + 1).sum())
+            used = int(kv.blocks_after_step(processed).sum())
             if used <= kv.capacity_blocks:
                 left = budget - len(running)
                 new, chunks = self._admit(view, priority, len(running), used, left)
