@@ -12,6 +12,7 @@ busy time, KV integral and capacity (so each one's makespan is its own).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,6 +133,27 @@ def _metrics(
     return metrics
 
 
+def _part_metrics(
+    instance: Instance,
+    columns: dict[str, np.ndarray],
+    engines: list[ReplicaEngine],
+    ids: np.ndarray,
+    pool: Any,
+    replicas: int,
+    total: dict[str, float] | None,
+) -> dict[str, float]:
+    """Metrics of a replica or a pool (``replicas`` of ``pool``'s profile) that
+    served ``ids``; ``total`` when it is the whole cluster (the same numbers)."""
+    if not len(ids):
+        return {"num_completed": 0.0, "iterations": 0}
+    if total is not None:
+        metrics = dict(total)
+    else:
+        capacity = pool.profile.kv_capacity_tokens
+        metrics = _metrics(instance, columns, engines, ids, replicas, capacity)
+    return metrics | {"iterations": sum(e.iterations for e in engines)}
+
+
 def _replica_metrics(
     instance: Instance,
     columns: dict[str, np.ndarray],
@@ -139,19 +161,13 @@ def _replica_metrics(
     cluster: Cluster,
     total: dict[str, float],
 ) -> pd.DataFrame:
+    whole = total if cluster.num_replicas == 1 and not run.reasons else None
     rows = []
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         pool = cluster.pool_of(c)
-        record: dict[str, object] = {"replica": c, "pool": pool.name}
-        record |= {"num_completed": 0.0, "iterations": 0}
-        if engine is not None:
-            if cluster.num_replicas == 1 and not run.reasons:  # the totals
-                record |= total
-            else:
-                capacity = pool.profile.kv_capacity_tokens
-                record |= _metrics(instance, columns, [engine], ids, 1, capacity)
-            record["iterations"] = engine.iterations
-        rows.append(record)
+        engines = [] if engine is None else [engine]
+        metrics = _part_metrics(instance, columns, engines, ids, pool, 1, whole)
+        rows.append({"replica": c, "pool": pool.name} | metrics)
     return pd.DataFrame(rows).set_index("replica")
 
 
@@ -162,30 +178,29 @@ def _pool_metrics(
     cluster: Cluster,
     total: dict[str, float],
 ) -> pd.DataFrame:
+    whole = total if len(cluster.pools) == 1 and not run.reasons else None
     rows = []
     pool_of = cluster.replica_pool
     for k, pool in enumerate(cluster.pools):
         members = np.flatnonzero(pool_of == k).tolist()
         engines = [run.engines[c] for c in members if run.engines[c] is not None]
         ids = np.sort(np.concatenate([run.ids[c] for c in members]))
-        record: dict[str, object] = {
+        record = {
             "pool": pool.name,
             "profile": pool.profile.name,
             "policy": pool.policy.label,
             "replicas": pool.replicas,
-            "num_completed": 0.0,
-            "iterations": 0,
         }
-        if len(ids):
-            if len(cluster.pools) == 1 and not run.reasons:  # the totals
-                record |= total
-            else:
-                capacity = pool.profile.kv_capacity_tokens
-                record |= _metrics(
-                    instance, columns, engines, ids, pool.replicas, capacity
-                )
-            record["iterations"] = sum(e.iterations for e in engines)  # type: ignore[union-attr]
-        rows.append(record)
+        metrics = _part_metrics(
+            instance,
+            columns,
+            engines,
+            ids,
+            pool,
+            pool.replicas,
+            whole,  # type: ignore[arg-type]
+        )
+        rows.append(record | metrics)
     return pd.DataFrame(rows).set_index("pool")
 
 
