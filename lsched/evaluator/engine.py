@@ -26,9 +26,10 @@ returns the view's own ``running`` array as its decode list, plus admissions; th
 engine recognises the array (the same object, no running request prefilling), so
 those decode steps are valid by construction and only the admissions are checked.
 
-KV blocks held are tracked as an upper bound between checks (a stretch of ``n``
-iterations adds at most ``ceil(n / b)`` blocks per request) and made exact only
-where a check against the capacity could fail. Per-event work is kept off NumPy
+KV is the replica's :class:`~lsched.kv.KVLedger` (tokens per request, blocks
+held): blocks are an upper bound between checks (a stretch of ``n`` iterations
+adds at most ``ceil(n / b)`` blocks per request), made exact only where a check
+against the capacity could fail. Per-event work is kept off NumPy
 where the arrays are tiny (prefill lists, single completions, reductions over the
 running set as Python ``sum``/``min``, the iteration time and the stretch sums).
 
