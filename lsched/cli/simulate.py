@@ -161,13 +161,8 @@ def simulate_command(
             f"{overrides['kv_capacity_tokens']}; expected one capacity",
             field="kv-capacity-tokens",
         )
+    # 'static' is refused here: it needs an assignment, which the CLI cannot take
     router = check_dispatch(dispatch or "round-robin", has_assignment=False)
-    if router.name == "static":
-        raise InputError(
-            "dispatch 'static' needs an assignment, which the CLI cannot take; "
-            "expected round-robin, least-outstanding or least-kv",
-            field="dispatch",
-        )
     if replicas is not None and replicas < 1:
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     instance, _ = read_trace(trace, format, limit=limit)

@@ -3,7 +3,10 @@
 A policy is called at iteration boundaries of one replica. It sees a
 :class:`ReplicaView` (arrived requests, their prompts, tokens emitted and processed,
 *predicted* output lengths; never the true output length) and returns the next
-:class:`Batch`: prefill chunks, decode steps and recompute preemptions.
+:class:`Batch`: prefill chunks, decode steps and recompute preemptions. It is
+built once per replica and run with a :class:`PolicyContext` (its replica, pool
+and limits, the workload's tenants); the engine may snapshot and restore its
+state (:func:`snapshot_policy`).
 
 Request lifecycle, per replica (DESIGN.md, "The iteration model")
 ------------------------------------------------------------------
@@ -26,7 +29,8 @@ of its ``processed_tokens``) or *done*.
   tokens*) and waits again.
 
 Per iteration: KV blocks held by all running requests *after* the iteration
-(``ceil(processed / block_tokens)`` each) <= ``kv_capacity_blocks``; requests in the
+(``ceil(processed / block_tokens)`` each, ``view.kv.blocks``: the block arithmetic
+is :class:`lsched.kv.KVBlocks`'s alone) <= ``kv_capacity_blocks``; requests in the
 batch <= ``max_num_seqs``; prefill tokens + decode steps <=
 ``max_num_batched_tokens``. A batch that breaks a rule is a policy bug and the
 engine raises :class:`PolicyError`.
@@ -280,9 +284,9 @@ def running_state(
 
 
 def snapshot_policy(policy: object) -> Any:
-    """A policy's decision state, for :func:`restore_policy`.
+    """A policy's (or a router's) decision state, for :func:`restore_policy`.
 
-    A policy that defines ``snapshot()`` and ``restore(state)`` owns its state;
+    An object that defines ``snapshot()`` and ``restore(state)`` owns its state;
     for any other the state is a deep copy of its attributes, read-only arrays
     (the views the engine shows) kept by reference.
     """
