@@ -181,8 +181,6 @@ def load_cluster(path: str | Path) -> Cluster:
         Naming the file and the key (``pool[k].field``) for a missing or unknown
         key, a bad value, an unknown profile, policy or router.
     """
-    from lsched.overrides import apply_overrides
-
     path = Path(path)
     if not path.is_file():
         raise InputError("no such cluster file", file=path)
@@ -201,7 +199,7 @@ def load_cluster(path: str | Path) -> Cluster:
     for k, table in enumerate(tables):
         where = f"pool[{k}]"
         try:
-            pools.append(_pool(table, k, path.parent, apply_overrides))
+            pools.append(_pool(table, k, path.parent))
         except InputError as exc:
             raise InputError(
                 exc.message, file=path, field=f"{where}.{exc.field or ''}".rstrip(".")
@@ -212,7 +210,7 @@ def load_cluster(path: str | Path) -> Cluster:
         raise exc.located(file=path) from None
 
 
-def _pool(table: Any, k: int, folder: Path, apply_overrides: Any) -> Pool:
+def _pool(table: Any, k: int, folder: Path) -> Pool:
     if not isinstance(table, dict):
         raise InputError("expected a table")
     unknown = sorted(set(table) - _POOL_KEYS)
@@ -231,9 +229,16 @@ def _pool(table: Any, k: int, folder: Path, apply_overrides: Any) -> Pool:
     if not isinstance(overrides, dict):
         raise InputError(f"got {overrides!r}; expected a table", field="set")
     try:
-        profile = apply_overrides(load_profile(model), overrides)
+        profile = load_profile(model)
     except InputError as exc:
-        raise InputError(str(exc), field="model") from None
+        raise InputError(exc.message, field="model") from None
+    try:
+        profile = profile.replace(**overrides)
+    except InputError as exc:
+        field = "set" if exc.field is None else f"set.{exc.field}"
+        raise InputError(exc.message, field=field) from None
+    except TypeError as exc:  # a key that is no profile field
+        raise InputError(str(exc), field="set") from None
     policy = table.get("policy", "fcfs")
     if not isinstance(policy, str):
         raise InputError(
@@ -242,7 +247,7 @@ def _pool(table: Any, k: int, folder: Path, apply_overrides: Any) -> Pool:
     try:
         spec = parse_policy(policy)
     except InputError as exc:
-        raise InputError(str(exc), field="policy") from None
+        raise InputError(exc.message, field="policy") from None
     name = table.get("name", f"pool{k}")
     if not isinstance(name, str) or not name:
         raise InputError(f"got {name!r}; expected a non-empty string", field="name")

@@ -354,6 +354,11 @@ def test_cluster_file_round_trip(tmp_path: Path) -> None:
         ("[[pool]]\nreplicas = 1\n", "pool[0].model"),
         ("[[pool]]\nmodel = 'unit-slot'\npolicy = 'nope'\n", "pool[0].policy"),
         ("[[pool]]\nmodel = 'unit-slot'\ncolour = 1\n", "pool[0]"),
+        (
+            "[[pool]]\nmodel = 'unit-slot'\nset = { max_num_seqs = 0 }\n",
+            "pool[0].set.max_num_seqs",
+        ),
+        ("[[pool]]\nmodel = 'unit-slot'\nset = { colour = 1 }\n", "pool[0].set"),
         ("router = 'nope'\n[[pool]]\nmodel = 'unit-slot'\n", "router"),
         ("router = 'round-robin'\n", "pool"),
     ],
