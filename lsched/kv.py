@@ -178,13 +178,11 @@ class KVLedger:
 
     # -- changes ------------------------------------------------------------------
 
-    def grow(self, blocks: int, tokens: int, *, exact: bool = True) -> None:
-        """Account ``tokens`` more tokens in ``blocks`` more blocks (``exact``
-        false: ``blocks`` is an upper bound)."""
+    def grow(self, blocks: int, tokens: int) -> None:
+        """Account ``tokens`` more tokens in ``blocks`` more blocks (a caller
+        that counts an upper bound sets :attr:`exact` false)."""
         self.held_blocks += blocks
         self.held_tokens += tokens
-        if not exact:
-            self.exact = False
 
     def decode(self, ids: IntArray, processed: IntArray, steps: int) -> None:
         """``steps`` decode steps of ``ids`` (holding ``processed``): an upper
