@@ -86,7 +86,7 @@ def test_joint_round_robin_equals_the_fast_path_exactly() -> None:
         instance, profile = _random(rng)
         policy = str(rng.choice(POLICIES))
         replicas = int(rng.choice([2, 3]))
-        fast = simulate(instance, profile, policy, replicas=replicas)
+        fast = simulate(instance, profile, policy, replicas=replicas, engine="python")
         cluster = Cluster.colocated(profile, parse_policy(policy), replicas)
         sim = ClusterSim(instance, cluster, joint=True)
         sim.run()

@@ -130,6 +130,7 @@ def simulate(
     dispatch: str | None = None,
     log: bool = False,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
 ) -> SimulationResult:
     """Replay ``instance`` on ``profile`` under ``policy``: one colocated pool
     (:meth:`lsched.cluster.Cluster.colocated`), see :func:`simulate_cluster`.
@@ -150,7 +151,7 @@ def simulate(
         The router (:mod:`lsched.routers`): ``round-robin``, ``static`` (the
         ``assignment``), ``least-outstanding``, ``least-kv`` or a registered one;
         by default ``static`` with an assignment, else ``round-robin``.
-    log, progress
+    log, progress, engine
         As :func:`simulate_cluster`.
 
     Raises
@@ -170,7 +171,12 @@ def simulate(
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     cluster = Cluster.colocated(profile, spec, replicas, router)
     return simulate_cluster(
-        instance, cluster, assignment=assignment, log=log, progress=progress
+        instance,
+        cluster,
+        assignment=assignment,
+        log=log,
+        progress=progress,
+        engine=engine,
     )
 
 
@@ -181,6 +187,7 @@ def simulate_cluster(
     assignment: npt.ArrayLike | None = None,
     log: bool = False,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
 ) -> SimulationResult:
     """Replay ``instance`` on ``cluster`` (:mod:`lsched.evaluator.cluster`).
 
@@ -196,7 +203,13 @@ def simulate_cluster(
         Keep the iteration log (runs, members, preemptions).
     progress
         Called with the number of requests finished so far, about every 0.5 %
-        of the instance and at the end.
+        of the instance and at the end (for a replica on the compiled path, once
+        when it ends).
+    engine
+        ``"auto"``: each replica on the compiled path where it can take it
+        (:mod:`lsched.evaluator.compiled`), else on the Python path;
+        ``"python"``: every replica on the Python path. The result's ``engine``
+        says which ran.
 
     Returns
     -------
@@ -211,6 +224,8 @@ def simulate_cluster(
     PolicyError
         If a policy returns a batch that breaks the model's rules, or stalls.
     """
+    if engine not in ("auto", "python"):
+        raise InputError(f"got {engine!r}; expected auto or python", field="engine")
     _check_fits_somewhere(instance, cluster)
     where = None
     if assignment is not None:
@@ -227,8 +242,26 @@ def simulate_cluster(
             reported = finished
             progress(finished)
 
-    sim = ClusterSim(instance, cluster, assignment=where, log=log, on_finished=count)
+    sim = ClusterSim(
+        instance,
+        cluster,
+        assignment=where,
+        log=log,
+        on_finished=count,
+        compiled=engine == "auto",
+    )
     sim.run()
     if progress is not None:
         progress(finished)
-    return collect(instance, cluster, sim.outcome(), log, time.perf_counter() - started)
+    runtime_s = time.perf_counter() - started
+    outcome = sim.outcome()
+    return collect(instance, cluster, outcome, log, runtime_s, _engine(sim.paths))
+
+
+def _engine(paths: list[str]) -> str:
+    """Which path ran: ``compiled``, ``python`` (with the reason where the
+    compiled path was possible in principle) or a count of each."""
+    kinds = dict.fromkeys(paths)
+    if len(kinds) == 1:
+        return paths[0]
+    return ", ".join(f"{paths.count(p)} replicas {p}" for p in kinds)

@@ -49,6 +49,7 @@ import numpy as np
 
 from lsched.cluster import Cluster
 from lsched.errors import InputError
+from lsched.evaluator.compiled import kernel_for, run_replica
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
@@ -179,6 +180,11 @@ class ClusterSim:
         Run the replicas jointly in time even under a stateless router (for
         checking the two ways against each other); by default only when the
         router reads state.
+    compiled
+        Replay a replica on the compiled path (:mod:`lsched.evaluator.compiled`)
+        where it can take it: a stateless router, no log, a policy with a port.
+        Such a replay runs only to the end (no ``run(until_s)`` or snapshots);
+        :attr:`paths` says which path each replica takes.
 
     Raises
     ------
@@ -198,6 +204,7 @@ class ClusterSim:
         log: bool = False,
         on_finished: Callable[[int], None] | None = None,
         joint: bool | None = None,
+        compiled: bool = False,
     ) -> None:
         self.instance = instance
         self.cluster = cluster
@@ -213,6 +220,10 @@ class ClusterSim:
         self.where = np.full(n, REJECTED, dtype=np.int64)
         self.reasons: dict[int, str] = {}
         self.routed = 0  # requests routed so far (instance order)
+        #: per replica: "compiled", or "python" and why not compiled
+        self.paths = [
+            "python: the router reads replica state" if self.joint else "python"
+        ] * cluster.num_replicas
         if self.joint:
             self.engines: list[ReplicaEngine] = [
                 JointEngine(
@@ -232,11 +243,16 @@ class ClusterSim:
         self.engines = []
         for c in range(cluster.num_replicas):
             ids = np.flatnonzero(self.where == c)
-            self.engines.append(
-                _replica_engine(
+            self.paths[c] = _path(cluster.pool_of(c).policy, compiled, log)
+            if self.paths[c] == "compiled":
+                engine: Any = CompiledEngine(
+                    instance, ids, cluster.pool_of(c), on_finished
+                )
+            else:
+                engine = _replica_engine(
                     instance, ids, cluster, c, contexts[c], log, on_finished
                 )
-            )
+            self.engines.append(engine)
 
     def _route_all(self) -> None:
         """Route every request up front (a stateless router)."""
@@ -334,6 +350,53 @@ class ClusterSim:
             [e if len(k) else None for e, k in zip(self.engines, ids, strict=True)],
             ids,
         )
+
+
+def _path(spec: object, compiled: bool, log: bool) -> str:
+    """The path a replica under ``spec`` takes, with the reason if Python."""
+    if not compiled:
+        return "python"
+    if log:
+        return "python: the iteration log was asked for"
+    if kernel_for(spec) is None:
+        label = getattr(spec, "label", spec)
+        return f"python: policy {label} has no compiled kernel"
+    return "compiled"
+
+
+class CompiledEngine:
+    """A replica replayed on the compiled path, run to its end in one call; it
+    then has the fields the records read (those of :class:`CompiledReplica`)."""
+
+    def __init__(
+        self,
+        instance: Instance,
+        ids: np.ndarray,
+        pool: Any,
+        on_finished: Callable[[int], None] | None,
+    ) -> None:
+        self._args = (instance, ids, pool, on_finished)
+        self.m = len(ids)
+        self.ran = False
+
+    def run(self, until_s: float = math.inf) -> bool:
+        if until_s != math.inf:
+            raise ValueError("a compiled replica runs only to its end")
+        if not self.ran:
+            instance, ids, pool, on_finished = self._args
+            predicted = instance.predicted_output_tokens
+            result = run_replica(
+                pool.policy,
+                instance.arrival_s[ids],
+                instance.prompt_tokens[ids],
+                instance.output_tokens[ids],
+                None if predicted is None else predicted[ids],
+                pool.profile,
+                on_finished,
+            )
+            vars(self).update(vars(result))
+            self.ran = True
+        return True
 
 
 def _replica_engine(

@@ -36,9 +36,10 @@ def collect(
     run: ClusterRun,
     log: bool,
     runtime_s: float,
+    path: str = "python",
 ) -> SimulationResult:
     """The result of ``run``: records, metrics (total, per replica, per pool) and,
-    when ``log``, the iteration log."""
+    when ``log``, the iteration log; ``path`` says which engine ran."""
     n = len(instance)
     served = run.where != REJECTED
     names = np.array([p.name for p in cluster.pools] + [""], dtype=object)
@@ -99,6 +100,7 @@ def collect(
         preemptions=_concat(preempted, ("run", "request")) if log else None,
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
+        engine=path,
     )
 
 

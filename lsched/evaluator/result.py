@@ -115,6 +115,9 @@ class SimulationResult:
     replica_metrics, pool_metrics
         The metrics per replica (index ``replica``, with its ``pool``) and per
         pool (index ``pool``, with its ``profile``, ``policy``, ``replicas``).
+    engine
+        Which path replayed it: ``compiled``, ``python`` (with the reason the
+        compiled path was not taken, where it was asked for) or a count of each.
     """
 
     policy: str
@@ -129,6 +132,7 @@ class SimulationResult:
     preemptions: pd.DataFrame | None = field(default=None)
     replica_metrics: pd.DataFrame | None = field(default=None)
     pool_metrics: pd.DataFrame | None = field(default=None)
+    engine: str = "python"
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary the CLI prints per policy."""

@@ -1,0 +1,190 @@
+"""The compiled path: the standard policies replayed by numba, iteration by iteration.
+
+The Python engine (:mod:`lsched.evaluator.engine`) runs any policy, calling it at
+event boundaries and advancing held decode stretches in closed form; its cost is
+Python's per event. Here a replica is replayed in one compiled call: the engine's
+moves (:mod:`~lsched.evaluator.compiled.core`) and each standard policy's
+decision, ported step for step from its Python module (``fcfs``, ``orca``, ...),
+run at every iteration. No closed form is needed: an iteration costs about its
+batch (the running list is linked, KV and token counts are kept as they change).
+
+Which path runs
+---------------
+:func:`kernel_for` says whether a replica can take this path: its policy must be
+one with a port (:data:`KERNELS`, the registered class itself, not a subclass or a
+re-registered name) and the run must not keep an iteration log or be paused
+(snapshots, ``run(until_s)``). Everything else, user policies included, runs on
+the Python path; :class:`~lsched.evaluator.result.SimulationResult` says which
+(``engine``). Both paths give the same records (``tests/test_compiled.py``).
+
+numba compiles each kernel on first use and caches it on disk (``cache=True``); the
+first call in a fresh environment takes seconds, later processes load it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lsched.policies.base import PolicyError, ReplicaLimits
+from lsched.profile import FEATURES, DeploymentProfile
+
+#: Policies with a compiled port: registered name -> module, the same in
+#: lsched.policies (the rule) and here (its port).
+KERNELS: dict[str, str] = {
+    "fcfs": "fcfs",
+    "orca": "orca",
+}
+
+_ERRORS = {
+    1: "{n} requests in the batch > max_num_seqs",
+    2: "prefill tokens + decode steps > max_num_batched_tokens",
+    3: "KV after the iteration exceeds the capacity",
+    4: "policy stalled at t={t:.6f} s: it scheduled nothing, with nothing left "
+    "to wait for",
+    5: "iteration time is not positive",
+    6: "the batch names a request it cannot run",
+}
+
+
+def kernel_for(spec: Any) -> str | None:
+    """The compiled module of ``spec``'s policy, or None when it has none: the
+    name must still be registered to lsched's own class, with its own params
+    class (a re-registered name or a subclass is another rule)."""
+    from lsched.policies import REGISTRY
+
+    module = KERNELS.get(getattr(spec, "name", ""))
+    if module is None:
+        return None
+    entry = REGISTRY[spec.name]
+    if (
+        getattr(entry.build, "__module__", None) != f"lsched.policies.{module}"
+        or type(spec.params) is not entry.params
+    ):
+        return None
+    return module
+
+
+def _params(name: str, params: Any, limits: ReplicaLimits) -> np.ndarray:
+    """The kernel's integer parameters (see each module's docstring)."""
+    if name == "fcfs":
+        return np.array([int(params.chunked)], dtype=np.int64)
+    if name == "orca":
+        seq_cap = limits.max_num_seqs
+        if params.max_batch is not None:
+            seq_cap = min(seq_cap, params.max_batch)
+        capacity = limits.kv.capacity_tokens
+        length = params.max_model_len or limits.max_model_len
+        ceiling = capacity if length is None else min(length, capacity)
+        predicted = int(params.reserve == "predicted")
+        return np.array([seq_cap, predicted, ceiling], dtype=np.int64)
+    raise KeyError(name)
+
+
+def _time_model(profile: DeploymentProfile) -> tuple[np.ndarray, np.ndarray, int]:
+    """The iteration time as arrays: pieces ``[regime, piece, feature]`` (a regime
+    with fewer pieces repeats its first), thresholds and the switch feature."""
+    time = profile.iteration_time
+    regimes = time.effective_regimes
+    width = max(len(r) for r in regimes)
+    pieces = np.empty((len(regimes), width, len(FEATURES)))
+    for k, r in enumerate(regimes):
+        pieces[k] = r[0]
+        pieces[k, : len(r)] = r
+    switch = 0 if time.switch_feature is None else FEATURES.index(time.switch_feature)
+    return pieces, np.asarray(time.thresholds, dtype=np.float64), switch
+
+
+@dataclass
+class CompiledReplica:
+    """One replica replayed by a kernel: the fields the records read from an
+    engine (:func:`lsched.evaluator.records.collect`)."""
+
+    m: int
+    admitted_s: np.ndarray
+    first_token_s: np.ndarray
+    completion_s: np.ndarray
+    preemptions: np.ndarray
+    recomputed: np.ndarray
+    iterations: int
+    busy_s: float
+    kv_token_seconds: float
+    log: None = None
+
+    @property
+    def done(self) -> int:
+        return self.m
+
+
+def run_replica(
+    spec: Any,
+    arrival_s: np.ndarray,
+    prompt_tokens: np.ndarray,
+    output_tokens: np.ndarray,
+    predicted_output_tokens: np.ndarray | None,
+    profile: DeploymentProfile,
+    on_finished: Callable[[int], None] | None = None,
+) -> CompiledReplica:
+    """Replay one replica's requests (arrival order) under ``spec`` compiled.
+
+    Raises
+    ------
+    PolicyError
+        Where the Python path raises it: a batch that breaks a rule, or a stall.
+    """
+    from lsched.evaluator.compiled import core
+
+    name = kernel_for(spec)
+    if name is None:
+        raise ValueError(f"policy {spec.name!r} has no compiled kernel")
+    kernel = importlib.import_module(f"lsched.evaluator.compiled.{name}")
+    limits = ReplicaLimits.from_profile(profile)
+    m = len(arrival_s)
+    predicted = (
+        np.zeros(m, dtype=np.int64)
+        if predicted_output_tokens is None
+        else np.asarray(predicted_output_tokens, dtype=np.int64)
+    )
+    st = core.new_state(
+        np.ascontiguousarray(arrival_s, dtype=np.float64),
+        np.asarray(prompt_tokens, dtype=np.int64),
+        np.asarray(output_tokens, dtype=np.int64),
+        predicted,
+        np.array(
+            [
+                limits.kv_capacity_blocks,
+                limits.block_tokens,
+                limits.max_num_seqs,
+                limits.max_num_batched_tokens,
+            ],
+            dtype=np.int64,
+        ),
+    )
+    pieces, thresholds, switch = _time_model(profile)
+    pp = _params(spec.name, spec.params, limits)
+    pf = np.zeros(1)
+    ps = np.zeros(1, dtype=np.int64)
+    err = kernel.run(st, pieces, thresholds, switch, pp, pf, ps)
+    req, tim, s, f, _ = st
+    if err:
+        message = _ERRORS[int(err)].format(
+            n=int(s[core.NUM_PREFILL] + s[core.NUM_DECODE]), t=float(f[core.NOW])
+        )
+        raise PolicyError(f"{spec.name} (compiled): {message}")
+    if on_finished is not None and m:
+        on_finished(m)
+    return CompiledReplica(
+        m=m,
+        admitted_s=tim[core.ADMITTED],
+        first_token_s=tim[core.FIRST],
+        completion_s=tim[core.COMPLETION],
+        preemptions=req[core.PREEMPTIONS],
+        recomputed=req[core.RECOMPUTED],
+        iterations=int(s[core.ITERATIONS]),
+        busy_s=float(f[core.BUSY]),
+        kv_token_seconds=float(f[core.KV_TOKEN_SECONDS]),
+    )
