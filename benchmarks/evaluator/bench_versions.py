@@ -24,11 +24,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+AZURE = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
 CASES = [
     ("azure", "fcfs", 1, "round-robin"),
     ("azure", "vllm", 1, "round-robin"),
@@ -66,12 +69,10 @@ print(json.dumps({"seconds": best, "iterations": got.iterations}))
 """
 
 
-def run_case(tree: Path, case: tuple, repeats: int, out: Path) -> dict:
-    trace, policy, replicas, router = case
-    azure = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
+def run_child(tree: Path, code: str, args: list[str]) -> dict:
+    """Run ``code`` with ``args`` in a process importing ``tree``'s lsched; the
+    JSON object it prints last."""
     env = dict(os.environ, PYTHONPATH=str(tree))
-    code = _CHILD.replace("sys.argv[0]", repr(str(azure)))
-    args = [trace, policy, str(replicas), router, str(repeats), str(out)]
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
         env=env,
@@ -83,44 +84,57 @@ def run_case(tree: Path, case: tuple, repeats: int, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("rev", help="the earlier commit")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    azure = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
-    print("load average before:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+def run_case(tree: Path, case: tuple, repeats: int, out: Path) -> dict:
+    trace, policy, replicas, router = case
+    code = _CHILD.replace("sys.argv[0]", repr(str(AZURE)))
+    args = [trace, policy, str(replicas), router, str(repeats), str(out)]
+    return run_child(tree, code, args)
+
+
+@contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """``rev``'s tree in a temporary git worktree."""
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
         subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.rev],
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), rev],
             check=True,
             capture_output=True,
         )
         try:
-            print("| case | this (s) | REV (s) | REV / this | agree |")
-            print("|---|---:|---:|---:|---|")
-            for case in CASES:
-                if case[0] == "azure" and not azure.exists():
-                    continue
-                new = run_case(ROOT, case, args.repeats, Path(tmp) / "new.npy")
-                before = run_case(old, case, args.repeats, Path(tmp) / "old.npy")
-                a, b = np.load(Path(tmp) / "new.npy"), np.load(Path(tmp) / "old.npy")
-                agree = new["iterations"] == before["iterations"] and np.allclose(
-                    a, b, rtol=1e-9, atol=0, equal_nan=True
-                )
-                label = f"{case[0]} {case[1]} x{case[2]} {case[3]}"
-                ratio = before["seconds"] / new["seconds"]
-                print(
-                    f"| {label} | {new['seconds']:.3f} | {before['seconds']:.3f} "
-                    f"| {ratio:.2f}x | {'yes' if agree else 'NO'} |",
-                    flush=True,
-                )
+            yield old
         finally:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
                 check=False,
                 capture_output=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the earlier commit")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print("load average before:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    with checkout(args.rev) as old, tempfile.TemporaryDirectory() as tmp:
+        print("| case | this (s) | REV (s) | REV / this | agree |")
+        print("|---|---:|---:|---:|---|")
+        for case in CASES:
+            if case[0] == "azure" and not AZURE.exists():
+                continue
+            new = run_case(ROOT, case, args.repeats, Path(tmp) / "new.npy")
+            before = run_case(old, case, args.repeats, Path(tmp) / "old.npy")
+            a, b = np.load(Path(tmp) / "new.npy"), np.load(Path(tmp) / "old.npy")
+            agree = new["iterations"] == before["iterations"] and np.allclose(
+                a, b, rtol=1e-9, atol=0, equal_nan=True
+            )
+            label = f"{case[0]} {case[1]} x{case[2]} {case[3]}"
+            ratio = before["seconds"] / new["seconds"]
+            print(
+                f"| {label} | {new['seconds']:.3f} | {before['seconds']:.3f} "
+                f"| {ratio:.2f}x | {'yes' if agree else 'NO'} |",
+                flush=True,
             )
     print("load average after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
 

@@ -105,8 +105,18 @@ def simulate_command(
         list[str] | None,
         typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto: the compiled path where a replica can take it (standard "
+            "policies, stateless router, no timeline), else Python; python: always "
+            "the Python engine. The output says which ran."
+        ),
+    ] = "auto",
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
+    if engine not in ("auto", "python"):
+        raise InputError(f"got {engine!r}; expected auto or python", field="engine")
     if requests_out is not None and requests_out.suffix.lower() not in _TABLE_SUFFIXES:
         raise InputError(
             f"got suffix {requests_out.suffix.lower()!r}; expected .csv or .parquet",
@@ -145,7 +155,7 @@ def simulate_command(
         instance, _ = read_trace(trace, format, limit=limit)
         if predictor is not None:
             instance = apply_predictor(instance, predictor)
-        _run(instance, clusters, json_output, requests_out, timeline_out)
+        _run(instance, clusters, engine, json_output, requests_out, timeline_out)
         return
     if model is None:
         raise InputError("expected --model PROFILE or --cluster FILE", field="model")
@@ -172,7 +182,7 @@ def simulate_command(
         model, overrides, instance, kv_capacity_tokens=kv_capacity_tokens
     )
     clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
-    _run(instance, clusters, json_output, requests_out, timeline_out)
+    _run(instance, clusters, engine, json_output, requests_out, timeline_out)
 
 
 def _check_outputs(
@@ -192,6 +202,7 @@ def _check_outputs(
 def _run(
     instance: Instance,
     clusters: list[Cluster],
+    engine: str,
     json_output: bool,
     requests_out: Path | None,
     timeline_out: Path | None,
@@ -208,6 +219,7 @@ def _run(
                     cluster,
                     log=timeline_out is not None,
                     progress=lambda done, task=task: bar.update(task, completed=done),
+                    engine=engine,
                 )
             )
     if requests_out is not None:
@@ -225,6 +237,8 @@ def _run(
             *([m, *(r.metrics[m] for r in results)] for m in TABLE_METRICS),
             ["iterations", *(r.iterations for r in results)],
             ["runtime_s", *(r.runtime_s for r in results)],
+            ["engine", *(r.engine for r in results)],
+            ["compile_s", *(r.compile_s for r in results)],
         ],
     )
     for r in results:

@@ -49,7 +49,7 @@ import numpy as np
 
 from lsched.cluster import Cluster
 from lsched.errors import InputError
-from lsched.evaluator.compiled import kernel_for, run_replica
+from lsched.evaluator.compiled import kernel_for, load, run_replica
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
@@ -317,6 +317,11 @@ class ClusterSim:
             engine.advance(until_s)
         return self.routed == n and all(e.done == e.m for e in engines)
 
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent compiling or loading compiled kernels in :meth:`run`."""
+        return sum(getattr(e, "compile_s", 0.0) for e in self.engines)
+
     def snapshot(self) -> dict[str, Any]:
         """The whole state (every engine's, the router's, routing so far), for
         :meth:`restore`."""
@@ -378,12 +383,14 @@ class CompiledEngine:
         self._args = (instance, ids, pool, on_finished)
         self.m = len(ids)
         self.ran = False
+        self.compile_s = 0.0  # compiling or loading the kernel, before the run
 
     def run(self, until_s: float = math.inf) -> bool:
         if until_s != math.inf:
             raise ValueError("a compiled replica runs only to its end")
         if not self.ran:
             instance, ids, pool, on_finished = self._args
+            self.compile_s = load(pool.policy, pool.profile)
             predicted = instance.predicted_output_tokens
             result = run_replica(
                 pool.policy,

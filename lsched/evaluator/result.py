@@ -118,6 +118,9 @@ class SimulationResult:
     engine
         Which path replayed it: ``compiled``, ``python`` (with the reason the
         compiled path was not taken, where it was asked for) or a count of each.
+    compile_s
+        Seconds spent compiling or loading compiled kernels (once per process),
+        not counted in ``runtime_s``.
     """
 
     policy: str
@@ -133,6 +136,7 @@ class SimulationResult:
     replica_metrics: pd.DataFrame | None = field(default=None)
     pool_metrics: pd.DataFrame | None = field(default=None)
     engine: str = "python"
+    compile_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary the CLI prints per policy."""
@@ -143,6 +147,8 @@ class SimulationResult:
             "metrics": {k: _json_number(k, v) for k, v in self.metrics.items()},
             "iterations": self.iterations,
             "runtime_s": self.runtime_s,
+            "engine": self.engine,
+            "compile_s": self.compile_s,
             "pools": _records(self.pool_metrics),
             "per_replica": _records(self.replica_metrics),
         }

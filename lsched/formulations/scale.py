@@ -22,8 +22,10 @@ budget rules). The search is offline: the keys read the true output lengths.
 
 Start
 -----
-The rules are replayed with uniform settings: ``work`` with ``c in {B, 1024, 512,
-384, 256}`` (``B`` the token budget; a cap below ``B`` spreads a prompt's prefill
+The caller's ``start_keys`` are replayed first, with ``c = p = B`` (so that no time
+limit skips them). The rules are replayed with uniform settings: ``work`` with
+``c in {B, 1024, 512, 384, 256}`` (``B`` the token budget; a cap below ``B``
+spreads a prompt's prefill
 over several iterations and lowers its attention cost ``sum_chunks c (x + c)``
 from ``s^2`` towards ``s^2 / 2``), then with the best cap and ``p in {3072, 2048,
 1536, 1024}`` (a prefill budget below ``B`` shortens the iterations, so the
@@ -578,7 +580,8 @@ def improve(
         rr = best[2][0]
         return int(rr.chunk_caps[0]), int(rr.prefill_budgets[0])
 
-    ok = True
+    # the caller's own order first: no time limit may skip it
+    ok = keys_in is None or attempt("explicit", budget, budget)
     for cap in [budget] + [c for c in _START_CAPS if c < budget]:
         ok = ok and attempt("work", cap, budget)
     if best is not None:
