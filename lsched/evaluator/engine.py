@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.evaluator.stretch import DecodeStretch, decode_rows
-from lsched.kv import KVLedger
+from lsched.kv import KVHeld, KVLedger
 from lsched.policies.base import (
     ARRIVAL_TOLERANCE_S,
     Batch,
@@ -336,6 +336,7 @@ class ReplicaEngine:
             limits=self.limits,
             priority=self._priority_view,
             tenant=self._tenant_view,
+            kv_held=KVHeld(self.kv, self.running),
         )
 
     def _idle(self, batch: Batch) -> None:

@@ -74,6 +74,14 @@ A batch that decodes every running request is cheapest to check when its
 ``decode`` is ``view.running`` itself (the same array object, which is read-only):
 with no running request prefilling the engine then knows those steps are valid and
 checks only the rest of the batch.
+
+Running totals
+--------------
+A policy whose decision should not cost work in proportion to the running set
+reads the KV its running requests hold as ``view.kv_tokens_held`` and
+``view.kv_blocks_held`` instead of summing the per-request arrays. The engine
+answers from its ledger (``view.kv_held``, a :class:`lsched.kv.KVHeld`); a view
+built without one (by hand, or by the naive reference engine) sums the arrays.
 """
 
 from __future__ import annotations
@@ -85,7 +93,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lsched.kv import KVBlocks
+from lsched.kv import KVBlocks, KVHeld
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -206,6 +214,11 @@ class ReplicaView:
         The instance's priorities (smaller is more urgent), or ``None``.
     tenant
         The instance's tenant names, or ``None``.
+    kv_held
+        The engine's running totals of the KV held (:class:`lsched.kv.KVHeld`,
+        valid during this decision only), or ``None``: read them as
+        :attr:`kv_tokens_held` and :attr:`kv_blocks_held`, which sum the arrays
+        without it.
     """
 
     now_s: float
@@ -222,11 +235,28 @@ class ReplicaView:
     limits: ReplicaLimits
     priority: IntArray | None = None
     tenant: npt.NDArray[np.str_] | None = None
+    kv_held: KVHeld | None = None
 
     @property
     def kv(self) -> KVBlocks:
         """The replica's block arithmetic (``limits.kv``)."""
         return self.limits.kv
+
+    @property
+    def kv_tokens_held(self) -> int:
+        """KV tokens the running requests hold: ``processed_tokens`` summed over
+        ``running`` (the engine's running total where it gives one)."""
+        if self.kv_held is not None:
+            return self.kv_held.tokens
+        return int(self.processed_tokens[self.running].sum())
+
+    @property
+    def kv_blocks_held(self) -> int:
+        """KV blocks the running requests hold, exact: ``kv.blocks`` of their
+        ``processed_tokens``, summed (the engine's ledger where it gives one)."""
+        if self.kv_held is not None:
+            return self.kv_held.blocks
+        return int(self.kv.blocks(self.processed_tokens[self.running]).sum())
 
 
 @dataclass(frozen=True, slots=True)
