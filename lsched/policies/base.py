@@ -41,11 +41,13 @@ Evaluating one iteration at a time is what makes simulators slow. A policy may s
 ``Batch.hold = True`` on a decode-only batch (no prefill, no preemption): a promise
 that, were it called at the following boundaries, it would return the same batch
 until the next *event*: a completion, an arrival (the first boundary at or after
-it), the KV limit (the next repetition would not fit) or its ``wake_at_s``. The
-engine may then advance the whole stretch in closed form. The naive reference
-engine ignores ``hold`` and calls the policy every iteration, so a false promise
-shows up as a difference in the tests. A policy's own state must not depend on
-whether it was called during a held stretch.
+it), the KV limit (the next repetition would not fit), its ``wake_at_s`` or its
+``hold_context_tokens`` (the next repetition would leave the batch more context
+tokens than that: a cap on a batch's context, as DistServe's). The engine may then
+advance the whole stretch in closed form. The naive reference engine ignores
+``hold`` and calls the policy every iteration, so a false promise shows up as a
+difference in the tests. A policy's own state must not depend on whether it was
+called during a held stretch.
 
 A standing decision
 -------------------
@@ -274,6 +276,12 @@ class Batch:
         Running requests preempted (recompute) *before* the iteration.
     hold
         See the module docstring; only meaningful for a decode-only batch.
+    hold_context_tokens
+        With ``hold``: the held stretch ends before the iteration after which
+        ``processed_tokens`` summed over ``decode`` would exceed this (``None``: no
+        such event). Iteration ``k`` of the stretch (from 0) leaves ``sum(p) +
+        (k + 1) * len(decode)`` (``p``: processed now); the first iteration runs
+        regardless.
     wake_at_s
         Ask to be called again at the first boundary at or after this time, even
         if no event happens (for policies that wait on a clock). With an empty
@@ -286,6 +294,7 @@ class Batch:
     preempt: IntArray = field(default_factory=lambda: _EMPTY)
     hold: bool = False
     wake_at_s: float | None = None
+    hold_context_tokens: int | None = None
 
     @property
     def is_empty(self) -> bool:
