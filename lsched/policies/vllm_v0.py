@@ -65,16 +65,19 @@ finished, including those prefilled in the iteration just ended (``_exit_prefill
 appends them before the next check): here, every running request. So the count is
 ``processed_tokens`` summed over ``view.running``.
 
-A decode batch of every running request, with no preemption, is *held* when no cap
-can bind (``decode_context_cap`` unset or at least the KV capacity in tokens):
-until a completion, an arrival or the KV limit, the waiting head cannot start
-fitting (KV only fills, the budgets are fixed) and the batch stays the same.
-Back pressure keeps this true: within a held stretch the count only grows (every
-decode step adds a token per running request; only a completion or a preemption,
-which is never held, lowers it), so once it blocks prefill it blocks until a
-completion; while it does not block, step 1 runs as without it and the
-waiting head does not fit, as above, whether or not the count crosses the
-threshold during the stretch.
+A decode batch of every running request, with no preemption, is *held*. Until a
+completion, an arrival, the KV limit or, with ``decode_context_cap``, the first
+iteration that would leave the batch more context than the cap
+(``Batch.hold_context_tokens``), the batch stays the same: every request decodes,
+so the queue order does not change; the batch's context after the step grows by
+its size every iteration, so the whole batch fits the cap up to that iteration and
+not after (a batch of one sets no such event: the head always goes); and the waiting
+head cannot start fitting (KV only fills, the budgets are fixed). Back pressure
+keeps this true: within a held stretch the count only grows (every decode step
+adds a token per running request; only a completion or a preemption, which is
+never held, lowers it), so once it blocks prefill it blocks until a completion;
+while it does not block, step 1 runs as without it and the waiting head does not
+fit, as above, whether or not the count crosses the threshold during the stretch.
 
 Per-decision work
 -----------------
@@ -294,9 +297,10 @@ class VllmV0:
         # the batch goes back to the tail of the queue, in order
         queue.extend(batch)
         everyone = len(batch) == len(running)
-        no_cap = cap is None or cap >= kv.capacity_tokens
         return Batch(
             decode=np.array([r for r, _ in batch], dtype=np.int64),
             preempt=np.array(preempted, dtype=np.int64),
-            hold=everyone and no_cap and not preempted,
+            hold=everyone and not preempted,
+            # the cap binds from two requests on (the head always goes)
+            hold_context_tokens=cap if cap is not None and len(batch) > 1 else None,
         )
