@@ -21,6 +21,9 @@ Two objects share the arithmetic:
 - :class:`KVLedger`, one per replica engine: the KV tokens of every request and
   the blocks held (admit/grow/free, the exact count on demand, snapshot/restore).
 
+A policy reads the ledger's totals through :class:`KVHeld` (``view.kv_held``), so
+that knowing the KV held costs it no pass over the running requests.
+
 The validator and the naive reference engine of the tests keep their own
 arithmetic on purpose, so that they check this one.
 """
@@ -212,3 +215,37 @@ class KVLedger:
         read-only views of it stay valid)."""
         tokens, self.held_tokens, self.held_blocks, self.exact = state
         np.copyto(self.tokens, tokens)
+
+
+class KVHeld:
+    """The KV a replica's running requests hold, read from its ledger: what a
+    policy sees as ``view.kv_held`` (:class:`lsched.policies.base.ReplicaView`).
+
+    Valid during the decision it is shown to only: the engine changes the ledger
+    afterwards.
+
+    Parameters
+    ----------
+    ledger
+        The replica's ledger.
+    holders
+        Every request holding KV (the engine's running list).
+    """
+
+    __slots__ = ("_holders", "_ledger")
+
+    def __init__(self, ledger: KVLedger, holders: list[int]) -> None:
+        self._ledger = ledger
+        self._holders = holders
+
+    @property
+    def tokens(self) -> int:
+        """KV tokens held (the running requests' processed tokens, summed)."""
+        return self._ledger.held_tokens
+
+    @property
+    def blocks(self) -> int:
+        """KV blocks held, exact. Where the ledger holds an upper bound it counts
+        them once (:meth:`KVLedger.exact_blocks`, which only makes its cache
+        exact: no outcome depends on it)."""
+        return self._ledger.exact_blocks(self._holders)

@@ -1,13 +1,16 @@
 """The block arithmetic of :class:`lsched.kv.KVBlocks`, on values derived by hand,
-and how a policy reaches it (``view.kv``; ``ReplicaLimits.kv_blocks`` is gone)."""
+and how a policy reaches it (``view.kv``; ``ReplicaLimits.kv_blocks`` is gone) and
+the engine's running totals (``view.kv_tokens_held``, ``view.kv_blocks_held``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_engine_equivalence import PROFILES, random_instance, tight_profile
 
+from lsched.evaluator.engine import ReplicaEngine
 from lsched.kv import KVBlocks
-from lsched.policies import ReplicaLimits, ReplicaView
+from lsched.policies import Batch, ReplicaLimits, ReplicaView, parse_policy
 
 KV = KVBlocks(capacity_blocks=10, block_tokens=4)  # 40 tokens in blocks of 4
 
@@ -110,3 +113,47 @@ def test_blocks_after_a_decode_step() -> None:
     np.testing.assert_array_equal(kv.blocks_after_step(held), [1, 1, 2, 2, 3])
     np.testing.assert_array_equal(kv.blocks_after_step(held), kv.blocks(held + 1))
     assert kv.blocks_after_step(4) == 2
+
+
+class _Summing:
+    """Wraps a policy; at every call, the view's running totals must be the sums
+    over its arrays (``checked`` counts the calls)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.checked = 0
+
+    def decide(self, view: ReplicaView) -> Batch:
+        held = view.processed_tokens[view.running]
+        assert view.kv_held is not None
+        assert view.kv_tokens_held == int(held.sum())
+        assert view.kv_blocks_held == int(view.kv.blocks(held).sum())
+        self.checked += 1
+        return self.inner.decide(view)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vllm-v0", "sarathi:chunk=7"])
+def test_the_engine_shows_the_kv_held_that_the_arrays_sum_to(policy: str) -> None:
+    """Exact after held stretches too, where the ledger's blocks are a bound."""
+    rng = np.random.default_rng([7, len(policy)])
+    profile = PROFILES["opt-13b-a100-tp1-vllm"].replace(block_tokens=16)
+    checked = 0
+    for _ in range(5):
+        instance = random_instance(rng, 60, 0.03)
+        tight = tight_profile(rng, profile, instance)
+        peak = int((instance.prompt_tokens + instance.output_tokens - 1).max())
+        tight = tight.replace(
+            max_num_batched_tokens=max(tight.max_num_batched_tokens, peak)
+        )
+        wrapper = _Summing(parse_policy(policy).make())
+        engine = ReplicaEngine(
+            instance.arrival_s,
+            instance.prompt_tokens,
+            instance.output_tokens,
+            None,
+            tight,
+            wrapper,  # type: ignore[arg-type]
+        )
+        assert engine.run()
+        checked += wrapper.checked
+    assert checked > 50

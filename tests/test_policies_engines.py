@@ -26,6 +26,7 @@ from test_engine_equivalence import (
     assert_same,
     random_instance,
     run_both,
+    run_checked,
     tight_profile,
 )
 
@@ -249,6 +250,23 @@ def test_distserve_mode_rotates_the_decode_queue_under_the_context_cap() -> None
     assert _times(instance, UNIT, spec)["done"] == [4.0, 5.0, 6.0]
     # without the cap all three decode together and finish at 3
     assert _times(instance, UNIT, "vllm-v0:kv_limit=false")["done"] == [3.0] * 3
+
+
+def test_the_context_cap_ends_a_held_stretch_where_it_binds() -> None:
+    # A, B (prompt 4, output 10) at 0; no KV limit; decode context cap 14.
+    # it0: both prefilled -> token 1; context 8.
+    # it1-it3 [1, 4): both decode, leaving 10, 12, 14 <= 14: one held stretch.
+    # it4: 8 + 8 = 16 > 14: A alone (token 5); queue B A.  it5: B alone; ...
+    # A decodes at 4, 6, ..., 14 (token 10, done at 15), B at 5, ..., 15 (16).
+    # A stretch run past the cap would finish both at 10.
+    instance = Instance([0.0, 0.0], [4, 4], [10, 10])
+    spec = "vllm-v0:kv_limit=false,decode_context_cap=14"
+    got = _times(instance, UNIT, spec)
+    assert got["first"] == [1.0, 1.0]
+    assert got["done"] == [15.0, 16.0]
+    fast = run_checked(instance, UNIT, spec)  # the validator accepts its log too
+    held = fast.runs[fast.runs["iterations"] > 1]
+    assert held[["start_s", "end_s", "iterations"]].values.tolist() == [[1, 4, 3]]
 
 
 def test_distserve_back_pressure_blocks_prefill_above_the_threshold() -> None:

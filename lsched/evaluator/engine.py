@@ -10,6 +10,8 @@ stretch up to the next event at once:
             iterations that still fit in KV,
             iterations until the first boundary at or after the next arrival
             or the policy's wake-up time,
+            iterations whose context stays within the batch's
+            hold_context_tokens, floor((cap - sum p) / d), at least 1,
             iterations until the regime changes, if it switches on K)
 
 with the stretch's elapsed time and KV token-seconds in closed form
@@ -51,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.evaluator.stretch import DecodeStretch, decode_rows
-from lsched.kv import KVLedger
+from lsched.kv import KVHeld, KVLedger
 from lsched.policies.base import (
     ARRIVAL_TOLERANCE_S,
     Batch,
@@ -336,6 +338,7 @@ class ReplicaEngine:
             limits=self.limits,
             priority=self._priority_view,
             tenant=self._tenant_view,
+            kv_held=KVHeld(self.kv, self.running),
         )
 
     def _idle(self, batch: Batch) -> None:
@@ -374,7 +377,7 @@ class ReplicaEngine:
             kv.kv.decode_growth(p), running
         ):
             return False
-        self._advance(ids, p, *self._plan(ids, p, kv.held_tokens, None))
+        self._advance(ids, p, *self._plan(ids, p, kv.held_tokens, None, None))
         return True
 
     # -- state changes ------------------------------------------------------------
@@ -658,10 +661,12 @@ class ReplicaEngine:
         p: np.ndarray,
         held: int,
         wake_at_s: float | None,
+        context_cap: int | None,
     ) -> tuple[DecodeStretch, int, list[int]]:
         """A held decode batch's closed form, its iterations to the next event and
         its members' remaining output tokens (``p``: their processed tokens,
-        ``held``: their sum)."""
+        ``held``: their sum; ``wake_at_s`` and ``context_cap``: the batch's
+        ``wake_at_s`` and ``hold_context_tokens``)."""
         d = len(decode)
         k0 = held + d
         regime = 0
@@ -674,6 +679,10 @@ class ReplicaEngine:
         if self.switch == _K and regime < len(self.thresholds):
             # the regime switches on K, which grows by d per iteration
             n = min(n, math.ceil((self.thresholds[regime] - k0) / d))
+        if context_cap is not None:
+            # iteration k leaves held + (k + 1) d tokens of context; the first
+            # runs regardless (the policy decided it)
+            n = max(1, min(n, (context_cap - held) // d))
         # each request opens at most ceil(n / b) blocks in n iterations: with that
         # much room there is nothing to search
         n = self.kv.decode_steps_that_fit(decode, p, n, self.running)
@@ -690,7 +699,9 @@ class ReplicaEngine:
         """A held decode batch's closed form and its iterations to the next event."""
         decode = batch.decode
         p = self.processed[decode]
-        stretch, n, _ = self._plan(decode, p, int(p.sum()), batch.wake_at_s)
+        stretch, n, _ = self._plan(
+            decode, p, int(p.sum()), batch.wake_at_s, batch.hold_context_tokens
+        )
         return stretch, n
 
     def _decode_stretch(
@@ -703,7 +714,10 @@ class ReplicaEngine:
         if planned is None:
             # a held batch of every running request holds all of their KV
             held = self.kv.held_tokens if len(p) == len(self.running) else int(p.sum())
-            self._advance(decode, p, *self._plan(decode, p, held, batch.wake_at_s))
+            plan = self._plan(
+                decode, p, held, batch.wake_at_s, batch.hold_context_tokens
+            )
+            self._advance(decode, p, *plan)
         else:
             self._advance(decode, p, *planned, None)
 

@@ -41,11 +41,13 @@ Evaluating one iteration at a time is what makes simulators slow. A policy may s
 ``Batch.hold = True`` on a decode-only batch (no prefill, no preemption): a promise
 that, were it called at the following boundaries, it would return the same batch
 until the next *event*: a completion, an arrival (the first boundary at or after
-it), the KV limit (the next repetition would not fit) or its ``wake_at_s``. The
-engine may then advance the whole stretch in closed form. The naive reference
-engine ignores ``hold`` and calls the policy every iteration, so a false promise
-shows up as a difference in the tests. A policy's own state must not depend on
-whether it was called during a held stretch.
+it), the KV limit (the next repetition would not fit), its ``wake_at_s`` or its
+``hold_context_tokens`` (the next repetition would leave the batch more context
+tokens than that: a cap on a batch's context, as DistServe's). The engine may then
+advance the whole stretch in closed form. The naive reference engine ignores
+``hold`` and calls the policy every iteration, so a false promise shows up as a
+difference in the tests. A policy's own state must not depend on whether it was
+called during a held stretch.
 
 A standing decision
 -------------------
@@ -74,6 +76,14 @@ A batch that decodes every running request is cheapest to check when its
 ``decode`` is ``view.running`` itself (the same array object, which is read-only):
 with no running request prefilling the engine then knows those steps are valid and
 checks only the rest of the batch.
+
+Running totals
+--------------
+A policy whose decision should not cost work in proportion to the running set
+reads the KV its running requests hold as ``view.kv_tokens_held`` and
+``view.kv_blocks_held`` instead of summing the per-request arrays. The engine
+answers from its ledger (``view.kv_held``, a :class:`lsched.kv.KVHeld`); a view
+built without one (by hand, or by the naive reference engine) sums the arrays.
 """
 
 from __future__ import annotations
@@ -85,7 +95,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from lsched.kv import KVBlocks
+from lsched.kv import KVBlocks, KVHeld
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -206,6 +216,11 @@ class ReplicaView:
         The instance's priorities (smaller is more urgent), or ``None``.
     tenant
         The instance's tenant names, or ``None``.
+    kv_held
+        The engine's running totals of the KV held (:class:`lsched.kv.KVHeld`,
+        valid during this decision only), or ``None``: read them as
+        :attr:`kv_tokens_held` and :attr:`kv_blocks_held`, which sum the arrays
+        without it.
     """
 
     now_s: float
@@ -222,11 +237,28 @@ class ReplicaView:
     limits: ReplicaLimits
     priority: IntArray | None = None
     tenant: npt.NDArray[np.str_] | None = None
+    kv_held: KVHeld | None = None
 
     @property
     def kv(self) -> KVBlocks:
         """The replica's block arithmetic (``limits.kv``)."""
         return self.limits.kv
+
+    @property
+    def kv_tokens_held(self) -> int:
+        """KV tokens the running requests hold: ``processed_tokens`` summed over
+        ``running`` (the engine's running total where it gives one)."""
+        if self.kv_held is not None:
+            return self.kv_held.tokens
+        return int(self.processed_tokens[self.running].sum())
+
+    @property
+    def kv_blocks_held(self) -> int:
+        """KV blocks the running requests hold, exact: ``kv.blocks`` of their
+        ``processed_tokens``, summed (the engine's ledger where it gives one)."""
+        if self.kv_held is not None:
+            return self.kv_held.blocks
+        return int(self.kv.blocks(self.processed_tokens[self.running]).sum())
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +276,12 @@ class Batch:
         Running requests preempted (recompute) *before* the iteration.
     hold
         See the module docstring; only meaningful for a decode-only batch.
+    hold_context_tokens
+        With ``hold``: the held stretch ends before the iteration after which
+        ``processed_tokens`` summed over ``decode`` would exceed this (``None``: no
+        such event). Iteration ``k`` of the stretch (from 0) leaves ``sum(p) +
+        (k + 1) * len(decode)`` (``p``: processed now); the first iteration runs
+        regardless.
     wake_at_s
         Ask to be called again at the first boundary at or after this time, even
         if no event happens (for policies that wait on a clock). With an empty
@@ -256,6 +294,7 @@ class Batch:
     preempt: IntArray = field(default_factory=lambda: _EMPTY)
     hold: bool = False
     wake_at_s: float | None = None
+    hold_context_tokens: int | None = None
 
     @property
     def is_empty(self) -> bool:

@@ -65,16 +65,37 @@ finished, including those prefilled in the iteration just ended (``_exit_prefill
 appends them before the next check): here, every running request. So the count is
 ``processed_tokens`` summed over ``view.running``.
 
-A decode batch of every running request, with no preemption, is *held* when no cap
-can bind (``decode_context_cap`` unset or at least the KV capacity in tokens):
-until a completion, an arrival or the KV limit, the waiting head cannot start
-fitting (KV only fills, the budgets are fixed) and the batch stays the same.
-Back pressure keeps this true: within a held stretch the count only grows (every
-decode step adds a token per running request; only a completion or a preemption,
-which is never held, lowers it), so once it blocks prefill it blocks until a
-completion; while it does not block, step 1 runs as without it and the
-waiting head does not fit, as above, whether or not the count crosses the
-threshold during the stretch.
+A decode batch of every running request, with no preemption, is *held*. Until a
+completion, an arrival, the KV limit or, with ``decode_context_cap``, the first
+iteration that would leave the batch more context than the cap
+(``Batch.hold_context_tokens``), the batch stays the same: every request decodes,
+so the queue order does not change; the batch's context after the step grows by
+its size every iteration, so the whole batch fits the cap up to that iteration and
+not after (a batch of one sets no such event: the head always goes); and the waiting
+head cannot start fitting (KV only fills, the budgets are fixed). Back pressure
+keeps this true: within a held stretch the count only grows (every decode step
+adds a token per running request; only a completion or a preemption, which is
+never held, lowers it), so once it blocks prefill it blocks until a completion;
+while it does not block, step 1 runs as without it and the waiting head does not
+fit, as above, whether or not the count crosses the threshold during the stretch.
+
+Per-decision work
+-----------------
+A call costs work in proportion to what it decides and to what changed since the
+last call, not to the running set:
+
+- The decode queue is a deque of ``(id, stamp)`` entries. The requests of a
+  prefill batch join its tail at the next call, each with a fresh stamp (every
+  running request was admitted by this policy's own prefill batches, which the
+  engine runs before calling it again). A request leaves it lazily, when its entry
+  reaches the head: a preempted one has its stamp withdrawn when it is preempted
+  (so after a readmission its old entry is stale and it is never queued twice), a
+  finished one holds no KV (``processed_tokens`` is 0 past the prefill only when
+  done).
+- The KV blocks and context tokens held are the view's running totals
+  (``ReplicaView.kv_blocks_held``, ``kv_tokens_held``), the victims of preemption
+  the last ids of ``view.running``, and the waiting queue is walked one request at
+  a time.
 
 Where the sources were silent or do not apply:
 
@@ -97,6 +118,7 @@ Where the sources were silent or do not apply:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,30 +179,37 @@ class VllmV0:
 
     def __init__(self, params: VllmV0Params | None = None) -> None:
         self.params = params or VllmV0Params()
-        self._queue: list[int] = []  # the decode queue (running requests)
+        # the decode queue: (id, stamp) entries, live while the request runs on
+        # the admission that stamped it (module docstring, "Per-decision work")
+        self._queue: deque[tuple[int, int]] = deque()
+        self._stamp: dict[int, int] = {}  # queued id -> stamp of its admission
+        self._stamps = 0  # stamps handed out
+        self._admitted: list[int] = []  # the last prefill batch: joins next call
 
     def decide(self, view: ReplicaView) -> Batch:
-        running = view.running.tolist()
-        alive = set(running)
-        queued = set(self._queue)
-        # finished or preempted requests leave; newly prefilled ones join the tail
-        self._queue = [r for r in self._queue if r in alive] + [
-            r for r in running if r not in queued
-        ]
+        self._join()
         new = [] if self._back_pressure(view) else self._prefills(view)
         if new:
+            self._admitted = new
             return Batch(
                 prefill=np.array(new, dtype=np.int64),
                 prefill_tokens=view.prompt_tokens[new] + view.emitted_tokens[new],
             )
         return self._decodes(view)
 
+    def _join(self) -> None:
+        """Step 3: the requests of the last prefill batch join the tail, in
+        admission order (one that finished in that iteration is dropped later)."""
+        for r in self._admitted:
+            self._stamps += 1
+            self._stamp[r] = self._stamps
+            self._queue.append((r, self._stamps))
+        self._admitted = []
+
     def _back_pressure(self, view: ReplicaView) -> bool:
         """Step 0: the decode queue's context tokens exceed the threshold."""
         threshold = self.params.back_pressure_tokens
-        if threshold is None:
-            return False
-        return int(view.processed_tokens[view.running].sum()) > threshold
+        return threshold is not None and view.kv_tokens_held > threshold
 
     def _prefills(self, view: ReplicaView) -> list[int]:
         """Step 1: whole prompts from the head of the waiting queue."""
@@ -191,13 +220,16 @@ class VllmV0:
             budget = min(budget, p.prefill_token_budget)
         seqs = len(view.running) if p.kv_limit else 0
         kv = view.kv
-        used = int(kv.blocks(view.processed_tokens[view.running]).sum())
+        used = -1  # blocks held, read when first needed
         taken: list[int] = []
-        for w in view.waiting.tolist():
+        for w in view.waiting:  # one at a time: the walk stops early
+            w = int(w)
             c = int(view.prompt_tokens[w] + view.emitted_tokens[w])
             if c > budget or seqs >= limits.max_num_seqs:
                 break
             if p.kv_limit:
+                if used < 0:
+                    used = view.kv_blocks_held
                 need = kv.blocks(c)
                 spare = watermark_blocks(kv, p.watermark, need)
                 if kv.capacity_blocks - used - need < spare:
@@ -213,55 +245,62 @@ class VllmV0:
         limits = view.limits
         p = self.params
         processed = view.processed_tokens
+        running = view.running
         seq_cap = min(limits.max_num_seqs, limits.max_num_batched_tokens)
         cap = p.decode_context_cap
-        running = view.running.tolist()
         kv = view.kv
         capacity = kv.capacity_blocks
-        held = dict(zip(running, kv.blocks(processed[running]).tolist(), strict=True))
-        used = sum(held.values())
-        batch: list[int] = []
+        used = view.kv_blocks_held if p.kv_limit else 0
+        queue, stamp = self._queue, self._stamp
+        batch: list[tuple[int, int]] = []  # queue entries
         grown: dict[int, int] = {}
         preempted: list[int] = []
-        gone: set[int] = set()
         context = 0
-        for r in self._queue:
-            if r in gone:
+        while queue and len(batch) < seq_cap:
+            r, s = queue[0]
+            if stamp.get(r) != s:  # preempted (here or before): its entry is stale
+                queue.popleft()
                 continue
-            if len(batch) >= seq_cap:
-                break
-            after = int(processed[r]) + 1
+            before = int(processed[r])
+            if before == 0:  # finished: it holds no KV
+                queue.popleft()
+                del stamp[r]
+                continue
+            after = before + 1
             # DistServe stops at the first request over the cap; the head always goes
             if cap is not None and batch and context + after > cap:
                 break
+            queue.popleft()
             if p.kv_limit:
-                g = kv.blocks(after) - held[r]
+                g = kv.blocks(after) - kv.blocks(before)
                 while used + g > capacity:
-                    # V0: running_queue.pop(), the most recently admitted
-                    victim = next(v for v in reversed(running) if v not in gone)
-                    gone.add(victim)
+                    # V0: running_queue.pop(), the most recently admitted; the
+                    # victims so far are the last ones of view.running
+                    victim = int(running[len(running) - 1 - len(preempted)])
                     preempted.append(victim)
-                    used -= held[victim] + grown.pop(victim, 0)
-                    if victim in batch:
-                        batch.remove(victim)
+                    entry = (victim, stamp.pop(victim))
+                    g_victim = grown.pop(victim, None)
+                    used -= kv.blocks(int(processed[victim])) + (g_victim or 0)
+                    if g_victim is not None:  # in the batch: it leaves it
+                        batch.remove(entry)
                         context -= int(processed[victim]) + 1
                     if victim == r:
                         break
-                if r in gone:
+                if r not in stamp:
                     continue
                 grown[r] = g
                 used += g
-            batch.append(r)
+            batch.append((r, s))
             context += after
         if not batch and not preempted:
             return Batch()  # nothing runs (the engine idles or reports a stall)
         # the batch goes back to the tail of the queue, in order
-        taken = set(batch) | gone
-        self._queue = [r for r in self._queue if r not in taken] + batch
+        queue.extend(batch)
         everyone = len(batch) == len(running)
-        no_cap = cap is None or cap >= kv.capacity_tokens
         return Batch(
-            decode=np.array(batch, dtype=np.int64),
+            decode=np.array([r for r, _ in batch], dtype=np.int64),
             preempt=np.array(preempted, dtype=np.int64),
-            hold=everyone and no_cap and not preempted,
+            hold=everyone and not preempted,
+            # the cap binds from two requests on (the head always goes)
+            hold_context_tokens=cap if cap is not None and len(batch) > 1 else None,
         )
