@@ -39,6 +39,8 @@ POLICIES = (
     "orca",
     "orca:reserve=predicted",
     "orca:max_model_len=60,max_batch=3",
+    "vllm",
+    "vllm:long_prefill_token_threshold=5",
 )
 #: Policies that reserve KV at admission: they preempt rarely, if ever.
 RESERVING = ("orca", "orca:max_model_len=60,max_batch=3")
@@ -127,6 +129,12 @@ def test_the_python_path_runs_where_the_compiled_one_cannot() -> None:
     joint = simulate(instance, profile, "fcfs", replicas=2, dispatch="least-kv")
     assert joint.engine == "python: the router reads replica state"
     assert simulate(instance, profile, "fcfs", engine="python").engine == "python"
+    # vllm's priority queues read the instance's priority column: not ported
+    ranked = instance.replace(priority=np.arange(len(instance)) % 3)
+    assert simulate(ranked, profile, "vllm").engine == "compiled"
+    assert simulate(ranked, profile, "vllm:priority=true").engine == (
+        "python: policy vllm:priority=true has no compiled kernel"
+    )
     with pytest.raises(InputError, match="engine"):
         simulate(instance, profile, "fcfs", engine="numba")
 

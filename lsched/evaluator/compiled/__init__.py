@@ -12,8 +12,9 @@ Which path runs
 ---------------
 :func:`kernel_for` says whether a replica can take this path: its policy must be
 one with a port (:data:`KERNELS`, the registered class itself, not a subclass or a
-re-registered name) and the run must not keep an iteration log or be paused
-(snapshots, ``run(until_s)``). Everything else, user policies included, runs on
+re-registered name; ``vllm:priority=true`` is not ported) and the run must not
+keep an iteration log or be paused (snapshots, ``run(until_s)``). Everything
+else, user policies included, runs on
 the Python path; :class:`~lsched.evaluator.result.SimulationResult` says which
 (``engine``). Both paths give the same records (``tests/test_compiled.py``).
 
@@ -42,6 +43,7 @@ from lsched.profile import FEATURES, DeploymentProfile
 KERNELS: dict[str, str] = {
     "fcfs": "fcfs",
     "orca": "orca",
+    "vllm": "vllm",
 }
 
 _ERRORS = {
@@ -58,7 +60,9 @@ _ERRORS = {
 def kernel_for(spec: Any) -> str | None:
     """The compiled module of ``spec``'s policy, or None when it has none: the
     name must still be registered to lsched's own class, with its own params
-    class (a re-registered name or a subclass is another rule)."""
+    class (a re-registered name or a subclass is another rule), and the rule's
+    parameters must not need what the kernels are not given (``vllm`` with
+    ``priority=true`` reads per-request priorities: it runs in Python)."""
     from lsched.policies import REGISTRY
 
     module = KERNELS.get(getattr(spec, "name", ""))
@@ -69,6 +73,9 @@ def kernel_for(spec: Any) -> str | None:
         getattr(entry.build, "__module__", None) != f"lsched.policies.{module}"
         or type(spec.params) is not entry.params
     ):
+        return None
+    if module == "vllm" and spec.params.priority:
+        # its queues follow the instance's priority column, which no kernel reads
         return None
     return module
 
@@ -86,6 +93,8 @@ def _params(name: str, params: Any, limits: ReplicaLimits) -> np.ndarray:
         ceiling = capacity if length is None else min(length, capacity)
         predicted = int(params.reserve == "predicted")
         return np.array([seq_cap, predicted, ceiling], dtype=np.int64)
+    if name == "vllm":
+        return np.array([params.long_prefill_token_threshold], dtype=np.int64)
     raise KeyError(name)
 
 
