@@ -39,6 +39,9 @@ POLICIES = (
     "orca",
     "orca:reserve=predicted",
     "orca:max_model_len=60,max_batch=3",
+    "sarathi",
+    "sarathi:chunk=7",
+    "sarathi:chunk=20,watermark=0",
 )
 #: Policies that reserve KV at admission: they preempt rarely, if ever.
 RESERVING = ("orca", "orca:max_model_len=60,max_batch=3")

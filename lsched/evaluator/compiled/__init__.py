@@ -38,6 +38,7 @@ from lsched.profile import FEATURES, DeploymentProfile
 KERNELS: dict[str, str] = {
     "fcfs": "fcfs",
     "orca": "orca",
+    "sarathi": "sarathi",
 }
 
 _ERRORS = {
@@ -82,6 +83,10 @@ def _params(name: str, params: Any, limits: ReplicaLimits) -> np.ndarray:
         ceiling = capacity if length is None else min(length, capacity)
         predicted = int(params.reserve == "predicted")
         return np.array([seq_cap, predicted, ceiling], dtype=np.int64)
+    if name == "sarathi":
+        budget = min(params.chunk, limits.max_num_batched_tokens)
+        mark = limits.kv.watermark_blocks(params.watermark)
+        return np.array([budget, mark], dtype=np.int64)
     raise KeyError(name)
 
 
