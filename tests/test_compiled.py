@@ -41,6 +41,9 @@ POLICIES = (
     "orca:max_model_len=60,max_batch=3",
     "vllm",
     "vllm:long_prefill_token_threshold=5",
+    "sarathi",
+    "sarathi:chunk=7",
+    "sarathi:chunk=20,watermark=0",
 )
 #: Policies that reserve KV at admission: they preempt rarely, if ever.
 RESERVING = ("orca", "orca:max_model_len=60,max_batch=3")

@@ -44,6 +44,7 @@ KERNELS: dict[str, str] = {
     "fcfs": "fcfs",
     "orca": "orca",
     "vllm": "vllm",
+    "sarathi": "sarathi",
 }
 
 _ERRORS = {
@@ -95,6 +96,10 @@ def _params(name: str, params: Any, limits: ReplicaLimits) -> np.ndarray:
         return np.array([seq_cap, predicted, ceiling], dtype=np.int64)
     if name == "vllm":
         return np.array([params.long_prefill_token_threshold], dtype=np.int64)
+    if name == "sarathi":
+        budget = min(params.chunk, limits.max_num_batched_tokens)
+        mark = limits.kv.watermark_blocks(params.watermark)
+        return np.array([budget, mark], dtype=np.int64)
     raise KeyError(name)
 
 
