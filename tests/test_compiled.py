@@ -22,6 +22,7 @@ from test_engine_equivalence import RTOL, Case, random_case
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.compiled import KERNELS, kernel_for
+from lsched.instance import Instance
 from lsched.policies import (
     REGISTRY,
     PolicyError,
@@ -106,9 +107,9 @@ def test_random_cases_agree_with_the_python_path(policy: str) -> None:
             python = _run(case, "python")
         except PolicyError:
             with pytest.raises(PolicyError):
-                _run(case, "auto")
+                _run(case, "compiled")
             continue
-        compiled = _run(case, "auto")
+        compiled = _run(case, "compiled")
         assert compiled.engine == "compiled", compiled.engine
         assert_same_records(case, python, compiled)
         compared += 1
@@ -120,26 +121,31 @@ def test_random_cases_agree_with_the_python_path(policy: str) -> None:
 
 def test_the_python_path_runs_where_the_compiled_one_cannot() -> None:
     profile = load_profile("unit-slot")
-    rng = np.random.default_rng(7)
-    case = random_case(rng)
-    instance = case.instance
-    assert simulate(instance, profile, "fcfs").engine == "compiled"
-    logged = simulate(instance, profile, "fcfs", log=True)
-    assert logged.engine == "python: the iteration log was asked for"
-    assert simulate(instance, profile, "sjf").engine == (
-        "python: policy sjf has no compiled kernel"
-    )
-    joint = simulate(instance, profile, "fcfs", replicas=2, dispatch="least-kv")
-    assert joint.engine == "python: the router reads replica state"
-    assert simulate(instance, profile, "fcfs", engine="python").engine == "python"
+    instance = random_case(np.random.default_rng(7)).instance
+
+    def path(policy: str = "fcfs", inst: Any = instance, **kwargs: Any) -> str:
+        kwargs.setdefault("engine", "compiled")
+        return simulate(inst, profile, policy, **kwargs).engine
+
+    assert path() == "compiled"
+    assert path(log=True) == "python: the iteration log was asked for"
+    assert path("sjf") == "python: policy sjf has no compiled kernel"
+    joint = path(replicas=2, dispatch="least-kv")
+    assert joint == "python: the router reads replica state"
+    assert path(engine="python") == "python"
+    # auto: the kernels' loading pays only on enough requests per replica
+    assert path(engine="auto").startswith("python: under 1,000 requests")
+    many = Instance(np.arange(1000.0), np.ones(1000, int), np.ones(1000, int))
+    assert path(inst=many, engine="auto") == "compiled"
+    assert path(inst=many, engine="auto", replicas=2).startswith("python: under")
     # vllm's priority queues read the instance's priority column: not ported
     ranked = instance.replace(priority=np.arange(len(instance)) % 3)
-    assert simulate(ranked, profile, "vllm").engine == "compiled"
-    assert simulate(ranked, profile, "vllm:priority=true").engine == (
+    assert path("vllm", ranked) == "compiled"
+    assert path("vllm:priority=true", ranked) == (
         "python: policy vllm:priority=true has no compiled kernel"
     )
     with pytest.raises(InputError, match="engine"):
-        simulate(instance, profile, "fcfs", engine="numba")
+        path(engine="numba")
 
 
 def test_a_rule_that_is_not_the_ported_one_runs_in_python() -> None:

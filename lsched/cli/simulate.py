@@ -14,7 +14,12 @@ from lsched.atomic import atomic_target, check_output
 from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
 from lsched.cluster import Cluster, load_cluster
 from lsched.errors import InputError
-from lsched.evaluator import SimulationResult, check_dispatch, simulate_cluster
+from lsched.evaluator import (
+    ENGINES,
+    SimulationResult,
+    check_dispatch,
+    simulate_cluster,
+)
 from lsched.instance import Instance
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
@@ -108,15 +113,18 @@ def simulate_command(
     engine: Annotated[
         str,
         typer.Option(
-            help="auto: the compiled path where a replica can take it (standard "
-            "policies, stateless router, no timeline), else Python; python: always "
-            "the Python engine. The output says which ran."
+            help="compiled: the compiled path where a replica can take it "
+            "(standard policies, stateless router, no timeline), else Python; "
+            "auto: the same for replicas with 1,000 requests or more; python: "
+            "always the Python engine. The output says which ran."
         ),
     ] = "auto",
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
-    if engine not in ("auto", "python"):
-        raise InputError(f"got {engine!r}; expected auto or python", field="engine")
+    if engine not in ENGINES:
+        raise InputError(
+            f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
+        )
     if requests_out is not None and requests_out.suffix.lower() not in _TABLE_SUFFIXES:
         raise InputError(
             f"got suffix {requests_out.suffix.lower()!r}; expected .csv or .parquet",

@@ -62,6 +62,10 @@ from lsched.routers import ClusterView, Reject, RouterContext, is_stateless
 
 #: The replica of a request a router rejected.
 REJECTED = -1
+#: ``engine="auto"`` takes the compiled path for replicas with at least this many
+#: requests: loading the kernels costs about a second per process (numba's start
+#: and its cache), what the Python engine takes for a few thousand requests.
+AUTO_MIN_REQUESTS = 1000
 
 
 @dataclass
@@ -180,11 +184,14 @@ class ClusterSim:
         Run the replicas jointly in time even under a stateless router (for
         checking the two ways against each other); by default only when the
         router reads state.
-    compiled
-        Replay a replica on the compiled path (:mod:`lsched.evaluator.compiled`)
-        where it can take it: a stateless router, no log, a policy with a port.
-        Such a replay runs only to the end (no ``run(until_s)`` or snapshots);
-        :attr:`paths` says which path each replica takes.
+    engine
+        ``"python"`` (default): every replica on the Python engine.
+        ``"compiled"``: a replica on the compiled path
+        (:mod:`lsched.evaluator.compiled`) where it can take it: a stateless
+        router, no log, a policy with a port; such a replay runs only to the
+        end (no ``run(until_s)`` or snapshots). ``"auto"``: the same, for
+        replicas with at least :data:`AUTO_MIN_REQUESTS` requests. :attr:`paths`
+        says which path each replica takes, and why.
 
     Raises
     ------
@@ -204,7 +211,7 @@ class ClusterSim:
         log: bool = False,
         on_finished: Callable[[int], None] | None = None,
         joint: bool | None = None,
-        compiled: bool = False,
+        engine: str = "python",
     ) -> None:
         self.instance = instance
         self.cluster = cluster
@@ -243,16 +250,16 @@ class ClusterSim:
         self.engines = []
         for c in range(cluster.num_replicas):
             ids = np.flatnonzero(self.where == c)
-            self.paths[c] = _path(cluster.pool_of(c).policy, compiled, log)
+            self.paths[c] = _path(cluster.pool_of(c).policy, engine, log, len(ids))
             if self.paths[c] == "compiled":
-                engine: Any = CompiledEngine(
+                replica: Any = CompiledEngine(
                     instance, ids, cluster.pool_of(c), on_finished
                 )
             else:
-                engine = _replica_engine(
+                replica = _replica_engine(
                     instance, ids, cluster, c, contexts[c], log, on_finished
                 )
-            self.engines.append(engine)
+            self.engines.append(replica)
 
     def _route_all(self) -> None:
         """Route every request up front (a stateless router)."""
@@ -357,15 +364,21 @@ class ClusterSim:
         )
 
 
-def _path(spec: object, compiled: bool, log: bool) -> str:
-    """The path a replica under ``spec`` takes, with the reason if Python."""
-    if not compiled:
+def _path(spec: object, engine: str, log: bool, requests: int) -> str:
+    """The path of a replica under ``spec`` serving ``requests``, with the reason
+    where it is Python but ``engine`` allowed the compiled one."""
+    if engine == "python":
         return "python"
     if log:
         return "python: the iteration log was asked for"
     if kernel_for(spec) is None:
         label = getattr(spec, "label", spec)
         return f"python: policy {label} has no compiled kernel"
+    if engine == "auto" and requests < AUTO_MIN_REQUESTS:
+        return (
+            f"python: under {AUTO_MIN_REQUESTS:,} requests per replica (loading "
+            "the compiled kernel takes longer)"
+        )
     return "compiled"
 
 
