@@ -21,7 +21,7 @@ from test_engine_equivalence import RTOL, Case, random_case
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
-from lsched.evaluator.compiled import KERNELS, kernel_for
+from lsched.evaluator.compiled import KERNELS, core, kernel_for, vllm_v0
 from lsched.instance import Instance
 from lsched.policies import (
     REGISTRY,
@@ -31,7 +31,7 @@ from lsched.policies import (
     register_policy,
 )
 from lsched.policies.fcfs import Fcfs, FcfsParams
-from lsched.profile import load_profile
+from lsched.profile import DeploymentProfile, load_profile
 
 #: Every compiled policy with parameters that reach each branch of its port.
 POLICIES = (
@@ -45,9 +45,20 @@ POLICIES = (
     "sarathi",
     "sarathi:chunk=7",
     "sarathi:chunk=20,watermark=0",
+    "vllm-v0",
+    "vllm-v0:watermark=0.1,decode_context_cap=60",
+    "vllm-v0:kv_limit=false,prefill_token_budget=50,decode_context_cap=60",
+    "vllm-v0:back_pressure_tokens=40",
+    "vllm-v0:kv_limit=false,prefill_token_budget=50,back_pressure_tokens=60",
 )
-#: Policies that reserve KV at admission: they preempt rarely, if ever.
-RESERVING = ("orca", "orca:max_model_len=60,max_batch=3")
+#: Policies that reserve KV at admission (they preempt rarely, if ever) or apply
+#: no KV limit (DistServe's mode: never).
+RESERVING = (
+    "orca",
+    "orca:max_model_len=60,max_batch=3",
+    "vllm-v0:kv_limit=false,prefill_token_budget=50,decode_context_cap=60",
+    "vllm-v0:kv_limit=false,prefill_token_budget=50,back_pressure_tokens=60",
+)
 CASES = 150
 
 
@@ -91,18 +102,44 @@ def test_every_compiled_policy_is_tested() -> None:
     assert {p.split(":")[0] for p in POLICIES} == set(KERNELS)
 
 
+def _room(
+    profile: DeploymentProfile, instance: Instance, policy: str, k: int
+) -> DeploymentProfile:
+    """``vllm-v0`` prefills whole prompts, and a prompt (or a recomputed
+    ``s + e``) over the token budget stalls: every other case gets a budget that
+    takes them, so that most cases compare and the rest stall alike. DistServe's
+    mode has no KV limit (room for every peak) nor preemption (a budget that takes
+    every prompt)."""
+    if not policy.startswith("vllm-v0"):
+        return profile
+    peaks = instance.prompt_tokens + instance.output_tokens - 1
+    if "kv_limit=false" in policy:
+        b = profile.block_tokens
+        return profile.replace(
+            kv_capacity_tokens=int((-(-peaks // b)).sum()) * b,
+            max_num_batched_tokens=max(
+                profile.max_num_batched_tokens, int(instance.prompt_tokens.max())
+            ),
+        )
+    if k % 2:
+        budget = max(profile.max_num_batched_tokens, int(peaks.max()))
+        return profile.replace(max_num_batched_tokens=budget)
+    return profile
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_random_cases_agree_with_the_python_path(policy: str) -> None:
     rng = np.random.default_rng([20261205, POLICIES.index(policy)])
     compared = preempted = 0
-    for _ in range(CASES):
+    for k in range(CASES):
         case = random_case(rng)
         instance = case.instance
         if rng.random() < 0.5:  # predictions too small: reservations overflow
             low = rng.uniform(0.2, 1.0, size=len(instance)) * instance.output_tokens
             predicted = np.maximum(1, low.astype(np.int64))
             instance = instance.replace(predicted_output_tokens=predicted)
-        case = Case(instance, case.profile, policy, case.replicas, None)
+        profile = _room(case.profile, instance, policy, k)
+        case = Case(instance, profile, policy, case.replicas, None)
         try:
             python = _run(case, "python")
         except PolicyError:
@@ -172,3 +209,27 @@ def test_a_rule_that_is_not_the_ported_one_runs_in_python() -> None:
             "fcfs", original.build, original.params, original.summary, replace=True
         )
     assert kernel_for(parse_policy("fcfs")) == "fcfs"
+
+
+def test_the_vllm_v0_ring_keeps_its_live_entries_in_order() -> None:
+    """Compacting the decode queue drops a finished request's entry, a preempted
+    one's and the old entry of a request admitted again, and keeps the rest in
+    order (here across the ring's wrap-around)."""
+    m = 5
+    size = vllm_v0.ring_slots(m)
+    ps = np.zeros(vllm_v0.LIVE + m + size, dtype=np.int64)
+    live, ring = ps[vllm_v0.LIVE : vllm_v0.LIVE + m], ps[vllm_v0.LIVE + m :]
+    head = size - 3
+    order = [3, 1, 0, 2, 4, 0]  # 1 finished, 2 preempted, 0 admitted again
+    for k, r in enumerate(order):
+        ring[(head + k) % size] = r
+    live[:] = [head + 5, head + 1, -1, head, head + 4]
+    ps[vllm_v0.HEAD], ps[vllm_v0.TAIL] = head, head + len(order)
+    req = np.zeros((core.REQ_ROWS, m), dtype=np.int64)
+    req[core.STATUS] = core.RUNNING
+    req[core.STATUS, 1] = core.DONE_STATUS
+    req[core.STATUS, 2] = core.WAITING
+    vllm_v0._compact(req, ps, live, ring)
+    assert ps[vllm_v0.TAIL] == head + 3
+    assert [ring[(head + k) % size] for k in range(3)] == [3, 4, 0]
+    assert live[[3, 4, 0]].tolist() == [head, head + 1, head + 2]

@@ -45,6 +45,7 @@ KERNELS: dict[str, str] = {
     "orca": "orca",
     "vllm": "vllm",
     "sarathi": "sarathi",
+    "vllm-v0": "vllm_v0",
 }
 
 _ERRORS = {
@@ -100,7 +101,38 @@ def _params(name: str, params: Any, limits: ReplicaLimits) -> np.ndarray:
         budget = min(params.chunk, limits.max_num_batched_tokens)
         mark = limits.kv.watermark_blocks(params.watermark)
         return np.array([budget, mark], dtype=np.int64)
+    if name == "vllm-v0":
+        budget = limits.max_num_batched_tokens
+        if params.prefill_token_budget is not None:
+            budget = min(budget, params.prefill_token_budget)
+        return np.array(
+            [
+                int(params.kv_limit),
+                limits.kv.watermark_blocks(params.watermark),
+                budget,
+                _or_none(params.decode_context_cap),
+                _or_none(params.back_pressure_tokens),
+            ],
+            dtype=np.int64,
+        )
     raise KeyError(name)
+
+
+def _or_none(value: int | None) -> int:
+    """An optional limit as an int: ``-1`` for none."""
+    return -1 if value is None else value
+
+
+def _policy_state(name: str, m: int) -> np.ndarray:
+    """The kernel's policy state for ``m`` requests, in its starting values (see
+    each module's docstring); one unused slot for a stateless policy."""
+    if name == "vllm-v0":
+        from lsched.evaluator.compiled.vllm_v0 import LIVE, ring_slots
+
+        ps = np.zeros(LIVE + m + ring_slots(m), dtype=np.int64)
+        ps[LIVE : LIVE + m] = -1  # no request is in the decode queue
+        return ps
+    return np.zeros(1, dtype=np.int64)
 
 
 def _time_model(profile: DeploymentProfile) -> tuple[np.ndarray, np.ndarray, int]:
@@ -185,7 +217,7 @@ def run_replica(
     pieces, thresholds, switch = _time_model(profile)
     pp = _params(spec.name, spec.params, limits)
     pf = np.zeros(1)
-    ps = np.zeros(1, dtype=np.int64)
+    ps = _policy_state(spec.name, m)
     err = kernel.run(st, pieces, thresholds, switch, pp, pf, ps)
     req, tim, s, f, _ = st
     if err:
