@@ -39,7 +39,13 @@ from lsched.formulations.bounds import lagrangian
 from lsched.formulations.cpsat.slot import build
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import starting_schedule
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.result import (
+    LOG_COLUMNS,
+    SolveResult,
+    Status,
+    decide_status,
+    stop_of,
+)
 from lsched.formulations.slot import SlotProblem
 
 IntArray = npt.NDArray[np.int64]
@@ -144,9 +150,13 @@ def solve(
     objective = full.objective
     if objective is not None:
         bound = min(bound, objective)
-    status = full.status
-    if status is not Status.OPTIMAL and objective is not None and bound >= objective:
-        status = Status.OPTIMAL
+    # the Lagrangian bound may close the gap the full model left
+    status = decide_status(
+        stop_of(full.status),
+        objective,
+        bound,
+        infeasible=full.status is Status.INFEASIBLE,
+    )
     return SolveResult(
         status=status,
         objective=objective,

@@ -32,7 +32,13 @@ from lsched.formulations.bounds import closed_form
 from lsched.formulations.cpsat.slot import FORMULATIONS, build
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import starting_schedule
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.result import (
+    CPSAT_OTHER_LIMITS,
+    LOG_COLUMNS,
+    SolveResult,
+    cpsat_stop,
+    decide_status,
+)
 from lsched.formulations.slot import SlotProblem
 
 __all__ = ["FORMULATIONS", "solve"]
@@ -149,30 +155,24 @@ def solve(
             start, source = found, "cpsat"
     bound = -np.inf
     if code == cp_model.OPTIMAL:
-        status = Status.OPTIMAL
         bound = float(problem.integer_objective(start))
     elif code == cp_model.INFEASIBLE:  # impossible with a feasible incumbent
-        status, start = Status.INFEASIBLE, None
-    else:
-        if has_solution or code == cp_model.UNKNOWN:
-            bound = solver.best_objective_bound
-        # UNKNOWN: neither a solution nor a proof in the time it had (under
-        # load, or with the little an LNS left, CP-SAT may stop before its clock)
-        timed_out = (
-            code == cp_model.UNKNOWN
-            or solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
-            or time.perf_counter() - started >= 0.99 * time_limit
-        )
-        status = Status.TIME_LIMIT if timed_out else Status.FEASIBLE
-        if code == cp_model.MODEL_INVALID:
-            status = Status.UNKNOWN
+        start = None
+    elif has_solution or code == cp_model.UNKNOWN:
+        bound = solver.best_objective_bound
     offset = problem.objective_offset
     # the free closed-form bounds may beat CP-SAT's on large instances
     bound = max(bound, closed_form(problem) - offset)
     objective = None if start is None else problem.objective_value(start)
-    if objective is not None and bound + offset >= objective:
-        status = Status.OPTIMAL
     bound = min(bound + offset, objective) if objective is not None else bound + offset
+    stop = cpsat_stop(
+        solver.status_name(code),
+        interrupted=False,
+        other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+    )
+    status = decide_status(
+        stop, objective, bound, infeasible=code == cp_model.INFEASIBLE
+    )
     recorder.record(objective, bound)
     runtime = time.perf_counter() - started  # after the last log row
     return SolveResult(

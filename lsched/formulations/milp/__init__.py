@@ -18,11 +18,12 @@ Objectives and bounds are reported in problem units (integer objective plus
 ``ceil(z - 1e-6)`` first, which is valid for an integer objective, and never
 reported above the objective.
 
-Status: HiGHS "optimal" with the integer gap closed gives ``OPTIMAL`` (a
-user-relaxed gap, e.g. ``mip_rel_gap=0.1``, gives ``FEASIBLE``); its time limit or
-the wall-clock interrupt gives ``TIME_LIMIT`` (``OPTIMAL`` if the rounded bound
-meets the objective); "infeasible" gives ``INFEASIBLE`` (not expected: the
-horizon is safe and the start is feasible); anything else ``UNKNOWN``. The best
+Status (:func:`lsched.formulations.result.decide_status`): ``OPTIMAL`` once the
+rounded bound meets the integer objective, whatever stopped HiGHS; otherwise
+its time limit or the wall-clock interrupt gives ``TIME_LIMIT``, a user's stop
+``INTERRUPTED``, "optimal" on a user-relaxed gap (e.g. ``mip_rel_gap=0.1``)
+``FEASIBLE``; "infeasible" gives ``INFEASIBLE`` (not expected: the horizon is
+safe and the start is feasible); a solver error ``UNKNOWN``. The best
 schedule is always returned: HiGHS's if it is better and passes
 :func:`lsched.formulations.incumbent.is_feasible`, else the starting one.
 """
@@ -44,7 +45,7 @@ from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import is_feasible, starting_schedule
 from lsched.formulations.milp import highs as _highs
 from lsched.formulations.milp.slot import SlotModel, Strengthening, build_model
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status, decide_status
 from lsched.formulations.slot import SlotProblem
 
 __all__ = ["SOLVER", "Strengthening", "build_model", "lp_bound", "solve"]
@@ -174,11 +175,14 @@ def solve(
     # the free closed-form bounds may beat HiGHS's dual bound on large instances
     free = closed_form(problem) - problem.objective_offset
     bound = min(max(_integer_bound(outcome.bound), free), float(integer))
-    status = outcome.status
-    if status == Status.OPTIMAL and bound < integer:
-        status = Status.FEASIBLE  # HiGHS stopped on a gap the caller relaxed
-    elif status in (Status.TIME_LIMIT, Status.UNKNOWN) and bound >= integer:
-        status = Status.OPTIMAL
+    # OPTIMAL once the rounded bound meets the integer objective, whatever stopped
+    # HiGHS; "optimal" on a gap the caller relaxed is FEASIBLE
+    status = decide_status(
+        outcome.stop,
+        None if outcome.infeasible else float(integer),
+        bound,
+        infeasible=outcome.infeasible,
+    )
     info: dict[str, Any] = {
         **loaded.size,
         "rows": built.counts,

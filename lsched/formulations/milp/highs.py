@@ -54,19 +54,12 @@ import numpy.typing as npt
 import pyomo.environ as pyo
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
-from lsched.formulations.result import Status
+from lsched.formulations.result import Stop, highs_stop
 
 FloatArray = npt.NDArray[np.float64]
 
 #: ``on_event(time_s, objective or None, bound)``, solver units.
 EventCallback = Callable[[float, float | None, float], None]
-
-_STATUS = {
-    highspy.HighsModelStatus.kOptimal: Status.OPTIMAL,
-    highspy.HighsModelStatus.kTimeLimit: Status.TIME_LIMIT,
-    highspy.HighsModelStatus.kInterrupt: Status.TIME_LIMIT,
-    highspy.HighsModelStatus.kInfeasible: Status.INFEASIBLE,
-}
 
 
 @dataclass
@@ -97,8 +90,12 @@ class HighsOutcome:
 
     Attributes
     ----------
-    status
-        Mapped status (module docstring of :mod:`lsched.formulations.milp`).
+    stop
+        Why HiGHS stopped (:func:`lsched.formulations.result.highs_stop`); the
+        caller decides the status with
+        :func:`lsched.formulations.result.decide_status`.
+    infeasible
+        Whether HiGHS proved the model infeasible.
     model_status
         HiGHS's own status text.
     objective
@@ -117,7 +114,8 @@ class HighsOutcome:
         ``(time_s, objective, bound)`` per improvement, as passed to ``on_event``.
     """
 
-    status: Status
+    stop: Stop
+    infeasible: bool
     model_status: str
     objective: float | None
     bound: float
@@ -312,7 +310,8 @@ def run(
         highspy.HighsModelStatus.kModelError,
     ):
         return HighsOutcome(
-            status=Status.UNKNOWN,
+            stop=Stop.ERROR,
+            infeasible=False,
             model_status=highs.modelStatusToString(model_status),
             objective=None,
             bound=-math.inf,
@@ -337,9 +336,15 @@ def run(
         bound = -math.inf
     if objective is not None:
         report(objective, bound)
+    text = highs.modelStatusToString(model_status)
     return HighsOutcome(
-        status=_STATUS.get(model_status, Status.UNKNOWN),
-        model_status=highs.modelStatusToString(model_status),
+        stop=highs_stop(
+            text,
+            interrupted=False,
+            deadline_passed=bool(state["interrupted"]) or time.monotonic() >= deadline,
+        ),
+        infeasible=model_status == highspy.HighsModelStatus.kInfeasible,
+        model_status=text,
         objective=objective,
         bound=bound,
         values=values,
@@ -357,7 +362,8 @@ def lp_relaxation(model: pyo.ConcreteModel, *, deadline: float) -> float:
     (``time.monotonic()`` seconds).
     """
     outcome = run(load(model, relax=True), deadline=deadline)
-    return outcome.bound if outcome.status == Status.OPTIMAL else -math.inf
+    finished = outcome.stop is Stop.FINISHED and outcome.model_status == "Optimal"
+    return outcome.bound if finished else -math.inf
 
 
 def _finite(value: float) -> float | None:
