@@ -703,7 +703,7 @@ def _assign_cpsat(
         for c, v in x[i].items():
             model.add_hint(v, int(hint[i] == c))
     solver = configured_solver(max(0.0, time_limit), num_workers, seed, params)
-    code = solver.solve(model)
+    code, interrupted = cpsat.solve_stoppable(solver, model)
     where = None
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         where = np.array(
@@ -712,7 +712,7 @@ def _assign_cpsat(
         )
     stop = cpsat_stop(
         solver.status_name(code),
-        interrupted=False,
+        interrupted=interrupted,
         other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
     )
     bound = float(solver.best_objective_bound)
@@ -1355,7 +1355,7 @@ def solve_joint(
             model.add_hint(y[i][c], int(where[i] == c))
     remaining = time_limit - (time.monotonic() - began)
     solver = configured_solver(max(0.0, remaining), num_workers, seed, params)
-    code = solver.solve(model)
+    code, interrupted = cpsat.solve_stoppable(solver, model)
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = np.array([solver.value(v) for v in svars], dtype=np.int64)
         found_where = np.array(
@@ -1376,7 +1376,7 @@ def solve_joint(
     bound = min(bound, float(integer))
     stop = cpsat_stop(
         solver.status_name(code),
-        interrupted=False,
+        interrupted=interrupted,
         other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
     )
     status = decide_status(stop, float(integer), bound)

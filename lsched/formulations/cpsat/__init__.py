@@ -40,6 +40,7 @@ from lsched.formulations.result import (
     decide_status,
 )
 from lsched.formulations.slot import SlotProblem
+from lsched.interrupt import run_stoppable, session
 
 __all__ = ["FORMULATIONS", "solve"]
 
@@ -60,11 +61,24 @@ def configured_solver(
     solver.parameters.num_workers = num_workers
     solver.parameters.random_seed = seed
     solver.parameters.max_time_in_seconds = time_limit
+    # a Ctrl-C goes to lsched.interrupt, which stops the search and says so
+    solver.parameters.catch_sigint_signal = False
     for key, value in params.items():
         if not hasattr(solver.parameters, key):
             raise InputError(f"unknown CP-SAT parameter {key!r}", field=key)
         setattr(solver.parameters, key, value)
     return solver
+
+
+def solve_stoppable(
+    solver: cp_model.CpSolver,
+    model: cp_model.CpModel,
+    callback: cp_model.CpSolverSolutionCallback | None = None,
+) -> tuple[Any, bool]:
+    """``solver.solve(model, callback)`` that a stop request ends
+    (:mod:`lsched.interrupt`): CP-SAT's status code and whether it was requested.
+    """
+    return run_stoppable(lambda: solver.solve(model, callback), solver.stop_search)
 
 
 class _Recorder(cp_model.CpSolverSolutionCallback):
@@ -96,6 +110,7 @@ class _Recorder(cp_model.CpSolverSolutionCallback):
         self.record(None, bound + self._offset)
 
 
+@session()
 def solve(
     problem: SlotProblem,
     *,
@@ -146,7 +161,7 @@ def solve(
     recorder = _Recorder(problem, started, on_progress)
     recorder.record(problem.objective_value(start), -np.inf)
     solver.best_bound_callback = recorder.on_bound
-    code = solver.solve(built.model, recorder)
+    code, interrupted = solve_stoppable(solver, built.model, recorder)
 
     has_solution = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     if has_solution:
@@ -167,7 +182,7 @@ def solve(
     bound = min(bound + offset, objective) if objective is not None else bound + offset
     stop = cpsat_stop(
         solver.status_name(code),
-        interrupted=False,
+        interrupted=interrupted,
         other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
     )
     status = decide_status(

@@ -72,7 +72,7 @@ import pandas as pd
 from ortools.sat.python import cp_model
 
 from lsched.errors import InputError
-from lsched.formulations.cpsat import configured_solver
+from lsched.formulations.cpsat import configured_solver, solve_stoppable
 from lsched.formulations.result import (
     CPSAT_OTHER_LIMITS,
     LOG_COLUMNS,
@@ -95,6 +95,7 @@ from lsched.formulations.timed.problem import (
     iteration_features,
     timed_objective,
 )
+from lsched.interrupt import session
 
 IntArray = npt.NDArray[np.int64]
 Progress = Callable[[float, float | None, float], None]
@@ -472,6 +473,7 @@ class _Recorder(cp_model.CpSolverSolutionCallback):
         self.record(None, self._to_seconds(bound))
 
 
+@session()
 def solve(
     problem: TimedProblem,
     *,
@@ -539,7 +541,7 @@ def solve(
     recorder = _Recorder(problem, built, started, to_seconds, on_progress)
     recorder.record(exact, -math.inf)
     solver.best_bound_callback = recorder.on_bound
-    code = solver.solve(built.model, recorder)
+    code, interrupted = solve_stoppable(solver, built.model, recorder)
 
     best, best_source, value = start, source, exact
     if recorder.best is not None and recorder.best[0] < value:
@@ -553,7 +555,7 @@ def solve(
     bound = min(bound, value)
     stop = cpsat_stop(
         solver.status_name(code),
-        interrupted=False,
+        interrupted=interrupted,
         other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
     )
     if code == cp_model.INFEASIBLE:  # impossible with a feasible hint in the windows

@@ -143,6 +143,7 @@ from lsched.formulations.timed.problem import (
     timed_objective,
     timed_schedule,
 )
+from lsched.interrupt import session
 
 IntArray = npt.NDArray[np.int64]
 
@@ -535,6 +536,7 @@ def _consistent(loaded: _highs.LoadedModel, outcome: _highs.HighsOutcome) -> boo
     return abs(value - outcome.objective) <= 1e-6 * max(1.0, abs(value))
 
 
+@session()
 def solve(
     problem: TimedProblem,
     *,
