@@ -51,6 +51,7 @@ from lsched.formulations.result import SolveResult, certified_gap
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
+from lsched.interrupt import requested, session
 from lsched.policies import parse_policy
 from lsched.predictors import oracle
 from lsched.profile import DeploymentProfile
@@ -111,6 +112,11 @@ class Comparison:
         The evaluator's objective of the solver's schedule (``None`` without one).
     solve_model
         ``"slot model"`` or ``"timed model"``.
+    interrupted
+        Whether the user stopped the comparison (Ctrl-C): what was finished is
+        kept, the steps after the stop are listed in ``skipped``.
+    skipped
+        Policies not run because of the stop.
     """
 
     objective: str
@@ -119,6 +125,8 @@ class Comparison:
     solve: SolveResult | None = None
     solve_objective: float | None = None
     solve_model: str | None = None
+    interrupted: bool = False
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def best_bound(self) -> float:
@@ -140,6 +148,13 @@ class Comparison:
             gap = certified_gap(self.solve_objective, self.best_slot_bound)
             label = f"{self.solve.solver} ({self.solve_model})"
             found.append((self.solve_objective, label, self.solve.status.value, gap))
+        if not found:  # stopped before any schedule
+            return {
+                "source": None,
+                "objective_value": None,
+                "status": None,
+                "gap": None,
+            }
         value, source, status, gap = min(found, key=lambda row: row[0])
         return {
             "source": source,
@@ -163,6 +178,8 @@ class Comparison:
             "best_schedule": self.best_schedule(),
             "solver": None if self.solve is None else self.solve.summary(),
             "policies": [row.to_dict() for row in self.policies],
+            "status": "interrupted" if self.interrupted else "complete",
+            "skipped_policies": list(self.skipped),
         }
 
 
@@ -206,6 +223,7 @@ def is_slot_schedule(result: SimulationResult, instance: Instance) -> bool:
     return True
 
 
+@session()
 def compare(
     instance: Instance,
     profile: DeploymentProfile,
@@ -302,14 +320,20 @@ def compare(
     # slot-class bounds exist only with a slot problem or a timed solve; only then
     # does a run need its log, to tell whether it belongs to that class
     has_class = problem is not None or model is not None
+    skipped = []
     for spec in specs:
+        if requested():  # Ctrl-C: keep what is finished, run nothing more
+            skipped.append(spec.label)
+            continue
         result = simulate(instance, profile, spec, replicas=replicas, log=has_class)
         value = objective_value(result, instance, objective)
         in_class = has_class and is_slot_schedule(result, instance)
         scope = "slot" if in_class else "any"
         gap = certified_gap(value, best_bound(bounds, scope))
         rows.append(PolicyRow(spec.label, value, scope, gap, result))
-    return Comparison(objective, bounds, rows, solve, solve_value, model)
+    return Comparison(
+        objective, bounds, rows, solve, solve_value, model, requested(), skipped
+    )
 
 
 __all__ = [

@@ -28,6 +28,10 @@ def _check(problem, result):
     assert result.objective == pytest.approx(problem.objective_value(result.start))
     assert result.bound <= result.objective + 1e-9
     assert list(result.log.columns) == list(LOG_COLUMNS)
+    if "stopped_in" in result.info:  # the model was not built in time: no HiGHS
+        assert result.info["stopped_in"] in ("model build", "model compile")
+        assert result.status in (Status.TIME_LIMIT, Status.OPTIMAL)
+        return
     for key in ("variables", "constraints", "nonzeros", "nodes", "highs_status"):
         assert key in result.info
 
@@ -161,6 +165,23 @@ def test_time_limit_returns_feasible_schedule():
     assert result.runtime_s < 0.5 + 30
     assert elapsed < 0.5 + 30
     assert math.isfinite(result.objective)
+
+
+def test_a_build_that_alone_exceeds_the_limit_returns_the_heuristic():
+    # issue 20: the Pyomo build counts inside the limit. At n = 40 the model has
+    # ~1.9 million nonzeros and takes seconds to build on any machine: 0.2 s
+    # cannot be met, so the build gives up and the heuristic's schedule comes back
+    problem = _jaillet(40, seed=1)
+    began = time.monotonic()
+    result = solve(problem, time_limit=0.2)
+    elapsed = time.monotonic() - began
+    _check(problem, result)
+    assert result.status is Status.TIME_LIMIT  # the heuristic is not optimal here
+    assert result.info["stopped_in"] == "model build"
+    assert result.info["source"] == result.info["initial_source"]
+    assert result.bound <= result.objective
+    # stops within one slot's rows of the limit; generous for a loaded machine
+    assert elapsed < 0.2 + 5
 
 
 def test_progress_callback_and_initial_solution():

@@ -400,8 +400,14 @@ def test_time_limit_returns_the_incumbent(backend):
     problem = _jaillet_problem(12, seed=0, objective="latency")
     _, start, value = starting_schedule(problem, None)
     result = BACKENDS[backend](problem, time_limit=0.5, initial_solution=start)
-    # n = 12 (311 request-iterations) cannot be proved in half a second
-    assert result.status == Status.TIME_LIMIT
+    # n = 12 (311 request-iterations) is rarely proved in half a second; whatever
+    # the machine's speed, the status follows from what was found
+    # (tests/test_status.py checks that logic on hand-made inputs)
+    assert result.status in (Status.OPTIMAL, Status.TIME_LIMIT)
+    if result.status == Status.OPTIMAL:  # up to the timed CP-SAT's rounding
+        assert result.gap is not None and result.gap <= 1e-4
+    else:
+        assert result.gap is None or result.gap > 0
     assert result.runtime_s < 20  # model building is not interruptible
     assert result.objective is not None and result.objective <= value + 1e-9
     _check_result(problem, result)

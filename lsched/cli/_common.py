@@ -104,6 +104,10 @@ def native_stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+#: Exit status of a command the user stopped with Ctrl-C (128 + SIGINT).
+INTERRUPTED_EXIT = 130
+
+
 class ProgressLine:
     """A live status line on stderr: objective and bound as the solver improves.
 
@@ -120,6 +124,13 @@ class ProgressLine:
     def __enter__(self) -> ProgressLine:
         if self.status is not None:
             self.status.__enter__()
+        else:  # one line, so that a log (or a test) sees the work start
+            print(
+                f"lsched: {self.label} started; Ctrl-C stops it and keeps the best "
+                "found so far",
+                file=sys.stderr,
+                flush=True,
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

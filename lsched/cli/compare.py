@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 
 from lsched.atomic import check_output
 from lsched.cli._common import (
+    INTERRUPTED_EXIT,
     JSON_HELP,
     ProgressLine,
     native_stdout_to_stderr,
@@ -23,6 +25,7 @@ from lsched.formulations.bound_suite import best_bound, bound_suite
 from lsched.formulations.result import certified_gap
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
+from lsched.interrupt import sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.predictors import apply_predictor
 from lsched.profile import DeploymentProfile
@@ -120,8 +123,9 @@ def compare_command(
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
     with (
+        sigint_requests_stop(),
         native_stdout_to_stderr(),
-        ProgressLine(f"solving ({backend}, {objective})") as line,
+        ProgressLine(f"comparing ({backend}, {objective})") as line,
     ):
         result = compare(
             instance,
@@ -139,8 +143,16 @@ def compare_command(
         _plot(plot, result)
     if json_output:
         print_json(result.to_dict())
-        return
-    _print(result, f"{instance.name} on {profile.name} ({len(instance)} requests)")
+    else:
+        _print(result, f"{instance.name} on {profile.name} ({len(instance)} requests)")
+    if result.interrupted:
+        skipped = ", ".join(result.skipped) or "none"
+        print(
+            f"lsched: interrupted; kept what was finished (policies not run: "
+            f"{skipped})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(INTERRUPTED_EXIT)
 
 
 def _plot(path: Path, result: Comparison) -> None:

@@ -6,7 +6,8 @@ kv_capacity_tokens=...`` is given), solves it with CP-SAT or the MILP (HiGHS)
 under one wall-clock limit, and replays the schedule through the evaluator
 (:func:`~lsched.evaluator.fixed.replay_start_slots`) as an independent check of
 its objective. Exit status: 0 with a schedule (optimal, feasible or time limit),
-1 without one (infeasible, unknown) or if the replay disagrees, 2 on bad input.
+1 without one (infeasible, unknown) or if the replay disagrees, 2 on bad input,
+130 when stopped by Ctrl-C (status ``interrupted``, the best schedule kept).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import typer
 
 from lsched.atomic import atomic_target, check_output
 from lsched.cli._common import (
+    INTERRUPTED_EXIT,
     JSON_HELP,
     ProgressLine,
     native_stdout_to_stderr,
@@ -38,11 +40,12 @@ from lsched.formulations.backends import (
     solve_slot,
     solve_timed,
 )
-from lsched.formulations.result import SolveResult
+from lsched.formulations.result import SolveResult, Status
 from lsched.formulations.slot import OBJECTIVES, SlotProblem, slot_length_s
 from lsched.formulations.timed import OBJECTIVES as TIMED_OBJECTIVES
 from lsched.formulations.timed import TimedProblem, timed_schedule
 from lsched.instance import Instance
+from lsched.interrupt import sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.profile import DeploymentProfile
 from lsched.traces import read_trace
@@ -210,11 +213,16 @@ def _report(
     title: str,
     keys: tuple[str, ...],
 ) -> None:
-    """Print the summary; exit 1 without a schedule or when the replay disagrees."""
+    """Print the summary; exit 1 without a schedule or when the replay disagrees,
+    130 when the user stopped the solve (Ctrl-C)."""
     if json_output:
         print_json(summary)
     else:
         print_table(title, ["field", "value"], [[k, summary[k]] for k in keys])
+    if result.status is Status.INTERRUPTED and (result.start is None or agrees):
+        kept = "no schedule" if result.start is None else "the best schedule found"
+        print(f"lsched: interrupted; kept {kept}", file=sys.stderr)
+        raise typer.Exit(INTERRUPTED_EXIT)
     if result.start is None:
         print(
             f"lsched: no schedule found (status {result.status.value})",
@@ -253,6 +261,7 @@ def _solve_timed(
     if workers is not None:
         options["num_workers"] = workers
     with (
+        sigint_requests_stop(),
         native_stdout_to_stderr(),
         ProgressLine(f"solving (timed, {backend}, {objective})") as line,
     ):
@@ -315,6 +324,7 @@ def _solve(
     if workers is not None:
         options["num_workers"] = workers
     with (
+        sigint_requests_stop(),
         native_stdout_to_stderr(),
         ProgressLine(f"solving ({backend}, {problem.objective})") as line,
     ):

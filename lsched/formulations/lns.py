@@ -39,8 +39,15 @@ from lsched.formulations.bounds import lagrangian
 from lsched.formulations.cpsat.slot import build
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import starting_schedule
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.result import (
+    LOG_COLUMNS,
+    SolveResult,
+    Status,
+    decide_status,
+    stop_of,
+)
 from lsched.formulations.slot import SlotProblem
+from lsched.interrupt import requested, session
 
 IntArray = npt.NDArray[np.int64]
 
@@ -58,6 +65,7 @@ def _neighbourhood(
     return np.argsort(distance + rng.random(n) * 0.5, kind="stable")[:size]
 
 
+@session()
 def solve(
     problem: SlotProblem,
     *,
@@ -105,7 +113,7 @@ def solve(
     report(problem.objective_value(start), -np.inf)
     search_until = started + time_limit * (1.0 - polish_share)
     steps = improved = 0
-    while n > 1 and time.perf_counter() + 0.05 < search_until:
+    while n > 1 and time.perf_counter() + 0.05 < search_until and not requested():
         free = _neighbourhood(problem, start, size, rng, steps)
         lo, hi = start.copy(), start.copy()
         lo[free], hi[free] = lo_all[free], hi_all[free]
@@ -113,7 +121,7 @@ def solve(
         built.hint(start)
         step_limit = max(0.01, min(step_s, search_until - time.perf_counter()))
         solver = cpsat.configured_solver(step_limit, num_workers, seed + steps, params)
-        code = solver.solve(built.model)
+        code, _ = cpsat.solve_stoppable(solver, built.model)
         steps += 1
         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
@@ -144,9 +152,13 @@ def solve(
     objective = full.objective
     if objective is not None:
         bound = min(bound, objective)
-    status = full.status
-    if status is not Status.OPTIMAL and objective is not None and bound >= objective:
-        status = Status.OPTIMAL
+    # the Lagrangian bound may close the gap the full model left
+    status = decide_status(
+        stop_of(full.status),
+        objective,
+        bound,
+        infeasible=full.status is Status.INFEASIBLE,
+    )
     return SolveResult(
         status=status,
         objective=objective,

@@ -165,7 +165,15 @@ from lsched.formulations import cpsat
 from lsched.formulations.cpsat import configured_solver
 from lsched.formulations.incumbent import best_heuristic, is_feasible
 from lsched.formulations.milp import highs as _highs
-from lsched.formulations.result import Status, certified_gap
+from lsched.formulations.result import (
+    CPSAT_OTHER_LIMITS,
+    Status,
+    Stop,
+    certified_gap,
+    combined_status,
+    cpsat_stop,
+    decide_status,
+)
 from lsched.formulations.slot import SlotProblem
 from lsched.generators._checks import check_float, check_int
 from lsched.instance import Instance
@@ -657,7 +665,7 @@ def _allowed(rank: IntArray, replicas: int) -> list[list[int]]:
 
 @dataclass
 class _Outcome:
-    status: Status
+    stop: Stop
     where: IntArray | None
     bound: float  # integer bound of the quantised problem (-inf if none)
     info: dict[str, Any]
@@ -695,25 +703,23 @@ def _assign_cpsat(
         for c, v in x[i].items():
             model.add_hint(v, int(hint[i] == c))
     solver = configured_solver(max(0.0, time_limit), num_workers, seed, params)
-    code = solver.solve(model)
+    code, interrupted = cpsat.solve_stoppable(solver, model)
     where = None
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         where = np.array(
             [next(c for c, v in x[i].items() if solver.value(v)) for i in range(n)],
             dtype=np.int64,
         )
-    if code == cp_model.OPTIMAL:
-        status = Status.OPTIMAL
-    elif code == cp_model.MODEL_INVALID:
-        status = Status.UNKNOWN
-    else:
-        timed_out = solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
-        status = Status.TIME_LIMIT if timed_out else Status.FEASIBLE
+    stop = cpsat_stop(
+        solver.status_name(code),
+        interrupted=interrupted,
+        other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+    )
     bound = float(solver.best_objective_bound)
     if not math.isfinite(bound):
         bound = -math.inf
     return _Outcome(
-        status,
+        stop,
         where,
         bound,
         {
@@ -782,7 +788,7 @@ def _assign_milp(
     bound = outcome.bound
     bound = float(math.ceil(bound - 1e-6)) if math.isfinite(bound) else -math.inf
     return _Outcome(
-        outcome.status,
+        outcome.stop,
         where,
         bound,
         {
@@ -873,7 +879,7 @@ def assign(
         "lpt_objective": float(loads_of(start).max()),
     }
     if upper <= lower:
-        outcome = _Outcome(Status.OPTIMAL, start, float(lower), {})
+        outcome = _Outcome(Stop.FINISHED, start, float(lower), {})
         solver_name = "lpt"
     else:
         allowed = _allowed(rank, replicas)
@@ -897,11 +903,8 @@ def assign(
         found = outcome.where
     integer_objective = int(np.bincount(found, weights=w, minlength=replicas).max())
     integer_bound = max(float(lower), min(outcome.bound, float(integer_objective)))
-    status = outcome.status
-    if integer_bound >= integer_objective:
-        status = Status.OPTIMAL
-    elif status == Status.OPTIMAL:
-        status = Status.FEASIBLE  # a gap the caller relaxed through params
+    # a bound short of the objective after a finished search: a relaxed gap
+    status = decide_status(outcome.stop, float(integer_objective), integer_bound)
     # with rounded loads, LPT can still be better on the true ones
     best = found if loads_of(found).max() <= loads_of(start).max() else start
     replica_load = loads_of(best)
@@ -1099,9 +1102,8 @@ def sequence_slots(
     integer_bound = max(bounds) if objective == "makespan" else sum(bounds)
     integer_bound = min(integer_bound, problem.integer_objective(start))
     feasible, replayed = _combined(problem, where, replicas, start)
-    optimal = all(s == Status.OPTIMAL for s in statuses)
     return ReplicaSchedule(
-        status=Status.OPTIMAL if optimal else Status.FEASIBLE,
+        status=combined_status(statuses),
         objective=problem.objective_value(start),
         bound=integer_bound + problem.objective_offset,
         runtime_s=time.monotonic() - began,
@@ -1353,7 +1355,7 @@ def solve_joint(
             model.add_hint(y[i][c], int(where[i] == c))
     remaining = time_limit - (time.monotonic() - began)
     solver = configured_solver(max(0.0, remaining), num_workers, seed, params)
-    code = solver.solve(model)
+    code, interrupted = cpsat.solve_stoppable(solver, model)
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = np.array([solver.value(v) for v in svars], dtype=np.int64)
         found_where = np.array(
@@ -1365,19 +1367,19 @@ def solve_joint(
             start, where, source = found, found_where, "cpsat"
     integer = problem.integer_objective(start)
     if code == cp_model.OPTIMAL:
-        status, bound = Status.OPTIMAL, float(integer)
+        bound = float(integer)
     else:
         bound = solver.best_objective_bound if code != cp_model.MODEL_INVALID else -1.0
         bound = bound if math.isfinite(bound) else -math.inf
-        timed_out = solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
-        status = Status.TIME_LIMIT if timed_out else Status.FEASIBLE
-        if code == cp_model.MODEL_INVALID:
-            status = Status.UNKNOWN
     if problem.objective == "makespan":
         bound = max(bound, float((problem.release + problem.output_tokens).max()))
     bound = min(bound, float(integer))
-    if bound >= integer:
-        status = Status.OPTIMAL
+    stop = cpsat_stop(
+        solver.status_name(code),
+        interrupted=interrupted,
+        other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+    )
+    status = decide_status(stop, float(integer), bound)
     feasible, replayed = _combined(problem, where, replicas, start)
     return ReplicaSchedule(
         status=status,

@@ -41,6 +41,154 @@ class Status(enum.StrEnum):
     """Proven to have no schedule (within the horizon, which is safe)."""
     UNKNOWN = "unknown"
     """No schedule and no proof; e.g. a solver failure."""
+    INTERRUPTED = "interrupted"
+    """Stopped by the user (SIGINT, Ctrl-C); the incumbent and bound are kept."""
+
+
+class Stop(enum.StrEnum):
+    """Why a solver stopped: the input of :func:`decide_status` besides the values.
+
+    Each backend maps its solver's own answer to one of these
+    (:func:`cpsat_stop`, :func:`highs_stop`); :func:`decide_status` alone turns it
+    into a :class:`Status`.
+    """
+
+    FINISHED = "finished"
+    """The solver ended on its own: a proof, or a gap the caller relaxed."""
+    TIME_LIMIT = "time_limit"
+    """The wall-clock limit (the solver's or ours) stopped it."""
+    INTERRUPTED = "interrupted"
+    """The user stopped it (:mod:`lsched.interrupt`)."""
+    OTHER_LIMIT = "other_limit"
+    """A limit the caller set through solver parameters (solutions, conflicts)."""
+    ERROR = "error"
+    """The solver failed or rejected the model."""
+
+
+def stop_of(status: Status) -> Stop:
+    """The stop behind a decided ``status``: to decide again with a better bound."""
+    return {
+        Status.TIME_LIMIT: Stop.TIME_LIMIT,
+        Status.INTERRUPTED: Stop.INTERRUPTED,
+        Status.UNKNOWN: Stop.ERROR,
+    }.get(status, Stop.FINISHED)
+
+
+def decide_status(
+    stop: Stop,
+    objective: float | None,
+    bound: float,
+    *,
+    infeasible: bool = False,
+    tolerance: float = 0.0,
+) -> Status:
+    """The status of a solve, from why it stopped and what it has; a pure function.
+
+    The one owner of statuses: every backend calls it (DESIGN.md's result
+    statuses), so no status depends on how fast the machine was.
+
+    Parameters
+    ----------
+    stop
+        Why the solver stopped.
+    objective
+        Objective of the best schedule returned, or ``None`` without one.
+    bound
+        Best proven lower bound, in the same units (``-inf`` if none).
+    infeasible
+        Whether the solver proved that no schedule exists.
+    tolerance
+        How far below ``objective`` the bound may be and still prove it optimal
+        (e.g. ``1 - 1e-6`` for an integer objective held in floats: 0 by default).
+
+    Rules, first match wins: a proof of infeasibility without a schedule is
+    ``INFEASIBLE``; a bound that meets the objective is ``OPTIMAL`` however the
+    solver stopped; then the stop decides: ``INTERRUPTED``, ``TIME_LIMIT``,
+    ``UNKNOWN`` on a solver error; otherwise ``FEASIBLE`` with a schedule and
+    ``UNKNOWN`` without.
+    """
+    if infeasible and objective is None:
+        return Status.INFEASIBLE
+    if objective is not None and bound >= objective - tolerance:
+        return Status.OPTIMAL
+    if stop is Stop.INTERRUPTED:
+        return Status.INTERRUPTED
+    if stop is Stop.TIME_LIMIT:
+        return Status.TIME_LIMIT
+    if stop is Stop.ERROR or objective is None:
+        return Status.UNKNOWN
+    return Status.FEASIBLE
+
+
+def combined_status(statuses: list[Status]) -> Status:
+    """The status of a result made of several solves (one per replica, say).
+
+    ``OPTIMAL`` only if every part is; else the first of ``INFEASIBLE``,
+    ``INTERRUPTED``, ``TIME_LIMIT``, ``UNKNOWN`` that a part has; else
+    ``FEASIBLE``.
+    """
+    if all(s is Status.OPTIMAL for s in statuses):
+        return Status.OPTIMAL
+    for status in (
+        Status.INFEASIBLE,
+        Status.INTERRUPTED,
+        Status.TIME_LIMIT,
+        Status.UNKNOWN,
+    ):
+        if status in statuses:
+            return status
+    return Status.FEASIBLE
+
+
+#: CP-SAT parameters that stop a search early for reasons other than its clock.
+CPSAT_OTHER_LIMITS: frozenset[str] = frozenset(
+    {
+        "max_number_of_conflicts",
+        "stop_after_first_solution",
+        "stop_after_presolve",
+        "stop_after_root_propagation",
+        "max_deterministic_time",
+        "absolute_gap_limit",
+        "relative_gap_limit",
+    }
+)
+
+
+def cpsat_stop(status_name: str, *, interrupted: bool, other_limits: bool) -> Stop:
+    """Why CP-SAT stopped, from its status name (``solver.status_name(code)``).
+
+    ``OPTIMAL`` and ``INFEASIBLE`` end the search on their own; ``MODEL_INVALID``
+    is an error. ``FEASIBLE`` and ``UNKNOWN`` mean a limit stopped it: the user's
+    (``interrupted``), one set through parameters (``other_limits``, see
+    :data:`CPSAT_OTHER_LIMITS`; gap limits make ``FEASIBLE`` a finished search),
+    else the time limit, whatever CP-SAT's own clock says under load.
+    """
+    if interrupted:
+        return Stop.INTERRUPTED
+    if status_name in ("OPTIMAL", "INFEASIBLE"):
+        return Stop.FINISHED
+    if status_name == "MODEL_INVALID":
+        return Stop.ERROR
+    return Stop.OTHER_LIMIT if other_limits else Stop.TIME_LIMIT
+
+
+def highs_stop(model_status: str, *, interrupted: bool, deadline_passed: bool) -> Stop:
+    """Why HiGHS stopped, from its model status text (``modelStatusToString``).
+
+    ``interrupted``: the user stopped it; ``deadline_passed``: our wall-clock
+    deadline had passed when it returned (HiGHS then says "Time limit reached"
+    or, through our callback, "Interrupted by user").
+    """
+    if interrupted:
+        return Stop.INTERRUPTED
+    text = model_status.lower()
+    if text in ("optimal", "infeasible", "unbounded", "primal infeasible or unbounded"):
+        return Stop.FINISHED
+    if "time limit" in text or deadline_passed:
+        return Stop.TIME_LIMIT
+    if "limit" in text or "objective" in text:  # iteration, solution, target
+        return Stop.OTHER_LIMIT
+    return Stop.ERROR
 
 
 def certified_gap(objective: float | None, bound: float | None) -> float | None:

@@ -32,8 +32,15 @@ from lsched.formulations.bounds import closed_form
 from lsched.formulations.cpsat.slot import FORMULATIONS, build
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import starting_schedule
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.result import (
+    CPSAT_OTHER_LIMITS,
+    LOG_COLUMNS,
+    SolveResult,
+    cpsat_stop,
+    decide_status,
+)
 from lsched.formulations.slot import SlotProblem
+from lsched.interrupt import run_stoppable, session
 
 __all__ = ["FORMULATIONS", "solve"]
 
@@ -54,11 +61,24 @@ def configured_solver(
     solver.parameters.num_workers = num_workers
     solver.parameters.random_seed = seed
     solver.parameters.max_time_in_seconds = time_limit
+    # a Ctrl-C goes to lsched.interrupt, which stops the search and says so
+    solver.parameters.catch_sigint_signal = False
     for key, value in params.items():
         if not hasattr(solver.parameters, key):
             raise InputError(f"unknown CP-SAT parameter {key!r}", field=key)
         setattr(solver.parameters, key, value)
     return solver
+
+
+def solve_stoppable(
+    solver: cp_model.CpSolver,
+    model: cp_model.CpModel,
+    callback: cp_model.CpSolverSolutionCallback | None = None,
+) -> tuple[Any, bool]:
+    """``solver.solve(model, callback)`` that a stop request ends
+    (:mod:`lsched.interrupt`): CP-SAT's status code and whether it was requested.
+    """
+    return run_stoppable(lambda: solver.solve(model, callback), solver.stop_search)
 
 
 class _Recorder(cp_model.CpSolverSolutionCallback):
@@ -90,6 +110,7 @@ class _Recorder(cp_model.CpSolverSolutionCallback):
         self.record(None, bound + self._offset)
 
 
+@session()
 def solve(
     problem: SlotProblem,
     *,
@@ -140,7 +161,7 @@ def solve(
     recorder = _Recorder(problem, started, on_progress)
     recorder.record(problem.objective_value(start), -np.inf)
     solver.best_bound_callback = recorder.on_bound
-    code = solver.solve(built.model, recorder)
+    code, interrupted = solve_stoppable(solver, built.model, recorder)
 
     has_solution = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     if has_solution:
@@ -149,30 +170,24 @@ def solve(
             start, source = found, "cpsat"
     bound = -np.inf
     if code == cp_model.OPTIMAL:
-        status = Status.OPTIMAL
         bound = float(problem.integer_objective(start))
     elif code == cp_model.INFEASIBLE:  # impossible with a feasible incumbent
-        status, start = Status.INFEASIBLE, None
-    else:
-        if has_solution or code == cp_model.UNKNOWN:
-            bound = solver.best_objective_bound
-        # UNKNOWN: neither a solution nor a proof in the time it had (under
-        # load, or with the little an LNS left, CP-SAT may stop before its clock)
-        timed_out = (
-            code == cp_model.UNKNOWN
-            or solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
-            or time.perf_counter() - started >= 0.99 * time_limit
-        )
-        status = Status.TIME_LIMIT if timed_out else Status.FEASIBLE
-        if code == cp_model.MODEL_INVALID:
-            status = Status.UNKNOWN
+        start = None
+    elif has_solution or code == cp_model.UNKNOWN:
+        bound = solver.best_objective_bound
     offset = problem.objective_offset
     # the free closed-form bounds may beat CP-SAT's on large instances
     bound = max(bound, closed_form(problem) - offset)
     objective = None if start is None else problem.objective_value(start)
-    if objective is not None and bound + offset >= objective:
-        status = Status.OPTIMAL
     bound = min(bound + offset, objective) if objective is not None else bound + offset
+    stop = cpsat_stop(
+        solver.status_name(code),
+        interrupted=interrupted,
+        other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+    )
+    status = decide_status(
+        stop, objective, bound, infeasible=code == cp_model.INFEASIBLE
+    )
     recorder.record(objective, bound)
     runtime = time.perf_counter() - started  # after the last log row
     return SolveResult(

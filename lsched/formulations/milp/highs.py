@@ -19,6 +19,9 @@ has been seen to overrun by minutes. Here the limit is a wall-clock deadline
 (``time.monotonic()``), enforced twice:
 
 * HiGHS's ``time_limit`` is set to the time left before the deadline;
+* HiGHS runs in a worker thread (:func:`lsched.interrupt.run_stoppable`), so a
+  Ctrl-C reaches Python while it works: the callback below then interrupts it
+  too, and the outcome's stop says ``interrupted``;
 * a callback subscribed to the simplex, IPM and MIP interrupt events (HiGHS
   calls these many times per second: per simplex iteration batch, per node,
   during cut rounds) sets ``user_interrupt`` once the deadline has passed, so
@@ -43,6 +46,7 @@ solve and is re-raised after HiGHS has returned.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,19 +58,13 @@ import numpy.typing as npt
 import pyomo.environ as pyo
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
-from lsched.formulations.result import Status
+from lsched.formulations.result import Stop, highs_stop
+from lsched.interrupt import run_stoppable
 
 FloatArray = npt.NDArray[np.float64]
 
 #: ``on_event(time_s, objective or None, bound)``, solver units.
 EventCallback = Callable[[float, float | None, float], None]
-
-_STATUS = {
-    highspy.HighsModelStatus.kOptimal: Status.OPTIMAL,
-    highspy.HighsModelStatus.kTimeLimit: Status.TIME_LIMIT,
-    highspy.HighsModelStatus.kInterrupt: Status.TIME_LIMIT,
-    highspy.HighsModelStatus.kInfeasible: Status.INFEASIBLE,
-}
 
 
 @dataclass
@@ -97,8 +95,12 @@ class HighsOutcome:
 
     Attributes
     ----------
-    status
-        Mapped status (module docstring of :mod:`lsched.formulations.milp`).
+    stop
+        Why HiGHS stopped (:func:`lsched.formulations.result.highs_stop`); the
+        caller decides the status with
+        :func:`lsched.formulations.result.decide_status`.
+    infeasible
+        Whether HiGHS proved the model infeasible.
     model_status
         HiGHS's own status text.
     objective
@@ -117,7 +119,8 @@ class HighsOutcome:
         ``(time_s, objective, bound)`` per improvement, as passed to ``on_event``.
     """
 
-    status: Status
+    stop: Stop
+    infeasible: bool
     model_status: str
     objective: float | None
     bound: float
@@ -250,6 +253,7 @@ def run(
         "objective": math.inf if start_objective is None else start_objective,
         "bound": -math.inf,
         "interrupted": False,
+        "user": False,
         "error": None,
     }
 
@@ -274,7 +278,9 @@ def run(
         if event.callback_type == highspy.cb.HighsCallbackType.kCallbackMipInterrupt:
             out = event.data_out
             report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
-        if time.monotonic() >= deadline or state["error"] is not None:
+        if state["user"]:
+            event.interrupt()
+        elif time.monotonic() >= deadline or state["error"] is not None:
             state["interrupted"] = state["error"] is None
             event.interrupt()
 
@@ -291,7 +297,7 @@ def run(
     highs.cbMipImprovingSolution.subscribe(improving)
     highs.cbMipLogging.subscribe(logging)
     try:
-        ran = highs.run()
+        ran, user = _run_stoppable(highs, state)
         if (
             ran == highspy.HighsStatus.kError
             and highs.getModelStatus() == highspy.HighsModelStatus.kNotset
@@ -299,7 +305,7 @@ def run(
             # HiGHS's thread pool is per process and fixed by the first solve; a
             # different ``threads`` makes ``run`` fail before it starts.
             highspy.Highs.resetGlobalScheduler(True)
-            ran = highs.run()
+            ran, user = _run_stoppable(highs, state)
     finally:
         highs.clearCallbacks()
     if state["error"] is not None:
@@ -312,7 +318,8 @@ def run(
         highspy.HighsModelStatus.kModelError,
     ):
         return HighsOutcome(
-            status=Status.UNKNOWN,
+            stop=Stop.ERROR,
+            infeasible=False,
             model_status=highs.modelStatusToString(model_status),
             objective=None,
             bound=-math.inf,
@@ -337,9 +344,15 @@ def run(
         bound = -math.inf
     if objective is not None:
         report(objective, bound)
+    text = highs.modelStatusToString(model_status)
     return HighsOutcome(
-        status=_STATUS.get(model_status, Status.UNKNOWN),
-        model_status=highs.modelStatusToString(model_status),
+        stop=highs_stop(
+            text,
+            interrupted=user,
+            deadline_passed=bool(state["interrupted"]) or time.monotonic() >= deadline,
+        ),
+        infeasible=model_status == highspy.HighsModelStatus.kInfeasible,
+        model_status=text,
         objective=objective,
         bound=bound,
         values=values,
@@ -350,6 +363,23 @@ def run(
     )
 
 
+def _run_stoppable(highs: highspy.Highs, state: dict[str, Any]) -> tuple[Any, bool]:
+    """``highs.run()``, stopped by a user's request (:mod:`lsched.interrupt`)."""
+
+    def work() -> Any:
+        try:
+            return highs.run()
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                # as highspy's own threaded solve: HiGHS's scheduler is per thread
+                highspy._Highs.resetThreadScheduler(False)
+
+    def stop() -> None:
+        state["user"] = True
+
+    return run_stoppable(work, stop)
+
+
 def lp_relaxation(model: pyo.ConcreteModel, *, deadline: float) -> float:
     """Optimal value of ``model`` with its integrality dropped, in model units.
 
@@ -357,7 +387,8 @@ def lp_relaxation(model: pyo.ConcreteModel, *, deadline: float) -> float:
     (``time.monotonic()`` seconds).
     """
     outcome = run(load(model, relax=True), deadline=deadline)
-    return outcome.bound if outcome.status == Status.OPTIMAL else -math.inf
+    finished = outcome.stop is Stop.FINISHED and outcome.model_status == "Optimal"
+    return outcome.bound if finished else -math.inf
 
 
 def _finite(value: float) -> float | None:

@@ -92,6 +92,7 @@ HiGHS 1.16, one thread, 2-core machine)
 from __future__ import annotations
 
 import itertools
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -101,6 +102,7 @@ import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 
 from lsched.formulations.slot import SlotProblem
+from lsched.interrupt import requested
 
 IntArray = npt.NDArray[np.int64]
 
@@ -176,12 +178,18 @@ class SlotModel:
         return start
 
 
+class BuildStopped(Exception):
+    """:func:`build_model` gave up: ``args[0]`` is ``"time_limit"`` or
+    ``"interrupted"``."""
+
+
 def build_model(
     problem: SlotProblem,
     deadline: npt.ArrayLike,
     *,
     upper_bound: int | None = None,
     strengthening: Strengthening | None = None,
+    stop_at: float | None = None,
 ) -> SlotModel:
     """The time-indexed model of ``problem`` with start windows ``[r_i, d_i - o_i]``.
 
@@ -195,12 +203,28 @@ def build_model(
         Integer objective of a feasible schedule; bounds ``C`` for makespan.
     strengthening
         Which strengthenings to add; all by default.
+    stop_at
+        A ``time.monotonic()`` deadline: past it, or on a user's stop request
+        (:mod:`lsched.interrupt`), the build gives up with :class:`BuildStopped`
+        (checked once per slot, so within one slot's rows).
 
     Returns
     -------
     SlotModel
         The model, with the bookkeeping to map schedules in and out.
+
+    Raises
+    ------
+    BuildStopped
+        Past ``stop_at`` or on a stop request.
     """
+
+    def check() -> None:
+        if requested():
+            raise BuildStopped("interrupted")
+        if stop_at is not None and time.monotonic() >= stop_at:
+            raise BuildStopped("time_limit")
+
     opts = strengthening or Strengthening()
     deadline = np.asarray(deadline, dtype=np.int64)
     n = len(problem)
@@ -238,6 +262,7 @@ def build_model(
     cap_seqs = problem.max_num_seqs
     cap_tokens = problem.max_num_batched_tokens
     for tau in range(first_slot, last_slot + 1):
+        check()
         # offsets j with tau - j in [r_i, L_i] and 0 <= j < o_i
         lo = np.maximum(0, tau - latest)
         hi = np.minimum(o - 1, tau - r)
@@ -319,6 +344,7 @@ def build_model(
         model.cumulative = pyo.ConstraintList()
         model.symmetry = pyo.ConstraintList()
         for group in groups:
+            check()
             for i in group:
                 for t in range(int(r[i]), int(latest[i])):
                     previous = y[i, t - 1] if t > r[i] else 0

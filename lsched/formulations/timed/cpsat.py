@@ -72,8 +72,15 @@ import pandas as pd
 from ortools.sat.python import cp_model
 
 from lsched.errors import InputError
-from lsched.formulations.cpsat import configured_solver
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.cpsat import configured_solver, solve_stoppable
+from lsched.formulations.result import (
+    CPSAT_OTHER_LIMITS,
+    LOG_COLUMNS,
+    SolveResult,
+    Status,
+    cpsat_stop,
+    decide_status,
+)
 from lsched.formulations.timed.incumbent import latest_starts, starting_schedule
 from lsched.formulations.timed.problem import (
     ATTENTION,
@@ -88,6 +95,7 @@ from lsched.formulations.timed.problem import (
     iteration_features,
     timed_objective,
 )
+from lsched.interrupt import session
 
 IntArray = npt.NDArray[np.int64]
 Progress = Callable[[float, float | None, float], None]
@@ -465,6 +473,7 @@ class _Recorder(cp_model.CpSolverSolutionCallback):
         self.record(None, self._to_seconds(bound))
 
 
+@session()
 def solve(
     problem: TimedProblem,
     *,
@@ -532,7 +541,7 @@ def solve(
     recorder = _Recorder(problem, built, started, to_seconds, on_progress)
     recorder.record(exact, -math.inf)
     solver.best_bound_callback = recorder.on_bound
-    code = solver.solve(built.model, recorder)
+    code, interrupted = solve_stoppable(solver, built.model, recorder)
 
     best, best_source, value = start, source, exact
     if recorder.best is not None and recorder.best[0] < value:
@@ -540,21 +549,20 @@ def solve(
         best_source = "cpsat"
     bound = -math.inf
     if code == cp_model.OPTIMAL:
-        status = Status.OPTIMAL
         bound = to_seconds(solver.objective_value)
-    elif code == cp_model.INFEASIBLE:  # impossible with a feasible hint in the windows
-        status = Status.INFEASIBLE
-    else:
-        if code == cp_model.FEASIBLE or code == cp_model.UNKNOWN:
-            bound = to_seconds(solver.best_objective_bound)
-        timed_out = (
-            solver.wall_time >= solver.parameters.max_time_in_seconds * 0.99
-            or time.perf_counter() - started >= 0.99 * time_limit
-        )
-        status = Status.TIME_LIMIT if timed_out else Status.FEASIBLE
-        if code == cp_model.MODEL_INVALID:
-            status, bound = Status.UNKNOWN, -math.inf
+    elif code == cp_model.FEASIBLE or code == cp_model.UNKNOWN:
+        bound = to_seconds(solver.best_objective_bound)
     bound = min(bound, value)
+    stop = cpsat_stop(
+        solver.status_name(code),
+        interrupted=interrupted,
+        other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+    )
+    if code == cp_model.INFEASIBLE:  # impossible with a feasible hint in the windows
+        status = decide_status(stop, None, bound, infeasible=True)
+    else:
+        # optimal up to the rounding: CP-SAT's proof is on rounded durations
+        status = decide_status(stop, value, bound, tolerance=2 * delta + 1e-9)
     runtime = time.perf_counter() - started
     recorder.record(None if status == Status.INFEASIBLE else value, bound)
     info = {

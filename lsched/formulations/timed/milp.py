@@ -121,7 +121,13 @@ import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 
 from lsched.formulations.milp import highs as _highs
-from lsched.formulations.result import LOG_COLUMNS, SolveResult, Status
+from lsched.formulations.result import (
+    LOG_COLUMNS,
+    SolveResult,
+    Status,
+    Stop,
+    decide_status,
+)
 from lsched.formulations.timed.incumbent import latest_starts, starting_schedule
 from lsched.formulations.timed.problem import (
     ATTENTION,
@@ -137,6 +143,7 @@ from lsched.formulations.timed.problem import (
     timed_objective,
     timed_schedule,
 )
+from lsched.interrupt import session
 
 IntArray = npt.NDArray[np.int64]
 
@@ -529,6 +536,7 @@ def _consistent(loaded: _highs.LoadedModel, outcome: _highs.HighsOutcome) -> boo
     return abs(value - outcome.objective) <= 1e-6 * max(1.0, abs(value))
 
 
+@session()
 def solve(
     problem: TimedProblem,
     *,
@@ -639,16 +647,23 @@ def solve(
             candidate_value = timed_objective(problem, candidate)
             if candidate_value < value:
                 best, best_source, value = candidate, "highs", candidate_value
-    status = outcome.status
     bound = min(seconds(outcome.bound), value)
+    # HiGHS's own proof holds to its relative gap; any other stop needs the bound
+    # to meet the objective up to rounding
     rel_gap = float(settings.get("mip_rel_gap", 1e-6))
-    tolerance = max(1e-9, max(rel_gap, 1e-6) * abs(value))
-    if status == Status.OPTIMAL and value - bound > tolerance:
-        status = Status.FEASIBLE  # HiGHS stopped on a gap the caller relaxed
-    elif status in (Status.TIME_LIMIT, Status.UNKNOWN) and value - bound <= 1e-9 * max(
-        1.0, abs(value)
-    ):
-        status = Status.OPTIMAL
+    scale = max(1.0, abs(value))
+    tolerance = (
+        max(1e-9, max(rel_gap, 1e-6) * abs(value))
+        if outcome.stop is Stop.FINISHED
+        else 1e-9 * scale
+    )
+    status = decide_status(
+        outcome.stop,
+        None if outcome.infeasible else value,
+        bound,
+        infeasible=outcome.infeasible,
+        tolerance=tolerance,
+    )
     info: dict[str, Any] = {
         **loaded.size,
         "rows": built.counts,
