@@ -14,10 +14,16 @@ from lsched.studies.pang2025 import pang_case
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bound_below_every_method_and_best_is_best(seed: int) -> None:
     row = pang_case(seed, n=60, time_limit_s=5)
-    methods = ("baseline_makespan_s", "hybrid_makespan_s", "best_makespan_s")
+    methods = (
+        "baseline_makespan_s",
+        "hybrid_makespan_s",
+        "hybrid_lr_makespan_s",
+        "best_makespan_s",
+    )
     for name in methods:
         assert row["bound_s"] <= row[name], name
     assert row["best_makespan_s"] == min(row[m] for m in methods)
+    assert row["hybrid_lr_makespan_s"] < row["baseline_makespan_s"]
     assert row["gap"] == pytest.approx(1 - row["bound_s"] / row["best_makespan_s"])
     assert 0 < row["best_efficiency"] <= 1
     assert 0 < row["baseline_busy"] <= 1 and 0 < row["best_busy"] <= 1

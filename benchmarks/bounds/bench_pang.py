@@ -24,6 +24,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     columns = [
         "baseline_makespan_s",
         "hybrid_makespan_s",
+        "hybrid_lr_makespan_s",
         "best_makespan_s",
         "bound_s",
         "gap",
@@ -33,19 +34,21 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         "baseline_busy",
         "best_busy",
     ]
+    columns = [c for c in columns if c in frame]
     return frame[columns].agg(["mean", "median", "min", "max"]).T
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=100)
+    parser.add_argument("--first", type=int, default=0, help="first seed")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("pang.csv"))
     args = parser.parse_args()
     done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame()
     seen = set(done["seed"]) if len(done) else set()
-    for seed in range(args.cases):
+    for seed in range(args.first, args.first + args.cases):
         if seed in seen:
             continue
         row = pang_case(seed, n=args.n, time_limit_s=args.time_limit)

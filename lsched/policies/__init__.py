@@ -24,6 +24,7 @@ from lsched.policies.base import (
 from lsched.policies.fastserve import FastServe, FastServeParams
 from lsched.policies.fcfs import Fcfs, FcfsParams
 from lsched.policies.hybrid import Hybrid, HybridParams
+from lsched.policies.hybrid_lr import HybridLr, HybridLrParams
 from lsched.policies.mc_sf import McSf, McSfParams
 from lsched.policies.nested_wait import NestedWait, NestedWaitParams
 from lsched.policies.orca import Orca, OrcaParams
@@ -125,6 +126,12 @@ REGISTRY.register(
     Hybrid,
     HybridParams,
     "offline sort + Lagrangian prefill insertion (Pang et al. 2025)",
+)
+REGISTRY.register(
+    "hybrid-lr",
+    HybridLr,
+    HybridLrParams,
+    "Pang et al. 2025 re-derived: prefill to the roofline balance point, LPT",
 )
 
 

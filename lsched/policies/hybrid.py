@@ -62,6 +62,50 @@ The rule, at every iteration boundary
    exception above); the first that fails stops insertion.
 4. **Multiplier step** (derivation, step 5).
 
+Why it loses in the Pang et al. 2025 setting (issue 23)
+-------------------------------------------------------
+In :mod:`lsched.studies.pang2025` (1,000 GSM8K-like requests at ``t = 0``, two
+``llama-65b-pang2025`` replicas) this rule is about 9 % *slower* than the vLLM
+baseline, where Pang et al. report 5 % faster. Traces of seeds 0-2
+(``./run python benchmarks/bounds/trace_pang.py --seeds 0 1 2 --packing
+--policies hybrid vllm``; makespans of the packing, time summed over both
+replicas):
+
+=============================  =========  =========
+figure (mean of seeds 0-2)     ``vllm``   ``hybrid``
+=============================  =========  =========
+makespan (s)                   113.4      124.3
+decode-only iterations         1,181      2,045
+time in decode-only iter. (s)  49.6       82.5
+decode steps per iteration     45.1       27.6
+KV utilisation (time mean)     91.6 %     57.0 %
+compute-bound share of time    82.3 %     72.7 %
+=============================  =========  =========
+
+The rule holds prefills back: KV sits 43 % empty, the batch decodes 28 requests
+instead of 45, and the extra decode-only iterations run memory-bound (about
+0.04 s for a few dozen steps whose compute is under 0.01 s). At its ~500 refusals
+per run (``Delta_w <= 0``):
+
+- **``H`` caps the gain in 99 % of them** (median ``H`` = 16 against ``r_w`` = 57):
+  with the ascending offline sort the running batch holds the shortest
+  requests, so ``A min(r_w, H)`` is small exactly when the queue holds the
+  longer ones;
+- **``theta c_w d`` alone outweighs the gain in 95-98 %** (median 1,930 against
+  1,020 token units): whole ~760-token GSM8K prompts times ~25 running requests;
+  these refusals stand with ``lambda = 0``;
+- ``lambda`` is positive in 73-75 % of them but decides only 2-5 %.
+
+The deeper cause is the objective: in token units with a fixed cost ``A`` per
+iteration, a prefill token always costs one unit and delays the batch. On a
+roofline profile it costs almost nothing while the iteration is memory-bound
+(decodes alone leave the compute units idle) and the same in any compute-bound
+iteration; and delaying running requests by a prefill does not lengthen the
+makespan. :mod:`lsched.policies.hybrid_lr` derives the rule again from that
+model and beats the baseline by ~23 %. This rule is kept as ``hybrid``: it is a
+faithful reading of the paper's description (sort, preempt, Lagrangian insert
+vs decode) that simply loses here.
+
 Holding and state: a decode-only batch that inserts nothing is held. Until an
 event, ``H`` only shrinks, ``d``, ``c_w``, ``r_w`` and the order stay fixed, KV only
 grows and ``lambda`` does not change (it moves only at calls whose batch is not

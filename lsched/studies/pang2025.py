@@ -15,12 +15,19 @@ stated assumptions):
 ``baseline``
     vLLM-style continuous batching (``vllm``) with round-robin dispatch.
 ``hybrid``
-    lsched's ``hybrid`` policy (Pang et al.'s online rule) on the replicas of
-    their bin packing (:func:`lsched.formulations.replicas.assign`).
+    lsched's ``hybrid`` policy (a faithful reading of Pang et al.'s online rule
+    that loses here, see its module) on the replicas of their bin packing
+    (:func:`lsched.formulations.replicas.assign`).
+``hybrid_lr``
+    ``hybrid-lr`` (the rule re-derived from a Lagrangian relaxation of the
+    makespan problem with the profile's roofline,
+    :mod:`lsched.policies.hybrid_lr`, coefficients from
+    :func:`~lsched.policies.hybrid_lr.roofline_spec`) on the same replicas.
 ``best``
     The best schedule found: the bin packing, then per replica the best of a
     list of policies (:func:`lsched.formulations.replicas.sequence`), Sarathi's
-    chunked prefill at several chunk sizes among them; or the two above if better.
+    chunked prefill at several chunk sizes among them; or the three above if
+    better.
 ``bound``
     The makespan bound in seconds for every schedule
     (:func:`lsched.formulations.work_bounds.work_bounds`).
@@ -43,6 +50,7 @@ from lsched.formulations.replicas import assign, sequence
 from lsched.formulations.result import certified_gap
 from lsched.formulations.work_bounds import work_bounds
 from lsched.generators import gsm8k
+from lsched.policies.hybrid_lr import roofline_spec
 from lsched.predictors import oracle
 from lsched.profile import DeploymentProfile, load_profile
 
@@ -101,6 +109,13 @@ def pang_case(
     hybrid = simulate(
         instance, profile, "hybrid", replicas=replicas, assignment=packing.assignment
     )
+    hybrid_lr = simulate(
+        instance,
+        profile,
+        roofline_spec(profile),
+        replicas=replicas,
+        assignment=packing.assignment,
+    )
     best = sequence(
         instance, profile, packing.assignment, policy=list(policies), replicas=replicas
     )
@@ -110,6 +125,10 @@ def pang_case(
         "packing + hybrid": (
             hybrid.metrics["makespan_s"],
             hybrid.metrics["busy_fraction"],
+        ),
+        "packing + hybrid-lr": (
+            hybrid_lr.metrics["makespan_s"],
+            hybrid_lr.metrics["busy_fraction"],
         ),
     }
     source = min(candidates, key=lambda k: candidates[k][0])
@@ -124,6 +143,8 @@ def pang_case(
         "baseline_busy": baseline.metrics["busy_fraction"],
         "hybrid_makespan_s": hybrid.metrics["makespan_s"],
         "hybrid_busy": hybrid.metrics["busy_fraction"],
+        "hybrid_lr_makespan_s": hybrid_lr.metrics["makespan_s"],
+        "hybrid_lr_busy": hybrid_lr.metrics["busy_fraction"],
         "best_makespan_s": best_makespan,
         "best_busy": best_busy,
         "best_source": source,
