@@ -395,6 +395,33 @@ def next_victim(st, ptr: int) -> int:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy")
+def make_room(st, r: int, victim: int, used: int, left: int, grow: int, reserved: bool):  # type: ignore[no-untyped-def]
+    """Preempt the newest running requests not yet gone (from ``victim`` back)
+    until ``grow`` more blocks fit or ``r`` itself is preempted: one step of
+    :func:`lsched.policies.vllm.running_pass`. A victim holds ``ceil(p / b)``
+    blocks, or ``ceil(max(p, target) / b)`` when its prompt is ``reserved``
+    (Sarathi's block manager); one already planned in this decision gives back
+    its growth and tokens. Returns the victim pointer, blocks used and budget
+    left after."""
+    req, s, work = st[0], st[2], st[4]
+    b, cap, stamp = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], s[STAMP]
+    while used + grow > cap:
+        victim = next_victim(st, victim)
+        push_preempt(st, victim)
+        held = req[PROCESSED, victim]
+        if reserved:
+            held = max(held, req[TARGET, victim])
+        used -= blocks(held, b)
+        if work[PLANNED, victim] == stamp:
+            used -= work[EXTRA_BLOCKS, victim]
+            left += work[PLAN_TOKENS, victim]
+            work[PLANNED, victim] = 0
+        if victim == r:
+            break
+    return victim, used, left
+
+
+@njit(cache=True, error_model="numpy")
 def is_gone(st, r: int) -> bool:  # type: ignore[no-untyped-def]
     """Whether ``r`` was preempted in this decision."""
     return st[4][GONE, r] == st[2][STAMP]

@@ -96,7 +96,7 @@ def _preempting(st, chunked: bool) -> None:  # type: ignore[no-untyped-def]
     """KV runs short: running requests one at a time, newest-first recompute
     preemption, no admission."""
     req, s, work = st[0], st[2], st[4]
-    b, cap, budget = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], s[MAX_TOKENS]
+    b, budget = s[BLOCK_TOKENS], s[MAX_TOKENS]
     stamp = s[STAMP]
     used = s[c.HELD_BLOCKS]
     victim = s[RUN_TAIL]
@@ -118,16 +118,7 @@ def _preempting(st, chunked: bool) -> None:  # type: ignore[no-untyped-def]
             continue
         p = req[PROCESSED, r]
         grow = blocks(p + want, b) - blocks(p, b)
-        while used + grow > cap:
-            victim = c.next_victim(st, victim)
-            c.push_preempt(st, victim)
-            used -= blocks(req[PROCESSED, victim], b)
-            if work[PLANNED, victim] == stamp:
-                used -= work[EXTRA_BLOCKS, victim]
-                budget += work[PLAN_TOKENS, victim]
-                work[PLANNED, victim] = 0
-            if victim == r:
-                break
+        victim, used, budget = c.make_room(st, r, victim, used, budget, grow, False)
         if not c.is_gone(st, r):
             work[PLANNED, r] = stamp
             work[PLAN_TOKENS, r] = want

@@ -100,7 +100,7 @@ def _preempting(st, n: int) -> None:  # type: ignore[no-untyped-def]
     """A too-small prediction: the first ``n`` running requests decode with
     vLLM's newest-first recompute preemption where KV runs short."""
     req, s = st[0], st[2]
-    b, cap = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS]
+    b = s[BLOCK_TOKENS]
     s[NUM_DECODE] = 0
     used = s[HELD_BLOCKS]
     victim = s[RUN_TAIL]
@@ -110,13 +110,7 @@ def _preempting(st, n: int) -> None:  # type: ignore[no-untyped-def]
         if not c.is_gone(st, r):
             p = req[PROCESSED, r]
             g = blocks(p + 1, b) - blocks(p, b)
-            while used + g > cap:
-                victim = c.next_victim(st, victim)
-                c.push_preempt(st, victim)
-                # victims come from the tail and stop at r: none has grown
-                used -= blocks(req[PROCESSED, victim], b)
-                if victim == r:
-                    break
+            victim, used, _ = c.make_room(st, r, victim, used, 0, g, False)
             if not c.is_gone(st, r):
                 used += g
         r = req[NEXT, r]

@@ -98,7 +98,7 @@ def _running(st, pp) -> None:  # type: ignore[no-untyped-def]
         if p >= req[TARGET, r] and work[GONE, r] != stamp and left > 0:
             g = blocks(p + 1, b) - blocks(p, b)
             if used + g > cap:
-                victim, used, left = _make_room(st, r, victim, used, left, g)
+                victim, used, left = c.make_room(st, r, victim, used, left, g, True)
                 preempted = True
             if work[GONE, r] != stamp:
                 work[PLANNED, r] = stamp
@@ -119,7 +119,7 @@ def _running(st, pp) -> None:  # type: ignore[no-untyped-def]
             if p < t and work[GONE, r] != stamp and left > 0:
                 chunk = min(t - p, left)
                 if used > cap:
-                    victim, used, left = _make_room(st, r, victim, used, left, 0)
+                    victim, used, left = c.make_room(st, r, victim, used, left, 0, True)
                     preempted = True
                 if work[GONE, r] != stamp:
                     work[PLANNED, r] = stamp
@@ -150,26 +150,6 @@ def _running(st, pp) -> None:  # type: ignore[no-untyped-def]
     s[NUM_PREFILL] = n_p
     if not preempted:
         _admit(st, pp, s[NUM_RUNNING], used, left)
-
-
-@njit(cache=True, error_model="numpy")
-def _make_room(st, r: int, victim: int, used: int, left: int, g: int):  # type: ignore[no-untyped-def]
-    """Preempt the newest running requests not yet gone until ``g`` more blocks
-    fit or ``r`` itself is the victim; the victim pointer, blocks used and budget
-    left after. A victim already planned gives back its growth and tokens."""
-    req, s, work = st[0], st[2], st[4]
-    b, cap, stamp = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], s[STAMP]
-    while used + g > cap:
-        victim = c.next_victim(st, victim)
-        c.push_preempt(st, victim)
-        used -= blocks(max(req[PROCESSED, victim], req[TARGET, victim]), b)
-        if work[PLANNED, victim] == stamp:
-            used -= work[EXTRA_BLOCKS, victim]
-            left += work[PLAN_TOKENS, victim]
-            work[PLANNED, victim] = 0
-        if victim == r:
-            break
-    return victim, used, left
 
 
 @njit(cache=True, error_model="numpy")

@@ -131,7 +131,7 @@ def _running(st, threshold: int) -> None:  # type: ignore[no-untyped-def]
     one at a time with newest-first recompute preemption; admission only if
     nothing was preempted (``Vllm._running`` and the end of ``Vllm.decide``)."""
     req, s, work = st[0], st[2], st[4]
-    b, cap, budget = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], s[MAX_TOKENS]
+    b, budget = s[BLOCK_TOKENS], s[MAX_TOKENS]
     stamp = s[STAMP]
     used = s[HELD_BLOCKS]
     victim = s[RUN_TAIL]
@@ -146,18 +146,9 @@ def _running(st, threshold: int) -> None:  # type: ignore[no-untyped-def]
             r = req[NEXT, r]
             continue
         grow = blocks(p + want, b) - blocks(p, b)
-        while used + grow > cap:
-            victim = c.next_victim(st, victim)
-            c.push_preempt(st, victim)
-            used -= blocks(req[PROCESSED, victim], b)
-            if work[PLANNED, victim] == stamp:
-                # vLLM V1 gives a scheduled victim's tokens back to the budget
-                # (as running_pass; newest-first reaches r before any planned one)
-                used -= work[EXTRA_BLOCKS, victim]
-                budget += work[PLAN_TOKENS, victim]
-                work[PLANNED, victim] = 0
-            if victim == r:
-                break
+        # vLLM V1 gives a scheduled victim's tokens back to the budget (as
+        # running_pass; newest-first reaches r before any planned one)
+        victim, used, budget = c.make_room(st, r, victim, used, budget, grow, False)
         if not c.is_gone(st, r):
             work[PLANNED, r] = stamp
             work[PLAN_TOKENS, r] = want
