@@ -14,9 +14,13 @@ Which path runs
 one with a port (:data:`KERNELS`, the registered class itself, not a subclass or a
 re-registered name; ``vllm:priority=true`` is not ported) and the run must not
 keep an iteration log or be paused (snapshots, ``run(until_s)``). Everything
-else, user policies included, runs on
-the Python path; :class:`~lsched.evaluator.result.SimulationResult` says which
-(``engine``). Both paths give the same records (``tests/test_compiled.py``).
+else, user policies included, runs on the Python path;
+:class:`~lsched.evaluator.result.SimulationResult` says which (``engine``). Both
+paths give the same records (``tests/test_compiled.py``).
+
+Each policy module has its own five-line ``run`` loop (``core.boundary``, its
+``decide``, ``core.apply``): numba caches a function that calls another named
+at module level, not one handed a function as an argument.
 
 numba compiles each kernel on first use and caches it on disk (``cache=True``): the
 first run in a fresh environment takes seconds, each later process loads it in
@@ -216,9 +220,8 @@ def run_replica(
     )
     pieces, thresholds, switch = _time_model(profile)
     pp = _params(spec.name, spec.params, limits)
-    pf = np.zeros(1)
     ps = _policy_state(spec.name, m)
-    err = kernel.run(st, pieces, thresholds, switch, pp, pf, ps)
+    err = kernel.run(st, pieces, thresholds, switch, pp, ps)
     req, tim, s, f, _ = st
     if err:
         message = _ERRORS[int(err)].format(

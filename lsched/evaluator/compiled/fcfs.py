@@ -32,7 +32,7 @@ from lsched.evaluator.compiled.core import (
 
 
 @njit(cache=True, error_model="numpy")
-def decide(st, pp, pf, ps) -> None:  # type: ignore[no-untyped-def]
+def decide(st, pp, ps) -> None:  # type: ignore[no-untyped-def]
     req, s, work = st[0], st[2], st[4]
     chunked = pp[0] != 0
     b, cap, budget = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], s[MAX_TOKENS]
@@ -154,10 +154,10 @@ def _admit(st, chunked: bool, seqs: int, used: int, budget: int) -> None:  # typ
 
 
 @njit(cache=True, error_model="numpy")
-def run(st, pieces, thresholds, switch, pp, pf, ps) -> int:  # type: ignore[no-untyped-def]
+def run(st, pieces, thresholds, switch, pp, ps) -> int:  # type: ignore[no-untyped-def]
     """Replay the replica to the end; an error code (0: none)."""
     while c.boundary(st):
-        decide(st, pp, pf, ps)
+        decide(st, pp, ps)
         err = c.apply(st, pieces, thresholds, switch)
         if err:
             return err

@@ -51,7 +51,7 @@ def _reserve(
 
 
 @njit(cache=True, error_model="numpy")
-def decide(st, pp, pf, ps) -> None:  # type: ignore[no-untyped-def]
+def decide(st, pp, ps) -> None:  # type: ignore[no-untyped-def]
     req, s = st[0], st[2]
     b, cap = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS]
     capacity_tokens = cap * b
@@ -125,10 +125,10 @@ def _preempting(st, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy")
-def run(st, pieces, thresholds, switch, pp, pf, ps) -> int:  # type: ignore[no-untyped-def]
+def run(st, pieces, thresholds, switch, pp, ps) -> int:  # type: ignore[no-untyped-def]
     """Replay the replica to the end; an error code (0: none)."""
     while c.boundary(st):
-        decide(st, pp, pf, ps)
+        decide(st, pp, ps)
         err = c.apply(st, pieces, thresholds, switch)
         if err:
             return err

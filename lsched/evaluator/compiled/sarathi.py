@@ -46,7 +46,7 @@ from lsched.evaluator.compiled.core import (
 
 
 @njit(cache=True, error_model="numpy")
-def decide(st, pp, pf, ps) -> None:  # type: ignore[no-untyped-def]
+def decide(st, pp, ps) -> None:  # type: ignore[no-untyped-def]
     req, s = st[0], st[2]
     b, cap, budget = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], pp[0]
     n = s[NUM_RUNNING]
@@ -177,10 +177,10 @@ def _admit(st, pp, seqs: int, used: int, budget: int) -> None:  # type: ignore[n
 
 
 @njit(cache=True, error_model="numpy")
-def run(st, pieces, thresholds, switch, pp, pf, ps) -> int:  # type: ignore[no-untyped-def]
+def run(st, pieces, thresholds, switch, pp, ps) -> int:  # type: ignore[no-untyped-def]
     """Replay the replica to the end; an error code (0: none)."""
     while c.boundary(st):
-        decide(st, pp, pf, ps)
+        decide(st, pp, ps)
         err = c.apply(st, pieces, thresholds, switch)
         if err:
             return err

@@ -64,7 +64,7 @@ def _chunk(need: int, threshold: int, budget: int) -> int:
 
 
 @njit(cache=True, error_model="numpy")
-def decide(st, pp, pf, ps) -> None:  # type: ignore[no-untyped-def]
+def decide(st, pp, ps) -> None:  # type: ignore[no-untyped-def]
     req, s, work = st[0], st[2], st[4]
     threshold = pp[0]
     b, cap, budget = s[BLOCK_TOKENS], s[CAPACITY_BLOCKS], s[MAX_TOKENS]
@@ -188,10 +188,10 @@ def _admit(st, threshold: int, seqs: int, used: int, budget: int) -> None:  # ty
 
 
 @njit(cache=True, error_model="numpy")
-def run(st, pieces, thresholds, switch, pp, pf, ps) -> int:  # type: ignore[no-untyped-def]
+def run(st, pieces, thresholds, switch, pp, ps) -> int:  # type: ignore[no-untyped-def]
     """Replay the replica to the end; an error code (0: none)."""
     while c.boundary(st):
-        decide(st, pp, pf, ps)
+        decide(st, pp, ps)
         err = c.apply(st, pieces, thresholds, switch)
         if err:
             return err

@@ -5,7 +5,7 @@
 blocks an admission leaves free (``int(watermark * capacity_blocks)``, as
 :meth:`lsched.kv.KVBlocks.watermark_blocks`), the prefill token budget
 (``min(prefill_token_budget, max_num_batched_tokens)``), the decode batch's
-context cap and the back-pressure threshold (``-1``: none). ``pf`` is unused.
+context cap and the back-pressure threshold (``-1``: none).
 
 ``ps`` holds the decode queue, a ring buffer of request ids, so that a decode
 iteration costs its batch, not the running set (DistServe's colocated runs decode
@@ -74,7 +74,7 @@ def ring_slots(m: int) -> int:
 
 
 @njit(cache=True, error_model="numpy")
-def decide(st, pp, pf, ps) -> None:  # type: ignore[no-untyped-def]
+def decide(st, pp, ps) -> None:  # type: ignore[no-untyped-def]
     s = st[2]
     # step 0: DistServe's back pressure on the running requests' context tokens
     pressed = 0 <= pp[BACK_PRESSURE] < s[HELD_TOKENS]
@@ -224,10 +224,10 @@ def _compact(req, ps, live, ring) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy")
-def run(st, pieces, thresholds, switch, pp, pf, ps) -> int:  # type: ignore[no-untyped-def]
+def run(st, pieces, thresholds, switch, pp, ps) -> int:  # type: ignore[no-untyped-def]
     """Replay the replica to the end; an error code (0: none)."""
     while c.boundary(st):
-        decide(st, pp, pf, ps)
+        decide(st, pp, ps)
         err = c.apply(st, pieces, thresholds, switch)
         if err:
             return err
