@@ -82,9 +82,15 @@ def test_run_stoppable_turns_keyboard_interrupt_into_a_request():
         time.sleep(0.3)
         signal.raise_signal(signal.SIGINT)  # default handler: KeyboardInterrupt
 
-    with interrupt.session():
-        threading.Thread(target=fire).start()
-        value, requested = interrupt.run_stoppable(work, stopped.set)
+    # Python's default handler, whatever the test runner installed (pytest-xdist's
+    # workers may ignore SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with interrupt.session():
+            threading.Thread(target=fire).start()
+            value, requested = interrupt.run_stoppable(work, stopped.set)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert value == "done" and requested
 
 
