@@ -14,6 +14,9 @@
    holds for its run: a run that never preempts and prefills every prompt in one
    iteration is a slot-model schedule, so the ``slot`` bounds hold for it too.
 
+Every bound, solve or policy run not computed is listed in
+:attr:`Comparison.not_computed` with its reason (JSON ``skipped``).
+
 Gaps are certified: ``(value - bound) / value``, ``>= 0`` by construction of the
 bounds (and checked by the tests). The headline ``best_bound`` holds for every
 schedule compared; the slot model's optimum may exceed it, because preemption can

@@ -21,6 +21,11 @@ model's objective equals the evaluator's. On other profiles with one replica,
 the LP relaxation of the timed model (:func:`lsched.formulations.timed.milp.lp_bound`)
 is the ``slot``-class bound, on small instances: its model grows with ``n``
 times the horizon, at most ``sum_i o_i`` iterations.
+
+Nothing is dropped silently: :func:`bound_report` returns, next to the bounds it
+computed, every other bound the suite knows for the objective with the reason it
+was not computed (:class:`~lsched.formulations.result.Skipped`: time limit, out of
+scope, size, interrupted).
 """
 
 from __future__ import annotations
