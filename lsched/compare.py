@@ -14,6 +14,9 @@
    holds for its run: a run that never preempts and prefills every prompt in one
    iteration is a slot-model schedule, so the ``slot`` bounds hold for it too.
 
+Every bound, solve or policy run not computed is listed in
+:attr:`Comparison.not_computed` with its reason (JSON ``skipped``).
+
 Gaps are certified: ``(value - bound) / value``, ``>= 0`` by construction of the
 bounds (and checked by the tests). The headline ``best_bound`` holds for every
 schedule compared; the slot model's optimum may exceed it, because preemption can
@@ -44,10 +47,18 @@ from lsched.formulations.backends import (
 from lsched.formulations.bound_suite import (
     Bound,
     best_bound,
-    bound_suite,
+    bound_report,
     slot_problem_in_seconds,
+    why_not_slots,
 )
-from lsched.formulations.result import SolveResult, certified_gap
+from lsched.formulations.result import (
+    Reason,
+    Skipped,
+    SolveResult,
+    Status,
+    certified_gap,
+)
+from lsched.formulations.slot import SlotProblem
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
@@ -117,6 +128,10 @@ class Comparison:
         kept, the steps after the stop are listed in ``skipped``.
     skipped
         Policies not run because of the stop.
+    not_computed
+        Every bound and solve not computed, with the reason (time limit, out of
+        scope, size, interrupted, not requested), and the policies of
+        ``skipped``: nothing is dropped silently.
     """
 
     objective: str
@@ -127,6 +142,7 @@ class Comparison:
     solve_model: str | None = None
     interrupted: bool = False
     skipped: list[str] = field(default_factory=list)
+    not_computed: list[Skipped] = field(default_factory=list)
 
     @property
     def best_bound(self) -> float:
@@ -180,6 +196,7 @@ class Comparison:
             "policies": [row.to_dict() for row in self.policies],
             "status": "interrupted" if self.interrupted else "complete",
             "skipped_policies": list(self.skipped),
+            "skipped": [item.to_dict() for item in self.not_computed],
         }
 
 
@@ -285,9 +302,10 @@ def compare(
     replicas = profile.replicas if replicas is None else replicas
     if instance.predicted_output_tokens is None:
         instance = oracle(instance)
-    bounds = bound_suite(
+    report = bound_report(
         instance, profile, objective, replicas=replicas, lp_time_limit=lp_time_limit
     )
+    bounds, not_computed = report.bounds, list(report.skipped)
     problem = slot_problem_in_seconds(instance, profile, objective, replicas)
     options = {
         "time_limit": time_limit,
@@ -296,25 +314,39 @@ def compare(
         "on_progress": on_progress,
     }
     solve = solve_value = model = None
-    if backend is not None and problem is not None:
+    why_not = _why_no_solve(instance, profile, backend, replicas, problem)
+    timed = None
+    if why_not is None and problem is None:
+        try:
+            timed = TimedProblem.from_instance(instance, profile, objective=objective)
+        except InputError as error:  # e.g. a prompt over the token budget
+            slots = why_not_slots(instance, profile, replicas)
+            why_not = Reason.OUT_OF_SCOPE, f"{slots}; timed model: {error}"
+    if why_not is not None:
+        not_computed.append(Skipped("solve", "solve", *why_not))
+    elif problem is not None:
+        assert backend is not None
         model = "slot model"
         solve = solve_slot(problem, backend, **options)
         if solve.start is not None:
             solve_value = replay_objective(problem, solve.start)
-    elif (
-        backend is not None
-        and replicas == 1
-        and len(instance) <= TIMED_MAX_REQUESTS
-        and backend in TIMED_BACKENDS
-    ):
+    elif timed is not None:
+        assert backend is not None
         model = "timed model"
-        timed = TimedProblem.from_instance(instance, profile, objective=objective)
         solve = solve_timed(timed, backend, **options)
         if solve.start is not None:
             solve_value = replay_timed_objective(timed, solve.start)
-    if solve is not None and math.isfinite(solve.bound):
-        name = "slot" if problem is not None else "timed"
-        bounds.append(Bound(f"{name}.{backend}", solve.bound, "slot"))
+    if solve is not None:
+        name = f"{'slot' if problem is not None else 'timed'}.{backend}"
+        if math.isfinite(solve.bound):
+            bounds.append(Bound(name, solve.bound, "slot"))
+        else:
+            reason = {
+                Status.INTERRUPTED: Reason.INTERRUPTED,
+                Status.TIME_LIMIT: Reason.TIME_LIMIT,
+            }.get(solve.status, Reason.OUT_OF_SCOPE)
+            detail = f"the solver proved no bound (status {solve.status.value})"
+            not_computed.append(Skipped(name, "bound", reason, detail))
     bounds.sort(key=lambda b: -b.value)
     rows = []
     # slot-class bounds exist only with a slot problem or a timed solve; only then
@@ -324,6 +356,9 @@ def compare(
     for spec in specs:
         if requested():  # Ctrl-C: keep what is finished, run nothing more
             skipped.append(spec.label)
+            not_computed.append(
+                Skipped(spec.label, "policy", Reason.INTERRUPTED, "stopped by the user")
+            )
             continue
         result = simulate(instance, profile, spec, replicas=replicas, log=has_class)
         value = objective_value(result, instance, objective)
@@ -332,8 +367,49 @@ def compare(
         gap = certified_gap(value, best_bound(bounds, scope))
         rows.append(PolicyRow(spec.label, value, scope, gap, result))
     return Comparison(
-        objective, bounds, rows, solve, solve_value, model, requested(), skipped
+        objective,
+        bounds,
+        rows,
+        solve,
+        solve_value,
+        model,
+        requested(),
+        skipped,
+        not_computed,
     )
+
+
+def _why_no_solve(
+    instance: Instance,
+    profile: DeploymentProfile,
+    backend: str | None,
+    replicas: int,
+    problem: SlotProblem | None,
+) -> tuple[Reason, str] | None:
+    """Why :func:`compare` runs no offline solve, or ``None`` when it runs one."""
+    if backend is None:
+        return Reason.NOT_REQUESTED, "no solve backend asked (backend none)"
+    if problem is not None:
+        return None
+    slots = why_not_slots(instance, profile, replicas)
+    if replicas != 1:
+        return (
+            Reason.OUT_OF_SCOPE,
+            f"{replicas} replicas; the slot and timed models have one",
+        )
+    if backend not in TIMED_BACKENDS:
+        return (
+            Reason.OUT_OF_SCOPE,
+            f"{slots}; the timed model is solved by {', '.join(TIMED_BACKENDS)}, "
+            f"not {backend}",
+        )
+    if len(instance) > TIMED_MAX_REQUESTS:
+        return (
+            Reason.SIZE,
+            f"{slots}; the timed model is solved up to {TIMED_MAX_REQUESTS} "
+            f"requests, not {len(instance)}",
+        )
+    return None
 
 
 __all__ = [

@@ -21,8 +21,8 @@ from lsched.cli._common import (
 )
 from lsched.compare import DEFAULT_POLICIES, Comparison, compare
 from lsched.errors import InputError
-from lsched.formulations.bound_suite import best_bound, bound_suite
-from lsched.formulations.result import certified_gap
+from lsched.formulations.bound_suite import best_bound, bound_report
+from lsched.formulations.result import Skipped, certified_gap
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
 from lsched.interrupt import sigint_requests_stop
@@ -53,6 +53,10 @@ Settings = Annotated[
     list[str] | None, typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP)
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+LpTimeLimit = Annotated[
+    float,
+    typer.Option(help="Wall-clock seconds for each LP relaxation of the bounds."),
+]
 
 
 def _load(
@@ -96,6 +100,7 @@ def compare_command(
     ] = 10.0,
     workers: Annotated[int, typer.Option(help="Solver worker threads.")] = 2,
     seed: Annotated[int, typer.Option(help="Solver random seed.")] = 0,
+    lp_time_limit: LpTimeLimit = 10.0,
     replicas: Replicas = None,
     predictor: Annotated[
         str | None,
@@ -138,6 +143,7 @@ def compare_command(
             num_workers=workers,
             seed=seed,
             on_progress=line,
+            lp_time_limit=lp_time_limit,
         )
     if plot is not None:
         _plot(plot, result)
@@ -211,6 +217,17 @@ def _print(result: Comparison, title: str) -> None:
             for row in result.policies
         ],
     )
+    _print_not_computed(result.not_computed)
+
+
+def _print_not_computed(items: list[Skipped]) -> None:
+    """One row per bound, solve or policy not computed, with the reason."""
+    if items:
+        print_table(
+            "not computed",
+            ["name", "kind", "reason", "detail"],
+            [[i.name, i.kind, i.reason.value, i.detail] for i in items],
+        )
 
 
 def _pct(gap: float | None) -> str:
@@ -222,9 +239,7 @@ def bound_command(
     model: Model,
     objective: Objective = "latency",
     replicas: Replicas = None,
-    lp_time_limit: Annotated[
-        float, typer.Option(help="Wall-clock seconds for the LP relaxation.")
-    ] = 10.0,
+    lp_time_limit: LpTimeLimit = 10.0,
     format: Format = None,
     limit: Limit = None,
     json_output: JsonOutput = False,
@@ -233,9 +248,10 @@ def bound_command(
     """Every lower bound on the objective, with the schedules it holds for."""
     instance, profile = _load(trace, model, settings, format, limit, objective)
     with native_stdout_to_stderr():
-        bounds = bound_suite(
+        report = bound_report(
             instance, profile, objective, replicas=replicas, lp_time_limit=lp_time_limit
         )
+    bounds = report.bounds
     best = best_bound(bounds, "slot")
     if json_output:
         print_json(
@@ -245,6 +261,7 @@ def bound_command(
                 "scopes": {b.name: b.scope for b in bounds},
                 "best": best if math.isfinite(best) else None,
                 "best_any": best_bound(bounds, "any"),
+                "skipped": [item.to_dict() for item in report.skipped],
             }
         )
         return
@@ -256,3 +273,4 @@ def bound_command(
             for b in sorted(bounds, key=lambda b: -b.value)
         ],
     )
+    _print_not_computed(report.skipped)

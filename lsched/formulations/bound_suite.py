@@ -21,11 +21,17 @@ model's objective equals the evaluator's. On other profiles with one replica,
 the LP relaxation of the timed model (:func:`lsched.formulations.timed.milp.lp_bound`)
 is the ``slot``-class bound, on small instances: its model grows with ``n``
 times the horizon, at most ``sum_i o_i`` iterations.
+
+Nothing is dropped silently: :func:`bound_report` returns, next to the bounds it
+computed, every other bound the suite knows for the objective with the reason it
+was not computed (:class:`~lsched.formulations.result.Skipped`: time limit, out of
+scope, size, interrupted).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +41,13 @@ from lsched.evaluator.fixed import check_unit_slots
 from lsched.formulations import bounds as slot_bounds
 from lsched.formulations import milp
 from lsched.formulations.incumbent import best_heuristic
+from lsched.formulations.result import Reason, Skipped
 from lsched.formulations.slot import SlotProblem
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.timed import milp as timed_milp
 from lsched.formulations.work_bounds import work_bounds
 from lsched.instance import Instance
+from lsched.interrupt import requested
 from lsched.profile import DeploymentProfile
 
 #: Schedule classes a bound can hold for (module docstring).
@@ -69,6 +77,25 @@ class Bound:
     scope: str
 
 
+def why_not_slots(
+    instance: Instance, profile: DeploymentProfile, replicas: int
+) -> str | None:
+    """Why slots are not seconds here (one line), or ``None`` where they are.
+
+    Slots are seconds on a unit-slot profile with one replica and integer arrivals.
+    """
+    try:
+        check_unit_slots(profile)
+    except InputError:
+        return f"profile {profile.name!r} is not unit-slot"
+    if replicas != 1:
+        return f"{replicas} replicas; the slot model has one"
+    arrival = instance.arrival_s
+    if not np.all(arrival == np.floor(arrival)):
+        return "arrivals are not whole seconds"
+    return None
+
+
 def slot_problem_in_seconds(
     instance: Instance,
     profile: DeploymentProfile,
@@ -77,16 +104,168 @@ def slot_problem_in_seconds(
 ) -> SlotProblem | None:
     """The slot problem whose objective is the evaluator's, or ``None``.
 
-    That is the case on a unit-slot profile with one replica and integer arrivals.
+    That is the case on a unit-slot profile with one replica and integer arrivals
+    (:func:`why_not_slots`).
     """
-    try:
-        check_unit_slots(profile)
-    except InputError:
-        return None
-    arrival = instance.arrival_s
-    if replicas != 1 or not np.all(arrival == np.floor(arrival)):
+    if why_not_slots(instance, profile, replicas) is not None:
         return None
     return SlotProblem.from_instance(instance, profile, objective=objective)
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """What :func:`bound_report` found.
+
+    Attributes
+    ----------
+    bounds
+        Every bound computed (finite), in a fixed order.
+    skipped
+        Every bound the suite knows that was not computed, with the reason
+        (:class:`~lsched.formulations.result.Skipped`, kind ``"bound"``).
+    """
+
+    bounds: list[Bound]
+    skipped: list[Skipped]
+
+
+def _stopped(name: str, time_limit: float) -> Skipped:
+    """The record of an LP that gave no value: the user's stop or its limit."""
+    if requested():
+        return Skipped(name, "bound", Reason.INTERRUPTED, "stopped by the user")
+    return Skipped(
+        name,
+        "bound",
+        Reason.TIME_LIMIT,
+        f"the LP was not solved within its limit of {time_limit:g} s",
+    )
+
+
+def bound_report(
+    instance: Instance,
+    profile: DeploymentProfile,
+    objective: str = "latency",
+    *,
+    replicas: int | None = None,
+    lp_time_limit: float = 10.0,
+    lp_max_requests: int = LP_MAX_REQUESTS,
+) -> BoundReport:
+    """Every bound on ``objective``: those computed and, with the reason, the rest.
+
+    Parameters are those of :func:`bound_suite`. Every bound name the suite knows
+    for ``objective`` is either in ``bounds`` or in ``skipped``.
+    """
+    replicas = profile.replicas if replicas is None else replicas
+    found: list[Bound] = []
+    skipped: list[Skipped] = []
+
+    def skip(name: str, reason: Reason, detail: str) -> None:
+        skipped.append(Skipped(name, "bound", reason, detail))
+
+    def add(name: str, value: float, scope: str, otherwise: Skipped) -> None:
+        if math.isfinite(value):
+            found.append(Bound(name, value, scope))
+        else:
+            skipped.append(otherwise)
+
+    work = work_bounds(instance, profile, objective, replicas=replicas)
+    names = ("critical_path", "work")
+    names += ("prefill_queue",) if objective == "latency" else ()
+    for name in names:
+        label = f"seconds.{name}"
+        if name not in work:
+            skip(
+                label,
+                Reason.OUT_OF_SCOPE,
+                "the cost model has no usable under-estimator",
+            )
+            continue
+        add(
+            label,
+            work[name],
+            "any",
+            Skipped(label, "bound", Reason.OUT_OF_SCOPE, "no finite value"),
+        )
+    why_not = why_not_slots(instance, profile, replicas)
+    slot_names = ["slot.energy", "slot.sawtooth", "slot.lagrangian", "slot.lp"]
+    if why_not is not None:
+        for name in slot_names:
+            skip(name, Reason.OUT_OF_SCOPE, why_not)
+    else:
+        problem = SlotProblem.from_instance(instance, profile, objective=objective)
+        no_value = "no finite value on this instance"
+
+        def none(name: str) -> Skipped:
+            return Skipped(name, "bound", Reason.OUT_OF_SCOPE, no_value)
+
+        add("slot.energy", slot_bounds.energy(problem), "any", none("slot.energy"))
+        add(
+            "slot.sawtooth",
+            slot_bounds.sawtooth(problem),
+            "slot",
+            none("slot.sawtooth"),
+        )
+        if objective == "latency":
+            _, start = best_heuristic(problem)
+            upper = problem.integer_objective(start)
+            value = slot_bounds.lagrangian(problem, upper)
+            add("slot.lagrangian", value, "slot", none("slot.lagrangian"))
+        else:
+            skip(
+                "slot.lagrangian",
+                Reason.OUT_OF_SCOPE,
+                f"defined for latency, not {objective}",
+            )
+        if len(instance) > lp_max_requests:
+            skip(
+                "slot.lp",
+                Reason.SIZE,
+                f"{len(instance)} requests > {lp_max_requests}",
+            )
+        else:
+            value = milp.lp_bound(problem, time_limit=lp_time_limit)
+            add("slot.lp", value, "slot", _stopped("slot.lp", lp_time_limit))
+    _timed_lp(
+        instance, profile, objective, replicas, why_not, lp_time_limit,
+        lp_max_requests, add, skip,
+    )  # fmt: skip
+    return BoundReport(found, skipped)
+
+
+def _timed_lp(
+    instance: Instance,
+    profile: DeploymentProfile,
+    objective: str,
+    replicas: int,
+    why_not: str | None,
+    lp_time_limit: float,
+    lp_max_requests: int,
+    add: Callable[[str, float, str, Skipped], None],
+    skip: Callable[[str, Reason, str], None],
+) -> None:
+    """``timed.lp``, computed where slots are not seconds, or its reason."""
+    name = "timed.lp"
+    iterations = int(instance.output_tokens.sum())
+    if why_not is None:
+        skip(name, Reason.OUT_OF_SCOPE, "slots are seconds here: slot.lp is this LP")
+    elif replicas != 1:
+        skip(name, Reason.OUT_OF_SCOPE, f"{replicas} replicas; the timed model has one")
+    elif len(instance) > lp_max_requests:
+        skip(name, Reason.SIZE, f"{len(instance)} requests > {lp_max_requests}")
+    elif iterations > TIMED_LP_MAX_ITERATIONS:
+        skip(
+            name,
+            Reason.SIZE,
+            f"{iterations} output tokens > {TIMED_LP_MAX_ITERATIONS}",
+        )
+    else:
+        try:
+            timed = TimedProblem.from_instance(instance, profile, objective=objective)
+        except InputError as error:  # e.g. a prompt over the token budget
+            skip(name, Reason.OUT_OF_SCOPE, str(error))
+        else:
+            value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
+            add(name, value, "slot", _stopped(name, lp_time_limit))
 
 
 def bound_suite(
@@ -118,40 +297,17 @@ def bound_suite(
     Returns
     -------
     list[Bound]
-        Bounds in seconds, finite ones only, in a fixed order.
+        Bounds in seconds, finite ones only, in a fixed order. The bounds not
+        computed, and why, are in :func:`bound_report`'s ``skipped``.
     """
-    replicas = profile.replicas if replicas is None else replicas
-    found = [
-        Bound(f"seconds.{name}", value, "any")
-        for name, value in work_bounds(
-            instance, profile, objective, replicas=replicas
-        ).items()
-    ]
-    problem = slot_problem_in_seconds(instance, profile, objective, replicas)
-    if problem is not None:
-        found.append(Bound("slot.energy", slot_bounds.energy(problem), "any"))
-        found.append(Bound("slot.sawtooth", slot_bounds.sawtooth(problem), "slot"))
-        if objective == "latency":
-            _, start = best_heuristic(problem)
-            upper = problem.integer_objective(start)
-            value = slot_bounds.lagrangian(problem, upper)
-            found.append(Bound("slot.lagrangian", value, "slot"))
-        if len(instance) <= lp_max_requests:
-            value = milp.lp_bound(problem, time_limit=lp_time_limit)
-            found.append(Bound("slot.lp", value, "slot"))
-    elif (
-        replicas == 1
-        and len(instance) <= lp_max_requests
-        and instance.output_tokens.sum() <= TIMED_LP_MAX_ITERATIONS
-    ):
-        try:
-            timed = TimedProblem.from_instance(instance, profile, objective=objective)
-        except InputError:
-            pass  # e.g. a prompt over the token budget: no slot schedule to bound
-        else:
-            value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
-            found.append(Bound("timed.lp", value, "slot"))
-    return [b for b in found if math.isfinite(b.value)]
+    return bound_report(
+        instance,
+        profile,
+        objective,
+        replicas=replicas,
+        lp_time_limit=lp_time_limit,
+        lp_max_requests=lp_max_requests,
+    ).bounds
 
 
 def best_bound(bounds: list[Bound], scope: str = "slot") -> float:
@@ -167,6 +323,10 @@ __all__ = [
     "SCOPES",
     "TIMED_LP_MAX_ITERATIONS",
     "Bound",
+    "BoundReport",
     "best_bound",
+    "bound_report",
     "bound_suite",
+    "slot_problem_in_seconds",
+    "why_not_slots",
 ]

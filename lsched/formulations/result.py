@@ -249,3 +249,57 @@ class SolveResult:
             "runtime_s": self.runtime_s,
             "solver": self.solver,
         }
+
+
+class Reason(enum.StrEnum):
+    """Why a bound or a solve was not computed (:class:`Skipped`)."""
+
+    TIME_LIMIT = "time_limit"
+    """It ran out of its wall-clock limit without a value."""
+    OUT_OF_SCOPE = "out_of_scope"
+    """It does not apply to this instance, deployment, objective or backend."""
+    SIZE = "size"
+    """The instance is above the size it is computed for."""
+    INTERRUPTED = "interrupted"
+    """The user stopped it (SIGINT, Ctrl-C)."""
+    NOT_REQUESTED = "not_requested"
+    """The caller asked for none (e.g. ``--backend none``)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A bound, a solve or a policy run that was not computed, and why.
+
+    Nothing is dropped silently: every result table and JSON lists these next to
+    what was computed.
+
+    Attributes
+    ----------
+    name
+        What was not computed: a bound's name (``"slot.lp"``), ``"solve"`` or a
+        policy label.
+    kind
+        ``"bound"``, ``"solve"`` or ``"policy"``.
+    reason
+        The :class:`Reason`.
+    detail
+        One line for a person, e.g. ``"120 requests > 60"``.
+    """
+
+    name: str
+    kind: str
+    reason: Reason
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON view: name, kind, reason and detail."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "reason": self.reason.value,
+            "detail": self.detail,
+        }
+
+    def describe(self) -> str:
+        """The table's text: ``"not computed: size (120 requests > 60)"``."""
+        return f"not computed: {self.reason.value} ({self.detail})"
