@@ -361,9 +361,7 @@ def assign_ordered(
     args = (w, allowed, replicas, lower, upper, hint, hint_position)
     if backend == "cpsat":
         remaining = deadline - time.monotonic()
-        outcome, position = _ordered_cpsat(
-            *args, remaining, num_workers, seed, params
-        )
+        outcome, position = _ordered_cpsat(*args, remaining, num_workers, seed, params)
     else:
         outcome, position = _ordered_milp(*args, deadline, num_workers, seed, params)
     found, found_position = hint, hint_position
