@@ -54,7 +54,11 @@ order variables are free at every optimum: the MIP adds ``n C`` to ``n^2 C``
 variables and no information. The tests check this numerically (both backends
 agree with each other, with the packing and with brute force on ``n <= 12``,
 ``C = 2, 3``); ``benchmarks/replicas/bench_pang_offline.py`` reports it on GSM8K
-cases. What the paper's order would add must come from an order-dependent cost
+cases (``benchmarks/replicas/README.md``): same objectives and bounds as the
+packing, but slower to prove, since the free order multiplies the symmetric optima
+(at ``n = 1000, C = 2`` the ordered CP-SAT model stops at a 10 s limit where the
+packing is proved in under 1 s; the positional MILP already hits 10 s at ``n = 10``
+once). What the paper's order would add must come from an order-dependent cost
 (batching, KV occupancy, prefill/decode interference), which their offline cost
 model does not have and which lsched prices in the online stage and in the slot
 models (:func:`lsched.formulations.replicas.solve_joint`).
