@@ -11,6 +11,8 @@ on_progress, **params)`` signature and return a
 :mod:`~lsched.formulations.work_bounds` bounds in seconds for every schedule, and
 :mod:`~lsched.formulations.bound_suite` all of them, each tagged with the schedules
 it holds for. :mod:`~lsched.formulations.replicas` assigns requests to replicas
-(Pang et al. 2025's bin packing) and compares with an exact joint model. Every
+(Pang et al. 2025's bin packing) and compares with an exact joint model;
+:mod:`~lsched.formulations.pang_offline` states that offline stage as an MIP over
+assignment and order per client, and shows it equals the packing. Every
 schedule is checked by the evaluator, which shares no code with them.
 """
