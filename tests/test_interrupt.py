@@ -50,16 +50,13 @@ def _request_after(delay_s: float) -> threading.Timer:
 def test_a_request_stops_a_running_solver_and_keeps_its_incumbent(backend):
     problem = _problem(N20)
     solve = {"cpsat": cpsat.solve, "milp": milp.solve}[backend]
-    began = time.monotonic()
     with interrupt.session():
         timer = _request_after(3.0)
         result = solve(problem, time_limit=300)
         timer.join()
-    elapsed = time.monotonic() - began
     if result.status is Status.OPTIMAL:  # proved before the request: allowed
         return
     assert result.status is Status.INTERRUPTED
-    assert elapsed < GUARD_S
     assert result.start is not None and result.objective is not None
 
 
@@ -94,7 +91,7 @@ def test_run_stoppable_turns_keyboard_interrupt_into_a_request():
     assert value == "done" and requested
 
 
-def _interrupt_cli(args: list[str]) -> tuple[int, str, str, float]:
+def _interrupt_cli(args: list[str]) -> tuple[int, str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "lsched.cli", *args],
@@ -113,18 +110,17 @@ def _interrupt_cli(args: list[str]) -> tuple[int, str, str, float]:
     else:
         raise AssertionError(f"never said it started: {''.join(lines)}")
     time.sleep(1.0)
-    sent = time.monotonic()
     process.send_signal(signal.SIGINT)
     try:
         out, err = process.communicate(timeout=GUARD_S)
     except subprocess.TimeoutExpired:
         process.kill()
         raise
-    return process.returncode, out, "".join(lines) + err, time.monotonic() - sent
+    return process.returncode, out, "".join(lines) + err
 
 
 def test_sigint_stops_solve_milp():
-    code, out, err, took = _interrupt_cli(
+    code, out, err = _interrupt_cli(
         ["solve", str(N40), "-m", "unit-slot", "--backend", "milp",
          "--time-limit", "600", "--json"]
     )  # fmt: skip
@@ -133,11 +129,10 @@ def test_sigint_stops_solve_milp():
     assert summary["status"] == "interrupted"
     assert summary["objective"] is not None  # the heuristic's schedule, kept
     assert "interrupted" in err and "Traceback" not in err
-    assert took < GUARD_S
 
 
 def test_sigint_stops_compare():
-    code, out, err, took = _interrupt_cli(
+    code, out, err = _interrupt_cli(
         ["compare", str(N40), "-m", "unit-slot", "--backend", "milp",
          "--time-limit", "600", "--json"]
     )  # fmt: skip
@@ -146,4 +141,3 @@ def test_sigint_stops_compare():
     assert result["status"] == "interrupted"
     assert result["bounds"]  # the closed-form bounds were finished: kept
     assert "interrupted" in err and "Traceback" not in err
-    assert took < GUARD_S

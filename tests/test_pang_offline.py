@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lsched.errors import InputError
@@ -96,6 +96,8 @@ def test_the_solver_improves_on_lpt():
     c=st.integers(2, 3),
     backend=st.sampled_from(replicas.BACKENDS),
 )
+@example(load=[0], c=2, backend="milp")  # a client no request may use
+@example(load=[7], c=3, backend="cpsat")
 def test_ordered_model_equals_the_packing(load, c, backend):
     """The MIP with order is equivalent to the packing (module docstring): equal
     optima, and each one's bound is below the other's objective."""

@@ -245,14 +245,18 @@ def _ordered_milp(
         range(n),
         rule=lambda m, i: sum(m.z[i, c, k] for c in allowed[i] for k in slots) == 1,
     )
+    # a client no request may use (symmetry breaking with few requests) has no
+    # position rows: they would be the constant 0 <= 1
     model.one_per_position = pyo.Constraint(
-        range(replicas), slots, rule=lambda m, c, k: held(m, c, k) <= 1
+        range(replicas),
+        slots,
+        rule=lambda m, c, k: held(m, c, k) <= 1 if on[c] else pyo.Constraint.Skip,
     )
     model.in_order = pyo.Constraint(
         range(replicas),
         slots,
         rule=lambda m, c, k: (
-            held(m, c, k) <= held(m, c, k - 1) if k else pyo.Constraint.Skip
+            held(m, c, k) <= held(m, c, k - 1) if k and on[c] else pyo.Constraint.Skip
         ),
     )
     model.completion = pyo.Constraint(
