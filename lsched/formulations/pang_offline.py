@@ -81,14 +81,12 @@ from lsched.formulations import cpsat
 from lsched.formulations.cpsat import configured_solver
 from lsched.formulations.milp import highs as _highs
 from lsched.formulations.replicas import (
-    BACKENDS,
     DEFAULT_LOAD_STEPS,
     AssignmentResult,
     _allowed,
-    _integer_loads,
     _Outcome,
+    _packing_inputs,
     _rank_order,
-    _resolve_loads,
     assignment_lower_bound,
     lpt,
 )
@@ -97,7 +95,6 @@ from lsched.formulations.result import (
     cpsat_stop,
     decide_status,
 )
-from lsched.generators._checks import check_float, check_int
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
 
@@ -342,20 +339,12 @@ def assign_ordered(
         Status via :func:`~lsched.formulations.result.decide_status`; LPT (in LPT
         order) at worst.
     """
-    began = time.monotonic()
-    deadline = began + check_float("time_limit", time_limit, strictly_positive=True)
-    if backend not in BACKENDS:
-        raise InputError(
-            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
+    began, deadline, replicas, num_workers, seed, load_s, w, q, excess, rank = (
+        _packing_inputs(
+            instance, profile, replicas, backend, time_limit, num_workers, seed,
+            load, load_steps,
         )
-    replicas = check_int("replicas", replicas, 1)
-    num_workers = check_int("num_workers", num_workers, 1)
-    seed = check_int("seed", seed, 0)
-    load_s = _resolve_loads(instance, profile, load)
-    steps = check_int("load_steps", load_steps, 1)
-    w, q, excess = _integer_loads(load_s, steps)
-    rank = np.empty(len(w), dtype=np.int64)
-    rank[_rank_order(load_s)] = np.arange(len(w))
+    )  # fmt: skip
     hint = lpt(load_s, replicas)
     hint_position = lpt_positions(load_s, hint)
     float_bound = assignment_lower_bound(load_s, replicas)

@@ -800,6 +800,38 @@ def _assign_milp(
     )
 
 
+def _packing_inputs(
+    instance: Instance,
+    profile: DeploymentProfile,
+    replicas: int,
+    backend: str,
+    time_limit: float,
+    num_workers: int,
+    seed: int,
+    load: npt.ArrayLike | str | None,
+    load_steps: int,
+) -> tuple[Any, ...]:
+    """The checked arguments and loads of a packing model (:func:`assign` and
+    :func:`lsched.formulations.pang_offline.assign_ordered`): start time,
+    deadline, replicas, workers, seed, loads in seconds, integer loads ``w`` on
+    the grid ``q`` with its ``excess``, and each request's LPT rank."""
+    began = time.monotonic()
+    deadline = began + check_float("time_limit", time_limit, strictly_positive=True)
+    if backend not in BACKENDS:
+        raise InputError(
+            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
+        )
+    replicas = check_int("replicas", replicas, 1)
+    num_workers = check_int("num_workers", num_workers, 1)
+    seed = check_int("seed", seed, 0)
+    load_s = _resolve_loads(instance, profile, load)
+    steps = check_int("load_steps", load_steps, 1)
+    w, q, excess = _integer_loads(load_s, steps)
+    rank = np.empty(len(w), dtype=np.int64)
+    rank[_rank_order(load_s)] = np.arange(len(w))
+    return began, deadline, replicas, num_workers, seed, load_s, w, q, excess, rank
+
+
 def assign(
     instance: Instance,
     profile: DeploymentProfile,
@@ -851,20 +883,12 @@ def assign(
     InputError
         On a bad backend, replica count, time limit or load.
     """
-    began = time.monotonic()
-    deadline = began + check_float("time_limit", time_limit, strictly_positive=True)
-    if backend not in BACKENDS:
-        raise InputError(
-            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
+    began, deadline, replicas, num_workers, seed, load_s, w, q, excess, rank = (
+        _packing_inputs(
+            instance, profile, replicas, backend, time_limit, num_workers, seed,
+            load, load_steps,
         )
-    replicas = check_int("replicas", replicas, 1)
-    num_workers = check_int("num_workers", num_workers, 1)
-    seed = check_int("seed", seed, 0)
-    load_s = _resolve_loads(instance, profile, load)
-    steps = check_int("load_steps", load_steps, 1)
-    w, q, excess = _integer_loads(load_s, steps)
-    rank = np.empty(len(w), dtype=np.int64)
-    rank[_rank_order(load_s)] = np.arange(len(w))
+    )  # fmt: skip
     start = lpt(load_s, replicas)
     float_bound = assignment_lower_bound(load_s, replicas)
     lower = math.ceil(assignment_lower_bound(w, replicas) - 1e-9)
