@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import tomllib
@@ -27,11 +28,22 @@ CALIBRATION = SHARED / "calibration"
 BROKEN = Path(__file__).resolve().parent / "data" / "profiles"
 
 DISTSERVE_PROFILES = [
-    # (profile name, engine, DistServe model key, TP)
+    # (profile name, engine, DistServe model key, TP): every (model, TP) of
+    # DistServe's profiler-a100-80g JSON, both engines (models/gen_distserve.py)
     ("opt-13b-a100-tp1-distserve", "distserve", "facebook/opt-13b", 1),
     ("opt-13b-a100-tp1-vllm", "vllm", "facebook/opt-13b", 1),
+    ("opt-13b-a100-tp2-distserve", "distserve", "facebook/opt-13b", 2),
+    ("opt-13b-a100-tp2-vllm", "vllm", "facebook/opt-13b", 2),
+    ("opt-13b-a100-tp4-distserve", "distserve", "facebook/opt-13b", 4),
+    ("opt-13b-a100-tp4-vllm", "vllm", "facebook/opt-13b", 4),
+    ("opt-66b-a100-tp2-distserve", "distserve", "facebook/opt-66b", 2),
+    ("opt-66b-a100-tp2-vllm", "vllm", "facebook/opt-66b", 2),
+    ("opt-66b-a100-tp3-distserve", "distserve", "facebook/opt-66b", 3),
+    ("opt-66b-a100-tp3-vllm", "vllm", "facebook/opt-66b", 3),
     ("opt-66b-a100-tp4-distserve", "distserve", "facebook/opt-66b", 4),
     ("opt-66b-a100-tp4-vllm", "vllm", "facebook/opt-66b", 4),
+    ("opt-66b-a100-tp8-distserve", "distserve", "facebook/opt-66b", 8),
+    ("opt-66b-a100-tp8-vllm", "vllm", "facebook/opt-66b", 8),
 ]
 
 
@@ -327,6 +339,48 @@ def test_distserve_capacity_matches_their_csv() -> None:
         }
     for name, _, model, tp in DISTSERVE_PROFILES:
         assert load_profile(name).kv_capacity_tokens == table[(model, tp, 1)]
+
+
+def test_distserve_profiles_cover_their_json() -> None:
+    """Every (engine, model, TP) of DistServe's A100 JSON has a shipped profile."""
+    _need_calibration()
+    covered = {(engine, model, tp) for _, engine, model, tp in DISTSERVE_PROFILES}
+    in_json = {
+        (engine, model, int(tp))
+        for engine in ("distserve", "vllm")
+        for model, by_tp in json.loads(
+            (CALIBRATION / f"distserve_profiler-a100-80g.{engine}.json").read_text()
+        ).items()
+        for tp in by_tp
+    }
+    assert covered == in_json
+
+
+def test_distserve_script_regenerates_the_committed_files() -> None:
+    """models/opt-*.toml stay in sync with models/gen_distserve.py."""
+    _need_calibration()
+    spec = importlib.util.spec_from_file_location(
+        "gen_distserve", models_dir() / "gen_distserve.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    by_key = {opt.key: opt for opt, _ in module.PROFILES}
+    assert sorted((opt.key, tp) for opt, tp in module.PROFILES) == sorted(
+        {(model, tp) for _, _, model, tp in DISTSERVE_PROFILES}
+    )
+    for name, engine, model, tp in DISTSERVE_PROFILES:
+        # render() also checks that the fp16 weights and the KV capacity fit
+        file_name, text = module.render(by_key[model], tp, engine, CALIBRATION)
+        assert file_name == f"{name}.toml"
+        assert text == (models_dir() / file_name).read_text()
+        opt = by_key[model]
+        profile = load_profile(name)
+        used = (
+            opt.num_params * 2 + profile.kv_capacity_tokens * profile.kv_bytes_per_token
+        )
+        assert profile.hardware.num_gpus == tp
+        assert used < tp * profile.hardware.gpu_memory_bytes
 
 
 @pytest.mark.parametrize(
