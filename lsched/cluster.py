@@ -6,9 +6,15 @@ role, a replica count, a deployment profile and a policy; replicas are numbered
 :class:`~lsched.routers.RouterSpec` or its text ``NAME[:key=value,...]``)
 sends each arrival to a replica or rejects it.
 
-Roles: ``colocated`` (a replica prefills and decodes its own requests). The
-disaggregated roles ``prefill`` and ``decode`` of DESIGN.md are not modelled yet
-and are refused with a clear error.
+Roles: ``colocated`` (a replica prefills and decodes its own requests),
+``prefill`` and ``decode`` (disaggregation, :mod:`lsched.evaluator.disagg`): an
+arrival is routed to a prefill (or colocated) replica; a request prefilled there
+emits token 1 and its KV (``s_i * kv_bytes_per_token`` bytes) moves over the
+:class:`Link` between its prefill pool and the decode pool of the decode replica
+that ``decode_router`` picks; the KV stays on the prefill replica until the
+transfer ends. A cluster with a prefill pool has a decode pool and vice versa. A
+pair of pools without a ``[[link]]`` is joined by an ideal link (no latency,
+unbounded bandwidth: DistServe's simulator).
 
 ``--model P --replicas C`` is :meth:`Cluster.colocated`: one colocated pool of
 ``C`` replicas of ``P``.
@@ -29,12 +35,37 @@ A cluster file (``lsched simulate TRACE --cluster FILE``) is TOML::
     model = "llama2-70b-h100-tp4"
     policy = "sarathi:chunk=512"
 
+A disaggregated cluster::
+
+    decode_router = "round-robin"       # optional; round-robin by default
+
+    [[pool]]
+    name = "p"
+    role = "prefill"
+    model = "opt-13b-a100-tp1-distserve"
+    policy = "vllm-v0"
+
+    [[pool]]
+    name = "d"
+    role = "decode"
+    replicas = 2
+    model = "opt-13b-a100-tp1-distserve"
+    policy = "vllm-v0"
+
+    [[link]]
+    from = "p"
+    to = "d"
+    bandwidth_bytes_per_s = 25e9        # optional; unbounded by default
+    latency_s = 0.0001                  # optional; 0 by default
+    sharing = "fifo"                    # or "share" (processor sharing)
+
 A relative profile path is taken from the cluster file's folder.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +77,11 @@ from lsched.policies import PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile, load_profile, read_toml
 from lsched.routers import RouterSpec, parse_router
 
-#: Pool roles the evaluator runs today.
-ROLES = ("colocated",)
-#: Roles of DESIGN.md still to come.
-_LATER_ROLES = ("prefill", "decode")
+#: Pool roles.
+ROLES = ("colocated", "prefill", "decode")
+#: How transfers on one link meet: first in first out at the full bandwidth, or
+#: sharing it equally (processor sharing).
+SHARING = ("fifo", "share")
 
 
 @dataclass(frozen=True)
@@ -67,7 +99,7 @@ class Pool:
     name
         The pool's name, unique in its cluster.
     role
-        ``colocated``.
+        ``colocated``, ``prefill`` or ``decode``.
     """
 
     profile: DeploymentProfile
@@ -89,9 +121,8 @@ class Pool:
                 field=f"pool {self.name}: replicas",
             )
         if self.role not in ROLES:
-            later = " (not modelled yet)" if self.role in _LATER_ROLES else ""
             raise InputError(
-                f"got {self.role!r}{later}; expected one of {', '.join(ROLES)}",
+                f"got {self.role!r}; expected one of {', '.join(ROLES)}",
                 field=f"pool {self.name}: role",
             )
         if not callable(getattr(self.policy, "make", None)):
@@ -107,25 +138,90 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class Link:
+    """The link that carries KV from prefill pool ``source`` to decode pool
+    ``target``, shared by all their replicas.
+
+    A transfer of ``x`` bytes that gets the whole link takes ``x /
+    bandwidth_bytes_per_s`` on it and arrives ``latency_s`` after leaving it.
+    ``sharing``: ``fifo`` (one transfer at a time, in the order the prefills
+    finish) or ``share`` (the transfers on the link share its bandwidth equally).
+    """
+
+    source: str
+    target: str
+    bandwidth_bytes_per_s: float = math.inf
+    latency_s: float = 0.0
+    sharing: str = "fifo"
+
+    def __post_init__(self) -> None:
+        bandwidth = _number(self.bandwidth_bytes_per_s, "bandwidth_bytes_per_s")
+        if not bandwidth > 0:
+            raise InputError(
+                f"got {bandwidth!r}; expected bytes per second > 0",
+                field="bandwidth_bytes_per_s",
+            )
+        latency = _number(self.latency_s, "latency_s")
+        if not 0 <= latency < math.inf:
+            raise InputError(
+                f"got {latency!r}; expected seconds >= 0", field="latency_s"
+            )
+        if self.sharing not in SHARING:
+            raise InputError(
+                f"got {self.sharing!r}; expected one of {', '.join(SHARING)}",
+                field="sharing",
+            )
+        object.__setattr__(self, "bandwidth_bytes_per_s", bandwidth)
+        object.__setattr__(self, "latency_s", latency)
+
+    def seconds(self, nbytes: float) -> float:
+        """Seconds ``nbytes`` take on the whole link (latency apart)."""
+        return nbytes / self.bandwidth_bytes_per_s
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise InputError(f"got {value!r}; expected a number", field=name)
+    return float(value)
+
+
+@dataclass(frozen=True)
 class Cluster:
-    """Pools and a router.
+    """Pools, a router for arrivals and, when disaggregated, links and a router
+    for prefilled requests.
 
     Attributes
     ----------
     pools
         At least one pool; names unique.
     router
-        A :class:`RouterSpec` or its text; round robin by default.
+        Sends each arrival to a prefill or colocated replica: a
+        :class:`RouterSpec` or its text; round robin by default.
+    links
+        Links from prefill to decode pools; an unlisted pair has an ideal link.
+    decode_router
+        Sends each prefilled request to a decode replica (its view numbers the
+        decode replicas ``0..D-1``); round robin by default.
     """
 
     pools: tuple[Pool, ...]
     router: RouterSpec = field(default_factory=lambda: parse_router("round-robin"))
+    links: tuple[Link, ...] = ()
+    decode_router: RouterSpec = field(
+        default_factory=lambda: parse_router("round-robin")
+    )
 
     def __post_init__(self) -> None:
         pools = tuple(self.pools)
         object.__setattr__(self, "pools", pools)
-        if isinstance(self.router, str):
-            object.__setattr__(self, "router", parse_router(self.router))
+        object.__setattr__(self, "links", tuple(self.links))
+        for name in ("router", "decode_router"):
+            if isinstance(getattr(self, name), str):
+                try:
+                    spec = parse_router(getattr(self, name))
+                except InputError as exc:
+                    raise InputError(exc.message, field=name) from None
+                object.__setattr__(self, name, spec)
         if not pools:
             raise InputError("expected at least one pool", field="pools")
         names = [p.name for p in pools]
@@ -135,6 +231,59 @@ class Cluster:
                 f"pool names {twice} appear twice; expected unique names",
                 field="pools",
             )
+        self._check_roles()
+        for k, link in enumerate(self.links):
+            self._check_link(k, link)
+
+    def _check_roles(self) -> None:
+        roles = {p.role for p in self.pools}
+        for have, need in (("prefill", "decode"), ("decode", "prefill")):
+            if have in roles and need not in roles:
+                k = next(k for k, p in enumerate(self.pools) if p.role == have)
+                raise InputError(
+                    f"a {have} pool needs a {need} pool; the cluster has none",
+                    field=f"pool[{k}].role",
+                )
+
+    def _check_link(self, k: int, link: Link) -> None:
+        roles = {p.name: p.role for p in self.pools}
+        for end, name, role in (("from", link.source, "prefill"),
+                                ("to", link.target, "decode")):  # fmt: skip
+            if name not in roles:
+                raise InputError(
+                    f"no pool {name!r}; expected one of {sorted(roles)}",
+                    field=f"link[{k}].{end}",
+                )
+            if roles[name] != role:
+                raise InputError(
+                    f"pool {name!r} has role {roles[name]!r}; expected a {role} pool",
+                    field=f"link[{k}].{end}",
+                )
+        pairs = [(x.source, x.target) for x in self.links[:k]]
+        if (link.source, link.target) in pairs:
+            raise InputError(
+                f"a second link from {link.source!r} to {link.target!r}; expected "
+                "one per pair of pools",
+                field=f"link[{k}]",
+            )
+
+    @property
+    def disaggregated(self) -> bool:
+        """Whether the cluster has prefill and decode pools."""
+        return any(p.role == "decode" for p in self.pools)
+
+    def link(self, source: str, target: str) -> Link:
+        """The link from pool ``source`` to pool ``target`` (an ideal one if the
+        cluster lists none)."""
+        for link in self.links:
+            if (link.source, link.target) == (source, target):
+                return link
+        return Link(source, target)
+
+    def replicas_of(self, *roles: str) -> np.ndarray:
+        """The replicas of the pools with one of ``roles``, ascending."""
+        keep = [k for k, p in enumerate(self.pools) if p.role in roles]
+        return np.flatnonzero(np.isin(self.replica_pool, keep))
 
     @classmethod
     def colocated(
@@ -168,8 +317,9 @@ class Cluster:
 
 # -- the TOML file -------------------------------------------------------------------
 
-_CLUSTER_KEYS = {"router", "pool"}
+_CLUSTER_KEYS = {"router", "decode_router", "pool", "link"}
 _POOL_KEYS = {"name", "role", "replicas", "model", "policy", "set"}
+_LINK_KEYS = {"from", "to", "bandwidth_bytes_per_s", "latency_s", "sharing"}
 
 
 def load_cluster(path: str | Path) -> Cluster:
@@ -204,10 +354,43 @@ def load_cluster(path: str | Path) -> Cluster:
             raise InputError(
                 exc.message, file=path, field=f"{where}.{exc.field or ''}".rstrip(".")
             ) from None
+    links = data.get("link", [])
+    if not isinstance(links, list):
+        raise InputError("expected [[link]] tables", file=path, field="link")
+    parsed = []
+    for k, table in enumerate(links):
+        try:
+            parsed.append(_link(table))
+        except InputError as exc:
+            field = f"link[{k}].{exc.field or ''}".rstrip(".")
+            raise InputError(exc.message, file=path, field=field) from None
     try:
-        return Cluster(tuple(pools), data.get("router", "round-robin"))
+        return Cluster(
+            tuple(pools),
+            data.get("router", "round-robin"),
+            tuple(parsed),
+            data.get("decode_router", "round-robin"),
+        )
     except InputError as exc:
         raise exc.located(file=path) from None
+
+
+def _link(table: Any) -> Link:
+    if not isinstance(table, dict):
+        raise InputError("expected a table")
+    unknown = sorted(set(table) - _LINK_KEYS)
+    if unknown:
+        raise InputError(f"unknown key(s) {unknown}; expected {sorted(_LINK_KEYS)}")
+    for end in ("from", "to"):
+        if not isinstance(table.get(end), str):
+            raise InputError(f"got {table.get(end)!r}; expected a pool name", field=end)
+    return Link(
+        table["from"],
+        table["to"],
+        table.get("bandwidth_bytes_per_s", math.inf),
+        table.get("latency_s", 0.0),
+        table.get("sharing", "fifo"),
+    )
 
 
 def _pool(table: Any, k: int, folder: Path) -> Pool:

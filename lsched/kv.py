@@ -128,6 +128,12 @@ class KVLedger:
     while ``exact``, else an upper bound (a held decode stretch of ``n`` steps adds
     at most ``ceil(n / b)`` per request) made exact by :meth:`exact_blocks`.
 
+    ``pinned_blocks`` are blocks no running request holds but that stay taken: the
+    KV of a request prefilled on a prefill replica, kept until its transfer to a
+    decode replica ends (:meth:`pin`, :meth:`unpin`). They count in
+    ``held_blocks`` (so in every capacity check), not in ``held_tokens`` (the
+    running requests' KV, which policies read).
+
     Parameters
     ----------
     kv
@@ -136,13 +142,14 @@ class KVLedger:
         Number of requests (local ids ``0..size-1``).
     """
 
-    __slots__ = ("exact", "held_blocks", "held_tokens", "kv", "tokens")
+    __slots__ = ("exact", "held_blocks", "held_tokens", "kv", "pinned_blocks", "tokens")
 
     def __init__(self, kv: KVBlocks, size: int) -> None:
         self.kv = kv
         self.tokens = np.zeros(size, dtype=np.int64)
         self.held_tokens = 0
         self.held_blocks = 0
+        self.pinned_blocks = 0
         self.exact = True
 
     # -- reading ------------------------------------------------------------------
@@ -152,7 +159,7 @@ class KVLedger:
         and return it."""
         if not self.exact:
             held = self.tokens[np.array(holders, dtype=np.int64)]
-            self.held_blocks = int(self.kv.blocks(held).sum())
+            self.held_blocks = int(self.kv.blocks(held).sum()) + self.pinned_blocks
             self.exact = True
         return self.held_blocks
 
@@ -204,16 +211,39 @@ class KVLedger:
         self.tokens[r] = 0
         return held
 
+    def pin(self, r: int) -> int:
+        """Keep the blocks of request ``r`` (which stops running) taken as pinned
+        blocks; return how many."""
+        held = int(self.tokens[r])
+        blocks = -(-held // self.kv.block_tokens)
+        self.held_tokens -= held
+        self.tokens[r] = 0
+        self.pinned_blocks += blocks
+        return blocks
+
+    def unpin(self, blocks: int) -> None:
+        """Free ``blocks`` pinned blocks."""
+        self.pinned_blocks -= blocks
+        self.held_blocks -= blocks
+
     # -- state --------------------------------------------------------------------
 
-    def snapshot(self) -> tuple[IntArray, int, int, bool]:
+    def snapshot(self) -> tuple[IntArray, int, int, int, bool]:
         """The ledger's state, for :meth:`restore`."""
-        return self.tokens.copy(), self.held_tokens, self.held_blocks, self.exact
+        return (
+            self.tokens.copy(),
+            self.held_tokens,
+            self.held_blocks,
+            self.pinned_blocks,
+            self.exact,
+        )
 
-    def restore(self, state: tuple[IntArray, int, int, bool]) -> None:
+    def restore(self, state: tuple[IntArray, int, int, int, bool]) -> None:
         """Put the ledger back in a :meth:`snapshot` (``tokens`` in place, so
         read-only views of it stay valid)."""
-        tokens, self.held_tokens, self.held_blocks, self.exact = state
+        tokens, self.held_tokens, self.held_blocks, self.pinned_blocks, self.exact = (
+            state
+        )
         np.copyto(self.tokens, tokens)
 
 

@@ -345,10 +345,34 @@ def test_cluster_file_round_trip(tmp_path: Path) -> None:
     assert cluster.num_replicas == 3
 
 
+#: a prefill pool "p" and a decode pool "d"
+_PD = (
+    "[[pool]]\nname = 'p'\nrole = 'prefill'\nmodel = 'unit-slot'\n"
+    "[[pool]]\nname = 'd'\nrole = 'decode'\nmodel = 'unit-slot'\n"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
         ("[[pool]]\nmodel = 'unit-slot'\nrole = 'prefill'\n", "pool[0].role"),
+        ("[[pool]]\nmodel = 'unit-slot'\nrole = 'mixed'\n", "pool[0].role"),
+        ("[[pool]]\nmodel = 'unit-slot'\nrole = 'decode'\n", "pool[0]"),
+        (_PD + "[[link]]\nfrom = 'p'\nto = 'x'\n", "link[0].to"),
+        (_PD + "[[link]]\nfrom = 'd'\nto = 'd'\n", "link[0].from"),
+        (_PD + "[[link]]\nfrom = 'p'\n", "link[0].to"),
+        (
+            _PD + "[[link]]\nfrom = 'p'\nto = 'd'\nbandwidth_bytes_per_s = 0\n",
+            "link[0].bandwidth_bytes_per_s",
+        ),
+        (
+            _PD + "[[link]]\nfrom = 'p'\nto = 'd'\nbandwidth_bytes_per_s = -1e9\n",
+            "link[0].bandwidth_bytes_per_s",
+        ),
+        (_PD + "[[link]]\nfrom = 'p'\nto = 'd'\nlatency_s = -1\n", "link[0].latency_s"),
+        (_PD + "[[link]]\nfrom = 'p'\nto = 'd'\nsharing = 'lifo'\n", "link[0].sharing"),
+        (_PD + "[[link]]\nfrom = 'p'\nto = 'd'\n" * 2, "link[1]"),
+        ("decode_router = 'nope'\n" + _PD, "decode_router"),
         ("[[pool]]\nmodel = 'unit-slot'\nreplicas = 0\n", "pool[0].replicas"),
         ("[[pool]]\nmodel = 'nope'\n", "pool[0].model"),
         ("[[pool]]\nreplicas = 1\n", "pool[0].model"),

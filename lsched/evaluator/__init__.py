@@ -29,6 +29,7 @@ import numpy.typing as npt
 from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator.cluster import ClusterSim
+from lsched.evaluator.disagg import DisaggSim
 from lsched.evaluator.records import collect
 from lsched.evaluator.result import SimulationResult
 from lsched.instance import Instance
@@ -233,9 +234,16 @@ def simulate_cluster(
         raise InputError(
             f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
         )
-    _check_fits_somewhere(instance, cluster)
+    if not cluster.disaggregated:  # there a request no decode replica fits is rejected
+        _check_fits_somewhere(instance, cluster)
     where = None
     if assignment is not None:
+        if cluster.disaggregated:
+            raise InputError(
+                "a static assignment is for colocated clusters; a disaggregated "
+                "cluster routes with its router and decode_router",
+                field="assignment",
+            )
         where = assign_replicas(instance, cluster.num_replicas, assignment)
     started = time.perf_counter()
     finished = 0
@@ -249,14 +257,18 @@ def simulate_cluster(
             reported = finished
             progress(finished)
 
-    sim = ClusterSim(
-        instance,
-        cluster,
-        assignment=where,
-        log=log,
-        on_finished=count,
-        engine=engine,
-    )
+    sim: ClusterSim | DisaggSim
+    if cluster.disaggregated:
+        sim = DisaggSim(instance, cluster, log=log, on_finished=count)
+    else:
+        sim = ClusterSim(
+            instance,
+            cluster,
+            assignment=where,
+            log=log,
+            on_finished=count,
+            engine=engine,
+        )
     sim.run()
     if progress is not None:
         progress(finished)

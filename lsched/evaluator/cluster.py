@@ -73,12 +73,15 @@ class ClusterRun:
     """What a :class:`ClusterSim` run leaves: the replica of every request (or
     :data:`REJECTED`), the rejection reasons and each replica's engine (``None``
     for a replica that served nothing); engine ``c``'s local request ``k`` is
-    instance request ``ids[c][k]``."""
+    instance request ``ids[c][k]``. A disaggregated run
+    (:mod:`lsched.evaluator.disagg`) adds per-request ``stages`` columns; its
+    ``where`` is the replica a request arrived at (prefill or colocated)."""
 
     where: np.ndarray
     reasons: dict[int, str]
     engines: list[ReplicaEngine | None]
     ids: list[np.ndarray]
+    stages: dict[str, np.ndarray] | None = None
 
 
 def make_policy(spec: object, context: PolicyContext) -> object:

@@ -58,15 +58,22 @@ def collect(
     runs: list[pd.DataFrame] = []
     members: list[pd.DataFrame] = []
     preempted: list[pd.DataFrame] = []
+    stages = _stage_columns(run, n)
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         if engine is None:
             continue
         m = len(ids)
-        columns["admitted_s"][ids] = engine.admitted_s[:m]
-        columns["first_token_s"][ids] = engine.first_token_s[:m]
-        columns["completion_s"][ids] = engine.completion_s[:m]
-        columns["preemptions"][ids] = engine.preemptions[:m]
-        columns["recomputed_tokens"][ids] = engine.recomputed[:m]
+        role = cluster.pool_of(c).role
+        if role == "decode":
+            stages["decode_admitted_s"][ids] = engine.admitted_s[:m]
+        else:
+            columns["admitted_s"][ids] = engine.admitted_s[:m]
+            columns["first_token_s"][ids] = engine.first_token_s[:m]
+        # a prefill replica completes only the requests that emit one token
+        one = instance.output_tokens[ids] == 1 if role == "prefill" else slice(None)
+        columns["completion_s"][ids[one]] = engine.completion_s[:m][one]
+        columns["preemptions"][ids] += engine.preemptions[:m]
+        columns["recomputed_tokens"][ids] += engine.recomputed[:m]
         if engine.log is not None:
             offset = sum(len(r) for r in runs)
             runs.append(_runs_frame(engine, c, offset))
@@ -86,12 +93,16 @@ def collect(
     if capacity % replicas == 0:
         mean_capacity = capacity // replicas
     total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
+    if stages:
+        total["transferred_bytes"] = float(stages["transferred_bytes"].sum())
     pools = " + ".join(dict.fromkeys(p.profile.name for p in cluster.pools))
     return SimulationResult(
         policy=" + ".join(dict.fromkeys(p.policy.label for p in cluster.pools)),
         profile=pools,
         replicas=replicas,
-        requests=pd.DataFrame(columns, columns=list(REQUEST_COLUMNS)),
+        requests=pd.DataFrame(
+            columns | stages, columns=list(REQUEST_COLUMNS) + list(stages)
+        ),
         metrics=total,
         iterations=sum(e.iterations for e in engines),
         runtime_s=runtime_s,
@@ -102,6 +113,13 @@ def collect(
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
     )
+
+
+def _stage_columns(run: ClusterRun, n: int) -> dict[str, np.ndarray]:
+    """The stage columns of a disaggregated run (none for a colocated one)."""
+    if run.stages is None:
+        return {}
+    return dict(run.stages) | {"decode_admitted_s": np.full(n, np.nan)}
 
 
 def _metrics(

@@ -185,12 +185,14 @@ class VllmV0:
         self._stamp: dict[int, int] = {}  # queued id -> stamp of its admission
         self._stamps = 0  # stamps handed out
         self._admitted: list[int] = []  # the last prefill batch: joins next call
+        self._returned = 0  # the last decode batch, at the queue's tail
 
     def decide(self, view: ReplicaView) -> Batch:
         self._join()
         new = [] if self._back_pressure(view) else self._prefills(view)
         if new:
             self._admitted = new
+            self._returned = 0
             return Batch(
                 prefill=np.array(new, dtype=np.int64),
                 prefill_tokens=view.prompt_tokens[new] + view.emitted_tokens[new],
@@ -205,6 +207,19 @@ class VllmV0:
             self._stamp[r] = self._stamps
             self._queue.append((r, self._stamps))
         self._admitted = []
+
+    def adopt(self, ids: list[int]) -> None:
+        """Requests that arrived prefilled (on a decode replica of a disaggregated
+        cluster, :mod:`lsched.evaluator.disagg`) join the decode queue ahead of
+        the decode batch that ran while they arrived: DistServe's decode worker
+        appends an arrival to its queue at once, and the batch in flight goes
+        back at its end (``forward_decode``, ``_exit_decode``)."""
+        back = [self._queue.pop() for _ in range(self._returned)]
+        for r in ids:
+            self._stamps += 1
+            self._stamp[r] = self._stamps
+            self._queue.append((r, self._stamps))
+        self._queue.extend(reversed(back))
 
     def _back_pressure(self, view: ReplicaView) -> bool:
         """Step 0: the decode queue's context tokens exceed the threshold."""
@@ -293,9 +308,11 @@ class VllmV0:
             batch.append((r, s))
             context += after
         if not batch and not preempted:
+            self._returned = 0
             return Batch()  # nothing runs (the engine idles or reports a stall)
         # the batch goes back to the tail of the queue, in order
         queue.extend(batch)
+        self._returned = len(batch)
         everyone = len(batch) == len(running)
         return Batch(
             decode=np.array([r for r, _ in batch], dtype=np.int64),

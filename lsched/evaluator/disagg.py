@@ -1,0 +1,499 @@
+"""Disaggregated prefill and decode: prefill pools, decode pools and the links
+between them (DESIGN.md, "Clusters"; DistServe, Splitwise).
+
+The life of request ``i`` (prompt ``s_i``, output ``o_i``) in a cluster with
+prefill and decode pools:
+
+1. It arrives at ``a_i`` and the cluster's router sends it to a prefill (or
+   colocated) replica. A prefill replica serves it as a one-token request: the
+   iteration that finishes its prompt emits token 1 at ``f_i``. A colocated
+   replica serves it whole, as in a colocated cluster.
+2. At ``f_i`` (``o_i >= 2``) the decode router picks a decode replica ``d``; its
+   KV, ``x_i = s_i * kv_bytes_per_token`` bytes of the prefill profile, goes over
+   the :class:`~lsched.cluster.Link` of the two pools. On a ``fifo`` link the
+   transfer starts at ``max(f_i, the end of the transfer before it)`` and holds the
+   link for ``x_i / bandwidth``; on a ``share`` link every transfer starts at once
+   and the ``k`` transfers on the link each get ``bandwidth / k``. It arrives
+   ``latency_s`` after leaving the link, at ``t_i``. Until ``t_i`` the prefill
+   replica keeps its blocks (``ceil(s_i / b)``, pinned in its ledger: they count
+   against its capacity and its admissions).
+3. At its first boundary at or after ``t_i`` the decode replica adopts the
+   request already prefilled (``processed = s_i``, ``emitted = 1``, running) if its
+   blocks fit beside what the replica holds; the policy then decodes it like any
+   running request. If they do not fit, the KV is dropped and the request waits on
+   the decode replica to be prefilled again (``s_i + 1`` tokens, counted as
+   recomputed), like a request preempted by recompute. It completes there at
+   ``c_i``.
+
+A request that emits one token completes on its prefill replica. One whose peak
+KV ``s_i + o_i - 1`` fits no decode replica is rejected at arrival (DESIGN.md,
+"Rejection"). The records add per request the decode replica, the transfer's
+start and end, and its bytes; the stages are prefill queue ``[a_i, admitted]``,
+prefill ``[admitted, f_i]``, transfer wait ``[f_i, start]``, transfer ``[start,
+t_i]``, decode queue ``[t_i, decode admitted]`` and decode ``[decode admitted,
+c_i]``.
+
+The loop
+--------
+Replicas run jointly in time as in :mod:`lsched.evaluator.cluster`. Events are
+taken in time order: arrivals, prefill completions (which route to a decode
+replica and start a transfer), a shared link's progress and transfer ends (which
+free the prefill replica's blocks and hand the request to its decode replica).
+A prefill replica runs one iteration at a time, always the one whose boundary is
+earliest, after every event at or before that boundary (within
+``ARRIVAL_TOLERANCE_S``): an event can only come from an iteration that has
+ended, so none is missed. Decode and colocated replicas send nothing back to the
+prefill side: each is advanced only as far as its next arrival needs, and to its
+end at the finish.
+
+Routers read replica state as in the colocated loop. A prefill replica's state
+at ``t`` counts as unfinished the requests of the iteration in flight at ``t``
+(DistServe's ``_prefill_ips + len(prefill_queue)``); a decode replica's counts
+the requests on their way to it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lsched.cluster import Cluster, Link
+from lsched.errors import InputError
+from lsched.evaluator.cluster import (
+    REJECTED,
+    ClusterRun,
+    JointEngine,
+    _check_fits,
+    _contexts,
+    _decision,
+    _view,
+    make_policy,
+)
+from lsched.instance import Instance
+from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits
+from lsched.routers import Reject, RouterContext
+
+#: Order of simultaneous events: a shared link's progress, then transfer ends (a
+#: decode replica sees a request that arrives when another is routed), then
+#: prefill completions.
+_PROGRESS, _DELIVER, _PREFILLED = 0, 1, 2
+
+
+class StageEngine(JointEngine):
+    """A replica of a disaggregated cluster: a :class:`JointEngine` that, on a
+    prefill replica, pins a finished request's KV until :meth:`release`, and on a
+    decode replica adopts requests that arrive prefilled."""
+
+    def __init__(
+        self,
+        capacity: int,
+        instance: Instance,
+        pool: Any,
+        policy: object,
+        *,
+        log: bool,
+        on_finished: Callable[[int], None] | None,
+    ) -> None:
+        super().__init__(
+            capacity, instance, pool.profile, policy, log=log, on_finished=on_finished
+        )
+        self.role = pool.role
+        #: prefill: (local id, pinned blocks, time) of every request that finished
+        #: its prefill, until the loop takes them
+        self.parked: list[tuple[int, int, float]] = []
+        #: decode: the KV tokens each request brings
+        self.carried = np.zeros(capacity, dtype=np.int64)
+
+    def add_stage(self, instance: Instance, i: int, arrival_s: float,
+                  output_tokens: int, carried_tokens: int = 0) -> None:  # fmt: skip
+        """Route request ``i`` here, arriving at ``arrival_s`` with
+        ``output_tokens`` to emit (1 on a prefill replica) and, on a decode
+        replica, ``carried_tokens`` of KV."""
+        self.add(instance, i)
+        k = self.m - 1
+        self.arrival_s[k] = arrival_s
+        self.output[k] = output_tokens
+        self.carried[k] = carried_tokens
+
+    # -- prefill side ---------------------------------------------------------------
+
+    def _finish(self, finished: list[int], end: float) -> None:
+        if self.role == "prefill":
+            for r in finished:
+                self.parked.append((r, self.kv.pin(r), end))
+        super()._finish(finished, end)
+
+    def release(self, blocks: int, tokens: int, since_s: float, t: float) -> None:
+        """Free ``blocks`` pinned at ``since_s`` (``tokens`` of KV) at ``t``; a
+        replica waiting for room decides again at ``t``."""
+        self.kv.unpin(blocks)
+        self.kv_token_seconds += tokens * (t - since_s)
+        if self.pending is not None and self.pending.is_empty:
+            self.pending = None
+            self.now_s = max(self.now_s, t)
+
+    def next_step_s(self) -> float:
+        """When this prefill replica next decides (``inf``: not before an event)."""
+        if self.done >= self.m:
+            return math.inf
+        upcoming = math.inf
+        if self.num_arrived < self.m:
+            upcoming = float(self.arrival_s[self.num_arrived])
+        if self.pending is not None:  # waits for an arrival, a wake-up or room
+            wake = self.pending.wake_at_s
+            if wake is not None and wake > self.now_s:
+                upcoming = min(upcoming, wake)
+        elif self.running or self._has_waiting():
+            return self.now_s
+        return max(self.now_s, upcoming)
+
+    def step(self, t: float) -> None:
+        """Run the decision at the boundary ``t`` (from :meth:`next_step_s`)."""
+        self.advance(t + 2 * ARRIVAL_TOLERANCE_S)
+
+    def state_at(self, t: float) -> tuple[int, int]:
+        if self.role != "prefill":
+            return super().state_at(t)
+        # the iteration in flight at t has not finished its requests yet
+        flight = sum(1 for _, _, end in self.parked if end > t + ARRIVAL_TOLERANCE_S)
+        return self.m - self.done + flight, self.kv.held_tokens
+
+    # -- decode side ----------------------------------------------------------------
+
+    def _arrive(self) -> None:
+        k = self.num_arrived
+        super()._arrive()
+        if self.role != "decode" or self.num_arrived == k:
+            return
+        adopted = []
+        for r in range(k, self.num_arrived):
+            tokens = int(self.carried[r])
+            blocks = self.kv.kv.blocks(tokens)
+            self.emitted[r] = 1
+            self.first_token_s[r] = self.arrival_s[r]  # token 1 came with it
+            if not self.kv.fits(blocks, self.running):
+                self.recomputed[r] += tokens  # dropped: prefilled again here
+                continue
+            self.kv.tokens[r] = tokens
+            self.kv.grow(blocks, tokens)
+            self.status[r] = 1  # RUNNING
+            self.target[r] = self.prompt[r]
+            self.admitted_s[r] = self.now_s
+            self.running.append(r)
+            adopted.append(r)
+        if adopted:
+            self._shown = None
+            self._dequeue(adopted)
+            adopt = getattr(self.policy, "adopt", None)
+            if adopt is not None:
+                adopt(adopted)
+
+
+@dataclass
+class _Transfer:
+    """One request's KV on its way: prefill replica ``source``, decode replica
+    ``target``, ``blocks`` pinned since ``since_s``."""
+
+    i: int
+    source: int
+    target: int
+    blocks: int
+    since_s: float
+    nbytes: float
+
+
+@dataclass
+class _LinkState:
+    """The transfers on one link: the end of the last one (``fifo``), or the
+    bytes each active one still has to send (``share``)."""
+
+    link: Link
+    free_s: float = -math.inf
+    active: dict[int, float] = field(default_factory=dict)
+    moves: dict[int, _Transfer] = field(default_factory=dict)
+    last_s: float = 0.0
+    version: int = 0
+
+    def progress(self, t: float) -> None:
+        """Move the shared transfers on to ``t``."""
+        if self.active and t > self.last_s:
+            sent = (
+                (t - self.last_s) * self.link.bandwidth_bytes_per_s / len(self.active)
+            )
+            for i in self.active:
+                self.active[i] -= sent
+        self.last_s = t
+
+    def next_done(self) -> tuple[float, int] | None:
+        """When the first shared transfer leaves the link, and which."""
+        if not self.active:
+            return None
+        i = min(self.active, key=lambda j: (self.active[j], j))
+        share = self.link.bandwidth_bytes_per_s / len(self.active)
+        return self.last_s + max(0.0, self.active[i]) / share, i
+
+
+class DisaggSim:
+    """A replay of ``instance`` on a cluster with prefill and decode pools (module
+    docstring).
+
+    Parameters
+    ----------
+    instance, cluster
+        The requests and the cluster (``cluster.disaggregated``).
+    log
+        Keep every replica's iteration log.
+    on_finished
+        Called with the number of requests each completion event finishes.
+    """
+
+    def __init__(self, instance: Instance, cluster: Cluster, *, log: bool = False,
+                 on_finished: Callable[[int], None] | None = None) -> None:  # fmt: skip
+        self.instance = instance
+        self.cluster = cluster
+        n = len(instance)
+        self.on_finished = on_finished
+        #: every replica runs on the Python engine; nothing is compiled
+        self.paths = ["python: a disaggregated cluster"] * cluster.num_replicas
+        self.compile_s = 0.0
+        contexts = _contexts(instance, cluster)
+        self.engines = [
+            StageEngine(
+                n,
+                instance,
+                cluster.pool_of(c),
+                make_policy(cluster.pool_of(c).policy, contexts[c]),
+                log=log,
+                on_finished=None
+                if cluster.pool_of(c).role == "prefill"
+                else on_finished,
+            )
+            for c in range(cluster.num_replicas)
+        ]
+        self.entry = cluster.replicas_of("prefill", "colocated")
+        self.decode = cluster.replicas_of("decode")
+        self.contexts = (self._context(self.entry), self._context(self.decode))
+        self.router = cluster.router.make(self.contexts[0])
+        self.decode_router = cluster.decode_router.make(self.contexts[1])
+        self._kv = [ReplicaLimits.from_profile(p.profile).kv for p in cluster.pools]
+        self.where = np.full(n, REJECTED, dtype=np.int64)
+        self.reasons: dict[int, str] = {}
+        self.decode_replica = np.full(n, REJECTED, dtype=np.int64)
+        self.transfer_start_s = np.full(n, np.nan)
+        self.transfer_end_s = np.full(n, np.nan)
+        self.transferred_bytes = np.zeros(n)
+        self.inbound = np.zeros(cluster.num_replicas, dtype=np.int64)
+        self._links: dict[tuple[str, str], _LinkState] = {}
+        self._events: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        peak = instance.prompt_tokens + instance.output_tokens - 1
+        decode_pools = {int(self.cluster.replica_pool[d]) for d in self.decode}
+        self._fits_decode = np.zeros(n, dtype=bool)
+        for k in decode_pools:
+            self._fits_decode |= self._kv[k].blocks(peak) <= self._kv[k].capacity_blocks
+
+    def _context(self, replicas: np.ndarray) -> RouterContext:
+        pools = [self.cluster.pool_of(int(c)) for c in replicas]
+        return RouterContext(
+            replicas=len(replicas),
+            pool=tuple(p.name for p in pools),
+            kv_capacity_tokens=tuple(p.profile.kv_capacity_tokens for p in pools),
+        )
+
+    def _push(self, t: float, kind: int, payload: Any) -> None:
+        heapq.heappush(self._events, (t, kind, next(self._seq), payload))
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Run to the end; returns True."""
+        arrival = self.instance.arrival_s
+        n = len(self.instance)
+        prefill = [self.engines[c] for c in self.cluster.replicas_of("prefill")]
+        routed = 0
+        while True:
+            t_event = self._events[0][0] if self._events else math.inf
+            t_arrival = float(arrival[routed]) if routed < n else math.inf
+            t_step, engine = min(
+                ((e.next_step_s(), e) for e in prefill),
+                key=lambda x: x[0],
+                default=(math.inf, None),
+            )
+            t_next = min(t_event, t_arrival)
+            if t_next == math.inf and t_step == math.inf:
+                break
+            if t_next <= t_step + ARRIVAL_TOLERANCE_S:
+                if t_event <= t_arrival:
+                    self._event(*heapq.heappop(self._events))
+                else:
+                    self._arrival(routed)
+                    routed += 1
+            else:
+                assert engine is not None
+                engine.step(t_step)
+                self._take_parked(engine)
+        for engine in self.engines:
+            engine.advance(math.inf)
+        return True
+
+    def _arrival(self, i: int) -> None:
+        instance, cluster = self.instance, self.cluster
+        t = float(instance.arrival_s[i])
+        if instance.output_tokens[i] > 1 and not self._fits_decode[i]:
+            peak = int(instance.prompt_tokens[i] + instance.output_tokens[i] - 1)
+            self.reasons[i] = f"peak KV {peak} tokens fits no decode replica"
+            return
+        entry = self.entry
+
+        def state(k: int) -> tuple[int, int]:
+            engine = self.engines[int(entry[k])]
+            engine.advance(t)  # a colocated replica may lag; a prefill one is here
+            return engine.state_at(t)
+
+        view = _view(self.contexts[0], instance, i, state)
+        choice = _decision(self.router.route(view), i, len(entry))
+        if isinstance(choice, Reject):
+            self.reasons[i] = choice.reason
+            return
+        c = int(entry[choice])
+        pool = cluster.pool_of(c)
+        kv = self._kv[int(cluster.replica_pool[c])]
+        if pool.role == "prefill":
+            if kv.blocks(int(instance.prompt_tokens[i])) > kv.capacity_blocks:
+                raise InputError(
+                    f"the router sent request {i} (prompt {instance.prompt_tokens[i]} "
+                    f"tokens) to prefill replica {c} of pool {pool.name!r}, whose "
+                    f"capacity is {pool.profile.kv_capacity_tokens} tokens",
+                    field="router",
+                )
+            output = 1
+        else:
+            _check_fits(instance, i, cluster, c, kv)
+            output = int(instance.output_tokens[i])
+        self.engines[c].advance(t)
+        self.engines[c].add_stage(instance, i, t, output)
+        self.where[i] = c
+
+    def _take_parked(self, engine: StageEngine) -> None:
+        c = self.engines.index(engine)
+        for r, blocks, end in engine.parked:
+            self._push(end, _PREFILLED, (c, engine.ids[r], blocks, end))
+        engine.parked.clear()
+
+    def _event(self, t: float, kind: int, _: int, payload: Any) -> None:
+        if kind == _PREFILLED:
+            self._prefilled(t, *payload)
+        elif kind == _PROGRESS:
+            state, version, i = payload
+            if version == state.version:
+                self._leave_shared(state, t, i)
+        else:
+            self._deliver(t, payload)
+
+    def _prefilled(self, t: float, c: int, i: int, blocks: int, end: float) -> None:
+        """Request ``i`` finished its prefill on replica ``c`` at ``t``."""
+        instance = self.instance
+        source = self.engines[c]
+        if instance.output_tokens[i] == 1:  # done: nothing to move
+            source.release(blocks, 0, end, t)
+            if self.on_finished is not None:
+                self.on_finished(1)
+            return
+        d = self._route_decode(i, t)
+        tokens = int(instance.prompt_tokens[i])
+        nbytes = float(tokens * self.cluster.pool_of(c).profile.kv_bytes_per_token)
+        move = _Transfer(i, c, d, blocks, end, nbytes)
+        self.transferred_bytes[i] = nbytes
+        self.inbound[d] += 1
+        key = (self.cluster.pool_of(c).name, self.cluster.pool_of(d).name)
+        state = self._links.get(key)
+        if state is None:
+            state = self._links[key] = _LinkState(self.cluster.link(*key))
+        link = state.link
+        if link.sharing == "fifo" or link.seconds(nbytes) == 0:
+            start = max(t, state.free_s)
+            state.free_s = start + link.seconds(nbytes)
+            self.transfer_start_s[i] = start
+            self._push(state.free_s + link.latency_s, _DELIVER, move)
+            return
+        self.transfer_start_s[i] = t
+        state.progress(t)
+        state.active[i] = nbytes
+        state.moves[i] = move
+        self._reschedule(state)
+
+    def _reschedule(self, state: _LinkState) -> None:
+        state.version += 1
+        done = state.next_done()
+        if done is not None:
+            self._push(done[0], _PROGRESS, (state, state.version, done[1]))
+
+    def _leave_shared(self, state: _LinkState, t: float, i: int) -> None:
+        state.progress(t)
+        del state.active[i]
+        move = state.moves.pop(i)
+        self._push(t + state.link.latency_s, _DELIVER, move)
+        self._reschedule(state)
+
+    def _route_decode(self, i: int, t: float) -> int:
+        decode = self.decode
+
+        def state(k: int) -> tuple[int, int]:
+            d = int(decode[k])
+            self.engines[d].advance(t)
+            unfinished, kv = self.engines[d].state_at(t)
+            return unfinished + int(self.inbound[d]), kv
+
+        view = _view(self.contexts[1], self.instance, i, state)
+        choice = _decision(self.decode_router.route(view), i, len(decode))
+        if isinstance(choice, Reject):
+            raise InputError(
+                f"the decode router rejected request {i} after its prefill; expected "
+                "a decode replica (reject at arrival instead)",
+                field="decode_router",
+            )
+        d = int(decode[choice])
+        _check_fits(
+            self.instance,
+            i,
+            self.cluster,
+            d,
+            self._kv[int(self.cluster.replica_pool[d])],
+        )
+        self.decode_replica[i] = d
+        return d
+
+    def _deliver(self, t: float, move: _Transfer) -> None:
+        """Request ``move.i``'s KV arrived on its decode replica at ``t``."""
+        i = move.i
+        tokens = int(self.instance.prompt_tokens[i])
+        self.engines[move.source].release(move.blocks, tokens, move.since_s, t)
+        self.transfer_end_s[i] = t
+        self.inbound[move.target] -= 1
+        target = self.engines[move.target]
+        target.advance(t)
+        target.add_stage(
+            self.instance, i, t, int(self.instance.output_tokens[i]), tokens
+        )
+
+    def outcome(self) -> ClusterRun:
+        """Where every request went, the engines and the stages (after :meth:`run`)."""
+        ids = [np.array(e.ids, dtype=np.int64) for e in self.engines]
+        return ClusterRun(
+            self.where,
+            self.reasons,
+            [e if len(k) else None for e, k in zip(self.engines, ids, strict=True)],
+            ids,
+            stages={
+                "decode_replica": self.decode_replica,
+                "transfer_start_s": self.transfer_start_s,
+                "transfer_end_s": self.transfer_end_s,
+                "transferred_bytes": self.transferred_bytes,
+            },
+        )
