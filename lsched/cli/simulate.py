@@ -237,12 +237,15 @@ def _run(
     if json_output:
         print_json({"policies": [r.summary() for r in results]})
         return
-    # one column per policy: metrics read down, policies compare across
+    # one column per policy: metrics read down, policies compare across; a
+    # disaggregated cluster adds the KV bytes moved between its pools
+    moved = [m for m in ("transferred_bytes",) if m in results[0].metrics]
+    shown = (*TABLE_METRICS, *moved)
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",
         ["metric", *(r.policy for r in results)],
         [
-            *([m, *(r.metrics[m] for r in results)] for m in TABLE_METRICS),
+            *([m, *(r.metrics[m] for r in results)] for m in shown),
             ["iterations", *(r.iterations for r in results)],
             ["runtime_s", *(r.runtime_s for r in results)],
             ["engine", *(r.engine for r in results)],

@@ -54,6 +54,7 @@ the requests on their way to it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -76,7 +77,7 @@ from lsched.evaluator.cluster import (
     make_policy,
 )
 from lsched.instance import Instance
-from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits
+from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits, ReplicaView
 from lsched.routers import Reject, RouterContext
 
 #: Order of simultaneous events: a shared link's progress, then transfer ends (a
@@ -128,6 +129,17 @@ class StageEngine(JointEngine):
             for r in finished:
                 self.parked.append((r, self.kv.pin(r), end))
         super()._finish(finished, end)
+
+    def _view(self) -> ReplicaView:
+        view = super()._view()
+        pinned = self.kv.pinned_blocks
+        if not pinned:
+            return view
+        # pinned blocks are capacity the policy does not have
+        free = self.limits.kv_capacity_blocks - pinned
+        return dataclasses.replace(
+            view, limits=dataclasses.replace(self.limits, kv_capacity_blocks=free)
+        )
 
     def release(self, blocks: int, tokens: int, since_s: float, t: float) -> None:
         """Free ``blocks`` pinned at ``since_s`` (``tokens`` of KV) at ``t``; a
