@@ -51,6 +51,7 @@ A disaggregated cluster::
     replicas = 2
     model = "opt-13b-a100-tp1-distserve"
     policy = "vllm-v0"
+    pull = 0.05                         # optional: DistServe's pull rule
 
     [[link]]
     from = "p"
@@ -100,6 +101,15 @@ class Pool:
         The pool's name, unique in its cluster.
     role
         ``colocated``, ``prefill`` or ``decode``.
+    pull
+        Decode pools only: ``None`` (push: a request's KV leaves for its decode
+        replica as soon as its prefill ends) or DistServe's pull rule with this
+        waiting-block threshold (its ``waiting_block_prop_threshold``, 0.05):
+        the replica takes the head of its queue of prefilled requests, reserving
+        its prompt's blocks and starting the transfer, only while the blocks of
+        the requests it took and has not yet admitted (in transfer, or waiting to
+        be prefilled again) are under ``pull * capacity`` and the prompt's blocks
+        are free (:mod:`lsched.evaluator.disagg`).
     """
 
     profile: DeploymentProfile
@@ -107,6 +117,7 @@ class Pool:
     replicas: int = 1
     name: str = "pool0"
     role: str = "colocated"
+    pull: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, str):
@@ -125,6 +136,15 @@ class Pool:
                 f"got {self.role!r}; expected one of {', '.join(ROLES)}",
                 field=f"pool {self.name}: role",
             )
+        if self.pull is not None:
+            pull = _number(self.pull, f"pool {self.name}: pull")
+            if self.role != "decode" or not 0 < pull <= 1:
+                raise InputError(
+                    f"got {self.pull!r} on a {self.role} pool; expected a share in "
+                    "(0, 1] on a decode pool",
+                    field=f"pool {self.name}: pull",
+                )
+            object.__setattr__(self, "pull", pull)
         if not callable(getattr(self.policy, "make", None)):
             raise InputError(
                 f"got {self.policy!r}; expected a PolicySpec or NAME[:key=value,...]",
@@ -318,7 +338,7 @@ class Cluster:
 # -- the TOML file -------------------------------------------------------------------
 
 _CLUSTER_KEYS = {"router", "decode_router", "pool", "link"}
-_POOL_KEYS = {"name", "role", "replicas", "model", "policy", "set"}
+_POOL_KEYS = {"name", "role", "replicas", "model", "policy", "set", "pull"}
 _LINK_KEYS = {"from", "to", "bandwidth_bytes_per_s", "latency_s", "sharing"}
 
 
@@ -437,6 +457,8 @@ def _pool(table: Any, k: int, folder: Path) -> Pool:
     role = table.get("role", "colocated")
     replicas = table.get("replicas", 1)
     try:
-        return Pool(profile, spec, replicas, name=name, role=role)
+        return Pool(
+            profile, spec, replicas, name=name, role=role, pull=table.get("pull")
+        )
     except InputError as exc:
         raise InputError(exc.message, field=(exc.field or "").split(": ")[-1]) from None

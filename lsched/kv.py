@@ -130,7 +130,8 @@ class KVLedger:
 
     ``pinned_blocks`` are blocks no running request holds but that stay taken: the
     KV of a request prefilled on a prefill replica, kept until its transfer to a
-    decode replica ends (:meth:`pin`, :meth:`unpin`). They count in
+    decode replica ends (:meth:`pin`, :meth:`unpin`), or blocks a decode replica
+    reserved for KV on its way (:meth:`reserve`). They count in
     ``held_blocks`` (so in every capacity check), not in ``held_tokens`` (the
     running requests' KV, which policies read).
 
@@ -220,6 +221,11 @@ class KVLedger:
         self.tokens[r] = 0
         self.pinned_blocks += blocks
         return blocks
+
+    def reserve(self, blocks: int) -> None:
+        """Take ``blocks`` more blocks as pinned (KV on its way here)."""
+        self.pinned_blocks += blocks
+        self.held_blocks += blocks
 
     def unpin(self, blocks: int) -> None:
         """Free ``blocks`` pinned blocks."""

@@ -113,6 +113,30 @@ def test_a_request_that_does_not_fit_the_decode_replica_is_prefilled_again() -> 
     assert _column(result, "recomputed_tokens") == [0, 3]
 
 
+def test_a_pulling_decode_replica_takes_the_kv_when_it_has_room() -> None:
+    """DistServe's pull: decode capacity 6 tokens, threshold 0.05 (0.3 blocks: one
+    request taken at a time), a FIFO link of 1 token/s. A (4, 2) and B (3, 2) are
+    prefilled [0, 1]. The idle decode replica takes A at 1 (4 blocks reserved,
+    transfer [1, 5]); B waits on its prefill replica (A's blocks are waiting). At 5
+    A is adopted; B's 3 blocks are not free beside A's 4. A decodes [5, 6] and
+    ends; at the boundary 6 the replica takes B: transfer [6, 9], decode [9, 10].
+    Pushed, B's KV would follow A's on the link [5, 8] and B end at 9."""
+    instance = Instance([0.0, 0.0], [4, 3], [2, 2])
+    link = Link("p", "d", bandwidth_bytes_per_s=1.0)
+    small = UNIT.replace(kv_capacity_tokens=6)
+    pools = (
+        Pool(UNIT, "fcfs", 1, name="p", role="prefill"),
+        Pool(small, "fcfs", 1, name="d", role="decode", pull=0.05),
+    )
+    result = simulate_cluster(instance, Cluster(pools, links=(link,)))
+    assert _column(result, "transfer_start_s") == [1.0, 6.0]
+    assert _column(result, "transfer_end_s") == [5.0, 9.0]
+    assert _column(result, "completion_s") == [6.0, 10.0]
+    pushed = simulate_cluster(instance, _cluster(link, decode=small))
+    assert _column(pushed, "transfer_start_s") == [1.0, 5.0]
+    assert _column(pushed, "completion_s") == [6.0, 9.0]
+
+
 def test_one_token_requests_end_on_the_prefill_replica_and_misfits_are_rejected() -> (
     None
 ):

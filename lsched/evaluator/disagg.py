@@ -55,9 +55,11 @@ the requests on their way to it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +79,12 @@ from lsched.evaluator.cluster import (
     make_policy,
 )
 from lsched.instance import Instance
-from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits, ReplicaView
+from lsched.policies import (
+    ARRIVAL_TOLERANCE_S,
+    PolicyError,
+    ReplicaLimits,
+    ReplicaView,
+)
 from lsched.routers import Reject, RouterContext
 
 #: Order of simultaneous events: a shared link's progress, then transfer ends (a
@@ -110,6 +117,13 @@ class StageEngine(JointEngine):
         self.parked: list[tuple[int, int, float]] = []
         #: decode: the KV tokens each request brings
         self.carried = np.zeros(capacity, dtype=np.int64)
+        #: called at every boundary before the policy decides (a pulling decode
+        #: replica takes prefilled requests there)
+        self.on_boundary: Callable[[], None] | None = None
+        #: a held stretch ends at the first boundary at or after this time (a
+        #: request joined a pulling replica's queue)
+        self.notify_s = math.inf
+        self._boundary_s = -math.inf  # the last boundary on_boundary saw
 
     def add_stage(self, instance: Instance, i: int, arrival_s: float,
                   output_tokens: int, carried_tokens: int = 0) -> None:  # fmt: skip
@@ -151,12 +165,16 @@ class StageEngine(JointEngine):
             self.now_s = max(self.now_s, t)
 
     def next_step_s(self) -> float:
-        """When this prefill replica next decides (``inf``: not before an event)."""
-        if self.done >= self.m:
-            return math.inf
+        """When this replica next reaches a boundary where it decides (``inf``:
+        not before an event)."""
+        if self.done >= self.m:  # the boundary where the last request ended
+            return self.now_s if self._unvisited() else math.inf
         upcoming = math.inf
         if self.num_arrived < self.m:
             upcoming = float(self.arrival_s[self.num_arrived])
+        if self.pending is not None and not self.pending.is_empty:
+            stretch, n, _ = self._cut(math.inf)  # a held stretch: its end
+            return self.now_s + stretch.elapsed_s(n)
         if self.pending is not None:  # waits for an arrival, a wake-up or room
             wake = self.pending.wake_at_s
             if wake is not None and wake > self.now_s:
@@ -166,7 +184,10 @@ class StageEngine(JointEngine):
         return max(self.now_s, upcoming)
 
     def step(self, t: float) -> None:
-        """Run the decision at the boundary ``t`` (from :meth:`next_step_s`)."""
+        """Run to the boundary ``t`` (from :meth:`next_step_s`) and decide there."""
+        if self.done >= self.m:
+            self._visit()
+            return
         self.advance(t + 2 * ARRIVAL_TOLERANCE_S)
 
     def state_at(self, t: float) -> tuple[int, int]:
@@ -181,8 +202,30 @@ class StageEngine(JointEngine):
     def _arrive(self) -> None:
         k = self.num_arrived
         super()._arrive()
-        if self.role != "decode" or self.num_arrived == k:
-            return
+        if self.role == "decode" and self.num_arrived > k:
+            self._adopt(k)
+        if self.notify_s <= self.now_s + ARRIVAL_TOLERANCE_S:
+            self.notify_s = math.inf
+        self._visit()
+
+    def _unvisited(self) -> bool:
+        """Whether the boundary ``now_s`` has an ``on_boundary`` call to come."""
+        return self.on_boundary is not None and self._boundary_s < self.now_s
+
+    def _visit(self) -> None:
+        # once per boundary (an idle replica may come back to the same one)
+        if self._unvisited():
+            self._boundary_s = self.now_s
+            self.on_boundary()  # type: ignore[misc]
+
+    def _plan(self, decode: np.ndarray, p: np.ndarray, held: int,
+              wake_at_s: float | None, context_cap: int | None) -> Any:  # fmt: skip
+        if self.notify_s < math.inf:
+            wake_at_s = min(self.notify_s, math.inf if wake_at_s is None else wake_at_s)
+        return super()._plan(decode, p, held, wake_at_s, context_cap)
+
+    def _adopt(self, k: int) -> None:
+        """Adopt the requests ``k..num_arrived-1``, just arrived prefilled."""
         adopted = []
         for r in range(k, self.num_arrived):
             tokens = int(self.carried[r])
@@ -218,6 +261,7 @@ class _Transfer:
     blocks: int
     since_s: float
     nbytes: float
+    reserved: int = 0  # blocks the (pulling) decode replica holds for it
 
 
 @dataclass
@@ -301,6 +345,15 @@ class DisaggSim:
         self.transfer_end_s = np.full(n, np.nan)
         self.transferred_bytes = np.zeros(n)
         self.inbound = np.zeros(cluster.num_replicas, dtype=np.int64)
+        #: per pulling decode replica: its prefilled requests not yet taken
+        self.unaccepted: dict[int, deque[_Transfer]] = {}
+        for d in self.decode.tolist():
+            if cluster.pool_of(d).pull is not None:
+                self.unaccepted[d] = deque()
+                self.engines[d].on_boundary = functools.partial(self._accept, d)
+        #: the replicas whose boundaries make events: run one step at a time
+        self.stepped = [self.engines[c] for c in cluster.replicas_of("prefill")]
+        self.stepped += [self.engines[d] for d in self.unaccepted]
         self._links: dict[tuple[str, str], _LinkState] = {}
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
@@ -327,13 +380,12 @@ class DisaggSim:
         """Run to the end; returns True."""
         arrival = self.instance.arrival_s
         n = len(self.instance)
-        prefill = [self.engines[c] for c in self.cluster.replicas_of("prefill")]
         routed = 0
         while True:
             t_event = self._events[0][0] if self._events else math.inf
             t_arrival = float(arrival[routed]) if routed < n else math.inf
             t_step, engine = min(
-                ((e.next_step_s(), e) for e in prefill),
+                ((e.next_step_s(), e) for e in self.stepped),
                 key=lambda x: x[0],
                 default=(math.inf, None),
             )
@@ -352,6 +404,12 @@ class DisaggSim:
                 self._take_parked(engine)
         for engine in self.engines:
             engine.advance(math.inf)
+        stuck = [len(q) for q in self.unaccepted.values() if q]
+        if stuck:
+            raise PolicyError(
+                f"{sum(stuck)} prefilled request(s) were never taken by a pulling "
+                "decode replica: their prompts never fit its free blocks"
+            )
         return True
 
     def _arrival(self, i: int) -> None:
@@ -421,8 +479,49 @@ class DisaggSim:
         tokens = int(instance.prompt_tokens[i])
         nbytes = float(tokens * self.cluster.pool_of(c).profile.kv_bytes_per_token)
         move = _Transfer(i, c, d, blocks, end, nbytes)
-        self.transferred_bytes[i] = nbytes
         self.inbound[d] += 1
+        if d in self.unaccepted:
+            self.unaccepted[d].append(move)
+            engine = self.engines[d]
+            engine.advance(t)
+            pending = engine.pending
+            held = pending is not None and not pending.is_empty
+            if held or (pending is None and engine.running):
+                engine.notify_s = min(engine.notify_s, t)  # it looks at its boundary
+            else:  # idle: it looks now
+                self._accept(d, t)
+        else:
+            self._transfer(move, t)
+
+    def _accept(self, d: int, t: float | None = None) -> None:
+        """DistServe's pull (:class:`~lsched.cluster.Pool`, ``pull``): decode
+        replica ``d`` takes the head of its queue while the rule allows, at ``t``
+        (its boundary by default)."""
+        queue = self.unaccepted[d]
+        engine = self.engines[d]
+        t = engine.now_s if t is None else t
+        ledger = engine.kv
+        capacity = ledger.kv.capacity_blocks
+        limit = self.cluster.pool_of(d).pull * capacity  # type: ignore[operator]
+        while queue:
+            move = queue[0]
+            need = ledger.kv.blocks(int(self.instance.prompt_tokens[move.i]))
+            waiting = ledger.pinned_blocks + sum(
+                ledger.kv.blocks(int(engine.prompt[r] + engine.emitted[r]))
+                for r in engine._waiting().tolist()
+            )
+            free = capacity - ledger.exact_blocks(engine.running)
+            if not (waiting < limit and need <= free):
+                return
+            queue.popleft()
+            ledger.reserve(need)
+            move.reserved = need
+            self._transfer(move, t)
+
+    def _transfer(self, move: _Transfer, t: float) -> None:
+        """Start moving ``move``'s KV at ``t`` over its link."""
+        i, c, d, nbytes = move.i, move.source, move.target, move.nbytes
+        self.transferred_bytes[i] = nbytes
         key = (self.cluster.pool_of(c).name, self.cluster.pool_of(d).name)
         state = self._links.get(key)
         if state is None:
@@ -490,6 +589,7 @@ class DisaggSim:
         self.inbound[move.target] -= 1
         target = self.engines[move.target]
         target.advance(t)
+        target.kv.unpin(move.reserved)  # its blocks, now its own
         target.add_stage(
             self.instance, i, t, int(self.instance.output_tokens[i]), tokens
         )
