@@ -124,6 +124,7 @@ class StageEngine(JointEngine):
         #: request joined a pulling replica's queue)
         self.notify_s = math.inf
         self._boundary_s = -math.inf  # the last boundary on_boundary saw
+        self._end: tuple[tuple | None, float] = (None, math.inf)  # _stretch_end's
 
     def add_stage(self, instance: Instance, i: int, arrival_s: float,
                   output_tokens: int, carried_tokens: int = 0) -> None:  # fmt: skip
@@ -173,8 +174,7 @@ class StageEngine(JointEngine):
         if self.num_arrived < self.m:
             upcoming = float(self.arrival_s[self.num_arrived])
         if self.pending is not None and not self.pending.is_empty:
-            stretch, n, _ = self._cut(math.inf)  # a held stretch: its end
-            return self.now_s + stretch.elapsed_s(n)
+            return self._stretch_end()
         if self.pending is not None:  # waits for an arrival, a wake-up or room
             wake = self.pending.wake_at_s
             if wake is not None and wake > self.now_s:
@@ -182,6 +182,16 @@ class StageEngine(JointEngine):
         elif self.running or self._has_waiting():
             return self.now_s
         return max(self.now_s, upcoming)
+
+    def _stretch_end(self) -> float:
+        """The end of the pending held stretch, computed once per state."""
+        key = (self.pending, self.now_s, self.m, self.notify_s)
+        cached, end = self._end
+        if cached is None or any(a is not b for a, b in zip(key, cached, strict=True)):
+            stretch, n, _ = self._cut(math.inf)
+            end = self.now_s + stretch.elapsed_s(n)
+            self._end = (key, end)
+        return end
 
     def step(self, t: float) -> None:
         """Run to the boundary ``t`` (from :meth:`next_step_s`) and decide there."""
