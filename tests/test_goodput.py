@@ -8,7 +8,10 @@ milliseconds, a search a few tenths of a second.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +252,21 @@ def test_the_curve_plots_every_rate_tried(trace: Instance, tmp_path) -> None:
     ttft_only = goodput(trace, Cluster.colocated(OPT, "fcfs", 1), SLO(ttft_s=0.5))
     labels = {line.get_label() for line in plots.goodput_curve(ttft_only).axes[0].lines}
     assert labels == {"TTFT", "both", "target", "goodput"}
+
+
+def test_the_readme_example_finds_the_goodput_it_quotes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the example reads instances/ from the checkout
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.index("### SLOs and goodput")
+    start = readme.index("```python", section)
+    code = readme[start + len("```python") : readme.index("```", start + 9)]
+    namespace: dict[str, object] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, "README.md", "exec"), namespace)
+    found = namespace["found"]
+    quoted = f"goodput {found.goodput_per_gpu:.6g} req/s per GPU"  # type: ignore[attr-defined]
+    assert quoted in " ".join(readme[section:start].split())
+    assert found.message.startswith(quoted)  # type: ignore[attr-defined]
