@@ -10,9 +10,35 @@ and completion time ``c_i`` (seconds):
 - busy fraction ``sum of iteration times / (C * makespan)`` over ``C`` replicas;
 - KV utilisation: time-average KV tokens held / capacity, i.e.
   ``integral KV(t) dt / (C * capacity * makespan)``;
-- SLO attainment: the share of requests meeting every deadline they carry
-  (``ttft <= ttft_deadline_s`` and ``tpot <= tpot_deadline_s``);
+- SLO attainment (:func:`slo_attainment`), over *all* requests, a request that
+  was not served (rejected: no first-token time) counting as a miss:
+  ``slo_attainment_ttft`` the share with ``ttft <= ttft_deadline_s``,
+  ``slo_attainment_tpot`` the share with ``tpot <= tpot_deadline_s`` (a request
+  without a TPOT, ``o_i = 1``, cannot miss it), ``slo_attainment`` the share
+  meeting every deadline it carries (both); NaN where the instance carries no
+  such deadline (:mod:`lsched.slo` puts an SLO's deadlines on an instance);
 - preemptions and recomputed tokens, summed.
+
+TTFT and TPOT have a second definition, by name (:data:`DEFINITIONS`,
+:func:`latencies`), for comparisons with DistServe's simulator:
+
+- ``"lsched"`` (the one above, used by every metric of this module);
+- ``"simdistserve"``: TTFT ``f_i - a_i`` as well, and TPOT ``(c_i - f_i) / o_i``,
+  defined for every request (0 for ``o_i = 1``). simdistserve
+  (``simdistserve/base/organize_data.py``, ``calculate_per_request_latency``)
+  measures TTFT from a request's ``init`` event (its arrival) to its first
+  ``wait_decode`` event, logged when its prefill ends, which is when lsched emits
+  token 1, so ``f_i``; and TPOT as the decode span (first ``wait_decode`` to
+  ``exit_system``, ``c_i - f_i``) divided by the request's ``output_lens``. That
+  ``output_lens`` is the workload's output length, the number lsched reads as
+  ``o_i``; but simdistserve's ``Request(output_lens=L)`` runs ``L`` decode steps
+  *after* its prefill (``counter`` goes from 0 to ``L``; its prefill emits no
+  token), where lsched runs ``o_i - 1`` (its prefill emits token 1). So for the
+  same trace simdistserve's span has one decode step more and its TPOT is the
+  mean decode-step time, while ``(c_i - f_i) / o_i`` on lsched's replay is
+  lsched's TPOT times ``(o_i - 1) / o_i``: the same span over one more token.
+  With the work matched instead (lsched's ``o_i = L + 1``), simdistserve's TPOT
+  is lsched's ``(c_i - f_i) / (o_i - 1)``.
 
 Distributions are reported as mean, p50, p90 and p99 (NumPy's linear
 interpolation between order statistics).
@@ -23,9 +49,22 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from lsched.errors import InputError
 from lsched.instance import Instance
 
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
+#: TTFT and TPOT definitions by name (module docstring), for :func:`latencies`.
+DEFINITIONS: dict[str, str] = {
+    "lsched": "TTFT f - a; TPOT (c - f) / (o - 1), none for o = 1",
+    "simdistserve": "TTFT f - a (end of prefill); TPOT (c - f) / o "
+    "(decode span over the output length)",
+}
+#: The SLO attainment metrics, all requests counted (:func:`slo_attainment`).
+SLO_ATTAINMENT_KEYS: tuple[str, ...] = (
+    "slo_attainment",
+    "slo_attainment_ttft",
+    "slo_attainment_tpot",
+)
 #: Metrics (and per-pool, per-replica columns) that count something: whole numbers,
 #: written as JSON integers (``16``, not ``16.0``) though tables hold them as floats.
 COUNT_METRICS: frozenset[str] = frozenset(
@@ -61,14 +100,83 @@ def request_metrics(
     first = np.asarray(first_token_s, dtype=np.float64)
     done = np.asarray(completion_s, dtype=np.float64)
     a, o = instance.arrival_s, instance.output_tokens
-    decode_tokens = o - 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(decode_tokens > 0, (done - first) / decode_tokens, np.nan)
+    ttft, tpot = latencies(instance, first, done)
     return {
-        "ttft_s": first - a,
+        "ttft_s": ttft,
         "e2e_s": done - a,
         "tpot_s": tpot,
         "normalized_latency_s": (done - a) / o,
+    }
+
+
+def latencies(
+    instance: Instance,
+    first_token_s: npt.ArrayLike,
+    completion_s: npt.ArrayLike,
+    definitions: str = "lsched",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request TTFT and TPOT under ``definitions`` (:data:`DEFINITIONS`).
+
+    ``"lsched"``: TTFT ``f - a``, TPOT ``(c - f) / (o - 1)`` (NaN where
+    ``o = 1``); ``"simdistserve"``: TTFT ``f - a``, TPOT ``(c - f) / o`` (see
+    the module docstring for how simdistserve's output length maps to ``o``).
+    NaN times (a request not served) give NaN.
+
+    Raises
+    ------
+    InputError
+        On an unknown ``definitions``.
+    """
+    first = np.asarray(first_token_s, dtype=np.float64)
+    done = np.asarray(completion_s, dtype=np.float64)
+    o = instance.output_tokens
+    ttft = first - instance.arrival_s
+    if definitions == "lsched":
+        decode_tokens = o - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = np.where(decode_tokens > 0, (done - first) / decode_tokens, np.nan)
+    elif definitions == "simdistserve":
+        tpot = (done - first) / o
+    else:
+        raise InputError(
+            f"got {definitions!r}; expected one of {', '.join(DEFINITIONS)}",
+            field="definitions",
+        )
+    return ttft, tpot
+
+
+def slo_attainment(
+    instance: Instance,
+    first_token_s: npt.ArrayLike,
+    completion_s: npt.ArrayLike,
+    definitions: str = "lsched",
+) -> dict[str, float]:
+    """The SLO attainment metrics (:data:`SLO_ATTAINMENT_KEYS`) of one schedule.
+
+    Shares of *all* requests of ``instance``: a request whose first-token or
+    completion time is NaN (not served, e.g. rejected) misses every deadline.
+    ``slo_attainment_ttft``: TTFT within ``ttft_deadline_s``;
+    ``slo_attainment_tpot``: TPOT within ``tpot_deadline_s`` (a request with no
+    TPOT, ``o = 1`` under lsched's definition, cannot miss it);
+    ``slo_attainment``: every deadline the request carries met (both, where both
+    columns are there). A deadline column the instance lacks gives NaN (and NaN
+    for ``slo_attainment`` if it has neither). Within means ``<=``.
+    """
+    first = np.asarray(first_token_s, dtype=np.float64)
+    done = np.asarray(completion_s, dtype=np.float64)
+    ttft, tpot = latencies(instance, first, done, definitions)
+    served = np.isfinite(first) & np.isfinite(done)
+    nan = float("nan")
+    met = {}
+    if instance.ttft_deadline_s is not None:
+        met["ttft"] = served & (ttft <= instance.ttft_deadline_s)
+    if instance.tpot_deadline_s is not None:
+        met["tpot"] = served & (np.isnan(tpot) | (tpot <= instance.tpot_deadline_s))
+    both = np.logical_and.reduce(list(met.values())) if met else None
+    return {
+        "slo_attainment": nan if both is None else float(both.mean()),
+        "slo_attainment_ttft": float(met["ttft"].mean()) if "ttft" in met else nan,
+        "slo_attainment_tpot": float(met["tpot"].mean()) if "tpot" in met else nan,
     }
 
 
@@ -121,19 +229,5 @@ def schedule_metrics(
     metrics |= _describe("e2e", per["e2e_s"])
     metrics |= _describe("tpot", per["tpot_s"][~np.isnan(per["tpot_s"])])
     metrics |= _describe("normalized_latency", per["normalized_latency_s"])
-    metrics["slo_attainment"] = _slo_attainment(instance, per)
+    metrics |= slo_attainment(instance, first_token_s, completion_s)
     return metrics
-
-
-def _slo_attainment(instance: Instance, per: dict[str, np.ndarray]) -> float:
-    """Share of requests meeting all their deadlines (NaN if none carries one)."""
-    met = np.ones(len(instance), dtype=bool)
-    if instance.ttft_deadline_s is None and instance.tpot_deadline_s is None:
-        return float("nan")
-    if instance.ttft_deadline_s is not None:
-        met &= per["ttft_s"] <= instance.ttft_deadline_s
-    if instance.tpot_deadline_s is not None:
-        # a one-token request has no TPOT, so it cannot miss a TPOT deadline
-        tpot = per["tpot_s"]
-        met &= np.isnan(tpot) | (tpot <= instance.tpot_deadline_s)
-    return float(met.mean())

@@ -15,6 +15,8 @@ function                      what it shows
                               capacity (one line per replica)
 :func:`gap_bars`              gap to a lower bound, in percent, per policy
 :func:`solve_progress`        incumbent and bound over solve time, per solver
+:func:`goodput_curve`         SLO attainment against the request rate per GPU,
+                              with the target and the goodput found
 ============================  =====================================================
 
 The first three read a :class:`~lsched.evaluator.result.SimulationResult` simulated
@@ -43,11 +45,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from lsched.formulations.result import SolveResult
+    from lsched.goodput import GoodputResult
     from lsched.profile import DeploymentProfile
 
 __all__ = [
     "batch_composition",
     "gap_bars",
+    "goodput_curve",
     "kv_usage",
     "request_gantt",
     "solve_progress",
@@ -402,6 +406,87 @@ def solve_progress(
     if ax.lines:
         _legend(ax)
     figure.suptitle(title or "incumbent and bound over solve time")
+    return _finish(figure, path)
+
+
+# -- goodput ----------------------------------------------------------------------
+
+#: Colours of :func:`goodput_curve`'s lines.
+ATTAINMENT_COLORS = {"TTFT": "tab:orange", "TPOT": "tab:blue", "both": "black"}
+
+
+def goodput_curve(
+    result: GoodputResult,
+    *,
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """SLO attainment against the request rate per GPU, from a goodput search.
+
+    One line per attainment (TTFT, TPOT, both) through every rate tried, sorted by
+    rate, with markers; a dashed horizontal line at the target and, where a rate
+    passed, a dotted vertical line at the goodput. The x axis is logarithmic when
+    the rates tried span a factor of 10 or more.
+
+    Parameters
+    ----------
+    result
+        A :class:`~lsched.goodput.GoodputResult`.
+    path
+        Write the figure here as a PNG (atomically).
+    title
+        Figure title; by default the goodput's one-line message.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes; its lines are labelled ``"TTFT"``, ``"TPOT"`` (only for the
+        deadlines judged), ``"both"`` (x: rates per GPU, y: attainment in percent),
+        ``"target"`` and, if a rate passed, ``"goodput"``.
+
+    Raises
+    ------
+    InputError
+        If ``result`` has no rates tried.
+    """
+    trials = sorted(getattr(result, "trials", ()), key=lambda t: t.rate_per_gpu)
+    if not trials:
+        raise InputError("expected a goodput result with rates tried", field="result")
+    rates = np.array([t.rate_per_gpu for t in trials])
+    figure = _figure(7.0, 4.5)
+    ax = figure.add_subplot()
+    series = {
+        "TTFT": [t.attainment_ttft for t in trials],
+        "TPOT": [t.attainment_tpot for t in trials],
+        "both": [t.attainment for t in trials],
+    }
+    for label, values in series.items():
+        shares = 100.0 * np.array(values, dtype=np.float64)
+        if np.isnan(shares).all():  # no such deadline
+            continue
+        ax.plot(
+            rates,
+            shares,
+            marker="o",
+            markersize=4,
+            color=ATTAINMENT_COLORS[label],
+            linewidth=2.0 if label == "both" else 1.2,
+            label=label,
+        )
+    ax.axhline(
+        100.0 * result.target, color=CAPACITY_COLOR, linestyle="--", label="target"
+    )
+    if result.goodput_per_gpu > 0:
+        ax.axvline(
+            result.goodput_per_gpu, color="tab:green", linestyle=":", label="goodput"
+        )
+    if rates.max() >= 10 * rates.min():
+        ax.set_xscale("log")
+    ax.set_xlabel("request rate per GPU (req/s)")
+    ax.set_ylabel("requests within SLO (%)")
+    ax.set_ylim(-2, 102)
+    _legend(ax)
+    figure.suptitle(title or result.message, fontsize="medium", wrap=True)
     return _finish(figure, path)
 
 

@@ -89,8 +89,9 @@ a zero makespan), ``kv_utilization`` (sum over iterations of KV tokens held afte
 iteration x its duration, / ``(C * kv_capacity_tokens * makespan)``), ``preemptions``,
 ``recomputed_tokens``, mean/p50/p90/p99 (NumPy's linear percentile) of ``ttft``,
 ``e2e``, ``tpot`` (``o_i >= 2`` only) and ``normalized_latency`` (``e2e / o_i``), each
-as ``<name>_<stat>_s``, and ``slo_attainment`` (share of requests meeting every
-deadline they carry; NaN without deadlines).
+as ``<name>_<stat>_s``, ``slo_attainment`` (share of requests meeting every
+deadline they carry; NaN without deadlines), ``slo_attainment_ttft`` and
+``slo_attainment_tpot`` (each deadline alone; NaN without it).
 """
 
 from __future__ import annotations
@@ -727,17 +728,20 @@ def _metrics(
     metrics |= _stats("tpot", tpot)
     metrics |= _stats("normalized_latency", e2e / output)
     ttft_limit, tpot_limit = instance.ttft_deadline_s, instance.tpot_deadline_s
-    if ttft_limit is None and tpot_limit is None:
-        metrics["slo_attainment"] = math.nan
-    else:
-        met = np.ones(len(instance), dtype=bool)
-        if ttft_limit is not None:
-            met &= ttft <= ttft_limit
-        if tpot_limit is not None:
-            per_token = np.full(len(instance), -math.inf)  # one token: no TPOT to miss
-            per_token[multi] = tpot
-            met &= per_token <= tpot_limit
-        metrics["slo_attainment"] = float(met.mean())
+    met = np.ones(len(instance), dtype=bool)
+    metrics["slo_attainment_ttft"] = metrics["slo_attainment_tpot"] = math.nan
+    if ttft_limit is not None:
+        on_time = ttft <= ttft_limit
+        metrics["slo_attainment_ttft"] = float(on_time.mean())
+        met &= on_time
+    if tpot_limit is not None:
+        per_token = np.full(len(instance), -math.inf)  # one token: no TPOT to miss
+        per_token[multi] = tpot
+        on_time = per_token <= tpot_limit
+        metrics["slo_attainment_tpot"] = float(on_time.mean())
+        met &= on_time
+    no_limits = ttft_limit is None and tpot_limit is None
+    metrics["slo_attainment"] = math.nan if no_limits else float(met.mean())
     return metrics
 
 

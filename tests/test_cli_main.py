@@ -63,6 +63,15 @@ def test_simulate_loads_no_solver_or_plotting_library() -> None:
     assert not loaded & set(HEAVY)
 
 
+def test_goodput_loads_matplotlib_only_for_a_plot() -> None:
+    trace = ROOT / "instances" / "poisson-lognormal-n500-s0.csv"
+    model = "opt-13b-a100-tp1-distserve"
+    args = ("--limit", "20", "--model", model, "--slo", "ttft=2")
+    loaded, printed = _loaded("goodput", str(trace), *args)
+    assert "goodput" in printed
+    assert not loaded & set(HEAVY)
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--version"], capsys)
     assert code == 0

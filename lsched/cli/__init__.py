@@ -44,6 +44,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "compare_command",
         "Bounds, the best offline schedule and each policy's gap to the bound.",
     ),
+    "goodput": (
+        "lsched.cli.goodput",
+        "goodput_command",
+        "Largest request rate per GPU at which TRACE meets its SLO (goodput).",
+    ),
     "sweep": (
         "lsched.cli.sweep",
         "sweep_command",

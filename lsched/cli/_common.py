@@ -9,11 +9,15 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from lsched.instance import Instance
+    from lsched.slo import SLO
 
 JSON_HELP = "Print one JSON object instead of a table."
 #: Console width for tables written to a file or a pipe: wider than any row.
@@ -148,3 +152,18 @@ class ProgressLine:
         if objective is not None and math.isfinite(bound) and objective != 0:
             parts.append(f"gap {max(0.0, (objective - bound) / abs(objective)):.2%}")
         self.status.update("  ".join(parts))
+
+
+def with_slo(instance: Instance, slo: SLO | None, override: bool) -> Instance:
+    """``--slo`` on ``instance`` (:meth:`lsched.slo.SLO.apply`); a note on stderr
+    names the trace's own deadline columns it keeps (without ``--slo-override``)."""
+    if slo is None:
+        return instance
+    kept = () if override else slo.kept(instance)
+    if kept:
+        print(
+            f"lsched: the trace's own {' and '.join(kept)} kept over --slo "
+            "(--slo-override replaces them)",
+            file=sys.stderr,
+        )
+    return slo.apply(instance, override=override)

@@ -11,7 +11,13 @@ import typer
 from rich.progress import Progress
 
 from lsched.atomic import atomic_target, check_output
-from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
+from lsched.cli._common import (
+    JSON_HELP,
+    print_json,
+    print_table,
+    profile_file,
+    with_slo,
+)
 from lsched.cluster import Cluster, load_cluster
 from lsched.errors import InputError
 from lsched.evaluator import (
@@ -21,10 +27,12 @@ from lsched.evaluator import (
     simulate_cluster,
 )
 from lsched.instance import Instance
+from lsched.metrics import SLO_ATTAINMENT_KEYS
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
 from lsched.routers import parse_router
+from lsched.slo import parse_slo
 from lsched.traces import read_trace
 
 #: Metrics shown in the table, in order (all are in the JSON).
@@ -119,8 +127,26 @@ def simulate_command(
             "always the Python engine. The output says which ran."
         ),
     ] = "auto",
+    slo_text: Annotated[
+        str | None,
+        typer.Option(
+            "--slo",
+            metavar="ttft=S,tpot=S",
+            help="Deadlines for every request, seconds (or 250ms): the metrics "
+            "then report their attainment. The trace's own deadline columns are "
+            "kept unless --slo-override.",
+        ),
+    ] = None,
+    slo_override: Annotated[
+        bool,
+        typer.Option(
+            "--slo-override",
+            help="Let --slo replace deadline columns the trace carries.",
+        ),
+    ] = False,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
+    slo = None if slo_text is None else parse_slo(slo_text, field="--slo")
     if engine not in ENGINES:
         raise InputError(
             f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
@@ -163,6 +189,7 @@ def simulate_command(
         instance, _ = read_trace(trace, format, limit=limit)
         if predictor is not None:
             instance = apply_predictor(instance, predictor)
+        instance = with_slo(instance, slo, slo_override)
         _run(instance, clusters, engine, json_output, requests_out, timeline_out)
         return
     if model is None:
@@ -189,6 +216,7 @@ def simulate_command(
     profile = deployment_profile(
         model, overrides, instance, kv_capacity_tokens=kv_capacity_tokens
     )
+    instance = with_slo(instance, slo, slo_override)
     clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
     _run(instance, clusters, engine, json_output, requests_out, timeline_out)
 
@@ -237,10 +265,13 @@ def _run(
     if json_output:
         print_json({"policies": [r.summary() for r in results]})
         return
-    # one column per policy: metrics read down, policies compare across; a
-    # disaggregated cluster adds the KV bytes moved between its pools
-    moved = [m for m in ("transferred_bytes",) if m in results[0].metrics]
-    shown = (*TABLE_METRICS, *moved)
+    # one column per policy: metrics read down, policies compare across; SLO
+    # attainment where the trace has deadlines, and the KV bytes a disaggregated
+    # cluster moved between its pools
+    shown = TABLE_METRICS
+    if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
+        shown += SLO_ATTAINMENT_KEYS
+    shown += tuple(m for m in ("transferred_bytes",) if m in results[0].metrics)
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",
         ["metric", *(r.policy for r in results)],

@@ -11,7 +11,6 @@ busy time, KV integral and capacity (so each one's makespan is its own).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from lsched.evaluator.result import (
     SimulationResult,
 )
 from lsched.instance import Instance
-from lsched.metrics import schedule_metrics
+from lsched.metrics import SLO_ATTAINMENT_KEYS, schedule_metrics
 
 
 def collect(
@@ -148,8 +147,8 @@ def _metrics(
     )
     rejected = len(rows) - len(ids)
     metrics["num_rejected"] = float(rejected)
-    if rejected and not math.isnan(metrics["slo_attainment"]):
-        metrics["slo_attainment"] *= len(ids) / len(rows)  # a rejection is a miss
+    for key in SLO_ATTAINMENT_KEYS if rejected else ():  # a rejection is a miss
+        metrics[key] *= len(ids) / len(rows)  # NaN (no deadlines) stays NaN
     return metrics
 
 
