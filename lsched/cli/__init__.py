@@ -49,6 +49,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "goodput_command",
         "Largest request rate per GPU at which TRACE meets its SLO (goodput).",
     ),
+    "placement": (
+        "lsched.cli.placement",
+        "placement_command",
+        "Every split of N GPUs into pools, best goodput per GPU first.",
+    ),
     "sweep": (
         "lsched.cli.sweep",
         "sweep_command",

@@ -1,0 +1,163 @@
+"""``lsched placement``: every split of N GPUs into pools, rated by goodput per GPU.
+
+Examples::
+
+    lsched placement trace.csv --gpus 4 --slo ttft=0.25,tpot=0.1 \\
+        --profiles opt-13b-a100-tp1-distserve,opt-13b-a100-tp2-distserve
+    lsched placement trace.csv --gpus 8 --slo ttft=0.25,tpot=0.1 \\
+        --profiles opt-13b-a100-tp1-distserve --executor dask --address tcp://h:8786
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lsched.atomic import atomic_target, check_output, write_text_atomic
+from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.errors import InputError
+from lsched.goodput import DEFAULT_RTOL, DEFAULT_TARGET, check_options
+from lsched.placement import PlacementOptions, placements, search
+from lsched.profile import load_profile
+from lsched.slo import parse_slo
+from lsched.sweep import check_executor
+from lsched.traces import read_trace
+
+#: Suffixes ``--out`` writes: the JSON report or the table.
+OUT_SUFFIXES = (".json", ".csv")
+
+
+def placement_command(
+    trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
+    gpus: Annotated[int, typer.Option(help="GPUs to split into pools.")],
+    profiles: Annotated[
+        str,
+        typer.Option(help="Deployment profiles (names or TOMLs), comma-separated."),
+    ],
+    slo_text: Annotated[
+        str,
+        typer.Option("--slo", metavar="ttft=S,tpot=S", help="Deadlines in seconds."),
+    ],
+    policy: Annotated[
+        str, typer.Option("--policy", "-p", help="Every pool's policy.")
+    ] = "vllm-v0",
+    prefill_policy: Annotated[
+        str | None, typer.Option(help="The prefill pools' policy (--policy).")
+    ] = None,
+    decode_policy: Annotated[
+        str | None, typer.Option(help="The decode pools' policy (--policy).")
+    ] = None,
+    router: Annotated[
+        str, typer.Option(help="Router of arrivals.")
+    ] = "least-outstanding",
+    decode_router: Annotated[
+        str, typer.Option(help="Router of prefilled requests.")
+    ] = "round-robin",
+    bandwidth: Annotated[
+        float | None,
+        typer.Option(help="Link bandwidth, bytes/s (unbounded by default)."),
+    ] = None,
+    latency: Annotated[float, typer.Option(help="Link latency, s.")] = 0.0,
+    sharing: Annotated[str, typer.Option(help="fifo or share.")] = "fifo",
+    pull: Annotated[
+        float | None,
+        typer.Option(help="DistServe's pull on decode pools (e.g. 0.05)."),
+    ] = None,
+    colocated: Annotated[
+        bool, typer.Option(help="Rate colocated pools too, for comparison.")
+    ] = True,
+    attain: Annotated[
+        float,
+        typer.Option(help="Share of all requests that must meet both deadlines."),
+    ] = DEFAULT_TARGET,
+    definitions: Annotated[
+        str, typer.Option(help="TTFT/TPOT definitions: lsched or simdistserve.")
+    ] = "lsched",
+    rtol: Annotated[
+        float, typer.Option(help="Relative width at which each bisection stops.")
+    ] = DEFAULT_RTOL,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: a pool of processes; dask: the cluster at --address."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, tcp://HOST:PORT.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes (local) or tasks in flight (dask).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the report (.json) or table (.csv).")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help="Trace format.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+) -> None:
+    """Every split of N GPUs into pools, best goodput per GPU first."""
+    slo = parse_slo(slo_text, field="--slo")
+    try:
+        check_options(attain, rtol, None, None, definitions)
+    except InputError as exc:
+        raise InputError(exc.message, field=f"--{exc.field}") from None
+    check_executor(executor, address=address, workers=workers)
+    if out is not None:
+        if out.suffix.lower() not in OUT_SUFFIXES:
+            raise InputError(
+                f"got suffix {out.suffix!r}; expected .json or .csv", field="--out"
+            )
+        check_output(out, [trace], "--out")
+    names = [p.strip() for p in profiles.split(",") if p.strip()]
+    loaded = []
+    for name in names:
+        try:
+            loaded.append(load_profile(name))
+        except InputError as exc:
+            raise InputError(f"{name}: {exc.message}", field="--profiles") from None
+    link = {"latency_s": latency, "sharing": sharing}
+    if bandwidth is not None:
+        link["bandwidth_bytes_per_s"] = bandwidth
+    options = PlacementOptions(
+        policy, prefill_policy, decode_policy, router, decode_router, link, pull,
+        colocated,
+    )  # fmt: skip
+    candidates = placements(gpus, loaded, options)
+    instance, _ = read_trace(trace, format, limit=limit)
+    goodput_options = {"target": attain, "definitions": definitions, "rtol": rtol}
+    table = search(
+        instance,
+        candidates,
+        slo,
+        goodput_options=goodput_options,
+        executor=executor,
+        address=address,
+        workers=workers,
+    )
+    report = {
+        "instance": instance.name,
+        "gpus": gpus,
+        "slo": str(slo),
+        "target": attain,
+        "placements": table.to_dict(orient="records"),
+    }
+    if out is not None:
+        if out.suffix.lower() == ".json":
+            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+        else:
+            with atomic_target(out) as temporary:
+                table.to_csv(temporary, index=False)
+    if json_output:
+        print_json(report)
+        return
+    print_table(
+        f"{instance.name} ({len(instance)} requests) on {gpus} GPUs: SLO {slo}, "
+        f"target {attain:.6g}; best goodput per GPU first",
+        list(table.columns),
+        table.values.tolist(),
+    )
