@@ -38,6 +38,7 @@ A cluster file (``lsched simulate TRACE --cluster FILE``) is TOML::
 A disaggregated cluster::
 
     decode_router = "round-robin"       # optional; round-robin by default
+                                        # (least-queued: DistServe's choice)
 
     [[pool]]
     name = "p"

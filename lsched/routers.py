@@ -20,6 +20,15 @@ Built-in routers
     requests, then to the lowest id. (The second key matters for simultaneous
     arrivals: a request just dispatched holds no KV until it is admitted, so
     without it every request of a burst would go to one replica.)
+``least-queued``
+    The replica with the fewest *queued* requests (:meth:`ClusterView.queued`:
+    unfinished and not in the iteration in flight), ties to the lowest id.
+    DistServe's decode routing: simdistserve's
+    ``Scheduler._find_best_worker_and_queue`` takes the decode worker with the
+    shortest ``decode_queue``, which holds neither the batch in flight nor the
+    finished requests (``simdistserve/base/scheduler.py``, ``base/worker.py``
+    ``_enter_decodes``). On prefill replicas it is ``len(prefill_queue)``
+    without DistServe's ``_prefill_ips``: use ``least-outstanding`` there.
 
 A router that declares ``stateless = True`` reads nothing of the replicas' state
 (``round-robin``, ``static``): the evaluator then routes every request up front
@@ -91,11 +100,13 @@ class ClusterView:
     boundary at or after ``now_s``. The
     per-replica state is computed on first use, for every replica at once; a
     stateless router never pays for it (and may not read it: the replicas have
-    not run yet).
+    not run yet). :meth:`queued` is read at ``now_s`` itself.
     """
 
     __slots__ = (
         "_cache",
+        "_queued",
+        "_queued_cache",
         "_state",
         "context",
         "now_s",
@@ -117,6 +128,7 @@ class ClusterView:
         predicted_output_tokens: int | None = None,
         tenant: str | None = None,
         priority: int | None = None,
+        queued: Callable[[int], int] | None = None,
     ) -> None:
         self.context = context
         self.request = request
@@ -127,6 +139,8 @@ class ClusterView:
         self.priority = priority
         self._state = state
         self._cache: list[tuple[int, int]] | None = None
+        self._queued = queued
+        self._queued_cache: list[int] | None = None
 
     @property
     def replicas(self) -> int:
@@ -151,6 +165,19 @@ class ClusterView:
     def kv_tokens(self, replica: int) -> int:
         """KV tokens ``replica`` holds."""
         return self.loads[replica][1]
+
+    def queued(self, replica: int) -> int:
+        """Requests dispatched to ``replica``, not complete and not in the
+        iteration in flight at ``now_s`` (one that started before and ends after
+        it): those waiting, between iterations, or (decode replicas of a
+        disaggregated cluster) on their way to it."""
+        if self._queued_cache is None:
+            if self._queued is None:
+                raise RuntimeError(
+                    "a router that declares stateless = True read the replicas' state"
+                )
+            self._queued_cache = [self._queued(c) for c in range(self.replicas)]
+        return self._queued_cache[replica]
 
 
 class Router(Protocol):
@@ -218,6 +245,14 @@ class LeastKv:
         return min((kv, u, c) for c, (u, kv) in enumerate(view.loads))[2]
 
 
+class LeastQueued:
+    """The replica with the fewest queued requests (unfinished and not in its
+    iteration in flight), ties to the lowest id: DistServe's decode routing."""
+
+    def route(self, view: ClusterView) -> int:
+        return min(range(view.replicas), key=view.queued)
+
+
 #: Router name -> parameters and constructor.
 REGISTRY = Registry("router")
 REGISTRY.register(
@@ -231,6 +266,9 @@ REGISTRY.register(
     LeastOutstanding.__doc__,
 )
 REGISTRY.register("least-kv", lambda params: LeastKv(), None, LeastKv.__doc__)
+REGISTRY.register(
+    "least-queued", lambda params: LeastQueued(), None, LeastQueued.__doc__
+)
 
 
 @dataclass(frozen=True)

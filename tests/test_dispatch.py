@@ -1,4 +1,5 @@
-"""Replica dispatch: round-robin, static, least-outstanding, least-kv.
+"""Replica dispatch: round-robin, static, least-outstanding, least-kv,
+least-queued.
 
 Hand-built cases whose dispatch is derived in the comments (unit-slot profile,
 1 s per iteration); the joint simulation with round-robin dispatch reproduces the
@@ -66,6 +67,20 @@ def test_least_kv_reads_the_kv_held_and_spreads_a_burst() -> None:
     assert _replicas(inst, "least-outstanding") == [0, 1, 0, 1, 0]
 
 
+def test_least_queued_does_not_count_the_iteration_in_flight() -> None:
+    """R0 (o=10) at 0 goes to replica 0 (tie), prefilled in [0, 1). At 0.5
+    replica 0 has R0 in flight, nothing queued, and replica 1 is idle: a tie,
+    so R1 goes to 0 under least-queued (1 under least-outstanding, which counts
+    R0). R1 waits there, queued: R2 at 0.5 goes to 1 (least-outstanding sees 1
+    and 1 and picks 0)."""
+    inst = Instance([0, 0.5, 0.5], [1, 1, 1], [10, 2, 2])
+    assert _replicas(inst, "least-queued") == [0, 0, 1]
+    assert _replicas(inst, "least-outstanding") == [0, 1, 0]
+    got = simulate(inst, UNIT, "fcfs", replicas=2, dispatch="least-queued")
+    # R1 is prefilled with R0's step at 1 (fcfs), done at 3; R2 at 0.5 to 2.5
+    assert got.requests["completion_s"].tolist() == [10.0, 3.0, 2.5]
+
+
 def _random(rng: np.random.Generator) -> tuple[Instance, object]:
     name = str(rng.choice(list(PROFILES)))
     instance = random_instance(
@@ -106,7 +121,7 @@ def test_joint_round_robin_equals_the_fast_path_exactly() -> None:
         assert sum(e.iterations for e in engines) == fast.iterations
 
 
-@pytest.mark.parametrize("dispatch", ["least-outstanding", "least-kv"])
+@pytest.mark.parametrize("dispatch", ["least-outstanding", "least-kv", "least-queued"])
 def test_state_dependent_dispatch_replays_and_validates(dispatch: str) -> None:
     """The reference engine, given the chosen replicas as a static assignment,
     reproduces every record; each replica's log passes the validator."""

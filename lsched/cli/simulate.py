@@ -80,8 +80,9 @@ def simulate_command(
             "--dispatch",
             "--router",
             help="Router: round-robin (default), least-outstanding (fewest "
-            "unfinished requests), least-kv (fewest KV tokens held) or a registered "
-            "one; overrides a cluster file's.",
+            "unfinished requests), least-kv (fewest KV tokens held), least-queued "
+            "(fewest not in the iteration in flight) or a registered one; "
+            "overrides a cluster file's.",
         ),
     ] = None,
     kv_capacity_tokens: Annotated[

@@ -11,8 +11,9 @@ requests, per replica and per pool) and, on request, the iteration log.
 Request ``i`` (instance position) runs on replica ``i mod C`` (round robin in
 arrival order) unless an explicit ``assignment`` says otherwise, or a router that
 reads the replicas' state (:mod:`lsched.routers`: ``least-outstanding``,
-``least-kv``, or one registered by the user) chooses at its arrival, which
-simulates the replicas jointly in time. Each replica gets a fresh policy object.
+``least-kv``, ``least-queued``, or one registered by the user) chooses at its
+arrival, which simulates the replicas jointly in time. Each replica gets a fresh
+policy object.
 The iteration model and the request lifecycle are those of DESIGN.md, restated in
 :mod:`lsched.policies.base`.
 """
@@ -154,8 +155,9 @@ def simulate(
         Replica id per request, for the ``static`` router.
     dispatch
         The router (:mod:`lsched.routers`): ``round-robin``, ``static`` (the
-        ``assignment``), ``least-outstanding``, ``least-kv`` or a registered one;
-        by default ``static`` with an assignment, else ``round-robin``.
+        ``assignment``), ``least-outstanding``, ``least-kv``, ``least-queued`` or
+        a registered one; by default ``static`` with an assignment, else
+        ``round-robin``.
     log, progress, engine
         As :func:`simulate_cluster`.
 

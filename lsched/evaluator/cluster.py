@@ -50,7 +50,7 @@ import numpy as np
 from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator.compiled import kernel_for, load, run_replica
-from lsched.evaluator.engine import ReplicaEngine
+from lsched.evaluator.engine import DONE, ReplicaEngine
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
 from lsched.kv import KVBlocks
@@ -121,6 +121,7 @@ def _view(
     instance: Instance,
     i: int,
     state: Callable[[int], tuple[int, int]] | None,
+    queued: Callable[[int], int] | None = None,
 ) -> ClusterView:
     pred, tenant, prio = (
         instance.predicted_output_tokens,
@@ -136,6 +137,7 @@ def _view(
         predicted_output_tokens=None if pred is None else int(pred[i]),
         tenant=None if tenant is None else str(tenant[i]),
         priority=None if prio is None else int(prio[i]),
+        queued=queued,
     )
 
 
@@ -292,9 +294,14 @@ class ClusterSim:
                 i = int(np.flatnonzero(over)[0])
                 _check_fits(self.instance, i, self.cluster, int(where[i]), kv)
 
-    def _route(self, i: int, state: Callable[[int], tuple[int, int]] | None) -> int:
+    def _route(
+        self,
+        i: int,
+        state: Callable[[int], tuple[int, int]] | None,
+        queued: Callable[[int], int] | None = None,
+    ) -> int:
         """Route request ``i``; its replica or :data:`REJECTED`."""
-        view = _view(self.context, self.instance, i, state)
+        view = _view(self.context, self.instance, i, state, queued)
         choice = _decision(self.router.route(view), i, self.cluster.num_replicas)
         if isinstance(choice, Reject):
             self.reasons[i] = choice.reason
@@ -319,7 +326,11 @@ class ClusterSim:
             t = float(arrival[i])
             for engine in engines:
                 engine.advance(t)
-            c = self._route(i, lambda c, t=t: engines[c].state_at(t))
+            c = self._route(
+                i,
+                lambda c, t=t: engines[c].state_at(t),
+                lambda c, t=t: engines[c].queued_at(t),
+            )
             if c != REJECTED:
                 engines[c].add(self.instance, i)
             self.routed += 1
@@ -496,6 +507,8 @@ class JointEngine(ReplicaEngine):
         self.now_s = -math.inf
         self.ids: list[int] = []  # instance position of every local request
         self.pending: Batch | None = None  # a held or empty batch not yet run
+        #: the end of the last iteration (or held stretch) run and its requests
+        self.last_run: tuple[float, np.ndarray] = (-math.inf, np.zeros(0, np.int64))
 
     def add(self, instance: Instance, i: int) -> None:
         """Route request ``i`` of ``instance`` to this replica."""
@@ -520,13 +533,14 @@ class JointEngine(ReplicaEngine):
             list(self.ids),
             self.pending,
             [a.copy() for a in self._routed_arrays()],
+            self.last_run,
         )
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """:meth:`ReplicaEngine.restore` plus the requests routed here."""
         super().restore(state)
-        self.m, ids, self.pending, arrays = state["joint"]
+        self.m, ids, self.pending, arrays, self.last_run = state["joint"]
         self.ids = list(ids)
         for array, saved in zip(self._routed_arrays(), arrays, strict=True):
             np.copyto(array, saved)
@@ -596,6 +610,39 @@ class JointEngine(ReplicaEngine):
             self._decode_stretch(batch, (stretch, n))
         self.pending = None
         return True
+
+    def _iteration(self, batch: Batch, grow: int) -> None:
+        super()._iteration(batch, grow)
+        members = batch.decode
+        if len(batch.prefill):
+            members = np.concatenate([batch.prefill, batch.decode])
+        self.last_run = (self.now_s, members)
+
+    def _advance(self, decode: np.ndarray, p: np.ndarray, stretch: DecodeStretch,
+                 n: int, remaining: list[int] | None) -> None:  # fmt: skip
+        super()._advance(decode, p, stretch, n, remaining)
+        self.last_run = (self.now_s, decode)
+
+    def in_flight(self, t: float) -> tuple[int, int]:
+        """(requests, finished requests) of the iteration in flight at ``t`` (one
+        that started before ``t`` and ends after it), after :meth:`advance` to
+        ``t``: its requests that finish at its end are already done here."""
+        batch = self.pending
+        if batch is not None and not batch.is_empty:
+            # a held stretch that spans t: no completion before its end
+            return len(batch.decode), 0
+        end, members = self.last_run
+        if end <= t + ARRIVAL_TOLERANCE_S:
+            return 0, 0
+        return len(members), int(np.count_nonzero(self.status[members] == DONE))
+
+    def queued_at(self, t: float) -> int:
+        """Requests routed here, unfinished at ``t`` and not in the iteration in
+        flight at ``t`` (after :meth:`advance` to ``t``): DistServe's
+        ``len(decode_queue)`` on a decode worker, ``len(prefill_queue)`` on a
+        prefill one."""
+        members, finished = self.in_flight(t)
+        return self.m - self.done - (members - finished)
 
     def state_at(self, t: float) -> tuple[int, int]:
         """(unfinished requests, KV tokens held) at the first boundary at or after

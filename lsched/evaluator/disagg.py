@@ -49,7 +49,14 @@ end at the finish.
 Routers read replica state as in the colocated loop. A prefill replica's state
 at ``t`` counts as unfinished the requests of the iteration in flight at ``t``
 (DistServe's ``_prefill_ips + len(prefill_queue)``); a decode replica's counts
-the requests on their way to it.
+the requests on their way to it. :meth:`~lsched.routers.ClusterView.queued`
+counts a replica's unfinished requests that are not in its iteration in flight at
+``t``, plus, on a decode replica, those on their way to it: with no transfer time
+that is DistServe's ``len(decode_queue)``, which the ``least-queued`` decode
+router minimises as simdistserve's ``Scheduler.schedule_decode`` does
+(``tests/test_simdistserve_disagg.py`` replays simdistserve's disaggregated mode
+request by request: ``router = "least-outstanding"``, ``decode_router =
+"least-queued"``).
 """
 
 from __future__ import annotations
@@ -203,9 +210,10 @@ class StageEngine(JointEngine):
     def state_at(self, t: float) -> tuple[int, int]:
         if self.role != "prefill":
             return super().state_at(t)
-        # the iteration in flight at t has not finished its requests yet
-        flight = sum(1 for _, _, end in self.parked if end > t + ARRIVAL_TOLERANCE_S)
-        return self.m - self.done + flight, self.kv.held_tokens
+        # the iteration in flight at t has not finished its requests yet (the
+        # loop takes them from ``parked`` as soon as it runs)
+        _, finished = self.in_flight(t)
+        return self.m - self.done + finished, self.kv.held_tokens
 
     # -- decode side ----------------------------------------------------------------
 
@@ -436,7 +444,12 @@ class DisaggSim:
             engine.advance(t)  # a colocated replica may lag; a prefill one is here
             return engine.state_at(t)
 
-        view = _view(self.contexts[0], instance, i, state)
+        def queued(k: int) -> int:
+            engine = self.engines[int(entry[k])]
+            engine.advance(t)
+            return engine.queued_at(t)
+
+        view = _view(self.contexts[0], instance, i, state, queued)
         choice = _decision(self.router.route(view), i, len(entry))
         if isinstance(choice, Reject):
             self.reasons[i] = choice.reason
@@ -571,7 +584,12 @@ class DisaggSim:
             unfinished, kv = self.engines[d].state_at(t)
             return unfinished + int(self.inbound[d]), kv
 
-        view = _view(self.contexts[1], self.instance, i, state)
+        def queued(k: int) -> int:
+            d = int(decode[k])
+            self.engines[d].advance(t)
+            return self.engines[d].queued_at(t) + int(self.inbound[d])
+
+        view = _view(self.contexts[1], self.instance, i, state, queued)
         choice = _decision(self.decode_router.route(view), i, len(decode))
         if isinstance(choice, Reject):
             raise InputError(
