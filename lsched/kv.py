@@ -275,7 +275,10 @@ class KVHeld:
 
     @property
     def blocks(self) -> int:
-        """KV blocks held, exact. Where the ledger holds an upper bound it counts
-        them once (:meth:`KVLedger.exact_blocks`, which only makes its cache
-        exact: no outcome depends on it)."""
-        return self._ledger.exact_blocks(self._holders)
+        """KV blocks the running requests hold, exact (pinned blocks apart: the
+        view of a replica that pins some shows a capacity less them). Where the
+        ledger holds an upper bound it counts them once
+        (:meth:`KVLedger.exact_blocks`, which only makes its cache exact: no
+        outcome depends on it)."""
+        ledger = self._ledger
+        return ledger.exact_blocks(self._holders) - ledger.pinned_blocks

@@ -16,7 +16,8 @@ prefill and decode pools:
    and the ``k`` transfers on the link each get ``bandwidth / k``. It arrives
    ``latency_s`` after leaving the link, at ``t_i``. Until ``t_i`` the prefill
    replica keeps its blocks (``ceil(s_i / b)``, pinned in its ledger: they count
-   against its capacity and its admissions).
+   against its capacity and its admissions; its policy sees a capacity less the
+   pinned blocks).
 3. At its first boundary at or after ``t_i`` the decode replica adopts the
    request already prefilled (``processed = s_i``, ``emitted = 1``, running) if its
    blocks fit beside what the replica holds; the policy then decodes it like any
@@ -54,6 +55,7 @@ the requests on their way to it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -76,7 +78,7 @@ from lsched.evaluator.cluster import (
     make_policy,
 )
 from lsched.instance import Instance
-from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits
+from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits, ReplicaView
 from lsched.routers import Reject, RouterContext
 
 #: Order of simultaneous events: a shared link's progress, then transfer ends (a
@@ -107,6 +109,12 @@ class StageEngine(JointEngine):
         #: prefill: (local id, pinned blocks, time) of every request that finished
         #: its prefill, until the loop takes them
         self.parked: list[tuple[int, int, float]] = []
+        #: prefill: the end of the last iteration that finished prefills, and how
+        #: many (the only iteration that can still be in flight for a router)
+        self.last_finished: tuple[float, int] = (-math.inf, 0)
+        #: prefill: the limits a policy sees while blocks are pinned, and for how
+        #: many pinned blocks
+        self._pinned_limits: tuple[int, ReplicaLimits] = (0, self.limits)
         #: decode: the KV tokens each request brings
         self.carried = np.zeros(capacity, dtype=np.int64)
 
@@ -127,7 +135,23 @@ class StageEngine(JointEngine):
         if self.role == "prefill":
             for r in finished:
                 self.parked.append((r, self.kv.pin(r), end))
+            self.last_finished = (end, len(finished))
         super()._finish(finished, end)
+
+    def _view(self) -> ReplicaView:
+        """The policy's view. While a prefill replica holds pinned blocks it shows
+        a capacity less those blocks (and ``kv_blocks_held`` counts the running
+        requests' blocks only): every policy, whichever way it counts the KV of
+        its running requests, then leaves room for them."""
+        view = super()._view()
+        pinned = self.kv.pinned_blocks
+        if not pinned:
+            return view
+        if self._pinned_limits[0] != pinned:
+            capacity = self.limits.kv_capacity_blocks - pinned
+            limits = dataclasses.replace(self.limits, kv_capacity_blocks=capacity)
+            self._pinned_limits = (pinned, limits)
+        return dataclasses.replace(view, limits=self._pinned_limits[1])
 
     def release(self, blocks: int, tokens: int, since_s: float, t: float) -> None:
         """Free ``blocks`` pinned at ``since_s`` (``tokens`` of KV) at ``t``; a
@@ -160,8 +184,10 @@ class StageEngine(JointEngine):
     def state_at(self, t: float) -> tuple[int, int]:
         if self.role != "prefill":
             return super().state_at(t)
-        # the iteration in flight at t has not finished its requests yet
-        flight = sum(1 for _, _, end in self.parked if end > t + ARRIVAL_TOLERANCE_S)
+        # the iteration in flight at t has not finished its requests yet; it is
+        # the last one run (the replica sits at its first boundary at or after t)
+        end, finished = self.last_finished
+        flight = finished if end > t + ARRIVAL_TOLERANCE_S else 0
         return self.m - self.done + flight, self.kv.held_tokens
 
     # -- decode side ----------------------------------------------------------------
