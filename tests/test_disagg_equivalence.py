@@ -15,7 +15,8 @@ either side; round-robin and least-outstanding routers) both engines must give
 every request the same times (admission, first token, completion, transfer start
 and end, decode admission; relative error <= 1e-9), decode replica, transferred
 bytes, preemptions, recomputed tokens and rejection, the same iterations and busy
-time, and fail alike where a policy cannot run a case.
+time, and fail alike where a policy cannot run a case; and
+:func:`lsched.validator.validate_cluster` must find the fast engine's log valid.
 
 The hand-derived tests pin the semantics on cases worked out in their comments,
 for both engines.
@@ -40,6 +41,7 @@ from lsched.instance import Instance
 from lsched.policies import PolicyError
 from lsched.policies.fcfs import Fcfs
 from lsched.profile import FEATURES, DeploymentProfile, IterationTime, load_profile
+from lsched.validator import validate_cluster
 
 RTOL = 1e-9
 UNIT = load_profile("unit-slot")
@@ -249,6 +251,8 @@ def test_random_disaggregated_clusters_agree(case: Scenario) -> None:
             event(what)
     busy = float(fast.runs["end_s"].sub(fast.runs["start_s"]).sum())
     assert busy == pytest.approx(naive.busy_s, rel=RTOL)
+    # and the validator, which shares no code with either, finds the log valid
+    validate_cluster(case.instance, case.cluster, fast).raise_if_invalid()
 
 
 # -- hand-derived cases -----------------------------------------------------------
