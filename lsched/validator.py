@@ -67,11 +67,43 @@ rule                        what is checked
 ``metric``                  every claimed metric agrees (``rtol``; NaN equals NaN)
 ``rejection``               (:func:`validate_cluster`) a rejected request has a
                             reason, no times and no run or preemption
+``transfer``                (disaggregated) a request moves iff it was prefilled on
+                            a prefill replica and ``o_i >= 2``; its transfer starts
+                            at or after its first token and ends at or after
+                            ``start + latency + bytes / bandwidth``
+``link``                    (disaggregated) ``fifo`` (or unbounded bandwidth): one
+                            transfer at a time in the order the prefills end, each
+                            starting at ``max(f_i, the previous departure)`` and
+                            arriving ``bytes / bandwidth + latency`` later, so none
+                            overlap; ``share``: each starts at ``f_i`` and arrives
+                            ``latency`` after processor sharing lets it leave
+``decode-after-transfer``   (disaggregated) nothing of a request runs on its decode
+                            replica before the replica's first iteration boundary
+                            at or after its ``transfer_end_s``
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,
 with its replicas numbered from 0 and its requests as a sub-instance, against that
 pool's profile, with every rule above and the pool's claimed metrics.
+
+A disaggregated cluster (prefill and decode pools, :mod:`lsched.evaluator.disagg`;
+its records carry :data:`STAGE_COLUMNS`) is checked the same way, with what the
+stages change. A prefill pool serves its requests as one-token requests; one that
+moves keeps ``ceil(s_i / b)`` blocks pinned from its first token until its
+``transfer_end_s``, counted in ``kv-capacity`` for every run of its replica that
+starts in between (not in ``kv_tokens``), and in the pool's KV token-seconds. A
+decode pool's request arrives with token 1 emitted and ``s_i`` tokens of KV: if
+its first event there decodes (or preempts it), it was adopted running at the
+replica's first boundary at or after its transfer end (its ``decode_admitted_s``),
+and its KV counts from then on; if its first event prefills, its KV was dropped
+(``s_i`` recomputed tokens) and it is prefilled again (``s_i + 1`` tokens, emitting
+token 2). The two stages' records are put together (first token from the prefill
+replica, completion from the decode replica) and compared with the claimed ones,
+stage columns included; each pool's metrics are recomputed over the requests it
+served, with their end-to-end times, as the records define them; and the
+``transferred_bytes`` metric is their sum (``s_i x kv_bytes_per_token`` of the
+prefill profile per moving request). Whether a dropped KV could have been adopted
+is not checked.
 
 Bookkeeping (per request, in run order): a preemption frees all KV (those
 tokens are *recomputed tokens*) and makes the request wait; a prefill chunk to a
@@ -144,6 +176,14 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "preemptions",
     "recomputed_tokens",
 )
+#: The request columns a disaggregated run adds (lsched.evaluator.records).
+STAGE_COLUMNS: tuple[str, ...] = (
+    "decode_replica",
+    "transfer_start_s",
+    "transfer_end_s",
+    "transferred_bytes",
+    "decode_admitted_s",
+)
 
 #: The rules a log can break (see the module docstring).
 RULES: tuple[str, ...] = (
@@ -166,6 +206,9 @@ RULES: tuple[str, ...] = (
     "request-record",
     "metric",
     "rejection",
+    "transfer",
+    "link",
+    "decode-after-transfer",
 )
 
 #: Violations kept in a report; the rest are only counted.
@@ -472,6 +515,8 @@ class _Replay:
     emitted: IntArray  # per request: tokens emitted in all
     first_at: list[tuple[int, int, int]]  # where token 1 is emitted
     done_at: list[tuple[int, int, int]]  # where token o_i is emitted
+    first_pos: IntArray  # per request: run position of its first event, -1 if none
+    adopted: npt.NDArray[np.bool_]  # per request: arrived prefilled and running
 
 
 def _replay(
@@ -488,12 +533,18 @@ def _replay(
     p_pos: IntArray,
     p_req: IntArray,
     out: _Collector,
+    carried: IntArray | None = None,
 ) -> _Replay:
     """Walk each request's preemptions and memberships in run order.
 
     One plain loop over events sorted by (request, run, preemption first): the
     state of a request (processed, target, emitted, running, done) depends only
     on its own earlier events.
+
+    ``carried`` (a disaggregated decode pool): the KV tokens each request brings,
+    its token 1 emitted. A request whose first event decodes (or preempts it)
+    was adopted running with that KV; one whose first event prefills had it
+    dropped (recomputed tokens) and is prefilled again.
     """
     n = len(instance)
     arrival = instance.arrival_s.tolist()
@@ -524,6 +575,8 @@ def _replay(
     logged_before = m_logged_before.tolist()
 
     emitted_of = np.zeros(n, dtype=np.int64)
+    first_pos = np.full(n, -1, dtype=np.int64)
+    adopted = np.zeros(n, dtype=bool)
     current = -1
     processed = target = emitted = 0
     running = done = warned_replica = warned_after = False
@@ -538,6 +591,15 @@ def _replay(
             current = e_req
             processed = target = emitted = 0
             running = done = warned_replica = warned_after = False
+            first_pos[e_req] = e_pos
+            if carried is not None and carried[e_req] > 0:
+                emitted = 1  # token 1 came from its prefill replica
+                if e_kind == _PREEMPT_EVENT or member_kind[e_row] == _DECODE:
+                    processed = target = int(carried[e_req])  # adopted, running
+                    running = True
+                    adopted[e_req] = True
+                else:  # its KV was dropped: prefilled again
+                    recomputed[e_req] += int(carried[e_req])
         i, run = e_req, run_ids[e_pos]
         if replica_of[i] < 0:
             replica_of[i] = run_replica[e_pos]
@@ -658,6 +720,8 @@ def _replay(
         emitted=emitted_of,
         first_at=first_at,
         done_at=done_at,
+        first_pos=first_pos,
+        adopted=adopted,
     )
 
 
@@ -787,13 +851,51 @@ def validate_schedule(
         Every violation found (the first :data:`MAX_VIOLATIONS`, and a count of
         the rest), the recomputed metrics and per-request times.
     """
+    report, _, _ = _validate_log(instance, profile, runs, members, preemptions,
+                                 replicas=replicas, requests=requests,
+                                 metrics=metrics, rtol=rtol)  # fmt: skip
+    return report
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """What a disaggregated cluster adds to one pool's log (:func:`validate_cluster`).
+
+    ``carried`` (a decode pool): per request, the KV tokens it brings, arriving at
+    ``delivered_s`` (its ``transfer_end_s``). ``pinned_until`` (a prefill pool): per
+    request, when the KV it keeps pinned from the end of its prefill is freed (its
+    ``transfer_end_s``; NaN for one that does not move).
+    """
+
+    carried: IntArray | None = None
+    delivered_s: FloatArray | None = None
+    pinned_until: FloatArray | None = None
+
+
+def _validate_log(
+    instance: Instance,
+    profile: DeploymentProfile,
+    runs: pd.DataFrame,
+    members: pd.DataFrame,
+    preemptions: pd.DataFrame,
+    *,
+    replicas: int,
+    requests: pd.DataFrame | None,
+    metrics: Mapping[str, float] | None,
+    rtol: float,
+    stages: _Stages | None = None,
+) -> tuple[ValidationReport, float, float]:
+    """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
+    ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
+    KV included)."""
     out = _Collector()
     n = len(instance)
     nan = np.full(n, np.nan)
     if not _check_schema(instance, runs, members, preemptions, replicas, out):
-        return ValidationReport(
+        report = ValidationReport(
             tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
         )
+        return report, 0.0, 0.0
 
     runs = runs.sort_index()
     run_ids = [int(r) for r in runs.index]
@@ -827,6 +929,7 @@ def validate_schedule(
         p_pos,
         p_req,
         out,
+        None if stages is None else stages.carried,
     )
 
     # features of every run from its members and the validator's bookkeeping
@@ -859,17 +962,30 @@ def validate_schedule(
             run=run_ids[r],
         )
 
-    kv_first = _check_kv(profile, runs, run_ids, replica, n_it, D, m_pos, p_pos,
-                         replay, replicas, out)  # fmt: skip
-    kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
-
-    # per-request times, then token conservation for requests never completed
+    # per-request times
     features = list(zip(P.tolist(), Q.tolist(), D.tolist(), K0.tolist(), strict=True))
     first, done = nan.copy(), nan.copy()
     for times, marks in ((first, replay.first_at), (done, replay.done_at)):
         for i, r, k in marks:
             times[i] = _iteration_end(profile, start[r], end[r], n_it[r], k,
                                       features[r])  # fmt: skip
+
+    arrivals, pinned, pinned_token_seconds = None, None, 0.0
+    if stages is not None:
+        timeline = _Timeline(profile, replica, start, end, n_it, (P, Q, D, K0))
+        if stages.carried is not None:
+            assert stages.delivered_s is not None
+            arrivals = _adoptions(stages, replay, timeline, run_ids, out)
+        if stages.pinned_until is not None:
+            pinned, pinned_token_seconds = _pins(
+                instance, profile, stages.pinned_until, replay, done, timeline
+            )
+    kv_first = _check_kv(profile, runs, run_ids, replica, n_it, D, m_pos, p_pos,
+                         replay, replicas, out, arrivals, pinned)  # fmt: skip
+    kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
+    kv_token_seconds += pinned_token_seconds
+
+    # token conservation for requests never completed
     output = instance.output_tokens
     for i in np.flatnonzero(np.isnan(done)).tolist():
         out.add(
@@ -904,9 +1020,141 @@ def validate_schedule(
         _compare_records(records, requests, rtol, out)
     if metrics is not None:
         _compare_metrics(own, metrics, rtol, out)
-    return ValidationReport(
+    report = ValidationReport(
         tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
     )
+    return report, float(duration.sum()), kv_token_seconds
+
+
+# -- the stages of a disaggregated cluster ------------------------------------------
+
+
+class _Timeline:
+    """The runs of one pool's log, per replica in time order, with the end of any
+    iteration inside a run on demand."""
+
+    def __init__(
+        self,
+        profile: DeploymentProfile,
+        replica: IntArray,
+        start: FloatArray,
+        end: FloatArray,
+        n_it: IntArray,
+        features: tuple[IntArray, IntArray, IntArray, IntArray],
+    ) -> None:
+        self.profile = profile
+        self.start, self.end, self.n_it = start, end, n_it
+        self.features = features
+        self.runs = {
+            int(rep): np.flatnonzero(replica == rep) for rep in np.unique(replica)
+        }
+
+    def of(self, rep: int) -> IntArray:
+        """Run positions of replica ``rep``, in time order."""
+        return self.runs.get(rep, np.zeros(0, dtype=np.int64))
+
+    def boundary(self, rep: int, t: float) -> float:
+        """The first iteration boundary of replica ``rep`` at or after ``t``: the
+        end of the iteration in flight at ``t`` (one that started more than the
+        arrival tolerance before it), else ``t`` itself (the replica is at a
+        boundary or idle)."""
+        index = self.of(rep)
+        k = int(np.searchsorted(self.start[index] + ARRIVAL_TOLERANCE_S, t)) - 1
+        if k < 0:
+            return t
+        r = int(index[k])
+        if self.end[r] + ARRIVAL_TOLERANCE_S < t:
+            return t
+        if self.n_it[r] == 1:
+            return float(self.end[r])
+        P, Q, D, K0 = (f[r : r + 1] for f in self.features)
+        phi, _, _ = _phi(P, Q, D, K0, self.n_it[r : r + 1])
+        ends = self.start[r] + np.cumsum(self.profile.iteration_time_s(phi))
+        ends[-1] = self.end[r]
+        return float(ends[np.searchsorted(ends + ARRIVAL_TOLERANCE_S, t)])
+
+
+def _adoptions(
+    stages: _Stages,
+    replay: _Replay,
+    timeline: _Timeline,
+    run_ids: list[int],
+    out: _Collector,
+) -> tuple[IntArray, IntArray]:
+    """A decode pool: where each request's KV arrives (run positions, tokens).
+
+    A request's KV reaches its decode replica at ``delivered_s``; the replica
+    adopts it (or drops it) at its first boundary at or after then, and nothing of
+    the request runs there earlier (``decode-after-transfer``). An adopted
+    request's admission is that boundary, and its KV counts from the first run
+    that ends after it.
+    """
+    assert stages.carried is not None and stages.delivered_s is not None
+    positions: list[int] = []
+    tokens: list[int] = []
+    for i in np.flatnonzero(stages.carried > 0).tolist():
+        rep, first = int(replay.replica[i]), int(replay.first_pos[i])
+        if rep < 0 or first < 0:
+            continue  # it never ran: token conservation says so
+        t = float(stages.delivered_s[i])
+        if not math.isfinite(t):
+            out.add(
+                "decode-after-transfer",
+                "runs on a decode replica with no transfer end recorded",
+                run=run_ids[first],
+                request=i,
+            )
+            continue
+        adopted = timeline.boundary(rep, t)
+        begins = float(timeline.start[first])
+        slack = 2 * ARRIVAL_TOLERANCE_S + 1e-12 * abs(adopted)
+        if begins < adopted - slack:
+            out.add(
+                "decode-after-transfer",
+                f"runs on its decode replica at {begins!r} s, before its KV arrives "
+                f"at {t!r} s (transfer_end_s) and the replica's first boundary at or "
+                f"after then, {adopted!r} s",
+                run=run_ids[first],
+                request=i,
+            )
+        if replay.adopted[i]:
+            replay.admitted_s[i] = adopted
+            index = timeline.of(rep)
+            k = int(np.searchsorted(timeline.end[index], adopted + ARRIVAL_TOLERANCE_S,
+                                    side="right"))  # fmt: skip
+            if k < len(index):
+                positions.append(int(index[k]))
+                tokens.append(int(stages.carried[i]))
+    return np.array(positions, dtype=np.int64), np.array(tokens, dtype=np.int64)
+
+
+def _pins(
+    instance: Instance,
+    profile: DeploymentProfile,
+    until: FloatArray,
+    replay: _Replay,
+    done: FloatArray,
+    timeline: _Timeline,
+) -> tuple[IntArray, float]:
+    """A prefill pool: the blocks pinned during each run, and the pinned KV's
+    token-seconds. A request that moves keeps ``ceil(s_i / b)`` blocks from the end
+    of its prefill (``done`` here: it emits one token) until ``until``, in every
+    run of its replica that starts in between (a run that starts when the pin is
+    freed, within the arrival tolerance, no longer holds it)."""
+    pinned = np.zeros(len(timeline.start), dtype=np.int64)
+    token_seconds = 0.0
+    prompt = instance.prompt_tokens
+    for i in np.flatnonzero(np.isfinite(until)).tolist():
+        rep, since = int(replay.replica[i]), float(done[i])
+        if rep < 0 or math.isnan(since):
+            continue
+        index = timeline.of(rep)
+        starts = timeline.start[index]
+        lo = int(np.searchsorted(starts, since - ARRIVAL_TOLERANCE_S))
+        hi = int(np.searchsorted(starts, until[i] - ARRIVAL_TOLERANCE_S))
+        pinned[index[lo:hi]] += int(profile.kv_blocks(prompt[i : i + 1])[0])
+        token_seconds += int(prompt[i]) * (float(until[i]) - since)
+    return pinned, token_seconds
 
 
 # -- the checks ------------------------------------------------------------------
@@ -1023,13 +1271,18 @@ def _check_kv(
     replay: _Replay,
     replicas: int,
     out: _Collector,
+    arrivals: tuple[IntArray, IntArray] | None = None,
+    pinned: IntArray | None = None,
 ) -> IntArray:
     """KV capacity and the ``kv_tokens`` column; returns KV after each first iteration.
 
     The KV a replica holds changes by: members' growth during a run, preemptions
     (before it) and completions (freed after its last iteration, so a completing
     request still counts in that iteration). Within a run KV only grows, so its
-    last iteration holds the most.
+    last iteration holds the most. In a disaggregated cluster, ``arrivals`` (run
+    positions, tokens) is KV adopted on a decode replica, held from that run on,
+    and ``pinned`` the blocks a prefill replica keeps pinned during each run
+    (counted against the capacity, not in ``kv_tokens``).
     """
     m = len(run_ids)
     blocks = profile.kv_blocks
@@ -1046,6 +1299,10 @@ def _check_kv(
     during_blocks = per_run(
         m_pos, blocks(replay.after) - blocks(replay.before)
     ) - per_run(p_pos, blocks(replay.freed))
+    if arrivals is not None:
+        pos, tokens = arrivals
+        during_tokens += per_run(pos, tokens)
+        during_blocks += per_run(pos, blocks(tokens))
     freed_tokens = per_run(m_pos[completing], replay.after[completing])
     freed_blocks = per_run(m_pos[completing], blocks(replay.after[completing]))
 
@@ -1061,11 +1318,14 @@ def _check_kv(
             np.cumsum(during_blocks[index] - freed_blocks[index]) + freed_blocks[index]
         )
     capacity = profile.kv_capacity_blocks
+    if pinned is not None:
+        last_blocks = last_blocks + pinned
     for r in np.flatnonzero(last_blocks > capacity).tolist():
+        also = "" if pinned is None or not pinned[r] else f" ({pinned[r]} pinned)"
         out.add(
             "kv-capacity",
-            f"holds {last_blocks[r]} KV blocks after its last iteration; capacity "
-            f"{capacity} blocks of {profile.block_tokens} tokens",
+            f"holds {last_blocks[r]} KV blocks{also} after its last iteration; "
+            f"capacity {capacity} blocks of {profile.block_tokens} tokens",
             run=run_ids[r],
         )
     first_tokens = last_tokens - (n_it - 1) * D
@@ -1135,7 +1395,8 @@ def validate_cluster(
     *,
     rtol: float = 1e-9,
 ) -> ValidationReport:
-    """Check a cluster run (``simulate_cluster(..., log=True)``) pool by pool.
+    """Check a cluster run (``simulate_cluster(..., log=True)``) pool by pool (a
+    disaggregated one stage by stage, with its transfers: module docstring).
 
     Parameters
     ----------
@@ -1157,6 +1418,8 @@ def validate_cluster(
         the pools' (``metrics[f"{pool}.{key}"]``); per-request times in instance
         order.
     """
+    if any(pool.role != "colocated" for pool in cluster.pools):
+        return _validate_disaggregated(instance, cluster, result, rtol)
     out = _Collector()
     n = len(instance)
     requests = result.requests
@@ -1216,3 +1479,338 @@ def _check_rejections(requests: pd.DataFrame, result: Any, out: _Collector) -> N
                     request=i)  # fmt: skip
         if i in logged or not np.isnan(times[i]).all():
             out.add("rejection", "a rejected request ran", request=i)
+
+
+def _pool_log(
+    result: Any, lo: int, hi: int, ids: IntArray, n: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The log of replicas ``lo..hi-1`` (numbered from 0), with its requests ``ids``
+    numbered by their position in ``ids`` (-1: not among them)."""
+    runs = result.runs[result.runs["replica"].between(lo, hi - 1)]
+    runs = runs.assign(replica=runs["replica"] - lo)
+    members = result.members[result.members["run"].isin(runs.index)]
+    preempted = result.preemptions[result.preemptions["run"].isin(runs.index)]
+    local = np.full(n, -1, dtype=np.int64)
+    local[ids] = np.arange(len(ids))
+    members = members.assign(request=local[members["request"].to_numpy()])
+    preempted = preempted.assign(request=local[preempted["request"].to_numpy()])
+    return runs, members, preempted
+
+
+def _validate_disaggregated(
+    instance: Instance, cluster: Any, result: Any, rtol: float
+) -> ValidationReport:
+    """:func:`validate_cluster` for a cluster with prefill and decode pools.
+
+    Each pool's log is replayed on its own: a prefill pool serves its requests as
+    one-token requests and keeps the KV of those that move pinned until their
+    transfer ends; a decode pool receives them with token 1 emitted and ``s_i``
+    tokens of KV, adopted at its first boundary at or after the transfer end (or
+    dropped and prefilled again). The per-request records of both stages are put
+    together and compared with the claimed ones; the transfers are checked
+    against their links; each pool's metrics are recomputed as the records
+    define them (over the requests it served, with their end-to-end times).
+    """
+    out = _Collector()
+    n = len(instance)
+    nan = np.full(n, np.nan)
+    requests = result.requests
+    missing = [c for c in (*REQUEST_COLUMNS, *STAGE_COLUMNS) if c not in requests]
+    if missing or result.runs is None:
+        what = f"requests lacks column(s) {missing}" if missing else "no iteration log"
+        out.add("schema", f"a disaggregated run: {what}")
+        return ValidationReport(
+            tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
+        )
+    _check_rejections(requests, result, out)
+    claimed = {c: requests[c].to_numpy() for c in (*REQUEST_COLUMNS, *STAGE_COLUMNS)}
+    prompt, output = instance.prompt_tokens, instance.output_tokens
+    own: dict[str, np.ndarray] = {
+        "replica": np.full(n, -1, dtype=np.int64),
+        "admitted_s": nan.copy(),
+        "first_token_s": nan.copy(),
+        "completion_s": nan.copy(),
+        "preemptions": np.zeros(n, dtype=np.int64),
+        "recomputed_tokens": np.zeros(n, dtype=np.int64),
+        "decode_replica": np.full(n, -1, dtype=np.int64),
+        "transfer_start_s": claimed["transfer_start_s"].astype(np.float64),
+        "transfer_end_s": claimed["transfer_end_s"].astype(np.float64),
+        "transferred_bytes": np.zeros(n),
+        "decode_admitted_s": nan.copy(),
+    }
+    end_s = own["transfer_end_s"]
+    parts = []  # (pool, its requests, busy seconds, KV token-seconds)
+    lo = 0
+    for pool in cluster.pools:
+        hi = lo + pool.replicas
+        holder = claimed["decode_replica" if pool.role == "decode" else "replica"]
+        ids = np.flatnonzero((holder >= lo) & (holder < hi))
+        if not len(ids):
+            parts.append((pool, ids, 0.0, 0.0))
+            lo = hi
+            continue
+        runs, members, preempted = _pool_log(result, lo, hi, ids, n)
+        sub = instance.subset(ids)
+        stages = None
+        if pool.role == "prefill":  # one-token requests; the moving ones pin
+            sub = sub.replace(output_tokens=np.ones(len(ids), dtype=np.int64))
+            moving = output[ids] > 1
+            stages = _Stages(pinned_until=np.where(moving, end_s[ids], np.nan))
+            own["transferred_bytes"][ids[moving]] = (
+                prompt[ids[moving]] * pool.profile.kv_bytes_per_token
+            )
+        elif pool.role == "decode":
+            stages = _Stages(carried=prompt[ids].astype(np.int64),
+                             delivered_s=end_s[ids])  # fmt: skip
+        report, busy_s, kv_token_seconds = _validate_log(
+            sub, pool.profile, runs, members, preempted, replicas=pool.replicas,
+            requests=None, metrics=None, rtol=rtol, stages=stages,
+        )  # fmt: skip
+        for v in report.violations:
+            request = None if v.request is None else int(ids[v.request])
+            out.add(v.rule, f"pool {pool.name}: {v.message}", run=v.run,
+                    request=request)  # fmt: skip
+        out.extra += report.suppressed
+        parts.append((pool, ids, busy_s, kv_token_seconds))
+        lo = hi
+        mine = report.requests
+        if mine is None:
+            continue
+        where = mine["replica"].to_numpy()
+        where = np.where(where >= 0, where + (hi - pool.replicas), -1)
+        if pool.role == "decode":
+            own["decode_replica"][ids] = where
+            own["decode_admitted_s"][ids] = mine["admitted_s"]
+            own["completion_s"][ids] = mine["completion_s"]
+        else:
+            own["replica"][ids] = where
+            own["admitted_s"][ids] = mine["admitted_s"]
+            own["first_token_s"][ids] = mine["first_token_s"]
+            ends = pool.role == "colocated" or output[ids] == 1
+            own["completion_s"][ids] = np.where(
+                ends, mine["completion_s"], own["completion_s"][ids]
+            )
+        own["preemptions"][ids] += mine["preemptions"].to_numpy(dtype=np.int64)
+        own["recomputed_tokens"][ids] += mine["recomputed_tokens"].to_numpy(
+            dtype=np.int64
+        )
+
+    records = pd.DataFrame(own)
+    records.index.name = "request"
+    for column, mine in own.items():
+        if column in ("transfer_start_s", "transfer_end_s"):
+            continue  # the transfers are checked against their links below
+        theirs = claimed[column].astype(np.float64)
+        close = _close_array(theirs, mine.astype(np.float64), rtol)
+        for i in np.flatnonzero(~close).tolist():
+            out.add(
+                "request-record",
+                f"{column} = {float(theirs[i])!r}; the log gives {float(mine[i])!r}",
+                request=i,
+            )
+    _check_transfers(instance, cluster, own, claimed, rtol, out)
+
+    metrics: dict[str, float] = {}
+    skip = {"profile", "policy", "replicas", "iterations", "num_rejected"}
+    for pool, ids, busy_s, kv_token_seconds in parts:
+        if not len(ids):
+            continue
+        mine_metrics = _metrics(
+            instance.subset(ids),
+            own["first_token_s"][ids],
+            own["completion_s"][ids],
+            busy_s=busy_s,
+            kv_token_seconds=kv_token_seconds,
+            capacity_tokens=pool.profile.kv_capacity_tokens,
+            replicas=pool.replicas,
+            preemptions=int(own["preemptions"][ids].sum()),
+            recomputed=int(own["recomputed_tokens"][ids].sum()),
+        )
+        if result.pool_metrics is not None:
+            row = result.pool_metrics.loc[pool.name]
+            theirs = {k: float(v) for k, v in row.items() if k not in skip}
+            before = len(out.kept)
+            _compare_metrics(mine_metrics, theirs, rtol, out)
+            out.kept[before:] = [
+                Violation(v.rule, v.run, v.request, f"pool {pool.name}: {v.message}")
+                for v in out.kept[before:]
+            ]
+        metrics |= {f"{pool.name}.{k}": v for k, v in mine_metrics.items()}
+    moved = float(own["transferred_bytes"].sum())
+    metrics["transferred_bytes"] = moved
+    if "transferred_bytes" in result.metrics:
+        _compare_metrics(
+            {"transferred_bytes": moved},
+            {"transferred_bytes": result.metrics["transferred_bytes"]},
+            rtol,
+            out,
+        )
+    return ValidationReport(
+        tuple(out.kept),
+        metrics,
+        _frozen(own["first_token_s"]),
+        _frozen(own["completion_s"]),
+        records,
+        out.extra,
+    )
+
+
+def _check_transfers(
+    instance: Instance,
+    cluster: Any,
+    own: dict[str, np.ndarray],
+    claimed: dict[str, np.ndarray],
+    rtol: float,
+    out: _Collector,
+) -> None:
+    """Every transfer against its request and its link.
+
+    ``transfer``: a request prefilled on a prefill replica with ``o_i >= 2`` moves
+    (and no other): its transfer starts no earlier than its first token and ends
+    no earlier than ``start + latency + bytes / bandwidth``. ``link``: on a
+    ``fifo`` link (or one of unbounded bandwidth) transfers go one at a time in
+    the order their prefills end, each starting at ``max(f_i, the previous one's
+    departure)`` and ending ``bytes / bandwidth + latency`` later; on a ``share``
+    link each starts at ``f_i`` and ends ``latency`` after processor sharing of the
+    bandwidth lets it depart.
+    """
+    pools = [p for p in cluster.pools for _ in range(p.replicas)]
+    first: list[float] = own["first_token_s"].tolist()
+    start: list[float] = own["transfer_start_s"].tolist()
+    end: list[float] = own["transfer_end_s"].tolist()
+    nbytes: list[float] = own["transferred_bytes"].tolist()
+    output = instance.output_tokens
+    links: dict[tuple[str, str], list[int]] = {}
+
+    def flag(rule: str, i: int, message: str) -> None:
+        out.add(rule, message, request=i)
+
+    for i in range(len(instance)):
+        c = int(own["replica"][i])
+        if c < 0:
+            continue  # rejected, or never ran: other rules say so
+        moves = pools[c].role == "prefill" and output[i] > 1
+        d = int(claimed["decode_replica"][i])
+        recorded = not (math.isnan(start[i]) and math.isnan(end[i])) or d >= 0
+        if not moves:
+            if recorded or claimed["transferred_bytes"][i] != 0:
+                flag(
+                    "transfer",
+                    i,
+                    "records a transfer, but the request does not "
+                    "move (colocated, or one output token)",
+                )
+            continue
+        if not (0 <= d < len(pools) and pools[d].role == "decode"):
+            flag("transfer", i, f"moves, but decode_replica = {d} is no decode replica")
+            continue
+        if not (math.isfinite(start[i]) and math.isfinite(end[i])):
+            flag("transfer", i, "moves, but its transfer has no finite start and end")
+            continue
+        link = cluster.link(pools[c].name, pools[d].name)
+        if start[i] < first[i] - ARRIVAL_TOLERANCE_S:
+            flag(
+                "transfer",
+                i,
+                f"starts at {start[i]!r} s, before its prefill ends at {first[i]!r} s",
+            )
+        least = start[i] + link.latency_s + nbytes[i] / link.bandwidth_bytes_per_s
+        if end[i] < least - rtol * abs(least) - ARRIVAL_TOLERANCE_S:
+            flag(
+                "transfer",
+                i,
+                f"ends at {end[i]!r} s; {nbytes[i]!r} bytes from "
+                f"{start[i]!r} s over the link {link.source} -> {link.target} "
+                f"arrive at {least!r} s at the earliest",
+            )
+        links.setdefault((link.source, link.target), []).append(i)
+    for (source, target), ids in links.items():
+        link = cluster.link(source, target)
+        bandwidth, latency = link.bandwidth_bytes_per_s, link.latency_s
+        name = f"{source} -> {target}"
+
+        def near(a: float, b: float) -> bool:
+            return _close(a, b, rtol, ARRIVAL_TOLERANCE_S)
+
+        if link.sharing == "fifo" or math.isinf(bandwidth):
+            free, latest = -math.inf, -math.inf
+            for i in sorted(ids, key=lambda i: (start[i], first[i], i)):
+                expected = max(first[i], free)
+                if not near(start[i], expected):
+                    flag(
+                        "link",
+                        i,
+                        f"starts at {start[i]!r} s on the fifo link "
+                        f"{name}; expected {expected!r} s (its prefill's end or "
+                        "the previous transfer's departure)",
+                    )
+                if first[i] < latest - ARRIVAL_TOLERANCE_S:
+                    flag(
+                        "link",
+                        i,
+                        f"goes on the fifo link {name} after a transfer "
+                        "whose prefill ended later",
+                    )
+                leaves = start[i] + nbytes[i] / bandwidth
+                if not near(end[i], leaves + latency):
+                    flag(
+                        "link",
+                        i,
+                        f"ends at {end[i]!r} s; alone on the fifo link "
+                        f"{name} from {start[i]!r} s it arrives at "
+                        f"{leaves + latency!r} s",
+                    )
+                free, latest = max(free, end[i] - latency), max(latest, first[i])
+            continue
+        for i in ids:
+            if not near(start[i], first[i]):
+                flag(
+                    "link",
+                    i,
+                    f"starts at {start[i]!r} s on the shared link {name}; "
+                    f"expected its prefill's end, {first[i]!r} s",
+                )
+        departs = _shared_departures(
+            np.array([start[i] for i in ids]),
+            np.array([nbytes[i] for i in ids]),
+            bandwidth,
+        )
+        for i, leaves in zip(ids, departs.tolist(), strict=True):
+            if not near(end[i], leaves + latency):
+                flag(
+                    "link",
+                    i,
+                    f"ends at {end[i]!r} s; sharing the link {name} with "
+                    f"the transfers on it, it arrives at {leaves + latency!r} s",
+                )
+
+
+def _shared_departures(
+    start: FloatArray, nbytes: FloatArray, bandwidth: float
+) -> FloatArray:
+    """When each transfer leaves a link whose ``bandwidth`` the active transfers
+    share equally (processor sharing), given when each starts and its bytes."""
+    order = np.argsort(start, kind="stable").tolist()
+    left: dict[int, float] = {}
+    departs = np.full(len(start), np.nan)
+    now = -math.inf
+    k = 0
+    while k < len(order) or left:
+        coming = float(start[order[k]]) if k < len(order) else math.inf
+        leaving, who = math.inf, -1
+        if left:
+            who = min(left, key=lambda j: (left[j], j))
+            leaving = now + max(0.0, left[who]) * len(left) / bandwidth
+        t = min(coming, leaving)
+        if left and t > now:
+            sent = (t - now) * bandwidth / len(left)
+            for j in left:
+                left[j] -= sent
+        now = max(now, t)
+        if coming <= leaving:
+            left[order[k]] = float(nbytes[order[k]])
+            k += 1
+        else:
+            del left[who]
+            departs[who] = t
+    return departs

@@ -9,14 +9,23 @@ fast engine that drifts from the per-iteration rules, shows up as a difference.
 The rules are those of :mod:`lsched.policies.base` and DESIGN.md ("The iteration
 model"); where the text leaves a choice open, the comment at that line says which
 reading this engine takes.
+
+:func:`simulate_naive_cluster` replays a disaggregated cluster (prefill and decode
+pools, the links between them) the same way, with one global clock, from the
+semantics stated in the docstring of :mod:`lsched.evaluator.disagg` (restated in
+the comment above it); it keeps its own block arithmetic (nothing from
+:mod:`lsched.kv` either) and its own links.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import inspect
+import itertools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -250,6 +259,11 @@ class _Replica:
             self.preemptions[r] += 1
             self.processed[r] = 0
 
+    def pinned_blocks(self) -> int:
+        """Blocks taken by no running request (a disaggregated prefill replica's
+        KV on its way to a decode replica); none here."""
+        return 0
+
     def _idle_until(self, t: float, num_arrived: int, wake_at_s: float | None) -> float:
         """An empty batch: idle until the next arrival or the policy's wake time."""
         events = []
@@ -319,6 +333,7 @@ class _Replica:
         for r in decode:
             after[r] += 1
         blocks = sum(_blocks(x, limits.block_tokens) for x in after.values())
+        blocks += self.pinned_blocks()
         if blocks > limits.kv_capacity_blocks:
             raise PolicyError(
                 f"{blocks} KV blocks after the iteration; capacity is "
@@ -493,4 +508,463 @@ def simulate_naive(
         max_kv_blocks_seen=max_blocks,
         max_kv_tokens_seen=max_tokens,
         max_decode_steps=max_decode,
+    )
+
+
+# -- disaggregated clusters ------------------------------------------------------------
+#
+# The semantics restated from the module docstring of lsched.evaluator.disagg (not from
+# its code), one iteration at a time and with one global clock:
+#
+# - a request arrives at a_i and is routed to a prefill or colocated replica (or
+#   rejected when its peak KV s_i + o_i - 1 fits no decode replica); a prefill
+#   replica serves it as a one-token request;
+# - at the end f_i of the iteration that finishes its prefill (o_i >= 2) the decode
+#   router picks a decode replica d and its KV, s_i * kv_bytes_per_token bytes of
+#   the prefill profile, goes over the link of the two pools: fifo (start at
+#   max(f_i, the end of the transfer before it), the whole bandwidth) or share
+#   (every transfer on the link gets bandwidth / k; computed here in exact rational
+#   arithmetic); it arrives latency_s after leaving the link, at t_i;
+# - until t_i the prefill replica keeps ceil(s_i / b) blocks pinned: a policy sees a
+#   capacity less the pinned blocks, and a batch must fit beside them;
+# - at d's first boundary at or after t_i, in delivery order, the request is adopted
+#   running (processed = s_i, emitted = 1) if its blocks fit beside what d holds,
+#   else its KV is dropped (s_i tokens recomputed) and it waits with emitted = 1,
+#   to be prefilled again (s_i + 1 tokens); the policy hears adopt(ids).
+#
+# The clock: repeatedly take the earliest thing to happen. An event (an arrival, a
+# transfer leaving a shared link, a delivery, a finished prefill) at time e comes
+# before a replica's decision at boundary b when e <= b + ARRIVAL_TOLERANCE_S. Events
+# at one time are taken in the order: transfers leaving a shared link, deliveries,
+# finished prefills, arrivals; events of one kind at one time in the order they were
+# scheduled (finished prefills: in the order their iterations started, replicas at
+# one boundary by id, then batch order; a shared link's simultaneous departures by
+# instance position). Replicas deciding at one time decide by id.
+#
+# Routers: round-robin (arrival i to entry replica i mod E over the prefill and
+# colocated replicas in replica order; decode: i mod D over the decode replicas) and
+# least-outstanding (fewest unfinished, ties to the lowest id). Unfinished at t: the
+# requests routed to a replica less those finished; on a decode or colocated replica a
+# request is finished once the iteration that completes it has started before t (the
+# replica's state at its first boundary at or after t); on a prefill replica once
+# its prefill ended by t (an iteration in flight at t has not finished its requests).
+# A decode replica counts the requests on their way to it.
+
+_DEPART, _DELIVER, _PREFILLED, _ARRIVAL = 0, 1, 2, 3
+#: Routers the naive cluster engine implements.
+NAIVE_ROUTERS = ("round-robin", "least-outstanding")
+
+
+@dataclass(frozen=True)
+class NaiveDisaggResult:
+    """What :func:`simulate_naive_cluster` returns, per request in instance order.
+
+    ``replica`` is the prefill or colocated replica a request arrived at (-1:
+    rejected, with its reason in ``rejected``); ``admitted_s`` and
+    ``first_token_s`` are there; ``completion_s`` is where it completed (its decode
+    replica unless it emits one token or ran colocated). ``decode_replica``,
+    ``transfer_start_s``, ``transfer_end_s``, ``transferred_bytes`` and
+    ``decode_admitted_s`` (admission or adoption on the decode replica) describe the
+    second stage (-1, NaN, 0 without one). ``preemptions`` and
+    ``recomputed_tokens`` add up both replicas (a dropped KV counts its ``s_i``).
+    """
+
+    replica: IntArray
+    admitted_s: FloatArray
+    first_token_s: FloatArray
+    completion_s: FloatArray
+    preemptions: IntArray
+    recomputed_tokens: IntArray
+    decode_replica: IntArray
+    transfer_start_s: FloatArray
+    transfer_end_s: FloatArray
+    transferred_bytes: FloatArray
+    decode_admitted_s: FloatArray
+    rejected: tuple[str, ...]
+    iterations: int
+    busy_s: float
+
+
+class _Stage(_Replica):
+    """One replica of a cluster, stepped one decision at a time by the clock of
+    :func:`simulate_naive_cluster` (local ids in the order requests reach it)."""
+
+    def __init__(self, index: int, pool: Any, instance: Instance,
+                 tenants: tuple[str, ...] | None) -> None:  # fmt: skip
+        profile = pool.profile
+        limits = ReplicaLimits(
+            kv_capacity_blocks=profile.kv_capacity_blocks,
+            block_tokens=profile.block_tokens,
+            max_num_seqs=profile.max_num_seqs,
+            max_num_batched_tokens=profile.max_num_batched_tokens,
+            max_model_len=profile.max_model_len,
+        )
+        spec = pool.policy
+        if inspect.signature(spec.make).parameters:
+            policy = spec.make(PolicyContext(index, pool.name, limits, tenants))
+        else:
+            policy = spec.make()
+        super().__init__([], instance, profile, policy)
+        self.index = index
+        self.role: str = pool.role
+        self.pool: str = pool.name
+        self.instance = instance
+        self.carried: list[int] = []  # decode: KV tokens each request brings
+        self.seen: list[bool] = []  # decode: adopted or dropped already
+        self.pins: dict[int, int] = {}  # prefill: instance position -> blocks
+        self.next_s = math.inf  # its next decision (inf: none until an event)
+        self.busy = False  # next_s is the end of an iteration it runs
+        self.routed = 0  # requests a router sent here
+        self.finished_at: list[float] = []  # end of each completing iteration
+
+    def pinned_blocks(self) -> int:
+        return sum(self.pins.values())
+
+    def add(self, i: int, t: float, output: int, carried: int = 0) -> None:
+        """Request ``i`` reaches this replica at ``t`` with ``output`` tokens to
+        emit and ``carried`` tokens of KV."""
+        self.rows.append(i)
+        self.arrival.append(t)
+        self.prompt.append(int(self.instance.prompt_tokens[i]))
+        self.output.append(output)
+        self.status.append(_WAITING)
+        for column in (self.processed, self.target, self.emitted, self.preemptions,
+                       self.recomputed):  # fmt: skip
+            column.append(0)
+        for times in (self.admitted_s, self.first_token_s, self.completion_s):
+            times.append(math.nan)
+        self.carried.append(carried)
+        self.seen.append(carried == 0)
+        self.wake(t)
+
+    def wake(self, t: float) -> None:
+        """Something changed at ``t``: an idle replica decides then."""
+        if not self.busy:
+            self.next_s = min(self.next_s, t)
+
+    def outstanding(self, t: float) -> int:
+        """Unfinished requests as a router sees them at ``t``."""
+        if self.role == "prefill":
+            ended = sum(1 for end in self.finished_at if end <= t + ARRIVAL_TOLERANCE_S)
+            return self.routed - ended
+        return self.routed - len(self.finished_at)
+
+    def _view(self, t: float, num_arrived: int, waiting: list[int]) -> ReplicaView:
+        limits = self.limits
+        pinned = self.pinned_blocks()
+        if pinned:
+            limits = ReplicaLimits(
+                kv_capacity_blocks=limits.kv_capacity_blocks - pinned,
+                block_tokens=limits.block_tokens,
+                max_num_seqs=limits.max_num_seqs,
+                max_num_batched_tokens=limits.max_num_batched_tokens,
+                max_model_len=limits.max_model_len,
+            )
+        instance, rows = self.instance, self.rows
+        pred, prio, tenant = (
+            instance.predicted_output_tokens,
+            instance.priority,
+            instance.tenant,
+        )
+        return ReplicaView(
+            now_s=t,
+            iteration=self.iterations,
+            num_arrived=num_arrived,
+            running=_frozen(self.running, int),
+            waiting=_frozen(waiting, int),
+            arrival_s=_frozen(self.arrival, float),
+            prompt_tokens=_frozen(self.prompt, int),
+            predicted_output_tokens=None if pred is None else _frozen(pred[rows], int),
+            emitted_tokens=_frozen(self.emitted, int),
+            processed_tokens=_frozen(self.processed, int),
+            prefill_target_tokens=_frozen(self.target, int),
+            limits=limits,
+            priority=None if prio is None else _frozen(prio[rows], int),
+            tenant=None if tenant is None else _frozen(tenant[rows], str),
+        )
+
+    def _adopt(self, t: float) -> None:
+        """Adopt (or drop the KV of) every request delivered since the last
+        boundary, in delivery order."""
+        b = self.limits.block_tokens
+        adopted = []
+        for r in range(len(self.rows)):
+            if self.seen[r]:
+                continue
+            self.seen[r] = True
+            tokens = self.carried[r]
+            self.emitted[r] = 1  # token 1 came from the prefill replica
+            held = sum(_blocks(self.processed[x], b) for x in self.running)
+            if held + _blocks(tokens, b) > self.limits.kv_capacity_blocks:
+                self.recomputed[r] += tokens  # dropped: waits to be prefilled again
+                continue
+            self.status[r] = _RUNNING
+            self.processed[r] = tokens
+            self.target[r] = self.prompt[r]
+            self.admitted_s[r] = t
+            self.running.append(r)
+            adopted.append(r)
+        adopt = getattr(self.policy, "adopt", None)
+        if adopted and adopt is not None:
+            adopt(adopted)
+
+    def step(self, t: float) -> list[int]:
+        """Decide at the boundary ``t`` and run the batch for one iteration; the
+        local ids that complete in it (batch order)."""
+        self.busy = False
+        self.next_s = math.inf
+        if self.role == "decode":
+            self._adopt(t)
+        m = len(self.rows)
+        waiting = [r for r in range(m) if self.status[r] == _WAITING]
+        if not self.running and not waiting:
+            return []
+        batch = self.policy.decide(self._view(t, m, waiting))
+        if not isinstance(batch, Batch):
+            raise PolicyError(f"decide() returned {type(batch).__name__}, not Batch")
+        self._preempt(_ids(batch.preempt, "preempt"))
+        prefill = _ids(batch.prefill, "prefill")
+        chunks = _ids(batch.prefill_tokens, "prefill_tokens")
+        decode = _ids(batch.decode, "decode")
+        if len(chunks) != len(prefill):
+            raise PolicyError(
+                f"Batch.prefill has {len(prefill)} ids but prefill_tokens "
+                f"{len(chunks)} chunk sizes"
+            )
+        if not prefill and not decode:
+            # idle until its wake time (one not after now has passed) or an event
+            wake = batch.wake_at_s
+            if wake is not None and wake > t:
+                self.next_s = float(wake)
+            return []
+        self._validate(prefill, chunks, decode, m)
+        end, _ = self._iterate(t, prefill, chunks, decode, 0)
+        self.busy = True
+        self.next_s = end
+        done = [
+            r
+            for r in prefill + decode
+            if self.status[r] == _DONE and self.completion_s[r] == end
+        ]
+        b = self.limits.block_tokens
+        for r in done:
+            self.finished_at.append(end)
+            i = self.rows[r]
+            if self.role == "prefill" and self.instance.output_tokens[i] > 1:
+                self.pins[i] = _blocks(self.prompt[r], b)  # until its transfer ends
+        return done
+
+
+class _SharedLink:
+    """The transfers on a ``share`` link, in exact rational arithmetic: each of
+    the ``k`` active ones sends at ``bandwidth / k``."""
+
+    def __init__(self, link: Any) -> None:
+        self.bandwidth = Fraction(link.bandwidth_bytes_per_s)
+        self.latency_s = float(link.latency_s)
+        self.left: dict[int, Fraction] = {}  # request -> bytes still to send
+        self.moves: dict[int, tuple[_Stage, _Stage]] = {}
+        self.last = Fraction(0)
+        self.version = 0
+
+    def progress(self, t: Fraction) -> None:
+        if self.left and t > self.last:
+            sent = (t - self.last) * self.bandwidth / len(self.left)
+            for i in self.left:
+                self.left[i] -= sent
+        self.last = max(self.last, t)
+
+    def next_departure(self) -> Fraction | None:
+        if not self.left:
+            return None
+        return self.last + min(self.left.values()) * len(self.left) / self.bandwidth
+
+
+def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResult:
+    """Replay ``instance`` on a disaggregated ``cluster`` (a
+    :class:`lsched.cluster.Cluster` read as data), one iteration at a time with
+    the policy called at every boundary (the rules in the comment above).
+
+    Raises
+    ------
+    InputError
+        If a router sends a request where it can never fit.
+    PolicyError
+        If a policy breaks a rule or stalls.
+    ValueError
+        For a router this engine does not implement (:data:`NAIVE_ROUTERS`).
+    """
+    for spec in (cluster.router, cluster.decode_router):
+        if spec.name not in NAIVE_ROUTERS:
+            raise ValueError(f"the naive engine has no router {spec.name!r}")
+    n = len(instance)
+    tenants = None
+    if instance.tenant is not None:
+        tenants = tuple(str(t) for t in np.unique(instance.tenant))
+    stages: list[_Stage] = []
+    for pool in cluster.pools:
+        for _ in range(pool.replicas):
+            stages.append(_Stage(len(stages), pool, instance, tenants))
+    entry = [x for x in stages if x.role in ("prefill", "colocated")]
+    decode = [x for x in stages if x.role == "decode"]
+    arrival = [float(a) for a in instance.arrival_s]
+    prompt = [int(s) for s in instance.prompt_tokens]
+    output = [int(o) for o in instance.output_tokens]
+
+    replica = [-1] * n
+    decode_replica = [-1] * n
+    start_s = [math.nan] * n
+    end_s = [math.nan] * n
+    nbytes = [0.0] * n
+    rejected = [""] * n
+
+    events: list[tuple[float, int, int, Any]] = []
+    counter = itertools.count()
+
+    def push(t: float, kind: int, payload: Any) -> None:
+        heapq.heappush(events, (t, kind, next(counter), payload))
+
+    def fits(x: _Stage, tokens: int) -> bool:
+        return _blocks(tokens, x.limits.block_tokens) <= x.limits.kv_capacity_blocks
+
+    def choose(spec: Any, replicas: list[_Stage], i: int, t: float) -> _Stage:
+        if spec.name == "round-robin":
+            return replicas[i % len(replicas)]
+        return min(replicas, key=lambda x: (x.outstanding(t), x.index))
+
+    def arrive(i: int) -> None:
+        t = arrival[i]
+        peak = prompt[i] + output[i] - 1
+        if output[i] > 1 and not any(fits(d, peak) for d in decode):
+            rejected[i] = f"peak KV {peak} tokens fits no decode replica"
+            return
+        x = choose(cluster.router, entry, i, t)
+        need = prompt[i] if x.role == "prefill" else peak
+        if not fits(x, need):
+            raise InputError(
+                f"the router sent request {i} to replica {x.index}, where its "
+                f"{need} tokens never fit",
+                field="router",
+            )
+        replica[i] = x.index
+        x.routed += 1
+        x.add(i, t, 1 if x.role == "prefill" else output[i])
+
+    fifo_free: dict[tuple[str, str], float] = {}
+    shared: dict[tuple[str, str], _SharedLink] = {}
+
+    def reschedule(state: _SharedLink) -> None:
+        state.version += 1
+        when = state.next_departure()
+        if when is not None:
+            push(float(when), _DEPART, (state, state.version, when))
+
+    def prefilled(t: float, x: _Stage, i: int) -> None:
+        d = choose(cluster.decode_router, decode, i, t)
+        peak = prompt[i] + output[i] - 1
+        if not fits(d, peak):
+            raise InputError(
+                f"the decode router sent request {i} to replica {d.index}, where "
+                f"its peak KV of {peak} tokens never fits",
+                field="decode_router",
+            )
+        decode_replica[i] = d.index
+        d.routed += 1  # on its way there: counted at once
+        size = float(prompt[i] * x.profile.kv_bytes_per_token)
+        nbytes[i] = size
+        link = cluster.link(x.pool, d.pool)
+        key = (x.pool, d.pool)
+        bandwidth = float(link.bandwidth_bytes_per_s)
+        if link.sharing == "fifo" or math.isinf(bandwidth):
+            start = max(t, fifo_free.get(key, -math.inf))
+            fifo_free[key] = start + size / bandwidth
+            start_s[i] = start
+            push(fifo_free[key] + float(link.latency_s), _DELIVER, (i, x, d))
+            return
+        start_s[i] = t
+        state = shared.setdefault(key, _SharedLink(link))
+        state.progress(Fraction(t))
+        state.left[i] = Fraction(size)
+        state.moves[i] = (x, d)
+        reschedule(state)
+
+    def depart(t: float, state: _SharedLink, version: int, when: Fraction) -> None:
+        if version != state.version:
+            return  # the link changed since this departure was planned
+        state.progress(when)
+        for i in sorted(j for j, left in state.left.items() if left <= 0):
+            del state.left[i]
+            x, d = state.moves.pop(i)
+            push(t + state.latency_s, _DELIVER, (i, x, d))
+        reschedule(state)
+
+    def deliver(t: float, i: int, x: _Stage, d: _Stage) -> None:
+        del x.pins[i]
+        x.wake(t)
+        end_s[i] = t
+        d.add(i, t, output[i], prompt[i])
+
+    for i in range(n):
+        push(arrival[i], _ARRIVAL, i)
+    while True:
+        t_event = events[0][0] if events else math.inf
+        x = min(stages, key=lambda s: (s.next_s, s.index))
+        if t_event == math.inf and x.next_s == math.inf:
+            break
+        if t_event <= x.next_s + ARRIVAL_TOLERANCE_S:
+            t, kind, _, payload = heapq.heappop(events)
+            if kind == _ARRIVAL:
+                arrive(payload)
+            elif kind == _PREFILLED:
+                prefilled(t, *payload)
+            elif kind == _DELIVER:
+                deliver(t, *payload)
+            else:
+                depart(t, *payload)
+            continue
+        t = x.next_s
+        for r in x.step(t):
+            i = x.rows[r]
+            if x.role == "prefill" and output[i] > 1:
+                push(x.completion_s[r], _PREFILLED, (x, i))
+    for x in stages:
+        if any(status != _DONE for status in x.status):
+            raise PolicyError(
+                f"replica {x.index} stalled: requests left unfinished with nothing "
+                "left to wait for"
+            )
+
+    admitted = [math.nan] * n
+    first = [math.nan] * n
+    completion = [math.nan] * n
+    decode_admitted = [math.nan] * n
+    preemptions = [0] * n
+    recomputed = [0] * n
+    for x in stages:
+        for r, i in enumerate(x.rows):
+            if x.role == "decode":
+                decode_admitted[i] = x.admitted_s[r]
+                completion[i] = x.completion_s[r]
+            else:
+                admitted[i] = x.admitted_s[r]
+                first[i] = x.first_token_s[r]
+                if x.role == "colocated" or output[i] == 1:
+                    completion[i] = x.completion_s[r]
+            preemptions[i] += x.preemptions[r]
+            recomputed[i] += x.recomputed[r]
+    return NaiveDisaggResult(
+        replica=_frozen(replica, np.int64),
+        admitted_s=_frozen(admitted, np.float64),
+        first_token_s=_frozen(first, np.float64),
+        completion_s=_frozen(completion, np.float64),
+        preemptions=_frozen(preemptions, np.int64),
+        recomputed_tokens=_frozen(recomputed, np.int64),
+        decode_replica=_frozen(decode_replica, np.int64),
+        transfer_start_s=_frozen(start_s, np.float64),
+        transfer_end_s=_frozen(end_s, np.float64),
+        transferred_bytes=_frozen(nbytes, np.float64),
+        decode_admitted_s=_frozen(decode_admitted, np.float64),
+        rejected=tuple(rejected),
+        iterations=sum(x.iterations for x in stages),
+        busy_s=sum(x.busy_s for x in stages),
     )

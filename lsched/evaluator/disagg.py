@@ -16,7 +16,8 @@ prefill and decode pools:
    and the ``k`` transfers on the link each get ``bandwidth / k``. It arrives
    ``latency_s`` after leaving the link, at ``t_i``. Until ``t_i`` the prefill
    replica keeps its blocks (``ceil(s_i / b)``, pinned in its ledger: they count
-   against its capacity and its admissions).
+   against its capacity and its admissions; its policy sees a capacity less the
+   pinned blocks).
 3. At its first boundary at or after ``t_i`` the decode replica adopts the
    request already prefilled (``processed = s_i``, ``emitted = 1``, running) if its
    blocks fit beside what the replica holds; the policy then decodes it like any
@@ -122,6 +123,9 @@ class StageEngine(JointEngine):
         #: prefill: (local id, pinned blocks, time) of every request that finished
         #: its prefill, until the loop takes them
         self.parked: list[tuple[int, int, float]] = []
+        #: prefill: the limits a policy sees while blocks are pinned, and for how
+        #: many pinned blocks
+        self._pinned_limits: tuple[int, ReplicaLimits] = (0, self.limits)
         #: decode: the KV tokens each request brings
         self.carried = np.zeros(capacity, dtype=np.int64)
         #: called at every boundary before the policy decides (a pulling decode
@@ -153,15 +157,19 @@ class StageEngine(JointEngine):
         super()._finish(finished, end)
 
     def _view(self) -> ReplicaView:
+        """The policy's view. While a prefill replica holds pinned blocks it shows
+        a capacity less those blocks (and ``kv_blocks_held`` counts the running
+        requests' blocks only): every policy, whichever way it counts the KV of
+        its running requests, then leaves room for them."""
         view = super()._view()
         pinned = self.kv.pinned_blocks
         if not pinned:
             return view
-        # pinned blocks are capacity the policy does not have
-        free = self.limits.kv_capacity_blocks - pinned
-        return dataclasses.replace(
-            view, limits=dataclasses.replace(self.limits, kv_capacity_blocks=free)
-        )
+        if self._pinned_limits[0] != pinned:
+            capacity = self.limits.kv_capacity_blocks - pinned
+            limits = dataclasses.replace(self.limits, kv_capacity_blocks=capacity)
+            self._pinned_limits = (pinned, limits)
+        return dataclasses.replace(view, limits=self._pinned_limits[1])
 
     def release(self, blocks: int, tokens: int, since_s: float, t: float) -> None:
         """Free ``blocks`` pinned at ``since_s`` (``tokens`` of KV) at ``t``; a

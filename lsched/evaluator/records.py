@@ -185,11 +185,10 @@ def _replica_metrics(
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         pool = cluster.pool_of(c)
         engines = [] if engine is None else [engine]
-        # instance order: a decode replica receives its requests in the order
-        # their prefills end, not in arrival order
-        metrics = _part_metrics(
-            instance, columns, engines, np.sort(ids), pool, 1, whole
-        )
+        # a decode replica's requests are in the order they reached it, not in
+        # instance (arrival) order, which a sub-instance needs
+        ids = np.sort(ids)
+        metrics = _part_metrics(instance, columns, engines, ids, pool, 1, whole)
         rows.append({"replica": c, "pool": pool.name} | metrics)
     return pd.DataFrame(rows).set_index("replica")
 
