@@ -20,11 +20,26 @@ prefill and decode pools:
    pinned blocks).
 3. At its first boundary at or after ``t_i`` the decode replica adopts the
    request already prefilled (``processed = s_i``, ``emitted = 1``, running) if its
-   blocks fit beside what the replica holds; the policy then decodes it like any
-   running request. If they do not fit, the KV is dropped and the request waits on
-   the decode replica to be prefilled again (``s_i + 1`` tokens, counted as
-   recomputed), like a request preempted by recompute. It completes there at
-   ``c_i``.
+   blocks fit beside what the replica holds and it runs fewer than
+   ``max_num_seqs`` requests; the policy then decodes it like any running request
+   (one that keeps state about its admissions learns of it through an optional
+   ``adopt(ids)``). Otherwise the KV is dropped (its ``s_i`` tokens counted as
+   recomputed) and the request waits on the decode replica to be prefilled again
+   (``s_i + 1`` tokens), like a request preempted by recompute. It completes there
+   at ``c_i``.
+
+*Pull* (a decode pool with ``pull = theta``, DistServe the system,
+``distserve/decoding_stage_scheduler.py``): step 2 stops at the routing. The
+request joins its decode replica's queue and its KV waits, pinned, on the prefill
+replica. The decode replica takes the head of its queue at each of its boundaries
+(a request joining its queue ends a held decode stretch there), or at once when it
+is idle, while (a) the blocks of the requests it took and has not yet admitted
+(KV on its way, or waiting to be prefilled again) are under ``theta *
+capacity``, (b) the prompt's blocks are free, and (c) it runs and awaits fewer
+than ``max_num_seqs`` requests. Taking a request reserves its blocks and starts the
+transfer then; the reservation becomes the request's own blocks at ``t_i``, so the
+adoption always fits. (DistServe swaps a decode request out on overflow; lsched's
+policies recompute until swap is modelled.)
 
 A request that emits one token completes on its prefill replica. One whose peak
 KV ``s_i + o_i - 1`` fits no decode replica is rejected at arrival (DESIGN.md,
@@ -40,11 +55,13 @@ Replicas run jointly in time as in :mod:`lsched.evaluator.cluster`. Events are
 taken in time order: arrivals, prefill completions (which route to a decode
 replica and start a transfer), a shared link's progress and transfer ends (which
 free the prefill replica's blocks and hand the request to its decode replica).
-A prefill replica runs one iteration at a time, always the one whose boundary is
-earliest, after every event at or before that boundary (within
-``ARRIVAL_TOLERANCE_S``): an event can only come from an iteration that has
-ended, so none is missed. Decode and colocated replicas send nothing back to the
-prefill side: each is advanced only as far as its next arrival needs, and to its
+A prefill replica (and a pulling decode replica) runs one step at a time, always
+the one whose boundary is earliest, after every event at or before that boundary
+(within ``ARRIVAL_TOLERANCE_S``): an event can only come from a step that has
+ended, so none is missed. Simultaneous events keep the order in which they were
+made: prefills that end together reach a FIFO link in the order their replicas
+stepped, then in batch order. Pushing decode replicas and colocated ones send
+nothing back: each is advanced only as far as its next arrival needs, and to its
 end at the finish.
 
 Routers read replica state as in the colocated loop. A prefill replica's state
@@ -258,7 +275,8 @@ class StageEngine(JointEngine):
             blocks = self.kv.kv.blocks(tokens)
             self.emitted[r] = 1
             self.first_token_s[r] = self.arrival_s[r]  # token 1 came with it
-            if not self.kv.fits(blocks, self.running):
+            room = len(self.running) < self._max_seqs
+            if not (room and self.kv.fits(blocks, self.running)):
                 self.recomputed[r] += tokens  # dropped: prefilled again here
                 continue
             self.kv.tokens[r] = tokens
@@ -371,6 +389,8 @@ class DisaggSim:
         self.transfer_end_s = np.full(n, np.nan)
         self.transferred_bytes = np.zeros(n)
         self.inbound = np.zeros(cluster.num_replicas, dtype=np.int64)
+        #: per replica: the requests it took (pulling) whose KV is on its way
+        self.taken = np.zeros(cluster.num_replicas, dtype=np.int64)
         #: per pulling decode replica: its prefilled requests not yet taken
         self.unaccepted: dict[int, deque[_Transfer]] = {}
         for d in self.decode.tolist():
@@ -534,7 +554,8 @@ class DisaggSim:
         ledger = engine.kv
         capacity = ledger.kv.capacity_blocks
         limit = self.cluster.pool_of(d).pull * capacity  # type: ignore[operator]
-        while queue:
+        seqs = engine.limits.max_num_seqs
+        while queue and len(engine.running) + self.taken[d] < seqs:
             move = queue[0]
             need = ledger.kv.blocks(int(self.instance.prompt_tokens[move.i]))
             waiting = ledger.pinned_blocks + sum(
@@ -547,6 +568,7 @@ class DisaggSim:
             queue.popleft()
             ledger.reserve(need)
             move.reserved = need
+            self.taken[d] += 1
             self._transfer(move, t)
 
     def _transfer(self, move: _Transfer, t: float) -> None:
@@ -625,7 +647,9 @@ class DisaggSim:
         self.inbound[move.target] -= 1
         target = self.engines[move.target]
         target.advance(t)
-        target.kv.unpin(move.reserved)  # its blocks, now its own
+        if move.reserved:  # its blocks, now its own
+            target.kv.unpin(move.reserved)
+            self.taken[move.target] -= 1
         target.add_stage(
             self.instance, i, t, int(self.instance.output_tokens[i]), tokens
         )
