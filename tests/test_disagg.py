@@ -69,6 +69,17 @@ def test_a_transfer_delays_the_second_requests_first_decode() -> None:
     assert _column(ideal, "completion_s") == [3.0, 2.0]
 
 
+def test_far_from_time_zero_the_loop_still_steps() -> None:
+    """The first case 1e8 s later: there the arrival tolerance (1 ns) is below the
+    spacing of floats, and every time moves by 1e8 s all the same."""
+    instance = Instance([1e8, 1e8], [4, 2], [3, 2])
+    link = Link("p", "d", bandwidth_bytes_per_s=2.0, latency_s=0.5)
+    result = simulate_cluster(instance, _cluster(link))
+    np.testing.assert_allclose(
+        np.array(_column(result, "completion_s")) - 1e8, [5.5, 5.5], atol=1e-6
+    )
+
+
 def test_a_shared_link_splits_its_bandwidth() -> None:
     """The same two requests on a link of 2 tokens/s shared, 0.5 s latency: both
     start at 1 at 1 token/s each; B's 2 tokens leave at 3 (arrive 3.5); A has 2

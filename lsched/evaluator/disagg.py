@@ -230,7 +230,8 @@ class StageEngine(JointEngine):
         if self.done >= self.m:
             self._visit()
             return
-        self.advance(t + 2 * ARRIVAL_TOLERANCE_S)
+        # just past t + tolerance, which far from 0 may round to t itself
+        self.advance(math.nextafter(t + ARRIVAL_TOLERANCE_S, math.inf))
 
     def state_at(self, t: float) -> tuple[int, int]:
         if self.role != "prefill":
