@@ -186,6 +186,9 @@ def _replica_metrics(
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         pool = cluster.pool_of(c)
         engines = [] if engine is None else [engine]
+        # a decode replica's requests are in the order they reached it, not in
+        # instance (arrival) order, which a sub-instance needs
+        ids = np.sort(ids)
         metrics = _part_metrics(instance, columns, engines, ids, pool, 1, whole)
         rows.append({"replica": c, "pool": pool.name} | metrics)
     return pd.DataFrame(rows).set_index("replica")
