@@ -319,6 +319,32 @@ class Cluster:
         count = profile.replicas if replicas is None else replicas
         return cls((Pool(profile, spec, count, name="pool0"),), router)
 
+    def describe(self) -> str:
+        """The topology in one line: what a bound on this cluster holds for.
+
+        ``colocated: 2 x unit-slot`` for one colocated pool; else each pool's
+        replicas, role, name and profile, and for a disaggregated cluster the
+        link of every pair of prefill and decode pools, e.g. ``disaggregated: 1
+        prefill p (opt-13b-a100-tp1-distserve) + 2 decode d
+        (opt-13b-a100-tp1-distserve); links p->d 2.5e+10 B/s + 0.0001 s fifo``.
+        """
+        if len(self.pools) == 1 and not self.disaggregated:
+            pool = self.pools[0]
+            return colocated_topology(pool.profile.name, pool.replicas)
+        pools = " + ".join(
+            f"{p.replicas} {p.role} {p.name} ({p.profile.name})" for p in self.pools
+        )
+        if not self.disaggregated:
+            return f"colocated: {pools}"
+        links = ", ".join(
+            _describe_link(self.link(p.name, d.name))
+            for p in self.pools
+            if p.role == "prefill"
+            for d in self.pools
+            if d.role == "decode"
+        )
+        return f"disaggregated: {pools}; links {links}"
+
     @property
     def num_replicas(self) -> int:
         """Replicas over all pools."""
@@ -334,6 +360,20 @@ class Cluster:
     def pool_of(self, replica: int) -> Pool:
         """The pool replica ``replica`` belongs to."""
         return self.pools[int(self.replica_pool[replica])]
+
+
+def colocated_topology(profile: str, replicas: int) -> str:
+    """``colocated: C x PROFILE``: one colocated pool (``--model P --replicas C``)."""
+    return f"colocated: {replicas} x {profile}"
+
+
+def _describe_link(link: Link) -> str:
+    if link.bandwidth_bytes_per_s == math.inf and link.latency_s == 0:
+        return f"{link.source}->{link.target} ideal"
+    return (
+        f"{link.source}->{link.target} {link.bandwidth_bytes_per_s:g} B/s + "
+        f"{link.latency_s:g} s {link.sharing}"
+    )
 
 
 # -- the TOML file -------------------------------------------------------------------

@@ -14,6 +14,12 @@
    holds for its run: a run that never preempts and prefills every prompt in one
    iteration is a slot-model schedule, so the ``slot`` bounds hold for it too.
 
+:func:`compare_cluster` does the same on a :class:`~lsched.cluster.Cluster`:
+beyond one colocated pool (pools of different profiles, disaggregated prefill
+and decode), the bounds are the cluster's
+(:mod:`lsched.formulations.cluster_bounds`), the policies run on the cluster and
+the offline solve, whose models have one colocated replica, is not computed.
+
 Every bound, solve or policy run not computed is listed in
 :attr:`Comparison.not_computed` with its reason (JSON ``skipped``).
 
@@ -29,13 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from lsched.cluster import Cluster, colocated_topology
 from lsched.errors import InputError
-from lsched.evaluator import SimulationResult, simulate
+from lsched.evaluator import SimulationResult, simulate, simulate_cluster
 from lsched.formulations.backends import (
     BACKENDS,
     TIMED_BACKENDS,
@@ -48,9 +55,13 @@ from lsched.formulations.bound_suite import (
     Bound,
     best_bound,
     bound_report,
+    cluster_bound_report,
+    one_colocated_pool,
     slot_problem_in_seconds,
+    why_not_one_replica,
     why_not_slots,
 )
+from lsched.formulations.cluster_bounds import cluster_bounds
 from lsched.formulations.result import (
     Reason,
     Skipped,
@@ -189,6 +200,7 @@ class Comparison:
             "objective": self.objective,
             "bounds": {b.name: b.value for b in self.bounds},
             "bound_scopes": {b.name: b.scope for b in self.bounds},
+            "bound_holds_for": {b.name: b.holds_for for b in self.bounds},
             "best_bound": finite(self.best_bound),
             "best_slot_bound": finite(self.best_slot_bound),
             "best_schedule": self.best_schedule(),
@@ -204,11 +216,19 @@ def objective_value(
     result: SimulationResult, instance: Instance, objective: str
 ) -> float:
     """The objective of an evaluator run, in seconds: total E2E (``latency``),
-    total time to first token (``ttft``) or ``makespan``."""
+    total time to first token (``ttft``) or ``makespan``, over the requests it
+    served (all of them unless a cluster rejected some)."""
     if objective == "makespan":
         return float(result.metrics["makespan_s"])
     column = "first_token_s" if objective == "ttft" else "completion_s"
-    return float(np.sum(result.requests[column].to_numpy() - instance.arrival_s))
+    served = _served(result)
+    waits = result.requests[column].to_numpy() - instance.arrival_s
+    return float(np.sum(waits[served]))
+
+
+def _served(result: SimulationResult) -> np.ndarray:
+    """Whether each request was served (not rejected)."""
+    return np.asarray(result.requests["rejected"].to_numpy() == "", dtype=bool)
 
 
 def is_slot_schedule(result: SimulationResult, instance: Instance) -> bool:
@@ -254,6 +274,7 @@ def compare(
     seed: int = 0,
     on_progress: Progress | None = None,
     lp_time_limit: float = 10.0,
+    dispatch: str | None = None,
 ) -> Comparison:
     """Bounds, the best offline schedule and every policy on one instance.
 
@@ -283,6 +304,9 @@ def compare(
     lp_time_limit
         Wall-clock seconds for each LP bound of the suite
         (:func:`~lsched.formulations.bound_suite.bound_suite`).
+    dispatch
+        The router of the policy runs (:func:`~lsched.evaluator.simulate`);
+        round robin by default.
 
     Raises
     ------
@@ -339,7 +363,8 @@ def compare(
     if solve is not None:
         name = f"{'slot' if problem is not None else 'timed'}.{backend}"
         if math.isfinite(solve.bound):
-            bounds.append(Bound(name, solve.bound, "slot"))
+            topology = colocated_topology(profile.name, replicas)
+            bounds.append(Bound(name, solve.bound, "slot", topology))
         else:
             reason = {
                 Status.INTERRUPTED: Reason.INTERRUPTED,
@@ -360,7 +385,8 @@ def compare(
                 Skipped(spec.label, "policy", Reason.INTERRUPTED, "stopped by the user")
             )
             continue
-        result = simulate(instance, profile, spec, replicas=replicas, log=has_class)
+        result = simulate(instance, profile, spec, replicas=replicas, log=has_class,
+                          dispatch=dispatch)  # fmt: skip
         value = objective_value(result, instance, objective)
         in_class = has_class and is_slot_schedule(result, instance)
         scope = "slot" if in_class else "any"
@@ -377,6 +403,126 @@ def compare(
         skipped,
         not_computed,
     )
+
+
+@session()
+def compare_cluster(
+    instance: Instance,
+    cluster: Cluster,
+    *,
+    objective: str = "latency",
+    policies: Sequence[str] | None = None,
+    backend: str | None = "cpsat",
+    time_limit: float = 10.0,
+    num_workers: int = 2,
+    seed: int = 0,
+    on_progress: Progress | None = None,
+    lp_time_limit: float = 10.0,
+) -> Comparison:
+    """:func:`compare` on a cluster: its bounds, and policies run on it.
+
+    One colocated pool is :func:`compare` on its profile, replicas and router.
+    On any other cluster the bounds are
+    :func:`~lsched.formulations.bound_suite.cluster_bound_report`'s (scope
+    ``any``, for the cluster's topology), the offline solve (slot and timed
+    models: one colocated replica) is listed as not computed, and each policy
+    runs on the cluster through :func:`~lsched.evaluator.simulate_cluster`. A run
+    that rejected requests is scored on those it served, its gap taken to the
+    cluster bounds of those requests.
+
+    Parameters
+    ----------
+    instance, objective, backend, time_limit, num_workers, seed, on_progress
+        As :func:`compare`; so is ``lp_time_limit``.
+    cluster
+        The pools, links and routers.
+    policies
+        ``None``: one run of the cluster as written (each pool its own policy);
+        else one run per policy, every pool running it.
+    """
+    if objective not in OBJECTIVES:
+        raise InputError(
+            f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
+            field="objective",
+        )
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(
+            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
+        )
+    runs = _cluster_runs(cluster, policies)  # fail on a bad name before work
+    pool = one_colocated_pool(cluster)
+    if pool is not None:
+        return compare(
+            instance, pool.profile, objective=objective, policies=list(runs),
+            backend=backend, time_limit=time_limit, replicas=pool.replicas,
+            num_workers=num_workers, seed=seed, on_progress=on_progress,
+            lp_time_limit=lp_time_limit, dispatch=cluster.router.label,
+        )  # fmt: skip
+    if instance.predicted_output_tokens is None:
+        instance = oracle(instance)
+    report = cluster_bound_report(
+        instance, cluster, objective, lp_time_limit=lp_time_limit
+    )
+    bounds = sorted(report.bounds, key=lambda b: -b.value)
+    detail = (
+        f"{why_not_one_replica(cluster)}; the slot and timed models are of one "
+        "colocated replica"
+    )
+    reason = Reason.NOT_REQUESTED if backend is None else Reason.OUT_OF_SCOPE
+    not_computed = [*report.skipped, Skipped("solve", "solve", reason, detail)]
+    rows, skipped = [], []
+    for label, run in runs.items():
+        if requested():  # Ctrl-C: keep what is finished, run nothing more
+            skipped.append(label)
+            not_computed.append(
+                Skipped(label, "policy", Reason.INTERRUPTED, "stopped by the user")
+            )
+            continue
+        result = simulate_cluster(instance, run)
+        rows.append(_cluster_row(label, result, instance, cluster, objective, bounds))
+    return Comparison(
+        objective, bounds, rows, interrupted=requested(), skipped=skipped,
+        not_computed=not_computed,
+    )  # fmt: skip
+
+
+def _cluster_runs(
+    cluster: Cluster, policies: Sequence[str] | None
+) -> dict[str, Cluster]:
+    """Each run's label and cluster: as written, or every pool under one policy."""
+    if policies is None:
+        labels = {p.policy.label for p in cluster.pools}
+        if len(labels) == 1:
+            return {labels.pop(): cluster}
+        mixed = " + ".join(f"{p.name}: {p.policy.label}" for p in cluster.pools)
+        return {mixed: cluster}
+    runs = {}
+    for text in policies:
+        spec = parse_policy(text)
+        pools = tuple(replace(p, policy=spec) for p in cluster.pools)
+        runs[spec.label] = replace(cluster, pools=pools)
+    return runs
+
+
+def _cluster_row(
+    label: str,
+    result: SimulationResult,
+    instance: Instance,
+    cluster: Cluster,
+    objective: str,
+    bounds: list[Bound],
+) -> PolicyRow:
+    """A cluster run scored against the bounds of the requests it served."""
+    value = objective_value(result, instance, objective)
+    served = _served(result)
+    if served.all():
+        bound = best_bound(bounds, "any")
+    elif served.any():
+        found = cluster_bounds(instance.subset(served), cluster, objective)
+        bound = max(found.values(), default=-math.inf)
+    else:
+        bound = -math.inf
+    return PolicyRow(label, value, "any", certified_gap(value, bound), result)
 
 
 def _why_no_solve(
@@ -418,6 +564,7 @@ __all__ = [
     "Comparison",
     "PolicyRow",
     "compare",
+    "compare_cluster",
     "is_slot_schedule",
     "objective_value",
 ]

@@ -19,9 +19,14 @@ from lsched.cli._common import (
     print_table,
     profile_file,
 )
-from lsched.compare import DEFAULT_POLICIES, Comparison, compare
+from lsched.cluster import Cluster, load_cluster
+from lsched.compare import DEFAULT_POLICIES, Comparison, compare, compare_cluster
 from lsched.errors import InputError
-from lsched.formulations.bound_suite import best_bound, bound_report
+from lsched.formulations.bound_suite import (
+    best_bound,
+    bound_report,
+    cluster_bound_report,
+)
 from lsched.formulations.result import Skipped, certified_gap
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
@@ -38,7 +43,16 @@ SCOPE_LABELS = {"any": "all", "slot": "non-preemptive"}
 
 Trace = Annotated[Path, typer.Argument(help="Trace file (any supported format).")]
 Model = Annotated[
-    str, typer.Option("--model", "-m", help="Deployment profile name or TOML.")
+    str | None,
+    typer.Option("--model", "-m", help="Deployment profile name or TOML."),
+]
+ClusterFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster",
+        help="Cluster TOML (pools, roles, links: as in simulate) instead of "
+        "--model/--replicas/--set; the bounds are the cluster's.",
+    ),
 ]
 Objective = Annotated[
     str,
@@ -59,27 +73,61 @@ LpTimeLimit = Annotated[
 ]
 
 
-def _load(
-    trace: Path,
-    model: str,
-    settings: list[str] | None,
-    format: str | None,
-    limit: int | None,
-    objective: str,
-) -> tuple[Instance, DeploymentProfile]:
+def _check_objective(objective: str) -> None:
     if objective not in OBJECTIVES:
         raise InputError(
             f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
             field="--objective",
         )
+
+
+def _load(
+    trace: Path,
+    model: str | None,
+    settings: list[str] | None,
+    format: str | None,
+    limit: int | None,
+    objective: str,
+) -> tuple[Instance, DeploymentProfile]:
+    _check_objective(objective)
+    if model is None:
+        raise InputError("expected --model PROFILE or --cluster FILE", field="model")
     overrides = parse_overrides(settings)
     instance, _ = read_trace(trace, format, limit=limit)
     return instance, deployment_profile(model, overrides, instance)
 
 
+def _load_cluster(
+    cluster_file: Path,
+    objective: str,
+    model: str | None,
+    replicas: int | None,
+    settings: list[str] | None,
+) -> Cluster:
+    """The cluster file's cluster; InputError if an option says what it says."""
+    _check_objective(objective)
+    given = [
+        name
+        for name, value in (
+            ("--model", model),
+            ("--replicas", replicas),
+            ("--set", settings),
+        )
+        if value
+    ]
+    if given:
+        raise InputError(
+            f"got {', '.join(given)} with --cluster; expected the cluster file to "
+            "say them",
+            field="cluster",
+        )
+    return load_cluster(cluster_file)
+
+
 def compare_command(
     trace: Trace,
-    model: Model,
+    model: Model = None,
+    cluster_file: ClusterFile = None,
     policy: Annotated[
         list[str] | None,
         typer.Option(
@@ -87,7 +135,8 @@ def compare_command(
             "-p",
             help="NAME[:key=value,...]; repeat. Default: "
             + ", ".join(DEFAULT_POLICIES)
-            + ".",
+            + "; with --cluster, the cluster file's (a policy given runs every "
+            "pool).",
         ),
     ] = None,
     objective: Objective = "latency",
@@ -118,39 +167,49 @@ def compare_command(
     settings: Settings = None,
 ) -> None:
     """Bounds, the best offline schedule and each policy's gap to the bound."""
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
+    cluster = None
+    inputs = [trace, profile_file(model)]
+    if cluster_file is not None:
+        cluster = _load_cluster(cluster_file, objective, model, replicas, settings)
+        inputs += [cluster_file, *(p.profile.path for p in cluster.pools)]
     if plot is not None:
-        if plot.suffix.lower() != ".png":
-            raise InputError(
-                f"got suffix {plot.suffix!r}; expected .png", field="--plot"
-            )
-        check_output(plot, (trace, profile_file(model)), "--plot")
-    instance, profile = _load(trace, model, settings, format, limit, objective)
+        check_output(plot, inputs, "--plot")
+    options = {
+        "objective": objective,
+        "backend": None if backend == "none" else backend,
+        "time_limit": time_limit,
+        "num_workers": workers,
+        "seed": seed,
+        "lp_time_limit": lp_time_limit,
+    }
+    if cluster is None:
+        instance, profile = _load(trace, model, settings, format, limit, objective)
+        where = profile.name
+    else:
+        instance, _ = read_trace(trace, format, limit=limit)
+        where = cluster.describe()
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
     with (
         sigint_requests_stop(),
         native_stdout_to_stderr(),
-        ProgressLine(f"comparing ({backend}, {objective})") as line,
+        ProgressLine(f"comparing ({where}, {objective})") as line,
     ):
-        result = compare(
-            instance,
-            profile,
-            objective=objective,
-            policies=policy or DEFAULT_POLICIES,
-            backend=None if backend == "none" else backend,
-            time_limit=time_limit,
-            replicas=replicas,
-            num_workers=workers,
-            seed=seed,
-            on_progress=line,
-            lp_time_limit=lp_time_limit,
-        )
+        if cluster is None:
+            result = compare(instance, profile, policies=policy or DEFAULT_POLICIES,
+                             replicas=replicas, on_progress=line,
+                             **options)  # fmt: skip
+        else:
+            result = compare_cluster(instance, cluster, policies=policy or None,
+                                     on_progress=line, **options)  # fmt: skip
     if plot is not None:
         _plot(plot, result)
     if json_output:
         print_json(result.to_dict())
     else:
-        _print(result, f"{instance.name} on {profile.name} ({len(instance)} requests)")
+        _print(result, f"{instance.name} on {where} ({len(instance)} requests)")
     if result.interrupted:
         skipped = ", ".join(result.skipped) or "none"
         print(
@@ -236,7 +295,8 @@ def _pct(gap: float | None) -> str:
 
 def bound_command(
     trace: Trace,
-    model: Model,
+    model: Model = None,
+    cluster_file: ClusterFile = None,
     objective: Objective = "latency",
     replicas: Replicas = None,
     lp_time_limit: LpTimeLimit = 10.0,
@@ -246,11 +306,20 @@ def bound_command(
     settings: Settings = None,
 ) -> None:
     """Every lower bound on the objective, with the schedules it holds for."""
-    instance, profile = _load(trace, model, settings, format, limit, objective)
-    with native_stdout_to_stderr():
-        report = bound_report(
-            instance, profile, objective, replicas=replicas, lp_time_limit=lp_time_limit
-        )
+    if cluster_file is not None:
+        cluster = _load_cluster(cluster_file, objective, model, replicas, settings)
+        instance, _ = read_trace(trace, format, limit=limit)
+        with native_stdout_to_stderr():
+            report = cluster_bound_report(
+                instance, cluster, objective, lp_time_limit=lp_time_limit
+            )
+        where = cluster.describe()
+    else:
+        instance, profile = _load(trace, model, settings, format, limit, objective)
+        with native_stdout_to_stderr():
+            report = bound_report(instance, profile, objective, replicas=replicas,
+                                  lp_time_limit=lp_time_limit)  # fmt: skip
+        where = profile.name
     bounds = report.bounds
     best = best_bound(bounds, "slot")
     if json_output:
@@ -259,6 +328,7 @@ def bound_command(
                 "objective": objective,
                 "bounds": {b.name: b.value for b in bounds},
                 "scopes": {b.name: b.scope for b in bounds},
+                "holds_for": {b.name: b.holds_for for b in bounds},
                 "best": best if math.isfinite(best) else None,
                 "best_any": best_bound(bounds, "any"),
                 "skipped": [item.to_dict() for item in report.skipped],
@@ -266,7 +336,7 @@ def bound_command(
         )
         return
     print_table(
-        f"{instance.name} on {profile.name}: bounds on {objective}",
+        f"{instance.name} on {where}: bounds on {objective}",
         ["bound", "value", "holds for"],
         [
             [b.name, b.value, SCOPE_LABELS[b.scope]]

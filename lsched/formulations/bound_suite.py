@@ -22,6 +22,12 @@ the LP relaxation of the timed model (:func:`lsched.formulations.timed.milp.lp_b
 is the ``slot``-class bound, on small instances: its model grows with ``n``
 times the horizon, at most ``sum_i o_i`` iterations.
 
+On a cluster that is more than one colocated pool (pools of different profiles,
+disaggregated prefill and decode), :func:`cluster_bound_report` gives the closed
+forms of :mod:`lsched.formulations.cluster_bounds` (``cluster.<name>``, class
+``any``: every policy and router on that cluster). Every bound states the topology
+it holds for (:attr:`Bound.holds_for`, e.g. ``colocated: 2 x unit-slot``).
+
 Nothing is dropped silently: :func:`bound_report` returns, next to the bounds it
 computed, every other bound the suite knows for the objective with the reason it
 was not computed (:class:`~lsched.formulations.result.Skipped`: time limit, out of
@@ -36,10 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.cluster import Cluster, Pool, colocated_topology
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
 from lsched.formulations import bounds as slot_bounds
 from lsched.formulations import milp
+from lsched.formulations.cluster_bounds import CLUSTER_BOUNDS, cluster_bounds
 from lsched.formulations.incumbent import best_heuristic
 from lsched.formulations.result import Reason, Skipped
 from lsched.formulations.slot import SlotProblem
@@ -52,6 +60,13 @@ from lsched.profile import DeploymentProfile
 
 #: Schedule classes a bound can hold for (module docstring).
 SCOPES: tuple[str, ...] = ("any", "slot")
+#: The slot model's bounds, computed where slots are seconds.
+SLOT_BOUNDS: tuple[str, ...] = (
+    "slot.energy",
+    "slot.sawtooth",
+    "slot.lagrangian",
+    "slot.lp",
+)
 #: Largest instance whose slot LP relaxation the suite solves by default.
 LP_MAX_REQUESTS = 60
 #: Largest ``sum_i o_i`` (the timed model's horizon) whose timed LP the suite solves.
@@ -70,11 +85,15 @@ class Bound:
         The bound.
     scope
         ``"any"`` or ``"slot"`` (module docstring).
+    holds_for
+        The topology it holds for (:meth:`lsched.cluster.Cluster.describe`), e.g.
+        ``"colocated: 2 x unit-slot"``.
     """
 
     name: str
     value: float
     scope: str
+    holds_for: str = ""
 
 
 def why_not_slots(
@@ -129,6 +148,25 @@ class BoundReport:
     skipped: list[Skipped]
 
 
+class _Collector:
+    """The bounds found, each tagged with ``topology``, and those skipped."""
+
+    def __init__(self, topology: str) -> None:
+        self.topology = topology
+        self.found: list[Bound] = []
+        self.skipped: list[Skipped] = []
+
+    def skip(self, name: str, reason: Reason, detail: str) -> None:
+        self.skipped.append(Skipped(name, "bound", reason, detail))
+
+    def add(self, name: str, value: float, scope: str, otherwise: Skipped) -> None:
+        """Keep a finite ``value``; else skip it as ``otherwise`` says."""
+        if math.isfinite(value):
+            self.found.append(Bound(name, value, scope, self.topology))
+        else:
+            self.skipped.append(otherwise)
+
+
 def _stopped(name: str, time_limit: float) -> Skipped:
     """The record of an LP that gave no value: the user's stop or its limit."""
     if requested():
@@ -156,40 +194,17 @@ def bound_report(
     for ``objective`` is either in ``bounds`` or in ``skipped``.
     """
     replicas = profile.replicas if replicas is None else replicas
-    found: list[Bound] = []
-    skipped: list[Skipped] = []
-
-    def skip(name: str, reason: Reason, detail: str) -> None:
-        skipped.append(Skipped(name, "bound", reason, detail))
-
-    def add(name: str, value: float, scope: str, otherwise: Skipped) -> None:
-        if math.isfinite(value):
-            found.append(Bound(name, value, scope))
-        else:
-            skipped.append(otherwise)
+    report = _Collector(colocated_topology(profile.name, replicas))
+    add, skip = report.add, report.skip
 
     work = work_bounds(instance, profile, objective, replicas=replicas)
     names = ("critical_path", "work")
     names += ("prefill_queue",) if objective == "latency" else ()
-    for name in names:
-        label = f"seconds.{name}"
-        if name not in work:
-            skip(
-                label,
-                Reason.OUT_OF_SCOPE,
-                "the cost model has no usable under-estimator",
-            )
-            continue
-        add(
-            label,
-            work[name],
-            "any",
-            Skipped(label, "bound", Reason.OUT_OF_SCOPE, "no finite value"),
-        )
+    missing = "the cost model has no usable under-estimator"
+    _closed_forms(report, "seconds", names, work, missing)
     why_not = why_not_slots(instance, profile, replicas)
-    slot_names = ["slot.energy", "slot.sawtooth", "slot.lagrangian", "slot.lp"]
     if why_not is not None:
-        for name in slot_names:
+        for name in SLOT_BOUNDS:
             skip(name, Reason.OUT_OF_SCOPE, why_not)
     else:
         problem = SlotProblem.from_instance(instance, profile, objective=objective)
@@ -229,7 +244,83 @@ def bound_report(
         instance, profile, objective, replicas, why_not, lp_time_limit,
         lp_max_requests, add, skip,
     )  # fmt: skip
-    return BoundReport(found, skipped)
+    return BoundReport(report.found, report.skipped)
+
+
+def _closed_forms(
+    report: _Collector,
+    model: str,
+    names: tuple[str, ...],
+    values: dict[str, float],
+    missing: str,
+) -> None:
+    """Each closed-form bound ``<model>.<name>`` (scope ``any``) or its reason."""
+    for name in names:
+        label = f"{model}.{name}"
+        if name not in values:
+            report.skip(label, Reason.OUT_OF_SCOPE, missing)
+            continue
+        report.add(
+            label,
+            values[name],
+            "any",
+            Skipped(label, "bound", Reason.OUT_OF_SCOPE, "no finite value"),
+        )
+
+
+def one_colocated_pool(cluster: Cluster) -> Pool | None:
+    """The cluster's pool if it is one colocated pool (``--model P --replicas C``)."""
+    if len(cluster.pools) == 1 and not cluster.disaggregated:
+        return cluster.pools[0]
+    return None
+
+
+def cluster_bound_report(
+    instance: Instance,
+    cluster: Cluster,
+    objective: str = "latency",
+    *,
+    lp_time_limit: float = 10.0,
+    lp_max_requests: int = LP_MAX_REQUESTS,
+) -> BoundReport:
+    """Every bound on ``objective`` for schedules on ``cluster``, and the rest with
+    the reason.
+
+    One colocated pool is :func:`bound_report` on its profile and replica count.
+    Any other cluster has the closed forms of
+    :mod:`lsched.formulations.cluster_bounds` (``cluster.<name>``, scope ``any``,
+    for every policy and router); the slot and timed models, of one colocated
+    replica, are listed as out of scope. Every bound states the topology it holds
+    for (:meth:`~lsched.cluster.Cluster.describe`).
+    """
+    pool = one_colocated_pool(cluster)
+    if pool is not None:
+        return bound_report(
+            instance,
+            pool.profile,
+            objective,
+            replicas=pool.replicas,
+            lp_time_limit=lp_time_limit,
+            lp_max_requests=lp_max_requests,
+        )
+    report = _Collector(cluster.describe())
+    values = cluster_bounds(instance, cluster, objective)
+    missing = "no pool's cost model has a usable under-estimator"
+    _closed_forms(report, "cluster", CLUSTER_BOUNDS, values, missing)
+    why = (
+        f"{why_not_one_replica(cluster)}; the slot and timed models are of one "
+        "colocated replica"
+    )
+    for name in (*SLOT_BOUNDS, "timed.lp"):
+        report.skip(name, Reason.OUT_OF_SCOPE, why)
+    return BoundReport(report.found, report.skipped)
+
+
+def why_not_one_replica(cluster: Cluster) -> str:
+    """What makes ``cluster`` more than one colocated pool, in a few words."""
+    if cluster.disaggregated:
+        return "a disaggregated cluster (prefill and decode pools)"
+    return f"{len(cluster.pools)} pools"
 
 
 def _timed_lp(
@@ -327,6 +418,9 @@ __all__ = [
     "best_bound",
     "bound_report",
     "bound_suite",
+    "cluster_bound_report",
+    "one_colocated_pool",
     "slot_problem_in_seconds",
+    "why_not_one_replica",
     "why_not_slots",
 ]

@@ -57,6 +57,7 @@ The bounds
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -172,7 +173,8 @@ class _Parts:
         return prefill, self.sum_decodes(per_step)
 
 
-def _check(instance: Instance, objective: str, replicas: int) -> None:
+def check_inputs(instance: Instance, objective: str, replicas: int) -> None:
+    """Raise on an unknown objective, fewer than one replica or no request."""
     if objective not in OBJECTIVES:
         raise InputError(
             f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
@@ -190,6 +192,66 @@ def _critical_paths(parts: _Parts, candidates: FloatArray) -> tuple[FloatArray, 
     prefill = np.max([a[0] for a in alone], axis=0)
     decode = parts.sum_decodes(np.max([a[1] for a in alone], axis=0))
     return prefill, decode
+
+
+@dataclass(frozen=True)
+class RequestFigures:
+    """What one profile says of each request (module docstring).
+
+    Attributes
+    ----------
+    prefill_alone, decode_alone
+        ``q^pre_i`` and ``q^dec_i``: its prefill, and its ``o_i - 1`` decode steps,
+        each run alone (best ``u`` per iteration).
+    works
+        ``(p^pre, p^dec)``, one pair per candidate ``u`` and split ``lambda``.
+    """
+
+    prefill_alone: FloatArray
+    decode_alone: FloatArray
+    works: list[tuple[FloatArray, FloatArray]]
+
+
+def request_figures(
+    instance: Instance, profile: DeploymentProfile
+) -> RequestFigures | None:
+    """Critical-path pieces and work of every request on ``profile``; ``None`` if
+    its cost model has no usable under-estimator."""
+    candidates = under_estimators(profile)
+    if len(candidates) == 0:
+        return None
+    parts = _Parts(instance, profile)
+    q_pre, q_dec = _critical_paths(parts, candidates)
+    works = [parts.work(u, lam) for u in candidates for lam in _LAMBDAS]
+    return RequestFigures(q_pre, q_dec, works)
+
+
+def fluid_makespan(
+    release: FloatArray,
+    work: FloatArray,
+    start: float,
+    after: FloatArray | None = None,
+) -> float:
+    """``max_tau (tau - start) + sum_{release_i >= tau} work_i + min after_i``.
+
+    The fluid bound on the last completion: a unit-speed machine (``work``
+    already divided by the speed) runs the work released at or after ``tau``
+    after ``tau``; the last of it still needs ``after_i`` (0 by default) alone.
+    """
+    order = np.argsort(release, kind="stable")
+    # tau = release_(k): the work released at or after it runs after it
+    tail = np.cumsum(work[order][::-1])[::-1]
+    if after is not None:
+        tail = tail + np.minimum.accumulate(after[order][::-1])[::-1]
+    return float(np.max(release[order] - start + tail))
+
+
+def fluid_latency(release: FloatArray, work: FloatArray, earliest: FloatArray) -> float:
+    """``sum_k max(SRPT_(k), earliest_(k))``: the least sum of completions of a
+    unit-speed machine running ``work`` from ``release`` (Schrage 1968) where
+    request ``i`` completes no earlier than ``earliest_i``."""
+    srpt = np.sort(srpt_completions(release, work))
+    return float(np.maximum(srpt, np.sort(earliest)).sum())
 
 
 def work_bounds(
@@ -220,36 +282,26 @@ def work_bounds(
         docstring); empty if the cost model has no usable under-estimator.
     """
     replicas = profile.replicas if replicas is None else replicas
-    _check(instance, objective, replicas)
-    candidates = under_estimators(profile)
-    if len(candidates) == 0:
+    check_inputs(instance, objective, replicas)
+    figures = request_figures(instance, profile)
+    if figures is None:
         return {}
-    parts = _Parts(instance, profile)
     a = instance.arrival_s.astype(np.float64)
-    q_pre, q_dec = _critical_paths(parts, candidates)
+    q_pre, q_dec = figures.prefill_alone, figures.decode_alone
     finish = a + q_pre + q_dec  # no request completes earlier
-    works = [parts.work(u, lam) for u in candidates for lam in _LAMBDAS]
     if objective == "makespan":
-        start = a.min()
-        order = np.argsort(a, kind="stable")
-        best_work = 0.0
-        for pre, dec in works:
-            # tau = a_(k): the work released at or after it runs after it
-            tail = np.cumsum(((pre + dec) / replicas)[order][::-1])[::-1]
-            best_work = max(best_work, float(np.max(a[order] - start + tail)))
-        return {
-            "critical_path": float(finish.max() - start),
-            "work": max(best_work, float(finish.max() - start)),
-        }
+        start = float(a.min())
+        path = float(finish.max() - start)
+        best_work = max(
+            fluid_makespan(a, (pre + dec) / replicas, start)
+            for pre, dec in figures.works
+        )
+        return {"critical_path": path, "work": max(best_work, path)}
     total_a = float(a.sum())
     best_work = best_queue = 0.0
-    sorted_finish = np.sort(finish)
-    sorted_first = np.sort(a + q_pre)
-    for pre, dec in works:
-        srpt = np.sort(srpt_completions(a, (pre + dec) / replicas))
-        best_work = max(best_work, float(np.maximum(srpt, sorted_finish).sum()))
-        first = np.sort(srpt_completions(a, pre / replicas))
-        queue = float(np.maximum(first, sorted_first).sum() + q_dec.sum())
+    for pre, dec in figures.works:
+        best_work = max(best_work, fluid_latency(a, (pre + dec) / replicas, finish))
+        queue = fluid_latency(a, pre / replicas, a + q_pre) + float(q_dec.sum())
         best_queue = max(best_queue, queue)
     return {
         "critical_path": float(finish.sum()) - total_a,
@@ -258,4 +310,13 @@ def work_bounds(
     }
 
 
-__all__ = ["OBJECTIVES", "under_estimators", "work_bounds"]
+__all__ = [
+    "OBJECTIVES",
+    "RequestFigures",
+    "check_inputs",
+    "fluid_latency",
+    "fluid_makespan",
+    "request_figures",
+    "under_estimators",
+    "work_bounds",
+]
