@@ -11,8 +11,9 @@ TTFT and the TPOT SLO. :func:`goodput` finds it for any
 ``(n - 1) / (a_last - a_first)`` (:func:`lsched.generators.families.mean_rate_per_s`),
 becomes ``r * gpus``: ``a'_i = (a_i - a_first) * mean_rate / (r * gpus)``. Order,
 ties and relative gaps are kept and the first request arrives at 0. (DistServe's
-``search_binary.py`` draws fresh Poisson arrivals at each rate instead; give a
-Poisson trace, ``lsched trace gen poisson``, to do the same.) ``gpus`` is the sum
+``search_binary.py`` draws fresh Poisson arrivals at each rate instead:
+:func:`poisson_arrivals` first, ``--poisson SEED`` on the command line, does the
+same with one seeded draw.) ``gpus`` is the sum
 over the pools of ``replicas * profile.hardware.num_gpus``.
 
 **Pass.** A rate passes when the share of *all* requests meeting every deadline
@@ -57,6 +58,7 @@ __all__ = [
     "check_options",
     "cluster_gpus",
     "goodput",
+    "poisson_arrivals",
     "scale_to_rate",
 ]
 
@@ -230,6 +232,22 @@ def scale_to_rate(instance: Instance, rate_per_s: float) -> Instance:
         )
     arrival = (instance.arrival_s - instance.arrival_s[0]) * (native / rate_per_s)
     return instance.replace(arrival_s=arrival)
+
+
+def poisson_arrivals(instance: Instance, seed: int) -> Instance:
+    """``instance`` with its requests (in order, lengths kept) arriving as a
+    unit-rate Poisson process drawn with ``seed``.
+
+    DistServe's ``search_binary.py`` draws fresh Poisson arrivals at each rate;
+    :func:`scale_to_rate` of this one draw gives Poisson arrivals at every rate
+    with common random numbers, so that attainments compare across rates. A real
+    trace's bursts (requests sent together) otherwise stay bursts at every rate
+    and bound the attainment below 1 however low the rate.
+    """
+    from lsched.generators.arrivals import Poisson
+
+    times = Poisson(1.0).sample(len(instance), np.random.default_rng(seed))
+    return instance.replace(arrival_s=times)
 
 
 def _trace_rate(instance: Instance) -> float:

@@ -22,7 +22,7 @@ from lsched.cluster import Cluster, Pool
 from lsched.errors import InputError
 from lsched.evaluator import simulate_cluster
 from lsched.generators import LogNormal, Poisson, generate
-from lsched.goodput import cluster_gpus, goodput, scale_to_rate
+from lsched.goodput import cluster_gpus, goodput, poisson_arrivals, scale_to_rate
 from lsched.instance import Instance
 from lsched.policies import parse_policy
 from lsched.profile import load_profile
@@ -270,3 +270,22 @@ def test_the_readme_example_finds_the_goodput_it_quotes(
     quoted = f"goodput {found.goodput_per_gpu:.6g} req/s per GPU"  # type: ignore[attr-defined]
     assert quoted in " ".join(readme[section:start].split())
     assert found.message.startswith(quoted)  # type: ignore[attr-defined]
+
+
+def test_poisson_arrivals_keep_the_requests_and_replace_the_bursts() -> None:
+    """Every request of a burst at 0 keeps its lengths; the arrivals become a
+    seeded unit-rate Poisson process (gaps of mean 1: 0.998 here, n = 2000), the
+    same for the same seed, and scale to any rate like a trace."""
+    n = 2000
+    burst = Instance(np.zeros(n), np.arange(1, n + 1), np.full(n, 3))
+    drawn = poisson_arrivals(burst, seed=7)
+    np.testing.assert_array_equal(drawn.prompt_tokens, burst.prompt_tokens)
+    np.testing.assert_array_equal(drawn.output_tokens, burst.output_tokens)
+    gaps = np.diff(drawn.arrival_s)
+    assert drawn.arrival_s[0] == 0.0 and (gaps >= 0).all()
+    assert abs(gaps.mean() - 1.0) < 0.1
+    again = poisson_arrivals(burst, seed=7)
+    np.testing.assert_array_equal(drawn.arrival_s, again.arrival_s)
+    assert not np.array_equal(poisson_arrivals(burst, 8).arrival_s, drawn.arrival_s)
+    fast = scale_to_rate(drawn, 4.0)
+    assert (n - 1) / fast.arrival_s[-1] == pytest.approx(4.0)

@@ -21,6 +21,7 @@ SMALL: dict[str, dict[str, str]] = {
     "jaillet_bounds.ipynb": {"SIZE": "6", "SEEDS": "2", "TIME_LIMIT_S": "5.0"},
     "azure_policies.ipynb": {"SIZE": "150"},
     "pang_replicas.ipynb": {"CASES": "2", "SIZE": "40", "TIME_LIMIT_S": "2.0"},
+    "disaggregation.ipynb": {"SIZE": "120", "GPUS": "3"},
 }
 
 

@@ -29,6 +29,7 @@ from lsched.goodput import (
     RateTrial,
     check_options,
     goodput,
+    poisson_arrivals,
 )
 from lsched.instance import Instance
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
@@ -131,6 +132,14 @@ def goodput_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    poisson: Annotated[
+        int | None,
+        typer.Option(
+            metavar="SEED",
+            help="Replace the arrivals by a Poisson process drawn with SEED "
+            "(DistServe's method); the lengths are kept.",
+        ),
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="auto, compiled or python (as in simulate).")
     ] = "auto",
@@ -188,6 +197,8 @@ def goodput_command(
         instance, _ = read_trace(trace, format, limit=limit)
         profile = deployment_profile(model, overrides, instance)
         cluster = Cluster.colocated(profile, spec, replicas, router)
+    if poisson is not None:
+        instance = poisson_arrivals(instance, poisson)
     instance = with_slo(instance, slo, slo_override)
     with _Status(enabled=not json_output) as status:
         result = goodput(

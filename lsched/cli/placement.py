@@ -19,7 +19,12 @@ import typer
 from lsched.atomic import atomic_target, check_output, write_text_atomic
 from lsched.cli._common import JSON_HELP, print_json, print_table
 from lsched.errors import InputError
-from lsched.goodput import DEFAULT_RTOL, DEFAULT_TARGET, check_options
+from lsched.goodput import (
+    DEFAULT_RTOL,
+    DEFAULT_TARGET,
+    check_options,
+    poisson_arrivals,
+)
 from lsched.placement import PlacementOptions, placements, search
 from lsched.profile import load_profile
 from lsched.slo import parse_slo
@@ -99,6 +104,13 @@ def placement_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    poisson: Annotated[
+        int | None,
+        typer.Option(
+            metavar="SEED",
+            help="Replace the arrivals by a Poisson process drawn with SEED.",
+        ),
+    ] = None,
 ) -> None:
     """Every split of N GPUs into pools, best goodput per GPU first."""
     slo = parse_slo(slo_text, field="--slo")
@@ -129,6 +141,8 @@ def placement_command(
     )  # fmt: skip
     candidates = placements(gpus, loaded, options)
     instance, _ = read_trace(trace, format, limit=limit)
+    if poisson is not None:
+        instance = poisson_arrivals(instance, poisson)
     goodput_options = {"target": attain, "definitions": definitions, "rtol": rtol}
     table = search(
         instance,
