@@ -252,6 +252,17 @@ class StageEngine(JointEngine):
             self.notify_s = math.inf
         self._visit()
 
+    def waiting_blocks(self) -> int:
+        """Blocks of the requests this decode replica took and has not admitted:
+        reserved for KV on its way, or needed to prefill a waiting request again
+        (DistServe's blocks of its waiting queue)."""
+        kv = self.kv.kv
+        again = sum(
+            kv.blocks(int(self.prompt[r] + self.emitted[r]))
+            for r in self._waiting().tolist()
+        )
+        return self.kv.pinned_blocks + again
+
     def _unvisited(self) -> bool:
         """Whether the boundary ``now_s`` has an ``on_boundary`` call to come."""
         return self.on_boundary is not None and self._boundary_s < self.now_s
@@ -559,10 +570,7 @@ class DisaggSim:
         while queue and len(engine.running) + self.taken[d] < seqs:
             move = queue[0]
             need = ledger.kv.blocks(int(self.instance.prompt_tokens[move.i]))
-            waiting = ledger.pinned_blocks + sum(
-                ledger.kv.blocks(int(engine.prompt[r] + engine.emitted[r]))
-                for r in engine._waiting().tolist()
-            )
+            waiting = engine.waiting_blocks()
             free = capacity - ledger.exact_blocks(engine.running)
             if not (waiting < limit and need <= free):
                 return
