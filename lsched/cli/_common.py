@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from lsched.errors import InputError
+
 if TYPE_CHECKING:
     from lsched.instance import Instance
     from lsched.slo import SLO
@@ -167,3 +169,15 @@ def with_slo(instance: Instance, slo: SLO | None, override: bool) -> Instance:
             file=sys.stderr,
         )
     return slo.apply(instance, override=override)
+
+
+def refuse_beside_cluster(options: Mapping[str, Any]) -> None:
+    """InputError naming the options (name -> value) given beside ``--cluster``,
+    whose file says what they would."""
+    given = [name for name, value in options.items() if value]
+    if given:
+        raise InputError(
+            f"got {', '.join(given)} with --cluster; expected the cluster file to "
+            "say them",
+            field="cluster",
+        )

@@ -18,6 +18,7 @@ from lsched.cli._common import (
     print_json,
     print_table,
     profile_file,
+    refuse_beside_cluster,
 )
 from lsched.cluster import Cluster, load_cluster
 from lsched.compare import DEFAULT_POLICIES, Comparison, compare, compare_cluster
@@ -106,21 +107,7 @@ def _load_cluster(
 ) -> Cluster:
     """The cluster file's cluster; InputError if an option says what it says."""
     _check_objective(objective)
-    given = [
-        name
-        for name, value in (
-            ("--model", model),
-            ("--replicas", replicas),
-            ("--set", settings),
-        )
-        if value
-    ]
-    if given:
-        raise InputError(
-            f"got {', '.join(given)} with --cluster; expected the cluster file to "
-            "say them",
-            field="cluster",
-        )
+    refuse_beside_cluster({"--model": model, "--replicas": replicas, "--set": settings})
     return load_cluster(cluster_file)
 
 

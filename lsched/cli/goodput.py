@@ -17,6 +17,7 @@ from lsched.cli._common import (
     print_json,
     print_table,
     profile_file,
+    refuse_beside_cluster,
     with_slo,
 )
 from lsched.cluster import Cluster, load_cluster
@@ -163,22 +164,10 @@ def goodput_command(
     inputs: list[Path | str | None] = [trace, cluster_file, profile_file(model)]
     _check_outputs(plot, out, inputs)
     if cluster_file is not None:
-        given = [
-            name
-            for name, value in (
-                ("--model", model),
-                ("--policy", policy),
-                ("--replicas", replicas),
-                ("--set", settings),
-            )
-            if value
-        ]
-        if given:
-            raise InputError(
-                f"got {', '.join(given)} with --cluster; expected the cluster file "
-                "to say them",
-                field="--cluster",
-            )
+        refuse_beside_cluster(
+            {"--model": model, "--policy": policy, "--replicas": replicas,
+             "--set": settings}
+        )  # fmt: skip
         cluster = load_cluster(cluster_file)
         _check_outputs(plot, out, [*inputs, *(p.profile.path for p in cluster.pools)])
         if dispatch is not None:

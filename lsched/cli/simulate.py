@@ -16,6 +16,7 @@ from lsched.cli._common import (
     print_json,
     print_table,
     profile_file,
+    refuse_beside_cluster,
     with_slo,
 )
 from lsched.cluster import Cluster, load_cluster
@@ -165,23 +166,10 @@ def simulate_command(
     inputs = [trace, cluster_file, profile_file(model)]
     _check_outputs(requests_out, timeline_out, inputs)
     if cluster_file is not None:
-        given = [
-            name
-            for name, value in (
-                ("--model", model),
-                ("--policy", policy),
-                ("--replicas", replicas),
-                ("--set", settings),
-                ("--kv-capacity-tokens", kv_capacity_tokens),
-            )
-            if value
-        ]
-        if given:
-            raise InputError(
-                f"got {', '.join(given)} with --cluster; expected the cluster file "
-                "to say them",
-                field="cluster",
-            )
+        refuse_beside_cluster(
+            {"--model": model, "--policy": policy, "--replicas": replicas,
+             "--set": settings, "--kv-capacity-tokens": kv_capacity_tokens}
+        )  # fmt: skip
         clusters = [load_cluster(cluster_file)]
         inputs += [pool.profile.path for pool in clusters[0].pools]
         _check_outputs(requests_out, timeline_out, inputs)
