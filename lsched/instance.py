@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lsched._pickle import reduce_record
 from lsched.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -149,6 +150,10 @@ class Instance:
             set_(self, "prefix_hash_values", _frozen(values, "int64", "values"))
         set_(self, "params", MappingProxyType(dict(self.params)))
         self._validate(n)
+
+    def __reduce__(self) -> Any:
+        """Pickle (process pools, Dask) as the fields (:mod:`lsched._pickle`)."""
+        return reduce_record(self)
 
     def _validate(self, n: int) -> None:
         for name in ("prompt_tokens", "output_tokens", *OPTIONAL_COLUMNS):

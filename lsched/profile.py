@@ -75,6 +75,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched._models import find_profile, profile_files, shipped_models_dir
+from lsched._pickle import reduce_record
 from lsched.errors import InputError
 
 #: Names of the batch features, in the order of phi = [1, P, Q, D, K, H].
@@ -643,6 +644,10 @@ class DeploymentProfile:
                     field="sources",
                 )
         object.__setattr__(self, "sources", MappingProxyType(sources))
+
+    def __reduce__(self) -> Any:
+        """Pickle (process pools, Dask) as the fields (:mod:`lsched._pickle`)."""
+        return reduce_record(self)
 
     def iteration_time_s(self, phi: npt.ArrayLike) -> FloatArray:
         """Seconds per batch for phi of shape ``(..., 6)``."""

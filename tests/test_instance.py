@@ -135,3 +135,13 @@ def test_subset_equals_rebuilding_from_the_chosen_rows(rows: list, data) -> None
     )
     expected = Instance.from_requests([inst[i] for i in keep])
     assert inst.subset(keep) == expected
+
+
+def test_an_instance_pickles_with_its_params() -> None:
+    """Instances travel to worker processes: the read-only params come back."""
+    import pickle
+
+    instance = Instance([0.0, 1.0], [3, 4], [2, 5], name="two", params={"rate": 2.0})
+    back = pickle.loads(pickle.dumps(instance))
+    assert back.name == "two" and dict(back.params) == {"rate": 2.0}
+    np.testing.assert_array_equal(back.output_tokens, instance.output_tokens)

@@ -69,6 +69,16 @@ def test_search_rates_every_candidate_best_first() -> None:
         assert row["gpus"] == candidate.gpus
 
 
+def test_processes_rate_the_candidates_as_this_one_does() -> None:
+    """The candidates (profiles, clusters) travel to worker processes intact."""
+    slo = parse_slo("ttft=2,tpot=1.5")
+    candidates = placements(2, [UNIT])
+    here = search(INSTANCE, candidates, slo, workers=1)
+    there = search(INSTANCE, candidates, slo, workers=2)
+    columns = ["placement", "gpus", "goodput_per_gpu", "status", "rates_tried"]
+    assert here[columns].equals(there[columns])
+
+
 def test_placement_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     trace = tmp_path / "six.csv"
     write_trace(INSTANCE, trace)

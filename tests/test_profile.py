@@ -483,3 +483,11 @@ def test_profile_validation_names_the_field() -> None:
             profile.replace(**{name: value})
         assert info.value.field == name
     assert isinstance(profile.replace(max_model_len=5), DeploymentProfile)
+
+
+def test_a_profile_pickles_with_its_sources() -> None:
+    import pickle
+
+    profile = load_profile("opt-13b-a100-tp1-distserve")
+    back = pickle.loads(pickle.dumps(profile))
+    assert back == profile and dict(back.sources) == dict(profile.sources)

@@ -133,6 +133,10 @@ def goodput_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(help="Clip prompt + output to this many tokens."),
+    ] = None,
     poisson: Annotated[
         int | None,
         typer.Option(
@@ -172,7 +176,9 @@ def goodput_command(
         _check_outputs(plot, out, [*inputs, *(p.profile.path for p in cluster.pools)])
         if dispatch is not None:
             cluster = replace(cluster, router=parse_router(dispatch))
-        instance, _ = read_trace(trace, format, limit=limit)
+        instance, _ = read_trace(
+            trace, format, limit=limit, max_model_len=max_model_len
+        )
     else:
         if model is None:
             raise InputError(
@@ -183,7 +189,9 @@ def goodput_command(
         router = check_dispatch(dispatch or "round-robin", has_assignment=False)
         if replicas is not None and replicas < 1:
             raise InputError(f"got {replicas}; expected >= 1", field="--replicas")
-        instance, _ = read_trace(trace, format, limit=limit)
+        instance, _ = read_trace(
+            trace, format, limit=limit, max_model_len=max_model_len
+        )
         profile = deployment_profile(model, overrides, instance)
         cluster = Cluster.colocated(profile, spec, replicas, router)
     if poisson is not None:

@@ -104,6 +104,10 @@ def placement_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(help="Clip prompt + output to this many tokens."),
+    ] = None,
     poisson: Annotated[
         int | None,
         typer.Option(
@@ -140,7 +144,7 @@ def placement_command(
         colocated,
     )  # fmt: skip
     candidates = placements(gpus, loaded, options)
-    instance, _ = read_trace(trace, format, limit=limit)
+    instance, _ = read_trace(trace, format, limit=limit, max_model_len=max_model_len)
     if poisson is not None:
         instance = poisson_arrivals(instance, poisson)
     goodput_options = {"target": attain, "definitions": definitions, "rtol": rtol}
