@@ -76,10 +76,20 @@ rule                        what is checked
                             starting at ``max(f_i, the previous departure)`` and
                             arriving ``bytes / bandwidth + latency`` later, so none
                             overlap; ``share``: each starts at ``f_i`` and arrives
-                            ``latency`` after processor sharing lets it leave
+                            ``latency`` after processor sharing lets it leave. Into
+                            a pulling decode pool a transfer starts when it is
+                            taken: on ``fifo`` at or after ``f_i`` and the previous
+                            departure, none overlapping; on ``share`` at or after
+                            ``f_i``; each arrives as above
 ``decode-after-transfer``   (disaggregated) nothing of a request runs on its decode
                             replica before the replica's first iteration boundary
                             at or after its ``transfer_end_s``
+``pull``                    (disaggregated, a pulling decode pool) at a take whose
+                            time the log settles (the transfer's start, unless it
+                            waited for a fifo link), the requests the replica took
+                            earlier and has not received hold under ``pull *
+                            capacity`` blocks, the prompt's blocks fit beside
+                            them, and they are fewer than ``max_num_seqs``
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,
@@ -97,10 +107,16 @@ its first event there decodes (or preempts it), it was adopted running at the
 replica's first boundary at or after its transfer end (its ``decode_admitted_s``),
 and its KV counts from then on; if its first event prefills, its KV was dropped
 (``s_i`` recomputed tokens) and it is prefilled again (``s_i + 1`` tokens, emitting
-token 2). The two stages' records are put together (first token from the prefill
-replica, completion from the decode replica) and compared with the claimed ones,
-stage columns included; each pool's metrics are recomputed over the requests it
-served, with their end-to-end times, as the records define them; and the
+token 2). A pulling decode pool's replica holds ``ceil(s_i / b)`` reserved blocks
+for a request it took from the transfer's start until its end, counted in
+``kv-capacity`` for every run of the replica that starts in between (as pinned
+blocks are); KV taken and delivered at once, at a boundary where the replica then
+starts a run without it, is adopted at the end of that run's first iteration (the
+replica takes at a boundary just before its policy decides). The two stages'
+records are put together (first token from the prefill replica, completion from
+the decode replica) and compared with the claimed ones, stage columns included;
+each pool's metrics are recomputed over the requests it served, with their
+end-to-end times, as the records define them; and the
 ``transferred_bytes`` metric is their sum (``s_i x kv_bytes_per_token`` of the
 prefill profile per moving request). Whether a dropped KV could have been adopted
 is not checked.
@@ -128,8 +144,9 @@ deadline they carry; NaN without deadlines), ``slo_attainment_ttft`` and
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,6 +226,7 @@ RULES: tuple[str, ...] = (
     "transfer",
     "link",
     "decode-after-transfer",
+    "pull",
 )
 
 #: Violations kept in a report; the rest are only counted.
@@ -862,13 +880,16 @@ class _Stages:
     """What a disaggregated cluster adds to one pool's log (:func:`validate_cluster`).
 
     ``carried`` (a decode pool): per request, the KV tokens it brings, arriving at
-    ``delivered_s`` (its ``transfer_end_s``). ``pinned_until`` (a prefill pool): per
-    request, when the KV it keeps pinned from the end of its prefill is freed (its
-    ``transfer_end_s``; NaN for one that does not move).
+    ``delivered_s`` (its ``transfer_end_s``). ``reserved_s`` (a pulling decode
+    pool): when the replica took it and reserved its blocks (its
+    ``transfer_start_s``), held until ``delivered_s``. ``pinned_until`` (a prefill
+    pool): per request, when the KV it keeps pinned from the end of its prefill is
+    freed (its ``transfer_end_s``; NaN for one that does not move).
     """
 
     carried: IntArray | None = None
     delivered_s: FloatArray | None = None
+    reserved_s: FloatArray | None = None
     pinned_until: FloatArray | None = None
 
 
@@ -980,6 +1001,10 @@ def _validate_log(
             pinned, pinned_token_seconds = _pins(
                 instance, profile, stages.pinned_until, replay, done, timeline
             )
+        if stages.reserved_s is not None:
+            assert stages.delivered_s is not None
+            pinned, _ = _pins(instance, profile, stages.delivered_s, replay,
+                              stages.reserved_s, timeline)  # fmt: skip
     kv_first = _check_kv(profile, runs, run_ids, replica, n_it, D, m_pos, p_pos,
                          replay, replicas, out, arrivals, pinned)  # fmt: skip
     kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
@@ -1053,6 +1078,13 @@ class _Timeline:
         """Run positions of replica ``rep``, in time order."""
         return self.runs.get(rep, np.zeros(0, dtype=np.int64))
 
+    def starts_at(self, rep: int, t: float) -> bool:
+        """Whether a run of replica ``rep`` starts at ``t`` (within the arrival
+        tolerance)."""
+        starts = self.start[self.of(rep)]
+        k = int(np.searchsorted(starts, t - ARRIVAL_TOLERANCE_S))
+        return k < len(starts) and starts[k] <= t + ARRIVAL_TOLERANCE_S
+
     def boundary(self, rep: int, t: float) -> float:
         """The first iteration boundary of replica ``rep`` at or after ``t``: the
         end of the iteration in flight at ``t`` (one that started more than the
@@ -1087,7 +1119,10 @@ def _adoptions(
     adopts it (or drops it) at its first boundary at or after then, and nothing of
     the request runs there earlier (``decode-after-transfer``). An adopted
     request's admission is that boundary, and its KV counts from the first run
-    that ends after it.
+    that ends after it. A pulling replica that took a request at a boundary
+    decided there before its KV could arrive: KV delivered at its take, at a
+    boundary where a run without the request starts, is adopted at that run's
+    first iteration end.
     """
     assert stages.carried is not None and stages.delivered_s is not None
     positions: list[int] = []
@@ -1107,6 +1142,17 @@ def _adoptions(
             continue
         adopted = timeline.boundary(rep, t)
         begins = float(timeline.start[first])
+        reserved = stages.reserved_s
+        if (
+            reserved is not None
+            and t <= reserved[i] + ARRIVAL_TOLERANCE_S
+            and begins > adopted + ARRIVAL_TOLERANCE_S
+            and timeline.starts_at(rep, adopted)
+        ):
+            # taken and delivered at once, at a boundary where the replica then
+            # decided a run without it: it decided before the KV came (it takes
+            # just before deciding), and adopts it at the next boundary
+            adopted = timeline.boundary(rep, adopted + 2 * ARRIVAL_TOLERANCE_S)
         slack = 2 * ARRIVAL_TOLERANCE_S + 1e-12 * abs(adopted)
         if begins < adopted - slack:
             out.add(
@@ -1140,7 +1186,12 @@ def _pins(
     token-seconds. A request that moves keeps ``ceil(s_i / b)`` blocks from the end
     of its prefill (``done`` here: it emits one token) until ``until``, in every
     run of its replica that starts in between (a run that starts when the pin is
-    freed, within the arrival tolerance, no longer holds it)."""
+    freed, within the arrival tolerance, no longer holds it).
+
+    A pulling decode pool's reservations are counted the same way: ``done`` is
+    when the replica took the request (its transfer's start), ``until`` its
+    transfer's end (the token-seconds are not the pool's: reserved blocks hold no
+    KV yet)."""
     pinned = np.zeros(len(timeline.start), dtype=np.int64)
     token_seconds = 0.0
     prompt = instance.prompt_tokens
@@ -1321,7 +1372,11 @@ def _check_kv(
     if pinned is not None:
         last_blocks = last_blocks + pinned
     for r in np.flatnonzero(last_blocks > capacity).tolist():
-        also = "" if pinned is None or not pinned[r] else f" ({pinned[r]} pinned)"
+        also = (
+            ""
+            if pinned is None or not pinned[r]
+            else f" ({pinned[r]} pinned or reserved)"
+        )
         out.add(
             "kv-capacity",
             f"holds {last_blocks[r]} KV blocks{also} after its last iteration; "
@@ -1560,8 +1615,9 @@ def _validate_disaggregated(
                 prompt[ids[moving]] * pool.profile.kv_bytes_per_token
             )
         elif pool.role == "decode":
+            pulled = None if pool.pull is None else own["transfer_start_s"][ids]
             stages = _Stages(carried=prompt[ids].astype(np.int64),
-                             delivered_s=end_s[ids])  # fmt: skip
+                             delivered_s=end_s[ids], reserved_s=pulled)  # fmt: skip
         report, busy_s, kv_token_seconds = _validate_log(
             sub, pool.profile, runs, members, preempted, replicas=pool.replicas,
             requests=None, metrics=None, rtol=rtol, stages=stages,
@@ -1608,7 +1664,7 @@ def _validate_disaggregated(
                 f"{column} = {float(theirs[i])!r}; the log gives {float(mine[i])!r}",
                 request=i,
             )
-    _check_transfers(instance, cluster, own, claimed, rtol, out)
+    _check_transfers(instance, cluster, own, claimed, rtol, out, result.runs)
 
     metrics: dict[str, float] = {}
     skip = {"profile", "policy", "replicas", "iterations", "num_rejected"}
@@ -1662,8 +1718,9 @@ def _check_transfers(
     claimed: dict[str, np.ndarray],
     rtol: float,
     out: _Collector,
+    runs: pd.DataFrame,
 ) -> None:
-    """Every transfer against its request and its link.
+    """Every transfer against its request and its link (``runs``: the log's).
 
     ``transfer``: a request prefilled on a prefill replica with ``o_i >= 2`` moves
     (and no other): its transfer starts no earlier than its first token and ends
@@ -1672,9 +1729,14 @@ def _check_transfers(
     the order their prefills end, each starting at ``max(f_i, the previous one's
     departure)`` and ending ``bytes / bandwidth + latency`` later; on a ``share``
     link each starts at ``f_i`` and ends ``latency`` after processor sharing of the
-    bandwidth lets it depart.
+    bandwidth lets it depart. A link into a pulling decode pool starts each
+    transfer when the decode replica takes it: a ``fifo`` one at ``max(the take,
+    the previous departure)``, in the order of the takes, a ``share`` one at the
+    take; its starts are only bounded below (by ``f_i``, and on ``fifo`` by the
+    previous departure), and the takes are checked by :func:`_check_takes`.
     """
     pools = [p for p in cluster.pools for _ in range(p.replicas)]
+    taken_s: dict[int, float] = {}  # pulled requests whose take time is known
     first: list[float] = own["first_token_s"].tolist()
     start: list[float] = own["transfer_start_s"].tolist()
     end: list[float] = own["transfer_end_s"].tolist()
@@ -1732,6 +1794,11 @@ def _check_transfers(
         def near(a: float, b: float) -> bool:
             return _close(a, b, rtol, ARRIVAL_TOLERANCE_S)
 
+        pulled = cluster.pools[[p.name for p in cluster.pools].index(target)].pull
+        if pulled is not None:
+            _check_pulled_link(link, ids, (first, start, end, nbytes), taken_s,
+                               flag, near)  # fmt: skip
+            continue
         if link.sharing == "fifo" or math.isinf(bandwidth):
             free, latest = -math.inf, -math.inf
             for i in sorted(ids, key=lambda i: (start[i], first[i], i)):
@@ -1783,6 +1850,153 @@ def _check_transfers(
                     f"ends at {end[i]!r} s; sharing the link {name} with "
                     f"the transfers on it, it arrives at {leaves + latency!r} s",
                 )
+    if taken_s:
+        decode = claimed["decode_replica"].astype(np.int64)
+        _check_takes(instance, pools, decode, (start, end), taken_s, flag, runs)
+
+
+def _check_takes(
+    instance: Instance,
+    pools: list[Any],
+    decode: IntArray,
+    times: tuple[list[float], list[float]],
+    taken_s: dict[int, float],
+    flag: Callable[[str, int, str], None],
+    runs: pd.DataFrame,
+) -> None:
+    """``pull``: DistServe's rule at each take whose time the log settles
+    (``taken_s``), as far as the transfers and the decode replica's runs show it.
+    The replica takes at one of its iteration boundaries or while idle, never
+    inside an iteration. The requests it took before (transfer started more than
+    the arrival tolerance earlier) and has not received (transfer ends later) are
+    part of what it took and has not admitted, and hold reserved blocks: their
+    blocks must be under ``pull * capacity``, the taken prompt's blocks must fit
+    beside them, and they must be fewer than ``max_num_seqs``. (The rule also
+    counts the requests waiting on the replica, and its running ones in the last
+    two: a necessary check.) The iterations inside a run are timed from the
+    run's logged features (``run-features`` checks them)."""
+    start, end = times
+    prompt = instance.prompt_tokens
+    replica = runs["replica"].to_numpy(dtype=np.int64)
+    columns = ("prefill_tokens", "prefill_attention", "decode_steps", "kv_read_tokens")
+    features = tuple(runs[c].to_numpy(dtype=np.int64) for c in columns)
+    timelines: dict[int, _Timeline] = {}
+    groups: dict[int, list[int]] = {}
+    for i in taken_s:
+        groups.setdefault(int(decode[i]), [])
+    for i in np.flatnonzero(np.isin(decode, list(groups))).tolist():
+        if math.isfinite(start[i]) and math.isfinite(end[i]):
+            groups[int(decode[i])].append(i)  # every pulled transfer to it
+    tol = ARRIVAL_TOLERANCE_S
+    for d, group in groups.items():
+        pool = pools[d]
+        capacity = pool.profile.kv_capacity_blocks
+        b = pool.profile.block_tokens
+        limit, seqs = pool.pull * capacity, pool.profile.max_num_seqs
+        blocks = {i: -(-int(prompt[i]) // b) for i in group}
+        by_start = sorted(group, key=lambda j: (start[j], j))
+        k, held, count = 0, 0, 0
+        flight: list[tuple[float, int]] = []  # (transfer end, request)
+        if d not in timelines:
+            timelines[d] = _Timeline(
+                pool.profile,
+                replica,
+                runs["start_s"].to_numpy(dtype=np.float64),
+                runs["end_s"].to_numpy(dtype=np.float64),
+                runs["iterations"].to_numpy(dtype=np.int64),
+                features,  # type: ignore[arg-type]
+            )
+        for t, i in sorted((taken_s[i], i) for i in group if i in taken_s):
+            boundary = timelines[d].boundary(d, t)
+            if boundary > t + 2 * tol + 1e-12 * abs(t):
+                flag(
+                    "pull",
+                    i,
+                    f"taken at {t!r} s by decode replica {d}, inside an iteration "
+                    f"that ends at {boundary!r} s (a replica takes at its "
+                    "boundaries, or when idle)",
+                )
+            while k < len(by_start) and start[by_start[k]] < t - tol:
+                j = by_start[k]
+                heapq.heappush(flight, (end[j], j))
+                held, count, k = held + blocks[j], count + 1, k + 1
+            while flight and flight[0][0] <= t + tol:
+                _, j = heapq.heappop(flight)
+                held, count = held - blocks[j], count - 1
+            broken = []
+            if held >= limit:
+                broken.append(
+                    f"the {count} request(s) it took before and has not received "
+                    f"hold {held} blocks, not under pull x capacity = {limit!r}"
+                )
+            if blocks[i] + held > capacity:
+                broken.append(
+                    f"its prompt's {blocks[i]} blocks and the {held} reserved for "
+                    f"requests on their way exceed the capacity of {capacity} blocks"
+                )
+            if count >= seqs:
+                broken.append(
+                    f"{count} request(s) on their way to it, max_num_seqs = {seqs}"
+                )
+            if broken:
+                flag("pull", i, f"taken at {t!r} s by decode replica {d}: "
+                     + "; ".join(broken))  # fmt: skip
+
+
+def _check_pulled_link(
+    link: Any,
+    ids: list[int],
+    times: tuple[list[float], list[float], list[float], list[float]],
+    taken_s: dict[int, float],
+    flag: Callable[[str, int, str], None],
+    near: Callable[[float, float], bool],
+) -> None:
+    """``link`` rules for the transfers ``ids`` into a pulling decode pool (each
+    starts when its decode replica takes it); records in ``taken_s`` the take of
+    each whose take time the log settles (on ``share``: its start; on ``fifo``:
+    its start unless it waited for the link, where the take lies between its
+    first token and its start). ``times``: first token, transfer start, transfer
+    end and bytes of every request."""
+    first, start, end, nbytes = times
+    bandwidth, latency = link.bandwidth_bytes_per_s, link.latency_s
+    name = f"{link.source} -> {link.target}"
+    if link.sharing == "fifo" or math.isinf(bandwidth):
+        free = -math.inf
+        for i in sorted(ids, key=lambda i: (start[i], i)):
+            if start[i] < free - ARRIVAL_TOLERANCE_S:
+                flag(
+                    "link",
+                    i,
+                    f"starts at {start[i]!r} s on the fifo link {name}, before the "
+                    f"previous transfer leaves it at {free!r} s",
+                )
+            leaves = start[i] + nbytes[i] / bandwidth
+            if not near(end[i], leaves + latency):
+                flag(
+                    "link",
+                    i,
+                    f"ends at {end[i]!r} s; alone on the fifo link {name} from "
+                    f"{start[i]!r} s it arrives at {leaves + latency!r} s",
+                )
+            if (
+                start[i] > free + ARRIVAL_TOLERANCE_S
+                or start[i] <= first[i] + ARRIVAL_TOLERANCE_S
+            ):
+                taken_s[i] = start[i]  # the link was free: it left when taken
+            free = max(free, end[i] - latency)
+        return
+    departs = _shared_departures(
+        np.array([start[i] for i in ids]), np.array([nbytes[i] for i in ids]), bandwidth
+    )
+    for i, leaves in zip(ids, departs.tolist(), strict=True):
+        taken_s[i] = start[i]
+        if not near(end[i], leaves + latency):
+            flag(
+                "link",
+                i,
+                f"ends at {end[i]!r} s; sharing the link {name} with the transfers "
+                f"on it, it arrives at {leaves + latency!r} s",
+            )
 
 
 def _shared_departures(

@@ -528,18 +528,42 @@ def simulate_naive(
 # - until t_i the prefill replica keeps ceil(s_i / b) blocks pinned: a policy sees a
 #   capacity less the pinned blocks, and a batch must fit beside them;
 # - at d's first boundary at or after t_i, in delivery order, the request is adopted
-#   running (processed = s_i, emitted = 1) if its blocks fit beside what d holds,
-#   else its KV is dropped (s_i tokens recomputed) and it waits with emitted = 1,
-#   to be prefilled again (s_i + 1 tokens); the policy hears adopt(ids).
+#   running (processed = s_i, emitted = 1) if its blocks fit beside what d holds
+#   (blocks reserved for KV on its way included) and d runs fewer than max_num_seqs
+#   requests, else its KV is dropped (s_i tokens recomputed) and it waits with
+#   emitted = 1, to be prefilled again (s_i + 1 tokens); the policy hears
+#   adopt(ids).
+#
+# Pull (a decode pool with pull = theta): at f_i the request is routed to d and
+# joins the tail of d's queue instead of leaving; its KV stays pinned on the prefill
+# replica. d takes the head of its queue at each of its boundaries (once per
+# boundary time, after adopting what arrived, before its policy decides; the
+# boundary where its last request ends and the boundary of an empty decision
+# count), or at once, at f_i, when it is idle then (no iteration in flight and no
+# decision due by f_i + ARRIVAL_TOLERANCE_S), and keeps taking while
+#   (a) reserved blocks + sum of ceil((s_r + emitted_r) / b) over its waiting
+#       requests < theta * capacity blocks,
+#   (b) ceil(s_i / b) <= capacity - (blocks of its running requests + reserved),
+#   (c) running + taken-and-not-delivered < max_num_seqs.
+# Taking reserves ceil(s_i / b) blocks on d (counted as pinned: against the
+# capacity its policy sees and every batch) and starts the transfer then (start at
+# max(take, the link's free time) on fifo; share from the take); at delivery the
+# reservation is released and the request is adopted as above (a delivery is an
+# event: KV taken at a boundary that arrives at once comes after that boundary's
+# decision, and is adopted at d's next one). A request still in a queue at the end
+# is an error (PolicyError).
 #
 # The clock: repeatedly take the earliest thing to happen. An event (an arrival, a
 # transfer leaving a shared link, a delivery, a finished prefill) at time e comes
 # before a replica's decision at boundary b when e <= b + ARRIVAL_TOLERANCE_S. Events
 # at one time are taken in the order: transfers leaving a shared link, deliveries,
 # finished prefills, arrivals; events of one kind at one time in the order they were
-# scheduled (finished prefills: in the order their iterations started, replicas at
-# one boundary by id, then batch order; a shared link's simultaneous departures by
-# instance position). Replicas deciding at one time decide by id.
+# made (finished prefills: made when the iteration that ends them is decided, so in
+# the order their iterations started, replicas at one boundary by id, then batch
+# order; deliveries: in the order their transfers started or left a shared link; a
+# shared link's simultaneous departures by instance position). Replicas deciding at
+# one time decide by id; a pulling replica's queue is in the order of its requests'
+# finished-prefill events.
 #
 # Routers: round-robin (arrival i to entry replica i mod E over the prefill and
 # colocated replicas in replica order; decode: i mod D over the decode replicas) and
@@ -567,6 +591,11 @@ class NaiveDisaggResult:
     ``decode_admitted_s`` (admission or adoption on the decode replica) describe the
     second stage (-1, NaN, 0 without one). ``preemptions`` and
     ``recomputed_tokens`` add up both replicas (a dropped KV counts its ``s_i``).
+    ``taken_s`` is when a pulling decode replica took the request (NaN when pushed),
+    ``seatless_drops`` the KV dropped for want of a sequence slot alone (blocks
+    that fit, ``max_num_seqs`` running), ``pull_stopped_by`` how often each pull
+    rule (``threshold``, ``blocks``, ``slots``: (a)-(c)) stopped a pulling
+    replica with requests to take: all for the tests' coverage counts.
     """
 
     replica: IntArray
@@ -583,6 +612,9 @@ class NaiveDisaggResult:
     rejected: tuple[str, ...]
     iterations: int
     busy_s: float
+    taken_s: FloatArray
+    seatless_drops: int
+    pull_stopped_by: dict[str, int]
 
 
 class _Stage(_Replica):
@@ -612,13 +644,30 @@ class _Stage(_Replica):
         self.carried: list[int] = []  # decode: KV tokens each request brings
         self.seen: list[bool] = []  # decode: adopted or dropped already
         self.pins: dict[int, int] = {}  # prefill: instance position -> blocks
+        #: pulling decode: theta, the queue of (request, its prefill replica) not
+        #: yet taken, the blocks reserved per request taken and not delivered, and
+        #: the last boundary time it took at
+        self.pull: float | None = getattr(pool, "pull", None)
+        self.queue: list[tuple[int, _Stage]] = []
+        self.reserved: dict[int, int] = {}
+        self.took_at = -math.inf
+        self.boundary_takes: list[int] = []  # what it took at its last step
+        self.seatless_drops = 0  # KV dropped for want of a sequence slot alone
+        #: pull: how often each of rules (a)-(c) stopped it taking (the first
+        #: that failed)
+        self.stopped_by = dict.fromkeys(("threshold", "blocks", "slots"), 0)
         self.next_s = math.inf  # its next decision (inf: none until an event)
         self.busy = False  # next_s is the end of an iteration it runs
         self.routed = 0  # requests a router sent here
         self.finished_at: list[float] = []  # end of each completing iteration
 
     def pinned_blocks(self) -> int:
-        return sum(self.pins.values())
+        return sum(self.pins.values()) + sum(self.reserved.values())
+
+    def idle_at(self, t: float) -> bool:
+        """No iteration in flight at ``t`` and no decision due by ``t`` (within
+        the arrival tolerance)."""
+        return not self.busy and self.next_s > t + ARRIVAL_TOLERANCE_S
 
     def add(self, i: int, t: float, output: int, carried: int = 0) -> None:
         """Request ``i`` reaches this replica at ``t`` with ``output`` tokens to
@@ -695,8 +744,11 @@ class _Stage(_Replica):
             tokens = self.carried[r]
             self.emitted[r] = 1  # token 1 came from the prefill replica
             held = sum(_blocks(self.processed[x], b) for x in self.running)
-            if held + _blocks(tokens, b) > self.limits.kv_capacity_blocks:
+            held += self.pinned_blocks()  # reserved for KV still on its way
+            fits = held + _blocks(tokens, b) <= self.limits.kv_capacity_blocks
+            if not fits or len(self.running) >= self.limits.max_num_seqs:
                 self.recomputed[r] += tokens  # dropped: waits to be prefilled again
+                self.seatless_drops += fits
                 continue
             self.status[r] = _RUNNING
             self.processed[r] = tokens
@@ -708,13 +760,49 @@ class _Stage(_Replica):
         if adopted and adopt is not None:
             adopt(adopted)
 
+    def takes(self) -> list[int]:
+        """Pull: the requests (instance positions) this replica takes now from
+        the head of its queue, reserving their blocks (rules (a)-(c) above)."""
+        assert self.pull is not None
+        limits = self.limits
+        b, capacity = limits.block_tokens, limits.kv_capacity_blocks
+        taken = []
+        while self.queue:
+            i, _ = self.queue[0]
+            reserved = sum(self.reserved.values())
+            waiting = reserved + sum(
+                _blocks(self.prompt[r] + self.emitted[r], b)
+                for r in range(len(self.rows))
+                if self.status[r] == _WAITING and self.seen[r]
+            )
+            held = reserved + sum(_blocks(self.processed[r], b) for r in self.running)
+            need = _blocks(int(self.instance.prompt_tokens[i]), b)
+            seqs = len(self.running) + len(self.reserved)  # running and awaited
+            for rule, holds in (
+                ("threshold", waiting < self.pull * capacity),
+                ("blocks", need <= capacity - held),
+                ("slots", seqs < limits.max_num_seqs),
+            ):
+                if not holds:
+                    self.stopped_by[rule] += 1
+                    return taken
+            self.queue.pop(0)
+            self.reserved[i] = need
+            taken.append(i)
+        return taken
+
     def step(self, t: float) -> list[int]:
         """Decide at the boundary ``t`` and run the batch for one iteration; the
-        local ids that complete in it (batch order)."""
+        local ids that complete in it (batch order). A pulling replica's takes at
+        ``t`` are left in :attr:`boundary_takes` for the clock."""
         self.busy = False
         self.next_s = math.inf
+        self.boundary_takes = []
         if self.role == "decode":
             self._adopt(t)
+        if self.pull is not None and t > self.took_at:  # once per boundary
+            self.took_at = t
+            self.boundary_takes = self.takes()
         m = len(self.rows)
         waiting = [r for r in range(m) if self.status[r] == _WAITING]
         if not self.running and not waiting:
@@ -817,6 +905,7 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     end_s = [math.nan] * n
     nbytes = [0.0] * n
     rejected = [""] * n
+    taken_s = [math.nan] * n
 
     events: list[tuple[float, int, int, Any]] = []
     counter = itertools.count()
@@ -870,6 +959,22 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             )
         decode_replica[i] = d.index
         d.routed += 1  # on its way there: counted at once
+        if d.pull is None:
+            send(t, i, x, d)
+            return
+        d.queue.append((i, x))  # pull: it waits for d to take it
+        if d.idle_at(t):
+            take(t, d)
+
+    def take(t: float, d: _Stage) -> None:
+        """Pull: ``d`` takes what it may from its queue at ``t``."""
+        sources = dict(d.queue)
+        for i in d.takes():
+            taken_s[i] = t
+            send(t, i, sources[i], d)
+
+    def send(t: float, i: int, x: _Stage, d: _Stage) -> None:
+        """Request ``i``'s KV leaves prefill replica ``x`` for ``d`` at ``t``."""
         size = float(prompt[i] * x.profile.kv_bytes_per_token)
         nbytes[i] = size
         link = cluster.link(x.pool, d.pool)
@@ -902,6 +1007,7 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         del x.pins[i]
         x.wake(t)
         end_s[i] = t
+        d.reserved.pop(i, None)  # pull: the reservation becomes its own blocks
         d.add(i, t, output[i], prompt[i])
 
     for i in range(n):
@@ -923,10 +1029,21 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
                 depart(t, *payload)
             continue
         t = x.next_s
-        for r in x.step(t):
+        sources = dict(x.queue)
+        done = x.step(t)
+        for i in x.boundary_takes:
+            taken_s[i] = t
+            send(t, i, sources[i], x)
+        for r in done:
             i = x.rows[r]
             if x.role == "prefill" and output[i] > 1:
                 push(x.completion_s[r], _PREFILLED, (x, i))
+    for x in stages:
+        if x.queue:
+            raise PolicyError(
+                f"{len(x.queue)} prefilled request(s) were never taken by pulling "
+                f"decode replica {x.index}"
+            )
     for x in stages:
         if any(status != _DONE for status in x.status):
             raise PolicyError(
@@ -967,4 +1084,10 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         rejected=tuple(rejected),
         iterations=sum(x.iterations for x in stages),
         busy_s=sum(x.busy_s for x in stages),
+        taken_s=_frozen(taken_s, np.float64),
+        seatless_drops=sum(x.seatless_drops for x in stages),
+        pull_stopped_by={
+            rule: sum(x.stopped_by[rule] for x in stages)
+            for rule in ("threshold", "blocks", "slots")
+        },
     )

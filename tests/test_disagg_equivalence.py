@@ -9,9 +9,12 @@ boundary, its own block arithmetic and its own links (a shared link in exact
 rational arithmetic). On Hypothesis-drawn small clusters (1-3 prefill and 1-3
 decode replicas in one or two pools each, sometimes a colocated pool beside them;
 unit-slot-like profiles with small KV capacities, so that pinned prefill blocks
-hold admissions back and decode replicas drop KV that does not fit; ideal, fifo
-and shared links with and without latency; fcfs, vllm, sarathi and vllm-v0 on
-either side; round-robin and least-outstanding routers) both engines must give
+hold admissions back and decode replicas drop KV that does not fit, and decode
+replicas with 2 to 4 sequence slots or many; decode pools that push or pull with
+DistServe's threshold 0.05, 0.3 or 1; ideal, fifo and shared links with and
+without latency; fcfs, vllm, sarathi and vllm-v0 on either side; round-robin and
+least-outstanding routers; and, in a second test, one decode replica with room for
+all the KV and 2 to 4 slots, so that slots bind) both engines must give
 every request the same times (admission, first token, completion, transfer start
 and end, decode admission; relative error <= 1e-9), decode replica, transferred
 bytes, preemptions, recomputed tokens and rejection, the same iterations and busy
@@ -19,7 +22,7 @@ time, and fail alike where a policy cannot run a case; and
 :func:`lsched.validator.validate_cluster` must find the fast engine's log valid.
 
 The hand-derived tests pin the semantics on cases worked out in their comments,
-for both engines.
+for both engines, pull and the sequence slot an adoption needs among them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ TIMES = (
 )
 COUNTS = ("replica", "decode_replica", "preemptions", "recomputed_tokens")
 POLICIES = ("fcfs", "fcfs:chunked=false", "vllm", "sarathi:chunk=4", "vllm-v0")
+#: a decode pool pushes (None) or pulls with DistServe's threshold theta
+PULLS = (None, None, 0.05, 0.3, 1.0)
 
 
 def _weights(**per_feature: float) -> list[float]:
@@ -100,16 +105,23 @@ class Scenario:
 
 
 def _profile(
-    draw: st.DrawFn, name: str, blocks: int, block: int, *, decode: bool
+    draw: st.DrawFn,
+    name: str,
+    blocks: int,
+    block: int,
+    *,
+    decode: bool,
+    few_slots: bool = False,
 ) -> DeploymentProfile:
+    seqs = [2, 3, 4] if few_slots else [2, 3, 4, 1000] if decode else [2, 3, 1000]
     return UNIT.replace(
         name=name,
         kv_capacity_tokens=blocks * block,
         block_tokens=block,
         kv_bytes_per_token=draw(st.sampled_from([1, 2])),
-        # a decode replica adopts without looking at max_num_seqs, which policies
-        # other than vllm-v0 take as a bound on their running requests
-        max_num_seqs=1000 if decode else draw(st.sampled_from([2, 3, 1000])),
+        # few sequence slots on a decode replica: adoptions dropped for want of
+        # one, and pulling replicas that stop taking at max_num_seqs
+        max_num_seqs=draw(st.sampled_from(seqs)),
         max_num_batched_tokens=draw(st.sampled_from([16, 1000])),
         iteration_time=draw(st.sampled_from(ITERATION_TIMES)),
     )
@@ -127,11 +139,15 @@ def _split(draw: st.DrawFn, total: int, parts: int) -> list[int]:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> Scenario:
-    """Up to 8 requests on a small disaggregated cluster with tight KV."""
-    n = draw(st.integers(1, 8))
+def scenarios(draw: st.DrawFn, *, few_slots: bool = False) -> Scenario:
+    """Up to 8 requests on a small disaggregated cluster with tight KV; with
+    ``few_slots``, 3 to 8 requests that move to one decode replica with room for
+    all of their KV and 2 to 4 sequence slots."""
+    n = draw(st.integers(3 if few_slots else 1, 8))
     prompts = np.array(draw(st.lists(st.integers(1, 8), min_size=n, max_size=n)))
-    outputs = np.array(draw(st.lists(st.integers(1, 8), min_size=n, max_size=n)))
+    outputs = np.array(
+        draw(st.lists(st.integers(2 if few_slots else 1, 8), min_size=n, max_size=n))
+    )
     shape = draw(st.sampled_from(["burst", "integer", "float"]))
     if shape == "burst":
         arrivals = np.zeros(n)
@@ -158,12 +174,19 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     # every decode pool has one capacity: a request fits all of them or none (none:
     # rejected at arrival)
     decode_blocks = draw(st.integers(blocks(peaks.min()), blocks(peaks.max()) + 4))
-    total = draw(st.integers(1, 3))
+    if few_slots or draw(st.integers(0, 3)) == 0:  # room for all: slots may bind
+        decode_blocks = sum(blocks(peak) for peak in peaks)
+    total = 1 if few_slots else draw(st.integers(1, 3))
     split = _split(draw, total, draw(st.integers(1, min(2, total))))
     for k, replicas in enumerate(split):
-        profile = _profile(draw, f"dp{k}", decode_blocks, block, decode=True)
+        profile = _profile(
+            draw, f"dp{k}", decode_blocks, block, decode=True, few_slots=few_slots
+        )
         policy = draw(st.sampled_from(POLICIES))
-        pools.append(Pool(profile, policy, replicas, name=f"d{k}", role="decode"))
+        pull = draw(st.sampled_from(PULLS))
+        pools.append(
+            Pool(profile, policy, replicas, name=f"d{k}", role="decode", pull=pull)
+        )
     if draw(st.integers(0, 3)) == 0:  # a colocated pool beside them
         profile = _profile(draw, "cc", blocks(peaks.max()) + 2, block, decode=False)
         at = draw(st.integers(0, len(pools)))
@@ -233,6 +256,23 @@ def _run_both(instance: Instance, cluster: Cluster) -> tuple[Any, Any]:
 )
 @given(scenarios())
 def test_random_disaggregated_clusters_agree(case: Scenario) -> None:
+    _agree(case)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenarios(few_slots=True))
+def test_random_clusters_with_few_decode_slots_agree(case: Scenario) -> None:
+    # one decode replica with room for every request's KV: its sequence slots
+    # bind, dropping KV delivered to a full replica or holding a pulling one back
+    _agree(case)
+
+
+def _agree(case: Scenario) -> None:
+    """Both engines agree on ``case``, and the validator finds the log valid."""
     fast, naive = _run_both(case.instance, case.cluster)
     if fast is None:
         return
@@ -245,7 +285,13 @@ def test_random_disaggregated_clusters_agree(case: Scenario) -> None:
         ((requests["decode_admitted_s"] > requests["transfer_end_s"]).any(),
          "a request waiting on its decode replica"),
         ((requests["transfer_start_s"] > requests["first_token_s"]).any(),
-         "a transfer waiting for its link"),
+         "a transfer waiting for its link or to be taken"),
+        (any(p.pull is not None for p in case.cluster.pools), "a pulling pool"),
+        ((naive.taken_s > naive.first_token_s).any(),
+         "a prefilled request waiting to be taken"),
+        (naive.seatless_drops > 0, "KV dropped for want of a sequence slot"),
+        *((count > 0, f"a pulling replica held back by its {rule} rule")
+          for rule, count in naive.pull_stopped_by.items()),
     ):  # fmt: skip
         if happened:
             event(what)
@@ -465,3 +511,173 @@ def test_deliveries_may_overtake_each_other() -> None:
     decode = simulate_cluster(instance, cluster).replica_metrics.loc[1]
     assert decode["num_completed"] == 2
     assert decode["e2e_p90_s"] == pytest.approx(np.percentile([11.0, 4.5], 90))
+
+
+# -- pull, and adoption's sequence slot ---------------------------------------------
+
+
+def _pulling(
+    decode: DeploymentProfile,
+    pull: float,
+    *,
+    link: Link | None = None,
+    prefill: DeploymentProfile = UNIT,
+    prefill_replicas: int = 1,
+    policy: str = "fcfs",
+) -> Cluster:
+    return Cluster(
+        (
+            Pool(prefill, policy, prefill_replicas, name="p", role="prefill"),
+            Pool(decode, policy, 1, name="d", role="decode", pull=pull),
+        ),
+        links=() if link is None else (link,),
+    )
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vllm", "sarathi", "vllm-v0"])
+def test_a_pulling_replica_takes_the_kv_when_it_has_room(policy: str) -> None:
+    # tests/test_disagg.py's case: decode capacity 6, threshold 0.05, fifo at
+    # 1 B/s. Both prefill in [0, 1]; the idle replica takes 0 at 1 (transfer
+    # [1, 5]); 1 waits (0's blocks are on their way) and at 5 its 3 blocks are not
+    # free beside 0's 4; 0 decodes [5, 6] and ends, and 1 is taken at 6
+    instance = Instance([0.0, 0.0], [4, 3], [2, 2])
+    cluster = _pulling(
+        UNIT.replace(kv_capacity_tokens=6),
+        0.05,
+        link=Link("p", "d", bandwidth_bytes_per_s=1.0),
+        policy=policy,
+    )
+    _expect(
+        instance,
+        cluster,
+        transfer_start_s=[1.0, 6.0],
+        transfer_end_s=[5.0, 9.0],
+        decode_admitted_s=[5.0, 9.0],
+        completion_s=[6.0, 10.0],
+    )
+
+
+def test_a_pulling_replica_adopts_before_it_takes() -> None:
+    # decode capacity 4, threshold 1, ideal link: 0 (3 tokens) and 1 (2) prefill in
+    # [0, 1]. The idle replica takes 0 at 1; its KV arrives at once, so the
+    # replica has a boundary due at 1 and takes 1 there, after adopting 0: 1's 2
+    # blocks are not free beside 0's 3. 0 decodes [1, 2] and ends; 1 is taken at
+    # 2. (Taken before 0's adoption, on 0's released reservation, 1 would arrive
+    # to find no room and be dropped.)
+    instance = Instance([0.0, 0.0], [3, 2], [2, 2])
+    _expect(
+        instance,
+        _pulling(UNIT.replace(kv_capacity_tokens=4), 1.0),
+        transfer_start_s=[1.0, 2.0],
+        decode_admitted_s=[1.0, 2.0],
+        completion_s=[2.0, 3.0],
+        recomputed_tokens=[0.0, 0.0],
+    )
+
+
+def test_a_pulling_replica_takes_at_the_end_of_its_iteration() -> None:
+    # two prefill replicas; decode capacity 2, ideal link. 0 prefills [0, 1], is
+    # taken by the idle replica at 1 and decodes [1, 2] (2 blocks). 1 prefills
+    # [0.5, 1.5] and joins the queue at 1.5, inside that iteration: the replica
+    # takes it at its boundary 2, when 0 ends and frees its blocks
+    instance = Instance([0.0, 0.5], [1, 1], [2, 2])
+    _expect(
+        instance,
+        _pulling(UNIT.replace(kv_capacity_tokens=2), 1.0, prefill_replicas=2),
+        first_token_s=[1.0, 1.5],
+        transfer_start_s=[1.0, 2.0],
+        decode_admitted_s=[1.0, 2.0],
+        completion_s=[2.0, 3.0],
+    )
+
+
+def test_a_waiting_request_stops_a_held_stretch_at_every_boundary() -> None:
+    # decode capacity 8, threshold 0.05 (0.4 blocks: one taken at a time), ideal
+    # link. 0 prefills [0, 1], is taken at 1 and decodes [1, 2]. 1 and 2 arrive at
+    # 0.5, prefill [1, 2] and join at 2: at the boundary 2 the replica takes 1
+    # (2 waits: 1's block is on its way), 1 arrives at once and is adopted there
+    # to decode [2, 3], [3, 4]. At the boundary 3 (inside that held stretch) 1
+    # has been admitted: the replica takes 2, whose KV arrives after the
+    # decision at 3; adopted at 4, it decodes [4, 5]
+    instance = Instance([0.0, 0.5, 0.5], [1, 1, 1], [2, 3, 2])
+    _expect(
+        instance,
+        _pulling(UNIT.replace(kv_capacity_tokens=8), 0.05),
+        transfer_start_s=[1.0, 2.0, 3.0],
+        decode_admitted_s=[1.0, 2.0, 4.0],
+        completion_s=[2.0, 4.0, 5.0],
+    )
+
+
+def test_adoption_needs_a_free_sequence_slot() -> None:
+    # decode max_num_seqs 2, ideal link: 0, 1 and 2 prefill in [0, 1] and their KV
+    # arrives at once. 0 and 1 are adopted at 1; 2's KV finds both slots taken:
+    # dropped (1 token recomputed), it is prefilled again when 0 and 1 end at 5
+    instance = Instance([0.0, 0.0, 0.0], [1, 1, 1], [5, 5, 5])
+    _expect(
+        instance,
+        _pd(UNIT, UNIT.replace(max_num_seqs=2)),
+        decode_admitted_s=[1.0, 1.0, 5.0],
+        completion_s=[5.0, 5.0, 9.0],
+        recomputed_tokens=[0.0, 0.0, 1.0],
+    )
+
+
+def test_a_pulling_replica_takes_no_more_than_its_free_slots() -> None:
+    # the same requests pulled (threshold 1): the idle replica takes 0 at 1, whose
+    # KV arrives at once; at the boundary 1 it adopts 0 and takes 1, but not 2 (it
+    # runs one request and awaits another: max_num_seqs 2). 1's KV arrives after
+    # the decision at 1 (0 decodes [1, 5]): adopted at 2, it decodes [2, 6]. At 5
+    # 0 ends and 2 is taken; adopted at 6, it decodes [6, 10]. Nothing is dropped
+    instance = Instance([0.0, 0.0, 0.0], [1, 1, 1], [5, 5, 5])
+    _expect(
+        instance,
+        _pulling(UNIT.replace(max_num_seqs=2), 1.0),
+        transfer_start_s=[1.0, 1.0, 5.0],
+        decode_admitted_s=[1.0, 2.0, 6.0],
+        completion_s=[5.0, 6.0, 10.0],
+        recomputed_tokens=[0.0, 0.0, 0.0],
+    )
+
+
+def test_a_join_at_a_boundary_ends_a_held_stretch_there_despite_rounding() -> None:
+    # 0 (20 tokens, 3 to emit) is taken by the idle decode replica at 1; its 20
+    # bytes leave a fifo link of 3 B/s at s = 1 + 20/3 and it decodes [s, s + 1],
+    # [s + 1, s + 2], held. 1 arrives at s, prefills [s, s + 1] and joins at s + 1,
+    # the stretch's boundary (in floats s + 1 - s exceeds 1 by a rounding: the
+    # join counts at that boundary within the arrival tolerance, as an arrival
+    # does); taken there, its byte moves [s + 1, s + 4/3]; adopted at s + 2
+    s = 1 + 20 / 3
+    instance = Instance([0.0, s], [20, 1], [3, 2])
+    link = Link("p", "d", bandwidth_bytes_per_s=3.0)
+    _expect(
+        instance,
+        _pulling(UNIT, 1.0, link=link),
+        first_token_s=[1.0, s + 1],
+        transfer_start_s=[1.0, s + 1],
+        transfer_end_s=[s, s + 4 / 3],
+        decode_admitted_s=[s, s + 2],
+        completion_s=[s + 2, s + 3],
+    )
+
+
+def test_prefills_that_end_together_keep_the_order_their_replicas_stepped() -> None:
+    # two prefill replicas (round robin), a fifo link of 1 B/s. Replica 1 runs
+    # request 1 over [y, b], b = y + 1; requests 2 and 3 arrive at a, a float
+    # after b (within the arrival tolerance): replica 1 takes 3 at its boundary b,
+    # replica 0 (idle) takes 2 at a. Both prefills end at b + 1 (a + 1 rounds to
+    # it), and the one whose replica stepped first, at b, reaches the link first
+    y = 2.082076204412921
+    b = y + 1
+    a = math.nextafter(b, math.inf)
+    assert a + 1 == b + 1
+    instance = Instance([0.0, y, a, a], [1, 1, 1, 1], [1, 1, 2, 2])
+    cluster = _pd(UNIT, UNIT, prefill_replicas=2, link=Link("p", "d", 1.0))
+    _expect(
+        instance,
+        cluster,
+        admitted_s=[0.0, y, a, b],
+        first_token_s=[1.0, b, b + 1, b + 1],
+        transfer_start_s=[np.nan, np.nan, b + 2, b + 1],
+        transfer_end_s=[np.nan, np.nan, b + 3, b + 2],
+    )

@@ -8,8 +8,10 @@ transfer end or dropped and prefilled again) and checks the transfers against
 their links. The fast engine's logs of the cases below pass; each forgery (a
 decode before the KV arrives, a transfer that ends too early or starts before
 its prefill, fifo transfers that overlap, a shared link's transfer that ends
-early, KV over capacity counting pinned or adopted blocks, wrong stage records)
-is reported under its rule. ``tests/test_disagg_equivalence.py`` also validates
+early, KV over capacity counting pinned, adopted or reserved blocks, wrong stage
+records; into a pulling decode pool, a take inside an iteration or against
+DistServe's rule, and an adoption before the decision that took the KV) is
+reported under its rule. ``tests/test_disagg_equivalence.py`` also validates
 every random run it draws.
 """
 
@@ -36,11 +38,12 @@ def _pd(
     policy: str = "fcfs",
     link: Link | None = None,
     decode_replicas: int = 1,
+    pull: float | None = None,
 ) -> Cluster:
     return Cluster(
         (
             Pool(prefill, policy, 1, name="p", role="prefill"),
-            Pool(decode, policy, decode_replicas, name="d", role="decode"),
+            Pool(decode, policy, decode_replicas, name="d", role="decode", pull=pull),
         ),
         links=() if link is None else (link,),
     )
@@ -83,6 +86,42 @@ CASES = {
             decode_replicas=2,
         ),
     ),
+    # pull, threshold 0.05 of 8 blocks, fifo at 1 B/s: both prefill in [0, 1]; the
+    # idle decode replica takes 0 at 1 (4 blocks reserved, transfer [1, 5]); 1
+    # waits (0's blocks are on their way) until 0 is adopted at 5, then is taken
+    # (3 blocks reserved, transfer [5, 8]) while 0 decodes [5, 6]
+    "pull": (
+        Instance([0.0, 0.0], [4, 3], [2, 2]),
+        _pd(
+            UNIT,
+            UNIT.replace(kv_capacity_tokens=8),
+            link=Link("p", "d", 1.0),
+            pull=0.05,
+        ),
+    ),
+    # pull with threshold 1, shared at 1 B/s: 0 is taken at 1 and 1 at 2, with
+    # 0's 4 blocks on their way; 1 leaves at 6, 0 at 7
+    "pull-share": (
+        Instance([0.0, 0.5], [4, 2], [2, 2]),
+        _pd(
+            UNIT,
+            UNIT.replace(kv_capacity_tokens=8),
+            link=Link("p", "d", 1.0, 0.0, "share"),
+            pull=1.0,
+        ),
+    ),
+    # pull over an ideal link: 0 (prefill [0, 1]) is taken by the idle decode
+    # replica at 1, arrives at once and is adopted at 1; 1 (prefill [1, 2]) is
+    # taken at the boundary 2, where the replica then decides 0's last decode
+    # before 1's KV arrives: 1 is adopted at 3
+    "pull-at-once": (
+        Instance([0.0, 0.0], [1, 1], [3, 2]),
+        _pd(
+            UNIT.replace(kv_capacity_tokens=1),
+            UNIT.replace(kv_capacity_tokens=4),
+            pull=0.05,
+        ),
+    ),
 }
 
 
@@ -108,6 +147,14 @@ def test_the_cases_reach_what_they_are_meant_to() -> None:
     requests = _run("mixed")[2].requests
     assert (requests["rejected"] != "").sum() == 1
     assert sorted(set(requests["decode_replica"])) == [-1, 1, 2]
+    requests = _run("pull")[2].requests
+    assert requests["transfer_start_s"].tolist() == [1.0, 5.0]  # 1 waits its take
+    requests = _run("pull-share")[2].requests
+    assert requests["transfer_start_s"].tolist() == [1.0, 2.0]  # both on their way
+    assert requests["transfer_end_s"].tolist() == [7.0, 6.0]
+    requests = _run("pull-at-once")[2].requests
+    assert requests["transfer_end_s"].tolist() == [1.0, 2.0]
+    assert requests["decode_admitted_s"].tolist() == [1.0, 3.0]
 
 
 def _forge(name: str, **changes: dict[int, float]) -> set[str]:
@@ -184,3 +231,68 @@ def test_a_claimed_pool_metric_the_log_does_not_give() -> None:
     pools.loc["p", "kv_utilization"] *= 0.5  # the pinned KV's token-seconds count
     report = validate_cluster(instance, cluster, replace(result, pool_metrics=pools))
     assert report.rules == {"metric"}
+
+
+# -- pull -------------------------------------------------------------------------
+
+
+def test_reserved_blocks_count_against_the_decode_capacity() -> None:
+    # the pull schedule checked against a decode capacity of 7 blocks: request 0
+    # decodes [5, 6] to 5 blocks beside the 3 reserved for request 1 (taken at 5,
+    # transfer [5, 8]): 8 > 7, though 0's own 5 blocks fit
+    instance, _, result = _run("pull")
+    small = _pd(UNIT, UNIT.replace(kv_capacity_tokens=7),
+                link=Link("p", "d", 1.0), pull=0.05)  # fmt: skip
+    report = validate_cluster(instance, small, result)
+    assert "kv-capacity" in report.rules
+    assert any("3 pinned or reserved" in v.message for v in report.violations)
+    # reserved from the transfer's start only: taken at 6, 1's blocks would be
+    # free again for the run [5, 6] (the link rules see the forged start)
+    forged = result.requests.copy()
+    forged.loc[1, ["transfer_start_s", "transfer_end_s"]] = [6.0, 9.0]
+    forged.loc[1, ["decode_admitted_s", "completion_s"]] = [9.0, 10.0]
+    report = validate_cluster(instance, small, replace(result, requests=forged))
+    assert "kv-capacity" not in report.rules
+
+
+def test_a_pulled_transfer_starts_after_its_prefill_and_its_link_is_free() -> None:
+    # a transfer into a pulling pool starts when it is taken, not at its first
+    # token (the valid logs above): but never before that first token
+    assert "transfer" in _forge("pull", transfer_start_s={1: 0.5})
+    # nor on a fifo link that another transfer holds (0 holds it [1, 5])
+    assert "link" in _forge("pull", transfer_start_s={1: 4.0}, transfer_end_s={1: 7.0})
+    # and it arrives when the link lets it: 3 bytes from 5 at 1 B/s arrive at 8
+    assert "link" in _forge("pull", transfer_end_s={1: 8.5})
+    # on a shared link too: alone after 6, request 0's last byte leaves at 7
+    assert "link" in _forge("pull-share", transfer_end_s={0: 6.5})
+
+
+def test_a_take_that_breaks_the_pull_rule() -> None:
+    instance, cluster, result = _run("pull-share")
+    link = cluster.links[0]
+    # request 1 taken at 2, with request 0's 4 blocks on their way: allowed with
+    # threshold 1 (4 < 8), not with 0.05 (4 >= 0.4)
+    low = _pd(UNIT, UNIT.replace(kv_capacity_tokens=8), link=link, pull=0.05)
+    assert validate_cluster(instance, low, result).rules == {"pull"}
+    # nor with one sequence slot (0 is awaited)
+    one = _pd(UNIT, UNIT.replace(kv_capacity_tokens=8, max_num_seqs=1), link=link,
+              pull=1.0)  # fmt: skip
+    assert validate_cluster(instance, one, result).rules == {"pull"}
+    # nor in 5 blocks: its 2 beside 0's 4 reserved
+    tight = _pd(UNIT, UNIT.replace(kv_capacity_tokens=5), link=link, pull=1.0)
+    assert "pull" in validate_cluster(instance, tight, result).rules
+    # and in the pull schedule, a take forged to 5.5, inside the decode
+    # replica's iteration [5, 6] (a replica takes at its boundaries, or idle)
+    rules = _forge(
+        "pull",
+        transfer_start_s={1: 5.5},
+        transfer_end_s={1: 8.5},
+        decode_admitted_s={1: 8.5},
+    )
+    assert "pull" in rules
+
+
+def test_kv_taken_and_delivered_at_once_is_adopted_at_the_next_decision() -> None:
+    # request 1 was taken at the boundary 2 and its KV arrived at once, but the
+    # replica had decided the run [2, 3] already: adopted at 3, not at 2
+    assert "request-record" in _forge("pull-at-once", decode_admitted_s={1: 2.0})

@@ -32,14 +32,19 @@ prefill and decode pools:
 ``distserve/decoding_stage_scheduler.py``): step 2 stops at the routing. The
 request joins its decode replica's queue and its KV waits, pinned, on the prefill
 replica. The decode replica takes the head of its queue at each of its boundaries
-(a request joining its queue ends a held decode stretch there), or at once when it
-is idle, while (a) the blocks of the requests it took and has not yet admitted
-(KV on its way, or waiting to be prefilled again) are under ``theta *
-capacity``, (b) the prompt's blocks are free, and (c) it runs and awaits fewer
-than ``max_num_seqs`` requests. Taking a request reserves its blocks and starts the
-transfer then; the reservation becomes the request's own blocks at ``t_i``, so the
-adoption always fits. (DistServe swaps a decode request out on overflow; lsched's
-policies recompute until swap is modelled.)
+(after adopting what arrived, before its policy decides; once per boundary: a
+held decode stretch ends where a request joins its queue, and at every boundary
+while one waits there), or at once when it is idle (no iteration in flight and no
+boundary due, such as one where KV that arrived waits to be adopted), while (a)
+the blocks of the requests it took and has not yet admitted (KV on its way, or
+waiting to be prefilled again) are under ``theta * capacity``, (b) the prompt's
+blocks are free, and (c) it runs and awaits fewer than ``max_num_seqs`` requests.
+Taking a request reserves its blocks and starts the transfer then; the
+reservation becomes the request's own blocks at ``t_i``, so the adoption always
+fits its blocks (KV taken at a boundary that arrives at once is adopted at the
+replica's next decision: it decided there before the KV came). (DistServe swaps a
+decode request out on overflow; lsched's policies recompute until swap is
+modelled.)
 
 A request that emits one token completes on its prefill replica. One whose peak
 KV ``s_i + o_i - 1`` fits no decode replica is rejected at arrival (DESIGN.md,
@@ -151,6 +156,9 @@ class StageEngine(JointEngine):
         #: a held stretch ends at the first boundary at or after this time (a
         #: request joined a pulling replica's queue)
         self.notify_s = math.inf
+        #: a request was left in a pulling replica's queue at this boundary: a
+        #: held stretch decided here stops at the next boundary, to take again
+        self.blocked_s = -math.inf
         self._boundary_s = -math.inf  # the last boundary on_boundary saw
         self._end: tuple[tuple | None, float] = (None, math.inf)  # _stretch_end's
 
@@ -213,6 +221,8 @@ class StageEngine(JointEngine):
                 upcoming = min(upcoming, wake)
         elif self.running or self._has_waiting():
             return self.now_s
+        elif upcoming <= self.now_s + ARRIVAL_TOLERANCE_S:
+            return self.now_s  # it decides at this boundary, the arrival counted
         return max(self.now_s, upcoming)
 
     def _stretch_end(self) -> float:
@@ -275,8 +285,12 @@ class StageEngine(JointEngine):
 
     def _plan(self, decode: np.ndarray, p: np.ndarray, held: int,
               wake_at_s: float | None, context_cap: int | None) -> Any:  # fmt: skip
-        if self.notify_s < math.inf:
-            wake_at_s = min(self.notify_s, math.inf if wake_at_s is None else wake_at_s)
+        if self.notify_s < math.inf:  # the first boundary at or after it, as an
+            # arrival's: within the arrival tolerance
+            notify = self.notify_s - ARRIVAL_TOLERANCE_S
+            wake_at_s = min(notify, math.inf if wake_at_s is None else wake_at_s)
+        if self.blocked_s >= self.now_s:
+            wake_at_s = self.now_s  # one iteration: it takes at every boundary
         return super()._plan(decode, p, held, wake_at_s, context_cap)
 
     def _adopt(self, k: int) -> None:
@@ -549,7 +563,10 @@ class DisaggSim:
             engine.advance(t)
             pending = engine.pending
             held = pending is not None and not pending.is_empty
-            if held or (pending is None and engine.running):
+            # a boundary is due (an iteration in flight ends there, or KV delivered
+            # at t waits there to be adopted): it looks there, not before
+            due = pending is None and engine.next_step_s() < math.inf
+            if held or due:
                 engine.notify_s = min(engine.notify_s, t)  # it looks at its boundary
             else:  # idle: it looks now
                 self._accept(d, t)
@@ -573,12 +590,14 @@ class DisaggSim:
             waiting = engine.waiting_blocks()
             free = capacity - ledger.exact_blocks(engine.running)
             if not (waiting < limit and need <= free):
-                return
+                break
             queue.popleft()
             ledger.reserve(need)
             move.reserved = need
             self.taken[d] += 1
             self._transfer(move, t)
+        if queue:  # it tries again at its next boundary, even in a held stretch
+            engine.blocked_s = engine.now_s
 
     def _transfer(self, move: _Transfer, t: float) -> None:
         """Start moving ``move``'s KV at ``t`` over its link."""
