@@ -9,8 +9,9 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -181,3 +182,19 @@ def refuse_beside_cluster(options: Mapping[str, Any]) -> None:
             "say them",
             field="cluster",
         )
+
+
+#: ``--max-model-len``, on every command that reads a trace and may clip it.
+MaxLenOpt = Annotated[
+    int | None,
+    typer.Option("--max-model-len", help="Clip prompt + output to this many tokens."),
+]
+#: ``--poisson SEED`` (:func:`lsched.goodput.poisson_arrivals`).
+PoissonOpt = Annotated[
+    int | None,
+    typer.Option(
+        metavar="SEED",
+        help="Replace the arrivals by a Poisson process drawn with SEED "
+        "(DistServe's method); the lengths are kept.",
+    ),
+]

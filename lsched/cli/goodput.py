@@ -14,6 +14,8 @@ from rich.console import Console
 from lsched.atomic import atomic_target, check_output, write_text_atomic
 from lsched.cli._common import (
     JSON_HELP,
+    MaxLenOpt,
+    PoissonOpt,
     print_json,
     print_table,
     profile_file,
@@ -133,18 +135,8 @@ def goodput_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
-    max_model_len: Annotated[
-        int | None,
-        typer.Option(help="Clip prompt + output to this many tokens."),
-    ] = None,
-    poisson: Annotated[
-        int | None,
-        typer.Option(
-            metavar="SEED",
-            help="Replace the arrivals by a Poisson process drawn with SEED "
-            "(DistServe's method); the lengths are kept.",
-        ),
-    ] = None,
+    max_model_len: MaxLenOpt = None,
+    poisson: PoissonOpt = None,
     engine: Annotated[
         str, typer.Option(help="auto, compiled or python (as in simulate).")
     ] = "auto",

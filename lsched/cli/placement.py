@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lsched.atomic import atomic_target, check_output, write_text_atomic
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import JSON_HELP, MaxLenOpt, PoissonOpt, print_json, print_table
 from lsched.errors import InputError
 from lsched.goodput import (
     DEFAULT_RTOL,
@@ -104,17 +104,8 @@ def placement_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
-    max_model_len: Annotated[
-        int | None,
-        typer.Option(help="Clip prompt + output to this many tokens."),
-    ] = None,
-    poisson: Annotated[
-        int | None,
-        typer.Option(
-            metavar="SEED",
-            help="Replace the arrivals by a Poisson process drawn with SEED.",
-        ),
-    ] = None,
+    max_model_len: MaxLenOpt = None,
+    poisson: PoissonOpt = None,
 ) -> None:
     """Every split of N GPUs into pools, best goodput per GPU first."""
     slo = parse_slo(slo_text, field="--slo")

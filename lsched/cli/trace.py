@@ -16,7 +16,7 @@ import typer
 
 from lsched.atomic import check_output
 from lsched.cli import trace_gen
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import JSON_HELP, MaxLenOpt, print_json, print_table
 from lsched.traces import FORMATS, WRITE_FORMATS, read_trace, trace_summary, write_trace
 from lsched.traces.detect import format_from_suffix, normalise_format
 from lsched.traces.io import ReadReport
@@ -51,10 +51,6 @@ EndOpt = Annotated[
 ]
 RateOpt = Annotated[
     float, typer.Option("--rate-scale", help="Multiply the arrival rate (2 = twice).")
-]
-MaxLenOpt = Annotated[
-    int | None,
-    typer.Option("--max-model-len", help="Clip prompt + output to this many tokens."),
 ]
 DropOpt = Annotated[
     bool,
