@@ -130,8 +130,9 @@ class KVLedger:
 
     ``pinned_blocks`` are blocks no running request holds but that stay taken: the
     KV of a request prefilled on a prefill replica, kept until its transfer to a
-    decode replica ends (:meth:`pin`, :meth:`unpin`), or blocks a decode replica
-    reserved for KV on its way (:meth:`reserve`). They count in
+    decode replica ends (:meth:`pin`, :meth:`unpin`), or of a request swapping out
+    asynchronously until its copy ends; or blocks a decode replica reserved for KV
+    on its way, or a request swapping in asynchronously (:meth:`reserve`). They count in
     ``held_blocks`` (so in every capacity check), not in ``held_tokens`` (the
     running requests' KV, which policies read).
 
@@ -211,6 +212,13 @@ class KVLedger:
         self.held_tokens -= held
         self.tokens[r] = 0
         return held
+
+    def place(self, r: int, tokens: int) -> None:
+        """Request ``r`` (holding nothing) holds ``tokens`` tokens again: its KV
+        swapped back in from the host tier."""
+        self.tokens[r] = tokens
+        self.held_tokens += tokens
+        self.held_blocks += -(-tokens // self.kv.block_tokens)
 
     def pin(self, r: int) -> int:
         """Keep the blocks of request ``r`` (which stops running) taken as pinned

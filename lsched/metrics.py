@@ -73,6 +73,7 @@ COUNT_METRICS: frozenset[str] = frozenset(
         "num_rejected",
         "preemptions",
         "recomputed_tokens",
+        "recompute_avoided_tokens",
         "iterations",
         "replicas",
     }

@@ -77,6 +77,7 @@ import numpy.typing as npt
 from lsched._models import find_profile, profile_files, shipped_models_dir
 from lsched._pickle import reduce_record
 from lsched.errors import InputError
+from lsched.tiers import HostTier
 
 #: Names of the batch features, in the order of phi = [1, P, Q, D, K, H].
 FEATURES: tuple[str, ...] = (
@@ -572,6 +573,10 @@ class DeploymentProfile:
     fit_mape
         Mean absolute percentage error of the fitted cost model on its
         measurements, as a fraction (0.05 = 5 %), or ``None`` when not fitted.
+    host
+        The replica's host-memory tier (:class:`lsched.tiers.HostTier`: swap
+        space and PCIe bandwidths); ``None`` gives :meth:`HostTier.default`
+        (vLLM's 4 GiB per GPU, 25 GB/s each way).
     path
         The TOML file the profile was read from, if any (not compared).
 
@@ -594,6 +599,7 @@ class DeploymentProfile:
     hardware: Hardware
     sources: Mapping[str, str] = field(default_factory=dict)
     fit_mape: float | None = None
+    host: HostTier | None = None
     path: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -625,6 +631,12 @@ class DeploymentProfile:
             "replicas",
         ):
             object.__setattr__(self, name, _positive_int(getattr(self, name), name))
+        if self.host is None:
+            object.__setattr__(self, "host", HostTier.default(self.hardware.num_gpus))
+        elif not isinstance(self.host, HostTier):
+            raise InputError(
+                f"got {type(self.host).__name__}; expected HostTier", field="host"
+            )
         if self.kv_capacity_tokens < self.block_tokens:
             raise InputError(
                 f"got {self.kv_capacity_tokens}; expected at least one block "
@@ -663,6 +675,12 @@ class DeploymentProfile:
         """Whole blocks that fit in the capacity: ``floor(capacity / block)``."""
         return self.kv_capacity_tokens // self.block_tokens
 
+    @property
+    def host_capacity_blocks(self) -> int:
+        """Whole KV blocks that fit in the host tier's memory."""
+        assert self.host is not None  # set in __post_init__
+        return self.host.capacity_blocks(self.block_tokens, self.kv_bytes_per_token)
+
     def replace(self, **changes: Any) -> DeploymentProfile:
         """Return a re-validated copy with some fields changed.
 
@@ -695,6 +713,7 @@ class DeploymentProfile:
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "max_model_len": self.max_model_len,
             "fit_mape": self.fit_mape,
+            "host": self.host.to_dict() if self.host is not None else None,
             "iteration_time": self.iteration_time.to_dict(),
             "sources": dict(self.sources),
             "path": self.path,
@@ -784,7 +803,9 @@ _TOP_KEYS = {
     "iteration_time",
     "sources",
     "fit",
+    "host",
 }
+_HOST_KEYS = {"memory_bytes", "h2d_bytes_per_s", "d2h_bytes_per_s"}
 _HARDWARE_KEYS = {
     "gpu",
     "num_gpus",
@@ -1030,6 +1051,7 @@ def _profile_from_dict(
             )
     fit_mape = _get(data, "fit_mape", float, "", default=None)
     return DeploymentProfile(
+        host=_host_from_dict(data, hardware),
         name=_get(data, "name", str, "", default=default_name),
         description=_get(data, "description", str, ""),
         iteration_time=iteration_time,
@@ -1044,6 +1066,24 @@ def _profile_from_dict(
         sources=sources,
         fit_mape=fit_mape,
         path=path,
+    )
+
+
+def _host_from_dict(data: Mapping[str, Any], hardware: Hardware) -> HostTier | None:
+    """The ``[host]`` table (``None`` without one: the default tier)."""
+    if "host" not in data:
+        return None
+    table = _table(data, "host", required=True)
+    _check_keys(table, _HOST_KEYS, "host.")
+    default = HostTier.default(hardware.num_gpus)
+    return HostTier(
+        memory_bytes=_get(table, "memory_bytes", int, "host.", default.memory_bytes),
+        h2d_bytes_per_s=_get(
+            table, "h2d_bytes_per_s", float, "host.", default.h2d_bytes_per_s
+        ),
+        d2h_bytes_per_s=_get(
+            table, "d2h_bytes_per_s", float, "host.", default.d2h_bytes_per_s
+        ),
     )
 
 
@@ -1158,6 +1198,13 @@ def profile_to_toml(profile: DeploymentProfile, *, header: str = "") -> str:
         "",
         iteration_time_toml(profile.iteration_time).rstrip("\n"),
         "",
+    ]
+    if profile.host != HostTier.default(hw.num_gpus):
+        assert profile.host is not None
+        lines += ["[host]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in profile.host.to_dict().items()]
+        lines += [""]
+    lines += [
         "[sources]",
     ]
     lines += [

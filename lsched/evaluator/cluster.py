@@ -567,14 +567,14 @@ class JointEngine(ReplicaEngine):
                 self.now_s = max(self.now_s, float(self.arrival_s[self.num_arrived]))
                 continue
             batch = self.policy.decide(self._view())
-            run = len(self.log.runs) if self.log is not None else -1
-            self._preempt(batch.preempt, run)
+            if batch.moves_kv or self._copies:
+                batch = self._moves(batch)
             if batch.is_empty:
                 self.pending = batch
                 continue
             grow = self._check(batch)
             self._admit(batch.prefill)
-            if batch.hold and len(batch.prefill) == 0 and len(batch.preempt) == 0:
+            if batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
                 self.pending = batch
             else:
                 self._iteration(batch, grow)

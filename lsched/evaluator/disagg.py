@@ -84,7 +84,6 @@ request by request: ``router = "least-outstanding"``, ``decode_router =
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 import itertools
@@ -113,7 +112,6 @@ from lsched.policies import (
     ARRIVAL_TOLERANCE_S,
     PolicyError,
     ReplicaLimits,
-    ReplicaView,
 )
 from lsched.routers import Reject, RouterContext
 
@@ -147,7 +145,6 @@ class StageEngine(JointEngine):
         self.parked: list[tuple[int, int, float]] = []
         #: prefill: the limits a policy sees while blocks are pinned, and for how
         #: many pinned blocks
-        self._pinned_limits: tuple[int, ReplicaLimits] = (0, self.limits)
         #: decode: the KV tokens each request brings
         self.carried = np.zeros(capacity, dtype=np.int64)
         #: called at every boundary before the policy decides (a pulling decode
@@ -180,21 +177,6 @@ class StageEngine(JointEngine):
             for r in finished:
                 self.parked.append((r, self.kv.pin(r), end))
         super()._finish(finished, end)
-
-    def _view(self) -> ReplicaView:
-        """The policy's view. While a prefill replica holds pinned blocks it shows
-        a capacity less those blocks (and ``kv_blocks_held`` counts the running
-        requests' blocks only): every policy, whichever way it counts the KV of
-        its running requests, then leaves room for them."""
-        view = super()._view()
-        pinned = self.kv.pinned_blocks
-        if not pinned:
-            return view
-        if self._pinned_limits[0] != pinned:
-            capacity = self.limits.kv_capacity_blocks - pinned
-            limits = dataclasses.replace(self.limits, kv_capacity_blocks=capacity)
-            self._pinned_limits = (pinned, limits)
-        return dataclasses.replace(view, limits=self._pinned_limits[1])
 
     def release(self, blocks: int, tokens: int, since_s: float, t: float) -> None:
         """Free ``blocks`` pinned at ``since_s`` (``tokens`` of KV) at ``t``; a

@@ -39,11 +39,40 @@ A request has arrived at a boundary ``t`` when ``arrival_s <= t +
 ARRIVAL_TOLERANCE_S`` (1 ns): a stretch's end ``t + S(n)`` computed in closed form
 can differ in the last bits from adding the iteration times one by one, and the
 tolerance keeps an arrival that falls on a boundary on the same side for both.
+Swaps (the host tier, :mod:`lsched.tiers`)
+------------------------------------------
+At a boundary ``t`` the engine first lands the asynchronous copies that ended by
+``t + ARRIVAL_TOLERANCE_S`` (in order of their ends), then takes arrivals, then
+calls the policy and applies its batch: recompute preemptions, then swap-outs,
+then swap-ins, each in the batch's order, then the iteration. Tokens ``x`` of a
+copy are the request's processed tokens; a copy takes ``x * kv_bytes_per_token /
+bandwidth`` seconds.
+
+- Swap-out of a running request: its host blocks (``ceil(x / b)``) are taken at
+  once and must fit in the host tier's capacity; it stops running. *Blocking*:
+  its GPU blocks are freed at once and it is swapped. *Async*: its copy queues on
+  the device-to-host link (start ``max(t, link free)``); its GPU blocks stay
+  taken (pinned) until the copy ends, when it becomes swapped (joining the
+  swapped list in order of the copies' ends).
+- Swap-in of a swapped request: *blocking*: its host blocks are freed, its GPU
+  blocks taken, it runs again at once (appended to the running list) and may be
+  in the batch. *Async*: its GPU blocks are taken at once (pinned), its copy
+  queues on the host-to-device link; when the copy ends its host blocks are
+  freed and it runs again (appended to the running list).
+- After the swaps, the GPU blocks held (running requests and pinned) must fit
+  in the capacity.
+- *Blocking* copies run one after the other before the forward pass: the
+  iteration is longer by their sum (outs, then ins); a batch that swaps must run
+  an iteration. *Async* copies overlap the iterations: the first boundary at or
+  after a copy's end is an event (the engine sets the batch's ``wake_at_s`` to
+  it), as an arrival is.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,11 +93,14 @@ from lsched.policies.base import (
     holds_running_when_idle,
     restore_policy,
     snapshot_policy,
+    swap_mode,
 )
 from lsched.profile import FEATURES, DeploymentProfile
+from lsched.tiers import HostLedger, check_swap_mode
 
 _K = FEATURES.index("kv_read_tokens")
-WAITING, RUNNING, DONE = 0, 1, 2
+#: Request states; SWAPPED: its KV is in the host tier or on its way there or back.
+WAITING, RUNNING, DONE, SWAPPED = 0, 1, 2, 3
 #: Prefill lists up to this long are handled element by element in Python.
 _SMALL = 16
 
@@ -81,11 +113,14 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ReplicaLog:
-    """Runs, members and preemptions of one replica, as growing lists of columns."""
+    """Runs, members, preemptions and swaps of one replica, as growing lists of
+    columns. A swap is ``(run, request, inbound, tokens, start_s, end_s)``: the
+    run it was decided before, 0 out (to the host) or 1 in, and its copy."""
 
     runs: list[tuple] = field(default_factory=list)
     members: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     preemptions: list[tuple[int, int]] = field(default_factory=list)
+    swaps: list[tuple[int, int, int, int, float, float]] = field(default_factory=list)
 
 
 class ReplicaEngine:
@@ -118,12 +153,13 @@ class ReplicaEngine:
     #: views of them stay valid).
     _STATE_ARRAYS = (
         "emitted", "target", "status", "admitted_s", "first_token_s",
-        "completion_s", "preemptions", "recomputed", "queue",
+        "completion_s", "preemptions", "recomputed", "queue", "swapped_tokens",
+        "swaps",
     )  # fmt: skip
     #: Numbers of the state.
     _STATE_NUMBERS = (
         "head", "tail", "num_arrived", "num_prefilling", "now_s", "iterations",
-        "busy_s", "kv_token_seconds", "done",
+        "busy_s", "kv_token_seconds", "done", "_copy_count",
     )  # fmt: skip
 
     def __init__(
@@ -192,6 +228,19 @@ class ReplicaEngine:
         self.done = 0
         self.log = ReplicaLog() if log else None
         self.on_finished = on_finished
+        # the host tier (lsched.tiers): swapped requests in swap-out order, the
+        # tokens each holds there, its swap-outs, and the asynchronous copies in
+        # flight as a heap of (end_s, count, inbound, request, GPU blocks pinned)
+        self._async_swap = check_swap_mode(swap_mode(policy)) == "async"
+        self.host = HostLedger(
+            profile.host, profile.block_tokens, profile.kv_bytes_per_token
+        )
+        self.swapped: list[int] = []
+        self.swapped_tokens = np.zeros(m, dtype=np.int64)
+        self.swaps = np.zeros(m, dtype=np.int64)
+        self._copies: list[tuple[float, int, int, int, int]] = []
+        self._copy_count = 0
+        self._stall_s = 0.0  # blocking copies lengthening the next iteration
         # read-only views of the live arrays: built once, shown to every decision
         self._views = tuple(
             _read_only(a)
@@ -201,6 +250,7 @@ class ReplicaEngine:
                 self.emitted,
                 self.processed,
                 self.target,
+                self.swapped_tokens,
             )
         )
         self._priority_view = None if priority is None else _read_only(priority)
@@ -210,6 +260,8 @@ class ReplicaEngine:
             if predicted_output_tokens is None
             else _read_only(predicted_output_tokens)
         )
+        # the limits shown while blocks are pinned: (pinned blocks, limits)
+        self._pinned_limits: tuple[int, ReplicaLimits] = (0, self.limits)
         # the running array of the last view, while the running set is unchanged:
         # a batch whose decode list *is* this array decodes every running request
         self._shown: np.ndarray | None = None
@@ -232,7 +284,7 @@ class ReplicaEngine:
                 return False
             self._arrive()
             if not self.running:
-                if not self.requeued and self.tail == self.head:
+                if not self._has_waiting():
                     self.now_s = max(
                         self.now_s, float(self.arrival_s[self.num_arrived])
                     )
@@ -240,21 +292,19 @@ class ReplicaEngine:
             elif (
                 idle_rule
                 and self.num_prefilling == 0
-                and self.tail == self.head
-                and not self.requeued
+                and not self._has_waiting()
                 and self._hold_running()
             ):
                 continue
             batch = self.policy.decide(self._view())
-            if len(batch.preempt):
-                run = len(self.log.runs) if self.log is not None else -1
-                self._preempt(batch.preempt, run)
+            if batch.moves_kv or self._copies:
+                batch = self._moves(batch)
             if batch.is_empty:
                 self._idle(batch)
                 continue
             grow = self._check(batch)
             self._admit(batch.prefill)
-            if batch.hold and len(batch.prefill) == 0 and len(batch.preempt) == 0:
+            if batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
                 self._decode_stretch(batch)
             else:
                 self._iteration(batch, grow)
@@ -269,6 +319,9 @@ class ReplicaEngine:
         state |= {name: getattr(self, name) for name in self._STATE_NUMBERS}
         state["running"] = list(self.running)
         state["requeued"] = list(self.requeued)
+        state["swapped"] = list(self.swapped)
+        state["copies"] = list(self._copies)
+        state["host"] = self.host.snapshot()
         state["kv"] = self.kv.snapshot()
         state["policy"] = snapshot_policy(self.policy)
         if self.log is not None:
@@ -283,6 +336,9 @@ class ReplicaEngine:
             setattr(self, name, state[name])
         self.running = list(state["running"])
         self.requeued = list(state["requeued"])
+        self.swapped = list(state["swapped"])
+        self._copies = list(state["copies"])
+        self.host.restore(state["host"])
         self.kv.restore(state["kv"])
         restore_policy(self.policy, state["policy"])
         if self.log is not None:
@@ -291,6 +347,10 @@ class ReplicaEngine:
         self._shown = None
 
     def _arrive(self) -> None:
+        """Take the requests, and land the asynchronous copies, that have arrived
+        by this boundary."""
+        if self._copies:
+            self._land()
         k = self.num_arrived
         if k >= self.m:
             return
@@ -307,7 +367,14 @@ class ReplicaEngine:
         self.num_arrived = n
 
     def _has_waiting(self) -> bool:
-        return bool(self.requeued) or self.tail > self.head
+        """Whether a request waits for the policy: queued, swapped, or a copy in
+        flight."""
+        return (
+            bool(self.requeued)
+            or self.tail > self.head
+            or bool(self.swapped)
+            or bool(self._copies)
+        )
 
     def _waiting(self) -> np.ndarray:
         fresh = self.queue[self.head : self.tail]
@@ -319,7 +386,20 @@ class ReplicaEngine:
         return merged
 
     def _view(self) -> ReplicaView:
-        arrival, prompt, emitted, processed, target = self._views
+        """The policy's view. While blocks are pinned (KV on its way out or in:
+        a finished prefill's transfer, an asynchronous swap) it shows a capacity
+        less those blocks, and ``kv_blocks_held`` counts the running requests'
+        blocks only: every policy, whichever way it counts the KV of its running
+        requests, then leaves room for them."""
+        pinned = self.kv.pinned_blocks
+        limits = self.limits
+        if pinned:
+            if self._pinned_limits[0] != pinned:
+                capacity = self.limits.kv_capacity_blocks - pinned
+                limits = dataclasses.replace(limits, kv_capacity_blocks=capacity)
+                self._pinned_limits = (pinned, limits)
+            limits = self._pinned_limits[1]
+        arrival, prompt, emitted, processed, target, _ = self._views
         running = np.array(self.running, dtype=np.int64)
         running.flags.writeable = False
         self._shown = running
@@ -335,10 +415,14 @@ class ReplicaEngine:
             emitted_tokens=emitted,
             processed_tokens=processed,
             prefill_target_tokens=target,
-            limits=self.limits,
+            limits=limits,
             priority=self._priority_view,
             tenant=self._tenant_view,
             kv_held=KVHeld(self.kv, self.running),
+            swapped=np.array(self.swapped, dtype=np.int64),
+            swapped_tokens=self._views[5],
+            host_capacity_blocks=self.host.capacity_blocks,
+            host_used_blocks=self.host.used_blocks,
         )
 
     def _idle(self, batch: Batch) -> None:
@@ -398,6 +482,114 @@ class ReplicaEngine:
                 self.log.preemptions.append((run, r))
         if len(ids):
             self.requeued.sort()
+
+    def _moves(self, batch: Batch) -> Batch:
+        """Apply the batch's preemptions and swaps; with asynchronous copies in
+        flight, the batch with a wake-up at the next copy's end (where the
+        request it moves becomes swapped or runnable: an event)."""
+        run = len(self.log.runs) if self.log is not None else -1
+        if len(batch.preempt):
+            self._preempt(batch.preempt, run)
+        for r in batch.swap_out.tolist():
+            self._swap_out(r, run)
+        for r in batch.swap_in.tolist():
+            self._swap_in(r, run)
+        if len(batch.swap_out) + len(batch.swap_in):
+            self._shown = None
+            if not self._async_swap and batch.is_empty:
+                raise PolicyError(
+                    "a blocking swap needs an iteration to run before: the batch "
+                    "that swaps prefills or decodes nothing"
+                )
+            if not self.kv.fits(0, self.running):
+                raise PolicyError(
+                    f"KV after the swap-ins {self.kv.held_blocks} blocks > "
+                    f"capacity {self._capacity}"
+                )
+        if not self._copies:
+            return batch
+        wake = self._copies[0][0]
+        if batch.wake_at_s is not None and batch.wake_at_s < wake:
+            return batch
+        return dataclasses.replace(batch, wake_at_s=wake)
+
+    def _swap_out(self, r: int, run: int) -> None:
+        """Move the KV of running request ``r`` to the host tier."""
+        if not 0 <= r < self.num_arrived or self.status[r] != RUNNING:
+            raise PolicyError(f"swapped-out request {r} is not running")
+        tokens = int(self.processed[r])
+        if not self.host.take(tokens):
+            raise PolicyError(
+                f"swap-out of request {r} ({tokens} tokens): host tier full "
+                f"({self.host.used_blocks} of {self.host.capacity_blocks} blocks)"
+            )
+        self.running.remove(r)
+        if tokens < self.target[r]:
+            self.num_prefilling -= 1
+        self.status[r] = SWAPPED
+        self.swapped_tokens[r] = tokens
+        self.swaps[r] += 1
+        seconds = self.host.copy_s(self.host.d2h, tokens)
+        if self._async_swap:
+            start, end = self.host.d2h.copy(self.now_s, seconds)
+            self._push_copy(end, 0, r, self.kv.pin(r))
+        else:
+            self.kv.free(r)
+            self.swapped.append(r)
+            start = self.now_s + self._stall_s
+            end = start + seconds
+            self._stall_s += seconds
+        if self.log is not None:
+            self.log.swaps.append((run, r, 0, tokens, start, end))
+
+    def _swap_in(self, r: int, run: int) -> None:
+        """Bring the KV of swapped request ``r`` back from the host tier."""
+        if not 0 <= r < self.num_arrived or r not in self.swapped:
+            raise PolicyError(f"swapped-in request {r} is not swapped")
+        self.swapped.remove(r)
+        tokens = int(self.swapped_tokens[r])
+        seconds = self.host.copy_s(self.host.h2d, tokens)
+        if self._async_swap:
+            start, end = self.host.h2d.copy(self.now_s, seconds)
+            blocks = self.kv.kv.blocks(tokens)
+            self.kv.reserve(blocks)
+            self._push_copy(end, 1, r, blocks)
+        else:
+            start = self.now_s + self._stall_s
+            end = start + seconds
+            self._stall_s += seconds
+            self._resume_swapped(r)
+        if self.log is not None:
+            self.log.swaps.append((run, r, 1, tokens, start, end))
+
+    def _push_copy(self, end_s: float, inbound: int, r: int, blocks: int) -> None:
+        self._copy_count += 1
+        heapq.heappush(self._copies, (end_s, self._copy_count, inbound, r, blocks))
+
+    def _land(self) -> None:
+        """The asynchronous copies that ended by this boundary: a swap-out frees
+        its GPU blocks and the request is swapped; a swap-in's request runs."""
+        now = self.now_s + ARRIVAL_TOLERANCE_S
+        copies = self._copies
+        while copies and copies[0][0] <= now:
+            _, _, inbound, r, blocks = heapq.heappop(copies)
+            self.kv.unpin(blocks)
+            if inbound:
+                self._resume_swapped(r)
+            else:
+                self.swapped.append(r)
+        self._shown = None
+
+    def _resume_swapped(self, r: int) -> None:
+        """Request ``r`` holds its swapped KV on the GPU again and runs."""
+        tokens = int(self.swapped_tokens[r])
+        self.host.give(tokens)
+        self.kv.place(r, tokens)
+        self.swapped_tokens[r] = 0
+        self.status[r] = RUNNING
+        self.running.append(r)
+        if tokens < self.target[r]:
+            self.num_prefilling += 1
 
     def _admit(self, prefill: np.ndarray) -> None:
         if len(prefill) == 0:
@@ -489,7 +681,7 @@ class ReplicaEngine:
                 self.prompt[prefill] + self.emitted[prefill],
                 self.target[prefill] - before,
             )
-            if (status == DONE).any() or (chunk < 1).any() or (chunk > remaining).any():
+            if (status >= DONE).any() or (chunk < 1).any() or (chunk > remaining).any():
                 raise PolicyError(
                     f"prefill chunks {chunk.tolist()} of requests {prefill.tolist()} "
                     f"outside 1..remaining {remaining.tolist()}"
@@ -609,6 +801,10 @@ class ReplicaEngine:
         dt = self._seconds(phi)
         if not dt > 0:
             raise PolicyError(f"iteration time {dt} s is not positive for {phi}")
+        if self._stall_s:  # blocking swaps run before the forward pass
+            dt += self._stall_s
+            self.host.stall_s += self._stall_s
+            self._stall_s = 0.0
         start, end = self.now_s, self.now_s + dt
         self.kv.grow(grow, prefill_tokens + n_d)
         if n_p <= _SMALL:

@@ -23,6 +23,7 @@ from lsched.evaluator.result import (
     MEMBER_COLUMNS,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
+    SWAP_COLUMNS,
     SimulationResult,
 )
 from lsched.instance import Instance
@@ -57,6 +58,7 @@ def collect(
     runs: list[pd.DataFrame] = []
     members: list[pd.DataFrame] = []
     preempted: list[pd.DataFrame] = []
+    swapped: list[pd.DataFrame] = []
     stages = _stage_columns(run, n)
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         if engine is None:
@@ -84,7 +86,9 @@ def collect(
                     dtype=np.int64,
                 )
             )
+            swapped.append(_swaps_frame(engine.log.swaps, ids, offset))
     engines = [e for e in run.engines if e is not None]
+    swaps = _swap_columns(instance, cluster, run, engines)
     replicas = cluster.num_replicas
     capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
     # the mean capacity of a replica: the total over C replicas is what counts
@@ -94,13 +98,16 @@ def collect(
     total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
     if stages:
         total["transferred_bytes"] = float(stages["transferred_bytes"].sum())
+    if swaps:
+        total |= _swap_metrics(cluster, run)
     pools = " + ".join(dict.fromkeys(p.profile.name for p in cluster.pools))
     return SimulationResult(
         policy=" + ".join(dict.fromkeys(p.policy.label for p in cluster.pools)),
         profile=pools,
         replicas=replicas,
         requests=pd.DataFrame(
-            columns | stages, columns=list(REQUEST_COLUMNS) + list(stages)
+            columns | stages | swaps,
+            columns=list(REQUEST_COLUMNS) + list(stages) + list(swaps),
         ),
         metrics=total,
         iterations=sum(e.iterations for e in engines),
@@ -108,6 +115,7 @@ def collect(
         runs=_concat(runs, RUN_COLUMNS, index="run") if log else None,
         members=_concat(members, MEMBER_COLUMNS) if log else None,
         preemptions=_concat(preempted, ("run", "request")) if log else None,
+        swaps=_concat(swapped, SWAP_COLUMNS) if log else None,
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
@@ -119,6 +127,61 @@ def _stage_columns(run: ClusterRun, n: int) -> dict[str, np.ndarray]:
     if run.stages is None:
         return {}
     return dict(run.stages) | {"decode_admitted_s": np.full(n, np.nan)}
+
+
+def _swap_columns(
+    instance: Instance, cluster: Cluster, run: ClusterRun, engines: list[Any]
+) -> dict[str, np.ndarray]:
+    """Per request, its swap-outs (none where no replica swapped)."""
+    if not any(getattr(e, "host", None) and e.host.out_tokens for e in engines):
+        return {}
+    outs = np.zeros(len(instance), dtype=np.int64)
+    for engine, ids in zip(run.engines, run.ids, strict=True):
+        if engine is not None and hasattr(engine, "swaps"):
+            outs[ids] += engine.swaps[: len(ids)]
+    return {"swap_outs": outs}
+
+
+def _swap_metrics(cluster: Cluster, run: ClusterRun) -> dict[str, float]:
+    """Bytes swapped each way, blocking copy seconds, tokens not recomputed."""
+    out = inbound = stall = 0.0
+    avoided = 0
+    for c, engine in enumerate(run.engines):
+        host = getattr(engine, "host", None)
+        if host is None:
+            continue
+        per_token = cluster.pool_of(c).profile.kv_bytes_per_token
+        out += host.out_tokens * per_token
+        inbound += host.in_tokens * per_token
+        stall += host.stall_s
+        avoided += host.out_tokens
+    return {
+        "swap_out_bytes": out,
+        "swap_in_bytes": inbound,
+        "swap_stall_s": stall,
+        "recompute_avoided_tokens": float(avoided),
+    }
+
+
+def _swaps_frame(
+    swaps: list[tuple[int, int, int, int, float, float]],
+    ids: np.ndarray,
+    offset: int,
+) -> pd.DataFrame:
+    """One replica's swap log, with instance ids and runs numbered globally."""
+    return pd.DataFrame(
+        {
+            "run": np.array([s[0] + offset for s in swaps], dtype=np.int64),
+            "request": np.array([int(ids[s[1]]) for s in swaps], dtype=np.int64),
+            "direction": np.array(
+                ["in" if s[2] else "out" for s in swaps], dtype=object
+            ),
+            "tokens": np.array([s[3] for s in swaps], dtype=np.int64),
+            "start_s": np.array([s[4] for s in swaps], dtype=np.float64),
+            "end_s": np.array([s[5] for s in swaps], dtype=np.float64),
+        },
+        columns=list(SWAP_COLUMNS),
+    )
 
 
 def _metrics(

@@ -45,7 +45,17 @@ Table ``members`` (run, request, kind, tokens, processed_before): request ``requ
 (instance position) takes part in run ``run`` with a ``"prefill"`` chunk of
 ``tokens`` tokens or ``"decode"`` steps (``tokens = 1`` per iteration), holding
 ``processed_before`` KV tokens before the run. Table ``preemptions`` (run, request):
-the request was preempted (recompute) just before the run started.
+the request was preempted (recompute) just before the run started. Table ``swaps``
+(run, request, direction, tokens, start_s, end_s): the request's KV was swapped
+``"out"`` to the host tier or ``"in"`` back (:mod:`lsched.tiers`), decided just
+before the run; its copy of ``tokens`` tokens ran from ``start_s`` to ``end_s``
+(inside the run for a blocking swap, overlapping the runs for an asynchronous one).
+
+A run in which some request swapped adds per request ``swap_outs`` (times its KV
+went to the host tier) and the metrics ``swap_out_bytes``, ``swap_in_bytes``,
+``swap_stall_s`` (seconds blocking copies added to iterations: swap time on the
+critical path) and ``recompute_avoided_tokens`` (tokens swapped out: what
+recompute preemption would have computed again).
 """
 
 from __future__ import annotations
@@ -70,6 +80,14 @@ RUN_COLUMNS: tuple[str, ...] = (
     "kv_read_tokens",
     "has_prefill",
     "kv_tokens",
+)
+SWAP_COLUMNS: tuple[str, ...] = (
+    "run",
+    "request",
+    "direction",
+    "tokens",
+    "start_s",
+    "end_s",
 )
 MEMBER_COLUMNS: tuple[str, ...] = (
     "run",
@@ -110,7 +128,7 @@ class SimulationResult:
         Iterations run, all replicas together.
     runtime_s
         Wall-clock seconds the simulation took.
-    runs, members, preemptions
+    runs, members, preemptions, swaps
         The iteration log, when it was asked for.
     replica_metrics, pool_metrics
         The metrics per replica (index ``replica``, with its ``pool``) and per
@@ -133,6 +151,7 @@ class SimulationResult:
     runs: pd.DataFrame | None = None
     members: pd.DataFrame | None = None
     preemptions: pd.DataFrame | None = field(default=None)
+    swaps: pd.DataFrame | None = field(default=None)
     replica_metrics: pd.DataFrame | None = field(default=None)
     pool_metrics: pd.DataFrame | None = field(default=None)
     engine: str = "python"
@@ -229,6 +248,7 @@ class SimulationResult:
                 "runs": self.runs,
                 "members": self.members,
                 "preemptions": self.preemptions,
+                "swaps": self.swaps,
             }
         for name, table in tables.items():
             if table is not None:

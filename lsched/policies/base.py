@@ -27,6 +27,19 @@ of its ``processed_tokens``) or *done*.
 - Recompute preemption (``Batch.preempt``, applied before the iteration): the
   running request frees all its KV (those ``processed_tokens`` are *recomputed
   tokens*) and waits again.
+- Swap preemption (``Batch.swap_out``, after the preemptions): the running request
+  moves its KV to the replica's host tier (:mod:`lsched.tiers`) and is *swapped*
+  (``view.swapped``; its tokens in ``view.swapped_tokens``, ``processed_tokens``
+  0). ``Batch.swap_in`` (a swapped request, after the swap-outs) moves it back:
+  it runs again with its tokens, emitted tokens and prefill target unchanged, no
+  token recomputed. How the copies meet the iterations is the policy's
+  ``swap_mode`` (:func:`swap_mode`): ``blocking`` (the default; the iteration is
+  longer by the copies, and a request swapped in may run in it) or ``async``
+  (copies overlap; a request swapping out leaves at once but its GPU blocks stay
+  taken until its copy ends, one swapping in takes its blocks at once and runs
+  from the first boundary after its copy; neither is in any list meanwhile).
+  Host blocks held (``view.host_used_blocks``) stay within
+  ``view.host_capacity_blocks``.
 
 Per iteration: KV blocks held by all running requests *after* the iteration
 (``ceil(processed / block_tokens)`` each, ``view.kv.blocks``: the block arithmetic
@@ -221,6 +234,14 @@ class ReplicaView:
         valid during this decision only), or ``None``: read them as
         :attr:`kv_tokens_held` and :attr:`kv_blocks_held`, which sum the arrays
         without it.
+    swapped
+        Ids whose KV is in the host tier, in swap-out order.
+    swapped_tokens
+        Per request, the KV tokens it holds in the host tier (meaningful for
+        ``swapped``), or ``None`` (no request ever swapped).
+    host_capacity_blocks, host_used_blocks
+        Host blocks of the replica's host tier, and those held (by swapped
+        requests and copies in flight).
     """
 
     now_s: float
@@ -238,6 +259,10 @@ class ReplicaView:
     priority: IntArray | None = None
     tenant: npt.NDArray[np.str_] | None = None
     kv_held: KVHeld | None = None
+    swapped: IntArray = field(default_factory=lambda: _EMPTY)
+    swapped_tokens: IntArray | None = None
+    host_capacity_blocks: int = 0
+    host_used_blocks: int = 0
 
     @property
     def kv(self) -> KVBlocks:
@@ -274,6 +299,9 @@ class Batch:
         Running requests, prefill complete, that decode one token.
     preempt
         Running requests preempted (recompute) *before* the iteration.
+    swap_out, swap_in
+        Running requests whose KV moves to the host tier, and swapped requests
+        whose KV comes back, before the iteration (after ``preempt``).
     hold
         See the module docstring; only meaningful for a decode-only batch.
     hold_context_tokens
@@ -295,10 +323,17 @@ class Batch:
     hold: bool = False
     wake_at_s: float | None = None
     hold_context_tokens: int | None = None
+    swap_out: IntArray = field(default_factory=lambda: _EMPTY)
+    swap_in: IntArray = field(default_factory=lambda: _EMPTY)
 
     @property
     def is_empty(self) -> bool:
         return len(self.prefill) == 0 and len(self.decode) == 0
+
+    @property
+    def moves_kv(self) -> bool:
+        """Whether the batch preempts or swaps (it then cannot be held)."""
+        return len(self.preempt) + len(self.swap_out) + len(self.swap_in) > 0
 
 
 def running_state(
@@ -353,6 +388,12 @@ def _shared_arrays(attributes: dict[str, Any]) -> dict[int, Any]:
         for value in attributes.values()
         if isinstance(value, np.ndarray) and not value.flags.writeable
     }
+
+
+def swap_mode(policy: object) -> str:
+    """How ``policy``'s swaps meet the iterations (:data:`lsched.tiers.SWAP_MODES`):
+    its ``swap_mode`` attribute, ``"blocking"`` without one."""
+    return getattr(policy, "swap_mode", "blocking")
 
 
 def holds_running_when_idle(policy: object) -> bool:

@@ -33,23 +33,46 @@ this step is skipped when its turn comes.
 
 Preemption model: a lower-ranked running request left out of the batch is *paused*
 and keeps its KV (FastServe keeps it on the GPU while memory allows); when KV is
-short it is preempted by **recompute** (FastServe instead swaps KV to host memory;
-lsched's policies model recompute only).
+short it is preempted by **recompute**.
+
+With ``swap=true``, FastServe's proactive KV management (LLMServe/FastServe
+``fastserve/scheduler.py``; ``serving-systems.md``, "Swap and offload") on the
+replica's host tier (:mod:`lsched.tiers`), after the batch is planned as above:
+
+- new requests are admitted only while at least 10 % of the host tier is free
+  (``host_free_fraction``);
+- with ``F`` the free blocks after the planned iteration, it keeps ``R =
+  min(max_num_seqs, capacity)`` blocks free (FastServe's ``max_batch_size`` free
+  blocks, one decode step of a full batch): while ``F < R`` it swaps out the
+  lowest-ranked running request left out of the batch, counting its blocks as
+  free (asynchronously they free when its copy ends);
+- only when it swapped nothing out, it swaps swapped requests back in, highest
+  rank first, while ``F - blocks >= R``; they run from the boundary after their
+  copy (or the next, with blocking swaps);
+- copies are asynchronous (``swap_mode=async``, FastServe's own CUDA streams);
+  ``swap_mode=blocking`` gives the same rule with vLLM V0's copies, to compare.
 
 Holding (:mod:`~lsched.policies.base`): levels change as requests decode, without
 an event, so a decode-only batch is held only when nothing waits and every running
 request is in it: until an arrival, a completion or the KV limit the batch is then
-all running requests whatever their levels.
+all running requests whatever their levels. With ``swap=true`` nothing is held
+(the reserve can run out during a stretch, which is no event).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.errors import InputError
 from lsched.policies.base import Batch, IntArray, ReplicaView
 from lsched.policies.vllm import check_int, plan_batch
+from lsched.tiers import check_swap_mode
+
+#: FastServe admits new requests only while this share of host swap space is free.
+HOST_FREE_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,13 +89,23 @@ class FastServeParams:
     prefill_tokens_per_unit
         Prompt tokens whose prefill counts as one decode iteration of service
         (>= 1); sets the join level.
+    swap
+        Swap to the host tier with FastServe's rules (module docstring); false:
+        recompute only.
+    swap_mode
+        ``async`` (FastServe) or ``blocking`` (:data:`lsched.tiers.SWAP_MODES`).
     """
 
     levels: int = 4
     base_quantum: int = 4
     prefill_tokens_per_unit: int = 256
+    swap: bool = False
+    swap_mode: str = "async"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.swap, bool):
+            raise InputError(f"got {self.swap!r}; expected true or false", field="swap")
+        check_swap_mode(self.swap_mode)
         check_int(self.levels, "levels", 1)
         check_int(self.base_quantum, "base_quantum", 1)
         check_int(self.prefill_tokens_per_unit, "prefill_tokens_per_unit", 1)
@@ -83,6 +116,7 @@ class FastServe:
 
     def __init__(self, params: FastServeParams | None = None) -> None:
         self.params = params or FastServeParams()
+        self.swap_mode = self.params.swap_mode  # read by the engine
 
     def levels(self, view: ReplicaView, ids: IntArray) -> IntArray:
         """The queue level of each request in ``ids`` (0 = highest priority)."""
@@ -103,11 +137,15 @@ class FastServe:
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
         running = view.running
-        ids = np.concatenate([running, view.waiting])
-        level = self.levels(view, ids)
-        order = ids[np.lexsort((ids, view.arrival_s[ids], level))].tolist()
+        order = self._ranked(view, running.tolist() + view.waiting.tolist())
         rank = {r: k for k, r in enumerate(order)}
         is_running = set(running.tolist())
+        swap = self.params.swap
+        # FastServe admits new requests only while enough host space is free
+        admit = not swap or (
+            view.host_capacity_blocks - view.host_used_blocks
+            >= HOST_FREE_FRACTION * view.host_capacity_blocks
+        )
         processed = view.processed_tokens
         kv = view.kv
         held = {r: int(kv.blocks(processed[r])) for r in is_running}
@@ -124,6 +162,8 @@ class FastServe:
                 left = int(view.prefill_target_tokens[i] - processed[i])
                 c = min(max(left, 1), budget)
                 g = int(kv.blocks(processed[i] + c)) - held[i]
+            elif not admit:
+                continue
             else:
                 c = min(int(view.prompt_tokens[i] + view.emitted_tokens[i]), budget)
                 g = kv.blocks(c)
@@ -146,7 +186,59 @@ class FastServe:
             free -= g
             budget -= c
         batch = plan_batch(view, plan, preempt)
+        if swap:
+            return self._swaps(view, batch, order, free, held, plan, preempt)
         if len(batch.prefill) == 0 and not preempt:
             hold = len(view.waiting) == 0 and len(batch.decode) == len(running)
             return Batch(decode=batch.decode, hold=hold)
         return batch
+
+    def _swaps(
+        self,
+        view: ReplicaView,
+        batch: Batch,
+        order: list[int],
+        free: int,
+        held: dict[int, int],
+        plan: dict[int, int],
+        preempt: list[int],
+    ) -> Batch:
+        """FastServe's proactive swaps around the planned ``batch`` (``free``:
+        the free blocks after it; module docstring)."""
+        kv = view.kv
+        reserve = min(view.limits.max_num_seqs, kv.capacity_blocks)
+        host_free = view.host_capacity_blocks - view.host_used_blocks
+        out: list[int] = []
+        for r in reversed(order):  # lowest rank first
+            if free >= reserve:
+                break
+            idle = r in held and r not in plan and r not in preempt
+            if idle and held[r] <= host_free:
+                out.append(r)
+                free += held[r]
+                host_free -= held[r]
+        back: list[int] = []
+        if not out:
+            swapped = view.swapped.tolist()
+            rank = {r: k for k, r in enumerate(self._ranked(view, swapped))}
+            for r in sorted(swapped, key=rank.__getitem__):
+                need = kv.blocks(int(view.swapped_tokens[r]))
+                if free - need < reserve:
+                    break
+                back.append(r)
+                free -= need
+        if self.swap_mode == "blocking" and batch.is_empty:
+            out, back = [], []  # a blocking copy needs an iteration to run in
+        return dataclasses.replace(
+            batch,
+            swap_out=np.array(out, dtype=np.int64),
+            swap_in=np.array(back, dtype=np.int64),
+        )
+
+    def _ranked(self, view: ReplicaView, ids: list[int]) -> list[int]:
+        """``ids`` by (level, arrival, id)."""
+        if not ids:
+            return []
+        array = np.array(ids, dtype=np.int64)
+        level = self.levels(view, array)
+        return array[np.lexsort((array, view.arrival_s[array], level))].tolist()

@@ -32,6 +32,24 @@ The rule (``kv_limit=true``, vLLM V0), at every iteration boundary:
    order (DistServe's ``_exit_decode``). When every running request decodes the
    order does not change.
 
+Swap (``preemption=swap``; the default ``recompute`` is what vLLM V0 does for
+single-sequence requests, which every lsched request is; swap is what it does
+for beam search and parallel sampling, ``Scheduler._preempt``): the victim of
+step 2 is swapped out to the host tier (:mod:`lsched.tiers`) instead, unless the
+host tier has no room for it (vLLM then aborts with "lack of CPU swap space";
+lsched recomputes it). While a request is on the host, no prompt is prefilled
+(``_schedule_default``: prefills only ``if not self.swapped``). A step that
+preempted nothing swaps requests back in (``_schedule_swapped``) from the head of
+the swapped queue (oldest swap-out first) while they fit with the watermark to
+spare (``can_swap_in``; here the block their next step opens is counted too, so
+that the step fits) and the batch has room; they decode in that same iteration
+and join the decode queue's tail. Swaps are blocking, as in vLLM V0 (the worker
+runs ``cache_engine.swap_in/swap_out`` before the forward pass): a victim's blocks
+must be free for the step that needed them. The host tier's memory is vLLM's
+``--swap-space`` (the profile's or cluster's ``[host]``; 4 GiB per GPU by
+default). Asynchronous swap is FastServe's (``fastserve:swap=true``), whose rule
+keeps free blocks ahead of need.
+
 DistServe's colocated mode (``kv_limit=false``; with ``prefill_token_budget`` and
 ``decode_context_cap``, DistServe uses 50000 for the latter): the policy applies no
 KV limit at all: no watermark, no KV check on admission, no preemption; the prefill
@@ -151,6 +169,9 @@ class VllmV0Params:
         tokens (``processed_tokens`` summed) exceed this (strictly); they decode
         instead. simdistserve uses 9,000,000 (``Worker.has_back_pressure``);
         ``None`` (default): off.
+    preemption
+        ``recompute`` (default, vLLM V0 for single sequences) or ``swap`` (to the
+        host tier, blocking; see the module docstring).
     """
 
     watermark: float = 0.01
@@ -158,8 +179,15 @@ class VllmV0Params:
     prefill_token_budget: int | None = None
     decode_context_cap: int | None = None
     back_pressure_tokens: int | None = None
+    preemption: str = "recompute"
 
     def __post_init__(self) -> None:
+        if self.preemption not in ("recompute", "swap"):
+            raise InputError(
+                f"got {self.preemption!r}; expected recompute or swap",
+                field="preemption",
+            )
+
         if isinstance(self.watermark, bool) or not 0.0 <= self.watermark < 1.0:
             raise InputError(
                 f"got {self.watermark!r}; expected a number in [0, 1)",
@@ -189,7 +217,8 @@ class VllmV0:
 
     def decide(self, view: ReplicaView) -> Batch:
         self._join()
-        new = [] if self._back_pressure(view) else self._prefills(view)
+        on_host = len(view.swapped) > 0  # V0 prefills only with none swapped
+        new = [] if on_host or self._back_pressure(view) else self._prefills(view)
         if new:
             self._admitted = new
             self._returned = 0
@@ -208,6 +237,13 @@ class VllmV0:
             self._queue.append((r, self._stamps))
         self._admitted = []
 
+    def _enqueue(self, ids: list[int]) -> None:
+        """``ids`` join the decode queue's tail, each with a fresh stamp."""
+        for r in ids:
+            self._stamps += 1
+            self._stamp[r] = self._stamps
+            self._queue.append((r, self._stamps))
+
     def adopt(self, ids: list[int]) -> None:
         """Requests that arrived prefilled (on a decode replica of a disaggregated
         cluster, :mod:`lsched.evaluator.disagg`) join the decode queue ahead of
@@ -215,10 +251,7 @@ class VllmV0:
         appends an arrival to its queue at once, and the batch in flight goes
         back at its end (``forward_decode``, ``_exit_decode``)."""
         back = [self._queue.pop() for _ in range(self._returned)]
-        for r in ids:
-            self._stamps += 1
-            self._stamp[r] = self._stamps
-            self._queue.append((r, self._stamps))
+        self._enqueue(ids)
         self._queue.extend(reversed(back))
 
     def _back_pressure(self, view: ReplicaView) -> bool:
@@ -270,6 +303,8 @@ class VllmV0:
         batch: list[tuple[int, int]] = []  # queue entries
         grown: dict[int, int] = {}
         preempted: list[int] = []
+        swapped_out: list[int] = []
+        host_free = view.host_capacity_blocks - view.host_used_blocks
         context = 0
         while queue and len(batch) < seq_cap:
             r, s = queue[0]
@@ -293,6 +328,10 @@ class VllmV0:
                     # victims so far are the last ones of view.running
                     victim = int(running[len(running) - 1 - len(preempted)])
                     preempted.append(victim)
+                    victim_blocks = kv.blocks(int(processed[victim]))
+                    if p.preemption == "swap" and victim_blocks <= host_free:
+                        swapped_out.append(victim)
+                        host_free -= victim_blocks
                     entry = (victim, stamp.pop(victim))
                     g_victim = grown.pop(victim, None)
                     used -= kv.blocks(int(processed[victim])) + (g_victim or 0)
@@ -307,17 +346,40 @@ class VllmV0:
                 used += g
             batch.append((r, s))
             context += after
-        if not batch and not preempted:
+        everyone = len(batch) == len(running) and not preempted
+        swap_in = [] if preempted else self._swap_ins(view, used, seq_cap - len(batch))
+        if not batch and not preempted and not swap_in:
             self._returned = 0
             return Batch()  # nothing runs (the engine idles or reports a stall)
         # the batch goes back to the tail of the queue, in order
         queue.extend(batch)
         self._returned = len(batch)
-        everyone = len(batch) == len(running)
+        # swapped-in requests decode in this iteration, then join the tail
+        self._enqueue(swap_in)
+        self._returned += len(swap_in)
+        recompute = [r for r in preempted if r not in set(swapped_out)]
         return Batch(
-            decode=np.array([r for r, _ in batch], dtype=np.int64),
-            preempt=np.array(preempted, dtype=np.int64),
-            hold=everyone and not preempted,
+            decode=np.array([r for r, _ in batch] + swap_in, dtype=np.int64),
+            preempt=np.array(recompute, dtype=np.int64),
+            swap_out=np.array(swapped_out, dtype=np.int64),
+            swap_in=np.array(swap_in, dtype=np.int64),
+            hold=everyone and not swap_in,
             # the cap binds from two requests on (the head always goes)
             hold_context_tokens=cap if cap is not None and len(batch) > 1 else None,
         )
+
+    def _swap_ins(self, view: ReplicaView, used: int, room: int) -> list[int]:
+        """Swapped requests from the head that fit beside ``used`` blocks with the
+        watermark to spare, their next step included, ``room`` at most."""
+        kv = view.kv
+        spare = kv.watermark_blocks(self.params.watermark)
+        taken: list[int] = []
+        for r in view.swapped.tolist():
+            if len(taken) >= room:
+                break
+            after = kv.blocks(int(view.swapped_tokens[r]) + 1)  # with its step
+            if kv.capacity_blocks - used - after < spare:
+                break
+            used += after
+            taken.append(r)
+        return taken

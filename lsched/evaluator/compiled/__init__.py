@@ -83,6 +83,8 @@ def kernel_for(spec: Any) -> str | None:
     if module == "vllm" and spec.params.priority:
         # its queues follow the instance's priority column, which no kernel reads
         return None
+    if module == "vllm_v0" and spec.params.preemption != "recompute":
+        return None  # swapping needs the host tier, which no kernel models
     return module
 
 
