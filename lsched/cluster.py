@@ -30,6 +30,8 @@ A cluster file (``lsched simulate TRACE --cluster FILE``) is TOML::
     model = "llama2-70b-a100-tp4"       # a profile name or a .toml path
     policy = "vllm"                     # optional; fcfs by default
     set = { max_num_seqs = 128 }        # optional profile overrides (--set)
+    host = { memory_bytes = 68719476736 }  # optional: its host tier
+                                        # (lsched.tiers; the profile's by default)
 
     [[pool]]
     model = "llama2-70b-h100-tp4"
@@ -78,6 +80,7 @@ from lsched.errors import InputError
 from lsched.policies import PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile, load_profile, read_toml
 from lsched.routers import RouterSpec, parse_router
+from lsched.tiers import host_from_table
 
 #: Pool roles.
 ROLES = ("colocated", "prefill", "decode")
@@ -379,7 +382,7 @@ def _describe_link(link: Link) -> str:
 # -- the TOML file -------------------------------------------------------------------
 
 _CLUSTER_KEYS = {"router", "decode_router", "pool", "link"}
-_POOL_KEYS = {"name", "role", "replicas", "model", "policy", "set", "pull"}
+_POOL_KEYS = {"name", "role", "replicas", "model", "policy", "set", "pull", "host"}
 _LINK_KEYS = {"from", "to", "bandwidth_bytes_per_s", "latency_s", "sharing"}
 
 
@@ -483,6 +486,9 @@ def _pool(table: Any, k: int, folder: Path) -> Pool:
         raise InputError(exc.message, field=field) from None
     except TypeError as exc:  # a key that is no profile field
         raise InputError(str(exc), field="set") from None
+    if "host" in table:  # the pool's host tier (lsched.tiers), over the profile's
+        assert profile.host is not None
+        profile = profile.replace(host=host_from_table(table["host"], profile.host))
     policy = table.get("policy", "fcfs")
     if not isinstance(policy, str):
         raise InputError(

@@ -22,6 +22,7 @@ from typing import Any
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile, load_profile
+from lsched.tiers import HOST_FIELDS, host_from_table
 
 OPTION = "--set"
 SET_HELP = (
@@ -29,7 +30,7 @@ SET_HELP = (
     "--set kv_capacity_tokens=40 --set max_num_seqs=8."
 )
 #: Fields that hold structures, not one value: ``--set`` cannot express them.
-_STRUCTURED = frozenset({"iteration_time", "hardware", "sources", "path"})
+_STRUCTURED = frozenset({"iteration_time", "hardware", "sources", "path", "host"})
 
 
 def settable_fields() -> tuple[str, ...]:
@@ -62,6 +63,9 @@ def parse_value(text: str) -> int | float | str:
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     """``["FIELD=VALUE", ...]`` as ``{field: value}``; a later FIELD wins.
 
+    The host tier's fields are set one by one as ``host.FIELD``
+    (:data:`lsched.tiers.HOST_FIELDS`) and come back as one ``host`` table.
+
     Raises
     ------
     InputError
@@ -76,10 +80,21 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
         name = name.strip()
         if not sep or not name:
             raise InputError(f"got {item!r}; expected FIELD=VALUE", field=OPTION)
+        if name.startswith("host."):
+            key = name.removeprefix("host.")
+            if key not in HOST_FIELDS:
+                raise InputError(
+                    f"host tier field {key!r} is unknown; expected one of "
+                    f"{', '.join(HOST_FIELDS)}",
+                    field=f"{OPTION} {name}",
+                )
+            overrides.setdefault("host", {})[key] = parse_value(raw)
+            continue
         if name not in settable:
             what = "is not a single value" if name in _STRUCTURED else "is unknown"
             raise InputError(
-                f"profile field {name!r} {what}; expected one of {', '.join(settable)}",
+                f"profile field {name!r} {what}; expected one of {', '.join(settable)}"
+                f" or host.FIELD",
                 field=f"{OPTION} {name}",
             )
         overrides[name] = raw if name in text_fields else parse_value(raw)
@@ -106,6 +121,10 @@ def apply_overrides(
     changes = {**(defaults or {}), **overrides}
     if not changes:
         return profile
+    if "host" in changes:
+        assert profile.host is not None
+        host = host_from_table(changes["host"], profile.host, prefix=f"{OPTION} host.")
+        changes["host"] = host
     try:
         return profile.replace(**changes)
     except InputError as exc:

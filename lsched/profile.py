@@ -77,7 +77,7 @@ import numpy.typing as npt
 from lsched._models import find_profile, profile_files, shipped_models_dir
 from lsched._pickle import reduce_record
 from lsched.errors import InputError
-from lsched.tiers import HostTier
+from lsched.tiers import HostTier, host_from_table
 
 #: Names of the batch features, in the order of phi = [1, P, Q, D, K, H].
 FEATURES: tuple[str, ...] = (
@@ -805,7 +805,6 @@ _TOP_KEYS = {
     "fit",
     "host",
 }
-_HOST_KEYS = {"memory_bytes", "h2d_bytes_per_s", "d2h_bytes_per_s"}
 _HARDWARE_KEYS = {
     "gpu",
     "num_gpus",
@@ -1073,18 +1072,7 @@ def _host_from_dict(data: Mapping[str, Any], hardware: Hardware) -> HostTier | N
     """The ``[host]`` table (``None`` without one: the default tier)."""
     if "host" not in data:
         return None
-    table = _table(data, "host", required=True)
-    _check_keys(table, _HOST_KEYS, "host.")
-    default = HostTier.default(hardware.num_gpus)
-    return HostTier(
-        memory_bytes=_get(table, "memory_bytes", int, "host.", default.memory_bytes),
-        h2d_bytes_per_s=_get(
-            table, "h2d_bytes_per_s", float, "host.", default.h2d_bytes_per_s
-        ),
-        d2h_bytes_per_s=_get(
-            table, "d2h_bytes_per_s", float, "host.", default.d2h_bytes_per_s
-        ),
-    )
+    return host_from_table(data["host"], HostTier.default(hardware.num_gpus))
 
 
 def _line_of(text: str, dotted: str | None) -> int | None:

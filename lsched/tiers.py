@@ -115,6 +115,29 @@ class HostTier:
         }
 
 
+#: The fields of a ``[host]`` table (profile, cluster pool, ``--set host.FIELD``).
+HOST_FIELDS = ("memory_bytes", "h2d_bytes_per_s", "d2h_bytes_per_s")
+
+
+def host_from_table(table: Any, base: HostTier, prefix: str = "host.") -> HostTier:
+    """``base`` with the fields of a ``[host]`` table changed; errors name the
+    field as ``prefix + key``."""
+    if not isinstance(table, dict):
+        raise InputError(f"got {table!r}; expected a table", field=prefix.rstrip("."))
+    unknown = sorted(set(table) - set(HOST_FIELDS))
+    if unknown:
+        raise InputError(
+            f"unknown key(s) {unknown}; expected some of {list(HOST_FIELDS)}",
+            field=prefix.rstrip("."),
+        )
+    values = base.to_dict() | table
+    try:
+        return HostTier(**values)
+    except InputError as exc:  # name the field as the caller spells it
+        key = (exc.field or "").removeprefix("host.")
+        raise InputError(exc.message, field=prefix + key) from None
+
+
 class CopyLink:
     """One direction of a replica's PCIe link: copies queue first come, first
     served. ``free_s`` is when the last queued copy ends."""

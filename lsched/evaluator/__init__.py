@@ -126,6 +126,27 @@ def _check_fits_somewhere(instance: Instance, cluster: Cluster) -> None:
         )
 
 
+def _check_host(instance: Instance, cluster: Cluster) -> None:
+    """Raise if a pool whose policy swaps has a host tier smaller than the
+    largest request's peak KV (``params.swaps``: the policy may swap)."""
+    peak = int((instance.prompt_tokens + instance.output_tokens).max()) - 1
+    for pool in cluster.pools:
+        profile = pool.profile
+        if not getattr(pool.policy.params, "swaps", False):
+            continue
+        need = -(-peak // profile.block_tokens)
+        if need > profile.host_capacity_blocks:
+            assert profile.host is not None
+            raise InputError(
+                f"pool {pool.name} swaps ({pool.policy.label}) but its host tier "
+                f"holds {profile.host_capacity_blocks} blocks "
+                f"({profile.host.memory_bytes} bytes), less than one request's "
+                f"peak KV ({peak} tokens, {need} blocks); give more host memory "
+                "(--set host.memory_bytes=...)",
+                field="host.memory_bytes",
+            )
+
+
 def simulate(
     instance: Instance,
     profile: DeploymentProfile,
@@ -238,6 +259,8 @@ def simulate_cluster(
         )
     if not cluster.disaggregated:  # there a request no decode replica fits is rejected
         _check_fits_somewhere(instance, cluster)
+    if len(instance):
+        _check_host(instance, cluster)
     where = None
     if assignment is not None:
         if cluster.disaggregated:

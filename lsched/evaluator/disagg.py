@@ -110,6 +110,7 @@ from lsched.evaluator.cluster import (
 from lsched.instance import Instance
 from lsched.policies import (
     ARRIVAL_TOLERANCE_S,
+    Batch,
     PolicyError,
     ReplicaLimits,
 )
@@ -143,8 +144,6 @@ class StageEngine(JointEngine):
         #: prefill: (local id, pinned blocks, time) of every request that finished
         #: its prefill, until the loop takes them
         self.parked: list[tuple[int, int, float]] = []
-        #: prefill: the limits a policy sees while blocks are pinned, and for how
-        #: many pinned blocks
         #: decode: the KV tokens each request brings
         self.carried = np.zeros(capacity, dtype=np.int64)
         #: called at every boundary before the policy decides (a pulling decode
@@ -169,6 +168,14 @@ class StageEngine(JointEngine):
         self.arrival_s[k] = arrival_s
         self.output[k] = output_tokens
         self.carried[k] = carried_tokens
+
+    def _moves(self, batch: Batch) -> Batch:
+        if self._async_swap and len(batch.swap_out) + len(batch.swap_in):
+            raise PolicyError(
+                "asynchronous swaps are not modelled on a disaggregated cluster "
+                "(the global loop does not see their copies): use swap_mode=blocking"
+            )
+        return super()._moves(batch)
 
     # -- prefill side ---------------------------------------------------------------
 

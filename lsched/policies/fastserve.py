@@ -102,6 +102,11 @@ class FastServeParams:
     swap: bool = False
     swap_mode: str = "async"
 
+    @property
+    def swaps(self) -> bool:
+        """Whether the policy may swap to the host tier."""
+        return self.swap
+
     def __post_init__(self) -> None:
         if not isinstance(self.swap, bool):
             raise InputError(f"got {self.swap!r}; expected true or false", field="swap")

@@ -181,6 +181,11 @@ class VllmV0Params:
     back_pressure_tokens: int | None = None
     preemption: str = "recompute"
 
+    @property
+    def swaps(self) -> bool:
+        """Whether the policy may swap to the host tier."""
+        return self.preemption == "swap"
+
     def __post_init__(self) -> None:
         if self.preemption not in ("recompute", "swap"):
             raise InputError(
