@@ -25,6 +25,7 @@ from lsched.evaluator import (
     ENGINES,
     SimulationResult,
     check_dispatch,
+    check_inputs,
     simulate_cluster,
 )
 from lsched.instance import Instance
@@ -233,6 +234,8 @@ def _run(
     timeline_out: Path | None,
 ) -> None:
     """Simulate each cluster; write and print what was asked for."""
+    for cluster in clusters:  # refuse bad input before the progress bar starts
+        check_inputs(instance, cluster)
     results: list[SimulationResult] = []
     with Progress(transient=True, disable=json_output) as bar:
         for cluster in clusters:

@@ -147,6 +147,16 @@ def _check_host(instance: Instance, cluster: Cluster) -> None:
             )
 
 
+def check_inputs(instance: Instance, cluster: Cluster) -> None:
+    """Raise :class:`InputError` if ``instance`` cannot run on ``cluster``: a
+    request that fits no replica's KV (on a colocated cluster; a disaggregated one
+    rejects it), a host tier too small for a swapping policy."""
+    if not cluster.disaggregated:
+        _check_fits_somewhere(instance, cluster)
+    if len(instance):
+        _check_host(instance, cluster)
+
+
 def simulate(
     instance: Instance,
     profile: DeploymentProfile,
@@ -257,10 +267,7 @@ def simulate_cluster(
         raise InputError(
             f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
         )
-    if not cluster.disaggregated:  # there a request no decode replica fits is rejected
-        _check_fits_somewhere(instance, cluster)
-    if len(instance):
-        _check_host(instance, cluster)
+    check_inputs(instance, cluster)
     where = None
     if assignment is not None:
         if cluster.disaggregated:

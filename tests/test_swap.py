@@ -1,0 +1,263 @@
+"""Swap preemption and the host tier: hand-derived cases and bad input.
+
+Every case runs on the ``unit-slot`` profile: an iteration takes 1 s whatever its
+batch, KV is counted in tokens (``block_tokens = 1``) and a token of KV is one
+byte, so a copy of ``x`` tokens at ``B`` bytes/s takes ``x / B`` seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import assert_refused, run
+
+from lsched.errors import InputError
+from lsched.evaluator import simulate
+from lsched.evaluator.engine import ReplicaEngine
+from lsched.instance import Instance
+from lsched.policies import Batch, ReplicaView, parse_policy
+from lsched.policies.base import PolicyError
+from lsched.profile import load_profile
+from lsched.tiers import HostTier
+
+
+def _unit(capacity: int, host: HostTier) -> object:
+    return load_profile("unit-slot").replace(kv_capacity_tokens=capacity, host=host)
+
+
+class Scripted:
+    """A (prompt 3, output 4), B (prompt 2, output 2), both at t = 0.
+
+    Boundary 0: prefill both. Boundary 1: swap A out, decode B. Later: once A is
+    swapped, swap it in (decoding it at once where blocking allows); then decode
+    whatever runs. Records what it saw at each call.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.swap_mode = mode
+        self.seen: list[tuple[float, int, list[int], list[int]]] = []
+
+    def decide(self, view: ReplicaView) -> Batch:
+        running, swapped = view.running.tolist(), view.swapped.tolist()
+        self.seen.append((view.now_s, view.limits.kv_capacity_blocks, running, swapped))
+        if len(view.waiting):
+            ids = view.waiting
+            return Batch(prefill=ids, prefill_tokens=view.prompt_tokens[ids])
+        if view.iteration == 1:
+            return Batch(decode=np.array([1]), swap_out=np.array([0]))
+        if swapped:
+            blocking = self.swap_mode == "blocking"
+            decode = np.array(swapped if blocking else [], dtype=np.int64)
+            return Batch(swap_in=np.array(swapped), decode=decode)
+        return Batch(decode=view.running)
+
+
+def _scripted(mode: str, d2h: float, h2d: float) -> tuple[ReplicaEngine, Scripted]:
+    policy = Scripted(mode)
+    engine = ReplicaEngine(
+        np.zeros(2), np.array([3, 2]), np.array([4, 2]), None,
+        _unit(10, HostTier(100, h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h)),
+        policy, log=True,
+    )  # fmt: skip
+    engine.run()
+    return engine, policy
+
+
+def test_blocking_swap_lengthens_the_iterations_it_runs_before() -> None:
+    """d2h 1 B/s, h2d 2 B/s. Iterations:
+
+    - [0, 1]: prefill A (3) and B (2); both emit token 1.
+    - [1, 5]: A swaps out (3 tokens / 1 B/s = 3 s of copy) before B's decode step
+      (1 s); B emits token 2 and completes at 5.
+    - [5, 7.5]: A swaps in (3 / 2 = 1.5 s) and decodes in the same iteration
+      (token 2); then [7.5, 8.5] and [8.5, 9.5] emit tokens 3 and 4.
+    """
+    engine, _ = _scripted("blocking", d2h=1.0, h2d=2.0)
+    assert engine.completion_s.tolist() == [9.5, 5.0]
+    assert engine.first_token_s.tolist() == [1.0, 1.0]
+    assert [run[:2] for run in engine.log.runs] == [
+        (0.0, 1.0), (1.0, 5.0), (5.0, 7.5), (7.5, 8.5), (8.5, 9.5),
+    ]  # fmt: skip
+    assert engine.log.swaps == [(1, 0, 0, 3, 1.0, 4.0), (2, 0, 1, 3, 5.0, 6.5)]
+    assert engine.host.stall_s == 4.5
+    assert engine.recomputed.tolist() == [0, 0] and engine.swaps.tolist() == [1, 0]
+    assert engine.emitted.tolist() == [4, 2]
+
+
+def test_async_swap_overlaps_and_wakes_at_the_copy_ends() -> None:
+    """d2h 1 B/s, h2d 2 B/s. A's swap-out copy runs [1, 4] beside B's decode step
+    [1, 2]; its 3 blocks stay taken meanwhile, so the policy at t = 2 sees a
+    capacity of 10 - 3 = 7 and nothing swapped yet; with nothing to run the
+    replica waits for the copy's end (t = 4), where A is swapped. Its swap-in
+    copy runs [4, 5.5]; A decodes from t = 5.5: tokens 2-4 end at 6.5, 7.5, 8.5.
+    No iteration is longer than 1 s.
+    """
+    engine, policy = _scripted("async", d2h=1.0, h2d=2.0)
+    assert engine.completion_s.tolist() == [8.5, 2.0]
+    assert engine.log.swaps == [(1, 0, 0, 3, 1.0, 4.0), (2, 0, 1, 3, 4.0, 5.5)]
+    seen = {now: rest for now, *rest in policy.seen}
+    assert seen[2.0] == [7, [], []]
+    assert seen[4.0] == [10, [], [0]]
+    assert seen[5.5] == [10, [0], []]
+    assert engine.host.stall_s == 0.0
+    assert all(end - start == 1.0 for start, end, *_ in engine.log.runs)
+
+
+def test_vllm_v0_swaps_its_victim_and_swaps_it_back_before_new_prompts() -> None:
+    """vLLM V0 with ``preemption=swap``, capacity 7 tokens, 4 B/s each way.
+    A (3 + 3) and B (2 + 3) arrive at 0; C (1 + 1) at 2.5.
+
+    - [0, 1]: prefill A and B (5 tokens); [1, 2]: decode both (7 tokens held).
+    - At 2, A's step needs an 8th token: the last admitted, B, is swapped out
+      (3 tokens, 0.75 s) before A's step: [2, 3.75]; A completes at 3.75.
+    - At 3.75, C waits but B is swapped: V0 prefills nothing while a request is
+      swapped; B swaps back in (0.75 s) and decodes: [3.75, 5.5]; B completes.
+    - [5.5, 6.5]: C's prefill emits its only token.
+
+    With ``preemption=recompute`` B is recomputed instead: A completes at 3; B
+    re-prefills its 4 tokens beside C's prompt in [3, 4], where both complete.
+    """
+    instance = Instance(
+        arrival_s=np.array([0.0, 0.0, 2.5]),
+        prompt_tokens=np.array([3, 2, 1]),
+        output_tokens=np.array([3, 3, 1]),
+    )
+    profile = _unit(7, HostTier(100, h2d_bytes_per_s=4.0, d2h_bytes_per_s=4.0))
+    swap = simulate(instance, profile, "vllm-v0:preemption=swap", engine="python")
+    assert swap.requests["completion_s"].tolist() == [3.75, 5.5, 6.5]
+    assert swap.requests["swap_outs"].tolist() == [0, 1, 0]
+    m = swap.metrics
+    assert (m["swap_out_bytes"], m["swap_in_bytes"]) == (3.0, 3.0)
+    assert m["swap_stall_s"] == 1.5 and m["recompute_avoided_tokens"] == 3
+    assert m["recomputed_tokens"] == 0
+    recompute = simulate(instance, profile, "vllm-v0", engine="python")
+    assert recompute.requests["completion_s"].tolist() == [3.0, 4.0, 4.0]
+    assert recompute.metrics["recomputed_tokens"] == 3
+    assert "swap_out_bytes" not in recompute.metrics
+
+
+def test_fastserve_swaps_instead_of_recomputing() -> None:
+    """FastServe on Llama-2-70B with its KV cut to 6,000 tokens and 60 requests
+    at 2 per second: without swap its MLFQ recomputes; with swap it keeps its
+    reserve by swapping idle requests out, recomputing less. Asynchronous copies
+    add nothing to iterations; blocking ones add exactly their bytes / bandwidth.
+    """
+    rng = np.random.default_rng(7)
+    n = 60
+    instance = Instance(
+        arrival_s=np.sort(rng.uniform(0, 30, n)),
+        prompt_tokens=rng.integers(50, 800, n),
+        output_tokens=rng.integers(20, 300, n),
+    )
+    profile = load_profile("llama2-70b-a100-tp4").replace(kv_capacity_tokens=6000)
+    recompute = simulate(instance, profile, "fastserve", engine="python")
+    assert recompute.metrics["recomputed_tokens"] > 0
+    for mode in ("async", "blocking"):
+        label = f"fastserve:swap=true,swap_mode={mode}"
+        swap = simulate(instance, profile, label, engine="python")
+        m = swap.metrics
+        assert swap.requests["swap_outs"].sum() > 0
+        assert m["recomputed_tokens"] < recompute.metrics["recomputed_tokens"]
+        assert m["swap_out_bytes"] == m["swap_in_bytes"]  # everyone came back
+        copies_s = 2 * m["swap_out_bytes"] / profile.host.d2h_bytes_per_s
+        expected = 0.0 if mode == "async" else copies_s
+        assert m["swap_stall_s"] == pytest.approx(expected, rel=1e-12)
+        assert (
+            m["recompute_avoided_tokens"] * profile.kv_bytes_per_token
+            == (m["swap_out_bytes"])
+        )
+
+
+@pytest.mark.parametrize(
+    ("host", "field"),
+    [
+        ({"memory_bytes": -1}, "host.memory_bytes"),
+        ({"memory_bytes": 1.5}, "host.memory_bytes"),
+        ({"memory_bytes": 10, "h2d_bytes_per_s": 0}, "host.h2d_bytes_per_s"),
+        ({"memory_bytes": 10, "d2h_bytes_per_s": -3.0}, "host.d2h_bytes_per_s"),
+        ({"memory_bytes": 10, "d2h_bytes_per_s": float("inf")}, "host.d2h_bytes_per_s"),
+    ],
+)
+def test_a_bad_host_tier_names_its_field(host: dict, field: str) -> None:
+    with pytest.raises(InputError) as info:
+        HostTier(**host)
+    assert info.value.field == field
+
+
+def test_a_swap_mode_that_does_not_exist_is_refused() -> None:
+    with pytest.raises(InputError, match="expected one of blocking, async"):
+        parse_policy("fastserve:swap=true,swap_mode=sometimes")
+    with pytest.raises(InputError, match="expected recompute or swap"):
+        parse_policy("vllm-v0:preemption=offload")
+
+
+def test_a_host_tier_smaller_than_a_request_is_refused_when_swapping() -> None:
+    instance = Instance(
+        arrival_s=np.zeros(2),
+        prompt_tokens=np.array([3, 9]),
+        output_tokens=np.array([2, 2]),
+    )
+    profile = _unit(20, HostTier(9))  # 9 tokens; request 1 peaks at 10
+    with pytest.raises(InputError, match="less than one request's peak KV") as info:
+        simulate(instance, profile, "vllm-v0:preemption=swap")
+    assert info.value.field == "host.memory_bytes"
+    simulate(instance, profile, "vllm-v0")  # recompute needs no host tier
+
+
+def test_the_engine_refuses_swaps_that_break_the_rules() -> None:
+    class Bad:
+        def __init__(self, batch: Batch) -> None:
+            self.batch = batch
+
+        def decide(self, view: ReplicaView) -> Batch:
+            ids = view.waiting
+            if len(ids):
+                return Batch(prefill=ids, prefill_tokens=view.prompt_tokens[ids])
+            return self.batch
+
+    cases = [
+        (Batch(decode=np.array([0]), swap_in=np.array([0])), "is not swapped"),
+        (Batch(swap_out=np.array([0])), "needs an iteration"),
+        (Batch(decode=np.array([0]), swap_out=np.array([0])), "not past its prefill"),
+    ]
+    for batch, message in cases:
+        engine = ReplicaEngine(
+            np.zeros(1), np.array([3]), np.array([3]), None,
+            _unit(10, HostTier(100, 1.0, 1.0)), Bad(batch),
+        )  # fmt: skip
+        with pytest.raises(PolicyError, match=message):
+            engine.run()
+    full = ReplicaEngine(
+        np.zeros(1), np.array([3]), np.array([3]), None,
+        _unit(10, HostTier(2, 1.0, 1.0)),
+        Bad(Batch(decode=np.zeros(0, dtype=np.int64), swap_out=np.array([0]))),
+    )  # fmt: skip
+    with pytest.raises(PolicyError, match="host tier full"):
+        full.run()
+
+
+def test_cli_refuses_bad_host_settings(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = Path(__file__).resolve().parents[1] / "instances" / "default.csv"
+    base = ["simulate", str(trace), "--model", "unit-slot"]
+    for extra, needles in [
+        (["--set", "host.h2d_bytes_per_s=0"], ("host.h2d_bytes_per_s", "positive")),
+        (["--set", "host.memory_bytes=-5"], ("host.memory_bytes",)),
+        (["--set", "host.speed=3"], ("host.speed", "unknown")),
+        (
+            ["--set", "host.memory_bytes=1", "--policy", "vllm-v0:preemption=swap"],
+            ("host.memory_bytes", "peak KV"),
+        ),
+        (["--policy", "fastserve:swap=true,swap_mode=never"], ("swap_mode",)),
+    ]:
+        assert_refused(*run(base + extra, capsys), *needles)
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(
+        '[[pool]]\nmodel = "unit-slot"\nhost = { memory_bytes = 10, '
+        "d2h_bytes_per_s = 0 }\n"
+    )
+    code, out, err = run(["simulate", str(trace), "--cluster", str(cluster)], capsys)
+    assert_refused(code, out, err, "host.d2h_bytes_per_s", "positive")
