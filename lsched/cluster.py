@@ -96,7 +96,9 @@ class Pool:
     Attributes
     ----------
     profile
-        Deployment of every replica of the pool.
+        Deployment of every replica of the pool; a policy whose params have
+        ``serving_profile(profile)`` (one that keeps KV in host memory,
+        :mod:`lsched.policies.infinigen`) serves with the profile it returns.
     policy
         A fresh policy of this spec runs each replica.
     replicas
@@ -159,6 +161,9 @@ class Pool:
                 f"got {type(self.profile).__name__}; expected a DeploymentProfile",
                 field=f"pool {self.name}: profile",
             )
+        serving = getattr(self.policy.params, "serving_profile", None)
+        if callable(serving):  # a policy that keeps KV elsewhere (InfiniGen)
+            object.__setattr__(self, "profile", serving(self.profile))
 
 
 @dataclass(frozen=True)

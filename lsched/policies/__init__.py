@@ -25,6 +25,7 @@ from lsched.policies.fastserve import FastServe, FastServeParams
 from lsched.policies.fcfs import Fcfs, FcfsParams
 from lsched.policies.hybrid import Hybrid, HybridParams
 from lsched.policies.hybrid_lr import HybridLr, HybridLrParams
+from lsched.policies.infinigen import InfiniGen, InfiniGenParams
 from lsched.policies.mc_sf import McSf, McSfParams
 from lsched.policies.nested_wait import NestedWait, NestedWaitParams
 from lsched.policies.orca import Orca, OrcaParams
@@ -107,7 +108,13 @@ REGISTRY.register(
     "fastserve",
     FastServe,
     FastServeParams,
-    "FastServe skip-join MLFQ, pause or recompute",
+    "FastServe skip-join MLFQ, pause, recompute or swap",
+)
+REGISTRY.register(
+    "infinigen",
+    InfiniGen,
+    InfiniGenParams,
+    "InfiniGen: FCFS with KV in host memory, decode fetches a share over PCIe",
 )
 REGISTRY.register(
     "vtc", Vtc, VtcParams, "Virtual Token Counter fair sharing across tenants"

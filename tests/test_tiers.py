@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from cli_helpers import assert_refused, run
 
+from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.engine import ReplicaEngine
@@ -261,3 +262,26 @@ def test_cli_refuses_bad_host_settings(
     )
     code, out, err = run(["simulate", str(trace), "--cluster", str(cluster)], capsys)
     assert_refused(code, out, err, "host.d2h_bytes_per_s", "positive")
+
+
+def test_infinigen_serves_from_host_memory_at_the_fetch_time() -> None:
+    """InfiniGen, fetching half the context at 2 B/s, host memory 100 bytes: the
+    pool's capacity becomes 100 tokens, and a decode step takes max(1 s, 0.5 * K /
+    2) with K = context + 1. A (prompt 4, output 3) alone: prefill [0, 1]; steps
+    with K = 5 and 6 take 1.25 s and 1.5 s: [1, 2.25], [2.25, 3.75].
+    """
+    instance = Instance(
+        arrival_s=np.zeros(1), prompt_tokens=np.array([4]), output_tokens=np.array([3])
+    )
+    profile = _unit(10, HostTier(100, h2d_bytes_per_s=2.0))
+    result = simulate(instance, profile, "infinigen:fetch_fraction=0.5")
+    assert result.requests["completion_s"].tolist() == [3.75]
+    assert result.profile == "unit-slot+offload"
+    cluster = Cluster.colocated(profile, parse_policy("infinigen"))
+    served = cluster.pools[0].profile
+    assert served.kv_capacity_tokens == 100 and "kv_offload" in served.sources
+    # building a pool again from its served profile does not offload twice
+    again = Cluster.colocated(served, parse_policy("infinigen")).pools[0].profile
+    assert again == served
+    with pytest.raises(InputError, match=r"share in \(0, 1\]"):
+        parse_policy("infinigen:fetch_fraction=0")
