@@ -161,9 +161,15 @@ class Pool:
                 f"got {type(self.profile).__name__}; expected a DeploymentProfile",
                 field=f"pool {self.name}: profile",
             )
-        serving = getattr(self.policy.params, "serving_profile", None)
-        if callable(serving):  # a policy that keeps KV elsewhere (InfiniGen)
-            object.__setattr__(self, "profile", serving(self.profile))
+        object.__setattr__(self, "profile", served_profile(self.policy, self.profile))
+
+
+def served_profile(policy: PolicySpec, profile: DeploymentProfile) -> DeploymentProfile:
+    """The profile a replica of ``profile`` serves with under ``policy``: the one
+    its params' ``serving_profile`` returns (a policy that keeps KV in host memory,
+    :mod:`lsched.policies.infinigen`), else ``profile`` itself."""
+    serving = getattr(policy.params, "serving_profile", None)
+    return serving(profile) if callable(serving) else profile
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,19 @@
    :data:`TIMED_MAX_REQUESTS` requests, the timed model (iterations priced by the
    cost model); otherwise the best policy run stands in for it;
 3. every policy replayed by the evaluator, with its gap to the best bound that
-   holds for its run: a run that never preempts and prefills every prompt in one
-   iteration is a slot-model schedule, so the ``slot`` bounds hold for it too.
+   holds for its run: a run that never preempts (recompute or swap) and
+   prefills every prompt in one iteration is a slot-model schedule, so the
+   ``slot`` bounds hold for it too.
+
+Host tier (:mod:`lsched.tiers`). A swapping policy keeps the GPU's KV within its
+capacity at every iteration and only adds work (copies), so every ``any`` bound
+holds for it (the closed forms of :mod:`lsched.formulations.work_bounds` and the
+slot model's ``energy``: a token-emitting iteration holds the request's whole KV
+on the GPU, swapped or not); a swap pauses a request, so a run that swaps is no
+slot-model schedule and the ``slot`` bounds do not. A policy that serves from
+host memory (``infinigen``) runs on another profile (its KV capacity is the host
+tier's): the bounds of the compared profile do not hold for it, and its gap is
+taken to the bounds of the profile it serves with.
 
 :func:`compare_cluster` does the same on a :class:`~lsched.cluster.Cluster`:
 beyond one colocated pool (pools of different profiles, disaggregated prefill
@@ -40,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from lsched.cluster import Cluster, colocated_topology
+from lsched.cluster import Cluster, colocated_topology, served_profile
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate, simulate_cluster
 from lsched.formulations.backends import (
@@ -243,6 +254,8 @@ def is_slot_schedule(result: SimulationResult, instance: Instance) -> bool:
     records = result.requests
     if int(records["preemptions"].sum()) > 0:
         return False
+    if "swap_outs" in records and int(records["swap_outs"].sum()) > 0:
+        return False  # a swapped request pauses: no slot-model schedule
     prefills = result.members[result.members["kind"] == "prefill"]
     if not prefills["request"].is_unique:
         return False
@@ -390,7 +403,12 @@ def compare(
         value = objective_value(result, instance, objective)
         in_class = has_class and is_slot_schedule(result, instance)
         scope = "slot" if in_class else "any"
-        gap = certified_gap(value, best_bound(bounds, scope))
+        own = bounds
+        served = served_profile(spec, profile)
+        if served is not profile:  # it serves from host memory: bound that
+            own = bound_report(instance, served, objective, replicas=replicas,
+                               lp_time_limit=lp_time_limit).bounds  # fmt: skip
+        gap = certified_gap(value, best_bound(own, scope))
         rows.append(PolicyRow(spec.label, value, scope, gap, result))
     return Comparison(
         objective,

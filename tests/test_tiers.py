@@ -14,9 +14,12 @@ import pytest
 from cli_helpers import assert_refused, run
 
 from lsched.cluster import Cluster
+from lsched.compare import compare
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.engine import ReplicaEngine
+from lsched.formulations.bound_suite import best_bound, bound_report
+from lsched.formulations.result import certified_gap
 from lsched.instance import Instance
 from lsched.policies import Batch, ReplicaView, parse_policy
 from lsched.policies.base import PolicyError
@@ -285,3 +288,30 @@ def test_infinigen_serves_from_host_memory_at_the_fetch_time() -> None:
     assert again == served
     with pytest.raises(InputError, match=r"share in \(0, 1\]"):
         parse_policy("infinigen:fetch_fraction=0")
+
+
+def test_compare_bounds_every_policy_of_the_host_tier() -> None:
+    """On unit slots, recompute, blocking swap, asynchronous swap and InfiniGen
+    each get a certified gap >= 0; swapping runs are not slot-model schedules, and
+    InfiniGen's gap is to the bounds of the profile it serves with."""
+    rng = np.random.default_rng(3)
+    n = 12
+    instance = Instance(
+        arrival_s=np.sort(rng.integers(0, 6, n)).astype(float),
+        prompt_tokens=rng.integers(2, 8, n),
+        output_tokens=rng.integers(2, 8, n),
+    )
+    profile = _unit(30, HostTier(200, 20.0, 20.0))
+    labels = ["vllm-v0", "vllm-v0:preemption=swap", "fastserve:swap=true",
+              "fastserve:swap=true,swap_mode=blocking", "infinigen"]  # fmt: skip
+    report = compare(instance, profile, policies=labels, backend=None)
+    rows = {row.policy: row for row in report.policies}
+    for label in labels:
+        assert rows[label].gap is not None and rows[label].gap >= -1e-12, label
+    swapped = rows["vllm-v0:preemption=swap"].result.requests["swap_outs"].sum()
+    assert swapped > 0
+    assert rows["vllm-v0:preemption=swap"].bound_scope == "any"
+    served = Cluster.colocated(profile, parse_policy("infinigen")).pools[0].profile
+    own = bound_report(instance, served, "latency").bounds
+    expected = certified_gap(rows["infinigen"].objective_value, best_bound(own, "any"))
+    assert rows["infinigen"].gap == pytest.approx(expected)

@@ -42,13 +42,17 @@ replica's host tier (:mod:`lsched.tiers`), after the batch is planned as above:
 - new requests are admitted only while at least 10 % of the host tier is free
   (``host_free_fraction``);
 - with ``F`` the free blocks after the planned iteration, it keeps ``R =
-  min(max_num_seqs, capacity)`` blocks free (FastServe's ``max_batch_size`` free
-  blocks, one decode step of a full batch): while ``F < R`` it swaps out the
-  lowest-ranked running request left out of the batch, counting its blocks as
-  free (asynchronously they free when its copy ends);
+  min(max_num_seqs, capacity // 2)`` blocks free (FastServe keeps
+  ``max_batch_size`` free blocks, one decode step of a full batch; the half
+  keeps the reserve from swallowing the memory where ``max_num_seqs`` is large,
+  as on unit slots): while ``F < R`` it swaps out the lowest-ranked running
+  request left out of the batch, counting its blocks as free (asynchronously
+  they free when its copy ends);
 - only when it swapped nothing out, it swaps swapped requests back in, highest
-  rank first, while ``F - blocks >= R``; they run from the boundary after their
-  copy (or the next, with blocking swaps);
+  rank first, while ``F - blocks >= R``, or, when nothing would run, the
+  highest-ranked one if it fits at all (so that a swapped request always comes
+  back); they run from the boundary after their copy (or the next, with
+  blocking swaps);
 - copies are asynchronous (``swap_mode=async``, FastServe's own CUDA streams);
   ``swap_mode=blocking`` gives the same rule with vLLM V0's copies, to compare.
 
@@ -211,24 +215,27 @@ class FastServe:
         """FastServe's proactive swaps around the planned ``batch`` (``free``:
         the free blocks after it; module docstring)."""
         kv = view.kv
-        reserve = min(view.limits.max_num_seqs, kv.capacity_blocks)
+        reserve = min(view.limits.max_num_seqs, kv.capacity_blocks // 2)
+        idle = len(held) == len(preempt) and not plan  # nothing would run
         host_free = view.host_capacity_blocks - view.host_used_blocks
         out: list[int] = []
         for r in reversed(order):  # lowest rank first
             if free >= reserve:
                 break
-            idle = r in held and r not in plan and r not in preempt
-            if idle and held[r] <= host_free:
+            if (
+                r in held
+                and r not in plan
+                and r not in preempt
+                and held[r] <= host_free
+            ):
                 out.append(r)
                 free += held[r]
                 host_free -= held[r]
         back: list[int] = []
         if not out:
-            swapped = view.swapped.tolist()
-            rank = {r: k for k, r in enumerate(self._ranked(view, swapped))}
-            for r in sorted(swapped, key=rank.__getitem__):
+            for r in self._ranked(view, view.swapped.tolist()):
                 need = kv.blocks(int(view.swapped_tokens[r]))
-                if free - need < reserve:
+                if free - need < (0 if idle and not back else reserve):
                     break
                 back.append(r)
                 free -= need
