@@ -28,6 +28,7 @@ from lsched.evaluator import (
     check_inputs,
     simulate_cluster,
 )
+from lsched.evaluator.result import SWAP_METRICS
 from lsched.instance import Instance
 from lsched.metrics import SLO_ATTAINMENT_KEYS
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
@@ -258,17 +259,18 @@ def _run(
         print_json({"policies": [r.summary() for r in results]})
         return
     # one column per policy: metrics read down, policies compare across; SLO
-    # attainment where the trace has deadlines, and the KV bytes a disaggregated
-    # cluster moved between its pools
+    # attainment where the trace has deadlines
     shown = TABLE_METRICS
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
-    shown += tuple(m for m in ("transferred_bytes",) if m in results[0].metrics)
+    # what only some runs have (none is 0 there): KV moved between pools or tiers
+    moved = ("transferred_bytes", *SWAP_METRICS)
+    shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",
         ["metric", *(r.policy for r in results)],
         [
-            *([m, *(r.metrics[m] for r in results)] for m in shown),
+            *([m, *(r.metrics.get(m, 0.0) for r in results)] for m in shown),
             ["iterations", *(r.iterations for r in results)],
             ["runtime_s", *(r.runtime_s for r in results)],
             ["engine", *(r.engine for r in results)],

@@ -24,6 +24,7 @@ from lsched.evaluator.result import (
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     SWAP_COLUMNS,
+    SWAP_METRICS,
     SimulationResult,
 )
 from lsched.instance import Instance
@@ -155,12 +156,7 @@ def _swap_metrics(cluster: Cluster, run: ClusterRun) -> dict[str, float]:
         inbound += host.in_tokens * per_token
         stall += host.stall_s
         avoided += host.out_tokens
-    return {
-        "swap_out_bytes": out,
-        "swap_in_bytes": inbound,
-        "swap_stall_s": stall,
-        "recompute_avoided_tokens": float(avoided),
-    }
+    return dict(zip(SWAP_METRICS, (out, inbound, stall, float(avoided)), strict=True))
 
 
 def _swaps_frame(

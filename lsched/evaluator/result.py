@@ -81,6 +81,13 @@ RUN_COLUMNS: tuple[str, ...] = (
     "has_prefill",
     "kv_tokens",
 )
+#: The metrics of a run in which some request swapped (module docstring).
+SWAP_METRICS: tuple[str, ...] = (
+    "swap_out_bytes",
+    "swap_in_bytes",
+    "swap_stall_s",
+    "recompute_avoided_tokens",
+)
 SWAP_COLUMNS: tuple[str, ...] = (
     "run",
     "request",
