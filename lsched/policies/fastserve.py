@@ -48,11 +48,14 @@ replica's host tier (:mod:`lsched.tiers`), after the batch is planned as above:
   as on unit slots): while ``F < R`` it swaps out the lowest-ranked running
   request left out of the batch, counting its blocks as free (asynchronously
   they free when its copy ends);
+- only requests past their prefill are swapped out (FastServe swaps the KV of
+  jobs waiting to decode);
 - only when it swapped nothing out, it swaps swapped requests back in, highest
-  rank first, while ``F - blocks >= R``, or, when nothing would run, the
-  highest-ranked one if it fits at all (so that a swapped request always comes
-  back); they run from the boundary after their copy (or the next, with
-  blocking swaps);
+  rank first, while ``F - blocks >= R`` (``blocks``: its KV and its next step's),
+  or, when nothing would run, the highest-ranked one if it fits at all (so that
+  a swapped request always comes back); with asynchronous copies they run from
+  the boundary after their copy, with blocking ones they decode in this
+  iteration (as many as the batch limits leave room for);
 - copies are asynchronous (``swap_mode=async``, FastServe's own CUDA streams);
   ``swap_mode=blocking`` gives the same rule with vLLM V0's copies, to compare.
 
@@ -218,33 +221,51 @@ class FastServe:
         reserve = min(view.limits.max_num_seqs, kv.capacity_blocks // 2)
         idle = len(held) == len(preempt) and not plan  # nothing would run
         host_free = view.host_capacity_blocks - view.host_used_blocks
+        decoding = view.processed_tokens >= view.prefill_target_tokens
         out: list[int] = []
         for r in reversed(order):  # lowest rank first
             if free >= reserve:
                 break
-            if (
-                r in held
-                and r not in plan
-                and r not in preempt
-                and held[r] <= host_free
-            ):
+            idle_r = r in held and r not in plan and r not in preempt
+            if idle_r and decoding[r] and held[r] <= host_free:
                 out.append(r)
                 free += held[r]
                 host_free -= held[r]
         back: list[int] = []
         if not out:
+            room = self._room(view, batch)
             for r in self._ranked(view, view.swapped.tolist()):
-                need = kv.blocks(int(view.swapped_tokens[r]))
-                if free - need < (0 if idle and not back else reserve):
+                # its blocks and its next decode step's
+                need = kv.blocks(int(view.swapped_tokens[r]) + 1)
+                if len(back) >= room or free - need < (
+                    0 if idle and not back else reserve
+                ):
                     break
                 back.append(r)
                 free -= need
-        if self.swap_mode == "blocking" and batch.is_empty:
-            out, back = [], []  # a blocking copy needs an iteration to run in
+        swap_out = np.array(out, dtype=np.int64)
+        swap_in = np.array(back, dtype=np.int64)
+        if self.swap_mode == "async":
+            return dataclasses.replace(batch, swap_out=swap_out, swap_in=swap_in)
+        # blocking: a request swapped in decodes in this iteration, and a batch
+        # that swaps must run one
+        decode = np.concatenate([batch.decode, swap_in])
+        if len(batch.prefill) + len(decode) == 0:
+            return batch
         return dataclasses.replace(
-            batch,
-            swap_out=np.array(out, dtype=np.int64),
-            swap_in=np.array(back, dtype=np.int64),
+            batch, decode=decode, swap_out=swap_out, swap_in=swap_in
+        )
+
+    def _room(self, view: ReplicaView, batch: Batch) -> int:
+        """Requests that could join ``batch`` with a decode step: all with
+        asynchronous copies (they run later), else within the batch limits."""
+        if self.swap_mode == "async":
+            return view.limits.max_num_seqs
+        members = len(batch.prefill) + len(batch.decode)
+        tokens = int(batch.prefill_tokens.sum()) + len(batch.decode)
+        limits = view.limits
+        return min(
+            limits.max_num_seqs - members, limits.max_num_batched_tokens - tokens
         )
 
     def _ranked(self, view: ReplicaView, ids: list[int]) -> list[int]:
