@@ -1,13 +1,14 @@
 """An independent check of an iteration log: the referee of the referee.
 
-:func:`validate_schedule` replays an iteration log (the ``runs``, ``members`` and
-``preemptions`` tables of :mod:`lsched.evaluator.result`) against the instance and
-the deployment profile, re-derives every request's timeline and every metric of
-DESIGN.md ("Metrics") from scratch, and reports each rule of DESIGN.md ("The
-iteration model") that the log breaks. It shares no code with the engine: it reads
-the cost model (:meth:`DeploymentProfile.iteration_time_s`) and the instance as
-data, restates the log's column names, and computes the metrics itself rather than
-calling :mod:`lsched.metrics`. Violations are collected, not raised.
+:func:`validate_schedule` replays an iteration log (the ``runs``, ``members``,
+``preemptions`` and, if given, ``swaps`` tables of :mod:`lsched.evaluator.result`)
+against the instance and the deployment profile, re-derives every request's
+timeline and every metric of DESIGN.md ("Metrics") from scratch, and reports each
+rule of DESIGN.md ("The iteration model") that the log breaks. It shares no code
+with the engine: it reads the cost model
+(:meth:`DeploymentProfile.iteration_time_s`) and the instance as data, restates
+the log's column names, and computes the metrics itself rather than calling
+:mod:`lsched.metrics`. Violations are collected, not raised.
 
 The log
 -------
@@ -18,7 +19,9 @@ iterations with the same members; iteration ``k`` (0-based) has
 ``K = kv_read_tokens + k * D`` and holds ``kv_tokens + k * D`` KV tokens.
 ``members``: ``run, request, kind ("prefill" | "decode"), tokens,
 processed_before``. ``preemptions``: ``run, request`` (recompute preemption just
-before the run starts).
+before the run starts). ``swaps``: ``run, request, direction ("out" | "in"),
+tokens, start_s, end_s`` (the request's KV moved to the host tier or back, decided
+just before the run; its copy's times).
 
 Rules (the ``rule`` of a :class:`Violation`)
 --------------------------------------------
@@ -90,6 +93,22 @@ rule                        what is checked
                             earlier and has not received hold under ``pull *
                             capacity`` blocks, the prompt's blocks fit beside
                             them, and they are fewer than ``max_num_seqs``
+``swap``                    (swaps) a request's swaps alternate out, in, ...,
+                            starting with out, and it ends with its KV on the GPU;
+                            only a running request swaps out, moving the KV tokens
+                            it holds; its swap-in brings the same tokens back and
+                            it resumes with them; it is in no run while its KV is
+                            off the GPU (see "Swaps")
+``swap-copy``               (swaps) a copy lasts ``tokens * kv_bytes_per_token /
+                            bandwidth`` (``rtol``); blocking: a run's copies go
+                            back to back from its start, outs then ins; async: a
+                            copy starts at the later of its decision and its
+                            link's previous copy's end
+``swap-link``               (swaps) on each replica, a direction's copies go one
+                            at a time in the order they were decided (first come,
+                            first served): none starts before an earlier one ends
+``host-capacity``           (swaps) the host blocks of swapped-out KV never exceed
+                            the host tier's capacity
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,
@@ -125,6 +144,65 @@ Bookkeeping (per request, in run order): a preemption frees all KV (those
 tokens are *recomputed tokens*) and makes the request wait; a prefill chunk to a
 waiting request admits it with target ``s_i + emitted``; the request completes at
 the end of the iteration that emits token ``o_i`` and frees its KV then.
+
+Swaps
+-----
+A log whose policy swaps KV to the host tier (:mod:`lsched.tiers`;
+:mod:`lsched.policies.base`, "Swap preemption") comes with its ``swaps`` table.
+The validator restates the rules; it reads the host tier (``profile.host``:
+``memory_bytes``, ``h2d_bytes_per_s``, ``d2h_bytes_per_s``) and
+``profile.kv_bytes_per_token`` as data.
+
+The *mode* is the policy's: :func:`validate_schedule` takes it (``swap_mode``,
+``"blocking"`` by default, as a policy without one swaps) and
+:func:`validate_cluster` reads each pool's policy spec's ``swap_mode`` parameter
+(``vllm-v0:preemption=swap`` has none: blocking; ``fastserve:swap=true``:
+``async`` unless ``swap_mode=blocking``). A log read in the wrong mode breaks
+``run-duration`` or ``swap-copy``.
+
+- A request's events before one run are taken in the order: its swaps (by copy
+  start, then row), its preemption, its membership. Asynchronous swaps of one
+  request can be decided at several boundaries before one run, while the
+  replica idles between them (a swap-in lands, then the request is swapped out
+  again or preempted).
+- Swap-out (``swap``): of a running request, ``tokens`` = the KV tokens it holds
+  (its processed tokens, from the members log); it stops running and is in no
+  run from the one the swap-out was decided before until it is swapped in.
+  Swap-in: of a swapped-out request, the same tokens; it holds them again, its
+  prefill target unchanged, and its next member row has ``processed_before``
+  equal to them (``processed-before``). Blocking: it may be in the run the
+  swap-in was decided before. Async: it is in no run that starts before its
+  copy's end (less the 1 ns tolerance), and its swap-in is decided and its copy
+  starts no earlier than its swap-out's copy ends.
+- Copies (``swap-copy``, ``swap-link``): device-to-host for out, host-to-device
+  for in; each replica's two directions are independent links, first come,
+  first served. Blocking: the run a swap was decided before has one iteration
+  (``run-shape``), lasts its iteration's time plus its copies' (``run-duration``,
+  and the busy time and KV token-seconds count them), and its copies run back to
+  back from its start, outs then ins, each in row order. Async: a copy starts at
+  the later of its decision, a boundary between the end of the replica's
+  previous run and the start of the run it was decided before, and the end of
+  its link's previous copy.
+- GPU KV (``kv-capacity``, ``kv-tokens``): a swap-out's tokens leave the running
+  set before its run, a blocking swap-in's join it before its run, an async
+  swap-in's before the first run that starts at or after its copy's end (where
+  it lands). Async copies pin blocks (counted against the capacity, not in
+  ``kv_tokens`` or the KV token-seconds): a swap-out's during every run that
+  starts before its copy ends, a swap-in's from the run it was decided before
+  until it lands. Where an async swap-in is decided while the replica idles
+  (its copy starts before its run), the blocks surely held at its copy's start
+  are checked too: those pinned then, and those of the requests running before
+  the next run that did not join on the way.
+- Host (``host-capacity``): per replica, a swapped-out request holds ``ceil(tokens
+  / b)`` host blocks from its swap-out copy's start until its swap-in copy's end;
+  they stay within ``memory_bytes // (b * kv_bytes_per_token)``.
+- Records and metrics: ``swap_outs`` (per request, its swap-outs) is compared
+  with the claimed column (``request-record``; required when the log swaps);
+  ``swap_out_bytes`` and ``swap_in_bytes`` (tokens swapped each way x
+  ``kv_bytes_per_token``), ``swap_stall_s`` (the blocking copies' seconds; 0 for
+  async) and ``recompute_avoided_tokens`` (tokens swapped out) join the metrics
+  when the log swaps (``metric``). A cluster compares their totals over its pools
+  with its result's metrics (its pools' metrics need not carry them).
 
 Times the log states (``start_s``, ``end_s``, arrivals) are compared exactly; times
 the validator recomputes (durations, records, metrics) within ``rtol`` relative,
@@ -185,6 +263,23 @@ MEMBER_COLUMNS: tuple[str, ...] = (
     "processed_before",
 )
 PREEMPTION_COLUMNS: tuple[str, ...] = ("run", "request")
+SWAP_COLUMNS: tuple[str, ...] = (
+    "run",
+    "request",
+    "direction",
+    "tokens",
+    "start_s",
+    "end_s",
+)
+#: How swap copies meet the iterations (lsched.tiers restates them).
+SWAP_MODES: tuple[str, ...] = ("blocking", "async")
+#: The metrics a run that swapped adds (lsched.evaluator.records).
+SWAP_METRICS: tuple[str, ...] = (
+    "swap_out_bytes",
+    "swap_in_bytes",
+    "swap_stall_s",
+    "recompute_avoided_tokens",
+)
 REQUEST_COLUMNS: tuple[str, ...] = (
     "replica",
     "admitted_s",
@@ -227,13 +322,23 @@ RULES: tuple[str, ...] = (
     "link",
     "decode-after-transfer",
     "pull",
+    "swap",
+    "swap-copy",
+    "swap-link",
+    "host-capacity",
 )
 
 #: Violations kept in a report; the rest are only counted.
 MAX_VIOLATIONS = 100
 
 _PREFILL, _DECODE = 0, 1
-_PREEMPT_EVENT, _MEMBER_EVENT = 0, 1  # a preemption comes before the run's members
+# The events of a request before one run, in order: its swaps (by copy start, then
+# row), its preemption, then its membership. One decision applies preemptions,
+# swap-outs, then swap-ins, before its iteration; asynchronous swaps of one request
+# can be decided at several boundaries before one run (the replica idles between
+# them: a swap-in lands, then the request is swapped out or preempted), while a
+# preempted request cannot swap before it runs again.
+_SWAP_EVENT, _PREEMPT_EVENT, _MEMBER_EVENT = 0, 1, 2
 # Iterations expanded at once when timing runs (bounds memory on long logs).
 _CHUNK_ITERATIONS = 1 << 20
 
@@ -285,7 +390,8 @@ class ValidationReport:
         the log never emits the token.
     requests
         The validator's own per-request records (columns of
-        :data:`REQUEST_COLUMNS`; replica -1 for a request that never ran).
+        :data:`REQUEST_COLUMNS`, and ``swap_outs`` when a swaps table was given;
+        replica -1 for a request that never ran).
     suppressed
         Violations found beyond the first :data:`MAX_VIOLATIONS`.
     """
@@ -466,6 +572,68 @@ def _check_schema(
     return ok
 
 
+def _check_swap_schema(
+    instance: Instance, runs: pd.DataFrame, swaps: pd.DataFrame, out: _Collector
+) -> bool:
+    """Check the swaps table's shape (runs already passed); False if it cannot be
+    replayed."""
+    missing = [c for c in SWAP_COLUMNS if c not in swaps.columns]
+    if missing:
+        out.add("schema", f"table swaps lacks column(s) {missing}")
+        return False
+    ok = True
+    for column in ("run", "request", "tokens"):
+        if not _integral(swaps[column]):
+            out.add("schema", f"swaps.{column}: expected integers")
+            ok = False
+    for column in ("start_s", "end_s"):
+        values = swaps[column].to_numpy()
+        numeric = values.size == 0 or np.issubdtype(values.dtype, np.number)
+        if not numeric or not np.all(np.isfinite(values.astype(np.float64))):
+            out.add("schema", f"swaps.{column}: expected finite times")
+            ok = False
+    directions = set(swaps["direction"].astype(str).unique().tolist())
+    if not directions <= {"out", "in"}:
+        out.add("schema", f"swaps.direction: got {sorted(directions)}; expected out/in")
+        ok = False
+    if not ok:
+        return False
+    run = swaps["run"].to_numpy(dtype=np.int64)
+    request = swaps["request"].to_numpy(dtype=np.int64)
+    tokens = swaps["tokens"].to_numpy(dtype=np.int64)
+    start = swaps["start_s"].to_numpy(dtype=np.float64)
+    end = swaps["end_s"].to_numpy(dtype=np.float64)
+    unknown = ~np.isin(run, runs.index.to_numpy())
+    if np.any(unknown):
+        out.add("schema", f"swaps: run {int(run[unknown][0])} is not in runs")
+        ok = False
+    n = len(instance)
+    outside = (request < 0) | (request >= n)
+    if np.any(outside):
+        out.add(
+            "schema",
+            f"swaps: request {int(request[outside][0])} is not in the instance "
+            f"(0..{n - 1})",
+        )
+        ok = False
+    for bad, what in (
+        (tokens < 1, lambda k: f"tokens = {int(tokens[k])}; expected >= 1"),
+        (
+            end < start,
+            lambda k: (
+                f"copy ends at {float(end[k])!r} s, before it starts at "
+                f"{float(start[k])!r} s"
+            ),
+        ),
+    ):
+        if np.any(bad):
+            k = int(np.flatnonzero(bad)[0])
+            out.add("schema", f"swaps: {what(k)}", run=int(run[k]),
+                    request=int(request[k]))  # fmt: skip
+            ok = False
+    return ok
+
+
 # -- iteration times ------------------------------------------------------------
 
 
@@ -515,6 +683,39 @@ def _run_times(
 
 
 @dataclass(frozen=True)
+class _SwapRows:
+    """The swaps table as arrays, in its row order: the run position each was
+    decided before, the request, 1 for a swap-in (0 out), tokens, copy times."""
+
+    pos: IntArray
+    req: IntArray
+    inbound: IntArray
+    tokens: IntArray
+    start: FloatArray
+    end: FloatArray
+
+    @classmethod
+    def empty(cls) -> _SwapRows:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none, none, none, none.astype(np.float64),
+                   none.astype(np.float64))  # fmt: skip
+
+    @classmethod
+    def of(cls, swaps: pd.DataFrame, runs: pd.DataFrame) -> _SwapRows:
+        """Rows of a table that passed :func:`_check_swap_schema`."""
+        return cls(
+            pos=runs.index.get_indexer(swaps["run"]).astype(np.int64),
+            req=swaps["request"].to_numpy(dtype=np.int64),
+            inbound=(swaps["direction"].astype(str).to_numpy() == "in").astype(
+                np.int64
+            ),
+            tokens=swaps["tokens"].to_numpy(dtype=np.int64),
+            start=swaps["start_s"].to_numpy(dtype=np.float64),
+            end=swaps["end_s"].to_numpy(dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True)
 class _Replay:
     """Outcome of the per-request bookkeeping.
 
@@ -535,6 +736,10 @@ class _Replay:
     done_at: list[tuple[int, int, int]]  # where token o_i is emitted
     first_pos: IntArray  # per request: run position of its first event, -1 if none
     adopted: npt.NDArray[np.bool_]  # per request: arrived prefilled and running
+    moved: IntArray  # per swap: KV tokens it moves (own bookkeeping; logged if void)
+    valid: npt.NDArray[np.bool_]  # per swap: not void (a running request's
+    # swap-out, or a swapped-out request's swap-in)
+    pair: IntArray  # per swap-out: the row of the swap-in that ends it, -1 if none
 
 
 def _replay(
@@ -552,32 +757,60 @@ def _replay(
     p_req: IntArray,
     out: _Collector,
     carried: IntArray | None = None,
+    swaps: _SwapRows | None = None,
+    async_swaps: bool = False,
 ) -> _Replay:
-    """Walk each request's preemptions and memberships in run order.
+    """Walk each request's preemptions, swaps and memberships in run order.
 
-    One plain loop over events sorted by (request, run, preemption first): the
-    state of a request (processed, target, emitted, running, done) depends only
-    on its own earlier events.
+    One plain loop over events sorted by (request, run, then its swaps by copy
+    start, its preemption, its membership): the state of a request (processed,
+    target, emitted, running, swapped, done) depends only on its own earlier
+    events.
 
     ``carried`` (a disaggregated decode pool): the KV tokens each request brings,
-    its token 1 emitted. A request whose first event decodes (or preempts it)
-    was adopted running with that KV; one whose first event prefills had it
-    dropped (recomputed tokens) and is prefilled again.
+    its token 1 emitted. A request whose first event decodes (or preempts or
+    swaps it out) was adopted running with that KV; one whose first event
+    prefills had it dropped (recomputed tokens) and is prefilled again.
+
+    ``swaps`` (rule ``swap``): a swap-out moves a running request's KV (its
+    processed tokens) to the host and stops it running; the swap-in that follows
+    brings the same tokens back, and it runs on with them, its target unchanged.
+    Blocking, it may be in the run the swap-in was decided before; asynchronous
+    (``async_swaps``), it runs from the first run that starts at or after its
+    copy's end, and the swap-in starts no earlier than the swap-out's copy ends.
     """
     n = len(instance)
     arrival = instance.arrival_s.tolist()
     prompt = instance.prompt_tokens.tolist()
     output = instance.output_tokens.tolist()
     num_members, num_preempt = len(m_pos), len(p_pos)
+    if swaps is None:
+        swaps = _SwapRows.empty()
+    num_swaps = len(swaps.pos)
 
-    # events: members then preemptions, in one order
-    req = np.concatenate([m_req, p_req])
-    pos = np.concatenate([m_pos, p_pos])
+    # events: members, preemptions and swaps, in one order
+    req = np.concatenate([m_req, p_req, swaps.req])
+    pos = np.concatenate([m_pos, p_pos, swaps.pos])
     kind = np.concatenate(
-        [np.full(num_members, _MEMBER_EVENT), np.full(num_preempt, _PREEMPT_EVENT)]
+        [
+            np.full(num_members, _MEMBER_EVENT),
+            np.full(num_preempt, _PREEMPT_EVENT),
+            np.full(num_swaps, _SWAP_EVENT),
+        ]
     )
-    order = np.lexsort((kind, pos, req))
-    row = np.concatenate([np.arange(num_members), np.arange(num_preempt)])
+    row = np.concatenate(
+        [np.arange(num_members), np.arange(num_preempt), np.arange(num_swaps)]
+    )
+    when = np.concatenate([np.zeros(num_members + num_preempt), swaps.start])
+    order = np.lexsort((row, when, kind, pos, req))
+    is_in = np.concatenate([np.zeros(num_members + num_preempt, dtype=np.int64),
+                            swaps.inbound])  # fmt: skip
+    s_tokens = swaps.tokens.tolist()
+    s_start, s_end = swaps.start.tolist(), swaps.end.tolist()
+    s_pos = swaps.pos.tolist()
+    moved = swaps.tokens.astype(np.int64).copy()
+    valid = np.zeros(num_swaps, dtype=bool)
+    pair = np.full(num_swaps, -1, dtype=np.int64)
 
     before = np.zeros(num_members, dtype=np.int64)
     after = np.zeros(num_members, dtype=np.int64)
@@ -598,21 +831,37 @@ def _replay(
     current = -1
     processed = target = emitted = 0
     running = done = warned_replica = warned_after = False
-    for e_req, e_pos, e_kind, e_row in zip(
+    swapped, host, out_row, resume_s = False, 0, -1, -math.inf
+
+    def never_back(i: int, out_row: int) -> None:
+        """The request ends with its KV on the host."""
+        out.add(
+            "swap",
+            f"its KV stays on the host: swapped out before run "
+            f"{run_ids[s_pos[out_row]]}, never swapped back in",
+            run=run_ids[s_pos[out_row]],
+            request=i,
+        )
+
+    for e_req, e_pos, e_kind, e_row, e_in in zip(
         req[order].tolist(),
         pos[order].tolist(),
         kind[order].tolist(),
         row[order].tolist(),
+        is_in[order].tolist(),
         strict=True,
     ):
         if e_req != current:  # a new request: fresh state
+            if swapped:
+                never_back(current, out_row)
             current = e_req
             processed = target = emitted = 0
             running = done = warned_replica = warned_after = False
+            swapped, host, out_row, resume_s = False, 0, -1, -math.inf
             first_pos[e_req] = e_pos
             if carried is not None and carried[e_req] > 0:
                 emitted = 1  # token 1 came from its prefill replica
-                if e_kind == _PREEMPT_EVENT or member_kind[e_row] == _DECODE:
+                if e_kind != _MEMBER_EVENT or member_kind[e_row] == _DECODE:
                     processed = target = int(carried[e_req])  # adopted, running
                     running = True
                     adopted[e_req] = True
@@ -630,9 +879,66 @@ def _replay(
             )
             warned_replica = True
 
+        if e_kind == _SWAP_EVENT and not e_in:
+            if not running:
+                state = "swapped out" if swapped else "completed" if done else "waiting"
+                out.add(
+                    "swap",
+                    f"swapped out while {state}; only a running request swaps out",
+                    run=run,
+                    request=i,
+                )
+                continue
+            if s_tokens[e_row] != processed:
+                out.add(
+                    "swap",
+                    f"swap-out of {s_tokens[e_row]} tokens; the request holds "
+                    f"{processed} KV tokens",
+                    run=run,
+                    request=i,
+                )
+            moved[e_row], valid[e_row] = processed, True
+            swapped, host, out_row = True, processed, e_row
+            processed, running = 0, False
+            continue
+        if e_kind == _SWAP_EVENT:
+            if not swapped:
+                state = "running" if running else "completed" if done else "waiting"
+                out.add(
+                    "swap",
+                    f"swapped in while {state}; swaps of a request alternate out, "
+                    "in, out, ..., starting with out",
+                    run=run,
+                    request=i,
+                )
+                continue
+            if s_tokens[e_row] != host:
+                out.add(
+                    "swap",
+                    f"swap-in of {s_tokens[e_row]} tokens; it swapped out {host}",
+                    run=run,
+                    request=i,
+                )
+            ready = s_end[out_row]
+            if async_swaps and (
+                run_start[e_pos] < ready - ARRIVAL_TOLERANCE_S
+                or s_start[e_row] < ready - ARRIVAL_TOLERANCE_S
+            ):
+                out.add(
+                    "swap",
+                    f"swapped in (decided before a run starting at "
+                    f"{run_start[e_pos]!r} s, copy from {s_start[e_row]!r} s) "
+                    f"before its swap-out copy ends at {ready!r} s",
+                    run=run,
+                    request=i,
+                )
+            moved[e_row], valid[e_row], pair[out_row] = host, True, e_row
+            swapped, running, processed = False, True, host
+            resume_s = s_end[e_row] if async_swaps else -math.inf
+            continue
         if e_kind == _PREEMPT_EVENT:
             if not running:
-                state = "completed" if done else "waiting"
+                state = "swapped out" if swapped else "completed" if done else "waiting"
                 out.add("preemption", f"preempted while {state}", run=run, request=i)
                 continue
             freed[e_row] = processed
@@ -652,6 +958,24 @@ def _replay(
                 warned_after = True
             before[e_row] = after[e_row] = 0  # holds nothing: its KV was freed
             continue
+        if swapped:
+            out.add(
+                "swap",
+                f"in the run while its KV is on the host (swapped out before run "
+                f"{run_ids[s_pos[out_row]]}, not swapped back in)",
+                run=run,
+                request=i,
+            )
+            swapped, running, processed = False, True, host  # as if it came back
+        elif run_start[e_pos] < resume_s - ARRIVAL_TOLERANCE_S:
+            out.add(
+                "swap",
+                f"in a run starting at {run_start[e_pos]!r} s, before its swap-in "
+                f"copy ends at {resume_s!r} s",
+                run=run,
+                request=i,
+            )
+        resume_s = -math.inf
         if math.isnan(admitted_s[i]):
             admitted_s[i] = run_start[e_pos]
             if run_start[e_pos] < arrival[i] - ARRIVAL_TOLERANCE_S:
@@ -725,6 +1049,8 @@ def _replay(
             done_at.append((i, e_pos, steps - 1 - (emitted - output[i])))
             completes[e_row] = True
             done, running = True, False
+    if swapped:
+        never_back(current, out_row)
 
     return _Replay(
         before=before,
@@ -740,6 +1066,9 @@ def _replay(
         done_at=done_at,
         first_pos=first_pos,
         adopted=adopted,
+        moved=moved,
+        valid=valid,
+        pair=pair,
     )
 
 
@@ -841,6 +1170,8 @@ def validate_schedule(
     requests: pd.DataFrame | None = None,
     metrics: Mapping[str, float] | None = None,
     rtol: float = 1e-9,
+    swaps: pd.DataFrame | None = None,
+    swap_mode: str = "blocking",
 ) -> ValidationReport:
     """Check an iteration log against the iteration model and recompute its metrics.
 
@@ -862,6 +1193,13 @@ def validate_schedule(
         Claimed metrics, compared key by key with the validator's own if given.
     rtol
         Relative tolerance for recomputed times and metrics.
+    swaps
+        The log's ``swaps`` table (module docstring, "Swaps"), or ``None``: no
+        request swapped (the log is checked as it always was).
+    swap_mode
+        How the swaps' copies meet the iterations, ``"blocking"`` or ``"async"``
+        (the policy's ``swap_mode``; :func:`validate_cluster` reads it from each
+        pool's policy spec).
 
     Returns
     -------
@@ -871,7 +1209,8 @@ def validate_schedule(
     """
     report, _, _ = _validate_log(instance, profile, runs, members, preemptions,
                                  replicas=replicas, requests=requests,
-                                 metrics=metrics, rtol=rtol)  # fmt: skip
+                                 metrics=metrics, rtol=rtol, swaps=swaps,
+                                 swap_mode=swap_mode)  # fmt: skip
     return report
 
 
@@ -905,14 +1244,23 @@ def _validate_log(
     metrics: Mapping[str, float] | None,
     rtol: float,
     stages: _Stages | None = None,
+    swaps: pd.DataFrame | None = None,
+    swap_mode: str = "blocking",
+    swap_totals: bool = True,
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
-    KV included)."""
+    KV included). ``swap_totals``: compare the swap metrics with ``metrics``
+    (a cluster compares its totals itself)."""
+    if swap_mode not in SWAP_MODES:
+        raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
     n = len(instance)
     nan = np.full(n, np.nan)
-    if not _check_schema(instance, runs, members, preemptions, replicas, out):
+    ok = _check_schema(instance, runs, members, preemptions, replicas, out)
+    if ok and swaps is not None:
+        ok = _check_swap_schema(instance, runs, swaps, out)
+    if not ok:
         report = ValidationReport(
             tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
         )
@@ -933,6 +1281,9 @@ def _validate_log(
     p_pos = runs.index.get_indexer(preemptions["run"]).astype(np.int64)
     p_req = preemptions["request"].to_numpy(dtype=np.int64)
 
+    sw = None if swaps is None else _SwapRows.of(swaps, runs)
+    async_swaps = swap_mode == "async"
+
     _check_order(run_ids, replica, start, end, replicas, out)
     _check_shape(run_ids, n_it, m_pos, m_req, m_kind, p_pos, p_req, out)
 
@@ -951,6 +1302,8 @@ def _validate_log(
         p_req,
         out,
         None if stages is None else stages.carried,
+        sw,
+        async_swaps,
     )
 
     # features of every run from its members and the validator's bookkeeping
@@ -973,13 +1326,37 @@ def _validate_log(
     _check_limits(profile, run_ids, seqs, P + D, out)
 
     duration, weighted = _run_times(profile, P, Q, D, K0, n_it)
+    stall = np.zeros(m)
+    swap_kv, swap_metrics, copy_s = None, None, np.zeros(0)
+    if sw is not None:
+        copy_s = _copy_seconds(profile, sw, replay.moved)
+        if not async_swaps:  # blocking copies run before the forward pass
+            stall = np.bincount(sw.pos, weights=copy_s, minlength=m)
+            for r in np.flatnonzero((stall > 0) & (n_it != 1)).tolist():
+                out.add(
+                    "run-shape",
+                    f"has {n_it[r]} iterations after blocking swaps; a run whose "
+                    "batch swaps has exactly 1",
+                    run=run_ids[r],
+                )
+        _check_copies(profile, sw, replay.moved, copy_s, async_swaps, run_ids,
+                      replica, start, end, rtol, out)  # fmt: skip
+        _check_host(profile, sw, replay, run_ids, replica, out)
+        swap_kv = _swap_kv(profile, sw, replay, async_swaps, replica, start)
+        if len(sw.pos):
+            swap_metrics = _swap_metrics(profile, sw, replay.moved, copy_s,
+                                         async_swaps)  # fmt: skip
+    duration = duration + stall
     # the logged duration is a difference of absolute times: allow their rounding
     atol = 4 * np.finfo(np.float64).eps * np.maximum(np.abs(start), np.abs(end))
     for r in np.flatnonzero(~_close_array(end - start, duration, rtol, atol)).tolist():
+        copies = (
+            f" and {float(stall[r])!r} s of blocking swap copies" if stall[r] else ""
+        )
         out.add(
             "run-duration",
-            f"lasts {float(end[r] - start[r])!r} s; its {n_it[r]} iteration(s) take "
-            f"{float(duration[r])!r} s",
+            f"lasts {float(end[r] - start[r])!r} s; its {n_it[r]} iteration(s)"
+            f"{copies} take {float(duration[r])!r} s",
             run=run_ids[r],
         )
 
@@ -1006,7 +1383,8 @@ def _validate_log(
             pinned, _ = _pins(instance, profile, stages.delivered_s, replay,
                               stages.reserved_s, timeline)  # fmt: skip
     kv_first = _check_kv(profile, runs, run_ids, replica, n_it, D, m_pos, p_pos,
-                         replay, replicas, out, arrivals, pinned)  # fmt: skip
+                         replay, replicas, out, arrivals, pinned,
+                         swap_kv)  # fmt: skip
     kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
     kv_token_seconds += pinned_token_seconds
 
@@ -1040,11 +1418,18 @@ def _validate_log(
             "recomputed_tokens": replay.recomputed,
         }
     )
+    if sw is not None:
+        outs = sw.req[sw.inbound == 0]
+        records["swap_outs"] = np.bincount(outs, minlength=n).astype(np.int64)
     records.index.name = "request"
     if requests is not None:
         _compare_records(records, requests, rtol, out)
     if metrics is not None:
         _compare_metrics(own, metrics, rtol, out)
+    if swap_metrics is not None:
+        if metrics is not None and swap_totals:
+            _compare_metrics(swap_metrics, metrics, rtol, out)
+        own |= swap_metrics
     report = ValidationReport(
         tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
     )
@@ -1324,6 +1709,7 @@ def _check_kv(
     out: _Collector,
     arrivals: tuple[IntArray, IntArray] | None = None,
     pinned: IntArray | None = None,
+    swap: _SwapKV | None = None,
 ) -> IntArray:
     """KV capacity and the ``kv_tokens`` column; returns KV after each first iteration.
 
@@ -1333,7 +1719,11 @@ def _check_kv(
     last iteration holds the most. In a disaggregated cluster, ``arrivals`` (run
     positions, tokens) is KV adopted on a decode replica, held from that run on,
     and ``pinned`` the blocks a prefill replica keeps pinned during each run
-    (counted against the capacity, not in ``kv_tokens``).
+    (counted against the capacity, not in ``kv_tokens``). ``swap``: KV that swaps
+    move off and back onto the running set, the blocks asynchronous copies pin
+    during each run, and at each asynchronous swap-in decided while the replica
+    idles the blocks surely held then (:func:`_swap_kv`): those pinned, and those
+    of the requests running before the next run that did not join on the way.
     """
     m = len(run_ids)
     blocks = profile.kv_blocks
@@ -1354,6 +1744,9 @@ def _check_kv(
         pos, tokens = arrivals
         during_tokens += per_run(pos, tokens)
         during_blocks += per_run(pos, blocks(tokens))
+    if swap is not None:
+        during_tokens += per_run(swap.pos, swap.tokens)
+        during_blocks += per_run(swap.pos, swap.blocks)
     freed_tokens = per_run(m_pos[completing], replay.after[completing])
     freed_blocks = per_run(m_pos[completing], blocks(replay.after[completing]))
 
@@ -1369,20 +1762,44 @@ def _check_kv(
             np.cumsum(during_blocks[index] - freed_blocks[index]) + freed_blocks[index]
         )
     capacity = profile.kv_capacity_blocks
+    # held before the run's iterations: after them, less what its members grew
+    before_blocks = last_blocks - per_run(
+        m_pos, blocks(replay.after) - blocks(replay.before)
+    )
+    pins = np.zeros(m, dtype=np.int64)
     if pinned is not None:
-        last_blocks = last_blocks + pinned
-    for r in np.flatnonzero(last_blocks > capacity).tolist():
-        also = (
-            ""
-            if pinned is None or not pinned[r]
-            else f" ({pinned[r]} pinned or reserved)"
-        )
+        pins += pinned
+    if swap is not None:
+        pins += swap.pinned
+    last_blocks = last_blocks + pins
+    over = last_blocks > capacity
+    for r in np.flatnonzero(over).tolist():
+        also = "" if not pins[r] else f" ({pins[r]} pinned or reserved)"
         out.add(
             "kv-capacity",
             f"holds {last_blocks[r]} KV blocks{also} after its last iteration; "
             f"capacity {capacity} blocks of {profile.block_tokens} tokens",
             run=run_ids[r],
         )
+    if swap is not None and swap.idle:
+        # running while the replica idles before run k: those held before it,
+        # less those that joined on the way (an adoption, an asynchronous swap-in)
+        running = before_blocks - swap.joined
+        if arrivals is not None:
+            running -= per_run(arrivals[0], blocks(arrivals[1]))
+        flagged: set[int] = set()
+        for k, t, held in swap.idle:
+            total = int(running[k]) + held
+            if total > capacity and k not in flagged and not over[k]:
+                flagged.add(k)
+                out.add(
+                    "kv-capacity",
+                    f"holds at least {total} KV blocks ({held} pinned by swap "
+                    f"copies) at {t!r} s, where a swap-in is decided while the "
+                    f"replica idles before the run; capacity {capacity} blocks of "
+                    f"{profile.block_tokens} tokens",
+                    run=run_ids[k],
+                )
     first_tokens = last_tokens - (n_it - 1) * D
     logged = runs["kv_tokens"].to_numpy(dtype=np.int64)
     for r in np.flatnonzero(logged != first_tokens).tolist():
@@ -1393,6 +1810,304 @@ def _check_kv(
             run=run_ids[r],
         )
     return first_tokens
+
+
+# -- swaps (the host tier) ----------------------------------------------------------
+
+
+def _copy_seconds(
+    profile: DeploymentProfile, swaps: _SwapRows, tokens: IntArray
+) -> FloatArray:
+    """Seconds each copy of ``tokens`` tokens takes on its direction's link."""
+    host = profile.host
+    assert host is not None  # a profile always has one
+    bandwidth = np.where(swaps.inbound == 1, host.h2d_bytes_per_s, host.d2h_bytes_per_s)
+    return tokens * profile.kv_bytes_per_token / bandwidth
+
+
+def _replica_runs(replica: IntArray) -> tuple[dict[int, IntArray], IntArray]:
+    """Run positions of each replica (in time order) and each run's index there."""
+    index = {int(rep): np.flatnonzero(replica == rep) for rep in np.unique(replica)}
+    local = np.zeros(len(replica), dtype=np.int64)
+    for positions in index.values():
+        local[positions] = np.arange(len(positions))
+    return index, local
+
+
+_DIRECTION = ("out", "in")
+_LINK = ("device-to-host", "host-to-device")
+
+
+def _check_copies(
+    profile: DeploymentProfile,
+    swaps: _SwapRows,
+    moved: IntArray,
+    copy_s: FloatArray,
+    async_swaps: bool,
+    run_ids: list[int],
+    replica: IntArray,
+    start: FloatArray,
+    end: FloatArray,
+    rtol: float,
+    out: _Collector,
+) -> None:
+    """``swap-copy`` and ``swap-link``: each copy lasts ``tokens *
+    kv_bytes_per_token / bandwidth``; on each replica a direction's copies go
+    one at a time in the order they were decided (run, then row), none
+    overlapping. Blocking: a run's copies go back to back from its start, outs
+    then ins (each in row order). Asynchronous: a copy starts at the later of
+    its decision (a boundary between the end of the replica's previous run and
+    the start of the run it was decided before) and the end of its link's
+    previous copy."""
+    host = profile.host
+    assert host is not None
+    bandwidth = (host.d2h_bytes_per_s, host.h2d_bytes_per_s)
+    per_token = profile.kv_bytes_per_token
+    tol = ARRIVAL_TOLERANCE_S
+    pos, req, inbound = swaps.pos.tolist(), swaps.req.tolist(), swaps.inbound.tolist()
+    begin, finish = swaps.start.tolist(), swaps.end.tolist()
+    seconds = copy_s.tolist()
+
+    def flag(rule: str, r: int, message: str) -> None:
+        out.add(rule, message, run=run_ids[pos[r]], request=req[r])
+
+    def near(a: float, b: float) -> bool:
+        return _close(a, b, rtol, tol)
+
+    atol = (
+        4
+        * np.finfo(np.float64).eps
+        * np.maximum(np.abs(swaps.start), np.abs(swaps.end))
+    )
+    wrong = ~_close_array(swaps.end - swaps.start, copy_s, rtol, atol)
+    for r in np.flatnonzero(wrong).tolist():
+        d = inbound[r]
+        flag(
+            "swap-copy",
+            r,
+            f"swap-{_DIRECTION[d]} copy of {int(moved[r])} tokens lasts "
+            f"{finish[r] - begin[r]!r} s; {int(moved[r])} tokens x {per_token} "
+            f"bytes at {bandwidth[d]!r} bytes/s take {seconds[r]!r} s",
+        )
+    index, _ = _replica_runs(replica)
+    previous_end = np.full(len(start), -math.inf)
+    for positions in index.values():
+        previous_end[positions[1:]] = end[positions[:-1]]
+    links: dict[tuple[int, int], list[int]] = {}
+    for r in sorted(range(len(pos)), key=lambda r: (pos[r], r)):
+        links.setdefault((int(replica[pos[r]]), inbound[r]), []).append(r)
+    for (rep, d), rows in links.items():
+        free, last = -math.inf, -1
+        for r in rows:
+            k = pos[r]
+            if begin[r] < free - tol - rtol * abs(free):
+                flag(
+                    "swap-link",
+                    r,
+                    f"swap-{_DIRECTION[d]} copy starts at {begin[r]!r} s, before "
+                    f"the copy decided before it on replica {rep}'s {_LINK[d]} link "
+                    f"(request {req[last]}, before run {run_ids[pos[last]]}) ends "
+                    f"at {free!r} s: one direction's copies run one at a time, "
+                    "first come, first served",
+                )
+            elif async_swaps:
+                lo = max(float(previous_end[k]), free)
+                hi = max(float(start[k]), free)
+                early = begin[r] < lo - tol - rtol * abs(lo)
+                if early or begin[r] > hi + tol + rtol * abs(hi):
+                    flag(
+                        "swap-copy",
+                        r,
+                        f"swap-{_DIRECTION[d]} copy starts at {begin[r]!r} s; "
+                        f"decided at a boundary before run {run_ids[k]} (in "
+                        f"[{float(previous_end[k])!r}, {float(start[k])!r}] s) on a "
+                        f"{_LINK[d]} link busy until {free!r} s, it starts at the "
+                        f"later of the two, in [{lo!r}, {hi!r}] s",
+                    )
+            if finish[r] > free:
+                free, last = finish[r], r
+    if async_swaps:
+        return
+    runs: dict[int, list[int]] = {}
+    for r in sorted(range(len(pos)), key=lambda r: (pos[r], inbound[r], r)):
+        runs.setdefault(pos[r], []).append(r)
+    for k, rows in runs.items():
+        t = float(start[k])
+        for r in rows:
+            if not near(begin[r], t):
+                flag(
+                    "swap-copy",
+                    r,
+                    f"blocking swap-{_DIRECTION[inbound[r]]} copy starts at "
+                    f"{begin[r]!r} s; a run's copies go back to back from its "
+                    f"start ({float(start[k])!r} s), outs then ins: expected {t!r} s",
+                )
+            t += seconds[r]
+
+
+def _check_host(
+    profile: DeploymentProfile,
+    swaps: _SwapRows,
+    replay: _Replay,
+    run_ids: list[int],
+    replica: IntArray,
+    out: _Collector,
+) -> None:
+    """``host-capacity``: per replica, the host blocks of swapped-out KV
+    (``ceil(tokens / b)`` per request, from its swap-out's start until its
+    swap-in's end) never exceed ``memory_bytes // (b * kv_bytes_per_token)``."""
+    host = profile.host
+    assert host is not None
+    b, per_token = profile.block_tokens, profile.kv_bytes_per_token
+    capacity = host.memory_bytes // (b * per_token)
+    tol = ARRIVAL_TOLERANCE_S
+    held: dict[int, list[tuple[float, float, int, int]]] = {}
+    for r in np.flatnonzero(replay.valid & (swaps.inbound == 0)).tolist():
+        back = int(replay.pair[r])
+        until = float(swaps.end[back]) if back >= 0 else math.inf
+        blocks = -(-int(replay.moved[r]) // b)
+        rep = int(replica[swaps.pos[r]])
+        held.setdefault(rep, []).append((float(swaps.start[r]), until, blocks, r))
+    for rep, spans in held.items():
+        used = 0
+        ends: list[tuple[float, int]] = []
+        for since, until, blocks, r in sorted(spans):
+            while ends and ends[0][0] <= since + tol:
+                used -= heapq.heappop(ends)[1]
+            used += blocks
+            heapq.heappush(ends, (until, blocks))
+            if used > capacity:
+                out.add(
+                    "host-capacity",
+                    f"from {since!r} s replica {rep} holds {used} host blocks of "
+                    f"swapped-out KV; its host tier holds {capacity} "
+                    f"({host.memory_bytes} bytes in blocks of {b} tokens x "
+                    f"{per_token} bytes)",
+                    run=run_ids[int(swaps.pos[r])],
+                    request=int(swaps.req[r]),
+                )
+
+
+@dataclass(frozen=True)
+class _SwapKV:
+    """What swaps change in a pool's GPU KV (:func:`_check_kv`).
+
+    ``pos``, ``tokens``, ``blocks``: KV leaving (negative) or joining the running
+    set before the run at ``pos``. ``pinned``: per run, the blocks asynchronous
+    copies in flight when it starts pin. ``joined``: per run, the blocks of
+    asynchronous swap-ins that join the running set before it. ``idle``: per
+    asynchronous swap-in decided while its replica idles, ``(run position, its
+    copy's start, the blocks pinned then)``."""
+
+    pos: IntArray
+    tokens: IntArray
+    blocks: IntArray
+    pinned: IntArray
+    joined: IntArray
+    idle: list[tuple[int, float, int]]
+
+
+def _swap_kv(
+    profile: DeploymentProfile,
+    swaps: _SwapRows,
+    replay: _Replay,
+    async_swaps: bool,
+    replica: IntArray,
+    start: FloatArray,
+) -> _SwapKV:
+    """The KV the swaps move on and off each replica's GPU.
+
+    A swap-out's tokens leave the running set before the run it was decided
+    before; asynchronous, its blocks stay pinned during every run that starts
+    before its copy ends (less the arrival tolerance), as the copy lands at the
+    first boundary at or after its end. A blocking swap-in's tokens join the
+    running set before its run; an asynchronous one's blocks are pinned from its
+    run until the first run that starts at or after its copy's end, where its
+    tokens join the running set.
+
+    An asynchronous swap-in decided while the replica idles (its copy starts
+    before the run it was decided before) takes its blocks then, at ``t`` (its
+    copy's start, at or after its decision). Surely pinned at ``t``: the blocks
+    of every swap-in decided by then (before an earlier run, or copying from
+    ``t`` or earlier) whose copy ends after ``t``, and of every swap-out decided
+    by then whose copy ends after ``t`` (both beyond the tolerance)."""
+    m = len(start)
+    tol = ARRIVAL_TOLERANCE_S
+    index, local = _replica_runs(replica)
+    pinned = np.zeros(m + 1, dtype=np.int64)  # differences, per replica index
+    joined = np.zeros(m, dtype=np.int64)
+    starts = {rep: start[positions] for rep, positions in index.items()}
+    valid = replay.valid
+    blocks = profile.kv_blocks(replay.moved)
+    pos: list[int] = []
+    tokens: list[int] = []
+    for r in np.flatnonzero(valid).tolist():
+        k = int(swaps.pos[r])
+        rep = int(replica[k])
+        positions = index[rep]
+        a = int(local[k])
+        x = int(replay.moved[r])
+        # runs that start before its copy ends (less the tolerance)
+        top = max(a, int(np.searchsorted(starts[rep], float(swaps.end[r]) - tol)))
+        if swaps.inbound[r] == 0:
+            pos.append(k)
+            tokens.append(-x)
+            if not async_swaps:
+                continue
+        elif not async_swaps:
+            pos.append(k)
+            tokens.append(x)
+            continue
+        elif top < len(positions):  # it lands before that run
+            pos.append(int(positions[top]))
+            tokens.append(x)
+            joined[positions[top]] += int(blocks[r])
+        pinned[positions[a]] += int(blocks[r])
+        pinned[positions[top] if top < len(positions) else m] -= int(blocks[r])
+    # the differences run along each replica's positions, not along all runs
+    pinned_runs = np.zeros(m, dtype=np.int64)
+    for positions in index.values():
+        pinned_runs[positions] = np.cumsum(pinned[positions])
+    idle: list[tuple[int, float, int]] = []
+    if async_swaps:
+        rep_of = replica[swaps.pos]
+        gaps = valid & (swaps.inbound == 1) & (swaps.start < start[swaps.pos] - tol)
+        for r in np.flatnonzero(gaps).tolist():
+            k, t = int(swaps.pos[r]), float(swaps.start[r])
+            decided = (local[swaps.pos] < local[k]) | (
+                (swaps.pos == k) & (swaps.start <= t)
+            )
+            held = valid & (rep_of == rep_of[r]) & decided & (swaps.end > t + tol)
+            idle.append((k, t, int(blocks[held].sum())))
+    token_array = np.array(tokens, dtype=np.int64)
+    return _SwapKV(
+        pos=np.array(pos, dtype=np.int64),
+        tokens=token_array,
+        blocks=np.sign(token_array) * profile.kv_blocks(np.abs(token_array)),
+        pinned=pinned_runs,
+        joined=joined,
+        idle=idle,
+    )
+
+
+def _swap_metrics(
+    profile: DeploymentProfile,
+    swaps: _SwapRows,
+    moved: IntArray,
+    copy_s: FloatArray,
+    async_swaps: bool,
+) -> dict[str, float]:
+    """The four swap metrics, from the validator's own tokens and copy times."""
+    outs = swaps.inbound == 0
+    out_tokens = int(moved[outs].sum())
+    in_tokens = int(moved[~outs].sum())
+    per_token = profile.kv_bytes_per_token
+    return {
+        "swap_out_bytes": float(out_tokens * per_token),
+        "swap_in_bytes": float(in_tokens * per_token),
+        "swap_stall_s": 0.0 if async_swaps else float(copy_s.sum()),
+        "recompute_avoided_tokens": float(out_tokens),
+    }
 
 
 def _compare_records(
@@ -1410,7 +2125,13 @@ def _compare_records(
             f"requests: expected one row per request, indexed 0..{len(own) - 1}",
         )
         return
-    for column in REQUEST_COLUMNS:
+    columns = list(REQUEST_COLUMNS)
+    if "swap_outs" in own.columns:  # a swaps table was given
+        if "swap_outs" in claimed.columns:
+            columns.append("swap_outs")
+        elif own["swap_outs"].any():
+            out.add("schema", "requests lacks column swap_outs (the log swaps)")
+    for column in columns:
         mine = own[column].to_numpy(dtype=np.float64)
         theirs = claimed[column].to_numpy(dtype=np.float64)
         for i in np.flatnonzero(~_close_array(theirs, mine, rtol)).tolist():
@@ -1483,6 +2204,8 @@ def validate_cluster(
     done = np.full(n, np.nan)
     metrics: dict[str, float] = {}
     _check_rejections(requests, result, out)
+    swaps = _cluster_swaps(result, out)
+    totals = None if swaps is None else dict.fromkeys(SWAP_METRICS, 0.0)
     start = 0
     for pool in cluster.pools:
         ids = np.flatnonzero((replica >= start) & (replica < start + pool.replicas))
@@ -1494,6 +2217,12 @@ def validate_cluster(
         local[ids] = np.arange(len(ids))
         members = members.assign(request=local[members["request"].to_numpy()])
         preempted = preempted.assign(request=local[preempted["request"].to_numpy()])
+        pool_swaps = None
+        if swaps is not None:
+            pool_swaps = swaps[swaps["run"].isin(runs.index)]
+            pool_swaps = pool_swaps.assign(
+                request=local[pool_swaps["request"].to_numpy(dtype=np.int64)]
+            )
         claimed = requests.iloc[ids].reset_index(drop=True)
         claimed = claimed.assign(replica=claimed["replica"] - start)
         pool_metrics = None
@@ -1502,10 +2231,11 @@ def validate_cluster(
             skip = {"profile", "policy", "replicas", "iterations", "num_rejected"}
             pool_metrics = {k: float(v) for k, v in row.items() if k not in skip}
         if len(ids):
-            report = validate_schedule(
+            report, _, _ = _validate_log(
                 instance.subset(ids), pool.profile, runs, members, preempted,
                 replicas=pool.replicas, requests=claimed, metrics=pool_metrics,
-                rtol=rtol,
+                rtol=rtol, swaps=pool_swaps, swap_mode=_swap_mode(pool),
+                swap_totals=False,
             )  # fmt: skip
             for v in report.violations:
                 request = None if v.request is None else int(ids[v.request])
@@ -1515,10 +2245,69 @@ def validate_cluster(
             first[ids] = report.first_token_s
             done[ids] = report.completion_s
             metrics |= {f"{pool.name}.{k}": v for k, v in report.metrics.items()}
+            _add_swap_totals(totals, report.metrics)
         start += pool.replicas
+    metrics |= _check_swap_totals(totals, swaps, result.metrics, rtol, out)
     return ValidationReport(
         tuple(out.kept), metrics, _frozen(first), _frozen(done), None, out.extra
     )
+
+
+def _swap_mode(pool: Any) -> str:
+    """A pool's swap mode: its policy spec's ``swap_mode`` parameter (``fastserve``
+    has one, async by default); ``"blocking"`` for a policy without one (vLLM V0's
+    swaps, and the default of :func:`lsched.policies.base.swap_mode`)."""
+    mode = getattr(pool.policy.params, "swap_mode", "blocking")
+    return mode if mode in SWAP_MODES else "blocking"
+
+
+def _cluster_swaps(result: Any, out: _Collector) -> pd.DataFrame | None:
+    """The result's swaps table, if it has one whose rows each name a run of the
+    log (the pools then take their runs' swaps); ``None`` otherwise."""
+    swaps = getattr(result, "swaps", None)
+    if swaps is None:
+        return None
+    missing = [c for c in SWAP_COLUMNS if c not in swaps.columns]
+    if missing:
+        out.add("schema", f"table swaps lacks column(s) {missing}")
+        return None
+    request = swaps["request"]
+    n = len(result.requests)
+    if not _integral(request) or not request.between(0, n - 1).all():
+        out.add("schema", f"swaps.request: expected requests 0..{n - 1}")
+        return None
+    unknown = ~swaps["run"].isin(result.runs.index).to_numpy()
+    if np.any(unknown):
+        out.add("schema", f"swaps: run {swaps['run'].iloc[np.flatnonzero(unknown)[0]]} "
+                "is not in runs")  # fmt: skip
+    return swaps
+
+
+def _add_swap_totals(
+    totals: dict[str, float] | None, metrics: dict[str, float]
+) -> None:
+    """Add a pool's swap metrics (if it swapped) to the cluster's ``totals``."""
+    if totals is None:
+        return
+    for key in SWAP_METRICS:
+        totals[key] += metrics.get(key, 0.0)
+
+
+def _check_swap_totals(
+    totals: dict[str, float] | None,
+    swaps: pd.DataFrame | None,
+    claimed: Mapping[str, float],
+    rtol: float,
+    out: _Collector,
+) -> dict[str, float]:
+    """Compare the cluster's swap metrics with the claimed ones (which a run that
+    swapped has, and one that did not may lack); returns them if it swapped."""
+    if totals is None or swaps is None:
+        return {}
+    swapped = len(swaps) > 0
+    if swapped or any(key in claimed for key in SWAP_METRICS):
+        _compare_metrics(totals, claimed, rtol, out)
+    return totals if swapped else {}
 
 
 def _check_rejections(requests: pd.DataFrame, result: Any, out: _Collector) -> None:
@@ -1527,6 +2316,9 @@ def _check_rejections(requests: pd.DataFrame, result: Any, out: _Collector) -> N
     logged = set(result.members["request"].tolist()) | set(
         result.preemptions["request"].tolist()
     )
+    swaps = getattr(result, "swaps", None)
+    if swaps is not None and "request" in swaps.columns:
+        logged |= set(swaps["request"].tolist())
     times = requests[["admitted_s", "first_token_s", "completion_s"]].to_numpy()
     for i in np.flatnonzero(rejected | (reason != "")).tolist():
         if not rejected[i] or not reason[i]:
@@ -1537,10 +2329,16 @@ def _check_rejections(requests: pd.DataFrame, result: Any, out: _Collector) -> N
 
 
 def _pool_log(
-    result: Any, lo: int, hi: int, ids: IntArray, n: int
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    result: Any,
+    lo: int,
+    hi: int,
+    ids: IntArray,
+    n: int,
+    swaps: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
     """The log of replicas ``lo..hi-1`` (numbered from 0), with its requests ``ids``
-    numbered by their position in ``ids`` (-1: not among them)."""
+    numbered by their position in ``ids`` (-1: not among them); its swaps too,
+    from the cluster's ``swaps``."""
     runs = result.runs[result.runs["replica"].between(lo, hi - 1)]
     runs = runs.assign(replica=runs["replica"] - lo)
     members = result.members[result.members["run"].isin(runs.index)]
@@ -1549,7 +2347,10 @@ def _pool_log(
     local[ids] = np.arange(len(ids))
     members = members.assign(request=local[members["request"].to_numpy()])
     preempted = preempted.assign(request=local[preempted["request"].to_numpy()])
-    return runs, members, preempted
+    if swaps is not None:
+        swaps = swaps[swaps["run"].isin(runs.index)]
+        swaps = swaps.assign(request=local[swaps["request"].to_numpy(dtype=np.int64)])
+    return runs, members, preempted, swaps
 
 
 def _validate_disaggregated(
@@ -1578,6 +2379,8 @@ def _validate_disaggregated(
             tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
         )
     _check_rejections(requests, result, out)
+    swaps = _cluster_swaps(result, out)
+    totals = None if swaps is None else dict.fromkeys(SWAP_METRICS, 0.0)
     claimed = {c: requests[c].to_numpy() for c in (*REQUEST_COLUMNS, *STAGE_COLUMNS)}
     prompt, output = instance.prompt_tokens, instance.output_tokens
     own: dict[str, np.ndarray] = {
@@ -1593,6 +2396,12 @@ def _validate_disaggregated(
         "transferred_bytes": np.zeros(n),
         "decode_admitted_s": nan.copy(),
     }
+    if swaps is not None:
+        own["swap_outs"] = np.zeros(n, dtype=np.int64)
+        if "swap_outs" in requests:
+            claimed["swap_outs"] = requests["swap_outs"].to_numpy()
+        elif len(swaps):
+            out.add("schema", "requests lacks column swap_outs (the log swaps)")
     end_s = own["transfer_end_s"]
     parts = []  # (pool, its requests, busy seconds, KV token-seconds)
     lo = 0
@@ -1604,7 +2413,7 @@ def _validate_disaggregated(
             parts.append((pool, ids, 0.0, 0.0))
             lo = hi
             continue
-        runs, members, preempted = _pool_log(result, lo, hi, ids, n)
+        runs, members, preempted, pool_swaps = _pool_log(result, lo, hi, ids, n, swaps)
         sub = instance.subset(ids)
         stages = None
         if pool.role == "prefill":  # one-token requests; the moving ones pin
@@ -1621,7 +2430,9 @@ def _validate_disaggregated(
         report, busy_s, kv_token_seconds = _validate_log(
             sub, pool.profile, runs, members, preempted, replicas=pool.replicas,
             requests=None, metrics=None, rtol=rtol, stages=stages,
+            swaps=pool_swaps, swap_mode=_swap_mode(pool), swap_totals=False,
         )  # fmt: skip
+        _add_swap_totals(totals, report.metrics)
         for v in report.violations:
             request = None if v.request is None else int(ids[v.request])
             out.add(v.rule, f"pool {pool.name}: {v.message}", run=v.run,
@@ -1647,6 +2458,8 @@ def _validate_disaggregated(
                 ends, mine["completion_s"], own["completion_s"][ids]
             )
         own["preemptions"][ids] += mine["preemptions"].to_numpy(dtype=np.int64)
+        if "swap_outs" in mine and "swap_outs" in own:
+            own["swap_outs"][ids] += mine["swap_outs"].to_numpy(dtype=np.int64)
         own["recomputed_tokens"][ids] += mine["recomputed_tokens"].to_numpy(
             dtype=np.int64
         )
@@ -1656,6 +2469,8 @@ def _validate_disaggregated(
     for column, mine in own.items():
         if column in ("transfer_start_s", "transfer_end_s"):
             continue  # the transfers are checked against their links below
+        if column not in claimed:
+            continue  # swap_outs of a run that did not swap
         theirs = claimed[column].astype(np.float64)
         close = _close_array(theirs, mine.astype(np.float64), rtol)
         for i in np.flatnonzero(~close).tolist():
@@ -1692,6 +2507,7 @@ def _validate_disaggregated(
                 for v in out.kept[before:]
             ]
         metrics |= {f"{pool.name}.{k}": v for k, v in mine_metrics.items()}
+    metrics |= _check_swap_totals(totals, swaps, result.metrics, rtol, out)
     moved = float(own["transferred_bytes"].sum())
     metrics["transferred_bytes"] = moved
     if "transferred_bytes" in result.metrics:
