@@ -26,7 +26,8 @@ Swap modes (:data:`SWAP_MODES`), as the engine applies them
 
 Host blocks use the replica's block size: ``capacity_blocks = memory_bytes //
 (block_tokens * kv_bytes_per_token)``; a swapped request holds ``ceil(x / b)`` of
-them from the start of its swap-out to the end of its swap-in.
+them from its swap-out's decision until its swap-in: the decision with blocking
+copies, the end of the copy with asynchronous ones.
 
 Defaults (one for the project, :meth:`HostTier.default`):
 

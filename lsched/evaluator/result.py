@@ -47,8 +47,9 @@ Table ``members`` (run, request, kind, tokens, processed_before): request ``requ
 ``processed_before`` KV tokens before the run. Table ``preemptions`` (run, request):
 the request was preempted (recompute) just before the run started. Table ``swaps``
 (run, request, direction, tokens, start_s, end_s): the request's KV was swapped
-``"out"`` to the host tier or ``"in"`` back (:mod:`lsched.tiers`), decided just
-before the run; its copy of ``tokens`` tokens ran from ``start_s`` to ``end_s``
+``"out"`` to the host tier or ``"in"`` back (:mod:`lsched.tiers`), decided at a
+boundary before the run (the first run after the decision: with asynchronous
+copies the replica may idle in between); its copy of ``tokens`` tokens ran from ``start_s`` to ``end_s``
 (inside the run for a blocking swap, overlapping the runs for an asynchronous one).
 
 A run in which some request swapped adds per request ``swap_outs`` (times its KV
