@@ -168,7 +168,7 @@ def served_profile(policy: PolicySpec, profile: DeploymentProfile) -> Deployment
     """The profile a replica of ``profile`` serves with under ``policy``: the one
     its params' ``serving_profile`` returns (a policy that keeps KV in host memory,
     :mod:`lsched.policies.infinigen`), else ``profile`` itself."""
-    serving = getattr(policy.params, "serving_profile", None)
+    serving = getattr(getattr(policy, "params", None), "serving_profile", None)
     return serving(profile) if callable(serving) else profile
 
 

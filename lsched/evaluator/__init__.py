@@ -132,7 +132,7 @@ def _check_host(instance: Instance, cluster: Cluster) -> None:
     peak = int((instance.prompt_tokens + instance.output_tokens).max()) - 1
     for pool in cluster.pools:
         profile = pool.profile
-        if not getattr(pool.policy.params, "swaps", False):
+        if not getattr(getattr(pool.policy, "params", None), "swaps", False):
             continue
         need = -(-peak // profile.block_tokens)
         if need > profile.host_capacity_blocks:
