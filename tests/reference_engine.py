@@ -15,6 +15,13 @@ pools, the links between them) the same way, with one global clock, from the
 semantics stated in the docstring of :mod:`lsched.evaluator.disagg` (restated in
 the comment above it); it keeps its own block arithmetic (nothing from
 :mod:`lsched.kv` either) and its own links.
+
+:func:`simulate_naive` also gives a replica its host-memory tier (swap preemption,
+``Batch.swap_out`` / ``Batch.swap_in``) in both swap modes, restated from the
+docstrings of :mod:`lsched.tiers`, :mod:`lsched.policies.base` and the "Swaps"
+section of :mod:`lsched.evaluator.engine` (the comment above :class:`_Replica`),
+with its own host-block arithmetic and its own copy links (nothing from
+:mod:`lsched.tiers` but the :class:`~lsched.tiers.HostTier` data of the profile).
 """
 
 from __future__ import annotations
@@ -44,12 +51,16 @@ from lsched.policies import (
     ReplicaView,
     parse_policy,
 )
+from lsched.policies.base import swap_mode
 from lsched.profile import DeploymentProfile
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
-_WAITING, _RUNNING, _DONE = 0, 1, 2
+#: request states; _SWAPPED: its KV in the host tier, or on its way there or back
+_WAITING, _RUNNING, _DONE, _SWAPPED = 0, 1, 2, 3
+#: the direction of a host-tier copy
+_OUT, _IN = 0, 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,20 @@ class NaiveResult:
     max_decode_steps
         Per replica: the largest D of any iteration (to tell which regime of a
         threshold cost model a test reached).
+    swap_outs, swap_ins
+        Times each request's KV went to the host tier, and came back.
+    swap_out_bytes, swap_in_bytes
+        KV bytes copied to the host tier and back, all replicas together (a
+        swap-in counts when its copy has ended).
+    swap_stall_s
+        Seconds blocking copies added to iterations, all replicas together.
+    recompute_avoided_tokens
+        Tokens swapped out, all replicas together.
+    max_host_blocks_seen
+        Per replica: the most host blocks held at any boundary (after the swaps).
+    async_waits
+        Decisions, all replicas together, taken while an asynchronous copy was in
+        flight (its request in no list, its GPU blocks pinned).
     """
 
     replica: IntArray
@@ -99,6 +124,14 @@ class NaiveResult:
     max_kv_blocks_seen: IntArray
     max_kv_tokens_seen: IntArray
     max_decode_steps: IntArray
+    swap_outs: IntArray | None = None
+    swap_ins: IntArray | None = None
+    swap_out_bytes: float = 0.0
+    swap_in_bytes: float = 0.0
+    swap_stall_s: float = 0.0
+    recompute_avoided_tokens: int = 0
+    max_host_blocks_seen: IntArray | None = None
+    async_waits: int = 0
 
 
 def _blocks(tokens: int, block_tokens: int) -> int:
@@ -143,6 +176,40 @@ def check_peaks(instance: Instance, profile: DeploymentProfile) -> None:
                 "never complete",
                 field="kv_capacity_tokens",
             )
+
+
+# -- the host tier ---------------------------------------------------------------------
+#
+# Restated from the docstrings (lsched.tiers, lsched.policies.base "Swap preemption",
+# lsched.evaluator.engine "Swaps"), not from the fast engine's code:
+#
+# - host blocks: capacity = memory_bytes // (block_tokens * kv_bytes_per_token); a
+#   request swapped out with x tokens (its processed tokens) holds ceil(x / b) of
+#   them from the start of its swap-out to the end of its swap-in; a swap-out whose
+#   blocks do not fit is a policy error;
+# - a copy of x tokens takes x * kv_bytes_per_token / bandwidth (d2h out, h2d in);
+# - at a boundary t: land the asynchronous copies that ended by t + tolerance (by
+#   end, ties in issue order), take the arrivals, call the policy; apply recompute
+#   preemptions, then swap-outs, then swap-ins, each in the batch's order; the GPU
+#   blocks held after the swaps (running requests and pinned) must fit; then the
+#   iteration, checked as before with the pinned blocks counted;
+# - blocking: a swap-out frees its GPU blocks at once and the request is swapped
+#   (appended to the swapped list); a swap-in frees its host blocks and the request
+#   runs at once (appended to the running list), and may be in the batch; the
+#   iteration is longer by the copies' seconds (outs, then ins); a batch that swaps
+#   must run an iteration;
+# - async: a copy starts at max(t, the end of the last copy on its direction's
+#   link); a swap-out leaves the running set at once, its GPU blocks pinned until
+#   its copy ends, when it joins the swapped list; a swap-in's GPU blocks are taken
+#   (pinned) at once, and when its copy ends its host blocks are freed and it runs
+#   (appended to the running list). Meanwhile the request is in no list, and its
+#   processed tokens read 0. While blocks are pinned the policy sees a capacity less
+#   them. A replica with nothing to run idles to the next arrival, its policy's
+#   wake time or the next copy's end, whichever comes first.
+#
+# Reading where the text leaves a choice: the policy is called at a boundary where
+# some request is running, waiting, swapped or has a copy in flight (it may act on
+# what lands); ``swapped_tokens`` is None in the view until a request first swaps.
 
 
 class _Replica:
@@ -193,6 +260,37 @@ class _Replica:
         self.max_kv_blocks = 0
         self.max_kv_tokens = 0
         self.max_decode = 0
+        # the host tier (the comment above): its data from the profile, the
+        # swapped list (swap-out order), per request the tokens it holds there and
+        # its swaps, the copies in flight as [end, issue number, direction, request,
+        # GPU blocks pinned], each link's last copy end, and the totals
+        self.swap_mode = swap_mode(policy)
+        if self.swap_mode not in ("blocking", "async"):
+            raise InputError(
+                f"got {self.swap_mode!r}; expected blocking or async", field="swap_mode"
+            )
+        host = profile.host
+        assert host is not None
+        self.kv_bytes_per_token = int(profile.kv_bytes_per_token)
+        self.d2h_bytes_per_s = float(host.d2h_bytes_per_s)
+        self.h2d_bytes_per_s = float(host.h2d_bytes_per_s)
+        self.host_capacity = int(host.memory_bytes) // (
+            profile.block_tokens * self.kv_bytes_per_token
+        )
+        self.host_used = 0
+        self.swapped: list[int] = []
+        self.swapped_tokens = [0] * m
+        self.swap_outs = [0] * m
+        self.swap_ins = [0] * m
+        self.ever_swapped = False
+        self.copies: list[list[Any]] = []
+        self.issued = 0
+        self.link_end = {_OUT: -math.inf, _IN: -math.inf}
+        self.out_tokens = 0
+        self.in_tokens = 0
+        self.stall_s = 0.0
+        self.max_host_blocks = 0
+        self.async_waits = 0
 
     # -- the loop -------------------------------------------------------------------
 
@@ -201,12 +299,15 @@ class _Replica:
         done = 0
         t = self.arrival[0]
         while done < m:
+            self._land(t)  # copies first, then arrivals, then the policy
             num_arrived = bisect.bisect_right(self.arrival, t + ARRIVAL_TOLERANCE_S)
             # arrived, neither running nor done; local ids are in arrival order
             waiting = [i for i in range(num_arrived) if self.status[i] == _WAITING]
-            if not self.running and not waiting:
+            if not (self.running or waiting or self.swapped or self.copies):
                 t = self.arrival[num_arrived]  # idle: done < m, so one is coming
                 continue
+            if self.copies:
+                self.async_waits += 1
             batch = self.policy.decide(self._view(t, num_arrived, waiting))
             if not isinstance(batch, Batch):
                 raise PolicyError(
@@ -216,6 +317,13 @@ class _Replica:
             prefill = _ids(batch.prefill, "prefill")
             chunks = _ids(batch.prefill_tokens, "prefill_tokens")
             decode = _ids(batch.decode, "decode")
+            stall = self._swaps(
+                t,
+                num_arrived,
+                _ids(batch.swap_out, "swap_out"),
+                _ids(batch.swap_in, "swap_in"),
+                bool(prefill or decode),
+            )
             if len(chunks) != len(prefill):
                 raise PolicyError(
                     f"Batch.prefill has {len(prefill)} ids but prefill_tokens "
@@ -225,9 +333,19 @@ class _Replica:
                 t = self._idle_until(t, num_arrived, batch.wake_at_s)
                 continue
             self._validate(prefill, chunks, decode, num_arrived)
-            t, done = self._iterate(t, prefill, chunks, decode, done)
+            t, done = self._iterate(t, prefill, chunks, decode, done, stall)
 
     def _view(self, t: float, num_arrived: int, waiting: list[int]) -> ReplicaView:
+        limits = self.limits
+        pinned = self.pinned_blocks()
+        if pinned:  # a policy sees the blocks of copies in flight as lost capacity
+            limits = ReplicaLimits(
+                kv_capacity_blocks=limits.kv_capacity_blocks - pinned,
+                block_tokens=limits.block_tokens,
+                max_num_seqs=limits.max_num_seqs,
+                max_num_batched_tokens=limits.max_num_batched_tokens,
+                max_model_len=limits.max_model_len,
+            )
         return ReplicaView(
             now_s=t,
             iteration=self.iterations,
@@ -240,9 +358,15 @@ class _Replica:
             emitted_tokens=_frozen(self.emitted, int),
             processed_tokens=_frozen(self.processed, int),
             prefill_target_tokens=_frozen(self.target, int),
-            limits=self.limits,
+            limits=limits,
             priority=self.priority,
             tenant=self.tenant,
+            swapped=_frozen(self.swapped, int),
+            swapped_tokens=(
+                _frozen(self.swapped_tokens, int) if self.ever_swapped else None
+            ),
+            host_capacity_blocks=self.host_capacity,
+            host_used_blocks=self.host_used,
         )
 
     def _preempt(self, preempt: list[int]) -> None:
@@ -260,15 +384,120 @@ class _Replica:
             self.processed[r] = 0
 
     def pinned_blocks(self) -> int:
-        """Blocks taken by no running request (a disaggregated prefill replica's
-        KV on its way to a decode replica); none here."""
-        return 0
+        """Blocks taken by no running request: those of asynchronous copies in
+        flight (a disaggregated prefill replica adds its KV on its way to a
+        decode replica)."""
+        return sum(copy[4] for copy in self.copies)
+
+    # -- swaps ------------------------------------------------------------------------
+
+    def _copy_s(self, tokens: int, bytes_per_s: float) -> float:
+        """Seconds a copy of ``tokens`` KV tokens takes on a link."""
+        return tokens * self.kv_bytes_per_token / bytes_per_s
+
+    def _queue_copy(self, t: float, direction: int, r: int, tokens: int) -> None:
+        """An asynchronous copy of request ``r``'s ``tokens`` issued at ``t``,
+        FIFO on its direction's link, its GPU blocks pinned until it ends."""
+        rate = self.d2h_bytes_per_s if direction == _OUT else self.h2d_bytes_per_s
+        start = max(t, self.link_end[direction])
+        end = start + self._copy_s(tokens, rate)
+        self.link_end[direction] = end
+        self.issued += 1
+        blocks = _blocks(tokens, self.limits.block_tokens)
+        self.copies.append([end, self.issued, direction, r, blocks])
+
+    def _resume(self, r: int) -> None:
+        """Swapped request ``r`` holds its KV on the GPU again and runs."""
+        tokens = self.swapped_tokens[r]
+        self.host_used -= _blocks(tokens, self.limits.block_tokens)
+        self.in_tokens += tokens
+        self.swap_ins[r] += 1
+        self.swapped_tokens[r] = 0
+        self.processed[r] = tokens
+        self.status[r] = _RUNNING
+        self.running.append(r)
+
+    def _land(self, t: float) -> None:
+        """The asynchronous copies that ended by the boundary ``t`` (within the
+        arrival tolerance), by their ends, ties in issue order."""
+        landed = sorted(c for c in self.copies if c[0] <= t + ARRIVAL_TOLERANCE_S)
+        for copy in landed:
+            self.copies.remove(copy)
+            _, _, direction, r, _ = copy
+            if direction == _OUT:
+                self.swapped.append(r)  # its GPU blocks free with the copy
+            else:
+                self._resume(r)
+
+    def _swaps(
+        self,
+        t: float,
+        num_arrived: int,
+        swap_out: list[int],
+        swap_in: list[int],
+        runs: bool,
+    ) -> float:
+        """Apply the batch's swap-outs, then its swap-ins, at the boundary ``t``
+        (after its preemptions); the seconds blocking copies add to the iteration."""
+        if not swap_out and not swap_in:
+            return 0.0
+        b = self.limits.block_tokens
+        blocking = self.swap_mode == "blocking"
+        stall = 0.0
+        for r in swap_out:
+            if not (0 <= r < num_arrived and r in self.running):
+                raise PolicyError(f"swap-out of request {r}, which is not running")
+            tokens = self.processed[r]
+            need = _blocks(tokens, b)
+            if self.host_used + need > self.host_capacity:
+                raise PolicyError(
+                    f"swap-out of request {r} ({tokens} tokens, {need} blocks): the "
+                    f"host tier holds {self.host_used} of {self.host_capacity} blocks"
+                )
+            self.host_used += need
+            self.out_tokens += tokens
+            self.swap_outs[r] += 1
+            self.ever_swapped = True
+            self.running.remove(r)
+            self.status[r] = _SWAPPED
+            self.swapped_tokens[r] = tokens
+            self.processed[r] = 0
+            if blocking:
+                self.swapped.append(r)
+                stall += self._copy_s(tokens, self.d2h_bytes_per_s)
+            else:
+                self._queue_copy(t, _OUT, r, tokens)
+        for r in swap_in:
+            if not (0 <= r < num_arrived and r in self.swapped):
+                raise PolicyError(f"swap-in of request {r}, which is not swapped")
+            self.swapped.remove(r)
+            tokens = self.swapped_tokens[r]
+            if blocking:
+                stall += self._copy_s(tokens, self.h2d_bytes_per_s)
+                self._resume(r)
+            else:
+                self._queue_copy(t, _IN, r, tokens)
+        if blocking and not runs:
+            raise PolicyError(
+                "a blocking swap with an empty batch: its copies need an iteration"
+            )
+        held = sum(_blocks(self.processed[r], b) for r in self.running)
+        held += self.pinned_blocks()
+        if held > self.limits.kv_capacity_blocks:
+            raise PolicyError(
+                f"{held} KV blocks after the swaps; capacity is "
+                f"{self.limits.kv_capacity_blocks}"
+            )
+        self.max_host_blocks = max(self.max_host_blocks, self.host_used)
+        return stall
 
     def _idle_until(self, t: float, num_arrived: int, wake_at_s: float | None) -> float:
         """An empty batch: idle until the next arrival or the policy's wake time."""
         events = []
         if num_arrived < len(self.arrival):
             events.append(self.arrival[num_arrived])
+        # a copy in flight ends after t (it would have landed otherwise)
+        events.extend(copy[0] for copy in self.copies)
         # a wake time not after now has passed already: calling again at the same
         # boundary would loop forever, so it does not count as an event
         if wake_at_s is not None and wake_at_s > t:
@@ -347,8 +576,10 @@ class _Replica:
         chunks: list[int],
         decode: list[int],
         done: int,
+        stall: float = 0.0,
     ) -> tuple[float, int]:
-        """Run one validated iteration from time ``t``; return its end and done."""
+        """Run one validated iteration from time ``t``, longer by ``stall`` (the
+        blocking copies before it); return its end and done."""
         # admission: a waiting request given a chunk starts running, in the order
         # the batch lists them; its target covers tokens emitted before a preemption
         for r in prefill:
@@ -366,6 +597,9 @@ class _Replica:
         k = sum(self.processed[r] + 1 for r in decode)  # own new token included
         phi = np.array([1.0, p, q, d, k, 1.0 if p > 0 else 0.0], dtype=np.float64)
         duration = float(self.profile.iteration_time_s(phi))
+        if stall:
+            duration += stall
+            self.stall_s += stall
         end = t + duration
 
         emitting = []
@@ -477,6 +711,11 @@ def simulate_naive(
     max_tokens = np.zeros(c, dtype=np.int64)
     max_decode = np.zeros(c, dtype=np.int64)
     iterations, busy_s, kv_token_seconds = 0, 0.0, 0.0
+    swap_outs = np.zeros(n, dtype=np.int64)
+    swap_ins = np.zeros(n, dtype=np.int64)
+    max_host = np.zeros(c, dtype=np.int64)
+    swap_out_bytes = swap_in_bytes = swap_stall_s = 0.0
+    avoided = async_waits = 0
     for k in range(c):
         # instance order is arrival order (ties by position): local ids follow it
         rows = np.flatnonzero(where == k).tolist()
@@ -495,6 +734,15 @@ def simulate_naive(
         max_blocks[k] = replica.max_kv_blocks
         max_tokens[k] = replica.max_kv_tokens
         max_decode[k] = replica.max_decode
+        swap_outs[rows] = replica.swap_outs
+        swap_ins[rows] = replica.swap_ins
+        bytes_per_token = replica.kv_bytes_per_token
+        swap_out_bytes += replica.out_tokens * bytes_per_token
+        swap_in_bytes += replica.in_tokens * bytes_per_token
+        swap_stall_s += replica.stall_s
+        avoided += replica.out_tokens
+        max_host[k] = replica.max_host_blocks
+        async_waits += replica.async_waits
     return NaiveResult(
         replica=where,
         admitted_s=admitted,
@@ -508,6 +756,14 @@ def simulate_naive(
         max_kv_blocks_seen=max_blocks,
         max_kv_tokens_seen=max_tokens,
         max_decode_steps=max_decode,
+        swap_outs=swap_outs,
+        swap_ins=swap_ins,
+        swap_out_bytes=swap_out_bytes,
+        swap_in_bytes=swap_in_bytes,
+        swap_stall_s=swap_stall_s,
+        recompute_avoided_tokens=avoided,
+        max_host_blocks_seen=max_host,
+        async_waits=async_waits,
     )
 
 
@@ -678,7 +934,8 @@ class _Stage(_Replica):
         self.output.append(output)
         self.status.append(_WAITING)
         for column in (self.processed, self.target, self.emitted, self.preemptions,
-                       self.recomputed):  # fmt: skip
+                       self.recomputed, self.swapped_tokens, self.swap_outs,
+                       self.swap_ins):  # fmt: skip
             column.append(0)
         for times in (self.admitted_s, self.first_token_s, self.completion_s):
             times.append(math.nan)
@@ -810,6 +1067,8 @@ class _Stage(_Replica):
         batch = self.policy.decide(self._view(t, m, waiting))
         if not isinstance(batch, Batch):
             raise PolicyError(f"decide() returned {type(batch).__name__}, not Batch")
+        if len(batch.swap_out) or len(batch.swap_in):
+            raise ValueError("the naive cluster engine does not model swaps")
         self._preempt(_ids(batch.preempt, "preempt"))
         prefill = _ids(batch.prefill, "prefill")
         chunks = _ids(batch.prefill_tokens, "prefill_tokens")

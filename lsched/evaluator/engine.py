@@ -509,7 +509,14 @@ class ReplicaEngine:
         if not self._copies:
             return batch
         wake = self._copies[0][0]
-        if batch.wake_at_s is not None and batch.wake_at_s < wake:
+        asked = batch.wake_at_s
+        # an earlier wake-up stands, except an empty batch's that has passed
+        # (no event: the replica would idle past the copy's end)
+        if (
+            asked is not None
+            and asked < wake
+            and (asked > self.now_s or not batch.is_empty)
+        ):
             return batch
         return dataclasses.replace(batch, wake_at_s=wake)
 
