@@ -49,8 +49,9 @@ the request was preempted (recompute) just before the run started. Table ``swaps
 (run, request, direction, tokens, start_s, end_s): the request's KV was swapped
 ``"out"`` to the host tier or ``"in"`` back (:mod:`lsched.tiers`), decided at a
 boundary before the run (the first run after the decision: with asynchronous
-copies the replica may idle in between); its copy of ``tokens`` tokens ran from ``start_s`` to ``end_s``
-(inside the run for a blocking swap, overlapping the runs for an asynchronous one).
+copies the replica may idle in between); its copy of ``tokens`` tokens ran from
+``start_s`` to ``end_s`` (inside the run for a blocking swap, overlapping the runs
+for an asynchronous one).
 
 A run in which some request swapped adds per request ``swap_outs`` (times its KV
 went to the host tier) and the metrics ``swap_out_bytes``, ``swap_in_bytes``,
