@@ -43,11 +43,13 @@ from hypothesis import strategies as st
 from reference_engine import NaiveResult, simulate_naive
 from test_engine_equivalence import assert_same as assert_records_same
 
+from lsched.cluster import Cluster, Pool
 from lsched.evaluator import SimulationResult, simulate
 from lsched.instance import Instance
 from lsched.policies import Batch, PolicyError, ReplicaView
 from lsched.profile import DeploymentProfile, load_profile
 from lsched.tiers import HostTier
+from lsched.validator import validate_cluster
 
 RTOL = 1e-9
 POLICIES = (
@@ -156,9 +158,12 @@ def cases(draw: st.DrawFn, policy: str) -> Case:
     )
 
 
-def run_both(case: Case) -> tuple[NaiveResult | None, SimulationResult | None]:
+def run_both(
+    case: Case, validate: bool = False
+) -> tuple[NaiveResult | None, SimulationResult | None]:
     """Both engines' results; if the naive one raises PolicyError so must the
-    fast one (then None, None)."""
+    fast one (then None, None). With ``validate`` the fast run also passes the
+    validator."""
     kwargs: dict[str, Any] = {"replicas": case.replicas}
     try:
         naive = simulate_naive(case.instance, case.profile, case.policy, **kwargs)
@@ -179,8 +184,13 @@ def run_both(case: Case) -> tuple[NaiveResult | None, SimulationResult | None]:
         case.policy,
         dispatch=case.dispatch,
         engine="python",
+        log=validate,
         **kwargs,
     )
+    if validate:  # KV and host within capacity at every instant, no decode
+        # while swapped, copies where the rules put them
+        cluster = Cluster((Pool(case.profile, case.policy, case.replicas),))
+        validate_cluster(case.instance, cluster, fast).raise_if_invalid()
     return naive, fast
 
 
@@ -209,7 +219,9 @@ def assert_same(case: Case, naive: NaiveResult, fast: SimulationResult) -> None:
 
 def _check(case: Case, seen: Counter[str]) -> None:
     """Compare ``case`` on both engines and count what it did into ``seen``."""
-    naive, fast = run_both(case)
+    # every third example through the validator too (it costs as much as both
+    # engines together)
+    naive, fast = run_both(case, validate=seen["examples"] % 3 == 0)
     seen["examples"] += 1
     if naive is None or fast is None:
         seen["both stalled"] += 1
