@@ -64,6 +64,13 @@ bound (seconds) and certified gap; ``status`` is ``ok`` for a policy, the solver
 status (``optimal``, ``feasible``, ``time_limit``, ``infeasible``, ``unknown``) for
 a solver, or ``error`` with the reason in ``error`` when the case could not run
 (bad input for that case, a policy breaking the rules, a failed replay check).
+``provenance`` is the JSON record of the run that stored the row
+(:mod:`lsched.provenance`): the lsched version, the time the run started, the
+command line, the SHA-256 of this case's files (the config, the trace or a
+generator's source, the profile's TOML), the policy's label, the solver's or
+generator's seed and the solver's time limit. It is per row, not per file,
+because the rows of one file come from several runs (a rerun adds only the
+missing cases); each file is hashed once per run, when the run starts.
 Only :data:`TIMING_COLUMNS` differ between two runs of the same case.
 """
 
@@ -93,6 +100,7 @@ from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.policies import PolicyError, PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile, read_toml
+from lsched.provenance import FileHashes, Provenance, provenance
 
 #: Executors :func:`run_sweep` accepts.
 EXECUTORS: tuple[str, ...] = ("local", "dask")
@@ -117,13 +125,15 @@ BASE_COLUMNS: tuple[str, ...] = (
     "solver_objective",
     "slot_s",
     "error",
+    "provenance",
 )
-#: Columns that change from one run of a case to the next (wall-clock times).
-TIMING_COLUMNS: tuple[str, ...] = ("runtime_s",)
+#: Columns that change from one run of a case to the next (wall-clock times, and
+#: the provenance, which holds the run's start time).
+TIMING_COLUMNS: tuple[str, ...] = ("runtime_s", "provenance")
 #: Text columns among :data:`BASE_COLUMNS`; the others are numbers.
 _TEXT_COLUMNS = frozenset(
     {"case_id", "instance", "profile", "method", "kind", "objective", "status"}
-    | {"solver", "error"}
+    | {"solver", "error", "provenance"}
 )
 #: Version of the case description: bump it to invalidate every stored case.
 _SCHEMA = 1
@@ -289,6 +299,14 @@ class ProfileSetting:
         from lsched.overrides import deployment_profile
 
         return deployment_profile(self.location, dict(self.overrides), instance)
+
+    def file(self) -> Path | None:
+        """The TOML the profile is read from (a named profile's too), or ``None``
+        for a name not found."""
+        from lsched._models import find_profile
+
+        location = Path(self.location)
+        return location if location.is_file() else find_profile(self.location)
 
 
 @dataclass(frozen=True)
@@ -515,17 +533,33 @@ class SweepConfig:
     def input_files(self) -> tuple[Path, ...]:
         """Every file the sweep reads: the config, the traces (and generators'
         sources) and the profile files (a named profile's file included)."""
-        from lsched._models import find_profile
+        return tuple(Path(path) for _, path in self.inputs())
 
-        files = [self.path]
+    def inputs(self) -> list[tuple[str, str | Path]]:
+        """:meth:`input_files` with each one's role (``sweep_config``, ``trace``,
+        ``source``, ``profile``), for the provenance."""
+        files: list[tuple[str, str | Path]] = [("sweep_config", self.path)]
         for source in self.instances:
-            files += [Path(p) for p in (source.path, dict(source.options).get("source"))
-                      if p is not None]  # fmt: skip
+            files += _instance_files(source)
         for profile in self.profiles:
-            location = Path(profile.location)
-            found = location if location.is_file() else find_profile(profile.location)
-            files += [] if found is None else [found]
-        return tuple(files)
+            found = profile.file()
+            files += [] if found is None else [("profile", found)]
+        return files
+
+    def provenance(self, hashes: FileHashes | None = None) -> Provenance:
+        """The sweep's record, now: every input file, the policies, the seeds of
+        the generated instances and of the solvers (keyed by their labels) and the
+        solvers' time limits (:mod:`lsched.provenance`)."""
+        seeds = {s.label: s.seed for s in self.instances if s.family is not None}
+        if self.policies and self.predictor is not None:
+            seeds["predictor"] = _check_predictor(self.predictor)
+        return provenance(
+            self.inputs(),
+            policies=[p.label for p in self.policies],
+            seeds=seeds | {s.label: s.seed for s in self.solvers},
+            time_limits={s.label: s.time_limit for s in self.solvers},
+            hashes=hashes,
+        )
 
     def cases(self) -> tuple[Case, ...]:
         """Every case: instances x profiles x (policies, then solvers)."""
@@ -545,6 +579,39 @@ class SweepConfig:
                     Case(instance, profile, solver=s, **shared) for s in self.solvers
                 )
         return tuple(cases)
+
+
+def _instance_files(source: InstanceSource) -> list[tuple[str, str | Path]]:
+    """The files an instance is read from: its trace, or a generator's source."""
+    files: list[tuple[str, str | Path]] = []
+    if source.path is not None:
+        files.append(("trace", source.path))
+    generated = dict(source.options).get("source")
+    if generated is not None:
+        files.append(("source", generated))
+    return files
+
+
+def case_provenance(
+    case: Case, run: Provenance, config: Path, hashes: FileHashes | None = None
+) -> Provenance:
+    """The record of one case of the run ``run`` (a sweep's :meth:`SweepConfig.
+    provenance`): the config, the case's own files, its policy, the seed of its
+    generator (``generate``), predictor (``predictor``) and solver (``seed``),
+    the solver's time limit."""
+    profile = case.profile.file()
+    solver = case.solver
+    predicted = case.policy is not None and case.predictor is not None
+    return run.narrowed(
+        [("sweep_config", config), *_instance_files(case.instance),
+         ("profile", profile)],
+        policies=[] if case.policy is None else [case.policy.label],
+        seeds={"generate": case.instance.seed,
+               "predictor": run.seeds.get("predictor") if predicted else None,
+               "seed": None if solver is None else solver.seed},
+        time_limits={"time_limit": None if solver is None else solver.time_limit},
+        hashes=hashes,
+    )  # fmt: skip
 
 
 # -- reading the config ---------------------------------------------------------
@@ -853,12 +920,15 @@ def _solvers(sweep: Mapping[str, Any], loc: _Located) -> list[SolverSetting]:
     return solvers
 
 
-def _check_predictor(spec: str) -> None:
+def _check_predictor(spec: str) -> int | None:
+    """Check a predictor spec on a one-request probe; the seed of its draws."""
     from lsched.predictors import apply_predictor
 
     one = np.ones(1, dtype=np.int64)
     probe = Instance(arrival_s=np.zeros(1), prompt_tokens=one, output_tokens=one)
-    apply_predictor(probe, spec)
+    how = apply_predictor(probe, spec).params.get("predictor")
+    seed = how.get("seed") if isinstance(how, Mapping) else None
+    return seed if isinstance(seed, int) else None
 
 
 def load_config(path: str | os.PathLike[str]) -> SweepConfig:
@@ -973,7 +1043,9 @@ def run_case(case: Case) -> dict[str, Any]:
     A top-level function, so that executors can pickle it. Bad input for this
     case (a request that can never fit, a policy that needs predictions, a KV
     capacity the slot model rejects) and a policy breaking the model's rules give
-    a row with status ``error``; any other exception propagates.
+    a row with status ``error``; any other exception propagates. ``provenance`` is
+    ``None``: :func:`run_sweep` records it (:func:`case_provenance`) as it stores
+    the row.
     """
     row: dict[str, Any] = {
         "case_id": case.case_id,
@@ -983,6 +1055,7 @@ def run_case(case: Case) -> dict[str, Any]:
         "kind": case.kind,
         "objective": case.objective,
         "status": "error",
+        "provenance": None,
     }
     try:
         instance = case.instance.load()
@@ -1311,6 +1384,9 @@ class SweepReport:
         Cases of the config whose row has status ``error``.
     results
         The rows of the config's finished cases, in config order.
+    provenance
+        This run's record (:meth:`SweepConfig.provenance`); each row it stored
+        has its case's (the ``provenance`` column).
     """
 
     out: Path
@@ -1320,6 +1396,7 @@ class SweepReport:
     remaining: int
     errors: int
     results: pd.DataFrame = dataclasses.field(repr=False)
+    provenance: Provenance | None = dataclasses.field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """The JSON view (without the rows)."""
@@ -1407,6 +1484,8 @@ def run_sweep(
     check_out(target, config.input_files())
     if max_cases is not None and max_cases < 0:
         raise InputError(f"got {max_cases}; expected >= 0", field="max_cases")
+    hashes = FileHashes()  # each file read once, at the start of the run
+    record = config.provenance(hashes)
     cases = config.cases()
     stored = load_results(target)
     done = set(stored["case_id"])
@@ -1449,6 +1528,8 @@ def run_sweep(
                                 )
                                 failure = exc
                             continue
+                        made = case_provenance(case, record, config.path, hashes)
+                        row = {**row, "provenance": made.to_json()}
                         write_part(target, row)
                         ran += 1
                         bar.advance(task)
@@ -1472,4 +1553,5 @@ def run_sweep(
         remaining=len(cases) - len(order),
         errors=int((results["status"] == "error").sum()),
         results=results,
+        provenance=record,
     )

@@ -103,6 +103,19 @@ class LazyGroup(TyperGroup):
         for name, (_, _, text) in COMMANDS.items():
             self.commands[name] = TyperCommand(name, help=text, short_help=text)
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from lsched.provenance import ARGV_META
+
+        # the arguments as given, for the provenance of what the command writes
+        ctx.meta.setdefault(ARGV_META, list(args))
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        from lsched.provenance import ARGV_META, command_line
+
+        with command_line(ctx.meta.get(ARGV_META)):
+            return super().invoke(ctx)
+
     def resolve_command(
         self, ctx: Any, args: list[str]
     ) -> tuple[str | None, Any, list[str]]:
@@ -113,12 +126,9 @@ class LazyGroup(TyperGroup):
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from lsched.provenance import lsched_version
 
-    try:
-        return version("lsched")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
+    return lsched_version()
 
 
 def _show_version(value: bool) -> None:

@@ -54,6 +54,16 @@ def profile_file(model: str | None) -> Path | None:
     return find_profile(model)
 
 
+def predictor_seed(instance: Instance, predictor: str | None) -> int | None:
+    """The seed of ``--predictor``'s draws once applied to ``instance`` (``None``
+    without a predictor or for one that draws nothing), for the provenance."""
+    if predictor is None:
+        return None
+    how = instance.params.get("predictor")
+    seed = how.get("seed") if isinstance(how, Mapping) else None
+    return seed if isinstance(seed, int) else None
+
+
 def print_json(obj: Mapping[str, Any]) -> None:
     """Print ``obj`` as one JSON object on stdout (NumPy scalars made plain)."""
     print(json.dumps(_plain(obj), indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from lsched.cli._common import (
     JSON_HELP,
     ProgressLine,
     native_stdout_to_stderr,
+    predictor_seed,
     print_json,
     print_table,
     profile_file,
@@ -33,8 +35,10 @@ from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
 from lsched.interrupt import sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
+from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
 from lsched.profile import DeploymentProfile
+from lsched.provenance import Provenance, provenance, write_png
 from lsched.traces import read_trace
 
 #: Per-policy metrics shown in the table (all are in the JSON).
@@ -179,6 +183,20 @@ def compare_command(
         where = cluster.describe()
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
+    if policy:
+        labels = [parse_policy(p).label for p in policy]
+    elif cluster is None:
+        labels = list(DEFAULT_POLICIES)
+    else:
+        labels = [" + ".join(p.policy.label for p in cluster.pools)]
+    pools = [profile] if cluster is None else [p.profile for p in cluster.pools]
+    record = provenance(
+        [("trace", trace), ("cluster", cluster_file),
+         *(("profile", p.path) for p in pools)],
+        policies=labels,
+        seeds={"seed": seed, "predictor": predictor_seed(instance, predictor)},
+        time_limits={"time_limit": time_limit, "lp_time_limit": lp_time_limit},
+    )  # fmt: skip
     with (
         sigint_requests_stop(),
         native_stdout_to_stderr(),
@@ -192,9 +210,9 @@ def compare_command(
             result = compare_cluster(instance, cluster, policies=policy or None,
                                      on_progress=line, **options)  # fmt: skip
     if plot is not None:
-        _plot(plot, result)
+        _plot(plot, result, record)
     if json_output:
-        print_json(result.to_dict())
+        print_json(record.attach(result.to_dict()))
     else:
         _print(result, f"{instance.name} on {where} ({len(instance)} requests)")
     if result.interrupted:
@@ -207,18 +225,18 @@ def compare_command(
         raise typer.Exit(INTERRUPTED_EXIT)
 
 
-def _plot(path: Path, result: Comparison) -> None:
+def _plot(path: Path, result: Comparison, record: Provenance) -> None:
     from lsched.plots import gap_bars  # matplotlib is only loaded when asked
 
     values = {row.policy: row.objective_value for row in result.policies}
     if result.solve is not None and result.solve_objective is not None:
         values[f"{result.solve.solver} ({result.solve_model})"] = result.solve_objective
-    gap_bars(
+    figure = gap_bars(
         values,
         result.best_bound,
-        path=path,
         title=f"{result.objective}: gap to the best bound for every schedule",
     )
+    write_png(figure, path, record)
 
 
 def _print(result: Comparison, title: str) -> None:
@@ -296,6 +314,8 @@ def bound_command(
     if cluster_file is not None:
         cluster = _load_cluster(cluster_file, objective, model, replicas, settings)
         instance, _ = read_trace(trace, format, limit=limit)
+        profiles = [p.profile for p in cluster.pools]
+        record = _bound_provenance(trace, cluster_file, profiles, lp_time_limit)
         with native_stdout_to_stderr():
             report = cluster_bound_report(
                 instance, cluster, objective, lp_time_limit=lp_time_limit
@@ -303,6 +323,7 @@ def bound_command(
         where = cluster.describe()
     else:
         instance, profile = _load(trace, model, settings, format, limit, objective)
+        record = _bound_provenance(trace, None, [profile], lp_time_limit)
         with native_stdout_to_stderr():
             report = bound_report(instance, profile, objective, replicas=replicas,
                                   lp_time_limit=lp_time_limit)  # fmt: skip
@@ -319,6 +340,7 @@ def bound_command(
                 "best": best if math.isfinite(best) else None,
                 "best_any": best_bound(bounds, "any"),
                 "skipped": [item.to_dict() for item in report.skipped],
+                "provenance": record.to_dict(),
             }
         )
         return
@@ -331,3 +353,18 @@ def bound_command(
         ],
     )
     _print_not_computed(report.skipped)
+
+
+def _bound_provenance(
+    trace: Path,
+    cluster_file: Path | None,
+    profiles: Sequence[DeploymentProfile],
+    lp_time_limit: float,
+) -> Provenance:
+    """``lsched bound``'s record: the trace, the cluster file, the profiles and
+    the LP time limit."""
+    return provenance(
+        [("trace", trace), ("cluster", cluster_file),
+         *(("profile", p.path) for p in profiles)],
+        time_limits={"lp_time_limit": lp_time_limit},
+    )  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lsched.atomic import atomic_target, check_output, write_text_atomic
+from lsched.atomic import check_output, write_text_atomic
 from lsched.cli._common import (
     JSON_HELP,
     MaxLenOpt,
@@ -37,6 +37,7 @@ from lsched.goodput import (
 from lsched.instance import Instance
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
+from lsched.provenance import Provenance, provenance, write_frame, write_png
 from lsched.routers import parse_router
 from lsched.slo import parse_slo
 from lsched.traces import read_trace
@@ -189,6 +190,12 @@ def goodput_command(
     if poisson is not None:
         instance = poisson_arrivals(instance, poisson)
     instance = with_slo(instance, slo, slo_override)
+    record = provenance(
+        [("trace", trace), ("cluster", cluster_file),
+         *(("profile", p.profile.path) for p in cluster.pools)],
+        policies=[" + ".join(p.policy.label for p in cluster.pools)],
+        seeds={"poisson": poisson},
+    )  # fmt: skip
     with _Status(enabled=not json_output) as status:
         result = goodput(
             instance,
@@ -203,13 +210,16 @@ def goodput_command(
             engine=engine,
             on_trial=status,
         )
-    report = {"instance": instance.name, "pools": _pools(cluster)} | result.to_dict()
+    report = record.attach(
+        {"instance": instance.name, "pools": _pools(cluster)} | result.to_dict()
+    )
     if plot is not None:
         from lsched.plots import goodput_curve  # matplotlib only when asked
 
-        goodput_curve(result, path=plot, title=_title(instance, cluster, result))
+        figure = goodput_curve(result, title=_title(instance, cluster, result))
+        write_png(figure, plot, record)
     if out is not None:
-        _write_out(out, result, report)
+        _write_out(out, result, report, record)
     if json_output:
         print_json(report)
         return
@@ -275,15 +285,16 @@ def _row(trial: RateTrial) -> list[object]:
     ]
 
 
-def _write_out(path: Path, result: GoodputResult, report: dict[str, object]) -> None:
+def _write_out(
+    path: Path, result: GoodputResult, report: dict[str, object], record: Provenance
+) -> None:
     if path.suffix.lower() == ".json":
         write_text_atomic(path, json.dumps(report, indent=2) + "\n")
         return
     import pandas as pd
 
     frame = pd.DataFrame([vars(t) for t in result.trials])
-    with atomic_target(path) as temporary:
-        frame.to_csv(temporary, index=False)
+    write_frame(path, frame, record)
 
 
 class _Status:

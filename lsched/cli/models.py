@@ -31,8 +31,13 @@ def list_command(
     # own name field says
     profiles = {name: load_profile(path) for name, path in profile_files().items()}
     if json_:
+        from lsched.provenance import provenance
+
+        record = provenance([("profile", p.path) for p in profiles.values()])
         print_json(
-            {"profiles": [{**p.summary(), "name": n} for n, p in profiles.items()]}
+            record.attach(
+                {"profiles": [{**p.summary(), "name": n} for n, p in profiles.items()]}
+            )
         )
         return
     rows = [
@@ -60,7 +65,9 @@ def show_command(
     profile = load_profile(name)
     summary = profile.summary()
     if json_:
-        print_json(summary)
+        from lsched.provenance import provenance
+
+        print_json(provenance([("profile", profile.path)]).attach(summary))
         return
     hw = profile.hardware
     it = profile.iteration_time

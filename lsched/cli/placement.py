@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lsched.atomic import atomic_target, check_output, write_text_atomic
+from lsched.atomic import check_output, write_text_atomic
 from lsched.cli._common import JSON_HELP, MaxLenOpt, PoissonOpt, print_json, print_table
 from lsched.errors import InputError
 from lsched.goodput import (
@@ -26,7 +26,9 @@ from lsched.goodput import (
     poisson_arrivals,
 )
 from lsched.placement import PlacementOptions, placements, search
+from lsched.policies import parse_policy
 from lsched.profile import load_profile
+from lsched.provenance import provenance, write_frame
 from lsched.slo import parse_slo
 from lsched.sweep import check_executor
 from lsched.traces import read_trace
@@ -138,6 +140,12 @@ def placement_command(
     instance, _ = read_trace(trace, format, limit=limit, max_model_len=max_model_len)
     if poisson is not None:
         instance = poisson_arrivals(instance, poisson)
+    given = (policy, prefill_policy, decode_policy)
+    record = provenance(
+        [("trace", trace), *(("profile", p.path) for p in loaded)],
+        policies=dict.fromkeys(parse_policy(p).label for p in given if p is not None),
+        seeds={"poisson": poisson},
+    )
     goodput_options = {"target": attain, "definitions": definitions, "rtol": rtol}
     table = search(
         instance,
@@ -148,19 +156,20 @@ def placement_command(
         address=address,
         workers=workers,
     )
-    report = {
-        "instance": instance.name,
-        "gpus": gpus,
-        "slo": str(slo),
-        "target": attain,
-        "placements": table.to_dict(orient="records"),
-    }
+    report = record.attach(
+        {
+            "instance": instance.name,
+            "gpus": gpus,
+            "slo": str(slo),
+            "target": attain,
+            "placements": table.to_dict(orient="records"),
+        }
+    )
     if out is not None:
         if out.suffix.lower() == ".json":
             write_text_atomic(out, json.dumps(report, indent=2) + "\n")
         else:
-            with atomic_target(out) as temporary:
-                table.to_csv(temporary, index=False)
+            write_frame(out, table, record)
     if json_output:
         print_json(report)
         return

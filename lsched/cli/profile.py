@@ -12,6 +12,7 @@ from lsched.calibration import fit_iteration_time, read_measurements
 from lsched.cli._common import JSON_HELP, print_json, print_table, profile_file
 from lsched.errors import InputError
 from lsched.profile import FEATURES, iteration_time_toml, load_profile, profile_to_toml
+from lsched.provenance import provenance, toml_comment
 
 app = typer.Typer(
     help="Fit deployment profiles to measurements.",
@@ -70,6 +71,11 @@ def fit_command(
         measurements, format_, model=model, hardware=hardware, tp=tp
     )
     fit = fit_iteration_time(features, time_s, relative=not absolute)
+    base_file = profile_file(base)
+    record = provenance(
+        [("measurements", measurements),
+         ("profile", base_file if base_file and base_file.is_file() else None)]
+    )  # fmt: skip
     if out is not None:
         source = (
             f"fit to {measurements.name} ({format_}"
@@ -99,12 +105,12 @@ def fit_command(
                 f"fit_mape = {fit.mape!r}\n\n"
                 + iteration_time_toml(fit.iteration_time())
             )
-        write_text_atomic(out, text)
+        write_text_atomic(out, toml_comment(record) + text)
     if json_:
         result = fit.to_dict()
         if out is not None:
             result["out"] = str(out)
-        print_json(result)
+        print_json(record.attach(result))
         return
     rows = [(feature, w) for feature, w in zip(FEATURES, fit.weights, strict=True)]
     print_table(

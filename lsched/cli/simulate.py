@@ -10,9 +10,10 @@ import pandas as pd
 import typer
 from rich.progress import Progress
 
-from lsched.atomic import atomic_target, check_output
+from lsched.atomic import check_output
 from lsched.cli._common import (
     JSON_HELP,
+    predictor_seed,
     print_json,
     print_table,
     profile_file,
@@ -34,6 +35,7 @@ from lsched.metrics import SLO_ATTAINMENT_KEYS
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
+from lsched.provenance import Provenance, provenance, write_frame
 from lsched.routers import parse_router
 from lsched.slo import parse_slo
 from lsched.traces import read_trace
@@ -181,7 +183,9 @@ def simulate_command(
         if predictor is not None:
             instance = apply_predictor(instance, predictor)
         instance = with_slo(instance, slo, slo_override)
-        _run(instance, clusters, engine, json_output, requests_out, timeline_out)
+        record = _provenance(trace, cluster_file, clusters, instance, predictor)
+        _run(instance, clusters, engine, json_output, requests_out, timeline_out,
+             record)  # fmt: skip
         return
     if model is None:
         raise InputError("expected --model PROFILE or --cluster FILE", field="model")
@@ -209,7 +213,26 @@ def simulate_command(
     )
     instance = with_slo(instance, slo, slo_override)
     clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
-    _run(instance, clusters, engine, json_output, requests_out, timeline_out)
+    record = _provenance(trace, None, clusters, instance, predictor)
+    _run(instance, clusters, engine, json_output, requests_out, timeline_out, record)
+
+
+def _provenance(
+    trace: Path,
+    cluster_file: Path | None,
+    clusters: list[Cluster],
+    instance: Instance,
+    predictor: str | None,
+) -> Provenance:
+    """The run's record: the trace, the cluster file, every pool's profile, the
+    policies (one cluster per ``--policy``) and the predictor's seed."""
+    pools = [pool for cluster in clusters for pool in cluster.pools]
+    return provenance(
+        [("trace", trace), ("cluster", cluster_file),
+         *(("profile", pool.profile.path) for pool in pools)],
+        policies=[" + ".join(p.policy.label for p in c.pools) for c in clusters],
+        seeds={"predictor": predictor_seed(instance, predictor)},
+    )  # fmt: skip
 
 
 def _check_outputs(
@@ -233,8 +256,10 @@ def _run(
     json_output: bool,
     requests_out: Path | None,
     timeline_out: Path | None,
+    record: Provenance,
 ) -> None:
-    """Simulate each cluster; write and print what was asked for."""
+    """Simulate each cluster; write and print what was asked for, each with the
+    run's provenance."""
     for cluster in clusters:  # refuse bad input before the progress bar starts
         check_inputs(instance, cluster)
     results: list[SimulationResult] = []
@@ -252,11 +277,11 @@ def _run(
                 )
             )
     if requests_out is not None:
-        _write_requests(requests_out, results)
+        _write_requests(requests_out, results, record)
     if timeline_out is not None:
-        _write_timeline(timeline_out, results)
+        _write_timeline(timeline_out, results, record)
     if json_output:
-        print_json({"policies": [r.summary() for r in results]})
+        print_json(record.attach({"policies": [r.summary() for r in results]}))
         return
     # one column per policy: metrics read down, policies compare across; SLO
     # attainment where the trace has deadlines
@@ -287,13 +312,16 @@ def _run(
             )
 
 
-def _write_timeline(path: Path, results: list[SimulationResult]) -> None:
+def _write_timeline(
+    path: Path, results: list[SimulationResult], record: Provenance
+) -> None:
     frame = pd.concat([r.timeline() for r in results], ignore_index=True)
-    with atomic_target(path) as temporary:
-        frame.to_parquet(temporary, index=False)
+    write_frame(path, frame, record)
 
 
-def _write_requests(path: Path, results: list[SimulationResult]) -> None:
+def _write_requests(
+    path: Path, results: list[SimulationResult], record: Provenance
+) -> None:
     frame = pd.concat(
         [
             r.requests.rename_axis("request").reset_index().assign(policy=r.policy)
@@ -301,8 +329,4 @@ def _write_requests(path: Path, results: list[SimulationResult]) -> None:
         ],
         ignore_index=True,
     )
-    with atomic_target(path) as temporary:
-        if path.suffix.lower() == ".csv":
-            frame.to_csv(temporary, index=False)
-        else:
-            frame.to_parquet(temporary, index=False)
+    write_frame(path, frame, record)

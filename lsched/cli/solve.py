@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from lsched.atomic import atomic_target, check_output
+from lsched.atomic import check_output
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
     JSON_HELP,
@@ -48,6 +48,7 @@ from lsched.instance import Instance
 from lsched.interrupt import sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.profile import DeploymentProfile
+from lsched.provenance import Provenance, provenance, write_frame
 from lsched.traces import read_trace
 
 #: ``--formulation`` values.
@@ -148,9 +149,14 @@ def solve_command(
 
     instance, _ = read_trace(trace, format, limit=limit)
     profile = deployment_profile(model, overrides, instance)
+    record = provenance(
+        [("trace", trace), ("profile", profile.path)],
+        seeds={"seed": seed},
+        time_limits={"time_limit": time_limit},
+    )
     if formulation == "timed":
         _solve_timed(instance, profile, objective, backend, time_limit, workers, seed,
-                     out, json_output)  # fmt: skip
+                     out, json_output, record)  # fmt: skip
         return
     tau = slot_length_s(instance, profile) if slot_s is None else slot_s
     try:
@@ -194,8 +200,9 @@ def solve_command(
         and math.isclose(replay, result.objective, rel_tol=REPLAY_RTOL, abs_tol=1e-9)
     )
     if out is not None and result.start is not None and agrees:
-        _write_frame(out, _slot_schedule_frame(problem, result.start))
+        write_frame(out, _slot_schedule_frame(problem, result.start), record)
         summary["out"] = str(out)
+    summary = record.attach(summary)
     _report(summary, result, replay, agrees, json_output,
             f"{instance.name} on {profile.name}: {objective}, slot model, {backend} "
             f"({len(problem)} requests)",
@@ -248,6 +255,7 @@ def _solve_timed(
     seed: int,
     out: Path | None,
     json_output: bool,
+    record: Provenance,
 ) -> None:
     """``--formulation timed``: solve, replay in the evaluator, report."""
     _choice(backend, TIMED_BACKENDS, "--backend")
@@ -295,8 +303,9 @@ def _solve_timed(
                 "completion_s": times.completion_s,
             }
         )
-        _write_frame(out, frame)
+        write_frame(out, frame, record)
         summary["out"] = str(out)
+    summary = record.attach(summary)
     _report(summary, result, replay, agrees, json_output,
             f"{instance.name} on {profile.name}: {objective} (s), timed model, "
             f"{backend} ({len(instance)} requests)",
@@ -349,11 +358,3 @@ def _slot_schedule_frame(problem: SlotProblem, start: np.ndarray) -> pd.DataFram
         },
         columns=list(SCHEDULE_COLUMNS),
     )
-
-
-def _write_frame(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_target(path) as temporary:
-        if path.suffix.lower() == ".csv":
-            frame.to_csv(temporary, index=False)
-        else:
-            frame.to_parquet(temporary, index=False)

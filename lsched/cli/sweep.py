@@ -127,7 +127,9 @@ def sweep_command(
         raise
     methods = _method_summary(report.results)
     if json_output:
-        print_json({**report.summary(), "methods": methods})
+        summary = {**report.summary(), "methods": methods}
+        print_json(summary if report.provenance is None else
+                   report.provenance.attach(summary))  # fmt: skip
         return
     print_table(
         f"sweep {config.name}: {report.cases} cases, {report.ran} run now, "

@@ -17,6 +17,7 @@ import typer
 from lsched.atomic import check_output
 from lsched.cli import trace_gen
 from lsched.cli._common import JSON_HELP, MaxLenOpt, print_json, print_table
+from lsched.provenance import provenance
 from lsched.traces import FORMATS, WRITE_FORMATS, read_trace, trace_summary, write_trace
 from lsched.traces.detect import format_from_suffix, normalise_format
 from lsched.traces.io import ReadReport
@@ -100,7 +101,8 @@ def info(
     )
     summary = trace_summary(instance)
     if json_output:
-        print_json({**summary, **report.as_dict()})
+        record = provenance([("trace", path)])
+        print_json(record.attach({**summary, **report.as_dict()}))
         return
     rows = [
         *_counts_rows(report),
@@ -162,14 +164,15 @@ def convert(
         max_model_len=max_model_len,
         drop_failed=drop_failed,
     )
-    write_trace(instance, target, out_format)
+    record = provenance([("trace", source)])
+    write_trace(instance, target, out_format, provenance=record)
     written = {
         "output": str(Path(target)),
         "output_format": out_format,
         **report.as_dict(),
     }
     if json_output:
-        print_json(written)
+        print_json(record.attach(written))
         return
     print_table(
         f"wrote {report.num_requests:,} requests to {target} ({out_format})",

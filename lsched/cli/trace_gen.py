@@ -159,12 +159,14 @@ def gen(
         if exc.field in OPTION_OF and exc.file is None:
             raise InputError(exc.message, field=OPTION_OF[exc.field]) from None
         raise
+    from lsched.provenance import provenance
     from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
 
-    write_trace(instance, out)
+    record = provenance([("source", source)], seeds={"seed": seed})
+    write_trace(instance, out, provenance=record)
     summary = _summary(instance, out)
     if as_json:
-        print_json(summary)
+        print_json(record.attach(summary))
         return
     rows = [
         ("file", summary["file"]),

@@ -10,10 +10,10 @@ Parquet (lossless, atomic).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsched.errors import InputError
 from lsched.instance import Instance
@@ -26,6 +26,9 @@ from lsched.traces.detect import (
 )
 from lsched.traces.formats import SPECS, read_csv_trace, read_jsonl_trace
 from lsched.traces.transform import apply_transforms, check_options
+
+if TYPE_CHECKING:
+    from lsched.provenance import Provenance
 
 Reader = Callable[..., tuple[Instance, int, int]]
 
@@ -160,6 +163,8 @@ def write_trace(
     instance: Instance,
     path: str | os.PathLike[str],
     format: str | None = None,
+    *,
+    provenance: Provenance | Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``instance`` in lsched's native CSV or Parquet, atomically.
 
@@ -171,6 +176,9 @@ def write_trace(
         Destination; written to a temporary file beside it, then renamed.
     format
         ``"csv"`` or ``"parquet"``; from the suffix of ``path`` when ``None``.
+    provenance
+        A record of what made the file (:mod:`lsched.provenance`): in the Parquet
+        schema metadata, or in a sidecar beside the CSV. Reading ignores it.
 
     Raises
     ------
@@ -182,7 +190,12 @@ def write_trace(
         if format is None
         else normalise_format(format, WRITE_FORMATS)
     )
+    from lsched import provenance as records
+
     if name == "csv":
         native.write_csv(instance, path)
+        if provenance is not None:
+            records.write_sidecar(path, provenance)
     else:
-        native.write_parquet(instance, path)
+        extra = None if provenance is None else records.parquet_metadata(provenance)
+        native.write_parquet(instance, path, metadata=extra)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +331,14 @@ def drop_trailing_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
 # -- Parquet ----------------------------------------------------------------------
 
 
-def write_parquet(instance: Instance, path: str | os.PathLike[str]) -> None:
-    """Write ``instance`` as native Parquet, atomically (temp file + rename)."""
+def write_parquet(
+    instance: Instance,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[bytes, bytes] | None = None,
+) -> None:
+    """Write ``instance`` as native Parquet, atomically (temp file + rename);
+    ``metadata``: further schema-metadata entries (not :data:`PARQUET_KEY`)."""
     arrays: dict[str, pa.Array] = {
         name: pa.array(column) for name, column in instance.columns().items()
     }
@@ -343,7 +350,7 @@ def write_parquet(instance: Instance, path: str | os.PathLike[str]) -> None:
         )
     table = pa.table(arrays)
     table = table.replace_schema_metadata(
-        {PARQUET_KEY: _metadata_json(instance).encode("ascii")}
+        {**(metadata or {}), PARQUET_KEY: _metadata_json(instance).encode("ascii")}
     )
     with atomic_target(path) as temporary:
         pq.write_table(table, temporary)
