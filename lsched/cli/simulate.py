@@ -13,6 +13,7 @@ from rich.progress import Progress
 from lsched.atomic import atomic_target, check_output
 from lsched.cli._common import (
     JSON_HELP,
+    MaxLenOpt,
     print_json,
     print_table,
     profile_file,
@@ -50,6 +51,9 @@ TABLE_METRICS: tuple[str, ...] = (
     "kv_utilization",
     "preemptions",
 )
+#: Counts shown in the table where some run has them (every one is in the JSON):
+#: requests rejected, and requests whose output was cut at max_model_len.
+COUNTED: tuple[str, ...] = ("num_rejected", "num_truncated")
 #: Suffixes of ``--requests-out``.
 _TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -99,6 +103,7 @@ def simulate_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    max_model_len: MaxLenOpt = None,
     predictor: Annotated[
         str | None,
         typer.Option(
@@ -177,7 +182,9 @@ def simulate_command(
         _check_outputs(requests_out, timeline_out, inputs)
         if dispatch is not None:
             clusters = [replace(clusters[0], router=parse_router(dispatch))]
-        instance, _ = read_trace(trace, format, limit=limit)
+        instance, _ = read_trace(
+            trace, format, limit=limit, max_model_len=max_model_len
+        )
         if predictor is not None:
             instance = apply_predictor(instance, predictor)
         instance = with_slo(instance, slo, slo_override)
@@ -201,7 +208,7 @@ def simulate_command(
     router = check_dispatch(dispatch or "round-robin", has_assignment=False)
     if replicas is not None and replicas < 1:
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
-    instance, _ = read_trace(trace, format, limit=limit)
+    instance, _ = read_trace(trace, format, limit=limit, max_model_len=max_model_len)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
     profile = deployment_profile(
@@ -261,6 +268,8 @@ def _run(
     # one column per policy: metrics read down, policies compare across; SLO
     # attainment where the trace has deadlines
     shown = TABLE_METRICS
+    # requests rejected at arrival or cut at max_model_len, where a run has some
+    shown += tuple(m for m in COUNTED if any(r.metrics.get(m) for r in results))
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
