@@ -34,6 +34,13 @@ the offline solve, whose models have one colocated replica, is not computed.
 Every bound, solve or policy run not computed is listed in
 :attr:`Comparison.not_computed` with its reason (JSON ``skipped``).
 
+Requests are compared as the evaluator serves them at the deployment's
+``max_model_len`` (:func:`lsched.evaluator.length.served_requests`; a cluster's:
+the smallest over its pools): a prompt over it is left out and an output is cut
+where the engine stops it, before any bound, solve or policy run, so that all of
+them serve the same requests with the same tokens (DESIGN.md, "Rejection"). A
+bound computed on the uncut outputs would not hold for the cut runs.
+
 Gaps are certified: ``(value - bound) / value``, ``>= 0`` by construction of the
 bounds (and checked by the tests). The headline ``best_bound`` holds for every
 schedule compared; the slot model's optimum may exceed it, because preemption can
@@ -54,6 +61,7 @@ import numpy as np
 from lsched.cluster import Cluster, colocated_topology, served_profile
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate, simulate_cluster
+from lsched.evaluator.length import cluster_max_model_len, served_requests
 from lsched.formulations.backends import (
     BACKENDS,
     TIMED_BACKENDS,
@@ -337,6 +345,9 @@ def compare(
         )
     specs = [parse_policy(p) for p in policies]  # fail on a bad name before work
     replicas = profile.replicas if replicas is None else replicas
+    # what the evaluator serves (prompts over max_model_len out, outputs cut):
+    # the bounds, the solve and every policy see the same requests
+    instance = served_requests(instance, profile.max_model_len)
     if instance.predicted_output_tokens is None:
         instance = oracle(instance)
     report = bound_report(
@@ -476,6 +487,7 @@ def compare_cluster(
             num_workers=num_workers, seed=seed, on_progress=on_progress,
             lp_time_limit=lp_time_limit, dispatch=cluster.router.label,
         )  # fmt: skip
+    instance = served_requests(instance, cluster_max_model_len(cluster))
     if instance.predicted_output_tokens is None:
         instance = oracle(instance)
     report = cluster_bound_report(

@@ -71,6 +71,7 @@ COUNT_METRICS: frozenset[str] = frozenset(
     {
         "num_completed",
         "num_rejected",
+        "num_truncated",
         "preemptions",
         "recomputed_tokens",
         "recompute_avoided_tokens",

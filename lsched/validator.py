@@ -61,9 +61,18 @@ rule                        what is checked
 ``max-num-seqs``            members per run ``<= max_num_seqs``
 ``max-num-batched-tokens``  prefill tokens + decode steps ``<= max_num_batched_tokens``
 ``token-conservation``      every request completes exactly once with exactly
-                            ``o_i`` tokens emitted (the chunk that reaches the
-                            target emits one, each decode step one); nothing runs
-                            after completion
+                            ``o_i' = min(o_i, L - s_i + 1)`` tokens emitted (the
+                            chunk that reaches the target emits one, each decode
+                            step one; ``L`` below); nothing runs after completion
+``max-model-len``           with ``L`` the profile's ``max_model_len`` (a
+                            cluster's: the smallest over its pools), a request
+                            with ``s_i > L`` is never served (no run, preemption
+                            or replica: it is rejected at arrival); a request
+                            rejected with a reason that names
+                            ``max_model_len`` has ``s_i > L``; a claimed
+                            ``truncated_tokens`` is ``o_i - o_i'`` (0 for a
+                            rejected request) and a claimed ``num_truncated``
+                            counts the served requests with some
 ``single-replica``          every run and preemption of a request is on one replica
 ``preemption``              only a running request is preempted, at most once per run
 ``request-record``          the claimed per-request records agree (``rtol``)
@@ -143,7 +152,18 @@ is not checked.
 Bookkeeping (per request, in run order): a preemption frees all KV (those
 tokens are *recomputed tokens*) and makes the request wait; a prefill chunk to a
 waiting request admits it with target ``s_i + emitted``; the request completes at
-the end of the iteration that emits token ``o_i`` and frees its KV then.
+the end of the iteration that emits token ``o_i'`` and frees its KV then.
+
+Requests that do not fit (DESIGN.md, "Rejection"; restated from vLLM V0, not
+from :mod:`lsched.evaluator.length`): a prompt of ``s_i > L`` tokens is ignored
+by vLLM V0's scheduler ("Input prompt ... is too long"), so it never runs; a
+served request's sequence stops once it is longer than ``L`` (``StopChecker``:
+``seq.get_len() > max_model_len``), after ``o_i' = min(o_i, L - s_i + 1)``
+tokens. Everything below that says ``o_i`` (token conservation, TPOT,
+throughput, normalised latency, a disaggregated request's move) means ``o_i'``;
+the metrics are over the served requests, a request rejected for length
+counting as a miss for SLO attainment (the attainment over the served requests
+times their share).
 
 Swaps
 -----
@@ -225,7 +245,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -318,6 +338,7 @@ RULES: tuple[str, ...] = (
     "request-record",
     "metric",
     "rejection",
+    "max-model-len",
     "transfer",
     "link",
     "decode-after-transfer",
@@ -447,6 +468,82 @@ class _Collector:
             self.kept.append(Violation(rule, run, request, message))
         else:
             self.extra += 1
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """An instance against ``max_model_len`` (module docstring): ``served`` has
+    the outputs a served request emits (a request too long keeps its own),
+    ``too_long`` marks ``s_i > L``, ``truncated`` the tokens cut."""
+
+    cap: int
+    served: Instance
+    too_long: npt.NDArray[np.bool_]
+    truncated: IntArray
+
+
+def _fit(instance: Instance, cap: int) -> _Fit:
+    prompt, output = instance.prompt_tokens, instance.output_tokens
+    too_long = prompt > cap
+    emits = np.where(too_long, output, np.minimum(output, cap - prompt + 1))
+    served = instance
+    if np.any(emits != output):
+        served = instance.replace(output_tokens=emits)
+    truncated = np.where(too_long, 0, output - emits).astype(np.int64)
+    return _Fit(int(cap), served, too_long, truncated)
+
+
+def _check_fit_records(
+    fit: _Fit,
+    requests: pd.DataFrame | None,
+    metrics: Mapping[str, float] | None,
+    out: _Collector,
+) -> None:
+    """The ``max-model-len`` rule on the claimed records and metrics: no request
+    too long has a replica, a length rejection is of a request too long, and
+    ``truncated_tokens`` and ``num_truncated`` are right (where claimed)."""
+    cap, too_long = fit.cap, fit.too_long
+    prompt = fit.served.prompt_tokens
+    served = np.ones(len(too_long), dtype=bool)
+    if requests is not None and "replica" in requests.columns:
+        replica = requests["replica"].to_numpy()
+        served = replica != -1
+        for i in np.flatnonzero(too_long & served).tolist():
+            out.add(
+                "max-model-len",
+                f"prompt {int(prompt[i])} tokens > max_model_len {cap}, but it "
+                f"is served (replica {replica[i]}); expected it rejected",
+                request=i,
+            )
+    if requests is not None and "rejected" in requests.columns:
+        reason = requests["rejected"].astype(str).to_numpy()
+        named = np.char.find(reason.astype(str), "max_model_len") >= 0
+        for i in np.flatnonzero(named & ~too_long).tolist():
+            out.add(
+                "max-model-len",
+                f"rejected for length ({reason[i]!r}), but its prompt of "
+                f"{int(prompt[i])} tokens fits max_model_len {cap}",
+                request=i,
+            )
+    if requests is not None and "truncated_tokens" in requests.columns:
+        claimed = requests["truncated_tokens"].to_numpy(dtype=np.float64)
+        for i in np.flatnonzero(claimed != fit.truncated).tolist():
+            out.add(
+                "max-model-len",
+                f"truncated_tokens = {float(claimed[i])!r}; with max_model_len "
+                f"{cap} it emits {int(fit.served.output_tokens[i])} of its "
+                f"{int(fit.truncated[i] + fit.served.output_tokens[i])} tokens, so "
+                f"{int(fit.truncated[i])} are cut",
+                request=i,
+            )
+    if metrics is not None and "num_truncated" in metrics:
+        count = int(np.count_nonzero(fit.truncated[served & ~too_long]))
+        if float(metrics["num_truncated"]) != count:
+            out.add(
+                "max-model-len",
+                f"num_truncated = {metrics['num_truncated']!r}; {count} served "
+                f"request(s) are cut at max_model_len {cap}",
+            )
 
 
 def _frozen(array: npt.ArrayLike, dtype: Any = np.float64) -> np.ndarray:
@@ -1207,11 +1304,23 @@ def validate_schedule(
         Every violation found (the first :data:`MAX_VIOLATIONS`, and a count of
         the rest), the recomputed metrics and per-request times.
     """
-    report, _, _ = _validate_log(instance, profile, runs, members, preemptions,
+    fit = _fit(instance, profile.max_model_len)
+    report, _, _ = _validate_log(fit.served, profile, runs, members, preemptions,
                                  replicas=replicas, requests=requests,
                                  metrics=metrics, rtol=rtol, swaps=swaps,
-                                 swap_mode=swap_mode)  # fmt: skip
-    return report
+                                 swap_mode=swap_mode,
+                                 too_long=fit.too_long)  # fmt: skip
+    if report.requests is None:  # a log that failed the schema rule
+        return report
+    out = _Collector()
+    _check_fit_records(fit, requests, metrics, out)
+    if not out.kept:
+        return report
+    return replace(
+        report,
+        violations=report.violations + tuple(out.kept),
+        suppressed=report.suppressed + out.extra,
+    )
 
 
 @dataclass(frozen=True)
@@ -1247,11 +1356,14 @@ def _validate_log(
     swaps: pd.DataFrame | None = None,
     swap_mode: str = "blocking",
     swap_totals: bool = True,
+    too_long: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
     KV included). ``swap_totals``: compare the swap metrics with ``metrics``
-    (a cluster compares its totals itself)."""
+    (a cluster compares its totals itself). ``instance`` has the outputs a
+    served request emits (:func:`_fit`); ``too_long``: the requests that must
+    not run (prompt over ``max_model_len``), left out of the metrics."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
@@ -1388,19 +1500,33 @@ def _validate_log(
     kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
     kv_token_seconds += pinned_token_seconds
 
-    # token conservation for requests never completed
+    # token conservation for requests never completed; a prompt over
+    # max_model_len must not run at all
     output = instance.output_tokens
-    for i in np.flatnonzero(np.isnan(done)).tolist():
+    barred = np.zeros(n, dtype=bool) if too_long is None else too_long
+    ran = np.zeros(n, dtype=bool)
+    ran[m_req[(m_req >= 0) & (m_req < n)]] = True
+    ran[p_req[(p_req >= 0) & (p_req < n)]] = True
+    for i in np.flatnonzero(barred & ran).tolist():
+        out.add(
+            "max-model-len",
+            f"prompt {int(instance.prompt_tokens[i])} tokens > max_model_len "
+            f"{profile.max_model_len}, but it runs; expected it rejected at arrival",
+            request=i,
+        )
+    for i in np.flatnonzero(np.isnan(done) & ~barred).tolist():
         out.add(
             "token-conservation",
             f"emits {replay.emitted[i]} of its {output[i]} tokens and never completes",
             request=i,
         )
 
+    keep = ~barred if not barred.all() else np.ones(n, dtype=bool)
+    share = float((~barred).mean())
     own = _metrics(
-        instance,
-        first,
-        done,
+        instance if keep.all() else instance.subset(keep),
+        first[keep],
+        done[keep],
         busy_s=float(duration.sum()),
         kv_token_seconds=kv_token_seconds,
         capacity_tokens=profile.kv_capacity_tokens,
@@ -1408,6 +1534,9 @@ def _validate_log(
         preemptions=int(replay.preemptions.sum()),
         recomputed=int(replay.recomputed.sum()),
     )
+    if share < 1:  # a request rejected for length is a miss
+        for key in ("slo_attainment", "slo_attainment_ttft", "slo_attainment_tpot"):
+            own[key] *= share
     records = pd.DataFrame(
         {
             "replica": replay.replica,
@@ -2194,8 +2323,10 @@ def validate_cluster(
         the pools' (``metrics[f"{pool}.{key}"]``); per-request times in instance
         order.
     """
+    fit = _fit(instance, min(int(p.profile.max_model_len) for p in cluster.pools))
     if any(pool.role != "colocated" for pool in cluster.pools):
-        return _validate_disaggregated(instance, cluster, result, rtol)
+        return _validate_disaggregated(fit, cluster, result, rtol)
+    instance = fit.served  # the outputs a served request emits
     out = _Collector()
     n = len(instance)
     requests = result.requests
@@ -2204,6 +2335,7 @@ def validate_cluster(
     done = np.full(n, np.nan)
     metrics: dict[str, float] = {}
     _check_rejections(requests, result, out)
+    _check_fit_records(fit, requests, result.metrics, out)
     swaps = _cluster_swaps(result, out)
     totals = None if swaps is None else dict.fromkeys(SWAP_METRICS, 0.0)
     start = 0
@@ -2354,7 +2486,7 @@ def _pool_log(
 
 
 def _validate_disaggregated(
-    instance: Instance, cluster: Any, result: Any, rtol: float
+    fit: _Fit, cluster: Any, result: Any, rtol: float
 ) -> ValidationReport:
     """:func:`validate_cluster` for a cluster with prefill and decode pools.
 
@@ -2366,7 +2498,9 @@ def _validate_disaggregated(
     together and compared with the claimed ones; the transfers are checked
     against their links; each pool's metrics are recomputed as the records
     define them (over the requests it served, with their end-to-end times).
+    Every request counts the outputs it emits within ``max_model_len`` (``fit``).
     """
+    instance = fit.served
     out = _Collector()
     n = len(instance)
     nan = np.full(n, np.nan)
@@ -2379,6 +2513,7 @@ def _validate_disaggregated(
             tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
         )
     _check_rejections(requests, result, out)
+    _check_fit_records(fit, requests, result.metrics, out)
     swaps = _cluster_swaps(result, out)
     totals = None if swaps is None else dict.fromkeys(SWAP_METRICS, 0.0)
     claimed = {c: requests[c].to_numpy() for c in (*REQUEST_COLUMNS, *STAGE_COLUMNS)}

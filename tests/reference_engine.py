@@ -22,6 +22,18 @@ docstrings of :mod:`lsched.tiers`, :mod:`lsched.policies.base` and the "Swaps"
 section of :mod:`lsched.evaluator.engine` (the comment above :class:`_Replica`),
 with its own host-block arithmetic and its own copy links (nothing from
 :mod:`lsched.tiers` but the :class:`~lsched.tiers.HostTier` data of the profile).
+
+Requests that do not fit ``max_model_len`` (``L``: the profile's, or on a cluster
+the smallest over its pools), restated from DESIGN.md ("Rejection") and vLLM V0
+rather than from :mod:`lsched.evaluator.length`: a request whose prompt has
+``s_i > L`` tokens is rejected at arrival (``Scheduler._schedule_prefills``
+ignores a prompt over its limit) and never reaches a replica; a served request
+stops in the iteration where it emits a token that brings its sequence (prompt
+plus the tokens emitted so far) past ``L`` (``StopChecker``: ``seq.get_len() >
+max_model_len``), checked in the iteration loop like its own last token, with
+nothing computed in advance. A prediction shown to a policy is capped at the
+tokens the request can emit, ``L - s_i + 1`` (a predictor knows the engine's
+cap), and a peak KV checked before the run is ``min(s_i + o_i - 1, L)``.
 """
 
 from __future__ import annotations
@@ -110,6 +122,10 @@ class NaiveResult:
     async_waits
         Decisions, all replicas together, taken while an asynchronous copy was in
         flight (its request in no list, its GPU blocks pinned).
+    emitted_tokens
+        Tokens each request emitted (0 for a rejected one).
+    rejected
+        Per request, why it was rejected ("" if served; replica -1).
     """
 
     replica: IntArray
@@ -132,6 +148,8 @@ class NaiveResult:
     recompute_avoided_tokens: int = 0
     max_host_blocks_seen: IntArray | None = None
     async_waits: int = 0
+    emitted_tokens: IntArray | None = None
+    rejected: tuple[str, ...] | None = None
 
 
 def _blocks(tokens: int, block_tokens: int) -> int:
@@ -157,17 +175,61 @@ def _ids(values: npt.ArrayLike, what: str) -> list[int]:
     return [int(v) for v in array]
 
 
-def check_peaks(instance: Instance, profile: DeploymentProfile) -> None:
-    """Raise InputError for the first request whose peak KV can never fit.
+def _length_capped(prompt: int, emitted: int, max_model_len: int) -> bool:
+    """vLLM V0's ``StopChecker``: a sequence of ``prompt + emitted`` tokens is
+    finished (``FINISHED_LENGTH_CAPPED``) once it is longer than
+    ``max_model_len``."""
+    return prompt + emitted > max_model_len
+
+
+def _moves(prompt: int, output: int, max_model_len: int) -> bool:
+    """Whether a request prefilled on a prefill replica goes on to a decode
+    replica: it has tokens to emit after token 1, and token 1 did not stop it at
+    ``max_model_len``."""
+    return output > 1 and not _length_capped(prompt, 1, max_model_len)
+
+
+def _peak(prompt: int, output: int, max_model_len: int) -> int:
+    """A served request's peak KV: ``s_i + o_i - 1``, or ``L`` where it stops at
+    ``L + 1`` tokens (its last token's KV is never written)."""
+    return min(prompt + output - 1, max_model_len)
+
+
+def _rejection(prompt: int, max_model_len: int) -> str:
+    """The reason a prompt over ``max_model_len`` is rejected (empty: it fits)."""
+    if prompt <= max_model_len:
+        return ""
+    return f"prompt {prompt} tokens > max_model_len {max_model_len}"
+
+
+def _predictions(
+    instance: Instance, rows: list[int], max_model_len: int
+) -> list[int] | None:
+    """The predictions of ``rows`` a policy sees: at most ``L - s_i + 1``."""
+    pred = instance.predicted_output_tokens
+    if pred is None:
+        return None
+    return [
+        min(int(pred[i]), max_model_len - int(instance.prompt_tokens[i]) + 1)
+        for i in rows
+    ]
+
+
+def check_peaks(
+    instance: Instance, profile: DeploymentProfile, rows: list[int] | None = None
+) -> None:
+    """Raise InputError for the first request (of ``rows``) whose peak KV can
+    never fit.
 
     A request's KV peaks at ``s_i + o_i - 1`` tokens (the decode step that emits
-    its last token); if those blocks exceed the replica's blocks, no schedule can
-    finish it, whatever the policy.
+    its last token), at most ``max_model_len``; if those blocks exceed the
+    replica's blocks, no schedule can finish it, whatever the policy.
     """
     b = profile.block_tokens
     capacity = profile.kv_capacity_blocks
-    peaks = instance.prompt_tokens + instance.output_tokens - 1
-    for i, peak in enumerate(peaks.tolist()):
+    prompts, outputs = instance.prompt_tokens, instance.output_tokens
+    for i in range(len(instance)) if rows is None else rows:
+        peak = _peak(int(prompts[i]), int(outputs[i]), profile.max_model_len)
         if _blocks(peak, b) > capacity:
             raise InputError(
                 f"request {i} needs {peak} KV tokens ({_blocks(peak, b)} blocks of "
@@ -221,10 +283,15 @@ class _Replica:
         instance: Instance,
         profile: DeploymentProfile,
         policy: Policy,
+        max_model_len: int | None = None,
     ) -> None:
         self.rows = rows
         self.profile = profile
         self.policy = policy
+        #: L: a request stops once its sequence is longer (_length_capped)
+        self.max_model_len = (
+            profile.max_model_len if max_model_len is None else max_model_len
+        )
         self.limits = ReplicaLimits(
             kv_capacity_blocks=profile.kv_capacity_blocks,
             block_tokens=profile.block_tokens,
@@ -235,8 +302,8 @@ class _Replica:
         self.arrival = [float(instance.arrival_s[i]) for i in rows]
         self.prompt = [int(instance.prompt_tokens[i]) for i in rows]
         self.output = [int(instance.output_tokens[i]) for i in rows]
-        pred = instance.predicted_output_tokens
-        self.predicted = None if pred is None else _frozen(pred[rows].tolist(), int)
+        pred = _predictions(instance, rows, self.max_model_len)
+        self.predicted = None if pred is None else _frozen(pred, int)
         prio = instance.priority
         self.priority = None if prio is None else _frozen(prio[rows].tolist(), int)
         tenant = instance.tenant
@@ -620,7 +687,9 @@ class _Replica:
             self.emitted[r] += 1
             if self.emitted[r] == 1:
                 self.first_token_s[r] = end
-            if self.emitted[r] == self.output[r]:
+            if self.emitted[r] == self.output[r] or _length_capped(
+                self.prompt[r], self.emitted[r], self.max_model_len
+            ):
                 self.status[r] = _DONE
                 self.running.remove(r)
                 self.processed[r] = 0
@@ -700,7 +769,14 @@ def simulate_naive(
         if np.any((where < 0) | (where >= c)):
             raise InputError(f"expected replica ids in 0..{c - 1}", field="assignment")
         where = where.astype(np.int64)
-    check_peaks(instance, profile)
+    # a prompt over max_model_len is rejected at arrival: it reaches no replica
+    # (the others keep the replica the dealing gave them)
+    cap = profile.max_model_len
+    rejected = tuple(_rejection(int(s), cap) for s in instance.prompt_tokens)
+    where = np.where([bool(r) for r in rejected], -1, where).astype(np.int64)
+    if all(rejected):
+        raise InputError("every prompt is over max_model_len", field="max_model_len")
+    check_peaks(instance, profile, np.flatnonzero(where >= 0).tolist())
 
     admitted = np.full(n, np.nan)
     first = np.full(n, np.nan)
@@ -713,6 +789,7 @@ def simulate_naive(
     iterations, busy_s, kv_token_seconds = 0, 0.0, 0.0
     swap_outs = np.zeros(n, dtype=np.int64)
     swap_ins = np.zeros(n, dtype=np.int64)
+    emitted = np.zeros(n, dtype=np.int64)
     max_host = np.zeros(c, dtype=np.int64)
     swap_out_bytes = swap_in_bytes = swap_stall_s = 0.0
     avoided = async_waits = 0
@@ -736,6 +813,7 @@ def simulate_naive(
         max_decode[k] = replica.max_decode
         swap_outs[rows] = replica.swap_outs
         swap_ins[rows] = replica.swap_ins
+        emitted[rows] = replica.emitted
         bytes_per_token = replica.kv_bytes_per_token
         swap_out_bytes += replica.out_tokens * bytes_per_token
         swap_in_bytes += replica.in_tokens * bytes_per_token
@@ -764,6 +842,8 @@ def simulate_naive(
         recompute_avoided_tokens=avoided,
         max_host_blocks_seen=max_host,
         async_waits=async_waits,
+        emitted_tokens=emitted,
+        rejected=rejected,
     )
 
 
@@ -773,8 +853,10 @@ def simulate_naive(
 # its code), one iteration at a time and with one global clock:
 #
 # - a request arrives at a_i and is routed to a prefill or colocated replica (or
-#   rejected when its peak KV s_i + o_i - 1 fits no decode replica); a prefill
-#   replica serves it as a one-token request;
+#   rejected when its prompt is over L, the smallest max_model_len of the pools,
+#   or when its peak KV min(s_i + o_i - 1, L) fits no decode replica); a prefill
+#   replica serves it as a one-token request; every replica stops a request once
+#   prompt + emitted > L (so one with s_i = L completes on its prefill replica);
 # - at the end f_i of the iteration that finishes its prefill (o_i >= 2) the decode
 #   router picks a decode replica d and its KV, s_i * kv_bytes_per_token bytes of
 #   the prefill profile, goes over the link of the two pools: fifo (start at
@@ -852,6 +934,8 @@ class NaiveDisaggResult:
     that fit, ``max_num_seqs`` running), ``pull_stopped_by`` how often each pull
     rule (``threshold``, ``blocks``, ``slots``: (a)-(c)) stopped a pulling
     replica with requests to take: all for the tests' coverage counts.
+    ``emitted_tokens``: the tokens each request emitted where it completed (0
+    if rejected).
     """
 
     replica: IntArray
@@ -869,6 +953,7 @@ class NaiveDisaggResult:
     iterations: int
     busy_s: float
     taken_s: FloatArray
+    emitted_tokens: IntArray
     seatless_drops: int
     pull_stopped_by: dict[str, int]
 
@@ -878,7 +963,8 @@ class _Stage(_Replica):
     :func:`simulate_naive_cluster` (local ids in the order requests reach it)."""
 
     def __init__(self, index: int, pool: Any, instance: Instance,
-                 tenants: tuple[str, ...] | None) -> None:  # fmt: skip
+                 tenants: tuple[str, ...] | None,
+                 max_model_len: int) -> None:  # fmt: skip
         profile = pool.profile
         limits = ReplicaLimits(
             kv_capacity_blocks=profile.kv_capacity_blocks,
@@ -892,7 +978,7 @@ class _Stage(_Replica):
             policy = spec.make(PolicyContext(index, pool.name, limits, tenants))
         else:
             policy = spec.make()
-        super().__init__([], instance, profile, policy)
+        super().__init__([], instance, profile, policy, max_model_len)
         self.index = index
         self.role: str = pool.role
         self.pool: str = pool.name
@@ -919,6 +1005,15 @@ class _Stage(_Replica):
 
     def pinned_blocks(self) -> int:
         return sum(self.pins.values()) + sum(self.reserved.values())
+
+    def moves(self, i: int) -> bool:
+        """Whether request ``i``, prefilled here, goes on to a decode replica."""
+        instance = self.instance
+        return _moves(
+            int(instance.prompt_tokens[i]),
+            int(instance.output_tokens[i]),
+            self.max_model_len,
+        )
 
     def idle_at(self, t: float) -> bool:
         """No iteration in flight at ``t`` and no decision due by ``t`` (within
@@ -967,11 +1062,8 @@ class _Stage(_Replica):
                 max_model_len=limits.max_model_len,
             )
         instance, rows = self.instance, self.rows
-        pred, prio, tenant = (
-            instance.predicted_output_tokens,
-            instance.priority,
-            instance.tenant,
-        )
+        pred = _predictions(instance, rows, self.max_model_len)
+        prio, tenant = instance.priority, instance.tenant
         return ReplicaView(
             now_s=t,
             iteration=self.iterations,
@@ -980,7 +1072,7 @@ class _Stage(_Replica):
             waiting=_frozen(waiting, int),
             arrival_s=_frozen(self.arrival, float),
             prompt_tokens=_frozen(self.prompt, int),
-            predicted_output_tokens=None if pred is None else _frozen(pred[rows], int),
+            predicted_output_tokens=None if pred is None else _frozen(pred, int),
             emitted_tokens=_frozen(self.emitted, int),
             processed_tokens=_frozen(self.processed, int),
             prefill_target_tokens=_frozen(self.target, int),
@@ -1097,7 +1189,7 @@ class _Stage(_Replica):
         for r in done:
             self.finished_at.append(end)
             i = self.rows[r]
-            if self.role == "prefill" and self.instance.output_tokens[i] > 1:
+            if self.role == "prefill" and self.moves(i):
                 self.pins[i] = _blocks(self.prompt[r], b)  # until its transfer ends
         return done
 
@@ -1148,10 +1240,13 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     tenants = None
     if instance.tenant is not None:
         tenants = tuple(str(t) for t in np.unique(instance.tenant))
+    cap = min(pool.profile.max_model_len for pool in cluster.pools)
+    if all(int(s) > cap for s in instance.prompt_tokens):
+        raise InputError("every prompt is over max_model_len", field="max_model_len")
     stages: list[_Stage] = []
     for pool in cluster.pools:
         for _ in range(pool.replicas):
-            stages.append(_Stage(len(stages), pool, instance, tenants))
+            stages.append(_Stage(len(stages), pool, instance, tenants, cap))
     entry = [x for x in stages if x.role in ("prefill", "colocated")]
     decode = [x for x in stages if x.role == "decode"]
     arrival = [float(a) for a in instance.arrival_s]
@@ -1182,8 +1277,11 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
 
     def arrive(i: int) -> None:
         t = arrival[i]
-        peak = prompt[i] + output[i] - 1
-        if output[i] > 1 and not any(fits(d, peak) for d in decode):
+        rejected[i] = _rejection(prompt[i], cap)
+        if rejected[i]:
+            return
+        peak = _peak(prompt[i], output[i], cap)
+        if _moves(prompt[i], output[i], cap) and not any(fits(d, peak) for d in decode):
             rejected[i] = f"peak KV {peak} tokens fits no decode replica"
             return
         x = choose(cluster.router, entry, i, t)
@@ -1209,7 +1307,7 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
 
     def prefilled(t: float, x: _Stage, i: int) -> None:
         d = choose(cluster.decode_router, decode, i, t)
-        peak = prompt[i] + output[i] - 1
+        peak = _peak(prompt[i], output[i], cap)
         if not fits(d, peak):
             raise InputError(
                 f"the decode router sent request {i} to replica {d.index}, where "
@@ -1295,7 +1393,7 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             send(t, i, sources[i], x)
         for r in done:
             i = x.rows[r]
-            if x.role == "prefill" and output[i] > 1:
+            if x.role == "prefill" and x.moves(i):
                 push(x.completion_s[r], _PREFILLED, (x, i))
     for x in stages:
         if x.queue:
@@ -1316,16 +1414,19 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     decode_admitted = [math.nan] * n
     preemptions = [0] * n
     recomputed = [0] * n
+    emitted = [0] * n
     for x in stages:
         for r, i in enumerate(x.rows):
             if x.role == "decode":
                 decode_admitted[i] = x.admitted_s[r]
                 completion[i] = x.completion_s[r]
+                emitted[i] = x.emitted[r]
             else:
                 admitted[i] = x.admitted_s[r]
                 first[i] = x.first_token_s[r]
-                if x.role == "colocated" or output[i] == 1:
+                if x.role == "colocated" or not x.moves(i):
                     completion[i] = x.completion_s[r]
+                    emitted[i] = x.emitted[r]
             preemptions[i] += x.preemptions[r]
             recomputed[i] += x.recomputed[r]
     return NaiveDisaggResult(
@@ -1344,6 +1445,7 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         iterations=sum(x.iterations for x in stages),
         busy_s=sum(x.busy_s for x in stages),
         taken_s=_frozen(taken_s, np.float64),
+        emitted_tokens=_frozen(emitted, np.int64),
         seatless_drops=sum(x.seatless_drops for x in stages),
         pull_stopped_by={
             rule: sum(x.stopped_by[rule] for x in stages)

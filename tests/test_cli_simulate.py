@@ -150,3 +150,91 @@ def test_json_counts_are_integers(capsys: pytest.CaptureFixture[str]) -> None:
     assert seen >= 15
     assert entry["metrics"]["preemptions"] > 0  # the counts are not all trivial
     assert type(entry["metrics"]["makespan_s"]) is float  # other metrics stay floats
+
+
+AZURE = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
+
+
+@pytest.mark.skipif(not AZURE.is_file(), reason=f"real trace not found at {AZURE}")
+def test_azure_trace_on_whole_prompt_policies_rejects_and_cuts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Prompts up to 7,437 tokens against max_model_len 4,096: vllm-v0 and orca
+    (whole-prompt prefills within a 4,096-token budget) once stalled at the end
+    of the run; now the long prompts are rejected at arrival and the outputs that
+    run past 4,096 tokens cut, and both policies serve the rest."""
+    limit = 300
+    out_file = tmp_path / "requests.csv"
+    args = [
+        "simulate",
+        str(AZURE),
+        "--model",
+        "llama2-70b-a100-tp4",
+        "-p",
+        "vllm-v0",
+        "-p",
+        "orca",
+        "--limit",
+        str(limit),
+    ]
+    code, out, err = run([*args, "--json", "--requests-out", str(out_file)], capsys)
+    assert code == 0, err
+    instance, _ = read_trace(AZURE, limit=limit)
+    cap = load_profile("llama2-70b-a100-tp4").max_model_len
+    s, o = instance.prompt_tokens, instance.output_tokens
+    too_long = s > cap
+    cut = (~too_long) & (o > cap - s + 1)  # vLLM V0 stops at s + o > cap
+    assert too_long.sum() > 0 and cut.sum() > 0  # the prefix has both
+    report = json.loads(out)
+    for entry in report["policies"]:
+        metrics = entry["metrics"]
+        assert metrics["num_rejected"] == too_long.sum()
+        assert metrics["num_truncated"] == cut.sum()
+        assert metrics["num_completed"] == limit - too_long.sum()
+    records = pd.read_csv(out_file, keep_default_na=False)
+    for _, rows in records.groupby("policy"):
+        assert (rows["replica"].to_numpy() == -1).tolist() == too_long.tolist()
+        expected = (o - (cap - s + 1)).clip(min=0) * ~too_long
+        assert rows["truncated_tokens"].tolist() == expected.tolist()
+    # the table shows both counts, which the run has
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    for name, count in (("num_rejected", too_long.sum()), ("num_truncated", cut.sum())):
+        row = next(line for line in out.splitlines() if name in line)
+        assert row.count(str(count)) == 2  # one column per policy
+
+
+def test_the_table_leaves_out_counts_that_are_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(["simulate", str(DEFAULT), "--model", "unit-slot"], capsys)
+    assert code == 0, err
+    assert "num_rejected" not in out and "num_truncated" not in out
+
+
+@pytest.mark.skipif(not AZURE.is_file(), reason=f"real trace not found at {AZURE}")
+def test_max_model_len_clips_the_trace_before_the_replay(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--max-model-len`` clips the trace as it is read (prompt + output within
+    it): nothing is left for the replay to reject or cut."""
+    code, out, err = run(
+        [
+            "simulate",
+            str(AZURE),
+            "--model",
+            "llama2-70b-a100-tp4",
+            "-p",
+            "orca",
+            "--limit",
+            "100",
+            "--max-model-len",
+            "4096",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    metrics = json.loads(out)["policies"][0]["metrics"]
+    assert metrics["num_rejected"] == metrics["num_truncated"] == 0
+    assert metrics["num_completed"] == 100

@@ -74,7 +74,9 @@ def _total(result: Any, instance: Instance) -> float:
 def azure() -> Instance:
     if not AZURE.exists():
         pytest.skip(f"real trace {AZURE} not present (../shared/traces)")
-    instance, _ = read_trace(AZURE)
+    # cut to the profile's context, so that the evaluator serves every request
+    # whole (improve refuses what it would reject or cut)
+    instance, _ = read_trace(AZURE, max_model_len=LLAMA.max_model_len)
     return instance
 
 

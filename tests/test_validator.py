@@ -668,5 +668,158 @@ def test_engine_log_azure_trace() -> None:
     profile = load_profile("llama2-70b-a100-tp4")
     result, report = engine_report(instance, profile, "fcfs", 1)
     report.raise_if_invalid()
-    assert report.metrics["num_completed"] == 300
+    # the prompts over max_model_len (4,096) are rejected at arrival
+    fits = int((instance.prompt_tokens <= profile.max_model_len).sum())
+    assert 0 < fits < 300
+    rejected = result.metrics["num_rejected"]
+    assert report.metrics["num_completed"] == fits == 300 - rejected
     assert result.iterations > len(result.runs)  # held decode runs were expanded
+
+
+# -- case L: max_model_len ----------------------------------------------------------
+#
+# unit slots, capacity 8, max_model_len L = 5 (vLLM V0: a prompt over L is never
+# scheduled; a sequence stops once longer than L, after min(o, L - s + 1) tokens).
+# r0: a=0, s=2, o=5 -> emits min(5, 5 - 2 + 1) = 4 tokens, 1 cut;
+# r1: a=0, s=6, o=1 -> 6 > 5: rejected at arrival, never runs.
+#   run 0 [0,1)  prefill r0 c=2 -> token 1, KV 2
+#   run 1 [1,4)  decode r0, 3 iterations (2->3->4->5) -> tokens 2, 3, 4: done at 4
+#                (its KV peaks at 5 = L tokens)
+
+
+def case_l_instance() -> Instance:
+    return Instance([0.0, 0.0], [2, 6], [5, 1])
+
+
+def case_l() -> Log:
+    return Log(
+        runs=[
+            (0, 0.0, 1.0, 1, 2, 4, 0, 0, 1, 2),
+            (0, 1.0, 4.0, 3, 0, 0, 1, 3, 0, 3),
+        ],
+        members=[(0, 0, "prefill", 2, 0), (1, 0, "decode", 1, 2)],
+    )
+
+
+def case_l_records(**changes: list[Any]) -> pd.DataFrame:
+    """The records the evaluator writes for case L."""
+    records = pd.DataFrame(
+        {
+            "replica": [0, -1],
+            "admitted_s": [0.0, math.nan],
+            "first_token_s": [1.0, math.nan],
+            "completion_s": [4.0, math.nan],
+            "preemptions": [0, 0],
+            "recomputed_tokens": [0, 0],
+            "rejected": ["", "prompt 6 tokens > max_model_len 5"],
+            "truncated_tokens": [1, 0],
+        }
+    )
+    for column, values in changes.items():
+        records[column] = values
+    return records
+
+
+def case_l_metrics(**changes: float) -> dict[str, float]:
+    """Case L's metrics as the evaluator claims them (its counts included)."""
+    own = case_l().validate(case_l_instance(), unit(8, max_model_len=5)).metrics
+    return own | {"num_truncated": 1.0, "num_rejected": 1.0} | changes
+
+
+def test_case_l_is_valid_with_the_cut_output() -> None:
+    profile = unit(8, max_model_len=5)
+    report = case_l().validate(
+        case_l_instance(),
+        profile,
+        requests=case_l_records(),
+        metrics=case_l_metrics(),
+    )
+    report.raise_if_invalid()
+    m = report.metrics
+    # over the served request only: 4 tokens emitted in 4 s
+    assert m["num_completed"] == 1
+    assert m["throughput_tok_s"] == 1.0
+    assert m["tpot_mean_s"] == 1.0  # (4 - 1) / (4 - 1)
+    assert report.completion_s.tolist()[0] == 4.0
+    # the same log where L does not bind: r0 must emit its 5 tokens, r1 must run
+    wide = case_l().validate(case_l_instance(), unit(8))
+    assert rules_of(wide) == {"token-conservation"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rule"),
+    [
+        # r0 decodes past L: a fourth decode step emits a fifth token
+        (lambda log: log.with_run(1, iterations=4, end_s=5.0), "token-conservation"),
+        # r0 stops one token early
+        (lambda log: log.with_run(1, iterations=2, end_s=3.0), "token-conservation"),
+    ],
+)
+def test_case_l_mutations(mutate: Any, rule: str) -> None:
+    report = mutate(case_l()).validate(case_l_instance(), unit(8, max_model_len=5))
+    assert rule in rules_of(report), report.violations
+
+
+def test_case_l_a_prompt_over_l_that_runs() -> None:
+    """r1 (prompt 6 > L = 5) prefilled at [4, 5): it is served, which it must
+    not be."""
+    log = case_l()
+    log.runs.loc[2] = (0, 4.0, 5.0, 1, 6, 36, 0, 0, 1, 6)
+    log.members.loc[2] = (2, 1, "prefill", 6, 0)
+    report = log.validate(case_l_instance(), unit(8, max_model_len=5))
+    assert rules_of(report) == {"max-model-len"}
+    assert "prompt 6 tokens > max_model_len 5" in str(report.violations[0])
+
+
+@pytest.mark.parametrize(
+    ("records", "metrics"),
+    [
+        (case_l_records(truncated_tokens=[0, 0]), {}),  # the cut token unclaimed
+        (case_l_records(truncated_tokens=[1, 4]), {}),  # a rejected one cut
+        (case_l_records(), case_l_metrics(num_truncated=0.0)),
+        # r0 (prompt 2) said rejected for length: it fits
+        (case_l_records(rejected=["prompt 2 tokens > max_model_len 5", ""]), {}),
+    ],
+)
+def test_case_l_wrong_claims(records: pd.DataFrame, metrics: dict[str, float]) -> None:
+    report = case_l().validate(
+        case_l_instance(),
+        unit(8, max_model_len=5),
+        requests=records,
+        metrics=metrics or None,
+    )
+    assert rules_of(report) == {"max-model-len"}, report.violations
+
+
+def test_cluster_records_of_a_length_rejection_are_checked() -> None:
+    """On an evaluator run (two replicas, L = 5): a request too long claimed as
+    served, and one that fits claimed as rejected for length, are caught."""
+    from dataclasses import replace
+
+    from lsched.cluster import Cluster
+    from lsched.evaluator import simulate_cluster
+    from lsched.policies import parse_policy
+    from lsched.routers import parse_router
+    from lsched.validator import validate_cluster
+
+    profile = unit(16, max_model_len=5)
+    instance = Instance([0.0, 0.0, 1.0], [2, 6, 3], [5, 1, 4])
+    cluster = Cluster.colocated(
+        profile, parse_policy("fcfs"), 2, parse_router("round-robin")
+    )
+    result = simulate_cluster(instance, cluster, log=True)
+    assert result.requests["rejected"].tolist()[1].endswith("max_model_len 5")
+    assert result.requests["truncated_tokens"].tolist() == [1, 0, 1]
+    validate_cluster(instance, cluster, result).raise_if_invalid()
+    served = result.requests.copy()
+    served.loc[1, ["replica", "rejected"]] = [1, ""]  # s = 6 > 5 but served
+    report = validate_cluster(instance, cluster, replace(result, requests=served))
+    assert "max-model-len" in rules_of(report)
+    fits = result.requests.copy()
+    fits.loc[2, "rejected"] = "prompt 3 tokens > max_model_len 5"
+    report = validate_cluster(instance, cluster, replace(result, requests=fits))
+    assert "max-model-len" in rules_of(report)
+    cut = result.requests.copy()
+    cut.loc[2, "truncated_tokens"] = 0
+    report = validate_cluster(instance, cluster, replace(result, requests=cut))
+    assert rules_of(report) == {"max-model-len"}

@@ -13,6 +13,7 @@ from rich.progress import Progress
 from lsched.atomic import check_output
 from lsched.cli._common import (
     JSON_HELP,
+    MaxLenOpt,
     predictor_seed,
     print_json,
     print_table,
@@ -52,6 +53,9 @@ TABLE_METRICS: tuple[str, ...] = (
     "kv_utilization",
     "preemptions",
 )
+#: Counts shown in the table where some run has them (every one is in the JSON):
+#: requests rejected, and requests whose output was cut at max_model_len.
+COUNTED: tuple[str, ...] = ("num_rejected", "num_truncated")
 #: Suffixes of ``--requests-out``.
 _TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -101,6 +105,7 @@ def simulate_command(
         str | None, typer.Option("--format", "-f", help="Trace format.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    max_model_len: MaxLenOpt = None,
     predictor: Annotated[
         str | None,
         typer.Option(
@@ -179,7 +184,9 @@ def simulate_command(
         _check_outputs(requests_out, timeline_out, inputs)
         if dispatch is not None:
             clusters = [replace(clusters[0], router=parse_router(dispatch))]
-        instance, _ = read_trace(trace, format, limit=limit)
+        instance, _ = read_trace(
+            trace, format, limit=limit, max_model_len=max_model_len
+        )
         if predictor is not None:
             instance = apply_predictor(instance, predictor)
         instance = with_slo(instance, slo, slo_override)
@@ -205,7 +212,7 @@ def simulate_command(
     router = check_dispatch(dispatch or "round-robin", has_assignment=False)
     if replicas is not None and replicas < 1:
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
-    instance, _ = read_trace(trace, format, limit=limit)
+    instance, _ = read_trace(trace, format, limit=limit, max_model_len=max_model_len)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
     profile = deployment_profile(
@@ -286,6 +293,8 @@ def _run(
     # one column per policy: metrics read down, policies compare across; SLO
     # attainment where the trace has deadlines
     shown = TABLE_METRICS
+    # requests rejected at arrival or cut at max_model_len, where a run has some
+    shown += tuple(m for m in COUNTED if any(r.metrics.get(m) for r in results))
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers

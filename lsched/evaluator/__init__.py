@@ -16,6 +16,15 @@ arrival, which simulates the replicas jointly in time. Each replica gets a fresh
 policy object.
 The iteration model and the request lifecycle are those of DESIGN.md, restated in
 :mod:`lsched.policies.base`.
+
+Requests that do not fit a profile are handled as engines do (DESIGN.md,
+"Rejection"; :mod:`lsched.evaluator.length`): with ``L`` the cluster's
+``max_model_len`` (the smallest over its pools), a prompt over ``L`` is rejected
+at arrival and counted (``num_rejected``), and a served request's output stops
+at ``L - s_i + 1`` tokens (vLLM V0's stop checker), counted in its
+``truncated_tokens`` and in ``num_truncated``. The KV checks before a run
+(:func:`check_inputs`, :func:`check_fits`) count the outputs so cut and leave
+out the requests rejected.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator.cluster import ClusterSim
 from lsched.evaluator.disagg import DisaggSim
+from lsched.evaluator.length import LengthCut, cluster_max_model_len, cut_to_length
 from lsched.evaluator.records import collect
 from lsched.evaluator.result import SimulationResult
 from lsched.instance import Instance
@@ -68,15 +78,28 @@ def assign_replicas(
 
 
 def check_fits(instance: Instance, profile: DeploymentProfile) -> None:
-    """Raise if a request's peak KV (``s + o - 1`` tokens) exceeds the capacity."""
-    peak = instance.prompt_tokens + instance.output_tokens - 1
+    """Raise if a request's peak KV (``s + o' - 1`` tokens) exceeds the capacity.
+
+    ``o'`` is the output cut to the profile's ``max_model_len``
+    (:mod:`lsched.evaluator.length`); a prompt over it is rejected at arrival and
+    not counted here.
+    """
+    cut = cut_to_length(instance, profile.max_model_len)
+    _check_fits_on(cut.served, cut.admitted, profile)
+
+
+def _check_fits_on(
+    instance: Instance, rows: np.ndarray, profile: DeploymentProfile
+) -> None:
+    """:func:`check_fits` of the requests ``rows`` of an instance already cut."""
+    peak = instance.prompt_tokens[rows] + instance.output_tokens[rows] - 1
     kv = ReplicaLimits.from_profile(profile).kv
     too_big = np.flatnonzero(kv.blocks(peak) > kv.capacity_blocks)
     if len(too_big):
-        i = int(too_big[0])
+        i = int(rows[too_big[0]])
         raise InputError(
-            f"request {i} needs {int(peak[i])} KV tokens at its peak (prompt "
-            f"{int(instance.prompt_tokens[i])} + output "
+            f"request {i} needs {int(peak[too_big[0]])} KV tokens at its peak "
+            f"(prompt {int(instance.prompt_tokens[i])} + output "
             f"{int(instance.output_tokens[i])} - 1), more than the capacity of "
             f"{profile.kv_capacity_tokens} tokens ({profile.kv_capacity_blocks} "
             f"blocks of {profile.block_tokens}) on profile {profile.name}; "
@@ -105,31 +128,38 @@ def check_dispatch(dispatch: str, has_assignment: bool) -> RouterSpec:
     return spec
 
 
-def _check_fits_somewhere(instance: Instance, cluster: Cluster) -> None:
-    """Raise if a request's peak KV fits on no pool of ``cluster``."""
+def _check_fits_somewhere(cut: LengthCut, cluster: Cluster) -> None:
+    """Raise if a request not rejected for length has a peak KV that fits on no
+    pool of ``cluster``."""
+    instance, rows = cut.served, cut.admitted
     if len(cluster.pools) == 1:
-        check_fits(instance, cluster.pools[0].profile)
+        _check_fits_on(instance, rows, cluster.pools[0].profile)
         return
-    peak = instance.prompt_tokens + instance.output_tokens - 1
-    fits = np.zeros(len(instance), dtype=bool)
+    peak = instance.prompt_tokens[rows] + instance.output_tokens[rows] - 1
+    fits = np.zeros(len(rows), dtype=bool)
     for pool in cluster.pools:
         kv = ReplicaLimits.from_profile(pool.profile).kv
         fits |= kv.blocks(peak) <= kv.capacity_blocks
     if not fits.all():
-        i = int(np.flatnonzero(~fits)[0])
+        k = int(np.flatnonzero(~fits)[0])
         capacities = ", ".join(str(p.profile.kv_capacity_tokens) for p in cluster.pools)
         raise InputError(
-            f"request {i} needs {int(peak[i])} KV tokens at its peak, more than "
-            f"any pool's capacity ({capacities} tokens); {int((~fits).sum())} "
-            "request(s) can never complete",
+            f"request {int(rows[k])} needs {int(peak[k])} KV tokens at its peak, "
+            f"more than any pool's capacity ({capacities} tokens); "
+            f"{int((~fits).sum())} request(s) can never complete",
             field="kv_capacity_tokens",
         )
 
 
-def _check_host(instance: Instance, cluster: Cluster) -> None:
+def _check_host(cut: LengthCut, cluster: Cluster) -> None:
     """Raise if a pool whose policy swaps has a host tier smaller than the
-    largest request's peak KV (``params.swaps``: the policy may swap)."""
-    peak = int((instance.prompt_tokens + instance.output_tokens).max()) - 1
+    largest peak KV of a request it may serve (``params.swaps``: the policy may
+    swap)."""
+    instance, rows = cut.served, cut.admitted
+    if not len(rows):
+        return
+    peaks = instance.prompt_tokens[rows] + instance.output_tokens[rows]
+    peak = int(peaks.max()) - 1
     for pool in cluster.pools:
         profile = pool.profile
         if not getattr(getattr(pool.policy, "params", None), "swaps", False):
@@ -150,11 +180,20 @@ def _check_host(instance: Instance, cluster: Cluster) -> None:
 def check_inputs(instance: Instance, cluster: Cluster) -> None:
     """Raise :class:`InputError` if ``instance`` cannot run on ``cluster``: a
     request that fits no replica's KV (on a colocated cluster; a disaggregated one
-    rejects it), a host tier too small for a swapping policy."""
+    rejects it), a host tier too small for a swapping policy. Both count the
+    outputs cut to the cluster's ``max_model_len`` and leave out the prompts over
+    it, which are rejected at arrival (:mod:`lsched.evaluator.length`); every
+    prompt over it is an error too (nothing to serve)."""
+    cut = cut_to_length(instance, cluster_max_model_len(cluster))
+    if cut.rejected.all():
+        raise InputError(
+            f"every prompt is over max_model_len {cut.max_model_len} (the longest "
+            f"the cluster serves): no request can be served",
+            field="max_model_len",
+        )
     if not cluster.disaggregated:
-        _check_fits_somewhere(instance, cluster)
-    if len(instance):
-        _check_host(instance, cluster)
+        _check_fits_somewhere(cut, cluster)
+    _check_host(cut, cluster)
 
 
 def simulate(
@@ -254,7 +293,8 @@ def simulate_cluster(
     -------
     SimulationResult
         Per-request records, metrics over all served requests and per replica and
-        pool, and on request the iteration log.
+        pool, and on request the iteration log. A prompt over the cluster's
+        ``max_model_len`` is rejected, an output cut there (module docstring).
 
     Raises
     ------

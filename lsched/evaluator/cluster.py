@@ -32,6 +32,14 @@ when that arrival joins its replica. So the joint run with round-robin routing
 gives bit-for-bit the per-request times of the stateless path
 (``tests/test_dispatch.py`` checks it).
 
+Requests that do not fit. Before anything is routed, a request whose prompt is
+over the cluster's ``max_model_len`` ``L`` (the smallest over its pools) is
+rejected at arrival, never routed (the router is not called for it; its
+``rejected`` reason names its prompt and ``L``), and every other request's output
+is cut to ``min(o_i, L - s_i + 1)`` tokens, where vLLM V0's stop checker ends it
+(:mod:`lsched.evaluator.length` states both rules and their sources). The
+engines run the cut instance; the records keep the tokens cut.
+
 Engine arrays. In the joint run each replica's engine has room for every request
 (one entry per instance request, ``+inf`` arrival times at the unused tail, which
 the engine never reaches); routing writes the next entry. A policy sees only its
@@ -51,6 +59,7 @@ from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator.compiled import kernel_for, load, run_replica
 from lsched.evaluator.engine import DONE, ReplicaEngine
+from lsched.evaluator.length import cluster_max_model_len, cut_to_length
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
 from lsched.kv import KVBlocks
@@ -75,13 +84,18 @@ class ClusterRun:
     for a replica that served nothing); engine ``c``'s local request ``k`` is
     instance request ``ids[c][k]``. A disaggregated run
     (:mod:`lsched.evaluator.disagg`) adds per-request ``stages`` columns; its
-    ``where`` is the replica a request arrived at (prefill or colocated)."""
+    ``where`` is the replica a request arrived at (prefill or colocated).
+    ``served`` is the instance the engines ran (outputs cut to ``max_model_len``,
+    :mod:`lsched.evaluator.length`) and ``truncated`` the tokens cut per request;
+    ``None``: the instance as given, nothing cut."""
 
     where: np.ndarray
     reasons: dict[int, str]
     engines: list[ReplicaEngine | None]
     ids: list[np.ndarray]
     stages: dict[str, np.ndarray] | None = None
+    served: Instance | None = None
+    truncated: np.ndarray | None = None
 
 
 def make_policy(spec: object, context: PolicyContext) -> object:
@@ -218,7 +232,10 @@ class ClusterSim:
         joint: bool | None = None,
         engine: str = "python",
     ) -> None:
-        self.instance = instance
+        #: prompts over max_model_len rejected, outputs cut to it, once, here
+        #: (lsched.evaluator.length); the engines run ``self.instance``
+        self.cut = cut_to_length(instance, cluster_max_model_len(cluster))
+        instance = self.instance = self.cut.served
         self.cluster = cluster
         self.context = _router_context(cluster, assignment)
         self._pool_kv = [
@@ -230,7 +247,7 @@ class ClusterSim:
         self.joint = not is_stateless(self.router) if joint is None else joint
         n = len(instance)
         self.where = np.full(n, REJECTED, dtype=np.int64)
-        self.reasons: dict[int, str] = {}
+        self.reasons: dict[int, str] = self.cut.reasons
         self.routed = 0  # requests routed so far (instance order)
         #: per replica: "compiled", or "python" and why not compiled
         self.paths = [
@@ -269,24 +286,29 @@ class ClusterSim:
     def _route_all(self) -> None:
         """Route every request up front (a stateless router)."""
         route_all = getattr(self.router, "route_all", None)
+        rejected = self.cut.rejected
         if route_all is None:
-            for i in range(len(self.instance)):
+            for i in self.cut.admitted.tolist():
                 self._route(i, None)
             return
+        # a request rejected for length is never routed: whatever the router
+        # would say of it is dropped (round robin still counts it: request i
+        # goes to i mod C, as when the router is called request by request)
         where = np.asarray(route_all(self.instance))
         replicas = self.cluster.num_replicas
-        bad = (where < 0) | (where >= replicas)
         if where.shape != (len(self.instance),) or where.dtype.kind not in "iu":
             raise InputError(
                 f"the router's route_all gave {where.shape} {where.dtype}; expected "
                 f"{len(self.instance)} replica ids",
                 field="router",
             )
+        bad = ((where < 0) | (where >= replicas)) & ~rejected
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             _decision(int(where[i]), i, replicas)  # raises, naming the request
+        where = np.where(rejected, REJECTED, where)
         self.where[:] = where
-        pool_of = self.cluster.replica_pool[where]
+        pool_of = np.where(rejected, -1, self.cluster.replica_pool[where])
         peak = self.instance.prompt_tokens + self.instance.output_tokens - 1
         for k, kv in enumerate(self._pool_kv):
             over = (pool_of == k) & (kv.blocks(peak) > kv.capacity_blocks)
@@ -321,8 +343,12 @@ class ClusterSim:
         arrival = self.instance.arrival_s
         engines: list[JointEngine] = self.engines  # type: ignore[assignment]
         n = len(self.instance)
+        rejected = self.cut.rejected
         while self.routed < n and arrival[self.routed] < until_s:
             i = self.routed
+            if rejected[i]:  # rejected for length at arrival: never routed
+                self.routed += 1
+                continue
             t = float(arrival[i])
             for engine in engines:
                 engine.advance(t)
@@ -375,6 +401,8 @@ class ClusterSim:
             self.reasons,
             [e if len(k) else None for e, k in zip(self.engines, ids, strict=True)],
             ids,
+            served=self.instance,
+            truncated=self.cut.truncated,
         )
 
 
@@ -427,6 +455,7 @@ class CompiledEngine:
                 None if predicted is None else predicted[ids],
                 pool.profile,
                 on_finished,
+                ids=ids,
             )
             vars(self).update(vars(result))
             self.ran = True
@@ -445,7 +474,7 @@ def _replica_engine(
     """The engine of replica ``c`` serving the requests ``ids``."""
     predicted = instance.predicted_output_tokens
     pool = cluster.pool_of(c)
-    return ReplicaEngine(
+    engine = ReplicaEngine(
         instance.arrival_s[ids],
         instance.prompt_tokens[ids],
         instance.output_tokens[ids],
@@ -457,6 +486,8 @@ def _replica_engine(
         priority=None if instance.priority is None else instance.priority[ids],
         tenant=None if instance.tenant is None else instance.tenant[ids],
     )
+    engine.ids = ids  # a stall names the request by its instance position
+    return engine
 
 
 class JointEngine(ReplicaEngine):

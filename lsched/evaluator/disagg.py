@@ -48,11 +48,15 @@ modelled.)
 
 A request that emits one token completes on its prefill replica. One whose peak
 KV ``s_i + o_i - 1`` fits no decode replica is rejected at arrival (DESIGN.md,
-"Rejection"). The records add per request the decode replica, the transfer's
-start and end, and its bytes; the stages are prefill queue ``[a_i, admitted]``,
-prefill ``[admitted, f_i]``, transfer wait ``[f_i, start]``, transfer ``[start,
-t_i]``, decode queue ``[t_i, decode admitted]`` and decode ``[decode admitted,
-c_i]``.
+"Rejection"), and so is one whose prompt is over the cluster's ``max_model_len``
+``L`` (the smallest over its pools); every other request's output is cut to
+``min(o_i, L - s_i + 1)`` tokens before the loop starts, as in the colocated loop
+(:mod:`lsched.evaluator.length`), and ``o_i`` above is that cut output (one with
+``s_i = L`` emits one token and completes on its prefill replica). The records
+add per request the decode replica, the transfer's start and end, and its
+bytes; the stages are prefill queue ``[a_i, admitted]``, prefill ``[admitted,
+f_i]``, transfer wait ``[f_i, start]``, transfer ``[start, t_i]``, decode queue
+``[t_i, decode admitted]`` and decode ``[decode admitted, c_i]``.
 
 The loop
 --------
@@ -106,6 +110,11 @@ from lsched.evaluator.cluster import (
     _decision,
     _view,
     make_policy,
+)
+from lsched.evaluator.length import (
+    cluster_max_model_len,
+    cut_to_length,
+    rejection_reason,
 )
 from lsched.instance import Instance
 from lsched.policies import (
@@ -370,7 +379,10 @@ class DisaggSim:
 
     def __init__(self, instance: Instance, cluster: Cluster, *, log: bool = False,
                  on_finished: Callable[[int], None] | None = None) -> None:  # fmt: skip
-        self.instance = instance
+        #: prompts over max_model_len rejected, outputs cut to it (as in
+        #: ClusterSim; lsched.evaluator.length): the replicas run ``self.instance``
+        self.cut = cut_to_length(instance, cluster_max_model_len(cluster))
+        instance = self.instance = self.cut.served
         self.cluster = cluster
         n = len(instance)
         self.on_finished = on_finished
@@ -476,6 +488,11 @@ class DisaggSim:
     def _arrival(self, i: int) -> None:
         instance, cluster = self.instance, self.cluster
         t = float(instance.arrival_s[i])
+        if self.cut.rejected[i]:  # prompt over max_model_len: never routed
+            self.reasons[i] = rejection_reason(
+                int(instance.prompt_tokens[i]), self.cut.max_model_len
+            )
+            return
         if instance.output_tokens[i] > 1 and not self._fits_decode[i]:
             peak = int(instance.prompt_tokens[i] + instance.output_tokens[i] - 1)
             self.reasons[i] = f"peak KV {peak} tokens fits no decode replica"
@@ -685,4 +702,6 @@ class DisaggSim:
                 "transfer_end_s": self.transfer_end_s,
                 "transferred_bytes": self.transferred_bytes,
             },
+            served=self.instance,
+            truncated=self.cut.truncated,
         )

@@ -105,6 +105,53 @@ WAITING, RUNNING, DONE, SWAPPED = 0, 1, 2, 3
 _SMALL = 16
 
 
+def stall_message(
+    now_s: float,
+    running: int,
+    waiting: int,
+    request: int | None = None,
+    prompt: int = 0,
+    emitted: int = 0,
+    output: int = 0,
+    *,
+    limits: ReplicaLimits,
+) -> str:
+    """The error of a policy that scheduled nothing with nothing left to wait
+    for: the counts, and the oldest waiting ``request`` (its ``prompt``, tokens
+    ``emitted`` so far and ``output`` tokens) with the limit it breaks. A
+    request waiting to be prefilled (again) needs ``prompt + emitted`` tokens;
+    over ``max_num_batched_tokens`` a policy that prefills whole prompts can
+    never run it. Its KV peaks at ``prompt + output - 1`` tokens; over the KV
+    capacity nothing can."""
+    text = (
+        f"policy stalled at t={now_s:.6f} s: it scheduled nothing, with {running} "
+        f"running and {waiting} waiting requests and nothing left to wait for"
+    )
+    if request is None:
+        return text
+    need = prompt + emitted
+    peak = prompt + output - 1
+    kv = limits.kv
+    what = f"prompt {prompt}" + (f" + {emitted} emitted" if emitted else "")
+    text += f"; the oldest waiting, request {request}, needs {need} tokens ({what})"
+    if need > limits.max_num_batched_tokens:
+        return (
+            f"{text} prefilled in one iteration, over max_num_batched_tokens = "
+            f"{limits.max_num_batched_tokens}: a policy that prefills whole "
+            "prompts can never schedule it (a chunking policy can)"
+        )
+    if kv.blocks(peak) > kv.capacity_blocks:
+        return (
+            f"{text}, and its KV peaks at {peak} tokens ({kv.blocks(peak)} blocks), "
+            f"over the KV capacity of {kv.capacity_blocks} blocks"
+        )
+    return (
+        f"{text}, within max_num_batched_tokens = {limits.max_num_batched_tokens}, "
+        f"and its KV peak of {peak} tokens fits the capacity of "
+        f"{kv.capacity_blocks} blocks: the policy's own rule held it back"
+    )
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
@@ -228,6 +275,9 @@ class ReplicaEngine:
         self.done = 0
         self.log = ReplicaLog() if log else None
         self.on_finished = on_finished
+        #: per local request, its instance position (``None``: unknown), for
+        #: messages; the cluster loop sets it
+        self.ids: Any = None
         # the host tier (lsched.tiers): swapped requests in swap-out order, the
         # tokens each holds there, its swap-outs, and the asynchronous copies in
         # flight as a heap of (end_s, count, inbound, request, GPU blocks pinned)
@@ -432,12 +482,28 @@ class ReplicaEngine:
         if batch.wake_at_s is not None and batch.wake_at_s > self.now_s:
             upcoming = min(upcoming, batch.wake_at_s)
         if math.isinf(upcoming):
+            waiting = self._waiting()
+            oldest = int(waiting.min()) if len(waiting) else None
             raise PolicyError(
-                f"policy stalled at t={self.now_s:.6f} s: it scheduled nothing, with "
-                f"{len(self.running)} running and {len(self._waiting())} waiting "
-                "requests and nothing left to wait for"
+                stall_message(
+                    self.now_s,
+                    len(self.running),
+                    len(waiting),
+                    None if oldest is None else self._request_id(oldest),
+                    *(() if oldest is None else self._lengths(oldest)),
+                    limits=self.limits,
+                )
             )
         self.now_s = upcoming
+
+    def _request_id(self, r: int) -> int:
+        """The instance position of local request ``r`` (for messages), where
+        the engine knows it (:attr:`ids`), else ``r``."""
+        return r if self.ids is None else int(self.ids[r])
+
+    def _lengths(self, r: int) -> tuple[int, int, int]:
+        """Request ``r``'s prompt, tokens emitted and output tokens."""
+        return int(self.prompt[r]), int(self.emitted[r]), int(self.output[r])
 
     def _hold_running(self) -> bool:
         """Hold every running request's decode step for the policy, if it fits.

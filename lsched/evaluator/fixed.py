@@ -72,6 +72,7 @@ import pandas as pd
 
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, assign_replicas, simulate
+from lsched.evaluator.length import cut_to_length
 from lsched.evaluator.slots import earliest_slots, integer_slots, score_start_slots
 from lsched.instance import Instance
 from lsched.policies import (
@@ -333,10 +334,12 @@ def start_slots_spec(
     Raises
     ------
     InputError
-        On a non-unit profile, bad slots (:func:`check_start_slots`) or a missing
-        or bad assignment.
+        On a non-unit profile, bad slots (:func:`check_start_slots`), a missing
+        or bad assignment, or a request that the evaluator would reject or cut
+        at the profile's ``max_model_len`` (:mod:`lsched.evaluator.length`).
     """
     check_unit_slots(profile)
+    _as_served(instance, profile, cut_ok=False)
     slots = check_start_slots(instance, start_slots)
     if replicas > 1 and assignment is None:
         raise InputError(
@@ -425,6 +428,36 @@ def replay_start_slots(
                     f"{f' on replica {c}' if replicas > 1 else ''})"
                 ) from exc
         raise
+
+
+def _as_served(
+    instance: Instance, profile: DeploymentProfile, *, cut_ok: bool
+) -> Instance:
+    """``instance`` as the evaluator serves it on ``profile``, outputs cut at its
+    ``max_model_len`` (:mod:`lsched.evaluator.length`). InputError for a prompt
+    over it (the evaluator rejects it, and the replica's requests, which a fixed
+    schedule numbers, would not be the schedule's), and, unless ``cut_ok``, for
+    an output it cuts (a slot-model schedule runs every request to ``o_i``)."""
+    cut = cut_to_length(instance, profile.max_model_len)
+    if cut.rejected.any():
+        i = int(np.flatnonzero(cut.rejected)[0])
+        raise InputError(
+            f"request {i}'s prompt of {int(instance.prompt_tokens[i])} tokens is "
+            f"over max_model_len {cut.max_model_len}: the evaluator rejects it "
+            f"({int(cut.rejected.sum())} such request(s)); leave it out of the "
+            "instance",
+            field="max_model_len",
+        )
+    if not cut_ok and cut.truncated.any():
+        i = int(np.flatnonzero(cut.truncated)[0])
+        raise InputError(
+            f"request {i} would emit {int(cut.served.output_tokens[i])} of its "
+            f"{int(instance.output_tokens[i])} tokens at max_model_len "
+            f"{cut.max_model_len}; a start-slot schedule runs every request to "
+            "its last token",
+            field="max_model_len",
+        )
+    return cut.served
 
 
 # -- batch tables ------------------------------------------------------------------
@@ -802,12 +835,18 @@ def batch_table_spec(
 
     Give the ``profile`` it will be simulated on to hold every run of repeated
     decode iterations (a different profile makes the replay leave the table:
-    :class:`~lsched.policies.PolicyError`).
+    :class:`~lsched.policies.PolicyError`) and to check each request's decode
+    steps against the tokens it emits there: ``min(o_i, L - s_i + 1)`` at the
+    profile's ``max_model_len`` ``L`` (:mod:`lsched.evaluator.length`); a prompt
+    over ``L``, which the evaluator rejects, is an :class:`InputError`.
     """
     iteration_time = None if profile is None else profile.iteration_time
+    checked = instance
+    if profile is not None:  # the outputs the evaluator serves there
+        checked = _as_served(instance, profile, cut_ok=True)
     return ScheduleSpec(
         "batch-table",
-        (batch_table_params(table, instance, iteration_time=iteration_time),),
+        (batch_table_params(table, checked, iteration_time=iteration_time),),
         build=BatchTable,
         arrival_s=(instance.arrival_s,),
         prompt_tokens=(instance.prompt_tokens,),

@@ -4,7 +4,10 @@
 :class:`~lsched.evaluator.result.SimulationResult`. Metrics (:mod:`lsched.metrics`)
 are computed over the *served* requests: a rejected request is counted
 (``num_rejected``), excluded from latency metrics, and a miss for SLO attainment
-(the attainment over served requests times the served share). Per replica and per
+(the attainment over served requests times the served share). A served request
+whose output was cut at ``max_model_len`` (:mod:`lsched.evaluator.length`) counts
+the tokens it emitted (TPOT, throughput, normalised latency) and its cut tokens
+(``truncated_tokens``; ``num_truncated`` counts such requests). Per replica and per
 pool the same metrics are computed over the requests each served, with its own
 busy time, KV integral and capacity (so each one's makespan is its own).
 """
@@ -40,8 +43,15 @@ def collect(
     path: str = "python",
 ) -> SimulationResult:
     """The result of ``run``: records, metrics (total, per replica, per pool) and,
-    when ``log``, the iteration log; ``path`` says which engine ran."""
+    when ``log``, the iteration log; ``path`` says which engine ran. The metrics
+    are those of ``run.served`` (the outputs the engines ran) where the run says
+    so."""
+    if run.served is not None:
+        instance = run.served
     n = len(instance)
+    truncated = np.zeros(n, dtype=np.int64)
+    if run.truncated is not None:
+        truncated[:] = run.truncated
     served = run.where != REJECTED
     names = np.array([p.name for p in cluster.pools] + [""], dtype=object)
     columns: dict[str, np.ndarray] = {
@@ -53,6 +63,7 @@ def collect(
         "recomputed_tokens": np.zeros(n, dtype=np.int64),
         "pool": names[np.where(served, cluster.replica_pool[run.where], -1)],
         "rejected": np.full(n, "", dtype=object),
+        "truncated_tokens": truncated,
     }
     for i, reason in run.reasons.items():
         columns["rejected"][i] = reason
@@ -206,6 +217,7 @@ def _metrics(
     )
     rejected = len(rows) - len(ids)
     metrics["num_rejected"] = float(rejected)
+    metrics["num_truncated"] = float(np.count_nonzero(columns["truncated_tokens"][ids]))
     for key in SLO_ATTAINMENT_KEYS if rejected else ():  # a rejection is a miss
         metrics[key] *= len(ids) / len(rows)  # NaN (no deadlines) stays NaN
     return metrics

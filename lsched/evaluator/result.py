@@ -13,9 +13,17 @@ column               meaning
 ``preemptions``      times it was preempted (recompute)
 ``recomputed_tokens`` KV tokens it lost to preemption and computed again
 ``pool``             the replica's pool ("" if rejected)
-``rejected``         the router's reason for rejecting it, "" if served (a
-                     rejected request has replica -1 and no times)
+``rejected``         why it was rejected at arrival, "" if served (a rejected
+                     request has replica -1 and no times): the router's reason,
+                     or ``prompt S tokens > max_model_len L``
+                     (:mod:`lsched.evaluator.length`)
+``truncated_tokens`` output tokens cut at ``max_model_len``: the request emitted
+                     ``min(o_i, L - s_i + 1)`` tokens, ``o_i`` less these (0 if
+                     not cut or rejected)
 ==================== ==============================================================
+
+The metrics add ``num_rejected`` (requests rejected) and ``num_truncated``
+(served requests whose output was cut).
 
 Per replica and per pool (``replica_metrics``, ``pool_metrics``): the metrics of
 :mod:`lsched.metrics` over the requests each served, with its own busy time, KV
@@ -114,6 +122,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "recomputed_tokens",
     "pool",
     "rejected",
+    "truncated_tokens",
 )
 
 

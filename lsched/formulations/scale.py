@@ -113,6 +113,7 @@ import pandas as pd
 from lsched.errors import InputError
 from lsched.evaluator import check_fits, simulate
 from lsched.evaluator.engine import ReplicaEngine
+from lsched.evaluator.length import cut_to_length
 from lsched.formulations.result import LOG_COLUMNS, Status, certified_gap
 from lsched.formulations.work_bounds import work_bounds
 from lsched.generators._checks import check_float, check_int
@@ -387,6 +388,23 @@ def _check(
     return keys
 
 
+def _check_length(instance: Instance, profile: DeploymentProfile) -> None:
+    """InputError if the evaluator would reject a prompt or cut an output at
+    ``max_model_len``: the replays here serve every request with all its
+    tokens, which :func:`~lsched.evaluator.simulate` would not."""
+    cut = cut_to_length(instance, profile.max_model_len)
+    rejected = int(cut.rejected.sum())
+    truncated = int(np.count_nonzero(cut.truncated))
+    if rejected or truncated:
+        raise InputError(
+            f"{rejected} prompt(s) over max_model_len {cut.max_model_len} would be "
+            f"rejected and {truncated} output(s) cut there by the evaluator; the "
+            "search serves every request whole: clip the instance first "
+            "(lsched.traces.transform.clip_lengths, --max-model-len)",
+            field="max_model_len",
+        )
+
+
 def window_starts(arrival_s: FloatArray, window_s: float) -> IntArray:
     """First index of every non-empty window ``[a_0 + k w, a_0 + (k + 1) w)`` of a
     sorted arrival column."""
@@ -518,13 +536,16 @@ def improve(
     Raises
     ------
     InputError
-        On a bad argument, or a request that can never fit in KV.
+        On a bad argument, a request that can never fit in KV, or one that the
+        evaluator would reject or cut at the profile's ``max_model_len``
+        (:mod:`lsched.evaluator.length`): the search serves every request whole.
     """
     started = time.perf_counter()
     replicas = profile.replicas if replicas is None else replicas
     keys_in = _check(
         instance, objective, time_limit_s, seed, window_s, replicas, start_keys
     )
+    _check_length(instance, profile)
     oracle = instance.replace(predicted_output_tokens=instance.output_tokens)
     check_fits(oracle, profile)
     deadline = started + float(time_limit_s)

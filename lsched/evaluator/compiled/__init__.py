@@ -52,12 +52,11 @@ KERNELS: dict[str, str] = {
     "vllm-v0": "vllm_v0",
 }
 
+#: The error codes' messages (4, a stall, is worded by :func:`_stall`).
 _ERRORS = {
     1: "{n} requests in the batch > max_num_seqs",
     2: "prefill tokens + decode steps > max_num_batched_tokens",
     3: "KV after the iteration exceeds the capacity",
-    4: "policy stalled at t={t:.6f} s: it scheduled nothing, with nothing left "
-    "to wait for",
     5: "iteration time is not positive",
     6: "the batch names a request it cannot run",
 }
@@ -184,8 +183,10 @@ def run_replica(
     predicted_output_tokens: np.ndarray | None,
     profile: DeploymentProfile,
     on_finished: Callable[[int], None] | None = None,
+    ids: np.ndarray | None = None,
 ) -> CompiledReplica:
-    """Replay one replica's requests (arrival order) under ``spec`` compiled.
+    """Replay one replica's requests (arrival order) under ``spec`` compiled
+    (``ids``: their instance positions, which a stall's message names).
 
     Raises
     ------
@@ -225,6 +226,9 @@ def run_replica(
     ps = _policy_state(spec.name, m)
     err = kernel.run(st, pieces, thresholds, switch, pp, ps)
     req, tim, s, f, _ = st
+    if err == core.E_STALL:
+        message = _stall(req, s, float(f[core.NOW]), limits, ids)
+        raise PolicyError(f"{spec.name} (compiled): {message}")
     if err:
         message = _ERRORS[int(err)].format(
             n=int(s[core.NUM_PREFILL] + s[core.NUM_DECODE]), t=float(f[core.NOW])
@@ -242,6 +246,37 @@ def run_replica(
         iterations=int(s[core.ITERATIONS]),
         busy_s=float(f[core.BUSY]),
         kv_token_seconds=float(f[core.KV_TOKEN_SECONDS]),
+    )
+
+
+def _stall(
+    req: np.ndarray,
+    s: np.ndarray,
+    now_s: float,
+    limits: ReplicaLimits,
+    ids: np.ndarray | None,
+) -> str:
+    """Error 4's message, as the Python engine words it
+    (:func:`lsched.evaluator.engine.stall_message`): the oldest waiting request
+    (the arrived one of lowest local id still waiting) and the limit it breaks."""
+    from lsched.evaluator.compiled import core
+    from lsched.evaluator.engine import stall_message
+
+    arrived = int(s[core.NUM_ARRIVED])
+    waiting = np.flatnonzero(req[core.STATUS, :arrived] == core.WAITING)
+    running = int(s[core.NUM_RUNNING])
+    if not len(waiting):
+        return stall_message(now_s, running, 0, limits=limits)
+    r = int(waiting[0])
+    return stall_message(
+        now_s,
+        running,
+        len(waiting),
+        r if ids is None else int(ids[r]),
+        int(req[core.PROMPT, r]),
+        int(req[core.EMITTED, r]),
+        int(req[core.OUTPUT, r]),
+        limits=limits,
     )
 
 
