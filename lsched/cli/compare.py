@@ -31,7 +31,7 @@ from lsched.formulations.bound_suite import (
 from lsched.formulations.result import Skipped, certified_gap
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
-from lsched.interrupt import sigint_requests_stop
+from lsched.interrupt import requested, sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.predictors import apply_predictor
 from lsched.profile import DeploymentProfile
@@ -296,17 +296,24 @@ def bound_command(
     if cluster_file is not None:
         cluster = _load_cluster(cluster_file, objective, model, replicas, settings)
         instance, _ = read_trace(trace, format, limit=limit)
-        with native_stdout_to_stderr():
-            report = cluster_bound_report(
-                instance, cluster, objective, lp_time_limit=lp_time_limit
-            )
         where = cluster.describe()
     else:
         instance, profile = _load(trace, model, settings, format, limit, objective)
-        with native_stdout_to_stderr():
+        where = profile.name
+    # Ctrl-C: the bounds finished are kept, the rest listed as interrupted
+    with (
+        sigint_requests_stop(),
+        native_stdout_to_stderr(),
+        ProgressLine(f"bounds ({where}, {objective})", "the bounds computed"),
+    ):
+        if cluster_file is not None:
+            report = cluster_bound_report(
+                instance, cluster, objective, lp_time_limit=lp_time_limit
+            )
+        else:
             report = bound_report(instance, profile, objective, replicas=replicas,
                                   lp_time_limit=lp_time_limit)  # fmt: skip
-        where = profile.name
+        interrupted = requested()
     bounds = report.bounds
     best = best_bound(bounds, "slot")
     if json_output:
@@ -319,15 +326,19 @@ def bound_command(
                 "best": best if math.isfinite(best) else None,
                 "best_any": best_bound(bounds, "any"),
                 "skipped": [item.to_dict() for item in report.skipped],
+                "status": "interrupted" if interrupted else "complete",
             }
         )
-        return
-    print_table(
-        f"{instance.name} on {where}: bounds on {objective}",
-        ["bound", "value", "holds for"],
-        [
-            [b.name, b.value, SCOPE_LABELS[b.scope]]
-            for b in sorted(bounds, key=lambda b: -b.value)
-        ],
-    )
-    _print_not_computed(report.skipped)
+    else:
+        print_table(
+            f"{instance.name} on {where}: bounds on {objective}",
+            ["bound", "value", "holds for"],
+            [
+                [b.name, b.value, SCOPE_LABELS[b.scope]]
+                for b in sorted(bounds, key=lambda b: -b.value)
+            ],
+        )
+        _print_not_computed(report.skipped)
+    if interrupted:
+        print("lsched: interrupted; kept the bounds computed", file=sys.stderr)
+        raise typer.Exit(INTERRUPTED_EXIT)
