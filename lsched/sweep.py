@@ -84,6 +84,8 @@ import math
 import multiprocessing
 import os
 import re
+import signal
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -98,6 +100,7 @@ import pyarrow as pa
 from lsched.atomic import atomic_target, check_output
 from lsched.errors import InputError
 from lsched.instance import Instance
+from lsched.interrupt import POLL_S, request, requested, session
 from lsched.policies import PolicyError, PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile, read_toml
 from lsched.provenance import FileHashes, Provenance, provenance
@@ -1253,15 +1256,52 @@ def consolidate(path: str | os.PathLike[str]) -> pd.DataFrame:
 # -- executors -----------------------------------------------------------------
 
 
-def _silence_native_stdout() -> None:
-    """Worker initializer: solver banners on fd 1 must not reach the user's stdout.
+def _init_worker() -> None:
+    """Worker initializer: no solver banner on the user's stdout, no Ctrl-C, and
+    a clean exit on SIGTERM.
 
     HiGHS prints to the C-level stdout whatever its options; a worker process
-    shares the parent's, which may carry ``--json`` output.
+    shares the parent's, which may carry ``--json`` output. A Ctrl-C in a
+    terminal reaches the whole process group: the parent alone handles it, so a
+    worker ignores it rather than dying midway through a case. The parent ends
+    its workers with SIGTERM (:func:`_end_workers`): as an exit, not a kill, so
+    that what a worker registered (Pyomo's lock, a named semaphore) is released.
     """
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+#: Seconds a worker has to exit on SIGTERM before it is killed.
+WORKER_GRACE_S = 5.0
+
+
+def _end_workers(pool: Any) -> None:
+    """Cancel what a process pool has not started and end its workers now.
+
+    ``shutdown(wait=False)`` alone lets the cases in flight run on, and the
+    interpreter waits for them at exit; their results would be dropped anyway.
+    Each worker gets SIGTERM (an exit, :func:`_init_worker`), and is killed if
+    it has not exited within :data:`WORKER_GRACE_S` (native code that holds
+    the interpreter).
+    """
+    # before shutdown, which forgets them
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    give_up = time.monotonic() + WORKER_GRACE_S
+    for process in processes:
+        process.join(max(0.0, give_up - time.monotonic()))
+        if process.is_alive():
+            process.kill()
 
 
 def check_executor(
@@ -1331,12 +1371,12 @@ def open_executor(
         pool = ProcessPoolExecutor(
             count,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_silence_native_stdout,
+            initializer=_init_worker,
         )
         try:
             yield pool, count
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # a failure or a stop: nothing in flight is kept
+            _end_workers(pool)
             raise
         pool.shutdown(wait=True)
         return
@@ -1387,6 +1427,9 @@ class SweepReport:
     provenance
         This run's record (:meth:`SweepConfig.provenance`); each row it stored
         has its case's (the ``provenance`` column).
+    interrupted
+        Whether the user stopped the run (Ctrl-C): the cases finished are stored,
+        those in flight were dropped and are counted in ``remaining``.
     """
 
     out: Path
@@ -1397,10 +1440,12 @@ class SweepReport:
     errors: int
     results: pd.DataFrame = dataclasses.field(repr=False)
     provenance: Provenance | None = dataclasses.field(default=None, repr=False)
+    interrupted: bool = False
 
     def summary(self) -> dict[str, Any]:
         """The JSON view (without the rows)."""
         return {
+            "status": "interrupted" if self.interrupted else "complete",
             "out": str(self.out),
             "cases": self.cases,
             "skipped": self.skipped,
@@ -1434,6 +1479,11 @@ def _progress_bar(enabled: bool) -> Any:
     )
 
 
+class _Stopped(Exception):
+    """Ends the executor's block on a user's stop, dropping the cases in flight."""
+
+
+@session()
 def run_sweep(
     config: SweepConfig | str | os.PathLike[str],
     *,
@@ -1468,6 +1518,10 @@ def run_sweep(
     Returns
     -------
     SweepReport
+        With ``interrupted`` set when the user stopped the run (Ctrl-C, or
+        :func:`lsched.interrupt.request`): the finished cases are stored, those
+        in flight dropped (a local pool's workers ended at once), nothing more is
+        started.
 
     Raises
     ------
@@ -1495,52 +1549,17 @@ def run_sweep(
     skipped = len(cases) - len(todo)
     budget = len(todo) if max_cases is None else min(max_cases, len(todo))
     ran = 0
-    if budget:
-        with (
-            open_executor(executor, address=address, workers=workers) as (pool, width),
-            _progress_bar(progress) as bar,
-        ):
-            task = bar.add_task("sweep", total=len(cases), completed=skipped)
-            in_flight: dict[Future[dict[str, Any]], Case] = {}
-            try:
-                while todo or in_flight:
-                    while (
-                        todo
-                        and len(in_flight) < 2 * width
-                        and ran + len(in_flight) < budget
-                    ):
-                        case = todo.popleft()
-                        in_flight[pool.submit(run_case, case)] = case
-                    if not in_flight:
-                        break
-                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    failure: BaseException | None = None
-                    for future in finished:
-                        case = in_flight.pop(future)
-                        try:
-                            row = future.result()
-                        except Exception as exc:  # keep the others' rows first
-                            if failure is None:
-                                exc.add_note(
-                                    f"in sweep case {case.case_id}: "
-                                    f"{case.instance.label} / {case.profile.label} / "
-                                    f"{case.method}"
-                                )
-                                failure = exc
-                            continue
-                        made = case_provenance(case, record, config.path, hashes)
-                        row = {**row, "provenance": made.to_json()}
-                        write_part(target, row)
-                        ran += 1
-                        bar.advance(task)
-                        if on_case is not None:
-                            on_case(row)
-                    if failure is not None:
-                        raise failure
-            except BaseException:
-                for future in in_flight:
-                    future.cancel()
-                raise
+    interrupted = False
+    if budget and not requested():
+        try:
+            ran = _run_cases(
+                todo, budget, target, executor, address, workers, progress, on_case,
+                len(cases), skipped,
+                lambda case: case_provenance(case, record, config.path, hashes),
+            )  # fmt: skip
+        except _Stopped as stopped:
+            ran, interrupted = stopped.args[0], True
+    interrupted = interrupted or requested()
     frame = consolidate(target)
     rows = frame.set_index("case_id")
     order = [c.case_id for c in cases if c.case_id in rows.index]
@@ -1554,4 +1573,77 @@ def run_sweep(
         errors=int((results["status"] == "error").sum()),
         results=results,
         provenance=record,
+        interrupted=interrupted,
     )
+
+
+def _run_cases(
+    todo: deque[Case],
+    budget: int,
+    target: Path,
+    executor: str,
+    address: str | None,
+    workers: int | None,
+    progress: bool,
+    on_case: Callable[[Mapping[str, Any]], None] | None,
+    total: int,
+    skipped: int,
+    made_by: Callable[[Case], Provenance],
+) -> int:
+    """Run up to ``budget`` cases of ``todo``, storing each as it finishes with
+    its provenance (``made_by``); the number stored. Raises :class:`_Stopped`
+    (with that number) on a user's stop."""
+    ran = 0
+    with (
+        open_executor(executor, address=address, workers=workers) as (pool, width),
+        _progress_bar(progress) as bar,
+    ):
+        task = bar.add_task("sweep", total=total, completed=skipped)
+        in_flight: dict[Future[dict[str, Any]], Case] = {}
+        try:
+            while todo or in_flight:
+                while (
+                    todo
+                    and len(in_flight) < 2 * width
+                    and ran + len(in_flight) < budget
+                ):
+                    case = todo.popleft()
+                    in_flight[pool.submit(run_case, case)] = case
+                if not in_flight:
+                    break
+                try:  # wake up now and then to notice a stop request
+                    finished, _ = wait(
+                        in_flight, timeout=POLL_S, return_when=FIRST_COMPLETED
+                    )
+                except KeyboardInterrupt:  # Python's default SIGINT handler
+                    request()
+                    finished = set()
+                failure: BaseException | None = None
+                for future in finished:
+                    case = in_flight.pop(future)
+                    try:
+                        row = future.result()
+                    except Exception as exc:  # keep the others' rows first
+                        if failure is None:
+                            exc.add_note(
+                                f"in sweep case {case.case_id}: "
+                                f"{case.instance.label} / {case.profile.label} / "
+                                f"{case.method}"
+                            )
+                            failure = exc
+                        continue
+                    row = {**row, "provenance": made_by(case).to_json()}
+                    write_part(target, row)
+                    ran += 1
+                    bar.advance(task)
+                    if on_case is not None:
+                        on_case(row)
+                if failure is not None:
+                    raise failure
+                if requested():  # Ctrl-C: keep what is stored, start nothing
+                    raise _Stopped(ran)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+    return ran

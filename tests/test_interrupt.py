@@ -2,9 +2,10 @@
 
 Issue 20, part 3. In-process: :func:`lsched.interrupt.request` from a timer
 thread stops a running solver (CP-SAT, HiGHS). As a user would: ``lsched solve
---backend milp`` and ``lsched compare`` get SIGINT once they say they started,
-and must exit 130 with status ``interrupted``; the timeouts only guard against a
-hang.
+--backend milp``, ``compare``, ``bound``, ``simulate`` and ``sweep`` get SIGINT
+once they say they started (or, for ``sweep``, once a case is stored), and must
+exit 130 with status ``interrupted`` and what was finished kept; the timeouts
+only guard against a hang.
 """
 
 from __future__ import annotations
@@ -16,20 +17,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lsched import interrupt
 from lsched.formulations import cpsat, milp
 from lsched.formulations.result import Status
 from lsched.formulations.slot import SlotProblem
+from lsched.generators import gsm8k
 from lsched.overrides import deployment_profile
-from lsched.traces import read_trace
+from lsched.sweep import load_results
+from lsched.traces import read_trace, write_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 N40 = ROOT / "instances" / "jaillet-n40-s3.csv"
 N20 = ROOT / "instances" / "jaillet-n20-s2.csv"
+N60 = ROOT / "instances" / "jaillet-n60-s4.csv"
 #: Only a guard against a hang: the stop itself takes well under a second.
 GUARD_S = 120
 
@@ -91,7 +97,14 @@ def test_run_stoppable_turns_keyboard_interrupt_into_a_request():
     assert value == "done" and requested
 
 
-def _interrupt_cli(args: list[str]) -> tuple[int, str, str]:
+def _interrupt_cli(
+    args: list[str],
+    *,
+    starts: int = 1,
+    ready: Callable[[], bool] | None = None,
+) -> tuple[int, str, str]:
+    """Run ``lsched ARGS``; SIGINT it a second after its ``starts``-th "started"
+    line on stderr (or once ``ready()``); its exit status, stdout and stderr."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "lsched.cli", *args],
@@ -103,12 +116,23 @@ def _interrupt_cli(args: list[str]) -> tuple[int, str, str]:
     )
     lines = []
     assert process.stderr is not None
-    for line in process.stderr:  # wait until it says it started
-        lines.append(line)
-        if "started" in line:
-            break
+    if ready is None:
+        seen = 0
+        for line in process.stderr:  # wait until it says it started
+            lines.append(line)
+            seen += "started" in line
+            if seen == starts:
+                break
+        else:
+            raise AssertionError(f"never said it started: {''.join(lines)}")
     else:
-        raise AssertionError(f"never said it started: {''.join(lines)}")
+        give_up = time.monotonic() + GUARD_S
+        while not ready():
+            if process.poll() is not None or time.monotonic() > give_up:
+                process.kill()
+                out, err = process.communicate()
+                raise AssertionError(f"never got ready: {out}{err}")
+            time.sleep(0.1)
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     try:
@@ -140,4 +164,77 @@ def test_sigint_stops_compare():
     result = json.loads(out)
     assert result["status"] == "interrupted"
     assert result["bounds"]  # the closed-form bounds were finished: kept
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_sigint_stops_bound_and_keeps_the_bounds_computed():
+    # n = 60: the slot LP alone takes tens of seconds to build and solve
+    code, out, err = _interrupt_cli(
+        ["bound", str(N60), "-m", "unit-slot", "--lp-time-limit", "600", "--json"]
+    )
+    assert code == 130, err
+    result = json.loads(out)
+    assert result["status"] == "interrupted"
+    assert result["bounds"]  # the closed forms, finished in milliseconds: kept
+    reasons = {item["name"]: item["reason"] for item in result["skipped"]}
+    assert reasons["slot.lp"] == "interrupted"
+    assert not set(result["bounds"]) & set(reasons)
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_sigint_stops_simulate_and_keeps_the_runs_finished(tmp_path):
+    # 8,000 requests on the Python engine: a few seconds per run. SIGINT comes
+    # a second into the second run: the first is kept, the second dropped
+    trace = tmp_path / "gsm8k.csv"
+    write_trace(gsm8k(8000, seed=0), trace)
+    requests = tmp_path / "requests.csv"
+    policies = ["fcfs", "fcfs:chunked=false", "sarathi:chunk=256"]
+    code, out, err = _interrupt_cli(
+        ["simulate", str(trace), "-m", "llama2-70b-a100-tp4", "--engine", "python",
+         *(arg for p in policies for arg in ("-p", p)), "--json",
+         "--requests-out", str(requests)],
+        starts=2,
+    )  # fmt: skip
+    assert code == 130, err
+    result = json.loads(out)
+    assert result["status"] == "interrupted"
+    assert [run["policy"] for run in result["policies"]] == policies[:1]
+    assert result["skipped_policies"] == policies[1:]
+    written = pd.read_csv(requests)
+    assert set(written["policy"]) == {"fcfs"} and len(written) == 8000
+    assert "interrupted" in err and "Traceback" not in err
+
+
+SWEEP = """\
+[sweep]
+out = "results.parquet"
+instances = ["{trace}"]
+profiles = ["unit-slot"]
+policies = ["fcfs"]
+objective = "latency"
+
+[[sweep.solver]]
+backend = "milp"
+time_limit = 600
+threads = 1
+"""
+
+
+def test_sigint_stops_sweep_and_keeps_the_cases_finished(tmp_path):
+    # one worker: the policy case finishes in a moment, then the MILP runs for
+    # up to 600 s; SIGINT once the policy's row is stored
+    config = tmp_path / "sweep.toml"
+    config.write_text(SWEEP.format(trace=N40.as_posix()), encoding="utf-8")
+    out = tmp_path / "results.parquet"
+    parts = tmp_path / "results.parquet.parts"
+    code, stdout, err = _interrupt_cli(
+        ["sweep", str(config), "--workers", "1", "--json"],
+        ready=lambda: parts.is_dir() and any(parts.glob("part-*.parquet")),
+    )
+    assert code == 130, err
+    report = json.loads(stdout)
+    assert report["status"] == "interrupted"
+    assert (report["ran"], report["remaining"]) == (1, 1)
+    stored = load_results(out)
+    assert list(stored["method"]) == ["fcfs"] and list(stored["status"]) == ["ok"]
     assert "interrupted" in err and "Traceback" not in err

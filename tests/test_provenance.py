@@ -96,7 +96,7 @@ def test_simulate_records_in_json_csv_and_parquet(
     record = printed["provenance"]
     check(record, args, [("trace", trace), ("profile", UNIT)],
           ["fcfs", "sarathi:chunk=4"], {"predictor": 4})  # fmt: skip
-    assert list(printed) == ["policies", "provenance"]
+    assert list(printed) == ["policies", "status", "skipped_policies", "provenance"]
     # the same record in every file written: Parquet schema metadata, CSV sidecar
     assert read_provenance(timeline) == record
     assert read_provenance(requests) == record

@@ -125,6 +125,18 @@ def native_stdout_to_stderr() -> Iterator[None]:
 INTERRUPTED_EXIT = 130
 
 
+def say_started(label: str, kept: str = "the best found so far") -> None:
+    """One line on stderr, where it is not a terminal (a log, a test), that the
+    work ``label`` started and what Ctrl-C keeps of it."""
+    if Console(stderr=True).is_terminal:
+        return
+    print(
+        f"lsched: {label} started; Ctrl-C stops it and keeps {kept}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 class ProgressLine:
     """A live status line on stderr: objective and bound as the solver improves.
 
@@ -132,22 +144,18 @@ class ProgressLine:
     logs stay clean.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, kept: str = "the best found so far") -> None:
         self.console = Console(stderr=True)
         self.enabled = self.console.is_terminal
         self.label = label
+        self.kept = kept
         self.status = self.console.status(label) if self.enabled else None
 
     def __enter__(self) -> ProgressLine:
         if self.status is not None:
             self.status.__enter__()
         else:  # one line, so that a log (or a test) sees the work start
-            print(
-                f"lsched: {self.label} started; Ctrl-C stops it and keeps the best "
-                "found so far",
-                file=sys.stderr,
-                flush=True,
-            )
+            say_started(self.label, self.kept)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,7 @@ from lsched.formulations.bound_suite import (
 from lsched.formulations.result import Skipped, certified_gap
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
-from lsched.interrupt import sigint_requests_stop
+from lsched.interrupt import requested, sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
@@ -316,18 +316,25 @@ def bound_command(
         instance, _ = read_trace(trace, format, limit=limit)
         profiles = [p.profile for p in cluster.pools]
         record = _bound_provenance(trace, cluster_file, profiles, lp_time_limit)
-        with native_stdout_to_stderr():
-            report = cluster_bound_report(
-                instance, cluster, objective, lp_time_limit=lp_time_limit
-            )
         where = cluster.describe()
     else:
         instance, profile = _load(trace, model, settings, format, limit, objective)
         record = _bound_provenance(trace, None, [profile], lp_time_limit)
-        with native_stdout_to_stderr():
+        where = profile.name
+    # Ctrl-C: the bounds finished are kept, the rest listed as interrupted
+    with (
+        sigint_requests_stop(),
+        native_stdout_to_stderr(),
+        ProgressLine(f"bounds ({where}, {objective})", "the bounds computed"),
+    ):
+        if cluster_file is not None:
+            report = cluster_bound_report(
+                instance, cluster, objective, lp_time_limit=lp_time_limit
+            )
+        else:
             report = bound_report(instance, profile, objective, replicas=replicas,
                                   lp_time_limit=lp_time_limit)  # fmt: skip
-        where = profile.name
+        interrupted = requested()
     bounds = report.bounds
     best = best_bound(bounds, "slot")
     if json_output:
@@ -340,19 +347,23 @@ def bound_command(
                 "best": best if math.isfinite(best) else None,
                 "best_any": best_bound(bounds, "any"),
                 "skipped": [item.to_dict() for item in report.skipped],
+                "status": "interrupted" if interrupted else "complete",
                 "provenance": record.to_dict(),
             }
         )
-        return
-    print_table(
-        f"{instance.name} on {where}: bounds on {objective}",
-        ["bound", "value", "holds for"],
-        [
-            [b.name, b.value, SCOPE_LABELS[b.scope]]
-            for b in sorted(bounds, key=lambda b: -b.value)
-        ],
-    )
-    _print_not_computed(report.skipped)
+    else:
+        print_table(
+            f"{instance.name} on {where}: bounds on {objective}",
+            ["bound", "value", "holds for"],
+            [
+                [b.name, b.value, SCOPE_LABELS[b.scope]]
+                for b in sorted(bounds, key=lambda b: -b.value)
+            ],
+        )
+        _print_not_computed(report.skipped)
+    if interrupted:
+        print("lsched: interrupted; kept the bounds computed", file=sys.stderr)
+        raise typer.Exit(INTERRUPTED_EXIT)
 
 
 def _bound_provenance(

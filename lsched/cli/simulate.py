@@ -1,7 +1,15 @@
-"""``lsched simulate``: replay a trace under one or more online policies."""
+"""``lsched simulate``: replay a trace under one or more online policies.
+
+Ctrl-C (SIGINT) stops the run in progress at once (the engine runs in Python,
+where the signal lands; a replica on the compiled path stops when its kernel
+returns) and drops it; the runs already finished are kept, printed and written,
+the JSON says ``"status": "interrupted"`` with the policies not finished in
+``skipped_policies``, and the exit status is 130.
+"""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +20,7 @@ from rich.progress import Progress
 
 from lsched.atomic import check_output
 from lsched.cli._common import (
+    INTERRUPTED_EXIT,
     JSON_HELP,
     MaxLenOpt,
     predictor_seed,
@@ -19,6 +28,7 @@ from lsched.cli._common import (
     print_table,
     profile_file,
     refuse_beside_cluster,
+    say_started,
     with_slo,
 )
 from lsched.cluster import Cluster, load_cluster
@@ -266,30 +276,64 @@ def _run(
     record: Provenance,
 ) -> None:
     """Simulate each cluster; write and print what was asked for, each with the
-    run's provenance."""
+    run's provenance.
+
+    Ctrl-C drops the run in progress and keeps those finished (module docstring).
+    """
     for cluster in clusters:  # refuse bad input before the progress bar starts
         check_inputs(instance, cluster)
+    labels = [" + ".join(p.policy.label for p in c.pools) for c in clusters]
     results: list[SimulationResult] = []
+    interrupted = False
     with Progress(transient=True, disable=json_output) as bar:
-        for cluster in clusters:
-            label = " + ".join(p.policy.label for p in cluster.pools)
-            task = bar.add_task(label, total=len(instance))
-            results.append(
-                simulate_cluster(
-                    instance,
-                    cluster,
-                    log=timeline_out is not None,
-                    progress=lambda done, task=task: bar.update(task, completed=done),
-                    engine=engine,
+        try:
+            for k, (cluster, label) in enumerate(zip(clusters, labels, strict=True)):
+                say_started(
+                    f"simulating {label} ({k + 1}/{len(clusters)})",
+                    "the runs finished",
                 )
-            )
-    if requests_out is not None:
+                task = bar.add_task(label, total=len(instance))
+                results.append(
+                    simulate_cluster(
+                        instance,
+                        cluster,
+                        log=timeline_out is not None,
+                        progress=lambda done, task=task: bar.update(
+                            task, completed=done
+                        ),
+                        engine=engine,
+                    )
+                )
+        except KeyboardInterrupt:  # Ctrl-C: the run in progress is dropped
+            interrupted = True
+    skipped = labels[len(results) :]
+    if results and requests_out is not None:
         _write_requests(requests_out, results, record)
-    if timeline_out is not None:
+    if results and timeline_out is not None:
         _write_timeline(timeline_out, results, record)
     if json_output:
-        print_json(record.attach({"policies": [r.summary() for r in results]}))
-        return
+        print_json(
+            record.attach(
+                {
+                    "policies": [r.summary() for r in results],
+                    "status": "interrupted" if interrupted else "complete",
+                    "skipped_policies": skipped,
+                }
+            )
+        )
+    elif results:
+        _print(instance, results)
+    if interrupted:
+        print(
+            "lsched: interrupted; kept the runs finished (policies not run: "
+            f"{', '.join(skipped)})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def _print(instance: Instance, results: list[SimulationResult]) -> None:
+    """The metrics table, one column per run, and per-pool tables."""
     # one column per policy: metrics read down, policies compare across; SLO
     # attainment where the trace has deadlines
     shown = TABLE_METRICS

@@ -8,9 +8,11 @@
 
 The config format, the case ids and the storage are described in
 :mod:`lsched.sweep`. Each finished case is stored at once, so an interrupted
-sweep loses nothing and a rerun runs only what is missing. Exit status: 0 when
-the run ended (cases that failed are rows with status ``error``, counted in the
-report), 2 on bad input.
+sweep loses nothing and a rerun runs only what is missing. Ctrl-C (SIGINT) stops
+the sweep at once: the finished cases stay stored, the cases in flight are
+dropped (a rerun runs them), the report says ``interrupted``. Exit status: 0
+when the run ended (cases that failed are rows with status ``error``, counted in
+the report), 2 on bad input, 130 when stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,9 +25,21 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import (
+    INTERRUPTED_EXIT,
+    JSON_HELP,
+    print_json,
+    print_table,
+)
 from lsched.errors import InputError
-from lsched.sweep import check_executor, check_out, load_config, run_sweep
+from lsched.interrupt import sigint_requests_stop
+from lsched.sweep import (
+    SweepReport,
+    check_executor,
+    check_out,
+    load_config,
+    run_sweep,
+)
 
 
 def _method_summary(results: pd.DataFrame) -> list[dict[str, Any]]:
@@ -111,16 +125,17 @@ def sweep_command(
         except InputError as exc:
             raise InputError(exc.message, field="--out") from None
     try:
-        report = run_sweep(
-            settings,
-            executor=executor,
-            address=address,
-            workers=workers,
-            out=out,
-            max_cases=max_cases,
-            retry_errors=retry_errors,
-            progress=not (quiet or json_output),
-        )
+        with sigint_requests_stop():  # Ctrl-C: run_sweep keeps what is stored
+            report = run_sweep(
+                settings,
+                executor=executor,
+                address=address,
+                workers=workers,
+                out=out,
+                max_cases=max_cases,
+                retry_errors=retry_errors,
+                progress=not (quiet or json_output),
+            )
     except InputError as exc:
         if exc.file is None and exc.field == "address":  # scheduler unreachable
             raise InputError(exc.message, field="--address") from None
@@ -130,7 +145,19 @@ def sweep_command(
         summary = {**report.summary(), "methods": methods}
         print_json(summary if report.provenance is None else
                    report.provenance.attach(summary))  # fmt: skip
-        return
+    else:
+        _print(config, report, methods)
+    if report.interrupted:
+        print(
+            f"lsched: interrupted; kept the {report.ran} case(s) finished now, "
+            f"{report.remaining} left; run the same command again to go on",
+            file=sys.stderr,
+        )
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def _print(config: Path, report: SweepReport, methods: list[dict[str, Any]]) -> None:
+    """The report's table and where the results are."""
     print_table(
         f"sweep {config.name}: {report.cases} cases, {report.ran} run now, "
         f"{report.skipped} already done, {report.remaining} left, "
@@ -149,7 +176,7 @@ def sweep_command(
         ],
     )
     print(f"results: {report.out}")
-    if report.remaining:
+    if report.remaining and not report.interrupted:
         print(
             f"lsched: {report.remaining} case(s) left; run the same command again "
             "to go on",

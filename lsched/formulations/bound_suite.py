@@ -37,7 +37,6 @@ scope, size, interrupted).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +54,7 @@ from lsched.formulations.timed import TimedProblem
 from lsched.formulations.timed import milp as timed_milp
 from lsched.formulations.work_bounds import work_bounds
 from lsched.instance import Instance
-from lsched.interrupt import requested
+from lsched.interrupt import requested, session
 from lsched.profile import DeploymentProfile
 
 #: Schedule classes a bound can hold for (module docstring).
@@ -159,6 +158,14 @@ class _Collector:
     def skip(self, name: str, reason: Reason, detail: str) -> None:
         self.skipped.append(Skipped(name, "bound", reason, detail))
 
+    def stopped(self, name: str) -> bool:
+        """Whether the user stopped the work (:mod:`lsched.interrupt`): then
+        ``name`` is listed as interrupted, not computed."""
+        if not requested():
+            return False
+        self.skip(name, Reason.INTERRUPTED, "stopped by the user")
+        return True
+
     def add(self, name: str, value: float, scope: str, otherwise: Skipped) -> None:
         """Keep a finite ``value``; else skip it as ``otherwise`` says."""
         if math.isfinite(value):
@@ -179,6 +186,7 @@ def _stopped(name: str, time_limit: float) -> Skipped:
     )
 
 
+@session()
 def bound_report(
     instance: Instance,
     profile: DeploymentProfile,
@@ -191,17 +199,23 @@ def bound_report(
     """Every bound on ``objective``: those computed and, with the reason, the rest.
 
     Parameters are those of :func:`bound_suite`. Every bound name the suite knows
-    for ``objective`` is either in ``bounds`` or in ``skipped``.
+    for ``objective`` is either in ``bounds`` or in ``skipped``. On a user's stop
+    (Ctrl-C, :mod:`lsched.interrupt`) the bounds finished are kept and the rest
+    listed as interrupted; an LP in progress stops at once.
     """
     replicas = profile.replicas if replicas is None else replicas
     report = _Collector(colocated_topology(profile.name, replicas))
     add, skip = report.add, report.skip
 
-    work = work_bounds(instance, profile, objective, replicas=replicas)
     names = ("critical_path", "work")
     names += ("prefill_queue",) if objective == "latency" else ()
-    missing = "the cost model has no usable under-estimator"
-    _closed_forms(report, "seconds", names, work, missing)
+    if requested():
+        for name in names:
+            report.stopped(f"seconds.{name}")
+    else:
+        work = work_bounds(instance, profile, objective, replicas=replicas)
+        missing = "the cost model has no usable under-estimator"
+        _closed_forms(report, "seconds", names, work, missing)
     why_not = why_not_slots(instance, profile, replicas)
     if why_not is not None:
         for name in SLOT_BOUNDS:
@@ -213,36 +227,35 @@ def bound_report(
         def none(name: str) -> Skipped:
             return Skipped(name, "bound", Reason.OUT_OF_SCOPE, no_value)
 
-        add("slot.energy", slot_bounds.energy(problem), "any", none("slot.energy"))
-        add(
-            "slot.sawtooth",
-            slot_bounds.sawtooth(problem),
-            "slot",
-            none("slot.sawtooth"),
-        )
-        if objective == "latency":
-            _, start = best_heuristic(problem)
-            upper = problem.integer_objective(start)
-            value = slot_bounds.lagrangian(problem, upper)
-            add("slot.lagrangian", value, "slot", none("slot.lagrangian"))
-        else:
+        if not report.stopped("slot.energy"):
+            value = slot_bounds.energy(problem)
+            add("slot.energy", value, "any", none("slot.energy"))
+        if not report.stopped("slot.sawtooth"):
+            value = slot_bounds.sawtooth(problem)
+            add("slot.sawtooth", value, "slot", none("slot.sawtooth"))
+        if objective != "latency":
             skip(
                 "slot.lagrangian",
                 Reason.OUT_OF_SCOPE,
                 f"defined for latency, not {objective}",
             )
+        elif not report.stopped("slot.lagrangian"):
+            _, start = best_heuristic(problem)
+            upper = problem.integer_objective(start)
+            value = slot_bounds.lagrangian(problem, upper)
+            add("slot.lagrangian", value, "slot", none("slot.lagrangian"))
         if len(instance) > lp_max_requests:
             skip(
                 "slot.lp",
                 Reason.SIZE,
                 f"{len(instance)} requests > {lp_max_requests}",
             )
-        else:
+        elif not report.stopped("slot.lp"):
             value = milp.lp_bound(problem, time_limit=lp_time_limit)
             add("slot.lp", value, "slot", _stopped("slot.lp", lp_time_limit))
     _timed_lp(
         instance, profile, objective, replicas, why_not, lp_time_limit,
-        lp_max_requests, add, skip,
+        lp_max_requests, report,
     )  # fmt: skip
     return BoundReport(report.found, report.skipped)
 
@@ -331,10 +344,10 @@ def _timed_lp(
     why_not: str | None,
     lp_time_limit: float,
     lp_max_requests: int,
-    add: Callable[[str, float, str, Skipped], None],
-    skip: Callable[[str, Reason, str], None],
+    report: _Collector,
 ) -> None:
     """``timed.lp``, computed where slots are not seconds, or its reason."""
+    add, skip = report.add, report.skip
     name = "timed.lp"
     iterations = int(instance.output_tokens.sum())
     if why_not is None:
@@ -355,8 +368,9 @@ def _timed_lp(
         except InputError as error:  # e.g. a prompt over the token budget
             skip(name, Reason.OUT_OF_SCOPE, str(error))
         else:
-            value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
-            add(name, value, "slot", _stopped(name, lp_time_limit))
+            if not report.stopped(name):
+                value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
+                add(name, value, "slot", _stopped(name, lp_time_limit))
 
 
 def bound_suite(

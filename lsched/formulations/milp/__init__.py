@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 from pyomo.common.collections import ComponentMap
 
@@ -44,30 +43,21 @@ from lsched.formulations.bounds import closed_form
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import is_feasible, starting_schedule
 from lsched.formulations.milp import highs as _highs
-from lsched.formulations.milp.slot import (
-    BuildStopped,
-    SlotModel,
-    Strengthening,
-    build_model,
-)
+from lsched.formulations.milp.highs import BuildStopped
+from lsched.formulations.milp.slot import SlotModel, Strengthening, build_model
 from lsched.formulations.result import (
     LOG_COLUMNS,
     SolveResult,
     Status,
-    Stop,
     decide_status,
 )
 from lsched.formulations.slot import SlotProblem
-from lsched.interrupt import requested, session
+from lsched.interrupt import session
 
 __all__ = ["SOLVER", "Strengthening", "build_model", "lp_bound", "solve"]
 
 #: :attr:`SolveResult.solver` of this backend.
 SOLVER = "milp/time-indexed"
-
-#: Pyomo's compile time (model to matrices) as a share of the build time, with a
-#: margin: measured 0.37-0.45 on Jaillet n = 40 and 60.
-COMPILE_SHARE = 0.6
 
 #: HiGHS options that make "optimal" mean optimal for an integer objective.
 INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
@@ -75,22 +65,25 @@ INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
 ProgressCallback = Callable[[float, float | None, float], None]
 
 
-def _prepare(
+def _builder(
     problem: SlotProblem,
-    initial_solution: npt.ArrayLike | None,
+    upper: int,
     strengthening: Strengthening | None,
-    stop_at: float | None = None,
-) -> tuple[str, np.ndarray, SlotModel]:
-    source, start = starting_schedule(problem, initial_solution)
-    upper = problem.integer_objective(start)
-    built = build_model(
-        problem,
-        deadlines(problem, upper),
-        upper_bound=upper,
-        strengthening=strengthening,
-        stop_at=stop_at,
-    )
-    return source, start, built
+    deadline: float,
+) -> Callable[[], SlotModel]:
+    """The build of the model whose windows come from a schedule of objective
+    ``upper``, giving up past ``deadline``."""
+
+    def build() -> SlotModel:
+        return build_model(
+            problem,
+            deadlines(problem, upper),
+            upper_bound=upper,
+            strengthening=strengthening,
+            stop_at=deadline,
+        )
+
+    return build
 
 
 def _integer_bound(bound: float) -> float:
@@ -167,13 +160,14 @@ def solve(
 
     emit(time.monotonic() - began, float(upper), -math.inf)
 
-    def without_solver(stop: Stop, reached: str) -> SolveResult:
-        # the model could not be built (and compiled) in time: the heuristic's
-        # schedule, the free bounds, and the status that says why
+    def without_solver(stopped: BuildStopped) -> SolveResult:
+        # the model could not be built (and compiled) in time, or the user
+        # stopped it: the heuristic's schedule, the free bounds, and the status
+        # that says why
         free = closed_form(problem) - offset
         bound = min(_integer_bound(free), float(upper))
         return SolveResult(
-            status=decide_status(stop, float(upper), bound),
+            status=decide_status(stopped.stop, float(upper), bound),
             objective=problem.objective_value(start),
             bound=bound + offset,
             runtime_s=time.monotonic() - began,
@@ -181,7 +175,7 @@ def solve(
             solver=SOLVER,
             log=pd.DataFrame(rows, columns=list(LOG_COLUMNS), dtype=np.float64),
             info={
-                "stopped_in": reached,
+                "stopped_in": stopped.stage,
                 "build_s": time.monotonic() - began,
                 "initial_source": source,
                 "initial_objective": float(upper) + offset,
@@ -190,27 +184,13 @@ def solve(
         )
 
     try:
-        built = build_model(
-            problem,
-            deadlines(problem, upper),
-            upper_bound=upper,
-            strengthening=strengthening,
-            stop_at=deadline,
+        built, loaded = _highs.build_and_load(
+            _builder(problem, upper, strengthening, deadline),
+            lambda b: b.model,
+            deadline=deadline,
         )
     except BuildStopped as stopped:
-        return without_solver(Stop(stopped.args[0]), "model build")
-    modelled = time.monotonic()
-    # Pyomo's compiler cannot be stopped midway: skip it when it would overrun
-    # (it takes about half the build's time; COMPILE_SHARE keeps a margin)
-    if requested():
-        return without_solver(Stop.INTERRUPTED, "model build")
-    if modelled + COMPILE_SHARE * (modelled - began) >= deadline:
-        return without_solver(Stop.TIME_LIMIT, "model build")
-    loaded = _highs.load(built.model)
-    if requested():
-        return without_solver(Stop.INTERRUPTED, "model compile")
-    if time.monotonic() >= deadline:
-        return without_solver(Stop.TIME_LIMIT, "model compile")
+        return without_solver(stopped)
     values = built.values(start)
     mip_start = np.array([values[v] for v in loaded.columns], dtype=np.float64)
     build_s = time.monotonic() - began
@@ -299,11 +279,16 @@ def lp_bound(
     """
     began = time.monotonic()
     deadline = began + float(time_limit)
+    _, start = starting_schedule(problem, None)
+    upper = problem.integer_objective(start)
     try:
-        _, _, built = _prepare(problem, None, strengthening, stop_at=deadline)
+        _, loaded = _highs.build_and_load(
+            _builder(problem, upper, strengthening, deadline),
+            lambda b: b.model,
+            deadline=deadline,
+            relax=True,
+        )
     except BuildStopped:  # the build alone ran out of time, or the user stopped it
         return -math.inf
-    if requested() or time.monotonic() >= deadline:
-        return -math.inf
-    value = _highs.lp_relaxation(built.model, deadline=deadline)
+    value = _highs.lp_relaxation(loaded, deadline=deadline)
     return value + problem.objective_offset

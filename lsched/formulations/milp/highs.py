@@ -34,6 +34,18 @@ when a later run asks for another ``threads`` value HiGHS refuses to start, and
 The remaining overrun is the longest stretch of HiGHS work between two callbacks
 (and postsolve), typically milliseconds.
 
+Building the model inside the limit
+-----------------------------------
+The limit is for the whole call, the Pyomo build and its compilation included
+(issue 20). :func:`build_and_load` runs a model builder that checks the clock
+as it goes (:func:`build_check`, called once per slot or iteration of the
+model: past the deadline or on a user's stop it raises :class:`BuildStopped`),
+then compiles the model unless the compilation would overrun: Pyomo's compiler
+cannot be stopped midway, and takes about :data:`COMPILE_SHARE` of the build's
+time. A caller that gets :class:`BuildStopped` returns its heuristic schedule
+with the status the stop gives (``time_limit`` or ``interrupted``); HiGHS then
+gets only the time left (:func:`run`'s ``deadline``).
+
 Progress
 --------
 ``kCallbackMipImprovingSolution`` reports each new incumbent and the interrupt
@@ -50,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import highspy
 import numpy as np
@@ -59,9 +71,15 @@ import pyomo.environ as pyo
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
 from lsched.formulations.result import Stop, highs_stop
-from lsched.interrupt import run_stoppable
+from lsched.interrupt import requested, run_stoppable
 
 FloatArray = npt.NDArray[np.float64]
+T = TypeVar("T")
+
+#: Pyomo's compile time (model to matrices) as a share of the build time, with a
+#: margin: measured 0.37-0.45 on the slot model (Jaillet n = 40 and 60) and
+#: 0.37-0.43 on the timed model (Jaillet n = 20 and 30, llama2-70b-a100-tp4).
+COMPILE_SHARE = 0.6
 
 #: ``on_event(time_s, objective or None, bound)``, solver units.
 EventCallback = Callable[[float, float | None, float], None]
@@ -129,6 +147,94 @@ class HighsOutcome:
     runtime_s: float
     interrupted: bool = False
     events: list[tuple[float, float | None, float]] = field(default_factory=list)
+
+
+class BuildStopped(Exception):
+    """A model was not built and loaded in time, or the user stopped it.
+
+    ``args`` are ``(reason, stage)``: the reason ``"time_limit"`` or
+    ``"interrupted"`` (a :class:`~lsched.formulations.result.Stop` value), the
+    stage ``"model build"`` or ``"model compile"``.
+    """
+
+    def __init__(self, reason: str, stage: str = "model build") -> None:
+        super().__init__(reason, stage)
+
+    @property
+    def stop(self) -> Stop:
+        """Why: :attr:`Stop.TIME_LIMIT` or :attr:`Stop.INTERRUPTED`."""
+        return Stop(self.args[0])
+
+    @property
+    def stage(self) -> str:
+        """Where: ``"model build"`` or ``"model compile"``."""
+        return str(self.args[1])
+
+
+def build_check(stop_at: float | None) -> Callable[[], None]:
+    """A check for a model builder to call as it goes (once per slot, say).
+
+    It raises :class:`BuildStopped` on a user's stop request
+    (:mod:`lsched.interrupt`) or once ``stop_at`` (``time.monotonic()``; ``None``:
+    no limit) has passed.
+    """
+
+    def check() -> None:
+        if requested():
+            raise BuildStopped("interrupted")
+        if stop_at is not None and time.monotonic() >= stop_at:
+            raise BuildStopped("time_limit")
+
+    return check
+
+
+def build_and_load(
+    build: Callable[[], T],
+    model_of: Callable[[T], pyo.ConcreteModel],
+    *,
+    deadline: float,
+    relax: bool = False,
+) -> tuple[T, LoadedModel]:
+    """``build()`` a model, then compile it into HiGHS, both before ``deadline``.
+
+    Parameters
+    ----------
+    build
+        Builds the model, checking the clock as it goes (:func:`build_check`
+        with ``stop_at=deadline``).
+    model_of
+        The Pyomo model of what ``build`` returned.
+    deadline
+        ``time.monotonic()`` seconds.
+    relax
+        Load the LP relaxation (:func:`load`).
+
+    Returns
+    -------
+    tuple
+        What ``build`` returned, and the loaded model.
+
+    Raises
+    ------
+    BuildStopped
+        From ``build``; or after it, on a stop request or when compiling would
+        end past ``deadline`` (estimated as :data:`COMPILE_SHARE` of the build's
+        time: the compiler cannot be stopped midway); or after compiling, on a
+        stop request or past ``deadline``.
+    """
+    began = time.monotonic()
+    built = build()
+    built_at = time.monotonic()
+    if requested():
+        raise BuildStopped("interrupted", "model build")
+    if built_at + COMPILE_SHARE * (built_at - began) >= deadline:
+        raise BuildStopped("time_limit", "model build")
+    loaded = load(model_of(built), relax=relax)
+    if requested():
+        raise BuildStopped("interrupted", "model compile")
+    if time.monotonic() >= deadline:
+        raise BuildStopped("time_limit", "model compile")
+    return built, loaded
 
 
 def load(model: pyo.ConcreteModel, *, relax: bool = False) -> LoadedModel:
@@ -380,13 +486,13 @@ def _run_stoppable(highs: highspy.Highs, state: dict[str, Any]) -> tuple[Any, bo
     return run_stoppable(work, stop)
 
 
-def lp_relaxation(model: pyo.ConcreteModel, *, deadline: float) -> float:
-    """Optimal value of ``model`` with its integrality dropped, in model units.
+def lp_relaxation(loaded: LoadedModel, *, deadline: float) -> float:
+    """Optimal value of ``loaded`` (:func:`load` with ``relax=True``), model units.
 
     ``-inf`` if HiGHS does not prove the LP optimal by ``deadline``
-    (``time.monotonic()`` seconds).
+    (``time.monotonic()`` seconds), or on a user's stop.
     """
-    outcome = run(load(model, relax=True), deadline=deadline)
+    outcome = run(loaded, deadline=deadline)
     finished = outcome.stop is Stop.FINISHED and outcome.model_status == "Optimal"
     return outcome.bound if finished else -math.inf
 

@@ -92,7 +92,6 @@ HiGHS 1.16, one thread, 2-core machine)
 from __future__ import annotations
 
 import itertools
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -101,8 +100,8 @@ import numpy.typing as npt
 import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 
+from lsched.formulations.milp.highs import build_check
 from lsched.formulations.slot import SlotProblem
-from lsched.interrupt import requested
 
 IntArray = npt.NDArray[np.int64]
 
@@ -178,11 +177,6 @@ class SlotModel:
         return start
 
 
-class BuildStopped(Exception):
-    """:func:`build_model` gave up: ``args[0]`` is ``"time_limit"`` or
-    ``"interrupted"``."""
-
-
 def build_model(
     problem: SlotProblem,
     deadline: npt.ArrayLike,
@@ -205,8 +199,9 @@ def build_model(
         Which strengthenings to add; all by default.
     stop_at
         A ``time.monotonic()`` deadline: past it, or on a user's stop request
-        (:mod:`lsched.interrupt`), the build gives up with :class:`BuildStopped`
-        (checked once per slot, so within one slot's rows).
+        (:mod:`lsched.interrupt`), the build gives up with
+        :class:`~lsched.formulations.milp.highs.BuildStopped` (checked once per
+        slot, so within one slot's rows).
 
     Returns
     -------
@@ -215,16 +210,11 @@ def build_model(
 
     Raises
     ------
-    BuildStopped
+    lsched.formulations.milp.highs.BuildStopped
         Past ``stop_at`` or on a stop request.
     """
 
-    def check() -> None:
-        if requested():
-            raise BuildStopped("interrupted")
-        if stop_at is not None and time.monotonic() >= stop_at:
-            raise BuildStopped("time_limit")
-
+    check = build_check(stop_at)
     opts = strengthening or Strengthening()
     deadline = np.asarray(deadline, dtype=np.int64)
     n = len(problem)

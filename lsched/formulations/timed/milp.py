@@ -93,7 +93,10 @@ the windows with its objective, builds the model, passes it to HiGHS with that
 schedule as MIP start (:mod:`lsched.formulations.milp.highs`, wall-clock limit
 and progress), and reports the *exact* objective
 (:func:`~lsched.formulations.timed.problem.timed_objective`) of the best schedule
-(HiGHS's, compacted, or the start). Objectives are continuous, so "optimal" is
+(HiGHS's, compacted, or the start). The limit covers the build too: it
+checks the clock as it goes and is given up, returning the start, when it would
+overrun (:func:`lsched.formulations.milp.highs.build_and_load`); HiGHS gets
+the time left. Objectives are continuous, so "optimal" is
 HiGHS's ``mip_rel_gap`` (``1e-6`` by default here, :data:`DEFAULT_OPTIONS`).
 
 HiGHS 1.16 was seen to report, for a MIP start, "feasible in the reduced space:
@@ -107,6 +110,7 @@ is the best.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -143,7 +147,7 @@ from lsched.formulations.timed.problem import (
     timed_objective,
     timed_schedule,
 )
-from lsched.interrupt import session
+from lsched.interrupt import requested, session
 
 IntArray = npt.NDArray[np.int64]
 
@@ -259,7 +263,11 @@ def default_time_unit_s(problem: TimedProblem) -> float:
 
 
 def build_model(
-    problem: TimedProblem, latest: npt.ArrayLike, *, time_unit_s: float | None = None
+    problem: TimedProblem,
+    latest: npt.ArrayLike,
+    *,
+    time_unit_s: float | None = None,
+    stop_at: float | None = None,
 ) -> TimedModel:
     """The timed MILP of ``problem`` with start windows ``[0, latest_i]``.
 
@@ -267,7 +275,12 @@ def build_model(
     default); the objective is ``sum_i w_i C_i`` (latency) or the last end
     (makespan) in those units, without the constant
     :attr:`~lsched.formulations.timed.problem.TimedProblem.objective_offset`.
+
+    Past ``stop_at`` (``time.monotonic()``), or on a user's stop request, the
+    build gives up with :class:`~lsched.formulations.milp.highs.BuildStopped`
+    (checked once per request or iteration of each family of rows).
     """
+    check = _highs.build_check(stop_at)
     unit = default_time_unit_s(problem) if time_unit_s is None else float(time_unit_s)
     latest = np.asarray(latest, dtype=np.int64)
     n = len(problem)
@@ -320,6 +333,7 @@ def build_model(
     )
     m.cumulative = pyo.ConstraintList()
     for i in range(n):
+        check()
         for t in range(last[i]):
             m.cumulative.add(y[i, t] == cum(i, t - 1) + x[i, t])
     for group in problem.identical_groups():
@@ -333,6 +347,7 @@ def build_model(
     m.batch = pyo.ConstraintList()
     m.budget = pyo.ConstraintList()
     for k in range(num):
+        check()
         present = [i for i in range(n) if k - o[i] + 1 <= last[i]]
         offsets = {i: range(k - min(k, last[i]), min(k, o[i] - 1) + 1) for i in present}
         present = [i for i in present if len(offsets[i])]
@@ -364,6 +379,7 @@ def build_model(
         m.u[k].fix(1.0)
     m.exists = pyo.ConstraintList()
     for k in range(num):
+        check()
         if k + 1 < num:
             m.exists.add(m.u[k] >= m.u[k + 1])
         if k >= fixed:
@@ -384,6 +400,7 @@ def build_model(
         m.has_prefill = pyo.ConstraintList()
     squares = [si * si for si in s]
     for k in range(num):
+        check()
         phi = features[k]
         phi[CONST] = m.u[k]
         if used[PREFILL]:
@@ -430,6 +447,7 @@ def build_model(
         )
         top = float(problem.feature_max[switch])
         for k in range(num):
+            check()
             m.duration.add(sum(m.z[k, r] for r in range(len(pieces))) == m.u[k])
             value = features[k][switch]
             for r, weights in enumerate(pieces):
@@ -446,6 +464,7 @@ def build_model(
                     count("duration")
     else:
         for k in range(num):
+            check()
             for piece in pieces[0]:
                 m.duration.add(m.d[k] >= affine(piece, k))
                 count("duration")
@@ -456,6 +475,7 @@ def build_model(
     for k in range(1, num):
         m.time.add(m.T[k] >= m.T[k - 1] + m.d[k - 1])
     for i in range(n):
+        check()
         if a[i] > a_min:
             for k in range(last[i] + 1):
                 m.time.add(m.T[k] >= a[i] * cum(i, k))
@@ -471,10 +491,13 @@ def build_model(
         m.v = pyo.Var(index, bounds=(0, None))
         m.wait = pyo.ConstraintList()
         for i, ell in index:
+            if ell == o[i]:
+                check()
             big = d_max + max(0.0, a_max - a_min - ell * d_min) + slack
             done_before = cum(i, ell - o[i])  # 1 - R_il
             m.wait.add(m.v[i, ell] >= end(ell) - end(ell - 1) - big * done_before)
         for i in range(n):
+            check()
             # i waits through S_i iterations l >= o_i, each >= d_min long
             if d_min > 0 and last[i] > 0:
                 m.wait.add(
@@ -504,8 +527,9 @@ def lp_bound(
 
     A lower bound on the timed optimum: the start windows come from the best
     heuristic's objective (no optimal schedule starts later), the rest is the
-    model with its binaries relaxed. ``-inf`` if HiGHS does not finish the LP
-    within ``time_limit`` wall-clock seconds.
+    model with its binaries relaxed. ``-inf`` unless the model is built and the
+    LP solved within ``time_limit`` wall-clock seconds (heuristic and build
+    included), and no stop was requested.
 
     Measured against the closed forms of :mod:`lsched.formulations.work_bounds`
     (2 cores), it helps where prompts are short or every request is present at
@@ -520,10 +544,21 @@ def lp_bound(
     output tokens in all. Threshold regimes (more big-M rows) weaken it too.
     """
     began = time.monotonic()
+    deadline = began + float(time_limit)
     _, start, exact = starting_schedule(problem, None)
     latest = np.maximum(latest_starts(problem, exact), start)
-    built = build_model(problem, latest, time_unit_s=time_unit_s)
-    value = _highs.lp_relaxation(built.model, deadline=began + float(time_limit))
+    try:
+        built, loaded = _highs.build_and_load(
+            lambda: build_model(
+                problem, latest, time_unit_s=time_unit_s, stop_at=deadline
+            ),
+            lambda b: b.model,
+            deadline=deadline,
+            relax=True,
+        )
+    except _highs.BuildStopped:  # out of time in the build, or stopped by the user
+        return -math.inf
+    value = _highs.lp_relaxation(loaded, deadline=deadline)
     return value * built.time_unit_s + problem.objective_offset
 
 
@@ -555,7 +590,11 @@ def solve(
     problem
         The timed problem.
     time_limit
-        Wall-clock seconds for everything (heuristics, model, HiGHS).
+        Wall-clock seconds for everything (heuristics, model build and
+        compilation, HiGHS). A build that would overrun it is given up
+        (:func:`lsched.formulations.milp.highs.build_and_load`): the starting
+        schedule comes back with status ``time_limit`` (``interrupted`` on a
+        user's stop) and ``info["stopped_in"]`` says where.
     num_workers
         HiGHS ``threads``.
     seed
@@ -588,8 +627,7 @@ def solve(
     offset = problem.objective_offset
     source, start, exact = starting_schedule(problem, initial_solution)
     latest = np.maximum(latest_starts(problem, exact), start)
-    built = build_model(problem, latest, time_unit_s=time_unit_s)
-    unit = built.time_unit_s
+    unit = default_time_unit_s(problem) if time_unit_s is None else float(time_unit_s)
     rows: list[tuple[float, float | None, float]] = []
 
     def seconds(value: float) -> float:
@@ -606,7 +644,32 @@ def solve(
             on_progress(*row)
 
     emit(time.monotonic() - began, (exact - offset) / unit, -math.inf)
-    loaded = _highs.load(built.model)
+    try:
+        built, loaded = _highs.build_and_load(
+            lambda: build_model(problem, latest, time_unit_s=unit, stop_at=deadline),
+            lambda b: b.model,
+            deadline=deadline,
+        )
+    except _highs.BuildStopped as stopped:
+        # the model could not be built (and compiled) in time, or the user
+        # stopped it: the starting schedule, with the status that says why
+        return SolveResult(
+            status=decide_status(stopped.stop, exact, -math.inf),
+            objective=exact,
+            bound=-math.inf,
+            runtime_s=time.monotonic() - began,
+            start=start,
+            solver=SOLVER,
+            log=pd.DataFrame(rows, columns=list(LOG_COLUMNS), dtype=np.float64),
+            info={
+                "stopped_in": stopped.stage,
+                "build_s": time.monotonic() - began,
+                "time_unit_s": unit,
+                "initial_source": source,
+                "initial_objective": exact,
+                "source": source,
+            },
+        )
     values = built.values(start)
     mip_start = np.array([values[v] for v in loaded.columns], dtype=np.float64)
     build_s = time.monotonic() - began
@@ -622,21 +685,33 @@ def solve(
         on_event=emit,
         origin=began,
     )
-    restarted = not _consistent(loaded, outcome)
-    if restarted:
-        # HiGHS's presolve has been seen to map a MIP start into its reduced
-        # space with a wrong objective, then prune with it (module docstring)
-        loaded = _highs.load(built.model)
-        outcome = _highs.run(
-            loaded,
-            deadline=deadline,
-            threads=num_workers,
-            seed=seed,
-            options=settings,
-            start_objective=(exact - offset) / unit,
-            on_event=emit,
-            origin=began,
-        )
+    restarted = False
+    if not _consistent(loaded, outcome):
+        if requested() or time.monotonic() >= deadline:
+            # no time (or leave) to solve again: HiGHS's values and bound are not
+            # to be trusted, the start is kept
+            outcome = dataclasses.replace(
+                outcome,
+                stop=Stop.INTERRUPTED if requested() else Stop.TIME_LIMIT,
+                objective=None,
+                bound=-math.inf,
+                values=None,
+            )
+        else:
+            # HiGHS's presolve has been seen to map a MIP start into its reduced
+            # space with a wrong objective, then prune with it (module docstring)
+            restarted = True
+            loaded = _highs.load(built.model)
+            outcome = _highs.run(
+                loaded,
+                deadline=deadline,
+                threads=num_workers,
+                seed=seed,
+                options=settings,
+                start_objective=(exact - offset) / unit,
+                on_event=emit,
+                origin=began,
+            )
     best, best_source, value = start, source, exact
     if outcome.values is not None:
         candidate = built.start_of(
