@@ -152,6 +152,11 @@ def stall_message(
     )
 
 
+#: No request: the view's ``swapped`` while none is (read-only, shared).
+_NONE = np.zeros(0, dtype=np.int64)
+_NONE.flags.writeable = False
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
@@ -469,7 +474,7 @@ class ReplicaEngine:
             priority=self._priority_view,
             tenant=self._tenant_view,
             kv_held=KVHeld(self.kv, self.running),
-            swapped=np.array(self.swapped, dtype=np.int64),
+            swapped=np.array(self.swapped, dtype=np.int64) if self.swapped else _NONE,
             swapped_tokens=self._views[5],
             host_capacity_blocks=self.host.capacity_blocks,
             host_used_blocks=self.host.used_blocks,

@@ -149,7 +149,7 @@ class FastServe:
     def decide(self, view: ReplicaView) -> Batch:
         limits = view.limits
         running = view.running
-        order = self._ranked(view, running.tolist() + view.waiting.tolist())
+        order = self._ranked(view, np.concatenate([running, view.waiting]))
         rank = {r: k for k, r in enumerate(order)}
         is_running = set(running.tolist())
         swap = self.params.swap
@@ -234,7 +234,7 @@ class FastServe:
         back: list[int] = []
         if not out:
             room = self._room(view, batch)
-            for r in self._ranked(view, view.swapped.tolist()):
+            for r in self._ranked(view, view.swapped):
                 # its blocks and its next decode step's
                 need = kv.blocks(int(view.swapped_tokens[r]) + 1)
                 if len(back) >= room or free - need < (
@@ -268,10 +268,9 @@ class FastServe:
             limits.max_num_seqs - members, limits.max_num_batched_tokens - tokens
         )
 
-    def _ranked(self, view: ReplicaView, ids: list[int]) -> list[int]:
+    def _ranked(self, view: ReplicaView, ids: IntArray) -> list[int]:
         """``ids`` by (level, arrival, id)."""
-        if not ids:
+        if not len(ids):
             return []
-        array = np.array(ids, dtype=np.int64)
-        level = self.levels(view, array)
-        return array[np.lexsort((array, view.arrival_s[array], level))].tolist()
+        level = self.levels(view, ids)
+        return ids[np.lexsort((ids, view.arrival_s[ids], level))].tolist()
