@@ -34,6 +34,16 @@ when a later run asks for another ``threads`` value HiGHS refuses to start, and
 The remaining overrun is the longest stretch of HiGHS work between two callbacks
 (and postsolve), typically milliseconds.
 
+Quiet
+-----
+``highspy.Highs()`` prints HiGHS's banner ("Running HiGHS 1.16.0 ...") on the
+C-level stdout, once per process, from its constructor: ``Highs.__init__`` calls
+``enableCallbacks``, whose ``setCallback`` writes the log header while
+``output_flag`` is still on. Setting the option after construction is too late,
+so :class:`_QuietHighs` turns output off inside ``enableCallbacks``, before
+that first write (nothing else of lsched prints it; Pyomo is only used to build
+the model, never to run HiGHS).
+
 Progress
 --------
 ``kCallbackMipImprovingSolution`` reports each new incumbent and the interrupt
@@ -62,6 +72,16 @@ from lsched.formulations.result import Stop, highs_stop
 from lsched.interrupt import run_stoppable
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class _QuietHighs(highspy.Highs):
+    """``highspy.Highs`` with output off from the start: no banner, no log."""
+
+    def enableCallbacks(self) -> None:
+        # called by Highs.__init__; the banner is written by its setCallback
+        highspy._Highs.setOptionValue(self, "output_flag", False)
+        super().enableCallbacks()
+
 
 #: ``on_event(time_s, objective or None, bound)``, solver units.
 EventCallback = Callable[[float, float | None, float], None]
@@ -161,8 +181,7 @@ def load(model: pyo.ConcreteModel, *, relax: bool = False) -> LoadedModel:
     )
     cost = np.asarray(form.c.toarray()[0], dtype=np.float64)
     offset = float(form.c_offset[0])
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = _QuietHighs()
     highs.passModel(
         n_cols,
         n_rows,
