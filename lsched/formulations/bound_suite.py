@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_choice, check_int, check_time_limit, check_type
 from lsched.cluster import Cluster, Pool, colocated_topology
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
@@ -53,7 +54,7 @@ from lsched.formulations.result import Reason, Skipped
 from lsched.formulations.slot import SlotProblem
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.timed import milp as timed_milp
-from lsched.formulations.work_bounds import work_bounds
+from lsched.formulations.work_bounds import OBJECTIVES, work_bounds
 from lsched.instance import Instance
 from lsched.interrupt import requested
 from lsched.profile import DeploymentProfile
@@ -179,6 +180,16 @@ def _stopped(name: str, time_limit: float) -> Skipped:
     )
 
 
+def _check_arguments(
+    instance: object, objective: object, lp_time_limit: object, lp_max_requests: object
+) -> None:
+    """InputError naming the first bad argument shared by the reports."""
+    check_type(instance, "instance", Instance, "an Instance")
+    check_choice(objective, "objective", OBJECTIVES)
+    check_time_limit(lp_time_limit, "lp_time_limit", zero=True)
+    check_int(lp_max_requests, "lp_max_requests", 0)
+
+
 def bound_report(
     instance: Instance,
     profile: DeploymentProfile,
@@ -192,8 +203,18 @@ def bound_report(
 
     Parameters are those of :func:`bound_suite`. Every bound name the suite knows
     for ``objective`` is either in ``bounds`` or in ``skipped``.
+
+    Raises
+    ------
+    InputError
+        On an argument of the wrong type or out of its range
+        (:mod:`lsched.checks`); ``lp_time_limit`` may be 0 (every LP skipped).
     """
-    replicas = profile.replicas if replicas is None else replicas
+    check_type(profile, "profile", DeploymentProfile, "a DeploymentProfile")
+    _check_arguments(instance, objective, lp_time_limit, lp_max_requests)
+    replicas = (
+        profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
+    )
     report = _Collector(colocated_topology(profile.name, replicas))
     add, skip = report.add, report.skip
 
@@ -293,6 +314,8 @@ def cluster_bound_report(
     replica, are listed as out of scope. Every bound states the topology it holds
     for (:meth:`~lsched.cluster.Cluster.describe`).
     """
+    check_type(cluster, "cluster", Cluster, "a Cluster")
+    _check_arguments(instance, objective, lp_time_limit, lp_max_requests)
     pool = one_colocated_pool(cluster)
     if pool is not None:
         return bound_report(
