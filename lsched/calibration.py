@@ -38,6 +38,7 @@ Measurement files (:func:`read_measurements`):
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
+from lsched.checks import read_text
 from lsched.errors import InputError
 from lsched.profile import FEATURES, NUM_FEATURES, IterationTime
 
@@ -236,10 +238,10 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        rows = [(reader.line_num, row) for row in reader]
+    text = read_text(path, "a CSV file of measurements (UTF-8 text)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = list(reader.fieldnames or [])
+    rows = [(reader.line_num, row) for row in reader]
     if not header:
         raise InputError("empty file; expected a CSV header", file=path, line=1)
     return header, rows

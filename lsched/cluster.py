@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 
+from lsched.checks import check_path
 from lsched.errors import InputError
 from lsched.policies import PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile, load_profile, read_toml
@@ -406,7 +407,7 @@ def load_cluster(path: str | Path) -> Cluster:
         Naming the file and the key (``pool[k].field``) for a missing or unknown
         key, a bad value, an unknown profile, policy or router.
     """
-    path = Path(path)
+    path = check_path(path, "cluster")
     if not path.is_file():
         raise InputError("no such cluster file", file=path)
     _, data = read_toml(path)

@@ -58,6 +58,14 @@ from typing import Any
 
 import numpy as np
 
+from lsched.checks import (
+    check_choice,
+    check_int,
+    check_policies,
+    check_solver_options,
+    check_time_limit,
+    check_type,
+)
 from lsched.cluster import Cluster, colocated_topology, served_profile
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate, simulate_cluster
@@ -93,7 +101,7 @@ from lsched.formulations.timed import TimedProblem
 from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
 from lsched.interrupt import requested, session
-from lsched.policies import parse_policy
+from lsched.policies import PolicySpec, parse_policy
 from lsched.predictors import oracle
 from lsched.profile import DeploymentProfile
 
@@ -281,13 +289,29 @@ def is_slot_schedule(result: SimulationResult, instance: Instance) -> bool:
     return True
 
 
+def _check_options(
+    objective: Any,
+    backend: Any,
+    time_limit: Any,
+    num_workers: Any,
+    seed: Any,
+    lp_time_limit: Any,
+) -> None:
+    """InputError naming the first bad option of :func:`compare`."""
+    check_choice(objective, "objective", OBJECTIVES)
+    if backend is not None:
+        check_choice(backend, "backend", BACKENDS)
+    check_solver_options(time_limit, num_workers, seed)
+    check_time_limit(lp_time_limit, "lp_time_limit", zero=True)
+
+
 @session()
 def compare(
     instance: Instance,
     profile: DeploymentProfile,
     *,
     objective: str = "latency",
-    policies: Sequence[str] = DEFAULT_POLICIES,
+    policies: Sequence[str | PolicySpec] = DEFAULT_POLICIES,
     backend: str | None = "cpsat",
     time_limit: float = 10.0,
     replicas: int | None = None,
@@ -310,7 +334,8 @@ def compare(
     objective
         ``"latency"`` (total E2E seconds) or ``"makespan"`` (seconds).
     policies
-        Policy specifications ``name[:key=value,...]``.
+        Policy specifications ``name[:key=value,...]`` (or :class:`PolicySpec`);
+        a sequence, even of one: ``["fcfs"]`` (a ``str`` is refused).
     backend
         Slot-model backend (``cpsat``, ``milp`` or ``lns``), or ``None`` for no
         solve.
@@ -332,19 +357,19 @@ def compare(
     Raises
     ------
     InputError
-        On an unknown objective, policy or backend.
+        On an argument of the wrong type or out of its range (:mod:`lsched.checks`:
+        a single ``str`` for ``policies`` is refused, pass ``["fcfs"]``), an
+        unknown objective, policy or backend.
     """
-    if objective not in OBJECTIVES:
-        raise InputError(
-            f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
-            field="objective",
-        )
-    if backend is not None and backend not in BACKENDS:
-        raise InputError(
-            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
-        )
-    specs = [parse_policy(p) for p in policies]  # fail on a bad name before work
-    replicas = profile.replicas if replicas is None else replicas
+    check_type(instance, "instance", Instance, "an Instance")
+    check_type(profile, "profile", DeploymentProfile, "a DeploymentProfile")
+    _check_options(objective, backend, time_limit, num_workers, seed, lp_time_limit)
+    # fail on a bad name before work
+    specs = [parse_policy(p) if isinstance(p, str) else p
+             for p in check_policies(policies)]  # fmt: skip
+    replicas = (
+        profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
+    )
     # what the evaluator serves (prompts over max_model_len out, outputs cut):
     # the bounds, the solve and every policy see the same requests
     instance = served_requests(instance, profile.max_model_len)
@@ -440,7 +465,7 @@ def compare_cluster(
     cluster: Cluster,
     *,
     objective: str = "latency",
-    policies: Sequence[str] | None = None,
+    policies: Sequence[str | PolicySpec] | None = None,
     backend: str | None = "cpsat",
     time_limit: float = 10.0,
     num_workers: int = 2,
@@ -469,15 +494,11 @@ def compare_cluster(
         ``None``: one run of the cluster as written (each pool its own policy);
         else one run per policy, every pool running it.
     """
-    if objective not in OBJECTIVES:
-        raise InputError(
-            f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
-            field="objective",
-        )
-    if backend is not None and backend not in BACKENDS:
-        raise InputError(
-            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
-        )
+    check_type(instance, "instance", Instance, "an Instance")
+    check_type(cluster, "cluster", Cluster, "a Cluster")
+    _check_options(objective, backend, time_limit, num_workers, seed, lp_time_limit)
+    if policies is not None:
+        policies = check_policies(policies)
     runs = _cluster_runs(cluster, policies)  # fail on a bad name before work
     pool = one_colocated_pool(cluster)
     if pool is not None:
@@ -517,7 +538,7 @@ def compare_cluster(
 
 
 def _cluster_runs(
-    cluster: Cluster, policies: Sequence[str] | None
+    cluster: Cluster, policies: Sequence[str | PolicySpec] | None
 ) -> dict[str, Cluster]:
     """Each run's label and cluster: as written, or every pool under one policy."""
     if policies is None:
@@ -528,7 +549,7 @@ def _cluster_runs(
         return {mixed: cluster}
     runs = {}
     for text in policies:
-        spec = parse_policy(text)
+        spec = parse_policy(text) if isinstance(text, str) else text
         pools = tuple(replace(p, policy=spec) for p in cluster.pools)
         runs[spec.label] = replace(cluster, pools=pools)
     return runs

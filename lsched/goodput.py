@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from lsched.checks import check_choice, check_int, check_number, check_seed, check_type
 from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.instance import Instance
@@ -246,6 +247,8 @@ def poisson_arrivals(instance: Instance, seed: int) -> Instance:
     """
     from lsched.generators.arrivals import Poisson
 
+    check_type(instance, "instance", Instance, "an Instance")
+    seed = check_seed(seed)
     times = Poisson(1.0).sample(len(instance), np.random.default_rng(seed))
     return instance.replace(arrival_s=times)
 
@@ -275,41 +278,19 @@ def check_options(
     max_expansions: int = DEFAULT_MAX_EXPANSIONS,
 ) -> None:
     """Check :func:`goodput`'s options; InputError naming the option otherwise."""
-
-    def finite(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"got {value!r}; expected a number", field=name)
-        if not math.isfinite(value):
-            raise InputError(f"got {value!r}; expected a finite number", field=name)
-        return float(value)
-
-    if not 0 < finite("target", target) <= 1:
+    if not 0 < check_number(target, "target") <= 1:
         raise InputError(f"got {target!r}; expected a share in (0, 1]", field="target")
-    if not finite("rtol", rtol) >= 1e-9:
-        raise InputError(f"got {rtol!r}; expected a number >= 1e-9", field="rtol")
-    if not finite("growth", growth) > 1:
-        raise InputError(f"got {growth!r}; expected a number > 1", field="growth")
-    if (
-        isinstance(max_expansions, bool)
-        or not isinstance(max_expansions, int | np.integer)
-        or max_expansions < 0
-    ):
-        raise InputError(
-            f"got {max_expansions!r}; expected an integer >= 0",
-            field="max_expansions",
-        )
+    check_number(rtol, "rtol", 1e-9)
+    check_number(growth, "growth", 1, strict=True)
+    check_int(max_expansions, "max_expansions", 0)
     for name, value in (("low", low), ("high", high)):
-        if value is not None and not finite(name, value) > 0:
-            raise InputError(f"got {value!r}; expected a rate per GPU > 0", field=name)
+        if value is not None:
+            check_number(value, name, 0, strict=True, what="a rate per GPU")
     if low is not None and high is not None and not low < high:
         raise InputError(
             f"got low {low!r} and high {high!r}; expected low < high", field="high"
         )
-    if definitions not in DEFINITIONS:
-        raise InputError(
-            f"got {definitions!r}; expected one of {', '.join(DEFINITIONS)}",
-            field="definitions",
-        )
+    check_choice(definitions, "definitions", DEFINITIONS)
 
 
 def goodput(
@@ -372,6 +353,9 @@ def goodput(
     from lsched.evaluator import simulate_cluster
 
     started = time.perf_counter()
+    check_type(instance, "instance", Instance, "an Instance")
+    check_type(cluster, "cluster", Cluster, "a Cluster")
+    check_type(slo, "slo", SLO | type(None), "an SLO or None")
     check_options(
         target,
         rtol,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from types import MappingProxyType
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched._pickle import reduce_record
+from lsched.checks import check_optional_int, check_type
 from lsched.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,14 +70,69 @@ class Request:
 
 
 def _frozen(values: Any, dtype: str, name: str) -> np.ndarray:
+    """``values`` as a read-only 1-D column of ``dtype``.
+
+    Numbers stay numbers: an int64 column takes integers (floats only where they
+    are whole: 2.7 is refused, not cut to 2), a float64 column takes real
+    numbers; ``bool`` and text are refused in both.
+    """
     try:
-        array = np.array(values, dtype=dtype if dtype != "U" else str)
+        array = np.asarray(values) if dtype != "U" else np.array(values, dtype=str)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"cannot convert to {dtype}: {exc}", field=name) from None
     if array.ndim != 1:
         raise InputError(f"expected a 1-D column, got shape {array.shape}", field=name)
+    if dtype != "U":
+        array = _numeric(array, dtype, name)
     array.flags.writeable = False
     return array
+
+
+def _numeric(array: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """``array`` cast to ``dtype`` ("int64" or "float64") without changing a value."""
+    integer = dtype == "int64"
+    expected = "an integer" if integer else "a number"
+    kind = array.dtype.kind
+    if kind == "O":  # Python objects: numbers only, of the right kind
+        wrong = [
+            isinstance(v, bool | np.bool_)
+            or not isinstance(v, Integral if integer else Real)
+            for v in array
+        ]
+        if any(wrong):
+            i = wrong.index(True)
+            raise InputError(
+                f"request {i}: got {type(array[i]).__name__} {array[i]!r}; expected "
+                f"{expected}",
+                field=name,
+            )
+        try:
+            return np.array(array.tolist(), dtype=dtype).reshape(len(array))
+        except OverflowError:
+            raise InputError(
+                f"got a value outside int64; expected {expected}", field=name
+            ) from None
+    if len(array) == 0:
+        return array.astype(dtype)
+    if kind not in "iuf":
+        first = array[0].item()
+        raise InputError(
+            f"request 0: got {type(first).__name__} {first!r}; expected {expected}",
+            field=name,
+        )
+    if integer and kind == "f":
+        whole = np.isfinite(array) & (array == np.round(array))
+        if not whole.all():
+            i = _first_bad(~whole)
+            raise InputError(
+                f"request {i}: got {array[i]}; expected {expected}", field=name
+            )
+    if integer and kind == "u" and len(array) and array.max() > np.iinfo(np.int64).max:
+        i = _first_bad(array > np.iinfo(np.int64).max)
+        raise InputError(
+            f"request {i}: got {array[i]}; expected {expected} below 2**63", field=name
+        )
+    return array.astype(dtype)
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -148,7 +205,15 @@ class Instance:
         if offsets is not None:
             set_(self, "prefix_hash_offsets", _frozen(offsets, "int64", "offsets"))
             set_(self, "prefix_hash_values", _frozen(values, "int64", "values"))
+        if not isinstance(self.params, Mapping):
+            raise InputError(
+                f"got {type(self.params).__name__}; expected a mapping", field="params"
+            )
         set_(self, "params", MappingProxyType(dict(self.params)))
+        check_type(self.name, "name", str, "a str")
+        for key in ("source", "family"):
+            check_type(getattr(self, key), key, str | type(None), "a str or None")
+        set_(self, "seed", check_optional_int(self.seed, "seed"))
         self._validate(n)
 
     def __reduce__(self) -> Any:

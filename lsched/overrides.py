@@ -61,7 +61,7 @@ def parse_value(text: str) -> int | float | str:
 
 
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["FIELD=VALUE", ...]`` as ``{field: value}``; a later FIELD wins.
+    """``["FIELD=VALUE", ...]`` as ``{field: value}``; each FIELD once.
 
     The host tier's fields are set one by one as ``host.FIELD``
     (:data:`lsched.tiers.HOST_FIELDS`) and come back as one ``host`` table.
@@ -69,17 +69,24 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     Raises
     ------
     InputError
-        On an item without ``=``, or a field that is unknown or not settable,
-        naming ``--set`` and the field.
+        On an item without ``=``, a field that is unknown or not settable, or
+        one given twice (which value was meant?), naming ``--set`` and the field.
     """
     settable = settable_fields()
     text_fields = _text_fields()
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in items or ():
         name, sep, raw = item.partition("=")
         name = name.strip()
         if not sep or not name:
             raise InputError(f"got {item!r}; expected FIELD=VALUE", field=OPTION)
+        if name in given:
+            raise InputError(
+                f"given twice ({given[name]!r} and {item!r}); expected each field once",
+                field=f"{OPTION} {name}",
+            )
+        given[name] = item
         if name.startswith("host."):
             key = name.removeprefix("host.")
             if key not in HOST_FIELDS:
@@ -132,6 +139,8 @@ def apply_overrides(
             raise
         if exc.field in overrides:
             value = overrides[exc.field]
+            if isinstance(value, str) and not value.isprintable():
+                value = repr(value)  # a control byte would garble the line
             raise InputError(
                 f"{exc.message} (from {OPTION} {exc.field}={value})",
                 field=f"{OPTION} {exc.field}",

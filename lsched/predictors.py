@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lsched.checks import check_int, check_number, check_seed, parse_spec
 from lsched.errors import InputError
-from lsched.generators._checks import check_float, check_int, check_seed
 from lsched.instance import Instance
 
 IntArray = npt.NDArray[np.int64]
@@ -109,7 +109,7 @@ def lognormal_noise(instance: Instance, sigma: float, seed: int) -> Instance:
     InputError
         If ``sigma`` or ``seed`` is invalid.
     """
-    sigma = check_float("sigma", sigma, minimum=0.0)
+    sigma = check_number(sigma, "sigma", 0.0)
     seed = check_seed(seed)
     z = np.random.default_rng(seed).standard_normal(len(instance))
     raw = np.rint(instance.output_tokens * np.exp(sigma * z))
@@ -142,7 +142,7 @@ def buckets(instance: Instance, edges: Sequence[int]) -> Instance:
     InputError
         If ``edges`` is empty, not integers >= 1, or not strictly increasing.
     """
-    values = [check_int("edges", e, 1) for e in edges]
+    values = [check_int(e, "edges", 1) for e in edges]
     if not values:
         raise InputError("got no edges; expected at least one", field="edges")
     if any(b <= a for a, b in pairwise(values)):
@@ -178,7 +178,7 @@ def interval_bounds(
     InputError
         If ``width`` or ``seed`` is invalid.
     """
-    width = check_float("width", width, minimum=1.0)
+    width = check_number(width, "width", 1.0)
     seed = check_seed(seed)
     u = np.random.default_rng(seed).random(len(instance))  # in [0, 1)
     o = instance.output_tokens
@@ -210,7 +210,7 @@ def interval(instance: Instance, width: float, seed: int) -> Instance:
     Instance
         A copy with ``predicted_output_tokens = hi``.
     """
-    width = check_float("width", width, minimum=1.0)
+    width = check_number(width, "width", 1.0)
     _, hi = interval_bounds(instance, width, seed)
     how = {"name": "interval", "width": width, "seed": check_seed(seed)}
     return _with_predictions(instance, hi, how)
@@ -227,13 +227,7 @@ def apply_predictor(instance: Instance, spec: str) -> Instance:
     InputError
         For an unknown predictor or parameter, or a value that is not a number.
     """
-    name, _, rest = spec.strip().partition(":")
-    options: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise InputError(f"got {item!r}; expected key=value", field="predictor")
-        options[key.strip()] = value.strip()
+    name, options = parse_spec(spec, "predictor")
     allowed = {
         "oracle": set(),
         "noise": {"sigma", "seed"},

@@ -76,6 +76,7 @@ import numpy.typing as npt
 
 from lsched._models import find_profile, profile_files, shipped_models_dir
 from lsched._pickle import reduce_record
+from lsched.checks import check_int, check_number, check_path, read_text
 from lsched.errors import InputError
 from lsched.tiers import HostTier, host_from_table
 
@@ -217,17 +218,6 @@ def batch_features(
 # -- iteration time ----------------------------------------------------------------
 
 
-def _finite_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise InputError(
-            f"got {type(value).__name__} {value!r}; expected a number", field=name
-        )
-    number = float(value)
-    if not math.isfinite(number):
-        raise InputError(f"got {number}; expected a finite number", field=name)
-    return number
-
-
 @dataclass(frozen=True, eq=False)
 class IterationTime:
     """Iteration time in seconds as a function of phi (see the module docstring).
@@ -300,7 +290,7 @@ class IterationTime:
             )
         set_(self, "regimes", tuple(frozen))
         thresholds = tuple(
-            _finite_float(t, f"iteration_time.thresholds[{k}]")
+            check_number(t, f"iteration_time.thresholds[{k}]")
             for k, t in enumerate(self.thresholds)
         )
         set_(self, "thresholds", thresholds)
@@ -327,7 +317,7 @@ class IterationTime:
                 field="iteration_time.switch_feature",
             )
         for name in ("overhead_s", "overhead_per_token_s"):
-            value = _finite_float(getattr(self, name), f"iteration_time.{name}")
+            value = check_number(getattr(self, name), f"iteration_time.{name}")
             if value < 0:
                 raise InputError(
                     f"got {value}; expected >= 0 seconds",
@@ -361,6 +351,56 @@ class IterationTime:
         """Regimes with the overhead folded into every piece (max-affine form)."""
         extra = self.overhead_weights
         return tuple(w + extra for w in self.regimes)
+
+    def check_positive(self, max_model_len: int) -> None:
+        """Raise InputError unless every batch an engine can form takes > 0 s.
+
+        The rule is sound and linear. A batch of ``P`` prefill tokens and ``D``
+        decode steps (one of them at least) has ``P <= Q <= L * P`` and
+        ``D <= K <= L * D``, ``L = max_model_len``: a chunk of ``c`` tokens after
+        ``x`` cached ones adds ``c * (x + c)`` to ``Q`` with ``1 <= x + c <= L``,
+        and a decode step reads between 1 and ``L`` KV tokens. So an affine piece
+        ``w`` (overhead folded in) takes at least ``const + H * has_prefill +
+        P * a + D * b``, with ``a = prefill_tokens + min(prefill_attention,
+        L * prefill_attention)`` the least time of one more prefill token and
+        ``b = decode_steps + min(kv_read_tokens, L * kv_read_tokens)`` that of
+        one more decode step. The piece is positive on every batch if and only if
+        (for unbounded ``P`` and ``D``) ``a >= 0``, ``b >= 0``, and the two
+        smallest batches take > 0 s: one decode step, ``const + b``, and one
+        one-token prefill, ``const + has_prefill + a``. A regime passes if one of
+        its pieces does (the time is their max); every regime is checked on every
+        batch, not only those its switch gives it, which keeps the rule simple and
+        can only refuse more.
+
+        Weights may be negative: DistServe's fits have ``has_prefill < 0`` (the
+        prefill constant below the decode one) and ``prefill_attention < 0`` (a
+        concave prefill fit); they pass while the time stays positive up to
+        ``max_model_len``.
+        """
+        longest = float(max_model_len)
+        for r, regime in enumerate(self.effective_regimes):
+            problems = []
+            for w in regime:
+                const, p, q, d, k, h = (float(x) for x in w)
+                per_prefill = p + min(q, q * longest)
+                per_decode = d + min(k, k * longest)
+                found = [
+                    (per_decode < 0, "one more decode step", per_decode, ">= 0"),
+                    (per_prefill < 0, "one more prefill token", per_prefill, ">= 0"),
+                    (const + per_decode <= 0, "a batch of one decode step",
+                     const + per_decode, "> 0"),
+                    (const + h + per_prefill <= 0, "a batch of one prefill token",
+                     const + h + per_prefill, "> 0"),
+                ]  # fmt: skip
+                problems.append([f for f in found if f[0]])
+            if all(problems):
+                _, what, seconds, bound = problems[0][0]
+                raise InputError(
+                    f"{what} can take {seconds:.6g} s (with max_model_len "
+                    f"{max_model_len}); expected {bound} s, so that every batch "
+                    "takes a positive time",
+                    field=f"iteration_time.regimes[{r}]",
+                )
 
     def regime_of(self, phi: npt.ArrayLike) -> IntArray:
         """Regime index of each batch, shape ``phi.shape[:-1]``."""
@@ -437,17 +477,6 @@ class IterationTime:
 # -- deployment profile --------------------------------------------------------------
 
 
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputError(
-            f"got {type(value).__name__} {value!r}; expected an integer >= {minimum}",
-            field=name,
-        )
-    if value < minimum:
-        raise InputError(f"got {value}; expected an integer >= {minimum}", field=name)
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Hardware:
     """What one replica runs on.
@@ -476,7 +505,7 @@ class Hardware:
                 f"got {self.gpu!r}; expected a non-empty name", field="hardware.gpu"
             )
         for name in ("num_gpus", "tensor_parallel", "pipeline_parallel"):
-            _positive_int(getattr(self, name), f"hardware.{name}")
+            check_int(getattr(self, name), f"hardware.{name}", 1)
         if self.num_gpus != self.tensor_parallel * self.pipeline_parallel:
             raise InputError(
                 f"got {self.num_gpus}; expected tensor_parallel * pipeline_parallel "
@@ -485,7 +514,7 @@ class Hardware:
                 field="hardware.num_gpus",
             )
         if self.gpu_memory_bytes is not None:
-            _positive_int(self.gpu_memory_bytes, "hardware.gpu_memory_bytes")
+            check_int(self.gpu_memory_bytes, "hardware.gpu_memory_bytes", 1)
 
 
 def kv_bytes_per_token(
@@ -498,7 +527,7 @@ def kv_bytes_per_token(
         ("model.head_dim", head_dim),
         ("model.dtype_bytes", dtype_bytes),
     ):
-        _positive_int(value, name)
+        check_int(value, name, 1)
     return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes
 
 
@@ -521,14 +550,14 @@ def kv_capacity_tokens(
     InputError
         If the utilisation is outside (0, 1] or nothing is left for the KV cache.
     """
-    utilisation = _finite_float(memory_utilization, "kv.memory_utilization")
+    utilisation = check_number(memory_utilization, "kv.memory_utilization")
     if not 0 < utilisation <= 1:
         raise InputError(
             f"got {utilisation}; expected a fraction in (0, 1]",
             field="kv.memory_utilization",
         )
-    _positive_int(weight_bytes, "kv.weight_bytes", minimum=0)
-    _positive_int(activation_reserve_bytes, "kv.activation_reserve_bytes", minimum=0)
+    check_int(weight_bytes, "kv.weight_bytes", 0)
+    check_int(activation_reserve_bytes, "kv.activation_reserve_bytes", 0)
     usable = num_gpus * gpu_memory_bytes * utilisation
     free = usable - weight_bytes - activation_reserve_bytes
     tokens = math.floor(free / kv_bytes_per_token)
@@ -630,13 +659,14 @@ class DeploymentProfile:
             "max_model_len",
             "replicas",
         ):
-            object.__setattr__(self, name, _positive_int(getattr(self, name), name))
+            object.__setattr__(self, name, check_int(getattr(self, name), name, 1))
         if self.host is None:
             object.__setattr__(self, "host", HostTier.default(self.hardware.num_gpus))
         elif not isinstance(self.host, HostTier):
             raise InputError(
                 f"got {type(self.host).__name__}; expected HostTier", field="host"
             )
+        self.iteration_time.check_positive(self.max_model_len)
         if self.kv_capacity_tokens < self.block_tokens:
             raise InputError(
                 f"got {self.kv_capacity_tokens}; expected at least one block "
@@ -644,7 +674,7 @@ class DeploymentProfile:
                 field="kv_capacity_tokens",
             )
         if self.fit_mape is not None:
-            mape = _finite_float(self.fit_mape, "fit_mape")
+            mape = check_number(self.fit_mape, "fit_mape")
             if mape < 0:
                 raise InputError(f"got {mape}; expected >= 0", field="fit_mape")
             object.__setattr__(self, "fit_mape", mape)
@@ -739,8 +769,9 @@ def list_profiles() -> list[str]:
 
 
 def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
-    """The text of a TOML file and its tables; InputError with the line if invalid."""
-    text = path.read_text(encoding="utf-8")
+    """The text of a TOML file and its tables; InputError with the line if invalid
+    (or not UTF-8)."""
+    text = read_text(path, "a TOML file (UTF-8 text)")
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -764,8 +795,8 @@ def load_profile(name_or_path: str | Path) -> DeploymentProfile:
         For an unknown name (listing the known ones), unreadable TOML (with its
         line) or a bad field (naming the file, the field and its line).
     """
+    candidate = check_path(name_or_path, "profile")
     text_name = str(name_or_path)
-    candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.exists():
         path = candidate
         if not path.is_file():
@@ -1003,7 +1034,7 @@ def _profile_from_dict(
         )
     bytes_per_token = given_bytes if given_bytes is not None else derived_bytes
     assert bytes_per_token is not None
-    _positive_int(bytes_per_token, "kv.bytes_per_token")
+    check_int(bytes_per_token, "kv.bytes_per_token", 1)
 
     # KV capacity: given (measured), or derived from memory (formula in the docstring)
     memory_keys = ("memory_utilization", "weight_bytes", "activation_reserve_bytes")

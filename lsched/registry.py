@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lsched.checks import parse_spec
 from lsched.errors import InputError
 
 
@@ -144,7 +145,7 @@ class Registry(Mapping[str, Registered]):
             For an unknown name or key, or a value of the wrong type; the message
             lists what is known.
         """
-        name, _, rest = text.strip().partition(":")
+        name, items = parse_spec(text, self.kind)
         if name not in self._entries:
             raise InputError(
                 f"unknown {self.kind} {name!r}; expected one of "
@@ -154,12 +155,12 @@ class Registry(Mapping[str, Registered]):
         params_type = self._entries[name].params
         fields = {f.name: f for f in dataclasses.fields(params_type)}
         values: dict[str, Any] = {}
-        for item in filter(None, (part.strip() for part in rest.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq or key not in fields:
+        for key, value in items.items():
+            if key not in fields:
                 known = ", ".join(fields) or "none"
                 raise InputError(
-                    f"got {item!r}; expected key=value with key one of: {known}",
+                    f"got {f'{key}={value}'!r}; expected key=value with key one of: "
+                    f"{known}",
                     field=f"{self.kind} {name}",
                 )
             values[key] = _convert(value, fields[key].type, f"{name}.{key}")

@@ -98,6 +98,12 @@ import pandas as pd
 import pyarrow as pa
 
 from lsched.atomic import atomic_target, check_output
+from lsched.checks import (
+    check_number,
+    check_path,
+    check_solver_options,
+    check_workers,
+)
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.interrupt import POLL_S, request, requested, session
@@ -344,18 +350,12 @@ class SolverSetting:
                 f"got {self.backend!r}; expected one of {', '.join(BACKENDS)}",
                 field="backend",
             )
-        if not math.isfinite(self.time_limit) or self.time_limit <= 0:
-            raise InputError(
-                f"got {self.time_limit}; expected seconds > 0", field="time_limit"
-            )
-        if self.threads < 1:
-            raise InputError(f"got {self.threads}; expected >= 1", field="threads")
-        if self.seed < 0:
-            raise InputError(f"got {self.seed}; expected >= 0", field="seed")
-        if self.slot_s is not None and not (
-            math.isfinite(self.slot_s) and self.slot_s > 0
-        ):
-            raise InputError(f"got {self.slot_s}; expected seconds > 0", field="slot_s")
+        check_solver_options(
+            self.time_limit, self.threads, self.seed,
+            names=("time_limit", "threads", "seed"),
+        )  # fmt: skip
+        if self.slot_s is not None:
+            check_number(self.slot_s, "slot_s", 0, strict=True, what="seconds")
 
     @property
     def label(self) -> str:
@@ -946,7 +946,7 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
         For a missing or unreadable file, invalid TOML, an unknown key, or a bad
         value, located by file, line and field (``sweep.KEY``).
     """
-    path = Path(path)
+    path = check_path(path, "config")
     if not path.is_file():
         what = "a directory" if path.is_dir() else "no such file"
         raise InputError(f"{what}; expected a sweep config (.toml)", file=path)
@@ -1320,8 +1320,8 @@ def check_executor(
         raise InputError(
             f"got {kind!r}; expected one of {', '.join(EXECUTORS)}", field="executor"
         )
-    if workers is not None and workers < 1:
-        raise InputError(f"got {workers}; expected >= 1", field="workers")
+    if workers is not None:
+        check_workers(workers, "workers")
     if kind == "local" and address is not None:
         raise InputError(
             "applies to the dask executor only; expected no address", field="address"

@@ -262,10 +262,10 @@ def test_parse_overrides_reads_int_float_text() -> None:
     assert parse_value("8") == 8 and isinstance(parse_value("8"), int)
     assert parse_value("0.25") == 0.25
     assert parse_value("abc") == "abc"
-    parsed = parse_overrides(
-        ["max_num_seqs=8", "fit_mape=0.05", "name=123", "max_num_seqs=16"]
-    )
-    assert parsed == {"max_num_seqs": 16, "fit_mape": 0.05, "name": "123"}
+    parsed = parse_overrides(["max_num_seqs=8", "fit_mape=0.05", "name=123"])
+    assert parsed == {"max_num_seqs": 8, "fit_mape": 0.05, "name": "123"}
+    with pytest.raises(InputError, match="given twice"):  # which one was meant?
+        parse_overrides(["max_num_seqs=8", "max_num_seqs=16"])
     with pytest.raises(InputError, match="--set colour"):
         parse_overrides(["colour=red"])
 

@@ -66,7 +66,7 @@ def _meta(inst: Instance) -> dict:
         ({"arrival_s": [0.0, np.nan]}, "arrival_s", "expected a finite number"),
         ({"output_tokens": [1, 2, 3]}, "output_tokens", "has 3 entries; expected 2"),
         ({"ttft_deadline_s": [1.0, 0.0]}, "ttft_deadline_s", "expected a number > 0"),
-        ({"prompt_tokens": ["x", 1]}, "prompt_tokens", "cannot convert to int64"),
+        ({"prompt_tokens": ["x", 1]}, "prompt_tokens", "request 0: got str 'x'"),
     ],
 )
 def test_validation_names_field_row_and_expectation(

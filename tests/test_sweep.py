@@ -352,7 +352,7 @@ def test_executor_settings_are_checked() -> None:
     bad = (
         ({"kind": "dask"}, "address", "tcp://HOST:PORT"),
         ({"kind": "threads"}, "executor", "expected one of local, dask"),
-        ({"kind": "local", "workers": 0}, "workers", "expected >= 1"),
+        ({"kind": "local", "workers": 0}, "workers", "expected an integer >= 1"),
         ({"kind": "local", "address": "tcp://h:1"}, "address", "dask executor only"),
     )
     for options, field, message in bad:

@@ -69,6 +69,7 @@ def test_prefill_queue_hand_derived() -> None:
 
     weights = np.zeros(6)
     weights[1] = 1.0
+    weights[3] = 1e-9  # a decode step takes a positive time (or the profile is refused)
     profile = UNIT.replace(iteration_time=IterationTime(regimes=(weights[None, :],)))
     instance = make([0.0, 0.0], [4, 2], [1, 1])
     bounds = work_bounds(instance, profile, "latency")

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from lsched.atomic import check_output
+from lsched.checks import check_solver_options, check_time_limit
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
     JSON_HELP,
@@ -158,6 +159,10 @@ def compare_command(
     settings: Settings = None,
 ) -> None:
     """Bounds, the best offline schedule and each policy's gap to the bound."""
+    check_solver_options(
+        time_limit, workers, seed, names=("--time-limit", "--workers", "--seed")
+    )
+    check_time_limit(lp_time_limit, "--lp-time-limit", zero=True)
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
     cluster = None
@@ -311,6 +316,7 @@ def bound_command(
     settings: Settings = None,
 ) -> None:
     """Every lower bound on the objective, with the schedules it holds for."""
+    check_time_limit(lp_time_limit, "--lp-time-limit", zero=True)
     if cluster_file is not None:
         cluster = _load_cluster(cluster_file, objective, model, replicas, settings)
         instance, _ = read_trace(trace, format, limit=limit)

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from lsched.atomic import check_output, write_text_atomic
+from lsched.checks import check_int
 from lsched.cli._common import (
     JSON_HELP,
     MaxLenOpt,
@@ -180,8 +181,8 @@ def goodput_command(
         spec = parse_policy(policy or "fcfs")
         overrides = parse_overrides(settings)
         router = check_dispatch(dispatch or "round-robin", has_assignment=False)
-        if replicas is not None and replicas < 1:
-            raise InputError(f"got {replicas}; expected >= 1", field="--replicas")
+        if replicas is not None:
+            check_int(replicas, "--replicas", 1)
         instance, _ = read_trace(
             trace, format, limit=limit, max_model_len=max_model_len
         )

@@ -19,6 +19,7 @@ import typer
 from rich.progress import Progress
 
 from lsched.atomic import check_output
+from lsched.checks import check_int
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
     JSON_HELP,
@@ -220,8 +221,8 @@ def simulate_command(
         )
     # 'static' is refused here: it needs an assignment, which the CLI cannot take
     router = check_dispatch(dispatch or "round-robin", has_assignment=False)
-    if replicas is not None and replicas < 1:
-        raise InputError(f"got {replicas}; expected >= 1", field="replicas")
+    if replicas is not None:
+        check_int(replicas, "--replicas", 1)
     instance, _ = read_trace(trace, format, limit=limit, max_model_len=max_model_len)
     if predictor is not None:
         instance = apply_predictor(instance, predictor)

@@ -22,6 +22,7 @@ import pandas as pd
 import typer
 
 from lsched.atomic import check_output
+from lsched.checks import check_number, check_seed, check_time_limit, check_workers
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
     JSON_HELP,
@@ -137,12 +138,12 @@ def solve_command(
     _choice(formulation, FORMULATIONS, "--formulation")
     _choice(backend, BACKENDS, "--backend")
     _choice(objective, OBJECTIVES, "--objective")
-    if not math.isfinite(time_limit) or time_limit <= 0:
-        raise InputError(
-            f"got {time_limit}; expected seconds > 0", field="--time-limit"
-        )
-    if workers is not None and workers < 1:
-        raise InputError(f"got {workers}; expected >= 1", field="--workers")
+    check_time_limit(time_limit, "--time-limit")
+    if workers is not None:
+        check_workers(workers, "--workers")
+    check_seed(seed, "--seed")
+    if slot_s is not None:
+        check_number(slot_s, "--slot-s", 0, strict=True, what="seconds")
     if out is not None:
         _check_out(out, (trace, profile_file(model)))
     overrides = parse_overrides(settings)

@@ -36,6 +36,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
+from lsched.checks import check_choice, check_int, check_type
 from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.evaluator.cluster import ClusterSim
@@ -239,13 +240,15 @@ def simulate(
     PolicyError
         If the policy returns a batch that breaks the model's rules, or stalls.
     """
+    check_type(instance, "instance", Instance, "an Instance")
+    check_type(profile, "profile", DeploymentProfile, "a DeploymentProfile")
     spec = parse_policy(policy) if isinstance(policy, str) else policy
-    replicas = profile.replicas if replicas is None else replicas
+    replicas = (
+        profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
+    )
     if dispatch is None:
         dispatch = "round-robin" if assignment is None else "static"
     router = check_dispatch(dispatch, assignment is not None)
-    if replicas < 1:
-        raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     cluster = Cluster.colocated(profile, spec, replicas, router)
     return simulate_cluster(
         instance,
@@ -303,10 +306,11 @@ def simulate_cluster(
     PolicyError
         If a policy returns a batch that breaks the model's rules, or stalls.
     """
-    if engine not in ENGINES:
-        raise InputError(
-            f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
-        )
+    check_type(instance, "instance", Instance, "an Instance")
+    check_type(cluster, "cluster", Cluster, "a Cluster")
+    check_choice(engine, "engine", ENGINES)
+    if progress is not None and not callable(progress):
+        raise InputError(f"got {progress!r}; expected a callable", field="progress")
     check_inputs(instance, cluster)
     where = None
     if assignment is not None:

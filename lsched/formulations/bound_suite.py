@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_choice, check_int, check_time_limit, check_type
 from lsched.cluster import Cluster, Pool, colocated_topology
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
@@ -52,7 +53,7 @@ from lsched.formulations.result import Reason, Skipped
 from lsched.formulations.slot import SlotProblem
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.timed import milp as timed_milp
-from lsched.formulations.work_bounds import work_bounds
+from lsched.formulations.work_bounds import OBJECTIVES, work_bounds
 from lsched.instance import Instance
 from lsched.interrupt import requested, session
 from lsched.profile import DeploymentProfile
@@ -186,6 +187,16 @@ def _stopped(name: str, time_limit: float) -> Skipped:
     )
 
 
+def _check_arguments(
+    instance: object, objective: object, lp_time_limit: object, lp_max_requests: object
+) -> None:
+    """InputError naming the first bad argument shared by the reports."""
+    check_type(instance, "instance", Instance, "an Instance")
+    check_choice(objective, "objective", OBJECTIVES)
+    check_time_limit(lp_time_limit, "lp_time_limit", zero=True)
+    check_int(lp_max_requests, "lp_max_requests", 0)
+
+
 @session()
 def bound_report(
     instance: Instance,
@@ -202,8 +213,18 @@ def bound_report(
     for ``objective`` is either in ``bounds`` or in ``skipped``. On a user's stop
     (Ctrl-C, :mod:`lsched.interrupt`) the bounds finished are kept and the rest
     listed as interrupted; an LP in progress stops at once.
+
+    Raises
+    ------
+    InputError
+        On an argument of the wrong type or out of its range
+        (:mod:`lsched.checks`); ``lp_time_limit`` may be 0 (every LP skipped).
     """
-    replicas = profile.replicas if replicas is None else replicas
+    check_type(profile, "profile", DeploymentProfile, "a DeploymentProfile")
+    _check_arguments(instance, objective, lp_time_limit, lp_max_requests)
+    replicas = (
+        profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
+    )
     report = _Collector(colocated_topology(profile.name, replicas))
     add, skip = report.add, report.skip
 
@@ -306,6 +327,8 @@ def cluster_bound_report(
     replica, are listed as out of scope. Every bound states the topology it holds
     for (:meth:`~lsched.cluster.Cluster.describe`).
     """
+    check_type(cluster, "cluster", Cluster, "a Cluster")
+    _check_arguments(instance, objective, lp_time_limit, lp_max_requests)
     pool = one_colocated_pool(cluster)
     if pool is not None:
         return bound_report(

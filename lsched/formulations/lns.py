@@ -34,6 +34,7 @@ import numpy.typing as npt
 import pandas as pd
 from ortools.sat.python import cp_model
 
+from lsched.checks import SEED_MAX, check_solver_options, check_type
 from lsched.formulations import cpsat
 from lsched.formulations.bounds import lagrangian
 from lsched.formulations.cpsat.slot import build
@@ -94,6 +95,8 @@ def solve(
     **params
         CP-SAT parameters for the sub-models and the full model.
     """
+    check_type(problem, "problem", SlotProblem, "a SlotProblem")
+    time_limit, num_workers, seed = check_solver_options(time_limit, num_workers, seed)
     started = time.perf_counter()
     source, start = starting_schedule(problem, initial_solution)
     upper = problem.integer_objective(start)
@@ -120,7 +123,9 @@ def solve(
         built = build(problem, lo, hi)
         built.hint(start)
         step_limit = max(0.01, min(step_s, search_until - time.perf_counter()))
-        solver = cpsat.configured_solver(step_limit, num_workers, seed + steps, params)
+        solver = cpsat.configured_solver(
+            step_limit, num_workers, (seed + steps) & SEED_MAX, params
+        )
         code, _ = cpsat.solve_stoppable(solver, built.model)
         steps += 1
         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -137,7 +142,7 @@ def solve(
     offset_s = time.perf_counter() - started
     full = cpsat.solve(
         problem,
-        time_limit=max(0.0, time_limit - offset_s),
+        time_limit=max(1e-3, time_limit - offset_s),
         num_workers=num_workers,
         seed=seed,
         initial_solution=start,

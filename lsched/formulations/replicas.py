@@ -158,6 +158,12 @@ import pandas as pd
 import pyomo.environ as pyo
 from ortools.sat.python import cp_model
 
+from lsched.checks import (
+    check_int,
+    check_seed,
+    check_time_limit,
+    check_workers,
+)
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, assign_replicas, simulate
 from lsched.evaluator.fixed import check_unit_slots, replay_start_slots
@@ -175,7 +181,6 @@ from lsched.formulations.result import (
     decide_status,
 )
 from lsched.formulations.slot import SlotProblem
-from lsched.generators._checks import check_float, check_int
 from lsched.instance import Instance
 from lsched.policies import PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile
@@ -244,7 +249,7 @@ def _ages(output: IntArray) -> tuple[IntArray, IntArray]:
 
 def kv_areas(instance: Instance, block_tokens: int = 1) -> IntArray:
     """KV blocks each request holds, summed over its slots: ``sum_j ceil((s+j)/b)``."""
-    b = check_int("block_tokens", block_tokens, 1)
+    b = check_int(block_tokens, "block_tokens", 1)
     s, o = instance.prompt_tokens, instance.output_tokens
     if b == 1:
         return o * s + o * (o - 1) // 2
@@ -363,7 +368,7 @@ def _check_loads(load_s: npt.ArrayLike, replicas: int) -> tuple[FloatArray, int]
         raise InputError(
             f"request {i}: got {load[i]}; expected a finite load >= 0", field="load"
         )
-    return load, check_int("replicas", replicas, 1)
+    return load, check_int(replicas, "replicas", 1)
 
 
 # -- heuristic and bound --------------------------------------------------------------
@@ -816,16 +821,16 @@ def _packing_inputs(
     deadline, replicas, workers, seed, loads in seconds, integer loads ``w`` on
     the grid ``q`` with its ``excess``, and each request's LPT rank."""
     began = time.monotonic()
-    deadline = began + check_float("time_limit", time_limit, strictly_positive=True)
+    deadline = began + check_time_limit(time_limit)
     if backend not in BACKENDS:
         raise InputError(
             f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
         )
-    replicas = check_int("replicas", replicas, 1)
-    num_workers = check_int("num_workers", num_workers, 1)
-    seed = check_int("seed", seed, 0)
+    replicas = check_int(replicas, "replicas", 1)
+    num_workers = check_workers(num_workers)
+    seed = check_seed(seed)
     load_s = _resolve_loads(instance, profile, load)
-    steps = check_int("load_steps", load_steps, 1)
+    steps = check_int(load_steps, "load_steps", 1)
     w, q, excess = _integer_loads(load_s, steps)
     rank = np.empty(len(w), dtype=np.int64)
     rank[_rank_order(load_s)] = np.arange(len(w))
@@ -1344,8 +1349,8 @@ def solve_joint(
         If the profile is not unit-slot, or ``initial`` is not feasible.
     """
     began = time.monotonic()
-    check_float("time_limit", time_limit, strictly_positive=True)
-    replicas = check_int("replicas", replicas, 1)
+    check_time_limit(time_limit)
+    replicas = check_int(replicas, "replicas", 1)
     problem = _unit_problem(instance, profile, objective)
     if initial is None:
         source, start, where = _initial_joint(problem, replicas)

@@ -110,13 +110,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from lsched.checks import check_number, check_seed, check_time_limit
 from lsched.errors import InputError
 from lsched.evaluator import check_fits, simulate
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.length import cut_to_length
 from lsched.formulations.result import LOG_COLUMNS, Status, certified_gap
 from lsched.formulations.work_bounds import work_bounds
-from lsched.generators._checks import check_float, check_int
 from lsched.instance import Instance
 from lsched.policies import PolicySpec
 from lsched.policies.base import Batch, ReplicaView, restore_policy, snapshot_policy
@@ -369,10 +369,10 @@ def _check(
             f"got {objective!r}; expected one of {', '.join(OBJECTIVES)}",
             field="objective",
         )
-    check_float("time_limit_s", time_limit_s, strictly_positive=True)
-    check_int("seed", seed)
+    check_time_limit(time_limit_s, "time_limit_s")
+    check_seed(seed)
     if window_s is not None:
-        check_float("window_s", window_s, strictly_positive=True)
+        check_number(window_s, "window_s", 0, strict=True)
     if replicas < 1:
         raise InputError(f"got {replicas}; expected >= 1", field="replicas")
     if len(instance) == 0:

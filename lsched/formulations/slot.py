@@ -60,9 +60,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from lsched.checks import check_int, check_type
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
-from lsched.generators._checks import check_int
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile, batch_features, load_profile
 
@@ -149,10 +149,10 @@ class SlotProblem:
                 )
             columns[name] = raw.astype(np.int64)
         for name in ("kv_capacity_blocks", "block_tokens"):
-            check_int(name, getattr(self, name), 1)
+            check_int(getattr(self, name), name, 1)
         for name in ("max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 1)
+                check_int(getattr(self, name), name, 1)
         if self.objective not in OBJECTIVES:
             raise InputError(
                 f"got {self.objective!r}; expected one of {', '.join(OBJECTIVES)}",
@@ -210,6 +210,8 @@ class SlotProblem:
         slot_s
             Slot length in seconds; overrides the default mapping.
         """
+        check_type(instance, "instance", Instance, "an Instance")
+        check_type(profile, "profile", DeploymentProfile, "a DeploymentProfile")
         tau = slot_length_s(instance, profile) if slot_s is None else float(slot_s)
         if not np.isfinite(tau) or tau <= 0:
             raise InputError(f"got {tau}; expected a slot length > 0", field="slot_s")

@@ -28,8 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from lsched.checks import check_int, check_number
 from lsched.errors import InputError
-from lsched.generators._checks import check_float, check_int
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -61,7 +61,7 @@ class AllAtZero:
     """Every request arrives at ``t = 0``."""
 
     def sample(self, n: int, rng: np.random.Generator) -> FloatArray:
-        return np.zeros(check_int("n", n, 0), dtype=np.float64)
+        return np.zeros(check_int(n, "n", 0), dtype=np.float64)
 
     def to_params(self) -> dict[str, Any]:
         return {"kind": "zero"}
@@ -77,11 +77,11 @@ class Poisson:
         object.__setattr__(
             self,
             "rate_per_s",
-            check_float("rate_per_s", self.rate_per_s, strictly_positive=True),
+            check_number(self.rate_per_s, "rate_per_s", 0, strict=True),
         )
 
     def sample(self, n: int, rng: np.random.Generator) -> FloatArray:
-        n = check_int("n", n, 0)
+        n = check_int(n, "n", 0)
         if n == 0:
             return np.zeros(0, dtype=np.float64)
         return _from_gaps(rng.exponential(1.0 / self.rate_per_s, size=n - 1))
@@ -101,14 +101,12 @@ class Gamma:
         object.__setattr__(
             self,
             "rate_per_s",
-            check_float("rate_per_s", self.rate_per_s, strictly_positive=True),
+            check_number(self.rate_per_s, "rate_per_s", 0, strict=True),
         )
-        object.__setattr__(
-            self, "cv", check_float("cv", self.cv, strictly_positive=True)
-        )
+        object.__setattr__(self, "cv", check_number(self.cv, "cv", 0, strict=True))
 
     def sample(self, n: int, rng: np.random.Generator) -> FloatArray:
-        n = check_int("n", n, 0)
+        n = check_int(n, "n", 0)
         if n == 0:
             return np.zeros(0, dtype=np.float64)
         shape = 1.0 / (self.cv * self.cv)

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from lsched.checks import check_int, check_seed
 from lsched.errors import InputError
-from lsched.generators._checks import check_int, check_seed
 from lsched.generators.arrivals import (
     AllAtZero,
     ArrivalProcess,
@@ -99,7 +99,7 @@ def generate(
     >>> len(inst), inst.family
     (100, 'synthetic')
     """
-    n = check_int("n", n, 1)
+    n = check_int(n, "n", 1)
     seed = check_seed(seed)
     process = arrivals_from_params(arrivals)
     prompt_dist = length_from_params(prompt, field="prompt")
@@ -178,7 +178,7 @@ def jaillet(
         Family ``"jaillet"``; ``params = {"arrivals": {...},
         "kv_capacity_tokens": M}``.
     """
-    n = check_int("n", n, 1)
+    n = check_int(n, "n", 1)
     seed = check_seed(seed)
     process = arrivals_from_params(arrivals)
     rng_arrivals, rng_prompt, rng_output, rng_capacity = _streams(seed, 4)
@@ -186,7 +186,7 @@ def jaillet(
     s_low, s_high = JAILLET_PROMPT_RANGE_TOKENS
     capacity = int(rng_capacity.integers(m_low, m_high + 1))
     if kv_capacity_tokens is not None:
-        capacity = check_int("kv_capacity_tokens", kv_capacity_tokens, s_high + 1)
+        capacity = check_int(kv_capacity_tokens, "kv_capacity_tokens", s_high + 1)
     prompt = rng_prompt.integers(s_low, s_high + 1, size=n, dtype=np.int64)
     # o_i ~ U{1..M - s_i}: integers() takes a per-request (exclusive) upper end
     output = rng_output.integers(1, capacity - prompt + 1, dtype=np.int64)
@@ -283,9 +283,9 @@ def gsm8k(
         Family ``"gsm8k"``; ``params = {"arrivals", "few_shot_tokens",
         "question", "output"}``.
     """
-    n = check_int("n", n, 1)
+    n = check_int(n, "n", 1)
     seed = check_seed(seed)
-    few_shot = check_int("few_shot_tokens", few_shot_tokens, 0)
+    few_shot = check_int(few_shot_tokens, "few_shot_tokens", 0)
     process = arrivals_from_params(arrivals)
     question_dist = length_from_params(question, field="question")
     output_dist = length_from_params(output, field="output")
@@ -388,7 +388,7 @@ def resample(
         raise InputError(
             f"got {type(source).__name__}; expected an Instance", field="source"
         )
-    n = check_int("n", n, 1)
+    n = check_int(n, "n", 1)
     seed = check_seed(seed)
     if arrivals is None and keep_source_rate:
         rate = mean_rate_per_s(source)

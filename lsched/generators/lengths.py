@@ -42,8 +42,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from lsched.checks import check_int, check_number, parse_spec
 from lsched.errors import InputError
-from lsched.generators._checks import check_float, check_int
 
 IntArray = npt.NDArray[np.int64]
 
@@ -82,14 +82,14 @@ class Fixed:
     tokens: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tokens", check_int("tokens", self.tokens, 1))
+        object.__setattr__(self, "tokens", check_int(self.tokens, "tokens", 1))
 
     @property
     def spec(self) -> str:
         return f"fixed:tokens={self.tokens}"
 
     def sample(self, n: int, rng: np.random.Generator) -> IntArray:
-        return np.full(check_int("n", n, 0), self.tokens, dtype=np.int64)
+        return np.full(check_int(n, "n", 0), self.tokens, dtype=np.int64)
 
     def to_params(self) -> dict[str, Any]:
         return {"kind": "fixed", "tokens": self.tokens}
@@ -103,8 +103,8 @@ class UniformInt:
     high: int
 
     def __post_init__(self) -> None:
-        low = check_int("low", self.low, 1)
-        high = check_int("high", self.high, 1)
+        low = check_int(self.low, "low", 1)
+        high = check_int(self.high, "high", 1)
         if high < low:
             raise InputError(
                 f"got {high} < low = {low}; expected high >= low", field="high"
@@ -119,7 +119,7 @@ class UniformInt:
     def sample(self, n: int, rng: np.random.Generator) -> IntArray:
         # integers() excludes its upper end; the documented bounds are inclusive
         return rng.integers(
-            self.low, self.high + 1, size=check_int("n", n, 0), dtype=np.int64
+            self.low, self.high + 1, size=check_int(n, "n", 0), dtype=np.int64
         )
 
     def to_params(self) -> dict[str, Any]:
@@ -145,13 +145,13 @@ class LogNormal:
     max_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        median = check_float("median", self.median, strictly_positive=True)
-        sigma = check_float("sigma", self.sigma, minimum=0.0)
+        median = check_number(self.median, "median", 0, strict=True)
+        sigma = check_number(self.sigma, "sigma", 0.0)
         object.__setattr__(self, "median", median)
         object.__setattr__(self, "sigma", sigma)
         if self.max_tokens is not None:
             object.__setattr__(
-                self, "max_tokens", check_int("max_tokens", self.max_tokens, 1)
+                self, "max_tokens", check_int(self.max_tokens, "max_tokens", 1)
             )
 
     @classmethod
@@ -163,8 +163,8 @@ class LogNormal:
         ``sigma^2 = ln(1 + cv^2)`` and ``median = mean / sqrt(1 + cv^2)``, since a
         lognormal has mean ``exp(mu + sigma^2 / 2)`` and ``CV^2 = exp(sigma^2) - 1``.
         """
-        mean = check_float("mean", mean, strictly_positive=True)
-        cv = check_float("cv", cv, minimum=0.0)
+        mean = check_number(mean, "mean", 0, strict=True)
+        cv = check_number(cv, "cv", 0.0)
         return cls(
             median=mean / math.sqrt(1.0 + cv * cv),
             sigma=math.sqrt(math.log1p(cv * cv)),
@@ -179,7 +179,7 @@ class LogNormal:
 
     def sample(self, n: int, rng: np.random.Generator) -> IntArray:
         draws = rng.lognormal(
-            math.log(self.median), self.sigma, size=check_int("n", n, 0)
+            math.log(self.median), self.sigma, size=check_int(n, "n", 0)
         )
         upper = _HARD_MAX_TOKENS if self.max_tokens is None else self.max_tokens
         # clip in float first so that a far-tail draw cannot overflow int64
@@ -281,23 +281,17 @@ def parse_length_spec(spec: str, *, option: str = "length") -> LengthDistributio
         With ``field=option`` and a message that says what was found and which
         form was expected.
     """
-    kind, _, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
+    kind, items = parse_spec(spec, option)
+    kind = kind.lower()
     if kind not in _SPEC_FORMS:
         forms = "; ".join(_SPEC_FORMS.values())
         raise InputError(f"got {spec!r}; expected one of: {forms}", field=option)
     form = _SPEC_FORMS[kind]
     values: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key, value = key.strip().lower(), value.strip()
-        if not eq or not key or not value:
-            raise InputError(
-                f"got {item!r} in {spec!r}; expected key=value ({form})", field=option
-            )
-        if key in values:
+    for key, value in items.items():
+        if key.lower() in values:
             raise InputError(f"key {key!r} given twice in {spec!r}", field=option)
-        values[key] = value
+        values[key.lower()] = value
     if kind == "lognormal":
         by_mean = "mean" in values or "cv" in values
         required = {"mean", "cv"} if by_mean else {"median", "sigma"}

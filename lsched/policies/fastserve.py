@@ -73,9 +73,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_int
 from lsched.errors import InputError
 from lsched.policies.base import Batch, IntArray, ReplicaView
-from lsched.policies.vllm import check_int, plan_batch
+from lsched.policies.vllm import plan_batch
 from lsched.tiers import check_swap_mode
 
 #: FastServe admits new requests only while this share of host swap space is free.

@@ -116,6 +116,7 @@ import numpy.typing as npt
 
 from lsched.errors import InputError
 from lsched.policies.base import Batch, ReplicaView
+from lsched.policies.sjf import HOW_TO_PREDICT
 from lsched.profile import FEATURES, DeploymentProfile
 
 IntArray = npt.NDArray[np.int64]
@@ -448,7 +449,7 @@ class Priority:
         if pred is None:
             raise InputError(
                 f"key {key!r} reads predicted output lengths but the instance has "
-                "none; give predictions, e.g. lsched.predictors.oracle(instance)",
+                f"none; {HOW_TO_PREDICT}",
                 field="predicted_output_tokens",
             )
         left = np.maximum(pred[ids] - emitted, 1)

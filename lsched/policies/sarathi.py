@@ -55,9 +55,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_int
 from lsched.errors import InputError
 from lsched.policies.base import Batch, ReplicaView
-from lsched.policies.vllm import check_int, plan_batch, running_pass, watermark_blocks
+from lsched.policies.vllm import plan_batch, running_pass, watermark_blocks
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_int
 from lsched.errors import InputError
 from lsched.policies.base import Batch, IntArray, ReplicaView
-from lsched.policies.vllm import check_int, plan_batch, running_pass
+from lsched.policies.vllm import plan_batch, running_pass
 
 
 def _check_ratio(value: object, name: str, low: float, high: float) -> None:

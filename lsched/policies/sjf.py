@@ -55,9 +55,14 @@ from lsched.policies.base import Batch, ReplicaView
 
 IntArray = npt.NDArray[np.int64]
 
+#: How to give predictions, on the command line and in Python.
+HOW_TO_PREDICT = (
+    "give predictions: --predictor oracle (or noise:sigma=0.5, ...) on the command "
+    "line, lsched.predictors.oracle(instance) in Python"
+)
 _NO_PREDICTIONS = (
     "policy {name!r} ranks requests by predicted output length but the instance "
-    "has none; give predictions, e.g. lsched.predictors.oracle(instance)"
+    "has none; " + HOW_TO_PREDICT
 )
 
 

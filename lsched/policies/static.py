@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_int
 from lsched.policies.base import Batch, ReplicaView
 from lsched.policies.orca import check_reserve, reserved_admit, reserved_decode
-from lsched.policies.vllm import check_int
 
 
 @dataclass(frozen=True)

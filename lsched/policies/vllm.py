@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lsched.checks import check_int, check_optional_int
 from lsched.errors import InputError
 from lsched.kv import KVBlocks
 from lsched.policies.base import Batch, ReplicaView, running_state
@@ -68,26 +69,10 @@ def optional_int(owner: object, name: str, minimum: int) -> None:
     ------
     InputError
         Naming the parameter, if the value is neither ``None`` nor an integer
-        ``>= minimum``.
+        ``>= minimum`` (:func:`lsched.checks.check_optional_int`).
     """
-    value = getattr(owner, name)
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | np.integer)
-    ):
-        raise InputError(
-            f"got {value!r}; expected an integer >= {minimum} or none", field=name
-        )
-    if value is not None and value < minimum:
-        raise InputError(f"got {value}; expected an integer >= {minimum}", field=name)
-    object.__setattr__(owner, name, None if value is None else int(value))
-
-
-def check_int(value: object, name: str, minimum: int) -> None:
-    """Raise InputError naming ``name`` unless ``value`` is an int >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputError(f"got {value!r}; expected an integer", field=name)
-    if value < minimum:
-        raise InputError(f"got {value}; expected an integer >= {minimum}", field=name)
+    value = check_optional_int(getattr(owner, name), name, minimum)
+    object.__setattr__(owner, name, value)
 
 
 def watermark_blocks(kv: KVBlocks, watermark: float, need: int) -> int:

@@ -44,11 +44,11 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from lsched.checks import check_int
 from lsched.errors import InputError
 from lsched.policies.base import ARRIVAL_TOLERANCE_S, Batch, ReplicaView
 from lsched.policies.mc_sf import admission_blocked, admit_in_order, future_kv
 from lsched.policies.sjf import Plan, predicted_remaining, shed, to_batch
-from lsched.policies.vllm import check_int
 
 
 def check_wait(value: object) -> None:

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lsched.checks import refuse_nul
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.traces.native import drop_trailing_blank_rows
@@ -284,6 +285,7 @@ def read_csv_trace(
         names = read_header(path)
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text; expected a CSV file", file=file) from None
+    refuse_nul(path, "a CSV file")  # the parser would end a field at it: 4\0 -> 4
     for column in spec.columns:
         if column not in names:
             raise InputError(

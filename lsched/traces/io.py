@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lsched.checks import check_path
 from lsched.errors import InputError
 from lsched.instance import Instance
 from lsched.traces import native
@@ -124,7 +124,7 @@ def read_trace(
         rate_scale=rate_scale,
         max_model_len=max_model_len,
     )
-    path = Path(path)
+    path = check_path(path, "path")
     try:
         name = None if format is None else normalise_format(format)
     except InputError as exc:

@@ -50,6 +50,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lsched.atomic import atomic_target
+from lsched.checks import refuse_nul
 from lsched.errors import InputError
 from lsched.instance import OPTIONAL_COLUMNS, Instance
 from lsched.traces.validate import (
@@ -254,6 +255,7 @@ def read_csv(
             first = stream.readline()
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text; expected a CSV file", file=file) from None
+    refuse_nul(path, "a CSV file")  # the parser would end a field at it: 4\0 -> 4
     header_line = 1
     metadata = _default_metadata(path)
     if first.startswith(CSV_MAGIC):

@@ -27,6 +27,7 @@ import numpy.typing as npt
 import pandas as pd
 from ortools.sat.python import cp_model
 
+from lsched.checks import check_solver_options, check_type
 from lsched.errors import InputError
 from lsched.formulations.bounds import closed_form
 from lsched.formulations.cpsat.slot import FORMULATIONS, build
@@ -150,6 +151,8 @@ def solve(
     SolveResult
         Never raises on a time-out: the incumbent and bound found so far.
     """
+    check_type(problem, "problem", SlotProblem, "a SlotProblem")
+    time_limit, num_workers, seed = check_solver_options(time_limit, num_workers, seed)
     started = time.perf_counter()
     source, start = starting_schedule(problem, initial_solution)
     upper = problem.integer_objective(start)

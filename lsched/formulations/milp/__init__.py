@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from pyomo.common.collections import ComponentMap
 
+from lsched.checks import check_solver_options, check_type
 from lsched.formulations.bounds import closed_form
 from lsched.formulations.horizon import deadlines
 from lsched.formulations.incumbent import is_feasible, starting_schedule
@@ -136,6 +137,8 @@ def solve(
     InputError
         If ``initial_solution`` is not a feasible schedule.
     """
+    check_type(problem, "problem", SlotProblem, "a SlotProblem")
+    time_limit, num_workers, seed = check_solver_options(time_limit, num_workers, seed)
     began = time.monotonic()
     deadline = began + float(time_limit)
     offset = problem.objective_offset

@@ -46,6 +46,16 @@ time. A caller that gets :class:`BuildStopped` returns its heuristic schedule
 with the status the stop gives (``time_limit`` or ``interrupted``); HiGHS then
 gets only the time left (:func:`run`'s ``deadline``).
 
+Quiet
+-----
+``highspy.Highs()`` prints HiGHS's banner ("Running HiGHS 1.16.0 ...") on the
+C-level stdout, once per process, from its constructor: ``Highs.__init__`` calls
+``enableCallbacks``, whose ``setCallback`` writes the log header while
+``output_flag`` is still on. Setting the option after construction is too late,
+so :class:`_QuietHighs` turns output off inside ``enableCallbacks``, before
+that first write (nothing else of lsched prints it; Pyomo is only used to build
+the model, never to run HiGHS).
+
 Progress
 --------
 ``kCallbackMipImprovingSolution`` reports each new incumbent and the interrupt
@@ -80,6 +90,16 @@ T = TypeVar("T")
 #: margin: measured 0.37-0.45 on the slot model (Jaillet n = 40 and 60) and
 #: 0.37-0.43 on the timed model (Jaillet n = 20 and 30, llama2-70b-a100-tp4).
 COMPILE_SHARE = 0.6
+
+
+class _QuietHighs(highspy.Highs):
+    """``highspy.Highs`` with output off from the start: no banner, no log."""
+
+    def enableCallbacks(self) -> None:
+        # called by Highs.__init__; the banner is written by its setCallback
+        highspy._Highs.setOptionValue(self, "output_flag", False)
+        super().enableCallbacks()
+
 
 #: ``on_event(time_s, objective or None, bound)``, solver units.
 EventCallback = Callable[[float, float | None, float], None]
@@ -267,8 +287,7 @@ def load(model: pyo.ConcreteModel, *, relax: bool = False) -> LoadedModel:
     )
     cost = np.asarray(form.c.toarray()[0], dtype=np.float64)
     offset = float(form.c_offset[0])
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = _QuietHighs()
     highs.passModel(
         n_cols,
         n_rows,

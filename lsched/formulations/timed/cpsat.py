@@ -71,6 +71,7 @@ import numpy.typing as npt
 import pandas as pd
 from ortools.sat.python import cp_model
 
+from lsched.checks import check_solver_options, check_type
 from lsched.errors import InputError
 from lsched.formulations.cpsat import configured_solver, solve_stoppable
 from lsched.formulations.result import (
@@ -524,6 +525,8 @@ def solve(
     InputError
         If ``initial_solution`` is not a timed schedule, or on a bad parameter.
     """
+    check_type(problem, "problem", TimedProblem, "a TimedProblem")
+    time_limit, num_workers, seed = check_solver_options(time_limit, num_workers, seed)
     started = time.perf_counter()
     source, start, exact = starting_schedule(problem, initial_solution)
     latest = np.maximum(latest_starts(problem, exact), start)

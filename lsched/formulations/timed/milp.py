@@ -125,6 +125,7 @@ import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 from pyomo.common.gc_manager import PauseGC
 
+from lsched.checks import check_solver_options, check_type
 from lsched.formulations.milp import highs as _highs
 from lsched.formulations.result import (
     LOG_COLUMNS,
@@ -635,6 +636,8 @@ def solve(
     InputError
         If ``initial_solution`` is not a timed schedule.
     """
+    check_type(problem, "problem", TimedProblem, "a TimedProblem")
+    time_limit, num_workers, seed = check_solver_options(time_limit, num_workers, seed)
     began = time.monotonic()
     deadline = began + float(time_limit)
     offset = problem.objective_offset

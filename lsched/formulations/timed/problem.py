@@ -76,6 +76,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from lsched.checks import check_type
 from lsched.errors import InputError
 from lsched.evaluator.slots import score_start_slots
 from lsched.formulations.slot import NO_LIMIT, SlotProblem
@@ -271,6 +272,8 @@ class TimedProblem:
         weight: npt.ArrayLike | None = None,
     ) -> TimedProblem:
         """The timed problem of ``instance`` on one replica of ``profile``."""
+        check_type(instance, "instance", Instance, "an Instance")
+        check_type(profile, "profile", DeploymentProfile, "a DeploymentProfile")
         return cls(
             instance,
             profile,
