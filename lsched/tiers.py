@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lsched.checks import check_choice, check_int, check_number
 from lsched.errors import InputError
 
 #: Effective PCIe 4.0 x16 bandwidth per direction, bytes per second.
@@ -56,19 +57,7 @@ SWAP_MODES = ("blocking", "async")
 
 def check_swap_mode(value: Any, field: str = "swap_mode") -> str:
     """``value`` if it is a swap mode, else a one-line :class:`InputError`."""
-    if value not in SWAP_MODES:
-        raise InputError(
-            f"got {value!r}; expected one of {', '.join(SWAP_MODES)}", field=field
-        )
-    return value
-
-
-def _positive(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"got {value!r}; expected a number", field=field)
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"got {value!r}; expected a positive number", field=field)
-    return float(value)
+    return check_choice(value, field, SWAP_MODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +77,12 @@ class HostTier:
     d2h_bytes_per_s: float = PCIE4_X16_BYTES_PER_S
 
     def __post_init__(self) -> None:
-        m = self.memory_bytes
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-            raise InputError(
-                f"got {m!r}; expected a whole number of bytes >= 0",
-                field="host.memory_bytes",
-            )
+        check_int(self.memory_bytes, "host.memory_bytes", 0)
         for name in ("h2d_bytes_per_s", "d2h_bytes_per_s"):
-            object.__setattr__(
-                self, name, _positive(getattr(self, name), f"host.{name}")
+            value = check_number(
+                getattr(self, name), f"host.{name}", 0, strict=True, what="bytes/s"
             )
+            object.__setattr__(self, name, value)
 
     @classmethod
     def default(cls, num_gpus: int) -> HostTier:

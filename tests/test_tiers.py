@@ -170,7 +170,7 @@ def test_cli_refuses_bad_host_settings(
     trace = Path(__file__).resolve().parents[1] / "instances" / "default.csv"
     base = ["simulate", str(trace), "--model", "unit-slot"]
     for extra, needles in [
-        (["--set", "host.h2d_bytes_per_s=0"], ("host.h2d_bytes_per_s", "positive")),
+        (["--set", "host.h2d_bytes_per_s=0"], ("host.h2d_bytes_per_s", "bytes/s > 0")),
         (["--set", "host.memory_bytes=-5"], ("host.memory_bytes",)),
         (["--set", "host.speed=3"], ("host.speed", "unknown")),
         (
@@ -186,7 +186,7 @@ def test_cli_refuses_bad_host_settings(
         "d2h_bytes_per_s = 0 }\n"
     )
     code, out, err = run(["simulate", str(trace), "--cluster", str(cluster)], capsys)
-    assert_refused(code, out, err, "host.d2h_bytes_per_s", "positive")
+    assert_refused(code, out, err, "host.d2h_bytes_per_s", "bytes/s > 0")
 
 
 def test_infinigen_serves_from_host_memory_at_the_fetch_time() -> None:
