@@ -63,7 +63,7 @@ BASES = {
     "opt-13b-a100-tp1-vllm": (load_profile("opt-13b-a100-tp1-vllm"), 0.03),
 }
 SWAP_METRICS = ("swap_out_bytes", "swap_in_bytes", "swap_stall_s")
-EXAMPLES = 70
+EXAMPLES = 40
 
 
 @dataclass(frozen=True)
