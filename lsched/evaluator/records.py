@@ -100,7 +100,7 @@ def collect(
             )
             swapped.append(_swaps_frame(engine.log.swaps, ids, offset))
     engines = [e for e in run.engines if e is not None]
-    swaps = _swap_columns(instance, cluster, run, engines)
+    swaps = _swap_columns(n, run)
     replicas = cluster.num_replicas
     capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
     # the mean capacity of a replica: the total over C replicas is what counts
@@ -141,16 +141,18 @@ def _stage_columns(run: ClusterRun, n: int) -> dict[str, np.ndarray]:
     return dict(run.stages) | {"decode_admitted_s": np.full(n, np.nan)}
 
 
-def _swap_columns(
-    instance: Instance, cluster: Cluster, run: ClusterRun, engines: list[Any]
-) -> dict[str, np.ndarray]:
+def _swap_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
     """Per request, its swap-outs (none where no replica swapped)."""
-    if not any(getattr(e, "host", None) and e.host.out_tokens for e in engines):
+    swapped = [
+        (engine, ids)
+        for engine, ids in zip(run.engines, run.ids, strict=True)
+        if getattr(engine, "host", None) is not None and engine.host.out_tokens
+    ]
+    if not swapped:
         return {}
-    outs = np.zeros(len(instance), dtype=np.int64)
-    for engine, ids in zip(run.engines, run.ids, strict=True):
-        if engine is not None and hasattr(engine, "swaps"):
-            outs[ids] += engine.swaps[: len(ids)]
+    outs = np.zeros(n, dtype=np.int64)
+    for engine, ids in swapped:
+        outs[ids] += engine.swaps[: len(ids)]
     return {"swap_outs": outs}
 
 
