@@ -340,7 +340,7 @@ def test_random_instances_around_max_model_len_agree() -> None:
     seen: Counter[str] = Counter()
 
     @settings(
-        max_examples=120,
+        max_examples=60,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
@@ -425,7 +425,7 @@ def test_random_disaggregated_clusters_around_max_model_len_agree() -> None:
     seen: Counter[str] = Counter()
 
     @settings(
-        max_examples=60,
+        max_examples=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
