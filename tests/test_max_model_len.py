@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from reference_engine import simulate_naive, simulate_naive_cluster
+from test_engine_equivalence import assert_request_times_same
 
 from lsched.cluster import Cluster, Pool
 from lsched.errors import InputError
@@ -292,18 +293,7 @@ def _compare(case: Case, seen: Counter[str]) -> None:
     assert naive.emitted_tokens is not None
     cut = np.where(served, case.instance.output_tokens - naive.emitted_tokens, 0)
     np.testing.assert_array_equal(got["truncated_tokens"], cut, err_msg=where)
-    for column in ("admitted_s", "first_token_s", "completion_s"):
-        np.testing.assert_allclose(
-            got[column].to_numpy(),
-            getattr(naive, column),
-            rtol=RTOL,
-            atol=0,
-            err_msg=f"{column}\n{where}",
-        )
-    for column in ("preemptions", "recomputed_tokens"):
-        np.testing.assert_array_equal(
-            got[column], getattr(naive, column), err_msg=f"{column}\n{where}"
-        )
+    assert_request_times_same(got, naive, where)
     assert fast.iterations == naive.iterations, where
     assert fast.metrics["num_rejected"] == (~served).sum(), where
     assert fast.metrics["num_truncated"] == np.count_nonzero(cut), where
