@@ -2,7 +2,7 @@
 
 :func:`compare` answers it for one instance and one objective, in seconds:
 
-1. every bound of :func:`~lsched.formulations.bound_suite.bound_suite`, each with
+1. every bound of :func:`~lsched.formulations.bounds.suite.bound_suite`, each with
    the class of schedules it holds for (``any``, or ``slot``: non-preemptive,
    whole-prompt prefill);
 2. the best offline schedule, replayed through the evaluator: the slot model
@@ -17,7 +17,7 @@
 
 Host tier (:mod:`lsched.tiers`). A swapping policy keeps the GPU's KV within its
 capacity at every iteration and only adds work (copies), so every ``any`` bound
-holds for it (the closed forms of :mod:`lsched.formulations.work_bounds` and the
+holds for it (the closed forms of :mod:`lsched.formulations.bounds.work` and the
 slot model's ``energy``: a token-emitting iteration holds the request's whole KV
 on the GPU, swapped or not); a swap pauses a request, so a run that swaps is no
 slot-model schedule and the ``slot`` bounds do not. A policy that serves from
@@ -28,7 +28,7 @@ taken to the bounds of the profile it serves with.
 :func:`compare_cluster` does the same on a :class:`~lsched.cluster.Cluster`:
 beyond one colocated pool (pools of different profiles, disaggregated prefill
 and decode), the bounds are the cluster's
-(:mod:`lsched.formulations.cluster_bounds`), the policies run on the cluster and
+(:mod:`lsched.formulations.bounds.cluster`), the policies run on the cluster and
 the offline solve, whose models have one colocated replica, is not computed.
 
 Every bound, solve or policy run not computed is listed in
@@ -78,7 +78,8 @@ from lsched.formulations.backends import (
     solve_slot,
     solve_timed,
 )
-from lsched.formulations.bound_suite import (
+from lsched.formulations.bounds.cluster import cluster_bounds
+from lsched.formulations.bounds.suite import (
     Bound,
     best_bound,
     bound_report,
@@ -88,7 +89,7 @@ from lsched.formulations.bound_suite import (
     why_not_one_replica,
     why_not_slots,
 )
-from lsched.formulations.cluster_bounds import cluster_bounds
+from lsched.formulations.bounds.work import OBJECTIVES
 from lsched.formulations.result import (
     Reason,
     Skipped,
@@ -98,7 +99,6 @@ from lsched.formulations.result import (
 )
 from lsched.formulations.slot import SlotProblem
 from lsched.formulations.timed import TimedProblem
-from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
 from lsched.interrupt import requested, session
 from lsched.policies import PolicySpec, parse_policy
@@ -349,7 +349,7 @@ def compare(
         Called with ``(time_s, objective, bound)`` as the solver improves.
     lp_time_limit
         Wall-clock seconds for each LP bound of the suite
-        (:func:`~lsched.formulations.bound_suite.bound_suite`).
+        (:func:`~lsched.formulations.bounds.suite.bound_suite`).
     dispatch
         The router of the policy runs (:func:`~lsched.evaluator.simulate`);
         round robin by default.
@@ -477,7 +477,7 @@ def compare_cluster(
 
     One colocated pool is :func:`compare` on its profile, replicas and router.
     On any other cluster the bounds are
-    :func:`~lsched.formulations.bound_suite.cluster_bound_report`'s (scope
+    :func:`~lsched.formulations.bounds.suite.cluster_bound_report`'s (scope
     ``any``, for the cluster's topology), the offline solve (slot and timed
     models: one colocated replica) is listed as not computed, and each policy
     runs on the cluster through :func:`~lsched.evaluator.simulate_cluster`. A run

@@ -296,7 +296,7 @@ def gap_bars(
         Objective per policy (e.g. total latency), same units as ``bound``.
     bound
         A lower bound on every value (e.g. :attr:`SolveResult.bound` or one of
-        :mod:`lsched.formulations.bounds`).
+        :mod:`lsched.formulations.bounds.slot`).
     path
         Write the figure here as a PNG (atomically).
     title

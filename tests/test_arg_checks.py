@@ -31,10 +31,9 @@ from lsched.cluster import Cluster, load_cluster
 from lsched.compare import compare, compare_cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate, simulate_cluster
-from lsched.formulations import cpsat
 from lsched.formulations.backends import solve_slot
-from lsched.formulations.bound_suite import bound_report
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.bounds.suite import bound_report
+from lsched.formulations.slot import SlotProblem, cpsat
 from lsched.goodput import goodput
 from lsched.instance import Instance
 from lsched.policies import parse_policy

@@ -11,7 +11,7 @@ from test_timed_model import brute_force as timed_brute_force
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
-from lsched.formulations.bound_suite import best_bound, bound_suite
+from lsched.formulations.bounds.suite import best_bound, bound_suite
 from lsched.instance import Instance
 from lsched.profile import load_profile
 

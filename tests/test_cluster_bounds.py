@@ -17,9 +17,9 @@ from test_engine_equivalence import PROFILES, TIME_SCALE_S, tight_profile
 from lsched.cluster import Cluster, Link, Pool
 from lsched.compare import compare_cluster, objective_value
 from lsched.evaluator import simulate_cluster
-from lsched.formulations.bound_suite import bound_report, cluster_bound_report
-from lsched.formulations.cluster_bounds import CLUSTER_BOUNDS, cluster_bounds
-from lsched.formulations.work_bounds import work_bounds
+from lsched.formulations.bounds.cluster import CLUSTER_BOUNDS, cluster_bounds
+from lsched.formulations.bounds.suite import bound_report, cluster_bound_report
+from lsched.formulations.bounds.work import work_bounds
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile, IterationTime, load_profile
 

@@ -24,9 +24,8 @@ import pandas as pd
 import pytest
 
 from lsched import interrupt
-from lsched.formulations import cpsat, milp
 from lsched.formulations.result import Status
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import SlotProblem, cpsat, milp
 from lsched.generators import gsm8k
 from lsched.overrides import deployment_profile
 from lsched.sweep import load_results

@@ -11,10 +11,10 @@ import pytest
 from slot_brute import brute_force, make_problem, random_case
 
 from lsched.errors import InputError
-from lsched.formulations.incumbent import is_feasible
-from lsched.formulations.milp import Strengthening, lp_bound, solve
 from lsched.formulations.result import LOG_COLUMNS, Status
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.incumbent import is_feasible
+from lsched.formulations.slot.milp import Strengthening, lp_bound, solve
 from lsched.generators.families import jaillet
 from lsched.profile import load_profile
 

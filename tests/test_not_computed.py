@@ -15,7 +15,7 @@ import pytest
 from cli_helpers import run
 
 from lsched.compare import TIMED_MAX_REQUESTS, compare
-from lsched.formulations.bound_suite import LP_MAX_REQUESTS, bound_report
+from lsched.formulations.bounds.suite import LP_MAX_REQUESTS, bound_report
 from lsched.formulations.result import Reason
 from lsched.profile import load_profile
 from lsched.traces import read_trace

@@ -16,9 +16,8 @@ from matplotlib.figure import Figure
 from lsched import plots
 from lsched.errors import InputError
 from lsched.evaluator import simulate
-from lsched.formulations import cpsat
 from lsched.formulations.result import SolveResult, Status
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import SlotProblem, cpsat
 from lsched.generators.families import gsm8k, jaillet
 from lsched.profile import load_profile
 from lsched.traces import read_trace

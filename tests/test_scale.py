@@ -35,12 +35,12 @@ from test_engine_equivalence import (
 from lsched import predictors
 from lsched.errors import InputError
 from lsched.evaluator import simulate
+from lsched.formulations.bounds.work import work_bounds
 from lsched.formulations.scale import (
     ReplicaReplay,
     improve,
     window_starts,
 )
-from lsched.formulations.work_bounds import work_bounds
 from lsched.instance import Instance
 from lsched.policies import REGISTRY, PolicySpec, parse_policy
 from lsched.policies.priority import (

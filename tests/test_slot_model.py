@@ -10,11 +10,15 @@ from slot_brute import brute_force, make_problem, random_case
 
 from lsched.evaluator import simulate
 from lsched.evaluator.fixed import replay_start_slots
-from lsched.formulations import bounds, cpsat, lns, milp
-from lsched.formulations.horizon import close_idle_slots, deadlines, no_idle_horizon
-from lsched.formulations.incumbent import heuristic_schedules, is_feasible
+from lsched.formulations.bounds import slot as bounds
 from lsched.formulations.result import Status
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import SlotProblem, cpsat, lns, milp
+from lsched.formulations.slot.horizon import (
+    close_idle_slots,
+    deadlines,
+    no_idle_horizon,
+)
+from lsched.formulations.slot.incumbent import heuristic_schedules, is_feasible
 from lsched.generators.families import jaillet
 from lsched.policies import REGISTRY
 from lsched.predictors import oracle

@@ -26,37 +26,36 @@ INF = math.inf
 
 
 @pytest.mark.parametrize(
-    ("stop", "objective", "bound", "infeasible", "tolerance", "expected"),
+    ("stop", "objective", "bound", "infeasible", "expected"),
     [
         # a bound that meets the objective proves it, however the solver stopped
-        (Stop.FINISHED, 10.0, 10.0, False, 0.0, Status.OPTIMAL),
-        (Stop.TIME_LIMIT, 10.0, 10.0, False, 0.0, Status.OPTIMAL),
-        (Stop.INTERRUPTED, 10.0, 10.0, False, 0.0, Status.OPTIMAL),
-        (Stop.ERROR, 10.0, 10.0, False, 0.0, Status.OPTIMAL),
-        (Stop.TIME_LIMIT, 10.0, 9.5, False, 1.0 - 1e-6, Status.OPTIMAL),
+        (Stop.FINISHED, 10.0, 10.0, False, Status.OPTIMAL),
+        (Stop.TIME_LIMIT, 10.0, 10.0, False, Status.OPTIMAL),
+        (Stop.INTERRUPTED, 10.0, 10.0, False, Status.OPTIMAL),
+        (Stop.ERROR, 10.0, 10.0, False, Status.OPTIMAL),
         # an open gap: the stop decides
-        (Stop.TIME_LIMIT, 10.0, 9.0, False, 0.0, Status.TIME_LIMIT),
-        (Stop.TIME_LIMIT, None, -INF, False, 0.0, Status.TIME_LIMIT),
-        (Stop.INTERRUPTED, 10.0, 9.0, False, 0.0, Status.INTERRUPTED),
-        (Stop.INTERRUPTED, None, -INF, False, 0.0, Status.INTERRUPTED),
-        (Stop.FINISHED, 10.0, 9.0, False, 0.0, Status.FEASIBLE),  # relaxed gap
-        (Stop.OTHER_LIMIT, 10.0, 9.0, False, 0.0, Status.FEASIBLE),
-        (Stop.OTHER_LIMIT, None, -INF, False, 0.0, Status.UNKNOWN),
-        (Stop.ERROR, 10.0, 9.0, False, 0.0, Status.UNKNOWN),
-        (Stop.FINISHED, None, -INF, False, 0.0, Status.UNKNOWN),
+        (Stop.TIME_LIMIT, 10.0, 9.0, False, Status.TIME_LIMIT),
+        (Stop.TIME_LIMIT, None, -INF, False, Status.TIME_LIMIT),
+        (Stop.INTERRUPTED, 10.0, 9.0, False, Status.INTERRUPTED),
+        (Stop.INTERRUPTED, None, -INF, False, Status.INTERRUPTED),
+        (Stop.FINISHED, 10.0, 9.0, False, Status.FEASIBLE),  # relaxed gap
+        (Stop.OTHER_LIMIT, 10.0, 9.0, False, Status.FEASIBLE),
+        (Stop.OTHER_LIMIT, None, -INF, False, Status.UNKNOWN),
+        (Stop.ERROR, 10.0, 9.0, False, Status.UNKNOWN),
+        (Stop.FINISHED, None, -INF, False, Status.UNKNOWN),
         # a proof of infeasibility
-        (Stop.FINISHED, None, INF, True, 0.0, Status.INFEASIBLE),
-        (Stop.TIME_LIMIT, None, -INF, True, 0.0, Status.INFEASIBLE),
-        (Stop.FINISHED, 10.0, -INF, False, 0.0, Status.FEASIBLE),
-        (Stop.FINISHED, 10.0, 10.0 - 1e-12, False, 1e-9, Status.OPTIMAL),
-        (Stop.TIME_LIMIT, 10.0, 10.0 - 1e-6, False, 1e-9, Status.TIME_LIMIT),
+        (Stop.FINISHED, None, INF, True, Status.INFEASIBLE),
+        (Stop.TIME_LIMIT, None, -INF, True, Status.INFEASIBLE),
+        (Stop.FINISHED, 10.0, -INF, False, Status.FEASIBLE),
+        # the one tolerance, OPTIMALITY_RTOL, of max(1, |objective|)
+        (Stop.TIME_LIMIT, 10.0, 10.0 - 9e-6, False, Status.OPTIMAL),
+        (Stop.TIME_LIMIT, 10.0, 10.0 - 2e-5, False, Status.TIME_LIMIT),
+        (Stop.TIME_LIMIT, 0.5, 0.5 - 9e-7, False, Status.OPTIMAL),
+        (Stop.TIME_LIMIT, 0.5, 0.5 - 2e-6, False, Status.TIME_LIMIT),
     ],
 )
-def test_decide_status(stop, objective, bound, infeasible, tolerance, expected):
-    got = decide_status(
-        stop, objective, bound, infeasible=infeasible, tolerance=tolerance
-    )
-    assert got is expected
+def test_decide_status(stop, objective, bound, infeasible, expected):
+    assert decide_status(stop, objective, bound, infeasible=infeasible) is expected
 
 
 @pytest.mark.parametrize(

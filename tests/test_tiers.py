@@ -18,7 +18,7 @@ from lsched.compare import compare
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.engine import ReplicaEngine
-from lsched.formulations.bound_suite import best_bound, bound_report
+from lsched.formulations.bounds.suite import best_bound, bound_report
 from lsched.formulations.result import certified_gap
 from lsched.instance import Instance
 from lsched.policies import Batch, ReplicaView, parse_policy

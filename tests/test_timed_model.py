@@ -13,9 +13,9 @@ import pytest
 
 from lsched.errors import InputError
 from lsched.evaluator.fixed import replay_batch_table
-from lsched.formulations import cpsat as slot_cpsat
 from lsched.formulations.result import LOG_COLUMNS, Status
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import cpsat as slot_cpsat
 from lsched.formulations.timed import (
     TimedProblem,
     compact,

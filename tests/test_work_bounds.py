@@ -11,11 +11,10 @@ from test_timed_model import random_case as timed_case
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
-from lsched.formulations import cpsat
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.bounds.work import under_estimators, work_bounds
+from lsched.formulations.slot import SlotProblem, cpsat
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.timed import milp as timed_milp
-from lsched.formulations.work_bounds import under_estimators, work_bounds
 from lsched.instance import Instance
 from lsched.profile import load_profile
 

@@ -2,10 +2,10 @@
 
 For every (n, arrival setting, seed) the instance ``jaillet(n, seed=seed)`` (its
 own M, unit slots, total latency) gets the best heuristic's safe deadlines
-(:func:`lsched.formulations.horizon.deadlines`), as
-:func:`lsched.formulations.milp.solve` does; then
-:func:`lsched.formulations.milp.slot.build_model` is timed, and the compilation
-(:func:`lsched.formulations.milp.highs.load`). A fingerprint of the compiled
+(:func:`lsched.formulations.slot.horizon.deadlines`), as
+:func:`lsched.formulations.slot.milp.solve` does; then
+:func:`lsched.formulations.slot.milp.build.build_model` is timed, and the compilation
+(:func:`lsched.formulations.solvers.highs.load`). A fingerprint of the compiled
 model (every row as its sorted ``(variable name, coefficient)`` terms and its
 bounds; column bounds, integrality and costs by name; all order-free) shows that
 two versions of the build give the same model. ``--against FILE`` times the
@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from lsched.formulations import milp
-from lsched.formulations.horizon import deadlines
-from lsched.formulations.incumbent import best_heuristic
-from lsched.formulations.milp import highs
-from lsched.formulations.milp.slot import build_model
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import SlotProblem, milp
+from lsched.formulations.slot.horizon import deadlines
+from lsched.formulations.slot.incumbent import best_heuristic
+from lsched.formulations.slot.milp.build import build_model
+from lsched.formulations.solvers import highs
 from lsched.generators.families import jaillet
 from lsched.profile import load_profile
 

@@ -4,7 +4,7 @@ For a few small instances (Jaillet n = 8 and 10; latency, TTFT, makespan; one wi
 a batch cap and a token budget), the models of this ``build_model`` and of
 another version of ``lsched/formulations/milp/slot.py`` are compiled and
 compared array for array (same rows and columns in the same order, so HiGHS
-takes the same path), then :func:`lsched.formulations.milp.solve` runs with
+takes the same path), then :func:`lsched.formulations.slot.milp.solve` runs with
 each and prints its objective, status and runtime.
 
     git show a467beb:lsched/formulations/milp/slot.py > /tmp/old_slot.py
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from bench_milp_build import other_build
 
-import lsched.formulations.milp as milp
-from lsched.formulations.horizon import deadlines
-from lsched.formulations.incumbent import best_heuristic
-from lsched.formulations.milp import highs
+import lsched.formulations.slot.milp as milp
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.horizon import deadlines
+from lsched.formulations.slot.incumbent import best_heuristic
+from lsched.formulations.solvers import highs
 from lsched.generators.families import jaillet
 from lsched.profile import load_profile
 

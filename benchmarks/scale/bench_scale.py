@@ -3,7 +3,7 @@
     ./run python benchmarks/scale/bench_scale.py [--limits 60 600] [--seed 0]
         [--requests N] [--json benchmarks/scale/results.json]
 
-1. Bounds: every bound of :func:`lsched.formulations.bound_suite.bound_suite` that
+1. Bounds: every bound of :func:`lsched.formulations.bounds.suite.bound_suite` that
    holds for any schedule (closed forms in seconds).
 2. Every registered policy that can run the trace (length-aware ones with oracle
    predictions), and ``priority`` with the ``work`` key weighted for the profile,
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lsched.evaluator import simulate
-from lsched.formulations.bound_suite import bound_suite
+from lsched.formulations.bounds.suite import bound_suite
 from lsched.formulations.scale import improve
 from lsched.policies import REGISTRY, PolicyError, PolicySpec
 from lsched.policies.priority import work_params

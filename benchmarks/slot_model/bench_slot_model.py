@@ -2,7 +2,7 @@
 
 For every (n, arrival setting, seed) the instance ``jaillet(n, seed=seed)`` (its
 own M) is solved by each backend under one time limit, and compared with every
-bound of :mod:`lsched.formulations.bounds` and with MC-SF (oracle lengths). Rows
+bound of :mod:`lsched.formulations.bounds.slot` and with MC-SF (oracle lengths). Rows
 are appended to a CSV as cases finish (rerunning skips finished cases); the
 summary table is printed in Markdown at the end.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from lsched.atomic import write_text_atomic
-from lsched.formulations import bounds, cpsat, lns, milp
-from lsched.formulations.incumbent import policy_schedule
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.bounds import slot as bounds
+from lsched.formulations.slot import SlotProblem, cpsat, lns, milp
+from lsched.formulations.slot.incumbent import policy_schedule
 from lsched.generators.families import jaillet
 from lsched.profile import load_profile
 

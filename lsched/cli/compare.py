@@ -26,13 +26,13 @@ from lsched.cli._common import (
 from lsched.cluster import Cluster, load_cluster
 from lsched.compare import DEFAULT_POLICIES, Comparison, compare, compare_cluster
 from lsched.errors import InputError
-from lsched.formulations.bound_suite import (
+from lsched.formulations.bounds.suite import (
     best_bound,
     bound_report,
     cluster_bound_report,
 )
+from lsched.formulations.bounds.work import OBJECTIVES
 from lsched.formulations.result import Skipped, certified_gap
-from lsched.formulations.work_bounds import OBJECTIVES
 from lsched.instance import Instance
 from lsched.interrupt import requested, sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides

@@ -1,7 +1,7 @@
 """One front door per model to its backends, and the evaluator's check of a schedule.
 
-``solve_slot(problem, backend=...)`` picks :mod:`~lsched.formulations.cpsat`,
-:mod:`~lsched.formulations.milp` or :mod:`~lsched.formulations.lns`;
+``solve_slot(problem, backend=...)`` picks :mod:`~lsched.formulations.slot.cpsat`,
+:mod:`~lsched.formulations.slot.milp` or :mod:`~lsched.formulations.slot.lns`;
 ``solve_timed`` the timed model's :mod:`~lsched.formulations.timed.cpsat` or
 :mod:`~lsched.formulations.timed.milp` (imported on first use: each pulls in a
 heavy solver stack). :func:`replay_objective` and :func:`replay_timed_objective`
@@ -41,11 +41,11 @@ def solve_slot(
         On an unknown backend.
     """
     if backend == "cpsat":
-        from lsched.formulations.cpsat import solve
+        from lsched.formulations.slot.cpsat import solve
     elif backend == "milp":
-        from lsched.formulations.milp import solve
+        from lsched.formulations.slot.milp import solve
     elif backend == "lns":
-        from lsched.formulations.lns import solve
+        from lsched.formulations.slot.lns import solve
     else:
         raise InputError(
             f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"

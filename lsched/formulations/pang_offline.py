@@ -77,9 +77,6 @@ import pyomo.environ as pyo
 from ortools.sat.python import cp_model
 
 from lsched.errors import InputError
-from lsched.formulations import cpsat
-from lsched.formulations.cpsat import configured_solver
-from lsched.formulations.milp import highs as _highs
 from lsched.formulations.replicas import (
     DEFAULT_LOAD_STEPS,
     AssignmentResult,
@@ -95,6 +92,8 @@ from lsched.formulations.result import (
     cpsat_stop,
     decide_status,
 )
+from lsched.formulations.solvers import highs as _highs
+from lsched.formulations.solvers.cpsat import configured_solver, solve_stoppable
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
 
@@ -185,7 +184,7 @@ def _ordered_cpsat(
             model.add_hint(v, int(hint[i] == c))
             model.add_hint(start[i][c], int(begins[i]) if hint[i] == c else 0)
     solver = configured_solver(max(0.0, time_limit), num_workers, seed, params)
-    code, interrupted = cpsat.solve_stoppable(solver, model)
+    code, interrupted = solve_stoppable(solver, model)
     where = position = None
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         where = np.array(

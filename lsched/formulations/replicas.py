@@ -123,7 +123,7 @@ b)`` blocks in slot ``S_i + j``, and for every replica ``c`` and slot ``t``::
 staircase of request ``i`` is one optional fixed-size interval ``[S_i + j, S_i +
 o_i)`` per step ``j`` where ``k_ij`` rises, present iff ``y_ic``, with demand the rise,
 and one cumulative of capacity ``M`` per replica: exactly the rule above (the
-``interval`` formulation of :mod:`lsched.formulations.cpsat.slot`, made optional).
+``interval`` formulation of :mod:`lsched.formulations.slot.cpsat.build`, made optional).
 Objectives as in the slot model (makespan ``max_i (S_i + o_i) - min_i a_i``, total
 latency, total TTFT). Symmetry: replicas are ordered by first use in position order
 (``y_kc <= sum_{k' < k} y_{k',c-1}``), and identical requests start in position order;
@@ -167,10 +167,6 @@ from lsched.checks import (
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, assign_replicas, simulate
 from lsched.evaluator.fixed import check_unit_slots, replay_start_slots
-from lsched.formulations import cpsat
-from lsched.formulations.cpsat import configured_solver
-from lsched.formulations.incumbent import best_heuristic, is_feasible
-from lsched.formulations.milp import highs as _highs
 from lsched.formulations.result import (
     CPSAT_OTHER_LIMITS,
     Status,
@@ -180,7 +176,10 @@ from lsched.formulations.result import (
     cpsat_stop,
     decide_status,
 )
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import SlotProblem, cpsat
+from lsched.formulations.slot.incumbent import best_heuristic, is_feasible
+from lsched.formulations.solvers import highs as _highs
+from lsched.formulations.solvers.cpsat import configured_solver, solve_stoppable
 from lsched.instance import Instance
 from lsched.policies import PolicySpec, parse_policy
 from lsched.profile import DeploymentProfile
@@ -708,7 +707,7 @@ def _assign_cpsat(
         for c, v in x[i].items():
             model.add_hint(v, int(hint[i] == c))
     solver = configured_solver(max(0.0, time_limit), num_workers, seed, params)
-    code, interrupted = cpsat.solve_stoppable(solver, model)
+    code, interrupted = solve_stoppable(solver, model)
     where = None
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         where = np.array(
@@ -1384,7 +1383,7 @@ def solve_joint(
             model.add_hint(y[i][c], int(where[i] == c))
     remaining = time_limit - (time.monotonic() - began)
     solver = configured_solver(max(0.0, remaining), num_workers, seed, params)
-    code, interrupted = cpsat.solve_stoppable(solver, model)
+    code, interrupted = solve_stoppable(solver, model)
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = np.array([solver.value(v) for v in svars], dtype=np.int64)
         found_where = np.array(

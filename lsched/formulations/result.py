@@ -74,13 +74,21 @@ def stop_of(status: Status) -> Stop:
     }.get(status, Stop.FINISHED)
 
 
+#: The one tolerance of :func:`decide_status`: a schedule is ``OPTIMAL`` when its
+#: bound is within this share of its objective (of 1 below 1). Integer objectives
+#: (the slot and assignment models) have their bounds rounded up first, so for
+#: them it means a zero gap; the timed model's seconds need the slack of
+#: floating point, no more. A solver's own "optimal" on a looser gap (a relaxed
+#: ``mip_rel_gap``, or CP-SAT's proof on rounded durations) is ``FEASIBLE``.
+OPTIMALITY_RTOL = 1e-6
+
+
 def decide_status(
     stop: Stop,
     objective: float | None,
     bound: float,
     *,
     infeasible: bool = False,
-    tolerance: float = 0.0,
 ) -> Status:
     """The status of a solve, from why it stopped and what it has; a pure function.
 
@@ -97,19 +105,19 @@ def decide_status(
         Best proven lower bound, in the same units (``-inf`` if none).
     infeasible
         Whether the solver proved that no schedule exists.
-    tolerance
-        How far below ``objective`` the bound may be and still prove it optimal
-        (e.g. ``1 - 1e-6`` for an integer objective held in floats: 0 by default).
 
     Rules, first match wins: a proof of infeasibility without a schedule is
-    ``INFEASIBLE``; a bound that meets the objective is ``OPTIMAL`` however the
+    ``INFEASIBLE``; a bound that meets the objective (within
+    :data:`OPTIMALITY_RTOL`) is ``OPTIMAL`` however the
     solver stopped; then the stop decides: ``INTERRUPTED``, ``TIME_LIMIT``,
     ``UNKNOWN`` on a solver error; otherwise ``FEASIBLE`` with a schedule and
     ``UNKNOWN`` without.
     """
     if infeasible and objective is None:
         return Status.INFEASIBLE
-    if objective is not None and bound >= objective - tolerance:
+    if objective is not None and bound >= objective - OPTIMALITY_RTOL * max(
+        1.0, abs(objective)
+    ):
         return Status.OPTIMAL
     if stop is Stop.INTERRUPTED:
         return Status.INTERRUPTED

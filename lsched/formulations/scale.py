@@ -67,7 +67,7 @@ interrupted at the deadline, so the limit holds whatever the trace.
 
 Bound and certified gap
 -----------------------
-The bound is the best of :func:`lsched.formulations.work_bounds.work_bounds`
+The bound is the best of :func:`lsched.formulations.bounds.work.work_bounds`
 (critical path, fluid SRPT on the attributed work, prefill queue): each holds for
 every schedule the evaluator can run, chunked or preemptive. The certified gap is
 ``(L - bound) / L`` (:func:`lsched.formulations.result.certified_gap`).
@@ -115,8 +115,8 @@ from lsched.errors import InputError
 from lsched.evaluator import check_fits, simulate
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.length import cut_to_length
+from lsched.formulations.bounds.work import work_bounds
 from lsched.formulations.result import LOG_COLUMNS, Status, certified_gap
-from lsched.formulations.work_bounds import work_bounds
 from lsched.instance import Instance
 from lsched.policies import PolicySpec
 from lsched.policies.base import Batch, ReplicaView, restore_policy, snapshot_policy

@@ -30,7 +30,7 @@ stated assumptions):
     better.
 ``bound``
     The makespan bound in seconds for every schedule
-    (:func:`lsched.formulations.work_bounds.work_bounds`).
+    (:func:`lsched.formulations.bounds.work.work_bounds`).
 
 Utilisation is reported two ways: the evaluator's busy fraction (sum of iteration
 times over ``C x makespan``), which is close to 1 for every method when all
@@ -46,9 +46,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lsched.evaluator import simulate
+from lsched.formulations.bounds.work import work_bounds
 from lsched.formulations.replicas import assign, sequence
 from lsched.formulations.result import certified_gap
-from lsched.formulations.work_bounds import work_bounds
 from lsched.generators import gsm8k
 from lsched.policies.hybrid_lr import roofline_spec
 from lsched.predictors import oracle

@@ -73,7 +73,6 @@ from ortools.sat.python import cp_model
 
 from lsched.checks import check_solver_options, check_type
 from lsched.errors import InputError
-from lsched.formulations.cpsat import configured_solver, solve_stoppable
 from lsched.formulations.result import (
     CPSAT_OTHER_LIMITS,
     LOG_COLUMNS,
@@ -82,6 +81,7 @@ from lsched.formulations.result import (
     cpsat_stop,
     decide_status,
 )
+from lsched.formulations.solvers.cpsat import configured_solver, solve_stoppable
 from lsched.formulations.timed.incumbent import latest_starts, starting_schedule
 from lsched.formulations.timed.problem import (
     ATTENTION,
@@ -564,8 +564,9 @@ def solve(
     if code == cp_model.INFEASIBLE:  # impossible with a feasible hint in the windows
         status = decide_status(stop, None, bound, infeasible=True)
     else:
-        # optimal up to the rounding: CP-SAT's proof is on rounded durations
-        status = decide_status(stop, value, bound, tolerance=2 * delta + 1e-9)
+        # CP-SAT's proof is on rounded durations: optimal only if the bound,
+        # less the rounding, still meets the objective
+        status = decide_status(stop, value, bound)
     runtime = time.perf_counter() - started
     recorder.record(None if status == Status.INFEASIBLE else value, bound)
     info = {

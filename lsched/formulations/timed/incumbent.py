@@ -7,7 +7,7 @@ rules are the timed rules; arrivals only delay iterations in time). The
 candidates, each compacted (:func:`~lsched.formulations.timed.problem.compact`)
 and scored by the exact :func:`~lsched.formulations.timed.problem.timed_objective`:
 
-* the slot heuristics of :mod:`lsched.formulations.incumbent` (list scheduling
+* the slot heuristics of :mod:`lsched.formulations.slot.incumbent` (list scheduling
   in three orders, MC-SF and FCFS replays) on the slot problem whose slot length
   ``tau`` is the profile's default (:func:`lsched.formulations.slot.slot_length_s`)
   and on ``tau / 4`` and ``4 tau`` (a finer or coarser view of the arrivals);
@@ -33,7 +33,7 @@ good as the given one:
   ``E_i <= (a_i - a_min + (U - lambda_i) / w_i) / d_min``. Two bounds are used,
   the larger kept: ``sum_{k != i} w_k o_k d_min``, and
   ``d_min Lambda_i - sum_{k != i} w_k (a_k - a_min)`` where ``Lambda_i`` is the
-  slot model's closed-form bound (:func:`lsched.formulations.bounds.closed_form`)
+  slot model's closed-form bound (:func:`lsched.formulations.bounds.slot.closed_form`)
   on ``sum_{k != i} w_k E_k`` for the other requests alone in iteration space:
   dropping ``i`` from a schedule and closing the empty iterations gives such a
   schedule with no later ends, and ``C_k >= a_min + E_k d_min``. On
@@ -54,9 +54,9 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.errors import InputError
-from lsched.formulations.bounds import closed_form
-from lsched.formulations.incumbent import heuristic_schedules, list_schedule
+from lsched.formulations.bounds.slot import closed_form
 from lsched.formulations.slot import SlotProblem, slot_length_s
+from lsched.formulations.slot.incumbent import heuristic_schedules, list_schedule
 from lsched.formulations.timed.problem import (
     TimedProblem,
     check_start,

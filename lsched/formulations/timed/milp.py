@@ -90,12 +90,12 @@ Solving
 -------
 :func:`solve` takes the best heuristic schedule (or ``initial_solution``), cuts
 the windows with its objective, builds the model, passes it to HiGHS with that
-schedule as MIP start (:mod:`lsched.formulations.milp.highs`, wall-clock limit
+schedule as MIP start (:mod:`lsched.formulations.solvers.highs`, wall-clock limit
 and progress), and reports the *exact* objective
 (:func:`~lsched.formulations.timed.problem.timed_objective`) of the best schedule
 (HiGHS's, compacted, or the start). The limit covers the build too: it
 checks the clock as it goes and is given up, returning the start, when it would
-overrun (:func:`lsched.formulations.milp.highs.build_and_load`); HiGHS gets
+overrun (:func:`lsched.formulations.solvers.highs.build_and_load`); HiGHS gets
 the time left. Objectives are continuous, so "optimal" is
 HiGHS's ``mip_rel_gap`` (``1e-6`` by default here, :data:`DEFAULT_OPTIONS`).
 
@@ -126,7 +126,6 @@ from pyomo.common.collections import ComponentMap
 from pyomo.common.gc_manager import PauseGC
 
 from lsched.checks import check_solver_options, check_type
-from lsched.formulations.milp import highs as _highs
 from lsched.formulations.result import (
     LOG_COLUMNS,
     SolveResult,
@@ -134,6 +133,7 @@ from lsched.formulations.result import (
     Stop,
     decide_status,
 )
+from lsched.formulations.solvers import highs as _highs
 from lsched.formulations.timed.incumbent import latest_starts, starting_schedule
 from lsched.formulations.timed.problem import (
     ATTENTION,
@@ -279,7 +279,7 @@ def build_model(
     :attr:`~lsched.formulations.timed.problem.TimedProblem.objective_offset`.
 
     Past ``stop_at`` (``time.monotonic()``), or on a user's stop request, the
-    build gives up with :class:`~lsched.formulations.milp.highs.BuildStopped`
+    build gives up with :class:`~lsched.formulations.solvers.highs.BuildStopped`
     (checked once per request or iteration of each family of rows).
     """
     # millions of small objects: Python's cyclic collector would walk the growing
@@ -545,7 +545,7 @@ def lp_bound(
     LP solved within ``time_limit`` wall-clock seconds (heuristic and build
     included), and no stop was requested.
 
-    Measured against the closed forms of :mod:`lsched.formulations.work_bounds`
+    Measured against the closed forms of :mod:`lsched.formulations.bounds.work`
     (2 cores), it helps where prompts are short or every request is present at
     the start: on ``jaillet(n, seed=0)`` with ``llama2-70b-a100-tp4`` the latency
     LP is 1-4 % above them (24.30 s against 23.39 s at ``n = 20``, 0.4 s), and
@@ -606,7 +606,7 @@ def solve(
     time_limit
         Wall-clock seconds for everything (heuristics, model build and
         compilation, HiGHS). A build that would overrun it is given up
-        (:func:`lsched.formulations.milp.highs.build_and_load`): the starting
+        (:func:`lsched.formulations.solvers.highs.build_and_load`): the starting
         schedule comes back with status ``time_limit`` (``interrupted`` on a
         user's stop) and ``info["stopped_in"]`` says where.
     num_workers
@@ -739,21 +739,11 @@ def solve(
             if candidate_value < value:
                 best, best_source, value = candidate, "highs", candidate_value
     bound = min(seconds(outcome.bound), value)
-    # HiGHS's own proof holds to its relative gap; any other stop needs the bound
-    # to meet the objective up to rounding
-    rel_gap = float(settings.get("mip_rel_gap", 1e-6))
-    scale = max(1.0, abs(value))
-    tolerance = (
-        max(1e-9, max(rel_gap, 1e-6) * abs(value))
-        if outcome.stop is Stop.FINISHED
-        else 1e-9 * scale
-    )
     status = decide_status(
         outcome.stop,
         None if outcome.infeasible else value,
         bound,
         infeasible=outcome.infeasible,
-        tolerance=tolerance,
     )
     info: dict[str, Any] = {
         **loaded.size,

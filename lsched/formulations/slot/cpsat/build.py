@@ -3,7 +3,7 @@
 Notation of :mod:`lsched.formulations.slot`: release ``r_i``, output ``o_i``, KV
 table ``k_ij`` (nondecreasing in ``j``), capacity ``M``, batch cap ``N``, token
 budget ``B``; start domains ``lo_i <= S_i <= hi_i`` (the safe deadlines of
-:mod:`lsched.formulations.horizon` give ``hi_i = d_i - o_i``).
+:mod:`lsched.formulations.slot.horizon` give ``hi_i = d_i - o_i``).
 
 ``interval``
 ------------

@@ -4,7 +4,7 @@ Data and rules are those of :mod:`lsched.formulations.slot`: request ``i`` has
 release ``r_i``, prompt ``s_i``, output ``o_i``, weight ``w_i`` and KV table
 ``k_ij`` (``j = 0..o_i-1``, nondecreasing); ``M`` KV blocks, batch cap ``N`` and
 token budget ``B`` (both optional). Safe deadlines ``d_i``
-(:func:`lsched.formulations.horizon.deadlines`) bound every start to the window
+(:func:`lsched.formulations.slot.horizon.deadlines`) bound every start to the window
 
     T_i = {r_i, ..., L_i},   L_i = d_i - o_i.
 
@@ -99,7 +99,7 @@ the growing model again and again). The model is the same, row for row
 (``benchmarks/milp_build``: an order-free fingerprint of the compiled matrices);
 the build is 4.5-14 times faster (Jaillet n = 60, 1.4-4.8 million nonzeros:
 0.9-3.8 s against 8-30 s on a loaded 2-core machine), and Pyomo's compilation to
-matrices (:func:`lsched.formulations.milp.highs.load`, 2-9 s there, unchanged) is
+matrices (:func:`lsched.formulations.solvers.highs.load`, 2-9 s there, unchanged) is
 now most of the time.
 """
 
@@ -116,8 +116,8 @@ from pyomo.common.collections import ComponentMap
 from pyomo.common.gc_manager import PauseGC
 from pyomo.core.expr.numeric_expr import LinearExpression
 
-from lsched.formulations.milp.highs import build_check
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.solvers.highs import build_check
 
 IntArray = npt.NDArray[np.int64]
 
@@ -225,7 +225,7 @@ def build_model(
     stop_at
         A ``time.monotonic()`` deadline: past it, or on a user's stop request
         (:mod:`lsched.interrupt`), the build gives up with
-        :class:`~lsched.formulations.milp.highs.BuildStopped` (checked once per
+        :class:`~lsched.formulations.solvers.highs.BuildStopped` (checked once per
         slot, so within one slot's rows).
 
     Returns
@@ -235,7 +235,7 @@ def build_model(
 
     Raises
     ------
-    lsched.formulations.milp.highs.BuildStopped
+    lsched.formulations.solvers.highs.BuildStopped
         Past ``stop_at`` or on a stop request.
     """
 

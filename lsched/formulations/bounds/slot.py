@@ -56,8 +56,8 @@ objective; ``-inf`` where it says nothing. Notation of
     so it is the LP bound without an LP solver.
 
 ``lp``
-    The LP relaxation of :mod:`lsched.formulations.milp.slot` with its cuts, by
-    HiGHS (:func:`lsched.formulations.milp.lp_bound`).
+    The LP relaxation of :mod:`lsched.formulations.slot.milp.build` with its cuts, by
+    HiGHS (:func:`lsched.formulations.slot.milp.lp_bound`).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from lsched.formulations.horizon import deadlines
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.horizon import deadlines
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -196,7 +196,7 @@ def lagrangian(
         The slot problem.
     upper_bound
         Integer objective of a feasible schedule: it fixes the safe start range
-        (:func:`lsched.formulations.horizon.deadlines`) and Polyak's step target.
+        (:func:`lsched.formulations.slot.horizon.deadlines`) and Polyak's step target.
     iterations
         Subgradient steps.
     """

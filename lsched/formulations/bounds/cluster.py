@@ -2,7 +2,7 @@
 disaggregated prefill and decode pools with the links between them (DESIGN.md,
 "Clusters").
 
-They carry :mod:`lsched.formulations.work_bounds` (its linear under-estimators
+They carry :mod:`lsched.formulations.bounds.work` (its linear under-estimators
 ``u`` of the iteration time, the per-member attribution of an iteration's time
 and the SRPT fluid bound) from ``C`` replicas of one profile to a
 :class:`~lsched.cluster.Cluster`, and hold for every schedule the evaluator runs
@@ -72,7 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.cluster import Cluster
-from lsched.formulations.work_bounds import (
+from lsched.formulations.bounds.work import (
     RequestFigures,
     check_inputs,
     fluid_latency,

@@ -5,7 +5,7 @@ A bound is only a bound *for a class of schedules*. Two classes matter here:
 ``any``
     Every schedule the evaluator can run on the deployment: online policies with
     chunked prefill or preemption, fixed tables, the slot and timed models. The
-    closed forms of :mod:`lsched.formulations.work_bounds` (seconds) are of this
+    closed forms of :mod:`lsched.formulations.bounds.work` (seconds) are of this
     kind, and so is the slot model's ``energy`` bound on a unit-slot profile (each
     token-emitting iteration holds at least the non-preemptive KV).
 ``slot``
@@ -24,7 +24,7 @@ times the horizon, at most ``sum_i o_i`` iterations.
 
 On a cluster that is more than one colocated pool (pools of different profiles,
 disaggregated prefill and decode), :func:`cluster_bound_report` gives the closed
-forms of :mod:`lsched.formulations.cluster_bounds` (``cluster.<name>``, class
+forms of :mod:`lsched.formulations.bounds.cluster` (``cluster.<name>``, class
 ``any``: every policy and router on that cluster). Every bound states the topology
 it holds for (:attr:`Bound.holds_for`, e.g. ``colocated: 2 x unit-slot``).
 
@@ -45,15 +45,14 @@ from lsched.checks import check_choice, check_int, check_time_limit, check_type
 from lsched.cluster import Cluster, Pool, colocated_topology
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
-from lsched.formulations import bounds as slot_bounds
-from lsched.formulations import milp
-from lsched.formulations.cluster_bounds import CLUSTER_BOUNDS, cluster_bounds
-from lsched.formulations.incumbent import best_heuristic
+from lsched.formulations.bounds import slot as slot_bounds
+from lsched.formulations.bounds.cluster import CLUSTER_BOUNDS, cluster_bounds
+from lsched.formulations.bounds.work import OBJECTIVES, work_bounds
 from lsched.formulations.result import Reason, Skipped
-from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot import SlotProblem, milp
+from lsched.formulations.slot.incumbent import best_heuristic
 from lsched.formulations.timed import TimedProblem
 from lsched.formulations.timed import milp as timed_milp
-from lsched.formulations.work_bounds import OBJECTIVES, work_bounds
 from lsched.instance import Instance
 from lsched.interrupt import requested, session
 from lsched.profile import DeploymentProfile
@@ -322,7 +321,7 @@ def cluster_bound_report(
 
     One colocated pool is :func:`bound_report` on its profile and replica count.
     Any other cluster has the closed forms of
-    :mod:`lsched.formulations.cluster_bounds` (``cluster.<name>``, scope ``any``,
+    :mod:`lsched.formulations.bounds.cluster` (``cluster.<name>``, scope ``any``,
     for every policy and router); the slot and timed models, of one colocated
     replica, are listed as out of scope. Every bound states the topology it holds
     for (:meth:`~lsched.cluster.Cluster.describe`).

@@ -1,6 +1,6 @@
 """Closed-form lower bounds in seconds, valid for every schedule the evaluator runs.
 
-Unlike :mod:`lsched.formulations.bounds` (the unit-slot model), these bound the
+Unlike :mod:`lsched.formulations.bounds.slot` (the unit-slot model), these bound the
 objective of *any* schedule of an :class:`~lsched.instance.Instance` on a
 :class:`~lsched.profile.DeploymentProfile` with ``C`` replicas: online policies
 (chunked prefill and preemption included), the slot and timed models, fixed
@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.errors import InputError
-from lsched.formulations.bounds import srpt_completions
+from lsched.formulations.bounds.slot import srpt_completions
 from lsched.instance import Instance
 from lsched.profile import FEATURES, DeploymentProfile
 

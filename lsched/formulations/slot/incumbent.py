@@ -15,7 +15,7 @@ Two sources, and the best is kept:
 
 Every candidate is checked by :func:`lsched.evaluator.slots.score_start_slots`
 (independent of the placement code) and passed through
-:func:`lsched.formulations.horizon.close_idle_slots`.
+:func:`lsched.formulations.slot.horizon.close_idle_slots`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.slots import score_start_slots
-from lsched.formulations.horizon import close_idle_slots, no_idle_horizon
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.horizon import close_idle_slots, no_idle_horizon
 from lsched.policies import PolicyError
 from lsched.predictors import oracle
 
@@ -131,7 +131,7 @@ def starting_schedule(
 
     ``initial_solution`` (checked: integer starts, feasible) or the best
     heuristic, with idle slots after the last release closed
-    (:func:`~lsched.formulations.horizon.close_idle_slots`, so that it keeps the
+    (:func:`~lsched.formulations.slot.horizon.close_idle_slots`, so that it keeps the
     safe deadlines) and identical requests in position order
     (:meth:`~lsched.formulations.slot.SlotProblem.canonical`, so that it keeps the
     symmetry-breaking constraints).

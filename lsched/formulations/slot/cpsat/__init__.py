@@ -1,0 +1,146 @@
+"""CP-SAT backend (OR-Tools): :func:`solve` for the slot model.
+
+The formulations are in :mod:`lsched.formulations.slot.cpsat.build`. The solve
+driver (:mod:`lsched.formulations.driver`) gives it a feasible incumbent
+(``initial_solution``, checked, or the best heuristic of
+:mod:`lsched.formulations.slot.incumbent`); the backend
+
+1. cuts start domains at the safe deadlines of :mod:`lsched.formulations.slot.horizon`
+   derived from that incumbent's objective;
+2. hands the incumbent to CP-SAT as a solution hint and runs it under
+   ``max_time_in_seconds`` (CP-SAT keeps to it; the remaining time after building
+   the model is what it gets);
+3. returns the better of CP-SAT's best solution and the incumbent, the better of
+   CP-SAT's best bound (valid: the deadlines keep an optimal schedule) and the
+   closed-form bounds of :func:`lsched.formulations.bounds.slot.closed_form`, and the
+   objective and bound over time. CP-SAT's objective is an integer, and it
+   reports optimal only with a zero absolute gap.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from ortools.sat.python import cp_model
+
+from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
+from lsched.formulations.result import CPSAT_OTHER_LIMITS, SolveResult, cpsat_stop
+from lsched.formulations.slot.cpsat.build import FORMULATIONS, build
+from lsched.formulations.slot.horizon import deadlines
+from lsched.formulations.slot.model import SLOT
+from lsched.formulations.slot.problem import SlotProblem
+from lsched.formulations.solvers.cpsat import configured_solver, solve_stoppable
+
+__all__ = ["FORMULATIONS", "solve"]
+
+
+class _Recorder(cp_model.CpSolverSolutionCallback):
+    """Logs CP-SAT's improvements of either side in the run (problem units)."""
+
+    def __init__(self, run: SolveRun) -> None:
+        super().__init__()
+        self._run = run
+        self._offset = run.problem.objective_offset
+
+    def on_solution_callback(self) -> None:
+        self._run.record(self.objective_value + self._offset, -math.inf)
+
+    def on_bound(self, bound: float) -> None:
+        self._run.record(None, bound + self._offset)
+
+
+def _search(run: SolveRun, *, formulation: str, params: dict[str, Any]) -> Attempt:
+    """Build the ``formulation``, hint the incumbent, run CP-SAT in the time left."""
+    problem: SlotProblem = run.problem
+    upper = problem.integer_objective(run.start)
+    hi = deadlines(problem, upper) - problem.output_tokens
+    built = build(problem, problem.release, hi, formulation)
+    built.hint(run.start)
+    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
+    recorder = _Recorder(run)
+    solver.best_bound_callback = recorder.on_bound
+    code, interrupted = solve_stoppable(solver, built.model, recorder)
+    bound = -math.inf
+    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
+        run.offer(found, "cpsat")
+    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
+        bound = solver.best_objective_bound + problem.objective_offset
+    return Attempt(
+        solver=f"cpsat/{built.formulation}",
+        stop=cpsat_stop(
+            solver.status_name(code),
+            interrupted=interrupted,
+            other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+        ),
+        bound=bound,
+        infeasible=code == cp_model.INFEASIBLE,
+        info={
+            "cpsat_status": solver.status_name(code),
+            "branches": solver.num_branches,
+            "conflicts": solver.num_conflicts,
+            "horizon": int((hi + problem.output_tokens).max()),
+        },
+    )
+
+
+def search_events(run: SolveRun, params: dict[str, Any]) -> Attempt:
+    """The default formulation's search in ``run``, for backends that finish
+    with it (:mod:`lsched.formulations.slot.lns`)."""
+    return _search(run, formulation="events", params=params)
+
+
+def solve(
+    problem: SlotProblem,
+    *,
+    time_limit: float = 60.0,
+    num_workers: int = 2,
+    seed: int = 0,
+    initial_solution: npt.ArrayLike | None = None,
+    on_progress: Progress | None = None,
+    formulation: str = "events",
+    **params: Any,
+) -> SolveResult:
+    """Solve ``problem`` with CP-SAT.
+
+    Parameters
+    ----------
+    problem
+        The slot problem (objective included).
+    time_limit
+        Wall-clock seconds for the whole call, model building included.
+    num_workers
+        CP-SAT search workers.
+    seed
+        CP-SAT's ``random_seed``.
+    initial_solution
+        A feasible schedule (start slot per request) to start from; the best
+        heuristic by default.
+    on_progress
+        Called with ``(time_s, objective, bound)`` on every improvement.
+    formulation
+        ``"events"`` (default), ``"interval"`` or ``"time-indexed"``
+        (:mod:`lsched.formulations.slot.cpsat.build`).
+    **params
+        Further CP-SAT parameters, e.g. ``linearization_level=2``.
+
+    Returns
+    -------
+    SolveResult
+        Never raises on a time-out: the incumbent and bound found so far.
+    """
+    return drive(
+        SLOT,
+        _search,
+        problem,
+        time_limit=time_limit,
+        num_workers=num_workers,
+        seed=seed,
+        initial_solution=initial_solution,
+        on_progress=on_progress,
+        formulation=formulation,
+        params=params,
+    )

@@ -1,0 +1,227 @@
+"""MILP backend of the slot model: a time-indexed Pyomo model solved by HiGHS.
+
+:func:`solve` runs the whole pipeline under one wall-clock limit:
+
+1. a feasible schedule: ``initial_solution`` (checked, idle slots after the last
+   release closed) or :func:`lsched.formulations.slot.incumbent.best_heuristic`; its
+   integer objective ``U`` gives the safe deadlines
+   :func:`lsched.formulations.slot.horizon.deadlines` ``(problem, U)``;
+2. the time-indexed model with every strengthening
+   (:mod:`lsched.formulations.slot.milp.build`);
+3. HiGHS, started from that schedule (permuted within groups of identical
+   requests to meet the symmetry rows), with ``mip_rel_gap = 0`` and
+   ``mip_abs_gap = 1 - 1e-6``: the integer objective has integer coefficients, so
+   an absolute gap below one closes it (:mod:`lsched.formulations.solvers.highs`).
+
+Objectives and bounds are reported in problem units (integer objective plus
+:attr:`SlotProblem.objective_offset`); HiGHS's dual bound ``z`` is rounded up to
+``ceil(z - 1e-6)`` first, which is valid for an integer objective, and never
+reported above the objective.
+
+Status (:func:`lsched.formulations.result.decide_status`): ``OPTIMAL`` once the
+rounded bound meets the integer objective, whatever stopped HiGHS; otherwise
+its time limit or the wall-clock interrupt gives ``TIME_LIMIT``, a user's stop
+``INTERRUPTED``, "optimal" on a user-relaxed gap (e.g. ``mip_rel_gap=0.1``)
+``FEASIBLE``; "infeasible" gives ``INFEASIBLE`` (not expected: the horizon is
+safe and the start is feasible); a solver error ``UNKNOWN``. The best
+schedule is always returned: HiGHS's if it is better and passes
+:func:`lsched.formulations.slot.incumbent.is_feasible`, else the starting one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pyomo.common.collections import ComponentMap
+
+from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
+from lsched.formulations.result import SolveResult
+from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.horizon import deadlines
+from lsched.formulations.slot.incumbent import starting_schedule
+from lsched.formulations.slot.milp.build import SlotModel, Strengthening, build_model
+from lsched.formulations.slot.model import SLOT
+from lsched.formulations.solvers import highs
+from lsched.formulations.solvers.highs import BuildStopped
+
+__all__ = ["SOLVER", "Strengthening", "build_model", "lp_bound", "solve"]
+
+#: :attr:`SolveResult.solver` of this backend.
+SOLVER = "milp/time-indexed"
+
+#: HiGHS options that make "optimal" mean optimal for an integer objective.
+INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
+
+
+def _builder(
+    problem: SlotProblem,
+    upper: int,
+    strengthening: Strengthening | None,
+    deadline: float,
+) -> Callable[[], SlotModel]:
+    """The build of the model whose windows come from a schedule of objective
+    ``upper``, giving up past ``deadline``."""
+
+    def build() -> SlotModel:
+        return build_model(
+            problem,
+            deadlines(problem, upper),
+            upper_bound=upper,
+            strengthening=strengthening,
+            stop_at=deadline,
+        )
+
+    return build
+
+
+def _search(
+    run: SolveRun,
+    *,
+    strengthening: Strengthening | None,
+    params: dict[str, Any],
+) -> Attempt:
+    """Build the model in the time left, then run HiGHS from the incumbent."""
+    problem: SlotProblem = run.problem
+    offset = problem.objective_offset
+    upper = problem.integer_objective(run.start)
+    try:
+        built, loaded = highs.build_and_load(
+            _builder(problem, upper, strengthening, run.deadline),
+            lambda b: b.model,
+            deadline=run.deadline,
+        )
+    except BuildStopped as stopped:
+        # the model could not be built (and compiled) in time, or the user
+        # stopped it: the incumbent, the free bounds, and the status that says why
+        info = {"stopped_in": stopped.stage, "build_s": run.elapsed_s()}
+        return Attempt(solver=SOLVER, stop=stopped.stop, info=info)
+    values = built.values(run.start)
+    mip_start = np.array([values[v] for v in loaded.columns], dtype=np.float64)
+    build_s = run.elapsed_s()
+
+    def on_event(time_s: float, objective: float | None, bound: float) -> None:
+        run.record(None if objective is None else objective + offset, bound + offset)
+
+    outcome = highs.run(
+        loaded,
+        deadline=run.deadline,
+        threads=run.num_workers,
+        seed=run.seed,
+        options={**INTEGER_GAP, **params},
+        start=mip_start,
+        start_objective=float(upper),
+        on_event=on_event,
+        origin=run.began,
+    )
+    if outcome.values is not None and outcome.objective is not None:
+        value = ComponentMap(zip(loaded.columns, outcome.values, strict=True))
+        run.offer(built.start_of(value), "highs")
+    return Attempt(
+        solver=SOLVER,
+        stop=outcome.stop,
+        bound=outcome.bound + offset,
+        infeasible=outcome.infeasible,
+        info={
+            **loaded.size,
+            "rows": built.counts,
+            "symmetric_groups": len(built.groups),
+            "nodes": outcome.nodes,
+            "highs_status": outcome.model_status,
+            "interrupted": outcome.interrupted,
+            "highs_runtime_s": outcome.runtime_s,
+            "build_s": build_s,
+        },
+    )
+
+
+def solve(
+    problem: SlotProblem,
+    *,
+    time_limit: float = 60.0,
+    num_workers: int = 1,
+    seed: int = 0,
+    initial_solution: np.ndarray | None = None,
+    on_progress: Progress | None = None,
+    strengthening: Strengthening | None = None,
+    **params: Any,
+) -> SolveResult:
+    """Solve ``problem`` to optimality or until ``time_limit`` wall-clock seconds.
+
+    Parameters
+    ----------
+    problem
+        The slot problem.
+    time_limit
+        Wall-clock seconds for everything (heuristic, model building, HiGHS);
+        enforced by :mod:`lsched.formulations.solvers.highs`.
+    num_workers
+        HiGHS ``threads``.
+    seed
+        HiGHS ``random_seed``.
+    initial_solution
+        A feasible schedule (start slots) to start from; the best heuristic's by
+        default.
+    on_progress
+        ``on_progress(time_s, objective, bound)`` on each improvement of the
+        incumbent or the bound, in problem units, ``time_s`` from the call.
+    strengthening
+        Which strengthenings to add (all by default); for measurements.
+    **params
+        HiGHS options, applied last (e.g. ``mip_rel_gap=0.01``).
+
+    Returns
+    -------
+    SolveResult
+        ``solver="milp/time-indexed"``; never raises on a time-out.
+
+    Raises
+    ------
+    InputError
+        If ``initial_solution`` is not a feasible schedule.
+    """
+    return drive(
+        SLOT,
+        _search,
+        problem,
+        time_limit=time_limit,
+        num_workers=num_workers,
+        seed=seed,
+        initial_solution=initial_solution,
+        on_progress=on_progress,
+        strengthening=strengthening,
+        params=params,
+    )
+
+
+def lp_bound(
+    problem: SlotProblem,
+    *,
+    time_limit: float = 60.0,
+    strengthening: Strengthening | None = None,
+) -> float:
+    """LP relaxation value of :func:`solve`'s model, in problem units.
+
+    A valid lower bound on the optimum: the windows come from the best
+    heuristic's safe deadlines, and every strengthening is valid for some optimal
+    schedule. ``-inf`` unless the model is built and the LP solved within
+    ``time_limit`` wall-clock seconds (and no stop was requested).
+    """
+    began = time.monotonic()
+    deadline = began + float(time_limit)
+    _, start = starting_schedule(problem, None)
+    upper = problem.integer_objective(start)
+    try:
+        _, loaded = highs.build_and_load(
+            _builder(problem, upper, strengthening, deadline),
+            lambda b: b.model,
+            deadline=deadline,
+            relax=True,
+        )
+    except BuildStopped:  # the build alone ran out of time, or the user stopped it
+        return -math.inf
+    value = highs.lp_relaxation(loaded, deadline=deadline)
+    return value + problem.objective_offset
