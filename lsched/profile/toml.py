@@ -214,12 +214,45 @@ def _iteration_time_from_dict(table: Mapping[str, Any]) -> IterationTime:
 def _profile_from_dict(
     data: Mapping[str, Any], *, default_name: str, path: str | None
 ) -> DeploymentProfile:
+    """The profile a TOML file's tables describe; InputError names the field."""
     _check_keys(data, _TOP_KEYS, "")
+    hardware = _hardware_from_dict(data)
+    model = _table(data, "model", required=False)
+    _check_keys(model, _MODEL_KEYS, "model.")
+    kv = _table(data, "kv", required=True)
+    _check_keys(kv, _KV_KEYS, "kv.")
+    bytes_per_token = _kv_bytes_per_token_from_dict(model, kv)
+    capacity = _kv_capacity_from_dict(kv, hardware, bytes_per_token)
+    it_table = _table(data, "iteration_time", required=True)
+    iteration_time = _iteration_time_from_dict(it_table)
+    sources = _sources_from_dict(data)
+    fit_mape = _get(data, "fit_mape", float, "", default=None)
+    return DeploymentProfile(
+        host=_host_from_dict(data, hardware),
+        name=_get(data, "name", str, "", default=default_name),
+        description=_get(data, "description", str, ""),
+        iteration_time=iteration_time,
+        kv_bytes_per_token=bytes_per_token,
+        kv_capacity_tokens=capacity,
+        block_tokens=_get(data, "block_tokens", int, ""),
+        max_num_seqs=_get(data, "max_num_seqs", int, ""),
+        max_num_batched_tokens=_get(data, "max_num_batched_tokens", int, ""),
+        max_model_len=_get(data, "max_model_len", int, ""),
+        replicas=_get(data, "replicas", int, "", default=1),
+        hardware=hardware,
+        sources=sources,
+        fit_mape=fit_mape,
+        path=path,
+    )
+
+
+def _hardware_from_dict(data: Mapping[str, Any]) -> Hardware:
+    """The ``[hardware]`` table (``num_gpus`` defaults to tp * pp)."""
     hw_table = _table(data, "hardware", required=True)
     _check_keys(hw_table, _HARDWARE_KEYS, "hardware.")
     tp = _get(hw_table, "tensor_parallel", int, "hardware.", default=1)
     pp = _get(hw_table, "pipeline_parallel", int, "hardware.", default=1)
-    hardware = Hardware(
+    return Hardware(
         gpu=_get(hw_table, "gpu", str, "hardware."),
         num_gpus=_get(hw_table, "num_gpus", int, "hardware.", default=tp * pp),
         tensor_parallel=tp,
@@ -228,12 +261,13 @@ def _profile_from_dict(
             hw_table, "gpu_memory_bytes", int, "hardware.", default=None
         ),
     )
-    model = _table(data, "model", required=False)
-    _check_keys(model, _MODEL_KEYS, "model.")
-    kv = _table(data, "kv", required=True)
-    _check_keys(kv, _KV_KEYS, "kv.")
 
-    # KV bytes per token: given, derived from the architecture, or both (must agree)
+
+def _kv_bytes_per_token_from_dict(
+    model: Mapping[str, Any], kv: Mapping[str, Any]
+) -> int:
+    """KV bytes per token: given, derived from the architecture, or both (must
+    agree)."""
     arch = ("num_layers", "num_kv_heads", "head_dim", "dtype_bytes")
     derived_bytes = None
     if all(k in model for k in arch):
@@ -256,8 +290,14 @@ def _profile_from_dict(
     bytes_per_token = given_bytes if given_bytes is not None else derived_bytes
     assert bytes_per_token is not None
     check_int(bytes_per_token, "kv.bytes_per_token", 1)
+    return bytes_per_token
 
-    # KV capacity: given (measured), or derived from memory (formula in the docstring)
+
+def _kv_capacity_from_dict(
+    kv: Mapping[str, Any], hardware: Hardware, bytes_per_token: int
+) -> int:
+    """KV capacity in tokens: given (measured), or derived from memory
+    (:func:`~lsched.profile.hardware.kv_capacity_tokens`)."""
     memory_keys = ("memory_utilization", "weight_bytes", "activation_reserve_bytes")
     if "capacity_tokens" in kv:
         if any(k in kv for k in memory_keys):
@@ -272,27 +312,27 @@ def _profile_from_dict(
                 f"got {capacity}; expected a positive number of tokens",
                 field="kv.capacity_tokens",
             )
-    else:
-        if hardware.gpu_memory_bytes is None:
-            raise InputError(
-                "missing required field: deriving kv capacity needs the memory of "
-                "one accelerator (or give kv.capacity_tokens)",
-                field="hardware.gpu_memory_bytes",
-            )
-        capacity = kv_capacity_tokens(
-            num_gpus=hardware.num_gpus,
-            gpu_memory_bytes=hardware.gpu_memory_bytes,
-            memory_utilization=_get(kv, "memory_utilization", float, "kv."),
-            weight_bytes=_get(kv, "weight_bytes", int, "kv."),
-            activation_reserve_bytes=_get(
-                kv, "activation_reserve_bytes", int, "kv.", default=0
-            ),
-            kv_bytes_per_token=bytes_per_token,
+        return capacity
+    if hardware.gpu_memory_bytes is None:
+        raise InputError(
+            "missing required field: deriving kv capacity needs the memory of "
+            "one accelerator (or give kv.capacity_tokens)",
+            field="hardware.gpu_memory_bytes",
         )
+    return kv_capacity_tokens(
+        num_gpus=hardware.num_gpus,
+        gpu_memory_bytes=hardware.gpu_memory_bytes,
+        memory_utilization=_get(kv, "memory_utilization", float, "kv."),
+        weight_bytes=_get(kv, "weight_bytes", int, "kv."),
+        activation_reserve_bytes=_get(
+            kv, "activation_reserve_bytes", int, "kv.", default=0
+        ),
+        kv_bytes_per_token=bytes_per_token,
+    )
 
-    it_table = _table(data, "iteration_time", required=True)
-    iteration_time = _iteration_time_from_dict(it_table)
 
+def _sources_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[sources]`` table: key -> citation string."""
     sources = _table(data, "sources", required=False)
     for key, value in sources.items():
         if not isinstance(value, str):
@@ -300,24 +340,7 @@ def _profile_from_dict(
                 f"got {type(value).__name__}; expected a citation string",
                 field=f"sources.{key}",
             )
-    fit_mape = _get(data, "fit_mape", float, "", default=None)
-    return DeploymentProfile(
-        host=_host_from_dict(data, hardware),
-        name=_get(data, "name", str, "", default=default_name),
-        description=_get(data, "description", str, ""),
-        iteration_time=iteration_time,
-        kv_bytes_per_token=bytes_per_token,
-        kv_capacity_tokens=capacity,
-        block_tokens=_get(data, "block_tokens", int, ""),
-        max_num_seqs=_get(data, "max_num_seqs", int, ""),
-        max_num_batched_tokens=_get(data, "max_num_batched_tokens", int, ""),
-        max_model_len=_get(data, "max_model_len", int, ""),
-        replicas=_get(data, "replicas", int, "", default=1),
-        hardware=hardware,
-        sources=sources,
-        fit_mape=fit_mape,
-        path=path,
-    )
+    return sources
 
 
 def _host_from_dict(data: Mapping[str, Any], hardware: Hardware) -> HostTier | None:
