@@ -219,7 +219,7 @@ def test_sweep_records_the_run_and_each_stored_case(
     trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr("lsched.sweep.open_executor", _threads)
+    monkeypatch.setattr("lsched.sweep.runner.open_executor", _threads)
     config = tmp_path / "sweep.toml"
     config.write_text(
         '[sweep]\nout = "r.parquet"\ninstances = ["trace.csv"]\n'

@@ -233,6 +233,26 @@ class ReplicaEngine:
         self.arrival_s = arrival_s
         self.prompt = prompt_tokens
         self.output = output_tokens
+        self._init_cost_model(profile)
+        self.policy = policy
+        self.limits = ReplicaLimits.from_profile(profile)
+        # the limits as plain ints, read at every event
+        self._capacity = int(profile.kv_capacity_blocks)
+        self._max_seqs = int(profile.max_num_seqs)
+        self._max_tokens = int(profile.max_num_batched_tokens)
+        # the policy's standing decision when nothing waits (policies.base)
+        self._idle_rule = holds_running_when_idle(policy)
+        self._init_request_state(m)
+        self.log = ReplicaLog() if log else None
+        self.on_finished = on_finished
+        #: per local request, its instance position (``None``: unknown), for
+        #: messages; the cluster loop sets it
+        self.ids: Any = None
+        self._init_host_tier(profile, policy, m)
+        self._init_views(predicted_output_tokens, priority, tenant)
+
+    def _init_cost_model(self, profile: DeploymentProfile) -> None:
+        """The profile's iteration time, in the forms the loop reads."""
         self.time = profile.iteration_time
         self.regimes = self.time.effective_regimes
         # the same pieces as plain tuples: one iteration's time is a handful of
@@ -245,14 +265,9 @@ class ReplicaEngine:
             if self.time.switch_feature is None
             else FEATURES.index(self.time.switch_feature)
         )
-        self.policy = policy
-        self.limits = ReplicaLimits.from_profile(profile)
-        # the limits as plain ints, read at every event
-        self._capacity = int(profile.kv_capacity_blocks)
-        self._max_seqs = int(profile.max_num_seqs)
-        self._max_tokens = int(profile.max_num_batched_tokens)
-        # the policy's standing decision when nothing waits (policies.base)
-        self._idle_rule = holds_running_when_idle(policy)
+
+    def _init_request_state(self, m: int) -> None:
+        """``m`` requests, none arrived; the clock at the first arrival."""
         self.emitted = np.zeros(m, dtype=np.int64)
         # the KV ledger owns the tokens each request holds (its processed tokens)
         # and the blocks held: exact, or an upper bound after a held stretch
@@ -273,16 +288,16 @@ class ReplicaEngine:
         self.head = self.tail = 0
         self.num_arrived = 0
         self.num_prefilling = 0  # running requests with processed < target
-        self.now_s = float(arrival_s[0]) if m else 0.0
+        self.now_s = float(self.arrival_s[0]) if m else 0.0
         self.iterations = 0
         self.busy_s = 0.0
         self.kv_token_seconds = 0.0
         self.done = 0
-        self.log = ReplicaLog() if log else None
-        self.on_finished = on_finished
-        #: per local request, its instance position (``None``: unknown), for
-        #: messages; the cluster loop sets it
-        self.ids: Any = None
+
+    def _init_host_tier(
+        self, profile: DeploymentProfile, policy: Policy, m: int
+    ) -> None:
+        """The host tier, empty, and whether the policy's swaps are asynchronous."""
         # the host tier (lsched.tiers): swapped requests in swap-out order, the
         # tokens each holds there, its swap-outs, and the asynchronous copies in
         # flight as a heap of (end_s, count, inbound, request, GPU blocks pinned)
@@ -296,6 +311,14 @@ class ReplicaEngine:
         self._copies: list[tuple[float, int, int, int, int]] = []
         self._copy_count = 0
         self._stall_s = 0.0  # blocking copies lengthening the next iteration
+
+    def _init_views(
+        self,
+        predicted_output_tokens: np.ndarray | None,
+        priority: np.ndarray | None,
+        tenant: np.ndarray | None,
+    ) -> None:
+        """The read-only views a decision is shown, and what the last view caches."""
         # read-only views of the live arrays: built once, shown to every decision
         self._views = tuple(
             _read_only(a)

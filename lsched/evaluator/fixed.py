@@ -564,6 +564,34 @@ def batch_table_params(
         request's prefill is complete, or a request whose prefill chunks do not add
         up to its prompt or whose decode steps are not ``o_i - 1``.
     """
+    iteration, request, tokens, prefill, start, label = _table_rows(
+        table, len(instance)
+    )
+
+    # canonical order: by iteration, then request (stable for equal pairs)
+    order = np.lexsort((request, iteration))
+    iteration, request, tokens, prefill, start = (
+        x[order] for x in (iteration, request, tokens, prefill, start)
+    )
+    label = label[order]
+    offsets = _iteration_offsets(iteration, request, start, label)
+    _check_conservation(instance, request, prefill, tokens, iteration, label)
+    return BatchTableParams(
+        offsets=offsets.astype(np.int64),
+        request=request,
+        prefill=prefill,
+        tokens=tokens,
+        start_s=start[offsets[:-1]],
+        iteration_time=iteration_time,
+    )
+
+
+def _table_rows(
+    table: pd.DataFrame, n: int
+) -> tuple[IntArray, IntArray, IntArray, BoolArray, FloatArray, pd.Index]:
+    """The rows of a batch table, checked one by one against ``n`` requests:
+    ``iteration``, ``request``, ``tokens``, whether each is a prefill chunk,
+    ``start_s`` (NaN where not given) and the index labels, in table order."""
     if not isinstance(table, pd.DataFrame):
         raise InputError(
             f"got {type(table).__name__}; expected a pandas DataFrame",
@@ -578,7 +606,6 @@ def batch_table_params(
         )
     if len(table) == 0:
         raise InputError("the table has no rows", field="batch_table")
-    n = len(instance)
     iteration = _table_column(table, "iteration", 0)
     request = _table_column(table, "request", 0)
     tokens = _table_column(table, "tokens", 1)
@@ -608,13 +635,15 @@ def batch_table_params(
         start = _table_column(table, "start_s", None)
     else:
         start = np.full(len(table), np.nan)
+    return iteration, request, tokens, prefill, start, label
 
-    # canonical order: by iteration, then request (stable for equal pairs)
-    order = np.lexsort((request, iteration))
-    iteration, request, tokens, prefill, start = (
-        x[order] for x in (iteration, request, tokens, prefill, start)
-    )
-    label = label[order]
+
+def _iteration_offsets(
+    iteration: IntArray, request: IntArray, start: FloatArray, label: pd.Index
+) -> IntArray:
+    """Row offsets of each iteration in rows sorted by (iteration, request),
+    after checking that the iterations are 0, 1, 2, ... without gaps, that no
+    request is twice in one iteration and that each has one ``start_s``."""
     steps = np.diff(iteration, prepend=-1)
     if iteration[0] != 0 or np.any(steps > 1):
         r = 0 if iteration[0] != 0 else int(np.flatnonzero(steps > 1)[0])
@@ -634,7 +663,6 @@ def batch_table_params(
         )
     num_iterations = int(iteration[-1]) + 1
     offsets = np.searchsorted(iteration, np.arange(num_iterations + 1))
-    first_row = offsets[:-1]
     differs = (steps == 0) & ~(
         (start == np.roll(start, 1)) | (np.isnan(start) & np.isnan(np.roll(start, 1)))
     )
@@ -645,15 +673,7 @@ def batch_table_params(
             f"same iteration {iteration[r]}; expected one start_s per iteration",
             field="start_s",
         )
-    _check_conservation(instance, request, prefill, tokens, iteration, label)
-    return BatchTableParams(
-        offsets=offsets.astype(np.int64),
-        request=request,
-        prefill=prefill,
-        tokens=tokens,
-        start_s=start[first_row],
-        iteration_time=iteration_time,
-    )
+    return offsets
 
 
 def _earlier_in_group(keys: IntArray, values: IntArray) -> tuple[IntArray, BoolArray]:
