@@ -2,9 +2,10 @@
 
 :func:`compare` answers it for one instance and one objective, in seconds:
 
-1. every bound of :func:`~lsched.formulations.bounds.suite.bound_suite`, each with
-   the class of schedules it holds for (``any``, or ``slot``: non-preemptive,
-   whole-prompt prefill);
+1. every bound of the table :data:`~lsched.formulations.bounds.registry.BOUNDS`
+   that applies (:func:`~lsched.formulations.bounds.suite.bound_report`), each
+   with the class of schedules it holds for (``any``, or ``slot``:
+   non-preemptive, whole-prompt prefill), and the solver's bound;
 2. the best offline schedule, replayed through the evaluator: the slot model
    solved by a backend where slots are seconds (a unit-slot profile, one
    replica, integer arrivals); else, on one replica and up to
@@ -79,15 +80,18 @@ from lsched.formulations.backends import (
     solve_timed,
 )
 from lsched.formulations.bounds.cluster import cluster_bounds
+from lsched.formulations.bounds.context import (
+    one_colocated_pool,
+    slot_problem_in_seconds,
+    why_not_one_replica,
+    why_not_slots,
+)
+from lsched.formulations.bounds.registry import Preemption, Schedules, Topology
 from lsched.formulations.bounds.suite import (
     Bound,
     best_bound,
     bound_report,
     cluster_bound_report,
-    one_colocated_pool,
-    slot_problem_in_seconds,
-    why_not_one_replica,
-    why_not_slots,
 )
 from lsched.formulations.bounds.work import OBJECTIVES
 from lsched.formulations.result import (
@@ -119,6 +123,8 @@ DEFAULT_POLICIES: tuple[str, ...] = (
 
 #: Largest instance whose timed model compare solves (it grows as n x sum(o)).
 TIMED_MAX_REQUESTS = 8
+#: The schedules the offline solver's bound holds for (slot or timed model).
+SOLVER_SCHEDULES = Schedules(Preemption.NON_PREEMPTIVE, Topology.ONE_REPLICA)
 
 Progress = Callable[[float, float | None, float], None]
 
@@ -372,21 +378,113 @@ def compare(
     )
     # what the evaluator serves (prompts over max_model_len out, outputs cut):
     # the bounds, the solve and every policy see the same requests
-    instance = served_requests(instance, profile.max_model_len)
-    if instance.predicted_output_tokens is None:
-        instance = oracle(instance)
+    instance = _served_with_predictions(instance, profile.max_model_len)
     report = bound_report(
         instance, profile, objective, replicas=replicas, lp_time_limit=lp_time_limit
     )
-    bounds, not_computed = report.bounds, list(report.skipped)
-    problem = slot_problem_in_seconds(instance, profile, objective, replicas)
     options = {
         "time_limit": time_limit,
         "num_workers": num_workers,
         "seed": seed,
         "on_progress": on_progress,
     }
-    solve = solve_value = model = None
+    offline = _offline(instance, profile, objective, backend, replicas, options)
+    bounds = sorted([*report.bounds, *offline.bounds], key=lambda b: -b.value)
+    rows, stopped = [], []
+    for spec in specs:
+        if requested():  # Ctrl-C: keep what is finished, run nothing more
+            stopped.append(_stopped_policy(spec.label))
+            continue
+        result = simulate(instance, profile, spec, replicas=replicas,
+                          log=offline.slot_class, dispatch=dispatch)  # fmt: skip
+        in_class = offline.slot_class and is_slot_schedule(result, instance)
+        rows.append(
+            _policy_row(spec, result, instance, profile, objective, replicas,
+                        lp_time_limit, bounds, in_class)
+        )  # fmt: skip
+    return Comparison(
+        objective, bounds, rows, offline.solve, offline.value, offline.model,
+        requested(), [item.name for item in stopped],
+        [*report.skipped, *offline.skipped, *stopped],
+    )  # fmt: skip
+
+
+def _policy_row(
+    spec: PolicySpec,
+    result: SimulationResult,
+    instance: Instance,
+    profile: DeploymentProfile,
+    objective: str,
+    replicas: int,
+    lp_time_limit: float,
+    bounds: list[Bound],
+    in_class: bool,
+) -> PolicyRow:
+    """A policy run of :func:`compare` scored against the best bound that holds
+    for it: those of ``slot`` schedules too where the run is ``in_class``, and
+    those of the profile it serves with (module docstring, "Host tier")."""
+    value = objective_value(result, instance, objective)
+    scope = (Preemption.NON_PREEMPTIVE if in_class else Preemption.ANY).value
+    served = served_profile(spec, profile)
+    if served is not profile:  # it serves from host memory: bound that
+        bounds = bound_report(instance, served, objective, replicas=replicas,
+                              lp_time_limit=lp_time_limit).bounds  # fmt: skip
+    gap = certified_gap(value, best_bound(bounds, scope))
+    return PolicyRow(spec.label, value, scope, gap, result)
+
+
+def _served_with_predictions(instance: Instance, max_model_len: int) -> Instance:
+    """The requests the evaluator serves at ``max_model_len``, with the oracle's
+    predictions where the instance has none (module docstring)."""
+    instance = served_requests(instance, max_model_len)
+    if instance.predicted_output_tokens is None:
+        instance = oracle(instance)
+    return instance
+
+
+def _stopped_policy(label: str) -> Skipped:
+    """A policy not run because the user stopped the comparison."""
+    return Skipped(label, "policy", Reason.INTERRUPTED, "stopped by the user")
+
+
+@dataclass(frozen=True)
+class _Offline:
+    """The offline solve of :func:`compare`, its bound, or why there is none.
+
+    Attributes
+    ----------
+    slot_class
+        Whether there are bounds of the ``slot`` class (a slot problem in seconds
+        or a timed solve): only then does a policy run need its log, to tell
+        whether it is of that class.
+    solve, value, model
+        The solve, the evaluator's objective of its schedule and the model
+        (``"slot model"`` or ``"timed model"``); ``None`` without a solve.
+    bounds
+        The solver's bound (none if it proved none).
+    skipped
+        The solve or the solver's bound not computed, with the reason.
+    """
+
+    slot_class: bool
+    solve: SolveResult | None = None
+    value: float | None = None
+    model: str | None = None
+    bounds: tuple[Bound, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+
+
+def _offline(
+    instance: Instance,
+    profile: DeploymentProfile,
+    objective: str,
+    backend: str | None,
+    replicas: int,
+    options: dict[str, Any],
+) -> _Offline:
+    """The best offline schedule: the slot model where slots are seconds, else the
+    timed model on one replica and small instances (module docstring)."""
+    problem = slot_problem_in_seconds(instance, profile, objective, replicas)
     why_not = _why_no_solve(instance, profile, backend, replicas, problem)
     timed = None
     if why_not is None and problem is None:
@@ -396,67 +494,32 @@ def compare(
             slots = why_not_slots(instance, profile, replicas)
             why_not = Reason.OUT_OF_SCOPE, f"{slots}; timed model: {error}"
     if why_not is not None:
-        not_computed.append(Skipped("solve", "solve", *why_not))
-    elif problem is not None:
-        assert backend is not None
-        model = "slot model"
+        skipped = Skipped("solve", "solve", *why_not)
+        return _Offline(problem is not None, skipped=(skipped,))
+    assert backend is not None
+    value = None
+    if problem is not None:
+        model, name = "slot model", f"slot.{backend}"
         solve = solve_slot(problem, backend, **options)
         if solve.start is not None:
-            solve_value = replay_objective(problem, solve.start)
-    elif timed is not None:
-        assert backend is not None
-        model = "timed model"
+            value = replay_objective(problem, solve.start)
+    else:
+        assert timed is not None
+        model, name = "timed model", f"timed.{backend}"
         solve = solve_timed(timed, backend, **options)
         if solve.start is not None:
-            solve_value = replay_timed_objective(timed, solve.start)
-    if solve is not None:
-        name = f"{'slot' if problem is not None else 'timed'}.{backend}"
-        if math.isfinite(solve.bound):
-            topology = colocated_topology(profile.name, replicas)
-            bounds.append(Bound(name, solve.bound, "slot", topology))
-        else:
-            reason = {
-                Status.INTERRUPTED: Reason.INTERRUPTED,
-                Status.TIME_LIMIT: Reason.TIME_LIMIT,
-            }.get(solve.status, Reason.OUT_OF_SCOPE)
-            detail = f"the solver proved no bound (status {solve.status.value})"
-            not_computed.append(Skipped(name, "bound", reason, detail))
-    bounds.sort(key=lambda b: -b.value)
-    rows = []
-    # slot-class bounds exist only with a slot problem or a timed solve; only then
-    # does a run need its log, to tell whether it belongs to that class
-    has_class = problem is not None or model is not None
-    skipped = []
-    for spec in specs:
-        if requested():  # Ctrl-C: keep what is finished, run nothing more
-            skipped.append(spec.label)
-            not_computed.append(
-                Skipped(spec.label, "policy", Reason.INTERRUPTED, "stopped by the user")
-            )
-            continue
-        result = simulate(instance, profile, spec, replicas=replicas, log=has_class,
-                          dispatch=dispatch)  # fmt: skip
-        value = objective_value(result, instance, objective)
-        in_class = has_class and is_slot_schedule(result, instance)
-        scope = "slot" if in_class else "any"
-        own = bounds
-        served = served_profile(spec, profile)
-        if served is not profile:  # it serves from host memory: bound that
-            own = bound_report(instance, served, objective, replicas=replicas,
-                               lp_time_limit=lp_time_limit).bounds  # fmt: skip
-        gap = certified_gap(value, best_bound(own, scope))
-        rows.append(PolicyRow(spec.label, value, scope, gap, result))
-    return Comparison(
-        objective,
-        bounds,
-        rows,
-        solve,
-        solve_value,
-        model,
-        requested(),
-        skipped,
-        not_computed,
-    )
+            value = replay_timed_objective(timed, solve.start)
+    if math.isfinite(solve.bound):
+        topology = colocated_topology(profile.name, replicas)
+        bound = Bound(name, solve.bound, SOLVER_SCHEDULES, topology)
+        return _Offline(True, solve, value, model, bounds=(bound,))
+    reason = {
+        Status.INTERRUPTED: Reason.INTERRUPTED,
+        Status.TIME_LIMIT: Reason.TIME_LIMIT,
+    }.get(solve.status, Reason.OUT_OF_SCOPE)
+    detail = f"the solver proved no bound (status {solve.status.value})"
+    skipped = Skipped(name, "bound", reason, detail)
+    return _Offline(True, solve, value, model, skipped=(skipped,))
 
 
 @session()
@@ -508,9 +571,7 @@ def compare_cluster(
             num_workers=num_workers, seed=seed, on_progress=on_progress,
             lp_time_limit=lp_time_limit, dispatch=cluster.router.label,
         )  # fmt: skip
-    instance = served_requests(instance, cluster_max_model_len(cluster))
-    if instance.predicted_output_tokens is None:
-        instance = oracle(instance)
+    instance = _served_with_predictions(instance, cluster_max_model_len(cluster))
     report = cluster_bound_report(
         instance, cluster, objective, lp_time_limit=lp_time_limit
     )
@@ -521,19 +582,17 @@ def compare_cluster(
     )
     reason = Reason.NOT_REQUESTED if backend is None else Reason.OUT_OF_SCOPE
     not_computed = [*report.skipped, Skipped("solve", "solve", reason, detail)]
-    rows, skipped = [], []
+    rows, stopped = [], []
     for label, run in runs.items():
         if requested():  # Ctrl-C: keep what is finished, run nothing more
-            skipped.append(label)
-            not_computed.append(
-                Skipped(label, "policy", Reason.INTERRUPTED, "stopped by the user")
-            )
+            stopped.append(_stopped_policy(label))
             continue
         result = simulate_cluster(instance, run)
         rows.append(_cluster_row(label, result, instance, cluster, objective, bounds))
     return Comparison(
-        objective, bounds, rows, interrupted=requested(), skipped=skipped,
-        not_computed=not_computed,
+        objective, bounds, rows, interrupted=requested(),
+        skipped=[item.name for item in stopped],
+        not_computed=[*not_computed, *stopped],
     )  # fmt: skip
 
 
@@ -567,13 +626,14 @@ def _cluster_row(
     value = objective_value(result, instance, objective)
     served = _served(result)
     if served.all():
-        bound = best_bound(bounds, "any")
+        bound = best_bound(bounds, Preemption.ANY.value)
     elif served.any():
         found = cluster_bounds(instance.subset(served), cluster, objective)
         bound = max(found.values(), default=-math.inf)
     else:
         bound = -math.inf
-    return PolicyRow(label, value, "any", certified_gap(value, bound), result)
+    scope = Preemption.ANY.value
+    return PolicyRow(label, value, scope, certified_gap(value, bound), result)
 
 
 def _why_no_solve(

@@ -8,10 +8,12 @@ on_progress, **params)`` signature and return a
 :class:`~lsched.formulations.result.SolveResult`
 (:func:`~lsched.formulations.backends.solve_slot` picks one by name).
 :mod:`~lsched.formulations.bounds.slot` gives the slot model's lower bounds,
-:mod:`~lsched.formulations.bounds.work` bounds in seconds for every schedule, and
-:mod:`~lsched.formulations.bounds.suite` all of them, each tagged with the schedules
-it holds for. :mod:`~lsched.formulations.replicas` assigns requests to replicas
-(Pang et al. 2025's bin packing) and compares with an exact joint model;
+:mod:`~lsched.formulations.bounds.work` bounds in seconds for every schedule,
+:mod:`~lsched.formulations.bounds.registry` the table of all of them, each with
+the objectives, model and schedules it holds for, and
+:mod:`~lsched.formulations.bounds.suite` computes that table on an instance.
+:mod:`~lsched.formulations.replicas` assigns requests to replicas (Pang et al.
+2025's bin packing) and compares with an exact joint model;
 :mod:`~lsched.formulations.pang_offline` states that offline stage as an MIP over
 assignment and order per client, and shows it equals the packing. Every
 schedule is checked by the evaluator, which shares no code with them.

@@ -1,13 +1,18 @@
 """Every lower bound lsched knows for one instance, each with the schedules it bounds.
 
-A bound is only a bound *for a class of schedules*. Two classes matter here:
+The bounds are the specs of :data:`lsched.formulations.bounds.registry.BOUNDS`,
+computed in the table's order (:func:`bound_report`); the registry's docstring
+says which schedules each class is and which bounds a report lists. Each
+:class:`Bound` found carries the :class:`~lsched.formulations.bounds.registry.Schedules`
+its spec holds for, its *scope* as users see it (:attr:`Bound.scope`):
 
 ``any``
     Every schedule the evaluator can run on the deployment: online policies with
     chunked prefill or preemption, fixed tables, the slot and timed models. The
-    closed forms of :mod:`lsched.formulations.bounds.work` (seconds) are of this
-    kind, and so is the slot model's ``energy`` bound on a unit-slot profile (each
-    token-emitting iteration holds at least the non-preemptive KV).
+    closed forms of :mod:`lsched.formulations.bounds.work` (seconds) and
+    :mod:`lsched.formulations.bounds.cluster` are of this kind, and so is the
+    slot model's ``energy`` bound on a unit-slot profile (each token-emitting
+    iteration holds at least the non-preemptive KV).
 ``slot``
     Non-preemptive schedules that prefill each prompt whole (the slot model of
     :mod:`lsched.formulations.slot`, and every policy run that neither preempts
@@ -25,13 +30,14 @@ times the horizon, at most ``sum_i o_i`` iterations.
 On a cluster that is more than one colocated pool (pools of different profiles,
 disaggregated prefill and decode), :func:`cluster_bound_report` gives the closed
 forms of :mod:`lsched.formulations.bounds.cluster` (``cluster.<name>``, class
-``any``: every policy and router on that cluster). Every bound states the topology
-it holds for (:attr:`Bound.holds_for`, e.g. ``colocated: 2 x unit-slot``).
+``any``: every policy and router on that cluster). Every bound states the
+deployment it holds for (:attr:`Bound.holds_for`, e.g. ``colocated: 2 x
+unit-slot``).
 
 Nothing is dropped silently: :func:`bound_report` returns, next to the bounds it
-computed, every other bound the suite knows for the objective with the reason it
-was not computed (:class:`~lsched.formulations.result.Skipped`: time limit, out of
-scope, size, interrupted).
+computed, every other bound the table lists for the objective and deployment with
+the reason it was not computed (:class:`~lsched.formulations.result.Skipped`:
+time limit, out of scope, size, interrupted).
 """
 
 from __future__ import annotations
@@ -39,37 +45,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from lsched.checks import check_choice, check_int, check_time_limit, check_type
-from lsched.cluster import Cluster, Pool, colocated_topology
+from lsched.cluster import Cluster
 from lsched.errors import InputError
-from lsched.evaluator.fixed import check_unit_slots
-from lsched.formulations.bounds import slot as slot_bounds
-from lsched.formulations.bounds.cluster import CLUSTER_BOUNDS, cluster_bounds
-from lsched.formulations.bounds.work import OBJECTIVES, work_bounds
+from lsched.formulations.bounds import registry
+from lsched.formulations.bounds.context import BoundContext, one_colocated_pool
+from lsched.formulations.bounds.registry import Preemption, Schedules
+from lsched.formulations.bounds.work import OBJECTIVES
 from lsched.formulations.result import Reason, Skipped
-from lsched.formulations.slot import SlotProblem, milp
-from lsched.formulations.slot.incumbent import best_heuristic
-from lsched.formulations.timed import TimedProblem
-from lsched.formulations.timed import milp as timed_milp
 from lsched.instance import Instance
 from lsched.interrupt import requested, session
 from lsched.profile import DeploymentProfile
 
-#: Schedule classes a bound can hold for (module docstring).
-SCOPES: tuple[str, ...] = ("any", "slot")
-#: The slot model's bounds, computed where slots are seconds.
-SLOT_BOUNDS: tuple[str, ...] = (
-    "slot.energy",
-    "slot.sawtooth",
-    "slot.lagrangian",
-    "slot.lp",
-)
-#: Largest instance whose slot LP relaxation the suite solves by default.
+#: The scopes users see, one per schedule class (:class:`Bound`).
+SCOPES: tuple[str, ...] = tuple(p.value for p in Preemption)
+#: Largest instance whose LP relaxations (slot, timed) the suite solves by default.
 LP_MAX_REQUESTS = 60
-#: Largest ``sum_i o_i`` (the timed model's horizon) whose timed LP the suite solves.
-TIMED_LP_MAX_ITERATIONS = 400
 
 
 @dataclass(frozen=True)
@@ -82,52 +73,23 @@ class Bound:
         ``<model>.<bound>``, e.g. ``"seconds.work"`` or ``"slot.sawtooth"``.
     value
         The bound.
-    scope
-        ``"any"`` or ``"slot"`` (module docstring).
+    schedules
+        The schedules it holds for (its spec's,
+        :class:`~lsched.formulations.bounds.registry.Schedules`).
     holds_for
-        The topology it holds for (:meth:`lsched.cluster.Cluster.describe`), e.g.
-        ``"colocated: 2 x unit-slot"``.
+        The deployment it holds for (:meth:`lsched.cluster.Cluster.describe`),
+        e.g. ``"colocated: 2 x unit-slot"``.
     """
 
     name: str
     value: float
-    scope: str
+    schedules: Schedules
     holds_for: str = ""
 
-
-def why_not_slots(
-    instance: Instance, profile: DeploymentProfile, replicas: int
-) -> str | None:
-    """Why slots are not seconds here (one line), or ``None`` where they are.
-
-    Slots are seconds on a unit-slot profile with one replica and integer arrivals.
-    """
-    try:
-        check_unit_slots(profile)
-    except InputError:
-        return f"profile {profile.name!r} is not unit-slot"
-    if replicas != 1:
-        return f"{replicas} replicas; the slot model has one"
-    arrival = instance.arrival_s
-    if not np.all(arrival == np.floor(arrival)):
-        return "arrivals are not whole seconds"
-    return None
-
-
-def slot_problem_in_seconds(
-    instance: Instance,
-    profile: DeploymentProfile,
-    objective: str,
-    replicas: int,
-) -> SlotProblem | None:
-    """The slot problem whose objective is the evaluator's, or ``None``.
-
-    That is the case on a unit-slot profile with one replica and integer arrivals
-    (:func:`why_not_slots`).
-    """
-    if why_not_slots(instance, profile, replicas) is not None:
-        return None
-    return SlotProblem.from_instance(instance, profile, objective=objective)
+    @property
+    def scope(self) -> str:
+        """``"any"`` or ``"slot"`` (module docstring): the schedule class."""
+        return self.schedules.preemption.value
 
 
 @dataclass(frozen=True)
@@ -137,9 +99,9 @@ class BoundReport:
     Attributes
     ----------
     bounds
-        Every bound computed (finite), in a fixed order.
+        Every bound computed (finite), in the table's order.
     skipped
-        Every bound the suite knows that was not computed, with the reason
+        Every bound listed that was not computed, with the reason
         (:class:`~lsched.formulations.result.Skipped`, kind ``"bound"``).
     """
 
@@ -147,43 +109,28 @@ class BoundReport:
     skipped: list[Skipped]
 
 
-class _Collector:
-    """The bounds found, each tagged with ``topology``, and those skipped."""
-
-    def __init__(self, topology: str) -> None:
-        self.topology = topology
-        self.found: list[Bound] = []
-        self.skipped: list[Skipped] = []
-
-    def skip(self, name: str, reason: Reason, detail: str) -> None:
-        self.skipped.append(Skipped(name, "bound", reason, detail))
-
-    def stopped(self, name: str) -> bool:
-        """Whether the user stopped the work (:mod:`lsched.interrupt`): then
-        ``name`` is listed as interrupted, not computed."""
-        if not requested():
-            return False
-        self.skip(name, Reason.INTERRUPTED, "stopped by the user")
-        return True
-
-    def add(self, name: str, value: float, scope: str, otherwise: Skipped) -> None:
-        """Keep a finite ``value``; else skip it as ``otherwise`` says."""
-        if math.isfinite(value):
-            self.found.append(Bound(name, value, scope, self.topology))
-        else:
-            self.skipped.append(otherwise)
-
-
-def _stopped(name: str, time_limit: float) -> Skipped:
-    """The record of an LP that gave no value: the user's stop or its limit."""
-    if requested():
-        return Skipped(name, "bound", Reason.INTERRUPTED, "stopped by the user")
-    return Skipped(
-        name,
-        "bound",
-        Reason.TIME_LIMIT,
-        f"the LP was not solved within its limit of {time_limit:g} s",
-    )
+def _report(context: BoundContext) -> BoundReport:
+    """Each spec of the table that ``context`` lists, computed or skipped with
+    its reason (:mod:`~lsched.formulations.bounds.registry`, "Listing")."""
+    found: list[Bound] = []
+    skipped: list[Skipped] = []
+    for spec in registry.BOUNDS:
+        if not spec.listed(context):
+            continue
+        why = spec.why_not(context)
+        if why is None and requested():
+            why = Reason.INTERRUPTED, "stopped by the user"
+        if why is None:
+            value = spec.compute(context)
+            if isinstance(value, tuple):
+                why = value
+            elif not math.isfinite(value):
+                why = Reason.OUT_OF_SCOPE, "no finite value"
+            else:
+                found.append(Bound(spec.name, value, spec.schedules, context.holds_for))
+        if why is not None:
+            skipped.append(Skipped(spec.name, "bound", *why))
+    return BoundReport(found, skipped)
 
 
 def _check_arguments(
@@ -208,10 +155,11 @@ def bound_report(
 ) -> BoundReport:
     """Every bound on ``objective``: those computed and, with the reason, the rest.
 
-    Parameters are those of :func:`bound_suite`. Every bound name the suite knows
-    for ``objective`` is either in ``bounds`` or in ``skipped``. On a user's stop
-    (Ctrl-C, :mod:`lsched.interrupt`) the bounds finished are kept and the rest
-    listed as interrupted; an LP in progress stops at once.
+    Parameters are those of :func:`bound_suite`. Every bound the table lists for
+    ``objective`` on one colocated pool is either in ``bounds`` or in
+    ``skipped``. On a user's stop (Ctrl-C, :mod:`lsched.interrupt`) the bounds
+    finished are kept and the rest listed as interrupted; an LP in progress stops
+    at once.
 
     Raises
     ------
@@ -224,90 +172,14 @@ def bound_report(
     replicas = (
         profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
     )
-    report = _Collector(colocated_topology(profile.name, replicas))
-    add, skip = report.add, report.skip
-
-    names = ("critical_path", "work")
-    names += ("prefill_queue",) if objective == "latency" else ()
-    if requested():
-        for name in names:
-            report.stopped(f"seconds.{name}")
-    else:
-        work = work_bounds(instance, profile, objective, replicas=replicas)
-        missing = "the cost model has no usable under-estimator"
-        _closed_forms(report, "seconds", names, work, missing)
-    why_not = why_not_slots(instance, profile, replicas)
-    if why_not is not None:
-        for name in SLOT_BOUNDS:
-            skip(name, Reason.OUT_OF_SCOPE, why_not)
-    else:
-        problem = SlotProblem.from_instance(instance, profile, objective=objective)
-        no_value = "no finite value on this instance"
-
-        def none(name: str) -> Skipped:
-            return Skipped(name, "bound", Reason.OUT_OF_SCOPE, no_value)
-
-        if not report.stopped("slot.energy"):
-            value = slot_bounds.energy(problem)
-            add("slot.energy", value, "any", none("slot.energy"))
-        if not report.stopped("slot.sawtooth"):
-            value = slot_bounds.sawtooth(problem)
-            add("slot.sawtooth", value, "slot", none("slot.sawtooth"))
-        if objective != "latency":
-            skip(
-                "slot.lagrangian",
-                Reason.OUT_OF_SCOPE,
-                f"defined for latency, not {objective}",
-            )
-        elif not report.stopped("slot.lagrangian"):
-            _, start = best_heuristic(problem)
-            upper = problem.integer_objective(start)
-            value = slot_bounds.lagrangian(problem, upper)
-            add("slot.lagrangian", value, "slot", none("slot.lagrangian"))
-        if len(instance) > lp_max_requests:
-            skip(
-                "slot.lp",
-                Reason.SIZE,
-                f"{len(instance)} requests > {lp_max_requests}",
-            )
-        elif not report.stopped("slot.lp"):
-            value = milp.lp_bound(problem, time_limit=lp_time_limit)
-            add("slot.lp", value, "slot", _stopped("slot.lp", lp_time_limit))
-    _timed_lp(
-        instance, profile, objective, replicas, why_not, lp_time_limit,
-        lp_max_requests, report,
+    context = BoundContext(
+        instance, objective, lp_time_limit, lp_max_requests,
+        profile=profile, replicas=replicas,
     )  # fmt: skip
-    return BoundReport(report.found, report.skipped)
+    return _report(context)
 
 
-def _closed_forms(
-    report: _Collector,
-    model: str,
-    names: tuple[str, ...],
-    values: dict[str, float],
-    missing: str,
-) -> None:
-    """Each closed-form bound ``<model>.<name>`` (scope ``any``) or its reason."""
-    for name in names:
-        label = f"{model}.{name}"
-        if name not in values:
-            report.skip(label, Reason.OUT_OF_SCOPE, missing)
-            continue
-        report.add(
-            label,
-            values[name],
-            "any",
-            Skipped(label, "bound", Reason.OUT_OF_SCOPE, "no finite value"),
-        )
-
-
-def one_colocated_pool(cluster: Cluster) -> Pool | None:
-    """The cluster's pool if it is one colocated pool (``--model P --replicas C``)."""
-    if len(cluster.pools) == 1 and not cluster.disaggregated:
-        return cluster.pools[0]
-    return None
-
-
+@session()
 def cluster_bound_report(
     instance: Instance,
     cluster: Cluster,
@@ -338,61 +210,10 @@ def cluster_bound_report(
             lp_time_limit=lp_time_limit,
             lp_max_requests=lp_max_requests,
         )
-    report = _Collector(cluster.describe())
-    values = cluster_bounds(instance, cluster, objective)
-    missing = "no pool's cost model has a usable under-estimator"
-    _closed_forms(report, "cluster", CLUSTER_BOUNDS, values, missing)
-    why = (
-        f"{why_not_one_replica(cluster)}; the slot and timed models are of one "
-        "colocated replica"
+    context = BoundContext(
+        instance, objective, lp_time_limit, lp_max_requests, cluster=cluster
     )
-    for name in (*SLOT_BOUNDS, "timed.lp"):
-        report.skip(name, Reason.OUT_OF_SCOPE, why)
-    return BoundReport(report.found, report.skipped)
-
-
-def why_not_one_replica(cluster: Cluster) -> str:
-    """What makes ``cluster`` more than one colocated pool, in a few words."""
-    if cluster.disaggregated:
-        return "a disaggregated cluster (prefill and decode pools)"
-    return f"{len(cluster.pools)} pools"
-
-
-def _timed_lp(
-    instance: Instance,
-    profile: DeploymentProfile,
-    objective: str,
-    replicas: int,
-    why_not: str | None,
-    lp_time_limit: float,
-    lp_max_requests: int,
-    report: _Collector,
-) -> None:
-    """``timed.lp``, computed where slots are not seconds, or its reason."""
-    add, skip = report.add, report.skip
-    name = "timed.lp"
-    iterations = int(instance.output_tokens.sum())
-    if why_not is None:
-        skip(name, Reason.OUT_OF_SCOPE, "slots are seconds here: slot.lp is this LP")
-    elif replicas != 1:
-        skip(name, Reason.OUT_OF_SCOPE, f"{replicas} replicas; the timed model has one")
-    elif len(instance) > lp_max_requests:
-        skip(name, Reason.SIZE, f"{len(instance)} requests > {lp_max_requests}")
-    elif iterations > TIMED_LP_MAX_ITERATIONS:
-        skip(
-            name,
-            Reason.SIZE,
-            f"{iterations} output tokens > {TIMED_LP_MAX_ITERATIONS}",
-        )
-    else:
-        try:
-            timed = TimedProblem.from_instance(instance, profile, objective=objective)
-        except InputError as error:  # e.g. a prompt over the token budget
-            skip(name, Reason.OUT_OF_SCOPE, str(error))
-        else:
-            if not report.stopped(name):
-                value = timed_milp.lp_bound(timed, time_limit=lp_time_limit)
-                add(name, value, "slot", _stopped(name, lp_time_limit))
+    return _report(context)
 
 
 def bound_suite(
@@ -419,7 +240,8 @@ def bound_suite(
     lp_max_requests
         Skip the LP above this many requests (its size grows with ``n`` times
         the horizon); the timed LP is also skipped above
-        :data:`TIMED_LP_MAX_ITERATIONS` output tokens in all.
+        :data:`~lsched.formulations.bounds.registry.TIMED_LP_MAX_ITERATIONS`
+        output tokens in all.
 
     Returns
     -------
@@ -438,25 +260,22 @@ def bound_suite(
 
 
 def best_bound(bounds: list[Bound], scope: str = "slot") -> float:
-    """The largest bound valid for ``scope`` (``"slot"`` admits both kinds)."""
+    """The largest bound valid for the schedules of ``scope`` (:data:`SCOPES`;
+    ``"slot"`` admits both kinds: a bound for any schedule holds for it)."""
     if scope not in SCOPES:
         raise InputError(f"got {scope!r}; expected one of {SCOPES}", field="scope")
-    valid = [b.value for b in bounds if scope == "slot" or b.scope == "any"]
+    wanted = Preemption(scope)
+    valid = [b.value for b in bounds if b.schedules.preemption.covers(wanted)]
     return max(valid, default=-math.inf)
 
 
 __all__ = [
     "LP_MAX_REQUESTS",
     "SCOPES",
-    "TIMED_LP_MAX_ITERATIONS",
     "Bound",
     "BoundReport",
     "best_bound",
     "bound_report",
     "bound_suite",
     "cluster_bound_report",
-    "one_colocated_pool",
-    "slot_problem_in_seconds",
-    "why_not_one_replica",
-    "why_not_slots",
 ]
