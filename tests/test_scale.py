@@ -282,7 +282,7 @@ def _random_params(rng: np.random.Generator, n: int, one_replica: bool) -> Any:
 def test_random_instances_agree_with_the_reference_engine() -> None:
     rng = np.random.default_rng(20250801)
     preempted = chunked = 0
-    for _ in range(160):
+    for _ in range(80):
         name = str(rng.choice(list(PROFILES)))
         n = int(rng.integers(1, 11))
         inst = random_instance(
