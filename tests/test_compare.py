@@ -229,7 +229,10 @@ def test_real_profile_small_instance_uses_the_timed_model(seed: int) -> None:
     )
     result = compare(instance, profile, policies=POLICIES, time_limit=20)
     assert result.solve_model == "timed model"
-    assert result.solve is not None and result.solve.status == "optimal"
+    # CP-SAT proves its schedule optimal up to its rounding bound: the status is
+    # "optimal" where that gap is within OPTIMALITY_RTOL, else "feasible"
+    assert result.solve is not None and result.solve.info["cpsat_status"] == "OPTIMAL"
+    assert result.solve.status in ("optimal", "feasible")
     optimum = result.solve_objective
     assert optimum == pytest.approx(result.solve.objective, rel=1e-6)
     assert result.best_bound <= optimum * (1 + 1e-9)

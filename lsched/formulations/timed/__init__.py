@@ -9,11 +9,14 @@ and makespan in seconds. The math is in :mod:`~lsched.formulations.timed.problem
 (data, exact times, the batch table the evaluator replays),
 :mod:`~lsched.formulations.timed.milp` (Pyomo + HiGHS) and
 :mod:`~lsched.formulations.timed.cpsat` (CP-SAT on integer time, with its rounding
-bound); :mod:`~lsched.formulations.timed.incumbent` gives the warm starts and the
-safe start windows. Both backends have the slot backends' ``solve(problem, *,
-time_limit, num_workers, seed, initial_solution, on_progress, **params)`` and
-report the exact objective of their schedule (:func:`timed_objective`); import
-them as ``from lsched.formulations.timed import milp, cpsat``.
+bound), each split into its variables, constraints and objective;
+:mod:`~lsched.formulations.timed.incumbent` gives the warm starts and the safe
+start windows, and :mod:`~lsched.formulations.timed.model` what the one solve
+driver (:mod:`lsched.formulations.driver`) needs to know of the model. Both
+backends have the slot backends' ``solve(problem, *, time_limit, num_workers,
+seed, initial_solution, on_progress, **params)`` and report the exact objective
+of their schedule (:func:`timed_objective`); import them as ``from
+lsched.formulations.timed import milp, cpsat``.
 """
 
 from lsched.formulations.timed.problem import (

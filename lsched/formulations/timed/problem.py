@@ -175,24 +175,56 @@ class TimedProblem:
                 f"got {self.objective!r}; expected one of {', '.join(OBJECTIVES)}",
                 field="objective",
             )
+        weight = self._checked_weight()
+        set_(self, "weight", _frozen(weight))
+        self._check_runnable()
+        profile = self.profile
+        s, o = self.instance.prompt_tokens, self.instance.output_tokens
+        budget = _limit(profile.max_num_batched_tokens)
+        set_(
+            self,
+            "slots",
+            SlotProblem(
+                arrival=np.zeros(len(s)),
+                prompt_tokens=s,
+                output_tokens=o,
+                weight=weight,
+                kv_capacity_blocks=profile.kv_capacity_blocks,
+                block_tokens=profile.block_tokens,
+                max_num_seqs=_limit(profile.max_num_seqs),
+                max_num_batched_tokens=budget,
+                objective="latency",
+                name=self.instance.name,
+            ),
+        )
+        box = self._feature_box()
+        set_(self, "feature_max", _frozen(box))
+        ranges = self._regime_ranges(box)
+        set_(self, "regimes", tuple(r for r, _, _ in ranges))
+        set_(self, "regime_range", tuple((lo, hi) for _, lo, hi in ranges))
+
+    def _checked_weight(self) -> IntArray:
+        """``weight`` as int64 (all ones by default), or :class:`InputError`."""
         n = len(self.instance)
         if self.weight is None:
-            weight = np.ones(n, dtype=np.int64)
-        else:
-            raw = np.asarray(self.weight)
-            if raw.shape != (n,) or raw.dtype.kind not in "iu":
-                raise InputError(
-                    f"got shape {raw.shape} dtype {raw.dtype}; expected {n} integers",
-                    field="weight",
-                )
-            if np.any(raw < 1):
-                i = int(np.flatnonzero(raw < 1)[0])
-                raise InputError(
-                    f"request {i}: got {raw[i]}; expected an integer >= 1",
-                    field="weight",
-                )
-            weight = raw.astype(np.int64)
-        set_(self, "weight", _frozen(weight))
+            return np.ones(n, dtype=np.int64)
+        raw = np.asarray(self.weight)
+        if raw.shape != (n,) or raw.dtype.kind not in "iu":
+            raise InputError(
+                f"got shape {raw.shape} dtype {raw.dtype}; expected {n} integers",
+                field="weight",
+            )
+        if np.any(raw < 1):
+            i = int(np.flatnonzero(raw < 1)[0])
+            raise InputError(
+                f"request {i}: got {raw[i]}; expected an integer >= 1",
+                field="weight",
+            )
+        return raw.astype(np.int64)
+
+    def _check_runnable(self) -> None:
+        """:class:`InputError` on a request that can never run: its peak KV above
+        the capacity, or its prompt above the token budget."""
         profile = self.profile
         s, o = self.instance.prompt_tokens, self.instance.output_tokens
         peak = profile.kv_blocks(s + o - 1)
@@ -215,25 +247,16 @@ class TimedProblem:
                 f"= {budget}: it can never run",
                 field="max_num_batched_tokens",
             )
-        set_(
-            self,
-            "slots",
-            SlotProblem(
-                arrival=np.zeros(n),
-                prompt_tokens=s,
-                output_tokens=o,
-                weight=weight,
-                kv_capacity_blocks=capacity,
-                block_tokens=profile.block_tokens,
-                max_num_seqs=_limit(profile.max_num_seqs),
-                max_num_batched_tokens=budget,
-                objective="latency",
-                name=self.instance.name,
-            ),
-        )
+
+    def _feature_box(self) -> FloatArray:
+        """``phi_max`` (module docstring)."""
+        profile = self.profile
+        s, o = self.instance.prompt_tokens, self.instance.output_tokens
+        n, capacity = len(s), profile.kv_capacity_blocks
+        budget = _limit(profile.max_num_batched_tokens)
         seqs = _limit(profile.max_num_seqs) or n
         p_max = min(int(s.sum()), budget or int(s.sum()))
-        box = np.array(
+        return np.array(
             [
                 1.0,
                 p_max,
@@ -244,23 +267,24 @@ class TimedProblem:
             ],
             dtype=np.float64,
         )
-        set_(self, "feature_max", _frozen(box))
-        it = profile.iteration_time
+
+    def _regime_ranges(self, box: FloatArray) -> list[tuple[int, int, int]]:
+        """``(regime, lo, hi)`` for each reachable regime of the cost model: the
+        integer range of its switch feature inside ``box``."""
+        it = self.profile.iteration_time
         if it.num_regimes == 1:
-            ranges = [(0, 0, NO_LIMIT)]
-        else:
-            assert it.switch_feature is not None
-            f = FEATURES.index(it.switch_feature)
-            low, high = (1, 1) if f == CONST else (0, int(box[f]))
-            edges = [-math.inf, *it.thresholds, math.inf]
-            ranges = []
-            for r in range(it.num_regimes):
-                lo = max(low, _ceil(edges[r]))
-                hi = min(high, _ceil(edges[r + 1]) - 1)
-                if lo <= hi:
-                    ranges.append((r, lo, hi))
-        set_(self, "regimes", tuple(r for r, _, _ in ranges))
-        set_(self, "regime_range", tuple((lo, hi) for _, lo, hi in ranges))
+            return [(0, 0, NO_LIMIT)]
+        assert it.switch_feature is not None
+        f = FEATURES.index(it.switch_feature)
+        low, high = (1, 1) if f == CONST else (0, int(box[f]))
+        edges = [-math.inf, *it.thresholds, math.inf]
+        ranges = []
+        for r in range(it.num_regimes):
+            lo = max(low, _ceil(edges[r]))
+            hi = min(high, _ceil(edges[r + 1]) - 1)
+            if lo <= hi:
+                ranges.append((r, lo, hi))
+        return ranges
 
     @classmethod
     def from_instance(
