@@ -221,7 +221,7 @@ def test_loads_do_not_depend_on_the_block_size(monkeypatch):
     profile = load_profile("opt-13b-a100-tp1-distserve")  # two regimes, overheads
     whole = replicas.request_loads_s(instance, profile)
     areas = replicas.kv_areas(instance, 16)
-    monkeypatch.setattr(replicas, "_BLOCK_ITERATIONS", 37)
+    monkeypatch.setattr(replicas.loads, "_BLOCK_ITERATIONS", 37)
     np.testing.assert_array_equal(replicas.request_loads_s(instance, profile), whole)
     np.testing.assert_array_equal(replicas.kv_areas(instance, 16), areas)
     assert np.all(whole > 0)

@@ -16,7 +16,7 @@ The driver does the rest, once, for every backend:
    ``seed``) and opens an interruption session (:mod:`lsched.interrupt`: a
    Ctrl-C stops the solver and keeps what it has);
 2. starts the wall clock: ``time_limit`` covers the warm start, the build and
-   the solver;
+   the solver (and what the caller did before, if it passes ``began``);
 3. takes the warm start: ``initial_solution`` (checked) or the model's best
    heuristic;
 4. keeps the incumbent: a schedule offered replaces it only if the model finds
@@ -30,6 +30,12 @@ The driver does the rest, once, for every backend:
    :data:`~lsched.formulations.result.OPTIMALITY_RTOL`);
 7. returns the :class:`~lsched.formulations.result.SolveResult` with the log of
    objective and bound over time.
+
+A **schedule** is an int64 array in the model's own form: a start slot per
+request for the slot model, a replica per request for the replica assignment,
+a ``(2, n)`` array of start slots and replicas for the joint replica model
+(:mod:`lsched.formulations.replicas`). The driver never reads it: it hands it
+to the model's functions and returns it as :attr:`SolveResult.start`.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ def _no_free_bound(problem: Any) -> float:
 
 @dataclass(frozen=True)
 class Model:
-    """What the driver needs to know of one model's schedules.
+    """What the driver needs to know of one model's schedules (int64 arrays in
+    the model's own form, module docstring).
 
     Attributes
     ----------
@@ -138,7 +145,8 @@ class SolveRun:
     num_workers, seed
         Checked solver threads and seed.
     began, deadline
-        :func:`time.monotonic` at the call and at its time limit.
+        :func:`time.monotonic` at the call (or the caller's ``began``) and at
+        its time limit.
     source, start, objective
         The incumbent: where it came from, its schedule and its objective.
     initial_source, initial_objective
@@ -155,12 +163,13 @@ class SolveRun:
         seed: int,
         initial_solution: Any,
         on_progress: Progress | None,
+        began: float | None = None,
     ) -> None:
         self.model = model
         self.problem = problem
         self.num_workers = num_workers
         self.seed = seed
-        self.began = time.monotonic()
+        self.began = time.monotonic() if began is None else began
         self.deadline = self.began + time_limit
         self._on_progress = on_progress
         self._rows: list[tuple[float, float | None, float]] = []
@@ -263,6 +272,7 @@ def drive(
     seed: int,
     initial_solution: Any = None,
     on_progress: Progress | None = None,
+    began: float | None = None,
     **options: Any,
 ) -> SolveResult:
     """Solve ``problem`` with the backend ``search(run, **options)``.
@@ -284,6 +294,11 @@ def drive(
         by default.
     on_progress
         Called on every improvement (:data:`Progress`).
+    began
+        :func:`time.monotonic` that ``time_limit``, ``runtime_s`` and the log's
+        times count from; the call by default. A public function that builds
+        its problem first (computes loads, say) passes when it was called, so
+        that its ``time_limit`` covers the whole call.
     **options
         The backend's own options.
 
@@ -309,6 +324,7 @@ def drive(
             seed=seed,
             initial_solution=initial_solution,
             on_progress=on_progress,
+            began=began,
         )
         return run.result(search(run, **options))
 

@@ -223,7 +223,8 @@ class SolveResult:
     runtime_s
         Wall-clock seconds, model building included.
     start
-        Start slot per request, or ``None``.
+        Start slot per request, or ``None``; the schedule in its model's own
+        form for other models (:mod:`lsched.formulations.driver`).
     solver
         Which backend and formulation produced it, e.g. ``"cpsat/events"``.
     log

@@ -3,15 +3,19 @@
 Every CP-SAT backend (slot, timed, LNS, replica assignment) gets its solver from
 :func:`configured_solver`, so the time limit, workers, seed and the handling of
 Ctrl-C (by :mod:`lsched.interrupt`, not CP-SAT's own handler) are set once.
+:func:`solve_recorded` runs a backend's model inside a solve of the driver
+(:mod:`lsched.formulations.driver`), logging CP-SAT's progress in it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ortools.sat.python import cp_model
 
 from lsched.errors import InputError
+from lsched.formulations.driver import SolveRun
 from lsched.interrupt import run_stoppable
 
 
@@ -49,4 +53,37 @@ def solve_stoppable(
     return run_stoppable(lambda: solver.solve(model, callback), solver.stop_search)
 
 
-__all__ = ["configured_solver", "solve_stoppable"]
+class ProgressRecorder(cp_model.CpSolverSolutionCallback):
+    """Logs CP-SAT's improvements of either side in a driver's run.
+
+    CP-SAT's objective and bound plus ``offset`` are the model's values (the
+    slot model's :attr:`~lsched.formulations.slot.SlotProblem.objective_offset`,
+    say; 0 when CP-SAT's objective is the model's).
+    """
+
+    def __init__(self, run: SolveRun, offset: float = 0.0) -> None:
+        super().__init__()
+        self._run = run
+        self._offset = offset
+
+    def on_solution_callback(self) -> None:
+        self._run.record(self.objective_value + self._offset, -math.inf)
+
+    def on_bound(self, bound: float) -> None:
+        self._run.record(None, bound + self._offset)
+
+
+def solve_recorded(
+    solver: cp_model.CpSolver,
+    model: cp_model.CpModel,
+    run: SolveRun,
+    offset: float = 0.0,
+) -> tuple[Any, bool]:
+    """:func:`solve_stoppable` with CP-SAT's progress logged in ``run``
+    (:class:`ProgressRecorder`)."""
+    recorder = ProgressRecorder(run, offset)
+    solver.best_bound_callback = recorder.on_bound
+    return solve_stoppable(solver, model, recorder)
+
+
+__all__ = ["ProgressRecorder", "configured_solver", "solve_recorded", "solve_stoppable"]
