@@ -32,24 +32,9 @@ from lsched.formulations.slot.cpsat.build import FORMULATIONS, build
 from lsched.formulations.slot.horizon import deadlines
 from lsched.formulations.slot.model import SLOT
 from lsched.formulations.slot.problem import SlotProblem
-from lsched.formulations.solvers.cpsat import configured_solver, solve_stoppable
+from lsched.formulations.solvers.cpsat import configured_solver, solve_recorded
 
 __all__ = ["FORMULATIONS", "solve"]
-
-
-class _Recorder(cp_model.CpSolverSolutionCallback):
-    """Logs CP-SAT's improvements of either side in the run (problem units)."""
-
-    def __init__(self, run: SolveRun) -> None:
-        super().__init__()
-        self._run = run
-        self._offset = run.problem.objective_offset
-
-    def on_solution_callback(self) -> None:
-        self._run.record(self.objective_value + self._offset, -math.inf)
-
-    def on_bound(self, bound: float) -> None:
-        self._run.record(None, bound + self._offset)
 
 
 def _search(run: SolveRun, *, formulation: str, params: dict[str, Any]) -> Attempt:
@@ -60,9 +45,9 @@ def _search(run: SolveRun, *, formulation: str, params: dict[str, Any]) -> Attem
     built = build(problem, problem.release, hi, formulation)
     built.hint(run.start)
     solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
-    recorder = _Recorder(run)
-    solver.best_bound_callback = recorder.on_bound
-    code, interrupted = solve_stoppable(solver, built.model, recorder)
+    code, interrupted = solve_recorded(
+        solver, built.model, run, offset=problem.objective_offset
+    )
     bound = -math.inf
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
