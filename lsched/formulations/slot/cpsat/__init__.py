@@ -1,7 +1,10 @@
 """CP-SAT backend (OR-Tools): :func:`solve` for the slot model.
 
-The formulations are in :mod:`lsched.formulations.slot.cpsat.build`. The solve
-driver (:mod:`lsched.formulations.driver`) gives it a feasible incumbent
+The formulations are assembled in :mod:`lsched.formulations.slot.cpsat.build`
+from :mod:`~lsched.formulations.slot.cpsat.variables`,
+:mod:`~lsched.formulations.slot.cpsat.constraints` and
+:mod:`~lsched.formulations.slot.cpsat.objective`. The solve driver
+(:mod:`lsched.formulations.driver`) gives it a feasible incumbent
 (``initial_solution``, checked, or the best heuristic of
 :mod:`lsched.formulations.slot.incumbent`); the backend
 

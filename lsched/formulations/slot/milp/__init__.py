@@ -7,7 +7,10 @@
    integer objective ``U`` gives the safe deadlines
    :func:`lsched.formulations.slot.horizon.deadlines` ``(problem, U)``;
 2. the time-indexed model with every strengthening
-   (:mod:`lsched.formulations.slot.milp.build`);
+   (:mod:`lsched.formulations.slot.milp.build`, which assembles it from
+   :mod:`~lsched.formulations.slot.milp.variables`,
+   :mod:`~lsched.formulations.slot.milp.constraints` and
+   :mod:`~lsched.formulations.slot.milp.objective`);
 3. HiGHS, started from that schedule (permuted within groups of identical
    requests to meet the symmetry rows), with ``mip_rel_gap = 0`` and
    ``mip_abs_gap = 1 - 1e-6``: the integer objective has integer coefficients, so

@@ -8,59 +8,36 @@ token budget ``B`` (both optional). Safe deadlines ``d_i``
 
     T_i = {r_i, ..., L_i},   L_i = d_i - o_i.
 
-Variables
+The model
 ---------
-``x[i,t] in {0,1}`` for ``t in T_i``: request ``i`` starts in slot ``t``. For the
-makespan objective one continuous ``C`` (the latest completion).
+:func:`build_model` assembles it, in this order (the order of the compiled rows
+and columns):
 
-Constraints
------------
-::
-
-    sum_{t in T_i} x[i,t] = 1                                       (assign, per i)
-    sum_i sum_{j : tau-j in T_i} k_ij x[i,tau-j]          <= M      (KV, per tau)
-    sum_i sum_{j : tau-j in T_i}      x[i,tau-j]          <= N      (batch, per tau)
-    sum_i sum_{j : tau-j in T_i} (1 + [j=0](s_i-1)) x[i,tau-j] <= B (budget, per tau)
-
-The KV rows are the "aggregated memory constraints": one row per slot ``tau``
-holding every request that may be running there, each at the offset
-``j = tau - t`` it would have if started at ``t``.
-
-Objectives (the integer objective of :meth:`SlotProblem.integer_objective`)
----------------------------------------------------------------------------
-::
-
-    latency   min sum_i w_i sum_t (t + o_i) x[i,t]
-    ttft      min sum_i w_i sum_t  t        x[i,t]
-    makespan  min C,   C >= sum_t (t + o_i) x[i,t]   for every i
+- the binary starts ``x[i,t]``, ``t in T_i``
+  (:mod:`~lsched.formulations.slot.milp.variables`);
+- the rows of :mod:`~lsched.formulations.slot.milp.constraints`, each family's
+  math with its function: one start per request (``assign``), then per slot
+  ``tau`` the KV row (the "aggregated memory constraints"), the batch row, the
+  token-budget row and the clique rows; then, for groups of identical requests,
+  the cumulative starts ``y[i,t]`` and the symmetry rows;
+- the objective (:mod:`~lsched.formulations.slot.milp.objective`): ``latency``,
+  ``ttft``, or ``makespan`` with one continuous ``C``.
 
 Strengthening (:class:`Strengthening`; each can be switched off to measure it)
 -------------------------------------------------------------------------------
 ``skip_rows``
-    A KV row at ``tau`` is written only if the largest load it can carry,
-    ``sum_i k_{i, min(o_i-1, tau-r_i)}`` over the requests that can run at
-    ``tau`` (``k`` is nondecreasing, so the latest offset is the largest), is
-    above ``M``; batch rows only if more than ``N`` requests can run at ``tau``;
-    budget rows only if ``sum_i max(s_i if tau in T_i else 1)`` is above ``B``.
-    Skipped rows can never be violated, so the model is the same polytope with
-    fewer rows.
+    KV, batch and budget rows that can never be violated are not written
+    (:func:`~lsched.formulations.slot.milp.constraints.add_kv_row` and its
+    neighbours): the same polytope with fewer rows.
 ``symmetry``
-    Requests with equal ``(r_i, s_i, o_i, w_i)`` (hence equal windows) are
-    interchangeable. In each such group ``i_1 < i_2 < ...`` the cumulative start
-    ``y[i,t] = sum_{t' <= t} x[i,t']`` (continuous, defined by ``y[i,r_i] =
-    x[i,r_i]`` and ``y[i,t] = y[i,t-1] + x[i,t]``, so the rows stay sparse) must
-    satisfy ``y[i_a,t] >= y[i_{a+1},t]``: the lower index starts no later. Any
-    schedule becomes one that satisfies it by permuting the group's starts.
+    Interchangeable requests start in index order
+    (:func:`~lsched.formulations.slot.milp.constraints.add_symmetry`).
 ``cliques``
-    For ``c = 1, 2``: at most ``c`` running requests can each hold more than
-    ``M / (c+1)`` blocks, so per slot ``tau``
-    ``sum_{(i,j) : k_ij > M/(c+1)} x[i,tau-j] <= c`` (written only when more than
-    ``c`` requests could hold such an amount in ``tau``). The LP relaxation of the
-    KV row alone allows up to ``(c+1) - epsilon`` of them.
+    At most ``c`` running requests each hold more than ``M / (c+1)`` blocks,
+    ``c = 1, 2`` (:func:`~lsched.formulations.slot.milp.constraints.add_clique_rows`).
 ``energy``
-    Makespan only: every request-slot is processed in ``[min_i r_i, C)`` with at
-    most ``M`` blocks per slot, so ``C >= min_i r_i + ceil(sum_ij k_ij / M)``;
-    also ``C >= max_i (r_i + o_i)`` and ``C <= U`` (the heuristic's makespan).
+    Makespan only: bounds on ``C`` from the KV volume
+    (:func:`~lsched.formulations.slot.milp.objective.makespan_bounds`).
 
 What they measured (``jaillet(10, seed=s)``, ``s = 0..4``, unit-slot profile,
 HiGHS 1.16, one thread, 2-core machine)
@@ -92,8 +69,10 @@ Building
 --------
 The build counts inside the solve's wall-clock limit (issue 20), so it is made
 fast: each row's (request, offset) pairs, its columns and coefficients are NumPy
-index arithmetic, and the row goes to Pyomo as one ``LinearExpression`` of its
-coefficients and variables, not term by term through ``quicksum`` and operator
+index arithmetic (:class:`~lsched.formulations.slot.milp.constraints.Running`),
+and the row goes to Pyomo as one ``LinearExpression`` of its coefficients and
+variables (:meth:`~lsched.formulations.slot.milp.variables.StartColumns.row`),
+not term by term through ``quicksum`` and operator
 overloading; Python's cyclic garbage collector is paused meanwhile (it would walk
 the growing model again and again). The model is the same, row for row
 (``benchmarks/milp_build``: an order-free fingerprint of the compiled matrices);
@@ -105,7 +84,6 @@ now most of the time.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -114,9 +92,16 @@ import numpy.typing as npt
 import pyomo.environ as pyo
 from pyomo.common.collections import ComponentMap
 from pyomo.common.gc_manager import PauseGC
-from pyomo.core.expr.numeric_expr import LinearExpression
 
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.milp.constraints import (
+    add_assignment,
+    add_slot_rows,
+    add_symmetry,
+    kv_matrix,
+)
+from lsched.formulations.slot.milp.objective import add_objective
+from lsched.formulations.slot.milp.variables import add_cumulative_starts, add_starts
 from lsched.formulations.solvers.highs import build_check
 
 IntArray = npt.NDArray[np.int64]
@@ -193,15 +178,6 @@ class SlotModel:
         return start
 
 
-def _ranges(owner: IntArray, lo: IntArray, hi: IntArray) -> tuple[IntArray, IntArray]:
-    """Every ``(owner[k], j)`` with ``lo[k] <= j <= hi[k]``, in order: two arrays."""
-    length = hi - lo + 1
-    total = int(length.sum())
-    first = np.cumsum(length) - length
-    who = np.repeat(owner, length)
-    return who, np.repeat(lo - first, length) + np.arange(total)
-
-
 def build_model(
     problem: SlotProblem,
     deadline: npt.ArrayLike,
@@ -252,151 +228,38 @@ def _build(
     strengthening: Strengthening | None,
     stop_at: float | None,
 ) -> SlotModel:
+    """:func:`build_model`, with the garbage collector paused."""
     check = build_check(stop_at)
     opts = strengthening or Strengthening()
     deadline = np.asarray(deadline, dtype=np.int64)
-    n = len(problem)
-    r = problem.release
-    o = problem.output_tokens
-    s = problem.prompt_tokens
-    w = problem.weight
-    latest = deadline - o
-    if np.any(latest < r):
-        i = int(np.flatnonzero(latest < r)[0])
+    latest = deadline - problem.output_tokens
+    if np.any(latest < problem.release):
+        i = int(np.flatnonzero(latest < problem.release)[0])
         raise ValueError(f"request {i}: deadline {deadline[i]} leaves no start slot")
-    tables = [problem.kv_table(i) for i in range(n)]
-    capacity = problem.kv_capacity_blocks
     counts: dict[str, int] = defaultdict(int)
-    # k_ij as one array, zero past o_i: the rows below are built from index
-    # arrays, not term by term (module docstring, "Building")
-    kv = np.zeros((n, int(o.max())), dtype=np.int64)
-    for i, table in enumerate(tables):
-        kv[i, : len(table)] = table
+    # k_ij as one array: the rows are built from index arrays (module
+    # docstring, "Building")
+    kv = kv_matrix(problem)
 
     model = pyo.ConcreteModel(name=f"slot-time-indexed:{problem.name}")
-    index = [(i, t) for i in range(n) for t in range(int(r[i]), int(latest[i]) + 1)]
-    model.x = pyo.Var(index, domain=pyo.Binary)
-    x = model.x
-    xs = list(x.values())  # in the order of index
-    width = latest - r + 1
-    base = np.cumsum(width) - width  # position of x[i, r_i] in xs
-
-    def row(columns: IntArray, coefs: IntArray | None = None) -> LinearExpression:
-        """``sum coefs[k] * xs[columns[k]]`` (coefficients 1 by default)."""
-        terms = [xs[c] for c in columns.tolist()]
-        if coefs is None:
-            return LinearExpression(terms)
-        return LinearExpression(linear_coefs=coefs.tolist(), linear_vars=terms)
-
-    model.assign = pyo.Constraint(
-        range(n),
-        rule=lambda m, i: row(base[i] + np.arange(width[i])) == 1,
+    starts = add_starts(model, problem, latest)
+    add_assignment(model, starts)
+    add_slot_rows(
+        model,
+        problem,
+        latest,
+        starts,
+        kv,
+        skip_rows=opts.skip_rows,
+        cliques=opts.cliques,
+        check=check,
+        counts=counts,
     )
-
-    # Per slot tau: the requests that may run there and their offset range.
-    first_slot = int(r.min())
-    last_slot = int((latest + o).max()) - 1
-    model.kv = pyo.ConstraintList()
-    model.batch = pyo.ConstraintList()
-    model.budget = pyo.ConstraintList()
-    model.clique = pyo.ConstraintList()
-    cap_seqs = problem.max_num_seqs
-    cap_tokens = problem.max_num_batched_tokens
-    # first offset at which request i holds more than M / (c + 1) blocks
-    first_big = {c: np.argmax((c + 1) * kv > capacity, axis=1) for c in (1, 2)}
-    for tau in range(first_slot, last_slot + 1):
-        check()
-        # offsets j with tau - j in [r_i, L_i] and 0 <= j < o_i
-        lo = np.maximum(0, tau - latest)
-        hi = np.minimum(o - 1, tau - r)
-        running = np.flatnonzero(lo <= hi)
-        if len(running) < 2:
-            continue
-        lo, hi = lo[running], hi[running]
-        # every (request, offset) running in tau, requests ascending, then offsets
-        who, offset = _ranges(running, lo, hi)
-        columns = base[who] + tau - offset - r[who]
-        peak = int(kv[running, hi].sum())
-        if peak > capacity or not opts.skip_rows:
-            model.kv.add(row(columns, kv[who, offset]) <= capacity)
-            counts["kv"] += 1
-        else:
-            counts["kv_skipped"] += 1
-        if cap_seqs is not None:
-            if len(running) > cap_seqs or not opts.skip_rows:
-                model.batch.add(row(columns) <= cap_seqs)
-                counts["batch"] += 1
-            else:
-                counts["batch_skipped"] += 1
-        if cap_tokens is not None:
-            most = int(np.where(lo == 0, s[running], 1).sum())
-            if most > cap_tokens or not opts.skip_rows:
-                coefs = np.where(offset == 0, s[who], 1)
-                model.budget.add(row(columns, coefs) <= cap_tokens)
-                counts["budget"] += 1
-            else:
-                counts["budget_skipped"] += 1
-        if opts.cliques:
-            for c in (1, 2):
-                # k > M / (c + 1)  <=>  (c + 1) k > M
-                big = (c + 1) * kv[running, hi] > capacity
-                if np.count_nonzero(big) <= c:
-                    continue
-                held = running[big]
-                who_big, offset_big = _ranges(
-                    held, np.maximum(lo[big], first_big[c][held]), hi[big]
-                )
-                model.clique.add(
-                    row(base[who_big] + tau - offset_big - r[who_big]) <= c
-                )
-                counts[f"clique{c}"] += 1
-
     groups = [g.tolist() for g in problem.identical_groups()] if opts.symmetry else []
     if groups:
-        y_index = [
-            (i, t)
-            for group in groups
-            for i in group
-            for t in range(int(r[i]), int(latest[i]))  # y[i, L_i] = 1 always
-        ]
-        model.y = pyo.Var(y_index, bounds=(0, 1))
-        y = model.y
-        model.cumulative = pyo.ConstraintList()
-        model.symmetry = pyo.ConstraintList()
-        for group in groups:
-            check()
-            for i in group:
-                for t in range(int(r[i]), int(latest[i])):
-                    previous = y[i, t - 1] if t > r[i] else 0
-                    model.cumulative.add(y[i, t] == previous + x[i, t])
-            for a, b in itertools.pairwise(group):
-                for t in range(int(r[a]), int(latest[a])):
-                    model.symmetry.add(y[a, t] >= y[b, t])
-                    counts["symmetry"] += 1
-
-    if problem.objective == "makespan":
-        lower = int((r + o).max())
-        if opts.energy:
-            area = sum(int(table.sum()) for table in tables)
-            lower = max(lower, first_slot + -(-area // capacity))
-        upper = None if upper_bound is None else float(upper_bound)
-        model.C = pyo.Var(bounds=(float(lower), upper))
-        model.makespan = pyo.Constraint(
-            range(n),
-            rule=lambda m, i: (
-                row(base[i] + np.arange(width[i]), r[i] + np.arange(width[i]) + o[i])
-                <= m.C
-            ),
-        )
-        model.objective = pyo.Objective(expr=model.C, sense=pyo.minimize)
-    else:
-        shift = o if problem.objective == "latency" else np.zeros(n, dtype=np.int64)
-        who = np.repeat(np.arange(n), width)
-        slot = np.concatenate([np.arange(r[i], latest[i] + 1) for i in range(n)])
-        model.objective = pyo.Objective(
-            expr=row(np.arange(len(xs)), w[who] * (slot + shift[who])),
-            sense=pyo.minimize,
-        )
+        add_cumulative_starts(model, problem, latest, groups, check)
+        add_symmetry(model, problem, latest, groups, check, counts)
+    add_objective(model, problem, latest, starts, kv, upper_bound, energy=opts.energy)
     return SlotModel(
         model=model,
         problem=problem,
