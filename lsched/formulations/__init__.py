@@ -1,20 +1,34 @@
-"""Offline formulations: optimal schedules and lower bounds.
+"""Offline formulations: optimal schedules and lower bounds, one layout for all.
 
-:mod:`~lsched.formulations.slot` holds the data of the slot model (Jaillet et al.
-2025, generalised); :mod:`~lsched.formulations.slot.cpsat`,
-:mod:`~lsched.formulations.slot.milp` and :mod:`~lsched.formulations.slot.lns` solve it
-behind one ``solve(problem, *, time_limit, num_workers, seed, initial_solution,
-on_progress, **params)`` signature and return a
-:class:`~lsched.formulations.result.SolveResult`
-(:func:`~lsched.formulations.backends.solve_slot` picks one by name).
-:mod:`~lsched.formulations.bounds.slot` gives the slot model's lower bounds,
-:mod:`~lsched.formulations.bounds.work` bounds in seconds for every schedule,
-:mod:`~lsched.formulations.bounds.registry` the table of all of them, each with
-the objectives, model and schedules it holds for, and
-:mod:`~lsched.formulations.bounds.suite` computes that table on an instance.
-:mod:`~lsched.formulations.replicas` assigns requests to replicas (Pang et al.
-2025's bin packing) and compares with an exact joint model;
-:mod:`~lsched.formulations.pang_offline` states that offline stage as an MIP over
-assignment and order per client, and shows it equals the packing. Every
-schedule is checked by the evaluator, which shares no code with them.
+Every model has the same shape (PyJobShop's):
+
+``<model>/problem.py``
+    The problem data, immutable and validated once (:class:`~.slot.SlotProblem`,
+    :class:`~.timed.TimedProblem`, the replica assignment and joint problems).
+``<model>/model.py``
+    What the solve driver needs of it (:class:`~.driver.Model`): the exact
+    objective, the feasibility rule, the warm start, the free bound and how a
+    bound may be rounded.
+``<model>/<backend>/`` (or ``<backend>.py``)
+    Per backend its ``variables``, ``constraints`` and ``objective``, and a
+    short ``_search(run, **options)`` that builds them and runs the solver.
+:mod:`~.driver`
+    The one solve driver: argument checks, wall clock, warm start,
+    interruption, incumbent, bound, status (one place, one tolerance:
+    :data:`~.result.OPTIMALITY_RTOL`), log and the
+    :class:`~.result.SolveResult`.
+:mod:`~.backends`
+    The registry table of every model's backends and one ``solve(problem,
+    backend)``; :mod:`~.solvers` what the backends share of HiGHS and CP-SAT.
+
+The models: :mod:`~.slot` (Jaillet et al. 2025's slot model, generalised;
+backends ``cpsat``, ``milp``, ``lns``), :mod:`~.timed` (the slot model's
+decisions priced in seconds by the cost model; ``cpsat``, ``milp``),
+:mod:`~.replicas` (Pang et al. 2025's assignment of requests to replicas and an
+exact joint model) and :mod:`~.pang_offline` (that offline stage as an MIP over
+assignment and order). :mod:`~.bounds` holds every lower bound in one registry
+table (:mod:`~.bounds.registry`: the objectives, model and schedules each holds
+for) and the suite that computes it; :mod:`~.scale` searches policy parameters
+for traces of thousands of requests. Every schedule is checked by the
+evaluator, which shares no code with them.
 """
