@@ -1,4 +1,4 @@
-"""The per-run rules: run order, shape, features, batch limits and KV
+"""The per-run rules: run order, shape, features, batch limits, duration and KV
 capacity."""
 
 from __future__ import annotations
@@ -7,22 +7,27 @@ import numpy as np
 import pandas as pd
 
 from lsched.profile import DeploymentProfile
-from lsched.validator.replay import _Replay
-from lsched.validator.report import _PREFILL, FloatArray, IntArray, _Collector
+from lsched.validator.replay import _Log, _Replay
+from lsched.validator.report import (
+    _DECODE,
+    _PREFILL,
+    FloatArray,
+    IntArray,
+    _close_array,
+    _Collector,
+)
 from lsched.validator.swaps import _SwapKV
 
+#: A run's features: prefill tokens P, prefill attention Q, decode steps D and the
+#: KV its first iteration reads K.
+Features = tuple[IntArray, IntArray, IntArray, IntArray]
 
-def _check_order(
-    run_ids: list[int],
-    replica: IntArray,
-    start: FloatArray,
-    end: FloatArray,
-    replicas: int,
-    out: _Collector,
-) -> None:
+
+def _check_order(log: _Log, replicas: int, out: _Collector) -> None:
     """Per replica, in run id order: each run starts at or after the previous end."""
+    run_ids, start, end = log.run_ids, log.start, log.end
     for rep in range(replicas):
-        index = np.flatnonzero(replica == rep)
+        index = np.flatnonzero(log.replica == rep)
         early = np.flatnonzero(start[index[1:]] < end[index[:-1]])
         for j in early.tolist():
             prev, run = index[j], index[j + 1]
@@ -34,21 +39,15 @@ def _check_order(
             )
 
 
-def _check_shape(
-    run_ids: list[int],
-    n_it: IntArray,
-    m_pos: IntArray,
-    m_req: IntArray,
-    m_kind: IntArray,
-    p_pos: IntArray,
-    p_req: IntArray,
-    out: _Collector,
-) -> None:
+def _check_shape(log: _Log, out: _Collector) -> None:
+    """``run-shape`` (and ``preemption``): a run has members, a run with a prefill
+    chunk one iteration, and no request is listed twice in a run."""
+    run_ids, n_it, m_pos = log.run_ids, log.n_it, log.m_pos
     m = len(run_ids)
     seqs = np.bincount(m_pos, minlength=m)
     for r in np.flatnonzero(seqs == 0).tolist():
         out.add("run-shape", "has no members", run=run_ids[r])
-    prefills = np.bincount(m_pos[m_kind == _PREFILL], minlength=m)
+    prefills = np.bincount(m_pos[log.m_kind == _PREFILL], minlength=m)
     for r in np.flatnonzero((prefills > 0) & (n_it != 1)).tolist():
         out.add(
             "run-shape",
@@ -56,18 +55,40 @@ def _check_shape(
             "exactly 1",
             run=run_ids[r],
         )
-    for pos, req, rule in ((m_pos, m_req, "run-shape"), (p_pos, p_req, "preemption")):
+    for pos, req, rule in (
+        (m_pos, log.m_req, "run-shape"),
+        (log.p_pos, log.p_req, "preemption"),
+    ):
         pairs = pd.DataFrame({"pos": pos, "req": req})
         for r, i in pairs[pairs.duplicated()].itertuples(index=False):
             out.add(rule, "listed twice in the run", run=run_ids[r], request=int(i))
 
 
-def _check_features(
-    runs: pd.DataFrame,
-    run_ids: list[int],
-    own: dict[str, IntArray],
-    out: _Collector,
-) -> None:
+def _run_features(log: _Log, replay: _Replay) -> Features:
+    """Every run's features from its members and the validator's bookkeeping:
+    ``P = sum c``, ``Q = sum c * (before + c)`` over prefill members, ``D =
+    #decode``, ``K = sum (before + 1)`` over decode members."""
+    m = len(log.run_ids)
+
+    def per_run(mask: np.ndarray, values: np.ndarray | int) -> IntArray:
+        weights = np.broadcast_to(np.asarray(values, dtype=np.float64), mask.shape)
+        # float sums of integers are exact below 2**53
+        sums = np.bincount(log.m_pos[mask], weights=weights[mask], minlength=m)
+        return sums.astype(np.int64)
+
+    pre, dec = log.m_kind == _PREFILL, log.m_kind == _DECODE
+    c = log.m_tokens
+    P = per_run(pre, c)
+    Q = per_run(pre, c * (replay.before + c))
+    D = per_run(dec, 1)
+    K0 = per_run(dec, replay.before + 1)
+    return P, Q, D, K0
+
+
+def _check_features(log: _Log, features: Features, out: _Collector) -> None:
+    """``run-features``: the logged P, Q, D, K, H columns are the recomputed ones."""
+    P, Q, D, K0 = features
+    own = {"P": P, "Q": Q, "D": D, "K": K0, "H": (P > 0).astype(np.int64)}
     columns = {
         "P": "prefill_tokens",
         "Q": "prefill_attention",
@@ -75,8 +96,8 @@ def _check_features(
         "K": "kv_read_tokens",
         "H": "has_prefill",
     }
-    logged = {k: runs[c].to_numpy(dtype=np.int64) for k, c in columns.items()}
-    wrong = np.zeros(len(run_ids), dtype=bool)
+    logged = {k: log.runs[c].to_numpy(dtype=np.int64) for k, c in columns.items()}
+    wrong = np.zeros(len(log.run_ids), dtype=bool)
     for k in columns:
         wrong |= logged[k] != own[k]
     for r in np.flatnonzero(wrong).tolist():
@@ -85,16 +106,17 @@ def _check_features(
             for k in columns
             if logged[k][r] != own[k][r]
         ]
-        out.add("run-features", "; ".join(parts), run=run_ids[r])
+        out.add("run-features", "; ".join(parts), run=log.run_ids[r])
 
 
 def _check_limits(
-    profile: DeploymentProfile,
-    run_ids: list[int],
-    seqs: IntArray,
-    batched: IntArray,
-    out: _Collector,
+    profile: DeploymentProfile, log: _Log, features: Features, out: _Collector
 ) -> None:
+    """``max-num-seqs`` and ``max-num-batched-tokens`` of every run."""
+    P, _, D, _ = features
+    run_ids = log.run_ids
+    seqs = np.bincount(log.m_pos, minlength=len(run_ids))
+    batched = P + D
     for r in np.flatnonzero(seqs > profile.max_num_seqs).tolist():
         out.add(
             "max-num-seqs",
@@ -111,15 +133,37 @@ def _check_limits(
         )
 
 
+def _check_durations(
+    log: _Log, duration: FloatArray, stall: FloatArray, rtol: float, out: _Collector
+) -> None:
+    """``run-duration``: a run lasts the recomputed time of its iterations (and of
+    its blocking swap copies, ``stall``), both in ``duration``."""
+    start, end = log.start, log.end
+    # the logged duration is a difference of absolute times: allow their rounding
+    atol = 4 * np.finfo(np.float64).eps * np.maximum(np.abs(start), np.abs(end))
+    for r in np.flatnonzero(~_close_array(end - start, duration, rtol, atol)).tolist():
+        copies = (
+            f" and {float(stall[r])!r} s of blocking swap copies" if stall[r] else ""
+        )
+        out.add(
+            "run-duration",
+            f"lasts {float(end[r] - start[r])!r} s; its {log.n_it[r]} iteration(s)"
+            f"{copies} take {float(duration[r])!r} s",
+            run=log.run_ids[r],
+        )
+
+
+def _per_run(pos: IntArray, values: IntArray, m: int) -> IntArray:
+    """Sums of ``values`` by run position, over ``m`` runs."""
+    return np.bincount(pos, weights=values.astype(np.float64), minlength=m).astype(
+        np.int64
+    )
+
+
 def _check_kv(
     profile: DeploymentProfile,
-    runs: pd.DataFrame,
-    run_ids: list[int],
-    replica: IntArray,
-    n_it: IntArray,
+    log: _Log,
     D: IntArray,
-    m_pos: IntArray,
-    p_pos: IntArray,
     replay: _Replay,
     replicas: int,
     out: _Collector,
@@ -141,48 +185,12 @@ def _check_kv(
     idles the blocks surely held then (:func:`_swap_kv`): those pinned, and those
     of the requests running before the next run that did not join on the way.
     """
-    m = len(run_ids)
-    blocks = profile.kv_blocks
-    completing = replay.completes
-
-    def per_run(pos: IntArray, values: IntArray) -> IntArray:
-        return np.bincount(pos, weights=values.astype(np.float64), minlength=m).astype(
-            np.int64
-        )
-
-    during_tokens = per_run(m_pos, replay.after - replay.before) - per_run(
-        p_pos, replay.freed
+    run_ids = log.run_ids
+    last_tokens, last_blocks, before_blocks = _kv_held(
+        profile, log, replay, replicas, arrivals, swap
     )
-    during_blocks = per_run(
-        m_pos, blocks(replay.after) - blocks(replay.before)
-    ) - per_run(p_pos, blocks(replay.freed))
-    if arrivals is not None:
-        pos, tokens = arrivals
-        during_tokens += per_run(pos, tokens)
-        during_blocks += per_run(pos, blocks(tokens))
-    if swap is not None:
-        during_tokens += per_run(swap.pos, swap.tokens)
-        during_blocks += per_run(swap.pos, swap.blocks)
-    freed_tokens = per_run(m_pos[completing], replay.after[completing])
-    freed_blocks = per_run(m_pos[completing], blocks(replay.after[completing]))
-
-    last_tokens = np.zeros(m, dtype=np.int64)
-    last_blocks = np.zeros(m, dtype=np.int64)
-    for rep in range(replicas):
-        index = np.flatnonzero(replica == rep)
-        # held after run r = all changes up to r, less the frees after r itself
-        last_tokens[index] = (
-            np.cumsum(during_tokens[index] - freed_tokens[index]) + freed_tokens[index]
-        )
-        last_blocks[index] = (
-            np.cumsum(during_blocks[index] - freed_blocks[index]) + freed_blocks[index]
-        )
     capacity = profile.kv_capacity_blocks
-    # held before the run's iterations: after them, less what its members grew
-    before_blocks = last_blocks - per_run(
-        m_pos, blocks(replay.after) - blocks(replay.before)
-    )
-    pins = np.zeros(m, dtype=np.int64)
+    pins = np.zeros(len(run_ids), dtype=np.int64)
     if pinned is not None:
         pins += pinned
     if swap is not None:
@@ -198,26 +206,9 @@ def _check_kv(
             run=run_ids[r],
         )
     if swap is not None and swap.idle:
-        # running while the replica idles before run k: those held before it,
-        # less those that joined on the way (an adoption, an asynchronous swap-in)
-        running = before_blocks - swap.joined
-        if arrivals is not None:
-            running -= per_run(arrivals[0], blocks(arrivals[1]))
-        flagged: set[int] = set()
-        for k, t, held in swap.idle:
-            total = int(running[k]) + held
-            if total > capacity and k not in flagged and not over[k]:
-                flagged.add(k)
-                out.add(
-                    "kv-capacity",
-                    f"holds at least {total} KV blocks ({held} pinned by swap "
-                    f"copies) at {t!r} s, where a swap-in is decided while the "
-                    f"replica idles before the run; capacity {capacity} blocks of "
-                    f"{profile.block_tokens} tokens",
-                    run=run_ids[k],
-                )
-    first_tokens = last_tokens - (n_it - 1) * D
-    logged = runs["kv_tokens"].to_numpy(dtype=np.int64)
+        _check_idle_swap_ins(profile, run_ids, before_blocks, over, arrivals, swap, out)
+    first_tokens = last_tokens - (log.n_it - 1) * D
+    logged = log.runs["kv_tokens"].to_numpy(dtype=np.int64)
     for r in np.flatnonzero(logged != first_tokens).tolist():
         out.add(
             "kv-tokens",
@@ -226,3 +217,80 @@ def _check_kv(
             run=run_ids[r],
         )
     return first_tokens
+
+
+def _kv_held(
+    profile: DeploymentProfile,
+    log: _Log,
+    replay: _Replay,
+    replicas: int,
+    arrivals: tuple[IntArray, IntArray] | None,
+    swap: _SwapKV | None,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Per run, the KV tokens and blocks its replica holds after its last
+    iteration, and the blocks held before its iterations (pins aside)."""
+    m = len(log.run_ids)
+    blocks = profile.kv_blocks
+    completing = replay.completes
+    m_pos, p_pos = log.m_pos, log.p_pos
+    grown_blocks = _per_run(m_pos, blocks(replay.after) - blocks(replay.before), m)
+    during_tokens = _per_run(m_pos, replay.after - replay.before, m) - _per_run(
+        p_pos, replay.freed, m
+    )
+    during_blocks = grown_blocks - _per_run(p_pos, blocks(replay.freed), m)
+    if arrivals is not None:
+        pos, tokens = arrivals
+        during_tokens += _per_run(pos, tokens, m)
+        during_blocks += _per_run(pos, blocks(tokens), m)
+    if swap is not None:
+        during_tokens += _per_run(swap.pos, swap.tokens, m)
+        during_blocks += _per_run(swap.pos, swap.blocks, m)
+    freed_tokens = _per_run(m_pos[completing], replay.after[completing], m)
+    freed_blocks = _per_run(m_pos[completing], blocks(replay.after[completing]), m)
+
+    last_tokens = np.zeros(m, dtype=np.int64)
+    last_blocks = np.zeros(m, dtype=np.int64)
+    for rep in range(replicas):
+        index = np.flatnonzero(log.replica == rep)
+        # held after run r = all changes up to r, less the frees after r itself
+        last_tokens[index] = (
+            np.cumsum(during_tokens[index] - freed_tokens[index]) + freed_tokens[index]
+        )
+        last_blocks[index] = (
+            np.cumsum(during_blocks[index] - freed_blocks[index]) + freed_blocks[index]
+        )
+    # held before the run's iterations: after them, less what its members grew
+    return last_tokens, last_blocks, last_blocks - grown_blocks
+
+
+def _check_idle_swap_ins(
+    profile: DeploymentProfile,
+    run_ids: list[int],
+    before_blocks: IntArray,
+    over: np.ndarray,
+    arrivals: tuple[IntArray, IntArray] | None,
+    swap: _SwapKV,
+    out: _Collector,
+) -> None:
+    """``kv-capacity`` at each asynchronous swap-in decided while its replica
+    idles before run k (once per run, and not for a run already over): the
+    blocks of the requests running then (those held before run k, less those
+    that joined on the way: an adoption, an asynchronous swap-in) and those
+    pinned by swap copies then."""
+    capacity = profile.kv_capacity_blocks
+    running = before_blocks - swap.joined
+    if arrivals is not None:
+        running -= _per_run(arrivals[0], profile.kv_blocks(arrivals[1]), len(run_ids))
+    flagged: set[int] = set()
+    for k, t, held in swap.idle:
+        total = int(running[k]) + held
+        if total > capacity and k not in flagged and not over[k]:
+            flagged.add(k)
+            out.add(
+                "kv-capacity",
+                f"holds at least {total} KV blocks ({held} pinned by swap "
+                f"copies) at {t!r} s, where a swap-in is decided while the "
+                f"replica idles before the run; capacity {capacity} blocks of "
+                f"{profile.block_tokens} tokens",
+                run=run_ids[k],
+            )

@@ -13,35 +13,29 @@ import pandas as pd
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
 from lsched.validator.checks import (
+    Features,
+    _check_durations,
     _check_features,
     _check_kv,
     _check_limits,
     _check_order,
     _check_shape,
+    _run_features,
 )
 from lsched.validator.fit import _check_fit_records, _fit
 from lsched.validator.metrics import _compare_metrics, _compare_records, _metrics
-from lsched.validator.replay import _replay, _SwapRows
+from lsched.validator.replay import _Log, _Replay, _replay, _SwapRows
 from lsched.validator.report import (
-    _DECODE,
-    _PREFILL,
     SWAP_MODES,
-    IntArray,
+    FloatArray,
     ValidationReport,
-    _close_array,
     _Collector,
     _frozen,
 )
 from lsched.validator.schema import _check_schema, _check_swap_schema
-from lsched.validator.stages import _adoptions, _pins, _Stages
-from lsched.validator.swaps import (
-    _check_copies,
-    _check_host,
-    _copy_seconds,
-    _swap_kv,
-    _swap_metrics,
-)
-from lsched.validator.timing import _iteration_end, _run_times, _Timeline
+from lsched.validator.stages import _stage_kv, _Stages
+from lsched.validator.swaps import _check_swaps
+from lsched.validator.timing import _iteration_end, _run_times
 
 
 def validate_schedule(
@@ -137,146 +131,102 @@ def _validate_log(
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
-    n = len(instance)
-    nan = np.full(n, np.nan)
     ok = _check_schema(instance, runs, members, preemptions, replicas, out)
     if ok and swaps is not None:
         ok = _check_swap_schema(instance, runs, swaps, out)
     if not ok:
+        nan = np.full(len(instance), np.nan)
         report = ValidationReport(
             tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
         )
         return report, 0.0, 0.0
 
-    runs = runs.sort_index()
-    run_ids = [int(r) for r in runs.index]
-    m = len(runs)
-    replica = runs["replica"].to_numpy(dtype=np.int64)
-    start = runs["start_s"].to_numpy(dtype=np.float64)
-    end = runs["end_s"].to_numpy(dtype=np.float64)
-    n_it = runs["iterations"].to_numpy(dtype=np.int64)
-
-    m_pos = runs.index.get_indexer(members["run"]).astype(np.int64)
-    m_req = members["request"].to_numpy(dtype=np.int64)
-    m_kind = np.where(members["kind"].astype(str).to_numpy() == "prefill", 0, 1)
-    m_tokens = members["tokens"].to_numpy(dtype=np.int64)
-    p_pos = runs.index.get_indexer(preemptions["run"]).astype(np.int64)
-    p_req = preemptions["request"].to_numpy(dtype=np.int64)
-
-    sw = None if swaps is None else _SwapRows.of(swaps, runs)
+    log = _Log.of(runs, members, preemptions)
+    sw = None if swaps is None else _SwapRows.of(swaps, log.runs)
     async_swaps = swap_mode == "async"
+    _check_order(log, replicas, out)
+    _check_shape(log, out)
+    carried = None if stages is None else stages.carried
+    replay = _replay(instance, log, out, carried, sw, async_swaps)
+    features = _run_features(log, replay)
+    _check_features(log, features, out)
+    _check_limits(profile, log, features, out)
 
-    _check_order(run_ids, replica, start, end, replicas, out)
-    _check_shape(run_ids, n_it, m_pos, m_req, m_kind, p_pos, p_req, out)
-
-    replay = _replay(
-        instance,
-        run_ids,
-        replica.tolist(),
-        start.tolist(),
-        n_it.tolist(),
-        m_pos,
-        m_req,
-        m_kind,
-        m_tokens,
-        members["processed_before"].to_numpy(dtype=np.int64),
-        p_pos,
-        p_req,
-        out,
-        None if stages is None else stages.carried,
-        sw,
-        async_swaps,
-    )
-
-    # features of every run from its members and the validator's bookkeeping
-    pre, dec = m_kind == _PREFILL, m_kind == _DECODE
-
-    def per_run(mask: npt.NDArray[np.bool_], values: npt.ArrayLike) -> IntArray:
-        weights = np.broadcast_to(np.asarray(values, dtype=np.float64), mask.shape)
-        # float sums of integers are exact below 2**53
-        sums = np.bincount(m_pos[mask], weights=weights[mask], minlength=m)
-        return sums.astype(np.int64)
-
-    c = m_tokens
-    P = per_run(pre, c)
-    Q = per_run(pre, c * (replay.before + c))
-    D = per_run(dec, 1)
-    K0 = per_run(dec, replay.before + 1)
-    H = (P > 0).astype(np.int64)
-    _check_features(runs, run_ids, {"P": P, "Q": Q, "D": D, "K": K0, "H": H}, out)
-    seqs = np.bincount(m_pos, minlength=m)
-    _check_limits(profile, run_ids, seqs, P + D, out)
-
-    duration, weighted = _run_times(profile, P, Q, D, K0, n_it)
-    stall = np.zeros(m)
-    swap_kv, swap_metrics, copy_s = None, None, np.zeros(0)
+    D = features[2]
+    duration, weighted = _run_times(profile, *features, log.n_it)
+    stall, swap_kv, swap_metrics = np.zeros(len(log.run_ids)), None, None
     if sw is not None:
-        copy_s = _copy_seconds(profile, sw, replay.moved)
-        if not async_swaps:  # blocking copies run before the forward pass
-            stall = np.bincount(sw.pos, weights=copy_s, minlength=m)
-            for r in np.flatnonzero((stall > 0) & (n_it != 1)).tolist():
-                out.add(
-                    "run-shape",
-                    f"has {n_it[r]} iterations after blocking swaps; a run whose "
-                    "batch swaps has exactly 1",
-                    run=run_ids[r],
-                )
-        _check_copies(profile, sw, replay.moved, copy_s, async_swaps, run_ids,
-                      replica, start, end, rtol, out)  # fmt: skip
-        _check_host(profile, sw, replay, run_ids, replica, out)
-        swap_kv = _swap_kv(profile, sw, replay, async_swaps, replica, start)
-        if len(sw.pos):
-            swap_metrics = _swap_metrics(profile, sw, replay.moved, copy_s,
-                                         async_swaps)  # fmt: skip
+        stall, swap_kv, swap_metrics = _check_swaps(profile, log, sw, replay,
+                                                    async_swaps, rtol, out)  # fmt: skip
     duration = duration + stall
-    # the logged duration is a difference of absolute times: allow their rounding
-    atol = 4 * np.finfo(np.float64).eps * np.maximum(np.abs(start), np.abs(end))
-    for r in np.flatnonzero(~_close_array(end - start, duration, rtol, atol)).tolist():
-        copies = (
-            f" and {float(stall[r])!r} s of blocking swap copies" if stall[r] else ""
-        )
-        out.add(
-            "run-duration",
-            f"lasts {float(end[r] - start[r])!r} s; its {n_it[r]} iteration(s)"
-            f"{copies} take {float(duration[r])!r} s",
-            run=run_ids[r],
-        )
-
-    # per-request times
-    features = list(zip(P.tolist(), Q.tolist(), D.tolist(), K0.tolist(), strict=True))
-    first, done = nan.copy(), nan.copy()
-    for times, marks in ((first, replay.first_at), (done, replay.done_at)):
-        for i, r, k in marks:
-            times[i] = _iteration_end(profile, start[r], end[r], n_it[r], k,
-                                      features[r])  # fmt: skip
-
+    _check_durations(log, duration, stall, rtol, out)
+    first, done = _request_times(profile, log, features, replay, len(instance))
     arrivals, pinned, pinned_token_seconds = None, None, 0.0
     if stages is not None:
-        timeline = _Timeline(profile, replica, start, end, n_it, (P, Q, D, K0))
-        if stages.carried is not None:
-            assert stages.delivered_s is not None
-            arrivals = _adoptions(stages, replay, timeline, run_ids, out)
-        if stages.pinned_until is not None:
-            pinned, pinned_token_seconds = _pins(
-                instance, profile, stages.pinned_until, replay, done, timeline
-            )
-        if stages.reserved_s is not None:
-            assert stages.delivered_s is not None
-            pinned, _ = _pins(instance, profile, stages.delivered_s, replay,
-                              stages.reserved_s, timeline)  # fmt: skip
-    kv_first = _check_kv(profile, runs, run_ids, replica, n_it, D, m_pos, p_pos,
-                         replay, replicas, out, arrivals, pinned,
+        arrivals, pinned, pinned_token_seconds = _stage_kv(
+            instance, profile, log, features, stages, replay, done, out
+        )
+    kv_first = _check_kv(profile, log, D, replay, replicas, out, arrivals, pinned,
                          swap_kv)  # fmt: skip
     kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
     kv_token_seconds += pinned_token_seconds
+    barred = _check_served(instance, profile, log, replay, done, too_long, out)
 
-    # token conservation for requests never completed; a prompt over
-    # max_model_len must not run at all
+    own = _own_metrics(instance, profile, replay, first, done, barred,
+                       busy_s=float(duration.sum()),
+                       kv_token_seconds=kv_token_seconds,
+                       replicas=replicas)  # fmt: skip
+    records = _own_records(replay, first, done, sw)
+    if requests is not None:
+        _compare_records(records, requests, rtol, out)
+    if metrics is not None:
+        _compare_metrics(own, metrics, rtol, out)
+    if swap_metrics is not None:
+        if metrics is not None and swap_totals:
+            _compare_metrics(swap_metrics, metrics, rtol, out)
+        own |= swap_metrics
+    report = ValidationReport(
+        tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
+    )
+    return report, float(duration.sum()), kv_token_seconds
+
+
+def _request_times(
+    profile: DeploymentProfile,
+    log: _Log,
+    features: Features,
+    replay: _Replay,
+    n: int,
+) -> tuple[FloatArray, FloatArray]:
+    """Per request (``n``), when its first token and its last are emitted: the
+    end of the iteration that emits it (NaN where no iteration does)."""
+    rows = list(zip(*(f.tolist() for f in features), strict=True))
+    first, done = np.full(n, np.nan), np.full(n, np.nan)
+    for times, marks in ((first, replay.first_at), (done, replay.done_at)):
+        for i, r, k in marks:
+            times[i] = _iteration_end(profile, log.start[r], log.end[r],
+                                      log.n_it[r], k, rows[r])  # fmt: skip
+    return first, done
+
+
+def _check_served(
+    instance: Instance,
+    profile: DeploymentProfile,
+    log: _Log,
+    replay: _Replay,
+    done: FloatArray,
+    too_long: npt.NDArray[np.bool_] | None,
+    out: _Collector,
+) -> npt.NDArray[np.bool_]:
+    """``max-model-len``: a request ``too_long`` (prompt over ``max_model_len``)
+    never runs; ``token-conservation``: every other request completes. Returns
+    the requests barred (too long)."""
+    n = len(instance)
     output = instance.output_tokens
     barred = np.zeros(n, dtype=bool) if too_long is None else too_long
     ran = np.zeros(n, dtype=bool)
-    ran[m_req[(m_req >= 0) & (m_req < n)]] = True
-    ran[p_req[(p_req >= 0) & (p_req < n)]] = True
+    for req in (log.m_req, log.p_req):
+        ran[req[(req >= 0) & (req < n)]] = True
     for i in np.flatnonzero(barred & ran).tolist():
         out.add(
             "max-model-len",
@@ -290,14 +240,30 @@ def _validate_log(
             f"emits {replay.emitted[i]} of its {output[i]} tokens and never completes",
             request=i,
         )
+    return barred
 
-    keep = ~barred if not barred.all() else np.ones(n, dtype=bool)
+
+def _own_metrics(
+    instance: Instance,
+    profile: DeploymentProfile,
+    replay: _Replay,
+    first: FloatArray,
+    done: FloatArray,
+    barred: npt.NDArray[np.bool_],
+    *,
+    busy_s: float,
+    kv_token_seconds: float,
+    replicas: int,
+) -> dict[str, float]:
+    """The metrics over the requests served (not ``barred``); a request rejected
+    for length is a miss for SLO attainment."""
+    keep = ~barred if not barred.all() else np.ones(len(instance), dtype=bool)
     share = float((~barred).mean())
     own = _metrics(
         instance if keep.all() else instance.subset(keep),
         first[keep],
         done[keep],
-        busy_s=float(duration.sum()),
+        busy_s=busy_s,
         kv_token_seconds=kv_token_seconds,
         capacity_tokens=profile.kv_capacity_tokens,
         replicas=replicas,
@@ -307,6 +273,14 @@ def _validate_log(
     if share < 1:  # a request rejected for length is a miss
         for key in ("slo_attainment", "slo_attainment_ttft", "slo_attainment_tpot"):
             own[key] *= share
+    return own
+
+
+def _own_records(
+    replay: _Replay, first: FloatArray, done: FloatArray, swaps: _SwapRows | None
+) -> pd.DataFrame:
+    """The validator's per-request records (:data:`REQUEST_COLUMNS`, and
+    ``swap_outs`` when the log has a swaps table)."""
     records = pd.DataFrame(
         {
             "replica": replay.replica,
@@ -317,19 +291,8 @@ def _validate_log(
             "recomputed_tokens": replay.recomputed,
         }
     )
-    if sw is not None:
-        outs = sw.req[sw.inbound == 0]
-        records["swap_outs"] = np.bincount(outs, minlength=n).astype(np.int64)
+    if swaps is not None:
+        outs = swaps.req[swaps.inbound == 0]
+        records["swap_outs"] = np.bincount(outs, minlength=len(first)).astype(np.int64)
     records.index.name = "request"
-    if requests is not None:
-        _compare_records(records, requests, rtol, out)
-    if metrics is not None:
-        _compare_metrics(own, metrics, rtol, out)
-    if swap_metrics is not None:
-        if metrics is not None and swap_totals:
-            _compare_metrics(swap_metrics, metrics, rtol, out)
-        own |= swap_metrics
-    report = ValidationReport(
-        tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
-    )
-    return report, float(duration.sum()), kv_token_seconds
+    return records

@@ -1,9 +1,11 @@
-"""The per-request bookkeeping: each request's preemptions, swaps and
-memberships walked in run order, with the rules that walk checks."""
+"""The per-request bookkeeping: a log as arrays, and each request's
+preemptions, swaps and memberships walked in run order, with the rules that
+walk checks."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,49 @@ from lsched.validator.report import (
 # them: a swap-in lands, then the request is swapped out or preempted), while a
 # preempted request cannot swap before it runs again.
 _SWAP_EVENT, _PREEMPT_EVENT, _MEMBER_EVENT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _Log:
+    """A log that passed :func:`_check_schema`, as arrays: its runs in id order (a
+    run's *position* indexes them), its member and preemption rows in the order
+    of their tables (``m_pos``, ``p_pos``: the position of a row's run)."""
+
+    runs: pd.DataFrame  # sorted by run id
+    run_ids: list[int]
+    replica: IntArray
+    start: FloatArray
+    end: FloatArray
+    n_it: IntArray
+    m_pos: IntArray
+    m_req: IntArray
+    m_kind: IntArray  # _PREFILL or _DECODE
+    m_tokens: IntArray
+    m_before: IntArray  # the logged processed_before
+    p_pos: IntArray
+    p_req: IntArray
+
+    @classmethod
+    def of(
+        cls, runs: pd.DataFrame, members: pd.DataFrame, preemptions: pd.DataFrame
+    ) -> _Log:
+        """The arrays of a log's tables."""
+        runs = runs.sort_index()
+        return cls(
+            runs=runs,
+            run_ids=[int(r) for r in runs.index],
+            replica=runs["replica"].to_numpy(dtype=np.int64),
+            start=runs["start_s"].to_numpy(dtype=np.float64),
+            end=runs["end_s"].to_numpy(dtype=np.float64),
+            n_it=runs["iterations"].to_numpy(dtype=np.int64),
+            m_pos=runs.index.get_indexer(members["run"]).astype(np.int64),
+            m_req=members["request"].to_numpy(dtype=np.int64),
+            m_kind=np.where(members["kind"].astype(str).to_numpy() == "prefill", 0, 1),
+            m_tokens=members["tokens"].to_numpy(dtype=np.int64),
+            m_before=members["processed_before"].to_numpy(dtype=np.int64),
+            p_pos=runs.index.get_indexer(preemptions["run"]).astype(np.int64),
+            p_req=preemptions["request"].to_numpy(dtype=np.int64),
+        )
 
 
 @dataclass(frozen=True)
@@ -91,17 +136,7 @@ class _Replay:
 
 def _replay(
     instance: Instance,
-    run_ids: list[int],
-    run_replica: list[int],
-    run_start: list[float],
-    run_n: list[int],
-    m_pos: IntArray,
-    m_req: IntArray,
-    m_kind: IntArray,
-    m_tokens: IntArray,
-    m_logged_before: IntArray,
-    p_pos: IntArray,
-    p_req: IntArray,
+    log: _Log,
     out: _Collector,
     carried: IntArray | None = None,
     swaps: _SwapRows | None = None,
@@ -126,294 +161,418 @@ def _replay(
     (``async_swaps``), it runs from the first run that starts at or after its
     copy's end, and the swap-in starts no earlier than the swap-out's copy ends.
     """
-    n = len(instance)
-    arrival = instance.arrival_s.tolist()
-    prompt = instance.prompt_tokens.tolist()
-    output = instance.output_tokens.tolist()
-    num_members, num_preempt = len(m_pos), len(p_pos)
-    if swaps is None:
-        swaps = _SwapRows.empty()
-    num_swaps = len(swaps.pos)
+    replayer = _Replayer(instance, log, out, carried, swaps, async_swaps)
+    replayer.walk()
+    return replayer.outcome()
 
-    # events: members, preemptions and swaps, in one order
-    req = np.concatenate([m_req, p_req, swaps.req])
-    pos = np.concatenate([m_pos, p_pos, swaps.pos])
-    kind = np.concatenate(
-        [
-            np.full(num_members, _MEMBER_EVENT),
-            np.full(num_preempt, _PREEMPT_EVENT),
-            np.full(num_swaps, _SWAP_EVENT),
-        ]
-    )
-    row = np.concatenate(
-        [np.arange(num_members), np.arange(num_preempt), np.arange(num_swaps)]
-    )
-    when = np.concatenate([np.zeros(num_members + num_preempt), swaps.start])
-    order = np.lexsort((row, when, kind, pos, req))
-    is_in = np.concatenate([np.zeros(num_members + num_preempt, dtype=np.int64),
-                            swaps.inbound])  # fmt: skip
-    s_tokens = swaps.tokens.tolist()
-    s_start, s_end = swaps.start.tolist(), swaps.end.tolist()
-    s_pos = swaps.pos.tolist()
-    moved = swaps.tokens.astype(np.int64).copy()
-    valid = np.zeros(num_swaps, dtype=bool)
-    pair = np.full(num_swaps, -1, dtype=np.int64)
 
-    before = np.zeros(num_members, dtype=np.int64)
-    after = np.zeros(num_members, dtype=np.int64)
-    completes = np.zeros(num_members, dtype=bool)
-    freed = np.zeros(num_preempt, dtype=np.int64)
-    replica_of = np.full(n, -1, dtype=np.int64)
-    admitted_s = np.full(n, np.nan)
-    preempted = np.zeros(n, dtype=np.int64)
-    recomputed = np.zeros(n, dtype=np.int64)
-    first_at: list[tuple[int, int, int]] = []  # (request, run position, iteration)
-    done_at: list[tuple[int, int, int]] = []
-    member_kind, member_tokens = m_kind.tolist(), m_tokens.tolist()
-    logged_before = m_logged_before.tolist()
+@dataclass
+class _Walk:
+    """The state of the request being walked, which only its own earlier events
+    decide: the KV tokens it holds (``processed``), its prefill ``target``, the
+    tokens ``emitted``, whether it is ``running`` or ``done``, whether its KV is
+    on the host (``swapped``: ``host`` tokens, swapped out at swap row
+    ``out_row``), and the end of its asynchronous swap-in's copy (``resume_s``),
+    before which it runs in no run. ``warned_replica``, ``warned_after``: rules
+    flagged once per request."""
 
-    emitted_of = np.zeros(n, dtype=np.int64)
-    first_pos = np.full(n, -1, dtype=np.int64)
-    adopted = np.zeros(n, dtype=bool)
-    current = -1
-    processed = target = emitted = 0
-    running = done = warned_replica = warned_after = False
-    swapped, host, out_row, resume_s = False, 0, -1, -math.inf
+    request: int
+    processed: int = 0
+    target: int = 0
+    emitted: int = 0
+    running: bool = False
+    done: bool = False
+    swapped: bool = False
+    host: int = 0
+    out_row: int = -1
+    resume_s: float = -math.inf
+    warned_replica: bool = False
+    warned_after: bool = False
 
-    def never_back(i: int, out_row: int) -> None:
-        """The request ends with its KV on the host."""
-        out.add(
-            "swap",
-            f"its KV stays on the host: swapped out before run "
-            f"{run_ids[s_pos[out_row]]}, never swapped back in",
-            run=run_ids[s_pos[out_row]],
-            request=i,
+    def idle_state(self) -> str:
+        """What a request that is not running is doing, for a message."""
+        return (
+            "swapped out" if self.swapped else "completed" if self.done else "waiting"
         )
 
-    for e_req, e_pos, e_kind, e_row, e_in in zip(
-        req[order].tolist(),
-        pos[order].tolist(),
-        kind[order].tolist(),
-        row[order].tolist(),
-        is_in[order].tolist(),
-        strict=True,
-    ):
-        if e_req != current:  # a new request: fresh state
-            if swapped:
-                never_back(current, out_row)
-            current = e_req
-            processed = target = emitted = 0
-            running = done = warned_replica = warned_after = False
-            swapped, host, out_row, resume_s = False, 0, -1, -math.inf
-            first_pos[e_req] = e_pos
-            if carried is not None and carried[e_req] > 0:
-                emitted = 1  # token 1 came from its prefill replica
-                if e_kind != _MEMBER_EVENT or member_kind[e_row] == _DECODE:
-                    processed = target = int(carried[e_req])  # adopted, running
-                    running = True
-                    adopted[e_req] = True
-                else:  # its KV was dropped: prefilled again
-                    recomputed[e_req] += int(carried[e_req])
-        i, run = e_req, run_ids[e_pos]
-        if replica_of[i] < 0:
-            replica_of[i] = run_replica[e_pos]
-        elif run_replica[e_pos] != replica_of[i] and not warned_replica:
-            out.add(
+
+class _Replayer:
+    """The walk of :func:`_replay`: the log's events, one request at a time, each
+    applied to the request's :class:`_Walk` by the method of its kind, the
+    outcome collected as it goes."""
+
+    def __init__(
+        self,
+        instance: Instance,
+        log: _Log,
+        out: _Collector,
+        carried: IntArray | None,
+        swaps: _SwapRows | None,
+        async_swaps: bool,
+    ) -> None:
+        n = len(instance)
+        self.log, self.out, self.carried = log, out, carried
+        self.swaps = _SwapRows.empty() if swaps is None else swaps
+        self.async_swaps = async_swaps
+        self.arrival = instance.arrival_s.tolist()
+        self.prompt = instance.prompt_tokens.tolist()
+        self.output = instance.output_tokens.tolist()
+        self.run_ids = log.run_ids
+        self.run_replica = log.replica.tolist()
+        self.run_start = log.start.tolist()
+        self.run_n = log.n_it.tolist()
+        self.member_kind, self.member_tokens = (
+            log.m_kind.tolist(),
+            log.m_tokens.tolist(),
+        )
+        self.logged_before = log.m_before.tolist()
+        self.s_tokens = self.swaps.tokens.tolist()
+        self.s_start, self.s_end = self.swaps.start.tolist(), self.swaps.end.tolist()
+        self.s_pos = self.swaps.pos.tolist()
+        num_members, num_preempt = len(log.m_pos), len(log.p_pos)
+        num_swaps = len(self.swaps.pos)
+        # the outcome (:class:`_Replay`)
+        self.moved = self.swaps.tokens.astype(np.int64).copy()
+        self.valid = np.zeros(num_swaps, dtype=bool)
+        self.pair = np.full(num_swaps, -1, dtype=np.int64)
+        self.before = np.zeros(num_members, dtype=np.int64)
+        self.after = np.zeros(num_members, dtype=np.int64)
+        self.completes = np.zeros(num_members, dtype=bool)
+        self.freed = np.zeros(num_preempt, dtype=np.int64)
+        self.replica_of = np.full(n, -1, dtype=np.int64)
+        self.admitted_s = np.full(n, np.nan)
+        self.preempted = np.zeros(n, dtype=np.int64)
+        self.recomputed = np.zeros(n, dtype=np.int64)
+        self.first_at: list[tuple[int, int, int]] = []  # (request, position, k)
+        self.done_at: list[tuple[int, int, int]] = []
+        self.emitted_of = np.zeros(n, dtype=np.int64)
+        self.first_pos = np.full(n, -1, dtype=np.int64)
+        self.adopted = np.zeros(n, dtype=bool)
+
+    def flag(self, rule: str, message: str, pos: int, request: int) -> None:
+        """A violation by ``request`` in the run at position ``pos``."""
+        self.out.add(rule, message, run=self.run_ids[pos], request=request)
+
+    def events(self) -> Iterator[tuple[int, int, int, int, int]]:
+        """Every event as (request, run position, kind, row in its table, 1 for a
+        swap-in), in the order of the walk."""
+        log, swaps = self.log, self.swaps
+        num_members, num_preempt = len(log.m_pos), len(log.p_pos)
+        num_swaps = len(swaps.pos)
+        req = np.concatenate([log.m_req, log.p_req, swaps.req])
+        pos = np.concatenate([log.m_pos, log.p_pos, swaps.pos])
+        kind = np.concatenate(
+            [
+                np.full(num_members, _MEMBER_EVENT),
+                np.full(num_preempt, _PREEMPT_EVENT),
+                np.full(num_swaps, _SWAP_EVENT),
+            ]
+        )
+        row = np.concatenate(
+            [np.arange(num_members), np.arange(num_preempt), np.arange(num_swaps)]
+        )
+        when = np.concatenate([np.zeros(num_members + num_preempt), swaps.start])
+        order = np.lexsort((row, when, kind, pos, req))
+        is_in = np.concatenate(
+            [np.zeros(num_members + num_preempt, dtype=np.int64), swaps.inbound]
+        )
+        return zip(
+            req[order].tolist(),
+            pos[order].tolist(),
+            kind[order].tolist(),
+            row[order].tolist(),
+            is_in[order].tolist(),
+            strict=True,
+        )
+
+    def walk(self) -> None:
+        """Apply every event to its request's state, request by request."""
+        state: _Walk | None = None
+        for e_req, e_pos, e_kind, e_row, e_in in self.events():
+            if state is None or e_req != state.request:
+                self.leave(state)
+                state = self.enter(e_req, e_pos, e_kind, e_row)
+            self.check_replica(state, e_pos)
+            if e_kind == _SWAP_EVENT and not e_in:
+                self.swap_out(state, e_pos, e_row)
+            elif e_kind == _SWAP_EVENT:
+                self.swap_in(state, e_pos, e_row)
+            elif e_kind == _PREEMPT_EVENT:
+                self.preempt(state, e_pos, e_row)
+            else:
+                self.member(state, e_pos, e_row)
+        self.leave(state)
+
+    def enter(self, i: int, pos: int, kind: int, row: int) -> _Walk:
+        """Fresh state for request ``i``, whose first event is of ``kind`` (row
+        ``row`` of its table) before the run at ``pos``; in a decode pool, the KV
+        it brings adopted (its first event does not prefill) or dropped."""
+        state = _Walk(i)
+        self.first_pos[i] = pos
+        if self.carried is not None and self.carried[i] > 0:
+            state.emitted = 1  # token 1 came from its prefill replica
+            if kind != _MEMBER_EVENT or self.member_kind[row] == _DECODE:
+                state.processed = state.target = int(self.carried[i])
+                state.running = True  # adopted, running
+                self.adopted[i] = True
+            else:  # its KV was dropped: prefilled again
+                self.recomputed[i] += int(self.carried[i])
+        return state
+
+    def leave(self, state: _Walk | None) -> None:
+        """The request walked ends: its KV must not stay on the host."""
+        if state is None or not state.swapped:
+            return
+        swapped_before = self.run_ids[self.s_pos[state.out_row]]
+        self.out.add(
+            "swap",
+            f"its KV stays on the host: swapped out before run "
+            f"{swapped_before}, never swapped back in",
+            run=swapped_before,
+            request=state.request,
+        )
+
+    def check_replica(self, state: _Walk, pos: int) -> None:
+        """``single-replica``: every event of the request is on its first
+        replica (flagged once)."""
+        i, replica = state.request, self.run_replica[pos]
+        if self.replica_of[i] < 0:
+            self.replica_of[i] = replica
+        elif replica != self.replica_of[i] and not state.warned_replica:
+            self.flag(
                 "single-replica",
-                f"on replica {run_replica[e_pos]}, earlier on replica {replica_of[i]}",
-                run=run,
-                request=i,
+                f"on replica {replica}, earlier on replica {self.replica_of[i]}",
+                pos,
+                i,
             )
-            warned_replica = True
+            state.warned_replica = True
 
-        if e_kind == _SWAP_EVENT and not e_in:
-            if not running:
-                state = "swapped out" if swapped else "completed" if done else "waiting"
-                out.add(
-                    "swap",
-                    f"swapped out while {state}; only a running request swaps out",
-                    run=run,
-                    request=i,
-                )
-                continue
-            if s_tokens[e_row] != processed:
-                out.add(
-                    "swap",
-                    f"swap-out of {s_tokens[e_row]} tokens; the request holds "
-                    f"{processed} KV tokens",
-                    run=run,
-                    request=i,
-                )
-            moved[e_row], valid[e_row] = processed, True
-            swapped, host, out_row = True, processed, e_row
-            processed, running = 0, False
-            continue
-        if e_kind == _SWAP_EVENT:
-            if not swapped:
-                state = "running" if running else "completed" if done else "waiting"
-                out.add(
-                    "swap",
-                    f"swapped in while {state}; swaps of a request alternate out, "
-                    "in, out, ..., starting with out",
-                    run=run,
-                    request=i,
-                )
-                continue
-            if s_tokens[e_row] != host:
-                out.add(
-                    "swap",
-                    f"swap-in of {s_tokens[e_row]} tokens; it swapped out {host}",
-                    run=run,
-                    request=i,
-                )
-            ready = s_end[out_row]
-            if async_swaps and (
-                run_start[e_pos] < ready - ARRIVAL_TOLERANCE_S
-                or s_start[e_row] < ready - ARRIVAL_TOLERANCE_S
-            ):
-                out.add(
-                    "swap",
-                    f"swapped in (decided before a run starting at "
-                    f"{run_start[e_pos]!r} s, copy from {s_start[e_row]!r} s) "
-                    f"before its swap-out copy ends at {ready!r} s",
-                    run=run,
-                    request=i,
-                )
-            moved[e_row], valid[e_row], pair[out_row] = host, True, e_row
-            swapped, running, processed = False, True, host
-            resume_s = s_end[e_row] if async_swaps else -math.inf
-            continue
-        if e_kind == _PREEMPT_EVENT:
-            if not running:
-                state = "swapped out" if swapped else "completed" if done else "waiting"
-                out.add("preemption", f"preempted while {state}", run=run, request=i)
-                continue
-            freed[e_row] = processed
-            recomputed[i] += processed
-            preempted[i] += 1
-            processed, running = 0, False
-            continue
+    def swap_out(self, state: _Walk, pos: int, row: int) -> None:
+        """A swap-out: a running request's KV goes to the host."""
+        i = state.request
+        if not state.running:
+            self.flag(
+                "swap",
+                f"swapped out while {state.idle_state()}; only a running "
+                "request swaps out",
+                pos,
+                i,
+            )
+            return
+        if self.s_tokens[row] != state.processed:
+            self.flag(
+                "swap",
+                f"swap-out of {self.s_tokens[row]} tokens; the request holds "
+                f"{state.processed} KV tokens",
+                pos,
+                i,
+            )
+        self.moved[row], self.valid[row] = state.processed, True
+        state.swapped, state.host, state.out_row = True, state.processed, row
+        state.processed, state.running = 0, False
 
-        if done:
-            if not warned_after:
-                out.add(
-                    "token-conservation",
-                    "runs after it completed",
-                    run=run,
-                    request=i,
-                )
-                warned_after = True
-            before[e_row] = after[e_row] = 0  # holds nothing: its KV was freed
-            continue
-        if swapped:
-            out.add(
+    def swap_in(self, state: _Walk, pos: int, row: int) -> None:
+        """A swap-in: a swapped-out request's KV comes back and it runs on (an
+        asynchronous one no earlier than its swap-out's copy ends)."""
+        i = state.request
+        if not state.swapped:
+            doing = "running" if state.running else state.idle_state()
+            self.flag(
                 "swap",
-                f"in the run while its KV is on the host (swapped out before run "
-                f"{run_ids[s_pos[out_row]]}, not swapped back in)",
-                run=run,
-                request=i,
+                f"swapped in while {doing}; swaps of a request alternate out, "
+                "in, out, ..., starting with out",
+                pos,
+                i,
             )
-            swapped, running, processed = False, True, host  # as if it came back
-        elif run_start[e_pos] < resume_s - ARRIVAL_TOLERANCE_S:
-            out.add(
+            return
+        if self.s_tokens[row] != state.host:
+            self.flag(
                 "swap",
-                f"in a run starting at {run_start[e_pos]!r} s, before its swap-in "
-                f"copy ends at {resume_s!r} s",
-                run=run,
-                request=i,
+                f"swap-in of {self.s_tokens[row]} tokens; it swapped out {state.host}",
+                pos,
+                i,
             )
-        resume_s = -math.inf
-        if math.isnan(admitted_s[i]):
-            admitted_s[i] = run_start[e_pos]
-            if run_start[e_pos] < arrival[i] - ARRIVAL_TOLERANCE_S:
-                out.add(
-                    "arrival",
-                    f"first run starts at {run_start[e_pos]!r} s, before its "
-                    f"arrival at {arrival[i]!r} s",
-                    run=run,
-                    request=i,
-                )
-        if logged_before[e_row] != processed:
-            out.add(
+        ready = self.s_end[state.out_row]
+        start, copy_start = self.run_start[pos], self.s_start[row]
+        if self.async_swaps and (
+            start < ready - ARRIVAL_TOLERANCE_S
+            or copy_start < ready - ARRIVAL_TOLERANCE_S
+        ):
+            self.flag(
+                "swap",
+                f"swapped in (decided before a run starting at {start!r} s, "
+                f"copy from {copy_start!r} s) before its swap-out copy ends "
+                f"at {ready!r} s",
+                pos,
+                i,
+            )
+        self.moved[row], self.valid[row] = state.host, True
+        self.pair[state.out_row] = row
+        state.swapped, state.running, state.processed = False, True, state.host
+        state.resume_s = self.s_end[row] if self.async_swaps else -math.inf
+
+    def preempt(self, state: _Walk, pos: int, row: int) -> None:
+        """A recompute preemption: a running request's KV is freed."""
+        i = state.request
+        if not state.running:
+            self.flag("preemption", f"preempted while {state.idle_state()}", pos, i)
+            return
+        self.freed[row] = state.processed
+        self.recomputed[i] += state.processed
+        self.preempted[i] += 1
+        state.processed, state.running = 0, False
+
+    def member(self, state: _Walk, pos: int, row: int) -> None:
+        """The request in the run at ``pos`` (member row ``row``): a prefill chunk
+        or decode steps, and the tokens they emit."""
+        i = state.request
+        if state.done:
+            if not state.warned_after:
+                self.flag("token-conservation", "runs after it completed", pos, i)
+                state.warned_after = True
+            self.before[row] = self.after[row] = 0  # holds nothing: its KV was freed
+            return
+        self.resume(state, pos)
+        self.admit(state, pos)
+        if self.logged_before[row] != state.processed:
+            self.flag(
                 "processed-before",
-                f"processed_before = {logged_before[e_row]}; the request holds "
-                f"{processed} KV tokens",
-                run=run,
-                request=i,
+                f"processed_before = {self.logged_before[row]}; the request "
+                f"holds {state.processed} KV tokens",
+                pos,
+                i,
             )
-        before[e_row] = processed
-        emitted_before = emitted
-        if member_kind[e_row] == _PREFILL:
-            c = member_tokens[e_row]
-            if not running:  # admission: re-prefill the prompt and emitted tokens
-                running, target = True, prompt[i] + emitted
-            if not 1 <= c <= target - processed:
-                out.add(
-                    "prefill-chunk",
-                    f"chunk of {c} tokens; expected 1..{target - processed} "
-                    f"(target {target}, processed {processed})",
-                    run=run,
-                    request=i,
-                )
-            if processed < target <= processed + c:  # this chunk ends the prefill
-                emitted += 1
-            processed += c
-            steps = 1
+        self.before[row] = state.processed
+        emitted_before = state.emitted
+        if self.member_kind[row] == _PREFILL:
+            steps = self.prefill(state, pos, row)
         else:
-            if not running or processed < target:  # prefill not finished
-                out.add(
-                    "prefill-before-decode",
-                    f"decodes while {'running' if running else 'waiting'} with "
-                    f"{processed} of {target} prefill tokens processed",
-                    run=run,
-                    request=i,
-                )
-                running = True
-            if member_tokens[e_row] != 1:
-                out.add(
-                    "run-shape",
-                    f"decode member with tokens = {member_tokens[e_row]}; "
-                    "expected 1 (one per iteration)",
-                    run=run,
-                    request=i,
-                )
-            steps = run_n[e_pos]
-            processed += steps
-            emitted += steps
-        after[e_row] = processed
-        emitted_of[i] = emitted
-        if emitted_before == 0 and emitted > 0:
-            first_at.append((i, e_pos, 0))
-        if emitted >= output[i]:
-            if emitted > output[i]:
-                out.add(
-                    "token-conservation",
-                    f"emits {emitted} tokens; expected {output[i]}",
-                    run=run,
-                    request=i,
-                )
-            # the iteration that emits token o_i ends the request
-            done_at.append((i, e_pos, steps - 1 - (emitted - output[i])))
-            completes[e_row] = True
-            done, running = True, False
-    if swapped:
-        never_back(current, out_row)
+            steps = self.decode(state, pos, row)
+        self.after[row] = state.processed
+        self.emitted_of[i] = state.emitted
+        if emitted_before == 0 and state.emitted > 0:
+            self.first_at.append((i, pos, 0))
+        if state.emitted >= self.output[i]:
+            self.complete(state, pos, row, steps)
 
-    return _Replay(
-        before=before,
-        after=after,
-        completes=completes,
-        freed=freed,
-        replica=replica_of,
-        admitted_s=admitted_s,
-        preemptions=preempted,
-        recomputed=recomputed,
-        emitted=emitted_of,
-        first_at=first_at,
-        done_at=done_at,
-        first_pos=first_pos,
-        adopted=adopted,
-        moved=moved,
-        valid=valid,
-        pair=pair,
-    )
+    def resume(self, state: _Walk, pos: int) -> None:
+        """A member's KV must be on the GPU: not on the host, and an asynchronous
+        swap-in's copy over by the run's start."""
+        i = state.request
+        if state.swapped:
+            swapped_before = self.run_ids[self.s_pos[state.out_row]]
+            self.flag(
+                "swap",
+                f"in the run while its KV is on the host (swapped out before "
+                f"run {swapped_before}, not swapped back in)",
+                pos,
+                i,
+            )
+            state.swapped, state.running = False, True  # as if it came back
+            state.processed = state.host
+        elif self.run_start[pos] < state.resume_s - ARRIVAL_TOLERANCE_S:
+            self.flag(
+                "swap",
+                f"in a run starting at {self.run_start[pos]!r} s, before its "
+                f"swap-in copy ends at {state.resume_s!r} s",
+                pos,
+                i,
+            )
+        state.resume_s = -math.inf
+
+    def admit(self, state: _Walk, pos: int) -> None:
+        """The request's first run: its admission, no earlier than its arrival."""
+        i, start = state.request, self.run_start[pos]
+        if not math.isnan(self.admitted_s[i]):
+            return
+        self.admitted_s[i] = start
+        if start < self.arrival[i] - ARRIVAL_TOLERANCE_S:
+            self.flag(
+                "arrival",
+                f"first run starts at {start!r} s, before its arrival at "
+                f"{self.arrival[i]!r} s",
+                pos,
+                i,
+            )
+
+    def prefill(self, state: _Walk, pos: int, row: int) -> int:
+        """A prefill chunk (admitting a waiting request); returns its iterations."""
+        i, c = state.request, self.member_tokens[row]
+        if not state.running:  # admission: re-prefill the prompt and emitted tokens
+            state.running, state.target = True, self.prompt[i] + state.emitted
+        processed, target = state.processed, state.target
+        if not 1 <= c <= target - processed:
+            self.flag(
+                "prefill-chunk",
+                f"chunk of {c} tokens; expected 1..{target - processed} "
+                f"(target {target}, processed {processed})",
+                pos,
+                i,
+            )
+        if processed < target <= processed + c:  # this chunk ends the prefill
+            state.emitted += 1
+        state.processed += c
+        return 1
+
+    def decode(self, state: _Walk, pos: int, row: int) -> int:
+        """Decode steps, one per iteration of the run; returns their number."""
+        i = state.request
+        if not state.running or state.processed < state.target:  # prefill unfinished
+            doing = "running" if state.running else "waiting"
+            self.flag(
+                "prefill-before-decode",
+                f"decodes while {doing} with {state.processed} of "
+                f"{state.target} prefill tokens processed",
+                pos,
+                i,
+            )
+            state.running = True
+        if self.member_tokens[row] != 1:
+            self.flag(
+                "run-shape",
+                f"decode member with tokens = {self.member_tokens[row]}; "
+                "expected 1 (one per iteration)",
+                pos,
+                i,
+            )
+        steps = self.run_n[pos]
+        state.processed += steps
+        state.emitted += steps
+        return steps
+
+    def complete(self, state: _Walk, pos: int, row: int, steps: int) -> None:
+        """The request has emitted its last token in this run (of ``steps``
+        iterations): it completes at the iteration that emits token ``o_i``."""
+        i = state.request
+        output = self.output[i]
+        if state.emitted > output:
+            self.flag(
+                "token-conservation",
+                f"emits {state.emitted} tokens; expected {output}",
+                pos,
+                i,
+            )
+        self.done_at.append((i, pos, steps - 1 - (state.emitted - output)))
+        self.completes[row] = True
+        state.done, state.running = True, False
+
+    def outcome(self) -> _Replay:
+        """What the walk found."""
+        return _Replay(
+            before=self.before,
+            after=self.after,
+            completes=self.completes,
+            freed=self.freed,
+            replica=self.replica_of,
+            admitted_s=self.admitted_s,
+            preemptions=self.preempted,
+            recomputed=self.recomputed,
+            emitted=self.emitted_of,
+            first_at=self.first_at,
+            done_at=self.done_at,
+            first_pos=self.first_pos,
+            adopted=self.adopted,
+            moved=self.moved,
+            valid=self.valid,
+            pair=self.pair,
+        )

@@ -11,7 +11,7 @@ import numpy as np
 
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
-from lsched.validator.replay import _Replay
+from lsched.validator.replay import _Log, _Replay
 from lsched.validator.report import (
     ARRIVAL_TOLERANCE_S,
     FloatArray,
@@ -139,3 +139,34 @@ def _pins(
         pinned[index[lo:hi]] += int(profile.kv_blocks(prompt[i : i + 1])[0])
         token_seconds += int(prompt[i]) * (float(until[i]) - since)
     return pinned, token_seconds
+
+
+def _stage_kv(
+    instance: Instance,
+    profile: DeploymentProfile,
+    log: _Log,
+    features: tuple[IntArray, IntArray, IntArray, IntArray],
+    stages: _Stages,
+    replay: _Replay,
+    done: FloatArray,
+    out: _Collector,
+) -> tuple[tuple[IntArray, IntArray] | None, IntArray | None, float]:
+    """What a pool's ``stages`` add to its KV (``features``: the runs' P, Q, D,
+    K; ``done``: each request's completion): the KV adopted on a decode replica
+    (:func:`_adoptions`, which checks ``decode-after-transfer``), the blocks
+    pinned (a prefill pool) or reserved (a pulling decode pool) during each run
+    (:func:`_pins`), and the pinned KV's token-seconds."""
+    timeline = _Timeline(profile, log.replica, log.start, log.end, log.n_it, features)
+    arrivals, pinned, pinned_token_seconds = None, None, 0.0
+    if stages.carried is not None:
+        assert stages.delivered_s is not None
+        arrivals = _adoptions(stages, replay, timeline, log.run_ids, out)
+    if stages.pinned_until is not None:
+        pinned, pinned_token_seconds = _pins(
+            instance, profile, stages.pinned_until, replay, done, timeline
+        )
+    if stages.reserved_s is not None:
+        assert stages.delivered_s is not None
+        pinned, _ = _pins(instance, profile, stages.delivered_s, replay,
+                          stages.reserved_s, timeline)  # fmt: skip
+    return arrivals, pinned, pinned_token_seconds

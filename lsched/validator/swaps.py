@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from lsched.profile import DeploymentProfile
-from lsched.validator.replay import _Replay, _SwapRows
+from lsched.validator.replay import _Log, _Replay, _SwapRows
 from lsched.validator.report import (
     ARRIVAL_TOLERANCE_S,
     FloatArray,
@@ -43,6 +44,45 @@ def _replica_runs(replica: IntArray) -> tuple[dict[int, IntArray], IntArray]:
 _DIRECTION = ("out", "in")
 _LINK = ("device-to-host", "host-to-device")
 
+#: Flags a violation by the swap of a row: ``flag(rule, row, message)``.
+_Flag = Callable[[str, int, str], None]
+
+
+def _check_swaps(
+    profile: DeploymentProfile,
+    log: _Log,
+    swaps: _SwapRows,
+    replay: _Replay,
+    async_swaps: bool,
+    rtol: float,
+    out: _Collector,
+) -> tuple[FloatArray, _SwapKV, dict[str, float] | None]:
+    """The rules of a log's swaps table: ``run-shape`` of a run with blocking
+    swaps, ``swap-copy``, ``swap-link`` and ``host-capacity``. Returns, per run,
+    the seconds of the blocking copies before its iteration (0 when
+    asynchronous), the KV the swaps move (:func:`_swap_kv`), and the swap
+    metrics (``None`` where no request swapped)."""
+    m = len(log.run_ids)
+    stall = np.zeros(m)
+    copy_s = _copy_seconds(profile, swaps, replay.moved)
+    if not async_swaps:  # blocking copies run before the forward pass
+        stall = np.bincount(swaps.pos, weights=copy_s, minlength=m)
+        for r in np.flatnonzero((stall > 0) & (log.n_it != 1)).tolist():
+            out.add(
+                "run-shape",
+                f"has {log.n_it[r]} iterations after blocking swaps; a run whose "
+                "batch swaps has exactly 1",
+                run=log.run_ids[r],
+            )
+    _check_copies(profile, swaps, replay.moved, copy_s, async_swaps, log, rtol, out)
+    _check_host(profile, swaps, replay, log.run_ids, log.replica, out)
+    swap_kv = _swap_kv(profile, swaps, replay, async_swaps, log.replica, log.start)
+    swap_metrics = None
+    if len(swaps.pos):
+        swap_metrics = _swap_metrics(profile, swaps, replay.moved, copy_s,
+                                     async_swaps)  # fmt: skip
+    return stall, swap_kv, swap_metrics
+
 
 def _check_copies(
     profile: DeploymentProfile,
@@ -50,10 +90,7 @@ def _check_copies(
     moved: IntArray,
     copy_s: FloatArray,
     async_swaps: bool,
-    run_ids: list[int],
-    replica: IntArray,
-    start: FloatArray,
-    end: FloatArray,
+    log: _Log,
     rtol: float,
     out: _Collector,
 ) -> None:
@@ -65,21 +102,34 @@ def _check_copies(
     its decision (a boundary between the end of the replica's previous run and
     the start of the run it was decided before) and the end of its link's
     previous copy."""
+    pos, req = swaps.pos.tolist(), swaps.req.tolist()
+
+    def flag(rule: str, r: int, message: str) -> None:
+        out.add(rule, message, run=log.run_ids[pos[r]], request=req[r])
+
+    _check_copy_times(profile, swaps, moved, copy_s, rtol, flag)
+    _check_links(swaps, async_swaps, log, rtol, flag)
+    if not async_swaps:
+        _check_blocking_copies(swaps, copy_s, log, rtol, flag)
+
+
+def _check_copy_times(
+    profile: DeploymentProfile,
+    swaps: _SwapRows,
+    moved: IntArray,
+    copy_s: FloatArray,
+    rtol: float,
+    flag: _Flag,
+) -> None:
+    """``swap-copy``: each copy lasts ``copy_s``, its tokens' bytes over its
+    link's bandwidth."""
     host = profile.host
     assert host is not None
     bandwidth = (host.d2h_bytes_per_s, host.h2d_bytes_per_s)
     per_token = profile.kv_bytes_per_token
-    tol = ARRIVAL_TOLERANCE_S
-    pos, req, inbound = swaps.pos.tolist(), swaps.req.tolist(), swaps.inbound.tolist()
+    inbound = swaps.inbound.tolist()
     begin, finish = swaps.start.tolist(), swaps.end.tolist()
     seconds = copy_s.tolist()
-
-    def flag(rule: str, r: int, message: str) -> None:
-        out.add(rule, message, run=run_ids[pos[r]], request=req[r])
-
-    def near(a: float, b: float) -> bool:
-        return _close(a, b, rtol, tol)
-
     atol = (
         4
         * np.finfo(np.float64).eps
@@ -95,6 +145,20 @@ def _check_copies(
             f"{finish[r] - begin[r]!r} s; {int(moved[r])} tokens x {per_token} "
             f"bytes at {bandwidth[d]!r} bytes/s take {seconds[r]!r} s",
         )
+
+
+def _check_links(
+    swaps: _SwapRows, async_swaps: bool, log: _Log, rtol: float, flag: _Flag
+) -> None:
+    """``swap-link``: on each replica a direction's copies go one at a time in
+    the order they were decided (run, then row). Asynchronous (``swap-copy``):
+    a copy starts at the later of its decision, between the end of the
+    replica's previous run and the start of its run, and its link's previous
+    copy's end."""
+    tol = ARRIVAL_TOLERANCE_S
+    pos, req, inbound = swaps.pos.tolist(), swaps.req.tolist(), swaps.inbound.tolist()
+    begin, finish = swaps.start.tolist(), swaps.end.tolist()
+    run_ids, start, end, replica = log.run_ids, log.start, log.end, log.replica
     index, _ = _replica_runs(replica)
     previous_end = np.full(len(start), -math.inf)
     for positions in index.values():
@@ -132,21 +196,29 @@ def _check_copies(
                     )
             if finish[r] > free:
                 free, last = finish[r], r
-    if async_swaps:
-        return
+
+
+def _check_blocking_copies(
+    swaps: _SwapRows, copy_s: FloatArray, log: _Log, rtol: float, flag: _Flag
+) -> None:
+    """``swap-copy`` (blocking): a run's copies go back to back from its start,
+    outs then ins, each in row order."""
+    pos, inbound = swaps.pos.tolist(), swaps.inbound.tolist()
+    begin, seconds = swaps.start.tolist(), copy_s.tolist()
     runs: dict[int, list[int]] = {}
     for r in sorted(range(len(pos)), key=lambda r: (pos[r], inbound[r], r)):
         runs.setdefault(pos[r], []).append(r)
     for k, rows in runs.items():
-        t = float(start[k])
+        t = float(log.start[k])
         for r in rows:
-            if not near(begin[r], t):
+            if not _close(begin[r], t, rtol, ARRIVAL_TOLERANCE_S):
                 flag(
                     "swap-copy",
                     r,
                     f"blocking swap-{_DIRECTION[inbound[r]]} copy starts at "
                     f"{begin[r]!r} s; a run's copies go back to back from its "
-                    f"start ({float(start[k])!r} s), outs then ins: expected {t!r} s",
+                    f"start ({float(log.start[k])!r} s), outs then ins: expected "
+                    f"{t!r} s",
                 )
             t += seconds[r]
 
