@@ -11,6 +11,7 @@ from lsched.validator.disagg import _validate_disaggregated
 from lsched.validator.fit import _check_fit_records, _fit
 from lsched.validator.log import _validate_log
 from lsched.validator.pools import (
+    _add_pool_violations,
     _add_swap_totals,
     _check_rejections,
     _check_swap_totals,
@@ -96,11 +97,7 @@ def validate_cluster(
                 rtol=rtol, swaps=pool_swaps, swap_mode=_swap_mode(pool),
                 swap_totals=False,
             )  # fmt: skip
-            for v in report.violations:
-                request = None if v.request is None else int(ids[v.request])
-                out.add(v.rule, f"pool {pool.name}: {v.message}", run=v.run,
-                        request=request)  # fmt: skip
-            out.extra += report.suppressed
+            _add_pool_violations(out, pool, ids, report)
             first[ids] = report.first_token_s
             done[ids] = report.completion_s
             metrics |= {f"{pool.name}.{k}": v for k, v in report.metrics.items()}

@@ -15,6 +15,7 @@ from lsched.validator.report import (
     SWAP_METRICS,
     SWAP_MODES,
     IntArray,
+    ValidationReport,
     _Collector,
 )
 from lsched.validator.schema import _integral
@@ -118,3 +119,16 @@ def _pool_log(
         swaps = swaps[swaps["run"].isin(runs.index)]
         swaps = swaps.assign(request=local[swaps["request"].to_numpy(dtype=np.int64)])
     return runs, members, preempted, swaps
+
+
+def _add_pool_violations(
+    out: _Collector, pool: Any, ids: IntArray, report: ValidationReport
+) -> None:
+    """A pool's violations as the cluster's: named by the pool, a request by its
+    position in the whole instance (``ids``: the pool's requests); its
+    suppressed ones counted."""
+    for v in report.violations:
+        request = None if v.request is None else int(ids[v.request])
+        out.add(v.rule, f"pool {pool.name}: {v.message}", run=v.run,
+                request=request)  # fmt: skip
+    out.extra += report.suppressed

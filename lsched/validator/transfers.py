@@ -21,6 +21,11 @@ from lsched.validator.report import (
 )
 from lsched.validator.timing import _Timeline
 
+#: Per request: first token, transfer start, transfer end (seconds) and bytes.
+_Times = tuple[list[float], list[float], list[float], list[float]]
+#: Flags a violation by a request: ``flag(rule, request, message)``.
+_Flag = Callable[[str, int, str], None]
+
 
 def _check_transfers(
     instance: Instance,
@@ -48,122 +53,175 @@ def _check_transfers(
     """
     pools = [p for p in cluster.pools for _ in range(p.replicas)]
     taken_s: dict[int, float] = {}  # pulled requests whose take time is known
-    first: list[float] = own["first_token_s"].tolist()
-    start: list[float] = own["transfer_start_s"].tolist()
-    end: list[float] = own["transfer_end_s"].tolist()
-    nbytes: list[float] = own["transferred_bytes"].tolist()
+    times: _Times = (
+        own["first_token_s"].tolist(),
+        own["transfer_start_s"].tolist(),
+        own["transfer_end_s"].tolist(),
+        own["transferred_bytes"].tolist(),
+    )
     output = instance.output_tokens
     links: dict[tuple[str, str], list[int]] = {}
 
     def flag(rule: str, i: int, message: str) -> None:
         out.add(rule, message, request=i)
 
+    def near(a: float, b: float) -> bool:
+        return _close(a, b, rtol, ARRIVAL_TOLERANCE_S)
+
     for i in range(len(instance)):
         c = int(own["replica"][i])
         if c < 0:
             continue  # rejected, or never ran: other rules say so
         moves = pools[c].role == "prefill" and output[i] > 1
-        d = int(claimed["decode_replica"][i])
-        recorded = not (math.isnan(start[i]) and math.isnan(end[i])) or d >= 0
-        if not moves:
-            if recorded or claimed["transferred_bytes"][i] != 0:
-                flag(
-                    "transfer",
-                    i,
-                    "records a transfer, but the request does not "
-                    "move (colocated, or one output token)",
-                )
-            continue
-        if not (0 <= d < len(pools) and pools[d].role == "decode"):
-            flag("transfer", i, f"moves, but decode_replica = {d} is no decode replica")
-            continue
-        if not (math.isfinite(start[i]) and math.isfinite(end[i])):
-            flag("transfer", i, "moves, but its transfer has no finite start and end")
-            continue
-        link = cluster.link(pools[c].name, pools[d].name)
-        if start[i] < first[i] - ARRIVAL_TOLERANCE_S:
-            flag(
-                "transfer",
-                i,
-                f"starts at {start[i]!r} s, before its prefill ends at {first[i]!r} s",
-            )
-        least = start[i] + link.latency_s + nbytes[i] / link.bandwidth_bytes_per_s
-        if end[i] < least - rtol * abs(least) - ARRIVAL_TOLERANCE_S:
-            flag(
-                "transfer",
-                i,
-                f"ends at {end[i]!r} s; {nbytes[i]!r} bytes from "
-                f"{start[i]!r} s over the link {link.source} -> {link.target} "
-                f"arrive at {least!r} s at the earliest",
-            )
-        links.setdefault((link.source, link.target), []).append(i)
+        link = _check_transfer(cluster, pools, c, claimed, i, moves, times, rtol,
+                               flag)  # fmt: skip
+        if link is not None:
+            links.setdefault((link.source, link.target), []).append(i)
+    names = [p.name for p in cluster.pools]
     for (source, target), ids in links.items():
         link = cluster.link(source, target)
-        bandwidth, latency = link.bandwidth_bytes_per_s, link.latency_s
-        name = f"{source} -> {target}"
-
-        def near(a: float, b: float) -> bool:
-            return _close(a, b, rtol, ARRIVAL_TOLERANCE_S)
-
-        pulled = cluster.pools[[p.name for p in cluster.pools].index(target)].pull
-        if pulled is not None:
-            _check_pulled_link(link, ids, (first, start, end, nbytes), taken_s,
-                               flag, near)  # fmt: skip
-            continue
-        if link.sharing == "fifo" or math.isinf(bandwidth):
-            free, latest = -math.inf, -math.inf
-            for i in sorted(ids, key=lambda i: (start[i], first[i], i)):
-                expected = max(first[i], free)
-                if not near(start[i], expected):
-                    flag(
-                        "link",
-                        i,
-                        f"starts at {start[i]!r} s on the fifo link "
-                        f"{name}; expected {expected!r} s (its prefill's end or "
-                        "the previous transfer's departure)",
-                    )
-                if first[i] < latest - ARRIVAL_TOLERANCE_S:
-                    flag(
-                        "link",
-                        i,
-                        f"goes on the fifo link {name} after a transfer "
-                        "whose prefill ended later",
-                    )
-                leaves = start[i] + nbytes[i] / bandwidth
-                if not near(end[i], leaves + latency):
-                    flag(
-                        "link",
-                        i,
-                        f"ends at {end[i]!r} s; alone on the fifo link "
-                        f"{name} from {start[i]!r} s it arrives at "
-                        f"{leaves + latency!r} s",
-                    )
-                free, latest = max(free, end[i] - latency), max(latest, first[i])
-            continue
-        for i in ids:
-            if not near(start[i], first[i]):
-                flag(
-                    "link",
-                    i,
-                    f"starts at {start[i]!r} s on the shared link {name}; "
-                    f"expected its prefill's end, {first[i]!r} s",
-                )
-        departs = _shared_departures(
-            np.array([start[i] for i in ids]),
-            np.array([nbytes[i] for i in ids]),
-            bandwidth,
-        )
-        for i, leaves in zip(ids, departs.tolist(), strict=True):
-            if not near(end[i], leaves + latency):
-                flag(
-                    "link",
-                    i,
-                    f"ends at {end[i]!r} s; sharing the link {name} with "
-                    f"the transfers on it, it arrives at {leaves + latency!r} s",
-                )
+        if cluster.pools[names.index(target)].pull is not None:
+            _check_pulled_link(link, ids, times, taken_s, flag, near)
+        elif link.sharing == "fifo" or math.isinf(link.bandwidth_bytes_per_s):
+            _check_fifo_link(link, ids, times, flag, near)
+        else:
+            _check_shared_link(link, ids, times, flag, near)
     if taken_s:
         decode = claimed["decode_replica"].astype(np.int64)
-        _check_takes(instance, pools, decode, (start, end), taken_s, flag, runs)
+        _check_takes(instance, pools, decode, (times[1], times[2]), taken_s, flag,
+                     runs)  # fmt: skip
+
+
+def _check_transfer(
+    cluster: Any,
+    pools: list[Any],
+    c: int,
+    claimed: dict[str, np.ndarray],
+    i: int,
+    moves: bool,
+    times: _Times,
+    rtol: float,
+    flag: _Flag,
+) -> Any | None:
+    """``transfer`` for request ``i``, prefilled on replica ``c`` (``pools``: the
+    pool of each replica): it records a transfer iff it ``moves``; one that
+    moves goes to a decode replica, starting no earlier than its first token
+    and ending no earlier than its bytes can arrive. Returns its link (``None``
+    where there is no transfer whose link to check)."""
+    first, start, end, nbytes = times
+    d = int(claimed["decode_replica"][i])
+    recorded = not (math.isnan(start[i]) and math.isnan(end[i])) or d >= 0
+    if not moves:
+        if recorded or claimed["transferred_bytes"][i] != 0:
+            flag(
+                "transfer",
+                i,
+                "records a transfer, but the request does not "
+                "move (colocated, or one output token)",
+            )
+        return None
+    if not (0 <= d < len(pools) and pools[d].role == "decode"):
+        flag("transfer", i, f"moves, but decode_replica = {d} is no decode replica")
+        return None
+    if not (math.isfinite(start[i]) and math.isfinite(end[i])):
+        flag("transfer", i, "moves, but its transfer has no finite start and end")
+        return None
+    link = cluster.link(pools[c].name, pools[d].name)
+    if start[i] < first[i] - ARRIVAL_TOLERANCE_S:
+        flag(
+            "transfer",
+            i,
+            f"starts at {start[i]!r} s, before its prefill ends at {first[i]!r} s",
+        )
+    least = start[i] + link.latency_s + nbytes[i] / link.bandwidth_bytes_per_s
+    if end[i] < least - rtol * abs(least) - ARRIVAL_TOLERANCE_S:
+        flag(
+            "transfer",
+            i,
+            f"ends at {end[i]!r} s; {nbytes[i]!r} bytes from "
+            f"{start[i]!r} s over the link {link.source} -> {link.target} "
+            f"arrive at {least!r} s at the earliest",
+        )
+    return link
+
+
+def _check_fifo_link(
+    link: Any,
+    ids: list[int],
+    times: _Times,
+    flag: _Flag,
+    near: Callable[[float, float], bool],
+) -> None:
+    """``link`` on a ``fifo`` link (or one of unbounded bandwidth) for the
+    transfers ``ids``: one at a time in the order their prefills end, each
+    starting at ``max(f_i, the previous one's departure)`` and arriving ``bytes
+    / bandwidth + latency`` later."""
+    first, start, end, nbytes = times
+    bandwidth, latency = link.bandwidth_bytes_per_s, link.latency_s
+    name = f"{link.source} -> {link.target}"
+    free, latest = -math.inf, -math.inf
+    for i in sorted(ids, key=lambda i: (start[i], first[i], i)):
+        expected = max(first[i], free)
+        if not near(start[i], expected):
+            flag(
+                "link",
+                i,
+                f"starts at {start[i]!r} s on the fifo link "
+                f"{name}; expected {expected!r} s (its prefill's end or "
+                "the previous transfer's departure)",
+            )
+        if first[i] < latest - ARRIVAL_TOLERANCE_S:
+            flag(
+                "link",
+                i,
+                f"goes on the fifo link {name} after a transfer "
+                "whose prefill ended later",
+            )
+        leaves = start[i] + nbytes[i] / bandwidth
+        if not near(end[i], leaves + latency):
+            flag(
+                "link",
+                i,
+                f"ends at {end[i]!r} s; alone on the fifo link "
+                f"{name} from {start[i]!r} s it arrives at "
+                f"{leaves + latency!r} s",
+            )
+        free, latest = max(free, end[i] - latency), max(latest, first[i])
+
+
+def _check_shared_link(
+    link: Any,
+    ids: list[int],
+    times: _Times,
+    flag: _Flag,
+    near: Callable[[float, float], bool],
+) -> None:
+    """``link`` on a ``share`` link for the transfers ``ids``: each starts at
+    its prefill's end and arrives ``latency`` after processor sharing of the
+    bandwidth lets it depart."""
+    first, start, end, nbytes = times
+    name = f"{link.source} -> {link.target}"
+    for i in ids:
+        if not near(start[i], first[i]):
+            flag(
+                "link",
+                i,
+                f"starts at {start[i]!r} s on the shared link {name}; "
+                f"expected its prefill's end, {first[i]!r} s",
+            )
+    departs = _shared_departures(
+        np.array([start[i] for i in ids]),
+        np.array([nbytes[i] for i in ids]),
+        link.bandwidth_bytes_per_s,
+    )
+    for i, leaves in zip(ids, departs.tolist(), strict=True):
+        if not near(end[i], leaves + link.latency_s):
+            flag(
+                "link",
+                i,
+                f"ends at {end[i]!r} s; sharing the link {name} with "
+                f"the transfers on it, it arrives at {leaves + link.latency_s!r} s",
+            )
 
 
 def _check_takes(
@@ -172,7 +230,7 @@ def _check_takes(
     decode: IntArray,
     times: tuple[list[float], list[float]],
     taken_s: dict[int, float],
-    flag: Callable[[str, int, str], None],
+    flag: _Flag,
     runs: pd.DataFrame,
 ) -> None:
     """``pull``: DistServe's rule at each take whose time the log settles
@@ -257,9 +315,9 @@ def _check_takes(
 def _check_pulled_link(
     link: Any,
     ids: list[int],
-    times: tuple[list[float], list[float], list[float], list[float]],
+    times: _Times,
     taken_s: dict[int, float],
-    flag: Callable[[str, int, str], None],
+    flag: _Flag,
     near: Callable[[float, float], bool],
 ) -> None:
     """``link`` rules for the transfers ``ids`` into a pulling decode pool (each
