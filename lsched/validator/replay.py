@@ -166,7 +166,7 @@ def _replay(
     return replayer.outcome()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Walk:
     """The state of the request being walked, which only its own earlier events
     decide: the KV tokens it holds (``processed``), its prefill ``target``, the
@@ -191,9 +191,9 @@ class _Walk:
 
     def idle_state(self) -> str:
         """What a request that is not running is doing, for a message."""
-        return (
-            "swapped out" if self.swapped else "completed" if self.done else "waiting"
-        )
+        if self.swapped:
+            return "swapped out"
+        return "completed" if self.done else "waiting"
 
 
 class _Replayer:
@@ -221,33 +221,32 @@ class _Replayer:
         self.run_replica = log.replica.tolist()
         self.run_start = log.start.tolist()
         self.run_n = log.n_it.tolist()
-        self.member_kind, self.member_tokens = (
-            log.m_kind.tolist(),
-            log.m_tokens.tolist(),
-        )
+        self.member_kind = log.m_kind.tolist()
+        self.member_tokens = log.m_tokens.tolist()
         self.logged_before = log.m_before.tolist()
         self.s_tokens = self.swaps.tokens.tolist()
         self.s_start, self.s_end = self.swaps.start.tolist(), self.swaps.end.tolist()
         self.s_pos = self.swaps.pos.tolist()
         num_members, num_preempt = len(log.m_pos), len(log.p_pos)
         num_swaps = len(self.swaps.pos)
-        # the outcome (:class:`_Replay`)
-        self.moved = self.swaps.tokens.astype(np.int64).copy()
-        self.valid = np.zeros(num_swaps, dtype=bool)
-        self.pair = np.full(num_swaps, -1, dtype=np.int64)
-        self.before = np.zeros(num_members, dtype=np.int64)
-        self.after = np.zeros(num_members, dtype=np.int64)
-        self.completes = np.zeros(num_members, dtype=bool)
-        self.freed = np.zeros(num_preempt, dtype=np.int64)
-        self.replica_of = np.full(n, -1, dtype=np.int64)
-        self.admitted_s = np.full(n, np.nan)
-        self.preempted = np.zeros(n, dtype=np.int64)
-        self.recomputed = np.zeros(n, dtype=np.int64)
+        # the outcome (:class:`_Replay`), in lists while walking (cheaper per
+        # element than arrays)
+        self.moved: list[int] = self.swaps.tokens.tolist()
+        self.valid = [False] * num_swaps
+        self.pair = [-1] * num_swaps
+        self.before = [0] * num_members
+        self.after = [0] * num_members
+        self.completes = [False] * num_members
+        self.freed = [0] * num_preempt
+        self.replica_of = [-1] * n
+        self.admitted_s = [math.nan] * n
+        self.preempted = [0] * n
+        self.recomputed = [0] * n
         self.first_at: list[tuple[int, int, int]] = []  # (request, position, k)
         self.done_at: list[tuple[int, int, int]] = []
-        self.emitted_of = np.zeros(n, dtype=np.int64)
-        self.first_pos = np.full(n, -1, dtype=np.int64)
-        self.adopted = np.zeros(n, dtype=bool)
+        self.emitted_of = [0] * n
+        self.first_pos = [-1] * n
+        self.adopted = [False] * n
 
     def flag(self, rule: str, message: str, pos: int, request: int) -> None:
         """A violation by ``request`` in the run at position ``pos``."""
@@ -336,12 +335,15 @@ class _Replayer:
         """``single-replica``: every event of the request is on its first
         replica (flagged once)."""
         i, replica = state.request, self.run_replica[pos]
-        if self.replica_of[i] < 0:
+        known = self.replica_of[i]
+        if known == replica:
+            return
+        if known < 0:
             self.replica_of[i] = replica
-        elif replica != self.replica_of[i] and not state.warned_replica:
+        elif not state.warned_replica:
             self.flag(
                 "single-replica",
-                f"on replica {replica}, earlier on replica {self.replica_of[i]}",
+                f"on replica {replica}, earlier on replica {known}",
                 pos,
                 i,
             )
@@ -432,8 +434,10 @@ class _Replayer:
                 state.warned_after = True
             self.before[row] = self.after[row] = 0  # holds nothing: its KV was freed
             return
-        self.resume(state, pos)
-        self.admit(state, pos)
+        if state.swapped or state.resume_s != -math.inf:  # it swapped since
+            self.resume(state, pos)
+        if math.isnan(self.admitted_s[i]):  # its first run
+            self.admit(state, pos)
         if self.logged_before[row] != state.processed:
             self.flag(
                 "processed-before",
@@ -456,8 +460,9 @@ class _Replayer:
             self.complete(state, pos, row, steps)
 
     def resume(self, state: _Walk, pos: int) -> None:
-        """A member's KV must be on the GPU: not on the host, and an asynchronous
-        swap-in's copy over by the run's start."""
+        """A member that swapped since its last run: its KV must be on the GPU,
+        not on the host, and an asynchronous swap-in's copy over by the run's
+        start."""
         i = state.request
         if state.swapped:
             swapped_before = self.run_ids[self.s_pos[state.out_row]]
@@ -483,8 +488,6 @@ class _Replayer:
     def admit(self, state: _Walk, pos: int) -> None:
         """The request's first run: its admission, no earlier than its arrival."""
         i, start = state.request, self.run_start[pos]
-        if not math.isnan(self.admitted_s[i]):
-            return
         self.admitted_s[i] = start
         if start < self.arrival[i] - ARRIVAL_TOLERANCE_S:
             self.flag(
@@ -558,21 +561,28 @@ class _Replayer:
 
     def outcome(self) -> _Replay:
         """What the walk found."""
+
+        def ints(values: list[int]) -> IntArray:
+            return np.array(values, dtype=np.int64)
+
+        def flags(values: list[bool]) -> npt.NDArray[np.bool_]:
+            return np.array(values, dtype=bool)
+
         return _Replay(
-            before=self.before,
-            after=self.after,
-            completes=self.completes,
-            freed=self.freed,
-            replica=self.replica_of,
-            admitted_s=self.admitted_s,
-            preemptions=self.preempted,
-            recomputed=self.recomputed,
-            emitted=self.emitted_of,
+            before=ints(self.before),
+            after=ints(self.after),
+            completes=flags(self.completes),
+            freed=ints(self.freed),
+            replica=ints(self.replica_of),
+            admitted_s=np.array(self.admitted_s, dtype=np.float64),
+            preemptions=ints(self.preempted),
+            recomputed=ints(self.recomputed),
+            emitted=ints(self.emitted_of),
             first_at=self.first_at,
             done_at=self.done_at,
-            first_pos=self.first_pos,
-            adopted=self.adopted,
-            moved=self.moved,
-            valid=self.valid,
-            pair=self.pair,
+            first_pos=ints(self.first_pos),
+            adopted=flags(self.adopted),
+            moved=ints(self.moved),
+            valid=flags(self.valid),
+            pair=ints(self.pair),
         )
