@@ -173,9 +173,10 @@ def goodput_command(
             trace, format, limit=limit, max_model_len=max_model_len
         )
     else:
-        instance, cluster = _colocated(trace, model, policy, replicas, dispatch,
-                                       settings, format, limit,
-                                       max_model_len)  # fmt: skip
+        instance, cluster = _colocated(
+            trace, model, policy, replicas, dispatch, settings, format, limit,
+            max_model_len,
+        )  # fmt: skip
     if poisson is not None:
         instance = poisson_arrivals(instance, poisson)
     instance = with_slo(instance, slo, slo_override)

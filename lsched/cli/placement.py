@@ -60,6 +60,12 @@ AttainOpt = Annotated[
     float,
     typer.Option(help="Share of all requests that must meet both deadlines."),
 ]
+PrefillPolicyOpt = Annotated[
+    str | None, typer.Option(help="The prefill pools' policy (--policy).")
+]
+DecodePolicyOpt = Annotated[
+    str | None, typer.Option(help="The decode pools' policy (--policy).")
+]
 ExecutorOpt = Annotated[
     str,
     typer.Option(help="local: a pool of processes; dask: the cluster at --address."),
@@ -74,12 +80,8 @@ def placement_command(
     policy: Annotated[
         str, typer.Option("--policy", "-p", help="Every pool's policy.")
     ] = "vllm-v0",
-    prefill_policy: Annotated[
-        str | None, typer.Option(help="The prefill pools' policy (--policy).")
-    ] = None,
-    decode_policy: Annotated[
-        str | None, typer.Option(help="The decode pools' policy (--policy).")
-    ] = None,
+    prefill_policy: PrefillPolicyOpt = None,
+    decode_policy: DecodePolicyOpt = None,
     router: Annotated[
         str, typer.Option(help="Router of arrivals.")
     ] = "least-outstanding",

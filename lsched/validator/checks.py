@@ -11,16 +11,13 @@ from lsched.validator.replay import _Log, _Replay
 from lsched.validator.report import (
     _DECODE,
     _PREFILL,
+    Features,
     FloatArray,
     IntArray,
     _close_array,
     _Collector,
 )
 from lsched.validator.swaps import _SwapKV
-
-#: A run's features: prefill tokens P, prefill attention Q, decode steps D and the
-#: KV its first iteration reads K.
-Features = tuple[IntArray, IntArray, IntArray, IntArray]
 
 
 def _check_order(log: _Log, replicas: int, out: _Collector) -> None:

@@ -13,7 +13,6 @@ import pandas as pd
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
 from lsched.validator.checks import (
-    Features,
     _check_durations,
     _check_features,
     _check_kv,
@@ -27,6 +26,7 @@ from lsched.validator.metrics import _compare_metrics, _compare_records, _metric
 from lsched.validator.replay import _Log, _Replay, _replay, _SwapRows
 from lsched.validator.report import (
     SWAP_MODES,
+    Features,
     FloatArray,
     ValidationReport,
     _Collector,
@@ -152,7 +152,7 @@ def _validate_log(
     _check_features(log, features, out)
     _check_limits(profile, log, features, out)
 
-    D = features[2]
+    D = features[2]  # decode steps per run
     duration, weighted = _run_times(profile, *features, log.n_it)
     stall, swap_kv, swap_metrics = np.zeros(len(log.run_ids)), None, None
     if sw is not None:

@@ -18,6 +18,9 @@ ARRIVAL_TOLERANCE_S = 1e-9
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+#: A run's features: prefill tokens P, prefill attention Q, decode steps D and the
+#: KV its first iteration reads K.
+Features = tuple[IntArray, IntArray, IntArray, IntArray]
 
 # The log's columns, restated (lsched.evaluator.result) so that nothing is shared.
 RUN_COLUMNS: tuple[str, ...] = (

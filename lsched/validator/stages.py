@@ -14,6 +14,7 @@ from lsched.profile import DeploymentProfile
 from lsched.validator.replay import _Log, _Replay
 from lsched.validator.report import (
     ARRIVAL_TOLERANCE_S,
+    Features,
     FloatArray,
     IntArray,
     _Collector,
@@ -145,7 +146,7 @@ def _stage_kv(
     instance: Instance,
     profile: DeploymentProfile,
     log: _Log,
-    features: tuple[IntArray, IntArray, IntArray, IntArray],
+    features: Features,
     stages: _Stages,
     replay: _Replay,
     done: FloatArray,

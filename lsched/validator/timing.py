@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from lsched.profile import DeploymentProfile
-from lsched.validator.report import ARRIVAL_TOLERANCE_S, FloatArray, IntArray
+from lsched.validator.report import ARRIVAL_TOLERANCE_S, Features, FloatArray, IntArray
 
 # Iterations expanded at once when timing runs (bounds memory on long logs).
 _CHUNK_ITERATIONS = 1 << 20
@@ -81,7 +81,7 @@ class _Timeline:
         start: FloatArray,
         end: FloatArray,
         n_it: IntArray,
-        features: tuple[IntArray, IntArray, IntArray, IntArray],
+        features: Features,
     ) -> None:
         self.profile = profile
         self.start, self.end, self.n_it = start, end, n_it
