@@ -350,8 +350,6 @@ def goodput(
     PolicyError
         If a policy breaks the model's rules.
     """
-    from lsched.evaluator import simulate_cluster
-
     started = time.perf_counter()
     check_type(instance, "instance", Instance, "an Instance")
     check_type(cluster, "cluster", Cluster, "a Cluster")
@@ -367,6 +365,39 @@ def goodput(
     )
     low = None if low is None else float(low)
     high = None if high is None else float(high)
+    judged, deadlines = _judged(instance, slo, override)
+    native = _trace_rate(judged)
+    gpus = cluster_gpus(cluster)
+    trials: list[RateTrial] = []
+    passes = _rate_test(judged, cluster, gpus, target, definitions, engine,
+                        on_trial, trials)  # fmt: skip
+    search = _Search(passes)
+    search.open(low, high, native, gpus)
+    search.expand(growth, max_expansions)
+    search.bisect(rtol)
+    best, worst = search.best, search.worst
+    return GoodputResult(
+        goodput_per_gpu=0.0 if best is None else best,
+        status=search.status,
+        bracket=(0.0 if best is None else best, math.inf if worst is None else worst),
+        trials=tuple(trials),
+        gpus=gpus,
+        target=float(target),
+        rtol=float(rtol),
+        definitions=definitions,
+        slo=slo,
+        deadlines=deadlines,
+        trace_rate_per_s=native,
+        num_requests=len(instance),
+        runtime_s=time.perf_counter() - started,
+    )
+
+
+def _judged(
+    instance: Instance, slo: SLO | None, override: bool
+) -> tuple[Instance, tuple[str, ...]]:
+    """The trace with the deadlines it is judged by (``slo`` applied, if any),
+    and their columns; InputError if it carries none."""
     judged = instance if slo is None else slo.apply(instance, override=override)
     deadlines = tuple(
         c
@@ -379,9 +410,23 @@ def goodput(
             "(e.g. ttft=0.25,tpot=0.1)",
             field="slo",
         )
-    native = _trace_rate(judged)
-    gpus = cluster_gpus(cluster)
-    trials: list[RateTrial] = []
+    return judged, deadlines
+
+
+def _rate_test(
+    judged: Instance,
+    cluster: Cluster,
+    gpus: int,
+    target: float,
+    definitions: str,
+    engine: str,
+    on_trial: Callable[[RateTrial], None] | None,
+    trials: list[RateTrial],
+) -> Callable[[float], bool]:
+    """Whether a rate per GPU passes: the trace scaled to it, simulated on
+    ``cluster`` and judged against ``target``; each trial is appended to
+    ``trials`` and passed to ``on_trial``."""
+    from lsched.evaluator import simulate_cluster
 
     def passes(rate_per_gpu: float) -> bool:
         scaled = scale_to_rate(judged, rate_per_gpu * gpus)
@@ -403,67 +448,63 @@ def goodput(
             on_trial(trial)
         return trial.passed
 
-    best: float | None = None  # the highest rate that passed
-    worst: float | None = None  # the lowest rate that failed
-    status = "found"
-    if low is not None:
-        if passes(low):
-            best = low
-        else:
-            worst, status = low, "none"
-    if status == "found" and high is not None:
-        if passes(high):
-            best, status = high, "above"
-        else:
-            worst = high
-    if best is None and worst is None:
-        start = native / gpus
-        if passes(start):
-            best = start
-        else:
-            worst = start
-    moves = 0
-    while status == "found" and (best is None or worst is None):
-        if moves == max_expansions:
-            status = "none" if best is None else "above"
-            break
-        moves += 1
-        if best is None:
-            assert worst is not None
-            rate = worst / growth
-            if passes(rate):
-                best = rate
+    return passes
+
+
+@dataclass
+class _Search:
+    """The search of the module docstring: the rates tried so far bracket the
+    goodput between the highest that passed (``best``) and the lowest that
+    failed (``worst``); ``status`` as :attr:`GoodputResult.status`."""
+
+    passes: Callable[[float], bool]
+    best: float | None = None
+    worst: float | None = None
+    status: str = "found"
+
+    def test(self, rate: float) -> bool:
+        """Try ``rate`` per GPU: it becomes the best or the worst."""
+        if self.passes(rate):
+            self.best = rate
+            return True
+        self.worst = rate
+        return False
+
+    def open(
+        self, low: float | None, high: float | None, native: float, gpus: int
+    ) -> None:
+        """The first rates: ``low`` (failing: goodput 0), then ``high`` (passing:
+        goodput above it); with neither, the trace's own rate per GPU."""
+        if low is not None and not self.test(low):
+            self.status = "none"
+        if self.status == "found" and high is not None and self.test(high):
+            self.status = "above"
+        if self.best is None and self.worst is None:
+            self.test(native / gpus)
+
+    def expand(self, growth: float, max_expansions: int) -> None:
+        """Move the rate by ``growth`` until both ends of the bracket are known,
+        at most ``max_expansions`` times."""
+        moves = 0
+        while self.status == "found" and (self.best is None or self.worst is None):
+            if moves == max_expansions:
+                self.status = "none" if self.best is None else "above"
+                break
+            moves += 1
+            if self.best is None:
+                assert self.worst is not None
+                self.test(self.worst / growth)
             else:
-                worst = rate
-        else:
-            rate = best * growth
-            if passes(rate):
-                best = rate
-            else:
-                worst = rate
-    while status == "found":
-        assert best is not None and worst is not None
-        if worst <= best * (1 + rtol):
-            break
-        rate = math.sqrt(best * worst)
-        if not best < rate < worst:  # the floats cannot split the bracket further
-            break
-        if passes(rate):
-            best = rate
-        else:
-            worst = rate
-    return GoodputResult(
-        goodput_per_gpu=0.0 if best is None else best,
-        status=status,
-        bracket=(0.0 if best is None else best, math.inf if worst is None else worst),
-        trials=tuple(trials),
-        gpus=gpus,
-        target=float(target),
-        rtol=float(rtol),
-        definitions=definitions,
-        slo=slo,
-        deadlines=deadlines,
-        trace_rate_per_s=native,
-        num_requests=len(instance),
-        runtime_s=time.perf_counter() - started,
-    )
+                self.test(self.best * growth)
+
+    def bisect(self, rtol: float) -> None:
+        """Halve the bracket at its geometric mean until ``worst <= best * (1 +
+        rtol)`` (or the floats cannot split it)."""
+        while self.status == "found":
+            assert self.best is not None and self.worst is not None
+            if self.worst <= self.best * (1 + rtol):
+                break
+            rate = math.sqrt(self.best * self.worst)
+            if not self.best < rate < self.worst:  # the floats cannot split it
+                break
+            self.test(rate)

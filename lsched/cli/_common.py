@@ -216,3 +216,16 @@ PoissonOpt = Annotated[
         "(DistServe's method); the lengths are kept.",
     ),
 ]
+#: The trace argument of the commands that read one.
+TraceArg = Annotated[Path, typer.Argument(help="Trace file (any supported format).")]
+#: ``--model``, where it is optional (a cluster file may say it instead).
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Deployment profile name or TOML."),
+]
+ReplicasOpt = Annotated[
+    int | None, typer.Option(help="Replicas (the profile's by default).")
+]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format.")]
+LimitOpt = Annotated[int | None, typer.Option(help="First N requests.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]

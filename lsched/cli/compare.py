@@ -14,8 +14,13 @@ from lsched.atomic import check_output
 from lsched.checks import check_solver_options, check_time_limit
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
-    JSON_HELP,
+    FormatOpt,
+    JsonOpt,
+    LimitOpt,
+    ModelOpt,
     ProgressLine,
+    ReplicasOpt,
+    TraceArg,
     native_stdout_to_stderr,
     predictor_seed,
     print_json,
@@ -47,12 +52,7 @@ TABLE_METRICS: tuple[str, ...] = ("e2e_mean_s", "ttft_mean_s", "preemptions")
 #: How the tables name a bound's scope (the schedules it holds for).
 SCOPE_LABELS = {"any": "all", "slot": "non-preemptive"}
 
-Trace = Annotated[Path, typer.Argument(help="Trace file (any supported format).")]
-Model = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help="Deployment profile name or TOML."),
-]
-ClusterFile = Annotated[
+ClusterOpt = Annotated[
     Path | None,
     typer.Option(
         "--cluster",
@@ -60,20 +60,14 @@ ClusterFile = Annotated[
         "--model/--replicas/--set; the bounds are the cluster's.",
     ),
 ]
-Objective = Annotated[
+ObjectiveOpt = Annotated[
     str,
     typer.Option(help="latency (total E2E seconds) or makespan (seconds)."),
 ]
-Replicas = Annotated[
-    int | None, typer.Option(help="Replicas (the profile's by default).")
-]
-Format = Annotated[str | None, typer.Option("--format", "-f", help="Trace format.")]
-Limit = Annotated[int | None, typer.Option(help="First N requests.")]
-Settings = Annotated[
+SetOpt = Annotated[
     list[str] | None, typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP)
 ]
-JsonOutput = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
-LpTimeLimit = Annotated[
+LpTimeLimitOpt = Annotated[
     float,
     typer.Option(help="Wall-clock seconds for each LP relaxation of the bounds."),
 ]
@@ -117,9 +111,9 @@ def _load_cluster(
 
 
 def compare_command(
-    trace: Trace,
-    model: Model = None,
-    cluster_file: ClusterFile = None,
+    trace: TraceArg,
+    model: ModelOpt = None,
+    cluster_file: ClusterOpt = None,
     policy: Annotated[
         list[str] | None,
         typer.Option(
@@ -131,7 +125,7 @@ def compare_command(
             "pool).",
         ),
     ] = None,
-    objective: Objective = "latency",
+    objective: ObjectiveOpt = "latency",
     backend: Annotated[
         str,
         typer.Option(help="Slot-model backend: cpsat, milp, lns, or none."),
@@ -141,8 +135,8 @@ def compare_command(
     ] = 10.0,
     workers: Annotated[int, typer.Option(help="Solver worker threads.")] = 2,
     seed: Annotated[int, typer.Option(help="Solver random seed.")] = 0,
-    lp_time_limit: LpTimeLimit = 10.0,
-    replicas: Replicas = None,
+    lp_time_limit: LpTimeLimitOpt = 10.0,
+    replicas: ReplicasOpt = None,
     predictor: Annotated[
         str | None,
         typer.Option(
@@ -153,18 +147,13 @@ def compare_command(
     plot: Annotated[
         Path | None, typer.Option(help="Write a gap-to-bound bar chart (PNG).")
     ] = None,
-    format: Format = None,
-    limit: Limit = None,
-    json_output: JsonOutput = False,
-    settings: Settings = None,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
+    json_output: JsonOpt = False,
+    settings: SetOpt = None,
 ) -> None:
     """Bounds, the best offline schedule and each policy's gap to the bound."""
-    check_solver_options(
-        time_limit, workers, seed, names=("--time-limit", "--workers", "--seed")
-    )
-    check_time_limit(lp_time_limit, "--lp-time-limit", zero=True)
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
+    _check_options(time_limit, workers, seed, lp_time_limit, plot)
     cluster = None
     inputs = [trace, profile_file(model)]
     if cluster_file is not None:
@@ -188,17 +177,11 @@ def compare_command(
         where = cluster.describe()
     if predictor is not None:
         instance = apply_predictor(instance, predictor)
-    if policy:
-        labels = [parse_policy(p).label for p in policy]
-    elif cluster is None:
-        labels = list(DEFAULT_POLICIES)
-    else:
-        labels = [" + ".join(p.policy.label for p in cluster.pools)]
     pools = [profile] if cluster is None else [p.profile for p in cluster.pools]
     record = provenance(
         [("trace", trace), ("cluster", cluster_file),
          *(("profile", p.path) for p in pools)],
-        policies=labels,
+        policies=_labels(policy, cluster),
         seeds={"seed": seed, "predictor": predictor_seed(instance, predictor)},
         time_limits={"time_limit": time_limit, "lp_time_limit": lp_time_limit},
     )  # fmt: skip
@@ -214,12 +197,25 @@ def compare_command(
         else:
             result = compare_cluster(instance, cluster, policies=policy or None,
                                      on_progress=line, **options)  # fmt: skip
+    title = f"{instance.name} on {where} ({len(instance)} requests)"
+    _report(result, record, plot, json_output, title)
+
+
+def _report(
+    result: Comparison,
+    record: Provenance,
+    plot: Path | None,
+    json_output: bool,
+    title: str,
+) -> None:
+    """Write the plot if asked and print the comparison (JSON or tables); exit
+    130 when it was interrupted (Ctrl-C), with what was finished."""
     if plot is not None:
         _plot(plot, result, record)
     if json_output:
         print_json(record.attach(result.to_dict()))
     else:
-        _print(result, f"{instance.name} on {where} ({len(instance)} requests)")
+        _print(result, title)
     if result.interrupted:
         skipped = ", ".join(result.skipped) or "none"
         print(
@@ -228,6 +224,32 @@ def compare_command(
             file=sys.stderr,
         )
         raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def _check_options(
+    time_limit: float,
+    workers: int,
+    seed: int,
+    lp_time_limit: float,
+    plot: Path | None,
+) -> None:
+    """Check the solver options and the plot's suffix before any work."""
+    check_solver_options(
+        time_limit, workers, seed, names=("--time-limit", "--workers", "--seed")
+    )
+    check_time_limit(lp_time_limit, "--lp-time-limit", zero=True)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
+
+
+def _labels(policy: list[str] | None, cluster: Cluster | None) -> list[str]:
+    """The policies compared, as labels: those given, else the default ones (a
+    cluster file: its pools' policies, as one)."""
+    if policy:
+        return [parse_policy(p).label for p in policy]
+    if cluster is None:
+        return list(DEFAULT_POLICIES)
+    return [" + ".join(p.policy.label for p in cluster.pools)]
 
 
 def _plot(path: Path, result: Comparison, record: Provenance) -> None:
@@ -304,16 +326,16 @@ def _pct(gap: float | None) -> str:
 
 
 def bound_command(
-    trace: Trace,
-    model: Model = None,
-    cluster_file: ClusterFile = None,
-    objective: Objective = "latency",
-    replicas: Replicas = None,
-    lp_time_limit: LpTimeLimit = 10.0,
-    format: Format = None,
-    limit: Limit = None,
-    json_output: JsonOutput = False,
-    settings: Settings = None,
+    trace: TraceArg,
+    model: ModelOpt = None,
+    cluster_file: ClusterOpt = None,
+    objective: ObjectiveOpt = "latency",
+    replicas: ReplicasOpt = None,
+    lp_time_limit: LpTimeLimitOpt = 10.0,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
+    json_output: JsonOpt = False,
+    settings: SetOpt = None,
 ) -> None:
     """Every lower bound on the objective, with the schedules it holds for."""
     check_time_limit(lp_time_limit, "--lp-time-limit", zero=True)

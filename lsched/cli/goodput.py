@@ -14,9 +14,14 @@ from rich.console import Console
 from lsched.atomic import check_output, write_text_atomic
 from lsched.checks import check_int
 from lsched.cli._common import (
-    JSON_HELP,
+    FormatOpt,
+    JsonOpt,
+    LimitOpt,
     MaxLenOpt,
+    ModelOpt,
     PoissonOpt,
+    ReplicasOpt,
+    TraceArg,
     print_json,
     print_table,
     profile_file,
@@ -54,111 +59,105 @@ _OPTIONS = {
     "definitions": "--definitions",
 }
 
+SloOpt = Annotated[
+    str,
+    typer.Option(
+        "--slo",
+        metavar="ttft=S,tpot=S",
+        help="Deadlines in seconds (or 250ms), one or both: TTFT and TPOT.",
+    ),
+]
+PolicyOpt = Annotated[
+    str | None, typer.Option("--policy", "-p", help="NAME[:key=value,...] (fcfs).")
+]
+ClusterOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster",
+        help="Cluster TOML instead of --model/--policy/--replicas.",
+    ),
+]
+RouterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--router",
+        "--dispatch",
+        help="Router (round-robin by default); overrides a cluster file's.",
+    ),
+]
+AttainOpt = Annotated[
+    float,
+    typer.Option(help="Share of all requests that must meet both deadlines."),
+]
+DefinitionsOpt = Annotated[
+    str,
+    typer.Option(
+        help="TTFT/TPOT definitions: lsched (TPOT (c-f)/(o-1)) or simdistserve "
+        "(TPOT (c-f)/o)."
+    ),
+]
+SloOverrideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--slo-override",
+        help="Let --slo replace deadline columns the trace carries (kept by default).",
+    ),
+]
+LowOpt = Annotated[
+    float | None,
+    typer.Option(help="Lowest rate per GPU to try (req/s); fails: goodput 0."),
+]
+HighOpt = Annotated[
+    float | None,
+    typer.Option(help="Highest rate per GPU to try (req/s)."),
+]
+RtolOpt = Annotated[
+    float, typer.Option(help="Relative width at which the bisection stops.")
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(help="Write attainment against rate, with the target (PNG)."),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(help="Write the report (.json) or the rates tried (.csv)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
+]
+EngineOpt = Annotated[
+    str, typer.Option(help="auto, compiled or python (as in simulate).")
+]
+
 
 def goodput_command(
-    trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
-    slo_text: Annotated[
-        str,
-        typer.Option(
-            "--slo",
-            metavar="ttft=S,tpot=S",
-            help="Deadlines in seconds (or 250ms), one or both: TTFT and TPOT.",
-        ),
-    ],
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Deployment profile name or TOML."),
-    ] = None,
-    policy: Annotated[
-        str | None, typer.Option("--policy", "-p", help="NAME[:key=value,...] (fcfs).")
-    ] = None,
-    replicas: Annotated[
-        int | None, typer.Option(help="Replicas (the profile's by default).")
-    ] = None,
-    cluster_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--cluster",
-            help="Cluster TOML instead of --model/--policy/--replicas.",
-        ),
-    ] = None,
-    dispatch: Annotated[
-        str | None,
-        typer.Option(
-            "--router",
-            "--dispatch",
-            help="Router (round-robin by default); overrides a cluster file's.",
-        ),
-    ] = None,
-    attain: Annotated[
-        float,
-        typer.Option(help="Share of all requests that must meet both deadlines."),
-    ] = DEFAULT_TARGET,
-    definitions: Annotated[
-        str,
-        typer.Option(
-            help="TTFT/TPOT definitions: lsched (TPOT (c-f)/(o-1)) or simdistserve "
-            "(TPOT (c-f)/o)."
-        ),
-    ] = "lsched",
-    slo_override: Annotated[
-        bool,
-        typer.Option(
-            "--slo-override",
-            help="Let --slo replace deadline columns the trace carries (kept by "
-            "default).",
-        ),
-    ] = False,
-    low: Annotated[
-        float | None,
-        typer.Option(help="Lowest rate per GPU to try (req/s); fails: goodput 0."),
-    ] = None,
-    high: Annotated[
-        float | None,
-        typer.Option(help="Highest rate per GPU to try (req/s)."),
-    ] = None,
-    rtol: Annotated[
-        float, typer.Option(help="Relative width at which the bisection stops.")
-    ] = DEFAULT_RTOL,
-    plot: Annotated[
-        Path | None,
-        typer.Option(help="Write attainment against rate, with the target (PNG)."),
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Write the report (.json) or the rates tried (.csv)."),
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
-    ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", "-f", help="Trace format.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    trace: TraceArg,
+    slo_text: SloOpt,
+    model: ModelOpt = None,
+    policy: PolicyOpt = None,
+    replicas: ReplicasOpt = None,
+    cluster_file: ClusterOpt = None,
+    dispatch: RouterOpt = None,
+    attain: AttainOpt = DEFAULT_TARGET,
+    definitions: DefinitionsOpt = "lsched",
+    slo_override: SloOverrideOpt = False,
+    low: LowOpt = None,
+    high: HighOpt = None,
+    rtol: RtolOpt = DEFAULT_RTOL,
+    plot: PlotOpt = None,
+    json_output: JsonOpt = False,
+    out: OutOpt = None,
+    settings: SetOpt = None,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
     max_model_len: MaxLenOpt = None,
     poisson: PoissonOpt = None,
-    engine: Annotated[
-        str, typer.Option(help="auto, compiled or python (as in simulate).")
-    ] = "auto",
+    engine: EngineOpt = "auto",
 ) -> None:
     """Largest request rate per GPU at which TRACE meets its SLO (goodput)."""
     slo = parse_slo(slo_text, field="--slo")
-    try:
-        check_options(attain, rtol, low, high, definitions)
-    except InputError as exc:
-        raise InputError(exc.message, field=_OPTIONS.get(exc.field or "")) from None
-    if engine not in ENGINES:
-        raise InputError(
-            f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="--engine"
-        )
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
-    if out is not None and out.suffix.lower() not in OUT_SUFFIXES:
-        raise InputError(
-            f"got suffix {out.suffix!r}; expected .json or .csv", field="--out"
-        )
+    _check_options(attain, rtol, low, high, definitions, engine, plot, out)
     inputs: list[Path | str | None] = [trace, cluster_file, profile_file(model)]
     _check_outputs(plot, out, inputs)
     if cluster_file is not None:
@@ -174,20 +173,10 @@ def goodput_command(
             trace, format, limit=limit, max_model_len=max_model_len
         )
     else:
-        if model is None:
-            raise InputError(
-                "expected --model PROFILE or --cluster FILE", field="model"
-            )
-        spec = parse_policy(policy or "fcfs")
-        overrides = parse_overrides(settings)
-        router = check_dispatch(dispatch or "round-robin", has_assignment=False)
-        if replicas is not None:
-            check_int(replicas, "--replicas", 1)
-        instance, _ = read_trace(
-            trace, format, limit=limit, max_model_len=max_model_len
-        )
-        profile = deployment_profile(model, overrides, instance)
-        cluster = Cluster.colocated(profile, spec, replicas, router)
+        instance, cluster = _colocated(
+            trace, model, policy, replicas, dispatch, settings, format, limit,
+            max_model_len,
+        )  # fmt: skip
     if poisson is not None:
         instance = poisson_arrivals(instance, poisson)
     instance = with_slo(instance, slo, slo_override)
@@ -214,6 +203,72 @@ def goodput_command(
     report = record.attach(
         {"instance": instance.name, "pools": _pools(cluster)} | result.to_dict()
     )
+    _write_and_print(instance, cluster, result, report, record, plot, out,
+                     json_output)  # fmt: skip
+
+
+def _check_options(
+    attain: float,
+    rtol: float,
+    low: float | None,
+    high: float | None,
+    definitions: str,
+    engine: str,
+    plot: Path | None,
+    out: Path | None,
+) -> None:
+    """Check the options before any work; InputError naming the option."""
+    try:
+        check_options(attain, rtol, low, high, definitions)
+    except InputError as exc:
+        raise InputError(exc.message, field=_OPTIONS.get(exc.field or "")) from None
+    if engine not in ENGINES:
+        raise InputError(
+            f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="--engine"
+        )
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
+    if out is not None and out.suffix.lower() not in OUT_SUFFIXES:
+        raise InputError(
+            f"got suffix {out.suffix!r}; expected .json or .csv", field="--out"
+        )
+
+
+def _colocated(
+    trace: Path,
+    model: str | None,
+    policy: str | None,
+    replicas: int | None,
+    dispatch: str | None,
+    settings: list[str] | None,
+    format: str | None,
+    limit: int | None,
+    max_model_len: int | None,
+) -> tuple[Instance, Cluster]:
+    """The trace and the colocated cluster the options say (no cluster file)."""
+    if model is None:
+        raise InputError("expected --model PROFILE or --cluster FILE", field="model")
+    spec = parse_policy(policy or "fcfs")
+    overrides = parse_overrides(settings)
+    router = check_dispatch(dispatch or "round-robin", has_assignment=False)
+    if replicas is not None:
+        check_int(replicas, "--replicas", 1)
+    instance, _ = read_trace(trace, format, limit=limit, max_model_len=max_model_len)
+    profile = deployment_profile(model, overrides, instance)
+    return instance, Cluster.colocated(profile, spec, replicas, router)
+
+
+def _write_and_print(
+    instance: Instance,
+    cluster: Cluster,
+    result: GoodputResult,
+    report: dict[str, object],
+    record: Provenance,
+    plot: Path | None,
+    out: Path | None,
+    json_output: bool,
+) -> None:
+    """Write the plot and ``--out`` if asked; print the report (JSON or table)."""
     if plot is not None:
         from lsched.plots import goodput_curve  # matplotlib only when asked
 

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lsched.atomic import check_output, write_text_atomic
-from lsched.cli._common import JSON_HELP, MaxLenOpt, PoissonOpt, print_json, print_table
+from lsched.cli._common import (
+    FormatOpt,
+    JsonOpt,
+    LimitOpt,
+    MaxLenOpt,
+    PoissonOpt,
+    TraceArg,
+    print_json,
+    print_table,
+)
 from lsched.errors import InputError
 from lsched.goodput import (
     DEFAULT_RTOL,
@@ -27,36 +36,52 @@ from lsched.goodput import (
 )
 from lsched.placement import PlacementOptions, placements, search
 from lsched.policies import parse_policy
-from lsched.profile import load_profile
-from lsched.provenance import provenance, write_frame
+from lsched.profile import DeploymentProfile, load_profile
+from lsched.provenance import Provenance, provenance, write_frame
 from lsched.slo import parse_slo
 from lsched.sweep import check_executor
 from lsched.traces import read_trace
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 #: Suffixes ``--out`` writes: the JSON report or the table.
 OUT_SUFFIXES = (".json", ".csv")
 
+ProfilesOpt = Annotated[
+    str,
+    typer.Option(help="Deployment profiles (names or TOMLs), comma-separated."),
+]
+SloOpt = Annotated[
+    str,
+    typer.Option("--slo", metavar="ttft=S,tpot=S", help="Deadlines in seconds."),
+]
+AttainOpt = Annotated[
+    float,
+    typer.Option(help="Share of all requests that must meet both deadlines."),
+]
+PrefillPolicyOpt = Annotated[
+    str | None, typer.Option(help="The prefill pools' policy (--policy).")
+]
+DecodePolicyOpt = Annotated[
+    str | None, typer.Option(help="The decode pools' policy (--policy).")
+]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(help="local: a pool of processes; dask: the cluster at --address."),
+]
+
 
 def placement_command(
-    trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
+    trace: TraceArg,
     gpus: Annotated[int, typer.Option(help="GPUs to split into pools.")],
-    profiles: Annotated[
-        str,
-        typer.Option(help="Deployment profiles (names or TOMLs), comma-separated."),
-    ],
-    slo_text: Annotated[
-        str,
-        typer.Option("--slo", metavar="ttft=S,tpot=S", help="Deadlines in seconds."),
-    ],
+    profiles: ProfilesOpt,
+    slo_text: SloOpt,
     policy: Annotated[
         str, typer.Option("--policy", "-p", help="Every pool's policy.")
     ] = "vllm-v0",
-    prefill_policy: Annotated[
-        str | None, typer.Option(help="The prefill pools' policy (--policy).")
-    ] = None,
-    decode_policy: Annotated[
-        str | None, typer.Option(help="The decode pools' policy (--policy).")
-    ] = None,
+    prefill_policy: PrefillPolicyOpt = None,
+    decode_policy: DecodePolicyOpt = None,
     router: Annotated[
         str, typer.Option(help="Router of arrivals.")
     ] = "least-outstanding",
@@ -76,62 +101,34 @@ def placement_command(
     colocated: Annotated[
         bool, typer.Option(help="Rate colocated pools too, for comparison.")
     ] = True,
-    attain: Annotated[
-        float,
-        typer.Option(help="Share of all requests that must meet both deadlines."),
-    ] = DEFAULT_TARGET,
+    attain: AttainOpt = DEFAULT_TARGET,
     definitions: Annotated[
         str, typer.Option(help="TTFT/TPOT definitions: lsched or simdistserve.")
     ] = "lsched",
     rtol: Annotated[
         float, typer.Option(help="Relative width at which each bisection stops.")
     ] = DEFAULT_RTOL,
-    executor: Annotated[
-        str,
-        typer.Option(
-            help="local: a pool of processes; dask: the cluster at --address."
-        ),
-    ] = "local",
+    executor: ExecutorOpt = "local",
     address: Annotated[
         str | None, typer.Option(help="Dask scheduler address, tcp://HOST:PORT.")
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes (local) or tasks in flight (dask).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    json_output: JsonOpt = False,
     out: Annotated[
         Path | None, typer.Option(help="Write the report (.json) or table (.csv).")
     ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", "-f", help="Trace format.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
     max_model_len: MaxLenOpt = None,
     poisson: PoissonOpt = None,
 ) -> None:
     """Every split of N GPUs into pools, best goodput per GPU first."""
     slo = parse_slo(slo_text, field="--slo")
-    try:
-        check_options(attain, rtol, None, None, definitions)
-    except InputError as exc:
-        raise InputError(exc.message, field=f"--{exc.field}") from None
-    check_executor(executor, address=address, workers=workers)
-    if out is not None:
-        if out.suffix.lower() not in OUT_SUFFIXES:
-            raise InputError(
-                f"got suffix {out.suffix!r}; expected .json or .csv", field="--out"
-            )
-        check_output(out, [trace], "--out")
-    names = [p.strip() for p in profiles.split(",") if p.strip()]
-    loaded = []
-    for name in names:
-        try:
-            loaded.append(load_profile(name))
-        except InputError as exc:
-            raise InputError(f"{name}: {exc.message}", field="--profiles") from None
-    link = {"latency_s": latency, "sharing": sharing}
-    if bandwidth is not None:
-        link["bandwidth_bytes_per_s"] = bandwidth
+    _check_options(trace, attain, rtol, definitions, executor, address, workers, out)
+    loaded = _load_profiles(profiles)
+    link = _link(bandwidth, latency, sharing)
     options = PlacementOptions(
         policy, prefill_policy, decode_policy, router, decode_router, link, pull,
         colocated,
@@ -157,19 +154,11 @@ def placement_command(
         workers=workers,
     )
     report = record.attach(
-        {
-            "instance": instance.name,
-            "gpus": gpus,
-            "slo": str(slo),
-            "target": attain,
-            "placements": table.to_dict(orient="records"),
-        }
-    )
+        {"instance": instance.name, "gpus": gpus, "slo": str(slo), "target": attain,
+         "placements": table.to_dict(orient="records")}
+    )  # fmt: skip
     if out is not None:
-        if out.suffix.lower() == ".json":
-            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
-        else:
-            write_frame(out, table, record)
+        _write_out(out, report, table, record)
     if json_output:
         print_json(report)
         return
@@ -179,3 +168,58 @@ def placement_command(
         list(table.columns),
         table.values.tolist(),
     )
+
+
+def _check_options(
+    trace: Path,
+    attain: float,
+    rtol: float,
+    definitions: str,
+    executor: str,
+    address: str | None,
+    workers: int | None,
+    out: Path | None,
+) -> None:
+    """Check the options before any work; InputError naming the option."""
+    try:
+        check_options(attain, rtol, None, None, definitions)
+    except InputError as exc:
+        raise InputError(exc.message, field=f"--{exc.field}") from None
+    check_executor(executor, address=address, workers=workers)
+    if out is not None:
+        if out.suffix.lower() not in OUT_SUFFIXES:
+            raise InputError(
+                f"got suffix {out.suffix!r}; expected .json or .csv", field="--out"
+            )
+        check_output(out, [trace], "--out")
+
+
+def _link(bandwidth: float | None, latency: float, sharing: str) -> dict[str, Any]:
+    """The link between pools the options describe (unbounded bandwidth unless
+    given)."""
+    link: dict[str, Any] = {"latency_s": latency, "sharing": sharing}
+    if bandwidth is not None:
+        link["bandwidth_bytes_per_s"] = bandwidth
+    return link
+
+
+def _load_profiles(profiles: str) -> list[DeploymentProfile]:
+    """The comma-separated profiles, loaded; InputError naming the one that fails."""
+    names = [p.strip() for p in profiles.split(",") if p.strip()]
+    loaded = []
+    for name in names:
+        try:
+            loaded.append(load_profile(name))
+        except InputError as exc:
+            raise InputError(f"{name}: {exc.message}", field="--profiles") from None
+    return loaded
+
+
+def _write_out(
+    out: Path, report: dict[str, object], table: pd.DataFrame, record: Provenance
+) -> None:
+    """``--out``: the JSON report, or the table (CSV)."""
+    if out.suffix.lower() == ".json":
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    else:
+        write_frame(out, table, record)

@@ -22,8 +22,13 @@ from lsched.atomic import check_output
 from lsched.checks import check_int
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
-    JSON_HELP,
+    FormatOpt,
+    JsonOpt,
+    LimitOpt,
     MaxLenOpt,
+    ModelOpt,
+    ReplicasOpt,
+    TraceArg,
     predictor_seed,
     print_json,
     print_table,
@@ -49,7 +54,7 @@ from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
 from lsched.provenance import Provenance, provenance, write_frame
 from lsched.routers import parse_router
-from lsched.slo import parse_slo
+from lsched.slo import SLO, parse_slo
 from lsched.traces import read_trace
 
 #: Metrics shown in the table, in order (all are in the JSON).
@@ -70,119 +75,111 @@ COUNTED: tuple[str, ...] = ("num_rejected", "num_truncated")
 #: Suffixes of ``--requests-out``.
 _TABLE_SUFFIXES = (".csv", ".parquet")
 
+PolicyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--policy", "-p", help="NAME[:key=value,...]; repeat to compare (fcfs)."
+    ),
+]
+ClusterOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster",
+        help="Cluster TOML (pools of replicas with their profile and policy, "
+        "and a router), instead of --model/--policy/--replicas.",
+    ),
+]
+RouterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dispatch",
+        "--router",
+        help="Router: round-robin (default), least-outstanding (fewest "
+        "unfinished requests), least-kv (fewest KV tokens held), least-queued "
+        "(fewest not in the iteration in flight) or a registered one; "
+        "overrides a cluster file's.",
+    ),
+]
+KvCapacityOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Override the KV capacity; by default an instance that carries "
+        "its own (params kv_capacity_tokens, e.g. Jaillet's M) uses it."
+    ),
+]
+PredictorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Output-length predictions for length-aware policies: oracle, "
+        "noise:sigma=0.5,seed=0, interval:width=2, buckets:edges=64/256/1024."
+    ),
+]
+RequestsOutOpt = Annotated[
+    Path | None,
+    typer.Option(help="Write per-request records (.csv or .parquet)."),
+]
+TimelineOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write the iteration log as a timeline (.parquet), one row per "
+        "run and member, with a policy column."
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="compiled: the compiled path where a replica can take it "
+        "(standard policies, stateless router, no timeline), else Python; "
+        "auto: the same for replicas with 1,000 requests or more; python: "
+        "always the Python engine. The output says which ran."
+    ),
+]
+SloOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--slo",
+        metavar="ttft=S,tpot=S",
+        help="Deadlines for every request, seconds (or 250ms): the metrics "
+        "then report their attainment. The trace's own deadline columns are "
+        "kept unless --slo-override.",
+    ),
+]
+SloOverrideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--slo-override",
+        help="Let --slo replace deadline columns the trace carries.",
+    ),
+]
+
 
 def simulate_command(
-    trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Deployment profile name or TOML."),
-    ] = None,
-    policy: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--policy", "-p", help="NAME[:key=value,...]; repeat to compare (fcfs)."
-        ),
-    ] = None,
-    replicas: Annotated[
-        int | None, typer.Option(help="Replicas (the profile's by default).")
-    ] = None,
-    cluster_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--cluster",
-            help="Cluster TOML (pools of replicas with their profile and policy, "
-            "and a router), instead of --model/--policy/--replicas.",
-        ),
-    ] = None,
-    dispatch: Annotated[
-        str | None,
-        typer.Option(
-            "--dispatch",
-            "--router",
-            help="Router: round-robin (default), least-outstanding (fewest "
-            "unfinished requests), least-kv (fewest KV tokens held), least-queued "
-            "(fewest not in the iteration in flight) or a registered one; "
-            "overrides a cluster file's.",
-        ),
-    ] = None,
-    kv_capacity_tokens: Annotated[
-        int | None,
-        typer.Option(
-            help="Override the KV capacity; by default an instance that carries "
-            "its own (params kv_capacity_tokens, e.g. Jaillet's M) uses it."
-        ),
-    ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", "-f", help="Trace format.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    trace: TraceArg,
+    model: ModelOpt = None,
+    policy: PolicyOpt = None,
+    replicas: ReplicasOpt = None,
+    cluster_file: ClusterOpt = None,
+    dispatch: RouterOpt = None,
+    kv_capacity_tokens: KvCapacityOpt = None,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
     max_model_len: MaxLenOpt = None,
-    predictor: Annotated[
-        str | None,
-        typer.Option(
-            help="Output-length predictions for length-aware policies: oracle, "
-            "noise:sigma=0.5,seed=0, interval:width=2, buckets:edges=64/256/1024."
-        ),
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
-    requests_out: Annotated[
-        Path | None,
-        typer.Option(help="Write per-request records (.csv or .parquet)."),
-    ] = None,
-    timeline_out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write the iteration log as a timeline (.parquet), one row per "
-            "run and member, with a policy column."
-        ),
-    ] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
-    ] = None,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="compiled: the compiled path where a replica can take it "
-            "(standard policies, stateless router, no timeline), else Python; "
-            "auto: the same for replicas with 1,000 requests or more; python: "
-            "always the Python engine. The output says which ran."
-        ),
-    ] = "auto",
-    slo_text: Annotated[
-        str | None,
-        typer.Option(
-            "--slo",
-            metavar="ttft=S,tpot=S",
-            help="Deadlines for every request, seconds (or 250ms): the metrics "
-            "then report their attainment. The trace's own deadline columns are "
-            "kept unless --slo-override.",
-        ),
-    ] = None,
-    slo_override: Annotated[
-        bool,
-        typer.Option(
-            "--slo-override",
-            help="Let --slo replace deadline columns the trace carries.",
-        ),
-    ] = False,
+    predictor: PredictorOpt = None,
+    json_output: JsonOpt = False,
+    requests_out: RequestsOutOpt = None,
+    timeline_out: TimelineOutOpt = None,
+    settings: SetOpt = None,
+    engine: EngineOpt = "auto",
+    slo_text: SloOpt = None,
+    slo_override: SloOverrideOpt = False,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     slo = None if slo_text is None else parse_slo(slo_text, field="--slo")
-    if engine not in ENGINES:
-        raise InputError(
-            f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
-        )
-    if requests_out is not None and requests_out.suffix.lower() not in _TABLE_SUFFIXES:
-        raise InputError(
-            f"got suffix {requests_out.suffix.lower()!r}; expected .csv or .parquet",
-            field="requests-out",
-        )
-    if timeline_out is not None and timeline_out.suffix.lower() != ".parquet":
-        raise InputError(
-            f"got suffix {timeline_out.suffix!r}; expected .parquet",
-            field="timeline-out",
-        )
+    _check_options(engine, requests_out, timeline_out)
     inputs = [trace, cluster_file, profile_file(model)]
     _check_outputs(requests_out, timeline_out, inputs)
     if cluster_file is not None:
@@ -201,10 +198,51 @@ def simulate_command(
         if predictor is not None:
             instance = apply_predictor(instance, predictor)
         instance = with_slo(instance, slo, slo_override)
-        record = _provenance(trace, cluster_file, clusters, instance, predictor)
-        _run(instance, clusters, engine, json_output, requests_out, timeline_out,
-             record)  # fmt: skip
-        return
+    else:
+        instance, clusters = _colocated(
+            trace, model, policy, replicas, dispatch, kv_capacity_tokens, settings,
+            format, limit, max_model_len, predictor, slo, slo_override,
+        )  # fmt: skip
+    record = _provenance(trace, cluster_file, clusters, instance, predictor)
+    _run(instance, clusters, engine, json_output, requests_out, timeline_out, record)
+
+
+def _check_options(
+    engine: str, requests_out: Path | None, timeline_out: Path | None
+) -> None:
+    """Check the engine and the output suffixes before any work."""
+    if engine not in ENGINES:
+        raise InputError(
+            f"got {engine!r}; expected one of {', '.join(ENGINES)}", field="engine"
+        )
+    if requests_out is not None and requests_out.suffix.lower() not in _TABLE_SUFFIXES:
+        raise InputError(
+            f"got suffix {requests_out.suffix.lower()!r}; expected .csv or .parquet",
+            field="requests-out",
+        )
+    if timeline_out is not None and timeline_out.suffix.lower() != ".parquet":
+        raise InputError(
+            f"got suffix {timeline_out.suffix!r}; expected .parquet",
+            field="timeline-out",
+        )
+
+
+def _colocated(
+    trace: Path,
+    model: str | None,
+    policy: list[str] | None,
+    replicas: int | None,
+    dispatch: str | None,
+    kv_capacity_tokens: int | None,
+    settings: list[str] | None,
+    format: str | None,
+    limit: int | None,
+    max_model_len: int | None,
+    predictor: str | None,
+    slo: SLO | None,
+    slo_override: bool,
+) -> tuple[Instance, list[Cluster]]:
+    """The trace and one colocated cluster per ``--policy`` (no cluster file)."""
     if model is None:
         raise InputError("expected --model PROFILE or --cluster FILE", field="model")
     specs = [parse_policy(p) for p in policy or ["fcfs"]]
@@ -231,8 +269,7 @@ def simulate_command(
     )
     instance = with_slo(instance, slo, slo_override)
     clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
-    record = _provenance(trace, None, clusters, instance, predictor)
-    _run(instance, clusters, engine, json_output, requests_out, timeline_out, record)
+    return instance, clusters
 
 
 def _provenance(

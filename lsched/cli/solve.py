@@ -25,8 +25,11 @@ from lsched.atomic import check_output
 from lsched.checks import check_number, check_seed, check_time_limit, check_workers
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
-    JSON_HELP,
+    FormatOpt,
+    JsonOpt,
+    LimitOpt,
     ProgressLine,
+    TraceArg,
     native_stdout_to_stderr,
     print_json,
     print_table,
@@ -77,7 +80,7 @@ def _choice(value: str, accepted: tuple[str, ...], option: str) -> str:
 
 
 def solve_command(
-    trace: Annotated[Path, typer.Argument(help="Trace file (any supported format).")],
+    trace: TraceArg,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Deployment profile name or TOML.")
     ],
@@ -120,32 +123,21 @@ def solve_command(
             "profile's decode iteration at the mean context."
         ),
     ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", "-f", help="Trace format.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="First N requests.")] = None,
+    format: FormatOpt = None,
+    limit: LimitOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Write the schedule, one row per request (.parquet/.csv)."),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    json_output: JsonOpt = False,
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="FIELD=VALUE", help=SET_HELP),
     ] = None,
 ) -> None:
     """Solve TRACE offline in the slot model; print the optimum, bound and gap."""
-    _choice(formulation, FORMULATIONS, "--formulation")
-    _choice(backend, BACKENDS, "--backend")
-    _choice(objective, OBJECTIVES, "--objective")
-    check_time_limit(time_limit, "--time-limit")
-    if workers is not None:
-        check_workers(workers, "--workers")
-    check_seed(seed, "--seed")
-    if slot_s is not None:
-        check_number(slot_s, "--slot-s", 0, strict=True, what="seconds")
-    if out is not None:
-        _check_out(out, (trace, profile_file(model)))
+    _check_options(trace, model, formulation, backend, objective, time_limit,
+                   workers, seed, slot_s, out)  # fmt: skip
     overrides = parse_overrides(settings)
 
     instance, _ = read_trace(trace, format, limit=limit)
@@ -159,32 +151,58 @@ def solve_command(
         _solve_timed(instance, profile, objective, backend, time_limit, workers, seed,
                      out, json_output, record)  # fmt: skip
         return
-    tau = slot_length_s(instance, profile) if slot_s is None else slot_s
-    try:
-        problem = SlotProblem.from_instance(
-            instance, profile, objective=objective, slot_s=tau
-        )
-    except InputError as exc:
-        if exc.field == "kv_capacity_blocks":  # say where the capacity came from
-            source = (
-                "--set kv_capacity_tokens"
-                if "kv_capacity_tokens" in overrides
-                else "the instance's params"
-                if "kv_capacity_tokens" in instance.params
-                else f"profile {profile.name!r}"
-            )
-            raise InputError(
-                f"{exc.message} (kv_capacity_tokens = {profile.kv_capacity_tokens} "
-                f"from {source})",
-                field="kv_capacity_tokens",
-            ) from None
-        raise
+    _solve_slot_model(instance, profile, overrides, objective, backend, time_limit,
+                      workers, seed, slot_s, out, json_output, record)  # fmt: skip
 
+
+def _check_options(
+    trace: Path,
+    model: str,
+    formulation: str,
+    backend: str,
+    objective: str,
+    time_limit: float,
+    workers: int | None,
+    seed: int,
+    slot_s: float | None,
+    out: Path | None,
+) -> None:
+    """Check the options before any work; InputError naming the option."""
+    _choice(formulation, FORMULATIONS, "--formulation")
+    _choice(backend, BACKENDS, "--backend")
+    _choice(objective, OBJECTIVES, "--objective")
+    check_time_limit(time_limit, "--time-limit")
+    if workers is not None:
+        check_workers(workers, "--workers")
+    check_seed(seed, "--seed")
+    if slot_s is not None:
+        check_number(slot_s, "--slot-s", 0, strict=True, what="seconds")
+    if out is not None:
+        _check_out(out, (trace, profile_file(model)))
+
+
+def _solve_slot_model(
+    instance: Instance,
+    profile: DeploymentProfile,
+    overrides: dict[str, Any],
+    objective: str,
+    backend: str,
+    time_limit: float,
+    workers: int | None,
+    seed: int,
+    slot_s: float | None,
+    out: Path | None,
+    json_output: bool,
+    record: Provenance,
+) -> None:
+    """``--formulation slot``: solve, replay in the evaluator, report."""
+    tau = slot_length_s(instance, profile) if slot_s is None else slot_s
+    problem = _slot_problem(instance, profile, overrides, objective, tau)
     result = _solve(problem, backend, time_limit, workers, seed)
     replay = None if result.start is None else replay_objective(problem, result.start)
     summary = {
         **result.summary(),
-        "formulation": formulation,
+        "formulation": "slot",
         "backend": backend,
         "objective_name": objective,
         "num_requests": len(problem),
@@ -210,6 +228,37 @@ def solve_command(
             ("status", "objective", "bound", "gap", "runtime_s", "solver",
              "incumbent_source", "replay_objective", "slot_s",
              "kv_capacity_tokens"))  # fmt: skip
+
+
+def _slot_problem(
+    instance: Instance,
+    profile: DeploymentProfile,
+    overrides: dict[str, Any],
+    objective: str,
+    tau: float,
+) -> SlotProblem:
+    """The slot model of the trace (slots of ``tau`` seconds); an InputError
+    on its KV capacity says where the capacity came from."""
+    try:
+        problem = SlotProblem.from_instance(
+            instance, profile, objective=objective, slot_s=tau
+        )
+    except InputError as exc:
+        if exc.field == "kv_capacity_blocks":  # say where the capacity came from
+            source = (
+                "--set kv_capacity_tokens"
+                if "kv_capacity_tokens" in overrides
+                else "the instance's params"
+                if "kv_capacity_tokens" in instance.params
+                else f"profile {profile.name!r}"
+            )
+            raise InputError(
+                f"{exc.message} (kv_capacity_tokens = {profile.kv_capacity_tokens} "
+                f"from {source})",
+                field="kv_capacity_tokens",
+            ) from None
+        raise
+    return problem
 
 
 def _report(

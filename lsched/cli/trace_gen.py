@@ -38,7 +38,7 @@ import numpy as np
 import typer
 
 from lsched.atomic import check_output
-from lsched.cli._common import JSON_HELP, print_json, print_table
+from lsched.cli._common import JsonOpt, print_json, print_table
 from lsched.errors import InputError
 from lsched.generators.build import (
     CLI_FAMILIES,
@@ -120,7 +120,7 @@ def gen(
     name: Annotated[
         str | None, typer.Option("--name", help="Instance name; default: derived.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Generate a seeded instance and write it to --out."""
     if family not in CLI_FAMILIES:
@@ -129,19 +129,47 @@ def gen(
             field="FAMILY",
         )
     check_output(out, (source,), "--out")
-    check_applicable(
-        family,
-        {
-            "--prompt": prompt,
-            "--output": output,
-            "--kv-capacity": kv_capacity,
-            "--few-shot-tokens": few_shot_tokens,
-            "--source": source,
-            "--format": trace_format,
-        },
-    )
+    given = {
+        "--prompt": prompt,
+        "--output": output,
+        "--kv-capacity": kv_capacity,
+        "--few-shot-tokens": few_shot_tokens,
+        "--source": source,
+        "--format": trace_format,
+    }
+    check_applicable(family, given)
+    instance = _build(family, n, seed, name, rate, cv, prompt, output, kv_capacity,
+                      few_shot_tokens, source, trace_format)  # fmt: skip
+    from lsched.provenance import provenance
+    from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
+
+    record = provenance([("source", source)], seeds={"seed": seed})
+    write_trace(instance, out, provenance=record)
+    summary = _summary(instance, out)
+    if as_json:
+        print_json(record.attach(summary))
+        return
+    _print_summary(instance, summary)
+
+
+def _build(
+    family: str,
+    n: int,
+    seed: int,
+    name: str | None,
+    rate: float | None,
+    cv: float | None,
+    prompt: str | None,
+    output: str | None,
+    kv_capacity: int | None,
+    few_shot_tokens: int | None,
+    source: Path | None,
+    trace_format: str | None,
+) -> Instance:
+    """The instance of ``family`` the options describe; an InputError names the
+    CLI option rather than the generator's keyword argument."""
     try:
-        instance = build_family(
+        return build_family(
             family,
             n=n,
             seed=seed,
@@ -159,15 +187,10 @@ def gen(
         if exc.field in OPTION_OF and exc.file is None:
             raise InputError(exc.message, field=OPTION_OF[exc.field]) from None
         raise
-    from lsched.provenance import provenance
-    from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
 
-    record = provenance([("source", source)], seeds={"seed": seed})
-    write_trace(instance, out, provenance=record)
-    summary = _summary(instance, out)
-    if as_json:
-        print_json(record.attach(summary))
-        return
+
+def _print_summary(instance: Instance, summary: dict[str, Any]) -> None:
+    """The instance written, as a table of fields."""
     rows = [
         ("file", summary["file"]),
         ("name", instance.name),

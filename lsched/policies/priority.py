@@ -108,6 +108,7 @@ calls.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -588,14 +589,7 @@ class Priority:
             if prefill_budget is None
             else prefill_budget
         )
-        # one list in ascending key: (key, waiting?, id); entries >= 0 are indices
-        # into `running`, entries < 0 are -1 - index into `waiting`
-        later = np.flatnonzero(~first)
-        entries = np.concatenate([later, -1 - np.arange(len(waiting))])
-        sort_key = np.concatenate([key_run[later], key_wait])
-        is_wait = np.concatenate([np.zeros(len(later)), np.ones(len(waiting))])
-        ids = np.concatenate([running[later], waiting])
-        entries = entries[np.lexsort((ids, is_wait, sort_key))].tolist()
+        entries = self._queue(running, waiting, key_run, key_wait, first)
 
         seqs = n_run
         used = int(plan_blocks.sum())  # as if every running request got its plan
@@ -619,54 +613,94 @@ class Priority:
                 stopped = True
                 continue
             w = int(waiting[-1 - entry])
-            kw = float(key_wait[-1 - entry])
-            full = int(view.prompt_tokens[w] + view.emitted_tokens[w])
-            if params.chunk_tokens is not None:
-                full = min(full, params.chunk_tokens)
-            if self.chunk_caps is not None:
-                full = min(full, int(self.chunk_caps[w]))
-
-            full = min(full, prefill_left)  # victims give back no prefill budget
+            # victims give back no prefill budget
+            full = min(self._full_chunk(view, w), prefill_left)
 
             def fits(seqs: int, used: int, budget: int, full: int = full) -> bool:
                 c = min(full, budget)
                 return seqs < limits.max_num_seqs and used + kv.blocks(c) <= capacity
 
             if not fits(seqs, used, budget):
-                if not params.preemptive:
+                room = None
+                if params.preemptive:
+                    room = self._make_room(key_run, float(key_wait[-1 - entry]),
+                                           alive, plan_blocks, work,
+                                           (seqs, used, budget), fits)  # fmt: skip
+                if room is None:
                     stopped = True
                     continue
-                # strictly larger keys, largest first; ties: most recently admitted
-                order = [
-                    k
-                    for k in sorted(
-                        reversed(range(n_run)), key=lambda k: -float(key_run[k])
-                    )
-                    if alive[k] and key_run[k] > kw
-                ]
-                chosen: list[int] = []
-                t_seqs, t_used, t_budget = seqs, used, budget
-                for k in order:
-                    chosen.append(k)
-                    t_seqs -= 1
-                    t_used -= int(plan_blocks[k])
-                    t_budget += int(work[k])  # served already: its work comes back
-                    if fits(t_seqs, t_used, t_budget):
-                        break
-                else:
-                    stopped = True
-                    continue
+                chosen, (seqs, used, budget) = room
                 for k in chosen:
                     alive[k] = False
                     work[k] = 0
                     victims.append(int(running[k]))
-                seqs, used, budget = t_seqs, t_used, t_budget
             c = min(full, budget)
             admitted.append(w)
             chunks.append(c)
             seqs, used, budget = seqs + 1, used + kv.blocks(c), budget - c
             prefill_left -= c
         return self._batch(view, running, work, alive, admitted, chunks, victims)
+
+    @staticmethod
+    def _queue(
+        running: IntArray,
+        waiting: IntArray,
+        key_run: FloatArray,
+        key_wait: FloatArray,
+        first: npt.NDArray[np.bool_],
+    ) -> list[int]:
+        """The running requests not served ``first`` and the waiting ones, in one
+        list in ascending key (key, waiting?, id): entries >= 0 are indices into
+        ``running``, entries < 0 are -1 - index into ``waiting``."""
+        later = np.flatnonzero(~first)
+        entries = np.concatenate([later, -1 - np.arange(len(waiting))])
+        sort_key = np.concatenate([key_run[later], key_wait])
+        is_wait = np.concatenate([np.zeros(len(later)), np.ones(len(waiting))])
+        ids = np.concatenate([running[later], waiting])
+        return entries[np.lexsort((ids, is_wait, sort_key))].tolist()
+
+    def _full_chunk(self, view: ReplicaView, w: int) -> int:
+        """The prefill chunk waiting request ``w`` asks for: its prompt and the
+        tokens it emitted, within ``chunk_tokens`` and its chunk cap."""
+        full = int(view.prompt_tokens[w] + view.emitted_tokens[w])
+        if self.params.chunk_tokens is not None:
+            full = min(full, self.params.chunk_tokens)
+        if self.chunk_caps is not None:
+            full = min(full, int(self.chunk_caps[w]))
+        return full
+
+    @staticmethod
+    def _make_room(
+        key_run: FloatArray,
+        key: float,
+        alive: npt.NDArray[np.bool_],
+        plan_blocks: IntArray,
+        work: IntArray,
+        state: tuple[int, int, int],
+        fits: Callable[[int, int, int], bool],
+    ) -> tuple[list[int], tuple[int, int, int]] | None:
+        """The running requests to preempt so that a waiting request of ``key``
+        fits: those alive with strictly larger keys, largest first (ties: most
+        recently admitted), until it ``fits``. Returns them with the batch's
+        (sequences, KV blocks, token budget) without them (``state``: with
+        them), or ``None`` if it does not fit even without all of them."""
+        order = [
+            k
+            for k in sorted(
+                reversed(range(len(key_run))), key=lambda k: -float(key_run[k])
+            )
+            if alive[k] and key_run[k] > key
+        ]
+        chosen: list[int] = []
+        t_seqs, t_used, t_budget = state
+        for k in order:
+            chosen.append(k)
+            t_seqs -= 1
+            t_used -= int(plan_blocks[k])
+            t_budget += int(work[k])  # served already: its work comes back
+            if fits(t_seqs, t_used, t_budget):
+                return chosen, (t_seqs, t_used, t_budget)
+        return None
 
     @staticmethod
     def _batch(
