@@ -549,15 +549,9 @@ def improve(
     oracle = instance.replace(predicted_output_tokens=instance.output_tokens)
     check_fits(oracle, profile)
     deadline = started + float(time_limit_s)
+    bound_name, bound = _best_bound(instance, profile, objective, replicas)
 
-    bounds = work_bounds(instance, profile, objective, replicas=replicas)
-    bound_name, bound = max(
-        bounds.items(), key=lambda kv: kv[1], default=("", -math.inf)
-    )
-    bound_name = f"seconds.{bound_name}" if bound_name else ""
-
-    n = len(instance)
-    assignment = np.arange(n, dtype=np.int64) % replicas
+    assignment = np.arange(len(instance), dtype=np.int64) % replicas
     members = [np.flatnonzero(assignment == c) for c in range(replicas)]
     members = [m for m in members if len(m)]
     parts = [oracle.subset(m) for m in members]
@@ -567,86 +561,139 @@ def improve(
     search = _Search(parts, profile, float(window_s), started, deadline, bound,
                      on_progress)  # fmt: skip
     search.report(None)
+    starts = _Starts(search, members, keys_in)
+    starts.run()
+    if starts.best is None:
+        info = {"replays": search.replays, "verified": False}
+        return _result(search, bound_name, assignment, starts.objectives, info)
+    total, rule, replays = starts.best
+
+    stats = _local_search(search, replays, rule, total, seed)
+    total = stats.pop("objective")
     budget = profile.max_num_batched_tokens
-    weights = work_params(profile)
+    point = _point(members, replays, rule, len(instance), budget)
+    total, verified = _verify(search, point.params, total, stats)
+    info = stats | {"replays": search.replays, "verified": verified}
+    return _result(search, bound_name, assignment, starts.objectives, info,
+                   rule=rule, point=point, objective=total)  # fmt: skip
 
-    # -- starts: the rules, with uniform chunk caps and prefill budgets ---------------
-    starts: dict[str, float] = {}
-    best: tuple[float, str, list[ReplicaReplay]] | None = None
 
-    def attempt(rule: str, cap: int, prefill: int) -> bool:
-        nonlocal best
+def _best_bound(
+    instance: Instance, profile: DeploymentProfile, objective: str, replicas: int
+) -> tuple[str, float]:
+    """Name (``"seconds.work"``, ...) and value of the best of the work bounds;
+    ``("", -inf)`` without one."""
+    bounds = work_bounds(instance, profile, objective, replicas=replicas)
+    name, bound = max(bounds.items(), key=lambda kv: kv[1], default=("", -math.inf))
+    return (f"seconds.{name}" if name else ""), bound
+
+
+class _Starts:
+    """The start replays (module docstring): the caller's keys, then the rules
+    with uniform chunk caps and prefill budgets; the best becomes the incumbent.
+
+    Parameters
+    ----------
+    search
+        The search state (deadline, progress log, replay count).
+    members
+        Instance ids of each replica's requests.
+    keys_in
+        The caller's start keys (instance order), or ``None``.
+    """
+
+    def __init__(
+        self,
+        search: _Search,
+        members: list[IntArray],
+        keys_in: FloatArray | None,
+    ) -> None:
+        self.search = search
+        self.members = members
+        self.keys_in = keys_in
+        self.budget = search.profile.max_num_batched_tokens
+        self.weights = work_params(search.profile)
+        #: Objective of each start replayed, by label (``"work/c=512"``, ...).
+        self.objectives: dict[str, float] = {}
+        #: ``(objective, rule, replays)`` of the best start so far.
+        self.best: tuple[float, str, list[ReplicaReplay]] | None = None
+
+    def run(self) -> None:
+        """Replay the starts in order until one runs out of time."""
+        budget = self.budget
+        # the caller's own order first: no time limit may skip it
+        ok = self.keys_in is None or self.attempt("explicit", budget, budget)
+        for cap in [budget] + [c for c in _START_CAPS if c < budget]:
+            ok = ok and self.attempt("work", cap, budget)
+        if self.best is None:
+            return
+        cap, _ = self.best_setting()
+        for prefill in (p for p in _START_BUDGETS if p < budget):
+            ok = ok and self.attempt("work", cap, prefill)
+        cap, prefill = self.best_setting()
+        rules = [r for r in RULES if r != "work"]
+        if self.keys_in is not None:
+            rules.append("explicit")
+        for rule in rules:
+            ok = ok and self.attempt(rule, cap, prefill)
+
+    def attempt(self, rule: str, cap: int, prefill: int) -> bool:
+        """Replay ``rule`` with chunk cap ``cap`` and prefill budget ``prefill``
+        (tokens) everywhere; ``False`` if out of time."""
         key_parts = None
         if rule == "explicit":
-            assert keys_in is not None
-            key_parts = [keys_in[m] for m in members]
-            params = replace(weights, key=rule, keys=KeyArray(key_parts[0]))
+            assert self.keys_in is not None
+            key_parts = [self.keys_in[m] for m in self.members]
+            params = replace(self.weights, key=rule, keys=KeyArray(key_parts[0]))
         else:
-            params = replace(weights, key=rule)
-        done = search.start(params, cap, prefill, key_parts)
+            params = replace(self.weights, key=rule)
+        done = self.search.start(params, cap, prefill, key_parts)
         if done is None:
             return False
         replays, total = done
-        label = rule + (f"/c={cap}" if cap < budget else "")
-        label += f"/p={prefill}" if prefill < budget else ""
-        starts[label] = total
-        if best is None or total < best[0]:
-            best = (total, rule, replays)
-            search.full_replay_s = search.last_replay_s  # the final check's cost
-            search.report(total)
+        label = rule + (f"/c={cap}" if cap < self.budget else "")
+        label += f"/p={prefill}" if prefill < self.budget else ""
+        self.objectives[label] = total
+        if self.best is None or total < self.best[0]:
+            self.best = (total, rule, replays)
+            # the final check's cost
+            self.search.full_replay_s = self.search.last_replay_s
+            self.search.report(total)
         return True
 
-    def best_setting() -> tuple[int, int]:
-        assert best is not None
-        rr = best[2][0]
+    def best_setting(self) -> tuple[int, int]:
+        """Chunk cap and prefill budget (tokens) of the best start."""
+        assert self.best is not None
+        rr = self.best[2][0]
         return int(rr.chunk_caps[0]), int(rr.prefill_budgets[0])
 
-    # the caller's own order first: no time limit may skip it
-    ok = keys_in is None or attempt("explicit", budget, budget)
-    for cap in [budget] + [c for c in _START_CAPS if c < budget]:
-        ok = ok and attempt("work", cap, budget)
-    if best is not None:
-        cap, _ = best_setting()
-        for prefill in (p for p in _START_BUDGETS if p < budget):
-            ok = ok and attempt("work", cap, prefill)
-        cap, prefill = best_setting()
-        rules = [r for r in RULES if r != "work"]
-        if keys_in is not None:
-            rules.append("explicit")
-        for rule in rules:
-            ok = ok and attempt(rule, cap, prefill)
 
-    if best is None:
-        return ScaleResult(
-            status=Status.TIME_LIMIT,
-            objective=None,
-            bound=bound,
-            bound_name=bound_name,
-            runtime_s=time.perf_counter() - started,
-            rule=None,
-            params=(),
-            assignment=assignment,
-            keys=None,
-            offsets=None,
-            chunk_caps=None,
-            prefill_budgets=None,
-            start_objectives=starts,
-            log=pd.DataFrame(search.rows, columns=list(LOG_COLUMNS)),
-            info={"replays": search.replays, "verified": False},
-        )
-    total, rule, replays = best
+@dataclass(frozen=True)
+class _Point:
+    """The point found: per-request settings in instance order, and the
+    parameters that reproduce it, one per replica (:class:`ScaleResult`)."""
 
-    # -- large-neighbourhood search over windows -----------------------------------
-    stats = _local_search(search, replays, rule, total, seed)
-    total = stats.pop("objective")
+    keys: FloatArray
+    offsets: FloatArray
+    chunk_caps: IntArray
+    prefill_budgets: IntArray
+    params: tuple[PriorityParams, ...]
 
-    # -- the point found, as the evaluator scores it -------------------------------
+
+def _point(
+    members: list[IntArray],
+    replays: list[ReplicaReplay],
+    rule: str,
+    n: int,
+    budget: int,
+) -> _Point:
+    """Gather the replicas' settings of the incumbent into instance order
+    (``budget``: the token budget, above which a cap or budget does not bind)."""
     offsets = np.zeros(n)
     chunk_caps = np.zeros(n, dtype=np.int64)
     prefill_budgets = np.zeros(n, dtype=np.int64)
     keys = np.zeros(n)
-    params_out = []
-    budget = profile.max_num_batched_tokens
+    params = []
 
     def binding(values: IntArray) -> KeyArray | None:
         return KeyArray(values) if np.any(values < budget) else None
@@ -657,7 +704,7 @@ def improve(
         prefill_budgets[m] = rr.prefill_budgets
         p = rr.policy.params
         keys[m] = _fresh_keys(rule, p, rr.instance) + rr.offsets
-        params_out.append(
+        params.append(
             replace(
                 p,
                 offsets=KeyArray(rr.offsets) if np.any(rr.offsets) else None,
@@ -665,38 +712,67 @@ def improve(
                 prefill_budgets=binding(rr.prefill_budgets),
             )
         )
-    verified = False
-    if time.perf_counter() + _CHECK_MARGIN * search.full_replay_s < deadline:
-        scored = 0.0
-        for part, p in zip(parts, params_out, strict=True):
-            result = simulate(part, profile, PolicySpec("priority", p), replicas=1)
-            scored += float((result.requests["completion_s"] - part.arrival_s).sum())
-        verified = True
-        if not math.isclose(scored, total, rel_tol=1e-9):
-            warnings.warn(
-                f"the search's replay gave {total!r} s, the evaluator {scored!r} s; "
-                "returning the evaluator's",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            stats["replay_objective"] = total
-        total = scored
+    return _Point(keys, offsets, chunk_caps, prefill_budgets, tuple(params))
+
+
+def _verify(
+    search: _Search,
+    params: tuple[PriorityParams, ...],
+    total: float,
+    stats: dict[str, Any],
+) -> tuple[float, bool]:
+    """The objective as :func:`~lsched.evaluator.simulate` scores the point, if
+    time is left for it, and whether it was scored.
+
+    Warns (and records the search's value in ``stats["replay_objective"]``) when
+    the evaluator disagrees with the search's replay.
+    """
+    if time.perf_counter() + _CHECK_MARGIN * search.full_replay_s >= search.deadline:
+        return total, False
+    scored = 0.0
+    for part, p in zip(search.parts, params, strict=True):
+        result = simulate(part, search.profile, PolicySpec("priority", p), replicas=1)
+        scored += float((result.requests["completion_s"] - part.arrival_s).sum())
+    if not math.isclose(scored, total, rel_tol=1e-9):
+        warnings.warn(
+            f"the search's replay gave {total!r} s, the evaluator {scored!r} s; "
+            "returning the evaluator's",
+            RuntimeWarning,
+            stacklevel=3,  # improve's caller
+        )
+        stats["replay_objective"] = total
+    return scored, True
+
+
+def _result(
+    search: _Search,
+    bound_name: str,
+    assignment: IntArray,
+    start_objectives: dict[str, float],
+    info: dict[str, Any],
+    *,
+    rule: str | None = None,
+    point: _Point | None = None,
+    objective: float | None = None,
+) -> ScaleResult:
+    """The :class:`ScaleResult` of the search, without a schedule if ``point`` is
+    ``None``."""
     return ScaleResult(
         status=Status.TIME_LIMIT,
-        objective=total,
-        bound=bound,
+        objective=objective,
+        bound=search.bound,
         bound_name=bound_name,
-        runtime_s=time.perf_counter() - started,
+        runtime_s=time.perf_counter() - search.started,
         rule=rule,
-        params=tuple(params_out),
+        params=() if point is None else point.params,
         assignment=assignment,
-        keys=keys,
-        offsets=offsets,
-        chunk_caps=chunk_caps,
-        prefill_budgets=prefill_budgets,
-        start_objectives=starts,
+        keys=None if point is None else point.keys,
+        offsets=None if point is None else point.offsets,
+        chunk_caps=None if point is None else point.chunk_caps,
+        prefill_budgets=None if point is None else point.prefill_budgets,
+        start_objectives=start_objectives,
         log=pd.DataFrame(search.rows, columns=list(LOG_COLUMNS)),
-        info=stats | {"replays": search.replays, "verified": verified},
+        info=info,
     )
 
 

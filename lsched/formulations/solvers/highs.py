@@ -363,6 +363,17 @@ def run(
         "random_seed": int(seed),
     }
     settings.update(options or {})
+    _configure(highs, settings, start)
+    origin = began if origin is None else origin
+    watch = _Watch(deadline, origin, start_objective, on_event)
+    ran, user = _solve(highs, watch)
+    return _outcome(loaded, watch, ran, user, began)
+
+
+def _configure(
+    highs: highspy.Highs, settings: dict[str, Any], start: FloatArray | None
+) -> None:
+    """Set HiGHS options (``ValueError`` on one HiGHS rejects) and the MIP start."""
     for name, value in settings.items():
         if highs.setOptionValue(name, value) == highspy.HighsStatus.kError:
             raise ValueError(f"HiGHS rejected option {name}={value!r}")
@@ -372,57 +383,101 @@ def run(
         solution.value_valid = True
         highs.setSolution(solution)
 
-    events: list[tuple[float, float | None, float]] = []
-    origin = began if origin is None else origin
-    state: dict[str, Any] = {
-        "objective": math.inf if start_objective is None else start_objective,
-        "bound": -math.inf,
-        "interrupted": False,
-        "user": False,
-        "error": None,
-    }
 
-    def report(objective: float | None, bound: float | None) -> None:
+class _Watch:
+    """The callbacks of one :func:`run`: progress events and the interrupt.
+
+    Parameters
+    ----------
+    deadline
+        Wall-clock deadline, ``time.monotonic()`` seconds.
+    origin
+        ``time.monotonic()`` that event times count from.
+    start_objective
+        Objective of the MIP start, if any: only better incumbents are reported.
+    on_event
+        Called on each improvement (module docstring).
+    """
+
+    def __init__(
+        self,
+        deadline: float,
+        origin: float,
+        start_objective: float | None,
+        on_event: EventCallback | None,
+    ) -> None:
+        self.deadline = deadline
+        self.origin = origin
+        self.on_event = on_event
+        #: Best objective and bound reported so far (solver units).
+        self.objective = math.inf if start_objective is None else start_objective
+        self.bound = -math.inf
+        #: Whether the deadline callback stopped HiGHS.
+        self.interrupted = False
+        #: Whether a user's stop request (:mod:`lsched.interrupt`) came.
+        self.user = False
+        #: What ``on_event`` raised, re-raised after HiGHS returns.
+        self.error: Exception | None = None
+        #: ``(time_s, objective, bound)`` per improvement.
+        self.events: list[tuple[float, float | None, float]] = []
+
+    def subscribe(self, highs: highspy.Highs) -> None:
+        """Subscribe to the interrupt, improving-solution and logging events."""
+        highs.cbSimplexInterrupt.subscribe(self.interrupt)
+        highs.cbIpmInterrupt.subscribe(self.interrupt)
+        highs.cbMipInterrupt.subscribe(self.interrupt)
+        highs.cbMipImprovingSolution.subscribe(self.improving)
+        highs.cbMipLogging.subscribe(self.logging)
+
+    def report(self, objective: float | None, bound: float | None) -> None:
+        """Record an event, and pass it to ``on_event``, if either improved."""
         better = False
-        if objective is not None and objective < state["objective"] - 1e-9:
-            state["objective"], better = objective, True
-        if bound is not None and math.isfinite(bound) and bound > state["bound"] + 1e-9:
-            state["bound"], better = bound, True
+        if objective is not None and objective < self.objective - 1e-9:
+            self.objective, better = objective, True
+        if bound is not None and math.isfinite(bound) and bound > self.bound + 1e-9:
+            self.bound, better = bound, True
         if not better:
             return
-        finite = state["objective"] if math.isfinite(state["objective"]) else None
-        event = (time.monotonic() - origin, finite, state["bound"])
-        events.append(event)
-        if on_event is not None and state["error"] is None:
+        finite = self.objective if math.isfinite(self.objective) else None
+        event = (time.monotonic() - self.origin, finite, self.bound)
+        self.events.append(event)
+        if self.on_event is not None and self.error is None:
             try:
-                on_event(*event)
+                self.on_event(*event)
             except Exception as error:  # re-raised after HiGHS returns
-                state["error"] = error
+                self.error = error
 
-    def interrupt(event: Any) -> None:
+    def interrupt(self, event: Any) -> None:
+        """Interrupt HiGHS on a user's stop, past the deadline or after an error
+        of ``on_event``; report the MIP's progress on the way."""
         if event.callback_type == highspy.cb.HighsCallbackType.kCallbackMipInterrupt:
             out = event.data_out
-            report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
-        if state["user"]:
+            self.report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
+        if self.user:
             event.interrupt()
-        elif time.monotonic() >= deadline or state["error"] is not None:
-            state["interrupted"] = state["error"] is None
+        elif time.monotonic() >= self.deadline or self.error is not None:
+            self.interrupted = self.error is None
             event.interrupt()
 
-    def improving(event: Any) -> None:
-        report(float(event.data_out.objective_function_value), None)
+    def improving(self, event: Any) -> None:
+        """Report a new incumbent."""
+        self.report(float(event.data_out.objective_function_value), None)
 
-    def logging(event: Any) -> None:
+    def logging(self, event: Any) -> None:
+        """Report the MIP's incumbent and dual bound."""
         out = event.data_out
-        report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
+        self.report(_finite(out.mip_primal_bound), _finite(out.mip_dual_bound))
 
-    highs.cbSimplexInterrupt.subscribe(interrupt)
-    highs.cbIpmInterrupt.subscribe(interrupt)
-    highs.cbMipInterrupt.subscribe(interrupt)
-    highs.cbMipImprovingSolution.subscribe(improving)
-    highs.cbMipLogging.subscribe(logging)
+
+def _solve(highs: highspy.Highs, watch: _Watch) -> tuple[Any, bool]:
+    """Run HiGHS with ``watch``'s callbacks (retrying once with a fresh thread
+    pool); HiGHS's run status and whether a user stopped it.
+
+    Re-raises what ``on_event`` raised.
+    """
+    watch.subscribe(highs)
     try:
-        ran, user = _run_stoppable(highs, state)
+        ran, user = _run_stoppable(highs, watch)
         if (
             ran == highspy.HighsStatus.kError
             and highs.getModelStatus() == highspy.HighsModelStatus.kNotset
@@ -430,12 +485,21 @@ def run(
             # HiGHS's thread pool is per process and fixed by the first solve; a
             # different ``threads`` makes ``run`` fail before it starts.
             highspy.Highs.resetGlobalScheduler(True)
-            ran, user = _run_stoppable(highs, state)
+            ran, user = _run_stoppable(highs, watch)
     finally:
         highs.clearCallbacks()
-    if state["error"] is not None:
-        raise state["error"]
+    if watch.error is not None:
+        raise watch.error
+    return ran, user
 
+
+def _outcome(
+    loaded: LoadedModel, watch: _Watch, ran: Any, user: bool, began: float
+) -> HighsOutcome:
+    """What HiGHS returned, read off ``loaded`` after the run that began at
+    ``began`` (``time.monotonic()``); the final incumbent and bound are reported
+    to ``watch``."""
+    highs = loaded.highs
     model_status = highs.getModelStatus()
     if ran == highspy.HighsStatus.kError and model_status in (
         highspy.HighsModelStatus.kNotset,
@@ -451,8 +515,8 @@ def run(
             values=None,
             nodes=0,
             runtime_s=time.monotonic() - began,
-            interrupted=bool(state["interrupted"]),
-            events=events,
+            interrupted=bool(watch.interrupted),
+            events=watch.events,
         )
     info = highs.getInfo()
     solution = highs.getSolution()
@@ -468,14 +532,11 @@ def run(
     else:
         bound = -math.inf
     if objective is not None:
-        report(objective, bound)
+        watch.report(objective, bound)
     text = highs.modelStatusToString(model_status)
+    passed = bool(watch.interrupted) or time.monotonic() >= watch.deadline
     return HighsOutcome(
-        stop=highs_stop(
-            text,
-            interrupted=user,
-            deadline_passed=bool(state["interrupted"]) or time.monotonic() >= deadline,
-        ),
+        stop=highs_stop(text, interrupted=user, deadline_passed=passed),
         infeasible=model_status == highspy.HighsModelStatus.kInfeasible,
         model_status=text,
         objective=objective,
@@ -483,12 +544,12 @@ def run(
         values=values,
         nodes=int(info.mip_node_count) if is_mip else 0,
         runtime_s=time.monotonic() - began,
-        interrupted=bool(state["interrupted"]),
-        events=events,
+        interrupted=bool(watch.interrupted),
+        events=watch.events,
     )
 
 
-def _run_stoppable(highs: highspy.Highs, state: dict[str, Any]) -> tuple[Any, bool]:
+def _run_stoppable(highs: highspy.Highs, watch: _Watch) -> tuple[Any, bool]:
     """``highs.run()``, stopped by a user's request (:mod:`lsched.interrupt`)."""
 
     def work() -> Any:
@@ -500,7 +561,7 @@ def _run_stoppable(highs: highspy.Highs, state: dict[str, Any]) -> tuple[Any, bo
                 highspy._Highs.resetThreadScheduler(False)
 
     def stop() -> None:
-        state["user"] = True
+        watch.user = True
 
     return run_stoppable(work, stop)
 
