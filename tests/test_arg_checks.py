@@ -28,7 +28,7 @@ from lsched.checks import (
     read_text,
 )
 from lsched.cluster import Cluster, load_cluster
-from lsched.compare import compare, compare_cluster
+from lsched.comparison import compare, compare_cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate, simulate_cluster
 from lsched.formulations.backends import solve
@@ -167,7 +167,7 @@ def test_instance_refuses_a_fractional_token_count() -> None:
 def test_compare_refuses_a_str_for_the_policies(
     instance: Instance, profile: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lsched.compare.bound_report", must_not_run)
+    monkeypatch.setattr("lsched.comparison.bound_report", must_not_run)
     with pytest.raises(InputError, match=r"e\.g\. \['fcfs'\]") as info:
         compare(instance, profile, policies="fcfs")
     assert info.value.field == "policies"

@@ -384,7 +384,7 @@ def run_case(case: Case) -> dict[str, Any]:
 def _run_policy(
     case: Case, policy: PolicySpec, instance: Instance, profile: DeploymentProfile
 ) -> dict[str, Any]:
-    from lsched.compare import objective_value
+    from lsched.comparison import objective_value
     from lsched.evaluator import simulate
 
     if case.predictor is not None:
