@@ -28,10 +28,10 @@ from lsched.checks import (
     read_text,
 )
 from lsched.cluster import Cluster, load_cluster
-from lsched.compare import compare, compare_cluster
+from lsched.comparison import compare, compare_cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate, simulate_cluster
-from lsched.formulations.backends import solve_slot
+from lsched.formulations.backends import solve
 from lsched.formulations.bounds.suite import bound_report
 from lsched.formulations.slot import SlotProblem, cpsat
 from lsched.goodput import goodput
@@ -167,7 +167,7 @@ def test_instance_refuses_a_fractional_token_count() -> None:
 def test_compare_refuses_a_str_for_the_policies(
     instance: Instance, profile: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lsched.compare.bound_report", must_not_run)
+    monkeypatch.setattr("lsched.comparison.bound_report", must_not_run)
     with pytest.raises(InputError, match=r"e\.g\. \['fcfs'\]") as info:
         compare(instance, profile, policies="fcfs")
     assert info.value.field == "policies"
@@ -194,7 +194,7 @@ WRONG_TYPES: list[tuple[str, Callable[[Instance, Any], object], str]] = [
     ("compare time_limit", lambda i, p: compare(i, p, time_limit="10"),
      "time_limit"),
     ("bound_report", lambda i, p: bound_report(i, "unit-slot"), "profile"),
-    ("solve_slot problem", lambda i, p: solve_slot("problem"), "problem"),
+    ("solve problem", lambda i, p: solve("problem"), "problem"),
     ("cpsat.solve seed", lambda i, p: cpsat.solve(_problem(i, p), seed=1.5), "seed"),
     ("SlotProblem", lambda i, p: SlotProblem.from_instance("trace.csv", p),
      "instance"),
@@ -373,7 +373,7 @@ SHARED: list[tuple[str, list[str], str, Callable[[Instance, Any], object], str]]
     ("lp time limit", ["bound", "--lp-time-limit", "-0.5"], "--lp-time-limit",
      lambda i, p: bound_report(i, p, lp_time_limit=-0.5), "lp_time_limit"),
     ("seed", ["solve", "--seed", "-1"], "--seed",
-     lambda i, p: solve_slot(_problem(i, p), seed=-1), "seed"),
+     lambda i, p: solve(_problem(i, p), seed=-1), "seed"),
     ("seed too large", ["compare", "--seed", str(2**31)], "--seed",
      lambda i, p: compare(i, p, seed=2**31), "seed"),
     ("workers", ["compare", "--workers", "0"], "--workers",

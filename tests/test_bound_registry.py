@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import run
 
 from lsched.cluster import Cluster, Pool
-from lsched.compare import compare
+from lsched.comparison import compare
 from lsched.errors import InputError
 from lsched.formulations.bounds import registry
 from lsched.formulations.bounds.registry import (

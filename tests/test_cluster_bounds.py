@@ -15,7 +15,7 @@ from cli_helpers import assert_refused, run
 from test_engine_equivalence import PROFILES, TIME_SCALE_S, tight_profile
 
 from lsched.cluster import Cluster, Link, Pool
-from lsched.compare import compare_cluster, objective_value
+from lsched.comparison import compare_cluster, objective_value
 from lsched.evaluator import simulate_cluster
 from lsched.formulations.bounds.cluster import CLUSTER_BOUNDS, cluster_bounds
 from lsched.formulations.bounds.suite import bound_report, cluster_bound_report

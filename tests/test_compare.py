@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from cli_helpers import run
 
-from lsched.compare import compare, is_slot_schedule, objective_value
+from lsched.comparison import compare, is_slot_schedule, objective_value
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.fixed import replay_batch_table

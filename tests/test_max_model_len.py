@@ -478,7 +478,7 @@ def _compare_cluster(instance: Instance, cluster: Cluster, seen: Counter[str]) -
 def test_compare_scores_the_requests_the_evaluator_serves() -> None:
     """compare() cuts the instance as the evaluator serves it before any bound:
     the bounds hold for the cut runs and every gap is certified."""
-    from lsched.compare import compare
+    from lsched.comparison import compare
     from lsched.predictors import oracle
 
     profile = UNIT.replace(max_model_len=8, kv_capacity_tokens=40)

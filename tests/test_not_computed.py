@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run
 
-from lsched.compare import TIMED_MAX_REQUESTS, compare
+from lsched.comparison import TIMED_MAX_REQUESTS, compare
 from lsched.formulations.bounds.suite import LP_MAX_REQUESTS, bound_report
 from lsched.formulations.result import Reason
 from lsched.profile import load_profile

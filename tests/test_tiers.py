@@ -14,7 +14,7 @@ import pytest
 from cli_helpers import assert_refused, run
 
 from lsched.cluster import Cluster
-from lsched.compare import compare
+from lsched.comparison import compare
 from lsched.errors import InputError
 from lsched.evaluator import simulate
 from lsched.evaluator.engine import ReplicaEngine

@@ -29,7 +29,7 @@ from lsched.cli._common import (
     refuse_beside_cluster,
 )
 from lsched.cluster import Cluster, load_cluster
-from lsched.compare import DEFAULT_POLICIES, Comparison, compare, compare_cluster
+from lsched.comparison import DEFAULT_POLICIES, Comparison, compare, compare_cluster
 from lsched.errors import InputError
 from lsched.formulations.bounds.suite import (
     best_bound,

@@ -38,11 +38,9 @@ from lsched.cli._common import (
 from lsched.errors import InputError
 from lsched.formulations.backends import (
     BACKENDS,
-    TIMED_BACKENDS,
     replay_objective,
     replay_timed_objective,
-    solve_slot,
-    solve_timed,
+    solve,
 )
 from lsched.formulations.result import SolveResult, Status
 from lsched.formulations.slot import OBJECTIVES, SlotProblem, slot_length_s
@@ -169,7 +167,7 @@ def _check_options(
 ) -> None:
     """Check the options before any work; InputError naming the option."""
     _choice(formulation, FORMULATIONS, "--formulation")
-    _choice(backend, BACKENDS, "--backend")
+    _choice(backend, tuple(BACKENDS["slot"]), "--backend")
     _choice(objective, OBJECTIVES, "--objective")
     check_time_limit(time_limit, "--time-limit")
     if workers is not None:
@@ -308,7 +306,7 @@ def _solve_timed(
     record: Provenance,
 ) -> None:
     """``--formulation timed``: solve, replay in the evaluator, report."""
-    _choice(backend, TIMED_BACKENDS, "--backend")
+    _choice(backend, tuple(BACKENDS["timed"]), "--backend")
     if objective not in TIMED_OBJECTIVES:
         raise InputError(
             f"got {objective!r}; the timed model takes {' or '.join(TIMED_OBJECTIVES)}",
@@ -323,7 +321,7 @@ def _solve_timed(
         native_stdout_to_stderr(),
         ProgressLine(f"solving (timed, {backend}, {objective})") as line,
     ):
-        result = solve_timed(problem, backend, on_progress=line, **options)
+        result = solve(problem, backend, on_progress=line, **options)
     replay = (
         None if result.start is None else replay_timed_objective(problem, result.start)
     )
@@ -387,7 +385,7 @@ def _solve(
         native_stdout_to_stderr(),
         ProgressLine(f"solving ({backend}, {problem.objective})") as line,
     ):
-        return solve_slot(problem, backend, on_progress=line, **options)
+        return solve(problem, backend, on_progress=line, **options)
 
 
 def _incumbent_source(result: SolveResult) -> str | None:

@@ -1,10 +1,11 @@
-"""One front door per model to its backends, and the evaluator's check of a schedule.
+"""The backend registry of every model, and the evaluator's check of a schedule.
 
-``solve_slot(problem, backend=...)`` picks :mod:`~lsched.formulations.slot.cpsat`,
-:mod:`~lsched.formulations.slot.milp` or :mod:`~lsched.formulations.slot.lns`;
-``solve_timed`` the timed model's :mod:`~lsched.formulations.timed.cpsat` or
-:mod:`~lsched.formulations.timed.milp` (imported on first use: each pulls in a
-heavy solver stack). :func:`replay_objective` and :func:`replay_timed_objective`
+:data:`BACKENDS` is the one table of what solves what: per model (``"slot"``,
+``"timed"``) the backends by name, each the module whose ``solve(problem, *,
+time_limit, num_workers, seed, initial_solution, on_progress, **params)`` runs
+it (imported on first use: each pulls in a heavy solver stack).
+:func:`solve` picks the model from the problem's type (:data:`MODEL_OF`) and the
+backend by name. :func:`replay_objective` and :func:`replay_timed_objective`
 score a schedule by replaying it in the evaluator, which shares no code with the
 formulations (DESIGN.md: a solver's schedule is replayed and both objectives
 must agree).
@@ -12,11 +13,14 @@ must agree).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from importlib import import_module
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from lsched.checks import check_type
 from lsched.errors import InputError
 from lsched.evaluator.fixed import replay_batch_table, replay_start_slots
 from lsched.formulations.result import SolveResult
@@ -24,56 +28,90 @@ from lsched.formulations.slot import SlotProblem
 from lsched.formulations.timed import TimedProblem, to_batch_table
 from lsched.policies import PolicyError
 
-#: Slot-model backends by name.
-BACKENDS: tuple[str, ...] = ("cpsat", "milp", "lns")
-#: Timed-model backends by name.
-TIMED_BACKENDS: tuple[str, ...] = ("cpsat", "milp")
+#: Every model's backends: model -> backend name -> the module whose ``solve``
+#: runs it. A new backend is one line here (and is then covered by the tests that
+#: solve with every registered backend); a new model is one entry here and one in
+#: :data:`MODEL_OF`.
+BACKENDS: Mapping[str, Mapping[str, str]] = {
+    "slot": {
+        "cpsat": "lsched.formulations.slot.cpsat",
+        "milp": "lsched.formulations.slot.milp",
+        "lns": "lsched.formulations.slot.lns",
+    },
+    "timed": {
+        "cpsat": "lsched.formulations.timed.cpsat",
+        "milp": "lsched.formulations.timed.milp",
+    },
+    # The replica-assignment model (lsched.formulations.replicas) joins here, with
+    # its problem type in MODEL_OF, once it has the shared solve() signature.
+}
+
+#: The model that solves each problem type (a key of :data:`BACKENDS`).
+MODEL_OF: Mapping[type, str] = {SlotProblem: "slot", TimedProblem: "timed"}
 
 
-def solve_slot(
-    problem: SlotProblem, backend: str = "cpsat", **options: Any
-) -> SolveResult:
-    """Solve ``problem`` with ``backend``; ``options`` go to its ``solve()``.
-
-    Raises
-    ------
-    InputError
-        On an unknown backend.
-    """
-    if backend == "cpsat":
-        from lsched.formulations.slot.cpsat import solve
-    elif backend == "milp":
-        from lsched.formulations.slot.milp import solve
-    elif backend == "lns":
-        from lsched.formulations.slot.lns import solve
-    else:
-        raise InputError(
-            f"got {backend!r}; expected one of {', '.join(BACKENDS)}", field="backend"
-        )
-    return solve(problem, **options)
-
-
-def solve_timed(
-    problem: TimedProblem, backend: str = "cpsat", **options: Any
-) -> SolveResult:
-    """Solve the timed ``problem`` with ``backend``; ``options`` go to ``solve()``.
+def model_of(problem: Any) -> str:
+    """The model (a key of :data:`BACKENDS`) that solves ``problem``.
 
     Raises
     ------
     InputError
-        On an unknown backend.
+        If ``problem`` is of no registered problem type (field ``problem``).
     """
-    if backend == "cpsat":
-        from lsched.formulations.timed.cpsat import solve
-    elif backend == "milp":
-        from lsched.formulations.timed.milp import solve
-    else:
+    kinds = tuple(MODEL_OF)
+    what = " or ".join(f"a {kind.__name__}" for kind in kinds)
+    check_type(problem, "problem", kinds, what)
+    return next(MODEL_OF[kind] for kind in kinds if isinstance(problem, kind))
+
+
+def backend_solve(model: str, backend: str) -> Callable[..., SolveResult]:
+    """The ``solve`` function of ``model``'s ``backend``, its module imported now.
+
+    Raises
+    ------
+    InputError
+        On a backend ``model`` does not have (field ``backend``, listing those it
+        has).
+    """
+    backends = BACKENDS[model]
+    if not isinstance(backend, str) or backend not in backends:
         raise InputError(
-            f"got {backend!r}; expected one of {', '.join(TIMED_BACKENDS)} for the "
-            "timed model",
+            f"got {backend!r}; expected one of {', '.join(backends)} for the "
+            f"{model} model",
             field="backend",
         )
-    return solve(problem, **options)
+    solve_function: Callable[..., SolveResult] = import_module(backends[backend]).solve
+    return solve_function
+
+
+def solve(
+    problem: SlotProblem | TimedProblem, backend: str = "cpsat", **options: Any
+) -> SolveResult:
+    """Solve ``problem`` with ``backend`` of its model; ``options`` go to ``solve()``.
+
+    Parameters
+    ----------
+    problem
+        A :class:`~lsched.formulations.slot.SlotProblem` (the slot model) or a
+        :class:`~lsched.formulations.timed.TimedProblem` (the timed model).
+    backend
+        A backend of the problem's model (:data:`BACKENDS`).
+    **options
+        ``time_limit``, ``num_workers``, ``seed``, ``initial_solution``,
+        ``on_progress`` and the backend's own parameters.
+
+    Returns
+    -------
+    SolveResult
+        The best schedule found, its objective, the proven bound and the status.
+
+    Raises
+    ------
+    InputError
+        On a problem of no registered type (field ``problem``) or a backend its
+        model does not have (field ``backend``).
+    """
+    return backend_solve(model_of(problem), backend)(problem, **options)
 
 
 def replay_timed_objective(problem: TimedProblem, start: npt.ArrayLike) -> float:
@@ -121,9 +159,10 @@ def replay_objective(problem: SlotProblem, start: npt.ArrayLike) -> float:
 
 __all__ = [
     "BACKENDS",
-    "TIMED_BACKENDS",
+    "MODEL_OF",
+    "backend_solve",
+    "model_of",
     "replay_objective",
     "replay_timed_objective",
-    "solve_slot",
-    "solve_timed",
+    "solve",
 ]

@@ -195,9 +195,9 @@ class SolverSetting:
     def __post_init__(self) -> None:
         from lsched.formulations.backends import BACKENDS
 
-        if self.backend not in BACKENDS:
+        if self.backend not in BACKENDS["slot"]:
             raise InputError(
-                f"got {self.backend!r}; expected one of {', '.join(BACKENDS)}",
+                f"got {self.backend!r}; expected one of {', '.join(BACKENDS['slot'])}",
                 field="backend",
             )
         check_solver_options(
@@ -384,7 +384,7 @@ def run_case(case: Case) -> dict[str, Any]:
 def _run_policy(
     case: Case, policy: PolicySpec, instance: Instance, profile: DeploymentProfile
 ) -> dict[str, Any]:
-    from lsched.compare import objective_value
+    from lsched.comparison import objective_value
     from lsched.evaluator import simulate
 
     if case.predictor is not None:
@@ -408,14 +408,14 @@ def _run_policy(
 def _run_solver(
     case: Case, setting: SolverSetting, instance: Instance, profile: DeploymentProfile
 ) -> dict[str, Any]:
-    from lsched.formulations.backends import replay_objective, solve_slot
+    from lsched.formulations.backends import replay_objective, solve
     from lsched.formulations.slot import SlotProblem, slot_length_s
 
     tau = slot_length_s(instance, profile) if setting.slot_s is None else setting.slot_s
     problem = SlotProblem.from_instance(
         instance, profile, objective=case.objective, slot_s=tau
     )
-    result = solve_slot(
+    result = solve(
         problem,
         setting.backend,
         time_limit=setting.time_limit,

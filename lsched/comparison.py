@@ -71,14 +71,7 @@ from lsched.cluster import Cluster, colocated_topology, served_profile
 from lsched.errors import InputError
 from lsched.evaluator import SimulationResult, simulate, simulate_cluster
 from lsched.evaluator.length import cluster_max_model_len, served_requests
-from lsched.formulations.backends import (
-    BACKENDS,
-    TIMED_BACKENDS,
-    replay_objective,
-    replay_timed_objective,
-    solve_slot,
-    solve_timed,
-)
+from lsched.formulations import backends
 from lsched.formulations.bounds.cluster import cluster_bounds
 from lsched.formulations.bounds.context import (
     one_colocated_pool,
@@ -306,7 +299,7 @@ def _check_options(
     """InputError naming the first bad option of :func:`compare`."""
     check_choice(objective, "objective", OBJECTIVES)
     if backend is not None:
-        check_choice(backend, "backend", BACKENDS)
+        check_choice(backend, "backend", backends.BACKENDS["slot"])
     check_solver_options(time_limit, num_workers, seed)
     check_time_limit(lp_time_limit, "lp_time_limit", zero=True)
 
@@ -500,15 +493,15 @@ def _offline(
     value = None
     if problem is not None:
         model, name = "slot model", f"slot.{backend}"
-        solve = solve_slot(problem, backend, **options)
+        solve = backends.solve(problem, backend, **options)
         if solve.start is not None:
-            value = replay_objective(problem, solve.start)
+            value = backends.replay_objective(problem, solve.start)
     else:
         assert timed is not None
         model, name = "timed model", f"timed.{backend}"
-        solve = solve_timed(timed, backend, **options)
+        solve = backends.solve(timed, backend, **options)
         if solve.start is not None:
-            value = replay_timed_objective(timed, solve.start)
+            value = backends.replay_timed_objective(timed, solve.start)
     if math.isfinite(solve.bound):
         topology = colocated_topology(profile.name, replicas)
         bound = Bound(name, solve.bound, SOLVER_SCHEDULES, topology)
@@ -654,10 +647,11 @@ def _why_no_solve(
             Reason.OUT_OF_SCOPE,
             f"{replicas} replicas; the slot and timed models have one",
         )
-    if backend not in TIMED_BACKENDS:
+    timed_backends = backends.BACKENDS["timed"]
+    if backend not in timed_backends:
         return (
             Reason.OUT_OF_SCOPE,
-            f"{slots}; the timed model is solved by {', '.join(TIMED_BACKENDS)}, "
+            f"{slots}; the timed model is solved by {', '.join(timed_backends)}, "
             f"not {backend}",
         )
     if len(instance) > TIMED_MAX_REQUESTS:
