@@ -286,14 +286,21 @@ def drive(
     problem
         An instance of ``model.problem_type``.
     time_limit
-        Wall-clock seconds for the whole call.
+        Wall-clock seconds for the whole call: warm start, model build and
+        solver. A backend whose build would overrun it gives the build up
+        (:func:`lsched.formulations.solvers.highs.search_built`): the incumbent
+        comes back with status ``time_limit`` (``interrupted`` on a user's stop)
+        and ``info["stopped_in"]`` says where.
     num_workers, seed
-        Solver threads and seed.
+        The solver's threads (CP-SAT workers, HiGHS ``threads``) and random
+        seed.
     initial_solution
-        A schedule to start from (checked by the model); its best heuristic's
-        by default.
+        A feasible schedule in the model's form (module docstring) to start
+        from, checked by the model; its best heuristic's by default.
     on_progress
-        Called on every improvement (:data:`Progress`).
+        ``on_progress(time_s, objective, bound)`` on every improvement of the
+        incumbent or the bound, in problem units, ``time_s`` from the call
+        (:data:`Progress`).
     began
         :func:`time.monotonic` that ``time_limit``, ``runtime_s`` and the log's
         times count from; the call by default. A public function that builds

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lsched.errors import InputError
@@ -241,28 +241,37 @@ def _lp_value(value: float, context: BoundContext) -> float | Why:
     return Reason.TIME_LIMIT, f"the LP was not solved within its limit of {limit}"
 
 
-def _seconds(name: str) -> Compute:
-    """``work_bounds``' value ``name`` on the context's pool."""
+def _looked_up(
+    values: Callable[[BoundContext], Mapping[str, float]], name: str, missing: str
+) -> Compute:
+    """The value ``name`` of the context's ``values``, or out of scope because
+    ``missing`` when it has none."""
 
     def compute(context: BoundContext) -> float | Why:
-        if name not in context.seconds_values:
-            return (Reason.OUT_OF_SCOPE,
-                    "the cost model has no usable under-estimator")  # fmt: skip
-        return context.seconds_values[name]
+        found = values(context)
+        if name not in found:
+            return Reason.OUT_OF_SCOPE, missing
+        return found[name]
 
     return compute
+
+
+def _seconds(name: str) -> Compute:
+    """``work_bounds``' value ``name`` on the context's pool."""
+    return _looked_up(
+        lambda context: context.seconds_values,
+        name,
+        "the cost model has no usable under-estimator",
+    )
 
 
 def _cluster(name: str) -> Compute:
     """``cluster_bounds``' value ``name`` on the context's cluster."""
-
-    def compute(context: BoundContext) -> float | Why:
-        if name not in context.cluster_values:
-            return (Reason.OUT_OF_SCOPE,
-                    "no pool's cost model has a usable under-estimator")  # fmt: skip
-        return context.cluster_values[name]
-
-    return compute
+    return _looked_up(
+        lambda context: context.cluster_values,
+        name,
+        "no pool's cost model has a usable under-estimator",
+    )
 
 
 def _slots_are_seconds(context: BoundContext) -> Why | None:

@@ -21,8 +21,7 @@ from ortools.sat.python import cp_model
 
 from lsched.formulations.driver import Attempt, SolveRun
 from lsched.formulations.replicas.assignment.problem import AssignmentProblem
-from lsched.formulations.result import CPSAT_OTHER_LIMITS, cpsat_stop
-from lsched.formulations.solvers.cpsat import configured_solver, solve_recorded
+from lsched.formulations.solvers.cpsat import solve_in_run
 
 __all__ = ["search"]
 
@@ -125,22 +124,16 @@ def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
     _constraints(model, problem, v)
     _objective(model, v)
     _hint(model, problem, v, run.start)
-    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
-    code, interrupted = solve_recorded(solver, model, run)
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        run.offer(_schedule(solver, problem, v), "cpsat")
-    bound = float(solver.best_objective_bound)
+    outcome = solve_in_run(run, model, params)
+    if outcome.found:
+        run.offer(_schedule(outcome.solver, problem, v), "cpsat")
+    bound = float(outcome.solver.best_objective_bound)
     return Attempt(
         solver="cpsat/ordered",
-        stop=cpsat_stop(
-            solver.status_name(code),
-            interrupted=interrupted,
-            other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
-        ),
+        stop=outcome.stop,
         bound=bound if math.isfinite(bound) else -math.inf,
         info={
-            "cpsat_status": solver.status_name(code),
-            "branches": solver.num_branches,
+            **outcome.info(),
             "variables": 2 * sum(len(choice) for choice in v.x) + 1,
         },
     )

@@ -6,7 +6,8 @@ Binaries ``z[i, c, k]`` on the clients request ``i`` may use, completions
 (:func:`_variables`); the placement, position, order, completion and makespan rows
 (:func:`_constraints`); minimise ``T`` (:func:`_objective`). HiGHS starts from the
 incumbent (completions its prefix sums) with the packing's integer gap
-(:data:`~lsched.formulations.replicas.assignment.milp.INTEGER_GAP`).
+(:data:`~lsched.formulations.solvers.highs.INTEGER_GAP`), run as the packing's
+(:func:`~lsched.formulations.replicas.assignment.milp.search_loaded`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy.typing as npt
 import pyomo.environ as pyo
 
 from lsched.formulations.driver import Attempt, SolveRun
-from lsched.formulations.replicas.assignment.milp import INTEGER_GAP
+from lsched.formulations.replicas.assignment.milp import search_loaded
 from lsched.formulations.replicas.assignment.problem import AssignmentProblem
 from lsched.formulations.solvers import highs
 
@@ -142,31 +143,12 @@ def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
     _constraints(model, problem)
     _objective(model)
     loaded = highs.load(model)
-
-    def on_event(time_s: float, objective: float | None, bound: float) -> None:
-        run.record(objective, bound)
-
-    outcome = highs.run(
+    return search_loaded(
+        run,
         loaded,
-        deadline=run.deadline,
-        threads=run.num_workers,
-        seed=run.seed,
-        options={**INTEGER_GAP, **params},
+        params=params,
         start=_mip_start(model, loaded, problem, run.start, upper),
-        start_objective=float(upper),
-        on_event=on_event,
-        origin=run.began,
-    )
-    if outcome.values is not None:
-        run.offer(_schedule(model, loaded, problem, outcome.values), "highs")
-    return Attempt(
+        upper=upper,
+        schedule_of=lambda values: _schedule(model, loaded, problem, values),
         solver="milp/ordered",
-        stop=outcome.stop,
-        bound=outcome.bound,
-        info={
-            **loaded.size,
-            "highs_status": outcome.model_status,
-            "nodes": outcome.nodes,
-            "interrupted": outcome.interrupted,
-        },
     )

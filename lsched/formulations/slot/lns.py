@@ -129,7 +129,7 @@ def solve(
     Parameters
     ----------
     problem, time_limit, num_workers, seed, initial_solution, on_progress
-        As :func:`lsched.formulations.slot.cpsat.solve`.
+        As :func:`lsched.formulations.driver.drive`.
     neighbourhood
         Initial number of requests freed per step (adapted as it goes).
     step_s

@@ -54,7 +54,7 @@ prices them by the cost model; ``slot_s`` overrides ``tau``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -295,17 +295,12 @@ class SlotProblem:
     def subproblem(self, ids: npt.ArrayLike) -> SlotProblem:
         """The same problem restricted to requests ``ids`` (in that order)."""
         ids = np.asarray(ids, dtype=np.int64)
-        return SlotProblem(
+        return replace(
+            self,
             arrival=self.arrival[ids],
             prompt_tokens=self.prompt_tokens[ids],
             output_tokens=self.output_tokens[ids],
             weight=self.weight[ids],
-            kv_capacity_blocks=self.kv_capacity_blocks,
-            block_tokens=self.block_tokens,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-            objective=self.objective,
-            name=self.name,
         )
 
     # -- the evaluator's view -------------------------------------------------

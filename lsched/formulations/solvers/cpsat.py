@@ -3,19 +3,22 @@
 Every CP-SAT backend (slot, timed, LNS, replica assignment) gets its solver from
 :func:`configured_solver`, so the time limit, workers, seed and the handling of
 Ctrl-C (by :mod:`lsched.interrupt`, not CP-SAT's own handler) are set once.
-:func:`solve_recorded` runs a backend's model inside a solve of the driver
-(:mod:`lsched.formulations.driver`), logging CP-SAT's progress in it.
+:func:`solve_in_run` runs a backend's model inside a solve of the driver
+(:mod:`lsched.formulations.driver`), logging CP-SAT's progress in it, and returns
+what every backend reads of it (:class:`CpsatOutcome`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ortools.sat.python import cp_model
 
 from lsched.errors import InputError
 from lsched.formulations.driver import SolveRun
+from lsched.formulations.result import CPSAT_OTHER_LIMITS, Stop, cpsat_stop
 from lsched.interrupt import run_stoppable
 
 
@@ -73,17 +76,83 @@ class ProgressRecorder(cp_model.CpSolverSolutionCallback):
         self._run.record(None, bound + self._offset)
 
 
-def solve_recorded(
-    solver: cp_model.CpSolver,
-    model: cp_model.CpModel,
+@dataclass(frozen=True)
+class CpsatOutcome:
+    """CP-SAT once it has stopped in a driver's run (:func:`solve_in_run`).
+
+    Attributes
+    ----------
+    solver
+        The solver, to read the solution's values from.
+    code
+        CP-SAT's status code.
+    stop
+        Why it stopped (:func:`lsched.formulations.result.cpsat_stop`).
+    """
+
+    solver: cp_model.CpSolver
+    code: Any
+    stop: Stop
+
+    @property
+    def found(self) -> bool:
+        """Whether CP-SAT has a solution (optimal or feasible)."""
+        return self.code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+
+    @property
+    def infeasible(self) -> bool:
+        """Whether CP-SAT proved the model infeasible."""
+        return self.code == cp_model.INFEASIBLE
+
+    def bound(self) -> float:
+        """CP-SAT's objective bound where its status carries one (optimal,
+        feasible or unknown), else ``-inf``; in CP-SAT's units."""
+        if self.code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
+            return float(self.solver.best_objective_bound)
+        return -math.inf
+
+    def info(self) -> dict[str, Any]:
+        """CP-SAT's status text and branch count, for :attr:`Attempt.info`."""
+        return {
+            "cpsat_status": self.solver.status_name(self.code),
+            "branches": self.solver.num_branches,
+        }
+
+
+def solve_in_run(
     run: SolveRun,
-    offset: float = 0.0,
-) -> tuple[Any, bool]:
-    """:func:`solve_stoppable` with CP-SAT's progress logged in ``run``
-    (:class:`ProgressRecorder`)."""
-    recorder = ProgressRecorder(run, offset)
+    model: cp_model.CpModel,
+    params: dict[str, Any],
+    recorder: ProgressRecorder | None = None,
+) -> CpsatOutcome:
+    """Solve ``model`` with CP-SAT in the time ``run`` has left, with its workers,
+    seed and the further CP-SAT ``params``.
+
+    ``recorder`` logs CP-SAT's progress in ``run`` (a :class:`ProgressRecorder`
+    of CP-SAT's own values by default); a stop request ends the solve
+    (:func:`solve_stoppable`).
+
+    Raises
+    ------
+    InputError
+        Naming an unknown CP-SAT parameter.
+    """
+    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
+    recorder = ProgressRecorder(run) if recorder is None else recorder
     solver.best_bound_callback = recorder.on_bound
-    return solve_stoppable(solver, model, recorder)
+    code, interrupted = solve_stoppable(solver, model, recorder)
+    stop = cpsat_stop(
+        solver.status_name(code),
+        interrupted=interrupted,
+        other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
+    )
+    return CpsatOutcome(solver=solver, code=code, stop=stop)
 
 
-__all__ = ["ProgressRecorder", "configured_solver", "solve_recorded", "solve_stoppable"]
+__all__ = [
+    "CpsatOutcome",
+    "ProgressRecorder",
+    "configured_solver",
+    "solve_in_run",
+    "solve_stoppable",
+]

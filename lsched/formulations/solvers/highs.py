@@ -63,6 +63,14 @@ and ``kCallbackMipLogging`` events report the dual bound; each improvement of
 either is passed to ``on_event(time_s, objective, bound)`` in solver units (the
 caller adds its constant). An exception raised by ``on_event`` interrupts the
 solve and is re-raised after HiGHS has returned.
+
+In a solve of the driver
+------------------------
+A MILP backend (:mod:`lsched.formulations.driver`) builds its model in the time
+its run has left (:func:`search_built`, which reports a build that did not finish
+as the attempt's stop) and runs HiGHS with the run's deadline, threads and seed,
+logging HiGHS's progress in the run (:func:`run_in`); :func:`column_values` and
+:func:`solution` map a schedule's variable values to HiGHS columns and back.
 """
 
 from __future__ import annotations
@@ -70,16 +78,18 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import highspy
 import numpy as np
 import numpy.typing as npt
 import pyomo.environ as pyo
+from pyomo.common.collections import ComponentMap
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
+from lsched.formulations.driver import Attempt, SolveRun
 from lsched.formulations.result import Stop, highs_stop
 from lsched.interrupt import requested, run_stoppable
 
@@ -100,6 +110,10 @@ class _QuietHighs(highspy.Highs):
         highspy._Highs.setOptionValue(self, "output_flag", False)
         super().enableCallbacks()
 
+
+#: HiGHS options that make "optimal" mean optimal for an integer objective with
+#: integer coefficients: an absolute gap below one closes it.
+INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
 
 #: ``on_event(time_s, objective or None, bound)``, solver units.
 EventCallback = Callable[[float, float | None, float], None]
@@ -580,3 +594,117 @@ def lp_relaxation(loaded: LoadedModel, *, deadline: float) -> float:
 def _finite(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) and abs(value) < highspy.kHighsInf else None
+
+
+class Built(Protocol):
+    """A backend's built model: its Pyomo model is :attr:`model`."""
+
+    @property
+    def model(self) -> pyo.ConcreteModel:
+        """The Pyomo model to load into HiGHS."""
+        ...
+
+
+B = TypeVar("B", bound=Built)
+
+
+def search_built(
+    solve_run: SolveRun,
+    build: Callable[[], B],
+    search: Callable[[B, LoadedModel, float], Attempt],
+    *,
+    solver: str,
+    **stopped_info: Any,
+) -> Attempt:
+    """Build and load a model in the time ``solve_run`` has left, then search it.
+
+    Parameters
+    ----------
+    solve_run
+        The driver's run.
+    build
+        Builds the model, giving up past the run's deadline (:func:`build_check`).
+    search
+        ``search(built, loaded, build_s)``: the attempt on the loaded model,
+        ``build_s`` the run's seconds when it was loaded.
+    solver
+        :attr:`Attempt.solver` if the build does not finish.
+    **stopped_info
+        Further :attr:`Attempt.info` if the build does not finish.
+
+    Returns
+    -------
+    Attempt
+        ``search``'s; or, when the model could not be built (and compiled) in
+        time or the user stopped it, the stop that says why, with
+        ``info["stopped_in"]`` (the stage) and ``info["build_s"]``: the driver
+        keeps the incumbent.
+    """
+    try:
+        built, loaded = build_and_load(
+            build, lambda b: b.model, deadline=solve_run.deadline
+        )
+    except BuildStopped as stopped:
+        info = {
+            "stopped_in": stopped.stage,
+            "build_s": solve_run.elapsed_s(),
+            **stopped_info,
+        }
+        return Attempt(solver=solver, stop=stopped.stop, info=info)
+    return search(built, loaded, solve_run.elapsed_s())
+
+
+def _same(value: float) -> float:
+    return value
+
+
+def run_in(
+    solve_run: SolveRun,
+    loaded: LoadedModel,
+    *,
+    options: dict[str, Any],
+    start: FloatArray | None,
+    start_objective: float,
+    to_problem: Callable[[float], float] = _same,
+) -> HighsOutcome:
+    """:func:`run` with ``solve_run``'s deadline, threads and seed, its progress
+    logged in ``solve_run``.
+
+    Parameters
+    ----------
+    solve_run
+        The driver's run (its clock is the events' origin).
+    loaded, options, start, start_objective
+        As :func:`run`.
+    to_problem
+        A model value (objective or bound) in problem units, for the log; the
+        identity by default.
+    """
+
+    def on_event(time_s: float, objective: float | None, bound: float) -> None:
+        solve_run.record(
+            None if objective is None else to_problem(objective), to_problem(bound)
+        )
+
+    return run(
+        loaded,
+        deadline=solve_run.deadline,
+        threads=solve_run.num_workers,
+        seed=solve_run.seed,
+        options=options,
+        start=start,
+        start_objective=start_objective,
+        on_event=on_event,
+        origin=solve_run.began,
+    )
+
+
+def column_values(loaded: LoadedModel, values: Mapping[Any, float]) -> FloatArray:
+    """``values`` (Pyomo variable to value, every column's) in HiGHS column order:
+    a MIP start."""
+    return np.array([values[v] for v in loaded.columns], dtype=np.float64)
+
+
+def solution(loaded: LoadedModel, values: FloatArray) -> ComponentMap:
+    """HiGHS's column ``values`` by Pyomo variable."""
+    return ComponentMap(zip(loaded.columns, values, strict=True))

@@ -11,8 +11,10 @@ and makespan in seconds. The math is in :mod:`~lsched.formulations.timed.problem
 :mod:`~lsched.formulations.timed.cpsat` (CP-SAT on integer time, with its rounding
 bound), each split into its variables, constraints and objective;
 :mod:`~lsched.formulations.timed.incumbent` gives the warm starts and the safe
-start windows, and :mod:`~lsched.formulations.timed.model` what the one solve
-driver (:mod:`lsched.formulations.driver`) needs to know of the model. Both
+start windows (:mod:`~lsched.formulations.timed.windows` the data of the
+requests within them that both backends read), and
+:mod:`~lsched.formulations.timed.model` what the one solve driver
+(:mod:`lsched.formulations.driver`) needs to know of the model. Both
 backends have the slot backends' ``solve(problem, *, time_limit, num_workers,
 seed, initial_solution, on_progress, **params)`` and report the exact objective
 of their schedule (:func:`timed_objective`); import them as ``from

@@ -48,6 +48,7 @@ optimal schedule lies inside these windows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -81,17 +82,8 @@ def _slot_views(problem: TimedProblem) -> list[tuple[str, SlotProblem]]:
         views.append(
             (
                 f"tau*{scale:g}",
-                SlotProblem(
-                    arrival=problem.arrival_s / tau,
-                    prompt_tokens=slots.prompt_tokens,
-                    output_tokens=slots.output_tokens,
-                    weight=slots.weight,
-                    kv_capacity_blocks=slots.kv_capacity_blocks,
-                    block_tokens=slots.block_tokens,
-                    max_num_seqs=slots.max_num_seqs,
-                    max_num_batched_tokens=slots.max_num_batched_tokens,
-                    objective=problem.objective,
-                    name=slots.name,
+                dataclasses.replace(
+                    slots, arrival=problem.arrival_s / tau, objective=problem.objective
                 ),
             )
         )

@@ -678,17 +678,3 @@ def to_batch_table(problem: TimedProblem, start: npt.ArrayLike) -> pd.DataFrame:
             "tokens": np.where(prefill, problem.prompt_tokens[request], 1)[order],
         }
     ).reset_index(drop=True)
-
-
-__all__ = [
-    "OBJECTIVES",
-    "TimedProblem",
-    "TimedSchedule",
-    "check_start",
-    "compact",
-    "is_feasible",
-    "iteration_features",
-    "timed_objective",
-    "timed_schedule",
-    "to_batch_table",
-]

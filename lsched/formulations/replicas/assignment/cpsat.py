@@ -19,8 +19,7 @@ from ortools.sat.python import cp_model
 
 from lsched.formulations.driver import Attempt, SolveRun
 from lsched.formulations.replicas.assignment.problem import AssignmentProblem
-from lsched.formulations.result import CPSAT_OTHER_LIMITS, cpsat_stop
-from lsched.formulations.solvers.cpsat import configured_solver, solve_recorded
+from lsched.formulations.solvers.cpsat import solve_in_run
 
 __all__ = ["search"]
 
@@ -73,23 +72,18 @@ def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
     for i, choice in enumerate(x):
         for c, v in choice.items():
             model.add_hint(v, int(run.start[i] == c))
-    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
-    code, interrupted = solve_recorded(solver, model, run)
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    outcome = solve_in_run(run, model, params)
+    solver = outcome.solver
+    if outcome.found:
         found = [next(c for c, v in choice.items() if solver.value(v)) for choice in x]
         run.offer(np.array(found, dtype=np.int64), "cpsat")
     bound = float(solver.best_objective_bound)
     return Attempt(
         solver="cpsat",
-        stop=cpsat_stop(
-            solver.status_name(code),
-            interrupted=interrupted,
-            other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
-        ),
+        stop=outcome.stop,
         bound=bound if math.isfinite(bound) else -math.inf,
         info={
-            "cpsat_status": solver.status_name(code),
-            "branches": solver.num_branches,
+            **outcome.info(),
             "conflicts": solver.num_conflicts,
             "variables": sum(len(choice) for choice in x) + problem.replicas + 1,
         },

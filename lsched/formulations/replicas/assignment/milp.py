@@ -12,6 +12,7 @@ below one closes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,10 @@ from lsched.formulations.driver import Attempt, SolveRun
 from lsched.formulations.replicas.assignment.problem import AssignmentProblem
 from lsched.formulations.solvers import highs
 
-__all__ = ["INTEGER_GAP", "search"]
+__all__ = ["search", "search_loaded"]
 
 IntArray = npt.NDArray[np.int64]
-
-#: HiGHS options that make "optimal" mean optimal for an integer objective.
-INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
+FloatArray = npt.NDArray[np.float64]
 
 
 def _variables(
@@ -67,7 +66,7 @@ def _mip_start(
     index: dict[int, tuple[int, int]],
     where: IntArray,
     upper: int,
-) -> npt.NDArray[np.float64]:
+) -> FloatArray:
     """Column values of the assignment ``where`` of largest load ``upper``."""
     return np.array(
         [
@@ -83,7 +82,7 @@ def _mip_start(
 def _assignment(
     loaded: highs.LoadedModel,
     index: dict[int, tuple[int, int]],
-    values: npt.NDArray[np.float64],
+    values: FloatArray,
     shape: tuple[int, int],
 ) -> IntArray:
     """The replica of every request: its largest ``x[i, c]`` in ``values``."""
@@ -104,26 +103,60 @@ def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
     _objective(model)
     loaded = highs.load(model)
     index = {id(model.x[p]): p for p in pairs}
-
-    def on_event(time_s: float, objective: float | None, bound: float) -> None:
-        run.record(objective, bound)
-
-    outcome = highs.run(
+    shape = (len(problem), problem.replicas)
+    return search_loaded(
+        run,
         loaded,
-        deadline=run.deadline,
-        threads=run.num_workers,
-        seed=run.seed,
-        options={**INTEGER_GAP, **params},
+        params=params,
         start=_mip_start(loaded, index, run.start, upper),
+        upper=upper,
+        schedule_of=lambda values: _assignment(loaded, index, values, shape),
+        solver="milp",
+    )
+
+
+def search_loaded(
+    run: SolveRun,
+    loaded: highs.LoadedModel,
+    *,
+    params: dict[str, Any],
+    start: FloatArray,
+    upper: int,
+    schedule_of: Callable[[FloatArray], IntArray],
+    solver: str,
+) -> Attempt:
+    """HiGHS on a packing model (this one or
+    :mod:`lsched.formulations.pang_offline`'s), from the incumbent.
+
+    Parameters
+    ----------
+    run
+        The driver's run.
+    loaded
+        The model, in HiGHS.
+    params
+        HiGHS options, over
+        :data:`~lsched.formulations.solvers.highs.INTEGER_GAP`.
+    start
+        The incumbent's column values (MIP start), of largest load ``upper``.
+    upper
+        The incumbent's integer objective.
+    schedule_of
+        The schedule of HiGHS's column values, offered to the run.
+    solver
+        :attr:`Attempt.solver`.
+    """
+    outcome = highs.run_in(
+        run,
+        loaded,
+        options={**highs.INTEGER_GAP, **params},
+        start=start,
         start_objective=float(upper),
-        on_event=on_event,
-        origin=run.began,
     )
     if outcome.values is not None:
-        shape = (len(problem), problem.replicas)
-        run.offer(_assignment(loaded, index, outcome.values, shape), "highs")
+        run.offer(schedule_of(outcome.values), "highs")
     return Attempt(
-        solver="milp",
+        solver=solver,
         stop=outcome.stop,
         bound=outcome.bound,
         info={

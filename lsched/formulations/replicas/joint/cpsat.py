@@ -19,9 +19,8 @@ from ortools.sat.python import cp_model
 
 from lsched.formulations.driver import Attempt, SolveRun
 from lsched.formulations.replicas.joint.model import JointProblem
-from lsched.formulations.result import CPSAT_OTHER_LIMITS, cpsat_stop
 from lsched.formulations.slot import SlotProblem
-from lsched.formulations.solvers.cpsat import configured_solver, solve_recorded
+from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 
 __all__ = ["SOLVER", "search"]
 
@@ -142,27 +141,18 @@ def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
         model.add_hint(var, int(hint_start[i]))
         for c in range(replicas):
             model.add_hint(y[i][c], int(hint_where[i] == c))
-    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
-    code, interrupted = solve_recorded(solver, model, run, slot.objective_offset)
-    bound = -math.inf
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    offset = slot.objective_offset
+    outcome = solve_in_run(run, model, params, ProgressRecorder(run, offset))
+    solver = outcome.solver
+    if outcome.found:
         found = [[solver.value(v) for v in start], [_replica(solver, row) for row in y]]
         run.offer(np.array(found, dtype=np.int64), "cpsat")
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
-        bound = solver.best_objective_bound + slot.objective_offset
+    bound = outcome.bound() + offset
     return Attempt(
         solver=SOLVER,
-        stop=cpsat_stop(
-            solver.status_name(code),
-            interrupted=interrupted,
-            other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
-        ),
+        stop=outcome.stop,
         bound=bound if math.isfinite(bound) else -math.inf,
-        info={
-            "cpsat_status": solver.status_name(code),
-            "branches": solver.num_branches,
-            "horizon": latest_end,
-        },
+        info={**outcome.info(), "horizon": latest_end},
     )
 
 

@@ -22,20 +22,18 @@ from :mod:`~lsched.formulations.slot.cpsat.variables`,
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from ortools.sat.python import cp_model
 
 from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import CPSAT_OTHER_LIMITS, SolveResult, cpsat_stop
+from lsched.formulations.result import SolveResult
 from lsched.formulations.slot.cpsat.build import FORMULATIONS, build
 from lsched.formulations.slot.horizon import deadlines
 from lsched.formulations.slot.model import SLOT
 from lsched.formulations.slot.problem import SlotProblem
-from lsched.formulations.solvers.cpsat import configured_solver, solve_recorded
+from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 
 __all__ = ["FORMULATIONS", "solve"]
 
@@ -47,29 +45,20 @@ def _search(run: SolveRun, *, formulation: str, params: dict[str, Any]) -> Attem
     hi = deadlines(problem, upper) - problem.output_tokens
     built = build(problem, problem.release, hi, formulation)
     built.hint(run.start)
-    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
-    code, interrupted = solve_recorded(
-        solver, built.model, run, offset=problem.objective_offset
-    )
-    bound = -math.inf
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    offset = problem.objective_offset
+    outcome = solve_in_run(run, built.model, params, ProgressRecorder(run, offset))
+    if outcome.found:
+        solver = outcome.solver
         found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
         run.offer(found, "cpsat")
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
-        bound = solver.best_objective_bound + problem.objective_offset
     return Attempt(
         solver=f"cpsat/{built.formulation}",
-        stop=cpsat_stop(
-            solver.status_name(code),
-            interrupted=interrupted,
-            other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
-        ),
-        bound=bound,
-        infeasible=code == cp_model.INFEASIBLE,
+        stop=outcome.stop,
+        bound=outcome.bound() + offset,
+        infeasible=outcome.infeasible,
         info={
-            "cpsat_status": solver.status_name(code),
-            "branches": solver.num_branches,
-            "conflicts": solver.num_conflicts,
+            **outcome.info(),
+            "conflicts": outcome.solver.num_conflicts,
             "horizon": int((hi + problem.output_tokens).max()),
         },
     )
@@ -96,19 +85,8 @@ def solve(
 
     Parameters
     ----------
-    problem
-        The slot problem (objective included).
-    time_limit
-        Wall-clock seconds for the whole call, model building included.
-    num_workers
-        CP-SAT search workers.
-    seed
-        CP-SAT's ``random_seed``.
-    initial_solution
-        A feasible schedule (start slot per request) to start from; the best
-        heuristic by default.
-    on_progress
-        Called with ``(time_s, objective, bound)`` on every improvement.
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
     formulation
         ``"events"`` (default), ``"interval"`` or ``"time-indexed"``
         (:mod:`lsched.formulations.slot.cpsat.build`).

@@ -39,7 +39,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from pyomo.common.collections import ComponentMap
 
 from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
 from lsched.formulations.result import SolveResult
@@ -49,15 +48,12 @@ from lsched.formulations.slot.incumbent import starting_schedule
 from lsched.formulations.slot.milp.build import SlotModel, Strengthening, build_model
 from lsched.formulations.slot.model import SLOT
 from lsched.formulations.solvers import highs
-from lsched.formulations.solvers.highs import BuildStopped
+from lsched.formulations.solvers.highs import BuildStopped, LoadedModel
 
 __all__ = ["SOLVER", "Strengthening", "build_model", "lp_bound", "solve"]
 
 #: :attr:`SolveResult.solver` of this backend.
 SOLVER = "milp/time-indexed"
-
-#: HiGHS options that make "optimal" mean optimal for an integer objective.
-INTEGER_GAP: dict[str, float] = {"mip_rel_gap": 0.0, "mip_abs_gap": 1.0 - 1e-6}
 
 
 def _builder(
@@ -89,56 +85,39 @@ def _search(
 ) -> Attempt:
     """Build the model in the time left, then run HiGHS from the incumbent."""
     problem: SlotProblem = run.problem
-    offset = problem.objective_offset
     upper = problem.integer_objective(run.start)
-    try:
-        built, loaded = highs.build_and_load(
-            _builder(problem, upper, strengthening, run.deadline),
-            lambda b: b.model,
-            deadline=run.deadline,
+    offset = problem.objective_offset
+
+    def search(built: SlotModel, loaded: LoadedModel, build_s: float) -> Attempt:
+        outcome = highs.run_in(
+            run,
+            loaded,
+            options={**highs.INTEGER_GAP, **params},
+            start=highs.column_values(loaded, built.values(run.start)),
+            start_objective=float(upper),
+            to_problem=lambda value: value + offset,
         )
-    except BuildStopped as stopped:
-        # the model could not be built (and compiled) in time, or the user
-        # stopped it: the incumbent, the free bounds, and the status that says why
-        info = {"stopped_in": stopped.stage, "build_s": run.elapsed_s()}
-        return Attempt(solver=SOLVER, stop=stopped.stop, info=info)
-    values = built.values(run.start)
-    mip_start = np.array([values[v] for v in loaded.columns], dtype=np.float64)
-    build_s = run.elapsed_s()
+        if outcome.values is not None and outcome.objective is not None:
+            run.offer(built.start_of(highs.solution(loaded, outcome.values)), "highs")
+        return Attempt(
+            solver=SOLVER,
+            stop=outcome.stop,
+            bound=outcome.bound + offset,
+            infeasible=outcome.infeasible,
+            info={
+                **loaded.size,
+                "rows": built.counts,
+                "symmetric_groups": len(built.groups),
+                "nodes": outcome.nodes,
+                "highs_status": outcome.model_status,
+                "interrupted": outcome.interrupted,
+                "highs_runtime_s": outcome.runtime_s,
+                "build_s": build_s,
+            },
+        )
 
-    def on_event(time_s: float, objective: float | None, bound: float) -> None:
-        run.record(None if objective is None else objective + offset, bound + offset)
-
-    outcome = highs.run(
-        loaded,
-        deadline=run.deadline,
-        threads=run.num_workers,
-        seed=run.seed,
-        options={**INTEGER_GAP, **params},
-        start=mip_start,
-        start_objective=float(upper),
-        on_event=on_event,
-        origin=run.began,
-    )
-    if outcome.values is not None and outcome.objective is not None:
-        value = ComponentMap(zip(loaded.columns, outcome.values, strict=True))
-        run.offer(built.start_of(value), "highs")
-    return Attempt(
-        solver=SOLVER,
-        stop=outcome.stop,
-        bound=outcome.bound + offset,
-        infeasible=outcome.infeasible,
-        info={
-            **loaded.size,
-            "rows": built.counts,
-            "symmetric_groups": len(built.groups),
-            "nodes": outcome.nodes,
-            "highs_status": outcome.model_status,
-            "interrupted": outcome.interrupted,
-            "highs_runtime_s": outcome.runtime_s,
-            "build_s": build_s,
-        },
-    )
+    build = _builder(problem, upper, strengthening, run.deadline)
+    return highs.search_built(run, build, search, solver=SOLVER)
 
 
 def solve(
@@ -156,21 +135,8 @@ def solve(
 
     Parameters
     ----------
-    problem
-        The slot problem.
-    time_limit
-        Wall-clock seconds for everything (heuristic, model building, HiGHS);
-        enforced by :mod:`lsched.formulations.solvers.highs`.
-    num_workers
-        HiGHS ``threads``.
-    seed
-        HiGHS ``random_seed``.
-    initial_solution
-        A feasible schedule (start slots) to start from; the best heuristic's by
-        default.
-    on_progress
-        ``on_progress(time_s, objective, bound)`` on each improvement of the
-        incumbent or the bound, in problem units, ``time_s`` from the call.
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
     strengthening
         Which strengthenings to add (all by default); for measurements.
     **params

@@ -36,7 +36,6 @@ the bound reported, so a proof of CP-SAT (``info["cpsat_status"]``
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -44,8 +43,8 @@ import numpy.typing as npt
 from ortools.sat.python import cp_model
 
 from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import CPSAT_OTHER_LIMITS, SolveResult, cpsat_stop
-from lsched.formulations.solvers.cpsat import configured_solver, solve_stoppable
+from lsched.formulations.result import SolveResult
+from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 from lsched.formulations.timed.cpsat.constraints import (
     add_assignment,
     add_durations,
@@ -86,12 +85,11 @@ def build(
     )
 
 
-class _Recorder(cp_model.CpSolverSolutionCallback):
+class _Recorder(ProgressRecorder):
     """Offers CP-SAT's schedules to the run and logs its bounds in seconds."""
 
     def __init__(self, run: SolveRun, built: TimedCpModel, delta_s: float) -> None:
-        super().__init__()
-        self._run = run
+        super().__init__(run)
         self._built = built
         self._delta_s = delta_s
 
@@ -126,28 +124,18 @@ def _search(
     built = build(problem, latest, scale)
     built.hints(run.start)
     delta = scale.error_bound_s(problem, latest)
-    solver = configured_solver(run.remaining_s(), run.num_workers, run.seed, params)
     recorder = _Recorder(run, built, delta)
-    solver.best_bound_callback = recorder.on_bound
-    code, interrupted = solve_stoppable(solver, built.model, recorder)
-    bound = -math.inf
-    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
-        bound = recorder.seconds(solver.best_objective_bound)
+    outcome = solve_in_run(run, built.model, params, recorder)
     rounded_s = scale.objective_units(problem, run.start) / scale.units_per_s
     return Attempt(
         solver=SOLVER,
-        stop=cpsat_stop(
-            solver.status_name(code),
-            interrupted=interrupted,
-            other_limits=bool(CPSAT_OTHER_LIMITS & params.keys()),
-        ),
-        bound=bound,
+        stop=outcome.stop,
+        bound=recorder.seconds(outcome.bound()),
         # impossible with a feasible hint in the windows
-        infeasible=code == cp_model.INFEASIBLE,
+        infeasible=outcome.infeasible,
         info={
-            "cpsat_status": solver.status_name(code),
-            "branches": solver.num_branches,
-            "conflicts": solver.num_conflicts,
+            **outcome.info(),
+            "conflicts": outcome.solver.num_conflicts,
             "iterations": int((latest + problem.output_tokens).max()),
             "time_unit_s": 1.0 / scale.units_per_s,
             "coefficient_scale": scale.coefficient_scale,
@@ -174,20 +162,8 @@ def solve(
 
     Parameters
     ----------
-    problem
-        The timed problem.
-    time_limit
-        Wall-clock seconds for the whole call, model building included.
-    num_workers
-        CP-SAT search workers.
-    seed
-        CP-SAT ``random_seed``.
-    initial_solution
-        A timed schedule (start iterations) to start from (a hint); the best
-        heuristic by default.
-    on_progress
-        ``on_progress(time_s, objective, bound)`` on every improvement: the exact
-        objective of CP-SAT's schedules, and its bound minus the rounding bound.
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
     time_unit_s
         Seconds per integer time unit; chosen from ``resolution`` by default.
     resolution
@@ -202,7 +178,9 @@ def solve(
         ``solver="cpsat/timed"``; the exact objective of ``start``, and a bound
         valid for the exact objective. ``info`` holds ``time_unit_s``,
         ``rounding_bound_s`` (``Delta``) and ``rounded_objective_s`` (CP-SAT's own
-        value of the schedule). Never raises on a time-out.
+        value of the schedule). ``on_progress`` gets the exact objective of
+        CP-SAT's schedules, and its bound minus the rounding bound. Never raises
+        on a time-out.
 
     Raises
     ------

@@ -29,28 +29,21 @@ from lsched.formulations.timed.problem import (
     TimedProblem,
     iteration_features,
 )
+from lsched.formulations.timed.windows import WindowData
 
 IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, eq=False)
-class CpData:
+class CpData(WindowData):
     """The timed problem as the CP-SAT rows read it: Python lists, integer time.
+
+    The fields of :class:`~lsched.formulations.timed.windows.WindowData`, and:
 
     Attributes
     ----------
-    problem
-        The timed problem.
     scale
         Integer time and coefficients.
-    latest
-        ``L_i``, the windows' last starts.
-    s, o, w, last
-        Prompts, outputs, weights and ``L_i`` as lists.
-    num
-        ``K = max_i (L_i + o_i)`` iterations.
-    tables
-        KV blocks per request and offset (``k_ij``).
     arrival
         ``ceil(q a_i)``.
     d_top
@@ -61,15 +54,7 @@ class CpData:
         ``ceil(q d_min)``.
     """
 
-    problem: TimedProblem
     scale: TimeScale
-    latest: IntArray
-    s: list[int]
-    o: list[int]
-    w: list[int]
-    last: list[int]
-    num: int
-    tables: list[list[int]]
     arrival: list[int]
     d_top: int
     horizon: int
@@ -80,35 +65,19 @@ class CpData:
         cls, problem: TimedProblem, latest: npt.ArrayLike, scale: TimeScale
     ) -> CpData:
         """The data of ``problem`` with windows ``[0, latest_i]`` on ``scale``."""
-        latest = np.asarray(latest, dtype=np.int64)
-        n = len(problem)
-        last = latest.tolist()
-        o = problem.output_tokens.tolist()
-        num = int(max(last[i] + o[i] for i in range(n)))
+        windows = WindowData.fields_of(problem, latest)
         arrival = scale.arrival_units(problem.arrival_s).tolist()
         box_sum = float(problem.feature_max.sum())
         top_s = problem.max_duration_s + box_sum / (scale.r * scale.units_per_s)
         d_top = math.ceil(scale.units_per_s * top_s) + 2
         return cls(
-            problem=problem,
+            **windows,
             scale=scale,
-            latest=latest,
-            s=problem.prompt_tokens.tolist(),
-            o=o,
-            w=problem.weight.tolist(),
-            last=last,
-            num=num,
-            tables=[problem.slots.kv_table(i).tolist() for i in range(n)],
             arrival=arrival,
             d_top=d_top,
-            horizon=max(arrival) + num * d_top,
+            horizon=max(arrival) + windows["num"] * d_top,
             d_least=math.ceil(scale.units_per_s * problem.min_duration_s - 1e-9),
         )
-
-    @property
-    def n(self) -> int:
-        """Requests."""
-        return len(self.s)
 
     @property
     def a_min(self) -> int:

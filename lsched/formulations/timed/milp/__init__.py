@@ -63,7 +63,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyomo.environ as pyo
-from pyomo.common.collections import ComponentMap
 from pyomo.common.gc_manager import PauseGC
 
 from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
@@ -217,31 +216,19 @@ def _run_highs(
     problem: TimedProblem = run.problem
     unit = built.time_unit_s
 
-    def on_event(time_s: float, objective: float | None, bound: float) -> None:
-        run.record(
-            None if objective is None else _seconds(problem, unit, objective),
-            _seconds(problem, unit, bound),
-        )
-
     def solve_from(
         loaded: LoadedModel, start: npt.NDArray[np.float64] | None
     ) -> HighsOutcome:
-        return highs.run(
+        return highs.run_in(
+            run,
             loaded,
-            deadline=run.deadline,
-            threads=run.num_workers,
-            seed=run.seed,
             options=options,
             start=start,
             start_objective=(run.objective - problem.objective_offset) / unit,
-            on_event=on_event,
-            origin=run.began,
+            to_problem=lambda value: _seconds(problem, unit, value),
         )
 
-    values = built.values(run.start)
-    outcome = solve_from(
-        loaded, np.array([values[v] for v in loaded.columns], dtype=np.float64)
-    )
+    outcome = solve_from(loaded, highs.column_values(loaded, built.values(run.start)))
     if _consistent(loaded, outcome):
         return outcome, loaded, False
     if requested() or time.monotonic() >= run.deadline:
@@ -268,50 +255,42 @@ def _search(
     problem: TimedProblem = run.problem
     latest = np.maximum(latest_starts(problem, run.objective), run.start)
     unit = default_time_unit_s(problem) if time_unit_s is None else float(time_unit_s)
-    try:
-        built, loaded = highs.build_and_load(
-            lambda: build_model(
-                problem, latest, time_unit_s=unit, stop_at=run.deadline
-            ),
-            lambda b: b.model,
-            deadline=run.deadline,
+
+    def search(built: TimedModel, loaded: LoadedModel, build_s: float) -> Attempt:
+        outcome, loaded, restarted = _run_highs(
+            run, built, loaded, {**DEFAULT_OPTIONS, **params}
         )
-    except BuildStopped as stopped:
-        # the model could not be built (and compiled) in time, or the user
-        # stopped it: the starting schedule, with the status that says why
-        info = {
-            "stopped_in": stopped.stage,
-            "build_s": run.elapsed_s(),
-            "time_unit_s": unit,
-        }
-        return Attempt(solver=SOLVER, stop=stopped.stop, info=info)
-    build_s = run.elapsed_s()
-    outcome, loaded, restarted = _run_highs(
-        run, built, loaded, {**DEFAULT_OPTIONS, **params}
-    )
-    if outcome.values is not None:
-        value = ComponentMap(zip(loaded.columns, outcome.values, strict=True))
-        run.offer(problem.canonical(built.start_of(value)), "highs")
-    return Attempt(
+        if outcome.values is not None:
+            found = built.start_of(highs.solution(loaded, outcome.values))
+            run.offer(problem.canonical(found), "highs")
+        return Attempt(
+            solver=SOLVER,
+            stop=outcome.stop,
+            bound=_seconds(problem, unit, outcome.bound),
+            infeasible=outcome.infeasible,
+            info={
+                **loaded.size,
+                "rows": built.counts,
+                "iterations": built.num_iterations,
+                "nodes": outcome.nodes,
+                "highs_status": outcome.model_status,
+                "highs_objective": None
+                if outcome.objective is None
+                else _seconds(problem, unit, outcome.objective),
+                "interrupted": outcome.interrupted,
+                "restarted_without_start": restarted,
+                "highs_runtime_s": outcome.runtime_s,
+                "build_s": build_s,
+                "time_unit_s": unit,
+            },
+        )
+
+    return highs.search_built(
+        run,
+        lambda: build_model(problem, latest, time_unit_s=unit, stop_at=run.deadline),
+        search,
         solver=SOLVER,
-        stop=outcome.stop,
-        bound=_seconds(problem, unit, outcome.bound),
-        infeasible=outcome.infeasible,
-        info={
-            **loaded.size,
-            "rows": built.counts,
-            "iterations": built.num_iterations,
-            "nodes": outcome.nodes,
-            "highs_status": outcome.model_status,
-            "highs_objective": None
-            if outcome.objective is None
-            else _seconds(problem, unit, outcome.objective),
-            "interrupted": outcome.interrupted,
-            "restarted_without_start": restarted,
-            "highs_runtime_s": outcome.runtime_s,
-            "build_s": build_s,
-            "time_unit_s": unit,
-        },
+        time_unit_s=unit,
     )
 
 
@@ -330,24 +309,8 @@ def solve(
 
     Parameters
     ----------
-    problem
-        The timed problem.
-    time_limit
-        Wall-clock seconds for everything (heuristics, model build and
-        compilation, HiGHS). A build that would overrun it is given up
-        (:func:`lsched.formulations.solvers.highs.build_and_load`): the starting
-        schedule comes back with status ``time_limit`` (``interrupted`` on a
-        user's stop) and ``info["stopped_in"]`` says where.
-    num_workers
-        HiGHS ``threads``.
-    seed
-        HiGHS ``random_seed``.
-    initial_solution
-        A timed schedule (start iterations) to start from; the best heuristic's
-        by default.
-    on_progress
-        ``on_progress(time_s, objective, bound)`` on each improvement, seconds of
-        objective (HiGHS's model value for its incumbents).
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
     time_unit_s
         Seconds per unit of the model's times (:func:`default_time_unit_s`).
     **params
@@ -357,8 +320,8 @@ def solve(
     -------
     SolveResult
         ``solver="milp/timed"``; objective and bound in seconds, the objective
-        recomputed exactly from ``start`` (start iterations). Never raises on a
-        time-out.
+        recomputed exactly from ``start`` (start iterations); ``on_progress``
+        gets HiGHS's model value for its incumbents. Never raises on a time-out.
 
     Raises
     ------

@@ -39,31 +39,24 @@ from lsched.formulations.timed.problem import (
     compact,
     timed_schedule,
 )
+from lsched.formulations.timed.windows import WindowData
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, eq=False)
-class MilpData:
+class MilpData(WindowData):
     """The timed problem as the MILP's rows read it: Python lists, model units.
+
+    The fields of :class:`~lsched.formulations.timed.windows.WindowData`, and:
 
     Attributes
     ----------
-    problem
-        The timed problem.
     unit_s
         Seconds per model time unit.
-    latest
-        ``L_i``, the windows' last starts.
-    s, o, w, last
-        Prompts, outputs, weights and ``L_i`` as lists.
     a
         Arrivals in model units.
-    num
-        ``K = max_i (L_i + o_i)`` iterations.
-    tables
-        KV blocks per request and offset (``k_ij``).
     pieces
         The cost model's pieces per reachable regime, in model units per feature.
     switch
@@ -79,16 +72,8 @@ class MilpData:
         Rows written per family.
     """
 
-    problem: TimedProblem
     unit_s: float
-    latest: IntArray
-    s: list[int]
-    o: list[int]
-    w: list[int]
-    last: list[int]
     a: list[float]
-    num: int
-    tables: list[list[int]]
     pieces: tuple[FloatArray, ...]
     switch: int | None
     used: npt.NDArray[np.bool_]
@@ -107,8 +92,6 @@ class MilpData:
     ) -> MilpData:
         """The data of ``problem`` with windows ``[0, latest_i]``, times in
         ``unit_s`` seconds, a build that gives up past ``stop_at``."""
-        latest = np.asarray(latest, dtype=np.int64)
-        n = len(problem)
         pieces = tuple(weights / unit_s for weights in problem.pieces)
         switch = problem.switch_feature if len(pieces) > 1 else None
         used = np.zeros(len(problem.feature_max), dtype=bool)
@@ -116,19 +99,10 @@ class MilpData:
             used |= np.any(weights != 0.0, axis=0)
         if switch is not None:
             used[switch] = True
-        last = latest.tolist()
-        o = problem.output_tokens.tolist()
         return cls(
-            problem=problem,
+            **WindowData.fields_of(problem, latest),
             unit_s=unit_s,
-            latest=latest,
-            s=problem.prompt_tokens.tolist(),
-            o=o,
-            w=problem.weight.tolist(),
-            last=last,
             a=(problem.arrival_s / unit_s).tolist(),
-            num=int(max(last[i] + o[i] for i in range(n))),
-            tables=[problem.slots.kv_table(i).tolist() for i in range(n)],
             pieces=pieces,
             switch=switch,
             used=used,
@@ -136,11 +110,6 @@ class MilpData:
             d_max=problem.max_duration_s / unit_s,
             check=build_check(stop_at),
         )
-
-    @property
-    def n(self) -> int:
-        """Requests."""
-        return len(self.s)
 
     @property
     def slack(self) -> float:
