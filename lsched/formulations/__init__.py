@@ -10,8 +10,9 @@ Every model has the same shape (PyJobShop's):
     objective, the feasibility rule, the warm start, the free bound and how a
     bound may be rounded.
 ``<model>/<backend>/`` (or ``<backend>.py``)
-    Per backend its ``variables``, ``constraints`` and ``objective``, and a
-    short ``_search(run, **options)`` that builds them and runs the solver.
+    Per backend its ``variables``, ``constraints`` and ``objective``, and its
+    ``solve``: a search ``@backend(MODEL)`` (:func:`~.driver.backend`) that
+    builds them in the driver's run and runs the solver.
 :mod:`~.driver`
     The one solve driver: argument checks, wall clock, warm start,
     interruption, incumbent, bound, status (one place, one tolerance:

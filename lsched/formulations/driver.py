@@ -40,6 +40,7 @@ to the model's functions and returns it as :attr:`SolveResult.start`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -260,6 +261,8 @@ class SolveRun:
 
 
 Search = Callable[..., Attempt]
+#: A backend's public ``solve(problem, *, time_limit, ..., **options)``.
+Solve = Callable[..., SolveResult]
 
 
 def drive(
@@ -336,4 +339,76 @@ def drive(
         return run.result(search(run, **options))
 
 
-__all__ = ["Attempt", "Model", "Progress", "Search", "SolveRun", "drive"]
+def _solve_parameters(num_workers: int) -> list[inspect.Parameter]:
+    """``solve``'s parameters that every backend shares (:func:`drive`'s)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return [
+        inspect.Parameter("problem", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("time_limit", keyword, default=60.0, annotation="float"),
+        inspect.Parameter(
+            "num_workers", keyword, default=num_workers, annotation="int"
+        ),
+        inspect.Parameter("seed", keyword, default=0, annotation="int"),
+        inspect.Parameter("initial_solution", keyword, default=None),
+        inspect.Parameter("on_progress", keyword, default=None),
+    ]
+
+
+def backend(model: Model, *, num_workers: int = 2) -> Callable[[Search], Solve]:
+    """Make a backend's search into its public ``solve``.
+
+    ``@backend(MODEL)`` on ``search(run, *, option=default, ..., **params)``
+    gives ``solve(problem, *, time_limit=60.0, num_workers=num_workers, seed=0,
+    initial_solution=None, on_progress=None, option=default, ..., **params)``,
+    which runs the search through :func:`drive`. The search's docstring is
+    written for that ``solve`` (its keyword options and the solver parameters
+    that ``**params`` takes); ``solve.search`` is the search itself, for a
+    backend that finishes with another's (:mod:`lsched.formulations.slot.lns`).
+    """
+
+    def make(search: Search) -> Solve:
+        def solve(
+            problem: Any,
+            *,
+            time_limit: float = 60.0,
+            num_workers: int = num_workers,
+            seed: int = 0,
+            initial_solution: Any = None,
+            on_progress: Progress | None = None,
+            **options: Any,
+        ) -> SolveResult:
+            return drive(
+                model,
+                search,
+                problem,
+                time_limit=time_limit,
+                num_workers=num_workers,
+                seed=seed,
+                initial_solution=initial_solution,
+                on_progress=on_progress,
+                **options,
+            )
+
+        own = list(inspect.signature(search).parameters.values())[1:]
+        shared = _solve_parameters(num_workers)
+        solve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [*shared, *own], return_annotation="SolveResult"
+        )
+        solve.__doc__ = search.__doc__
+        solve.__module__ = search.__module__
+        solve.search = search  # type: ignore[attr-defined]
+        return solve
+
+    return make
+
+
+__all__ = [
+    "Attempt",
+    "Model",
+    "Progress",
+    "Search",
+    "Solve",
+    "SolveRun",
+    "backend",
+    "drive",
+]

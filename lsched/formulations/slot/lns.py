@@ -10,10 +10,8 @@ from ortools.sat.python import cp_model
 
 from lsched.checks import SEED_MAX
 from lsched.formulations.bounds.slot import lagrangian
-from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import SolveResult
-from lsched.formulations.slot import SlotProblem
-from lsched.formulations.slot.cpsat import search_events
+from lsched.formulations.driver import Attempt, SolveRun, backend
+from lsched.formulations.slot import SlotProblem, cpsat
 from lsched.formulations.slot.cpsat.build import build
 from lsched.formulations.slot.horizon import deadlines
 from lsched.formulations.slot.model import SLOT
@@ -81,49 +79,15 @@ def _walk(
     }
 
 
-def _search(
+@backend(SLOT)
+def solve(
     run: SolveRun,
     *,
-    neighbourhood: int,
-    step_s: float,
-    polish_share: float,
-    params: dict[str, Any],
-) -> Attempt:
-    """The LNS walk, then the full CP-SAT model from its incumbent in the time left."""
-    search_until = run.deadline - (run.deadline - run.began) * polish_share
-    walk = _walk(
-        run,
-        neighbourhood=neighbourhood,
-        step_s=step_s,
-        search_until=search_until,
-        params=params,
-    )
-    full = search_events(run, params)
-    upper = run.problem.integer_objective(run.start)
-    # the Lagrangian bound may close the gap the full model left
-    bound = max(full.bound, lagrangian(run.problem, upper))
-    return Attempt(
-        solver="lns/cpsat-events",
-        stop=full.stop,
-        bound=bound if math.isfinite(bound) else full.bound,
-        infeasible=full.infeasible,
-        info={**walk, "full_model": full.info},
-    )
-
-
-def solve(
-    problem: SlotProblem,
-    *,
-    time_limit: float = 60.0,
-    num_workers: int = 2,
-    seed: int = 0,
-    initial_solution: npt.ArrayLike | None = None,
-    on_progress: Progress | None = None,
     neighbourhood: int = 12,
     step_s: float = 1.0,
     polish_share: float = 0.5,
     **params: Any,
-) -> SolveResult:
+) -> Attempt:
     """LNS, then the full CP-SAT model from its incumbent (module docstring).
 
     Parameters
@@ -139,17 +103,22 @@ def solve(
     **params
         CP-SAT parameters for the sub-models and the full model.
     """
-    return drive(
-        SLOT,
-        _search,
-        problem,
-        time_limit=time_limit,
-        num_workers=num_workers,
-        seed=seed,
-        initial_solution=initial_solution,
-        on_progress=on_progress,
+    search_until = run.deadline - (run.deadline - run.began) * polish_share
+    walk = _walk(
+        run,
         neighbourhood=neighbourhood,
         step_s=step_s,
-        polish_share=polish_share,
+        search_until=search_until,
         params=params,
+    )
+    full = cpsat.solve.search(run, **params)
+    upper = run.problem.integer_objective(run.start)
+    # the Lagrangian bound may close the gap the full model left
+    bound = max(full.bound, lagrangian(run.problem, upper))
+    return Attempt(
+        solver="lns/cpsat-events",
+        stop=full.stop,
+        bound=bound if math.isfinite(bound) else full.bound,
+        infeasible=full.infeasible,
+        info={**walk, "full_model": full.info},
     )

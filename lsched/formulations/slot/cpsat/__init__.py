@@ -25,10 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import SolveResult
+from lsched.formulations.driver import Attempt, SolveRun, backend
 from lsched.formulations.slot.cpsat.build import FORMULATIONS, build
 from lsched.formulations.slot.horizon import deadlines
 from lsched.formulations.slot.model import SLOT
@@ -38,8 +36,26 @@ from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 __all__ = ["FORMULATIONS", "solve"]
 
 
-def _search(run: SolveRun, *, formulation: str, params: dict[str, Any]) -> Attempt:
-    """Build the ``formulation``, hint the incumbent, run CP-SAT in the time left."""
+@backend(SLOT)
+def solve(run: SolveRun, *, formulation: str = "events", **params: Any) -> Attempt:
+    """Solve a slot problem with CP-SAT.
+
+    Parameters
+    ----------
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
+    formulation
+        ``"events"`` (default), ``"interval"`` or ``"time-indexed"``
+        (:mod:`lsched.formulations.slot.cpsat.build`).
+    **params
+        Further CP-SAT parameters, e.g. ``linearization_level=2``.
+
+    Returns
+    -------
+    SolveResult
+        Never raises on a time-out: the incumbent and bound found so far.
+    """
+    # the search: build the formulation, hint the incumbent, CP-SAT in the time left
     problem: SlotProblem = run.problem
     upper = problem.integer_objective(run.start)
     hi = deadlines(problem, upper) - problem.output_tokens
@@ -61,52 +77,4 @@ def _search(run: SolveRun, *, formulation: str, params: dict[str, Any]) -> Attem
             "conflicts": outcome.solver.num_conflicts,
             "horizon": int((hi + problem.output_tokens).max()),
         },
-    )
-
-
-def search_events(run: SolveRun, params: dict[str, Any]) -> Attempt:
-    """The default formulation's search in ``run``, for backends that finish
-    with it (:mod:`lsched.formulations.slot.lns`)."""
-    return _search(run, formulation="events", params=params)
-
-
-def solve(
-    problem: SlotProblem,
-    *,
-    time_limit: float = 60.0,
-    num_workers: int = 2,
-    seed: int = 0,
-    initial_solution: npt.ArrayLike | None = None,
-    on_progress: Progress | None = None,
-    formulation: str = "events",
-    **params: Any,
-) -> SolveResult:
-    """Solve ``problem`` with CP-SAT.
-
-    Parameters
-    ----------
-    problem, time_limit, num_workers, seed, initial_solution, on_progress
-        As :func:`lsched.formulations.driver.drive`.
-    formulation
-        ``"events"`` (default), ``"interval"`` or ``"time-indexed"``
-        (:mod:`lsched.formulations.slot.cpsat.build`).
-    **params
-        Further CP-SAT parameters, e.g. ``linearization_level=2``.
-
-    Returns
-    -------
-    SolveResult
-        Never raises on a time-out: the incumbent and bound found so far.
-    """
-    return drive(
-        SLOT,
-        _search,
-        problem,
-        time_limit=time_limit,
-        num_workers=num_workers,
-        seed=seed,
-        initial_solution=initial_solution,
-        on_progress=on_progress,
-        formulation=formulation,
-        params=params,
     )

@@ -38,10 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import SolveResult
+from lsched.formulations.driver import Attempt, SolveRun, backend
 from lsched.formulations.slot import SlotProblem
 from lsched.formulations.slot.horizon import deadlines
 from lsched.formulations.slot.incumbent import starting_schedule
@@ -77,13 +74,32 @@ def _builder(
     return build
 
 
-def _search(
-    run: SolveRun,
-    *,
-    strengthening: Strengthening | None,
-    params: dict[str, Any],
+@backend(SLOT, num_workers=1)
+def solve(
+    run: SolveRun, *, strengthening: Strengthening | None = None, **params: Any
 ) -> Attempt:
-    """Build the model in the time left, then run HiGHS from the incumbent."""
+    """Solve ``problem`` to optimality or until ``time_limit`` wall-clock seconds.
+
+    Parameters
+    ----------
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
+    strengthening
+        Which strengthenings to add (all by default); for measurements.
+    **params
+        HiGHS options, applied last (e.g. ``mip_rel_gap=0.01``).
+
+    Returns
+    -------
+    SolveResult
+        ``solver="milp/time-indexed"``; never raises on a time-out.
+
+    Raises
+    ------
+    InputError
+        If ``initial_solution`` is not a feasible schedule.
+    """
+    # the search: build the model in the time left, then HiGHS from the incumbent
     problem: SlotProblem = run.problem
     upper = problem.integer_objective(run.start)
     offset = problem.objective_offset
@@ -118,52 +134,6 @@ def _search(
 
     build = _builder(problem, upper, strengthening, run.deadline)
     return highs.search_built(run, build, search, solver=SOLVER)
-
-
-def solve(
-    problem: SlotProblem,
-    *,
-    time_limit: float = 60.0,
-    num_workers: int = 1,
-    seed: int = 0,
-    initial_solution: np.ndarray | None = None,
-    on_progress: Progress | None = None,
-    strengthening: Strengthening | None = None,
-    **params: Any,
-) -> SolveResult:
-    """Solve ``problem`` to optimality or until ``time_limit`` wall-clock seconds.
-
-    Parameters
-    ----------
-    problem, time_limit, num_workers, seed, initial_solution, on_progress
-        As :func:`lsched.formulations.driver.drive`.
-    strengthening
-        Which strengthenings to add (all by default); for measurements.
-    **params
-        HiGHS options, applied last (e.g. ``mip_rel_gap=0.01``).
-
-    Returns
-    -------
-    SolveResult
-        ``solver="milp/time-indexed"``; never raises on a time-out.
-
-    Raises
-    ------
-    InputError
-        If ``initial_solution`` is not a feasible schedule.
-    """
-    return drive(
-        SLOT,
-        _search,
-        problem,
-        time_limit=time_limit,
-        num_workers=num_workers,
-        seed=seed,
-        initial_solution=initial_solution,
-        on_progress=on_progress,
-        strengthening=strengthening,
-        params=params,
-    )
 
 
 def lp_bound(

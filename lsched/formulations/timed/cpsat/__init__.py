@@ -42,8 +42,7 @@ import numpy as np
 import numpy.typing as npt
 from ortools.sat.python import cp_model
 
-from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import SolveResult
+from lsched.formulations.driver import Attempt, SolveRun, backend
 from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 from lsched.formulations.timed.cpsat.constraints import (
     add_assignment,
@@ -109,55 +108,14 @@ class _Recorder(ProgressRecorder):
         self._run.record(None, self.seconds(bound))
 
 
-def _search(
+@backend(TIMED)
+def solve(
     run: SolveRun,
     *,
-    time_unit_s: float | None,
-    resolution: float,
-    params: dict[str, Any],
-) -> Attempt:
-    """Build the model on integer time, hint the incumbent, run CP-SAT in the
-    time left."""
-    problem: TimedProblem = run.problem
-    latest = np.maximum(latest_starts(problem, run.objective), run.start)
-    scale = TimeScale.choose(problem, time_unit_s=time_unit_s, resolution=resolution)
-    built = build(problem, latest, scale)
-    built.hints(run.start)
-    delta = scale.error_bound_s(problem, latest)
-    recorder = _Recorder(run, built, delta)
-    outcome = solve_in_run(run, built.model, params, recorder)
-    rounded_s = scale.objective_units(problem, run.start) / scale.units_per_s
-    return Attempt(
-        solver=SOLVER,
-        stop=outcome.stop,
-        bound=recorder.seconds(outcome.bound()),
-        # impossible with a feasible hint in the windows
-        infeasible=outcome.infeasible,
-        info={
-            **outcome.info(),
-            "conflicts": outcome.solver.num_conflicts,
-            "iterations": int((latest + problem.output_tokens).max()),
-            "time_unit_s": 1.0 / scale.units_per_s,
-            "coefficient_scale": scale.coefficient_scale,
-            "duration_error_s": scale.duration_error_s,
-            "rounding_bound_s": delta,
-            "rounded_objective_s": rounded_s + problem.objective_offset,
-        },
-    )
-
-
-def solve(
-    problem: TimedProblem,
-    *,
-    time_limit: float = 60.0,
-    num_workers: int = 2,
-    seed: int = 0,
-    initial_solution: npt.ArrayLike | None = None,
-    on_progress: Progress | None = None,
     time_unit_s: float | None = None,
     resolution: float = RESOLUTION,
     **params: Any,
-) -> SolveResult:
+) -> Attempt:
     """Solve the timed ``problem`` with CP-SAT on integer time.
 
     Parameters
@@ -187,18 +145,33 @@ def solve(
     InputError
         If ``initial_solution`` is not a timed schedule, or on a bad parameter.
     """
-    return drive(
-        TIMED,
-        _search,
-        problem,
-        time_limit=time_limit,
-        num_workers=num_workers,
-        seed=seed,
-        initial_solution=initial_solution,
-        on_progress=on_progress,
-        time_unit_s=time_unit_s,
-        resolution=resolution,
-        params=params,
+    # the search: the model on integer time, the incumbent as hint, CP-SAT in the
+    # time left
+    problem: TimedProblem = run.problem
+    latest = np.maximum(latest_starts(problem, run.objective), run.start)
+    scale = TimeScale.choose(problem, time_unit_s=time_unit_s, resolution=resolution)
+    built = build(problem, latest, scale)
+    built.hints(run.start)
+    delta = scale.error_bound_s(problem, latest)
+    recorder = _Recorder(run, built, delta)
+    outcome = solve_in_run(run, built.model, params, recorder)
+    rounded_s = scale.objective_units(problem, run.start) / scale.units_per_s
+    return Attempt(
+        solver=SOLVER,
+        stop=outcome.stop,
+        bound=recorder.seconds(outcome.bound()),
+        # impossible with a feasible hint in the windows
+        infeasible=outcome.infeasible,
+        info={
+            **outcome.info(),
+            "conflicts": outcome.solver.num_conflicts,
+            "iterations": int((latest + problem.output_tokens).max()),
+            "time_unit_s": 1.0 / scale.units_per_s,
+            "coefficient_scale": scale.coefficient_scale,
+            "duration_error_s": scale.duration_error_s,
+            "rounding_bound_s": delta,
+            "rounded_objective_s": rounded_s + problem.objective_offset,
+        },
     )
 
 

@@ -65,8 +65,8 @@ import numpy.typing as npt
 import pyomo.environ as pyo
 from pyomo.common.gc_manager import PauseGC
 
-from lsched.formulations.driver import Attempt, Progress, SolveRun, drive
-from lsched.formulations.result import SolveResult, Stop
+from lsched.formulations.driver import Attempt, SolveRun, backend
+from lsched.formulations.result import Stop
 from lsched.formulations.solvers import highs
 from lsched.formulations.solvers.highs import BuildStopped, HighsOutcome, LoadedModel
 from lsched.formulations.timed.incumbent import latest_starts, starting_schedule
@@ -248,10 +248,32 @@ def _run_highs(
     return solve_from(loaded, None), loaded, True
 
 
-def _search(
-    run: SolveRun, *, time_unit_s: float | None, params: dict[str, Any]
-) -> Attempt:
-    """Build the model in the time left, then run HiGHS from the incumbent."""
+@backend(TIMED)
+def solve(run: SolveRun, *, time_unit_s: float | None = None, **params: Any) -> Attempt:
+    """Solve the timed ``problem`` with HiGHS, within ``time_limit`` wall-clock seconds.
+
+    Parameters
+    ----------
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`.
+    time_unit_s
+        Seconds per unit of the model's times (:func:`default_time_unit_s`).
+    **params
+        HiGHS options, applied last (e.g. ``mip_rel_gap=0.01``).
+
+    Returns
+    -------
+    SolveResult
+        ``solver="milp/timed"``; objective and bound in seconds, the objective
+        recomputed exactly from ``start`` (start iterations); ``on_progress``
+        gets HiGHS's model value for its incumbents. Never raises on a time-out.
+
+    Raises
+    ------
+    InputError
+        If ``initial_solution`` is not a timed schedule.
+    """
+    # the search: build the model in the time left, then HiGHS from the incumbent
     problem: TimedProblem = run.problem
     latest = np.maximum(latest_starts(problem, run.objective), run.start)
     unit = default_time_unit_s(problem) if time_unit_s is None else float(time_unit_s)
@@ -291,54 +313,6 @@ def _search(
         search,
         solver=SOLVER,
         time_unit_s=unit,
-    )
-
-
-def solve(
-    problem: TimedProblem,
-    *,
-    time_limit: float = 60.0,
-    num_workers: int = 2,
-    seed: int = 0,
-    initial_solution: npt.ArrayLike | None = None,
-    on_progress: Progress | None = None,
-    time_unit_s: float | None = None,
-    **params: Any,
-) -> SolveResult:
-    """Solve the timed ``problem`` with HiGHS, within ``time_limit`` wall-clock seconds.
-
-    Parameters
-    ----------
-    problem, time_limit, num_workers, seed, initial_solution, on_progress
-        As :func:`lsched.formulations.driver.drive`.
-    time_unit_s
-        Seconds per unit of the model's times (:func:`default_time_unit_s`).
-    **params
-        HiGHS options, applied last (e.g. ``mip_rel_gap=0.01``).
-
-    Returns
-    -------
-    SolveResult
-        ``solver="milp/timed"``; objective and bound in seconds, the objective
-        recomputed exactly from ``start`` (start iterations); ``on_progress``
-        gets HiGHS's model value for its incumbents. Never raises on a time-out.
-
-    Raises
-    ------
-    InputError
-        If ``initial_solution`` is not a timed schedule.
-    """
-    return drive(
-        TIMED,
-        _search,
-        problem,
-        time_limit=time_limit,
-        num_workers=num_workers,
-        seed=seed,
-        initial_solution=initial_solution,
-        on_progress=on_progress,
-        time_unit_s=time_unit_s,
-        params=params,
     )
 
 
