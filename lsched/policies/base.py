@@ -102,6 +102,7 @@ built without one (by hand, or by the naive reference engine) sums the arrays.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -334,6 +335,35 @@ class Batch:
     def moves_kv(self) -> bool:
         """Whether the batch preempts or swaps (it then cannot be held)."""
         return len(self.preempt) + len(self.swap_out) + len(self.swap_in) > 0
+
+
+def decode_all(
+    view: ReplicaView,
+    running: IntArray,
+    processed: IntArray,
+    budget: int,
+    admit: Callable[[int, int, int], tuple[list[int], list[int]]],
+) -> Batch | None:
+    """The usual iteration of the FCFS family (FCFS, vLLM, Sarathi-Serve): every
+    running request decodes one token and ``admit(running, used_blocks,
+    tokens_left)`` fills the rest of the token ``budget`` with new prefills.
+
+    ``running`` are past their prefills; ``processed`` their tokens. ``None``
+    when their decodes alone would overflow the KV (the blocks held after the
+    step, ``ceil((p + 1) / b)``, exceed the capacity): the caller preempts.
+    """
+    kv = view.kv
+    used = int(kv.blocks_after_step(processed).sum())
+    if used > kv.capacity_blocks:
+        return None
+    new, chunks = admit(len(running), used, budget - len(running))
+    if not new:
+        return Batch(decode=running, hold=True)
+    return Batch(
+        prefill=np.array(new, dtype=np.int64),
+        prefill_tokens=np.array(chunks, dtype=np.int64),
+        decode=running,
+    )
 
 
 def running_state(

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lsched.policies.base import Batch, ReplicaView, running_state
+from lsched.policies.base import Batch, ReplicaView, decode_all, running_state
 
 
 @dataclass(frozen=True)
@@ -74,22 +74,14 @@ class Fcfs:
         processed = view.processed_tokens[running]
         target = view.prefill_target_tokens[running]
         if len(running) <= budget and (processed >= target).all():
-            # the usual case: every running request decodes one token; blocks
-            # held after the step, ceil((p + 1) / b)
-            kv = view.kv
-            used = int(kv.blocks_after_step(processed).sum())
-            if used <= kv.capacity_blocks:
-                new, chunks = self._admit(
-                    view, len(running), used, budget - len(running)
-                )
-                if not new:
-                    return Batch(decode=running, hold=True)
-                return Batch(
-                    prefill=np.array(new, dtype=np.int64),
-                    prefill_tokens=np.array(chunks, dtype=np.int64),
-                    decode=running,
-                )
-            return self._preempting(view)
+            batch = decode_all(
+                view,
+                running,
+                processed,
+                budget,
+                lambda *args: self._admit(view, *args),
+            )
+            return self._preempting(view) if batch is None else batch
         remaining = target - processed
         prefilling = remaining > 0
         if self.params.chunked:

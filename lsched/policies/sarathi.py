@@ -53,11 +53,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from lsched.checks import check_int
 from lsched.errors import InputError
-from lsched.policies.base import Batch, ReplicaView
+from lsched.policies.base import Batch, ReplicaView, decode_all
 from lsched.policies.vllm import plan_batch, running_pass, watermark_blocks
 
 
@@ -102,19 +100,15 @@ class Sarathi:
         target = view.prefill_target_tokens[running]
         prefilling = processed < target
         if not prefilling.any() and len(running) <= budget:
-            # the usual case: every running request decodes one token
-            used = int(kv.blocks_after_step(processed).sum())
-            if used <= kv.capacity_blocks:
-                new, chunks = self._admit(
-                    view, len(running), used, budget - len(running)
-                )
-                if not new:
-                    return Batch(decode=running, hold=True)
-                return Batch(
-                    prefill=np.array(new, dtype=np.int64),
-                    prefill_tokens=np.array(chunks, dtype=np.int64),
-                    decode=running,
-                )
+            batch = decode_all(
+                view,
+                running,
+                processed,
+                budget,
+                lambda *args: self._admit(view, *args),
+            )
+            if batch is not None:
+                return batch
         ids = running.tolist()
         # the whole prompt is reserved at admission (Sarathi's block manager)
         held = {

@@ -57,7 +57,7 @@ import numpy as np
 from lsched.checks import check_int, check_optional_int
 from lsched.errors import InputError
 from lsched.kv import KVBlocks
-from lsched.policies.base import Batch, ReplicaView, running_state
+from lsched.policies.base import Batch, ReplicaView, decode_all, running_state
 
 # -- helpers shared by the engine policies ---------------------------------------
 
@@ -215,20 +215,15 @@ class Vllm:
         processed = view.processed_tokens[running]
         target = view.prefill_target_tokens[running]
         if len(running) <= budget and (processed >= target).all():
-            # the usual case: every running request decodes one token; blocks
-            # held after the step, ceil((p + 1) / b)
-            kv = view.kv
-            used = int(kv.blocks_after_step(processed).sum())
-            if used <= kv.capacity_blocks:
-                left = budget - len(running)
-                new, chunks = self._admit(view, priority, len(running), used, left)
-                if not new:
-                    return Batch(decode=running, hold=True)
-                return Batch(
-                    prefill=np.array(new, dtype=np.int64),
-                    prefill_tokens=np.array(chunks, dtype=np.int64),
-                    decode=running,
-                )
+            batch = decode_all(
+                view,
+                running,
+                processed,
+                budget,
+                lambda *args: self._admit(view, priority, *args),
+            )
+            if batch is not None:
+                return batch
         else:
             batch = self._without_preemption(view, priority, processed, target)
             if batch is not None:
