@@ -7,17 +7,10 @@ from typing import Any
 import numpy as np
 
 from lsched.instance import Instance
+from lsched.validator import pools
 from lsched.validator.disagg import _validate_disaggregated
 from lsched.validator.fit import _check_fit_records, _fit
 from lsched.validator.log import _validate_log
-from lsched.validator.pools import (
-    _add_pool_violations,
-    _add_swap_totals,
-    _check_rejections,
-    _check_swap_totals,
-    _cluster_swaps,
-    _swap_mode,
-)
 from lsched.validator.report import SWAP_METRICS, ValidationReport, _Collector, _frozen
 
 
@@ -62,27 +55,16 @@ def validate_cluster(
     first = np.full(n, np.nan)
     done = np.full(n, np.nan)
     metrics: dict[str, float] = {}
-    _check_rejections(requests, result, out)
+    pools._check_rejections(requests, result, out)
     _check_fit_records(fit, requests, result.metrics, out)
-    swaps = _cluster_swaps(result, out)
+    swaps = pools._cluster_swaps(result, out)
     totals = None if swaps is None else dict.fromkeys(SWAP_METRICS, 0.0)
     start = 0
     for pool in cluster.pools:
         ids = np.flatnonzero((replica >= start) & (replica < start + pool.replicas))
-        mine = result.runs["replica"].between(start, start + pool.replicas - 1)
-        runs = result.runs[mine].assign(replica=lambda r, s=start: r["replica"] - s)
-        members = result.members[result.members["run"].isin(runs.index)]
-        preempted = result.preemptions[result.preemptions["run"].isin(runs.index)]
-        local = np.full(n, -1, dtype=np.int64)
-        local[ids] = np.arange(len(ids))
-        members = members.assign(request=local[members["request"].to_numpy()])
-        preempted = preempted.assign(request=local[preempted["request"].to_numpy()])
-        pool_swaps = None
-        if swaps is not None:
-            pool_swaps = swaps[swaps["run"].isin(runs.index)]
-            pool_swaps = pool_swaps.assign(
-                request=local[pool_swaps["request"].to_numpy(dtype=np.int64)]
-            )
+        runs, members, preempted, pool_swaps = pools._pool_log(
+            result, start, start + pool.replicas, ids, n, swaps
+        )
         claimed = requests.iloc[ids].reset_index(drop=True)
         claimed = claimed.assign(replica=claimed["replica"] - start)
         pool_metrics = None
@@ -94,16 +76,16 @@ def validate_cluster(
             report, _, _ = _validate_log(
                 instance.subset(ids), pool.profile, runs, members, preempted,
                 replicas=pool.replicas, requests=claimed, metrics=pool_metrics,
-                rtol=rtol, swaps=pool_swaps, swap_mode=_swap_mode(pool),
+                rtol=rtol, swaps=pool_swaps, swap_mode=pools._swap_mode(pool),
                 swap_totals=False,
             )  # fmt: skip
-            _add_pool_violations(out, pool, ids, report)
+            pools._add_pool_violations(out, pool, ids, report)
             first[ids] = report.first_token_s
             done[ids] = report.completion_s
             metrics |= {f"{pool.name}.{k}": v for k, v in report.metrics.items()}
-            _add_swap_totals(totals, report.metrics)
+            pools._add_swap_totals(totals, report.metrics)
         start += pool.replicas
-    metrics |= _check_swap_totals(totals, swaps, result.metrics, rtol, out)
+    metrics |= pools._check_swap_totals(totals, swaps, result.metrics, rtol, out)
     return ValidationReport(
         tuple(out.kept), metrics, _frozen(first), _frozen(done), None, out.extra
     )

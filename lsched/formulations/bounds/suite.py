@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from lsched.checks import check_choice, check_int, check_time_limit, check_type
 from lsched.cluster import Cluster
@@ -220,28 +221,15 @@ def bound_suite(
     instance: Instance,
     profile: DeploymentProfile,
     objective: str = "latency",
-    *,
-    replicas: int | None = None,
-    lp_time_limit: float = 10.0,
-    lp_max_requests: int = LP_MAX_REQUESTS,
+    **options: Any,
 ) -> list[Bound]:
     """Every applicable bound on ``objective`` (``"latency"`` or ``"makespan"``).
 
     Parameters
     ----------
-    instance, profile
-        The requests and the deployment.
-    objective
-        ``"latency"`` (total E2E seconds) or ``"makespan"`` (seconds).
-    replicas
-        Number of replicas; the profile's by default.
-    lp_time_limit
-        Wall-clock seconds for the slot or timed LP relaxation.
-    lp_max_requests
-        Skip the LP above this many requests (its size grows with ``n`` times
-        the horizon); the timed LP is also skipped above
-        :data:`~lsched.formulations.bounds.registry.TIMED_LP_MAX_ITERATIONS`
-        output tokens in all.
+    instance, profile, objective, **options
+        As :func:`bound_report` (``replicas``, ``lp_time_limit``,
+        ``lp_max_requests``).
 
     Returns
     -------
@@ -249,14 +237,7 @@ def bound_suite(
         Bounds in seconds, finite ones only, in a fixed order. The bounds not
         computed, and why, are in :func:`bound_report`'s ``skipped``.
     """
-    return bound_report(
-        instance,
-        profile,
-        objective,
-        replicas=replicas,
-        lp_time_limit=lp_time_limit,
-        lp_max_requests=lp_max_requests,
-    ).bounds
+    return bound_report(instance, profile, objective, **options).bounds
 
 
 def best_bound(bounds: list[Bound], scope: str = "slot") -> float:

@@ -69,7 +69,6 @@ models (:func:`lsched.formulations.replicas.solve_joint`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,12 +76,12 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.errors import InputError
-from lsched.formulations.driver import Attempt, SolveRun, drive
+from lsched.formulations.driver import Attempt, SolveRun
 from lsched.formulations.pang_offline import cpsat, milp
 from lsched.formulations.pang_offline.model import ORDERED, lpt_positions
 from lsched.formulations.replicas.assignment import (
     DEFAULT_LOAD_STEPS,
-    packing_problem,
+    solve_packing,
 )
 from lsched.formulations.replicas.assignment.model import (
     lpt_is_better,
@@ -151,14 +150,10 @@ def assign_ordered(
         Status decided by the solve driver for the integer loads; LPT (in LPT
         order) at worst.
     """
-    began = time.monotonic()
-    problem = packing_problem(
-        instance, profile, replicas, backend=backend, time_limit=time_limit,
-        num_workers=num_workers, seed=seed, load=load, load_steps=load_steps,
-    )  # fmt: skip
-    result = drive(
-        ORDERED, _search, problem, time_limit=time_limit, num_workers=num_workers,
-        seed=seed, began=began, backend=backend, params=params,
+    options = {"time_limit": time_limit, "num_workers": num_workers, "seed": seed}
+    problem, result = solve_packing(
+        ORDERED, _search, instance, profile, replicas, options,
+        backend=backend, load=load, load_steps=load_steps, params=params,
     )  # fmt: skip
     assert result.start is not None  # LPT is always a feasible schedule
     where, position = result.start

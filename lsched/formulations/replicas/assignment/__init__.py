@@ -47,7 +47,7 @@ import numpy.typing as npt
 
 from lsched.checks import check_int, check_seed, check_time_limit, check_workers
 from lsched.errors import InputError
-from lsched.formulations.driver import Attempt, SolveRun, drive
+from lsched.formulations.driver import Attempt, Model, Search, SolveRun, drive
 from lsched.formulations.replicas.assignment import cpsat, milp
 from lsched.formulations.replicas.assignment.model import (
     ASSIGNMENT,
@@ -62,7 +62,7 @@ from lsched.formulations.replicas.assignment.problem import (
 )
 from lsched.formulations.replicas.loads import resolve_loads
 from lsched.formulations.replicas.results import AssignmentResult
-from lsched.formulations.result import Stop
+from lsched.formulations.result import SolveResult, Stop
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
 
@@ -73,27 +73,31 @@ __all__ = [
     "assign",
     "assignment_lower_bound",
     "lpt",
-    "packing_problem",
+    "solve_packing",
 ]
 
 #: Backends of :func:`assign`.
 BACKENDS: tuple[str, ...] = ("cpsat", "milp")
 
 
-def packing_problem(
+def solve_packing(
+    model: Model,
+    search: Search,
     instance: Instance,
     profile: DeploymentProfile,
     replicas: int,
+    options: dict[str, Any],
     *,
     backend: str,
-    time_limit: float,
-    num_workers: int,
-    seed: int,
     load: npt.ArrayLike | str | None,
     load_steps: int,
-) -> AssignmentProblem:
-    """The checked arguments of a packing model (:func:`assign` and
-    :func:`lsched.formulations.pang_offline.assign_ordered`) and its problem.
+    params: dict[str, Any],
+) -> tuple[AssignmentProblem, SolveResult]:
+    """A packing model (:func:`assign`,
+    :func:`lsched.formulations.pang_offline.assign_ordered`) solved through the
+    driver: its arguments checked, its problem built and its ``search`` run, all
+    within ``options["time_limit"]`` (``options`` also holds ``num_workers`` and
+    ``seed``).
 
     Raises
     ------
@@ -101,6 +105,12 @@ def packing_problem(
         On a bad time limit, backend, replica count, worker count, seed, load or
         ``load_steps``.
     """
+    began = time.monotonic()
+    time_limit, num_workers, seed = (
+        options["time_limit"],
+        options["num_workers"],
+        options["seed"],
+    )
     check_time_limit(time_limit)
     if backend not in BACKENDS:
         raise InputError(
@@ -110,7 +120,17 @@ def packing_problem(
     check_workers(num_workers)
     check_seed(seed)
     load_s = resolve_loads(instance, profile, load)
-    return AssignmentProblem(load_s, replicas, load_steps)
+    problem = AssignmentProblem(load_s, replicas, load_steps)
+    result = drive(
+        model,
+        search,
+        problem,
+        began=began,
+        backend=backend,
+        params=params,
+        **options,
+    )
+    return problem, result
 
 
 def _search(run: SolveRun, *, backend: str, params: dict[str, Any]) -> Attempt:
@@ -174,15 +194,10 @@ def assign(
     InputError
         On a bad backend, replica count, time limit or load.
     """
-    began = time.monotonic()
-    problem = packing_problem(
-        instance, profile, replicas, backend=backend, time_limit=time_limit,
-        num_workers=num_workers, seed=seed, load=load, load_steps=load_steps,
-    )  # fmt: skip
-    result = drive(
-        ASSIGNMENT, _search, problem, time_limit=time_limit,
-        num_workers=num_workers, seed=seed, began=began, backend=backend,
-        params=params,
+    options = {"time_limit": time_limit, "num_workers": num_workers, "seed": seed}
+    problem, result = solve_packing(
+        ASSIGNMENT, _search, instance, profile, replicas, options,
+        backend=backend, load=load, load_steps=load_steps, params=params,
     )  # fmt: skip
     found = result.start
     assert found is not None  # LPT is always a feasible assignment

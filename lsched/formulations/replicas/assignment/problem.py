@@ -103,13 +103,7 @@ def assignment_lower_bound(load_s: npt.ArrayLike, replicas: int) -> float:
 
     ``max(sum / C, max load, max_k (sum of the k + 1 smallest of the kC + 1
     largest loads))``; the first term rounded up when every load is an integer.
-
-    Parameters
-    ----------
-    load_s
-        Load per request (``>= 0``).
-    replicas
-        ``C >= 1``.
+    ``load_s`` and ``replicas`` as in :func:`lpt`.
     """
     load, replicas = _check_loads(load_s, replicas)
     n = len(load)
