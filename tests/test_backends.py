@@ -23,15 +23,17 @@ from lsched.errors import InputError
 from lsched.formulations import slot, timed
 from lsched.formulations.backends import (
     BACKENDS,
-    MODEL_OF,
+    PROBLEM_TYPES,
     model_of,
+    problem_type,
     replay_objective,
     replay_timed_objective,
     solve,
 )
+from lsched.formulations.replicas import AssignmentProblem, JointProblem
 from lsched.formulations.result import Status
 from lsched.instance import Instance
-from lsched.profile import DeploymentProfile, IterationTime, load_profile
+from lsched.profile import IterationTime, load_profile
 
 #: Five requests, one arrival off the slot grid, weights above one.
 INSTANCE = Instance(
@@ -56,24 +58,67 @@ ROOFLINE = IterationTime(
 )
 
 
-def _slot_objective(problem: slot.SlotProblem, start: np.ndarray) -> float:
-    """The slot model's objective of ``start``, its rules checked slot by slot."""
+def _slot_rules(problem: slot.SlotProblem, start: np.ndarray) -> None:
+    """Assert the slot model's rules for ``start``, slot by slot."""
     a, s, o = problem.arrival, problem.prompt_tokens, problem.output_tokens
-    w, b = problem.weight, problem.block_tokens
+    b = problem.block_tokens
     end = start + o
     assert np.all(start >= np.ceil(a)), "a request starts before its release"
-    for t in range(int(end.max())):
+    for t in range(int(end.max(initial=0))):
         members = [i for i in range(len(a)) if start[i] <= t < end[i]]
         blocks = sum(math.ceil((s[i] + t - start[i]) / b) for i in members)
         tokens = sum(int(s[i]) if start[i] == t else 1 for i in members)
         assert blocks <= problem.kv_capacity_blocks, f"KV over capacity at {t}"
         assert len(members) <= (problem.max_num_seqs or len(a)), f"batch cap at {t}"
         assert tokens <= (problem.max_num_batched_tokens or tokens), f"budget at {t}"
+
+
+def _slot_value(problem: slot.SlotProblem, start: np.ndarray) -> float:
+    """The slot model's objective of ``start`` (rules not checked)."""
+    a, w, end = problem.arrival, problem.weight, start + problem.output_tokens
     if problem.objective == "latency":
         return float(np.dot(w, end - a))
     if problem.objective == "ttft":
         return float(np.dot(w, start + 1 - a))
     return float(end.max() - a.min())
+
+
+def _slot_objective(problem: slot.SlotProblem, start: np.ndarray) -> float:
+    """The slot model's objective of ``start``, its rules checked slot by slot."""
+    _slot_rules(problem, start)
+    return _slot_value(problem, start)
+
+
+def _load_makespan(problem: AssignmentProblem, where: np.ndarray) -> float:
+    """The largest replica's load (integer loads: the model's objective)."""
+    assert np.all((where >= 0) & (where < problem.replicas))
+    return float(np.bincount(where, weights=problem.load_s, minlength=2).max())
+
+
+def _joint_objective(problem: JointProblem, schedule: np.ndarray) -> float:
+    """The joint model's objective: the slot rules on every replica, the slot
+    objective over all requests."""
+    start, where = schedule
+    assert np.all((where >= 0) & (where < problem.replicas))
+    for c in range(problem.replicas):
+        ids = np.flatnonzero(where == c)
+        _slot_rules(problem.slot.subproblem(ids), start[ids])
+    return _slot_value(problem.slot, start)
+
+
+def _joint_replay(problem: JointProblem, schedule: np.ndarray) -> float:
+    """The joint objective from the evaluator's replay of every replica."""
+    start, where = schedule
+    parts = []
+    for c in range(problem.replicas):
+        ids = np.flatnonzero(where == c)
+        if len(ids):
+            sub = problem.slot.subproblem(ids)
+            parts.append((replay_objective(sub, start[ids]), sub.arrival.min()))
+    if problem.slot.objective != "makespan":  # weighted sums add up
+        return float(sum(value for value, _ in parts))
+    first = problem.slot.arrival.min()
+    return float(max(value + arrival for value, arrival in parts) - first)
 
 
 def _timed_objective(problem: timed.TimedProblem, start: np.ndarray) -> float:
@@ -120,55 +165,74 @@ def _timed_objective(problem: timed.TimedProblem, start: np.ndarray) -> float:
 class ModelCheck:
     """How one model is set up and scored here, independently of its backends."""
 
-    profile: DeploymentProfile
     objectives: tuple[str, ...]
+    problem: Callable[[str], Any]
     recompute: Callable[[Any, np.ndarray], float]
-    replay: Callable[[Any, np.ndarray], float]
+    replay: Callable[[Any, np.ndarray], float] | None
 
 
-#: Per model: its profile, objectives and the two independent scorings.
+SLOT_PROFILE = load_profile("unit-slot").replace(**LIMITS)
+TIMED_PROFILE = SLOT_PROFILE.replace(iteration_time=ROOFLINE)
+#: LPT's counterexample: LPT puts 3 + 2 + 2 on one replica, the optimum 3 + 3.
+LOADS = np.array([3.0, 3.0, 2.0, 2.0, 2.0])
+
+
+def _slot_problem(objective: str) -> slot.SlotProblem:
+    return slot.SlotProblem.from_instance(
+        INSTANCE, SLOT_PROFILE, objective=objective, weight=WEIGHT
+    )
+
+
+#: Per model: its objectives, problems and the independent scorings (a replay in
+#: the evaluator where the objective is one of its metrics).
 CHECKS: dict[str, ModelCheck] = {
     "slot": ModelCheck(
-        load_profile("unit-slot").replace(**LIMITS),
-        slot.OBJECTIVES,
-        _slot_objective,
-        replay_objective,
+        slot.OBJECTIVES, _slot_problem, _slot_objective, replay_objective
     ),
     "timed": ModelCheck(
-        load_profile("unit-slot").replace(**LIMITS, iteration_time=ROOFLINE),
         timed.OBJECTIVES,
+        lambda objective: timed.TimedProblem.from_instance(
+            INSTANCE, TIMED_PROFILE, objective=objective, weight=WEIGHT
+        ),
         _timed_objective,
         replay_timed_objective,
+    ),
+    "assignment": ModelCheck(
+        ("makespan",), lambda _: AssignmentProblem(LOADS, 2), _load_makespan, None
+    ),
+    "joint": ModelCheck(
+        slot.OBJECTIVES,
+        lambda objective: JointProblem(_slot_problem(objective), 2),
+        _joint_objective,
+        _joint_replay,
     ),
 }
 
 #: Every (model, backend) of the registry.
 REGISTERED = [(model, name) for model, names in BACKENDS.items() for name in names]
-#: The problem type of every model.
-PROBLEM_TYPE = {model: kind for kind, model in MODEL_OF.items()}
 
 
 def test_every_model_has_a_problem_type_and_a_check() -> None:
-    assert set(PROBLEM_TYPE) == set(BACKENDS)
+    assert set(PROBLEM_TYPES) == set(BACKENDS)
     assert set(CHECKS) == set(BACKENDS), "a new model needs its ModelCheck here"
+    for model, check in CHECKS.items():
+        assert isinstance(check.problem(check.objectives[0]), problem_type(model))
 
 
 @pytest.mark.parametrize(("model", "backend"), REGISTERED)
 def test_the_reported_objective_is_the_schedules(model: str, backend: str) -> None:
     check = CHECKS[model]
     for objective in check.objectives:
-        problem = PROBLEM_TYPE[model].from_instance(
-            INSTANCE, check.profile, objective=objective, weight=WEIGHT
-        )
+        problem = check.problem(objective)
         result = solve(problem, backend, time_limit=3.0, num_workers=1)
         assert isinstance(result.status, Status)
         assert result.start is not None and result.objective is not None
         start = np.asarray(result.start)
         recomputed = check.recompute(problem, start)
         assert recomputed == pytest.approx(result.objective, rel=1e-9), objective
-        assert check.replay(problem, start) == pytest.approx(
-            result.objective, rel=1e-9
-        ), objective
+        if check.replay is not None:
+            replayed = check.replay(problem, start)
+            assert replayed == pytest.approx(result.objective, rel=1e-9), objective
         assert result.bound <= result.objective, objective
 
 
@@ -177,7 +241,7 @@ def test_an_unknown_backend_names_the_field_and_the_models_backends(
     model: str,
 ) -> None:
     check = CHECKS[model]
-    problem = PROBLEM_TYPE[model].from_instance(INSTANCE, check.profile)
+    problem = check.problem(check.objectives[0])
     with pytest.raises(InputError) as error:
         solve(problem, "gurobi")
     assert error.value.field == "backend"

@@ -1,10 +1,11 @@
 """The backend registry of every model, and the evaluator's check of a schedule.
 
 :data:`BACKENDS` is the one table of what solves what: per model (``"slot"``,
-``"timed"``) the backends by name, each the module whose ``solve(problem, *,
+``"timed"``, the replica ``"assignment"`` and the ``"joint"`` replica-and-slot
+model) the backends by name, each the module whose ``solve(problem, *,
 time_limit, num_workers, seed, initial_solution, on_progress, **params)`` runs
 it (imported on first use: each pulls in a heavy solver stack).
-:func:`solve` picks the model from the problem's type (:data:`MODEL_OF`) and the
+:func:`solve` picks the model from the problem's type (:data:`PROBLEM_TYPES`) and the
 backend by name. :func:`replay_objective` and :func:`replay_timed_objective`
 score a schedule by replaying it in the evaluator, which shares no code with the
 formulations (DESIGN.md: a solver's schedule is replayed and both objectives
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lsched.checks import check_type
+from lsched.checks import shown
 from lsched.errors import InputError
 from lsched.evaluator.fixed import replay_batch_table, replay_start_slots
 from lsched.formulations.result import SolveResult
@@ -31,7 +32,7 @@ from lsched.policies import PolicyError
 #: Every model's backends: model -> backend name -> the module whose ``solve``
 #: runs it. A new backend is one line here (and is then covered by the tests that
 #: solve with every registered backend); a new model is one entry here and one in
-#: :data:`MODEL_OF`.
+#: :data:`PROBLEM_TYPES`.
 BACKENDS: Mapping[str, Mapping[str, str]] = {
     "slot": {
         "cpsat": "lsched.formulations.slot.cpsat",
@@ -42,12 +43,29 @@ BACKENDS: Mapping[str, Mapping[str, str]] = {
         "cpsat": "lsched.formulations.timed.cpsat",
         "milp": "lsched.formulations.timed.milp",
     },
-    # The replica-assignment model (lsched.formulations.replicas) joins here, with
-    # its problem type in MODEL_OF, once it has the shared solve() signature.
+    "assignment": {
+        "cpsat": "lsched.formulations.replicas.assignment.cpsat",
+        "milp": "lsched.formulations.replicas.assignment.milp",
+    },
+    "joint": {"cpsat": "lsched.formulations.replicas.joint.cpsat"},
 }
 
-#: The model that solves each problem type (a key of :data:`BACKENDS`).
-MODEL_OF: Mapping[type, str] = {SlotProblem: "slot", TimedProblem: "timed"}
+#: The problem type of every model (a key of :data:`BACKENDS`), as
+#: ``"module.Class"``: a problem's class is matched by name, so that no model's
+#: package (nor its solvers) is imported to solve another's.
+PROBLEM_TYPES: Mapping[str, str] = {
+    "slot": "lsched.formulations.slot.problem.SlotProblem",
+    "timed": "lsched.formulations.timed.problem.TimedProblem",
+    "assignment": "lsched.formulations.replicas.assignment.problem.AssignmentProblem",
+    "joint": "lsched.formulations.replicas.joint.model.JointProblem",
+}
+
+
+def problem_type(model: str) -> type:
+    """The class of ``model``'s problems (:data:`PROBLEM_TYPES`), imported now."""
+    module, _, name = PROBLEM_TYPES[model].rpartition(".")
+    kind: type = getattr(import_module(module), name)
+    return kind
 
 
 def model_of(problem: Any) -> str:
@@ -58,10 +76,14 @@ def model_of(problem: Any) -> str:
     InputError
         If ``problem`` is of no registered problem type (field ``problem``).
     """
-    kinds = tuple(MODEL_OF)
-    what = " or ".join(f"a {kind.__name__}" for kind in kinds)
-    check_type(problem, "problem", kinds, what)
-    return next(MODEL_OF[kind] for kind in kinds if isinstance(problem, kind))
+    names = {f"{kind.__module__}.{kind.__qualname__}" for kind in type(problem).__mro__}
+    for model, path in PROBLEM_TYPES.items():
+        if path in names:
+            return model
+    expected = " or ".join(
+        f"a {path.rpartition('.')[2]}" for path in PROBLEM_TYPES.values()
+    )
+    raise InputError(f"got {shown(problem)}; expected {expected}", field="problem")
 
 
 def backend_solve(model: str, backend: str) -> Callable[..., SolveResult]:
@@ -84,16 +106,17 @@ def backend_solve(model: str, backend: str) -> Callable[..., SolveResult]:
     return solve_function
 
 
-def solve(
-    problem: SlotProblem | TimedProblem, backend: str = "cpsat", **options: Any
-) -> SolveResult:
+def solve(problem: Any, backend: str = "cpsat", **options: Any) -> SolveResult:
     """Solve ``problem`` with ``backend`` of its model; ``options`` go to ``solve()``.
 
     Parameters
     ----------
     problem
-        A :class:`~lsched.formulations.slot.SlotProblem` (the slot model) or a
-        :class:`~lsched.formulations.timed.TimedProblem` (the timed model).
+        A problem of a registered model (:data:`PROBLEM_TYPES`): a
+        :class:`~lsched.formulations.slot.SlotProblem`,
+        :class:`~lsched.formulations.timed.TimedProblem`,
+        :class:`~lsched.formulations.replicas.AssignmentProblem` or
+        :class:`~lsched.formulations.replicas.JointProblem`.
     backend
         A backend of the problem's model (:data:`BACKENDS`).
     **options
@@ -159,9 +182,10 @@ def replay_objective(problem: SlotProblem, start: npt.ArrayLike) -> float:
 
 __all__ = [
     "BACKENDS",
-    "MODEL_OF",
+    "PROBLEM_TYPES",
     "backend_solve",
     "model_of",
+    "problem_type",
     "replay_objective",
     "replay_timed_objective",
     "solve",

@@ -137,8 +137,8 @@ def _search(run: SolveRun, *, backend: str, params: dict[str, Any]) -> Attempt:
     """LPT when it meets the free bound, else the ``backend``'s search."""
     if run.objective <= run.problem.lower:
         return Attempt(solver="lpt", stop=Stop.FINISHED)
-    search = cpsat.search if backend == "cpsat" else milp.search
-    return search(run, params)
+    search = cpsat.solve.search if backend == "cpsat" else milp.solve.search
+    return search(run, **params)
 
 
 def assign(

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from ortools.sat.python import cp_model
 
-from lsched.formulations.driver import Attempt, SolveRun
+from lsched.formulations.driver import Attempt, SolveRun, backend
+from lsched.formulations.replicas.assignment.model import ASSIGNMENT
 from lsched.formulations.replicas.assignment.problem import AssignmentProblem
 from lsched.formulations.solvers.cpsat import solve_in_run
 
-__all__ = ["search"]
+__all__ = ["solve"]
 
 Choice = list[dict[int, Any]]
 
@@ -62,8 +63,15 @@ def _objective(
     model.minimize(makespan)
 
 
-def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
-    """Build the model, hint the incumbent (LPT), run CP-SAT in the time left."""
+@backend(ASSIGNMENT)
+def solve(run: SolveRun, **params: Any) -> Attempt:
+    """The assignment of least largest integer load, with CP-SAT, from LPT.
+
+    ``problem``, ``time_limit``, ``num_workers``, ``seed`` and ``on_progress`` as
+    :func:`lsched.formulations.driver.drive` (no ``initial_solution``: it starts
+    from LPT); ``**params`` are CP-SAT parameters.
+    """
+    # the search: build the model, hint the incumbent (LPT), CP-SAT in the time left
     problem: AssignmentProblem = run.problem
     upper = problem.integer_objective(run.start)
     model = cp_model.CpModel()

@@ -19,11 +19,12 @@ import numpy as np
 import numpy.typing as npt
 import pyomo.environ as pyo
 
-from lsched.formulations.driver import Attempt, SolveRun
+from lsched.formulations.driver import Attempt, SolveRun, backend
+from lsched.formulations.replicas.assignment.model import ASSIGNMENT
 from lsched.formulations.replicas.assignment.problem import AssignmentProblem
 from lsched.formulations.solvers import highs
 
-__all__ = ["search", "search_loaded"]
+__all__ = ["search_loaded", "solve"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -93,8 +94,15 @@ def _assignment(
     return chosen.argmax(axis=1).astype(np.int64)
 
 
-def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
-    """Build the model, load it into HiGHS, run it from the incumbent (LPT)."""
+@backend(ASSIGNMENT)
+def solve(run: SolveRun, **params: Any) -> Attempt:
+    """The assignment of least largest integer load, with HiGHS, from LPT.
+
+    ``problem``, ``time_limit``, ``num_workers``, ``seed`` and ``on_progress`` as
+    :func:`lsched.formulations.driver.drive` (no ``initial_solution``: it starts
+    from LPT); ``**params`` are HiGHS options.
+    """
+    # the search: build the model, load it into HiGHS, run it from LPT
     problem: AssignmentProblem = run.problem
     upper = problem.integer_objective(run.start)
     model = pyo.ConcreteModel()

@@ -169,10 +169,10 @@ def solve_joint(
     replicas = check_int(replicas, "replicas", 1)
     problem = JointProblem(unit_problem(instance, profile, objective), replicas)
     result = drive(
-        JOINT, cpsat.search, problem, time_limit=time_limit,
+        JOINT, cpsat.solve.search, problem, time_limit=time_limit,
         num_workers=num_workers, seed=seed, began=began,
         initial_solution=_initial_schedule(instance, replicas, initial),
-        params=params,
+        **params,
     )  # fmt: skip
     return _replica_schedule(problem, result, began)
 

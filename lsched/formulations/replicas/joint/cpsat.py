@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from ortools.sat.python import cp_model
 
-from lsched.formulations.driver import Attempt, SolveRun
-from lsched.formulations.replicas.joint.model import JointProblem
+from lsched.formulations.driver import Attempt, SolveRun, backend
+from lsched.formulations.replicas.joint.model import JOINT, JointProblem
 from lsched.formulations.slot import SlotProblem
 from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 
-__all__ = ["SOLVER", "search"]
+__all__ = ["SOLVER", "solve"]
 
 #: :attr:`SolveResult.solver` of this backend.
 SOLVER = "cpsat/joint-interval"
@@ -125,8 +125,19 @@ def _latest_end(run: SolveRun) -> int:
     return problem.horizon
 
 
-def search(run: SolveRun, params: dict[str, Any]) -> Attempt:
-    """Build the model, hint the incumbent, run CP-SAT in the time left."""
+@backend(JOINT)
+def solve(run: SolveRun, **params: Any) -> Attempt:
+    """The joint schedule (start slot and replica per request) with CP-SAT.
+
+    Parameters
+    ----------
+    problem, time_limit, num_workers, seed, initial_solution, on_progress
+        As :func:`lsched.formulations.driver.drive`; a schedule is the
+        ``(2, n)`` array of start slots and replicas.
+    **params
+        Further CP-SAT parameters.
+    """
+    # the search: build the model, hint the incumbent, CP-SAT in the time left
     problem: JointProblem = run.problem
     slot, replicas = problem.slot, problem.replicas
     latest_end = _latest_end(run)
