@@ -19,7 +19,6 @@ from lsched.formulations.result import (
     cpsat_stop,
     decide_status,
     highs_stop,
-    stop_of,
 )
 
 INF = math.inf
@@ -141,17 +140,6 @@ def test_highs_status_texts_are_highs_own():
 )
 def test_combined_status(statuses, expected):
     assert combined_status(statuses) is expected
-
-
-@pytest.mark.parametrize("status", list(Status))
-def test_stop_of_keeps_the_status_on_the_same_values(status):
-    # deciding again on the values that gave a status gives it back
-    objective = None if status in (Status.INFEASIBLE, Status.UNKNOWN) else 10.0
-    bound = {Status.OPTIMAL: 10.0, Status.INFEASIBLE: INF}.get(status, 9.0)
-    again = decide_status(
-        stop_of(status), objective, bound, infeasible=status is Status.INFEASIBLE
-    )
-    assert again is status
 
 
 def test_interrupted_is_a_status():

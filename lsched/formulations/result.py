@@ -65,15 +65,6 @@ class Stop(enum.StrEnum):
     """The solver failed or rejected the model."""
 
 
-def stop_of(status: Status) -> Stop:
-    """The stop behind a decided ``status``: to decide again with a better bound."""
-    return {
-        Status.TIME_LIMIT: Stop.TIME_LIMIT,
-        Status.INTERRUPTED: Stop.INTERRUPTED,
-        Status.UNKNOWN: Stop.ERROR,
-    }.get(status, Stop.FINISHED)
-
-
 #: The one tolerance of :func:`decide_status`: a schedule is ``OPTIMAL`` when its
 #: bound is within this share of its objective (of 1 below 1). Integer objectives
 #: (the slot and assignment models) have their bounds rounded up first, so for
