@@ -1,8 +1,8 @@
 """``lsched simulate``: replay a trace under one or more online policies.
 
-Ctrl-C (SIGINT) stops the run in progress at once (the engine runs in Python,
-where the signal lands; a replica on the compiled path stops when its kernel
-returns) and drops it; the runs already finished are kept, printed and written,
+Ctrl-C (SIGINT) requests a stop (:mod:`lsched.interrupt`); the run in progress
+sees it at its next progress report (every 0.5 % of the requests; a replica on
+the compiled path when its kernel returns) and is dropped; the runs already finished are kept, printed and written,
 the JSON says ``"status": "interrupted"`` with the policies not finished in
 ``skipped_policies``, and the exit status is 130.
 """
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from lsched.atomic import check_output
 from lsched.checks import check_int
@@ -48,6 +48,7 @@ from lsched.evaluator import (
 )
 from lsched.evaluator.result import SWAP_METRICS
 from lsched.instance import Instance
+from lsched.interrupt import requested, sigint_requests_stop
 from lsched.metrics import SLO_ATTAINMENT_KEYS
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
@@ -304,6 +305,10 @@ def _check_outputs(
             check_output(path, inputs, option)
 
 
+class _Stopped(Exception):
+    """Raised from the progress callback once a stop was requested."""
+
+
 def _run(
     instance: Instance,
     clusters: list[Cluster],
@@ -322,8 +327,13 @@ def _run(
         check_inputs(instance, cluster)
     labels = [" + ".join(p.policy.label for p in c.pools) for c in clusters]
     results: list[SimulationResult] = []
-    interrupted = False
-    with Progress(transient=True, disable=json_output) as bar:
+
+    def advance(bar: Progress, task: TaskID, done: int) -> None:
+        if requested():  # Ctrl-C: the run in progress is dropped
+            raise _Stopped
+        bar.update(task, completed=done)
+
+    with sigint_requests_stop(), Progress(transient=True, disable=json_output) as bar:
         try:
             for k, (cluster, label) in enumerate(zip(clusters, labels, strict=True)):
                 say_started(
@@ -336,14 +346,13 @@ def _run(
                         instance,
                         cluster,
                         log=timeline_out is not None,
-                        progress=lambda done, task=task: bar.update(
-                            task, completed=done
-                        ),
+                        progress=lambda done, task=task: advance(bar, task, done),
                         engine=engine,
                     )
                 )
-        except KeyboardInterrupt:  # Ctrl-C: the run in progress is dropped
-            interrupted = True
+        except (_Stopped, KeyboardInterrupt):  # a second Ctrl-C raises at once
+            pass
+        interrupted = requested()
     skipped = labels[len(results) :]
     if results and requests_out is not None:
         _write_requests(requests_out, results, record)
