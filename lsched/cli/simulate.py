@@ -2,9 +2,10 @@
 
 Ctrl-C (SIGINT) requests a stop (:mod:`lsched.interrupt`); the run in progress
 sees it at its next progress report (every 0.5 % of the requests; a replica on
-the compiled path when its kernel returns) and is dropped; the runs already finished are kept, printed and written,
-the JSON says ``"status": "interrupted"`` with the policies not finished in
-``skipped_policies``, and the exit status is 130.
+the compiled path when its kernel returns) and is dropped; the runs already
+finished are kept, printed and written, the JSON says ``"status":
+"interrupted"`` with the policies not finished in ``skipped_policies``, and the
+exit status is 130.
 """
 
 from __future__ import annotations
