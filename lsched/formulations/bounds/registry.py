@@ -30,13 +30,13 @@ Listing
 -------
 For an objective and a deployment, a report lists each spec of the table, in its
 order, that is listed for the objective (:attr:`BoundSpec.listed_for`: its
-objectives, and for ``slot.lagrangian`` makespan too) and whose topology is the
-deployment's, one replica or any: the closed forms of one pool and those of a
-cluster are counterparts, each listed on its own deployments only, while the
-bounds of the one-replica models are listed everywhere, as out of scope where
-they do not apply. A listed spec is then either computed or skipped with its
-reason (:class:`~lsched.formulations.result.Skipped`), checked in this order
-(:meth:`BoundSpec.why_not`, then the user's stop, then the value):
+objectives, and for ``slot.lagrangian`` and ``slot.clique_lp`` makespan too) and
+whose topology is the deployment's, one replica or any: the closed forms of one
+pool and those of a cluster are counterparts, each listed on its own deployments
+only, while the bounds of the one-replica models are listed everywhere, as out
+of scope where they do not apply. A listed spec is then either computed or
+skipped with its reason (:class:`~lsched.formulations.result.Skipped`), checked
+in this order (:meth:`BoundSpec.why_not`, then the user's stop, then the value):
 
 1. its own applicability (:attr:`BoundSpec.applies`: the slot model only where
    slots are seconds, an LP only up to a size);
@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 
 from lsched.errors import InputError
 from lsched.formulations.bounds import slot as slot_bounds
+from lsched.formulations.bounds.clique import clique_lp
 from lsched.formulations.bounds.context import BoundContext, why_not_one_replica
 from lsched.formulations.bounds.work import OBJECTIVES
 from lsched.formulations.result import Reason
@@ -333,6 +334,12 @@ def _slot_lp(context: BoundContext) -> float | Why:
     return _lp_value(milp.lp_bound(problem, time_limit=context.lp_time_limit), context)
 
 
+def _clique_lp(context: BoundContext) -> float | Why:
+    """The conflict-clique LP: the best value reached within the LP time limit."""
+    found = clique_lp(context.slot_problem, time_limit=context.lp_time_limit)
+    return _lp_value(found.bound, context)
+
+
 def _timed_lp(context: BoundContext) -> float | Why:
     problem = context.timed_problem
     assert not isinstance(problem, InputError)
@@ -382,6 +389,15 @@ BOUNDS: tuple[BoundSpec, ...] = (
         listed_for=_BOTH,
     ),
     BoundSpec(Model.SLOT, "lp", _BOTH, _SLOT_REPLICA, _slot_lp, _slot_lp_applies),
+    BoundSpec(
+        Model.SLOT,
+        "clique_lp",
+        _LATENCY,
+        _SLOT_REPLICA,
+        _clique_lp,
+        _slot_lp_applies,
+        listed_for=_BOTH,
+    ),
     BoundSpec(Model.TIMED, "lp", _BOTH, _SLOT_REPLICA, _timed_lp, _timed_lp_applies),
 )
 

@@ -301,6 +301,51 @@ def load(model: pyo.ConcreteModel, *, relax: bool = False) -> LoadedModel:
     )
     cost = np.asarray(form.c.toarray()[0], dtype=np.float64)
     offset = float(form.c_offset[0])
+    highs = pass_model(
+        a,
+        cost,
+        (col_lower, col_upper),
+        (row_lower.astype(np.float64), row_upper.astype(np.float64)),
+        integer=integer,
+        offset=offset,
+    )
+    size = {
+        "variables": n_cols,
+        "constraints": n_rows,
+        "nonzeros": int(a.nnz),
+        "integers": int(integer.sum()),
+    }
+    return LoadedModel(highs=highs, columns=columns, offset=offset, size=size)
+
+
+def pass_model(
+    a: Any,
+    cost: FloatArray,
+    col_bounds: tuple[FloatArray, FloatArray],
+    row_bounds: tuple[FloatArray, FloatArray],
+    *,
+    integer: npt.NDArray[np.int32] | None = None,
+    offset: float = 0.0,
+) -> highspy.Highs:
+    """A quiet ``highspy.Highs`` holding ``min cost x + offset`` subject to
+    ``row_lower <= a x <= row_upper`` and ``col_lower <= x <= col_upper``.
+
+    Parameters
+    ----------
+    a
+        The constraint matrix, a ``scipy.sparse`` CSC matrix.
+    cost, col_bounds, row_bounds
+        Objective coefficients, ``(lower, upper)`` per column and per row
+        (``highspy.kHighsInf`` for none).
+    integer
+        1 for an integer column, 0 for a continuous one; all continuous by
+        default.
+    offset
+        Objective constant.
+    """
+    n_cols, n_rows = a.shape[1], a.shape[0]
+    if integer is None:
+        integer = np.zeros(n_cols, dtype=np.int32)
     highs = _QuietHighs()
     highs.passModel(
         n_cols,
@@ -310,22 +355,14 @@ def load(model: pyo.ConcreteModel, *, relax: bool = False) -> LoadedModel:
         int(highspy.ObjSense.kMinimize),
         offset,
         cost,
-        col_lower,
-        col_upper,
-        row_lower.astype(np.float64),
-        row_upper.astype(np.float64),
+        *col_bounds,
+        *row_bounds,
         a.indptr.astype(np.int32),
         a.indices.astype(np.int32),
         a.data.astype(np.float64),
         integer,
     )
-    size = {
-        "variables": n_cols,
-        "constraints": n_rows,
-        "nonzeros": int(a.nnz),
-        "integers": int(integer.sum()),
-    }
-    return LoadedModel(highs=highs, columns=columns, offset=offset, size=size)
+    return highs
 
 
 def run(
