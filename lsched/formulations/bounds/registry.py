@@ -356,6 +356,15 @@ _ANY_CLUSTER = Schedules(Preemption.ANY, Topology.CLUSTER)
 _ANY_REPLICA = Schedules(Preemption.ANY, Topology.ONE_REPLICA)
 _SLOT_REPLICA = Schedules(Preemption.NON_PREEMPTIVE, Topology.ONE_REPLICA)
 
+
+def _slot_latency(name: str, compute: Compute, applies: Applies) -> BoundSpec:
+    """A slot-model bound on latency alone, listed for makespan too (as out of
+    scope there), on one replica's slot schedules."""
+    return BoundSpec(
+        Model.SLOT, name, _LATENCY, _SLOT_REPLICA, compute, applies, listed_for=_BOTH
+    )
+
+
 #: Every bound lsched has, in the order the reports list them (module docstring).
 BOUNDS: tuple[BoundSpec, ...] = (
     BoundSpec(
@@ -379,25 +388,9 @@ BOUNDS: tuple[BoundSpec, ...] = (
     BoundSpec(
         Model.SLOT, "sawtooth", _BOTH, _SLOT_REPLICA, _sawtooth, _slots_are_seconds
     ),
-    BoundSpec(
-        Model.SLOT,
-        "lagrangian",
-        _LATENCY,
-        _SLOT_REPLICA,
-        _lagrangian,
-        _slots_are_seconds,
-        listed_for=_BOTH,
-    ),
+    _slot_latency("lagrangian", _lagrangian, _slots_are_seconds),
     BoundSpec(Model.SLOT, "lp", _BOTH, _SLOT_REPLICA, _slot_lp, _slot_lp_applies),
-    BoundSpec(
-        Model.SLOT,
-        "clique_lp",
-        _LATENCY,
-        _SLOT_REPLICA,
-        _clique_lp,
-        _slot_lp_applies,
-        listed_for=_BOTH,
-    ),
+    _slot_latency("clique_lp", _clique_lp, _slot_lp_applies),
     BoundSpec(Model.TIMED, "lp", _BOTH, _SLOT_REPLICA, _timed_lp, _timed_lp_applies),
 )
 

@@ -32,15 +32,8 @@ import numpy as np
 import numpy.typing as npt
 from ortools.sat.python import cp_model
 
+from lsched.formulations.timed import problem as timed
 from lsched.formulations.timed.cpsat.variables import CpData, CpVariables
-from lsched.formulations.timed.problem import (
-    ATTENTION,
-    CONST,
-    DECODE,
-    HAS_PREFILL,
-    KV_READ,
-    PREFILL,
-)
 
 IntArray = npt.NDArray[np.int64]
 
@@ -116,14 +109,14 @@ def _features(
     prefills = [(i, v.x[i, k]) for i in range(data.n) if k <= data.last[i]]
     decodes = [(i, j, x) for i, r in members.items() for j, x in r if j >= 1]
     phi: list[Any] = [0] * len(data.problem.feature_max)
-    phi[CONST] = v.u[k]
-    phi[PREFILL] = sum(s[i] * x for i, x in prefills)
-    phi[ATTENTION] = sum(s[i] * s[i] * x for i, x in prefills)
-    phi[DECODE] = sum(x for _, _, x in decodes)
-    phi[KV_READ] = sum((s[i] + j) * x for i, j, x in decodes)
+    phi[timed.CONST] = v.u[k]
+    phi[timed.PREFILL] = sum(s[i] * x for i, x in prefills)
+    phi[timed.ATTENTION] = sum(s[i] * s[i] * x for i, x in prefills)
+    phi[timed.DECODE] = sum(x for _, _, x in decodes)
+    phi[timed.KV_READ] = sum((s[i] + j) * x for i, j, x in decodes)
     if prefills:
         model.add_max_equality(v.has_prefill[k], [x for _, x in prefills])
-    phi[HAS_PREFILL] = v.has_prefill[k]
+    phi[timed.HAS_PREFILL] = v.has_prefill[k]
     return phi
 
 
