@@ -69,40 +69,41 @@ def _not_utf8(path: Path) -> Path:
 # -- options accepted without error ----------------------------------------------
 
 
-def test_compare_refuses_a_negative_time_limit_before_work(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("command", "option", "value", "field", "message"),
+    [
+        (
+            "compare",
+            "--time-limit",
+            "-1",
+            "'--time-limit'",
+            "got -1.0; expected seconds > 0",
+        ),
+        ("compare", "--workers", "0", "'--workers'", "expected an integer >= 1"),
+        (
+            "bound",
+            "--lp-time-limit",
+            "-1",
+            "'--lp-time-limit'",
+            "expected seconds >= 0",
+        ),
+        ("solve", "--seed", "-1", "'--seed'", "expected an integer from 0 to"),
+    ],
+)
+def test_a_bad_solver_option_is_refused_before_the_trace_is_read(
+    command: str,
+    option: str,
+    value: str,
+    field: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("lsched.cli.compare.read_trace", must_not_run)
-    args = ["compare", str(DEFAULT), "--model", "unit-slot", "--time-limit", "-1"]
+    module = "solve" if command == "solve" else "compare"  # bound lives in compare
+    monkeypatch.setattr(f"lsched.cli.{module}.read_trace", must_not_run)
+    args = [command, str(DEFAULT), "--model", "unit-slot", option, value]
     code, out, err = run(args, capsys)
-    assert_refused(code, out, err, "'--time-limit'", "got -1.0; expected seconds > 0")
-
-
-def test_compare_refuses_zero_workers(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("lsched.cli.compare.read_trace", must_not_run)
-    args = ["compare", str(DEFAULT), "--model", "unit-slot", "--workers", "0"]
-    code, out, err = run(args, capsys)
-    assert_refused(code, out, err, "'--workers'", "expected an integer >= 1")
-
-
-def test_bound_refuses_a_negative_lp_time_limit(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("lsched.cli.compare.read_trace", must_not_run)
-    args = ["bound", str(DEFAULT), "--model", "unit-slot", "--lp-time-limit", "-1"]
-    code, out, err = run(args, capsys)
-    assert_refused(code, out, err, "'--lp-time-limit'", "expected seconds >= 0")
-
-
-def test_solve_refuses_a_negative_seed(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("lsched.cli.solve.read_trace", must_not_run)
-    args = ["solve", str(DEFAULT), "--model", "unit-slot", "--seed", "-1"]
-    code, out, err = run(args, capsys)
-    assert_refused(code, out, err, "'--seed'", "expected an integer from 0 to")
+    assert_refused(code, out, err, field, message)
 
 
 def test_policy_spec_with_an_empty_parameter_list_is_refused(
