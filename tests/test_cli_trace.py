@@ -203,3 +203,19 @@ def test_gen_missing_folder_is_refused_before_work(
     target = tmp_path / "nowhere" / "j.csv"
     code, out, err = run(["trace", "gen", "jaillet", "--out", str(target)], capsys)
     assert_refused(code, out, err, str(target), "no such folder")
+
+
+def test_mooncake_hash_count_mismatch_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad_hashes.jsonl"
+    lines = [
+        {"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [0]},
+        # 1100 tokens are ceil(1100 / 512) = 3 blocks; two hashes
+        {"timestamp": 7, "input_length": 1100, "output_length": 1, "hash_ids": [0, 1]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    code, out, err = run(["trace", "info", str(path)], capsys)
+    assert_refused(
+        code, out, err, f"{path}:2", "field 'hash_ids'", "ceil(1100 / 512) = 3"
+    )

@@ -572,8 +572,8 @@ def test_mooncake_drop_failed_keeps_hashes_aligned(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     lines = [
         {"timestamp": 10, "input_length": 5, "output_length": 0, "hash_ids": [9]},
-        {"timestamp": 20, "input_length": 6, "output_length": 2, "hash_ids": [1, 2]},
-        {"timestamp": 35, "input_length": 7, "output_length": 3, "hash_ids": []},
+        {"timestamp": 20, "input_length": 600, "output_length": 2, "hash_ids": [1, 2]},
+        {"timestamp": 35, "input_length": 7, "output_length": 3, "hash_ids": [3]},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     instance, report = read_trace(path, drop_failed=True)
@@ -581,4 +581,62 @@ def test_mooncake_drop_failed_keeps_hashes_aligned(tmp_path: Path) -> None:
     # rebased to the first *kept* request (t = 20 ms)
     assert instance.arrival_s.tolist() == [0.0, 0.015]
     assert instance.prefix_hashes(0).tolist() == [1, 2]
-    assert instance.prefix_hashes(1).tolist() == []
+    assert instance.prefix_hashes(1).tolist() == [3]
+
+
+_GOOD_LINE = {
+    "timestamp": 0,
+    "input_length": 1030,
+    "output_length": 2,
+    "hash_ids": [0, 1, 2],
+}
+
+
+@pytest.mark.parametrize(
+    ("input_length", "hash_ids", "needles"),
+    [
+        # ceil(1024 / 512) = 2 blocks, 3 hashes
+        (1024, [5, 6, 7], ["got 3 hashes for 1024", "ceil(1024 / 512) = 2"]),
+        # ceil(513 / 512) = 2: the partial last block has a hash too
+        (513, [5], ["got 1 hashes for 513", "ceil(513 / 512) = 2"]),
+        (7, [], ["got 0 hashes for 7", "ceil(7 / 512) = 1"]),
+        (7, [1.5], ["got 1.5", "integer hash"]),
+        (7, [2.0], ["got 2.0", "integer hash"]),  # a float hash is refused even whole
+        (7, ["3"], ["got '3'", "integer hash"]),
+        (7, [True], ["got True", "integer hash"]),
+        (7, [2**64], [f"got {2**64}", "64 bits"]),
+    ],
+)
+def test_mooncake_bad_hash_ids_are_located(
+    tmp_path: Path, input_length: int, hash_ids: list[object], needles: list[str]
+) -> None:
+    path = tmp_path / "m.jsonl"
+    bad = {"timestamp": 5, "input_length": input_length, "output_length": 1}
+    lines = [_GOOD_LINE, {**bad, "hash_ids": hash_ids}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(InputError) as info:
+        read_trace(path)
+    assert (info.value.file, info.value.line, info.value.field) == (
+        str(path),
+        2,
+        "hash_ids",
+    )
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    for needle in needles:
+        assert needle in message
+
+
+def test_mooncake_hash_count_checked_after_dropping_failed_rows(tmp_path: Path) -> None:
+    """A dropped failed row (prompt 0) needs no hash; the kept rows' lines stay."""
+    path = tmp_path / "m.jsonl"
+    lines = [
+        {"timestamp": 0, "input_length": 0, "output_length": 3, "hash_ids": [4]},
+        _GOOD_LINE,
+        {"timestamp": 9, "input_length": 600, "output_length": 1, "hash_ids": [8]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(InputError) as info:
+        read_trace(path, drop_failed=True)
+    assert (info.value.line, info.value.field) == (3, "hash_ids")
+    assert "ceil(600 / 512) = 2" in str(info.value)

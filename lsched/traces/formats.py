@@ -36,6 +36,12 @@ architecture for LLM serving", FAST 2025; kvcache-ai/Mooncake traces: ``hash_ids
 are hashes of 512-token prompt blocks, recorded as
 ``params["prefix_block_tokens"] = 512``).
 
+Prefix hashes (Mooncake's ``hash_ids``) are checked as they are read: each must
+be a JSON integer of 64 bits, and a request of ``s`` prompt tokens must have
+``ceil(s / 512)`` of them, one per block, the last block possibly partial (every
+line of Mooncake's synthetic trace does). Anything else is an error naming the
+file, line and field.
+
 Failed rows: with ``drop_failed`` a row whose prompt or output length is exactly 0
 is dropped and counted (BurstGPT marks failures so); otherwise it is an error that
 suggests the option. Negative, fractional and non-numeric lengths are always errors.
@@ -70,6 +76,8 @@ from lsched.traces.validate import (
 
 #: Mooncake's prefix hash block, in tokens (kvcache-ai/Mooncake FAST'25 traces).
 MOONCAKE_BLOCK_TOKENS = 512
+#: The range of a hash stored as int64.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,49 @@ def _times_ns(raw: pd.Series, spec: TraceSpec, rows: RowLocator) -> np.ndarray:
     return parsed.dt.as_unit("ns").astype("int64").to_numpy()
 
 
+def _hash_values(flat: np.ndarray, field: str, rows: RowLocator) -> np.ndarray:
+    """Block hashes as int64: JSON integers within 64 bits, nothing else.
+
+    Stricter than a length column (:func:`integer_column` takes ``12.0`` and
+    ``"12"``): a hash is an identifier, and one written as a float above 2**53
+    has lost digits, so a float, a string or a boolean is refused.
+    """
+    bad = np.fromiter(
+        (type(h) is not int or not _INT64_MIN <= h <= _INT64_MAX for h in flat),
+        bool,
+        len(flat),
+    )
+    require(bad, flat, field, rows, "an integer hash (a JSON integer of 64 bits)")
+    return np.array(flat.tolist(), dtype=np.int64)
+
+
+def _check_hash_counts(
+    offsets: np.ndarray, prompt_tokens: np.ndarray, spec: TraceSpec, rows: RowLocator
+) -> None:
+    """Each request has one hash per block of its prompt, ``ceil(s / B)``.
+
+    A prompt of ``s`` tokens in blocks of ``B`` has ``ceil(s / B)`` blocks, the
+    last one possibly partial (kvcache-ai/Mooncake's traces hash it too: every
+    line of its synthetic trace has ``ceil(input_length / 512)`` hashes). Rows
+    whose prompt is not ``>= 1`` are left to the length check.
+    """
+    assert spec.block_tokens is not None and spec.hash_column is not None
+    block = spec.block_tokens
+    counts = np.diff(offsets)
+    expected = -(-prompt_tokens // block)
+    bad = (counts != expected) & (prompt_tokens >= 1)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        s = int(prompt_tokens[k])
+        raise rows.error(
+            k,
+            spec.hash_column,
+            f"got {counts[k]} hashes for {s} prompt tokens "
+            f"({spec.prompt_column}); expected ceil({s} / {block}) = {expected[k]}, "
+            f"one per {block}-token block",
+        )
+
+
 def _finish(
     path: Path,
     spec: TraceSpec,
@@ -221,6 +272,8 @@ def _finish(
                 f"no requests left after dropping {dropped} failed rows",
                 file=rows.file,
             )
+    if hashes is not None and spec.block_tokens is not None:
+        _check_hash_counts(hashes[0], prompt_tokens, spec, rows)
     if isinstance(times, pd.Series):
         times = times.reset_index(drop=True)
     if spec.time_unit == "datetime":
@@ -413,7 +466,7 @@ def read_jsonl_trace(
         flat = np.empty(int(offsets[-1]), dtype=object)
         flat[:] = [h for hs in lists for h in hs]
         row_of_value = np.repeat(np.arange(len(lists)), lengths)
-        values = integer_column(
+        values = _hash_values(
             flat, spec.hash_column, RowLocator(file, rows.lines[row_of_value])
         )
         hashes = (offsets, values)

@@ -1,5 +1,6 @@
 """Lower bounds: the slot model's (:mod:`.slot`), in seconds for every schedule
-on one pool (:mod:`.work`) and on clusters (:mod:`.cluster`), the table of all of
+on one pool (:mod:`.work`; with any prefix cache, :mod:`.cached`) and on clusters
+(:mod:`.cluster`), the table of all of
 them (:mod:`.registry`: each bound's objectives, model and schedules, as data),
 what they are computed from (:mod:`.context`) and the suite that computes the
 table for an instance (:mod:`.suite`).
@@ -12,7 +13,8 @@ How to add a bound
    every schedule of the class it claims, with the proof in the module docstring.
 2. Add one :class:`~.registry.BoundSpec` line to :data:`.registry.BOUNDS`, at
    the place it should be reported: its model and name, the objectives it bounds,
-   the :class:`~.registry.Schedules` it holds for (preemption, topology), a
+   the :class:`~.registry.Schedules` it holds for (preemption, topology, prefix
+   cache: a bound computed from whole prompts holds without a cache only), a
    ``compute`` that calls step 1's function on a
    :class:`~.context.BoundContext` (returning the value, or a reason and a line
    where there is none), and an ``applies`` check for the conditions and size

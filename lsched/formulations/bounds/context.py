@@ -23,6 +23,7 @@ import numpy as np
 from lsched.cluster import Cluster, Pool, colocated_topology
 from lsched.errors import InputError
 from lsched.evaluator.fixed import check_unit_slots
+from lsched.formulations.bounds.cached import cached_work_bounds
 from lsched.formulations.bounds.cluster import cluster_bounds
 from lsched.formulations.bounds.work import work_bounds
 from lsched.formulations.slot import SlotProblem
@@ -131,6 +132,15 @@ class BoundContext:
         """:func:`~lsched.formulations.bounds.work.work_bounds` on the pool."""
         assert self.profile is not None
         return work_bounds(
+            self.instance, self.profile, self.objective, replicas=self.replicas
+        )
+
+    @cached_property
+    def cached_values(self) -> dict[str, float]:
+        """:func:`~lsched.formulations.bounds.cached.cached_work_bounds` on the
+        pool (the instance has prefix hashes)."""
+        assert self.profile is not None
+        return cached_work_bounds(
             self.instance, self.profile, self.objective, replicas=self.replicas
         )
 

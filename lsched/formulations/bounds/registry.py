@@ -25,6 +25,15 @@ Topology (:class:`Topology`)
     a cluster beyond one colocated pool (pools of different profiles,
     disaggregated prefill and decode: :mod:`~lsched.formulations.bounds.cluster`),
     or any deployment.
+Cache (:class:`Cache`)
+    ``none``: runs without a prefix cache, where every request computes its whole
+    prompt; every bound computed from whole prompts (the closed forms of
+    :mod:`~lsched.formulations.bounds.work` and
+    :mod:`~lsched.formulations.bounds.cluster`, the slot and timed models) holds
+    only there, since a cache hit removes prefill work. ``any``: runs with any
+    prefix cache or none (:mod:`~lsched.formulations.bounds.cached`: every
+    distinct block computed once). A bound for ``any`` cache also holds for runs
+    without one (:meth:`Cache.covers`).
 
 Listing
 -------
@@ -63,6 +72,7 @@ from dataclasses import dataclass, field
 
 from lsched.errors import InputError
 from lsched.formulations.bounds import slot as slot_bounds
+from lsched.formulations.bounds.cached import block_tokens_of
 from lsched.formulations.bounds.clique import clique_lp
 from lsched.formulations.bounds.context import BoundContext, why_not_one_replica
 from lsched.formulations.bounds.work import OBJECTIVES
@@ -111,6 +121,19 @@ class Preemption(enum.StrEnum):
         return self is Preemption.ANY or self is other
 
 
+class Cache(enum.StrEnum):
+    """The runs a bound holds for, by prefix cache (module docstring)."""
+
+    NONE = "none"
+    """Runs without a prefix cache: every prompt computed whole."""
+    ANY = "any"
+    """Runs with any prefix cache (size, eviction, tier) or none."""
+
+    def covers(self, other: Cache) -> bool:
+        """Whether a bound for these runs holds for ``other``'s."""
+        return self is Cache.ANY or self is other
+
+
 class Topology(enum.StrEnum):
     """The deployments a bound is stated for (module docstring)."""
 
@@ -137,10 +160,12 @@ class Topology(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Schedules:
-    """The class of schedules a bound holds for (module docstring)."""
+    """The class of schedules a bound holds for (module docstring); a bound
+    tagged with no cache is not claimed for cached runs."""
 
     preemption: Preemption
     topology: Topology
+    cache: Cache = Cache.NONE
 
 
 @dataclass(frozen=True)
@@ -257,6 +282,23 @@ def _looked_up(
     return compute
 
 
+def _cached(name: str) -> Compute:
+    """``cached_work_bounds``' value ``name`` on the context's pool."""
+    return _looked_up(
+        lambda context: context.cached_values,
+        name,
+        "the cost model has no usable under-estimator",
+    )
+
+
+def _has_prefix_hashes(context: BoundContext) -> Why | None:
+    """The cached bounds need prefix hashes and their block size."""
+    if block_tokens_of(context.instance) is None:
+        detail = "no prefix hashes with params['prefix_block_tokens']: no cache hits"
+        return Reason.OUT_OF_SCOPE, detail
+    return None
+
+
 def _seconds(name: str) -> Compute:
     """``work_bounds``' value ``name`` on the context's pool."""
     return _looked_up(
@@ -352,6 +394,7 @@ def _timed_lp(context: BoundContext) -> float | Why:
 _BOTH = frozenset(OBJECTIVES)
 _LATENCY = frozenset({"latency"})
 _ANY_POOL = Schedules(Preemption.ANY, Topology.ONE_POOL)
+_ANY_POOL_ANY_CACHE = Schedules(Preemption.ANY, Topology.ONE_POOL, Cache.ANY)
 _ANY_CLUSTER = Schedules(Preemption.ANY, Topology.CLUSTER)
 _ANY_REPLICA = Schedules(Preemption.ANY, Topology.ONE_REPLICA)
 _SLOT_REPLICA = Schedules(Preemption.NON_PREEMPTIVE, Topology.ONE_REPLICA)
@@ -373,6 +416,22 @@ BOUNDS: tuple[BoundSpec, ...] = (
     BoundSpec(Model.SECONDS, "work", _BOTH, _ANY_POOL, _seconds("work")),
     BoundSpec(
         Model.SECONDS, "prefill_queue", _LATENCY, _ANY_POOL, _seconds("prefill_queue")
+    ),
+    BoundSpec(
+        Model.SECONDS,
+        "cached_work",
+        _BOTH,
+        _ANY_POOL_ANY_CACHE,
+        _cached("cached_work"),
+        _has_prefix_hashes,
+    ),
+    BoundSpec(
+        Model.SECONDS,
+        "cached_prefill_queue",
+        _LATENCY,
+        _ANY_POOL_ANY_CACHE,
+        _cached("cached_prefill_queue"),
+        _has_prefix_hashes,
     ),
     BoundSpec(
         Model.CLUSTER, "critical_path", _BOTH, _ANY_CLUSTER, _cluster("critical_path")
@@ -415,6 +474,7 @@ __all__ = [
     "TIMED_LP_MAX_ITERATIONS",
     "Applies",
     "BoundSpec",
+    "Cache",
     "Compute",
     "Model",
     "Preemption",

@@ -20,6 +20,12 @@ its spec holds for, its *scope* as users see it (:attr:`Bound.scope`):
     structure (KV only grows between completions; one start slot per request), so
     a preemptive policy may beat them.
 
+Orthogonally, each bound holds for runs without a prefix cache (every bound
+computed from whole prompts) or with any prefix cache or none
+(:attr:`Bound.cache`, ``"none"`` or ``"any"``): ``seconds.cached_work`` and
+``seconds.cached_prefill_queue`` (:mod:`lsched.formulations.bounds.cached`) are
+the only ones of the second kind; :func:`best_bound` takes the run's cache.
+
 The slot bounds are computed only where slots are seconds: a unit-slot profile
 (every iteration one second), one replica and integer arrivals, where the slot
 model's objective equals the evaluator's. On other profiles with one replica,
@@ -51,7 +57,7 @@ from lsched.cluster import Cluster
 from lsched.errors import InputError
 from lsched.formulations.bounds import registry
 from lsched.formulations.bounds.context import BoundContext, one_colocated_pool
-from lsched.formulations.bounds.registry import Preemption, Schedules
+from lsched.formulations.bounds.registry import Cache, Preemption, Schedules
 from lsched.formulations.bounds.work import OBJECTIVES
 from lsched.formulations.result import Reason, Skipped
 from lsched.instance import Instance
@@ -91,6 +97,12 @@ class Bound:
     def scope(self) -> str:
         """``"any"`` or ``"slot"`` (module docstring): the schedule class."""
         return self.schedules.preemption.value
+
+    @property
+    def cache(self) -> str:
+        """``"none"`` or ``"any"``: the prefix caches of the runs it holds for
+        (:class:`~lsched.formulations.bounds.registry.Cache`)."""
+        return self.schedules.cache.value
 
 
 @dataclass(frozen=True)
@@ -240,13 +252,22 @@ def bound_suite(
     return bound_report(instance, profile, objective, **options).bounds
 
 
-def best_bound(bounds: list[Bound], scope: str = "slot") -> float:
+def best_bound(bounds: list[Bound], scope: str = "slot", cache: str = "none") -> float:
     """The largest bound valid for the schedules of ``scope`` (:data:`SCOPES`;
-    ``"slot"`` admits both kinds: a bound for any schedule holds for it)."""
+    ``"slot"`` admits both kinds: a bound for any schedule holds for it) and for
+    runs with ``cache`` (``"none"``: no prefix cache, every bound; ``"any"``: a
+    prefix cache, only the bounds that see it)."""
     if scope not in SCOPES:
         raise InputError(f"got {scope!r}; expected one of {SCOPES}", field="scope")
-    wanted = Preemption(scope)
-    valid = [b.value for b in bounds if b.schedules.preemption.covers(wanted)]
+    caches = tuple(c.value for c in Cache)
+    if cache not in caches:
+        raise InputError(f"got {cache!r}; expected one of {caches}", field="cache")
+    wanted, run = Preemption(scope), Cache(cache)
+    valid = [
+        b.value
+        for b in bounds
+        if b.schedules.preemption.covers(wanted) and b.schedules.cache.covers(run)
+    ]
     return max(valid, default=-math.inf)
 
 

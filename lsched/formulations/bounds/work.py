@@ -126,6 +126,34 @@ def _decode_kv(instance: Instance) -> tuple[npt.NDArray[np.int64], FloatArray]:
     return owner, (instance.prompt_tokens[owner] + j - 1).astype(np.float64)
 
 
+@dataclass(frozen=True)
+class WorkTerms:
+    """Each request's work on one ``u`` and ``lambda``, split by what it computes.
+
+    Request i's prefill is charged ``fixed_i`` once (its share of the constant as
+    a member of the iteration that finishes its prefill, holding ``ceil(s_i / b)``
+    blocks) and, for every prompt token it computes at position ``t`` (1-based),
+    ``per_token + per_position * t`` (``u_P``, the token's share of the constant,
+    and ``u_Q t``: a chunk of ``c`` tokens after ``x`` has ``Q = c (x + c) >=``
+    the sum of its positions). Its decode steps are charged ``decode_i``.
+
+    Attributes
+    ----------
+    fixed, per_token, per_position, decode
+        As above.
+    """
+
+    fixed: FloatArray
+    per_token: float
+    per_position: float
+    decode: FloatArray
+
+    def prefill(self, tokens: FloatArray, position_sums: FloatArray) -> FloatArray:
+        """``p^pre_i`` of requests computing ``tokens_i`` prompt tokens whose
+        positions sum to ``position_sums_i``."""
+        return self.fixed + self.per_token * tokens + self.per_position * position_sums
+
+
 class _Parts:
     """Per-request prefill/decode figures shared by the bounds of one instance."""
 
@@ -153,24 +181,29 @@ class _Parts:
         decode = u[_CONST] + u[_D] + u[_K] * self.decode_kv
         return prefill, decode
 
-    def work(self, u: FloatArray, lam: tuple[float, ...]) -> tuple[FloatArray, ...]:
-        """Prefill and decode work ``p^pre_i``, ``p^dec_i`` (module docstring)."""
+    def terms(self, u: FloatArray, lam: tuple[float, ...]) -> WorkTerms:
+        """The work of each request on ``u`` and ``lambda`` (:class:`WorkTerms`)."""
         l_seq, l_kv, l_tok = lam
         share = l_seq / self.n_seqs
-        prefill = (
-            u[_P] * self.s
-            + u[_Q] * self.q_min
-            + u[_CONST] * (share + l_kv * self.prefill_blocks / self.m_blocks)
-            + (u[_CONST] + u[_H]) * l_tok * self.s / self.budget
+        fixed = (
+            u[_CONST] * (share + l_kv * self.prefill_blocks / self.m_blocks)
             + u[_H] * share
         )
+        per_token = u[_P] + (u[_CONST] + u[_H]) * l_tok / self.budget
         per_step = (
             u[_D]
             + u[_K] * self.decode_kv
             + u[_CONST]
             * (share + l_kv * self.decode_blocks / self.m_blocks + l_tok / self.budget)
         )
-        return prefill, self.sum_decodes(per_step)
+        decode = self.sum_decodes(per_step)
+        return WorkTerms(fixed, float(per_token), float(u[_Q]), decode)
+
+    def work(self, u: FloatArray, lam: tuple[float, ...]) -> tuple[FloatArray, ...]:
+        """Prefill and decode work ``p^pre_i``, ``p^dec_i`` (module docstring): every
+        prompt token computed once, at positions ``1..s_i``."""
+        terms = self.terms(u, lam)
+        return terms.prefill(self.s, self.q_min), terms.decode
 
 
 def check_inputs(instance: Instance, objective: str, replicas: int) -> None:
@@ -224,6 +257,19 @@ def request_figures(
     q_pre, q_dec = _critical_paths(parts, candidates)
     works = [parts.work(u, lam) for u in candidates for lam in _LAMBDAS]
     return RequestFigures(q_pre, q_dec, works)
+
+
+def work_terms(
+    instance: Instance, profile: DeploymentProfile
+) -> tuple[FloatArray, list[WorkTerms]] | None:
+    """The candidates ``u`` and each request's :class:`WorkTerms`, one per ``u``
+    and split ``lambda`` (``u`` major); ``None`` if the cost model has no usable
+    under-estimator."""
+    candidates = under_estimators(profile)
+    if len(candidates) == 0:
+        return None
+    parts = _Parts(instance, profile)
+    return candidates, [parts.terms(u, lam) for u in candidates for lam in _LAMBDAS]
 
 
 def fluid_makespan(
@@ -313,10 +359,12 @@ def work_bounds(
 __all__ = [
     "OBJECTIVES",
     "RequestFigures",
+    "WorkTerms",
     "check_inputs",
     "fluid_latency",
     "fluid_makespan",
     "request_figures",
     "under_estimators",
     "work_bounds",
+    "work_terms",
 ]
