@@ -11,7 +11,8 @@
 
 Families (see :mod:`lsched.generators`):
 
-- ``jaillet``: Jaillet et al. 2025 synthetic (``--kv-capacity`` fixes ``M``);
+- ``jaillet``: Jaillet et al. 2025 synthetic (``--kv-capacity`` fixes ``M``;
+  ``--convention jaillet`` uses their released code's slot model);
 - ``gsm8k``: GSM8K under an 8-shot CoT prompt (``--few-shot-tokens``,
   ``--output`` override the estimated lengths);
 - ``poisson``: the generic ``synthetic`` family, ``--rate`` required, ``--prompt``
@@ -106,6 +107,13 @@ def gen(
         int | None,
         typer.Option("--kv-capacity", help="Fix the KV capacity M (jaillet)."),
     ] = None,
+    convention: Annotated[
+        str | None,
+        typer.Option(
+            "--convention",
+            help="jaillet: lsched (default) or jaillet (their code's slot model).",
+        ),
+    ] = None,
     few_shot_tokens: Annotated[
         int | None,
         typer.Option("--few-shot-tokens", help="Few-shot prefix tokens (gsm8k)."),
@@ -134,12 +142,13 @@ def gen(
         "--output": output,
         "--kv-capacity": kv_capacity,
         "--few-shot-tokens": few_shot_tokens,
+        "--convention": convention,
         "--source": source,
         "--format": trace_format,
     }
     check_applicable(family, given)
     instance = _build(family, n, seed, name, rate, cv, prompt, output, kv_capacity,
-                      few_shot_tokens, source, trace_format)  # fmt: skip
+                      few_shot_tokens, source, trace_format, convention)  # fmt: skip
     from lsched.provenance import provenance
     from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
 
@@ -165,6 +174,7 @@ def _build(
     few_shot_tokens: int | None,
     source: Path | None,
     trace_format: str | None,
+    convention: str | None,
 ) -> Instance:
     """The instance of ``family`` the options describe; an InputError names the
     CLI option rather than the generator's keyword argument."""
@@ -181,6 +191,7 @@ def _build(
             few_shot_tokens=few_shot_tokens,
             source=source,
             trace_format=trace_format,
+            convention=convention,
         )
     except InputError as exc:
         # name the CLI option rather than the generator's keyword argument

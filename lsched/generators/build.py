@@ -26,6 +26,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "--prompt": ("poisson",),
     "--output": ("poisson", "gsm8k"),
     "--kv-capacity": ("jaillet",),
+    "--convention": ("jaillet",),
     "--few-shot-tokens": ("gsm8k",),
     "--source": ("resample",),
     "--format": ("resample",),
@@ -37,6 +38,7 @@ OPTION_OF: dict[str, str] = {
     "n": "--n",
     "seed": "--seed",
     "kv_capacity_tokens": "--kv-capacity",
+    "convention": "--convention",
     "few_shot_tokens": "--few-shot-tokens",
 }
 
@@ -84,6 +86,7 @@ def build_family(
     few_shot_tokens: int | None,
     source: Path | None,
     trace_format: str | None,
+    convention: str | None = None,
 ) -> Instance:
     """The instance of ``family`` (one of :data:`CLI_FAMILIES`) with these options.
 
@@ -94,7 +97,12 @@ def build_family(
     """
     if family == "jaillet":
         return jaillet(
-            n, seed=seed, arrivals=arrivals, name=name, kv_capacity_tokens=kv_capacity
+            n,
+            seed=seed,
+            arrivals=arrivals,
+            name=name,
+            kv_capacity_tokens=kv_capacity,
+            convention="lsched" if convention is None else convention,
         )
     if family == "gsm8k":
         options: dict[str, Any] = {}

@@ -42,6 +42,10 @@ from lsched.generators.arrivals import (
     Poisson,
     arrivals_from_params,
 )
+from lsched.generators.jaillet_convention import (
+    check_convention,
+    code_convention_draws,
+)
 from lsched.generators.lengths import LengthDistribution, LogNormal, length_from_params
 from lsched.instance import Instance
 
@@ -134,6 +138,7 @@ def jaillet(
     seed: int,
     arrivals: ArrivalProcess | Mapping[str, Any] | None = None,
     kv_capacity_tokens: int | None = None,
+    convention: str = "lsched",
     name: str | None = None,
 ) -> Instance:
     """The synthetic family of Jaillet et al. 2025.
@@ -169,6 +174,13 @@ def jaillet(
         ``M - s >= 1`` for every ``s`` in 1..5). ``M`` is still drawn from its
         stream and discarded, so the other draws do not change; passing the
         recorded ``M`` back therefore regenerates the same instance.
+    convention
+        ``"lsched"`` (default): the sampling above, in lsched's slot model.
+        ``"jaillet"``: their released code's model, mapped exactly
+        (:mod:`lsched.generators.jaillet_convention`, with the proof): one
+        ``s ~ U{1..5}`` per instance, ``o_i ~ U{1..M - s}``, prompt ``s + 1``
+        for every request, integer (floored) arrivals; slot-model latencies
+        and optima are then theirs.
     name
         Instance name; default ``jaillet-n{n}-s{seed}``.
 
@@ -176,28 +188,39 @@ def jaillet(
     -------
     Instance
         Family ``"jaillet"``; ``params = {"arrivals": {...},
-        "kv_capacity_tokens": M}``.
+        "kv_capacity_tokens": M}``, plus ``"convention": "jaillet"`` in that
+        convention (the default is not recorded, so that existing instances keep
+        their params).
     """
     n = check_int(n, "n", 1)
     seed = check_seed(seed)
     process = arrivals_from_params(arrivals)
+    convention = check_convention(convention)
     rng_arrivals, rng_prompt, rng_output, rng_capacity = _streams(seed, 4)
     m_low, m_high = JAILLET_KV_CAPACITY_RANGE_TOKENS
     s_low, s_high = JAILLET_PROMPT_RANGE_TOKENS
     capacity = int(rng_capacity.integers(m_low, m_high + 1))
     if kv_capacity_tokens is not None:
         capacity = check_int(kv_capacity_tokens, "kv_capacity_tokens", s_high + 1)
-    prompt = rng_prompt.integers(s_low, s_high + 1, size=n, dtype=np.int64)
-    # o_i ~ U{1..M - s_i}: integers() takes a per-request (exclusive) upper end
-    output = rng_output.integers(1, capacity - prompt + 1, dtype=np.int64)
+    arrival = process.sample(n, rng_arrivals)
+    params = {"arrivals": process.to_params(), "kv_capacity_tokens": capacity}
+    if convention == "jaillet":
+        arrival, prompt, output = code_convention_draws(
+            n, capacity, (s_low, s_high), arrival, rng_prompt, rng_output
+        )
+        params["convention"] = convention
+    else:
+        prompt = rng_prompt.integers(s_low, s_high + 1, size=n, dtype=np.int64)
+        # o_i ~ U{1..M - s_i}: integers() takes a per-request (exclusive) upper end
+        output = rng_output.integers(1, capacity - prompt + 1, dtype=np.int64)
     return Instance(
-        arrival_s=process.sample(n, rng_arrivals),
+        arrival_s=arrival,
         prompt_tokens=prompt,
         output_tokens=output,
         name=_name(name, "jaillet", n, seed),
         family="jaillet",
         seed=seed,
-        params={"arrivals": process.to_params(), "kv_capacity_tokens": capacity},
+        params=params,
     )
 
 

@@ -22,7 +22,8 @@ A sweep is described by a TOML file (paths in it are relative to that file)::
     family = "jaillet"                    # jaillet | gsm8k | poisson | resample
     n = 10
     seeds = [0, 1, 2]                     # or seed = 0
-    # rate, cv, prompt, output, kv_capacity, few_shot_tokens, source, format
+    # rate, cv, prompt, output, kv_capacity, convention, few_shot_tokens,
+    # source, format
 
     [[sweep.solver]]                      # the slot model, as `lsched solve`
     backend = "cpsat"                     # cpsat | milp | lns

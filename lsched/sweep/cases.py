@@ -103,6 +103,7 @@ def _generate(family: str, n: int, seed: int, options: Mapping[str, Any]) -> Ins
             "--output": options.get("output"),
             "--kv-capacity": options.get("kv_capacity"),
             "--few-shot-tokens": options.get("few_shot_tokens"),
+            "--convention": options.get("convention"),
             "--source": options.get("source"),
             "--format": options.get("format"),
         },
@@ -124,6 +125,7 @@ def _generate(family: str, n: int, seed: int, options: Mapping[str, Any]) -> Ins
         few_shot_tokens=options.get("few_shot_tokens"),
         source=None if source is None else Path(source),
         trace_format=options.get("format"),
+        convention=options.get("convention"),
     )
 
 

@@ -60,6 +60,7 @@ _GENERATE_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "output": str,
     "kv_capacity": int,
     "few_shot_tokens": int,
+    "convention": str,
     "source": str,
     "format": str,
 }
@@ -424,6 +425,7 @@ _KIND_TEXT = {
     "output": "a length spec, e.g. uniform:low=1,high=64",
     "kv_capacity": "an integer",
     "few_shot_tokens": "an integer",
+    "convention": "lsched or jaillet",
     "source": "a trace path",
     "format": "a trace format name",
 }
