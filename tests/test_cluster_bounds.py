@@ -148,6 +148,7 @@ def test_cluster_report_lists_the_slot_bounds_as_out_of_scope() -> None:
         "slot.lagrangian",
         "slot.lp",
         "slot.clique_lp",
+        "seconds.bucket_lp",
         "timed.lp",
     }
     assert all("disaggregated" in s.detail for s in report.skipped)

@@ -50,7 +50,7 @@ from lsched.traces import read_trace
 #: Per-policy metrics shown in the table (all are in the JSON).
 TABLE_METRICS: tuple[str, ...] = ("e2e_mean_s", "ttft_mean_s", "preemptions")
 #: How the tables name a bound's scope (the schedules it holds for).
-SCOPE_LABELS = {"any": "all", "slot": "non-preemptive"}
+SCOPE_LABELS = {"any": "all", "slot": "non-preemptive", "recompute": "recompute-only"}
 
 ClusterOpt = Annotated[
     Path | None,

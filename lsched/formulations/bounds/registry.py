@@ -17,8 +17,11 @@ Preemption (:class:`Preemption`)
     policies with chunked prefill, preemption or swapping, fixed tables, the slot
     and timed models). ``slot``: non-preemptive schedules that prefill each prompt
     whole (the slot model and every run that neither preempts nor chunks); a
-    preemptive policy may beat such a bound. A bound for ``any`` schedules also
-    holds for the ``slot`` class (:meth:`Preemption.covers`).
+    preemptive policy may beat such a bound. ``recompute``: chunked prefill and
+    recompute preemption, without prefix cache, host tier or migration (the
+    bucket LP). A bound for ``any`` schedules also holds for the other classes,
+    one for ``recompute`` schedules for the ``slot`` class
+    (:meth:`Preemption.covers`).
 Topology (:class:`Topology`)
     One replica (the slot and timed models), one colocated pool of ``C`` replicas
     of one profile (the closed forms of :mod:`~lsched.formulations.bounds.work`),
@@ -72,6 +75,7 @@ from dataclasses import dataclass, field
 
 from lsched.errors import InputError
 from lsched.formulations.bounds import slot as slot_bounds
+from lsched.formulations.bounds.bucket import bucket_lp, serial_horizon_s
 from lsched.formulations.bounds.cached import block_tokens_of
 from lsched.formulations.bounds.clique import clique_lp
 from lsched.formulations.bounds.context import BoundContext, why_not_one_replica
@@ -91,6 +95,8 @@ Applies = Callable[[BoundContext], Why | None]
 
 #: Largest ``sum_i o_i`` (the timed model's horizon) whose timed LP is solved.
 TIMED_LP_MAX_ITERATIONS = 400
+#: Buckets of the suite's bucket LP over the serial horizon (``Delta`` follows).
+BUCKET_LP_BUCKETS = 100
 
 
 class Model(enum.StrEnum):
@@ -115,10 +121,14 @@ class Preemption(enum.StrEnum):
     """Every schedule the evaluator runs."""
     NON_PREEMPTIVE = "slot"
     """Non-preemptive schedules that prefill each prompt whole."""
+    RECOMPUTE = "recompute"
+    """Schedules whose only preemption is recompute, with chunked prefill, and no
+    prefix cache, host tier or migration (they include the ``slot`` class)."""
 
     def covers(self, other: Preemption) -> bool:
         """Whether a bound for these schedules holds for ``other``'s."""
-        return self is Preemption.ANY or self is other
+        wider = self is Preemption.RECOMPUTE and other is Preemption.NON_PREEMPTIVE
+        return self is Preemption.ANY or self is other or wider
 
 
 class Cache(enum.StrEnum):
@@ -389,6 +399,30 @@ def _timed_lp(context: BoundContext) -> float | Why:
     return _lp_value(value, context)
 
 
+def _bucket_lp_applies(context: BoundContext) -> Why | None:
+    """One colocated replica, latency, up to ``lp_max_requests`` requests."""
+    if context.why_not_one_replica is not None:
+        return Reason.OUT_OF_SCOPE, context.why_not_one_replica
+    if context.replicas != 1:
+        detail = f"{context.replicas} replicas; the bucket LP holds for one"
+        return Reason.OUT_OF_SCOPE, detail
+    return _size(context)
+
+
+def _bucket_lp(context: BoundContext) -> float | Why:
+    """The bucket LP with :data:`BUCKET_LP_BUCKETS` buckets up to the serial
+    horizon, its value at HiGHS's duals by the LP time limit."""
+    assert context.profile is not None
+    if context.lp_time_limit <= 0:
+        return _lp_value(-math.inf, context)
+    instance, profile = context.instance, context.profile
+    horizon = serial_horizon_s(instance, profile)
+    delta = (horizon - float(instance.arrival_s.min())) / BUCKET_LP_BUCKETS
+    found = bucket_lp(instance, profile, delta_s=max(delta, 1e-9),
+                      horizon_s=horizon, time_limit=context.lp_time_limit)  # fmt: skip
+    return _lp_value(found.value, context)
+
+
 # -- the table ----------------------------------------------------------------------
 
 _BOTH = frozenset(OBJECTIVES)
@@ -398,6 +432,7 @@ _ANY_POOL_ANY_CACHE = Schedules(Preemption.ANY, Topology.ONE_POOL, Cache.ANY)
 _ANY_CLUSTER = Schedules(Preemption.ANY, Topology.CLUSTER)
 _ANY_REPLICA = Schedules(Preemption.ANY, Topology.ONE_REPLICA)
 _SLOT_REPLICA = Schedules(Preemption.NON_PREEMPTIVE, Topology.ONE_REPLICA)
+_RECOMPUTE_REPLICA = Schedules(Preemption.RECOMPUTE, Topology.ONE_REPLICA)
 
 
 def _slot_latency(name: str, compute: Compute, applies: Applies) -> BoundSpec:
@@ -451,6 +486,15 @@ BOUNDS: tuple[BoundSpec, ...] = (
     BoundSpec(Model.SLOT, "lp", _BOTH, _SLOT_REPLICA, _slot_lp, _slot_lp_applies),
     _slot_latency("clique_lp", _clique_lp, _slot_lp_applies),
     BoundSpec(Model.TIMED, "lp", _BOTH, _SLOT_REPLICA, _timed_lp, _timed_lp_applies),
+    BoundSpec(
+        Model.SECONDS,
+        "bucket_lp",
+        _LATENCY,
+        _RECOMPUTE_REPLICA,
+        _bucket_lp,
+        _bucket_lp_applies,
+        listed_for=_BOTH,
+    ),
 )
 
 
@@ -471,6 +515,7 @@ def bound_spec(name: str) -> BoundSpec:
 
 __all__ = [
     "BOUNDS",
+    "BUCKET_LP_BUCKETS",
     "TIMED_LP_MAX_ITERATIONS",
     "Applies",
     "BoundSpec",

@@ -19,6 +19,11 @@ its spec holds for, its *scope* as users see it (:attr:`Bound.scope`):
     nor chunks). The ``sawtooth``, ``lagrangian`` and ``lp`` bounds use that
     structure (KV only grows between completions; one start slot per request), so
     a preemptive policy may beat them.
+``recompute``
+    Schedules of one colocated replica with chunked prefill and recompute
+    preemption, without prefix cache, host tier or migration: the bucket LP
+    (:mod:`lsched.formulations.bounds.bucket`), which counts the iterations a
+    decode tail needs. It holds for the ``slot`` class too.
 
 Orthogonally, each bound holds for runs without a prefix cache (every bound
 computed from whole prompts) or with any prefix cache or none
@@ -95,7 +100,8 @@ class Bound:
 
     @property
     def scope(self) -> str:
-        """``"any"`` or ``"slot"`` (module docstring): the schedule class."""
+        """``"any"``, ``"slot"`` or ``"recompute"`` (module docstring): the
+        schedule class."""
         return self.schedules.preemption.value
 
     @property
