@@ -149,6 +149,7 @@ def test_cluster_report_lists_the_slot_bounds_as_out_of_scope() -> None:
         "slot.lp",
         "slot.clique_lp",
         "seconds.bucket_lp",
+        "seconds.bucket_lagrangian",
         "timed.lp",
     }
     assert all("disaggregated" in s.detail for s in report.skipped)

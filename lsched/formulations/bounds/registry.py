@@ -19,8 +19,8 @@ Preemption (:class:`Preemption`)
     whole (the slot model and every run that neither preempts nor chunks); a
     preemptive policy may beat such a bound. ``recompute``: chunked prefill and
     recompute preemption, without prefix cache, host tier or migration (the
-    bucket LP). A bound for ``any`` schedules also holds for the other classes,
-    one for ``recompute`` schedules for the ``slot`` class
+    bucket LP and its Lagrangian). A bound for ``any`` schedules also holds for
+    the other classes, one for ``recompute`` schedules for the ``slot`` class
     (:meth:`Preemption.covers`).
 Topology (:class:`Topology`)
     One replica (the slot and timed models), one colocated pool of ``C`` replicas
@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from lsched.errors import InputError
 from lsched.formulations.bounds import slot as slot_bounds
 from lsched.formulations.bounds.bucket import bucket_lp, serial_horizon_s
+from lsched.formulations.bounds.bucket_lagrangian import bucket_lagrangian
 from lsched.formulations.bounds.cached import block_tokens_of
 from lsched.formulations.bounds.clique import clique_lp
 from lsched.formulations.bounds.context import BoundContext, why_not_one_replica
@@ -97,6 +98,9 @@ Applies = Callable[[BoundContext], Why | None]
 TIMED_LP_MAX_ITERATIONS = 400
 #: Buckets of the suite's bucket LP over the serial horizon (``Delta`` follows).
 BUCKET_LP_BUCKETS = 100
+#: Most Lagrangian evaluations of the suite's bucket Lagrangian (each a DP per
+#: request; a few milliseconds at the suite's sizes).
+BUCKET_LAGRANGIAN_ITERATIONS = 300
 
 
 class Model(enum.StrEnum):
@@ -423,6 +427,35 @@ def _bucket_lp(context: BoundContext) -> float | Why:
     return _lp_value(found.value, context)
 
 
+def _bucket_lagrangian(context: BoundContext) -> float | Why:
+    """The bucket Lagrangian on the bucket LP's buckets, started from the
+    ``priority`` policy's run (work key, chunks of 384 tokens) and aimed at its
+    total latency, for at most the LP time limit and
+    :data:`BUCKET_LAGRANGIAN_ITERATIONS` evaluations."""
+    from lsched.evaluator import simulate
+    from lsched.policies import PolicySpec
+    from lsched.policies.priority import work_params
+    from lsched.predictors import oracle
+
+    assert context.profile is not None
+    if context.lp_time_limit <= 0:
+        return _lp_value(-math.inf, context)
+    instance, profile = context.instance, context.profile
+    horizon = serial_horizon_s(instance, profile)
+    delta = (horizon - float(instance.arrival_s.min())) / BUCKET_LP_BUCKETS
+    spec = PolicySpec("priority", work_params(profile, chunk_tokens=384))
+    run = simulate(oracle(instance), profile, spec).requests  # any run will do
+    completion = run["completion_s"].to_numpy()
+    found = bucket_lagrangian(
+        instance, profile, delta_s=max(delta, 1e-9), horizon_s=horizon,
+        completion_s=completion, first_token_s=run["first_token_s"].to_numpy(),
+        upper_bound=float((completion - instance.arrival_s).sum()),
+        time_limit=context.lp_time_limit,
+        iterations=BUCKET_LAGRANGIAN_ITERATIONS,
+    )  # fmt: skip
+    return _finite(found.value, _NO_SLOT_VALUE)
+
+
 # -- the table ----------------------------------------------------------------------
 
 _BOTH = frozenset(OBJECTIVES)
@@ -495,6 +528,15 @@ BOUNDS: tuple[BoundSpec, ...] = (
         _bucket_lp_applies,
         listed_for=_BOTH,
     ),
+    BoundSpec(
+        Model.SECONDS,
+        "bucket_lagrangian",
+        _LATENCY,
+        _RECOMPUTE_REPLICA,
+        _bucket_lagrangian,
+        _bucket_lp_applies,
+        listed_for=_BOTH,
+    ),
 )
 
 
@@ -515,6 +557,7 @@ def bound_spec(name: str) -> BoundSpec:
 
 __all__ = [
     "BOUNDS",
+    "BUCKET_LAGRANGIAN_ITERATIONS",
     "BUCKET_LP_BUCKETS",
     "TIMED_LP_MAX_ITERATIONS",
     "Applies",
