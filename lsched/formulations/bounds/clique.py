@@ -364,7 +364,9 @@ def separate(
     conflict = rule.conflicts(r[:, None], c[:, None], r[None, :], c[None, :])
     weight = value[support]
     # support first by value, then the columns the LP is closest to using
-    priority = np.where(value > SUPPORT_TOL, 1.0 + value, 1.0 / (2.0 + reduced_cost))
+    priority = np.where(
+        value > SUPPORT_TOL, 1.0 + value, 1.0 / (2.0 + np.maximum(reduced_cost, 0.0))
+    )
     covered = np.zeros(len(support), dtype=bool)
     found: dict[tuple[int, ...], IntArray] = {}
     for seed in range(len(support)):
