@@ -10,6 +10,7 @@ Each solve starts from the basis the previous one left (dual simplex).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -140,13 +141,18 @@ class Relaxation:
         return LPSolution(outcome.bound, outcome.values, reduced)
 
     def cut_rounds(
-        self, deadline: float, rounds: int, prune_at: float
+        self,
+        deadline: float,
+        rounds: int,
+        prune_at: float,
+        until: float | None = None,
     ) -> LPSolution | bool | None:
         """Solve, add violated cliques, re-solve: at most ``rounds`` rounds.
 
-        Stops early when no clique is violated or the value reaches
-        ``prune_at`` (the node is then pruned). Returns the last solution (or
-        ``False`` / ``None`` as :meth:`solve`; ``None`` only if no LP was solved).
+        Stops early when no clique is violated, the value reaches ``prune_at``
+        (the node is then pruned) or ``until`` (``time.monotonic()``) has
+        passed. Returns the last solution (or ``False`` / ``None`` as
+        :meth:`solve`; ``None`` only if no LP was solved).
         """
         last: LPSolution | bool | None = None
         for round_ in range(rounds + 1):
@@ -155,6 +161,8 @@ class Relaxation:
                 return solved if solved is False or last is None else last
             last = solved
             if round_ == rounds or rounded(solved.value) >= prune_at:
+                break
+            if until is not None and time.monotonic() >= until:
                 break
             found = separate(
                 self.rule, self.cols, solved.x, solved.reduced, max_cuts=self.max_cuts

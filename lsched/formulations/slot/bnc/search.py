@@ -20,16 +20,15 @@ from lsched.interrupt import requested
 FINISHERS = ("tree", "cpsat")
 
 
-def _check(finisher: str, lns_share: float, rounds: tuple[int, int]) -> None:
+def _check(finisher: str, shares: tuple[float, float], rounds: tuple[int, int]) -> None:
     if finisher not in FINISHERS:
         raise InputError(
             f"got {finisher!r}; expected one of {', '.join(FINISHERS)}",
             field="finisher",
         )
-    if not 0.0 <= lns_share < 1.0:
-        raise InputError(
-            f"got {lns_share!r}; expected 0 <= share < 1", field="lns_share"
-        )
+    for name, share in zip(("lns_share", "root_share"), shares, strict=True):
+        if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise InputError(f"got {share!r}; expected 0 <= share <= 1", field=name)
     for name, value in zip(("root_rounds", "node_rounds"), rounds, strict=True):
         if not isinstance(value, int) or value < 0:
             raise InputError(f"got {value!r}; expected an integer >= 0", field=name)
@@ -82,6 +81,7 @@ def solve(
     *,
     finisher: str = "tree",
     lns_share: float = 0.1,
+    root_share: float = 0.4,
     root_rounds: int = 500,
     node_rounds: int = 3,
     max_cuts: int | None = None,
@@ -99,6 +99,9 @@ def solve(
     lns_share
         Share of ``time_limit`` for LNS after the root, when the root leaves a
         gap (0: none).
+    root_share
+        Share of the time left after the warm start in which the root may
+        start separation rounds (its LP bound so far is kept).
     root_rounds, node_rounds
         Most clique separation rounds at the root and at every other node.
     max_cuts
@@ -106,7 +109,7 @@ def solve(
     **params
         CP-SAT parameters for the LNS steps and the ``cpsat`` finisher.
     """
-    _check(finisher, lns_share, (root_rounds, node_rounds))
+    _check(finisher, (lns_share, root_share), (root_rounds, node_rounds))
     problem = run.problem
     offset = problem.objective_offset
     cols = columns_below(problem, problem.integer_objective(run.start))
@@ -116,14 +119,16 @@ def solve(
     bnc = BranchAndCut(run, cols, cuts)
     bnc.queue.push(bnc.allowed, -math.inf, 0)
     stop = Stop.FINISHED
-    if not bnc.process(bnc.queue.pop(), root_rounds):
+    until = time.monotonic() + root_share * run.remaining_s()
+    if not bnc.process(bnc.queue.pop(), root_rounds, until):
         stop = _stop()
     bnc.progress()
     info: dict[str, Any] = {"columns": len(cols)}
-    if stop is Stop.FINISHED:
+    if stop is Stop.FINISHED and len(bnc.queue):  # else the root proved U
         info |= _lns(bnc, lns_share, params)
         if finisher == "cpsat":
             stop, bound, more = finish(run, cols, bnc.allowed, bnc.fixed_at, params)
+            bound = max(bound, bnc.root_bound())
             info |= more | _figures(bnc)
             return Attempt("bnc/cpsat-events", stop, bound + offset, info=info)
         stop = _tree(bnc, node_rounds)

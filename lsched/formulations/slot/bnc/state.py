@@ -118,6 +118,12 @@ class BranchAndCut:
             return self.upper if done else -math.inf
         return min(self.queue.bound(), current, self.upper)
 
+    def root_bound(self) -> float:
+        """The root LP's integer bound, valid globally (``-inf`` for makespan or
+        before the root is solved)."""
+        finite = self.bounded and math.isfinite(self.root_value)
+        return float(rounded(self.root_value)) if finite else -math.inf
+
     def prune_at(self) -> float:
         """Nodes whose rounded LP value reaches this hold nothing better."""
         return self.upper if self.bounded else math.inf
@@ -130,14 +136,17 @@ class BranchAndCut:
         )
         self.offer(list_schedule(self.problem, np.argsort(mean, kind="stable")), "bnc")
 
-    def process(self, node: Node, rounds: int) -> bool:
-        """Solve ``node``'s LP with up to ``rounds`` separation rounds, then prune,
-        fix and branch. Returns ``False`` if time ran out (the node is reopened)."""
+    def process(self, node: Node, rounds: int, until: float | None = None) -> bool:
+        """Solve ``node``'s LP with up to ``rounds`` separation rounds (none
+        started after ``until``, ``time.monotonic()``), then prune, fix and
+        branch. Returns ``False`` if time ran out (the node is reopened)."""
         if node.bound >= self.prune_at():
             return True
         allowed = node.allowed() & self.allowed
         self.relax.restrict(allowed)
-        solved = self.relax.cut_rounds(self.run.deadline, rounds, self.prune_at())
+        solved = self.relax.cut_rounds(
+            self.run.deadline, rounds, self.prune_at(), until
+        )
         self.nodes += 1
         if solved is None:
             self.queue.push(node.allowed(), node.bound, node.depth)
