@@ -110,7 +110,7 @@ def test_milp_and_cpsat_prove_the_same_optimum(seed):
     problem = _random_jaillet_like(seed)
     exact = cpsat.solve(problem, time_limit=30)
     other = milp.solve(problem, time_limit=30)
-    tree = bnc.solve(problem, time_limit=30)
+    tree = bnc.solve(problem, time_limit=60)
     assert exact.status == other.status == tree.status == Status.OPTIMAL
     assert exact.objective == pytest.approx(other.objective)
     assert tree.objective == pytest.approx(exact.objective)

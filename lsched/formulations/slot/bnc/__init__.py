@@ -53,6 +53,20 @@ its LP is infeasible, an integral LP is a schedule that lowers ``U`` (the node
 is searched again under the new deadlines), and an empty queue proves ``U``
 optimal; until then the bound is the free one of the driver.
 
+Symmetry
+--------
+Requests identical in release, prompt, output and weight can swap completions
+(:meth:`~lsched.formulations.slot.SlotProblem.identical_groups`), so the LP
+also holds ``E_i <= E_k`` for consecutive ones (``i < k``): per slot ``F_k(t)
+<= F_i(t)`` with ``F_j(t) = sum_{c <= t} x[j, c]``, or, for windows wider than
+:data:`.relaxation.PREFIX_ROWS_MAX_WIDTH`, ``sum_c c x[i, c] <= sum_c c x[k,
+c]``. Every schedule has a copy with the same objective and those orders
+(:meth:`~lsched.formulations.slot.SlotProblem.canonical`), so the search's
+region keeps an optimal schedule; "every optimal schedule" below means every
+such ordered one, and the CP-SAT finisher's own symmetry order is the same one.
+After a branch on ``E_j``, columns of other requests that conflict with every
+column left to ``j`` are removed from the child (:func:`.tree.propagate`).
+
 Fixing
 ------
 Let ``z`` be an optimal value of a node's LP (its region: the columns it

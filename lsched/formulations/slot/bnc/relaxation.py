@@ -43,18 +43,32 @@ def rounded(value: float) -> int:
     return math.ceil(value - ROUNDING_TOL)
 
 
+#: Identical requests with more columns than this get one aggregated order row
+#: instead of one row per slot (whose size grows with the square of the window).
+PREFIX_ROWS_MAX_WIDTH = 64
+
+
 def symmetry_rows(problem: SlotProblem, cols: Columns) -> sp.csr_matrix:
-    """``F_k(t) - F_i(t) <= 0`` for consecutive identical requests ``i < k``
-    (:meth:`~lsched.formulations.slot.SlotProblem.identical_groups`) and every
-    ``t`` but their last column, ``F_j(t) = sum_{c <= t} x[j, c]``: ``E_i <=
-    E_k`` (package docstring, "Symmetry"). Identical requests have the same
-    columns (same release, output and deadline)."""
+    """``E_i <= E_k`` for consecutive identical requests ``i < k``
+    (:meth:`~lsched.formulations.slot.SlotProblem.identical_groups`; package
+    docstring, "Symmetry"). Identical requests have the same columns (same
+    release, output and deadline). Up to :data:`PREFIX_ROWS_MAX_WIDTH` columns:
+    ``F_k(t) - F_i(t) <= 0`` for every ``t`` but the last, ``F_j(t) = sum_{c <=
+    t} x[j, c]``; wider: ``sum_c c (x[i, c] - x[k, c]) <= 0``."""
     first = np.searchsorted(cols.request, np.arange(len(problem)))
     width = np.bincount(cols.request, minlength=len(problem))
     rows, index, value = [], [], []
     for group in problem.identical_groups():
         for i, k in pairwise(group.tolist()):
-            for t in range(int(width[i]) - 1):
+            w = int(width[i])
+            if w > PREFIX_ROWS_MAX_WIDTH:
+                span = np.arange(w)
+                rows.append(np.full(2 * w, len(rows)))
+                index.append(np.concatenate([first[i] + span, first[k] + span]))
+                at = cols.completion[first[i] + span].astype(np.float64)
+                value.append(np.concatenate([at, -at]))
+                continue
+            for t in range(w - 1):
                 prefix = np.arange(t + 1)
                 rows.append(np.full(2 * (t + 1), len(rows)))
                 index.append(np.concatenate([first[k] + prefix, first[i] + prefix]))
