@@ -1,6 +1,6 @@
-"""The slot model end to end: CP-SAT (three formulations), MILP, LNS and the
-bounds against a brute-force optimum, against each other, against the evaluator's
-replay and against every non-preemptive online policy."""
+"""The slot model end to end: CP-SAT (three formulations), MILP, LNS, the
+branch-and-cut and the bounds against a brute-force optimum, against each other,
+against the evaluator's replay and against every non-preemptive online policy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lsched.evaluator import simulate
 from lsched.evaluator.fixed import replay_start_slots
 from lsched.formulations.bounds import slot as bounds
 from lsched.formulations.result import Status
-from lsched.formulations.slot import SlotProblem, cpsat, lns, milp
+from lsched.formulations.slot import SlotProblem, bnc, cpsat, lns, milp
 from lsched.formulations.slot.horizon import (
     close_idle_slots,
     deadlines,
@@ -110,11 +110,13 @@ def test_milp_and_cpsat_prove_the_same_optimum(seed):
     problem = _random_jaillet_like(seed)
     exact = cpsat.solve(problem, time_limit=30)
     other = milp.solve(problem, time_limit=30)
-    assert exact.status == other.status == Status.OPTIMAL
+    tree = bnc.solve(problem, time_limit=60)
+    assert exact.status == other.status == tree.status == Status.OPTIMAL
     assert exact.objective == pytest.approx(other.objective)
+    assert tree.objective == pytest.approx(exact.objective)
     optimum = exact.objective
-    assert _replayed_objective(problem, exact.start) == pytest.approx(optimum)
-    assert _replayed_objective(problem, other.start) == pytest.approx(optimum)
+    for result in (exact, other, tree):
+        assert _replayed_objective(problem, result.start) == pytest.approx(optimum)
     # bound <= optimum <= every heuristic and every non-preemptive policy run
     assert bounds.energy(problem) <= optimum + 1e-9
     assert bounds.sawtooth(problem) <= optimum + 1e-9

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lsched.atomic import write_text_atomic
 from lsched.formulations.bounds import slot as bounds
-from lsched.formulations.slot import SlotProblem, cpsat, lns, milp
+from lsched.formulations.slot import SlotProblem, bnc, cpsat, lns, milp
 from lsched.formulations.slot.incumbent import policy_schedule
 from lsched.generators.families import jaillet
 from lsched.profile import load_profile
@@ -39,6 +39,8 @@ BACKENDS = {
     "cpsat-time-indexed": partial(cpsat.solve, formulation="time-indexed"),
     "lns": lns.solve,
     "milp": milp.solve,
+    "bnc": bnc.solve,
+    "bnc-cpsat": partial(bnc.solve, finisher="cpsat"),
 }
 
 

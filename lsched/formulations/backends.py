@@ -38,6 +38,7 @@ BACKENDS: Mapping[str, Mapping[str, str]] = {
         "cpsat": "lsched.formulations.slot.cpsat",
         "milp": "lsched.formulations.slot.milp",
         "lns": "lsched.formulations.slot.lns",
+        "bnc": "lsched.formulations.slot.bnc",
     },
     "timed": {
         "cpsat": "lsched.formulations.timed.cpsat",

@@ -120,6 +120,44 @@ class Columns:
         return len(self.request)
 
 
+class ColumnIndex:
+    """Where each request's columns lie in a :class:`Columns` (requests in order,
+    completions consecutive), to list the columns near a placement.
+
+    Parameters
+    ----------
+    problem
+        The slot problem.
+    cols
+        Its columns, from :func:`completion_columns`.
+    """
+
+    def __init__(self, problem: SlotProblem, cols: Columns) -> None:
+        n = len(problem)
+        self.output = problem.output_tokens
+        self.first = np.searchsorted(cols.request, np.arange(n))
+        self.count = np.bincount(cols.request, minlength=n)
+        self.lo = problem.release + problem.output_tokens  # completion of `first`
+        self.hi = self.lo + self.count - 1
+
+    def near(self, k: int, c: int) -> IntArray:
+        """Columns, ascending, of request ``k`` and of every request completing so
+        that it shares a slot with ``(k, c)``: ``c - o_k + 1 <= c' <= c + o_i - 1``.
+
+        Two placements of different requests conflict only if they share a slot
+        (module docstring, "Conflicts"), so these hold every column that
+        conflicts with ``(k, c)``.
+        """
+        lo = np.maximum(self.lo, c - self.output[k] + 1)
+        hi = np.minimum(self.hi, c + self.output - 1)
+        lo[k], hi[k] = self.lo[k], self.hi[k]
+        width = np.maximum(hi - lo + 1, 0)
+        start = self.first + lo - self.lo
+        total = int(width.sum())
+        shift = np.repeat(start - (np.cumsum(width) - width), width)
+        return shift + np.arange(total)
+
+
 def completion_columns(problem: SlotProblem, deadline: IntArray) -> Columns:
     """Every ``(j, c)`` with ``r_j + o_j <= c <= d_j``, requests in order."""
     lo = problem.release + problem.output_tokens
@@ -143,6 +181,7 @@ class ConflictRule:
     """
 
     def __init__(self, problem: SlotProblem) -> None:
+        self.problem = problem
         self.output = problem.output_tokens
         self.prompt = problem.prompt_tokens
         self.seqs = problem.max_num_seqs
@@ -150,24 +189,33 @@ class ConflictRule:
         peak = problem.peak_blocks
         slack = problem.kv_capacity_blocks - peak  # M - peak_i
         n = len(problem)
-        #: cnt[i, k] = #{m : k_km > M - peak_i}
+        #: cnt[i, k] = #{m : k_km > M - peak_i} (<= o_k; zero iff cnt[k, i] is)
         self.count = np.empty((n, n), dtype=np.int64)
         for k in range(n):
             table = problem.kv_table(k)
             self.count[:, k] = len(table) - np.searchsorted(table, slack, "right")
+        #: (i, c), (k, c + D) conflict by KV (or share a slot, if N = 1) iff
+        #: D <= reach[i, k] and -D <= reach[k, i]
+        self.reach = self.count - 1
+        if self.seqs == 1:
+            self.reach = np.broadcast_to(self.output - 1, (n, n)).copy()
 
     def conflicts(
         self, i: IntArray, c: IntArray, k: IntArray, c2: IntArray
     ) -> BoolArray:
-        """Whether ``(i, c)`` and ``(k, c2)`` conflict, elementwise (broadcast)."""
+        """Whether ``(i, c)`` and ``(k, c2)`` conflict, elementwise (broadcast).
+
+        KV: with ``D >= 0`` the rule is ``D <= cnt(i, k) - 1`` (and ``cnt(i, k)
+        <= o_k`` makes the slot shared), with ``D < 0`` ``-D <= cnt(k, i) - 1``;
+        as ``cnt(i, k) = 0`` iff ``cnt(k, i) = 0`` (both say ``peak_i + peak_k
+        <= M``), that is ``D <= reach[i, k]`` and ``-D <= reach[k, i]``. With
+        ``N = 1`` reach is ``o - 1``: any shared slot.
+        """
         d = c2 - c
-        o_i, o_k = self.output[i], self.output[k]
-        shared = (d >= 1 - o_i) & (d <= o_k - 1)
-        kv = np.where(d >= 0, d <= self.count[i, k] - 1, -d <= self.count[k, i] - 1)
-        out = kv & shared
-        if self.seqs == 1:
-            out |= shared
+        out = (d <= self.reach[i, k]) & (-d <= self.reach[k, i])
         if self.budget is not None:
+            o_i, o_k = self.output[i], self.output[k]
+            shared = (d >= 1 - o_i) & (d <= o_k - 1)
             s_i, s_k = self.prompt[i], self.prompt[k]
             later = (d - o_k) - (-o_i)  # S_k - S_i
             tokens = np.where(later == 0, s_i + s_k, np.where(later > 0, s_k, s_i) + 1)
@@ -230,8 +278,9 @@ def slot_rows(problem: SlotProblem, cols: Columns) -> tuple[sp.csr_matrix, Float
     return sp.vstack(parts, format="csr"), np.concatenate(rhs)
 
 
-def _cost(problem: SlotProblem, cols: Columns) -> FloatArray:
-    """The integer objective per column (latency or TTFT)."""
+def column_cost(problem: SlotProblem, cols: Columns) -> FloatArray:
+    """The integer objective per column: ``w_j c`` (latency) or ``w_j (c - o_j)``
+    (TTFT)."""
     w = problem.weight[cols.request]
     if problem.objective == "latency":
         return (w * cols.completion).astype(np.float64)
@@ -239,17 +288,19 @@ def _cost(problem: SlotProblem, cols: Columns) -> FloatArray:
     return (w * start).astype(np.float64)
 
 
-def load_lp(problem: SlotProblem, cols: Columns) -> LoadedModel:
-    """The LP of the module docstring, passed to HiGHS (columns in ``[0, 1]``)."""
+def load_lp(
+    problem: SlotProblem, cols: Columns, cost: FloatArray | None = None
+) -> LoadedModel:
+    """The LP of the module docstring, passed to HiGHS (columns in ``[0, 1]``),
+    minimising ``cost`` (:func:`column_cost` by default)."""
     n, m = len(problem), len(cols)
+    cost = column_cost(problem, cols) if cost is None else cost
     assign = sp.csr_matrix((np.ones(m), (cols.request, np.arange(m))), shape=(n, m))
     rows, rhs = slot_rows(problem, cols)
     a = sp.vstack([assign, rows], format="csc")
     lower = np.concatenate([np.ones(n), np.full(len(rhs), -highspy.kHighsInf)])
     upper = np.concatenate([np.ones(n), rhs])
-    solver = highs_run.pass_model(
-        a, _cost(problem, cols), (np.zeros(m), np.ones(m)), (lower, upper)
-    )
+    solver = highs_run.pass_model(a, cost, (np.zeros(m), np.ones(m)), (lower, upper))
     size = {"variables": m, "constraints": a.shape[0], "nonzeros": int(a.nnz)}
     return LoadedModel(solver, columns=[], offset=0.0, size={**size, "integers": 0})
 
@@ -269,19 +320,29 @@ def _greedy(conflict: BoolArray, weight: FloatArray, seed: int) -> list[int]:
 
 
 def _extend(
-    rule: ConflictRule, cols: Columns, members: IntArray, priority: FloatArray
+    rule: ConflictRule,
+    cols: Columns,
+    index: ColumnIndex,
+    members: IntArray,
+    priority: FloatArray,
 ) -> IntArray:
     """``members`` (columns, pairwise conflicting) extended to a maximal clique
-    over every column, the candidate of highest ``priority`` first."""
+    over every column, the candidate of highest ``priority`` first (ties: the
+    lowest column). Candidates start from the columns near the first member
+    (:meth:`ColumnIndex.near`), a superset of those that conflict with it."""
     r, c = cols.request, cols.completion
-    candidate = np.ones(len(cols), dtype=bool)
+    candidate = index.near(int(r[members[0]]), int(c[members[0]]))
     for q in members:
-        candidate &= rule.conflicts(r, c, r[q], c[q])
+        candidate = candidate[rule.conflicts(r[candidate], c[candidate], r[q], c[q])]
     chosen = list(members)
-    while candidate.any():
-        pick = int(np.argmax(np.where(candidate, priority, -np.inf)))
+    cand_r, cand_c, cand_p = r[candidate], c[candidate], priority[candidate]
+    while len(candidate):
+        at = int(np.argmax(cand_p))
+        pick = int(candidate[at])
         chosen.append(pick)
-        candidate &= rule.conflicts(r, c, r[pick], c[pick])
+        keep = rule.conflicts(cand_r, cand_c, cand_r[at], cand_c[at])
+        candidate, cand_r, cand_c = candidate[keep], cand_r[keep], cand_c[keep]
+        cand_p = cand_p[keep]
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
@@ -298,11 +359,14 @@ def separate(
     distinct ones, as sorted column arrays."""
     support = np.flatnonzero(value > SUPPORT_TOL)
     support = support[np.argsort(-value[support], kind="stable")]
+    index = ColumnIndex(rule.problem, cols)
     r, c = cols.request[support], cols.completion[support]
     conflict = rule.conflicts(r[:, None], c[:, None], r[None, :], c[None, :])
     weight = value[support]
     # support first by value, then the columns the LP is closest to using
-    priority = np.where(value > SUPPORT_TOL, 1.0 + value, 1.0 / (2.0 + reduced_cost))
+    priority = np.where(
+        value > SUPPORT_TOL, 1.0 + value, 1.0 / (2.0 + np.maximum(reduced_cost, 0.0))
+    )
     covered = np.zeros(len(support), dtype=bool)
     found: dict[tuple[int, ...], IntArray] = {}
     for seed in range(len(support)):
@@ -312,14 +376,14 @@ def separate(
         if weight[members].sum() <= 1.0 + VIOLATION_TOL:
             continue
         covered[members] = True
-        clique = _extend(rule, cols, support[members], priority)
+        clique = _extend(rule, cols, index, support[members], priority)
         found.setdefault(tuple(clique.tolist()), clique)
         if len(found) >= max_cuts:
             break
     return list(found.values())
 
 
-def _add_cliques(solver: highspy.Highs, cliques: list[IntArray]) -> None:
+def add_cliques(solver: highspy.Highs, cliques: list[IntArray]) -> None:
     """``sum_{q in Q} x_q <= 1`` for every clique ``Q``, added to the loaded LP."""
     sizes = np.array([len(q) for q in cliques], dtype=np.int64)
     starts = (np.cumsum(sizes) - sizes).astype(np.int32)
@@ -431,7 +495,7 @@ def clique_lp(
         if not found:
             converged = True
             break
-        _add_cliques(loaded.highs, found)
+        add_cliques(loaded.highs, found)
         rounds, cuts = rounds + 1, cuts + len(found)
     offset = problem.objective_offset
 

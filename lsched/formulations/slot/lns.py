@@ -34,7 +34,7 @@ def _neighbourhood(
     return np.argsort(distance + rng.random(n) * 0.5, kind="stable")[:size]
 
 
-def _walk(
+def walk(
     run: SolveRun,
     *,
     neighbourhood: int,
@@ -71,6 +71,8 @@ def _walk(
                 improved += run.offer(found, "lns")
                 start = found
         grow = code == cp_model.OPTIMAL
+        if grow and len(free) == n:
+            break  # the whole model solved to optimality: nothing left to find
         size = int(np.clip(round(size * (1.25 if grow else 0.8)), 2, n))
     return {
         "lns_steps": steps,
@@ -104,7 +106,7 @@ def solve(
         CP-SAT parameters for the sub-models and the full model.
     """
     search_until = run.deadline - (run.deadline - run.began) * polish_share
-    walk = _walk(
+    walk_info = walk(
         run,
         neighbourhood=neighbourhood,
         step_s=step_s,
@@ -120,5 +122,5 @@ def solve(
         stop=full.stop,
         bound=bound if math.isfinite(bound) else full.bound,
         infeasible=full.infeasible,
-        info={**walk, "full_model": full.info},
+        info={**walk_info, "full_model": full.info},
     )

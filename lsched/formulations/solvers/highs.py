@@ -18,7 +18,9 @@ HiGHS's own ``time_limit`` is checked only at some points of its search, and
 has been seen to overrun by minutes. Here the limit is a wall-clock deadline
 (``time.monotonic()``), enforced twice:
 
-* HiGHS's ``time_limit`` is set to the time left before the deadline;
+* HiGHS's ``time_limit`` is set to the time left before the deadline (plus
+  the time the same ``Highs`` object has already run: HiGHS counts its limit
+  over every run of one object, which matters for warm re-solves);
 * HiGHS runs in a worker thread (:func:`lsched.interrupt.run_stoppable`), so a
   Ctrl-C reaches Python while it works: the callback below then interrupts it
   too, and the outcome's stop says ``interrupted``;
@@ -409,7 +411,9 @@ def run(
     highs = loaded.highs
     began = time.monotonic()
     settings: dict[str, Any] = {
-        "time_limit": max(deadline - began, 1e-3),
+        # HiGHS's clock runs over all runs of one object (a warm re-solve), so
+        # the limit is the time it has run so far plus the time left
+        "time_limit": highs.getRunTime() + max(deadline - began, 1e-3),
         "threads": int(threads),
         "random_seed": int(seed),
     }
