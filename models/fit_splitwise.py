@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (the TOML template below keeps its long lines verbatim)
-"""Regenerate the Llama-2-70B profiles from Splitwise's measured iteration times.
+"""Regenerate the Splitwise-fitted profiles from Splitwise's measured iteration times.
 
 Run from the repository root:  ./run python models/fit_splitwise.py
 
@@ -7,8 +7,11 @@ Reads ../shared/calibration/splitwise_perf_model.csv (splitwise-sim, MIT; Patel 
 al., "Splitwise: Efficient generative LLM inference using phase splitting", ISCA
 2024), fits one non-negative affine piece per (hardware, TP) with
 lsched.calibration.fit_iteration_time (relative least squares, see its docstring)
-and writes models/llama2-70b-{a100,h100}-tp{4,8}.toml. Writes nothing outside
-models/; each file is written atomically.
+and writes models/llama2-70b-{a100,h100}-tp{4,8}.toml, plus the long-context profile
+models/llama3-70b-a100-tp8-128k.toml (Llama-3.1-70B, 131,072-token context, for
+Mooncake's traces), whose iteration time is the A100 TP8 fit extrapolated (its
+header gives the figures at 128k). Writes nothing outside models/; each file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from lsched.calibration import fit_iteration_time, read_measurements
+import numpy as np
+
+from lsched.calibration import FitResult, fit_iteration_time, read_measurements
 from lsched.profile import (
+    FEATURES,
     IterationTime,
     iteration_time_toml,
     kv_bytes_per_token,
@@ -68,13 +74,18 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def render(hw_key: str, tp: int, csv_path: Path) -> tuple[str, str]:
-    """(file name, TOML text) for one hardware and TP degree."""
-    tag, gpu, memory, memory_source = HARDWARE[hw_key]
+def _fit(hw_key: str, tp: int, csv_path: Path) -> FitResult:
+    """The affine piece fitted to Splitwise's llama2-70b rows of one (hardware, TP)."""
     features, time_s = read_measurements(
         csv_path, "splitwise", model="llama2-70b", hardware=hw_key, tp=tp
     )
-    fit = fit_iteration_time(features, time_s)
+    return fit_iteration_time(features, time_s)
+
+
+def render(hw_key: str, tp: int, csv_path: Path) -> tuple[str, str]:
+    """(file name, TOML text) for one hardware and TP degree."""
+    tag, gpu, memory, memory_source = HARDWARE[hw_key]
+    fit = _fit(hw_key, tp, csv_path)
     it = IterationTime(regimes=(fit.weights[None, :],))
     bytes_per_token = kv_bytes_per_token(LAYERS, KV_HEADS, HEAD_DIM, DTYPE_BYTES)
     weight_bytes = NUM_PARAMS * DTYPE_BYTES
@@ -160,6 +171,209 @@ limits = "vLLM defaults: max_num_seqs 256, block 16; max_model_len 4096 = Llama-
     return f"{name}.toml", text
 
 
+# -- the long-context profile for Mooncake's traces -----------------------------------
+
+# Llama-3.1-70B (meta-llama/Llama-3.1-70B config.json; Grattafiori et al., "The Llama 3
+# herd of models", arXiv:2407.21783, 2024): the Llama-3-70B architecture with
+# max_position_embeddings 131072: 80 layers, hidden 8192, 64 query heads, 8 KV heads,
+# head_dim 128, intermediate 28672 (80 blocks of 855,654,400 parameters, as in
+# Llama-2-70B), vocabulary 128256 with an untied lm_head: 2 * 128256 * 8192 =
+# 2,101,346,304 + 80 * 855,654,400 + final norm 8192 = 70,553,706,496 parameters.
+LONG_NAME = "llama3-70b-a100-tp8-128k"
+LLAMA3_PARAMS = 70_553_706_496
+LLAMA3_VOCAB = 128_256
+HIDDEN = 8192
+BLOCK_PARAMS = LAYERS * 855_654_400  # the 80 transformer blocks, equal in both models
+LONG_CONTEXT = 131_072  # Llama-3.1's max_position_embeddings
+LONG_TP = 8
+# vLLM V1's defaults for an A100 behind its OpenAI server (vllm/engine/arg_utils.py,
+# EngineArgs.get_batch_defaults, which keeps the A100 off the larger H100 defaults,
+# vLLM PR #17885): chunked prefill, a 2048-token budget, 256 sequences.
+LONG_BATCHED_TOKENS = 2048
+LONG_MAX_SEQS = 256
+A100_BF16_FLOPS = 312e12  # NVIDIA A100 datasheet: BF16 tensor core, dense
+A100_HBM_BYTES_PER_S = 2.039e12  # NVIDIA A100 80GB SXM datasheet: HBM2e 2,039 GB/s
+MEASURED_PROMPT = 8192  # the longest prompt Splitwise measured
+
+
+def prefill_flops(n: int) -> float:
+    """FLOPs of one n-token prefill: ``2 * BLOCK_PARAMS * n`` in the linear layers
+    plus ``2 * LAYERS * HIDDEN * n^2`` in causal attention (QK^T and AV, n^2 / 2
+    query-key pairs each, 2 FLOPs per multiply-add); the lm_head, run once per
+    sequence, is left out."""
+    return 2.0 * BLOCK_PARAMS * n + 2.0 * LAYERS * HIDDEN * n * n
+
+
+def long_context_figures(weights: np.ndarray) -> dict[str, float]:
+    """What the fitted piece ``weights`` (order of lsched.profile.FEATURES) implies
+    at ``L = LONG_CONTEXT``, for the profile's header.
+
+    ``prefill_s``: one L-token prompt in one chunk (P = L, Q = L^2, H = 1), split into
+    ``prefill_p_s`` and ``prefill_q_s``; ``chunked_s``: the same prompt alone in
+    chunks of c = LONG_BATCHED_TOKENS (chunk k: P = c, Q = c * (k c)), k = 1..L/c);
+    ``flop_scaled_s``: the fit's 8192-token prefill scaled by :func:`prefill_flops`
+    at the efficiency it implies (``efficiency``, of 8 x A100_BF16_FLOPS);
+    ``decode_s``: one decode step at context L (D = 1, K = L), of which
+    ``decode_k_s`` is the K term; ``hbm_s``: reading L tokens of KV at 8 x
+    A100_HBM_BYTES_PER_S.
+    """
+    w = dict(zip(FEATURES, (float(x) for x in weights), strict=True))
+    big = LONG_CONTEXT
+
+    def prefill(p: int, q: int) -> float:
+        return (
+            w["const"]
+            + w["has_prefill"]
+            + w["prefill_tokens"] * p
+            + w["prefill_attention"] * q
+        )
+
+    c = LONG_BATCHED_TOKENS
+    chunked = sum(prefill(c, c * k * c) for k in range(1, big // c + 1))
+    peak = LONG_TP * A100_BF16_FLOPS
+    short = MEASURED_PROMPT
+    efficiency = prefill_flops(short) / (prefill(short, short * short) * peak)
+    kv = kv_bytes_per_token(LAYERS, KV_HEADS, HEAD_DIM, DTYPE_BYTES)
+    linear_share = 2.0 * BLOCK_PARAMS * short / prefill_flops(short)
+    return {
+        "prefill_s": prefill(big, big * big),
+        "prefill_p_s": w["prefill_tokens"] * big,
+        "prefill_q_s": w["prefill_attention"] * big * big,
+        "chunked_s": chunked,
+        "efficiency": efficiency,
+        "attention_share_short": 1.0 - linear_share,
+        "flop_scaled_s": prefill_flops(big) / (efficiency * peak),
+        "decode_s": w["const"] + w["decode_steps"] + w["kv_read_tokens"] * big,
+        "decode_k_s": w["kv_read_tokens"] * big,
+        "hbm_s": big * kv / (LONG_TP * A100_HBM_BYTES_PER_S),
+    }
+
+
+def _long_context_header(fit: FitResult, fig: dict[str, float]) -> str:
+    """The comment block of the long-context profile: what it is and where its
+    costs extrapolate."""
+    big, short, chunk = f"{LONG_CONTEXT:,}", MEASURED_PROMPT, LONG_BATCHED_TOKENS
+    return f"""\
+# Llama-3.1-70B (the Llama-3-70B architecture, 131,072-token context) on 8 x
+# A100-SXM4-80GB (TP 8), for Mooncake's long-context traces.
+# GENERATED by models/fit_splitwise.py (render_long_context); edit that script.
+#
+# Hardware: Mooncake ran on nodes of 8 A800 GPUs (Qin et al., "Mooncake: A
+# KVCache-centric Disaggregated Architecture for LLM Serving", FAST 2025,
+# arXiv:2407.00079; ../shared/reference/serving-systems.md), the A100-SXM4-80GB's
+# export variant (NVIDIA A800 datasheet: same compute and 80 GB of HBM2e, NVLink
+# 400 instead of 600 GB/s); Splitwise measured Llama-2-70B on 8 A100-80GB, so no
+# scaling across GPUs is needed. KV: 2 * 80 layers * 8 KV heads * 128 * 2 B =
+# 327,680 B = 320 KiB per token, the "320 KB" Mooncake gives for LLaMA3-70B.
+#
+# ITERATION TIME IS EXTRAPOLATED. The piece is the Llama-2-70B fit of
+# llama2-70b-a100-tp8.toml (same rows, same fit, MAPE {100 * fit.mape:.2f} %:
+# ../shared/calibration/splitwise_perf_model.csv, Patel et al., ISCA 2024). Both
+# models' 80 transformer blocks are equal ({BLOCK_PARAMS:,} parameters); the larger
+# vocabulary ({LLAMA3_VOCAB:,} against 32,000) only widens the lm_head, run once per
+# sequence per iteration, not modelled. Splitwise measured prompts of up to {short}
+# tokens (Q <= {short}^2), batched prefills of up to 32,768 tokens and decode
+# contexts of up to about 8.7k tokens (K <= 36,864 a batch); all longer work is
+# extrapolated. At {big} tokens:
+# - One prompt prefilled in one chunk: {fig["prefill_s"]:.1f} s, of which P gives {fig["prefill_p_s"]:.1f} s and
+#   the attention term Q = n^2 {fig["prefill_q_s"]:.1f} s. The fit's {short}-token prefill runs at
+#   {100 * fig["efficiency"]:.1f} % of 8 x 312 TFLOP/s (BF16), counting 2 * blocks * n + 2 * 80 * 8192 *
+#   n^2 FLOPs (attention is {100 * fig["attention_share_short"]:.1f} % of them at {short}); at that efficiency
+#   {big} tokens take {fig["flop_scaled_s"]:.1f} s, so the fit is {fig["prefill_s"] / fig["flop_scaled_s"]:.2f}x slower: its Q weight,
+#   fitted where attention is a small share, grows faster than the FLOPs.
+#   Pessimistic but sane: positive and monotone in every feature.
+# - The same prompt alone in chunks of {chunk} (the budget below): {fig["chunked_s"]:.1f} s.
+#   Q = c (ctx + c) counts c^2 query-key pairs within a chunk where causal
+#   attention has c^2 / 2, so one chunk of n charges n^2 and chunks of c about
+#   n^2 / 2 + n c / 2: with this weight, fitted on one-chunk prompts, chunked
+#   long prompts cost less attention than whole ones.
+# - One decode step at context {big}: {1000 * fig["decode_s"]:.1f} ms, of which K gives {1000 * fig["decode_k_s"]:.1f} ms;
+#   reading that KV at 8 x 2,039 GB/s (A100 HBM2e) takes {1000 * fig["hbm_s"]:.1f} ms. The K weight,
+#   identified on batches of up to 64 at short contexts, is {fig["decode_k_s"] / fig["hbm_s"]:.0f}x that bound:
+#   long decodes are slow here.
+# Prompts over max_model_len are rejected at arrival and counted
+# (lsched.evaluator.length): 10 of the 3,993 of Mooncake's synthetic trace
+# (../shared/traces/mooncake_synthetic.jsonl, the longest 191,378 tokens).
+"""
+
+
+def render_long_context(csv_path: Path) -> tuple[str, str]:
+    """(file name, TOML text) of the long-context profile ``LONG_NAME``."""
+    hw_key = "a100-80gb"
+    _, gpu, memory, memory_source = HARDWARE[hw_key]
+    fit = _fit(hw_key, LONG_TP, csv_path)
+    it = IterationTime(regimes=(fit.weights[None, :],))
+    bytes_per_token = kv_bytes_per_token(LAYERS, KV_HEADS, HEAD_DIM, DTYPE_BYTES)
+    weight_bytes = LLAMA3_PARAMS * DTYPE_BYTES
+    reserve = ACTIVATION_GIB_PER_GPU * GIB * LONG_TP
+    capacity = kv_capacity_tokens(
+        num_gpus=LONG_TP,
+        gpu_memory_bytes=memory,
+        memory_utilization=MEMORY_UTILIZATION,
+        weight_bytes=weight_bytes,
+        activation_reserve_bytes=reserve,
+        kv_bytes_per_token=bytes_per_token,
+    )
+    header = _long_context_header(fit, long_context_figures(fit.weights))
+    text = f"""\
+{header}
+name = "{LONG_NAME}"
+description = "Llama-3.1-70B, 128k context, {LONG_TP}x {gpu} (TP{LONG_TP}); Splitwise Llama-2-70B fit, extrapolated"
+block_tokens = 16
+max_num_seqs = {LONG_MAX_SEQS}
+max_num_batched_tokens = {LONG_BATCHED_TOKENS}
+max_model_len = {LONG_CONTEXT}
+replicas = 1
+fit_mape = {fit.mape!r}  # fraction: {100 * fit.mape:.2f} %, on Llama-2-70B prompts <= {MEASURED_PROMPT}
+
+[fit]  # informational
+method = "nnls, relative least squares (lsched.calibration.fit_iteration_time)"
+observations = {fit.n}
+max_ape = {fit.max_ape!r}
+rmse_s = {fit.rmse_s!r}
+
+[hardware]
+gpu = "{gpu}"
+num_gpus = {LONG_TP}
+tensor_parallel = {LONG_TP}
+pipeline_parallel = 1
+gpu_memory_bytes = {memory}  # {memory // GIB} GiB
+
+[model]
+name = "meta-llama/Llama-3.1-70B"
+num_layers = {LAYERS}
+hidden_size = {HIDDEN}
+num_heads = 64
+num_kv_heads = {KV_HEADS}
+head_dim = {HEAD_DIM}
+intermediate_size = 28672
+vocab_size = {LLAMA3_VOCAB}
+num_params = {LLAMA3_PARAMS}
+dtype_bytes = {DTYPE_BYTES}
+
+[kv]
+# bytes_per_token derived from [model]: 2 * {LAYERS} * {KV_HEADS} * {HEAD_DIM} * {DTYPE_BYTES} = {bytes_per_token}
+# capacity = floor(({LONG_TP} * {memory} * {MEMORY_UTILIZATION} - {weight_bytes} - {reserve})
+#                  / {bytes_per_token}) = {capacity} tokens ({capacity / LONG_CONTEXT:.2f} x max_model_len)
+memory_utilization = {MEMORY_UTILIZATION}
+weight_bytes = {weight_bytes}  # {LLAMA3_PARAMS} params * {DTYPE_BYTES} B (BF16)
+activation_reserve_bytes = {reserve}  # assumption: {ACTIVATION_GIB_PER_GPU} GiB per accelerator
+
+{iteration_time_toml(it)}
+[sources]
+iteration_time = "EXTRAPOLATED: fit to splitwise-sim perf_model.csv (Patel et al., Splitwise, ISCA 2024), llama2-70b {hw_key} TP{LONG_TP}, by models/fit_splitwise.py; measured prompts <= {MEASURED_PROMPT} tokens, see the header for 128k"
+fit_mape = "mean |pred - measured| / measured over the {fit.n} Llama-2-70B observations; no measurement beyond {MEASURED_PROMPT}-token prompts"
+kv_bytes_per_token = "Llama-3.1-70B config: 80 layers, 8 KV heads, head_dim 128, BF16 = 320 KiB, Mooncake's 320 KB for LLaMA3-70B (Qin et al., FAST 2025, arXiv:2407.00079; ../shared/reference/serving-systems.md)"
+weight_bytes = "70,553,706,496 parameters (from the Llama-3.1-70B config's architecture) * 2 B"
+gpu_memory_bytes = "{memory_source}; Mooncake's A800-SXM4-80GB has the same memory"
+memory_utilization = "vLLM default gpu_memory_utilization = 0.9"
+activation_reserve_bytes = "assumption: {ACTIVATION_GIB_PER_GPU} GiB per accelerator for activations and workspace at {LONG_BATCHED_TOKENS} batched tokens (not measured)"
+max_model_len = "Llama-3.1-70B config: max_position_embeddings 131072"
+limits = "vLLM V1 defaults for an A100 behind the OpenAI server (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults; vLLM PR #17885): max_num_seqs 256, max_num_batched_tokens 2048 with chunked prefill; block 16"
+"""
+    return f"{LONG_NAME}.toml", text
+
+
 def main() -> None:
     csv_path = models_dir().parent.parent / "shared" / "calibration"
     csv_path = csv_path / "splitwise_perf_model.csv"
@@ -168,6 +382,9 @@ def main() -> None:
             file_name, text = render(hw_key, tp, csv_path)
             _atomic_write(models_dir() / file_name, text)
             print(f"wrote models/{file_name}")
+    file_name, text = render_long_context(csv_path)
+    _atomic_write(models_dir() / file_name, text)
+    print(f"wrote models/{file_name}")
 
 
 if __name__ == "__main__":
