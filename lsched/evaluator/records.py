@@ -23,7 +23,9 @@ from lsched.cluster import Cluster
 from lsched.evaluator.cluster import REJECTED, ClusterRun
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.result import (
+    EVICTION_COLUMNS,
     MEMBER_COLUMNS,
+    PREFIX_METRICS,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     SWAP_COLUMNS,
@@ -71,6 +73,7 @@ def collect(
     members: list[pd.DataFrame] = []
     preempted: list[pd.DataFrame] = []
     swapped: list[pd.DataFrame] = []
+    evicted: list[pd.DataFrame] = []
     stages = _stage_columns(run, n)
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         if engine is None:
@@ -99,8 +102,9 @@ def collect(
                 )
             )
             swapped.append(_swaps_frame(engine.log.swaps, ids, offset))
+            evicted.append(_evictions_frame(engine, offset))
     engines = [e for e in run.engines if e is not None]
-    swaps = _swap_columns(n, run)
+    swaps = _swap_columns(n, run) | _prefix_columns(n, run)
     replicas = cluster.num_replicas
     capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
     # the mean capacity of a replica: the total over C replicas is what counts
@@ -128,6 +132,11 @@ def collect(
         members=_concat(members, MEMBER_COLUMNS) if log else None,
         preemptions=_concat(preempted, ("run", "request")) if log else None,
         swaps=_concat(swapped, SWAP_COLUMNS) if log else None,
+        evictions=(
+            _concat(evicted, EVICTION_COLUMNS)
+            if log and cluster.prefix_cached
+            else None
+        ),
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
@@ -154,6 +163,46 @@ def _swap_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
     for engine, ids in swapped:
         outs[ids] += engine.swaps[: len(ids)]
     return {"swap_outs": outs}
+
+
+def _prefix_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
+    """Per request, the cached tokens it took (none where no replica has a
+    prefix cache)."""
+    cached = [
+        (engine.prefix, ids)
+        for engine, ids in zip(run.engines, run.ids, strict=True)
+        if getattr(engine, "prefix", None) is not None
+    ]
+    if not cached:
+        return {}
+    tokens = np.zeros(n, dtype=np.int64)
+    for prefix, ids in cached:
+        tokens[ids] += prefix.cached[: len(ids)]
+    return {"cached_tokens": tokens}
+
+
+def _prefix_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
+    """The prefix cache's metrics over ``engines`` that have one (none if no
+    engine has): prefill tokens saved, and their share of the prefill targets of
+    the admissions (:mod:`lsched.evaluator.prefix`)."""
+    prefixes = [e.prefix for e in engines if getattr(e, "prefix", None) is not None]
+    if not prefixes:
+        return {}
+    saved = sum(int(p.cached.sum()) for p in prefixes)
+    needed = sum(p.needed for p in prefixes)
+    ratio = saved / needed if needed else 0.0
+    return dict(zip(PREFIX_METRICS, (ratio, float(saved)), strict=True))
+
+
+def _evictions_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:
+    """One replica's evictions (runs numbered globally); none without a cache."""
+    prefix = engine.prefix
+    rows = [] if prefix is None or prefix.evictions is None else prefix.evictions
+    return pd.DataFrame(
+        [(run + offset, blocks) for run, blocks in rows],
+        columns=list(EVICTION_COLUMNS),
+        dtype=np.int64,
+    )
 
 
 def _swap_metrics(cluster: Cluster, run: ClusterRun) -> dict[str, float]:
@@ -217,6 +266,7 @@ def _metrics(
         preemptions=int(columns["preemptions"][ids].sum()),
         recomputed_tokens=int(columns["recomputed_tokens"][ids].sum()),
     )
+    metrics |= _prefix_metrics(engines)
     rejected = len(rows) - len(ids)
     metrics["num_rejected"] = float(rejected)
     metrics["num_truncated"] = float(np.count_nonzero(columns["truncated_tokens"][ids]))
