@@ -7,10 +7,13 @@ bad inputs fail with a one-line :class:`~lsched.errors.InputError`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import assert_refused, run
 from reference_engine import simulate_naive
 
 from lsched.cluster import Cluster, Pool
@@ -205,3 +208,81 @@ def test_the_text_form_reads_back() -> None:
     spec = parse_prefix_cache("lru_tail_first:capacity_tokens=64")
     assert spec == PrefixCacheSpec("lru_tail_first", 64)
     assert parse_prefix_cache(spec.label) == spec
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def _mooncake(path: Path) -> Path:
+    """Three 600-token prompts, 10 s apart, sharing their first 512-token block
+    (Mooncake's JSONL, timestamps in ms): the second and third find it cached."""
+    rows = [
+        {"timestamp": 1000 * k, "input_length": 600, "output_length": 4,
+         "hash_ids": [0, 1 + k]}
+        for k in range(3)
+    ]  # fmt: skip
+    trace = path / "shared.jsonl"
+    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return trace
+
+
+def test_cli_prefix_cache_reports_the_hits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two of three prompts find 512 of their 600 tokens cached: 1024 / 1800."""
+    trace = str(_mooncake(tmp_path))
+    args = ["simulate", trace, "--model", "llama2-70b-a100-tp4", "--json"]
+    code, out, err = run([*args, "--prefix-cache", "lru"], capsys)
+    assert code == 0, err
+    (run_,) = json.loads(out)["policies"]
+    assert run_["metrics"]["prefill_tokens_saved"] == 1024
+    assert run_["metrics"]["prefix_hit_ratio"] == pytest.approx(1024 / 1800)
+    assert run_["engine"] == "python: the prefix cache runs on the Python engine only"
+    code, out, err = run(args, capsys)  # no cache: no cache metrics
+    assert code == 0, err
+    assert "prefix_hit_ratio" not in json.loads(out)["policies"][0]["metrics"]
+
+
+def test_cli_cluster_file_prefix_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pool's ``prefix_cache`` key; an unknown rule there names the file and
+    the key."""
+    trace = str(_mooncake(tmp_path))
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    pool = '[[pool]]\nmodel = "llama2-70b-a100-tp4"\npolicy = "vllm"\n'
+    good.write_text(pool + 'prefix_cache = "lru_tail_first"\n')
+    bad.write_text(pool + 'prefix_cache = "fifo"\n')
+    code, out, err = run(["simulate", trace, "--cluster", str(good), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["policies"][0]["metrics"]["prefill_tokens_saved"] == 1024
+    code, out, err = run(["simulate", trace, "--cluster", str(bad)], capsys)
+    assert_refused(code, out, err, "bad.toml", "pool[0].prefix_cache", "'fifo'")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--prefix-cache", "mru"], ["--prefix-cache", "'mru'", "lru_tail_first"]),
+        (["--prefix-cache", "lru:capacity_tokens=500000"],
+         ["--prefix-cache", "500000 tokens", "496503 tokens of KV"]),
+        (["--prefix-cache", "lru", "--policy", "vllm-v0:preemption=swap"],
+         ["--prefix-cache", "swaps KV to the host tier"]),
+    ],
+)  # fmt: skip
+def test_cli_bad_prefix_cache_exits_2(
+    extra: list[str],
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trace = str(_mooncake(tmp_path))
+    args = ["simulate", trace, "--model", "llama2-70b-a100-tp4", *extra]
+    assert_refused(*run(args, capsys), *needles)
+
+
+def test_cli_prefix_cache_needs_hashes(capsys: pytest.CaptureFixture[str]) -> None:
+    trace = str(Path(__file__).parent / "data" / "traces" / "azure_sample.csv")
+    args = ["simulate", trace, "--model", "llama2-70b-a100-tp4"]
+    code, out, err = run([*args, "--prefix-cache", "lru"], capsys)
+    assert_refused(code, out, err, "prefix_cache", "prefix block hashes")

@@ -104,7 +104,8 @@ def collect(
             swapped.append(_swaps_frame(engine.log.swaps, ids, offset))
             evicted.append(_evictions_frame(engine, offset))
     engines = [e for e in run.engines if e is not None]
-    swaps = _swap_columns(n, run) | _prefix_columns(n, run)
+    swaps = _swap_columns(n, run)
+    cached = _prefix_columns(n, run)
     replicas = cluster.num_replicas
     capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
     # the mean capacity of a replica: the total over C replicas is what counts
@@ -122,8 +123,8 @@ def collect(
         profile=pools,
         replicas=replicas,
         requests=pd.DataFrame(
-            columns | stages | swaps,
-            columns=list(REQUEST_COLUMNS) + list(stages) + list(swaps),
+            columns | stages | swaps | cached,
+            columns=[*REQUEST_COLUMNS, *stages, *swaps, *cached],
         ),
         metrics=total,
         iterations=sum(e.iterations for e in engines),
