@@ -373,9 +373,7 @@ def compare(
         The router of the policy runs (:func:`~lsched.evaluator.simulate`);
         round robin by default.
     prefix_cache
-        A prefix cache on each replica of the policy runs (``"lru"``, a
-        :class:`~lsched.prefix.spec.PrefixCacheSpec`), scored against the
-        bounds that hold with a cache only (module docstring).
+        A prefix cache on each replica of the policy runs (module docstring).
 
     Raises
     ------
@@ -390,9 +388,7 @@ def compare(
     # fail on a bad name before work
     specs = [parse_policy(p) if isinstance(p, str) else p
              for p in check_policies(policies)]  # fmt: skip
-    cache = Cache.NONE if prefix_cache is None else Cache.ANY
-    if prefix_cache is not None:
-        prefix_cache = parse_prefix_cache(prefix_cache)
+    prefix_cache, cache = _with_cache(prefix_cache)
     replicas = (
         profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
     )
@@ -428,6 +424,15 @@ def compare(
         requested(), [item.name for item in stopped],
         [*report.skipped, *offline.skipped, *stopped], cache.value,
     )  # fmt: skip
+
+
+def _with_cache(
+    prefix_cache: str | PrefixCacheSpec | None,
+) -> tuple[PrefixCacheSpec | None, Cache]:
+    """The policy runs' prefix cache, parsed, and the runs' class of bounds."""
+    if prefix_cache is None:
+        return None, Cache.NONE
+    return parse_prefix_cache(prefix_cache), Cache.ANY
 
 
 def _policy_row(

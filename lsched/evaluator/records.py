@@ -69,11 +69,7 @@ def collect(
     }
     for i, reason in run.reasons.items():
         columns["rejected"][i] = reason
-    runs: list[pd.DataFrame] = []
-    members: list[pd.DataFrame] = []
-    preempted: list[pd.DataFrame] = []
-    swapped: list[pd.DataFrame] = []
-    evicted: list[pd.DataFrame] = []
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in _LOG_TABLES}
     stages = _stage_columns(run, n)
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         if engine is None:
@@ -91,18 +87,9 @@ def collect(
         columns["preemptions"][ids] += engine.preemptions[:m]
         columns["recomputed_tokens"][ids] += engine.recomputed[:m]
         if engine.log is not None:
-            offset = sum(len(r) for r in runs)
-            runs.append(_runs_frame(engine, c, offset))
-            members.append(_members_frame(engine.log.members, ids, offset))
-            preempted.append(
-                pd.DataFrame(
-                    [(r + offset, int(ids[k])) for r, k in engine.log.preemptions],
-                    columns=["run", "request"],
-                    dtype=np.int64,
-                )
-            )
-            swapped.append(_swaps_frame(engine.log.swaps, ids, offset))
-            evicted.append(_evictions_frame(engine, offset))
+            offset = sum(len(r) for r in frames["runs"])
+            for name, frame in _log_frames(engine, c, ids, offset).items():
+                frames[name].append(frame)
     engines = [e for e in run.engines if e is not None]
     swaps = _swap_columns(n, run)
     cached = _prefix_columns(n, run)
@@ -129,19 +116,54 @@ def collect(
         metrics=total,
         iterations=sum(e.iterations for e in engines),
         runtime_s=runtime_s,
-        runs=_concat(runs, RUN_COLUMNS, index="run") if log else None,
-        members=_concat(members, MEMBER_COLUMNS) if log else None,
-        preemptions=_concat(preempted, ("run", "request")) if log else None,
-        swaps=_concat(swapped, SWAP_COLUMNS) if log else None,
-        evictions=(
-            _concat(evicted, EVICTION_COLUMNS)
-            if log and cluster.prefix_cached
-            else None
-        ),
+        **(_log_tables(frames, cluster.prefix_cached) if log else {}),
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
     )
+
+
+#: The iteration log's tables and their columns (the index of ``runs``: ``run``).
+_LOG_TABLES: dict[str, tuple[str, ...]] = {
+    "runs": RUN_COLUMNS,
+    "members": MEMBER_COLUMNS,
+    "preemptions": ("run", "request"),
+    "swaps": SWAP_COLUMNS,
+    "evictions": EVICTION_COLUMNS,
+}
+
+
+def _log_frames(
+    engine: ReplicaEngine, replica: int, ids: np.ndarray, offset: int
+) -> dict[str, pd.DataFrame]:
+    """Replica ``replica``'s log tables, requests by instance position and runs
+    numbered from ``offset``."""
+    assert engine.log is not None
+    return {
+        "runs": _runs_frame(engine, replica, offset),
+        "members": _members_frame(engine.log.members, ids, offset),
+        "preemptions": pd.DataFrame(
+            [(r + offset, int(ids[k])) for r, k in engine.log.preemptions],
+            columns=["run", "request"],
+            dtype=np.int64,
+        ),
+        "swaps": _swaps_frame(engine.log.swaps, ids, offset),
+        "evictions": _evictions_frame(engine, offset),
+    }
+
+
+def _log_tables(
+    frames: dict[str, list[pd.DataFrame]], cached: bool
+) -> dict[str, pd.DataFrame | None]:
+    """Every replica's log tables put together (``evictions`` only where a
+    replica has a prefix cache: ``cached``)."""
+    tables: dict[str, pd.DataFrame | None] = {
+        name: _concat(frames[name], columns, index="run" if name == "runs" else None)
+        for name, columns in _LOG_TABLES.items()
+    }
+    if not cached:
+        tables["evictions"] = None
+    return tables
 
 
 def _stage_columns(run: ClusterRun, n: int) -> dict[str, np.ndarray]:
