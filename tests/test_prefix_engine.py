@@ -18,7 +18,7 @@ from reference_engine import simulate_naive
 
 from lsched.cluster import Cluster, Pool
 from lsched.errors import InputError
-from lsched.evaluator import simulate
+from lsched.evaluator import simulate, simulate_cluster
 from lsched.instance import Instance
 from lsched.policies import Batch, ReplicaView
 from lsched.prefix import PrefixCacheSpec, parse_prefix_cache
@@ -286,3 +286,20 @@ def test_cli_prefix_cache_needs_hashes(capsys: pytest.CaptureFixture[str]) -> No
     args = ["simulate", trace, "--model", "llama2-70b-a100-tp4"]
     code, out, err = run([*args, "--prefix-cache", "lru"], capsys)
     assert_refused(code, out, err, "prefix_cache", "prefix block hashes")
+
+
+def test_a_cache_in_a_disaggregated_cluster_is_refused() -> None:
+    """Prefill and decode pools take no cache, and neither does a colocated pool
+    beside them (the disaggregated loop has none)."""
+    profile = load_profile("unit-slot")
+    with pytest.raises(InputError, match="on a prefill pool; expected a colocated"):
+        Pool(profile, "vllm", role="prefill", prefix_cache="lru")
+    pools = (
+        Pool(profile, "vllm", name="c", prefix_cache="lru"),
+        Pool(profile, "vllm", name="p", role="prefill"),
+        Pool(profile, "vllm", name="d", role="decode"),
+    )
+    instance = _instance([0.0], [4], [2], [[1, 2]], 2)
+    with pytest.raises(InputError, match="disaggregated cluster") as error:
+        simulate_cluster(instance, Cluster(pools))
+    assert error.value.field == "prefix_cache"
