@@ -32,6 +32,8 @@ A cluster file (``lsched simulate TRACE --cluster FILE``) is TOML::
     set = { max_num_seqs = 128 }        # optional profile overrides (--set)
     host = { memory_bytes = 68719476736 }  # optional: its host tier
                                         # (lsched.tiers; the profile's by default)
+    prefix_cache = "lru"                # optional: a prefix cache per replica
+                                        # (lsched.prefix.spec; none by default)
 
     [[pool]]
     model = "llama2-70b-h100-tp4"
@@ -79,6 +81,7 @@ import numpy as np
 from lsched.checks import check_path
 from lsched.errors import InputError
 from lsched.policies import PolicySpec, parse_policy
+from lsched.prefix.spec import PrefixCacheSpec, parse_prefix_cache
 from lsched.profile import DeploymentProfile, load_profile, read_toml
 from lsched.routers import RouterSpec, parse_router
 from lsched.tiers import host_from_table
@@ -117,6 +120,11 @@ class Pool:
         the requests it took and has not yet admitted (in transfer, or waiting to
         be prefilled again) are under ``pull * capacity`` and the prompt's blocks
         are free (:mod:`lsched.evaluator.disagg`).
+    prefix_cache
+        Colocated pools only: a prefix cache on each replica
+        (:class:`~lsched.prefix.spec.PrefixCacheSpec` or its text form,
+        :mod:`lsched.evaluator.prefix`), or ``None``. Not with a policy that
+        swaps KV to the host tier, and no larger than a replica's KV.
     """
 
     profile: DeploymentProfile
@@ -125,6 +133,7 @@ class Pool:
     name: str = "pool0"
     role: str = "colocated"
     pull: float | None = None
+    prefix_cache: PrefixCacheSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, str):
@@ -163,6 +172,32 @@ class Pool:
                 field=f"pool {self.name}: profile",
             )
         object.__setattr__(self, "profile", served_profile(self.policy, self.profile))
+        if self.prefix_cache is not None:
+            self._check_prefix_cache()
+
+    def _check_prefix_cache(self) -> None:
+        """The pool's prefix cache: parsed, on a colocated pool whose policy
+        does not swap, within a replica's KV."""
+        try:
+            cache = parse_prefix_cache(self.prefix_cache)
+            cache.check_fits(self.profile.kv_capacity_tokens, f"pool {self.name}")
+        except InputError as exc:
+            raise InputError(
+                exc.message, field=f"pool {self.name}: {exc.field}"
+            ) from None
+        where = f"pool {self.name}: prefix_cache"
+        if self.role != "colocated":
+            raise InputError(
+                f"a prefix cache on a {self.role} pool; expected a colocated pool",
+                field=where,
+            )
+        if getattr(getattr(self.policy, "params", None), "swaps", False):
+            raise InputError(
+                f"policy {self.policy.label} swaps KV to the host tier, which the "
+                "prefix cache does not model; expected a policy that does not swap",
+                field=where,
+            )
+        object.__setattr__(self, "prefix_cache", cache)
 
 
 def served_profile(policy: PolicySpec, profile: DeploymentProfile) -> DeploymentProfile:
@@ -304,6 +339,11 @@ class Cluster:
             )
 
     @property
+    def prefix_cached(self) -> bool:
+        """Whether some pool runs a prefix cache."""
+        return any(p.prefix_cache is not None for p in self.pools)
+
+    @property
     def disaggregated(self) -> bool:
         """Whether the cluster has prefill and decode pools."""
         return any(p.role == "decode" for p in self.pools)
@@ -328,11 +368,14 @@ class Cluster:
         policy: str | PolicySpec,
         replicas: int | None = None,
         router: str | RouterSpec = "round-robin",
+        prefix_cache: str | PrefixCacheSpec | None = None,
     ) -> Cluster:
-        """One colocated pool of ``replicas`` (the profile's by default)."""
+        """One colocated pool of ``replicas`` (the profile's by default), with
+        a prefix cache on each replica where ``prefix_cache`` names one."""
         spec = parse_policy(policy) if isinstance(policy, str) else policy
         count = profile.replicas if replicas is None else replicas
-        return cls((Pool(profile, spec, count, name="pool0"),), router)
+        pool = Pool(profile, spec, count, name="pool0", prefix_cache=prefix_cache)
+        return cls((pool,), router)
 
     def describe(self) -> str:
         """The topology in one line: what a bound on this cluster holds for.
@@ -394,7 +437,10 @@ def _describe_link(link: Link) -> str:
 # -- the TOML file -------------------------------------------------------------------
 
 _CLUSTER_KEYS = {"router", "decode_router", "pool", "link"}
-_POOL_KEYS = {"name", "role", "replicas", "model", "policy", "set", "pull", "host"}
+_POOL_KEYS = {
+    "name", "role", "replicas", "model", "policy", "set", "pull", "host",
+    "prefix_cache",
+}  # fmt: skip
 _LINK_KEYS = {"from", "to", "bandwidth_bytes_per_s", "latency_s", "sharing"}
 
 
@@ -517,7 +563,8 @@ def _pool(table: Any, k: int, folder: Path) -> Pool:
     replicas = table.get("replicas", 1)
     try:
         return Pool(
-            profile, spec, replicas, name=name, role=role, pull=table.get("pull")
-        )
+            profile, spec, replicas, name=name, role=role, pull=table.get("pull"),
+            prefix_cache=table.get("prefix_cache"),
+        )  # fmt: skip
     except InputError as exc:
         raise InputError(exc.message, field=(exc.field or "").split(": ")[-1]) from None

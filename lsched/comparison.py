@@ -32,6 +32,14 @@ and decode), the bounds are the cluster's
 (:mod:`lsched.formulations.bounds.cluster`), the policies run on the cluster and
 the offline solve, whose models have one colocated replica, is not computed.
 
+Prefix cache (:mod:`lsched.evaluator.prefix`). With ``prefix_cache`` every
+policy runs with a cache on each replica; a cache hit removes prefill work, so
+only the bounds tagged for any cache
+(:class:`~lsched.formulations.bounds.registry.Cache`, those of
+:mod:`lsched.formulations.bounds.cached`: every distinct block computed once)
+hold for those runs and score their gaps, and the headline ``best_bound``. The
+offline solve (slot and timed models, no cache) stays a schedule without one.
+
 Every bound, solve or policy run not computed is listed in
 :attr:`Comparison.not_computed` with its reason (JSON ``skipped``).
 
@@ -79,7 +87,12 @@ from lsched.formulations.bounds.context import (
     why_not_one_replica,
     why_not_slots,
 )
-from lsched.formulations.bounds.registry import Preemption, Schedules, Topology
+from lsched.formulations.bounds.registry import (
+    Cache,
+    Preemption,
+    Schedules,
+    Topology,
+)
 from lsched.formulations.bounds.suite import (
     Bound,
     best_bound,
@@ -100,6 +113,7 @@ from lsched.instance import Instance
 from lsched.interrupt import requested, session
 from lsched.policies import PolicySpec, parse_policy
 from lsched.predictors import oracle
+from lsched.prefix.spec import PrefixCacheSpec, parse_prefix_cache
 from lsched.profile import DeploymentProfile
 
 #: Policies compared by default: engines' rules and the OR literature's.
@@ -169,6 +183,9 @@ class Comparison:
         Every bound and solve not computed, with the reason (time limit, out of
         scope, size, interrupted, not requested), and the policies of
         ``skipped``: nothing is dropped silently.
+    cache
+        ``"none"``, or ``"any"`` where the policies ran with a prefix cache:
+        only the bounds that hold for cached runs score them.
     """
 
     objective: str
@@ -180,11 +197,12 @@ class Comparison:
     interrupted: bool = False
     skipped: list[str] = field(default_factory=list)
     not_computed: list[Skipped] = field(default_factory=list)
+    cache: str = Cache.NONE.value
 
     @property
     def best_bound(self) -> float:
         """The largest bound that holds for every schedule compared."""
-        return best_bound(self.bounds, "any")
+        return best_bound(self.bounds, "any", self.cache)
 
     @property
     def best_slot_bound(self) -> float:
@@ -228,6 +246,7 @@ class Comparison:
             "bound_scopes": {b.name: b.scope for b in self.bounds},
             "bound_holds_for": {b.name: b.holds_for for b in self.bounds},
             "best_bound": finite(self.best_bound),
+            "cache": self.cache,
             "best_slot_bound": finite(self.best_slot_bound),
             "best_schedule": self.best_schedule(),
             "solver": None if self.solve is None else self.solve.summary(),
@@ -319,6 +338,7 @@ def compare(
     on_progress: Progress | None = None,
     lp_time_limit: float = 10.0,
     dispatch: str | None = None,
+    prefix_cache: str | PrefixCacheSpec | None = None,
 ) -> Comparison:
     """Bounds, the best offline schedule and every policy on one instance.
 
@@ -352,6 +372,8 @@ def compare(
     dispatch
         The router of the policy runs (:func:`~lsched.evaluator.simulate`);
         round robin by default.
+    prefix_cache
+        A prefix cache on each replica of the policy runs (module docstring).
 
     Raises
     ------
@@ -366,6 +388,7 @@ def compare(
     # fail on a bad name before work
     specs = [parse_policy(p) if isinstance(p, str) else p
              for p in check_policies(policies)]  # fmt: skip
+    prefix_cache, cache = _with_cache(prefix_cache)
     replicas = (
         profile.replicas if replicas is None else check_int(replicas, "replicas", 1)
     )
@@ -389,17 +412,27 @@ def compare(
             stopped.append(_stopped_policy(spec.label))
             continue
         result = simulate(instance, profile, spec, replicas=replicas,
-                          log=offline.slot_class, dispatch=dispatch)  # fmt: skip
+                          log=offline.slot_class, dispatch=dispatch,
+                          prefix_cache=prefix_cache)  # fmt: skip
         in_class = offline.slot_class and is_slot_schedule(result, instance)
         rows.append(
             _policy_row(spec, result, instance, profile, objective, replicas,
-                        lp_time_limit, bounds, in_class)
+                        lp_time_limit, bounds, in_class, cache)
         )  # fmt: skip
     return Comparison(
         objective, bounds, rows, offline.solve, offline.value, offline.model,
         requested(), [item.name for item in stopped],
-        [*report.skipped, *offline.skipped, *stopped],
+        [*report.skipped, *offline.skipped, *stopped], cache.value,
     )  # fmt: skip
+
+
+def _with_cache(
+    prefix_cache: str | PrefixCacheSpec | None,
+) -> tuple[PrefixCacheSpec | None, Cache]:
+    """The policy runs' prefix cache, parsed, and the runs' class of bounds."""
+    if prefix_cache is None:
+        return None, Cache.NONE
+    return parse_prefix_cache(prefix_cache), Cache.ANY
 
 
 def _policy_row(
@@ -412,17 +445,19 @@ def _policy_row(
     lp_time_limit: float,
     bounds: list[Bound],
     in_class: bool,
+    cache: Cache = Cache.NONE,
 ) -> PolicyRow:
     """A policy run of :func:`compare` scored against the best bound that holds
-    for it: those of ``slot`` schedules too where the run is ``in_class``, and
-    those of the profile it serves with (module docstring, "Host tier")."""
+    for it: those of ``slot`` schedules too where the run is ``in_class``, those
+    of the profile it serves with (module docstring, "Host tier"), and of runs
+    with ``cache``."""
     value = objective_value(result, instance, objective)
     scope = (Preemption.NON_PREEMPTIVE if in_class else Preemption.ANY).value
     served = served_profile(spec, profile)
     if served is not profile:  # it serves from host memory: bound that
         bounds = bound_report(instance, served, objective, replicas=replicas,
                               lp_time_limit=lp_time_limit).bounds  # fmt: skip
-    gap = certified_gap(value, best_bound(bounds, scope))
+    gap = certified_gap(value, best_bound(bounds, scope, cache.value))
     return PolicyRow(spec.label, value, scope, gap, result)
 
 
@@ -563,6 +598,7 @@ def compare_cluster(
             backend=backend, time_limit=time_limit, replicas=pool.replicas,
             num_workers=num_workers, seed=seed, on_progress=on_progress,
             lp_time_limit=lp_time_limit, dispatch=cluster.router.label,
+            prefix_cache=pool.prefix_cache,
         )  # fmt: skip
     instance = _served_with_predictions(instance, cluster_max_model_len(cluster))
     report = cluster_bound_report(
@@ -586,6 +622,7 @@ def compare_cluster(
         objective, bounds, rows, interrupted=requested(),
         skipped=[item.name for item in stopped],
         not_computed=[*not_computed, *stopped],
+        cache=(Cache.ANY if cluster.prefix_cached else Cache.NONE).value,
     )  # fmt: skip
 
 
@@ -615,12 +652,14 @@ def _cluster_row(
     objective: str,
     bounds: list[Bound],
 ) -> PolicyRow:
-    """A cluster run scored against the bounds of the requests it served."""
+    """A cluster run scored against the bounds of the requests it served (none
+    holds for a cluster with a prefix cache: the cluster bounds see none)."""
     value = objective_value(result, instance, objective)
     served = _served(result)
+    cache = Cache.ANY if cluster.prefix_cached else Cache.NONE
     if served.all():
-        bound = best_bound(bounds, Preemption.ANY.value)
-    elif served.any():
+        bound = best_bound(bounds, Preemption.ANY.value, cache.value)
+    elif served.any() and cache is Cache.NONE:
         found = cluster_bounds(instance.subset(served), cluster, objective)
         bound = max(found.values(), default=-math.inf)
     else:

@@ -75,6 +75,7 @@ COUNT_METRICS: frozenset[str] = frozenset(
         "preemptions",
         "recomputed_tokens",
         "recompute_avoided_tokens",
+        "prefill_tokens_saved",
         "iterations",
         "replicas",
     }

@@ -23,6 +23,12 @@ section of :mod:`lsched.evaluator.engine` (the comment above :class:`_Replica`),
 with its own host-block arithmetic and its own copy links (nothing from
 :mod:`lsched.tiers` but the :class:`~lsched.tiers.HostTier` data of the profile).
 
+:func:`simulate_naive` gives each replica a prefix cache on request
+(``prefix_cache``), restated from the docstrings of :mod:`lsched.evaluator.prefix`
+and :mod:`lsched.prefix.cache` (the comment above :class:`_NaiveCache`), with its
+own reference counts, eviction list and block arithmetic (nothing from
+:mod:`lsched.prefix` or the engine).
+
 Requests that do not fit ``max_model_len`` (``L``: the profile's, or on a cluster
 the smallest over its pools), restated from DESIGN.md ("Rejection") and vLLM V0
 rather than from :mod:`lsched.evaluator.length`: a request whose prompt has
@@ -126,6 +132,11 @@ class NaiveResult:
         Tokens each request emitted (0 for a rejected one).
     rejected
         Per request, why it was rejected ("" if served; replica -1).
+    cached_tokens, prefill_tokens_needed, evicted_blocks, cut_hits
+        With a prefix cache: per request its cached tokens over its admissions;
+        the prefill targets of every admission summed; blocks evicted; and
+        admissions that took less than their cached prefix (it did not fit), all
+        replicas together.
     """
 
     replica: IntArray
@@ -150,6 +161,16 @@ class NaiveResult:
     async_waits: int = 0
     emitted_tokens: IntArray | None = None
     rejected: tuple[str, ...] | None = None
+    cached_tokens: IntArray | None = None
+    prefill_tokens_needed: int = 0
+    evicted_blocks: int = 0
+    cut_hits: int = 0
+
+    @property
+    def prefix_hit_ratio(self) -> float:
+        """Cached tokens over the prefill targets of the admissions."""
+        assert self.cached_tokens is not None
+        return int(self.cached_tokens.sum()) / self.prefill_tokens_needed
 
 
 def _blocks(tokens: int, block_tokens: int) -> int:
@@ -273,6 +294,129 @@ def check_peaks(
 # some request is running, waiting, swapped or has a copy in flight (it may act on
 # what lands); ``swapped_tokens`` is None in the view until a request first swaps.
 
+# -- the prefix cache ------------------------------------------------------------------
+#
+# Restated from the docstrings of lsched.evaluator.prefix (rules 1-4) and
+# lsched.prefix.cache (the cache's operations and eviction rules), not from their
+# code:
+#
+# - a block is resident (pinned: referenced by k >= 1 running requests; or
+#   evictable: k = 0, in an eviction list, least recently used first) or not; with
+#   a capacity of its own the cache holds at most capacity_tokens // B blocks;
+# - lookup: the leading run of a request's hashes that are resident;
+# - acquire(hs): the evictable ones of hs leave the list (pinned, count 0 so far);
+#   then in order each is counted once more, a missing one inserted, first evicting
+#   the head of the list when the cache is full; with the list empty insertion
+#   stops at k: the blocks of hs[k:] still at count 0 go back to the list's end in
+#   the order of hs, and k is what was pinned;
+# - release(hs): each count drops by one (hs in order for lru, reversed for
+#   lru_tail_first); a block at 0 joins the end of the list;
+# - an evictable block takes g = ceil(B / b) KV blocks; a pinned one none;
+# - admission (after the preemptions, in batch order; the batch already checked as
+#   the policy planned it): want = min(h B, s, T - 1); extra(x) = blocks(min(x + c,
+#   T)) - blocks(c); S = capacity - pinned blocks - sum of blocks(planned after)
+#   over the running and admitted requests, where planned after is processed + c
+#   for a chunk (0 + c for an admission) and + 1 for a decode step; x = want if
+#   extra(want) <= S, else B * floor(((blocks(c) + S) b - c) / B), at most want;
+#   S -= extra(x); the request holds x tokens, pins its first ceil(x / B) blocks,
+#   and its chunk becomes min(c, T - x);
+# - before the iteration: KV = blocks after the iteration of the running requests
+#   + pinned + g * evictable; over the capacity by e > 0: evict ceil(e / g) from
+#   the list's head;
+# - after the iteration: each prefill member in batch order pins the blocks it
+#   completed and has not pinned (n_r once processed >= s, else floor(processed /
+#   B), at most n_r), unless an earlier insertion stopped short for it since it was
+#   admitted; then the requests that complete release theirs, in local id order;
+#   a preempted request releases its blocks when it is preempted.
+
+
+class _NaiveCache:
+    """One replica's prefix cache (the comment above), as plain lists and dicts."""
+
+    def __init__(
+        self,
+        hashes: list[list[int]],
+        block: int,
+        kv_block: int,
+        eviction: str,
+        capacity_tokens: int | None,
+    ) -> None:
+        self.hashes = hashes
+        self.block = block
+        self.charge = -(-block // kv_block)
+        self.tail_first = eviction == "lru_tail_first"
+        self.capacity = None if capacity_tokens is None else capacity_tokens // block
+        self.refs: dict[int, int] = {}
+        self.free: list[int] = []  # evictable, least recently used first
+        m = len(hashes)
+        self.pins = [0] * m
+        self.stopped = [False] * m
+        self.cached = [0] * m
+        self.needed = 0
+        self.evicted = 0
+        self.cut = 0  # admissions whose offered hit did not fit whole
+
+    def resident(self, h: int) -> bool:
+        return h in self.refs or h in self.free
+
+    def lookup(self, r: int) -> int:
+        run = 0
+        for h in self.hashes[r]:
+            if not self.resident(h):
+                break
+            run += 1
+        return run
+
+    def acquire(self, hs: list[int]) -> int:
+        for h in hs:
+            if h in self.free:
+                self.free.remove(h)
+                self.refs[h] = 0
+        for k, h in enumerate(hs):
+            if h not in self.refs:
+                full = self.capacity is not None and (
+                    len(self.refs) + len(self.free) >= self.capacity
+                )
+                if full and not self.free:
+                    for rest in hs[k:]:
+                        if self.refs.get(rest) == 0:
+                            del self.refs[rest]
+                            self.free.append(rest)
+                    return k
+                if full:
+                    self.free.pop(0)
+                self.refs[h] = 0
+            self.refs[h] += 1
+        return len(hs)
+
+    def release(self, r: int) -> None:
+        hs = self.hashes[r][: self.pins[r]]
+        for h in reversed(hs) if self.tail_first else hs:
+            self.refs[h] -= 1
+            if self.refs[h] == 0:
+                del self.refs[h]
+                self.free.append(h)
+        self.pins[r] = 0
+        self.stopped[r] = False
+
+    def completed(self, r: int, processed: int, prompt: int) -> None:
+        if self.stopped[r]:
+            return
+        n = len(self.hashes[r])
+        done = n if processed >= prompt else min(n, processed // self.block)
+        if done > self.pins[r]:
+            got = self.acquire(self.hashes[r][self.pins[r] : done])
+            self.stopped[r] = got < done - self.pins[r]
+            self.pins[r] += got
+
+    def evict_to_fit(self, blocks: int, capacity: int) -> None:
+        over = blocks + self.charge * len(self.free) - capacity
+        if over > 0:
+            k = -(-over // self.charge)
+            assert k <= len(self.free), "eviction cannot make room: a policy bug"
+            del self.free[:k]
+            self.evicted += k
+
 
 class _Replica:
     """One replica's state and its iteration loop (local ids in arrival order)."""
@@ -358,6 +502,7 @@ class _Replica:
         self.stall_s = 0.0
         self.max_host_blocks = 0
         self.async_waits = 0
+        self.cache: _NaiveCache | None = None  # simulate_naive's prefix_cache
 
     # -- the loop -------------------------------------------------------------------
 
@@ -449,6 +594,8 @@ class _Replica:
             self.recomputed[r] += self.processed[r]
             self.preemptions[r] += 1
             self.processed[r] = 0
+            if self.cache is not None:
+                self.cache.release(r)
 
     def pinned_blocks(self) -> int:
         """Blocks taken by no running request: those of asynchronous copies in
@@ -508,6 +655,8 @@ class _Replica:
         (after its preemptions); the seconds blocking copies add to the iteration."""
         if not swap_out and not swap_in:
             return 0.0
+        if self.cache is not None:
+            raise PolicyError("a swap with a prefix cache")
         b = self.limits.block_tokens
         blocking = self.swap_mode == "blocking"
         stall = 0.0
@@ -636,6 +785,45 @@ class _Replica:
                 f"{limits.kv_capacity_blocks}"
             )
 
+    def _planned_slack(
+        self, prefill: list[int], chunks: list[int], decode: list[int]
+    ) -> int:
+        """KV blocks free after the iteration as the policy planned it (no
+        admission holding anything yet; cached blocks not counted)."""
+        after = {r: self.processed[r] for r in self.running}
+        for r, c in zip(prefill, chunks, strict=True):
+            after[r] = self.processed[r] + c
+        for r in decode:
+            after[r] += 1
+        b = self.limits.block_tokens
+        held = sum(_blocks(x, b) for x in after.values()) + self.pinned_blocks()
+        return self.limits.kv_capacity_blocks - held
+
+    def _take_cached(self, r: int, chunk: int, slack: int) -> tuple[int, int]:
+        """Admission of ``r`` with the policy's ``chunk``: the cached tokens it
+        takes (those that fit in ``slack``), its chunk left and the slack left."""
+        cache = self.cache
+        assert cache is not None
+        b, big = self.limits.block_tokens, cache.block
+        target = self.target[r]
+        cache.needed += target
+        want = min(cache.lookup(r) * big, self.prompt[r], target - 1)
+
+        def extra(x: int) -> int:
+            return _blocks(min(x + chunk, target), b) - _blocks(chunk, b)
+
+        x = want
+        if extra(x) > slack:
+            x = min(want, ((_blocks(chunk, b) + slack) * b - chunk) // big * big)
+            cache.cut += 1
+        slack -= extra(x)
+        if x:
+            got = cache.acquire(cache.hashes[r][: -(-x // big)])
+            cache.pins[r] = got
+            cache.cached[r] += x
+            self.processed[r] = x
+        return min(chunk, target - x), slack
+
     def _iterate(
         self,
         t: float,
@@ -649,13 +837,26 @@ class _Replica:
         blocking copies before it); return its end and done."""
         # admission: a waiting request given a chunk starts running, in the order
         # the batch lists them; its target covers tokens emitted before a preemption
-        for r in prefill:
+        chunks = list(chunks)
+        slack = self._planned_slack(prefill, chunks, decode)
+        for k, r in enumerate(prefill):
             if self.status[r] == _WAITING:
                 self.status[r] = _RUNNING
                 self.running.append(r)
                 self.target[r] = self.prompt[r] + self.emitted[r]
                 if math.isnan(self.admitted_s[r]):
                     self.admitted_s[r] = t
+                if self.cache is not None:
+                    chunks[k], slack = self._take_cached(r, chunks[k], slack)
+        if self.cache is not None:  # make room in the KV before the iteration
+            grows = dict(zip(prefill, chunks, strict=True)) | dict.fromkeys(decode, 1)
+            held = sum(
+                _blocks(self.processed[r] + grows.get(r, 0), self.limits.block_tokens)
+                for r in self.running
+            )
+            self.cache.evict_to_fit(
+                held + self.pinned_blocks(), self.limits.kv_capacity_blocks
+            )
         p = sum(chunks)
         q = sum(
             c * (self.processed[r] + c) for r, c in zip(prefill, chunks, strict=True)
@@ -677,12 +878,16 @@ class _Replica:
         for r in decode:
             self.processed[r] += 1
             emitting.append(r)
+        if self.cache is not None:  # the blocks the prefills completed
+            for r in prefill:
+                self.cache.completed(r, self.processed[r], self.prompt[r])
         # KV held in this iteration: completing requests still hold theirs (DESIGN:
         # freed at the *end* of the completing iteration)
         kv_tokens = sum(self.processed[r] for r in self.running)
         kv_blocks = sum(
             _blocks(self.processed[r], self.limits.block_tokens) for r in self.running
         )
+        finished = []
         for r in emitting:
             self.emitted[r] += 1
             if self.emitted[r] == 1:
@@ -695,6 +900,10 @@ class _Replica:
                 self.processed[r] = 0
                 self.completion_s[r] = end
                 done += 1
+                finished.append(r)
+        if self.cache is not None:
+            for r in sorted(finished):
+                self.cache.release(r)
 
         self.iterations += 1
         self.busy_s += duration
@@ -727,6 +936,7 @@ def simulate_naive(
     *,
     replicas: int | None = None,
     assignment: npt.ArrayLike | None = None,
+    prefix_cache: tuple[str, int | None] | None = None,
 ) -> NaiveResult:
     """Replay ``instance`` on ``profile`` under ``policy``, one iteration at a time.
 
@@ -744,6 +954,11 @@ def simulate_naive(
         Number of replicas C; defaults to ``profile.replicas``.
     assignment
         Replica id of each request; by default request ``i`` goes to ``i % C``.
+    prefix_cache
+        ``(eviction rule, capacity_tokens or None)``: a prefix cache on each
+        replica (the comment above :class:`_NaiveCache`), keyed by the
+        instance's prefix hashes in blocks of its ``prefix_block_tokens`` (the
+        profile's block size without it).
 
     Raises
     ------
@@ -793,13 +1008,22 @@ def simulate_naive(
     max_host = np.zeros(c, dtype=np.int64)
     swap_out_bytes = swap_in_bytes = swap_stall_s = 0.0
     avoided = async_waits = 0
+    cached = np.zeros(n, dtype=np.int64)
+    needed = evicted = cut = 0
     for k in range(c):
         # instance order is arrival order (ties by position): local ids follow it
         rows = np.flatnonzero(where == k).tolist()
         if not rows:
             continue
         replica = _Replica(rows, instance, profile, _make(spec, k, profile))
+        if prefix_cache is not None:
+            replica.cache = _naive_cache(instance, profile, rows, *prefix_cache)
         replica.run()
+        if replica.cache is not None:
+            cached[rows] = replica.cache.cached
+            needed += replica.cache.needed
+            evicted += replica.cache.evicted
+            cut += replica.cache.cut
         admitted[rows] = replica.admitted_s
         first[rows] = replica.first_token_s
         completion[rows] = replica.completion_s
@@ -844,7 +1068,26 @@ def simulate_naive(
         async_waits=async_waits,
         emitted_tokens=emitted,
         rejected=rejected,
+        cached_tokens=None if prefix_cache is None else cached,
+        prefill_tokens_needed=needed,
+        evicted_blocks=evicted,
+        cut_hits=cut,
     )
+
+
+def _naive_cache(
+    instance: Instance,
+    profile: DeploymentProfile,
+    rows: list[int],
+    eviction: str,
+    capacity_tokens: int | None,
+) -> _NaiveCache:
+    """The prefix cache of a replica serving ``rows``."""
+    offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
+    assert offsets is not None and values is not None
+    hashes = [[int(h) for h in values[offsets[i] : offsets[i + 1]]] for i in rows]
+    block = int(instance.params.get("prefix_block_tokens", profile.block_tokens))
+    return _NaiveCache(hashes, block, profile.block_tokens, eviction, capacity_tokens)
 
 
 # -- disaggregated clusters ------------------------------------------------------------

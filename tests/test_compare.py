@@ -242,3 +242,41 @@ def test_real_profile_small_instance_uses_the_timed_model(seed: int) -> None:
             # CP-SAT's optimum is exact up to its stated rounding bound
             slack = result.solve.info.get("rounding_bound_s", 0.0)
             assert row.objective_value >= optimum - slack - 1e-9
+
+
+def _shared_prefix_instance() -> Instance:
+    """Six 1,576-token prompts 0.5 s apart sharing their first three 512-token
+    hash blocks (Mooncake's size), 8 output tokens each."""
+    n, hashes = 6, [[1, 2, 3, 100 + i] for i in range(6)]
+    return Instance(
+        arrival_s=np.arange(n) * 0.5,
+        prompt_tokens=np.full(n, 3 * 512 + 40),
+        output_tokens=np.full(n, 8),
+        prefix_hash_offsets=np.arange(0, 4 * n + 1, 4),
+        prefix_hash_values=np.array([h for own in hashes for h in own]),
+        params={"prefix_block_tokens": 512},
+    )
+
+
+@pytest.mark.parametrize("objective", ["latency", "makespan"])
+def test_cached_runs_are_scored_against_cache_valid_bounds(objective: str) -> None:
+    """With a prefix cache, every gap is taken to a bound tagged for any cache
+    and is >= 0, and the headline bound is one; the bounds from whole prompts
+    would not hold: a cached latency run beats them (5 of 6 prompts find 1,536
+    of their 1,576 tokens cached)."""
+    instance = _shared_prefix_instance()
+    profile = load_profile("llama2-70b-a100-tp4")
+    policies = ["fcfs", "vllm", "sarathi"]
+    cached = compare(instance, profile, objective=objective, policies=policies,
+                     backend=None, lp_time_limit=0, prefix_cache="lru")  # fmt: skip
+    assert cached.cache == "any"
+    holding = [b.value for b in cached.bounds if b.cache == "any"]
+    assert cached.best_bound == max(holding)
+    for row in cached.policies:
+        assert row.result.metrics["prefill_tokens_saved"] == 5 * 1536
+        assert row.gap is not None and row.gap >= 0, row.policy
+        bound = row.objective_value * (1 - row.gap)
+        assert bound == pytest.approx(max(holding), rel=1e-9)
+    if objective == "latency":
+        whole = max(b.value for b in cached.bounds if b.cache == "none")
+        assert min(r.objective_value for r in cached.policies) < whole

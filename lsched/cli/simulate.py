@@ -47,13 +47,14 @@ from lsched.evaluator import (
     check_inputs,
     simulate_cluster,
 )
-from lsched.evaluator.result import SWAP_METRICS
+from lsched.evaluator.result import PREFIX_METRICS, SWAP_METRICS
 from lsched.instance import Instance
 from lsched.interrupt import requested, sigint_requests_stop
 from lsched.metrics import SLO_ATTAINMENT_KEYS
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
+from lsched.prefix.spec import PrefixCacheSpec, parse_prefix_cache
 from lsched.provenance import Provenance, provenance, write_frame
 from lsched.routers import parse_router
 from lsched.slo import SLO, parse_slo
@@ -150,6 +151,17 @@ SloOpt = Annotated[
         "kept unless --slo-override.",
     ),
 ]
+PrefixCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prefix-cache",
+        metavar="RULE[:capacity_tokens=N]",
+        help="A prefix cache on each replica's GPU, keyed by the trace's hash_ids "
+        "and sharing its KV: gpu or lru (least recently used blocks evicted "
+        "first), lru_tail_first; capacity_tokens caps it below the KV. A "
+        "cluster file says it per pool (prefix_cache).",
+    ),
+]
 SloOverrideOpt = Annotated[
     bool,
     typer.Option(
@@ -178,16 +190,19 @@ def simulate_command(
     engine: EngineOpt = "auto",
     slo_text: SloOpt = None,
     slo_override: SloOverrideOpt = False,
+    prefix_cache: PrefixCacheOpt = None,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     slo = None if slo_text is None else parse_slo(slo_text, field="--slo")
+    cache = _prefix_cache(prefix_cache)
     _check_options(engine, requests_out, timeline_out)
     inputs = [trace, cluster_file, profile_file(model)]
     _check_outputs(requests_out, timeline_out, inputs)
     if cluster_file is not None:
         refuse_beside_cluster(
             {"--model": model, "--policy": policy, "--replicas": replicas,
-             "--set": settings, "--kv-capacity-tokens": kv_capacity_tokens}
+             "--set": settings, "--kv-capacity-tokens": kv_capacity_tokens,
+             "--prefix-cache": prefix_cache}
         )  # fmt: skip
         clusters = [load_cluster(cluster_file)]
         inputs += [pool.profile.path for pool in clusters[0].pools]
@@ -203,7 +218,7 @@ def simulate_command(
     else:
         instance, clusters = _colocated(
             trace, model, policy, replicas, dispatch, kv_capacity_tokens, settings,
-            format, limit, max_model_len, predictor, slo, slo_override,
+            format, limit, max_model_len, predictor, slo, slo_override, cache,
         )  # fmt: skip
     record = _provenance(trace, cluster_file, clusters, instance, predictor)
     _run(instance, clusters, engine, json_output, requests_out, timeline_out, record)
@@ -229,6 +244,16 @@ def _check_options(
         )
 
 
+def _prefix_cache(text: str | None) -> PrefixCacheSpec | None:
+    """``--prefix-cache`` parsed before any work."""
+    if text is None:
+        return None
+    try:
+        return parse_prefix_cache(text)
+    except InputError as exc:
+        raise InputError(exc.message, field="--prefix-cache") from None
+
+
 def _colocated(
     trace: Path,
     model: str | None,
@@ -243,8 +268,10 @@ def _colocated(
     predictor: str | None,
     slo: SLO | None,
     slo_override: bool,
+    cache: PrefixCacheSpec | None,
 ) -> tuple[Instance, list[Cluster]]:
-    """The trace and one colocated cluster per ``--policy`` (no cluster file)."""
+    """The trace and one colocated cluster per ``--policy`` (no cluster file),
+    with a prefix cache on each replica where ``cache`` names one."""
     if model is None:
         raise InputError("expected --model PROFILE or --cluster FILE", field="model")
     specs = [parse_policy(p) for p in policy or ["fcfs"]]
@@ -270,7 +297,14 @@ def _colocated(
         model, overrides, instance, kv_capacity_tokens=kv_capacity_tokens
     )
     instance = with_slo(instance, slo, slo_override)
-    clusters = [Cluster.colocated(profile, spec, replicas, router) for spec in specs]
+    try:
+        clusters = [
+            Cluster.colocated(profile, spec, replicas, router, cache) for spec in specs
+        ]
+    except InputError as exc:
+        if not (exc.field or "").startswith("pool pool0: prefix_cache"):
+            raise
+        raise InputError(exc.message, field="--prefix-cache") from None
     return instance, clusters
 
 
@@ -390,7 +424,7 @@ def _print(instance: Instance, results: list[SimulationResult]) -> None:
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
-    moved = ("transferred_bytes", *SWAP_METRICS)
+    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS)
     shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",

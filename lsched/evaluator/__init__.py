@@ -39,13 +39,14 @@ import numpy.typing as npt
 from lsched.checks import check_choice, check_int, check_type
 from lsched.cluster import Cluster
 from lsched.errors import InputError
-from lsched.evaluator.cluster import ClusterSim
+from lsched.evaluator.cluster import ClusterSim, hash_block_tokens
 from lsched.evaluator.disagg import DisaggSim
 from lsched.evaluator.length import LengthCut, cluster_max_model_len, cut_to_length
 from lsched.evaluator.records import collect
 from lsched.evaluator.result import SimulationResult
 from lsched.instance import Instance
 from lsched.policies import PolicySpec, ReplicaLimits, parse_policy
+from lsched.prefix.spec import PrefixCacheSpec
 from lsched.profile import DeploymentProfile
 from lsched.routers import RouterSpec, parse_router
 
@@ -195,6 +196,41 @@ def check_inputs(instance: Instance, cluster: Cluster) -> None:
     if not cluster.disaggregated:
         _check_fits_somewhere(cut, cluster)
     _check_host(cut, cluster)
+    if cluster.prefix_cached:
+        if cluster.disaggregated:
+            raise InputError(
+                "a prefix cache on a pool of a disaggregated cluster; expected "
+                "one on a colocated cluster (the disaggregated loop has none)",
+                field="prefix_cache",
+            )
+        _check_prefix_hashes(instance, cluster)
+
+
+def _check_prefix_hashes(instance: Instance, cluster: Cluster) -> None:
+    """Raise unless ``instance`` has prefix block hashes for a cluster with a
+    prefix cache, at most ``ceil(s_i / B)`` per request on every pool with one
+    (:mod:`lsched.evaluator.prefix`)."""
+    offsets = instance.prefix_hash_offsets
+    if offsets is None:
+        raise InputError(
+            "a prefix cache needs the requests' prefix block hashes (Mooncake "
+            "hash_ids or a prefix_hashes column); the trace has none",
+            field="prefix_cache",
+        )
+    counts = np.diff(offsets)
+    for pool in cluster.pools:
+        if pool.prefix_cache is None:
+            continue
+        block = hash_block_tokens(instance, pool.profile)
+        over = np.flatnonzero(counts > -(-instance.prompt_tokens // block))
+        if len(over):
+            i = int(over[0])
+            raise InputError(
+                f"request {i} has {int(counts[i])} hashes; expected at most "
+                f"ceil({int(instance.prompt_tokens[i])} / {block}) for its prompt "
+                f"in blocks of {block} tokens (pool {pool.name})",
+                field="prefix_hashes",
+            )
 
 
 def simulate(
@@ -208,6 +244,7 @@ def simulate(
     log: bool = False,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
+    prefix_cache: str | PrefixCacheSpec | None = None,
 ) -> SimulationResult:
     """Replay ``instance`` on ``profile`` under ``policy``: one colocated pool
     (:meth:`lsched.cluster.Cluster.colocated`), see :func:`simulate_cluster`.
@@ -231,12 +268,17 @@ def simulate(
         ``round-robin``.
     log, progress, engine
         As :func:`simulate_cluster`.
+    prefix_cache
+        A prefix cache on each replica (:mod:`lsched.evaluator.prefix`): a
+        :class:`~lsched.prefix.spec.PrefixCacheSpec` or its text, e.g. ``"lru"``;
+        ``None``: none. Such a run takes the Python engine.
 
     Raises
     ------
     InputError
         If a request can never fit in KV, or on a bad ``replicas``/``assignment``/
-        ``dispatch``.
+        ``dispatch``/``prefix_cache`` (a cache over the replica's KV, an unknown
+        eviction rule, an instance without prefix hashes).
     PolicyError
         If the policy returns a batch that breaks the model's rules, or stalls.
     """
@@ -249,7 +291,7 @@ def simulate(
     if dispatch is None:
         dispatch = "round-robin" if assignment is None else "static"
     router = check_dispatch(dispatch, assignment is not None)
-    cluster = Cluster.colocated(profile, spec, replicas, router)
+    cluster = Cluster.colocated(profile, spec, replicas, router, prefix_cache)
     return simulate_cluster(
         instance,
         cluster,

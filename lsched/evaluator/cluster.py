@@ -60,6 +60,7 @@ from lsched.errors import InputError
 from lsched.evaluator.compiled import kernel_for, load, run_replica
 from lsched.evaluator.engine import DONE, ReplicaEngine
 from lsched.evaluator.length import cluster_max_model_len, cut_to_length
+from lsched.evaluator.prefix import ReplicaPrefix
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
 from lsched.kv import KVBlocks
@@ -262,6 +263,7 @@ class ClusterSim:
                     make_policy(cluster.pool_of(c).policy, contexts[c]),
                     log=log,
                     on_finished=on_finished,
+                    prefix=replica_prefix(instance, [], cluster.pool_of(c), n, log),
                 )
                 for c in range(cluster.num_replicas)
             ]
@@ -272,7 +274,10 @@ class ClusterSim:
         self.engines = []
         for c in range(cluster.num_replicas):
             ids = np.flatnonzero(self.where == c)
-            self.paths[c] = _path(cluster.pool_of(c).policy, engine, log, len(ids))
+            pool = cluster.pool_of(c)
+            self.paths[c] = _path(
+                pool.policy, engine, log, len(ids), pool.prefix_cache is not None
+            )
             if self.paths[c] == "compiled":
                 replica: Any = CompiledEngine(
                     instance, ids, cluster.pool_of(c), on_finished
@@ -406,13 +411,18 @@ class ClusterSim:
         )
 
 
-def _path(spec: object, engine: str, log: bool, requests: int) -> str:
-    """The path of a replica under ``spec`` serving ``requests``, with the reason
-    where it is Python but ``engine`` allowed the compiled one."""
+def _path(
+    spec: object, engine: str, log: bool, requests: int, prefix_cache: bool = False
+) -> str:
+    """The path of a replica under ``spec`` serving ``requests`` (with a prefix
+    cache where ``prefix_cache``), with the reason where it is Python but
+    ``engine`` allowed the compiled one."""
     if engine == "python":
         return "python"
     if log:
         return "python: the iteration log was asked for"
+    if prefix_cache:
+        return "python: the prefix cache runs on the Python engine only"
     if kernel_for(spec) is None:
         label = getattr(spec, "label", spec)
         return f"python: policy {label} has no compiled kernel"
@@ -485,9 +495,43 @@ def _replica_engine(
         on_finished=on_finished,
         priority=None if instance.priority is None else instance.priority[ids],
         tenant=None if instance.tenant is None else instance.tenant[ids],
+        prefix=replica_prefix(instance, ids.tolist(), pool, len(ids), log),
     )
     engine.ids = ids  # a stall names the request by its instance position
     return engine
+
+
+def request_hashes(instance: Instance, i: int) -> list[int]:
+    """Request ``i``'s prefix block hashes as Python ints (none without any)."""
+    offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
+    if offsets is None or values is None:
+        return []
+    return values[offsets[i] : offsets[i + 1]].tolist()
+
+
+def hash_block_tokens(instance: Instance, profile: DeploymentProfile) -> int:
+    """``B``, tokens per hash block: the instance's ``prefix_block_tokens``, else
+    the profile's KV block size (:mod:`lsched.evaluator.prefix`)."""
+    return int(instance.params.get("prefix_block_tokens", profile.block_tokens))
+
+
+def replica_prefix(
+    instance: Instance, ids: list[int], pool: Any, size: int, log: bool
+) -> ReplicaPrefix | None:
+    """The prefix cache of a replica of ``pool`` serving requests ``ids``, room
+    for ``size`` (``None`` if the pool has none)."""
+    if pool.prefix_cache is None:
+        return None
+    offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
+    hashes: list[list[int]] = []
+    if offsets is not None and values is not None and ids:
+        flat, bounds = values.tolist(), offsets.tolist()
+        hashes = [flat[bounds[i] : bounds[i + 1]] for i in ids]
+    profile = pool.profile
+    block = hash_block_tokens(instance, profile)
+    return ReplicaPrefix(
+        pool.prefix_cache, block, profile.block_tokens, size, hashes, log
+    )
 
 
 class JointEngine(ReplicaEngine):
@@ -508,6 +552,7 @@ class JointEngine(ReplicaEngine):
         *,
         log: bool,
         on_finished: Callable[[int], None] | None,
+        prefix: ReplicaPrefix | None = None,
     ) -> None:
         pred = instance.predicted_output_tokens
         # the arrays the engine shows read-only views of; add() writes into them
@@ -533,6 +578,7 @@ class JointEngine(ReplicaEngine):
             on_finished=on_finished,
             priority=self._prio,
             tenant=self._tenant,
+            prefix=prefix,
         )
         self.m = 0
         self.now_s = -math.inf
@@ -553,6 +599,8 @@ class JointEngine(ReplicaEngine):
             self._prio[k] = instance.priority[i]  # type: ignore[index]
         if self._tenant is not None:
             self._tenant[k] = instance.tenant[i]  # type: ignore[index]
+        if self.prefix is not None:
+            self.prefix.hashes.append(request_hashes(instance, i))
         self.m += 1
         self.ids.append(i)
 
@@ -573,6 +621,8 @@ class JointEngine(ReplicaEngine):
         super().restore(state)
         self.m, ids, self.pending, arrays, self.last_run = state["joint"]
         self.ids = list(ids)
+        if self.prefix is not None:
+            del self.prefix.hashes[self.m :]
         for array, saved in zip(self._routed_arrays(), arrays, strict=True):
             np.copyto(array, saved)
 
@@ -604,6 +654,8 @@ class JointEngine(ReplicaEngine):
                 self.pending = batch
                 continue
             grow = self._check(batch)
+            if self.prefix is not None:
+                batch, grow = self._prefix_admit(batch, grow)
             self._admit(batch.prefill)
             if batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
                 self.pending = batch

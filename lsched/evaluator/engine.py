@@ -66,6 +66,17 @@ bandwidth`` seconds.
   an iteration. *Async* copies overlap the iterations: the first boundary at or
   after a copy's end is an event (the engine sets the batch's ``wake_at_s`` to
   it), as an arrival is.
+
+Prefix cache
+------------
+A replica of a pool with a ``prefix_cache`` has a
+:class:`~lsched.evaluator.prefix.ReplicaPrefix` (:attr:`ReplicaEngine.prefix`),
+whose module docstring states the rules: a batch's admissions take their cached
+prefixes after its preemptions (their chunks cut to what is left to compute),
+each iteration evicts the unreferenced blocks the KV needs before it runs and
+caches the blocks its prefills complete after, and a request releases its
+blocks when it is preempted or completes. Policies see unreferenced cached
+blocks as free KV.
 """
 
 from __future__ import annotations
@@ -81,6 +92,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lsched.evaluator.prefix import ReplicaPrefix
 from lsched.evaluator.stretch import DecodeStretch, decode_rows
 from lsched.kv import KVHeld, KVLedger
 from lsched.policies.base import (
@@ -194,6 +206,8 @@ class ReplicaEngine:
         Called with the number of requests each completion event finishes.
     priority, tenant
         Priorities and tenants shown to the policy, or ``None``.
+    prefix
+        The replica's prefix cache, or ``None`` (module docstring).
 
     Notes
     -----
@@ -227,6 +241,7 @@ class ReplicaEngine:
         on_finished: Callable[[int], None] | None = None,
         priority: np.ndarray | None = None,
         tenant: np.ndarray | None = None,
+        prefix: ReplicaPrefix | None = None,
     ) -> None:
         m = len(arrival_s)
         self.m = m
@@ -250,6 +265,7 @@ class ReplicaEngine:
         self.ids: Any = None
         self._init_host_tier(profile, policy, m)
         self._init_views(predicted_output_tokens, priority, tenant)
+        self.prefix = prefix
 
     def _init_cost_model(self, profile: DeploymentProfile) -> None:
         """The profile's iteration time, in the forms the loop reads."""
@@ -381,6 +397,8 @@ class ReplicaEngine:
                 self._idle(batch)
                 continue
             grow = self._check(batch)
+            if self.prefix is not None:
+                batch, grow = self._prefix_admit(batch, grow)
             self._admit(batch.prefill)
             if batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
                 self._decode_stretch(batch)
@@ -402,6 +420,8 @@ class ReplicaEngine:
         state["host"] = self.host.snapshot()
         state["kv"] = self.kv.snapshot()
         state["policy"] = snapshot_policy(self.policy)
+        if self.prefix is not None:
+            state["prefix"] = self.prefix.snapshot()
         if self.log is not None:
             state["log"] = tuple(len(part) for part in vars(self.log).values())
         return state
@@ -419,6 +439,8 @@ class ReplicaEngine:
         self.host.restore(state["host"])
         self.kv.restore(state["kv"])
         restore_policy(self.policy, state["policy"])
+        if self.prefix is not None:
+            self.prefix.restore(state["prefix"])
         if self.log is not None:
             for part, length in zip(vars(self.log).values(), state["log"], strict=True):
                 del part[length:]
@@ -568,6 +590,8 @@ class ReplicaEngine:
             if self.processed[r] < self.target[r]:
                 self.num_prefilling -= 1
             self.recomputed[r] += self.kv.free(r)
+            if self.prefix is not None:
+                self.prefix.release(r)
             self.preemptions[r] += 1
             self.status[r] = WAITING
             self.requeued.append(r)
@@ -618,6 +642,8 @@ class ReplicaEngine:
         """Move the KV of running request ``r`` to the host tier."""
         if not 0 <= r < self.num_arrived or self.status[r] != RUNNING:
             raise PolicyError(f"swapped-out request {r} is not running")
+        if self.prefix is not None:
+            raise PolicyError("a swap on a replica with a prefix cache (not modelled)")
         tokens = int(self.processed[r])
         if not self.host.take(tokens):
             raise PolicyError(
@@ -850,6 +876,86 @@ class ReplicaEngine:
                 f"capacity {self._capacity}"
             )
 
+    # -- the prefix cache ---------------------------------------------------------
+
+    def _prefix_admit(self, batch: Batch, grow: int) -> tuple[Batch, int]:
+        """The batch's admissions take their cached prefixes (rule 1 of
+        :mod:`lsched.evaluator.prefix`): the batch with the chunks left to
+        compute, and the blocks it adds beside those the admissions now hold."""
+        prefix = self.prefix
+        assert prefix is not None
+        status, prompt, emitted = self.status, self.prompt, self.emitted
+        ids, chunks = batch.prefill.tolist(), batch.prefill_tokens.tolist()
+        offers = []  # (position in the batch, target, cached tokens offered)
+        for k, r in enumerate(ids):
+            if status[r] == WAITING:
+                target = int(prompt[r] + emitted[r])
+                want = prefix.offer(r, int(prompt[r]), target)
+                if want:
+                    offers.append((k, target, want))
+        if not offers:
+            return batch, grow
+        kv = self.kv.kv
+
+        def extra(k: int, target: int, x: int) -> int:
+            """Blocks an admission holding ``x`` cached tokens adds to its plan."""
+            return kv.blocks(min(x + chunks[k], target)) - kv.blocks(chunks[k])
+
+        slack = 0  # blocks free beside the batch as planned, counted if needed
+        # (extra(x) >= 0: the admission holds at least its chunk)
+        if any(extra(*offer) > 0 for offer in offers):
+            grow = self._planned_blocks(batch)
+            slack = self._capacity - self.kv.held_blocks - grow
+        for k, target, want in offers:
+            r, c = ids[k], chunks[k]
+            x = want
+            if extra(k, target, x) > slack:
+                x = prefix.usable(want, c, kv, slack)
+            slack -= extra(k, target, x)
+            if x:
+                prefix.take(r, x)
+                self.kv.place(r, x)
+                chunks[k] = cut = min(c, target - x)
+                grow += kv.blocks(x + cut) - kv.blocks(x) - kv.blocks(c)
+        tokens = np.array(chunks, dtype=np.int64)
+        return dataclasses.replace(batch, prefill_tokens=tokens), grow
+
+    def _planned_blocks(self, batch: Batch) -> int:
+        """The exact blocks ``batch`` adds as its policy planned it (no
+        admission holding anything yet), with :attr:`KVLedger.held_blocks` made
+        exact."""
+        kv = self.kv
+        kv.exact_blocks(self.running)
+        grow = 0
+        if len(batch.prefill):
+            before = self.processed[batch.prefill]
+            grow += int(kv.kv.growth(before, batch.prefill_tokens).sum())
+        if len(batch.decode):
+            grow += kv.kv.decode_growth(self.processed[batch.decode])
+        return grow
+
+    def _prefix_iteration(self, prefill: list[int]) -> None:
+        """After an iteration: the evictions it needed, then the blocks its
+        prefill members completed (rules 2 and 4)."""
+        prefix = self.prefix
+        assert prefix is not None
+        self._prefix_evict()
+        processed, prompt = self.processed, self.prompt
+        for r in prefill:
+            prefix.computed(r, int(processed[r]), int(prompt[r]))
+
+    def _prefix_evict(self) -> None:
+        """Evict the evictable blocks the KV held now needs (rule 4)."""
+        prefix = self.prefix
+        assert prefix is not None
+        charged = prefix.charged_blocks
+        kv = self.kv
+        if not charged or kv.held_blocks + charged <= self._capacity:
+            return
+        over = kv.exact_blocks(self.running) + charged - self._capacity
+        if over > 0:
+            prefix.evict(over, len(self.log.runs) - 1 if self.log is not None else -1)
+
     # -- running iterations -------------------------------------------------------
 
     def _regime(self, phi: tuple[float, ...]) -> int:
@@ -926,6 +1032,8 @@ class ReplicaEngine:
         if self.log is not None:
             self._log_run(start, end, 1, phi, kv_tokens, prefill, chunk, before_p,
                           decode, before_d if n_d else decode[:0])  # fmt: skip
+        if self.prefix is not None:
+            self._prefix_iteration(prefill.tolist() if n_p > _SMALL else ids)
         self.iterations += 1
         self.busy_s += dt
         self.kv_token_seconds += kv_tokens * dt
@@ -1039,6 +1147,8 @@ class ReplicaEngine:
             phi0 = (1.0, 0.0, 0.0, float(d), float(int(p.sum()) + d), 0.0)
             none = decode[:0]
             self._log_run(start, end, n, phi0, kv0, none, none, none, decode, p)
+        if self.prefix is not None:
+            self._prefix_evict()
         self.iterations += n
         self.busy_s += elapsed
         self.kv_token_seconds += stretch.kv_token_seconds(n, kv0, d)
@@ -1053,9 +1163,13 @@ class ReplicaEngine:
                 self._finish([r for r, x in ids if x <= n], end)
 
     def _finish(self, finished: list[int], end: float) -> None:
-        """The requests ``finished`` completed at ``end``: free their KV."""
+        """The requests ``finished`` completed at ``end``: free their KV and
+        release their cached blocks (in local id order)."""
         for r in finished:
             self.kv.free(r)
+        if self.prefix is not None:
+            for r in sorted(finished):
+                self.prefix.release(r)
         if len(finished) == 1:
             r = finished[0]
             self.completion_s[r] = end

@@ -23,7 +23,9 @@ from lsched.cluster import Cluster
 from lsched.evaluator.cluster import REJECTED, ClusterRun
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.result import (
+    EVICTION_COLUMNS,
     MEMBER_COLUMNS,
+    PREFIX_METRICS,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     SWAP_COLUMNS,
@@ -67,10 +69,7 @@ def collect(
     }
     for i, reason in run.reasons.items():
         columns["rejected"][i] = reason
-    runs: list[pd.DataFrame] = []
-    members: list[pd.DataFrame] = []
-    preempted: list[pd.DataFrame] = []
-    swapped: list[pd.DataFrame] = []
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in _LOG_TABLES}
     stages = _stage_columns(run, n)
     for c, (engine, ids) in enumerate(zip(run.engines, run.ids, strict=True)):
         if engine is None:
@@ -88,19 +87,12 @@ def collect(
         columns["preemptions"][ids] += engine.preemptions[:m]
         columns["recomputed_tokens"][ids] += engine.recomputed[:m]
         if engine.log is not None:
-            offset = sum(len(r) for r in runs)
-            runs.append(_runs_frame(engine, c, offset))
-            members.append(_members_frame(engine.log.members, ids, offset))
-            preempted.append(
-                pd.DataFrame(
-                    [(r + offset, int(ids[k])) for r, k in engine.log.preemptions],
-                    columns=["run", "request"],
-                    dtype=np.int64,
-                )
-            )
-            swapped.append(_swaps_frame(engine.log.swaps, ids, offset))
+            offset = sum(len(r) for r in frames["runs"])
+            for name, frame in _log_frames(engine, c, ids, offset).items():
+                frames[name].append(frame)
     engines = [e for e in run.engines if e is not None]
     swaps = _swap_columns(n, run)
+    cached = _prefix_columns(n, run)
     replicas = cluster.num_replicas
     capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
     # the mean capacity of a replica: the total over C replicas is what counts
@@ -118,20 +110,60 @@ def collect(
         profile=pools,
         replicas=replicas,
         requests=pd.DataFrame(
-            columns | stages | swaps,
-            columns=list(REQUEST_COLUMNS) + list(stages) + list(swaps),
+            columns | stages | swaps | cached,
+            columns=[*REQUEST_COLUMNS, *stages, *swaps, *cached],
         ),
         metrics=total,
         iterations=sum(e.iterations for e in engines),
         runtime_s=runtime_s,
-        runs=_concat(runs, RUN_COLUMNS, index="run") if log else None,
-        members=_concat(members, MEMBER_COLUMNS) if log else None,
-        preemptions=_concat(preempted, ("run", "request")) if log else None,
-        swaps=_concat(swapped, SWAP_COLUMNS) if log else None,
+        **(_log_tables(frames, cluster.prefix_cached) if log else {}),
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
     )
+
+
+#: The iteration log's tables and their columns (the index of ``runs``: ``run``).
+_LOG_TABLES: dict[str, tuple[str, ...]] = {
+    "runs": RUN_COLUMNS,
+    "members": MEMBER_COLUMNS,
+    "preemptions": ("run", "request"),
+    "swaps": SWAP_COLUMNS,
+    "evictions": EVICTION_COLUMNS,
+}
+
+
+def _log_frames(
+    engine: ReplicaEngine, replica: int, ids: np.ndarray, offset: int
+) -> dict[str, pd.DataFrame]:
+    """Replica ``replica``'s log tables, requests by instance position and runs
+    numbered from ``offset``."""
+    assert engine.log is not None
+    return {
+        "runs": _runs_frame(engine, replica, offset),
+        "members": _members_frame(engine.log.members, ids, offset),
+        "preemptions": pd.DataFrame(
+            [(r + offset, int(ids[k])) for r, k in engine.log.preemptions],
+            columns=["run", "request"],
+            dtype=np.int64,
+        ),
+        "swaps": _swaps_frame(engine.log.swaps, ids, offset),
+        "evictions": _evictions_frame(engine, offset),
+    }
+
+
+def _log_tables(
+    frames: dict[str, list[pd.DataFrame]], cached: bool
+) -> dict[str, pd.DataFrame | None]:
+    """Every replica's log tables put together (``evictions`` only where a
+    replica has a prefix cache: ``cached``)."""
+    tables: dict[str, pd.DataFrame | None] = {
+        name: _concat(frames[name], columns, index="run" if name == "runs" else None)
+        for name, columns in _LOG_TABLES.items()
+    }
+    if not cached:
+        tables["evictions"] = None
+    return tables
 
 
 def _stage_columns(run: ClusterRun, n: int) -> dict[str, np.ndarray]:
@@ -154,6 +186,46 @@ def _swap_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
     for engine, ids in swapped:
         outs[ids] += engine.swaps[: len(ids)]
     return {"swap_outs": outs}
+
+
+def _prefix_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
+    """Per request, the cached tokens it took (none where no replica has a
+    prefix cache)."""
+    cached = [
+        (engine.prefix, ids)
+        for engine, ids in zip(run.engines, run.ids, strict=True)
+        if getattr(engine, "prefix", None) is not None
+    ]
+    if not cached:
+        return {}
+    tokens = np.zeros(n, dtype=np.int64)
+    for prefix, ids in cached:
+        tokens[ids] += prefix.cached[: len(ids)]
+    return {"cached_tokens": tokens}
+
+
+def _prefix_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
+    """The prefix cache's metrics over ``engines`` that have one (none if no
+    engine has): prefill tokens saved, and their share of the prefill targets of
+    the admissions (:mod:`lsched.evaluator.prefix`)."""
+    prefixes = [e.prefix for e in engines if getattr(e, "prefix", None) is not None]
+    if not prefixes:
+        return {}
+    saved = sum(int(p.cached.sum()) for p in prefixes)
+    needed = sum(p.needed for p in prefixes)
+    ratio = saved / needed if needed else 0.0
+    return dict(zip(PREFIX_METRICS, (ratio, float(saved)), strict=True))
+
+
+def _evictions_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:
+    """One replica's evictions (runs numbered globally); none without a cache."""
+    prefix = engine.prefix
+    rows = [] if prefix is None or prefix.evictions is None else prefix.evictions
+    return pd.DataFrame(
+        [(run + offset, blocks) for run, blocks in rows],
+        columns=list(EVICTION_COLUMNS),
+        dtype=np.int64,
+    )
 
 
 def _swap_metrics(cluster: Cluster, run: ClusterRun) -> dict[str, float]:
@@ -217,6 +289,7 @@ def _metrics(
         preemptions=int(columns["preemptions"][ids].sum()),
         recomputed_tokens=int(columns["recomputed_tokens"][ids].sum()),
     )
+    metrics |= _prefix_metrics(engines)
     rejected = len(rows) - len(ids)
     metrics["num_rejected"] = float(rejected)
     metrics["num_truncated"] = float(np.count_nonzero(columns["truncated_tokens"][ids]))

@@ -61,6 +61,15 @@ copies the replica may idle in between); its copy of ``tokens`` tokens ran from
 ``start_s`` to ``end_s`` (inside the run for a blocking swap, overlapping the runs
 for an asynchronous one).
 
+A run with a prefix cache (:mod:`lsched.evaluator.prefix`) adds per request
+``cached_tokens`` (prompt tokens it found cached, over its admissions), the
+metrics ``prefix_hit_ratio`` (token-weighted: cached tokens over the prefill
+targets of the admissions; per replica and pool too) and
+``prefill_tokens_saved`` (the cached tokens), and to the log the table
+``evictions`` (run, blocks): unreferenced cached blocks evicted to make room for
+run ``run``, after its admissions took their cached prefixes. A prefill member's
+``processed_before`` at its admission is its cached tokens.
+
 A run in which some request swapped adds per request ``swap_outs`` (times its KV
 went to the host tier) and the metrics ``swap_out_bytes``, ``swap_in_bytes``,
 ``swap_stall_s`` (seconds blocking copies added to iterations: swap time on the
@@ -98,6 +107,10 @@ SWAP_METRICS: tuple[str, ...] = (
     "swap_stall_s",
     "recompute_avoided_tokens",
 )
+#: The metrics of a run with a prefix cache (module docstring).
+PREFIX_METRICS: tuple[str, ...] = ("prefix_hit_ratio", "prefill_tokens_saved")
+#: The log's evictions of a run with a prefix cache.
+EVICTION_COLUMNS: tuple[str, ...] = ("run", "blocks")
 SWAP_COLUMNS: tuple[str, ...] = (
     "run",
     "request",
@@ -148,6 +161,9 @@ class SimulationResult:
         Wall-clock seconds the simulation took.
     runs, members, preemptions, swaps
         The iteration log, when it was asked for.
+    evictions
+        The log's evictions, when it was asked for and a replica has a prefix
+        cache.
     replica_metrics, pool_metrics
         The metrics per replica (index ``replica``, with its ``pool``) and per
         pool (index ``pool``, with its ``profile``, ``policy``, ``replicas``).
@@ -170,6 +186,7 @@ class SimulationResult:
     members: pd.DataFrame | None = None
     preemptions: pd.DataFrame | None = field(default=None)
     swaps: pd.DataFrame | None = field(default=None)
+    evictions: pd.DataFrame | None = field(default=None)
     replica_metrics: pd.DataFrame | None = field(default=None)
     pool_metrics: pd.DataFrame | None = field(default=None)
     engine: str = "python"
@@ -267,6 +284,7 @@ class SimulationResult:
                 "members": self.members,
                 "preemptions": self.preemptions,
                 "swaps": self.swaps,
+                "evictions": self.evictions,
             }
         for name, table in tables.items():
             if table is not None:

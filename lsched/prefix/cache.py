@@ -30,7 +30,8 @@ Operations (``n``: the hashes passed)
     its own blocks. If every resident block is pinned, insertion stops: the
     return value is how many leading hashes are now pinned by this call (``n``
     unless the cache is full of pinned blocks); the caller releases exactly
-    those.
+    those. The resident blocks past that point that the first pass took from
+    the evictable ones go back to them, most recently used, in hash order.
 ``release(hashes)``
     Unpin; a block whose count drops to 0 becomes evictable, most recently used.
 ``evict(blocks)``
@@ -68,25 +69,28 @@ again), appending the most recently used and popping the least recently used
 are each O(1). A plain list would make removal O(size), and a heap of
 last-use times O(log size) per operation with stale entries.
 
-How the engine will charge cached blocks (one replica, vLLM's sharing)
----------------------------------------------------------------------
+How the engine charges cached blocks (one replica, vLLM's sharing)
+-------------------------------------------------------------------
 On a replica's GPU the cache shares the KV capacity with the running requests
 (DESIGN.md, "Clusters"; vLLM's prefix caching: a freed block keeps its hash
-until its memory is reused). The engine's :class:`~lsched.kv.KVLedger` stays the
-one place that turns tokens into blocks of ``b`` tokens:
+until its memory is reused); :mod:`lsched.evaluator.prefix` states the engine's
+rules. The engine's :class:`~lsched.kv.KVLedger` stays the one place that turns
+a request's tokens into blocks of ``b`` tokens:
 
 - a running request holds its processed tokens in its own ledger blocks,
   the ``min(h B, s - 1)`` tokens it found cached included (the issue: "the KV
   ledger holds them in its own blocks"); its hash blocks are pinned here and
   are **not** charged again;
-- an *evictable* block is charged ``ceil(B / b)`` ledger blocks as pinned
-  blocks (:meth:`~lsched.kv.KVLedger.reserve` when it becomes evictable,
-  :meth:`~lsched.kv.KVLedger.unpin` when it is pinned again or evicted);
-- where an admission or a step does not fit, the engine evicts (:meth:`evict`)
-  before it preempts, each evicted block freeing ``ceil(B / b)`` ledger blocks.
+- an *evictable* block takes ``ceil(B / b)`` of the replica's KV blocks beside
+  the ledger's; policies see that room as free (as vLLM counts cached free
+  blocks in its free pool), so the engine, not the policy, makes room:
+- where the KV held, the evictable blocks included, would exceed the capacity
+  in an iteration, the engine evicts (:meth:`evict`) before the iteration, each
+  evicted block freeing ``ceil(B / b)`` blocks; a policy preempts only for
+  what eviction cannot free.
 
 So the GPU cache needs no capacity of its own (``capacity_tokens=None``): the
-ledger's capacity bounds it. A host-tier cache or Mooncake's global pool is the
+replica's capacity bounds it. A host-tier cache or Mooncake's global pool is the
 same class with that tier's capacity in tokens (e.g. 3,000,000); the transfers
 a hit there costs belong to the engine, not to this class.
 """
@@ -254,6 +258,18 @@ class PrefixCache:
         for _ in range(done):
             evictable.popitem(last=False)
         return done
+
+    # -- state ------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[int, int], OrderedDict[int, None]]:
+        """The reference counts and the evictable blocks in order, copied (O(size):
+        for an engine's snapshot, not per operation)."""
+        return dict(self._refs), OrderedDict(self._evictable)
+
+    def restore(self, state: tuple[dict[int, int], OrderedDict[int, None]]) -> None:
+        """Put the cache back in a :meth:`snapshot` (which stays reusable)."""
+        self._refs = dict(state[0])
+        self._evictable = OrderedDict(state[1])
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,13 @@ rule                        what is checked
                             first served): none starts before an earlier one ends
 ``host-capacity``           (swaps) the host blocks of swapped-out KV never exceed
                             the host tier's capacity
+``prefix-cache``            (a prefix cache) an admission's cached tokens were
+                            computed by an earlier request of its replica whose
+                            blocks are still resident (at most ``min(h B, s_i,
+                            T - 1)``, whole hash blocks unless exactly that); no
+                            more blocks evicted than are evictable; the
+                            evictable blocks count in ``kv-capacity`` (see
+                            "Prefix cache")
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,
@@ -223,6 +230,17 @@ The *mode* is the policy's: :func:`validate_schedule` takes it (``swap_mode``,
   async) and ``recompute_avoided_tokens`` (tokens swapped out) join the metrics
   when the log swaps (``metric``). A cluster compares their totals over its pools
   with its result's metrics (its pools' metrics need not carry them).
+
+Prefix cache
+------------
+A log whose replicas run a prefix cache (:mod:`lsched.evaluator.prefix`) is
+checked with the cache (:func:`validate_schedule`'s ``prefix_cache`` and
+``evictions``; :func:`validate_cluster` reads each pool's ``prefix_cache`` and
+the result's ``evictions``): an admission holds the ``processed_before`` of its
+first member (its cached tokens, held from that run on in ``kv-capacity`` and
+``kv-tokens``), and :mod:`lsched.validator.prefix` replays each replica's cache
+from the log to check them. ``cached_tokens`` per request and the metrics
+``prefix_hit_ratio`` and ``prefill_tokens_saved`` are recomputed and compared.
 
 Times the log states (``start_s``, ``end_s``, arrivals) are compared exactly; times
 the validator recomputes (durations, records, metrics) within ``rtol`` relative,

@@ -77,7 +77,7 @@ def validate_cluster(
                 instance.subset(ids), pool.profile, runs, members, preempted,
                 replicas=pool.replicas, requests=claimed, metrics=pool_metrics,
                 rtol=rtol, swaps=pool_swaps, swap_mode=pools._swap_mode(pool),
-                swap_totals=False,
+                swap_totals=False, prefix=pools._pool_evictions(result, pool, runs),
             )  # fmt: skip
             pools._add_pool_violations(out, pool, ids, report)
             first[ids] = report.first_token_s

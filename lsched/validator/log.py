@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ from lsched.validator.checks import (
 )
 from lsched.validator.fit import _check_fit_records, _fit
 from lsched.validator.metrics import _compare_metrics, _compare_records, _metrics
+from lsched.validator.prefix import _check_prefix
 from lsched.validator.replay import _Log, _Replay, _replay, _SwapRows
 from lsched.validator.report import (
     SWAP_MODES,
@@ -51,6 +53,8 @@ def validate_schedule(
     rtol: float = 1e-9,
     swaps: pd.DataFrame | None = None,
     swap_mode: str = "blocking",
+    prefix_cache: Any = None,
+    evictions: pd.DataFrame | None = None,
 ) -> ValidationReport:
     """Check an iteration log against the iteration model and recompute its metrics.
 
@@ -79,6 +83,12 @@ def validate_schedule(
         How the swaps' copies meet the iterations, ``"blocking"`` or ``"async"``
         (the policy's ``swap_mode``; :func:`validate_cluster` reads it from each
         pool's policy spec).
+    prefix_cache
+        The replicas' prefix cache (``eviction`` and ``capacity_tokens``, as
+        :class:`~lsched.prefix.spec.PrefixCacheSpec` has them), or ``None``: no
+        cache (:mod:`lsched.validator.prefix`).
+    evictions
+        The log's ``evictions`` table (run, blocks) of a run with a cache.
 
     Returns
     -------
@@ -91,7 +101,8 @@ def validate_schedule(
                                  replicas=replicas, requests=requests,
                                  metrics=metrics, rtol=rtol, swaps=swaps,
                                  swap_mode=swap_mode,
-                                 too_long=fit.too_long)  # fmt: skip
+                                 too_long=fit.too_long,
+                                 prefix=(prefix_cache, evictions))  # fmt: skip
     if report.requests is None:  # a log that failed the schema rule
         return report
     out = _Collector()
@@ -121,13 +132,15 @@ def _validate_log(
     swap_mode: str = "blocking",
     swap_totals: bool = True,
     too_long: npt.NDArray[np.bool_] | None = None,
+    prefix: tuple[Any, pd.DataFrame | None] = (None, None),
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
     KV included). ``swap_totals``: compare the swap metrics with ``metrics``
     (a cluster compares its totals itself). ``instance`` has the outputs a
     served request emits (:func:`_fit`); ``too_long``: the requests that must
-    not run (prompt over ``max_model_len``), left out of the metrics."""
+    not run (prompt over ``max_model_len``), left out of the metrics;
+    ``prefix``: the prefix cache and the evictions table, if any."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
@@ -147,7 +160,8 @@ def _validate_log(
     _check_order(log, replicas, out)
     _check_shape(log, out)
     carried = None if stages is None else stages.carried
-    replay = _replay(instance, log, out, carried, sw, async_swaps)
+    spec, evictions = prefix
+    replay = _replay(instance, log, out, carried, sw, async_swaps, spec is not None)
     features = _run_features(log, replay)
     _check_features(log, features, out)
     _check_limits(profile, log, features, out)
@@ -166,6 +180,11 @@ def _validate_log(
         arrivals, pinned, pinned_token_seconds = _stage_kv(
             instance, profile, log, features, stages, replay, done, out
         )
+    cache = None
+    if spec is not None:  # a colocated pool: no stages
+        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
+        hit = replay.hits > 0
+        arrivals, pinned = (log.m_pos[hit], replay.hits[hit]), cache.charged
     kv_first = _check_kv(profile, log, D, replay, replicas, out, arrivals, pinned,
                          swap_kv)  # fmt: skip
     kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
@@ -176,7 +195,9 @@ def _validate_log(
                        busy_s=float(duration.sum()),
                        kv_token_seconds=kv_token_seconds,
                        replicas=replicas)  # fmt: skip
-    records = _own_records(replay, first, done, sw)
+    if cache is not None:
+        own |= cache.metrics
+    records = _own_records(replay, first, done, sw, log if cache else None)
     if requests is not None:
         _compare_records(records, requests, rtol, out)
     if metrics is not None:
@@ -277,10 +298,15 @@ def _own_metrics(
 
 
 def _own_records(
-    replay: _Replay, first: FloatArray, done: FloatArray, swaps: _SwapRows | None
+    replay: _Replay,
+    first: FloatArray,
+    done: FloatArray,
+    swaps: _SwapRows | None,
+    cached: _Log | None = None,
 ) -> pd.DataFrame:
     """The validator's per-request records (:data:`REQUEST_COLUMNS`, and
-    ``swap_outs`` when the log has a swaps table)."""
+    ``swap_outs`` when the log has a swaps table, ``cached_tokens`` when its
+    replicas have a prefix cache: ``cached``, the log)."""
     records = pd.DataFrame(
         {
             "replica": replay.replica,
@@ -294,5 +320,8 @@ def _own_records(
     if swaps is not None:
         outs = swaps.req[swaps.inbound == 0]
         records["swap_outs"] = np.bincount(outs, minlength=len(first)).astype(np.int64)
+    if cached is not None:
+        taken = np.bincount(cached.m_req, weights=replay.hits, minlength=len(first))
+        records["cached_tokens"] = taken.astype(np.int64)
     records.index.name = "request"
     return records

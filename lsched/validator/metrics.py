@@ -100,11 +100,17 @@ def _compare_records(
         )
         return
     columns = list(REQUEST_COLUMNS)
-    if "swap_outs" in own.columns:  # a swaps table was given
-        if "swap_outs" in claimed.columns:
-            columns.append("swap_outs")
-        elif own["swap_outs"].any():
-            out.add("schema", "requests lacks column swap_outs (the log swaps)")
+    extras = (
+        ("swap_outs", "the log swaps"),
+        ("cached_tokens", "the replicas have a prefix cache"),
+    )
+    for extra, what in extras:
+        if extra not in own.columns:
+            continue
+        if extra in claimed.columns:
+            columns.append(extra)
+        elif own[extra].any():
+            out.add("schema", f"requests lacks column {extra} ({what})")
     for column in columns:
         mine = own[column].to_numpy(dtype=np.float64)
         theirs = claimed[column].to_numpy(dtype=np.float64)

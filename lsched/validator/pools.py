@@ -121,6 +121,18 @@ def _pool_log(
     return runs, members, preempted, swaps
 
 
+def _pool_evictions(
+    result: Any, pool: Any, runs: pd.DataFrame
+) -> tuple[Any, pd.DataFrame | None]:
+    """A pool's prefix cache (``None`` without one) and the evictions of its
+    ``runs`` from the result's table."""
+    spec = getattr(pool, "prefix_cache", None)
+    evictions = getattr(result, "evictions", None)
+    if spec is None or evictions is None or "run" not in evictions.columns:
+        return spec, evictions
+    return spec, evictions[evictions["run"].isin(runs.index)]
+
+
 def _add_pool_violations(
     out: _Collector, pool: Any, ids: IntArray, report: ValidationReport
 ) -> None:

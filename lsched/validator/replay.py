@@ -132,6 +132,8 @@ class _Replay:
     valid: npt.NDArray[np.bool_]  # per swap: not void (a running request's
     # swap-out, or a swapped-out request's swap-in)
     pair: IntArray  # per swap-out: the row of the swap-in that ends it, -1 if none
+    admits: IntArray  # per member: its prefill target if it admits, else 0
+    hits: IntArray  # per member: the cached tokens its admission takes (a cache)
 
 
 def _replay(
@@ -141,6 +143,7 @@ def _replay(
     carried: IntArray | None = None,
     swaps: _SwapRows | None = None,
     async_swaps: bool = False,
+    cached: bool = False,
 ) -> _Replay:
     """Walk each request's preemptions, swaps and memberships in run order.
 
@@ -160,8 +163,12 @@ def _replay(
     Blocking, it may be in the run the swap-in was decided before; asynchronous
     (``async_swaps``), it runs from the first run that starts at or after its
     copy's end, and the swap-in starts no earlier than the swap-out's copy ends.
+
+    ``cached`` (a prefix cache, :mod:`lsched.validator.prefix`): an admission
+    holds the ``processed_before`` its member row logs, the cached tokens it
+    claims (which that module checks).
     """
-    replayer = _Replayer(instance, log, out, carried, swaps, async_swaps)
+    replayer = _Replayer(instance, log, out, carried, swaps, async_swaps, cached)
     replayer.walk()
     return replayer.outcome()
 
@@ -209,8 +216,10 @@ class _Replayer:
         carried: IntArray | None,
         swaps: _SwapRows | None,
         async_swaps: bool,
+        cached: bool = False,
     ) -> None:
         n = len(instance)
+        self.cached = cached
         self.log, self.out, self.carried = log, out, carried
         self.swaps = _SwapRows.empty() if swaps is None else swaps
         self.async_swaps = async_swaps
@@ -237,6 +246,8 @@ class _Replayer:
         self.before = [0] * num_members
         self.after = [0] * num_members
         self.completes = [False] * num_members
+        self.admits = [0] * num_members
+        self.hits = [0] * num_members
         self.freed = [0] * num_preempt
         self.replica_of = [-1] * n
         self.admitted_s = [math.nan] * n
@@ -438,6 +449,10 @@ class _Replayer:
             self.resume(state, pos)
         if math.isnan(self.admitted_s[i]):  # its first run
             self.admit(state, pos)
+        if self.member_kind[row] == _PREFILL and not state.running:  # admitted
+            self.admits[row] = self.prompt[i] + state.emitted
+            if self.cached:  # the cached tokens it claims
+                state.processed = self.hits[row] = max(0, self.logged_before[row])
         if self.logged_before[row] != state.processed:
             self.flag(
                 "processed-before",
@@ -585,4 +600,6 @@ class _Replayer:
             moved=ints(self.moved),
             valid=flags(self.valid),
             pair=ints(self.pair),
+            admits=ints(self.admits),
+            hits=ints(self.hits),
         )

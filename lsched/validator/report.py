@@ -107,6 +107,7 @@ RULES: tuple[str, ...] = (
     "swap-copy",
     "swap-link",
     "host-capacity",
+    "prefix-cache",
 )
 
 #: Violations kept in a report; the rest are only counted.

@@ -1,0 +1,256 @@
+"""Prefix caching: the fast evaluator agrees with the naive reference engine.
+
+The fast engine runs a per-replica prefix cache (:mod:`lsched.evaluator.prefix`:
+hits at admission cut to what fits, blocks cached as prefills complete them,
+released at preemption and completion, unreferenced blocks evicted only when the
+KV needs the room). ``tests/reference_engine.py`` restates those rules from the
+docstrings alone (:class:`reference_engine._NaiveCache`: its own reference
+counts, eviction list and block arithmetic), one iteration at a time with the
+policy called at every boundary.
+
+On Hypothesis-drawn small instances with shared prefixes (2 to 20 requests in
+one to three bursts; prompts of 1 to 8 hash blocks of 2 to 4 tokens, each
+request's first blocks shared with one of three families, so that hits,
+partial last blocks and prompts found whole happen; KV blocks of 1 or 2 tokens,
+so an evictable block takes 1 to 4 of them; a KV capacity between the largest
+peak and three times it, so that evictions and preemptions happen; ``lru`` or
+``lru_tail_first``, sometimes with a capacity of the cache's own;
+``unit-slot`` and ``opt-13b-a100-tp1-vllm``; 1 or 2 replicas, one sometimes
+under ``least-outstanding`` so that the fast engine takes its joint path) both
+engines must give every request the same admission, first-token and completion
+times (relative error <= 1e-9), preemptions, recomputed tokens and cached
+tokens, and the same ``prefix_hit_ratio`` and ``prefill_tokens_saved``; every
+third example also passes the validator with the same evictions. Policies:
+``vllm`` (chunked prefill), ``sarathi:chunk=8`` (small chunks, so that hits are
+cut to fit) and ``vllm-v0`` (whole prompts). Each policy's test fails if too
+few examples hit the cache, evicted or preempted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from reference_engine import NaiveResult, simulate_naive
+from test_engine_equivalence import assert_same as assert_records_same
+
+from lsched.cluster import Cluster, Pool
+from lsched.evaluator import SimulationResult, simulate
+from lsched.instance import Instance
+from lsched.policies import PolicyError
+from lsched.prefix import PrefixCacheSpec
+from lsched.profile import DeploymentProfile, load_profile
+from lsched.validator import validate_cluster
+
+RTOL = 1e-9
+POLICIES = ("vllm", "sarathi:chunk=8", "vllm-v0")
+#: base profiles and a typical iteration time of each, seconds
+BASES = {
+    "unit-slot": (load_profile("unit-slot"), 1.0),
+    "opt-13b-a100-tp1-vllm": (load_profile("opt-13b-a100-tp1-vllm"), 0.03),
+}
+EXAMPLES = 40
+
+
+@dataclass(frozen=True)
+class Case:
+    """One random simulation set-up."""
+
+    instance: Instance
+    profile: DeploymentProfile
+    policy: str
+    replicas: int
+    cache: PrefixCacheSpec
+    dispatch: str | None = None  # least-outstanding: the fast engine's joint path
+
+    def describe(self) -> str:
+        """Everything needed to reproduce the case, for failure messages."""
+        p, inst = self.profile, self.instance
+        assert inst.prefix_hash_offsets is not None
+        assert inst.prefix_hash_values is not None
+        return (
+            f"profile={p.name} block_tokens={p.block_tokens} "
+            f"kv_capacity_tokens={p.kv_capacity_tokens} "
+            f"max_num_seqs={p.max_num_seqs} "
+            f"max_num_batched_tokens={p.max_num_batched_tokens} "
+            f"policy={self.policy!r} replicas={self.replicas} "
+            f"dispatch={self.dispatch} cache={self.cache} params={inst.params}"
+            f"\narrival_s={inst.arrival_s.tolist()}"
+            f"\nprompt_tokens={inst.prompt_tokens.tolist()}"
+            f"\noutput_tokens={inst.output_tokens.tolist()}"
+            f"\noffsets={inst.prefix_hash_offsets.tolist()}"
+            f"\nhashes={inst.prefix_hash_values.tolist()}"
+        )
+
+
+def _blocks(tokens: int, block: int) -> int:
+    return -(-tokens // block)
+
+
+@st.composite
+def _prompts(draw: st.DrawFn, n: int, block: int) -> tuple[list[int], list[list[int]]]:
+    """``n`` prompts and their chained block hashes: each shares its first
+    blocks with one of three families (a hash names its whole prefix)."""
+    names: dict[tuple[int, ...], int] = {}  # a prefix of block contents -> hash
+    prompts, hashes = [], []
+    for i in range(n):
+        count = draw(st.integers(1, 8))
+        family = draw(st.integers(0, 2))
+        shared = draw(st.integers(0, count))
+        # contents: the family's blocks, then this request's own
+        content = [(family, k) for k in range(shared)]
+        content += [(3 + i, k) for k in range(shared, count)]
+        own = [names.setdefault(tuple(content[: k + 1]), len(names) + 1)
+               for k in range(count)]  # fmt: skip
+        prompts.append((count - 1) * block + draw(st.integers(1, block)))
+        hashes.append(own)
+    return prompts, hashes
+
+
+@st.composite
+def cases(draw: st.DrawFn, policy: str) -> Case:
+    """A few to 20 requests with shared prefixes in one to three bursts."""
+    name = draw(st.sampled_from(sorted(BASES)))
+    base, scale = BASES[name]
+    n = draw(st.integers(2, 20))
+    big = draw(st.sampled_from([2, 3, 4]))  # tokens per hash block
+    prompts, hashes = draw(_prompts(n, big))
+    outputs = draw(st.lists(st.integers(1, 12), min_size=n, max_size=n))
+    bursts = draw(st.integers(1, 3))
+    if name == "unit-slot":  # integer boundaries: ties are exact
+        starts = draw(st.lists(st.integers(0, 30), min_size=bursts, max_size=bursts))
+        jitters = st.sampled_from([0.0, 0.0, 0.5])
+    else:
+        starts = draw(
+            st.lists(st.floats(0, 30 * scale), min_size=bursts, max_size=bursts)
+        )
+        jitters = st.floats(0, 2 * scale)
+    arrivals = sorted(
+        starts[draw(st.integers(0, bursts - 1))] + draw(jitters) for _ in range(n)
+    )
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in hashes])])
+    instance = Instance(
+        arrival_s=np.array(arrivals, dtype=float),
+        prompt_tokens=np.array(prompts),
+        output_tokens=np.array(outputs),
+        prefix_hash_offsets=offsets,
+        prefix_hash_values=np.array([h for own in hashes for h in own]),
+        params={"prefix_block_tokens": big},
+    )
+    block = draw(st.sampled_from([1, 2]))
+    peak = max(_blocks(s + o - 1, block) for s, o in zip(prompts, outputs, strict=True))
+    kv_blocks = draw(st.integers(peak, 3 * peak))
+    profile = base.replace(
+        block_tokens=block,
+        kv_capacity_tokens=kv_blocks * block,
+        max_num_seqs=draw(st.sampled_from([2, 3, 4, 256])),
+        max_num_batched_tokens=draw(st.sampled_from([64, 2048])),
+    )
+    own = draw(st.sampled_from([None, None, None, 2, 5]))  # blocks of its own
+    # at least one hash block, at most the replica's KV
+    capacity = None if own is None else min(own * big, kv_blocks * block)
+    if capacity is not None and capacity < big:
+        capacity = None
+    cache = PrefixCacheSpec(draw(st.sampled_from(["lru", "lru_tail_first"])), capacity)
+    replicas = draw(st.sampled_from([1, 1, 2]))
+    joint = replicas == 1 and draw(st.booleans())
+    dispatch = "least-outstanding" if joint else None
+    return Case(instance, profile, policy, replicas, cache, dispatch)
+
+
+def run_both(
+    case: Case, validate: bool
+) -> tuple[NaiveResult | None, SimulationResult | None]:
+    """Both engines' results (None, None where the naive one raises
+    PolicyError, after checking the fast one does too); with ``validate`` the
+    fast run also passes the validator."""
+    cache = (case.cache.eviction, case.cache.capacity_tokens)
+    try:
+        naive = simulate_naive(
+            case.instance,
+            case.profile,
+            case.policy,
+            replicas=case.replicas,
+            prefix_cache=cache,
+        )
+    except PolicyError:
+        with pytest.raises(PolicyError):
+            simulate(case.instance, case.profile, case.policy,
+                     replicas=case.replicas, dispatch=case.dispatch,
+                     prefix_cache=case.cache)  # fmt: skip
+        return None, None
+    fast = simulate(case.instance, case.profile, case.policy, replicas=case.replicas,
+                    dispatch=case.dispatch, prefix_cache=case.cache,
+                    log=validate)  # fmt: skip
+    if validate:
+        pool = Pool(case.profile, case.policy, case.replicas, prefix_cache=case.cache)
+        validate_cluster(case.instance, Cluster((pool,)), fast).raise_if_invalid()
+        assert fast.evictions is not None
+        assert int(fast.evictions["blocks"].sum()) == naive.evicted_blocks
+    return naive, fast
+
+
+def assert_same(case: Case, naive: NaiveResult, fast: SimulationResult) -> None:
+    """Every per-request record, the schedule totals and the cache's metrics."""
+    assert_records_same(case, naive, fast)
+    where = case.describe()
+    assert naive.cached_tokens is not None
+    np.testing.assert_array_equal(
+        fast.requests["cached_tokens"].to_numpy(),
+        naive.cached_tokens,
+        err_msg=f"cached_tokens\n{where}",
+    )
+    m = fast.metrics
+    assert m["prefill_tokens_saved"] == naive.cached_tokens.sum(), where
+    assert m["prefix_hit_ratio"] == pytest.approx(naive.prefix_hit_ratio, rel=RTOL)
+
+
+def _check(case: Case, seen: Counter[str]) -> None:
+    """Compare ``case`` on both engines and count what it did into ``seen``."""
+    naive, fast = run_both(case, validate=seen["examples"] % 3 == 0)
+    seen["examples"] += 1
+    if naive is None or fast is None:
+        seen["both refused"] += 1
+        event("both engines refused")
+        return
+    assert_same(case, naive, fast)
+    assert naive.cached_tokens is not None
+    happened = {
+        "compared": True,
+        "hit": naive.cached_tokens.sum() > 0,
+        "evicted": naive.evicted_blocks > 0,
+        "preempted": naive.preemptions.sum() > 0,
+        "hit cut to fit": naive.cut_hits > 0,
+        "own capacity": case.cache.capacity_tokens is not None,
+        "opt profile": case.profile.name.startswith("opt"),
+        "joint path": case.dispatch is not None,
+    }
+    for what, yes in happened.items():
+        if yes:
+            seen[what] += 1
+            event(what)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_random_cached_instances_agree(policy: str) -> None:
+    seen: Counter[str] = Counter()
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(cases(policy))
+    def check(case: Case) -> None:
+        _check(case, seen)
+
+    check()
+    # not vacuous: most examples compare, many hit, some evict and preempt
+    compared = seen["compared"]
+    assert compared >= seen["examples"] // 2, seen
+    assert seen["hit"] >= compared // 3, seen
+    assert seen["evicted"] >= 1 and seen["preempted"] >= 1, seen
