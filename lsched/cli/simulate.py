@@ -47,7 +47,7 @@ from lsched.evaluator import (
     check_inputs,
     simulate_cluster,
 )
-from lsched.evaluator.result import PREFIX_METRICS, SWAP_METRICS
+from lsched.evaluator.result import HOST_PREFIX_METRICS, PREFIX_METRICS, SWAP_METRICS
 from lsched.instance import Instance
 from lsched.interrupt import requested, sigint_requests_stop
 from lsched.metrics import SLO_ATTAINMENT_KEYS
@@ -424,7 +424,7 @@ def _print(instance: Instance, results: list[SimulationResult]) -> None:
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
-    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS)
+    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS, *HOST_PREFIX_METRICS)
     shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",
