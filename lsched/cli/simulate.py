@@ -155,11 +155,14 @@ PrefixCacheOpt = Annotated[
     str | None,
     typer.Option(
         "--prefix-cache",
-        metavar="RULE[:capacity_tokens=N]",
+        metavar="RULE[:capacity_tokens=N|:host_capacity_tokens=M]",
         help="A prefix cache on each replica's GPU, keyed by the trace's hash_ids "
         "and sharing its KV: gpu or lru (least recently used blocks evicted "
-        "first), lru_tail_first; capacity_tokens caps it below the KV. A "
-        "cluster file says it per pool (prefix_cache).",
+        "first), lru_tail_first; capacity_tokens caps it below the KV; "
+        "host_capacity_tokens adds a cache of M tokens in the host tier "
+        "(Mooncake's KV pool: written through, hits copied at host-to-device "
+        "bandwidth; within host.memory_bytes). A cluster file says it per pool "
+        "(prefix_cache).",
     ),
 ]
 SloOverrideOpt = Annotated[
