@@ -285,8 +285,8 @@ class ReplicaPrefix:
 
     def restore(self, state: tuple) -> None:
         """Put the cache back in a :meth:`snapshot`."""
-        cache, pinned, capped, cached, self.needed, logged, host, written = state[:8]
-        self.copied, self.copy_s = state[8:]
+        (cache, pinned, capped, cached, self.needed, logged, host, written,
+         self.copied, self.copy_s) = state  # fmt: skip
         self.cache.restore(cache)
         if self.host is not None:
             self.host.restore(host)
