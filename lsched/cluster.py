@@ -177,10 +177,12 @@ class Pool:
 
     def _check_prefix_cache(self) -> None:
         """The pool's prefix cache: parsed, on a colocated pool whose policy
-        does not swap, within a replica's KV."""
+        does not swap, within a replica's KV and host memory."""
         try:
             cache = parse_prefix_cache(self.prefix_cache)
             cache.check_fits(self.profile.kv_capacity_tokens, f"pool {self.name}")
+            host, per_token = self.profile.host, self.profile.kv_bytes_per_token
+            cache.check_host_fits(host.memory_bytes, per_token, f"pool {self.name}")
         except InputError as exc:
             raise InputError(
                 exc.message, field=f"pool {self.name}: {exc.field}"

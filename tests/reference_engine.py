@@ -137,6 +137,9 @@ class NaiveResult:
         the prefill targets of every admission summed; blocks evicted; and
         admissions that took less than their cached prefix (it did not fit), all
         replicas together.
+    host_hit_tokens, host_copy_s
+        With a host tier: cached tokens copied from it, and those copies'
+        seconds, all replicas together.
     """
 
     replica: IntArray
@@ -165,6 +168,8 @@ class NaiveResult:
     prefill_tokens_needed: int = 0
     evicted_blocks: int = 0
     cut_hits: int = 0
+    host_hit_tokens: int = 0
+    host_copy_s: float = 0.0
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -328,6 +333,24 @@ def check_peaks(
 #   B), at most n_r), unless an earlier insertion stopped short for it since it was
 #   admitted; then the requests that complete release theirs, in local id order;
 #   a preempted request releases its blocks when it is preempted.
+#
+# With a host tier (host_capacity_tokens = M; rule 5 of lsched.evaluator.prefix):
+#
+# - a second cache of M // B blocks, same eviction rule, nothing pinned in it: a
+#   write of blocks acquires them then releases them at once (each becomes the
+#   most recently used; a missing one is inserted, evicting the least recently
+#   used when full);
+# - lookup: the leading run of hashes resident on the GPU or on the host;
+# - an admission taking x > 0 tokens in k = ceil(x / B) blocks: those of its
+#   first k blocks not resident on the GPU are copied, y = sum of min((j + 1) B,
+#   x) - j B over them, taking y * kv_bytes_per_token / h2d_bytes_per_s seconds,
+#   and written to the host in prefix order (before the GPU pins the k blocks);
+#   its blocks written since its admission are then k;
+# - the copies of an iteration's admissions lengthen it (before the forward
+#   pass, one after the other);
+# - after an iteration, each prefill member (before its GPU pins, and even if
+#   its GPU insertions stopped) writes its completed blocks past those written;
+#   a release resets what it has written to 0.
 
 
 class _NaiveCache:
@@ -340,6 +363,7 @@ class _NaiveCache:
         kv_block: int,
         eviction: str,
         capacity_tokens: int | None,
+        host_capacity_tokens: int | None = None,
     ) -> None:
         self.hashes = hashes
         self.block = block
@@ -355,6 +379,13 @@ class _NaiveCache:
         self.needed = 0
         self.evicted = 0
         self.cut = 0  # admissions whose offered hit did not fit whole
+        self.host: _NaiveCache | None = None
+        if host_capacity_tokens is not None:
+            self.host = _NaiveCache([], block, kv_block, eviction, host_capacity_tokens)
+        self.written = [0] * m
+        self.copied = 0  # tokens copied from the host
+        self.copy_s = 0.0
+        self.pending_s = 0.0  # copies of the iteration being built
 
     def resident(self, h: int) -> bool:
         return h in self.refs or h in self.free
@@ -362,10 +393,30 @@ class _NaiveCache:
     def lookup(self, r: int) -> int:
         run = 0
         for h in self.hashes[r]:
-            if not self.resident(h):
+            on_host = self.host is not None and self.host.resident(h)
+            if not self.resident(h) and not on_host:
                 break
             run += 1
         return run
+
+    def write(self, hs: list[int]) -> None:
+        """Write ``hs`` to the host cache."""
+        assert self.host is not None
+        self.host.unpin(hs[: self.host.acquire(hs)])
+
+    def copy_from_host(self, r: int, x: int, bytes_per_token: int, rate: float) -> None:
+        """The host copy of admission ``r`` taking ``x`` tokens (before its pins)."""
+        big = self.block
+        k = -(-x // big)
+        hs = self.hashes[r][:k]
+        missing = [j for j in range(k) if not self.resident(hs[j])]
+        y = sum(min((j + 1) * big, x) - j * big for j in missing)
+        self.write([hs[j] for j in missing])
+        self.written[r] = k
+        self.copied += y
+        seconds = y * bytes_per_token / rate
+        self.copy_s += seconds
+        self.pending_s += seconds
 
     def acquire(self, hs: list[int]) -> int:
         for h in hs:
@@ -389,21 +440,27 @@ class _NaiveCache:
             self.refs[h] += 1
         return len(hs)
 
-    def release(self, r: int) -> None:
-        hs = self.hashes[r][: self.pins[r]]
+    def unpin(self, hs: list[int]) -> None:
         for h in reversed(hs) if self.tail_first else hs:
             self.refs[h] -= 1
             if self.refs[h] == 0:
                 del self.refs[h]
                 self.free.append(h)
+
+    def release(self, r: int) -> None:
+        self.unpin(self.hashes[r][: self.pins[r]])
         self.pins[r] = 0
         self.stopped[r] = False
+        self.written[r] = 0
 
     def completed(self, r: int, processed: int, prompt: int) -> None:
-        if self.stopped[r]:
-            return
         n = len(self.hashes[r])
         done = n if processed >= prompt else min(n, processed // self.block)
+        if self.host is not None and done > self.written[r]:
+            self.write(self.hashes[r][self.written[r] : done])
+            self.written[r] = done
+        if self.stopped[r]:
+            return
         if done > self.pins[r]:
             got = self.acquire(self.hashes[r][self.pins[r] : done])
             self.stopped[r] = got < done - self.pins[r]
@@ -818,6 +875,9 @@ class _Replica:
             cache.cut += 1
         slack -= extra(x)
         if x:
+            if cache.host is not None:
+                rate = self.h2d_bytes_per_s
+                cache.copy_from_host(r, x, self.kv_bytes_per_token, rate)
             got = cache.acquire(cache.hashes[r][: -(-x // big)])
             cache.pins[r] = got
             cache.cached[r] += x
@@ -865,6 +925,9 @@ class _Replica:
         k = sum(self.processed[r] + 1 for r in decode)  # own new token included
         phi = np.array([1.0, p, q, d, k, 1.0 if p > 0 else 0.0], dtype=np.float64)
         duration = float(self.profile.iteration_time_s(phi))
+        if self.cache is not None and self.cache.pending_s:  # host-tier copies
+            duration += self.cache.pending_s
+            self.cache.pending_s = 0.0
         if stall:
             duration += stall
             self.stall_s += stall
@@ -936,7 +999,7 @@ def simulate_naive(
     *,
     replicas: int | None = None,
     assignment: npt.ArrayLike | None = None,
-    prefix_cache: tuple[str, int | None] | None = None,
+    prefix_cache: tuple[str, int | None] | tuple[str, int | None, int] | None = None,
 ) -> NaiveResult:
     """Replay ``instance`` on ``profile`` under ``policy``, one iteration at a time.
 
@@ -955,10 +1018,11 @@ def simulate_naive(
     assignment
         Replica id of each request; by default request ``i`` goes to ``i % C``.
     prefix_cache
-        ``(eviction rule, capacity_tokens or None)``: a prefix cache on each
-        replica (the comment above :class:`_NaiveCache`), keyed by the
-        instance's prefix hashes in blocks of its ``prefix_block_tokens`` (the
-        profile's block size without it).
+        ``(eviction rule, capacity_tokens or None[, host_capacity_tokens])``: a
+        prefix cache on each replica (with a host tier given the third; the
+        comment above :class:`_NaiveCache`), keyed by the instance's prefix
+        hashes in blocks of its ``prefix_block_tokens`` (the profile's block
+        size without it).
 
     Raises
     ------
@@ -1009,7 +1073,8 @@ def simulate_naive(
     swap_out_bytes = swap_in_bytes = swap_stall_s = 0.0
     avoided = async_waits = 0
     cached = np.zeros(n, dtype=np.int64)
-    needed = evicted = cut = 0
+    needed = evicted = cut = host_hit = 0
+    host_copy_s = 0.0
     for k in range(c):
         # instance order is arrival order (ties by position): local ids follow it
         rows = np.flatnonzero(where == k).tolist()
@@ -1024,6 +1089,8 @@ def simulate_naive(
             needed += replica.cache.needed
             evicted += replica.cache.evicted
             cut += replica.cache.cut
+            host_hit += replica.cache.copied
+            host_copy_s += replica.cache.copy_s
         admitted[rows] = replica.admitted_s
         first[rows] = replica.first_token_s
         completion[rows] = replica.completion_s
@@ -1072,6 +1139,8 @@ def simulate_naive(
         prefill_tokens_needed=needed,
         evicted_blocks=evicted,
         cut_hits=cut,
+        host_hit_tokens=host_hit,
+        host_copy_s=host_copy_s,
     )
 
 
@@ -1081,13 +1150,15 @@ def _naive_cache(
     rows: list[int],
     eviction: str,
     capacity_tokens: int | None,
+    host_capacity_tokens: int | None = None,
 ) -> _NaiveCache:
     """The prefix cache of a replica serving ``rows``."""
     offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
     assert offsets is not None and values is not None
     hashes = [[int(h) for h in values[offsets[i] : offsets[i + 1]]] for i in rows]
     block = int(instance.params.get("prefix_block_tokens", profile.block_tokens))
-    return _NaiveCache(hashes, block, profile.block_tokens, eviction, capacity_tokens)
+    return _NaiveCache(hashes, block, profile.block_tokens, eviction, capacity_tokens,
+                       host_capacity_tokens)  # fmt: skip
 
 
 # -- disaggregated clusters ------------------------------------------------------------

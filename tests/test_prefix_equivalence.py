@@ -14,12 +14,16 @@ request's first blocks shared with one of three families, so that hits,
 partial last blocks and prompts found whole happen; KV blocks of 1 or 2 tokens,
 so an evictable block takes 1 to 4 of them; a KV capacity between the largest
 peak and three times it, so that evictions and preemptions happen; ``lru`` or
-``lru_tail_first``, sometimes with a capacity of the cache's own;
+``lru_tail_first``, sometimes with a capacity of the cache's own, sometimes
+with a host tier of 1 to 100 hash blocks whose host-to-device copy of one token
+takes a quarter of a typical iteration, so that host hits happen and their
+copies weigh on the times;
 ``unit-slot`` and ``opt-13b-a100-tp1-vllm``; 1 or 2 replicas, one sometimes
 under ``least-outstanding`` so that the fast engine takes its joint path) both
 engines must give every request the same admission, first-token and completion
 times (relative error <= 1e-9), preemptions, recomputed tokens and cached
-tokens, and the same ``prefix_hit_ratio`` and ``prefill_tokens_saved``; every
+tokens, and the same ``prefix_hit_ratio`` and ``prefill_tokens_saved`` (and
+``host_hit_tokens`` and ``host_copy_s`` with a host tier); every
 third example also passes the validator with the same evictions. Policies:
 ``vllm`` (chunked prefill), ``sarathi:chunk=8`` (small chunks, so that hits are
 cut to fit) and ``vllm-v0`` (whole prompts). Each policy's test fails if too
@@ -44,6 +48,7 @@ from lsched.instance import Instance
 from lsched.policies import PolicyError
 from lsched.prefix import PrefixCacheSpec
 from lsched.profile import DeploymentProfile, load_profile
+from lsched.tiers import HostTier
 from lsched.validator import validate_cluster
 
 RTOL = 1e-9
@@ -155,7 +160,14 @@ def cases(draw: st.DrawFn, policy: str) -> Case:
     capacity = None if own is None else min(own * big, kv_blocks * block)
     if capacity is not None and capacity < big:
         capacity = None
-    cache = PrefixCacheSpec(draw(st.sampled_from(["lru", "lru_tail_first"])), capacity)
+    host = None
+    if capacity is None and draw(st.booleans()):  # a host tier (rule 5)
+        host = draw(st.sampled_from([1, 3, 10, 100])) * big
+        # one token's copy: a quarter of a typical iteration
+        rate = profile.kv_bytes_per_token * 4 / scale
+        profile = profile.replace(host=HostTier(2**40, rate, rate))
+    rule = draw(st.sampled_from(["lru", "lru_tail_first"]))
+    cache = PrefixCacheSpec(rule, capacity, host)
     replicas = draw(st.sampled_from([1, 1, 2]))
     joint = replicas == 1 and draw(st.booleans())
     dispatch = "least-outstanding" if joint else None
@@ -168,7 +180,8 @@ def run_both(
     """Both engines' results (None, None where the naive one raises
     PolicyError, after checking the fast one does too); with ``validate`` the
     fast run also passes the validator."""
-    cache = (case.cache.eviction, case.cache.capacity_tokens)
+    spec = case.cache
+    cache = (spec.eviction, spec.capacity_tokens, spec.host_capacity_tokens)
     try:
         naive = simulate_naive(
             case.instance,
@@ -207,6 +220,9 @@ def assert_same(case: Case, naive: NaiveResult, fast: SimulationResult) -> None:
     m = fast.metrics
     assert m["prefill_tokens_saved"] == naive.cached_tokens.sum(), where
     assert m["prefix_hit_ratio"] == pytest.approx(naive.prefix_hit_ratio, rel=RTOL)
+    if case.cache.host_capacity_tokens is not None:
+        assert m["host_hit_tokens"] == naive.host_hit_tokens, where
+        assert m["host_copy_s"] == pytest.approx(naive.host_copy_s, rel=RTOL), where
 
 
 def _check(case: Case, seen: Counter[str]) -> None:
@@ -226,6 +242,7 @@ def _check(case: Case, seen: Counter[str]) -> None:
         "preempted": naive.preemptions.sum() > 0,
         "hit cut to fit": naive.cut_hits > 0,
         "own capacity": case.cache.capacity_tokens is not None,
+        "host hit": naive.host_hit_tokens > 0,
         "opt profile": case.profile.name.startswith("opt"),
         "joint path": case.dispatch is not None,
     }
@@ -254,3 +271,4 @@ def test_random_cached_instances_agree(policy: str) -> None:
     assert compared >= seen["examples"] // 2, seen
     assert seen["hit"] >= compared // 3, seen
     assert seen["evicted"] >= 1 and seen["preempted"] >= 1, seen
+    assert seen["host hit"] >= 1, seen

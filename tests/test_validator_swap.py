@@ -426,7 +426,7 @@ def test_blocking_copies_in_a_blocking_runs_duration() -> None:
     assert "run-duration" in rules_of(report)
     # and an asynchronous log read as blocking: its runs lack the copies' time
     report = check("fastserve:swap=true", mode="blocking")
-    assert "of blocking swap copies take" in messages(report, "run-duration")
+    assert "of blocking copies take" in messages(report, "run-duration")
 
 
 # -- asynchronous pins, by hand --------------------------------------------------

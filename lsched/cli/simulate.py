@@ -47,7 +47,7 @@ from lsched.evaluator import (
     check_inputs,
     simulate_cluster,
 )
-from lsched.evaluator.result import PREFIX_METRICS, SWAP_METRICS
+from lsched.evaluator.result import HOST_PREFIX_METRICS, PREFIX_METRICS, SWAP_METRICS
 from lsched.instance import Instance
 from lsched.interrupt import requested, sigint_requests_stop
 from lsched.metrics import SLO_ATTAINMENT_KEYS
@@ -155,11 +155,14 @@ PrefixCacheOpt = Annotated[
     str | None,
     typer.Option(
         "--prefix-cache",
-        metavar="RULE[:capacity_tokens=N]",
+        metavar="RULE[:capacity_tokens=N|:host_capacity_tokens=M]",
         help="A prefix cache on each replica's GPU, keyed by the trace's hash_ids "
         "and sharing its KV: gpu or lru (least recently used blocks evicted "
-        "first), lru_tail_first; capacity_tokens caps it below the KV. A "
-        "cluster file says it per pool (prefix_cache).",
+        "first), lru_tail_first; capacity_tokens caps it below the KV; "
+        "host_capacity_tokens adds a cache of M tokens in the host tier "
+        "(Mooncake's KV pool: written through, hits copied at host-to-device "
+        "bandwidth; within host.memory_bytes). A cluster file says it per pool "
+        "(prefix_cache).",
     ),
 ]
 SloOverrideOpt = Annotated[
@@ -424,7 +427,7 @@ def _print(instance: Instance, results: list[SimulationResult]) -> None:
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
-    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS)
+    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS, *HOST_PREFIX_METRICS)
     shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",

@@ -530,8 +530,9 @@ def replica_prefix(
     profile = pool.profile
     block = hash_block_tokens(instance, profile)
     return ReplicaPrefix(
-        pool.prefix_cache, block, profile.block_tokens, size, hashes, log
-    )
+        pool.prefix_cache, block, profile.block_tokens, size, hashes, log,
+        profile.kv_bytes_per_token, profile.host.h2d_bytes_per_s,
+    )  # fmt: skip
 
 
 class JointEngine(ReplicaEngine):

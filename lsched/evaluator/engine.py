@@ -76,7 +76,9 @@ prefixes after its preemptions (their chunks cut to what is left to compute),
 each iteration evicts the unreferenced blocks the KV needs before it runs and
 caches the blocks its prefills complete after, and a request releases its
 blocks when it is preempted or completes. Policies see unreferenced cached
-blocks as free KV.
+blocks as free KV. With a host tier (rule 5) an admission's blocks copied from
+the host lengthen its iteration by the copy's seconds, before the forward pass,
+as a blocking swap does.
 """
 
 from __future__ import annotations
@@ -327,6 +329,7 @@ class ReplicaEngine:
         self._copies: list[tuple[float, int, int, int, int]] = []
         self._copy_count = 0
         self._stall_s = 0.0  # blocking copies lengthening the next iteration
+        self._copy_s = 0.0  # the same, from a prefix cache's host tier
 
     def _init_views(
         self,
@@ -913,7 +916,7 @@ class ReplicaEngine:
                 x = prefix.usable(want, c, kv, slack)
             slack -= extra(k, target, x)
             if x:
-                prefix.take(r, x)
+                self._copy_s += prefix.take(r, x)
                 self.kv.place(r, x)
                 chunks[k] = cut = min(c, target - x)
                 grow += kv.blocks(x + cut) - kv.blocks(x) - kv.blocks(c)
@@ -1012,6 +1015,9 @@ class ReplicaEngine:
             dt += self._stall_s
             self.host.stall_s += self._stall_s
             self._stall_s = 0.0
+        if self._copy_s:  # host-tier hits copied before the forward pass
+            dt += self._copy_s
+            self._copy_s = 0.0
         start, end = self.now_s, self.now_s + dt
         self.kv.grow(grow, prefill_tokens + n_d)
         if n_p <= _SMALL:

@@ -54,12 +54,49 @@ Rules (DESIGN.md, "Clusters"; vLLM's automatic prefix caching)
    release evicts nothing: a replica over capacity after one (a partial block
    charged ``g``) evicts before its next iteration.
 
-Swapping policies are refused with a cache (:class:`~lsched.cluster.Pool`).
+5. **Host tier** (a spec with ``host_capacity_tokens = M``: Mooncake's KV pool
+   in the replica's DRAM, :mod:`lsched.tiers`). A second
+   :class:`~lsched.prefix.cache.PrefixCache` of ``M // B`` blocks and the same
+   eviction rule holds blocks no request pins: a *write* of blocks
+   (:meth:`~lsched.prefix.cache.PrefixCache.acquire` then
+   :meth:`~lsched.prefix.cache.PrefixCache.release`) makes a resident one most
+   recently used and inserts a missing one, evicting the least recently used
+   when full.
+
+   - *Write-through*, Mooncake's behaviour (Qin et al., FAST 2025, section 4:
+     the prefill node loads the reusable prefix from the CPU-memory pool, then
+     stores the newly computed, incremental KV back into it): after rule 2,
+     each prefill member writes the hash blocks it completed past those it
+     has written since its admission (its cached blocks count as written),
+     whether or not the GPU cache took them. Writes take no time: Mooncake
+     streams KV layer by layer, overlapped with the prefill.
+   - *Hits.* Rule 1's ``h`` is the leading run of hashes resident in the GPU
+     cache **or** the host cache. Of the ``ceil(x / B)`` blocks an admission
+     takes, those not resident in the GPU cache are copied from the host:
+     ``y = sum_k (min((k + 1) B, x) - k B)`` over those blocks ``k`` (tokens),
+     a copy of ``y * kv_bytes_per_token / h2d_bytes_per_s`` seconds; the copied
+     blocks are written (touched) in the host cache, in prefix order, then
+     pinned in the GPU cache as any hit (they land in GPU blocks).
+   - *Timing.* The copies are blocking, as ``lsched.tiers``' blocking swaps:
+     the iteration that admits the request is longer by the copies of its
+     admissions, which run one after the other before its forward pass; so the
+     request's prefill starts when its copy ends, and a lone request's TTFT
+     grows by exactly ``y * kv_bytes_per_token / h2d_bytes_per_s`` while its
+     prefill computes only ``T - x`` tokens.
+
+   Bounds: a host hit is a hit (its blocks were computed by an earlier request)
+   and its copy only lengthens an iteration, so every bound valid for any cache
+   (``seconds.cached_*``) holds for a run with a host tier. No pool shared by
+   the replicas is modelled (each replica has its own host cache).
+
+Swapping policies are refused with a cache (:class:`~lsched.cluster.Pool`), so
+the host tier's memory holds the host cache alone.
 
 Records: per request its cached tokens (``x`` summed over its admissions);
 metrics ``prefill_tokens_saved`` (their sum) and ``prefix_hit_ratio`` (saved
 over ``sum T`` over admissions: ``sum_i x_i / sum_i s_i`` without preemption);
-the log's ``evictions`` table (run, blocks evicted before it).
+with a host tier ``host_hit_tokens`` (``sum y``) and ``host_copy_s`` (the
+copies' seconds); the log's ``evictions`` table (run, blocks evicted before it).
 
 Cost: a lookup, an admission, a release and an insertion are O(blocks they
 touch); the capacity check is O(1) unless the replica is over its capacity
@@ -94,11 +131,15 @@ class ReplicaPrefix:
         Each local request's block hashes (a list a joint engine appends to).
     log
         Keep the evictions, as ``(run, blocks)``.
+    kv_bytes_per_token, h2d_bytes_per_s
+        The replica's KV bytes per token and host-to-device bandwidth (bytes
+        per second), for the host tier's copies.
     """
 
     __slots__ = (
-        "block_tokens", "cache", "cached", "capped", "charge", "evictions",
-        "hashes", "needed", "pinned",
+        "block_tokens", "cache", "cached", "capped", "charge", "copied",
+        "copy_s", "evictions", "h2d", "hashes", "host", "needed",
+        "pinned", "written",
     )  # fmt: skip
 
     def __init__(
@@ -109,8 +150,18 @@ class ReplicaPrefix:
         size: int,
         hashes: list[list[int]],
         log: bool,
+        kv_bytes_per_token: int = 0,
+        h2d_bytes_per_s: float = 1.0,
     ) -> None:
         self.cache = PrefixCache(spec.capacity_tokens, block_tokens, spec.eviction)
+        host = spec.host_capacity_tokens
+        self.host = (
+            None if host is None else PrefixCache(host, block_tokens, spec.eviction)
+        )
+        self.h2d = (kv_bytes_per_token, h2d_bytes_per_s)
+        self.written = [0] * size  # leading hash blocks written to the host
+        self.copied = 0  # tokens copied from the host tier
+        self.copy_s = 0.0  # seconds of those copies
         self.block_tokens = block_tokens
         self.charge = -(-block_tokens // kv_block_tokens)
         self.hashes = hashes
@@ -129,7 +180,15 @@ class ReplicaPrefix:
         """Cached tokens request ``r`` (``prompt`` tokens, prefill ``target``)
         finds at its admission, ``min(h B, s, T - 1)``; counts its target."""
         self.needed += target
-        h = self.cache.lookup(self.hashes[r])
+        hashes = self.hashes[r]
+        if self.host is None:
+            h = self.cache.lookup(hashes)
+        else:  # rule 5: the leading run resident in either tier
+            cache, host = self.cache, self.host
+            h = next(
+                (k for k, b in enumerate(hashes) if b not in cache and b not in host),
+                len(hashes),
+            )
         return min(h * self.block_tokens, prompt, target - 1)
 
     def usable(self, want: int, chunk: int, kv: KVBlocks, slack: int) -> int:
@@ -139,22 +198,54 @@ class ReplicaPrefix:
         most = (kv.blocks(chunk) + slack) * kv.block_tokens - chunk
         return min(want, most // self.block_tokens * self.block_tokens)
 
-    def take(self, r: int, tokens: int) -> None:
+    def take(self, r: int, tokens: int) -> float:
         """Request ``r`` starts with ``tokens`` cached tokens: it pins the hash
-        blocks they reach into (all resident)."""
+        blocks they reach into (all resident in a tier); the seconds of its
+        copy from the host tier (rule 5; 0 without one)."""
         self.cached[r] += tokens
         k = -(-tokens // self.block_tokens)
-        self.pinned[r] = self.cache.acquire(self.hashes[r][:k])
+        hashes = self.hashes[r][:k]
+        seconds = 0.0
+        if self.host is not None:
+            seconds = self._copy(hashes, tokens)
+            self.written[r] = k
+        self.pinned[r] = self.cache.acquire(hashes)
+        return seconds
+
+    def _copy(self, hashes: list[int], tokens: int) -> float:
+        """Copy the blocks of ``hashes`` (``tokens`` tokens taken) not resident
+        on the GPU from the host cache; the copy's seconds (rule 5)."""
+        assert self.host is not None
+        big = self.block_tokens
+        missing = [k for k, b in enumerate(hashes) if b not in self.cache]
+        if not missing:
+            return 0.0
+        copied = sum(min((k + 1) * big, tokens) - k * big for k in missing)
+        self._write([hashes[k] for k in missing])
+        seconds = copied * self.h2d[0] / self.h2d[1]
+        self.copied += copied
+        self.copy_s += seconds
+        return seconds
+
+    def _write(self, hashes: list[int]) -> None:
+        """Write ``hashes`` to the host cache: each most recently used,
+        inserted if missing (rule 5)."""
+        assert self.host is not None
+        self.host.release(hashes[: self.host.acquire(hashes)])
 
     def computed(self, r: int, processed: int, prompt: int) -> None:
         """Request ``r`` holds ``processed`` tokens of its ``prompt``-token
-        prefill: pin (insert) the blocks it completed (rule 2)."""
-        if self.capped[r]:
-            return
+        prefill: pin (insert) the blocks it completed (rule 2), write them
+        through to the host tier (rule 5)."""
         hashes = self.hashes[r]
         done = len(hashes)
         if processed < prompt:
             done = min(done, processed // self.block_tokens)
+        if self.host is not None and done > self.written[r]:
+            self._write(hashes[self.written[r] : done])
+            self.written[r] = done
+        if self.capped[r]:
+            return
         k = self.pinned[r]
         if done > k:
             got = self.cache.acquire(hashes[k:done])
@@ -168,6 +259,7 @@ class ReplicaPrefix:
             self.cache.release(self.hashes[r][:k])
             self.pinned[r] = 0
         self.capped[r] = False
+        self.written[r] = 0
 
     def evict(self, over: int, run: int) -> None:
         """Evict the fewest evictable blocks that free ``over`` KV blocks,
@@ -185,12 +277,20 @@ class ReplicaPrefix:
             self.cached.copy(),
             self.needed,
             None if self.evictions is None else len(self.evictions),
+            None if self.host is None else self.host.snapshot(),
+            list(self.written),
+            self.copied,
+            self.copy_s,
         )
 
     def restore(self, state: tuple) -> None:
         """Put the cache back in a :meth:`snapshot`."""
-        cache, pinned, capped, cached, self.needed, logged = state
+        (cache, pinned, capped, cached, self.needed, logged, host, written,
+         self.copied, self.copy_s) = state  # fmt: skip
         self.cache.restore(cache)
+        if self.host is not None:
+            self.host.restore(host)
+        self.written[:] = written
         self.pinned[:] = pinned
         self.capped[:] = capped
         np.copyto(self.cached, cached)

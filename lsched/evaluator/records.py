@@ -207,14 +207,20 @@ def _prefix_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
 def _prefix_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
     """The prefix cache's metrics over ``engines`` that have one (none if no
     engine has): prefill tokens saved, and their share of the prefill targets of
-    the admissions (:mod:`lsched.evaluator.prefix`)."""
+    the admissions; with a host tier, the tokens copied from it and the copies'
+    seconds (:mod:`lsched.evaluator.prefix`)."""
     prefixes = [e.prefix for e in engines if getattr(e, "prefix", None) is not None]
     if not prefixes:
         return {}
     saved = sum(int(p.cached.sum()) for p in prefixes)
     needed = sum(p.needed for p in prefixes)
     ratio = saved / needed if needed else 0.0
-    return dict(zip(PREFIX_METRICS, (ratio, float(saved)), strict=True))
+    metrics = dict(zip(PREFIX_METRICS, (ratio, float(saved)), strict=True))
+    tiered = [p for p in prefixes if p.host is not None]
+    if tiered:
+        metrics["host_hit_tokens"] = float(sum(p.copied for p in tiered))
+        metrics["host_copy_s"] = sum(p.copy_s for p in tiered)
+    return metrics
 
 
 def _evictions_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:

@@ -68,7 +68,9 @@ targets of the admissions; per replica and pool too) and
 ``prefill_tokens_saved`` (the cached tokens), and to the log the table
 ``evictions`` (run, blocks): unreferenced cached blocks evicted to make room for
 run ``run``, after its admissions took their cached prefixes. A prefill member's
-``processed_before`` at its admission is its cached tokens.
+``processed_before`` at its admission is its cached tokens. A cache with a host
+tier adds the metrics ``host_hit_tokens`` (cached tokens copied from the host
+tier) and ``host_copy_s`` (those copies' seconds, :data:`HOST_PREFIX_METRICS`).
 
 A run in which some request swapped adds per request ``swap_outs`` (times its KV
 went to the host tier) and the metrics ``swap_out_bytes``, ``swap_in_bytes``,
@@ -109,6 +111,8 @@ SWAP_METRICS: tuple[str, ...] = (
 )
 #: The metrics of a run with a prefix cache (module docstring).
 PREFIX_METRICS: tuple[str, ...] = ("prefix_hit_ratio", "prefill_tokens_saved")
+#: The metrics a prefix cache with a host tier adds (module docstring).
+HOST_PREFIX_METRICS: tuple[str, ...] = ("host_hit_tokens", "host_copy_s")
 #: The log's evictions of a run with a prefix cache.
 EVICTION_COLUMNS: tuple[str, ...] = ("run", "blocks")
 SWAP_COLUMNS: tuple[str, ...] = (

@@ -2,10 +2,13 @@
 
 A spec names a per-replica cache on the GPU, sharing the replica's KV capacity
 with its running requests (vLLM's prefix caching; the engine's rules are in
-:mod:`lsched.evaluator.prefix`). Its text form, as ``lsched simulate
---prefix-cache`` and a cluster file's ``prefix_cache`` key take it::
+:mod:`lsched.evaluator.prefix`), and optionally a second one in the replica's
+host tier (Mooncake's KV pool in DRAM, :mod:`lsched.tiers`). Its text form, as
+``lsched simulate --prefix-cache`` and a cluster file's ``prefix_cache`` key
+take it::
 
     RULE[:capacity_tokens=N]
+    RULE[:host_capacity_tokens=M]
 
 ``RULE`` is an eviction rule of :data:`~lsched.prefix.cache.EVICTION_RULES`
 (``lru``, ``lru_tail_first``) or ``gpu``, the default rule (``lru``).
@@ -13,6 +16,11 @@ with its running requests (vLLM's prefix caching; the engine's rules are in
 at ``capacity_tokens // B``, ``B`` the hash block size) below the replica's KV;
 by default the replica's KV capacity alone bounds it. A capacity over the
 replica's KV (:meth:`PrefixCacheSpec.check_fits`) is refused.
+``host_capacity_tokens`` adds a cache of ``M // B`` blocks in the host tier
+(only beside a GPU cache bounded by the replica's KV), with the same eviction
+rule (e.g. ``lru:host_capacity_tokens=3000000``,
+Mooncake's 3M-token figure); ``M`` times the KV bytes per token over the host
+tier's ``memory_bytes`` (:meth:`PrefixCacheSpec.check_host_fits`) is refused.
 """
 
 from __future__ import annotations
@@ -39,21 +47,42 @@ class PrefixCacheSpec:
     capacity_tokens
         Tokens the cache may hold, or ``None``: bounded by the replica's KV
         capacity only.
+    host_capacity_tokens
+        Tokens the host-tier cache holds, or ``None``: no host-tier cache.
     """
 
     eviction: str = EVICTION_RULES[0]
     capacity_tokens: int | None = None
+    host_capacity_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.eviction, "prefix_cache", EVICTION_RULES)
         check_optional_int(self.capacity_tokens, "prefix_cache.capacity_tokens", 1)
+        check_optional_int(
+            self.host_capacity_tokens, "prefix_cache.host_capacity_tokens", 1
+        )
+        if self.host_capacity_tokens is not None and self.capacity_tokens is not None:
+            # a GPU cache with a capacity of its own evicts as admissions insert
+            # blocks copied from the host, under later admissions' offers
+            raise InputError(
+                "got both capacity_tokens and host_capacity_tokens; expected at "
+                "most one (a host tier with a GPU cache of its own capacity is "
+                "not modelled)",
+                field="prefix_cache",
+            )
 
     @property
     def label(self) -> str:
         """The text form (:func:`parse_prefix_cache` reads it back)."""
-        if self.capacity_tokens is None:
-            return self.eviction
-        return f"{self.eviction}:capacity_tokens={self.capacity_tokens}"
+        keys = [
+            f"{key}={value}"
+            for key, value in (
+                ("capacity_tokens", self.capacity_tokens),
+                ("host_capacity_tokens", self.host_capacity_tokens),
+            )
+            if value is not None
+        ]
+        return ":".join([self.eviction, ",".join(keys)]) if keys else self.eviction
 
     def check_fits(self, kv_capacity_tokens: int, where: str) -> None:
         """Raise :class:`InputError` if the cache's own capacity exceeds a
@@ -67,38 +96,63 @@ class PrefixCacheSpec:
                 field="prefix_cache.capacity_tokens",
             )
 
+    def check_host_fits(
+        self, memory_bytes: int, kv_bytes_per_token: int, where: str
+    ) -> None:
+        """Raise :class:`InputError` if the host-tier cache's KV,
+        ``host_capacity_tokens * kv_bytes_per_token`` bytes, exceeds the host
+        tier's ``memory_bytes`` (``where``: the replica's pool)."""
+        tokens = self.host_capacity_tokens
+        if tokens is not None and tokens * kv_bytes_per_token > memory_bytes:
+            raise InputError(
+                f"got {tokens} tokens ({tokens * kv_bytes_per_token} bytes); "
+                f"expected at most the {memory_bytes // kv_bytes_per_token} tokens "
+                f"that fit in the {memory_bytes} bytes of host memory of a replica "
+                f"of {where}",
+                field="prefix_cache.host_capacity_tokens",
+            )
+
+
+#: The keys of the text form.
+_KEYS = ("capacity_tokens", "host_capacity_tokens")
+
+
+def _token_count(values: dict[str, str], key: str) -> int | None:
+    """``values[key]`` as an integer >= 1, or ``None`` if absent."""
+    if key not in values:
+        return None
+    raw = values[key]
+    try:
+        number = int(raw)
+    except ValueError:
+        raise InputError(
+            f"got {raw!r}; expected an integer >= 1", field=f"prefix_cache.{key}"
+        ) from None
+    return check_int(number, f"prefix_cache.{key}", 1)
+
 
 def parse_prefix_cache(text: object) -> PrefixCacheSpec:
-    """A spec from its text form ``RULE[:capacity_tokens=N]`` (module docstring).
+    """A spec from its text form ``RULE[:capacity_tokens=N]`` or
+    ``RULE[:host_capacity_tokens=M]`` (module docstring).
 
     Raises
     ------
     InputError
-        An unknown rule or key, or a capacity that is no integer >= 1.
+        An unknown rule or key, a capacity that is no integer >= 1, or both
+        capacities.
     """
     if isinstance(text, PrefixCacheSpec):
         return text
     name, values = parse_spec(text, "prefix_cache")
     check_choice(name, "prefix_cache", CACHE_NAMES)
-    unknown = sorted(set(values) - {"capacity_tokens"})
+    unknown = sorted(set(values) - set(_KEYS))
     if unknown:
         raise InputError(
-            f"unknown key(s) {unknown} in {text!r}; expected capacity_tokens",
+            f"unknown key(s) {unknown} in {text!r}; expected some of {list(_KEYS)}",
             field="prefix_cache",
         )
-    capacity = None
-    if "capacity_tokens" in values:
-        raw = values["capacity_tokens"]
-        try:
-            number = int(raw)
-        except ValueError:
-            raise InputError(
-                f"got {raw!r}; expected an integer >= 1",
-                field="prefix_cache.capacity_tokens",
-            ) from None
-        capacity = check_int(number, "prefix_cache.capacity_tokens", 1)
     eviction = EVICTION_RULES[0] if name == "gpu" else name
-    return PrefixCacheSpec(eviction, capacity)
+    return PrefixCacheSpec(eviction, *(_token_count(values, key) for key in _KEYS))
 
 
 __all__ = ["CACHE_NAMES", "PrefixCacheSpec", "parse_prefix_cache"]

@@ -44,7 +44,9 @@ rule                        what is checked
                             members, ``H = P > 0``
 ``run-duration``            ``end_s - start_s`` equals the sum over the run's
                             iterations of ``profile.iteration_time_s(phi)``
-                            (``rtol``), phi from the recomputed features
+                            (``rtol``), phi from the recomputed features, plus
+                            its blocking copies (swaps; a prefix cache's
+                            host-tier hits)
 ``arrival``                 a request's first run starts at or after ``arrival_s``
                             (less the model's 1 ns arrival tolerance)
 ``processed-before``        a member's ``processed_before`` equals the KV tokens the
@@ -123,8 +125,9 @@ rule                        what is checked
                             blocks are still resident (at most ``min(h B, s_i,
                             T - 1)``, whole hash blocks unless exactly that); no
                             more blocks evicted than are evictable; the
-                            evictable blocks count in ``kv-capacity`` (see
-                            "Prefix cache")
+                            evictable blocks count in ``kv-capacity``; with a
+                            host tier, blocks copied from the host were
+                            resident in its cache (see "Prefix cache")
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,
@@ -241,6 +244,11 @@ first member (its cached tokens, held from that run on in ``kv-capacity`` and
 ``kv-tokens``), and :mod:`lsched.validator.prefix` replays each replica's cache
 from the log to check them. ``cached_tokens`` per request and the metrics
 ``prefix_hit_ratio`` and ``prefill_tokens_saved`` are recomputed and compared.
+With a host tier (``host_capacity_tokens``) the replay keeps each replica's host
+cache too: the blocks an admission copies from it (those not on the GPU) must be
+resident there, and their copy, ``tokens x kv_bytes_per_token /
+h2d_bytes_per_s``, lengthens the admitting run (``run-duration``); the metrics
+``host_hit_tokens`` and ``host_copy_s`` are recomputed and compared.
 
 Times the log states (``start_s``, ``end_s``, arrivals) are compared exactly; times
 the validator recomputes (durations, records, metrics) within ``rtol`` relative,

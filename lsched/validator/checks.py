@@ -134,14 +134,13 @@ def _check_durations(
     log: _Log, duration: FloatArray, stall: FloatArray, rtol: float, out: _Collector
 ) -> None:
     """``run-duration``: a run lasts the recomputed time of its iterations (and of
-    its blocking swap copies, ``stall``), both in ``duration``."""
+    its blocking copies, ``stall``: swaps, host-tier prefix hits), both in
+    ``duration``."""
     start, end = log.start, log.end
     # the logged duration is a difference of absolute times: allow their rounding
     atol = 4 * np.finfo(np.float64).eps * np.maximum(np.abs(start), np.abs(end))
     for r in np.flatnonzero(~_close_array(end - start, duration, rtol, atol)).tolist():
-        copies = (
-            f" and {float(stall[r])!r} s of blocking swap copies" if stall[r] else ""
-        )
+        copies = f" and {float(stall[r])!r} s of blocking copies" if stall[r] else ""
         out.add(
             "run-duration",
             f"lasts {float(end[r] - start[r])!r} s; its {log.n_it[r]} iteration(s)"

@@ -172,6 +172,10 @@ def _validate_log(
     if sw is not None:
         stall, swap_kv, swap_metrics = _check_swaps(profile, log, sw, replay,
                                                     async_swaps, rtol, out)  # fmt: skip
+    cache = None
+    if spec is not None:  # a colocated pool: no stages
+        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
+        stall = stall + cache.copy_s  # host-tier hits copied before their run
     duration = duration + stall
     _check_durations(log, duration, stall, rtol, out)
     first, done = _request_times(profile, log, features, replay, len(instance))
@@ -180,9 +184,7 @@ def _validate_log(
         arrivals, pinned, pinned_token_seconds = _stage_kv(
             instance, profile, log, features, stages, replay, done, out
         )
-    cache = None
-    if spec is not None:  # a colocated pool: no stages
-        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
+    if cache is not None:
         hit = replay.hits > 0
         arrivals, pinned = (log.m_pos[hit], replay.hits[hit]), cache.charged
     kv_first = _check_kv(profile, log, D, replay, replicas, out, arrivals, pinned,

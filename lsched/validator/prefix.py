@@ -35,6 +35,23 @@ evictable, most recently used (``lru``: a request's blocks in prefix order;
 ``lru_tail_first``: reversed). Metrics: ``prefill_tokens_saved`` (``sum x``) and
 ``prefix_hit_ratio`` (over ``sum T`` of the admissions); records:
 ``cached_tokens`` per request.
+
+A cache with a host tier (``host_capacity_tokens``, rule 5 of
+:mod:`lsched.evaluator.prefix`) adds per replica a host cache of
+``host_capacity_tokens // B`` blocks that nothing pins (a *write* makes a block
+most recently used, inserting it, and evicting the least recently used when
+full):
+
+- in step 2, ``h`` is the leading run resident in the GPU cache or the host
+  cache; of the admission's first ``ceil(x / B)`` blocks those not resident on
+  the GPU must be resident in the host cache (``prefix-cache``: so a hit never
+  outlives the host capacity), are written there in prefix order, and are
+  copied: their tokens within ``x``, ``y``, take ``y * kv_bytes_per_token /
+  h2d_bytes_per_s`` seconds, added to the run's duration (``run-duration``: the
+  copies run before the forward pass, so the prefill starts after they end);
+- in step 5, before the GPU pins, each prefill member writes the blocks it
+  completed past those written since its admission (its cached blocks);
+- metrics ``host_hit_tokens`` (``sum y``) and ``host_copy_s`` (their seconds).
 """
 
 from __future__ import annotations
@@ -49,7 +66,7 @@ import pandas as pd
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
 from lsched.validator.replay import _Log, _Replay
-from lsched.validator.report import _PREFILL, IntArray, _Collector
+from lsched.validator.report import _PREFILL, FloatArray, IntArray, _Collector
 from lsched.validator.schema import _integral
 
 #: The metrics a run with a prefix cache adds (lsched.evaluator.result).
@@ -59,9 +76,11 @@ PREFIX_METRICS: tuple[str, ...] = ("prefix_hit_ratio", "prefill_tokens_saved")
 @dataclass(frozen=True)
 class _PrefixKV:
     """What the replay gives the other checks: per run position the KV blocks
-    the evictable blocks take during it, and the metrics."""
+    the evictable blocks take during it and the seconds of its host-tier
+    copies, and the metrics."""
 
     charged: IntArray
+    copy_s: FloatArray
     metrics: dict[str, float]
 
 
@@ -74,11 +93,19 @@ class _Cache:
         self.refs: dict[int, int] = {}
         self.free: OrderedDict[int, None] = OrderedDict()  # least recent first
 
+    def __contains__(self, h: int) -> bool:
+        return h in self.refs or h in self.free
+
     def leading(self, hashes: list[int]) -> int:
         for k, h in enumerate(hashes):
             if h not in self.refs and h not in self.free:
                 return k
         return len(hashes)
+
+    def write(self, hashes: list[int]) -> None:
+        """Each of ``hashes`` most recently used, inserted if missing (a host
+        cache, which nothing pins)."""
+        self.unpin(hashes[: self.pin(hashes)])
 
     def pin(self, hashes: list[int]) -> int:
         for h in hashes:
@@ -152,21 +179,63 @@ class _PrefixReplay:
         self.pins = [0] * len(instance)
         self.stopped = [False] * len(instance)
         self.caches: dict[int, _Cache] = {}
+        host = getattr(spec, "host_capacity_tokens", None)
+        self.host_capacity = None if host is None else host // self.block
+        self.hosts: dict[int, _Cache] = {}
+        self.written = [0] * len(instance)
+        self.s_per_token = (profile.kv_bytes_per_token, profile.host.h2d_bytes_per_s)
+        self.copy_s = np.zeros(len(log.run_ids))
+        self.copied = 0
 
     def cache(self, replica: int) -> _Cache:
         if replica not in self.caches:
             self.caches[replica] = _Cache(self.capacity, self.tail_first)
+            if self.host_capacity is not None:
+                self.hosts[replica] = _Cache(self.host_capacity, self.tail_first)
         return self.caches[replica]
 
     def release(self, cache: _Cache, i: int) -> None:
         cache.unpin(self.hashes[i][: self.pins[i]])
-        self.pins[i], self.stopped[i] = 0, False
+        self.pins[i], self.stopped[i], self.written[i] = 0, False, 0
+
+    def _leading(self, cache: _Cache, host: _Cache | None, hashes: list[int]) -> int:
+        """The leading run of ``hashes`` resident on the GPU or, with a host
+        tier, in the host cache."""
+        if host is None:
+            return cache.leading(hashes)
+        for k, h in enumerate(hashes):
+            if h not in cache and h not in host:
+                return k
+        return len(hashes)
+
+    def _copy(self, caches: tuple[_Cache, _Cache], i: int, k: int, x: int,
+              run: int) -> float:  # fmt: skip
+        """The seconds of the host-tier copy of the admission of request ``i``
+        taking ``x`` tokens in ``k`` blocks in run ``run`` (module docstring)."""
+        cache, host = caches
+        hashes, big = self.hashes[i][:k], self.block
+        missing = [j for j, h in enumerate(hashes) if h not in cache]
+        absent = [hashes[j] for j in missing if hashes[j] not in host]
+        if absent:
+            self.out.add(
+                "prefix-cache",
+                f"copies hash blocks {absent} from the host tier, where they are "
+                "not resident",
+                run=run,
+                request=i,
+            )
+        host.write([hashes[j] for j in missing])
+        y = sum(min((j + 1) * big, x) - j * big for j in missing)
+        self.copied += y
+        self.written[i] = k
+        return y * self.s_per_token[0] / self.s_per_token[1]
 
     def admit(self, cache: _Cache, row: int, run: int) -> None:
         """Rule 2 for the admission at member row ``row``."""
         i = int(self.log.m_req[row])
         x, target = int(self.replay.hits[row]), int(self.replay.admits[row])
-        h = cache.leading(self.hashes[i])
+        host = self.hosts.get(int(self.log.replica[self.log.m_pos[row]]))
+        h = self._leading(cache, host, self.hashes[i])
         want = min(h * self.block, self.prompt[i], target - 1)
         if x > want:
             self.out.add(
@@ -185,7 +254,11 @@ class _PrefixReplay:
                 request=i,
             )
         if x > 0:
-            self.pins[i] = cache.pin(self.hashes[i][: -(-min(x, want) // self.block)])
+            k = -(-min(x, want) // self.block)
+            if host is not None:
+                seconds = self._copy((cache, host), i, k, min(x, want), run)
+                self.copy_s[self.log.m_pos[row]] += seconds
+            self.pins[i] = cache.pin(self.hashes[i][:k])
 
     def evict(self, cache: _Cache, blocks: int, run: int) -> None:
         """Rule 3: the run's logged evictions."""
@@ -201,12 +274,16 @@ class _PrefixReplay:
     def computed(self, cache: _Cache, row: int) -> None:
         """Rule 5: the blocks a prefill member completed."""
         i = int(self.log.m_req[row])
-        if self.stopped[i]:
-            return
         hashes, processed = self.hashes[i], int(self.replay.after[row])
         done = len(hashes)
         if processed < self.prompt[i]:
             done = min(done, processed // self.block)
+        host = self.hosts.get(int(self.log.replica[self.log.m_pos[row]]))
+        if host is not None and done > self.written[i]:
+            host.write(hashes[self.written[i] : done])
+            self.written[i] = done
+        if self.stopped[i]:
+            return
         if done > self.pins[i]:
             got = cache.pin(hashes[self.pins[i] : done])
             self.stopped[i] = got < done - self.pins[i]
@@ -255,4 +332,7 @@ def _check_prefix(
         "prefix_hit_ratio": saved / needed if needed else 0.0,
         "prefill_tokens_saved": float(saved),
     }
-    return _PrefixKV(charged, metrics)
+    if walk.host_capacity is not None:
+        metrics["host_hit_tokens"] = float(walk.copied)
+        metrics["host_copy_s"] = float(walk.copy_s.sum())
+    return _PrefixKV(charged, walk.copy_s, metrics)

@@ -17,6 +17,17 @@ cached tokens are held in its own KV blocks (the KV ledger's convention: it
 holds ``processed`` tokens), preempted and chunked ones included; with no cache
 they are the schedules of :mod:`~lsched.formulations.bounds.work`.
 
+A cache with a host tier (rule 5 of :mod:`lsched.evaluator.prefix`) gives
+schedules of this kind: a block in the host cache was written there by the
+request that computed it (write-through), so a host hit's tokens were computed
+by an earlier request, and once copied they are held in the request's own KV
+blocks as a GPU hit's are. The copy only lengthens the iteration that admits the
+request: every iteration still lasts at least the cost model's time of its batch,
+so a replica still processes at most one second of work per second and the
+critical-path bounds below, which use only lower bounds on iteration times, hold
+as they are (the validator checks both: cached tokens from resident blocks, and
+each run's duration as its iterations' time plus its copies').
+
 Computations every schedule makes
 ---------------------------------
 Block ``k`` of request ``r`` covers positions ``kB + 1 .. min((k + 1) B, s_r)``
