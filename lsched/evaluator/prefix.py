@@ -63,9 +63,10 @@ Rules (DESIGN.md, "Clusters"; vLLM's automatic prefix caching)
    recently used and inserts a missing one, evicting the least recently used
    when full.
 
-   - *Write-through*, Mooncake's behaviour (Qin et al., FAST 2025, section 4:
-     the prefill node loads the reusable prefix from the CPU-memory pool, then
-     stores the newly computed, incremental KV back into it): after rule 2,
+   - *Write-through*, lsched's reading of Mooncake's flow (Qin et al., FAST
+     2025; ``../shared/reference/serving-systems.md``, "Mooncake": the prefill
+     node loads the cached prefix from the DRAM pool and prefills the rest; the
+     pool then holds the new blocks for later requests): after rule 2,
      each prefill member writes the hash blocks it completed past those it
      has written since its admission (its cached blocks count as written),
      whether or not the GPU cache took them. Writes take no time: Mooncake
