@@ -223,6 +223,12 @@ def assert_same(case: Case, naive: NaiveResult, fast: SimulationResult) -> None:
     if case.cache.host_capacity_tokens is not None:
         assert m["host_hit_tokens"] == naive.host_hit_tokens, where
         assert m["host_copy_s"] == pytest.approx(naive.host_copy_s, rel=RTOL), where
+    if fast.runs is not None:  # the log: every token's time, Mooncake's TBT
+        assert naive.tbt_s is not None
+        np.testing.assert_allclose(
+            fast.requests["tbt_s"].to_numpy(), naive.tbt_s, rtol=RTOL,
+            err_msg=f"tbt_s\n{where}",
+        )  # fmt: skip
 
 
 def _check(case: Case, seen: Counter[str]) -> None:

@@ -37,6 +37,7 @@ from lsched.validator.report import (
 from lsched.validator.schema import _check_schema, _check_swap_schema
 from lsched.validator.stages import _stage_kv, _Stages
 from lsched.validator.swaps import _check_swaps
+from lsched.validator.tbt import _own_tbt, _tbt_metrics
 from lsched.validator.timing import _iteration_end, _run_times
 
 
@@ -200,10 +201,18 @@ def _validate_log(
     if cache is not None:
         own |= cache.metrics
     records = _own_records(replay, first, done, sw, log if cache else None)
+    tbt_own: dict[str, float] = {}
+    if stages is None:  # a disaggregated request's gaps span two pools
+        tbt = _own_tbt(profile, log, features, replay, len(instance))
+        records["tbt_s"] = tbt
+        tbt_own = _tbt_metrics(first - instance.arrival_s, tbt)
     if requests is not None:
         _compare_records(records, requests, rtol, out)
     if metrics is not None:
         _compare_metrics(own, metrics, rtol, out)
+    if metrics is not None and "tbt_mean_s" in metrics:  # a run with its log
+        _compare_metrics(tbt_own, metrics, rtol, out)
+    own |= tbt_own
     if swap_metrics is not None:
         if metrics is not None and swap_totals:
             _compare_metrics(swap_metrics, metrics, rtol, out)
