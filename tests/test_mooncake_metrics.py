@@ -8,11 +8,13 @@ on random instances in ``test_engine_equivalence`` and ``test_prefix_equivalence
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 
 from lsched.cluster import Cluster, Pool
 from lsched.errors import InputError
@@ -170,3 +172,24 @@ def test_token_times_agree_with_the_records(disaggregated: bool) -> None:
     records = result.requests
     np.testing.assert_allclose(first, records["first_token_s"], rtol=1e-12)
     np.testing.assert_allclose(last, records["completion_s"], rtol=1e-12)
+
+
+def test_cli_tbt_reports_mooncake_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--tbt`` keeps the log: the JSON and the table carry TBT and effective
+    capacity; without it they are absent. A request's TBT averages its longest
+    gaps, so it is at least its TPOT (the mean gap): their means over the same
+    requests (every one with two tokens or more) keep that order."""
+    trace = str(DATA / "mooncake_sample.jsonl")
+    args = ["simulate", trace, "--model", "llama2-70b-a100-tp4"]
+    code, out, err = run([*args, "--tbt", "--json"], capsys)
+    assert code == 0, err
+    (metrics,) = (p["metrics"] for p in json.loads(out)["policies"])
+    assert metrics["tbt_mean_s"] >= metrics["tpot_mean_s"] > 0
+    shares = [metrics[f"effective_capacity_tbt_{ms}ms"] for ms in (100, 200, 300)]
+    assert 0 <= shares[0] <= shares[1] <= shares[2] <= 1
+    code, out, err = run([*args, "--tbt"], capsys)
+    assert code == 0, err
+    assert "effective_capacity_tbt_300ms" in out and "tbt_mean_s" in out
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    assert "tbt_mean_s" not in json.loads(out)["policies"][0]["metrics"]
