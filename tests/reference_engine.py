@@ -641,6 +641,9 @@ class _Replica:
             ),
             host_capacity_blocks=self.host_capacity,
             host_used_blocks=self.host_used,
+            # the cache's own leading run of resident hashes, for lpm orderings
+            cached_prefix=None if self.cache is None else self.cache.lookup,
+            prefix_block_tokens=0 if self.cache is None else self.cache.block,
         )
 
     def _preempt(self, preempt: list[int]) -> None:
