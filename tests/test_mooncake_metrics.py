@@ -193,3 +193,28 @@ def test_cli_tbt_reports_mooncake_metrics(capsys: pytest.CaptureFixture[str]) ->
     code, out, err = run([*args, "--json"], capsys)
     assert code == 0, err
     assert "tbt_mean_s" not in json.loads(out)["policies"][0]["metrics"]
+
+
+def test_per_replica_hit_ratio_is_its_requests_cached_share() -> None:
+    """Per replica, ``prefix_hit_ratio`` is its requests' cached tokens over
+    their prompts (no preemption here: one admission each); replica 0 (requests
+    0, 2, 4) finds 4 tokens for requests 2 and 4: 8 / 16."""
+    hashes = [[1, 2], [1, 3], [1, 2, 4], [5], [1, 2, 6], [5, 7]]
+    instance = Instance(
+        arrival_s=np.arange(6.0) * 0.01,
+        prompt_tokens=np.array([4, 4, 6, 2, 6, 4]),
+        output_tokens=np.array([3, 2, 2, 2, 2, 2]),
+        prefix_hash_offsets=np.cumsum([0] + [len(h) for h in hashes]),
+        prefix_hash_values=np.array([h for own in hashes for h in own]),
+        params={"prefix_block_tokens": 2},
+    )
+    unit = load_profile("unit-slot")
+    result = simulate(instance, unit, "vllm", replicas=2, prefix_cache="lru")
+    assert result.metrics["preemptions"] == 0
+    requests = result.requests
+    assert result.replica_metrics is not None
+    for replica, row in result.replica_metrics.iterrows():
+        mine = requests[requests["replica"] == replica]
+        share = mine["cached_tokens"].sum() / instance.prompt_tokens[mine.index].sum()
+        assert row["prefix_hit_ratio"] == pytest.approx(share)
+    assert result.replica_metrics.loc[0, "prefix_hit_ratio"] == pytest.approx(0.5)
