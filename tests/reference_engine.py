@@ -1372,6 +1372,7 @@ class _Stage(_Replica):
             column.append(0)
         for times in (self.admitted_s, self.first_token_s, self.completion_s):
             times.append(math.nan)
+        self.token_s.append([])
         self.carried.append(carried)
         self.seen.append(carried == 0)
         self.wake(t)
