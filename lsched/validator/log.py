@@ -37,7 +37,7 @@ from lsched.validator.report import (
 from lsched.validator.schema import _check_schema, _check_swap_schema
 from lsched.validator.stages import _stage_kv, _Stages
 from lsched.validator.swaps import _check_swaps
-from lsched.validator.tbt import _own_tbt, _tbt_metrics
+from lsched.validator.tbt import _check_tbt
 from lsched.validator.timing import _iteration_end, _run_times
 
 
@@ -201,18 +201,16 @@ def _validate_log(
     if cache is not None:
         own |= cache.metrics
     records = _own_records(replay, first, done, sw, log if cache else None)
-    tbt_own: dict[str, float] = {}
-    if stages is None:  # a disaggregated request's gaps span two pools
-        tbt = _own_tbt(profile, log, features, replay, len(instance))
-        records["tbt_s"] = tbt
-        tbt_own = _tbt_metrics(first - instance.arrival_s, tbt)
+    # Mooncake's TBT (not for a disaggregated pool: its gaps span two pools)
+    tbt: dict[str, float] = {}
+    if stages is None:
+        tbt = _check_tbt(instance, profile, log, features, replay, first, records,
+                         metrics, rtol, out)  # fmt: skip
     if requests is not None:
         _compare_records(records, requests, rtol, out)
     if metrics is not None:
         _compare_metrics(own, metrics, rtol, out)
-    if metrics is not None and "tbt_mean_s" in metrics:  # a run with its log
-        _compare_metrics(tbt_own, metrics, rtol, out)
-    own |= tbt_own
+    own |= tbt
     if swap_metrics is not None:
         if metrics is not None and swap_totals:
             _compare_metrics(swap_metrics, metrics, rtol, out)

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
 
+from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
+from lsched.validator.metrics import _compare_metrics
 from lsched.validator.replay import _Log, _Replay
-from lsched.validator.report import Features, FloatArray
+from lsched.validator.report import Features, FloatArray, _Collector
 from lsched.validator.timing import _phi
 
 #: Mooncake's TTFT limit and TBT thresholds, seconds (module docstring).
@@ -87,3 +91,26 @@ def _tbt_metrics(ttft: FloatArray, tbt: FloatArray) -> dict[str, float]:
         share = sum(met) / len(met) if met else math.nan
         metrics[f"effective_capacity_tbt_{round(tau * 1000)}ms"] = share
     return metrics
+
+
+def _check_tbt(
+    instance: Instance,
+    profile: DeploymentProfile,
+    log: _Log,
+    features: Features,
+    replay: _Replay,
+    first: FloatArray,
+    records: pd.DataFrame,
+    metrics: Mapping[str, float] | None,
+    rtol: float,
+    out: _Collector,
+) -> dict[str, float]:
+    """Put each request's TBT in the validator's ``records`` (``tbt_s``),
+    compare the TBT metrics with the claimed ``metrics`` where they carry them
+    (a run kept with its log), and return them."""
+    tbt = _own_tbt(profile, log, features, replay, len(instance))
+    records["tbt_s"] = tbt
+    own = _tbt_metrics(first - instance.arrival_s, tbt)
+    if metrics is not None and "tbt_mean_s" in metrics:
+        _compare_metrics(own, metrics, rtol, out)
+    return own
