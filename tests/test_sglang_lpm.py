@@ -62,3 +62,32 @@ def test_unknown_schedule_policy_is_refused() -> None:
         SglangParams(schedule_policy="dfs-weight")
     with pytest.raises(InputError, match="lpm_queue_limit"):
         SglangParams(lpm_queue_limit=-1)
+
+
+def test_lpm_counts_prefixes_held_in_the_host_tier() -> None:
+    """SGLang's match counts host hits (``host_hit_length``). A KV of 8 tokens:
+    R0 (hashes 1, 2) runs over [0, 2]; R1 (6 tokens, hashes 7, 8, 9) arrives at
+    1.5 and runs over [2, 4], its prefill and decode evicting R0's two blocks
+    from the GPU (runs 2 and 3: one block each), while the host tier keeps
+    them (written through). At 4, R2 (hashes 5, 6) and R3 (1, 2, 10) wait:
+    on the GPU neither matches (arrival order: R2 first), with the host tier R3
+    matches 4 tokens and goes first, taking them from the host."""
+    hashes = [[1, 2], [7, 8, 9], [5, 6], [1, 2, 10]]
+    instance = Instance(
+        arrival_s=np.array([0.0, 1.5, 2.5, 2.6]),
+        prompt_tokens=np.array([4, 6, 4, 6]),
+        output_tokens=np.array([2, 2, 1, 1]),
+        prefix_hash_offsets=np.cumsum([0] + [len(h) for h in hashes]),
+        prefix_hash_values=np.array([h for own in hashes for h in own]),
+        params={"prefix_block_tokens": 2},
+    )
+    profile = PROFILE.replace(kv_capacity_tokens=8)
+    lpm = "sglang:schedule_policy=lpm"
+    gpu = simulate(instance, profile, lpm, prefix_cache=PrefixCacheSpec("lru"))
+    assert gpu.requests["admitted_s"].tolist() == [0.0, 2.0, 4.0, 5.0]
+    host = PrefixCacheSpec("lru", host_capacity_tokens=100)
+    tiered = simulate(instance, profile, lpm, prefix_cache=host)
+    admitted = tiered.requests["admitted_s"].to_numpy()
+    assert admitted[3] == 4.0 and admitted[2] > admitted[3]
+    assert tiered.requests["cached_tokens"].tolist() == [0, 0, 0, 4]
+    assert tiered.metrics["host_hit_tokens"] == 4

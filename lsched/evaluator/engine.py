@@ -534,9 +534,8 @@ class ReplicaEngine:
         prefix = self.prefix
         if prefix is None:
             return {}
-        hashes, lookup = prefix.hashes, prefix.cache.lookup
         return {
-            "cached_prefix": lambda r: lookup(hashes[r]),
+            "cached_prefix": prefix.resident,
             "prefix_block_tokens": prefix.block_tokens,
         }
 

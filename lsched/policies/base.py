@@ -245,8 +245,9 @@ class ReplicaView:
         requests and copies in flight).
     cached_prefix, prefix_block_tokens
         The replica's prefix cache (:mod:`lsched.evaluator.prefix`), read-only:
-        a request's leading run of resident hash blocks, and the tokens of a
-        hash block ``B``; ``None`` and 0 without a cache. Read it with
+        a request's leading run of resident hash blocks (on the GPU or, with a
+        host tier, on the host), and the tokens of a hash block ``B``; ``None``
+        and 0 without a cache. Read it with
         :meth:`cached_prefix_blocks`.
     """
 

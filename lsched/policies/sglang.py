@@ -54,7 +54,8 @@ Order of the waiting requests (SGLang's ``--schedule-policy``;
 - ``lpm``, longest prefix match: the waiting requests sorted by their matched
   prefix, longest first, ties in arrival order (a stable sort). Request ``w``'s
   match is ``min(h_w B, s_w, s_w + e_w - 1)`` tokens, ``h_w`` its leading hash
-  blocks resident in the replica's prefix cache now
+  blocks resident in the replica's prefix cache now (on the GPU or in its host
+  tier: SGLang's match counts ``host_hit_length`` too)
   (:meth:`~lsched.policies.base.ReplicaView.cached_prefix_blocks`, ``B`` the hash
   block's tokens): what its admission would be offered
   (:mod:`lsched.evaluator.prefix`, rule 1; SGLang likewise caps
