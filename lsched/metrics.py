@@ -17,7 +17,32 @@ and completion time ``c_i`` (seconds):
   without a TPOT, ``o_i = 1``, cannot miss it), ``slo_attainment`` the share
   meeting every deadline it carries (both); NaN where the instance carries no
   such deadline (:mod:`lsched.slo` puts an SLO's deadlines on an instance);
-- preemptions and recomputed tokens, summed.
+- preemptions and recomputed tokens, summed;
+- Mooncake's TBT and effective capacity (:func:`mooncake_tbt`,
+  :func:`effective_capacity`), below.
+
+Mooncake's TBT (Qin et al., FAST 2025, section 8; ../shared/reference/
+serving-systems.md): request i emits tokens at ``t_1 < ... < t_e`` (``e``
+tokens; ``e = o_i`` unless cut at ``max_model_len``), so it has ``g = e - 1``
+inter-token gaps ``t_{j+1} - t_j``. Its TBT is the mean of its ``k = ceil(g /
+10)`` largest gaps: "the longest 10 %" rounded up, so every request with a gap
+has at least one counted (a request with 1 to 10 gaps is scored by its longest
+gap alone, one with 11 to 20 by its two longest, ...); ``k`` is computed in
+integers, ``(g + 9) // 10``. A request with one token has no gap and no TBT
+(NaN): like TPOT, left out of the TBT distribution (``tbt_mean_s``,
+``tbt_p50_s``, ...) and unable to miss a TBT threshold. The gap between a
+token and the next counts whatever happened in between: a preemption and the
+recompute, a swap, or in a disaggregated cluster the KV transfer between token
+1 (the prefill replica) and token 2 (the decode replica).
+
+Mooncake's effective capacity at a TBT threshold ``tau``: the share of *all*
+requests with ``TTFT <= 30 s`` (Mooncake's TTFT limit,
+:data:`MOONCAKE_TTFT_LIMIT_S`) and ``TBT <= tau`` (a request with no TBT meets
+it); a rejected request is a miss. Mooncake reports it at ``tau`` = 100, 200
+and 300 ms (:data:`MOONCAKE_TBT_THRESHOLDS_S`), the keys
+``effective_capacity_tbt_100ms`` etc. (:func:`tbt_metrics`). Per-token times
+exist only in the iteration log, so these metrics (and the request column
+``tbt_s``) come with ``log=True`` (:mod:`lsched.evaluator.gaps`).
 
 TTFT and TPOT have a second definition, by name (:data:`DEFINITIONS`,
 :func:`latencies`), for comparisons with DistServe's simulator:
@@ -65,6 +90,11 @@ SLO_ATTAINMENT_KEYS: tuple[str, ...] = (
     "slo_attainment_ttft",
     "slo_attainment_tpot",
 )
+#: Mooncake's TTFT limit of its effective capacity, seconds (module docstring).
+MOONCAKE_TTFT_LIMIT_S: float = 30.0
+#: Mooncake's TBT thresholds of its effective capacity, seconds (100, 200 and
+#: 300 ms; module docstring).
+MOONCAKE_TBT_THRESHOLDS_S: tuple[float, ...] = (0.1, 0.2, 0.3)
 #: Metrics (and per-pool, per-replica columns) that count something: whole numbers,
 #: written as JSON integers (``16``, not ``16.0``) though tables hold them as floats.
 COUNT_METRICS: frozenset[str] = frozenset(
@@ -233,4 +263,90 @@ def schedule_metrics(
     metrics |= _describe("tpot", per["tpot_s"][~np.isnan(per["tpot_s"])])
     metrics |= _describe("normalized_latency", per["normalized_latency_s"])
     metrics |= slo_attainment(instance, first_token_s, completion_s)
+    return metrics
+
+
+def tbt_gaps_counted(gaps: npt.ArrayLike) -> np.ndarray:
+    """How many of a request's ``gaps`` inter-token gaps its TBT averages:
+    ``ceil(gaps / 10)``, in integers (0 for no gap; module docstring)."""
+    return (np.asarray(gaps, dtype=np.int64) + 9) // 10
+
+
+def mooncake_tbt(
+    request: npt.ArrayLike, emitted_s: npt.ArrayLike, num_requests: int
+) -> np.ndarray:
+    """Per request ``0..num_requests-1``, Mooncake's TBT (module docstring): the
+    mean of its ``ceil(g / 10)`` largest inter-token gaps, NaN with no gap.
+
+    Parameters
+    ----------
+    request, emitted_s
+        One entry per output token: the request that emitted it and when,
+        seconds (any order).
+    num_requests
+        Number of requests.
+    """
+    req = np.asarray(request, dtype=np.int64)
+    when = np.asarray(emitted_s, dtype=np.float64)
+    order = np.lexsort((when, req))
+    req, when = req[order], when[order]
+    same = req[1:] == req[:-1]
+    owner, gap = req[1:][same], np.diff(when)[same]
+    order = np.lexsort((-gap, owner))  # per request, the largest gap first
+    owner, gap = owner[order], gap[order]
+    count = np.bincount(owner, minlength=num_requests)
+    rank = np.arange(len(gap)) - (np.cumsum(count) - count)[owner]
+    counted = tbt_gaps_counted(count)
+    kept = rank < counted[owner]
+    total = np.bincount(owner[kept], weights=gap[kept], minlength=num_requests)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / counted, np.nan)
+
+
+def effective_capacity(
+    ttft_s: npt.ArrayLike,
+    tbt_s: npt.ArrayLike,
+    tbt_threshold_s: float,
+    ttft_limit_s: float = MOONCAKE_TTFT_LIMIT_S,
+) -> float:
+    """Mooncake's effective capacity: the share of the requests with ``TTFT <=
+    ttft_limit_s`` and ``TBT <= tbt_threshold_s`` (module docstring).
+
+    A NaN TTFT (a request not served) misses; a NaN TBT (one token, no gap)
+    meets the threshold. NaN for no request.
+
+    Raises
+    ------
+    InputError
+        If a threshold is not a positive number.
+    """
+    for name, value in (("tbt_threshold_s", tbt_threshold_s),
+                        ("ttft_limit_s", ttft_limit_s)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"got {value!r}; expected a number of seconds", field=name)
+        if not value > 0:
+            raise InputError(f"got {value}; expected a number > 0", field=name)
+    ttft = np.asarray(ttft_s, dtype=np.float64)
+    tbt = np.asarray(tbt_s, dtype=np.float64)
+    if len(ttft) == 0:
+        return float("nan")
+    met = (ttft <= ttft_limit_s) & (np.isnan(tbt) | (tbt <= tbt_threshold_s))
+    return float(met.mean())
+
+
+def effective_capacity_key(tbt_threshold_s: float) -> str:
+    """The metric's name at a TBT threshold: ``effective_capacity_tbt_100ms``."""
+    return f"effective_capacity_tbt_{round(tbt_threshold_s * 1000)}ms"
+
+
+def tbt_metrics(ttft_s: npt.ArrayLike, tbt_s: npt.ArrayLike) -> dict[str, float]:
+    """TBT's mean and percentiles over the requests that have one
+    (``tbt_mean_s``, ...) and the effective capacity at Mooncake's thresholds
+    (:data:`MOONCAKE_TBT_THRESHOLDS_S`) over every request given (a NaN TTFT,
+    one not served, a miss)."""
+    tbt = np.asarray(tbt_s, dtype=np.float64)
+    metrics = _describe("tbt", tbt[~np.isnan(tbt)])
+    for threshold in MOONCAKE_TBT_THRESHOLDS_S:
+        key = effective_capacity_key(threshold)
+        metrics[key] = effective_capacity(ttft_s, tbt, threshold)
     return metrics

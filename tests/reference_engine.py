@@ -140,6 +140,9 @@ class NaiveResult:
     host_hit_tokens, host_copy_s
         With a host tier: cached tokens copied from it, and those copies'
         seconds, all replicas together.
+    tbt_s
+        Per request, Mooncake's TBT from every token's time (NaN with one
+        token).
     """
 
     replica: IntArray
@@ -170,6 +173,7 @@ class NaiveResult:
     cut_hits: int = 0
     host_hit_tokens: int = 0
     host_copy_s: float = 0.0
+    tbt_s: FloatArray | None = None
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -520,6 +524,7 @@ class _Replica:
         self.admitted_s = [math.nan] * m
         self.first_token_s = [math.nan] * m
         self.completion_s = [math.nan] * m
+        self.token_s: list[list[float]] = [[] for _ in range(m)]  # every token
         self.preemptions = [0] * m
         self.recomputed = [0] * m
         self.iterations = 0
@@ -636,6 +641,9 @@ class _Replica:
             ),
             host_capacity_blocks=self.host_capacity,
             host_used_blocks=self.host_used,
+            # the cache's own leading run of resident hashes, for lpm orderings
+            cached_prefix=None if self.cache is None else self.cache.lookup,
+            prefix_block_tokens=0 if self.cache is None else self.cache.block,
         )
 
     def _preempt(self, preempt: list[int]) -> None:
@@ -953,6 +961,7 @@ class _Replica:
         finished = []
         for r in emitting:
             self.emitted[r] += 1
+            self.token_s[r].append(end)
             if self.emitted[r] == 1:
                 self.first_token_s[r] = end
             if self.emitted[r] == self.output[r] or _length_capped(
@@ -1075,6 +1084,7 @@ def simulate_naive(
     cached = np.zeros(n, dtype=np.int64)
     needed = evicted = cut = host_hit = 0
     host_copy_s = 0.0
+    tbt = np.full(n, math.nan)
     for k in range(c):
         # instance order is arrival order (ties by position): local ids follow it
         rows = np.flatnonzero(where == k).tolist()
@@ -1105,6 +1115,7 @@ def simulate_naive(
         swap_outs[rows] = replica.swap_outs
         swap_ins[rows] = replica.swap_ins
         emitted[rows] = replica.emitted
+        tbt[rows] = [_naive_tbt(times) for times in replica.token_s]
         bytes_per_token = replica.kv_bytes_per_token
         swap_out_bytes += replica.out_tokens * bytes_per_token
         swap_in_bytes += replica.in_tokens * bytes_per_token
@@ -1141,7 +1152,20 @@ def simulate_naive(
         cut_hits=cut,
         host_hit_tokens=host_hit,
         host_copy_s=host_copy_s,
+        tbt_s=tbt,
     )
+
+
+def _naive_tbt(times: list[float]) -> float:
+    """Mooncake's TBT of one request from its tokens' times: the mean of its
+    longest 10 % of gaps, one gap counted per started ten (1 to 10 gaps: the
+    longest; 11 to 20: the two longest, ...); NaN with one token."""
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    if not gaps:
+        return math.nan
+    counted = 1 + (len(gaps) - 1) // 10
+    longest = sorted(gaps)[len(gaps) - counted :]
+    return sum(longest) / counted
 
 
 def _naive_cache(
@@ -1348,6 +1372,7 @@ class _Stage(_Replica):
             column.append(0)
         for times in (self.admitted_s, self.first_token_s, self.completion_s):
             times.append(math.nan)
+        self.token_s.append([])
         self.carried.append(carried)
         self.seen.append(carried == 0)
         self.wake(t)

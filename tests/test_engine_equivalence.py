@@ -229,6 +229,11 @@ def agree_and_validate(case: Case) -> tuple[NaiveResult, Any]:
         metrics=fast.metrics,
     )
     assert report.ok, f"{report}\n{case.describe()}"
+    assert naive.tbt_s is not None  # every token's time: Mooncake's TBT
+    np.testing.assert_allclose(
+        fast.requests["tbt_s"].to_numpy(), naive.tbt_s, rtol=1e-9,
+        err_msg=f"tbt_s\n{case.describe()}",
+    )  # fmt: skip
     return naive, fast
 
 

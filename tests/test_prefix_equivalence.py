@@ -223,6 +223,12 @@ def assert_same(case: Case, naive: NaiveResult, fast: SimulationResult) -> None:
     if case.cache.host_capacity_tokens is not None:
         assert m["host_hit_tokens"] == naive.host_hit_tokens, where
         assert m["host_copy_s"] == pytest.approx(naive.host_copy_s, rel=RTOL), where
+    if fast.runs is not None:  # the log: every token's time, Mooncake's TBT
+        assert naive.tbt_s is not None
+        np.testing.assert_allclose(
+            fast.requests["tbt_s"].to_numpy(), naive.tbt_s, rtol=RTOL,
+            err_msg=f"tbt_s\n{where}",
+        )  # fmt: skip
 
 
 def _check(case: Case, seen: Counter[str]) -> None:
@@ -272,3 +278,52 @@ def test_random_cached_instances_agree(policy: str) -> None:
     assert seen["hit"] >= compared // 3, seen
     assert seen["evicted"] >= 1 and seen["preempted"] >= 1, seen
     assert seen["host hit"] >= 1, seen
+
+
+LPM = "sglang:schedule_policy=lpm"
+
+
+def _out_of_arrival_order(case: Case, naive: NaiveResult) -> bool:
+    """Whether some replica admitted a request before one that arrived earlier
+    and was waiting at the time (what the lpm order can do)."""
+    admitted = naive.admitted_s
+    arrival = case.instance.arrival_s
+    for i in range(len(arrival)):
+        for j in range(i + 1, len(arrival)):
+            same = naive.replica[i] == naive.replica[j]
+            waited = arrival[j] <= admitted[j] < admitted[i]
+            if same and waited:
+                return True
+    return False
+
+
+def test_random_cached_instances_agree_under_sglang_lpm() -> None:
+    """SGLang's ``lpm`` reads the cache through the view (the fast engine's
+    :class:`~lsched.prefix.cache.PrefixCache`, the naive engine's own
+    ``_NaiveCache.lookup``): both engines agree, and the order is not vacuous
+    (some admissions overtake an earlier arrival)."""
+    seen: Counter[str] = Counter()
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(cases(LPM))
+    def check(case: Case) -> None:
+        naive, fast = run_both(case, validate=seen["examples"] % 3 == 0)
+        seen["examples"] += 1
+        if naive is None or fast is None:
+            return
+        assert_same(case, naive, fast)
+        assert naive.cached_tokens is not None
+        seen["compared"] += 1
+        seen["hit"] += int(naive.cached_tokens.sum() > 0)
+        if _out_of_arrival_order(case, naive):
+            seen["reordered"] += 1
+            event("lpm reordered")
+
+    check()
+    assert seen["compared"] >= seen["examples"] // 2, seen
+    assert seen["hit"] >= seen["compared"] // 3, seen
+    assert seen["reordered"] >= 1, seen

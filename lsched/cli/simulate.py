@@ -50,7 +50,11 @@ from lsched.evaluator import (
 from lsched.evaluator.result import HOST_PREFIX_METRICS, PREFIX_METRICS, SWAP_METRICS
 from lsched.instance import Instance
 from lsched.interrupt import requested, sigint_requests_stop
-from lsched.metrics import SLO_ATTAINMENT_KEYS
+from lsched.metrics import (
+    MOONCAKE_TBT_THRESHOLDS_S,
+    SLO_ATTAINMENT_KEYS,
+    effective_capacity_key,
+)
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
@@ -75,6 +79,12 @@ TABLE_METRICS: tuple[str, ...] = (
 #: Counts shown in the table where some run has them (every one is in the JSON):
 #: requests rejected, and requests whose output was cut at max_model_len.
 COUNTED: tuple[str, ...] = ("num_rejected", "num_truncated")
+#: Mooncake's metrics, shown where a run kept its log (``--tbt``).
+TBT_TABLE: tuple[str, ...] = (
+    "tbt_mean_s",
+    "tbt_p90_s",
+    *(effective_capacity_key(t) for t in MOONCAKE_TBT_THRESHOLDS_S),
+)
 #: Suffixes of ``--requests-out``.
 _TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -165,6 +175,16 @@ PrefixCacheOpt = Annotated[
         "(prefix_cache).",
     ),
 ]
+TbtOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tbt",
+        help="Keep the iteration log (the Python engine) to report Mooncake's "
+        "TBT (mean of each request's longest 10 % of inter-token gaps) and "
+        "effective capacity (share with TTFT <= 30 s and TBT <= 100, 200, "
+        "300 ms); --timeline-out reports them too.",
+    ),
+]
 SloOverrideOpt = Annotated[
     bool,
     typer.Option(
@@ -194,6 +214,7 @@ def simulate_command(
     slo_text: SloOpt = None,
     slo_override: SloOverrideOpt = False,
     prefix_cache: PrefixCacheOpt = None,
+    tbt: TbtOpt = False,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     slo = None if slo_text is None else parse_slo(slo_text, field="--slo")
@@ -224,7 +245,9 @@ def simulate_command(
             format, limit, max_model_len, predictor, slo, slo_override, cache,
         )  # fmt: skip
     record = _provenance(trace, cluster_file, clusters, instance, predictor)
-    _run(instance, clusters, engine, json_output, requests_out, timeline_out, record)
+    log = tbt or timeline_out is not None  # every token's time is in the log
+    _run(instance, clusters, engine, json_output, requests_out, timeline_out,
+         record, log)  # fmt: skip
 
 
 def _check_options(
@@ -355,9 +378,10 @@ def _run(
     requests_out: Path | None,
     timeline_out: Path | None,
     record: Provenance,
+    log: bool = False,
 ) -> None:
-    """Simulate each cluster; write and print what was asked for, each with the
-    run's provenance.
+    """Simulate each cluster (keeping the log where ``log``); write and print
+    what was asked for, each with the run's provenance.
 
     Ctrl-C drops the run in progress and keeps those finished (module docstring).
     """
@@ -383,7 +407,7 @@ def _run(
                     simulate_cluster(
                         instance,
                         cluster,
-                        log=timeline_out is not None,
+                        log=log,
                         progress=lambda done, task=task: advance(bar, task, done),
                         engine=engine,
                     )
@@ -427,7 +451,8 @@ def _print(instance: Instance, results: list[SimulationResult]) -> None:
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
-    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS, *HOST_PREFIX_METRICS)
+    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS,
+             *HOST_PREFIX_METRICS, *TBT_TABLE)  # fmt: skip
     shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",

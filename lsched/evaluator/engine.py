@@ -526,7 +526,18 @@ class ReplicaEngine:
             swapped_tokens=self._views[5],
             host_capacity_blocks=self.host.capacity_blocks,
             host_used_blocks=self.host.used_blocks,
+            **self._prefix_view(),
         )
+
+    def _prefix_view(self) -> dict[str, Any]:
+        """The view's read-only lookup into the prefix cache (none without one)."""
+        prefix = self.prefix
+        if prefix is None:
+            return {}
+        return {
+            "cached_prefix": prefix.resident,
+            "prefix_block_tokens": prefix.block_tokens,
+        }
 
     def _idle(self, batch: Batch) -> None:
         upcoming = math.inf

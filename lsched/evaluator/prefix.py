@@ -181,16 +181,19 @@ class ReplicaPrefix:
         """Cached tokens request ``r`` (``prompt`` tokens, prefill ``target``)
         finds at its admission, ``min(h B, s, T - 1)``; counts its target."""
         self.needed += target
+        return min(self.resident(r) * self.block_tokens, prompt, target - 1)
+
+    def resident(self, r: int) -> int:
+        """Request ``r``'s leading run of hash blocks resident in the cache (in
+        either tier with a host tier, rule 5); read-only, O(its blocks)."""
         hashes = self.hashes[r]
         if self.host is None:
-            h = self.cache.lookup(hashes)
-        else:  # rule 5: the leading run resident in either tier
-            cache, host = self.cache, self.host
-            h = next(
-                (k for k, b in enumerate(hashes) if b not in cache and b not in host),
-                len(hashes),
-            )
-        return min(h * self.block_tokens, prompt, target - 1)
+            return self.cache.lookup(hashes)
+        cache, host = self.cache, self.host
+        return next(
+            (k for k, b in enumerate(hashes) if b not in cache and b not in host),
+            len(hashes),
+        )
 
     def usable(self, want: int, chunk: int, kv: KVBlocks, slack: int) -> int:
         """Cached tokens an admission offered ``want`` takes with its policy's

@@ -10,6 +10,9 @@ the tokens it emitted (TPOT, throughput, normalised latency) and its cut tokens
 (``truncated_tokens``; ``num_truncated`` counts such requests). Per replica and per
 pool the same metrics are computed over the requests each served, with its own
 busy time, KV integral and capacity (so each one's makespan is its own).
+With the log, per request ``tbt_s`` and the metrics of Mooncake's TBT and
+effective capacity (:mod:`lsched.evaluator.gaps`, :func:`lsched.metrics.tbt_metrics`;
+a rejected request misses).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd
 from lsched.cluster import Cluster
 from lsched.evaluator.cluster import REJECTED, ClusterRun
 from lsched.evaluator.engine import ReplicaEngine
+from lsched.evaluator.gaps import log_tbt
 from lsched.evaluator.result import (
     EVICTION_COLUMNS,
     MEMBER_COLUMNS,
@@ -33,7 +37,7 @@ from lsched.evaluator.result import (
     SimulationResult,
 )
 from lsched.instance import Instance
-from lsched.metrics import SLO_ATTAINMENT_KEYS, schedule_metrics
+from lsched.metrics import SLO_ATTAINMENT_KEYS, schedule_metrics, tbt_metrics
 
 
 def collect(
@@ -99,6 +103,9 @@ def collect(
     mean_capacity = capacity / replicas
     if capacity % replicas == 0:
         mean_capacity = capacity // replicas
+    tables = _log_tables(frames, cluster.prefix_cached) if log else {}
+    if log:  # every token's time is in the log: Mooncake's TBT
+        columns["tbt_s"] = log_tbt(instance, cluster, tables["runs"], tables["members"])
     total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
     if stages:
         total["transferred_bytes"] = float(stages["transferred_bytes"].sum())
@@ -111,12 +118,12 @@ def collect(
         replicas=replicas,
         requests=pd.DataFrame(
             columns | stages | swaps | cached,
-            columns=[*REQUEST_COLUMNS, *stages, *swaps, *cached],
+            columns=[*REQUEST_COLUMNS, *_tbt(columns), *stages, *swaps, *cached],
         ),
         metrics=total,
         iterations=sum(e.iterations for e in engines),
         runtime_s=runtime_s,
-        **(_log_tables(frames, cluster.prefix_cached) if log else {}),
+        **tables,
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
@@ -131,6 +138,11 @@ _LOG_TABLES: dict[str, tuple[str, ...]] = {
     "swaps": SWAP_COLUMNS,
     "evictions": EVICTION_COLUMNS,
 }
+
+
+def _tbt(columns: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The request column ``tbt_s`` where the log gave it."""
+    return ("tbt_s",) if "tbt_s" in columns else ()
 
 
 def _log_frames(
@@ -296,6 +308,9 @@ def _metrics(
         recomputed_tokens=int(columns["recomputed_tokens"][ids].sum()),
     )
     metrics |= _prefix_metrics(engines)
+    if "tbt_s" in columns:  # over every request: a rejection is a miss
+        ttft = columns["first_token_s"][rows] - instance.arrival_s[rows]
+        metrics |= tbt_metrics(ttft, columns["tbt_s"][rows])
     rejected = len(rows) - len(ids)
     metrics["num_rejected"] = float(rejected)
     metrics["num_truncated"] = float(np.count_nonzero(columns["truncated_tokens"][ids]))

@@ -243,6 +243,12 @@ class ReplicaView:
     host_capacity_blocks, host_used_blocks
         Host blocks of the replica's host tier, and those held (by swapped
         requests and copies in flight).
+    cached_prefix, prefix_block_tokens
+        The replica's prefix cache (:mod:`lsched.evaluator.prefix`), read-only:
+        a request's leading run of resident hash blocks (on the GPU or, with a
+        host tier, on the host), and the tokens of a hash block ``B``; ``None``
+        and 0 without a cache. Read it with
+        :meth:`cached_prefix_blocks`.
     """
 
     now_s: float
@@ -264,6 +270,15 @@ class ReplicaView:
     swapped_tokens: IntArray | None = None
     host_capacity_blocks: int = 0
     host_used_blocks: int = 0
+    cached_prefix: Callable[[int], int] | None = None
+    prefix_block_tokens: int = 0
+
+    def cached_prefix_blocks(self, r: int) -> int:
+        """Request ``r``'s leading hash blocks resident in the replica's prefix
+        cache now (0 without a cache): what its admission would find, before
+        the caps of :mod:`lsched.evaluator.prefix` (rule 1). Changes nothing;
+        O(blocks of ``r``)."""
+        return 0 if self.cached_prefix is None else int(self.cached_prefix(r))
 
     @property
     def kv(self) -> KVBlocks:

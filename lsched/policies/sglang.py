@@ -35,18 +35,43 @@ replica has no ``max_model_len``; ``e_i`` tokens emitted so far):
    to SGLang's estimate over the surviving requests ``min(1, (sum e_i +
    retract_decode_steps * n) / (sum M_i + 1))`` (floored by step 1), and nothing is
    admitted in that step.
-4. **Admission**, waiting requests in arrival order (SGLang's ``fcfs`` policy; with
-   no prefix cache ``lpm`` degenerates to it), while fewer than ``max_num_seqs``
-   requests run and budget is left. Head ``w`` needs ``total = s_w + e_w +
-   min(M_w, clip)`` tokens and is admitted with a first chunk ``min(s_w + e_w,
-   budget left)`` only if ``total < rem_total`` (SGLang's strict test) and the
-   chunk's blocks fit, where ``rem_total = capacity_tokens - sum over running r of
-   (k_r + ratio * min(max(M_r - e_r, 0), clip)) - sum over requests admitted in
-   this step of their ``total``, ``k_r = max(KV tokens of r after this iteration,
-   its prefill target)``; the first that fails stops admission.
+4. **Admission**, waiting requests in the order of ``schedule_policy`` (below),
+   while fewer than ``max_num_seqs`` requests run and budget is left. Head ``w``
+   needs ``total = s_w + e_w + min(M_w, clip)`` tokens and is admitted with a
+   first chunk ``min(s_w + e_w, budget left)`` only if ``total < rem_total``
+   (SGLang's strict test) and the chunk's blocks fit, where ``rem_total =
+   capacity_tokens - sum over running r of (k_r + ratio * min(max(M_r - e_r, 0),
+   clip)) - sum over requests admitted in this step of their ``total``, ``k_r =
+   max(KV tokens of r after this iteration, its prefill target)``; the first
+   that fails stops admission.
+
+Order of the waiting requests (SGLang's ``--schedule-policy``;
+``schedule_policy.py``, ``SchedulePolicy.calc_priority``,
+``_determine_active_policy``, ``_sort_by_longest_prefix``, read at commit
+00550cd11b35 of sgl-project/sglang):
+
+- ``fcfs`` (SGLang's default): arrival order.
+- ``lpm``, longest prefix match: the waiting requests sorted by their matched
+  prefix, longest first, ties in arrival order (a stable sort). Request ``w``'s
+  match is ``min(h_w B, s_w, s_w + e_w - 1)`` tokens, ``h_w`` its leading hash
+  blocks resident in the replica's prefix cache now (on the GPU or in its host
+  tier: SGLang's match counts ``host_hit_length`` too)
+  (:meth:`~lsched.policies.base.ReplicaView.cached_prefix_blocks`, ``B`` the hash
+  block's tokens): what its admission would be offered
+  (:mod:`lsched.evaluator.prefix`, rule 1; SGLang likewise caps
+  ``num_matched_prefix_tokens`` below the whole input). When more than
+  ``lpm_queue_limit`` requests wait (SGLang: ``len(waiting_queue) > 128``) or
+  the replica has no prefix cache (SGLang turns ``lpm`` into ``fcfs`` when its
+  tree cache is disabled), the order is ``fcfs``.
 
 Where SGLang differs or is silent:
 
+- SGLang sorts its waiting queue in place, so ties (and the ``fcfs`` order past
+  128 waiting) keep the order of its previous sort; here ties and ``fcfs`` are
+  by arrival. SGLang also defers (``temporary_deprioritized``) a request whose
+  cached match is at most 32 tokens when it shares 32 tokens or more with a
+  request ahead of it in the queue (its in-batch prefix caching); the view
+  offers no look at other waiting requests' hashes, so that rule is left out.
 - The ratio decays every iteration (SGLang: every decode step; prefill-only steps
   do not exist in mixed mode). SGLang resets to ``init`` when the scheduler idles;
   here at any boundary with no running request (which covers idling).
@@ -64,7 +89,10 @@ smaller ratio can let the head of the queue in without any event, so a decode-on
 batch is held only when (a) nothing waits (admission is moot until an arrival and
 retraction does not read the ratio) or (b) the ratio is at its floor: then every
 decode step raises a running request's charge by 1 token and lowers it by at most
-``ratio <= 1``, so ``rem_total`` never grows and the head fits no better. The
+``ratio <= 1``, so ``rem_total`` never grows and the head fits no better. Under
+``lpm`` with a cache (b) does not hold: a held stretch may evict cached blocks,
+which can reorder the queue and bring a smaller request to its head, so such a
+batch is held only in case (a). The
 policy's state (the last reset) changes only at boundaries with no running request
 or with a retraction, neither of which falls inside a held stretch.
 """
@@ -79,6 +107,9 @@ from lsched.checks import check_int
 from lsched.errors import InputError
 from lsched.policies.base import Batch, IntArray, ReplicaView
 from lsched.policies.vllm import plan_batch, running_pass
+
+#: The orders of the waiting requests (``SglangParams.schedule_policy``).
+SCHEDULE_POLICIES: tuple[str, ...] = ("fcfs", "lpm")
 
 
 def _check_ratio(value: object, name: str, low: float, high: float) -> None:
@@ -108,6 +139,11 @@ class SglangParams:
     retract_decode_steps
         Decode steps per surviving request in the post-retraction ratio estimate
         (SGLang's ``SGLANG_RETRACT_DECODE_STEPS``, 20), >= 0.
+    schedule_policy
+        Order of the waiting requests: ``fcfs`` or ``lpm`` (module docstring).
+    lpm_queue_limit
+        ``lpm`` sorts while at most this many requests wait, else ``fcfs``
+        (SGLang 128), >= 0.
     """
 
     init_new_token_ratio: float = 0.7
@@ -115,6 +151,8 @@ class SglangParams:
     decay: float = 0.001
     clip_max_new_tokens: int = 4096
     retract_decode_steps: int = 20
+    schedule_policy: str = "fcfs"
+    lpm_queue_limit: int = 128
 
     def __post_init__(self) -> None:
         _check_ratio(self.init_new_token_ratio, "init_new_token_ratio", 0.0, 1.0)
@@ -132,6 +170,13 @@ class SglangParams:
         _check_ratio(self.decay, "decay", 0.0, float("inf"))
         check_int(self.clip_max_new_tokens, "clip_max_new_tokens", 1)
         check_int(self.retract_decode_steps, "retract_decode_steps", 0)
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise InputError(
+                f"got {self.schedule_policy!r}; expected one of "
+                f"{', '.join(SCHEDULE_POLICIES)}",
+                field="schedule_policy",
+            )
+        check_int(self.lpm_queue_limit, "lpm_queue_limit", 0)
 
 
 class Sglang:
@@ -166,9 +211,34 @@ class Sglang:
         new, chunks = self._admit(view, ratio, budget_max, plan, used, budget)
         batch = plan_batch(view, plan | dict(zip(new, chunks, strict=True)), [])
         if len(batch.prefill) == 0:
-            hold = len(view.waiting) == 0 or ratio <= p.min_new_token_ratio
+            floor = ratio <= p.min_new_token_ratio and not self._sorts(view)
+            hold = len(view.waiting) == 0 or floor
             return Batch(decode=batch.decode, hold=hold)
         return batch
+
+    def _sorts(self, view: ReplicaView) -> bool:
+        """Whether step 4 takes the ``lpm`` order (module docstring)."""
+        p = self.params
+        return (
+            p.schedule_policy == "lpm"
+            and view.cached_prefix is not None
+            and len(view.waiting) <= p.lpm_queue_limit
+        )
+
+    def queue(self, view: ReplicaView) -> list[int]:
+        """The waiting requests in step 4's order: ``lpm`` (the longest cached
+        prefix first, ties by arrival) or ``fcfs`` (module docstring)."""
+        waiting = view.waiting.tolist()
+        if not self._sorts(view):
+            return waiting
+        block = view.prefix_block_tokens
+        prompt, emitted = view.prompt_tokens, view.emitted_tokens
+
+        def matched(w: int) -> int:
+            s, e = int(prompt[w]), int(emitted[w])
+            return min(view.cached_prefix_blocks(w) * block, s, s + e - 1)
+
+        return sorted(waiting, key=lambda w: -matched(w))  # stable: ties by arrival
 
     def _budget_max(self, view: ReplicaView) -> IntArray:
         """``M_i`` for every request: SGLang's ``max_new_tokens``."""
@@ -238,7 +308,7 @@ class Sglang:
         seqs = len(running)
         admitted: list[int] = []
         chunks: list[int] = []
-        for w in view.waiting.tolist():
+        for w in self.queue(view):
             if seqs >= limits.max_num_seqs or budget <= 0:
                 break
             need = int(view.prompt_tokens[w] + view.emitted_tokens[w])

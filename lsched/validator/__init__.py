@@ -263,7 +263,16 @@ iteration x its duration, / ``(C * kv_capacity_tokens * makespan)``), ``preempti
 ``e2e``, ``tpot`` (``o_i >= 2`` only) and ``normalized_latency`` (``e2e / o_i``), each
 as ``<name>_<stat>_s``, ``slo_attainment`` (share of requests meeting every
 deadline they carry; NaN without deadlines), ``slo_attainment_ttft`` and
-``slo_attainment_tpot`` (each deadline alone; NaN without it).
+``slo_attainment_tpot`` (each deadline alone; NaN without it). Mooncake's TBT
+(:mod:`lsched.validator.tbt`: per request ``tbt_s``, the mean of its ``ceil(g /
+10)`` longest gaps between the ends of the iterations that emit its tokens;
+``tbt_mean_s`` and its percentiles over the requests with a gap) and effective
+capacity (``effective_capacity_tbt_100ms``, ``_200ms``, ``_300ms``: the share of
+all requests with TTFT <= 30 s and TBT within the threshold, one with no gap
+meeting it, one rejected for length missing it) are recomputed from the tokens
+the walk counts, and compared where the claimed records and metrics carry them
+(a run simulated with its log does); not for a disaggregated cluster, whose
+requests' gaps span two pools.
 """
 
 from lsched.validator.cluster import validate_cluster

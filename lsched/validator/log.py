@@ -37,6 +37,7 @@ from lsched.validator.report import (
 from lsched.validator.schema import _check_schema, _check_swap_schema
 from lsched.validator.stages import _stage_kv, _Stages
 from lsched.validator.swaps import _check_swaps
+from lsched.validator.tbt import _check_tbt
 from lsched.validator.timing import _iteration_end, _run_times
 
 
@@ -200,10 +201,16 @@ def _validate_log(
     if cache is not None:
         own |= cache.metrics
     records = _own_records(replay, first, done, sw, log if cache else None)
+    # Mooncake's TBT (not for a disaggregated pool: its gaps span two pools)
+    tbt: dict[str, float] = {}
+    if stages is None:
+        tbt = _check_tbt(instance, profile, log, features, replay, first, records,
+                         metrics, rtol, out)  # fmt: skip
     if requests is not None:
         _compare_records(records, requests, rtol, out)
     if metrics is not None:
         _compare_metrics(own, metrics, rtol, out)
+    own |= tbt
     if swap_metrics is not None:
         if metrics is not None and swap_totals:
             _compare_metrics(swap_metrics, metrics, rtol, out)

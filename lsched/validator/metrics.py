@@ -111,6 +111,8 @@ def _compare_records(
             columns.append(extra)
         elif own[extra].any():
             out.add("schema", f"requests lacks column {extra} ({what})")
+    if "tbt_s" in own.columns and "tbt_s" in claimed.columns:  # with the log
+        columns.append("tbt_s")
     for column in columns:
         mine = own[column].to_numpy(dtype=np.float64)
         theirs = claimed[column].to_numpy(dtype=np.float64)

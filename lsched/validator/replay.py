@@ -134,6 +134,8 @@ class _Replay:
     pair: IntArray  # per swap-out: the row of the swap-in that ends it, -1 if none
     admits: IntArray  # per member: its prefill target if it admits, else 0
     hits: IntArray  # per member: the cached tokens its admission takes (a cache)
+    tokens: list[tuple[int, int, int]]  # (request, run position, tokens it emits
+    # there, one per iteration from the first), in the walk's order
 
 
 def _replay(
@@ -256,6 +258,7 @@ class _Replayer:
         self.first_at: list[tuple[int, int, int]] = []  # (request, position, k)
         self.done_at: list[tuple[int, int, int]] = []
         self.emitted_of = [0] * n
+        self.tokens: list[tuple[int, int, int]] = []
         self.first_pos = [-1] * n
         self.adopted = [False] * n
 
@@ -469,6 +472,9 @@ class _Replayer:
             steps = self.decode(state, pos, row)
         self.after[row] = state.processed
         self.emitted_of[i] = state.emitted
+        output = self.output[i]
+        if min(state.emitted, output) > emitted_before:
+            self.tokens.append((i, pos, min(state.emitted, output) - emitted_before))
         if emitted_before == 0 and state.emitted > 0:
             self.first_at.append((i, pos, 0))
         if state.emitted >= self.output[i]:
@@ -602,4 +608,5 @@ class _Replayer:
             pair=ints(self.pair),
             admits=ints(self.admits),
             hits=ints(self.hits),
+            tokens=self.tokens,
         )
