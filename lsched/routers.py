@@ -314,6 +314,10 @@ class RandomParams:
 
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.seed >= 0:
+            raise ValueError(f"got seed={self.seed}; expected an integer >= 0")
+
 
 class Random:
     """Request ``i`` to ``default_rng([seed, i]).integers(C)``: uniform, seeded,
@@ -322,11 +326,6 @@ class Random:
     stateless = True
 
     def __init__(self, params: RandomParams, context: RouterContext) -> None:
-        if params.seed < 0:
-            raise InputError(
-                f"got seed={params.seed}; expected an integer >= 0",
-                field="router random",
-            )
         self.seed = params.seed
         self.replicas = context.replicas
 
