@@ -28,6 +28,16 @@ prefill and decode pools:
    (``s_i + 1`` tokens), like a request preempted by recompute. It completes there
    at ``c_i``.
 
+*Prefix cache.* A prefill (or colocated) pool may have a ``prefix_cache``; a
+decode pool may not. Its replicas run the cache of :mod:`lsched.evaluator.prefix`
+as a colocated replica does (hits at admission, blocks cached as the prefill
+computes them, released when the request finishes its prefill). The blocks a
+finished request keeps pinned until its transfer ends are its own: its hash
+blocks become evictable at once, and count ``g`` each beside them (the KV on
+its way out is not shared with the cache). Routers read each entry replica's
+cache through :meth:`~lsched.routers.ClusterView.cached_blocks` and the decode
+replicas' loads through :attr:`~lsched.routers.ClusterView.decode_loads`.
+
 *Pull* (a decode pool with ``pull = theta``, DistServe the system,
 ``distserve/decoding_stage_scheduler.py``): step 2 stops at the routing. The
 request joins its decode replica's queue and its KV waits, pinned, on the prefill
