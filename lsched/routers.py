@@ -454,8 +454,9 @@ class Conductor:
         )
 
     def route(self, view: ClusterView) -> int | Reject:
-        best = min((self._ttft(view, c), c) for c in range(view.replicas))
-        (ttft, prefill), c = best
+        predicted = [self._ttft(view, c) for c in range(view.replicas)]
+        c = min(range(view.replicas), key=lambda c: (predicted[c][0], c))
+        ttft, prefill = predicted[c]
         if ttft > self.params.ttft_slo_s:
             return Reject(
                 f"conductor: predicted TTFT {ttft:.3f} s > SLO "

@@ -1227,14 +1227,15 @@ def _naive_cache(
 # A decode replica counts the requests on their way to it. random: entry replica
 # default_rng([seed, i]).integers(E). prefix: the entry replica whose prefix cache
 # holds the longest leading run of request i's hashes at t (the cache after every
-# iteration that started before t), ties to least-outstanding's order.
+# iteration that started before t), ties to least-outstanding's order. conductor
+# (TTFT SLO only): _NaiveConductor.
 #
 # Prefix cache (a prefill or colocated pool's prefix_cache): each such replica runs
 # the cache of simulate_naive (_NaiveCache), its requests added as they reach it.
 
 _DEPART, _DELIVER, _PREFILLED, _ARRIVAL = 0, 1, 2, 3
 #: Routers the naive cluster engine implements.
-NAIVE_ROUTERS = ("round-robin", "least-outstanding", "random", "prefix")
+NAIVE_ROUTERS = ("round-robin", "least-outstanding", "random", "prefix", "conductor")
 
 
 @dataclass(frozen=True)
@@ -1278,6 +1279,46 @@ class NaiveDisaggResult:
     seatless_drops: int
     pull_stopped_by: dict[str, int]
     cached_tokens: IntArray
+
+
+def _prefill_s(profile: DeploymentProfile, prompt: int, cached: int) -> float:
+    """Seconds to prefill ``prompt`` tokens past ``cached`` alone: one iteration
+    per chunk of ``max_num_batched_tokens``, attention over what precedes it."""
+    total, done = 0.0, cached
+    while done < prompt:
+        c = min(profile.max_num_batched_tokens, prompt - done)
+        phi = np.array([1.0, c, c * (done + c), 0.0, 0.0, 1.0])
+        total += float(profile.iteration_time_s(phi))
+        done += c
+    return total
+
+
+class _NaiveConductor:
+    """``conductor:ttft_slo_s=S`` restated from the docstring of
+    :class:`lsched.routers.Conductor` (TTFT only): per entry replica, queue =
+    max(0, busy - t) plus the prefill of the tokens past its cached run; the
+    smallest (then the lowest id), rejected over ``S``; busy = max(busy, t) +
+    that prefill."""
+
+    def __init__(self, slo: float) -> None:
+        self.slo = slo
+        self.busy: dict[int, float] = {}
+
+    def choose(self, replicas: list[Any], i: int, t: float, s: int) -> Any:
+        """The replica for request ``i`` (``s`` tokens) at ``t``, or None."""
+        best = None
+        for x in replicas:
+            block = 0 if x.cache is None else x.cache.block
+            prefill = _prefill_s(x.profile, s, min(x.cached_run(i) * block, s - 1))
+            ttft = max(0.0, self.busy.get(x.index, 0.0) - t) + prefill
+            if best is None or ttft < best[0]:
+                best = (ttft, prefill, x)
+        assert best is not None
+        ttft, prefill, x = best
+        if ttft > self.slo:
+            return None
+        self.busy[x.index] = max(self.busy.get(x.index, 0.0), t) + prefill
+        return x
 
 
 def _hashes(instance: Instance, i: int) -> list[int]:
@@ -1616,6 +1657,11 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     rejected = [""] * n
     taken_s = [math.nan] * n
 
+    conductor = None
+    if cluster.router.name == "conductor":
+        if cluster.router.params.tbt_slo_s != math.inf:
+            raise ValueError("the naive engine's conductor has no TBT SLO")
+        conductor = _NaiveConductor(cluster.router.params.ttft_slo_s)
     events: list[tuple[float, int, int, Any]] = []
     counter = itertools.count()
 
@@ -1646,7 +1692,13 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         if _moves(prompt[i], output[i], cap) and not any(fits(d, peak) for d in decode):
             rejected[i] = f"peak KV {peak} tokens fits no decode replica"
             return
-        x = choose(cluster.router, entry, i, t)
+        if conductor is not None:
+            x = conductor.choose(entry, i, t, prompt[i])
+            if x is None:
+                rejected[i] = "conductor: predicted TTFT over its SLO"
+                return
+        else:
+            x = choose(cluster.router, entry, i, t)
         need = prompt[i] if x.role == "prefill" else peak
         if not fits(x, need):
             raise InputError(

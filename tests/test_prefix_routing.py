@@ -2,8 +2,9 @@
 prefill replicas of a disaggregated cluster, against the naive engine.
 
 ``tests/reference_engine.py`` routes ``random`` (``default_rng([seed,
-i]).integers(E)``) and ``prefix`` (longest run of the request's hashes resident
-in a replica's cache, ties to least-outstanding) with its own cache
+i]).integers(E)``), ``prefix`` (longest run of the request's hashes resident
+in a replica's cache, ties to least-outstanding) and ``conductor`` with a TTFT
+SLO (its own prefill prediction and queue ledger) with its own cache
 (``_NaiveCache``) on each prefill or colocated replica. On Hypothesis-drawn
 small clusters of ``tests/test_disagg_equivalence.py`` (prefill, decode and
 sometimes colocated pools; pushing and pulling decode pools; ideal, fifo and
@@ -76,7 +77,9 @@ def cached_scenarios(draw: st.DrawFn) -> Scenario:
         else dataclasses.replace(p, prefix_cache=PrefixCacheSpec(eviction, None))
         for p in case.cluster.pools
     )  # fmt: skip
-    routers = ["prefix", "prefix", "random:seed=0", "random:seed=7"]
+    routers = ["prefix", "prefix", "random:seed=0", "random:seed=7", "conductor",
+               "conductor:ttft_slo_s=1.5", "conductor:ttft_slo_s=1.5",
+               "conductor:ttft_slo_s=2.5"]  # fmt: skip
     router = parse_router(draw(st.sampled_from(routers)))
     cluster = dataclasses.replace(case.cluster, pools=pools, router=router)
     return Scenario(instance, cluster)
@@ -89,6 +92,7 @@ def cached_scenarios(draw: st.DrawFn) -> Scenario:
 )
 @given(cached_scenarios())
 def test_cached_clusters_route_and_agree(case: Scenario) -> None:
+    event(case.cluster.router.label)
     fast, naive = _run_both(case.instance, case.cluster)
     if fast is None:
         return
@@ -98,6 +102,8 @@ def test_cached_clusters_route_and_agree(case: Scenario) -> None:
     assert not problems, "\n".join(problems[:20])
     if cached.sum():
         event("a hit")
+    if (fast.requests["rejected"].str.startswith("conductor")).any():
+        event("a conductor rejection")
     validate_cluster(case.instance, case.cluster, fast).raise_if_invalid()
 
 
