@@ -219,8 +219,8 @@ class ClusterView:
 
     def cached_blocks(self, replica: int) -> int:
         """The leading run of the request's prefix block hashes resident in
-        ``replica``'s prefix cache (0 without a cache or hashes): read-only,
-        O(blocks of the request)."""
+        ``replica``'s prefix cache on the GPU (0 without a cache or hashes; a
+        host-tier cache is not counted): read-only, O(blocks of the request)."""
         if self._lookup is None:
             return 0
         return self._lookup(replica)

@@ -1375,6 +1375,8 @@ class _Stage(_Replica):
         self.finished_at: list[float] = []  # end of each completing iteration
         spec = getattr(pool, "prefix_cache", None)
         if spec is not None:  # a prefill or colocated pool's prefix cache
+            if spec.host_capacity_tokens is not None:
+                raise ValueError("the naive cluster engine has no host-tier cache")
             params = instance.params
             block = int(params.get("prefix_block_tokens", profile.block_tokens))
             self.cache = _NaiveCache(
@@ -1432,6 +1434,7 @@ class _Stage(_Replica):
             cache.pins.append(0)
             cache.stopped.append(False)
             cache.cached.append(0)
+            cache.written.append(0)
         self.wake(t)
 
     def wake(self, t: float) -> None:

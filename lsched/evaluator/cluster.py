@@ -754,9 +754,10 @@ class JointEngine(ReplicaEngine):
 
     def cached_blocks(self, hashes: list[int], t: float) -> int:
         """The leading run of ``hashes`` resident in this replica's prefix cache
-        (0 without one) at the first boundary at or after ``t``, after
-        :meth:`advance` to ``t``: read-only, O(len(hashes)) (plus the blocks a
-        pending held stretch evicts by then)."""
+        on the GPU (0 without one; a host-tier cache is not looked at) at the
+        first boundary at or after ``t``, after :meth:`advance` to ``t``:
+        read-only, O(len(hashes)) (plus the blocks a pending held stretch
+        evicts by then)."""
         if self.prefix is None:
             return 0
         evicted = self._stretch_evictions(t)
