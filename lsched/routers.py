@@ -24,10 +24,10 @@ Built-in routers
     A replica drawn uniformly per request: request ``i`` goes to
     ``numpy.random.default_rng([seed, i]).integers(C)``, whatever the order of
     the calls (the same on the stateless and the joint path). Mooncake's
-    "random" baseline (Qin et al., FAST 2025, section 8).
+    "random" baseline (Qin et al., FAST 2025; ``serving-systems.md``).
 ``prefix``
-    Longest cached prefix (Mooncake's "local cache-aware" scheduling, SGLang's
-    cache-aware router): the replica whose prefix cache holds the longest
+    Longest cached prefix (Mooncake's "local cache-aware" scheduling): the
+    replica whose prefix cache holds the longest
     leading run of the request's block hashes
     (:meth:`ClusterView.cached_blocks`), ties to the fewer unfinished requests,
     then to the lowest id. Without a prefix cache every run is 0: it is
@@ -47,7 +47,7 @@ Built-in routers
     without DistServe's ``_prefill_ips``: use ``least-outstanding`` there.
 
 A router that declares ``stateless = True`` reads nothing of the replicas' state
-(``round-robin``, ``static``): the evaluator then routes every request up front
+(``round-robin``, ``static``, ``random``): the evaluator then routes every request up front
 and runs each replica alone, which gives the same result as running them jointly
 in time (the replicas do not interact) at a fraction of the cost. Such a router
 may also route the whole instance at once with ``route_all(instance)``, an array
