@@ -176,8 +176,8 @@ class Pool:
             self._check_prefix_cache()
 
     def _check_prefix_cache(self) -> None:
-        """The pool's prefix cache: parsed, on a colocated pool whose policy
-        does not swap, within a replica's KV and host memory."""
+        """The pool's prefix cache: parsed, on a prefill or colocated pool whose
+        policy does not swap, within a replica's KV and host memory."""
         try:
             cache = parse_prefix_cache(self.prefix_cache)
             cache.check_fits(self.profile.kv_capacity_tokens, f"pool {self.name}")
@@ -188,9 +188,10 @@ class Pool:
                 exc.message, field=f"pool {self.name}: {exc.field}"
             ) from None
         where = f"pool {self.name}: prefix_cache"
-        if self.role != "colocated":
+        if self.role == "decode":
             raise InputError(
-                f"a prefix cache on a {self.role} pool; expected a colocated pool",
+                "a prefix cache on a decode pool; expected a prefill or colocated "
+                "pool (a decode replica prefills nothing it could reuse)",
                 field=where,
             )
         if getattr(getattr(self.policy, "params", None), "swaps", False):

@@ -20,6 +20,22 @@ Built-in routers
     requests, then to the lowest id. (The second key matters for simultaneous
     arrivals: a request just dispatched holds no KV until it is admitted, so
     without it every request of a burst would go to one replica.)
+``random:seed=0``
+    A replica drawn uniformly per request: request ``i`` goes to
+    ``numpy.random.default_rng([seed, i]).integers(C)``, whatever the order of
+    the calls (the same on the stateless and the joint path). Mooncake's
+    "random" baseline (Qin et al., FAST 2025; ``serving-systems.md``).
+``prefix``
+    Longest cached prefix (Mooncake's "local cache-aware" scheduling): the
+    replica whose prefix cache holds the longest
+    leading run of the request's block hashes
+    (:meth:`ClusterView.cached_blocks`), ties to the fewer unfinished requests,
+    then to the lowest id. Without a prefix cache every run is 0: it is
+    ``least-outstanding``.
+``conductor:ttft_slo_s=inf,tbt_slo_s=inf``
+    Mooncake's Conductor (:class:`Conductor`): the replica with the smallest
+    predicted TTFT, or a rejection when that misses the TTFT SLO or the decode
+    pool would miss the TBT SLO.
 ``least-queued``
     The replica with the fewest *queued* requests (:meth:`ClusterView.queued`:
     unfinished and not in the iteration in flight), ties to the lowest id.
@@ -31,7 +47,7 @@ Built-in routers
     without DistServe's ``_prefill_ips``: use ``least-outstanding`` there.
 
 A router that declares ``stateless = True`` reads nothing of the replicas' state
-(``round-robin``, ``static``): the evaluator then routes every request up front
+(``round-robin``, ``static``, ``random``): the evaluator then routes every request up front
 and runs each replica alone, which gives the same result as running them jointly
 in time (the replicas do not interact) at a fraction of the cost. Such a router
 may also route the whole instance at once with ``route_all(instance)``, an array
@@ -50,6 +66,7 @@ Register your own with :func:`register_router`::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +75,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.errors import InputError
+from lsched.profile.cost import batch_features
 from lsched.registry import Registry
 
 
@@ -82,12 +100,21 @@ class RouterContext:
         The KV capacity of every replica, tokens.
     assignment
         A replica id per request given to ``simulate`` (for ``static``), or None.
+    profiles
+        The deployment profile of every replica (empty where the loop gives none).
+    hash_block_tokens
+        ``B``, tokens per prefix hash block of every replica (0: no cache).
+    decode_profiles
+        On a disaggregated cluster, the profile of every decode replica.
     """
 
     replicas: int
     pool: tuple[str, ...]
     kv_capacity_tokens: tuple[int, ...]
     assignment: npt.NDArray[np.int64] | None = None
+    profiles: tuple[Any, ...] = ()
+    hash_block_tokens: tuple[int, ...] = ()
+    decode_profiles: tuple[Any, ...] = ()
 
 
 class ClusterView:
@@ -101,10 +128,16 @@ class ClusterView:
     per-replica state is computed on first use, for every replica at once; a
     stateless router never pays for it (and may not read it: the replicas have
     not run yet). :meth:`queued` is read at ``now_s`` itself.
+    :meth:`cached_blocks` reads a replica's prefix cache at that boundary (the
+    blocks of an iteration in flight counted) in O(blocks of the request), and
+    :attr:`decode_loads` the decode replicas of a disaggregated cluster.
     """
 
     __slots__ = (
         "_cache",
+        "_decode",
+        "_decode_cache",
+        "_lookup",
         "_queued",
         "_queued_cache",
         "_state",
@@ -129,6 +162,8 @@ class ClusterView:
         tenant: str | None = None,
         priority: int | None = None,
         queued: Callable[[int], int] | None = None,
+        lookup: Callable[[int], int] | None = None,
+        decode: Callable[[], list[tuple[int, int]]] | None = None,
     ) -> None:
         self.context = context
         self.request = request
@@ -141,6 +176,9 @@ class ClusterView:
         self._cache: list[tuple[int, int]] | None = None
         self._queued = queued
         self._queued_cache: list[int] | None = None
+        self._lookup = lookup
+        self._decode = decode
+        self._decode_cache: list[tuple[int, int]] | None = None
 
     @property
     def replicas(self) -> int:
@@ -178,6 +216,23 @@ class ClusterView:
                 )
             self._queued_cache = [self._queued(c) for c in range(self.replicas)]
         return self._queued_cache[replica]
+
+    def cached_blocks(self, replica: int) -> int:
+        """The leading run of the request's prefix block hashes resident in
+        ``replica``'s prefix cache on the GPU (0 without a cache or hashes; a
+        host-tier cache is not counted): read-only, O(blocks of the request)."""
+        if self._lookup is None:
+            return 0
+        return self._lookup(replica)
+
+    @property
+    def decode_loads(self) -> list[tuple[int, int]]:
+        """``(outstanding, kv_tokens)`` of every decode replica of a
+        disaggregated cluster (requests on their way to it counted), in decode
+        replica order; empty on a colocated cluster."""
+        if self._decode_cache is None:
+            self._decode_cache = [] if self._decode is None else self._decode()
+        return self._decode_cache
 
 
 class Router(Protocol):
@@ -253,6 +308,170 @@ class LeastQueued:
         return min(range(view.replicas), key=view.queued)
 
 
+@dataclass(frozen=True)
+class RandomParams:
+    """``random``'s parameters: the seed of every request's draw."""
+
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.seed >= 0:
+            raise ValueError(f"got seed={self.seed}; expected an integer >= 0")
+
+
+class Random:
+    """Request ``i`` to ``default_rng([seed, i]).integers(C)``: uniform, seeded,
+    independent of the order of the calls."""
+
+    stateless = True
+
+    def __init__(self, params: RandomParams, context: RouterContext) -> None:
+        self.seed = params.seed
+        self.replicas = context.replicas
+
+    def route(self, view: ClusterView) -> int:
+        rng = np.random.default_rng([self.seed, view.request])
+        return int(rng.integers(self.replicas))
+
+    def route_all(self, instance: Any) -> npt.NDArray[np.int64]:
+        return np.array(
+            [
+                np.random.default_rng([self.seed, i]).integers(self.replicas)
+                for i in range(len(instance))
+            ],
+            dtype=np.int64,
+        )
+
+
+class LongestPrefix:
+    """The replica caching the longest leading run of the request's block
+    hashes, ties to the fewer unfinished requests, then to the lowest id."""
+
+    def route(self, view: ClusterView) -> int:
+        return min(
+            (-view.cached_blocks(c), u, c) for c, (u, _) in enumerate(view.loads)
+        )[2]
+
+
+@dataclass(frozen=True)
+class ConductorParams:
+    """``conductor``'s SLOs, seconds (``inf``: none)."""
+
+    ttft_slo_s: float = math.inf
+    tbt_slo_s: float = math.inf
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_slo_s", "tbt_slo_s"):
+            value = getattr(self, name)
+            if not value > 0:  # NaN too
+                raise ValueError(f"got {name}={value}; expected seconds > 0")
+
+
+def prefill_seconds(profile: Any, prompt: int, cached: int) -> float:
+    """Predicted seconds to prefill ``prompt`` tokens of which ``cached`` are
+    cached, alone on a replica of ``profile``: chunks of ``max_num_batched_tokens``
+    tokens, one iteration each, attention over the cached context charged
+    (phi of :mod:`lsched.profile.cost`)."""
+    left = prompt - cached
+    step = profile.max_num_batched_tokens
+    chunks = np.full(-(-left // step), step, dtype=np.int64)
+    chunks[-1] = left - step * (len(chunks) - 1)
+    before = cached + np.concatenate([[0], np.cumsum(chunks)[:-1]])
+    phi = batch_features(
+        len(chunks),
+        prefill_batch=np.arange(len(chunks)),
+        prefill_tokens=chunks,
+        prefill_ctx_before=before,
+    )
+    return float(profile.iteration_time_s(phi).sum())
+
+
+def decode_step_seconds(profile: Any, steps: int, kv_tokens: int) -> float:
+    """Seconds of one decode iteration of ``steps`` requests reading
+    ``kv_tokens`` KV tokens on a replica of ``profile``."""
+    phi = np.array([1.0, 0.0, 0.0, steps, kv_tokens, 0.0])
+    return float(profile.iteration_time_s(phi))
+
+
+class Conductor:
+    """Mooncake's Conductor (Qin et al., FAST 2025, Algorithm 1;
+    ``/work/shared/reference/serving-systems.md``), on the replicas' local caches.
+
+    For every entry replica ``p`` (prefill or colocated) the predicted TTFT of a
+    request of ``s`` tokens is ``T_queue(p) + T_prefill(s, x_p)``:
+
+    * ``x_p = min(h_p B, s - 1)`` cached tokens, ``h_p`` the leading run of its
+      hashes in ``p``'s cache (:meth:`ClusterView.cached_blocks`);
+    * ``T_prefill`` the cost model's time of the remaining ``s - x_p`` tokens
+      alone on ``p`` (:func:`prefill_seconds`);
+    * ``T_queue(p) = max(0, busy_p - now)``, where ``busy_p`` is this router's
+      ledger of ``p``'s work: each request it sends to ``p`` sets ``busy_p =
+      max(busy_p, now) + T_prefill`` (Mooncake's Conductor likewise sums the
+      predicted prefill times of the requests queued on an instance).
+
+    The transfer term is 0: lsched does not copy a prefix between replicas
+    (Mooncake's ``T_transfer`` for a prefix fetched from the best holder), so
+    this is Conductor restricted to local hits. It picks the smallest
+    prediction (ties to the lowest id) and rejects the request when that
+    prediction exceeds ``ttft_slo_s``, or when the predicted TBT exceeds
+    ``tbt_slo_s``: the time of one decode iteration, on the decode replica
+    where it is smallest (:attr:`ClusterView.decode_loads`; on a colocated
+    cluster the chosen replica itself), of its ``u`` unfinished requests plus
+    this one, reading its ``K`` KV tokens plus ``u + s + 1``
+    (:func:`decode_step_seconds`): the decode pool's state now, not when the
+    request will get there.
+    """
+
+    def __init__(self, params: ConductorParams, context: RouterContext) -> None:
+        if len(context.profiles) != context.replicas:
+            raise InputError(
+                "router 'conductor' needs every replica's profile (a cluster "
+                "simulation gives them)",
+                field="router",
+            )
+        self.params = params
+        self.context = context
+        self.busy_s = [0.0] * context.replicas
+
+    def _ttft(self, view: ClusterView, c: int) -> tuple[float, float]:
+        """(predicted TTFT, predicted prefill seconds) on entry replica ``c``."""
+        s = view.prompt_tokens
+        blocks = self.context.hash_block_tokens
+        b = blocks[c] if blocks else 0
+        cached = min(view.cached_blocks(c) * b, s - 1)
+        prefill = prefill_seconds(self.context.profiles[c], s, cached)
+        return max(0.0, self.busy_s[c] - view.now_s) + prefill, prefill
+
+    def _tbt(self, view: ClusterView, c: int) -> float:
+        """Predicted TBT (class docstring)."""
+        s = view.prompt_tokens
+        if view.decode_loads:
+            pairs = zip(self.context.decode_profiles, view.decode_loads, strict=True)
+        else:
+            pairs = zip([self.context.profiles[c]], [view.loads[c]], strict=True)
+        return min(
+            decode_step_seconds(p, u + 1, kv + u + s + 1) for p, (u, kv) in pairs
+        )
+
+    def route(self, view: ClusterView) -> int | Reject:
+        predicted = [self._ttft(view, c) for c in range(view.replicas)]
+        c = min(range(view.replicas), key=lambda c: (predicted[c][0], c))
+        ttft, prefill = predicted[c]
+        if ttft > self.params.ttft_slo_s:
+            return Reject(
+                f"conductor: predicted TTFT {ttft:.3f} s > SLO "
+                f"{self.params.ttft_slo_s:g} s (best replica {c})"
+            )
+        tbt = self._tbt(view, c)
+        if tbt > self.params.tbt_slo_s:
+            return Reject(
+                f"conductor: predicted TBT {tbt:.4f} s > SLO "
+                f"{self.params.tbt_slo_s:g} s"
+            )
+        self.busy_s[c] = max(self.busy_s[c], view.now_s) + prefill
+        return c
+
+
 #: Router name -> parameters and constructor.
 REGISTRY = Registry("router")
 REGISTRY.register(
@@ -269,6 +488,9 @@ REGISTRY.register("least-kv", lambda params: LeastKv(), None, LeastKv.__doc__)
 REGISTRY.register(
     "least-queued", lambda params: LeastQueued(), None, LeastQueued.__doc__
 )
+REGISTRY.register("random", Random, RandomParams, Random.__doc__)
+REGISTRY.register("conductor", Conductor, ConductorParams, Conductor.__doc__)
+REGISTRY.register("prefix", lambda params: LongestPrefix(), None, LongestPrefix.__doc__)
 
 
 @dataclass(frozen=True)

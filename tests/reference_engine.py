@@ -1248,11 +1248,18 @@ def _naive_cache(
 # request is finished once the iteration that completes it has started before t (the
 # replica's state at its first boundary at or after t); on a prefill replica once
 # its prefill ended by t (an iteration in flight at t has not finished its requests).
-# A decode replica counts the requests on their way to it.
+# A decode replica counts the requests on their way to it. random: entry replica
+# default_rng([seed, i]).integers(E). prefix: the entry replica whose prefix cache
+# holds the longest leading run of request i's hashes at t (the cache after every
+# iteration that started before t), ties to least-outstanding's order. conductor
+# (TTFT SLO only): _NaiveConductor.
+#
+# Prefix cache (a prefill or colocated pool's prefix_cache): each such replica runs
+# the cache of simulate_naive (_NaiveCache), its requests added as they reach it.
 
 _DEPART, _DELIVER, _PREFILLED, _ARRIVAL = 0, 1, 2, 3
 #: Routers the naive cluster engine implements.
-NAIVE_ROUTERS = ("round-robin", "least-outstanding")
+NAIVE_ROUTERS = ("round-robin", "least-outstanding", "random", "prefix", "conductor")
 
 
 @dataclass(frozen=True)
@@ -1273,7 +1280,8 @@ class NaiveDisaggResult:
     rule (``threshold``, ``blocks``, ``slots``: (a)-(c)) stopped a pulling
     replica with requests to take: all for the tests' coverage counts.
     ``emitted_tokens``: the tokens each request emitted where it completed (0
-    if rejected).
+    if rejected). ``cached_tokens``: the cached tokens each request took on its
+    prefill or colocated replica (a pool's ``prefix_cache``; 0 without one).
     """
 
     replica: IntArray
@@ -1294,6 +1302,55 @@ class NaiveDisaggResult:
     emitted_tokens: IntArray
     seatless_drops: int
     pull_stopped_by: dict[str, int]
+    cached_tokens: IntArray
+
+
+def _prefill_s(profile: DeploymentProfile, prompt: int, cached: int) -> float:
+    """Seconds to prefill ``prompt`` tokens past ``cached`` alone: one iteration
+    per chunk of ``max_num_batched_tokens``, attention over what precedes it."""
+    total, done = 0.0, cached
+    while done < prompt:
+        c = min(profile.max_num_batched_tokens, prompt - done)
+        phi = np.array([1.0, c, c * (done + c), 0.0, 0.0, 1.0])
+        total += float(profile.iteration_time_s(phi))
+        done += c
+    return total
+
+
+class _NaiveConductor:
+    """``conductor:ttft_slo_s=S`` restated from the docstring of
+    :class:`lsched.routers.Conductor` (TTFT only): per entry replica, queue =
+    max(0, busy - t) plus the prefill of the tokens past its cached run; the
+    smallest (then the lowest id), rejected over ``S``; busy = max(busy, t) +
+    that prefill."""
+
+    def __init__(self, slo: float) -> None:
+        self.slo = slo
+        self.busy: dict[int, float] = {}
+
+    def choose(self, replicas: list[Any], i: int, t: float, s: int) -> Any:
+        """The replica for request ``i`` (``s`` tokens) at ``t``, or None."""
+        best = None
+        for x in replicas:
+            block = 0 if x.cache is None else x.cache.block
+            prefill = _prefill_s(x.profile, s, min(x.cached_run(i) * block, s - 1))
+            ttft = max(0.0, self.busy.get(x.index, 0.0) - t) + prefill
+            if best is None or ttft < best[0]:
+                best = (ttft, prefill, x)
+        assert best is not None
+        ttft, prefill, x = best
+        if ttft > self.slo:
+            return None
+        self.busy[x.index] = max(self.busy.get(x.index, 0.0), t) + prefill
+        return x
+
+
+def _hashes(instance: Instance, i: int) -> list[int]:
+    """Request ``i``'s prefix block hashes (none without any)."""
+    offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
+    if offsets is None or values is None:
+        return []
+    return [int(h) for h in values[offsets[i] : offsets[i + 1]]]
 
 
 class _Stage(_Replica):
@@ -1340,6 +1397,27 @@ class _Stage(_Replica):
         self.busy = False  # next_s is the end of an iteration it runs
         self.routed = 0  # requests a router sent here
         self.finished_at: list[float] = []  # end of each completing iteration
+        spec = getattr(pool, "prefix_cache", None)
+        if spec is not None:  # a prefill or colocated pool's prefix cache
+            if spec.host_capacity_tokens is not None:
+                raise ValueError("the naive cluster engine has no host-tier cache")
+            params = instance.params
+            block = int(params.get("prefix_block_tokens", profile.block_tokens))
+            self.cache = _NaiveCache(
+                [], block, profile.block_tokens, spec.eviction, spec.capacity_tokens
+            )
+
+    def cached_run(self, i: int) -> int:
+        """The leading run of request ``i``'s hashes resident here (0 without
+        a cache)."""
+        if self.cache is None:
+            return 0
+        run = 0
+        for h in _hashes(self.instance, i):
+            if not self.cache.resident(h):
+                break
+            run += 1
+        return run
 
     def pinned_blocks(self) -> int:
         return sum(self.pins.values()) + sum(self.reserved.values())
@@ -1375,6 +1453,13 @@ class _Stage(_Replica):
         self.token_s.append([])
         self.carried.append(carried)
         self.seen.append(carried == 0)
+        if self.cache is not None:
+            cache = self.cache
+            cache.hashes.append(_hashes(self.instance, i))
+            cache.pins.append(0)
+            cache.stopped.append(False)
+            cache.cached.append(0)
+            cache.written.append(0)
         self.wake(t)
 
     def wake(self, t: float) -> None:
@@ -1600,6 +1685,11 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     rejected = [""] * n
     taken_s = [math.nan] * n
 
+    conductor = None
+    if cluster.router.name == "conductor":
+        if cluster.router.params.tbt_slo_s != math.inf:
+            raise ValueError("the naive engine's conductor has no TBT SLO")
+        conductor = _NaiveConductor(cluster.router.params.ttft_slo_s)
     events: list[tuple[float, int, int, Any]] = []
     counter = itertools.count()
 
@@ -1612,6 +1702,13 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     def choose(spec: Any, replicas: list[_Stage], i: int, t: float) -> _Stage:
         if spec.name == "round-robin":
             return replicas[i % len(replicas)]
+        if spec.name == "random":  # a generator seeded with (seed, i) per request
+            draw = np.random.default_rng([spec.params.seed, i]).integers(len(replicas))
+            return replicas[int(draw)]
+        if spec.name == "prefix":  # longest cached run, then fewest unfinished
+            return min(
+                replicas, key=lambda x: (-x.cached_run(i), x.outstanding(t), x.index)
+            )
         return min(replicas, key=lambda x: (x.outstanding(t), x.index))
 
     def arrive(i: int) -> None:
@@ -1623,7 +1720,13 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         if _moves(prompt[i], output[i], cap) and not any(fits(d, peak) for d in decode):
             rejected[i] = f"peak KV {peak} tokens fits no decode replica"
             return
-        x = choose(cluster.router, entry, i, t)
+        if conductor is not None:
+            x = conductor.choose(entry, i, t, prompt[i])
+            if x is None:
+                rejected[i] = "conductor: predicted TTFT over its SLO"
+                return
+        else:
+            x = choose(cluster.router, entry, i, t)
         need = prompt[i] if x.role == "prefill" else peak
         if not fits(x, need):
             raise InputError(
@@ -1754,8 +1857,11 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     preemptions = [0] * n
     recomputed = [0] * n
     emitted = [0] * n
+    cached = [0] * n
     for x in stages:
         for r, i in enumerate(x.rows):
+            if x.cache is not None:
+                cached[i] += x.cache.cached[r]
             if x.role == "decode":
                 decode_admitted[i] = x.admitted_s[r]
                 completion[i] = x.completion_s[r]
@@ -1790,4 +1896,5 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             rule: sum(x.stopped_by[rule] for x in stages)
             for rule in ("threshold", "blocks", "slots")
         },
+        cached_tokens=_frozen(cached, np.int64),
     )

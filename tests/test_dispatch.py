@@ -172,7 +172,7 @@ def test_vtc_runs_under_state_dependent_dispatch(dispatch: str) -> None:
 def test_bad_dispatch_arguments() -> None:
     inst = Instance([0.0, 0.0], [1, 1], [1, 1])
     with pytest.raises(InputError, match="dispatch"):
-        simulate(inst, UNIT, "fcfs", replicas=2, dispatch="random")
+        simulate(inst, UNIT, "fcfs", replicas=2, dispatch="nearest")
     with pytest.raises(InputError, match="needs an assignment"):
         simulate(inst, UNIT, "fcfs", replicas=2, dispatch="static")
     with pytest.raises(InputError, match="assignment too"):

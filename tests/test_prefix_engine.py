@@ -18,7 +18,7 @@ from reference_engine import simulate_naive
 
 from lsched.cluster import Cluster, Pool
 from lsched.errors import InputError
-from lsched.evaluator import simulate, simulate_cluster
+from lsched.evaluator import simulate
 from lsched.instance import Instance
 from lsched.policies import Batch, ReplicaView
 from lsched.prefix import PrefixCacheSpec, parse_prefix_cache
@@ -288,18 +288,10 @@ def test_cli_prefix_cache_needs_hashes(capsys: pytest.CaptureFixture[str]) -> No
     assert_refused(code, out, err, "prefix_cache", "prefix block hashes")
 
 
-def test_a_cache_in_a_disaggregated_cluster_is_refused() -> None:
-    """Prefill and decode pools take no cache, and neither does a colocated pool
-    beside them (the disaggregated loop has none)."""
+def test_a_cache_on_a_decode_pool_is_refused() -> None:
+    """A decode pool takes no cache (its replicas prefill nothing to reuse);
+    prefill pools do (``tests/test_conductor.py``)."""
     profile = load_profile("unit-slot")
-    with pytest.raises(InputError, match="on a prefill pool; expected a colocated"):
-        Pool(profile, "vllm", role="prefill", prefix_cache="lru")
-    pools = (
-        Pool(profile, "vllm", name="c", prefix_cache="lru"),
-        Pool(profile, "vllm", name="p", role="prefill"),
-        Pool(profile, "vllm", name="d", role="decode"),
-    )
-    instance = _instance([0.0], [4], [2], [[1, 2]], 2)
-    with pytest.raises(InputError, match="disaggregated cluster") as error:
-        simulate_cluster(instance, Cluster(pools))
-    assert error.value.field == "prefix_cache"
+    with pytest.raises(InputError, match="on a decode pool; expected a prefill") as e:
+        Pool(profile, "vllm", role="decode", prefix_cache="lru")
+    assert e.value.field == "pool pool0: prefix_cache"

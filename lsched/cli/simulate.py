@@ -109,8 +109,9 @@ RouterOpt = Annotated[
         "--router",
         help="Router: round-robin (default), least-outstanding (fewest "
         "unfinished requests), least-kv (fewest KV tokens held), least-queued "
-        "(fewest not in the iteration in flight) or a registered one; "
-        "overrides a cluster file's.",
+        "(fewest not in the iteration in flight), random:seed=0, prefix "
+        "(longest cached prefix), conductor:ttft_slo_s=S,tbt_slo_s=S "
+        "(Mooncake's) or a registered one; overrides a cluster file's.",
     ),
 ]
 KvCapacityOpt = Annotated[

@@ -197,12 +197,6 @@ def check_inputs(instance: Instance, cluster: Cluster) -> None:
         _check_fits_somewhere(cut, cluster)
     _check_host(cut, cluster)
     if cluster.prefix_cached:
-        if cluster.disaggregated:
-            raise InputError(
-                "a prefix cache on a pool of a disaggregated cluster; expected "
-                "one on a colocated cluster (the disaggregated loop has none)",
-                field="prefix_cache",
-            )
         _check_prefix_hashes(instance, cluster)
 
 

@@ -121,13 +121,28 @@ def _contexts(instance: Instance, cluster: Cluster) -> list[PolicyContext]:
     return contexts
 
 
-def _router_context(cluster: Cluster, assignment: np.ndarray | None) -> RouterContext:
-    pools = [cluster.pools[k] for k in cluster.replica_pool.tolist()]
+def router_context(
+    instance: Instance,
+    cluster: Cluster,
+    replicas: np.ndarray,
+    assignment: np.ndarray | None = None,
+    decode: np.ndarray | None = None,
+) -> RouterContext:
+    """What a router of the ``replicas`` of ``cluster`` knows (``decode``: the
+    decode replicas of a disaggregated cluster, for an entry router)."""
+    pools = [cluster.pool_of(int(c)) for c in replicas]
+    decode_pools = [] if decode is None else [cluster.pool_of(int(d)) for d in decode]
     return RouterContext(
-        replicas=cluster.num_replicas,
+        replicas=len(pools),
         pool=tuple(p.name for p in pools),
         kv_capacity_tokens=tuple(p.profile.kv_capacity_tokens for p in pools),
         assignment=assignment,
+        profiles=tuple(p.profile for p in pools),
+        hash_block_tokens=tuple(
+            hash_block_tokens(instance, p.profile) if p.prefix_cache else 0
+            for p in pools
+        ),
+        decode_profiles=tuple(p.profile for p in decode_pools),
     )
 
 
@@ -137,6 +152,8 @@ def _view(
     i: int,
     state: Callable[[int], tuple[int, int]] | None,
     queued: Callable[[int], int] | None = None,
+    lookup: Callable[[int], int] | None = None,
+    decode: Callable[[], list[tuple[int, int]]] | None = None,
 ) -> ClusterView:
     pred, tenant, prio = (
         instance.predicted_output_tokens,
@@ -153,6 +170,8 @@ def _view(
         tenant=None if tenant is None else str(tenant[i]),
         priority=None if prio is None else int(prio[i]),
         queued=queued,
+        lookup=lookup,
+        decode=decode,
     )
 
 
@@ -238,7 +257,9 @@ class ClusterSim:
         self.cut = cut_to_length(instance, cluster_max_model_len(cluster))
         instance = self.instance = self.cut.served
         self.cluster = cluster
-        self.context = _router_context(cluster, assignment)
+        self.context = router_context(
+            instance, cluster, np.arange(cluster.num_replicas), assignment
+        )
         self._pool_kv = [
             ReplicaLimits.from_profile(p.profile).kv for p in cluster.pools
         ]
@@ -326,9 +347,10 @@ class ClusterSim:
         i: int,
         state: Callable[[int], tuple[int, int]] | None,
         queued: Callable[[int], int] | None = None,
+        lookup: Callable[[int], int] | None = None,
     ) -> int:
         """Route request ``i``; its replica or :data:`REJECTED`."""
-        view = _view(self.context, self.instance, i, state, queued)
+        view = _view(self.context, self.instance, i, state, queued, lookup)
         choice = _decision(self.router.route(view), i, self.cluster.num_replicas)
         if isinstance(choice, Reject):
             self.reasons[i] = choice.reason
@@ -357,10 +379,12 @@ class ClusterSim:
             t = float(arrival[i])
             for engine in engines:
                 engine.advance(t)
+            hashes = request_hashes(self.instance, i)
             c = self._route(
                 i,
                 lambda c, t=t: engines[c].state_at(t),
                 lambda c, t=t: engines[c].queued_at(t),
+                lambda c, h=hashes, t=t: engines[c].cached_blocks(h, t),
             )
             if c != REJECTED:
                 engines[c].add(self.instance, i)
@@ -727,6 +751,36 @@ class JointEngine(ReplicaEngine):
         prefill one."""
         members, finished = self.in_flight(t)
         return self.m - self.done - (members - finished)
+
+    def cached_blocks(self, hashes: list[int], t: float) -> int:
+        """The leading run of ``hashes`` resident in this replica's prefix cache
+        on the GPU (0 without one; a host-tier cache is not looked at) at the
+        first boundary at or after ``t``, after :meth:`advance` to ``t``:
+        read-only, O(len(hashes)) (plus the blocks a pending held stretch
+        evicts by then)."""
+        if self.prefix is None:
+            return 0
+        evicted = self._stretch_evictions(t)
+        if evicted:
+            return self.prefix.cache.lookup_after(hashes, evicted)
+        return self.prefix.cache.lookup(hashes)
+
+    def _stretch_evictions(self, t: float) -> int:
+        """Evictable blocks the iterations of a pending held stretch that start
+        before ``t`` evict (rule 4 of :mod:`lsched.evaluator.prefix`: its ``j``
+        iterations need the KV after the ``j``-th; the stretch commits them at
+        once, so a router reads them here)."""
+        batch, prefix = self.pending, self.prefix
+        assert prefix is not None
+        if batch is None or batch.is_empty or not prefix.cache.evictable_blocks:
+            return 0
+        _, _, j = self._cut(t)
+        p = self.processed[batch.decode]
+        kv = self.kv
+        grow = int((kv.kv.blocks(p + j) - kv.kv.blocks(p)).sum())
+        over = kv.exact_blocks(self.running) + grow
+        over += prefix.charged_blocks - self._capacity
+        return 0 if over <= 0 else -(-over // prefix.charge)
 
     def state_at(self, t: float) -> tuple[int, int]:
         """(unfinished requests, KV tokens held) at the first boundary at or after

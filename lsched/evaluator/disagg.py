@@ -28,6 +28,16 @@ prefill and decode pools:
    (``s_i + 1`` tokens), like a request preempted by recompute. It completes there
    at ``c_i``.
 
+*Prefix cache.* A prefill (or colocated) pool may have a ``prefix_cache``; a
+decode pool may not. Its replicas run the cache of :mod:`lsched.evaluator.prefix`
+as a colocated replica does (hits at admission, blocks cached as the prefill
+computes them, released when the request finishes its prefill). The blocks a
+finished request keeps pinned until its transfer ends are its own: its hash
+blocks become evictable at once, and count ``g`` each beside them (the KV on
+its way out is not shared with the cache). Routers read each entry replica's
+cache through :meth:`~lsched.routers.ClusterView.cached_blocks` and the decode
+replicas' loads through :attr:`~lsched.routers.ClusterView.decode_loads`.
+
 *Pull* (a decode pool with ``pull = theta``, DistServe the system,
 ``distserve/decoding_stage_scheduler.py``): step 2 stops at the routing. The
 request joins its decode replica's queue and its KV waits, pinned, on the prefill
@@ -110,6 +120,9 @@ from lsched.evaluator.cluster import (
     _decision,
     _view,
     make_policy,
+    replica_prefix,
+    request_hashes,
+    router_context,
 )
 from lsched.evaluator.length import (
     cluster_max_model_len,
@@ -123,7 +136,7 @@ from lsched.policies import (
     PolicyError,
     ReplicaLimits,
 )
-from lsched.routers import Reject, RouterContext
+from lsched.routers import Reject
 
 #: Order of simultaneous events: a shared link's progress, then transfer ends (a
 #: decode replica sees a request that arrives when another is routed), then
@@ -147,7 +160,13 @@ class StageEngine(JointEngine):
         on_finished: Callable[[int], None] | None,
     ) -> None:
         super().__init__(
-            capacity, instance, pool.profile, policy, log=log, on_finished=on_finished
+            capacity,
+            instance,
+            pool.profile,
+            policy,
+            log=log,
+            on_finished=on_finished,
+            prefix=replica_prefix(instance, [], pool, capacity, log),
         )
         self.role = pool.role
         #: prefill: (local id, pinned blocks, time) of every request that finished
@@ -405,7 +424,10 @@ class DisaggSim:
         ]
         self.entry = cluster.replicas_of("prefill", "colocated")
         self.decode = cluster.replicas_of("decode")
-        self.contexts = (self._context(self.entry), self._context(self.decode))
+        self.contexts = (
+            router_context(instance, cluster, self.entry, decode=self.decode),
+            router_context(instance, cluster, self.decode),
+        )
         self.router = cluster.router.make(self.contexts[0])
         self.decode_router = cluster.decode_router.make(self.contexts[1])
         self._kv = [ReplicaLimits.from_profile(p.profile).kv for p in cluster.pools]
@@ -435,14 +457,6 @@ class DisaggSim:
         self._fits_decode = np.zeros(n, dtype=bool)
         for k in decode_pools:
             self._fits_decode |= self._kv[k].blocks(peak) <= self._kv[k].capacity_blocks
-
-    def _context(self, replicas: np.ndarray) -> RouterContext:
-        pools = [self.cluster.pool_of(int(c)) for c in replicas]
-        return RouterContext(
-            replicas=len(replicas),
-            pool=tuple(p.name for p in pools),
-            kv_capacity_tokens=tuple(p.profile.kv_capacity_tokens for p in pools),
-        )
 
     def _push(self, t: float, kind: int, payload: Any) -> None:
         heapq.heappush(self._events, (t, kind, next(self._seq), payload))
@@ -509,7 +523,17 @@ class DisaggSim:
             engine.advance(t)
             return engine.queued_at(t)
 
-        view = _view(self.contexts[0], instance, i, state, queued)
+        hashes = request_hashes(instance, i)
+
+        def lookup(k: int) -> int:
+            engine = self.engines[int(entry[k])]
+            engine.advance(t)
+            return engine.cached_blocks(hashes, t)
+
+        def decode() -> list[tuple[int, int]]:
+            return [self._decode_state(int(d), t) for d in self.decode]
+
+        view = _view(self.contexts[0], instance, i, state, queued, lookup, decode)
         choice = _decision(self.router.route(view), i, len(entry))
         if isinstance(choice, Reject):
             self.reasons[i] = choice.reason
@@ -639,14 +663,18 @@ class DisaggSim:
         self._push(t + state.link.latency_s, _DELIVER, move)
         self._reschedule(state)
 
+    def _decode_state(self, d: int, t: float) -> tuple[int, int]:
+        """Decode replica ``d``'s (unfinished, KV tokens) at ``t``, the requests
+        on their way to it counted."""
+        self.engines[d].advance(t)
+        unfinished, kv = self.engines[d].state_at(t)
+        return unfinished + int(self.inbound[d]), kv
+
     def _route_decode(self, i: int, t: float) -> int:
         decode = self.decode
 
         def state(k: int) -> tuple[int, int]:
-            d = int(decode[k])
-            self.engines[d].advance(t)
-            unfinished, kv = self.engines[d].state_at(t)
-            return unfinished + int(self.inbound[d]), kv
+            return self._decode_state(int(decode[k]), t)
 
         def queued(k: int) -> int:
             d = int(decode[k])

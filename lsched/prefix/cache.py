@@ -97,6 +97,7 @@ a hit there costs belong to the engine, not to this class.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,6 +190,16 @@ class PrefixCache:
         refs, evictable = self._refs, self._evictable
         for k, block in enumerate(hashes):
             if block not in refs and block not in evictable:
+                return k
+        return len(hashes)
+
+    def lookup_after(self, hashes: Sequence[int], evicted: int) -> int:
+        """:meth:`lookup` as it will be once the first ``evicted`` evictable
+        blocks in eviction order are gone (read-only; O(evicted + n))."""
+        gone = set(itertools.islice(self._evictable, evicted))
+        refs, evictable = self._refs, self._evictable
+        for k, block in enumerate(hashes):
+            if block not in refs and (block not in evictable or block in gone):
                 return k
         return len(hashes)
 

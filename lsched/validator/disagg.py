@@ -19,6 +19,7 @@ from lsched.validator.pools import (
     _check_rejections,
     _check_swap_totals,
     _cluster_swaps,
+    _pool_evictions,
     _pool_log,
     _swap_mode,
 )
@@ -72,6 +73,12 @@ def _validate_disaggregated(
     totals = None if swaps is None else dict.fromkeys(SWAP_METRICS, 0.0)
     claimed = {c: requests[c].to_numpy() for c in (*REQUEST_COLUMNS, *STAGE_COLUMNS)}
     own = _blank_records(len(instance), claimed)
+    if cluster.prefix_cached:  # compared where the run claims them
+        own["cached_tokens"] = np.zeros(len(instance), dtype=np.int64)
+        if "cached_tokens" in requests:
+            claimed["cached_tokens"] = requests["cached_tokens"].to_numpy()
+        else:
+            out.add("schema", "requests lacks column cached_tokens (a prefix cache)")
     if swaps is not None:
         own["swap_outs"] = np.zeros(len(instance), dtype=np.int64)
         if "swap_outs" in requests:
@@ -163,6 +170,7 @@ def _replay_pool(
         sub, pool.profile, runs, members, preempted, replicas=pool.replicas,
         requests=None, metrics=None, rtol=rtol, stages=stages,
         swaps=pool_swaps, swap_mode=_swap_mode(pool), swap_totals=False,
+        prefix=_pool_evictions(result, pool, runs),
     )  # fmt: skip
     _add_swap_totals(totals, report.metrics)
     _add_pool_violations(out, pool, ids, report)
@@ -224,6 +232,8 @@ def _merge_records(
             ends, mine["completion_s"], own["completion_s"][ids]
         )
     own["preemptions"][ids] += mine["preemptions"].to_numpy(dtype=np.int64)
+    if "cached_tokens" in mine and "cached_tokens" in own:
+        own["cached_tokens"][ids] += mine["cached_tokens"].to_numpy(dtype=np.int64)
     if "swap_outs" in mine and "swap_outs" in own:
         own["swap_outs"][ids] += mine["swap_outs"].to_numpy(dtype=np.int64)
     own["recomputed_tokens"][ids] += mine["recomputed_tokens"].to_numpy(dtype=np.int64)

@@ -174,7 +174,7 @@ def _validate_log(
         stall, swap_kv, swap_metrics = _check_swaps(profile, log, sw, replay,
                                                     async_swaps, rtol, out)  # fmt: skip
     cache = None
-    if spec is not None:  # a colocated pool: no stages
+    if spec is not None:  # a colocated or a prefill pool
         cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
         stall = stall + cache.copy_s  # host-tier hits copied before their run
     duration = duration + stall
@@ -185,9 +185,10 @@ def _validate_log(
         arrivals, pinned, pinned_token_seconds = _stage_kv(
             instance, profile, log, features, stages, replay, done, out
         )
-    if cache is not None:
+    if cache is not None:  # a colocated or a prefill pool (which adopts nothing)
         hit = replay.hits > 0
-        arrivals, pinned = (log.m_pos[hit], replay.hits[hit]), cache.charged
+        arrivals = (log.m_pos[hit], replay.hits[hit])
+        pinned = cache.charged if pinned is None else pinned + cache.charged
     kv_first = _check_kv(profile, log, D, replay, replicas, out, arrivals, pinned,
                          swap_kv)  # fmt: skip
     kv_token_seconds = float(np.sum(kv_first * duration + D * weighted))
