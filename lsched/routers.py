@@ -47,9 +47,10 @@ Built-in routers
     without DistServe's ``_prefill_ips``: use ``least-outstanding`` there.
 
 A router that declares ``stateless = True`` reads nothing of the replicas' state
-(``round-robin``, ``static``, ``random``): the evaluator then routes every request up front
-and runs each replica alone, which gives the same result as running them jointly
-in time (the replicas do not interact) at a fraction of the cost. Such a router
+(``round-robin``, ``static``, ``random``): the evaluator then routes every
+request up front and runs each replica alone, which gives the same result as
+running them jointly in time (the replicas do not interact) at a fraction of
+the cost. Such a router
 may also route the whole instance at once with ``route_all(instance)``, an array
 of replica ids, instead of a call per request. The others read the state at the
 first iteration boundary at or after the arrival (:mod:`lsched.evaluator.cluster`
