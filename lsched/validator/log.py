@@ -117,6 +117,17 @@ def validate_schedule(
     )
 
 
+def _malformed(
+    instance: Instance, out: _Collector
+) -> tuple[ValidationReport, float, float]:
+    """The report of a log whose tables are malformed: its errors, no figures."""
+    nan = np.full(len(instance), np.nan)
+    report = ValidationReport(
+        tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
+    )
+    return report, 0.0, 0.0
+
+
 def _validate_log(
     instance: Instance,
     profile: DeploymentProfile,
@@ -149,11 +160,7 @@ def _validate_log(
     if ok and swaps is not None:
         ok = _check_swap_schema(instance, runs, swaps, out)
     if not ok:
-        nan = np.full(len(instance), np.nan)
-        report = ValidationReport(
-            tuple(out.kept), {}, _frozen(nan), _frozen(nan), None, out.extra
-        )
-        return report, 0.0, 0.0
+        return _malformed(instance, out)
 
     log = _Log.of(runs, members, preemptions)
     sw = None if swaps is None else _SwapRows.of(swaps, log.runs)
