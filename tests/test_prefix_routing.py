@@ -293,3 +293,20 @@ def test_cli_bad_router_params_exit_2(
     trace = str(Path(__file__).parent / "data" / "traces" / "azure_sample.csv")
     args = ["simulate", trace, "--model", "llama2-70b-a100-tp4", "--router", router]
     assert_refused(*run(args, capsys), *needles)
+
+
+def test_a_run_whose_every_request_is_rejected_reports_them_all() -> None:
+    """``conductor:ttft_slo_s=0.5`` where every prefill takes 1 + 0.1 x 20 = 3 s:
+    both requests are rejected, counted, and the run still validates (no replica
+    ran, so the cached-token column is all zeros rather than missing)."""
+    hashes = list(range(1, 11))
+    instance = _instance([0.0, 1.0], [20, 20], [2, 2], [hashes, hashes])
+    cluster = _conductor_cluster("conductor:ttft_slo_s=0.5", _unit())
+    got = simulate_cluster(instance, cluster, log=True)
+    assert got.metrics["num_rejected"] == 2
+    assert got.metrics["num_completed"] == 0
+    assert got.requests["replica"].tolist() == [-1, -1]
+    assert got.requests["cached_tokens"].tolist() == [0, 0]
+    reasons = got.requests["rejected"]
+    assert reasons.str.startswith("conductor: predicted TTFT 3.000 s").all()
+    validate_cluster(instance, cluster, got).raise_if_invalid()

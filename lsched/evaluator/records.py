@@ -96,7 +96,7 @@ def collect(
                 frames[name].append(frame)
     engines = [e for e in run.engines if e is not None]
     swaps = _swap_columns(n, run)
-    cached = _prefix_columns(n, run)
+    cached = _prefix_columns(n, run, cluster.prefix_cached)
     replicas = cluster.num_replicas
     capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
     # the mean capacity of a replica: the total over C replicas is what counts
@@ -200,19 +200,15 @@ def _swap_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
     return {"swap_outs": outs}
 
 
-def _prefix_columns(n: int, run: ClusterRun) -> dict[str, np.ndarray]:
-    """Per request, the cached tokens it took (none where no replica has a
-    prefix cache)."""
-    cached = [
-        (engine.prefix, ids)
-        for engine, ids in zip(run.engines, run.ids, strict=True)
-        if getattr(engine, "prefix", None) is not None
-    ]
+def _prefix_columns(n: int, run: ClusterRun, cached: bool) -> dict[str, np.ndarray]:
+    """Per request, the cached tokens it took, where some pool has a prefix
+    cache (``cached``; a replica that served nothing has no engine)."""
     if not cached:
         return {}
     tokens = np.zeros(n, dtype=np.int64)
-    for prefix, ids in cached:
-        tokens[ids] += prefix.cached[: len(ids)]
+    for engine, ids in zip(run.engines, run.ids, strict=True):
+        if getattr(engine, "prefix", None) is not None:
+            tokens[ids] += engine.prefix.cached[: len(ids)]
     return {"cached_tokens": tokens}
 
 
@@ -295,6 +291,8 @@ def _metrics(
     ``capacity_tokens`` each, on average)."""
     served = columns["replica"][rows] != REJECTED
     ids = rows[served]
+    if not len(ids):  # every request rejected (e.g. by an SLO-aware router)
+        return {"num_completed": 0.0, "num_rejected": float(len(rows))}
     subset = instance if len(ids) == len(instance) else instance.subset(ids)
     metrics = schedule_metrics(
         subset,
