@@ -158,8 +158,7 @@ def compare_command(
     settings: SetOpt = None,
     prefix_cache: PrefixCacheOpt = None,
 ) -> None:
-    """Bounds, the best offline schedule and each policy's gap to the bound (with
-    --prefix-cache, the gaps to the bounds that hold for any cache)."""
+    """Bounds, the best offline schedule and each policy's gap to the bound."""
     _check_options(time_limit, workers, seed, lp_time_limit, plot)
     cache = prefix_cache_spec(prefix_cache)
     cluster = None
