@@ -1,8 +1,10 @@
 """`lsched compare --plot`: the plot never replaces an input; its folder is checked
-before any bound or solve is computed."""
+before any bound or solve is computed. `--prefix-cache`: the gaps are taken to
+the bounds that hold for any cache; a bad value is refused before any work."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,3 +36,66 @@ def test_missing_plot_folder_is_refused_before_work(
     args = ["compare", str(DEFAULT), "--model", "unit-slot", "--plot", str(target)]
     code, out, err = run(args, capsys)
     assert_refused(code, out, err, str(target), "no such folder")
+
+
+def _shared_prefix_trace(path: Path) -> Path:
+    """Three Mooncake rows 1 s apart whose 600-token prompts share their first
+    512-token hash block."""
+    rows = [
+        {"timestamp": 1000 * k, "input_length": 600, "output_length": 4,
+         "hash_ids": [0, 1 + k]}
+        for k in range(3)
+    ]  # fmt: skip
+    trace = path / "shared.jsonl"
+    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return trace
+
+
+def test_prefix_cache_scores_against_the_cached_bounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--prefix-cache lru``: the headline bound is a ``seconds.cached_*`` one,
+    every gap to it is >= 0, and the cached runs beat the whole-prompt work bound
+    (2 of 3 prompts find 512 of their 600 tokens cached), which would not hold."""
+    trace = str(_shared_prefix_trace(tmp_path))
+    args = ["compare", trace, "--model", "llama2-70b-a100-tp4", "--backend", "none",
+            "--lp-time-limit", "0", "--json", "--prefix-cache", "lru"]  # fmt: skip
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["cache"] == "any"
+    bounds = report["bounds"]
+    cached = {k: v for k, v in bounds.items() if k.startswith("seconds.cached_")}
+    assert cached and report["best_bound"] == max(cached.values())
+    for row in report["policies"]:
+        assert row["metrics"]["prefill_tokens_saved"] == 1024, row["policy"]
+        assert row["gap"] is not None and row["gap"] >= 0, row["policy"]
+    best_run = min(row["objective_value"] for row in report["policies"])
+    assert best_run < bounds["seconds.work"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--model", "llama2-70b-a100-tp4", "--prefix-cache", "mru"],
+         ["--prefix-cache", "'mru'", "lru_tail_first"]),
+        (["--model", "llama2-70b-a100-tp4",
+          "--prefix-cache", "lru:capacity_tokens=500000"],
+         ["--prefix-cache", "500000 tokens", "496503 tokens of KV"]),
+        (["--cluster", "CLUSTER", "--prefix-cache", "lru"],
+         ["--prefix-cache", "with --cluster"]),
+    ],
+)  # fmt: skip
+def test_bad_prefix_cache_exits_2_before_work(
+    extra: list[str],
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lsched.cli.compare.compare", must_not_run)
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text('[[pool]]\nmodel = "llama2-70b-a100-tp4"\npolicy = "vllm"\n')
+    extra = [str(cluster) if arg == "CLUSTER" else arg for arg in extra]
+    trace = str(_shared_prefix_trace(tmp_path))
+    assert_refused(*run(["compare", trace, *extra], capsys), *needles)

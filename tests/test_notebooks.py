@@ -22,6 +22,7 @@ SMALL: dict[str, dict[str, str]] = {
     "azure_policies.ipynb": {"SIZE": "150"},
     "pang_replicas.ipynb": {"CASES": "2", "SIZE": "40", "TIME_LIMIT_S": "2.0"},
     "disaggregation.ipynb": {"SIZE": "120", "GPUS": "3"},
+    "mooncake_routing.ipynb": {"SIZE": "300"},
 }
 
 

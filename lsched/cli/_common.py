@@ -20,6 +20,7 @@ from lsched.errors import InputError
 
 if TYPE_CHECKING:
     from lsched.instance import Instance
+    from lsched.prefix.spec import PrefixCacheSpec
     from lsched.slo import SLO
 
 JSON_HELP = "Print one JSON object instead of a table."
@@ -229,3 +230,31 @@ ReplicasOpt = Annotated[
 FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format.")]
 LimitOpt = Annotated[int | None, typer.Option(help="First N requests.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+#: ``--prefix-cache`` (``lsched simulate`` and ``lsched compare``).
+PrefixCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prefix-cache",
+        metavar="RULE[:capacity_tokens=N|:host_capacity_tokens=M]",
+        help="A prefix cache on each replica's GPU, keyed by the trace's hash_ids "
+        "and sharing its KV: gpu or lru (least recently used blocks evicted "
+        "first), lru_tail_first; capacity_tokens caps it below the KV; "
+        "host_capacity_tokens adds a cache of M tokens in the host tier "
+        "(Mooncake's KV pool: written through, hits copied at host-to-device "
+        "bandwidth; within host.memory_bytes). A cluster file says it per pool "
+        "(prefix_cache).",
+    ),
+]
+
+
+def prefix_cache_spec(text: str | None) -> PrefixCacheSpec | None:
+    """``--prefix-cache`` parsed before any work (``None`` without one); an
+    InputError names the option."""
+    if text is None:
+        return None
+    from lsched.prefix.spec import parse_prefix_cache
+
+    try:
+        return parse_prefix_cache(text)
+    except InputError as exc:
+        raise InputError(exc.message, field="--prefix-cache") from None

@@ -18,17 +18,19 @@ from lsched.cli._common import (
     JsonOpt,
     LimitOpt,
     ModelOpt,
+    PrefixCacheOpt,
     ProgressLine,
     ReplicasOpt,
     TraceArg,
     native_stdout_to_stderr,
     predictor_seed,
+    prefix_cache_spec,
     print_json,
     print_table,
     profile_file,
     refuse_beside_cluster,
 )
-from lsched.cluster import Cluster, load_cluster
+from lsched.cluster import Cluster, Pool, load_cluster
 from lsched.comparison import DEFAULT_POLICIES, Comparison, compare, compare_cluster
 from lsched.errors import InputError
 from lsched.formulations.bounds.suite import (
@@ -43,6 +45,7 @@ from lsched.interrupt import requested, sigint_requests_stop
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
+from lsched.prefix.spec import PrefixCacheSpec
 from lsched.profile import DeploymentProfile
 from lsched.provenance import Provenance, provenance, write_png
 from lsched.traces import read_trace
@@ -103,10 +106,12 @@ def _load_cluster(
     model: str | None,
     replicas: int | None,
     settings: list[str] | None,
+    prefix_cache: str | None = None,
 ) -> Cluster:
     """The cluster file's cluster; InputError if an option says what it says."""
     _check_objective(objective)
-    refuse_beside_cluster({"--model": model, "--replicas": replicas, "--set": settings})
+    given = {"--model": model, "--replicas": replicas, "--set": settings}
+    refuse_beside_cluster({**given, "--prefix-cache": prefix_cache})
     return load_cluster(cluster_file)
 
 
@@ -151,13 +156,16 @@ def compare_command(
     limit: LimitOpt = None,
     json_output: JsonOpt = False,
     settings: SetOpt = None,
+    prefix_cache: PrefixCacheOpt = None,
 ) -> None:
     """Bounds, the best offline schedule and each policy's gap to the bound."""
     _check_options(time_limit, workers, seed, lp_time_limit, plot)
+    cache = prefix_cache_spec(prefix_cache)
     cluster = None
     inputs = [trace, profile_file(model)]
     if cluster_file is not None:
-        cluster = _load_cluster(cluster_file, objective, model, replicas, settings)
+        cluster = _load_cluster(cluster_file, objective, model, replicas, settings,
+                                prefix_cache)  # fmt: skip
         inputs += [cluster_file, *(p.profile.path for p in cluster.pools)]
     if plot is not None:
         check_output(plot, inputs, "--plot")
@@ -171,6 +179,7 @@ def compare_command(
     }
     if cluster is None:
         instance, profile = _load(trace, model, settings, format, limit, objective)
+        _check_cache(instance, profile, policy or DEFAULT_POLICIES, cache)
         where = profile.name
     else:
         instance, _ = read_trace(trace, format, limit=limit)
@@ -193,7 +202,7 @@ def compare_command(
         if cluster is None:
             result = compare(instance, profile, policies=policy or DEFAULT_POLICIES,
                              replicas=replicas, on_progress=line,
-                             **options)  # fmt: skip
+                             prefix_cache=cache, **options)  # fmt: skip
         else:
             result = compare_cluster(instance, cluster, policies=policy or None,
                                      on_progress=line, **options)  # fmt: skip
@@ -240,6 +249,32 @@ def _check_options(
     check_time_limit(lp_time_limit, "--lp-time-limit", zero=True)
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError(f"got suffix {plot.suffix!r}; expected .png", field="--plot")
+
+
+def _check_cache(
+    instance: Instance,
+    profile: DeploymentProfile,
+    policies: Sequence[str],
+    cache: PrefixCacheSpec | None,
+) -> None:
+    """``--prefix-cache`` against the trace and the deployment before any work:
+    the trace has prefix block hashes, and the cache fits a replica of
+    ``profile`` under every policy (:class:`~lsched.cluster.Pool`'s checks)."""
+    if cache is None:
+        return
+    if instance.prefix_hash_offsets is None:
+        raise InputError(
+            "got a trace without prefix block hashes; expected Mooncake hash_ids "
+            "or a prefix_hashes column",
+            field="--prefix-cache",
+        )
+    for spec in [parse_policy(p) for p in policies]:
+        try:
+            Pool(profile, spec, prefix_cache=cache)
+        except InputError as exc:
+            if not (exc.field or "").startswith("pool pool0: prefix_cache"):
+                raise
+            raise InputError(exc.message, field="--prefix-cache") from None
 
 
 def _labels(policy: list[str] | None, cluster: Cluster | None) -> list[str]:

@@ -28,9 +28,11 @@ from lsched.cli._common import (
     LimitOpt,
     MaxLenOpt,
     ModelOpt,
+    PrefixCacheOpt,
     ReplicasOpt,
     TraceArg,
     predictor_seed,
+    prefix_cache_spec,
     print_json,
     print_table,
     profile_file,
@@ -58,7 +60,7 @@ from lsched.metrics import (
 from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
-from lsched.prefix.spec import PrefixCacheSpec, parse_prefix_cache
+from lsched.prefix.spec import PrefixCacheSpec
 from lsched.provenance import Provenance, provenance, write_frame
 from lsched.routers import parse_router
 from lsched.slo import SLO, parse_slo
@@ -162,20 +164,6 @@ SloOpt = Annotated[
         "kept unless --slo-override.",
     ),
 ]
-PrefixCacheOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--prefix-cache",
-        metavar="RULE[:capacity_tokens=N|:host_capacity_tokens=M]",
-        help="A prefix cache on each replica's GPU, keyed by the trace's hash_ids "
-        "and sharing its KV: gpu or lru (least recently used blocks evicted "
-        "first), lru_tail_first; capacity_tokens caps it below the KV; "
-        "host_capacity_tokens adds a cache of M tokens in the host tier "
-        "(Mooncake's KV pool: written through, hits copied at host-to-device "
-        "bandwidth; within host.memory_bytes). A cluster file says it per pool "
-        "(prefix_cache).",
-    ),
-]
 TbtOpt = Annotated[
     bool,
     typer.Option(
@@ -219,7 +207,7 @@ def simulate_command(
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     slo = None if slo_text is None else parse_slo(slo_text, field="--slo")
-    cache = _prefix_cache(prefix_cache)
+    cache = prefix_cache_spec(prefix_cache)
     _check_options(engine, requests_out, timeline_out)
     inputs = [trace, cluster_file, profile_file(model)]
     _check_outputs(requests_out, timeline_out, inputs)
@@ -269,16 +257,6 @@ def _check_options(
             f"got suffix {timeline_out.suffix!r}; expected .parquet",
             field="timeline-out",
         )
-
-
-def _prefix_cache(text: str | None) -> PrefixCacheSpec | None:
-    """``--prefix-cache`` parsed before any work."""
-    if text is None:
-        return None
-    try:
-        return parse_prefix_cache(text)
-    except InputError as exc:
-        raise InputError(exc.message, field="--prefix-cache") from None
 
 
 def _colocated(
