@@ -16,64 +16,26 @@ total latency, ``seconds.work``, the bounds, their runtimes and certified gaps.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-import numpy as np
+from bench_bucket import azure_case, case_arguments
 
-from lsched.evaluator import simulate
 from lsched.formulations.bounds.bucket import bucket_lp
 from lsched.formulations.bounds.bucket_lagrangian import bucket_lagrangian
-from lsched.formulations.bounds.work import work_bounds
-from lsched.policies import PolicySpec
-from lsched.policies.priority import work_params
-from lsched.predictors import oracle
-from lsched.profile import load_profile
-from lsched.traces import read_trace
-
-ROOT = Path(__file__).resolve().parents[2]
-TRACE = ROOT.parent / "shared" / "traces" / "azure_code_2023.csv"
-
-
-def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=None, help="first N only")
-    parser.add_argument("--delta", type=float, default=1.0, help="bucket, seconds")
-    parser.add_argument("--factor", type=float, default=2.0)
-    parser.add_argument("--slack", type=float, default=20.0, help="seconds")
-    parser.add_argument("--time-limit", type=float, default=600.0)
-    parser.add_argument("--iterations", type=int, default=100000)
-    parser.add_argument("--lp", action="store_true", help="the bucket LP too")
-    return parser.parse_args()
 
 
 def main() -> None:
-    args = _arguments()
-    if not TRACE.exists():
-        print(f"skipped: {TRACE} is absent")
+    parser = case_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=100000)
+    parser.add_argument("--lp", action="store_true", help="the bucket LP too")
+    args = parser.parse_args()
+    case = azure_case(args)
+    if case is None:
         return
-    profile = load_profile("llama2-70b-a100-tp4").replace(max_model_len=8192)
-    trace, _ = read_trace(TRACE)
-    if args.requests is not None:
-        trace = trace.subset(np.arange(min(args.requests, len(trace))))
-    instance = oracle(trace)
-    a = instance.arrival_s
-    spec = PolicySpec("priority", work_params(profile, chunk_tokens=384))
-    run = simulate(instance, profile, spec).requests
-    completion = run["completion_s"].to_numpy()
-    total = float((completion - a).sum())
-    work = work_bounds(instance, profile)["work"]
-    windows = {
-        "delta_s": args.delta,
-        "horizon_s": float(completion.max()) + args.slack,
-        "window_end_s": a + args.factor * (completion - a) + args.slack,
-    }
-    print(f"{len(instance)} requests, priority (work, c=384): {total:.6e} s")
-    print(f"seconds.work {work:.6e} s, gap {(total - work) / total:.2%}")
+    total = case.total_s
     found = bucket_lagrangian(
-        instance, profile, **windows, completion_s=completion,
-        first_token_s=run["first_token_s"].to_numpy(), upper_bound=total,
+        case.instance, case.profile, **case.windows, completion_s=case.completion_s,
+        first_token_s=case.first_token_s, upper_bound=total,
         time_limit=args.time_limit, iterations=args.iterations,
     )  # fmt: skip
     print(f"bucket Lagrangian: {found.value:.6e} s, gap "
@@ -82,7 +44,8 @@ def main() -> None:
           f"slots, {found.iterations} iterations, {found.runtime_s:.1f} s")  # fmt: skip
     if args.lp:
         began = time.perf_counter()
-        lp = bucket_lp(instance, profile, **windows, time_limit=args.time_limit)
+        lp = bucket_lp(case.instance, case.profile, **case.windows,
+                       time_limit=args.time_limit)  # fmt: skip
         print(f"bucket LP: {lp.value:.6e} s, gap {(total - lp.value) / total:.2%}, "
               f"{lp.model_status}, {time.perf_counter() - began:.1f} s")  # fmt: skip
 
