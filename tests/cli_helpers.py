@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lsched.cli import main
@@ -29,3 +32,17 @@ def assert_refused(code: int, out: str, err: str, *needles: str) -> None:
 def must_not_run(*args: object, **kwargs: object) -> None:
     """Stands in for the first piece of work of a command that must refuse first."""
     raise AssertionError("the command started working before checking its output")
+
+
+def shared_prefix_trace(folder: Path) -> Path:
+    """``folder/shared.jsonl``: three Mooncake rows 1 s apart (timestamps in ms)
+    whose 600-token prompts share their first 512-token hash block, so the second
+    and third find it cached."""
+    rows = [
+        {"timestamp": 1000 * k, "input_length": 600, "output_length": 4,
+         "hash_ids": [0, 1 + k]}
+        for k in range(3)
+    ]  # fmt: skip
+    trace = folder / "shared.jsonl"
+    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return trace

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_refused, must_not_run, run
+from cli_helpers import assert_refused, must_not_run, run, shared_prefix_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "instances" / "default.csv"
@@ -38,26 +38,13 @@ def test_missing_plot_folder_is_refused_before_work(
     assert_refused(code, out, err, str(target), "no such folder")
 
 
-def _shared_prefix_trace(path: Path) -> Path:
-    """Three Mooncake rows 1 s apart whose 600-token prompts share their first
-    512-token hash block."""
-    rows = [
-        {"timestamp": 1000 * k, "input_length": 600, "output_length": 4,
-         "hash_ids": [0, 1 + k]}
-        for k in range(3)
-    ]  # fmt: skip
-    trace = path / "shared.jsonl"
-    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return trace
-
-
 def test_prefix_cache_scores_against_the_cached_bounds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--prefix-cache lru``: the headline bound is a ``seconds.cached_*`` one,
     every gap to it is >= 0, and the cached runs beat the whole-prompt work bound
     (2 of 3 prompts find 512 of their 600 tokens cached), which would not hold."""
-    trace = str(_shared_prefix_trace(tmp_path))
+    trace = str(shared_prefix_trace(tmp_path))
     args = ["compare", trace, "--model", "llama2-70b-a100-tp4", "--backend", "none",
             "--lp-time-limit", "0", "--json", "--prefix-cache", "lru"]  # fmt: skip
     code, out, err = run(args, capsys)
@@ -97,5 +84,5 @@ def test_bad_prefix_cache_exits_2_before_work(
     cluster = tmp_path / "cluster.toml"
     cluster.write_text('[[pool]]\nmodel = "llama2-70b-a100-tp4"\npolicy = "vllm"\n')
     extra = [str(cluster) if arg == "CLUSTER" else arg for arg in extra]
-    trace = str(_shared_prefix_trace(tmp_path))
+    trace = str(shared_prefix_trace(tmp_path))
     assert_refused(*run(["compare", trace, *extra], capsys), *needles)

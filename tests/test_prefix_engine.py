@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_helpers import assert_refused, run
+from cli_helpers import assert_refused, run, shared_prefix_trace
 from reference_engine import simulate_naive
 
 from lsched.cluster import Cluster, Pool
@@ -213,24 +213,11 @@ def test_the_text_form_reads_back() -> None:
 # -- the command line ---------------------------------------------------------------
 
 
-def _mooncake(path: Path) -> Path:
-    """Three 600-token prompts, 10 s apart, sharing their first 512-token block
-    (Mooncake's JSONL, timestamps in ms): the second and third find it cached."""
-    rows = [
-        {"timestamp": 1000 * k, "input_length": 600, "output_length": 4,
-         "hash_ids": [0, 1 + k]}
-        for k in range(3)
-    ]  # fmt: skip
-    trace = path / "shared.jsonl"
-    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return trace
-
-
 def test_cli_prefix_cache_reports_the_hits(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two of three prompts find 512 of their 600 tokens cached: 1024 / 1800."""
-    trace = str(_mooncake(tmp_path))
+    trace = str(shared_prefix_trace(tmp_path))
     args = ["simulate", trace, "--model", "llama2-70b-a100-tp4", "--json"]
     code, out, err = run([*args, "--prefix-cache", "lru"], capsys)
     assert code == 0, err
@@ -248,7 +235,7 @@ def test_cli_cluster_file_prefix_cache(
 ) -> None:
     """A pool's ``prefix_cache`` key; an unknown rule there names the file and
     the key."""
-    trace = str(_mooncake(tmp_path))
+    trace = str(shared_prefix_trace(tmp_path))
     good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
     pool = '[[pool]]\nmodel = "llama2-70b-a100-tp4"\npolicy = "vllm"\n'
     good.write_text(pool + 'prefix_cache = "lru_tail_first"\n')
@@ -276,7 +263,7 @@ def test_cli_bad_prefix_cache_exits_2(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    trace = str(_mooncake(tmp_path))
+    trace = str(shared_prefix_trace(tmp_path))
     args = ["simulate", trace, "--model", "llama2-70b-a100-tp4", *extra]
     assert_refused(*run(args, capsys), *needles)
 
