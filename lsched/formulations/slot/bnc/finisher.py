@@ -14,8 +14,8 @@ from lsched.formulations.bounds.clique import Columns
 from lsched.formulations.driver import SolveRun
 from lsched.formulations.result import Stop
 from lsched.formulations.slot import SlotProblem
+from lsched.formulations.slot.cpsat import search_built
 from lsched.formulations.slot.cpsat.build import build
-from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -46,13 +46,7 @@ def finish(
     for j in np.flatnonzero(np.bincount(who, minlength=len(problem)) < hi - lo + 1):
         domain = cp_model.Domain.from_values(start[who == j].tolist())
         built.model.add_linear_expression_in_domain(built.start[j], domain)
-    built.hint(run.start)
-    offset = problem.objective_offset
-    outcome = solve_in_run(run, built.model, params, ProgressRecorder(run, offset))
-    if outcome.found:
-        solver = outcome.solver
-        found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
-        run.offer(found, "bnc/cpsat")
+    outcome = search_built(run, built, params, "bnc/cpsat")
     bound = math.inf if outcome.infeasible else outcome.bound()
     info = {**outcome.info(), "finisher_columns": len(who)}
     stop = Stop.FINISHED if outcome.infeasible else outcome.stop

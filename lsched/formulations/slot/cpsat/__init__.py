@@ -27,13 +27,32 @@ from typing import Any
 import numpy as np
 
 from lsched.formulations.driver import Attempt, SolveRun, backend
-from lsched.formulations.slot.cpsat.build import FORMULATIONS, build
+from lsched.formulations.slot.cpsat.build import FORMULATIONS, SlotModel, build
 from lsched.formulations.slot.horizon import deadlines
 from lsched.formulations.slot.model import SLOT
 from lsched.formulations.slot.problem import SlotProblem
-from lsched.formulations.solvers.cpsat import ProgressRecorder, solve_in_run
+from lsched.formulations.solvers.cpsat import (
+    CpsatOutcome,
+    ProgressRecorder,
+    solve_in_run,
+)
 
-__all__ = ["FORMULATIONS", "solve"]
+__all__ = ["FORMULATIONS", "search_built", "solve"]
+
+
+def search_built(
+    run: SolveRun, built: SlotModel, params: dict[str, Any], source: str
+) -> CpsatOutcome:
+    """CP-SAT on ``built`` in the run's time left, hinted with its incumbent; its
+    best schedule, if any, is offered to the run as ``source``."""
+    built.hint(run.start)
+    recorder = ProgressRecorder(run, run.problem.objective_offset)
+    outcome = solve_in_run(run, built.model, params, recorder)
+    if outcome.found:
+        solver = outcome.solver
+        found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
+        run.offer(found, source)
+    return outcome
 
 
 @backend(SLOT)
@@ -60,13 +79,8 @@ def solve(run: SolveRun, *, formulation: str = "events", **params: Any) -> Attem
     upper = problem.integer_objective(run.start)
     hi = deadlines(problem, upper) - problem.output_tokens
     built = build(problem, problem.release, hi, formulation)
-    built.hint(run.start)
+    outcome = search_built(run, built, params, "cpsat")
     offset = problem.objective_offset
-    outcome = solve_in_run(run, built.model, params, ProgressRecorder(run, offset))
-    if outcome.found:
-        solver = outcome.solver
-        found = np.array([solver.value(v) for v in built.start], dtype=np.int64)
-        run.offer(found, "cpsat")
     return Attempt(
         solver=f"cpsat/{built.formulation}",
         stop=outcome.stop,
