@@ -13,9 +13,9 @@ looks at its engines (replicas): if the engine holding the most KV blocks is at
 ``>= 0.9`` of its capacity and the one holding the fewest below it, it solves
 the ILP over those two (line 347); else, if the engine with the most requests
 exceeds the mean by ``>= migration_req_thres = 16`` (lines 58, 362), over it and
-the first engine below the mean; otherwise not at all. The ILP sees only the
-chosen engines, their requests and their adapters; so does this problem, whose
-replicas are whichever the caller passes.
+the engine with the fewest requests (lines 365-376); otherwise not at all. The
+ILP sees only the chosen engines, their requests and their adapters; so does
+this problem, whose replicas are whichever the caller passes.
 
 Data
 ----

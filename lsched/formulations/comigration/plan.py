@@ -4,7 +4,7 @@
 solve of a :class:`~lsched.formulations.comigration.CoMigrationProblem`) into the
 requests to move, ``(request, source, target)`` with ``source != target``, and
 per replica the adapters it must hold (the least placement) and those among them
-to load (not resident now). dLoRA (``engine_manager.py`` lines 418-447) applies
+to load (not resident now). dLoRA (``engine_manager.py`` lines 422-450) applies
 its ILP the same way: it moves each request whose replica changed and sets each
 engine's adapters to the ILP's placement.
 """
