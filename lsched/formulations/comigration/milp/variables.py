@@ -2,8 +2,9 @@
 
 ``x[i, j]`` binary (request ``i`` on replica ``j``); ``y[k, j]`` binary
 (adapter ``k`` placed on replica ``j``), only for the adapters some request
-uses; ``o[j] >= 0`` continuous (overflow blocks: integral at every vertex that
-matters, since only ``beta o_j`` enters, and read back from ``x`` anyway);
+uses; ``o[j] >= 0`` continuous (overflow blocks: at an optimum ``max(0,
+sum_i b_i x_ij - G_j)``, an integer once ``x`` is; the schedule is read from
+``x`` alone);
 ``T >= 0`` continuous (seconds). :meth:`CoMigrationModel.values` gives every
 variable's value for an assignment: the MIP start.
 """
