@@ -30,6 +30,7 @@ from lsched.formulations.backends import (
     replay_timed_objective,
     solve,
 )
+from lsched.formulations.comigration import CoMigrationProblem
 from lsched.formulations.replicas import AssignmentProblem, JointProblem
 from lsched.formulations.result import Status
 from lsched.instance import Instance
@@ -93,6 +94,40 @@ def _load_makespan(problem: AssignmentProblem, where: np.ndarray) -> float:
     """The largest replica's load (integer loads: the model's objective)."""
     assert np.all((where >= 0) & (where < problem.replicas))
     return float(np.bincount(where, weights=problem.load_s, minlength=2).max())
+
+
+#: Two replicas of 8 blocks, one slot on replica 1; 0.1 s per overflow block.
+COMIGRATION = {
+    "replica": [0, 0, 0, 1],
+    "adapter": [0, 0, 1, 1],
+    "blocks": [4, 4, 4, 1],
+    "exec_s": [1.0, 1.0, 1.0, 0.5],
+    "capacity_blocks": [8, 8],
+    "adapter_slots": [2, 1],
+    "resident": np.array([[True, False], [True, True]]),
+    "block_bytes": 1e8,
+    "pcie_bytes_per_s": 1e9,
+    "adapter_load_s": [0.2, 0.3],
+}
+
+
+def _comigration_time(problem: CoMigrationProblem, where: np.ndarray) -> float:
+    """The largest replica time of the co-migration docstring, replica by
+    replica, with each replica's adapter slots asserted."""
+    times = []
+    for j in range(problem.replicas):
+        on = np.flatnonzero(where == j)
+        adapters = set(problem.adapter[on].tolist())
+        assert len(adapters) <= problem.adapter_slots[j], f"slots of replica {j}"
+        overflow = max(0, int(problem.blocks[on].sum()) - problem.capacity_blocks[j])
+        loads = [
+            problem.adapter_load_s[k] for k in adapters if not problem.resident[k, j]
+        ]
+        moved = int(np.sum(problem.replica[on] != j))
+        times.append(
+            float(problem.exec_s[on].sum()) + 0.05 * moved + 0.1 * overflow + sum(loads)
+        )
+    return max(times)
 
 
 def _joint_objective(problem: JointProblem, schedule: np.ndarray) -> float:
@@ -205,6 +240,12 @@ CHECKS: dict[str, ModelCheck] = {
         lambda objective: JointProblem(_slot_problem(objective), 2),
         _joint_objective,
         _joint_replay,
+    ),
+    "comigration": ModelCheck(
+        ("makespan",),
+        lambda _: CoMigrationProblem(**COMIGRATION),
+        _comigration_time,
+        None,
     ),
 }
 

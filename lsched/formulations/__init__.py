@@ -26,10 +26,11 @@ The models: :mod:`~.slot` (Jaillet et al. 2025's slot model, generalised;
 backends ``cpsat``, ``milp``, ``lns``), :mod:`~.timed` (the slot model's
 decisions priced in seconds by the cost model; ``cpsat``, ``milp``),
 :mod:`~.replicas` (Pang et al. 2025's assignment of requests to replicas and an
-exact joint model) and :mod:`~.pang_offline` (that offline stage as an MIP over
-assignment and order). :mod:`~.bounds` holds every lower bound in one registry
-table (:mod:`~.bounds.registry`: the objectives, model and schedules each holds
-for) and the suite that computes it; :mod:`~.scale` searches policy parameters
-for traces of thousands of requests. Every schedule is checked by the
-evaluator, which shares no code with them.
+exact joint model), :mod:`~.pang_offline` (that offline stage as an MIP over
+assignment and order) and :mod:`~.comigration` (dLoRA's co-migration of
+requests and adapters between replicas; ``milp``, ``cpsat``). :mod:`~.bounds`
+holds every lower bound in one registry table (:mod:`~.bounds.registry`: the
+objectives, model and schedules each holds for) and the suite that computes it;
+:mod:`~.scale` searches policy parameters for traces of thousands of requests.
+Every schedule is checked by the evaluator, which shares no code with them.
 """

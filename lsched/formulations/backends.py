@@ -1,10 +1,11 @@
 """The backend registry of every model, and the evaluator's check of a schedule.
 
 :data:`BACKENDS` is the one table of what solves what: per model (``"slot"``,
-``"timed"``, the replica ``"assignment"`` and the ``"joint"`` replica-and-slot
-model) the backends by name, each the module whose ``solve(problem, *,
-time_limit, num_workers, seed, initial_solution, on_progress, **params)`` runs
-it (imported on first use: each pulls in a heavy solver stack).
+``"timed"``, the replica ``"assignment"``, the ``"joint"`` replica-and-slot
+model and dLoRA's ``"comigration"``) the backends by name, each the module
+whose ``solve(problem, *, time_limit, num_workers, seed, initial_solution,
+on_progress, **params)`` runs it (imported on first use: each pulls in a heavy
+solver stack).
 :func:`solve` picks the model from the problem's type (:data:`PROBLEM_TYPES`) and the
 backend by name. :func:`replay_objective` and :func:`replay_timed_objective`
 score a schedule by replaying it in the evaluator, which shares no code with the
@@ -49,6 +50,10 @@ BACKENDS: Mapping[str, Mapping[str, str]] = {
         "milp": "lsched.formulations.replicas.assignment.milp",
     },
     "joint": {"cpsat": "lsched.formulations.replicas.joint.cpsat"},
+    "comigration": {
+        "cpsat": "lsched.formulations.comigration.cpsat",
+        "milp": "lsched.formulations.comigration.milp",
+    },
 }
 
 #: The problem type of every model (a key of :data:`BACKENDS`), as
@@ -59,6 +64,7 @@ PROBLEM_TYPES: Mapping[str, str] = {
     "timed": "lsched.formulations.timed.problem.TimedProblem",
     "assignment": "lsched.formulations.replicas.assignment.problem.AssignmentProblem",
     "joint": "lsched.formulations.replicas.joint.model.JointProblem",
+    "comigration": "lsched.formulations.comigration.problem.CoMigrationProblem",
 }
 
 
@@ -116,8 +122,9 @@ def solve(problem: Any, backend: str = "cpsat", **options: Any) -> SolveResult:
         A problem of a registered model (:data:`PROBLEM_TYPES`): a
         :class:`~lsched.formulations.slot.SlotProblem`,
         :class:`~lsched.formulations.timed.TimedProblem`,
-        :class:`~lsched.formulations.replicas.AssignmentProblem` or
-        :class:`~lsched.formulations.replicas.JointProblem`.
+        :class:`~lsched.formulations.replicas.AssignmentProblem`,
+        :class:`~lsched.formulations.replicas.JointProblem` or
+        :class:`~lsched.formulations.comigration.CoMigrationProblem`.
     backend
         A backend of the problem's model (:data:`BACKENDS`).
     **options

@@ -14,7 +14,9 @@ How to add a bound
 2. Add one :class:`~.registry.BoundSpec` line to :data:`.registry.BOUNDS`, at
    the place it should be reported: its model and name, the objectives it bounds,
    the :class:`~.registry.Schedules` it holds for (preemption, topology, prefix
-   cache: a bound computed from whole prompts holds without a cache only), a
+   cache: a bound computed from whole prompts holds without a cache only;
+   migration: whether it holds when requests move between replicas, with the
+   reason in the registry's docstring), a
    ``compute`` that calls step 1's function on a
    :class:`~.context.BoundContext` (returning the value, or a reason and a line
    where there is none), and an ``applies`` check for the conditions and size

@@ -103,6 +103,11 @@ class BoundContext:
         One colocated pool: its profile and replica count.
     cluster
         A cluster beyond one colocated pool.
+    migrates
+        Whether the runs bounded move requests between replicas (migration,
+        co-migration): the bounds that assume each request stays where it was
+        routed are then skipped
+        (:class:`~lsched.formulations.bounds.registry.Migration`).
     """
 
     instance: Instance
@@ -112,6 +117,7 @@ class BoundContext:
     profile: DeploymentProfile | None = None
     replicas: int = 1
     cluster: Cluster | None = None
+    migrates: bool = False
 
     def __post_init__(self) -> None:
         if (self.profile is None) == (self.cluster is None):

@@ -37,6 +37,45 @@ Cache (:class:`Cache`)
     prefix cache or none (:mod:`~lsched.formulations.bounds.cached`: every
     distinct block computed once). A bound for ``any`` cache also holds for runs
     without one (:meth:`Cache.covers`).
+Migration (:class:`Migration`)
+    ``none``: runs in which every request stays on the replica it was routed to.
+    ``any``: runs in which a running request may also move to another replica
+    (Llumnix's live migration, dLoRA's co-migration; DESIGN.md, "Clusters"), or
+    not. A move keeps every step the request makes: the same prompt and output
+    tokens, the same KV held by each decode step (its blocks are copied, not
+    recomputed), never two replicas decoding it at once; it adds downtime, copy
+    traffic and the copy's KV on the destination, never work. Hence, per spec:
+
+    * ``seconds.critical_path``: ``any``. A request's own prefill and decode
+      steps, each in an iteration that lasts at least its own share; a move
+      only adds time between two of them.
+    * ``seconds.work``, ``seconds.prefill_queue``: ``any``. The ``C``
+      identical replicas are a fluid machine of speed ``C`` whichever replica
+      runs a step, and a step's work depends only on its own tokens and KV,
+      unchanged by a move (the copy's blocks on the destination only lower
+      what the batches there may hold, below the same capacity).
+    * ``seconds.cached_work``, ``seconds.cached_prefill_queue``: ``any``. As
+      above, and a migrated KV holds tokens its own request computed, so a
+      cache fed by it still holds only tokens an earlier request computed: the
+      computations that every schedule makes are unchanged.
+    * ``cluster.critical_path``, ``cluster.work``, ``cluster.prefill_queue``,
+      ``cluster.decode_work``: ``none``. Each takes, per request, the least
+      over routes of sums under *one* pool's profile (all decode steps on one
+      pool); a request moved between pools of different profiles can run its
+      early decode steps where short contexts are cheap and the late ones where
+      long contexts are, less in total than on either pool
+      (``tests/test_migration_bounds.py`` has a case 4.5 s under
+      ``cluster.critical_path``), and a move from a colocated to a decode pool
+      is a route they do not list.
+    * ``slot.*``, ``timed.lp``, ``seconds.bucket_lp``,
+      ``seconds.bucket_lagrangian``: ``any``. They are computed on one replica
+      only (their topology), where a run with migration on has no other replica
+      to move a request to: it is a run without migration.
+
+    A bound for ``any`` also holds for runs without migration
+    (:meth:`Migration.covers`); the context says whether the run migrates
+    (:attr:`~lsched.formulations.bounds.context.BoundContext.migrates`), and a
+    bound for ``none`` is then skipped as out of scope.
 
 Listing
 -------
@@ -54,8 +93,10 @@ in this order (:meth:`BoundSpec.why_not`, then the user's stop, then the value):
    slots are seconds, an LP only up to a size);
 2. its topology against the deployment's;
 3. the objective (listed but not bounded: out of scope);
-4. a stop requested by the user (interrupted);
-5. its value (:attr:`BoundSpec.compute`): a finite float, or why there is none.
+4. migration: a bound for runs without it, where the run migrates (out of
+   scope);
+5. a stop requested by the user (interrupted);
+6. its value (:attr:`BoundSpec.compute`): a finite float, or why there is none.
 
 Adding a bound
 --------------
@@ -148,6 +189,20 @@ class Cache(enum.StrEnum):
         return self is Cache.ANY or self is other
 
 
+class Migration(enum.StrEnum):
+    """The runs a bound holds for, by migration between replicas (module
+    docstring)."""
+
+    NONE = "none"
+    """Runs in which every request stays on the replica it was routed to."""
+    ANY = "any"
+    """Runs in which running requests may move between replicas, or not."""
+
+    def covers(self, other: Migration) -> bool:
+        """Whether a bound for these runs holds for ``other``'s."""
+        return self is Migration.ANY or self is other
+
+
 class Topology(enum.StrEnum):
     """The deployments a bound is stated for (module docstring)."""
 
@@ -175,11 +230,13 @@ class Topology(enum.StrEnum):
 @dataclass(frozen=True)
 class Schedules:
     """The class of schedules a bound holds for (module docstring); a bound
-    tagged with no cache is not claimed for cached runs."""
+    tagged with no cache is not claimed for cached runs, one tagged with no
+    migration not for runs with migration."""
 
     preemption: Preemption
     topology: Topology
     cache: Cache = Cache.NONE
+    migration: Migration = Migration.NONE
 
 
 @dataclass(frozen=True)
@@ -245,7 +302,7 @@ class BoundSpec:
 
     def why_not(self, context: BoundContext) -> Why | None:
         """Why it is not computed on ``context``, or ``None`` where it is
-        (steps 1 to 3 of the module docstring)."""
+        (steps 1 to 4 of the module docstring)."""
         why = None if self.applies is None else self.applies(context)
         topology = self.schedules.topology
         if why is None and not topology.admits(context):
@@ -260,6 +317,13 @@ class BoundSpec:
             why = (
                 Reason.OUT_OF_SCOPE,
                 f"defined for {defined}, not {context.objective}",
+            )
+        moves = context.migrates and not self.schedules.migration.covers(Migration.ANY)
+        if why is None and moves:
+            why = (
+                Reason.OUT_OF_SCOPE,
+                "requests migrate between replicas here; it holds for runs "
+                "without migration",
             )
         return why
 
@@ -460,12 +524,17 @@ def _bucket_lagrangian(context: BoundContext) -> float | Why:
 
 _BOTH = frozenset(OBJECTIVES)
 _LATENCY = frozenset({"latency"})
-_ANY_POOL = Schedules(Preemption.ANY, Topology.ONE_POOL)
-_ANY_POOL_ANY_CACHE = Schedules(Preemption.ANY, Topology.ONE_POOL, Cache.ANY)
-_ANY_CLUSTER = Schedules(Preemption.ANY, Topology.CLUSTER)
-_ANY_REPLICA = Schedules(Preemption.ANY, Topology.ONE_REPLICA)
-_SLOT_REPLICA = Schedules(Preemption.NON_PREEMPTIVE, Topology.ONE_REPLICA)
-_RECOMPUTE_REPLICA = Schedules(Preemption.RECOMPUTE, Topology.ONE_REPLICA)
+_MOVES = Migration.ANY  # module docstring, "Migration": each spec's reason
+_ANY_POOL = Schedules(Preemption.ANY, Topology.ONE_POOL, migration=_MOVES)
+_ANY_POOL_ANY_CACHE = Schedules(Preemption.ANY, Topology.ONE_POOL, Cache.ANY, _MOVES)
+_ANY_CLUSTER = Schedules(Preemption.ANY, Topology.CLUSTER, migration=Migration.NONE)
+_ANY_REPLICA = Schedules(Preemption.ANY, Topology.ONE_REPLICA, migration=_MOVES)
+_SLOT_REPLICA = Schedules(
+    Preemption.NON_PREEMPTIVE, Topology.ONE_REPLICA, migration=_MOVES
+)
+_RECOMPUTE_REPLICA = Schedules(
+    Preemption.RECOMPUTE, Topology.ONE_REPLICA, migration=_MOVES
+)
 
 
 def _slot_latency(name: str, compute: Compute, applies: Applies) -> BoundSpec:
@@ -564,6 +633,7 @@ __all__ = [
     "BoundSpec",
     "Cache",
     "Compute",
+    "Migration",
     "Model",
     "Preemption",
     "Schedules",

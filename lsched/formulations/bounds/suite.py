@@ -30,6 +30,10 @@ computed from whole prompts) or with any prefix cache or none
 (:attr:`Bound.cache`, ``"none"`` or ``"any"``): ``seconds.cached_work`` and
 ``seconds.cached_prefill_queue`` (:mod:`lsched.formulations.bounds.cached`) are
 the only ones of the second kind; :func:`best_bound` takes the run's cache.
+Likewise each holds for runs without migration only, or with any
+(:attr:`Bound.migration`); a report on runs that move requests between replicas
+(``migrates=True``) skips the first kind with the reason
+(:class:`~lsched.formulations.bounds.registry.Migration`).
 
 The slot bounds are computed only where slots are seconds: a unit-slot profile
 (every iteration one second), one replica and integer arrivals, where the slot
@@ -110,6 +114,12 @@ class Bound:
         (:class:`~lsched.formulations.bounds.registry.Cache`)."""
         return self.schedules.cache.value
 
+    @property
+    def migration(self) -> str:
+        """``"none"`` or ``"any"``: whether it holds for runs that move requests
+        between replicas (:class:`~lsched.formulations.bounds.registry.Migration`)."""
+        return self.schedules.migration.value
+
 
 @dataclass(frozen=True)
 class BoundReport:
@@ -162,6 +172,13 @@ def _check_arguments(
     check_int(lp_max_requests, "lp_max_requests", 0)
 
 
+def _flag(migrates: object) -> bool:
+    """``migrates`` checked: a bool (field ``migrates``)."""
+    if not isinstance(migrates, bool):
+        raise InputError(f"got {migrates!r}; expected true or false", field="migrates")
+    return migrates
+
+
 @session()
 def bound_report(
     instance: Instance,
@@ -171,14 +188,16 @@ def bound_report(
     replicas: int | None = None,
     lp_time_limit: float = 10.0,
     lp_max_requests: int = LP_MAX_REQUESTS,
+    migrates: bool = False,
 ) -> BoundReport:
     """Every bound on ``objective``: those computed and, with the reason, the rest.
 
     Parameters are those of :func:`bound_suite`. Every bound the table lists for
     ``objective`` on one colocated pool is either in ``bounds`` or in
-    ``skipped``. On a user's stop (Ctrl-C, :mod:`lsched.interrupt`) the bounds
-    finished are kept and the rest listed as interrupted; an LP in progress stops
-    at once.
+    ``skipped``. With ``migrates`` (runs that move requests between replicas)
+    the bounds for runs without migration are skipped, out of scope. On a
+    user's stop (Ctrl-C, :mod:`lsched.interrupt`) the bounds finished are kept
+    and the rest listed as interrupted; an LP in progress stops at once.
 
     Raises
     ------
@@ -193,7 +212,7 @@ def bound_report(
     )
     context = BoundContext(
         instance, objective, lp_time_limit, lp_max_requests,
-        profile=profile, replicas=replicas,
+        profile=profile, replicas=replicas, migrates=_flag(migrates),
     )  # fmt: skip
     return _report(context)
 
@@ -206,9 +225,10 @@ def cluster_bound_report(
     *,
     lp_time_limit: float = 10.0,
     lp_max_requests: int = LP_MAX_REQUESTS,
+    migrates: bool = False,
 ) -> BoundReport:
     """Every bound on ``objective`` for schedules on ``cluster``, and the rest with
-    the reason.
+    the reason; ``migrates`` as in :func:`bound_report`.
 
     One colocated pool is :func:`bound_report` on its profile and replica count.
     Any other cluster has the closed forms of
@@ -228,10 +248,12 @@ def cluster_bound_report(
             replicas=pool.replicas,
             lp_time_limit=lp_time_limit,
             lp_max_requests=lp_max_requests,
+            migrates=migrates,
         )
     context = BoundContext(
-        instance, objective, lp_time_limit, lp_max_requests, cluster=cluster
-    )
+        instance, objective, lp_time_limit, lp_max_requests,
+        cluster=cluster, migrates=_flag(migrates),
+    )  # fmt: skip
     return _report(context)
 
 
@@ -247,7 +269,7 @@ def bound_suite(
     ----------
     instance, profile, objective, **options
         As :func:`bound_report` (``replicas``, ``lp_time_limit``,
-        ``lp_max_requests``).
+        ``lp_max_requests``, ``migrates``).
 
     Returns
     -------

@@ -81,7 +81,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import highspy
@@ -738,6 +738,65 @@ def run_in(
         on_event=on_event,
         origin=solve_run.began,
     )
+
+
+def consistent(loaded: LoadedModel, outcome: HighsOutcome) -> bool:
+    """Whether HiGHS's objective is that of the values it returned."""
+    if outcome.values is None or outcome.objective is None:
+        return True
+    lp = loaded.highs.getLp()
+    value = float(np.dot(lp.col_cost_, outcome.values)) + float(lp.offset_)
+    return abs(value - outcome.objective) <= 1e-6 * max(1.0, abs(value))
+
+
+def run_in_from_start(
+    solve_run: SolveRun,
+    loaded: LoadedModel,
+    model: pyo.ConcreteModel,
+    *,
+    options: dict[str, Any],
+    start: FloatArray,
+    start_objective: float,
+    to_problem: Callable[[float], float] = _same,
+) -> tuple[HighsOutcome, LoadedModel, bool]:
+    """:func:`run_in` from the MIP start ``start``, solved again without it when
+    HiGHS's objective is not that of the values it returns (:func:`consistent`).
+
+    HiGHS 1.16 was seen to map a MIP start into its presolved space with a wrong
+    objective, prune with it and return "optimal" with the start's values and a
+    wrong bound (the timed model's 8.908 for a start of 8.953,
+    :mod:`lsched.formulations.timed.milp`; the co-migration model's 988 for a
+    start of 2256 whose optimum is 1623, :mod:`lsched.formulations.comigration`).
+    Without the time (or leave) to solve again, the values and bound are dropped
+    and the stop says why.
+
+    Returns
+    -------
+    tuple
+        The outcome, the loaded model it belongs to (``model`` loaded again
+        after a restart), and whether it was restarted.
+    """
+
+    def solve_from(loaded: LoadedModel, begin: FloatArray | None) -> HighsOutcome:
+        return run_in(
+            solve_run, loaded, options=options, start=begin,
+            start_objective=start_objective, to_problem=to_problem,
+        )  # fmt: skip
+
+    outcome = solve_from(loaded, start)
+    if consistent(loaded, outcome):
+        return outcome, loaded, False
+    if requested() or time.monotonic() >= solve_run.deadline:
+        untrusted = replace(
+            outcome,
+            stop=Stop.INTERRUPTED if requested() else Stop.TIME_LIMIT,
+            objective=None,
+            bound=-math.inf,
+            values=None,
+        )
+        return untrusted, loaded, False
+    loaded = load(model)
+    return solve_from(loaded, None), loaded, True
 
 
 def column_values(loaded: LoadedModel, values: Mapping[Any, float]) -> FloatArray:

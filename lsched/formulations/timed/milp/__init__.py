@@ -55,7 +55,6 @@ is the best.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any
@@ -66,7 +65,6 @@ import pyomo.environ as pyo
 from pyomo.common.gc_manager import PauseGC
 
 from lsched.formulations.driver import Attempt, SolveRun, backend
-from lsched.formulations.result import Stop
 from lsched.formulations.solvers import highs
 from lsched.formulations.solvers.highs import BuildStopped, HighsOutcome, LoadedModel
 from lsched.formulations.timed.incumbent import latest_starts, starting_schedule
@@ -86,7 +84,6 @@ from lsched.formulations.timed.milp.variables import (
 )
 from lsched.formulations.timed.model import TIMED
 from lsched.formulations.timed.problem import TimedProblem
-from lsched.interrupt import requested
 
 #: :attr:`SolveResult.solver` of this backend.
 SOLVER = "milp/timed"
@@ -189,15 +186,6 @@ def lp_bound(
     return value * built.time_unit_s + problem.objective_offset
 
 
-def _consistent(loaded: LoadedModel, outcome: HighsOutcome) -> bool:
-    """Whether HiGHS's objective is that of the values it returned."""
-    if outcome.values is None or outcome.objective is None:
-        return True
-    lp = loaded.highs.getLp()
-    value = float(np.dot(lp.col_cost_, outcome.values)) + float(lp.offset_)
-    return abs(value - outcome.objective) <= 1e-6 * max(1.0, abs(value))
-
-
 def _seconds(problem: TimedProblem, unit_s: float, value: float) -> float:
     """A model value (``unit_s`` time units, constant left out) in seconds of
     objective."""
@@ -211,41 +199,20 @@ def _run_highs(
     options: dict[str, Any],
 ) -> tuple[HighsOutcome, LoadedModel, bool]:
     """HiGHS from the incumbent as MIP start, solved again without it if its
-    objective is inconsistent (module docstring): the outcome, the model it
-    belongs to, and whether it was restarted."""
+    objective is inconsistent (module docstring,
+    :func:`~lsched.formulations.solvers.highs.run_in_from_start`): the outcome,
+    the model it belongs to, and whether it was restarted."""
     problem: TimedProblem = run.problem
     unit = built.time_unit_s
-
-    def solve_from(
-        loaded: LoadedModel, start: npt.NDArray[np.float64] | None
-    ) -> HighsOutcome:
-        return highs.run_in(
-            run,
-            loaded,
-            options=options,
-            start=start,
-            start_objective=(run.objective - problem.objective_offset) / unit,
-            to_problem=lambda value: _seconds(problem, unit, value),
-        )
-
-    outcome = solve_from(loaded, highs.column_values(loaded, built.values(run.start)))
-    if _consistent(loaded, outcome):
-        return outcome, loaded, False
-    if requested() or time.monotonic() >= run.deadline:
-        # no time (or leave) to solve again: HiGHS's values and bound are not to
-        # be trusted, the start is kept
-        untrusted = dataclasses.replace(
-            outcome,
-            stop=Stop.INTERRUPTED if requested() else Stop.TIME_LIMIT,
-            objective=None,
-            bound=-math.inf,
-            values=None,
-        )
-        return untrusted, loaded, False
-    # HiGHS's presolve has been seen to map a MIP start into its reduced space
-    # with a wrong objective, then prune with it (module docstring)
-    loaded = highs.load(built.model)
-    return solve_from(loaded, None), loaded, True
+    return highs.run_in_from_start(
+        run,
+        loaded,
+        built.model,
+        options=options,
+        start=highs.column_values(loaded, built.values(run.start)),
+        start_objective=(run.objective - problem.objective_offset) / unit,
+        to_problem=lambda value: _seconds(problem, unit, value),
+    )
 
 
 @backend(TIMED)
