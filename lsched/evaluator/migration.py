@@ -78,6 +78,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from lsched.cluster import Cluster
 from lsched.errors import InputError
@@ -438,6 +439,7 @@ class MigrationSim:
             },
             served=self.instance,
             truncated=self.cut.truncated,
+            migrations=pd.DataFrame(self.stage_rows, columns=list(STAGE_COLUMNS)),
         )
 
 

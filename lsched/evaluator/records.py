@@ -142,6 +142,7 @@ def collect(
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
+        migrations=run.migrations,
     )
 
 
