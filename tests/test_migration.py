@@ -4,7 +4,7 @@ derived by hand, an abort, Llumnix's pairing, and bad input."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from lsched.instance import Instance
 from lsched.migrators import LlumnixMigrator, MigrationView, ReplicaLoad
 from lsched.profile import load_profile
 from lsched.routers import parse_router
+from lsched.validator import validate_cluster
 
 LLAMA = load_profile("llama2-70b-a100-tp4")
 #: one 16-token block of Llama-2-70B's KV (327,680 B per token) per millisecond
@@ -259,3 +260,28 @@ def test_a_cluster_file_with_a_migration_link(
     path.write_text(MIGRATION_TOML.format(router="llumnix:max_stages=0"))
     args = ["simulate", str(trace), "--cluster", str(path)]
     assert_refused(*run(args, capsys), "max_stages=0", ">= 1")
+
+
+def test_the_validator_passes_the_case_by_hand_and_catches_broken_logs() -> None:
+    """The migration above validates; each way of breaking its log or its
+    records breaks the rule that checks it."""
+    got = _run(max_stages=3)
+    cluster = Cluster((Pool(LLAMA, "fcfs", 2, name="a"),), "round-robin",
+                      links=(LINK,))  # fmt: skip
+    instance = Instance([0.0], [40], [6])
+    assert validate_cluster(instance, cluster, got).ok
+    late = got.migrations.assign(end_s=got.migrations["end_s"] + 0.5)
+    broken = {
+        "migration-downtime": replace(got, migrations=late),
+        "migration-overlap": replace(
+            got, runs=got.runs.assign(start_s=got.runs["start_s"] - 0.01)
+        ),
+        "migration-tokens": replace(got, members=got.members.iloc[:-1]),
+    }
+    for rule, result in broken.items():
+        assert rule in validate_cluster(instance, cluster, result).rules, rule
+    # replicas of 2 blocks cannot hold the request's 3 blocks
+    small = LLAMA.replace(kv_capacity_tokens=16 * 2)
+    tight = Cluster((Pool(small, "fcfs", 2, name="a"),), "round-robin",
+                    links=(LINK,))  # fmt: skip
+    assert "migration-kv" in validate_cluster(instance, tight, got).rules

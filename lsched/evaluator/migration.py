@@ -36,10 +36,13 @@ request at a time), with ``L`` = ``last_stage_blocks`` and ``S`` = ``max_stages`
    1`` blocks (all but the one being written) while ``i`` keeps decoding on
    ``A``. A migration that copied ``S`` stages, all live, aborts where stage
    ``S + 1`` would start (Llumnix's ``migration_max_stages`` loop).
-3. ``B`` reserves the stage's blocks at ``u_k`` (pinned in its ledger: they
-   count against its capacity and its policy sees a capacity less them); if
-   they do not fit beside what ``B`` holds the migration aborts. An abort frees
-   every block ``B`` reserved for ``i`` and leaves ``i`` running on ``A``.
+3. ``B`` reserves the stage's blocks at its first boundary at or after ``u_k``
+   (Llumnix's ``pre_alloc_cache`` runs in the destination's scheduler, between
+   its steps): pinned in its ledger, they count against its capacity and its
+   policy sees a capacity less them. If they do not fit beside what ``B`` holds
+   there the migration aborts. An abort frees every block ``B`` reserved for
+   ``i`` and leaves ``i`` running on ``A``. (The copy is taken to start at
+   ``u_k`` all the same.)
 4. The stage moves ``y = blocks * b * kv_bytes_per_token`` bytes (``b`` tokens
    per block, ``A``'s profile) over the cluster's link from ``A``'s pool to
    ``B``'s (:meth:`lsched.cluster.Cluster.link`) and ends at ``u_k + latency_s
