@@ -157,6 +157,7 @@ def _view(
     queued: Callable[[int], int] | None = None,
     lookup: Callable[[int], int] | None = None,
     decode: Callable[[], list[tuple[int, int]]] | None = None,
+    replica_load: Callable[[int], Any] | None = None,
 ) -> ClusterView:
     pred, tenant, prio = (
         instance.predicted_output_tokens,
@@ -175,6 +176,7 @@ def _view(
         queued=queued,
         lookup=lookup,
         decode=decode,
+        replica_load=replica_load,
     )
 
 

@@ -297,8 +297,8 @@ class MigrationSim:
             i,
             lambda c: (engines[c].m - engines[c].done, engines[c].kv.held_tokens),
             lambda c: engines[c].queued_at(t),
+            replica_load=lambda c: engines[c].load(),
         )
-        view._replica_load = lambda c: engines[c].load()
         choice = _decision(self.router.route(view), i, len(engines))
         if isinstance(choice, Reject):
             self.reasons[i] = choice.reason
