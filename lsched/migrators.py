@@ -11,15 +11,24 @@ the copy's two parameters, ``last_stage_blocks`` and ``max_stages``.
 
 Llumnix (Sun et al., OSDI 2024; ``AlibabaPAI/llumnix``)
 --------------------------------------------------------
-*Freeness* of a replica (``llumnix/instance_info.py``, the paper's "virtual
-usage" with no priority headroom)::
+*Freeness* of a replica, the paper's "virtual usage" with no priority headroom,
+as Llumnix computes it (``RemainingStepsLoad`` in ``llumnix/load_computation.py``):
+for migration (its ``enable_defrag`` branch) ::
 
-    F = (free blocks - blocks of the head of its waiting queue) / running requests
+    F = (free blocks - blocks of the head of its waiting queue)
+        / (running requests + (1 if a request waits else 0))
 
-``+inf`` with no running request. Free blocks count every block taken on the
-replica, by a running request or reserved for KV on its way in or out. The
-head's blocks are those its prefill needs (``ceil((s_i + emitted) / b)``: a
-request preempted by recompute prefills its emitted tokens again).
+and for dispatch (the other branch, every waiting request counted) ::
+
+    F_d = (free blocks - blocks of every waiting request)
+          / (running requests + waiting requests)
+
+each ``+inf`` with a zero denominator. Free blocks count every block taken on
+the replica, by a running request or reserved for KV on its way in or out. A
+waiting request's blocks are those its prefill needs (``ceil((s_i + emitted) /
+b)``: a request preempted by recompute prefills its emitted tokens again).
+(Counting only the head, over running requests alone, as the paper's summary
+reads, a replica with a long queue looks free to the dispatcher.)
 
 Every tick, :class:`LlumnixMigrator` (``llumnix/global_scheduler/
 migration_scheduler.py``, ``migration_filter.py``): sources are the replicas
@@ -33,7 +42,8 @@ only if it shrinks the pair's freeness gap: with ``x`` the request's blocks,
 ``|F_t' - F_s'| < |F_t - F_s|`` where ``F_s'`` counts ``x`` more free blocks and
 one running request less on the source and ``F_t'`` ``x`` fewer free blocks and
 one running request more on the target (``inf`` compares as larger than any
-number; a gap between two infinities is taken as 0).
+number; a gap between two infinities is taken as 0). The ``llumnix`` router
+sends each arrival to the replica of highest ``F_d``.
 
 Priorities (the paper's headroom for high-priority requests) are not modelled:
 every request has the same priority here.
@@ -63,6 +73,10 @@ class ReplicaLoad:
         Blocks the head of its waiting queue needs to prefill (0 if none waits).
     running
         Requests it runs (prefilling or decoding).
+    waiting
+        Requests waiting to be admitted (new, or preempted by recompute).
+    waiting_blocks
+        Blocks every waiting request needs to prefill.
     preempted
         Requests preempted (recompute or swap) that wait to run again.
     candidates
@@ -76,19 +90,34 @@ class ReplicaLoad:
     free_blocks: int
     head_blocks: int
     running: int
+    waiting: int
+    waiting_blocks: int
     preempted: int
     candidates: tuple[tuple[int, int], ...]
     block_tokens: int
 
     @property
     def freeness(self) -> float:
-        """Llumnix's freeness (module docstring)."""
-        return freeness(self.free_blocks - self.head_blocks, self.running)
+        """Llumnix's freeness for migration (module docstring)."""
+        return self.freeness_after(0, 0)
+
+    @property
+    def dispatch_freeness(self) -> float:
+        """Llumnix's freeness for dispatch (module docstring)."""
+        return freeness(
+            self.free_blocks - self.waiting_blocks, self.running + self.waiting
+        )
+
+    def freeness_after(self, blocks: int, requests: int) -> float:
+        """The freeness with ``blocks`` more blocks taken and ``requests`` more
+        running (negative: a request moved out)."""
+        room = self.free_blocks - blocks - self.head_blocks
+        return freeness(room, self.running + requests + (self.waiting > 0))
 
 
-def freeness(room_blocks: int, running: int) -> float:
-    """``room_blocks / running``, ``inf`` with no running request."""
-    return math.inf if running == 0 else room_blocks / running
+def freeness(room_blocks: int, requests: int) -> float:
+    """``room_blocks / requests``, ``inf`` with none."""
+    return math.inf if requests == 0 else room_blocks / requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +190,5 @@ class LlumnixMigrator:
             i, tokens = min(source.candidates, key=lambda c: (c[1], c[0]))
         x = -(-tokens // source.block_tokens)
         before = _gap(target.freeness, source.freeness)
-        f_s = freeness(source.free_blocks + x - source.head_blocks, source.running - 1)
-        f_t = freeness(target.free_blocks - x - target.head_blocks, target.running + 1)
-        return i if _gap(f_t, f_s) < before else None
+        after = _gap(target.freeness_after(x, 1), source.freeness_after(-x, -1))
+        return i if after < before else None

@@ -38,7 +38,7 @@ Built-in routers
     pool would miss the TBT SLO.
 ``llumnix:interval_s=0.05,select=last,last_stage_blocks=16,max_stages=3``
     Llumnix (:class:`Llumnix`): each arrival to the replica of highest
-    freeness (:mod:`lsched.migrators`), ties to the lowest id; every
+    dispatch freeness (:mod:`lsched.migrators`), ties to the lowest id; every
     ``interval_s`` its migrator moves running requests live between replicas
     (:mod:`lsched.evaluator.migration`). Such a run takes the Python engine.
 ``least-queued``
@@ -533,7 +533,8 @@ class Llumnix:
 
     def route(self, view: ClusterView) -> int:
         return min(
-            range(view.replicas), key=lambda c: (-view.replica_load(c).freeness, c)
+            range(view.replicas),
+            key=lambda c: (-view.replica_load(c).dispatch_freeness, c),
         )
 
 

@@ -140,16 +140,19 @@ def test_a_migration_past_its_stages_aborts_and_the_request_stays() -> None:
 
 def _load(free: int, running: int, candidates: tuple = (), preempted: int = 0,
           head: int = 0) -> ReplicaLoad:  # fmt: skip
-    return ReplicaLoad(free, head, running, preempted, candidates, 16)
+    """A replica with one waiting request of ``head`` blocks (none if 0)."""
+    return ReplicaLoad(free, head, running, int(head > 0), head, preempted,
+                       candidates, 16)  # fmt: skip
 
 
 def test_llumnix_pairs_the_most_loaded_with_the_least_loaded() -> None:
-    """Freeness: replica 0 (8 - 2) / 3 = 2, replica 1 10 / 1 = 10, replica 2
-    100 / 2 = 50, replica 3 (40 - 0) / 20 = 2 but nothing to move. Sources by
-    freeness: 0, 3 (ties by id); destinations: 2, 1. Pair (0, 2): ``last``
-    moves request 7 (admitted last, 20 tokens = 2 blocks): the gap 50 - 2 = 48
-    becomes |98 / 3 - 10 / 2| = 27.7, smaller: kept; ``shortest`` moves
-    request 5 (5 tokens). Pair (3, 1): replica 3 has no candidate."""
+    """Freeness: replica 0 (8 free, a waiting head of 2 blocks, 3 running)
+    (8 - 2) / (3 + 1) = 1.5, replica 1 10 / 1 = 10, replica 2 100 / 2 = 50,
+    replica 3 40 / 20 = 2 but nothing to move. Sources by freeness: 0, 3;
+    destinations: 2, 1. Pair (0, 2): ``last`` moves request 7 (admitted last,
+    20 tokens = 2 blocks): the gap 50 - 1.5 = 48.5 becomes |(100 - 2) / 3 -
+    (8 + 2 - 2) / 3| = 30, smaller: kept; ``shortest`` moves request 5 (5
+    tokens). Pair (3, 1): replica 3 has no candidate."""
     loads = (
         _load(8, 3, ((5, 5), (6, 30), (7, 20)), head=2),
         _load(10, 1),
@@ -167,8 +170,10 @@ def test_llumnix_keeps_a_move_only_if_the_gap_shrinks() -> None:
     running request (inf), the target 0 / 2 = 0: the gap grows (inf > 3)."""
     loads = (_load(1, 1, ((0, 64),)), _load(4, 1))
     assert LlumnixMigrator().decide(MigrationView(0.0, loads)) == []
-    # a preempted request waiting makes a source even with freeness above 3
-    loads = (_load(20, 2, ((0, 16), (1, 16)), preempted=1), _load(40, 1))
+    # a preempted request waiting makes a source even with freeness above 3:
+    # (20 - 1) / 3 = 6.3 and 40; after the move (20 + 1 - 1) / 2 = 10 and
+    # (40 - 1) / 2 = 19.5
+    loads = (_load(20, 2, ((0, 16), (1, 16)), preempted=1, head=1), _load(40, 1))
     assert LlumnixMigrator().decide(MigrationView(0.0, loads)) == [(1, 0, 1)]
 
 

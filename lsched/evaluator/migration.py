@@ -152,10 +152,9 @@ class MigrationEngine(StageEngine):
         kv = self.kv
         free = kv.kv.capacity_blocks - kv.exact_blocks(self.running)
         waiting = self._waiting()
-        head = 0
+        need = [0]
         if len(waiting):
-            r = int(waiting[0])
-            head = int(kv.kv.blocks(int(self.prompt[r] + self.emitted[r])))
+            need = kv.kv.blocks(self.prompt[waiting] + self.emitted[waiting]).tolist()
         processed, target = self.processed, self.target
         candidates = tuple(
             (self.ids[r], int(processed[r]))
@@ -164,8 +163,10 @@ class MigrationEngine(StageEngine):
         )
         return ReplicaLoad(
             free,
-            head,
+            int(need[0]),
             len(self.running),
+            len(waiting),
+            int(sum(need)),
             len(self.requeued) + len(self.swapped),
             candidates,
             kv.kv.block_tokens,
