@@ -1914,7 +1914,8 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
 # (blocks * b * kv_bytes_per_token of A) ends latency_s + y / bandwidth after
 # its start. At the end e of the last stage A frees i's blocks and i reaches B
 # with s_i + E - 1 tokens of KV and E tokens emitted; B adopts it running at
-# its first boundary at or after e (first token and admission kept), unless B
+# its first boundary at or after e (first token and admission kept; its blocks
+# stay reserved until then and become its own), unless B
 # runs max_num_seqs requests or its blocks do not fit (then the KV is dropped,
 # recomputed, and i waits to be prefilled again). Downtime: e - the last
 # stage's start. Simultaneous events: stage ends, then starts, then arrivals.
@@ -1965,6 +1966,7 @@ class _Mover(_Stage):
             if self.seen[r]:
                 continue
             self.seen[r] = True
+            self.reserved.pop(self.rows[r])  # its own blocks from now on
             tokens = self.carried[r]
             self.emitted[r] = emitted
             self.first_token_s[r] = first
@@ -2063,8 +2065,7 @@ def simulate_naive_migration(
         r = a.local(i)
         del a.pins[i]
         a.wake(t)
-        b.reserved.pop(i)
-        b.add(i, t, output[i], move.tokens)
+        b.add(i, t, output[i], move.tokens)  # reserved until it is adopted
         b.moved_in[len(b.rows) - 1] = (
             move.emitted,
             a.first_token_s[r],

@@ -52,10 +52,10 @@ request at a time), with ``L`` = ``last_stage_blocks`` and ``S`` = ``max_stages`
 5. At the end ``e`` of the last stage ``A`` frees ``i``'s blocks and ``i``
    arrives on ``B`` with ``s_i + E - 1`` tokens of KV, ``E`` the tokens it
    emitted on ``A``: ``B`` adopts it, running, at its first boundary at or after
-   ``e`` (its reserved blocks become ``i``'s own; its first token's time and
-   admission are kept; if ``B`` then runs ``max_num_seqs`` requests, ``i``
-   waits there to be prefilled again, as a disaggregated decode replica's
-   adoption does). Its next token comes from ``B``. **Downtime** is ``e -
+   ``e`` (its blocks stay reserved until then and become ``i``'s own; its
+   first token's time and admission are kept; if ``B`` then runs
+   ``max_num_seqs`` requests, ``i`` waits there to be prefilled again, as a
+   disaggregated decode replica's adoption does). Its next token comes from ``B``. **Downtime** is ``e -
    u_last``: the last stage's ``latency_s + y / bandwidth``.
 
 KV on both sides is counted where it is: on ``A`` (running, then pinned for the
@@ -123,6 +123,16 @@ class MigrationEngine(StageEngine):
         )
         self.next_event_s = next_event_s
         self.migrating: set[int] = set()  # local ids being copied out
+        #: local id of a request that landed -> the blocks reserved for it, its
+        #: own from its adoption
+        self.landed: dict[int, int] = {}
+
+    def _adopt(self, k: int) -> None:
+        for r in range(k, self.num_arrived):
+            blocks = self.landed.pop(r, 0)
+            if blocks:
+                self.kv.unpin(blocks)
+        super()._adopt(k)
 
     def _plan(self, decode: np.ndarray, p: np.ndarray, held: int,
               wake_at_s: float | None, context_cap: int | None) -> Any:  # fmt: skip
@@ -405,13 +415,13 @@ class MigrationSim:
         i, r = move.i, move.r
         source.release(move.pinned, move.tokens, move.stopped_s, t)
         source.migrating.discard(r)
-        target.kv.unpin(move.copied)
         target.add_stage(
             self.instance, i, t, int(self.instance.output_tokens[i]), move.tokens,
             emitted=int(source.emitted[r]),
             first_token_s=float(source.first_token_s[r]),
             admitted_s=float(source.admitted_s[r]),
         )  # fmt: skip
+        target.landed[target.m - 1] = move.copied  # reserved until its adoption
         self.host[i] = (move.target, target.m - 1)
         self.migrations[i] += 1
         self.downtime_s[i] += t - move.stopped_s

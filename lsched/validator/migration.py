@@ -160,7 +160,10 @@ def _walk_requests(
                     run=int(row.run),
                     request=i,
                 )
-            if prev is not None and c != prev[0]:
+            chain = [
+                m for m in landed if not m.get("used") and m["end"] <= start + _TOL
+            ]
+            if prev is not None and (c != prev[0] or chain):
                 seg = _switch(
                     i,
                     s,
@@ -168,7 +171,7 @@ def _walk_requests(
                     processed,
                     prev,
                     row,
-                    landed,
+                    chain,
                     replicas,
                     seg,
                     segments,
@@ -217,69 +220,59 @@ def _switch(
     processed: int,
     prev: tuple,
     row: Any,
-    landed: list,
+    chain: list,
     replicas: list[Any],
     seg: list | None,
     segments: list,
     out: _Collector,
 ) -> list | None:
-    """Request ``i`` changes replica at ``row``: the move that carried it, and
-    its segment on the target from the move's end (``None``: it starts at its
-    first run there)."""
-    move = next(
-        (
-            m
-            for m in landed
-            if m["source"] == prev[0]
-            and m["target"] == int(row.replica)
-            and not m.get("used")
-        ),
-        None,
-    )
-    if move is None:
+    """Request ``i`` ran on ``prev`` and next runs at ``row`` after the completed
+    moves ``chain``, which must lead from the one replica to the other; its
+    segments on the replicas it passed through, and on the last from the final
+    move's end (``None``: it starts at its first run there)."""
+    path = [prev[0]] + [m["target"] for m in chain]
+    linked = all(m["source"] == a for m, a in zip(chain, path, strict=False))
+    if not chain or not linked or path[-1] != int(row.replica):
         out.add(
             "migration-overlap",
-            f"runs on replica {row.replica} after replica "
-            f"{prev[0]} without a completed move",
+            f"runs on replica {row.replica} after replica {prev[0]} without "
+            "completed moves between them",
             run=int(row.run),
             request=i,
         )
-        return None
-    move["used"] = True
-    if prev[1] > move["last_start"] + _TOL or float(row.start_s) < move["end"] - _TOL:
+        return seg
+    if prev[1] > chain[0]["last_start"] + _TOL or (
+        float(row.start_s) < chain[-1]["end"] - _TOL
+    ):
         out.add(
             "migration-overlap",
-            f"runs on replica {prev[0]} until {prev[1]} and "
-            f"on {row.replica} from {row.start_s}; its last stage ran "
-            f"[{move['last_start']}, {move['end']}]",
+            f"runs on replica {prev[0]} until {prev[1]} and on {row.replica} from "
+            f"{row.start_s}; its moves ran [{chain[0]['last_start']}, "
+            f"{chain[-1]['end']}]",
             run=int(row.run),
             request=i,
         )
-    block = replicas[prev[0]].profile.block_tokens
     carried = s + emitted - 1
-    copied = sum(int(r.blocks) for r in move["rows"])
-    if processed != carried or copied != -(-carried // block):
-        out.add(
-            "migration-tokens",
-            f"holds {processed} KV tokens when it moves, "
-            f"{copied} blocks copied; expected {carried} tokens in "
-            f"{-(-carried // block)} blocks",
-            request=i,
-        )
-    if seg is not None:
-        seg[3] = move["end"]  # pinned on the source until the move lands
-    if row.kind != "decode":
-        return None  # dropped on arrival: prefilled again
-    landing = [
-        int(row.replica),
-        i,
-        move["end"],
-        math.inf,
-        [(move["end"], carried)],
-        True,
-    ]
-    segments.append(landing)
-    return landing
+    for move in chain:
+        move["used"] = True
+        block = replicas[move["source"]].profile.block_tokens
+        copied = sum(int(r.blocks) for r in move["rows"])
+        if processed != carried or copied != -(-carried // block):
+            out.add(
+                "migration-tokens",
+                f"holds {processed} KV tokens when it moves, {copied} blocks "
+                f"copied; expected {carried} tokens in {-(-carried // block)} blocks",
+                request=i,
+            )
+        if seg is not None:
+            seg[3] = move["end"]  # pinned on the source until the move lands
+        seg = [move["target"], i, move["end"], math.inf, [(move["end"], carried)], True]
+        segments.append(seg)
+    if row.kind != "decode":  # dropped on arrival: prefilled again
+        assert seg is not None
+        seg[3] = float(row.start_s)
+        return None
+    return seg
 
 
 def _check_records(
