@@ -55,8 +55,9 @@ request at a time), with ``L`` = ``last_stage_blocks`` and ``S`` = ``max_stages`
    ``e`` (its blocks stay reserved until then and become ``i``'s own; its
    first token's time and admission are kept; if ``B`` then runs
    ``max_num_seqs`` requests, ``i`` waits there to be prefilled again, as a
-   disaggregated decode replica's adoption does). Its next token comes from ``B``. **Downtime** is ``e -
-   u_last``: the last stage's ``latency_s + y / bandwidth``.
+   disaggregated decode replica's adoption does). Its next token comes from
+   ``B``. **Downtime** is ``e - u_last``: the last stage's ``latency_s + y /
+   bandwidth``.
 
 KV on both sides is counted where it is: on ``A`` (running, then pinned for the
 last stage) until ``e``, on ``B`` (reserved) from each stage's start.
