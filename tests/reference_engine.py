@@ -2099,6 +2099,19 @@ def simulate_naive_migration(
                 stage(payload, t)
             continue
         x.step(x.next_s)
+    return _naive_migration_result(stages, n, moved, aborts, nbytes, down)
+
+
+def _naive_migration_result(
+    stages: list[_Mover],
+    n: int,
+    moved: list[int],
+    aborts: list[int],
+    nbytes: list[float],
+    down: list[float],
+) -> NaiveMigrationResult:
+    """Each request's first token (its first replica's) and completion (where it
+    completed), with the migration counts of the run."""
     first, completion = [math.nan] * n, [math.nan] * n
     emitted = [0] * n
     for x in stages:
