@@ -119,6 +119,16 @@ COUNT_METRICS: frozenset[str] = frozenset(
 )
 
 
+#: The metrics of a run with live migration (:func:`migration_metrics`).
+MIGRATION_METRICS: tuple[str, ...] = (
+    "migrations",
+    "migration_aborts",
+    "migrated_bytes",
+    "migration_downtime_s",
+    "migration_downtime_mean_s",
+)
+
+
 def migration_metrics(
     migrations: npt.ArrayLike,
     aborts: npt.ArrayLike,
@@ -128,13 +138,14 @@ def migration_metrics(
     """The migration metrics (module docstring) from their per-request columns."""
     moved = float(np.sum(migrations))
     down = float(np.sum(downtime_s))
-    return {
-        "migrations": moved,
-        "migration_aborts": float(np.sum(aborts)),
-        "migrated_bytes": float(np.sum(migrated_bytes)),
-        "migration_downtime_s": down,
-        "migration_downtime_mean_s": down / moved if moved else 0.0,
-    }
+    values = (
+        moved,
+        float(np.sum(aborts)),
+        float(np.sum(migrated_bytes)),
+        down,
+        down / moved if moved else 0.0,
+    )
+    return dict(zip(MIGRATION_METRICS, values, strict=True))
 
 
 def _describe(prefix: str, values: np.ndarray) -> dict[str, float]:
