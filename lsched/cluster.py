@@ -272,7 +272,8 @@ class Cluster:
         Sends each arrival to a prefill or colocated replica: a
         :class:`RouterSpec` or its text; round robin by default.
     links
-        Links from prefill to decode pools; an unlisted pair has an ideal link.
+        Links from prefill to decode pools, or between colocated pools (a pool
+        to itself too: live migration); an unlisted pair has an ideal link.
     decode_router
         Sends each prefilled request to a decode replica (its view numbers the
         decode replicas ``0..D-1``); round robin by default.
@@ -321,8 +322,12 @@ class Cluster:
 
     def _check_link(self, k: int, link: Link) -> None:
         roles = {p.name: p.role for p in self.pools}
+        # prefill -> decode (KV transfers), or colocated -> colocated (live
+        # migration, lsched.evaluator.migration)
+        colocated = roles.get(link.source) == "colocated"
         for end, name, role in (("from", link.source, "prefill"),
                                 ("to", link.target, "decode")):  # fmt: skip
+            role = "colocated" if colocated else role
             if name not in roles:
                 raise InputError(
                     f"no pool {name!r}; expected one of {sorted(roles)}",

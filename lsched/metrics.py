@@ -19,7 +19,12 @@ and completion time ``c_i`` (seconds):
   such deadline (:mod:`lsched.slo` puts an SLO's deadlines on an instance);
 - preemptions and recomputed tokens, summed;
 - Mooncake's TBT and effective capacity (:func:`mooncake_tbt`,
-  :func:`effective_capacity`), below.
+  :func:`effective_capacity`), below;
+- with live migration (:mod:`lsched.evaluator.migration`,
+  :func:`migration_metrics`): ``migrations`` (completed moves),
+  ``migration_aborts``, ``migrated_bytes`` (every stage copied, aborted ones
+  included) and ``migration_downtime_s`` (the last stages' durations), summed
+  over requests, and ``migration_downtime_mean_s`` per completed move.
 
 Mooncake's TBT (Qin et al., FAST 2025, section 8; ../shared/reference/
 serving-systems.md): request i emits tokens at ``t_1 < ... < t_e`` (``e``
@@ -108,8 +113,39 @@ COUNT_METRICS: frozenset[str] = frozenset(
         "prefill_tokens_saved",
         "iterations",
         "replicas",
+        "migrations",
+        "migration_aborts",
     }
 )
+
+
+#: The metrics of a run with live migration (:func:`migration_metrics`).
+MIGRATION_METRICS: tuple[str, ...] = (
+    "migrations",
+    "migration_aborts",
+    "migrated_bytes",
+    "migration_downtime_s",
+    "migration_downtime_mean_s",
+)
+
+
+def migration_metrics(
+    migrations: npt.ArrayLike,
+    aborts: npt.ArrayLike,
+    migrated_bytes: npt.ArrayLike,
+    downtime_s: npt.ArrayLike,
+) -> dict[str, float]:
+    """The migration metrics (module docstring) from their per-request columns."""
+    moved = float(np.sum(migrations))
+    down = float(np.sum(downtime_s))
+    values = (
+        moved,
+        float(np.sum(aborts)),
+        float(np.sum(migrated_bytes)),
+        down,
+        down / moved if moved else 0.0,
+    )
+    return dict(zip(MIGRATION_METRICS, values, strict=True))
 
 
 def _describe(prefix: str, values: np.ndarray) -> dict[str, float]:

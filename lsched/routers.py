@@ -36,6 +36,11 @@ Built-in routers
     Mooncake's Conductor (:class:`Conductor`): the replica with the smallest
     predicted TTFT, or a rejection when that misses the TTFT SLO or the decode
     pool would miss the TBT SLO.
+``llumnix:interval_s=0.05,select=last,last_stage_blocks=16,max_stages=3``
+    Llumnix (:class:`Llumnix`): each arrival to the replica of highest
+    dispatch freeness (:mod:`lsched.migrators`), ties to the lowest id; every
+    ``interval_s`` its migrator moves running requests live between replicas
+    (:mod:`lsched.evaluator.migration`). Such a run takes the Python engine.
 ``least-queued``
     The replica with the fewest *queued* requests (:meth:`ClusterView.queued`:
     unfinished and not in the iteration in flight), ties to the lowest id.
@@ -141,6 +146,7 @@ class ClusterView:
         "_lookup",
         "_queued",
         "_queued_cache",
+        "_replica_load",
         "_state",
         "context",
         "now_s",
@@ -165,8 +171,10 @@ class ClusterView:
         queued: Callable[[int], int] | None = None,
         lookup: Callable[[int], int] | None = None,
         decode: Callable[[], list[tuple[int, int]]] | None = None,
+        replica_load: Callable[[int], Any] | None = None,
     ) -> None:
         self.context = context
+        self._replica_load = replica_load
         self.request = request
         self.now_s = now_s
         self.prompt_tokens = prompt_tokens
@@ -225,6 +233,14 @@ class ClusterView:
         if self._lookup is None:
             return 0
         return self._lookup(replica)
+
+    def replica_load(self, replica: int) -> Any:
+        """``replica``'s :class:`~lsched.migrators.ReplicaLoad` (free blocks,
+        the head of its queue, running requests), where the loop gives it (a
+        run with migration); ``RuntimeError`` elsewhere."""
+        if self._replica_load is None:
+            raise RuntimeError("replica loads are given only on a run with migration")
+        return self._replica_load(replica)
 
     @property
     def decode_loads(self) -> list[tuple[int, int]]:
@@ -473,6 +489,61 @@ class Conductor:
         return c
 
 
+@dataclass(frozen=True)
+class LlumnixParams:
+    """``llumnix``'s parameters: the migrator's tick, which request it moves
+    (``last`` admitted or ``shortest``), and the copy's last-stage threshold
+    and stage limit (:mod:`lsched.evaluator.migration`)."""
+
+    interval_s: float = 0.05
+    select: str = "last"
+    last_stage_blocks: int = 16
+    max_stages: int = 3
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
+            raise ValueError(
+                f"got interval_s={self.interval_s}; expected finite seconds > 0"
+            )
+        if self.select not in ("last", "shortest"):
+            raise ValueError(f"got select={self.select!r}; expected last or shortest")
+        for name in ("last_stage_blocks", "max_stages"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(
+                    f"got {name}={getattr(self, name)}; expected an integer >= 1"
+                )
+
+
+class Llumnix:
+    """Dispatch to the freest replica (ties to the lowest id); its
+    :attr:`migrator` moves running requests (:mod:`lsched.migrators`)."""
+
+    #: runs take the migration loop (:mod:`lsched.evaluator.migration`)
+    migrates = True
+
+    def __init__(self, params: LlumnixParams) -> None:
+        from lsched.migrators import LlumnixMigrator
+
+        self.migrator = LlumnixMigrator(
+            params.interval_s,
+            params.select,
+            params.last_stage_blocks,
+            params.max_stages,
+        )
+
+    def route(self, view: ClusterView) -> int:
+        return min(
+            range(view.replicas),
+            key=lambda c: (-view.replica_load(c).dispatch_freeness, c),
+        )
+
+
+def migrates(spec: Any) -> bool:
+    """Whether the router of ``spec`` (a :class:`RouterSpec`) moves requests
+    between replicas (it declares ``migrates = True``)."""
+    return getattr(REGISTRY[spec.name].build, "migrates", False) is True
+
+
 #: Router name -> parameters and constructor.
 REGISTRY = Registry("router")
 REGISTRY.register(
@@ -492,6 +563,7 @@ REGISTRY.register(
 REGISTRY.register("random", Random, RandomParams, Random.__doc__)
 REGISTRY.register("conductor", Conductor, ConductorParams, Conductor.__doc__)
 REGISTRY.register("prefix", lambda params: LongestPrefix(), None, LongestPrefix.__doc__)
+REGISTRY.register("llumnix", Llumnix, LlumnixParams, Llumnix.__doc__)
 
 
 @dataclass(frozen=True)

@@ -1898,3 +1898,235 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         },
         cached_tokens=_frozen(cached, np.int64),
     )
+
+
+# Live migration, restated from the docstring of lsched.evaluator.migration (with
+# Llumnix's migration_coordinator.py): request i decoding on replica A moves to
+# B from t0 (a move the fast run's migrator decided: this engine replays the
+# starts, and computes every stage itself). Stage k starts at A's first boundary
+# at or after t0 (k = 1) or the previous stage's end; there i holds h blocks on
+# A, c of them copied, x = h - c not. It aborts if i no longer runs on A (done,
+# or preempted since t0) or if max_stages stages were copied already. x <=
+# last_stage_blocks: the last stage, A stops i there (its blocks pinned on A)
+# and copies x blocks; else a live stage copies x - 1 blocks. B reserves the
+# stage's blocks at its start (pinned: counted against its capacity), or the
+# move aborts (B frees its reservation, i stays on A). A stage of y bytes
+# (blocks * b * kv_bytes_per_token of A) ends latency_s + y / bandwidth after
+# its start. At the end e of the last stage A frees i's blocks and i reaches B
+# with s_i + E - 1 tokens of KV and E tokens emitted; B adopts it running at
+# its first boundary at or after e (first token and admission kept; its blocks
+# stay reserved until then and become its own), unless B
+# runs max_num_seqs requests or its blocks do not fit (then the KV is dropped,
+# recomputed, and i waits to be prefilled again). Downtime: e - the last
+# stage's start. Simultaneous events: stage ends, then starts, then arrivals.
+_STAGE_END, _MOVE, _ARRIVE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class NaiveMigrationResult:
+    """What :func:`simulate_naive_migration` returns, per request in instance
+    order: its first token and completion (wherever they happened), the moves
+    it completed and aborted, the bytes its stages copied and its downtime."""
+
+    first_token_s: FloatArray
+    completion_s: FloatArray
+    migrations: IntArray
+    migration_aborts: IntArray
+    migrated_bytes: FloatArray
+    migration_downtime_s: FloatArray
+    emitted_tokens: IntArray
+
+
+class _Mover(_Stage):
+    """A colocated replica that lets requests leave and adopts those that
+    arrive with their KV and tokens (:func:`simulate_naive_migration`)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        #: local id -> (tokens emitted, first token's time, admission) carried
+        self.moved_in: dict[int, tuple[int, float, float]] = {}
+
+    def local(self, i: int) -> int:
+        """Request ``i``'s latest local id here."""
+        return len(self.rows) - 1 - self.rows[::-1].index(i)
+
+    def boundary(self, t: float) -> float:
+        """This replica's first boundary at or after ``t`` (it sits there)."""
+        return max(t, self.next_s) if self.busy else t
+
+    def held_blocks(self) -> int:
+        b = self.limits.block_tokens
+        return sum(_blocks(self.processed[r], b) for r in self.running) + (
+            self.pinned_blocks()
+        )
+
+    def step(self, t: float) -> list[int]:
+        b = self.limits.block_tokens
+        for r, (emitted, first, admitted) in sorted(self.moved_in.items()):
+            if self.seen[r]:
+                continue
+            self.seen[r] = True
+            self.reserved.pop(self.rows[r])  # its own blocks from now on
+            tokens = self.carried[r]
+            self.emitted[r] = emitted
+            self.first_token_s[r] = first
+            fits = self.held_blocks() + _blocks(tokens, b) <= (
+                self.limits.kv_capacity_blocks
+            )
+            if not fits or len(self.running) >= self.limits.max_num_seqs:
+                self.recomputed[r] += tokens  # dropped: prefilled again
+                continue
+            self.status[r] = _RUNNING
+            self.processed[r] = tokens
+            self.target[r] = self.prompt[r]
+            self.admitted_s[r] = admitted
+            self.running.append(r)
+        return super().step(t)
+
+
+@dataclass
+class _NaiveMove:
+    i: int
+    source: _Mover
+    target: _Mover
+    preemptions: int
+    stages: int = 0
+    copied: int = 0
+    last: bool = False
+    stopped_s: float = math.nan
+    tokens: int = 0
+    emitted: int = 0
+
+
+def simulate_naive_migration(
+    instance: Instance,
+    cluster: Any,
+    where: npt.ArrayLike,
+    starts: list[tuple[int, int, int, float]],
+    last_stage_blocks: int,
+    max_stages: int,
+) -> NaiveMigrationResult:
+    """Replay ``instance`` on a colocated ``cluster``, request ``i`` routed to
+    ``where[i]`` (-1: rejected), with the migrations ``starts`` (request, source,
+    target, t0), one iteration at a time (the rules in the comment above)."""
+    n = len(instance)
+    cap = min(pool.profile.max_model_len for pool in cluster.pools)
+    stages: list[_Mover] = []
+    for pool in cluster.pools:
+        for _ in range(pool.replicas):
+            stages.append(_Mover(len(stages), pool, instance, None, cap))
+    output = [int(o) for o in instance.output_tokens]
+    moved, aborts = [0] * n, [0] * n
+    nbytes, down = [0.0] * n, [0.0] * n
+    events: list[tuple[float, int, int, Any]] = []
+    counter = itertools.count()
+
+    def push(t: float, kind: int, payload: Any) -> None:
+        heapq.heappush(events, (t, kind, next(counter), payload))
+
+    def stage(move: _NaiveMove, t: float) -> None:
+        a, b = move.source, move.target
+        r = a.local(move.i)
+        if (a.status[r] != _RUNNING or a.preemptions[r] != move.preemptions
+                or move.stages >= max_stages):  # fmt: skip
+            abort(move, t)
+            return
+        block = a.limits.block_tokens
+        start = a.boundary(t)
+        uncopied = _blocks(a.processed[r], block) - move.copied
+        last = uncopied <= last_stage_blocks
+        blocks = uncopied if last else uncopied - 1
+        if b.held_blocks() + blocks > b.limits.kv_capacity_blocks:
+            abort(move, t)
+            return
+        if last:  # A stops it: its blocks stay taken, pinned, until the end
+            move.tokens, move.emitted = a.processed[r], a.emitted[r]
+            a.pins[move.i] = _blocks(a.processed[r], block)
+            a.running.remove(r)
+            a.status[r] = _DONE
+            move.stopped_s = start
+        b.reserved[move.i] = b.reserved.get(move.i, 0) + blocks
+        move.copied += blocks
+        move.stages += 1
+        move.last = last
+        size = float(blocks * block * a.profile.kv_bytes_per_token)
+        nbytes[move.i] += size
+        link = cluster.link(a.pool, b.pool)
+        seconds = size / float(link.bandwidth_bytes_per_s)
+        push(start + float(link.latency_s) + seconds, _STAGE_END, move)
+
+    def abort(move: _NaiveMove, t: float) -> None:
+        move.target.reserved.pop(move.i, None)
+        move.target.wake(t)
+        aborts[move.i] += 1
+
+    def land(move: _NaiveMove, t: float) -> None:
+        a, b, i = move.source, move.target, move.i
+        r = a.local(i)
+        del a.pins[i]
+        a.wake(t)
+        b.add(i, t, output[i], move.tokens)  # reserved until it is adopted
+        b.moved_in[len(b.rows) - 1] = (
+            move.emitted,
+            a.first_token_s[r],
+            a.admitted_s[r],
+        )
+        moved[i] += 1
+        down[i] += t - move.stopped_s
+
+    for i in range(n):
+        if where[i] >= 0:
+            push(float(instance.arrival_s[i]), _ARRIVE, i)
+    for i, source, target, t0 in starts:
+        push(t0, _MOVE, (i, source, target))
+    while True:
+        t_event = events[0][0] if events else math.inf
+        x = min(stages, key=lambda s: (s.next_s, s.index))
+        if t_event == math.inf and x.next_s == math.inf:
+            break
+        if t_event <= x.next_s + ARRIVAL_TOLERANCE_S:
+            t, kind, _, payload = heapq.heappop(events)
+            if kind == _ARRIVE:
+                stages[int(where[payload])].add(payload, t, output[payload])
+            elif kind == _MOVE:
+                i, source, target = payload
+                a = stages[source]
+                move = _NaiveMove(i, a, stages[target], a.preemptions[a.local(i)])
+                stage(move, t)
+            elif payload.last:
+                land(payload, t)
+            else:
+                stage(payload, t)
+            continue
+        x.step(x.next_s)
+    return _naive_migration_result(stages, n, moved, aborts, nbytes, down)
+
+
+def _naive_migration_result(
+    stages: list[_Mover],
+    n: int,
+    moved: list[int],
+    aborts: list[int],
+    nbytes: list[float],
+    down: list[float],
+) -> NaiveMigrationResult:
+    """Each request's first token (its first replica's) and completion (where it
+    completed), with the migration counts of the run."""
+    first, completion = [math.nan] * n, [math.nan] * n
+    emitted = [0] * n
+    for x in stages:
+        for r, i in enumerate(x.rows):
+            if math.isnan(first[i]):
+                first[i] = x.first_token_s[r]
+            if not math.isnan(x.completion_s[r]):
+                completion[i] = x.completion_s[r]
+                emitted[i] = x.emitted[r]
+    return NaiveMigrationResult(
+        first_token_s=_frozen(first, np.float64),
+        completion_s=_frozen(completion, np.float64),
+        migrations=_frozen(moved, np.int64),
+        migration_aborts=_frozen(aborts, np.int64),
+        migrated_bytes=_frozen(nbytes, np.float64),
+        migration_downtime_s=_frozen(down, np.float64),
+        emitted_tokens=_frozen(emitted, np.int64),
+    )

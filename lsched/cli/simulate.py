@@ -53,6 +53,7 @@ from lsched.evaluator.result import HOST_PREFIX_METRICS, PREFIX_METRICS, SWAP_ME
 from lsched.instance import Instance
 from lsched.interrupt import requested, sigint_requests_stop
 from lsched.metrics import (
+    MIGRATION_METRICS,
     MOONCAKE_TBT_THRESHOLDS_S,
     SLO_ATTAINMENT_KEYS,
     effective_capacity_key,
@@ -430,8 +431,8 @@ def _print(instance: Instance, results: list[SimulationResult]) -> None:
     if instance.ttft_deadline_s is not None or instance.tpot_deadline_s is not None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
-    moved = ("transferred_bytes", *SWAP_METRICS, *PREFIX_METRICS,
-             *HOST_PREFIX_METRICS, *TBT_TABLE)  # fmt: skip
+    moved = ("transferred_bytes", *MIGRATION_METRICS, *SWAP_METRICS,
+             *PREFIX_METRICS, *HOST_PREFIX_METRICS, *TBT_TABLE)  # fmt: skip
     shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",

@@ -42,13 +42,14 @@ from lsched.errors import InputError
 from lsched.evaluator.cluster import ClusterSim, hash_block_tokens
 from lsched.evaluator.disagg import DisaggSim
 from lsched.evaluator.length import LengthCut, cluster_max_model_len, cut_to_length
+from lsched.evaluator.migration import MigrationSim
 from lsched.evaluator.records import collect
 from lsched.evaluator.result import SimulationResult
 from lsched.instance import Instance
 from lsched.policies import PolicySpec, ReplicaLimits, parse_policy
 from lsched.prefix.spec import PrefixCacheSpec
 from lsched.profile import DeploymentProfile
-from lsched.routers import RouterSpec, parse_router
+from lsched.routers import RouterSpec, migrates, parse_router
 
 __all__ = ["SimulationResult", "assign_replicas", "simulate", "simulate_cluster"]
 
@@ -369,9 +370,11 @@ def simulate_cluster(
             reported = finished
             progress(finished)
 
-    sim: ClusterSim | DisaggSim
+    sim: ClusterSim | DisaggSim | MigrationSim
     if cluster.disaggregated:
         sim = DisaggSim(instance, cluster, log=log, on_finished=count)
+    elif migrates(cluster.router):
+        sim = MigrationSim(instance, cluster, log=log, on_finished=count)
     else:
         sim = ClusterSim(
             instance,

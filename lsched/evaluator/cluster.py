@@ -88,7 +88,9 @@ class ClusterRun:
     ``where`` is the replica a request arrived at (prefill or colocated).
     ``served`` is the instance the engines ran (outputs cut to ``max_model_len``,
     :mod:`lsched.evaluator.length`) and ``truncated`` the tokens cut per request;
-    ``None``: the instance as given, nothing cut."""
+    ``None``: the instance as given, nothing cut. A run with live migration
+    (:mod:`lsched.evaluator.migration`) has ``migrations``, its stage table,
+    and lists a request that moved under every engine it ran on."""
 
     where: np.ndarray
     reasons: dict[int, str]
@@ -97,6 +99,7 @@ class ClusterRun:
     stages: dict[str, np.ndarray] | None = None
     served: Instance | None = None
     truncated: np.ndarray | None = None
+    migrations: Any = None  # a run with migration: its stage table
 
 
 def make_policy(spec: object, context: PolicyContext) -> object:
@@ -154,6 +157,7 @@ def _view(
     queued: Callable[[int], int] | None = None,
     lookup: Callable[[int], int] | None = None,
     decode: Callable[[], list[tuple[int, int]]] | None = None,
+    replica_load: Callable[[int], Any] | None = None,
 ) -> ClusterView:
     pred, tenant, prio = (
         instance.predicted_output_tokens,
@@ -172,6 +176,7 @@ def _view(
         queued=queued,
         lookup=lookup,
         decode=decode,
+        replica_load=replica_load,
     )
 
 

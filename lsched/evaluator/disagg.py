@@ -172,8 +172,13 @@ class StageEngine(JointEngine):
         #: prefill: (local id, pinned blocks, time) of every request that finished
         #: its prefill, until the loop takes them
         self.parked: list[tuple[int, int, float]] = []
-        #: decode: the KV tokens each request brings
+        #: decode (or a migration's target): the KV tokens each request brings,
+        #: the tokens it emitted before, its first token's time and its admission
+        #: (NaN: its arrival here, and its adoption)
         self.carried = np.zeros(capacity, dtype=np.int64)
+        self.carried_emitted = np.ones(capacity, dtype=np.int64)
+        self.carried_first_s = np.full(capacity, np.nan)
+        self.carried_admitted_s = np.full(capacity, np.nan)
         #: called at every boundary before the policy decides (a pulling decode
         #: replica takes prefilled requests there)
         self.on_boundary: Callable[[], None] | None = None
@@ -187,15 +192,22 @@ class StageEngine(JointEngine):
         self._end: tuple[tuple | None, float] = (None, math.inf)  # _stretch_end's
 
     def add_stage(self, instance: Instance, i: int, arrival_s: float,
-                  output_tokens: int, carried_tokens: int = 0) -> None:  # fmt: skip
+                  output_tokens: int, carried_tokens: int = 0, *,
+                  emitted: int = 1, first_token_s: float = math.nan,
+                  admitted_s: float = math.nan) -> None:  # fmt: skip
         """Route request ``i`` here, arriving at ``arrival_s`` with
         ``output_tokens`` to emit (1 on a prefill replica) and, on a decode
-        replica, ``carried_tokens`` of KV."""
+        replica (or a migration's target), ``carried_tokens`` of KV, ``emitted``
+        tokens emitted before, the first at ``first_token_s`` (NaN: at
+        ``arrival_s``), admitted at ``admitted_s`` (NaN: at its adoption)."""
         self.add(instance, i)
         k = self.m - 1
         self.arrival_s[k] = arrival_s
         self.output[k] = output_tokens
         self.carried[k] = carried_tokens
+        self.carried_emitted[k] = emitted
+        self.carried_first_s[k] = first_token_s
+        self.carried_admitted_s[k] = admitted_s
 
     def _moves(self, batch: Batch) -> Batch:
         if self._async_swap and len(batch.swap_out) + len(batch.swap_in):
@@ -273,7 +285,8 @@ class StageEngine(JointEngine):
     def _arrive(self) -> None:
         k = self.num_arrived
         super()._arrive()
-        if self.role == "decode" and self.num_arrived > k:
+        n = self.num_arrived
+        if n > k and (self.role == "decode" or self.carried[k:n].any()):
             self._adopt(k)
         if self.notify_s <= self.now_s + ARRIVAL_TOLERANCE_S:
             self.notify_s = math.inf
@@ -311,13 +324,17 @@ class StageEngine(JointEngine):
         return super()._plan(decode, p, held, wake_at_s, context_cap)
 
     def _adopt(self, k: int) -> None:
-        """Adopt the requests ``k..num_arrived-1``, just arrived prefilled."""
+        """Adopt the requests ``k..num_arrived-1`` that just arrived with KV
+        (prefilled, or migrated); those without wait as new requests."""
         adopted = []
         for r in range(k, self.num_arrived):
             tokens = int(self.carried[r])
+            if not tokens:
+                continue
             blocks = self.kv.kv.blocks(tokens)
-            self.emitted[r] = 1
-            self.first_token_s[r] = self.arrival_s[r]  # token 1 came with it
+            self.emitted[r] = self.carried_emitted[r]
+            first = self.carried_first_s[r]  # token 1 came with it (prefilled)
+            self.first_token_s[r] = self.arrival_s[r] if math.isnan(first) else first
             room = len(self.running) < self._max_seqs
             if not (room and self.kv.fits(blocks, self.running)):
                 self.recomputed[r] += tokens  # dropped: prefilled again here
@@ -326,7 +343,8 @@ class StageEngine(JointEngine):
             self.kv.grow(blocks, tokens)
             self.status[r] = 1  # RUNNING
             self.target[r] = self.prompt[r]
-            self.admitted_s[r] = self.now_s
+            since = self.carried_admitted_s[r]
+            self.admitted_s[r] = self.now_s if math.isnan(since) else since
             self.running.append(r)
             adopted.append(r)
         if adopted:

@@ -37,7 +37,12 @@ from lsched.evaluator.result import (
     SimulationResult,
 )
 from lsched.instance import Instance
-from lsched.metrics import SLO_ATTAINMENT_KEYS, schedule_metrics, tbt_metrics
+from lsched.metrics import (
+    SLO_ATTAINMENT_KEYS,
+    migration_metrics,
+    schedule_metrics,
+    tbt_metrics,
+)
 
 
 def collect(
@@ -85,9 +90,12 @@ def collect(
         else:
             columns["admitted_s"][ids] = engine.admitted_s[:m]
             columns["first_token_s"][ids] = engine.first_token_s[:m]
-        # a prefill replica completes only the requests that emit one token
-        one = instance.output_tokens[ids] == 1 if role == "prefill" else slice(None)
-        columns["completion_s"][ids[one]] = engine.completion_s[:m][one]
+        # a request that migrated away completes on another replica; a prefill
+        # replica completes only the requests that emit one token
+        done = ~np.isnan(engine.completion_s[:m])
+        if role == "prefill":
+            done &= instance.output_tokens[ids] == 1
+        columns["completion_s"][ids[done]] = engine.completion_s[:m][done]
         columns["preemptions"][ids] += engine.preemptions[:m]
         columns["recomputed_tokens"][ids] += engine.recomputed[:m]
         if engine.log is not None:
@@ -107,8 +115,15 @@ def collect(
     if log:  # every token's time is in the log: Mooncake's TBT
         columns["tbt_s"] = log_tbt(instance, cluster, tables["runs"], tables["members"])
     total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
-    if stages:
+    if "transferred_bytes" in stages:
         total["transferred_bytes"] = float(stages["transferred_bytes"].sum())
+    if "migrations" in stages:
+        total |= migration_metrics(
+            stages["migrations"],
+            stages["migration_aborts"],
+            stages["migrated_bytes"],
+            stages["migration_downtime_s"],
+        )
     if swaps:
         total |= _swap_metrics(cluster, run)
     pools = " + ".join(dict.fromkeys(p.profile.name for p in cluster.pools))
@@ -127,6 +142,7 @@ def collect(
         replica_metrics=_replica_metrics(instance, columns, run, cluster, total),
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
+        migrations=run.migrations,
     )
 
 
@@ -179,9 +195,12 @@ def _log_tables(
 
 
 def _stage_columns(run: ClusterRun, n: int) -> dict[str, np.ndarray]:
-    """The stage columns of a disaggregated run (none for a colocated one)."""
+    """The stage columns of a disaggregated run, or the migration columns of a
+    run with migration (none for another colocated one)."""
     if run.stages is None:
         return {}
+    if "decode_replica" not in run.stages:
+        return dict(run.stages)
     return dict(run.stages) | {"decode_admitted_s": np.full(n, np.nan)}
 
 
@@ -371,7 +390,8 @@ def _pool_metrics(
     for k, pool in enumerate(cluster.pools):
         members = np.flatnonzero(pool_of == k).tolist()
         engines = [run.engines[c] for c in members if run.engines[c] is not None]
-        ids = np.sort(np.concatenate([run.ids[c] for c in members]))
+        # a request that migrated between two of its replicas counts once
+        ids = np.unique(np.concatenate([run.ids[c] for c in members]))
         record = {
             "pool": pool.name,
             "profile": pool.profile.name,

@@ -77,6 +77,15 @@ went to the host tier) and the metrics ``swap_out_bytes``, ``swap_in_bytes``,
 ``swap_stall_s`` (seconds blocking copies added to iterations: swap time on the
 critical path) and ``recompute_avoided_tokens`` (tokens swapped out: what
 recompute preemption would have computed again).
+
+A run with live migration (:mod:`lsched.evaluator.migration`) adds per request
+``migrations`` (moves completed), ``migration_aborts``, ``migrated_bytes`` (bytes
+of every stage it copied, aborted moves included) and ``migration_downtime_s``
+(the last stages' durations), their sums as metrics (and
+``migration_downtime_mean_s``, per completed move), and the table
+``migrations``: one row per copy stage (request, source, target, stage, start_s,
+end_s, blocks, bytes, last, outcome: ``migrated`` or ``aborted`` on a move's
+last row, else empty). A moved request's ``replica`` is the one it arrived at.
 """
 
 from __future__ import annotations
@@ -177,6 +186,8 @@ class SimulationResult:
     compile_s
         Seconds spent compiling or loading compiled kernels (once per process),
         not counted in ``runtime_s``.
+    migrations
+        A run with live migration: one row per copy stage (module docstring).
     """
 
     policy: str
@@ -195,6 +206,7 @@ class SimulationResult:
     pool_metrics: pd.DataFrame | None = field(default=None)
     engine: str = "python"
     compile_s: float = 0.0
+    migrations: pd.DataFrame | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary the CLI prints per policy."""

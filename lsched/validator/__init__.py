@@ -104,6 +104,15 @@ rule                        what is checked
                             earlier and has not received hold under ``pull *
                             capacity`` blocks, the prompt's blocks fit beside
                             them, and they are fewer than ``max_num_seqs``
+``migration-overlap``,      (live migration, :mod:`lsched.validator.migration`)
+``migration-tokens``,       a request's runs never overlap, it changes replica
+``migration-kv``,           only by a completed move and runs there from its
+``migration-downtime``      end; its tokens over its replicas are ``o_i'`` and
+                            the KV it moves is what its stages copied; each
+                            replica's resident blocks plus reservations stay
+                            within its capacity after every run; each stage
+                            lasts ``latency + bytes / bandwidth`` and the
+                            downtime is the last stages' durations
 ``swap``                    (swaps) a request's swaps alternate out, in, ...,
                             starting with out, and it ends with its KV on the GPU;
                             only a running request swaps out, moving the KV tokens

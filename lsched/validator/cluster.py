@@ -11,6 +11,7 @@ from lsched.validator import pools
 from lsched.validator.disagg import _validate_disaggregated
 from lsched.validator.fit import _check_fit_records, _fit
 from lsched.validator.log import _validate_log
+from lsched.validator.migration import _validate_migration
 from lsched.validator.report import SWAP_METRICS, ValidationReport, _Collector, _frozen
 
 
@@ -22,7 +23,8 @@ def validate_cluster(
     rtol: float = 1e-9,
 ) -> ValidationReport:
     """Check a cluster run (``simulate_cluster(..., log=True)``) pool by pool (a
-    disaggregated one stage by stage, with its transfers: module docstring).
+    disaggregated one stage by stage, with its transfers: module docstring; one
+    with live migration by the rules of :mod:`lsched.validator.migration`).
 
     Parameters
     ----------
@@ -47,6 +49,8 @@ def validate_cluster(
     fit = _fit(instance, min(int(p.profile.max_model_len) for p in cluster.pools))
     if any(pool.role != "colocated" for pool in cluster.pools):
         return _validate_disaggregated(fit, cluster, result, rtol)
+    if getattr(result, "migrations", None) is not None:
+        return _validate_migration(fit, cluster, result, rtol)
     instance = fit.served  # the outputs a served request emits
     out = _Collector()
     n = len(instance)
