@@ -13,6 +13,7 @@ import pandas as pd
 
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
+from lsched.validator.adapters import _check_adapters
 from lsched.validator.checks import (
     _check_durations,
     _check_features,
@@ -145,6 +146,7 @@ def _validate_log(
     swap_totals: bool = True,
     too_long: npt.NDArray[np.bool_] | None = None,
     prefix: tuple[Any, pd.DataFrame | None] = (None, None),
+    adapters: tuple[Any, pd.DataFrame | None] = (None, None),
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
@@ -152,7 +154,8 @@ def _validate_log(
     (a cluster compares its totals itself). ``instance`` has the outputs a
     served request emits (:func:`_fit`); ``too_long``: the requests that must
     not run (prompt over ``max_model_len``), left out of the metrics;
-    ``prefix``: the prefix cache and the evictions table, if any."""
+    ``prefix``: the prefix cache and the evictions table, if any;
+    ``adapters``: the adapter spec and the adapter loads table, if any."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
@@ -184,6 +187,10 @@ def _validate_log(
     if spec is not None:  # a colocated or a prefill pool
         cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
         stall = stall + cache.copy_s  # host-tier hits copied before their run
+    lora = None
+    if adapters[0] is not None:  # adapter loads and columns (validator.adapters)
+        lora = _check_adapters(instance, profile, log, *adapters, rtol, out)
+        stall = stall + lora.extra_s
     duration = duration + stall
     _check_durations(log, duration, stall, rtol, out)
     first, done = _request_times(profile, log, features, replay, len(instance))
@@ -208,6 +215,8 @@ def _validate_log(
                        replicas=replicas)  # fmt: skip
     if cache is not None:
         own |= cache.metrics
+    if lora is not None:
+        own |= lora.metrics
     records = _own_records(replay, first, done, sw, log if cache else None)
     # Mooncake's TBT (not for a disaggregated pool: its gaps span two pools)
     tbt: dict[str, float] = {}

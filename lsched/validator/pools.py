@@ -133,6 +133,18 @@ def _pool_evictions(
     return spec, evictions[evictions["run"].isin(runs.index)]
 
 
+def _pool_adapter_loads(
+    result: Any, pool: Any, runs: pd.DataFrame
+) -> tuple[Any, pd.DataFrame | None]:
+    """A pool's adapter spec (``None`` without one) and the adapter loads of
+    its ``runs`` from the result's table."""
+    spec = getattr(pool, "adapters", None)
+    loads = getattr(result, "adapter_loads", None)
+    if spec is None or loads is None:
+        return spec, loads
+    return spec, loads[loads["run"].isin(runs.index)]
+
+
 def _add_pool_violations(
     out: _Collector, pool: Any, ids: IntArray, report: ValidationReport
 ) -> None:

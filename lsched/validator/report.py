@@ -108,6 +108,10 @@ RULES: tuple[str, ...] = (
     "swap-link",
     "host-capacity",
     "prefix-cache",
+    "max-loras",
+    "adapter-resident",
+    "adapter-load",
+    "adapter-memory",
 )
 
 #: Violations kept in a report; the rest are only counted.
