@@ -76,7 +76,7 @@ class AdapterSpec:
         Bytes of one slot; ``None``: the largest adapter.
     sizes
         Per adapter name, its size in bytes; when given, the only names a
-        request may use.
+        request may use (``size_bytes`` is then unused).
     """
 
     size_bytes: int = DEFAULT_ADAPTER_BYTES
@@ -106,7 +106,8 @@ class AdapterSpec:
             object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
         if self.slot_bytes is not None:
             sizes = {"size_bytes": self.size_bytes}
-            sizes |= {f"size.{k}": v for k, v in (self.sizes or {}).items()}
+            if self.sizes is not None:  # then the only adapters there are
+                sizes = {f"size.{k}": v for k, v in self.sizes.items()}
             for what, size in sizes.items():
                 if size > self.slot_bytes:
                     raise InputError(
@@ -125,7 +126,7 @@ class AdapterSpec:
         """Bytes of one slot."""
         if self.slot_bytes is not None:
             return self.slot_bytes
-        return max([self.size_bytes, *(self.sizes or {}).values()])
+        return max(self.sizes.values()) if self.sizes else self.size_bytes
 
     @property
     def memory_bytes(self) -> int:

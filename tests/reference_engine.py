@@ -562,7 +562,8 @@ class _NaiveLora:
 def _lora_profile(spec: Any, profile: DeploymentProfile) -> DeploymentProfile:
     """``profile`` less the KV the adapter slots take (the comment above)."""
     slots = spec.max_loras if spec.slots is None else spec.slots
-    largest = max([spec.size_bytes, *(spec.sizes or {}).values()])
+    # with sizes, they name every adapter (size_bytes unused)
+    largest = max(spec.sizes.values()) if spec.sizes else spec.size_bytes
     slot = largest if spec.slot_bytes is None else spec.slot_bytes
     taken = -(-slots * slot // profile.kv_bytes_per_token)
     return profile.replace(kv_capacity_tokens=profile.kv_capacity_tokens - taken)
