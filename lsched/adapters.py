@@ -29,8 +29,10 @@ an adapter is loaded from host memory into a free slot, or into the slot of
 the least recently used resident adapter no running request uses, the first
 time a batch needs it; the copy takes ``size / h2d`` seconds, ``h2d`` the
 pool's host tier's host-to-device bandwidth (:mod:`lsched.tiers`; dLoRA prices
-an adapter load as size / PCIe, 32 GB/s, ``migration_ilp.py`` of
-LLMServe/dLoRA-artifact), and lengthens that batch's iteration before its
+an adapter load as size / PCIe, ``lora_load_cost = lora_weight_size /
+PCIE_BANDWIDTH`` with 32 GiB/s in ``vllm/engine/engine_manager.py`` of
+LLMServe/dLoRA-artifact, which also takes each placed adapter's weights out
+of the memory left for KV), and lengthens that batch's iteration before its
 forward pass, as a blocking copy does.
 
 Text form (``lsched simulate --adapters``)::

@@ -163,6 +163,19 @@ def test_adapter_columns_default_to_zero_and_round_trip() -> None:
     assert lora != time
 
 
+def test_dlora_profile_gives_dloras_merged_and_unmerged_times() -> None:
+    """llama-7b-dlora: a base-model batch takes merge_time, 15 ms; a batch with
+    one adapter unmerge_time, 15 + 12 = 27 ms (dLoRA's scheduler.py). The
+    first iteration of the adapter's request also loads it: 2**24 bytes at
+    2**35 bytes/s (32 GiB/s) = 2**-11 s."""
+    profile = load_profile("llama-7b-dlora")
+    instance = Instance([0.0, 1.0], [10, 10], [3, 3], adapter=np.array(["a", ""]))
+    served = simulate(instance, profile, "vllm", adapters="default")
+    done = served.requests["completion_s"].to_numpy()
+    assert done[0] == pytest.approx(3 * 0.027 + 2**-11, rel=1e-12)
+    assert done[1] == pytest.approx(1.0 + 3 * 0.015, rel=1e-12)
+
+
 # -- the engine ---------------------------------------------------------------------
 
 
