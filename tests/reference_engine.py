@@ -559,6 +559,13 @@ class _NaiveLora:
         return self.adapter_s * len(distinct) + self.lora_token_s * sum(tokens)
 
 
+def _adapter_names(instance: Instance, rows: list[int]) -> list[str]:
+    """The adapter of each of ``rows`` ("" for the base model)."""
+    if instance.adapter is None:
+        return [""] * len(rows)
+    return [str(instance.adapter[i]) for i in rows]
+
+
 def _lora_profile(spec: Any, profile: DeploymentProfile) -> DeploymentProfile:
     """``profile`` less the KV the adapter slots take (the comment above)."""
     slots = spec.max_loras if spec.slots is None else spec.slots
@@ -1206,10 +1213,7 @@ def simulate_naive(
         if prefix_cache is not None:
             replica.cache = _naive_cache(instance, profile, rows, *prefix_cache)
         if adapters is not None:
-            names = [""] * len(rows)
-            if instance.adapter is not None:
-                names = [str(instance.adapter[i]) for i in rows]
-            replica.lora = _NaiveLora(adapters, names, profile)
+            replica.lora = _NaiveLora(adapters, _adapter_names(instance, rows), profile)
         replica.run()
         if replica.lora is not None:
             adapter_loads += replica.lora.loads

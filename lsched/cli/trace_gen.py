@@ -146,10 +146,7 @@ def gen(
             field="FAMILY",
         )
     check_output(out, (source,), "--out")
-    if adapters is not None:  # refuse a bad spec before generating anything
-        from lsched.generators.adapters import parse_adapter_popularity
-
-        parse_adapter_popularity(adapters)
+    popularity = _popularity(adapters)  # refused before anything is generated
     given = {
         "--prompt": prompt,
         "--output": output,
@@ -162,13 +159,10 @@ def gen(
     check_applicable(family, given)
     instance = _build(family, n, seed, name, rate, cv, prompt, output, kv_capacity,
                       few_shot_tokens, source, trace_format, convention)  # fmt: skip
-    if adapters is not None:
-        from lsched.generators.adapters import (
-            assign_adapters,
-            parse_adapter_popularity,
-        )
+    if popularity is not None:
+        from lsched.generators.adapters import assign_adapters
 
-        count, alpha = parse_adapter_popularity(adapters)
+        count, alpha = popularity
         instance = assign_adapters(instance, count, alpha=alpha, seed=seed)
     from lsched.provenance import provenance
     from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
@@ -180,6 +174,15 @@ def gen(
         print_json(record.attach(summary))
         return
     _print_summary(instance, summary)
+
+
+def _popularity(adapters: str | None) -> tuple[int, float] | None:
+    """``--adapters N[:alpha=A]`` as ``(N, A)``, or ``None`` without it."""
+    if adapters is None:
+        return None
+    from lsched.generators.adapters import parse_adapter_popularity
+
+    return parse_adapter_popularity(adapters)
 
 
 def _build(
