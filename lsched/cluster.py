@@ -240,8 +240,9 @@ class Pool:
         object.__setattr__(self, "prefix_cache", cache)
 
 
-#: The policies that admit by :class:`~lsched.policies.base.LoraGate`.
-ADAPTER_POLICIES = ("fcfs", "vllm", "sarathi")
+#: The policies that admit by :class:`~lsched.policies.base.LoraGate` (``dlora``
+#: through its vLLM batches).
+ADAPTER_POLICIES = ("fcfs", "vllm", "sarathi", "dlora")
 
 
 def served_profile(policy: PolicySpec, profile: DeploymentProfile) -> DeploymentProfile:

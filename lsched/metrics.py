@@ -20,7 +20,8 @@ and completion time ``c_i`` (seconds):
 - preemptions and recomputed tokens, summed;
 - with LoRA adapters (:mod:`lsched.adapters`): ``adapter_loads`` (adapter
   copies into a replica's slots) and ``adapter_load_s`` (their seconds, all on
-  the critical path of the iterations they lengthen), summed over replicas, and
+  the critical path of the iterations they lengthen) and ``adapter_switches``
+  (changes between merged and unmerged execution), summed over replicas, and
   per adapter (``""``: the base model) the served requests' mean TTFT and E2E
   (:func:`adapter_latency`);
 - Mooncake's TBT and effective capacity (:func:`mooncake_tbt`,
@@ -112,6 +113,7 @@ COUNT_METRICS: frozenset[str] = frozenset(
         "recompute_avoided_tokens",
         "prefill_tokens_saved",
         "adapter_loads",
+        "adapter_switches",
         "iterations",
         "replicas",
     }

@@ -149,8 +149,9 @@ class NaiveResult:
     tbt_s
         Per request, Mooncake's TBT from every token's time (NaN with one
         token).
-    adapter_loads, adapter_load_s
-        With adapters: adapter loads and their seconds, all replicas together.
+    adapter_loads, adapter_load_s, adapter_switches
+        With adapters: adapter loads and their seconds, and switches between
+        merged and unmerged execution, all replicas together.
     """
 
     replica: IntArray
@@ -184,6 +185,7 @@ class NaiveResult:
     tbt_s: FloatArray | None = None
     adapter_loads: int = 0
     adapter_load_s: float = 0.0
+    adapter_switches: int = 0
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -502,7 +504,11 @@ class _NaiveCache:
 #   adapter of the batch and lora_token_s per token of a member with an
 #   adapter (a prefill chunk's tokens, 1 per decode step);
 # - the slots (slots x slot_bytes bytes) come out of the KV capacity:
-#   ceil(bytes / kv_bytes_per_token) tokens fewer.
+#   ceil(bytes / kv_bytes_per_token) tokens fewer;
+# - a merged batch (Batch.merged, dLoRA) has members of one adapter only, and is
+#   charged no adapter_s or lora_token_s; the replica is then in that adapter's
+#   mode, after any other batch unmerged (as it starts), and a batch that
+#   changes the mode takes merge_switch_s more.
 class _NaiveLora:
     """A replica's adapters: names per local request, the LRU list, the loads."""
 
@@ -517,9 +523,12 @@ class _NaiveLora:
         self.h2d = float(host.h2d_bytes_per_s)
         self.adapter_s = float(profile.iteration_time.adapter_s)
         self.lora_token_s = float(profile.iteration_time.lora_token_s)
+        self.switch_s = float(profile.iteration_time.merge_switch_s)
         self.lru: list[str] = []  # least recently used first
         self.loads = 0
         self.load_s = 0.0
+        self.mode = ""  # the merged adapter, "" unmerged
+        self.switches = 0
 
     def codes(self) -> np.ndarray:
         """Per local request a number for its adapter (-1: none), for the view:
@@ -551,12 +560,29 @@ class _NaiveLora:
         self.load_s += seconds
         return seconds
 
-    def cost(self, prefill: list[int], chunks: list[int], decode: list[int]) -> float:
-        """The adapter columns' seconds of a batch."""
+    def cost(
+        self, prefill: list[int], chunks: list[int], decode: list[int], merged: bool
+    ) -> float:
+        """The adapter columns' seconds of a batch, and a switch's."""
         tokens = [c for r, c in zip(prefill, chunks, strict=True) if self.names[r]]
         tokens += [1 for r in decode if self.names[r]]
-        distinct = {self.names[r] for r in prefill + decode if self.names[r]}
-        return self.adapter_s * len(distinct) + self.lora_token_s * sum(tokens)
+        adapters = {self.names[r] for r in prefill + decode}
+        mode = ""
+        if merged:
+            if len(adapters) != 1 or "" in adapters:
+                raise PolicyError(f"a merged batch of adapters {sorted(adapters)}")
+            mode = adapters.pop()
+        seconds = 0.0
+        if mode != self.mode:
+            self.mode = mode
+            self.switches += 1
+            seconds = self.switch_s
+        if merged:
+            return seconds
+        adapters.discard("")
+        return (
+            seconds + self.adapter_s * len(adapters) + self.lora_token_s * sum(tokens)
+        )
 
 
 def _adapter_names(instance: Instance, rows: list[int]) -> list[str]:
@@ -705,7 +731,9 @@ class _Replica:
                 t = self._idle_until(t, num_arrived, batch.wake_at_s)
                 continue
             self._validate(prefill, chunks, decode, num_arrived)
-            t, done = self._iterate(t, prefill, chunks, decode, done, stall)
+            t, done = self._iterate(
+                t, prefill, chunks, decode, done, stall, bool(batch.merged)
+            )
 
     def _view(self, t: float, num_arrived: int, waiting: list[int]) -> ReplicaView:
         limits = self.limits
@@ -1008,6 +1036,7 @@ class _Replica:
         decode: list[int],
         done: int,
         stall: float = 0.0,
+        merged: bool = False,
     ) -> tuple[float, int]:
         """Run one validated iteration from time ``t``, longer by ``stall`` (the
         blocking copies before it); return its end and done."""
@@ -1048,7 +1077,7 @@ class _Replica:
             duration += stall
             self.stall_s += stall
         if self.lora is not None:
-            duration += self.lora.cost(prefill, chunks, decode)
+            duration += self.lora.cost(prefill, chunks, decode, merged)
             duration += self.lora.before(prefill + decode, self.running)
         end = t + duration
 
@@ -1202,7 +1231,7 @@ def simulate_naive(
     cached = np.zeros(n, dtype=np.int64)
     needed = evicted = cut = host_hit = 0
     host_copy_s = 0.0
-    adapter_loads, adapter_load_s = 0, 0.0
+    adapter_loads, adapter_load_s, adapter_switches = 0, 0.0, 0
     tbt = np.full(n, math.nan)
     for k in range(c):
         # instance order is arrival order (ties by position): local ids follow it
@@ -1218,6 +1247,7 @@ def simulate_naive(
         if replica.lora is not None:
             adapter_loads += replica.lora.loads
             adapter_load_s += replica.lora.load_s
+            adapter_switches += replica.lora.switches
         if replica.cache is not None:
             cached[rows] = replica.cache.cached
             needed += replica.cache.needed
@@ -1279,6 +1309,7 @@ def simulate_naive(
         tbt_s=tbt,
         adapter_loads=adapter_loads,
         adapter_load_s=adapter_load_s,
+        adapter_switches=adapter_switches,
     )
 
 

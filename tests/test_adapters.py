@@ -24,7 +24,7 @@ from lsched.evaluator.adapters import ReplicaAdapters
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.generators.adapters import assign_adapters
 from lsched.instance import Instance
-from lsched.policies import Batch, PolicyError, ReplicaView
+from lsched.policies import Batch, PolicyError, ReplicaView, parse_policy
 from lsched.profile import IterationTime, load_profile
 from lsched.profile.toml import iteration_time_toml
 from lsched.tiers import HostTier
@@ -266,6 +266,62 @@ def test_engine_refuses_a_batch_over_max_loras() -> None:
         engine.run()
 
 
+def _dlora_engine(adapter: list[str], arrival: list[float], output: list[int]):
+    """A replica under ``dlora`` on a profile of exact binary times: 0.25 s per
+    iteration, 0.5 s per distinct adapter unmerged, 0.125 s per switch, 1-byte
+    adapters loading in 1 / 16 = 0.0625 s; one-token prompts; max_num_seqs 2."""
+    weights = np.array([[0.25, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    time = IterationTime(weights, adapter_s=0.5, merge_switch_s=0.125)
+    profile = _profile(h2d=16.0, iteration_time=time, max_num_seqs=2)
+    names = sorted({a for a in adapter if a})
+    codes = np.array([names.index(a) if a else -1 for a in adapter], dtype=np.int64)
+    lora = ReplicaAdapters(codes, [1 / 16] * len(names), 2, 2, names)
+    n = len(adapter)
+    policy = parse_policy("dlora").make()
+    return ReplicaEngine(
+        np.array(arrival), np.ones(n, np.int64), np.array(output), None, profile,
+        policy, log=True, adapters=lora,
+    )  # fmt: skip
+
+
+def test_dlora_switches_modes_as_derived_by_hand() -> None:
+    """dLoRA's rules (lsched.policies.dlora), thresholds right = 1, left =
+    15 / 27, with F = min(|Q|, max_num_seqs):
+
+    - t = 0: r0, r1 on a; F = 2, n_a = 2 >= 1 x 2: merge a (counts 2, 2). The
+      run loads a (0.0625), switches (0.125), runs at 0.25: ends 0.4375.
+    - t = 0.4375: n_a = 2 >= left x 2: stay merged (num_iters 2, counts 4, 4);
+      both decode: 0.6875, done.
+    - t = 1: r2 on b; n_a = 0 < left, n_b = 1 >= 1 x 1: adjust, merged, with
+      t_merge = 2 x 0.015 + 0.02 = 0.05 and t_unmerge = 2 x 0.027 = 0.054:
+      4 / 0.05 > 4 / 0.054 and 1 - 0.05 > left, so right = 0.95; merge b: load
+      b (a free slot of 2), switch, 0.25: done at 1.4375.
+    - t = 2: r3 on the base model; n = 0 everywhere: unmerged, a virtual switch;
+      adjust, merged, num_iters 1: t_merge = 0.015 + 0.02, t_unmerge = 0.027,
+      1 / 0.035 < 1 / 0.027, so right = 0.95 x 1.1; the run unmerges (switch
+      0.125) and runs 0.25 with no adapter: done at 2.375.
+    """
+    engine = _dlora_engine(["a", "a", "b", ""], [0.0, 0.0, 1.0, 2.0], [2, 2, 1, 1])
+    engine.run()
+    assert engine.first_token_s.tolist() == [0.4375, 0.4375, 1.4375, 2.375]
+    assert engine.completion_s.tolist() == [0.6875, 0.6875, 1.4375, 2.375]
+    assert engine.adapters.merged == [(0, 0), (1, 0), (2, 1)]
+    assert engine.adapters.switches == 3
+    assert engine.policy.right == pytest.approx(0.95 * 1.1, rel=1e-15)
+    assert engine.policy.left == 15 / 27
+
+
+def test_dlora_runs_unmerged_when_no_adapter_dominates() -> None:
+    """r0 on a, r1 on b at t = 0: F = 2, n_a = n_b = 1 < 1 x 2: unmerged, both
+    adapters in one batch (max_loras 2): 0.0625 x 2 loads + 0.25 + 2 x 0.5 =
+    1.375, no switch; the left threshold is untouched (no adjustment)."""
+    engine = _dlora_engine(["a", "b"], [0.0, 0.0], [1, 1])
+    engine.run()
+    assert engine.completion_s.tolist() == [1.375, 1.375]
+    assert engine.adapters.merged == [] and engine.adapters.switches == 0
+    assert engine.policy.left == 15 / 27 and engine.policy.virtual == 1
+
+
 # -- against the naive twin and the validator ----------------------------------------
 
 
@@ -282,11 +338,12 @@ def _case(rng: np.random.Generator) -> tuple[Instance, AdapterSpec, object]:
         sizes={"a": 20, "b": 40, "c": int(rng.integers(10, 40)), "d": 15},
     )  # fmt: skip
     # 0.1 s + 10 ms per prefill token + 20 ms per decode step + 50 ms with a
-    # prefill; 30 ms per distinct adapter and 2 ms per LoRA token
+    # prefill; 30 ms per distinct adapter, 2 ms per LoRA token, 40 ms a switch
     time = IterationTime(
         np.array([[0.1, 0.01, 0.0, 0.02, 0.0, 0.05]]),
         adapter_s=0.03,
         lora_token_s=0.002,
+        merge_switch_s=0.04,
     )
     profile = _profile(
         h2d=200.0, iteration_time=time, block_tokens=4,
@@ -296,10 +353,10 @@ def _case(rng: np.random.Generator) -> tuple[Instance, AdapterSpec, object]:
     return instance, spec, profile
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "vllm", "sarathi:chunk=8"])
+@pytest.mark.parametrize("policy", ["fcfs", "vllm", "sarathi:chunk=8", "dlora"])
 def test_engine_agrees_with_the_naive_twin_and_the_validator(policy: str) -> None:
     rng = np.random.default_rng(19)
-    loads = 0
+    loads = switches = 0
     for _ in range(12):
         instance, spec, profile = _case(rng)
         cluster = Cluster.colocated(profile, policy, 2, adapters=spec)
@@ -311,6 +368,8 @@ def test_engine_agrees_with_the_naive_twin_and_the_validator(policy: str) -> Non
             )
         assert fast.requests["preemptions"].tolist() == naive.preemptions.tolist()
         assert fast.metrics["adapter_loads"] == naive.adapter_loads
+        assert fast.metrics["adapter_switches"] == naive.adapter_switches
+        switches += naive.adapter_switches
         assert fast.metrics["adapter_load_s"] == pytest.approx(
             naive.adapter_load_s, rel=RTOL
         )
@@ -318,6 +377,7 @@ def test_engine_agrees_with_the_naive_twin_and_the_validator(policy: str) -> Non
         assert report.violations == (), report.violations
         loads += naive.adapter_loads
     assert loads > 12  # the cases load (and evict) adapters
+    assert (switches > 0) == (policy == "dlora")  # only dlora merges
 
 
 def test_validator_catches_a_load_that_is_too_short() -> None:

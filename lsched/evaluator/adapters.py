@@ -19,6 +19,12 @@ Rules (the spec, its sources and its memory are in :mod:`lsched.adapters`):
    loads of a batch run one after the other before its forward pass, from the
    iteration's start, and lengthen the iteration by their sum (as a blocking
    swap or a host-tier prefix copy does).
+4. *Merged batches* (``Batch.merged``, dLoRA): every member uses one adapter
+   ``a`` (else :class:`~lsched.policies.base.PolicyError`), and the batch runs
+   without the adapter columns. The replica's mode is ``a`` after a merged
+   batch and *unmerged* after any other (it starts unmerged); a batch whose
+   mode differs from the replica's takes ``merge_switch_s`` more
+   (:mod:`lsched.profile.cost`), a *switch*.
 """
 
 from __future__ import annotations
@@ -64,6 +70,10 @@ class ReplicaAdapters:
         #: ``run`` the replica's run it precedes (-1 without a log)
         self.loads: list[tuple[int, int, float, float, int]] = []
         self.loaded_s = 0.0
+        self.mode = -1  # the merged adapter's code, -1: unmerged
+        self.switches = 0
+        #: every merged batch: (run, adapter code), run as in :attr:`loads`
+        self.merged: list[tuple[int, int]] = []
 
     def check_running(self, running: list[int]) -> None:
         """Rule 1 over the running requests (after a batch's admissions)."""
@@ -102,6 +112,24 @@ class ReplicaAdapters:
         self.loaded_s += seconds
         return seconds
 
+    def switch(self, merged: bool, members: list[int], run: int) -> bool:
+        """Rule 4 for a batch of ``members`` before run ``run``: whether it
+        switches the replica's mode."""
+        mode = -1
+        if merged:
+            used = {int(self.codes[r]) for r in members}
+            if len(used) != 1 or min(used) < 0:
+                raise PolicyError(
+                    f"a merged batch uses adapters {sorted(used)} (-1: the base "
+                    "model); expected one adapter"
+                )
+            mode = used.pop()
+            self.merged.append((run, mode))
+        switched = mode != self.mode
+        self.mode = mode
+        self.switches += switched
+        return switched
+
     def _evict(self, in_use: set[int]) -> int:
         """Evict the least recently used adapter not in ``in_use``."""
         for c in self.resident:
@@ -133,10 +161,11 @@ class ReplicaAdapters:
         return len(distinct), tokens
 
     def snapshot(self) -> tuple:
-        return list(self.resident), len(self.loads), self.loaded_s
+        return (list(self.resident), len(self.loads), self.loaded_s, self.mode,
+                self.switches, len(self.merged))  # fmt: skip
 
     def restore(self, state: tuple) -> None:
-        resident, count, loaded = state
+        resident, count, self.loaded_s, self.mode, self.switches, merged = state
         self.resident = OrderedDict.fromkeys(resident)
         del self.loads[count:]
-        self.loaded_s = loaded
+        del self.merged[merged:]

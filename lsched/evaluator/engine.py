@@ -1012,11 +1012,16 @@ class ReplicaEngine:
         members = batch.prefill.tolist() + batch.decode.tolist()
         run = len(self.log.runs) if self.log is not None else -1
         self._copy_s += adapters.prepare(members, self.running, self.now_s, run)
+        if adapters.switch(batch.merged, members, run):
+            self._copy_s += self.time.merge_switch_s
 
     def _adapter_seconds(self, batch: Batch) -> float:
-        """The adapter columns' time of a batch (:mod:`lsched.profile.cost`)."""
+        """The adapter columns' time of a batch (:mod:`lsched.profile.cost`;
+        none for a merged batch)."""
         adapters = self.adapters
         assert adapters is not None
+        if batch.merged:
+            return 0.0
         a, lora = adapters.batch_features(
             batch.prefill.tolist(), batch.prefill_tokens.tolist(), batch.decode
         )

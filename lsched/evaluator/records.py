@@ -30,6 +30,7 @@ from lsched.evaluator.result import (
     ADAPTER_LOAD_COLUMNS,
     EVICTION_COLUMNS,
     MEMBER_COLUMNS,
+    MERGED_RUN_COLUMNS,
     PREFIX_METRICS,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
@@ -147,6 +148,7 @@ _LOG_TABLES: dict[str, tuple[str, ...]] = {
     "swaps": SWAP_COLUMNS,
     "evictions": EVICTION_COLUMNS,
     "adapter_loads": ADAPTER_LOAD_COLUMNS,
+    "merged_runs": MERGED_RUN_COLUMNS,
 }
 
 
@@ -172,7 +174,20 @@ def _log_frames(
         "swaps": _swaps_frame(engine.log.swaps, ids, offset),
         "evictions": _evictions_frame(engine, offset),
         "adapter_loads": _adapter_loads_frame(engine, offset),
+        "merged_runs": _merged_runs_frame(engine, offset),
     }
+
+
+def _merged_runs_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:
+    """A replica's merged runs and their adapters, runs numbered from
+    ``offset`` (none without adapters)."""
+    adapters = getattr(engine, "adapters", None)
+    merged = [] if adapters is None else adapters.merged
+    names = [] if adapters is None else adapters.names
+    return pd.DataFrame(
+        [(run + offset, names[c]) for run, c in merged],
+        columns=list(MERGED_RUN_COLUMNS),
+    )
 
 
 def _adapter_loads_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:
@@ -203,7 +218,7 @@ def _log_tables(
     if not cached:
         tables["evictions"] = None
     if not lora:
-        tables["adapter_loads"] = None
+        tables["adapter_loads"] = tables["merged_runs"] = None
     return tables
 
 
@@ -257,6 +272,7 @@ def _adapter_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
     return {
         "adapter_loads": float(sum(len(a.loads) for a in served)),
         "adapter_load_s": sum(a.loaded_s for a in served),
+        "adapter_switches": float(sum(a.switches for a in served)),
     }
 
 

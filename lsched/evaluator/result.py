@@ -85,7 +85,10 @@ table ``adapter_metrics``: per adapter its served requests and their mean TTFT
 and E2E (:func:`lsched.metrics.adapter_latency`); with the log, the table
 ``adapter_loads`` (run, adapter, start_s, end_s, evicted): each adapter copied
 into a slot of the replica of run ``run`` before it (lengthening it), the
-copy's times, and the adapter it evicted (``""``: a free slot).
+copy's times, and the adapter it evicted (``""``: a free slot); and the table
+``merged_runs`` (run, adapter): the runs that ran merged (dLoRA), with their
+adapter. The metric ``adapter_switches`` counts the switches between merged and
+unmerged execution (:mod:`lsched.evaluator.adapters`, rule 4).
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ ADAPTER_LOAD_COLUMNS: tuple[str, ...] = (
     "end_s",
     "evicted",
 )
+#: The log's merged runs of a run that serves adapters (module docstring).
+MERGED_RUN_COLUMNS: tuple[str, ...] = ("run", "adapter")
 #: The log's evictions of a run with a prefix cache.
 EVICTION_COLUMNS: tuple[str, ...] = ("run", "blocks")
 SWAP_COLUMNS: tuple[str, ...] = (
@@ -185,9 +190,9 @@ class SimulationResult:
     evictions
         The log's evictions, when it was asked for and a replica has a prefix
         cache.
-    adapter_loads
-        The log's adapter loads, when it was asked for and a replica serves
-        adapters.
+    adapter_loads, merged_runs
+        The log's adapter loads and merged runs, when it was asked for and a
+        replica serves adapters.
     replica_metrics, pool_metrics
         The metrics per replica (index ``replica``, with its ``pool``) and per
         pool (index ``pool``, with its ``profile``, ``policy``, ``replicas``).
@@ -215,6 +220,7 @@ class SimulationResult:
     swaps: pd.DataFrame | None = field(default=None)
     evictions: pd.DataFrame | None = field(default=None)
     adapter_loads: pd.DataFrame | None = field(default=None)
+    merged_runs: pd.DataFrame | None = field(default=None)
     replica_metrics: pd.DataFrame | None = field(default=None)
     pool_metrics: pd.DataFrame | None = field(default=None)
     engine: str = "python"
@@ -319,6 +325,7 @@ class SimulationResult:
                 "swaps": self.swaps,
                 "evictions": self.evictions,
                 "adapter_loads": self.adapter_loads,
+                "merged_runs": self.merged_runs,
             }
         for name, table in tables.items():
             if table is not None:

@@ -339,6 +339,11 @@ class Batch:
         Ask to be called again at the first boundary at or after this time, even
         if no event happens (for policies that wait on a clock). With an empty
         batch, the replica idles until this time or the next arrival.
+    merged
+        On a replica that serves adapters: every member uses one adapter, run
+        merged into the base weights (dLoRA), at the base model's cost; a change
+        between merged and unmerged execution, or of the merged adapter, costs
+        the profile's ``merge_switch_s`` (:mod:`lsched.evaluator.adapters`).
     """
 
     prefill: IntArray = field(default_factory=lambda: _EMPTY)
@@ -350,6 +355,7 @@ class Batch:
     hold_context_tokens: int | None = None
     swap_out: IntArray = field(default_factory=lambda: _EMPTY)
     swap_in: IntArray = field(default_factory=lambda: _EMPTY)
+    merged: bool = False
 
     @property
     def is_empty(self) -> bool:

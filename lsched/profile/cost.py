@@ -43,7 +43,12 @@ without them is unchanged; they are the same in every piece and regime, and
 ``max_p (w_p . phi) + u . (A, L) = max_p (w_p . phi + u . (A, L))``: the time
 stays a convex piecewise-affine function of ``(phi, A, L)`` in each regime.
 The engine adds them only on a replica that serves adapters
-(:mod:`lsched.evaluator.adapters`); elsewhere ``A = L = 0``.
+(:mod:`lsched.evaluator.adapters`); elsewhere ``A = L = 0``. A *merged* batch
+(dLoRA: one adapter folded into the base weights, :class:`lsched.policies.Batch`)
+runs at the base model's speed: ``A = L = 0``. ``merge_switch_s`` (default 0)
+is charged once to the first iteration after the replica changes between
+unmerged execution and merging an adapter, or between merged adapters (dLoRA's
+``switch_cost``): a constant per switch, outside phi.
 """
 
 from __future__ import annotations
@@ -223,6 +228,9 @@ class IterationTime:
     adapter_s, lora_token_s
         Seconds per distinct adapter and per LoRA token of a batch (>= 0; the
         adapter columns of the module docstring).
+    merge_switch_s
+        Seconds a switch between unmerged and merged execution takes (>= 0;
+        module docstring).
 
     Raises
     ------
@@ -240,6 +248,7 @@ class IterationTime:
     overhead_tokens: str = "context"
     adapter_s: float = 0.0
     lora_token_s: float = 0.0
+    merge_switch_s: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -301,7 +310,10 @@ class IterationTime:
                 "several regimes need a switch_feature to choose between them",
                 field="iteration_time.switch_feature",
             )
-        for name in ("overhead_s", "overhead_per_token_s", "adapter_s", "lora_token_s"):
+        for name in (
+            "overhead_s", "overhead_per_token_s", "adapter_s", "lora_token_s",
+            "merge_switch_s",
+        ):  # fmt: skip
             value = check_number(getattr(self, name), f"iteration_time.{name}")
             if value < 0:
                 raise InputError(
@@ -443,8 +455,13 @@ class IterationTime:
 
     @property
     def adapter_weights(self) -> dict[str, float]:
-        """The nonzero weights of the adapter columns, by name (none: ``{}``)."""
-        pairs = (("adapter_s", self.adapter_s), ("lora_token_s", self.lora_token_s))
+        """The nonzero adapter costs (the adapter columns' weights and the merge
+        switch), by name (none: ``{}``)."""
+        pairs = (
+            ("adapter_s", self.adapter_s),
+            ("lora_token_s", self.lora_token_s),
+            ("merge_switch_s", self.merge_switch_s),
+        )
         return {k: v for k, v in pairs if v}
 
     def __eq__(self, other: object) -> bool:

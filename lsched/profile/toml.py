@@ -93,6 +93,7 @@ _IT_KEYS = {
     "overhead_tokens",
     "adapter_s",
     "lora_token_s",
+    "merge_switch_s",
     "pieces",
     "regimes",
 }
@@ -212,6 +213,7 @@ def _iteration_time_from_dict(table: Mapping[str, Any]) -> IterationTime:
         overhead_tokens=_get(table, "overhead_tokens", str, prefix, default="context"),
         adapter_s=_get(table, "adapter_s", float, prefix, default=0.0),
         lora_token_s=_get(table, "lora_token_s", float, prefix, default=0.0),
+        merge_switch_s=_get(table, "merge_switch_s", float, prefix, default=0.0),
     )
 
 

@@ -137,6 +137,8 @@ rule                        what is checked
                             start, each ``size / h2d_bytes_per_s``; they and the
                             adapter columns lengthen the run (``run-duration``)
 ``adapter-memory``          (adapters) at most ``slots`` adapters resident
+``merged-batch``            (adapters) a merged run's members all use its adapter;
+                            a change of mode costs ``merge_switch_s``
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,

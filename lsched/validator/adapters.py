@@ -21,14 +21,19 @@ replayed per replica in run order, from an empty set of resident adapters:
 4. ``adapter-resident``: every member's adapter is resident during the run;
 5. ``adapter-memory``: at most ``slots`` adapters are resident (so within
    ``slots * slot_bytes`` bytes, every adapter being at most a slot, which the
-   spec checks).
+   spec checks);
+6. ``merged-batch``: a run in the ``merged_runs`` table (run, adapter) has only
+   members of that adapter, and is charged no adapter columns; a run whose mode
+   (its merged adapter, or unmerged) differs from its replica's previous run's
+   (unmerged before the first) takes ``merge_switch_s`` more, a switch.
 
 Which adapter a load evicts among those no running request uses (the least
 recently used) is not checked: the log does not say which requests run
 outside a run's members. The run's loads and its adapter columns, ``adapter_s``
 per distinct adapter and ``lora_token_s`` per LoRA token (prefill chunk tokens
 and decode steps of members with an adapter), lengthen it (``run-duration``);
-the metrics ``adapter_loads`` and ``adapter_load_s`` are recomputed.
+the metrics ``adapter_loads``, ``adapter_load_s`` and ``adapter_switches`` are
+recomputed.
 """
 
 from __future__ import annotations
@@ -60,45 +65,32 @@ def _check_adapters(
     log: _Log,
     spec: Any,
     loads: pd.DataFrame | None,
+    merged: pd.DataFrame | None,
     rtol: float,
     out: _Collector,
 ) -> _AdapterCheck:
-    """Rules 1 to 5 of the module docstring over ``log`` (nothing without a
+    """Rules 1 to 6 of the module docstring over ``log`` (nothing without a
     ``spec``)."""
     if spec is None:
         return _AdapterCheck(np.zeros(len(log.run_ids)), {})
-    n = len(instance)
-    names = [""] * n if instance.adapter is None else instance.adapter.tolist()
-    members: dict[int, list[int]] = defaultdict(list)
-    tokens: dict[int, int] = defaultdict(int)
-    for pos, r, c in zip(log.m_pos.tolist(), log.m_req.tolist(),
-                         log.m_tokens.tolist(), strict=True):  # fmt: skip
-        members[pos].append(r)
-        if names[r]:
-            tokens[pos] += c
-    by_run: dict[int, list[tuple]] = defaultdict(list)
-    if loads is not None and len(loads):
-        positions = log.runs.index.get_indexer(loads["run"])
-        rows = zip(positions.tolist(), loads["adapter"].tolist(),
-                   loads["start_s"].tolist(), loads["end_s"].tolist(),
-                   loads["evicted"].tolist(), strict=True)  # fmt: skip
-        for pos, *row in rows:
-            by_run[pos].append(tuple(row))
+    names = instance.adapter.tolist() if instance.adapter is not None else None
+    names = names or [""] * len(instance)
+    members, tokens = _members(log, names)
+    by_run = _by_run(log, loads, ["adapter", "start_s", "end_s", "evicted"])
+    modes = {pos: row[0] for pos, rows in _by_run(log, merged, ["adapter"]).items()
+             for row in rows}  # fmt: skip
     time = profile.iteration_time
     extra = np.zeros(len(log.run_ids))
     resident: dict[int, OrderedDict[str, None]] = defaultdict(OrderedDict)
-    loaded = 0.0
+    mode: dict[int, str] = defaultdict(str)  # per replica, "": unmerged
+    loaded, switches = 0.0, 0
     for pos, run in enumerate(log.run_ids):
         used = [names[r] for r in members[pos] if names[r]]
         distinct = set(used)
-        if len(distinct) > spec.max_loras:
-            out.add(
-                "max-loras",
-                f"{len(distinct)} distinct adapters "
-                f"{sorted(distinct)} > max_loras {spec.max_loras}",
-                run=run,
-            )
-        res = resident[int(log.replica[pos])]
+        _check_batch(spec, distinct, modes.get(pos), len(used) < len(members[pos]),
+                     run, out)  # fmt: skip
+        replica = int(log.replica[pos])
+        res = resident[replica]
         seconds = _replay_loads(
             spec, profile, res, by_run[pos], distinct, float(log.start[pos]), run,
             rtol, out,
@@ -113,11 +105,70 @@ def _check_adapters(
                 )
             else:
                 res.move_to_end(a)
-        lora = time.adapter_s * len(distinct) + time.lora_token_s * tokens[pos]
-        extra[pos] = seconds + lora
+        if pos not in modes:  # unmerged: the adapter columns
+            seconds += time.adapter_s * len(distinct) + time.lora_token_s * tokens[pos]
+        if modes.get(pos, "") != mode[replica]:  # a switch (rule 6)
+            mode[replica] = modes.get(pos, "")
+            seconds += time.merge_switch_s
+            switches += 1
+        extra[pos] = seconds
     count = sum(len(rows) for rows in by_run.values())
-    metrics = {"adapter_loads": float(count), "adapter_load_s": loaded}
+    metrics = {"adapter_loads": float(count), "adapter_load_s": loaded,
+               "adapter_switches": float(switches)}  # fmt: skip
     return _AdapterCheck(extra, metrics)
+
+
+def _members(log: _Log, names: list[str]) -> tuple[dict, dict]:
+    """Per run position its members (row order) and its LoRA tokens."""
+    members: dict[int, list[int]] = defaultdict(list)
+    tokens: dict[int, int] = defaultdict(int)
+    for pos, r, c in zip(log.m_pos.tolist(), log.m_req.tolist(),
+                         log.m_tokens.tolist(), strict=True):  # fmt: skip
+        members[pos].append(r)
+        if names[r]:
+            tokens[pos] += c
+    return members, tokens
+
+
+def _by_run(
+    log: _Log, table: pd.DataFrame | None, columns: list[str]
+) -> dict[int, list[tuple]]:
+    """The rows of a table keyed by ``run``, as tuples of ``columns`` per run
+    position (row order)."""
+    by_run: dict[int, list[tuple]] = defaultdict(list)
+    if table is None or not len(table):
+        return by_run
+    positions = log.runs.index.get_indexer(table["run"]).tolist()
+    rows = zip(*(table[c].tolist() for c in columns), strict=True)
+    for pos, row in zip(positions, rows, strict=True):
+        by_run[pos].append(row)
+    return by_run
+
+
+def _check_batch(
+    spec: Any,
+    distinct: set[str],
+    merged: str | None,
+    has_base: bool,
+    run: int,
+    out: _Collector,
+) -> None:
+    """Rule 1, and rule 6's members: a merged run (``merged``: its adapter) has
+    only members of that adapter (``has_base``: a member on the base model)."""
+    if len(distinct) > spec.max_loras:
+        out.add(
+            "max-loras",
+            f"{len(distinct)} distinct adapters "
+            f"{sorted(distinct)} > max_loras {spec.max_loras}",
+            run=run,
+        )
+    if merged is not None and (has_base or distinct != {merged}):
+        out.add(
+            "merged-batch",
+            f"a run merged on {merged!r} has members of "
+            f"{sorted(distinct)}{' and the base model' * has_base}",
+            run=run,
+        )
 
 
 def _replay_loads(

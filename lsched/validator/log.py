@@ -146,7 +146,7 @@ def _validate_log(
     swap_totals: bool = True,
     too_long: npt.NDArray[np.bool_] | None = None,
     prefix: tuple[Any, pd.DataFrame | None] = (None, None),
-    adapters: tuple[Any, pd.DataFrame | None] = (None, None),
+    adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None] = (None, None, None),
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
@@ -237,7 +237,7 @@ def _cache_and_adapters(
     log: _Log,
     replay: _Replay,
     prefix: tuple[Any, pd.DataFrame | None],
-    adapters: tuple[Any, pd.DataFrame | None],
+    adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None],
     stall: FloatArray,
     rtol: float,
     out: _Collector,

@@ -112,6 +112,7 @@ RULES: tuple[str, ...] = (
     "adapter-resident",
     "adapter-load",
     "adapter-memory",
+    "merged-batch",
 )
 
 #: Violations kept in a report; the rest are only counted.
