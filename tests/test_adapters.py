@@ -17,7 +17,7 @@ from cli_helpers import assert_refused, run
 from reference_engine import simulate_naive
 
 from lsched.adapters import DEFAULT_ADAPTER_BYTES, AdapterSpec, parse_adapters
-from lsched.cluster import Cluster
+from lsched.cluster import Cluster, load_cluster
 from lsched.errors import InputError
 from lsched.evaluator import simulate, simulate_cluster
 from lsched.evaluator.adapters import ReplicaAdapters
@@ -392,3 +392,38 @@ def test_validator_catches_a_load_that_is_too_short() -> None:
     dropped = type(result)(**{**vars(result), "adapter_loads": loads.iloc[1:]})
     rules = {v.rule for v in validate_cluster(instance, cluster, dropped).violations}
     assert "adapter-resident" in rules
+
+
+def test_validator_catches_a_wrong_merged_run() -> None:
+    """dlora on two requests of a (llama-7b-dlora): n_a = F = 2 >= 1 x F, so it
+    merges a; a log that names b for a merged run breaks merged-batch."""
+    instance = Instance([0.0, 0.0], [2, 2], [2, 2], adapter=np.array(["a", "a"]))
+    profile = load_profile("llama-7b-dlora")
+    cluster = Cluster.colocated(profile, "dlora", 1, adapters="max_loras=2")
+    result = simulate_cluster(instance, cluster, log=True)
+    assert validate_cluster(instance, cluster, result).violations == ()
+    merged = result.merged_runs.copy()
+    assert merged["adapter"].tolist() == ["a", "a"]  # prefill, then decode
+    merged.loc[0, "adapter"] = "b"
+    broken = type(result)(**{**vars(result), "merged_runs": merged})
+    rules = {v.rule for v in validate_cluster(instance, cluster, broken).violations}
+    assert "merged-batch" in rules
+
+
+def test_cluster_file_takes_an_adapters_table(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[[pool]]\nmodel = "llama-7b-dlora"\npolicy = "vllm"\n'
+        "adapters = { max_loras = 2, sizes = { a = 1000, b = 3000 } }\n",
+        encoding="utf-8",
+    )
+    pool = load_cluster(path).pools[0]
+    assert pool.adapters == AdapterSpec(max_loras=2, sizes={"a": 1000, "b": 3000})
+    # 2 slots of the largest adapter, 3000 bytes, at 524,288 bytes per token: 1 token
+    assert pool.profile.kv_capacity_tokens == 117654 - 1
+    path.write_text(
+        '[[pool]]\nmodel = "unit-slot"\nadapters = { max_loras = 0 }\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match="max_loras"):
+        load_cluster(path)
