@@ -16,9 +16,13 @@ gives, per pool:
   waiting request whose adapter would make the running batch's adapters more
   than ``max_loras``, ``vllm/core/scheduler.py`` ``curr_loras``).
 - ``slots`` (default ``max_loras``) GPU adapter slots of ``slot_bytes``
-  (default the largest adapter) each: vLLM preallocates ``max_loras`` slots of
-  the largest rank (``max_lora_rank``) and its profiling run, which sizes the
-  KV cache, holds them, so **the slots' bytes come out of the KV capacity**:
+  (default the largest adapter) each: vLLM has ``max_loras`` GPU slots
+  (``vllm/lora/models.py``, ``LoRAModelManager.lora_slots``), each layer's
+  LoRA weights stacked for all of them at ``max_lora_rank``
+  (``vllm/lora/layers.py``, ``create_lora_weights``), and its profiling run,
+  which sizes the KV cache, loads ``max_loras`` dummy adapters
+  (``ModelRunner.profile_run``), so **the slots' bytes come out of the KV
+  capacity**:
   a replica keeps ``kv_capacity_tokens - ceil(slots * slot_bytes /
   kv_bytes_per_token)`` tokens of KV (:meth:`AdapterSpec.serving_profile`).
   ``slots >= max_loras``, so the adapters of a running set within
