@@ -427,3 +427,20 @@ def test_cluster_file_takes_an_adapters_table(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match="max_loras"):
         load_cluster(path)
+
+
+def test_snapshot_restores_the_adapters_and_the_mode() -> None:
+    """A dlora replica stopped at t = 1, snapshotted, run to its end, restored
+    and run again ends the same: residency, loads, mode and switches included."""
+    engine = _dlora_engine(["a", "a", "b", ""], [0.0, 0.0, 1.0, 2.0], [2, 2, 1, 1])
+    engine.run(until_s=1.0)
+    state = engine.snapshot()
+    engine.run()
+    first = (engine.completion_s.tolist(), list(engine.adapters.loads),
+             list(engine.adapters.merged), engine.adapters.switches)  # fmt: skip
+    engine.restore(state)
+    assert len(engine.adapters.loads) == 1 and engine.adapters.mode == 0
+    engine.run()
+    again = (engine.completion_s.tolist(), list(engine.adapters.loads),
+             list(engine.adapters.merged), engine.adapters.switches)  # fmt: skip
+    assert again == first
