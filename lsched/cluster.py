@@ -34,6 +34,8 @@ A cluster file (``lsched simulate TRACE --cluster FILE``) is TOML::
                                         # (lsched.tiers; the profile's by default)
     prefix_cache = "lru"                # optional: a prefix cache per replica
                                         # (lsched.prefix.spec; none by default)
+    adapters = "max_loras=2"            # optional: LoRA adapters, text or table
+                                        # (lsched.adapters; none by default)
 
     [[pool]]
     model = "llama2-70b-h100-tp4"
@@ -78,6 +80,7 @@ from typing import Any
 
 import numpy as np
 
+from lsched.adapters import AdapterSpec, parse_adapters
 from lsched.checks import check_path
 from lsched.errors import InputError
 from lsched.policies import PolicySpec, parse_policy
@@ -125,6 +128,11 @@ class Pool:
         (:class:`~lsched.prefix.spec.PrefixCacheSpec` or its text form,
         :mod:`lsched.evaluator.prefix`), or ``None``. Not with a policy that
         swaps KV to the host tier, and no larger than a replica's KV.
+    adapters
+        Colocated pools only: the LoRA adapters its replicas serve
+        (:class:`~lsched.adapters.AdapterSpec`, its text form or a table), or
+        ``None``. Their slots' bytes come out of the profile's KV capacity;
+        the policy must be one of :data:`ADAPTER_POLICIES`.
     """
 
     profile: DeploymentProfile
@@ -134,6 +142,7 @@ class Pool:
     role: str = "colocated"
     pull: float | None = None
     prefix_cache: PrefixCacheSpec | None = None
+    adapters: AdapterSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, str):
@@ -174,6 +183,34 @@ class Pool:
         object.__setattr__(self, "profile", served_profile(self.policy, self.profile))
         if self.prefix_cache is not None:
             self._check_prefix_cache()
+        if self.adapters is not None:
+            self._check_adapters()
+
+    def _check_adapters(self) -> None:
+        """The pool's adapters: parsed, on a colocated pool under a policy that
+        admits by vLLM's ``max_loras`` rule, their slots out of the KV."""
+        where = f"pool {self.name}: adapters"
+        try:
+            spec = parse_adapters(self.adapters)
+            profile = spec.serving_profile(self.profile, f"pool {self.name}")
+        except InputError as exc:
+            raise InputError(
+                exc.message, field=f"pool {self.name}: {exc.field}"
+            ) from None
+        if self.role != "colocated":
+            raise InputError(
+                f"adapters on a {self.role} pool; expected a colocated pool",
+                field=where,
+            )
+        name = getattr(self.policy, "name", None)
+        if name not in ADAPTER_POLICIES:
+            raise InputError(
+                f"policy {name!r} does not admit by max_loras; expected one of "
+                f"{', '.join(ADAPTER_POLICIES)}",
+                field=where,
+            )
+        object.__setattr__(self, "adapters", spec)
+        object.__setattr__(self, "profile", profile)
 
     def _check_prefix_cache(self) -> None:
         """The pool's prefix cache: parsed, on a prefill or colocated pool whose
@@ -201,6 +238,11 @@ class Pool:
                 field=where,
             )
         object.__setattr__(self, "prefix_cache", cache)
+
+
+#: The policies that admit by :class:`~lsched.policies.base.LoraGate` (``dlora``
+#: through its vLLM batches).
+ADAPTER_POLICIES = ("fcfs", "vllm", "sarathi", "dlora")
 
 
 def served_profile(policy: PolicySpec, profile: DeploymentProfile) -> DeploymentProfile:
@@ -352,6 +394,11 @@ class Cluster:
         return any(p.prefix_cache is not None for p in self.pools)
 
     @property
+    def serves_adapters(self) -> bool:
+        """Whether some pool serves LoRA adapters."""
+        return any(p.adapters is not None for p in self.pools)
+
+    @property
     def disaggregated(self) -> bool:
         """Whether the cluster has prefill and decode pools."""
         return any(p.role == "decode" for p in self.pools)
@@ -377,12 +424,17 @@ class Cluster:
         replicas: int | None = None,
         router: str | RouterSpec = "round-robin",
         prefix_cache: str | PrefixCacheSpec | None = None,
+        adapters: str | AdapterSpec | None = None,
     ) -> Cluster:
         """One colocated pool of ``replicas`` (the profile's by default), with
-        a prefix cache on each replica where ``prefix_cache`` names one."""
+        a prefix cache on each replica where ``prefix_cache`` names one, and
+        the LoRA adapters of ``adapters``."""
         spec = parse_policy(policy) if isinstance(policy, str) else policy
         count = profile.replicas if replicas is None else replicas
-        pool = Pool(profile, spec, count, name="pool0", prefix_cache=prefix_cache)
+        pool = Pool(
+            profile, spec, count, name="pool0", prefix_cache=prefix_cache,
+            adapters=adapters,
+        )  # fmt: skip
         return cls((pool,), router)
 
     def describe(self) -> str:
@@ -447,7 +499,7 @@ def _describe_link(link: Link) -> str:
 _CLUSTER_KEYS = {"router", "decode_router", "pool", "link"}
 _POOL_KEYS = {
     "name", "role", "replicas", "model", "policy", "set", "pull", "host",
-    "prefix_cache",
+    "prefix_cache", "adapters",
 }  # fmt: skip
 _LINK_KEYS = {"from", "to", "bandwidth_bytes_per_s", "latency_s", "sharing"}
 
@@ -572,7 +624,7 @@ def _pool(table: Any, k: int, folder: Path) -> Pool:
     try:
         return Pool(
             profile, spec, replicas, name=name, role=role, pull=table.get("pull"),
-            prefix_cache=table.get("prefix_cache"),
+            prefix_cache=table.get("prefix_cache"), adapters=table.get("adapters"),
         )  # fmt: skip
     except InputError as exc:
         raise InputError(exc.message, field=(exc.field or "").split(": ")[-1]) from None

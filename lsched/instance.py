@@ -13,6 +13,8 @@ column                     dtype     meaning
                                      online policies except through an oracle)
 ``predicted_output_tokens`` int64    optional prediction of o_i, >= 1
 ``tenant``                 str       optional tenant name (fair-sharing policies)
+``adapter``                str       optional LoRA adapter name; ``""``: the base
+                                     model (:mod:`lsched.adapters`)
 ``priority``               int64     optional priority, smaller is more urgent
 ``ttft_deadline_s``        float64   optional TTFT SLO in seconds after arrival, > 0
 ``tpot_deadline_s``        float64   optional TPOT SLO in seconds per token, > 0
@@ -48,6 +50,7 @@ IntArray = npt.NDArray[np.int64]
 OPTIONAL_COLUMNS: dict[str, str] = {
     "predicted_output_tokens": "int64",
     "tenant": "U",
+    "adapter": "U",
     "priority": "int64",
     "ttft_deadline_s": "float64",
     "tpot_deadline_s": "float64",
@@ -63,6 +66,7 @@ class Request:
     output_tokens: int
     predicted_output_tokens: int | None = None
     tenant: str | None = None
+    adapter: str | None = None
     priority: int | None = None
     ttft_deadline_s: float | None = None
     tpot_deadline_s: float | None = None
@@ -147,7 +151,7 @@ class Instance:
     ----------
     arrival_s, prompt_tokens, output_tokens
         Required columns, one entry per request.
-    predicted_output_tokens, tenant, priority, ttft_deadline_s, tpot_deadline_s
+    predicted_output_tokens, tenant, adapter, priority, ttft_deadline_s, tpot_deadline_s
         Optional columns (``None`` when absent).
     prefix_hash_offsets, prefix_hash_values
         Optional CSR encoding of each request's prefix block hashes: request ``i``
@@ -174,6 +178,7 @@ class Instance:
     output_tokens: IntArray
     predicted_output_tokens: IntArray | None = None
     tenant: npt.NDArray[np.str_] | None = None
+    adapter: npt.NDArray[np.str_] | None = None
     priority: IntArray | None = None
     ttft_deadline_s: FloatArray | None = None
     tpot_deadline_s: FloatArray | None = None

@@ -18,6 +18,12 @@ and completion time ``c_i`` (seconds):
   meeting every deadline it carries (both); NaN where the instance carries no
   such deadline (:mod:`lsched.slo` puts an SLO's deadlines on an instance);
 - preemptions and recomputed tokens, summed;
+- with LoRA adapters (:mod:`lsched.adapters`): ``adapter_loads`` (adapter
+  copies into a replica's slots) and ``adapter_load_s`` (their seconds, all on
+  the critical path of the iterations they lengthen) and ``adapter_switches``
+  (changes between merged and unmerged execution), summed over replicas, and
+  per adapter (``""``: the base model) the served requests' mean TTFT and E2E
+  (:func:`adapter_latency`);
 - Mooncake's TBT and effective capacity (:func:`mooncake_tbt`,
   :func:`effective_capacity`), below;
 - with live migration (:mod:`lsched.evaluator.migration`,
@@ -111,6 +117,8 @@ COUNT_METRICS: frozenset[str] = frozenset(
         "recomputed_tokens",
         "recompute_avoided_tokens",
         "prefill_tokens_saved",
+        "adapter_loads",
+        "adapter_switches",
         "iterations",
         "replicas",
         "migrations",
@@ -146,6 +154,28 @@ def migration_metrics(
         down / moved if moved else 0.0,
     )
     return dict(zip(MIGRATION_METRICS, values, strict=True))
+
+
+def adapter_latency(
+    adapter: npt.ArrayLike, ttft_s: npt.ArrayLike, e2e_s: npt.ArrayLike
+) -> dict[str, dict[str, float]]:
+    """Per adapter name, in sorted order (``""``: the base model): its served
+    requests (those with a finite ``e2e_s``), their mean TTFT and mean E2E
+    (NaN where it served none)."""
+    names = np.asarray(adapter, dtype=str)
+    ttft = np.asarray(ttft_s, dtype=np.float64)
+    e2e = np.asarray(e2e_s, dtype=np.float64)
+    out: dict[str, dict[str, float]] = {}
+    for name in np.unique(names).tolist():
+        served = (names == name) & np.isfinite(e2e)
+        count = int(served.sum())
+        nan = float("nan")
+        out[name] = {
+            "requests": float(count),
+            "ttft_mean_s": float(ttft[served].mean()) if count else nan,
+            "e2e_mean_s": float(e2e[served].mean()) if count else nan,
+        }
+    return out
 
 
 def _describe(prefix: str, values: np.ndarray) -> dict[str, float]:

@@ -29,6 +29,12 @@ and :mod:`lsched.prefix.cache` (the comment above :class:`_NaiveCache`), with it
 own reference counts, eviction list and block arithmetic (nothing from
 :mod:`lsched.prefix` or the engine).
 
+:func:`simulate_naive` serves LoRA adapters on request (``adapters``, an
+:class:`~lsched.adapters.AdapterSpec` read as plain data), restated from the
+docstrings of :mod:`lsched.adapters` and :mod:`lsched.evaluator.adapters` (the
+comment above :class:`_NaiveLora`), with its own adapter numbering, residency
+list, eviction and load times, and its own KV capacity less the adapter slots.
+
 Requests that do not fit ``max_model_len`` (``L``: the profile's, or on a cluster
 the smallest over its pools), restated from DESIGN.md ("Rejection") and vLLM V0
 rather than from :mod:`lsched.evaluator.length`: a request whose prompt has
@@ -143,6 +149,9 @@ class NaiveResult:
     tbt_s
         Per request, Mooncake's TBT from every token's time (NaN with one
         token).
+    adapter_loads, adapter_load_s, adapter_switches
+        With adapters: adapter loads and their seconds, and switches between
+        merged and unmerged execution, all replicas together.
     """
 
     replica: IntArray
@@ -174,6 +183,9 @@ class NaiveResult:
     host_hit_tokens: int = 0
     host_copy_s: float = 0.0
     tbt_s: FloatArray | None = None
+    adapter_loads: int = 0
+    adapter_load_s: float = 0.0
+    adapter_switches: int = 0
 
     @property
     def prefix_hit_ratio(self) -> float:
@@ -479,6 +491,117 @@ class _NaiveCache:
             self.evicted += k
 
 
+# Adapters, restated from lsched.adapters and lsched.evaluator.adapters:
+# - a request's adapter is its name, "" for the base model (no adapter);
+# - after a batch's admissions, the running requests use at most max_loras
+#   distinct adapters, or the batch is refused (PolicyError);
+# - before the iteration, each member's adapter (prefills, then decodes, in
+#   batch order) that is not resident is loaded: into a free slot (slots of
+#   them), else replacing the least recently used resident adapter that no
+#   running request uses; then it becomes the most recently used;
+# - a load takes size / h2d seconds, the loads one after the other, and the
+#   iteration is longer by their sum; it also takes adapter_s per distinct
+#   adapter of the batch and lora_token_s per token of a member with an
+#   adapter (a prefill chunk's tokens, 1 per decode step);
+# - the slots (slots x slot_bytes bytes) come out of the KV capacity:
+#   ceil(bytes / kv_bytes_per_token) tokens fewer;
+# - a merged batch (Batch.merged, dLoRA) has members of one adapter only, and is
+#   charged no adapter_s or lora_token_s; the replica is then in that adapter's
+#   mode, after any other batch unmerged (as it starts), and a batch that
+#   changes the mode takes merge_switch_s more.
+class _NaiveLora:
+    """A replica's adapters: names per local request, the LRU list, the loads."""
+
+    def __init__(self, spec: Any, names: list[str], profile: DeploymentProfile):
+        self.names = names
+        self.sizes = dict(spec.sizes or {})
+        self.default_size = int(spec.size_bytes)
+        self.max_loras = int(spec.max_loras)
+        self.slots = self.max_loras if spec.slots is None else int(spec.slots)
+        host = profile.host
+        assert host is not None
+        self.h2d = float(host.h2d_bytes_per_s)
+        self.adapter_s = float(profile.iteration_time.adapter_s)
+        self.lora_token_s = float(profile.iteration_time.lora_token_s)
+        self.switch_s = float(profile.iteration_time.merge_switch_s)
+        self.lru: list[str] = []  # least recently used first
+        self.loads = 0
+        self.load_s = 0.0
+        self.mode = ""  # the merged adapter, "" unmerged
+        self.switches = 0
+
+    def codes(self) -> np.ndarray:
+        """Per local request a number for its adapter (-1: none), for the view:
+        the policies compare them only for equality."""
+        order = sorted({a for a in self.names if a})
+        return _frozen([order.index(a) if a else -1 for a in self.names], int)
+
+    def before(self, members: list[int], running: list[int]) -> float:
+        """The max_loras check and the loads of a batch; the loads' seconds."""
+        used = {self.names[r] for r in running if self.names[r]}
+        if len(used) > self.max_loras:
+            raise PolicyError(f"running adapters {sorted(used)} > max_loras")
+        seconds = 0.0
+        for r in members:
+            a = self.names[r]
+            if not a:
+                continue
+            if a not in self.lru:
+                if len(self.lru) == self.slots:
+                    victims = [b for b in self.lru if b not in used]
+                    if not victims:
+                        raise PolicyError("no adapter slot to load into")
+                    self.lru.remove(victims[0])
+                seconds += self.sizes.get(a, self.default_size) / self.h2d
+                self.loads += 1
+            else:
+                self.lru.remove(a)
+            self.lru.append(a)
+        self.load_s += seconds
+        return seconds
+
+    def cost(
+        self, prefill: list[int], chunks: list[int], decode: list[int], merged: bool
+    ) -> float:
+        """The adapter columns' seconds of a batch, and a switch's."""
+        tokens = [c for r, c in zip(prefill, chunks, strict=True) if self.names[r]]
+        tokens += [1 for r in decode if self.names[r]]
+        adapters = {self.names[r] for r in prefill + decode}
+        mode = ""
+        if merged:
+            if len(adapters) != 1 or "" in adapters:
+                raise PolicyError(f"a merged batch of adapters {sorted(adapters)}")
+            mode = adapters.pop()
+        seconds = 0.0
+        if mode != self.mode:
+            self.mode = mode
+            self.switches += 1
+            seconds = self.switch_s
+        if merged:
+            return seconds
+        adapters.discard("")
+        return (
+            seconds + self.adapter_s * len(adapters) + self.lora_token_s * sum(tokens)
+        )
+
+
+def _adapter_names(instance: Instance, rows: list[int]) -> list[str]:
+    """The adapter of each of ``rows`` ("" for the base model)."""
+    if instance.adapter is None:
+        return [""] * len(rows)
+    return [str(instance.adapter[i]) for i in rows]
+
+
+def _lora_profile(spec: Any, profile: DeploymentProfile) -> DeploymentProfile:
+    """``profile`` less the KV the adapter slots take (the comment above)."""
+    slots = spec.max_loras if spec.slots is None else spec.slots
+    # with sizes, they name every adapter (size_bytes unused)
+    largest = max(spec.sizes.values()) if spec.sizes else spec.size_bytes
+    slot = largest if spec.slot_bytes is None else spec.slot_bytes
+    taken = -(-slots * slot // profile.kv_bytes_per_token)
+    return profile.replace(kv_capacity_tokens=profile.kv_capacity_tokens - taken)
+
+
 class _Replica:
     """One replica's state and its iteration loop (local ids in arrival order)."""
 
@@ -565,6 +688,7 @@ class _Replica:
         self.max_host_blocks = 0
         self.async_waits = 0
         self.cache: _NaiveCache | None = None  # simulate_naive's prefix_cache
+        self.lora: _NaiveLora | None = None  # simulate_naive's adapters
 
     # -- the loop -------------------------------------------------------------------
 
@@ -607,10 +731,21 @@ class _Replica:
                 t = self._idle_until(t, num_arrived, batch.wake_at_s)
                 continue
             self._validate(prefill, chunks, decode, num_arrived)
-            t, done = self._iterate(t, prefill, chunks, decode, done, stall)
+            t, done = self._iterate(
+                t, prefill, chunks, decode, done, stall, bool(batch.merged)
+            )
 
     def _view(self, t: float, num_arrived: int, waiting: list[int]) -> ReplicaView:
         limits = self.limits
+        if self.lora is not None:
+            limits = ReplicaLimits(
+                kv_capacity_blocks=limits.kv_capacity_blocks,
+                block_tokens=limits.block_tokens,
+                max_num_seqs=limits.max_num_seqs,
+                max_num_batched_tokens=limits.max_num_batched_tokens,
+                max_model_len=limits.max_model_len,
+                max_loras=self.lora.max_loras,
+            )
         pinned = self.pinned_blocks()
         if pinned:  # a policy sees the blocks of copies in flight as lost capacity
             limits = ReplicaLimits(
@@ -644,6 +779,7 @@ class _Replica:
             # the cache's own leading run of resident hashes, for lpm orderings
             cached_prefix=None if self.cache is None else self.cache.lookup,
             prefix_block_tokens=0 if self.cache is None else self.cache.block,
+            adapter=None if self.lora is None else self.lora.codes(),
         )
 
     def _preempt(self, preempt: list[int]) -> None:
@@ -900,6 +1036,7 @@ class _Replica:
         decode: list[int],
         done: int,
         stall: float = 0.0,
+        merged: bool = False,
     ) -> tuple[float, int]:
         """Run one validated iteration from time ``t``, longer by ``stall`` (the
         blocking copies before it); return its end and done."""
@@ -939,6 +1076,9 @@ class _Replica:
         if stall:
             duration += stall
             self.stall_s += stall
+        if self.lora is not None:
+            duration += self.lora.cost(prefill, chunks, decode, merged)
+            duration += self.lora.before(prefill + decode, self.running)
         end = t + duration
 
         emitting = []
@@ -1009,6 +1149,7 @@ def simulate_naive(
     replicas: int | None = None,
     assignment: npt.ArrayLike | None = None,
     prefix_cache: tuple[str, int | None] | tuple[str, int | None, int] | None = None,
+    adapters: Any = None,
 ) -> NaiveResult:
     """Replay ``instance`` on ``profile`` under ``policy``, one iteration at a time.
 
@@ -1032,6 +1173,10 @@ def simulate_naive(
         comment above :class:`_NaiveCache`), keyed by the instance's prefix
         hashes in blocks of its ``prefix_block_tokens`` (the profile's block
         size without it).
+    adapters
+        An :class:`~lsched.adapters.AdapterSpec` (its fields only): each
+        replica serves the instance's adapters (the comment above
+        :class:`_NaiveLora`).
 
     Raises
     ------
@@ -1041,6 +1186,8 @@ def simulate_naive(
         If the policy returns a batch that breaks a rule, or stalls.
     """
     spec = parse_policy(policy) if isinstance(policy, str) else policy
+    if adapters is not None:
+        profile = _lora_profile(adapters, profile)
     c = profile.replicas if replicas is None else int(replicas)
     if c < 1:
         raise InputError(f"got {c}; expected >= 1 replicas", field="replicas")
@@ -1084,6 +1231,7 @@ def simulate_naive(
     cached = np.zeros(n, dtype=np.int64)
     needed = evicted = cut = host_hit = 0
     host_copy_s = 0.0
+    adapter_loads, adapter_load_s, adapter_switches = 0, 0.0, 0
     tbt = np.full(n, math.nan)
     for k in range(c):
         # instance order is arrival order (ties by position): local ids follow it
@@ -1093,7 +1241,13 @@ def simulate_naive(
         replica = _Replica(rows, instance, profile, _make(spec, k, profile))
         if prefix_cache is not None:
             replica.cache = _naive_cache(instance, profile, rows, *prefix_cache)
+        if adapters is not None:
+            replica.lora = _NaiveLora(adapters, _adapter_names(instance, rows), profile)
         replica.run()
+        if replica.lora is not None:
+            adapter_loads += replica.lora.loads
+            adapter_load_s += replica.lora.load_s
+            adapter_switches += replica.lora.switches
         if replica.cache is not None:
             cached[rows] = replica.cache.cached
             needed += replica.cache.needed
@@ -1153,6 +1307,9 @@ def simulate_naive(
         host_hit_tokens=host_hit,
         host_copy_s=host_copy_s,
         tbt_s=tbt,
+        adapter_loads=adapter_loads,
+        adapter_load_s=adapter_load_s,
+        adapter_switches=adapter_switches,
     )
 
 

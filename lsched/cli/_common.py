@@ -19,6 +19,7 @@ from rich.text import Text
 from lsched.errors import InputError
 
 if TYPE_CHECKING:
+    from lsched.adapters import AdapterSpec
     from lsched.instance import Instance
     from lsched.prefix.spec import PrefixCacheSpec
     from lsched.slo import SLO
@@ -245,6 +246,34 @@ PrefixCacheOpt = Annotated[
         "(prefix_cache).",
     ),
 ]
+
+
+#: ``--adapters`` (``lsched simulate``).
+AdaptersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapters",
+        metavar="default|size_bytes=N,max_loras=K,slots=S,slot_bytes=B,size.NAME=N",
+        help="Serve the trace's LoRA adapters (its adapter column) on each "
+        "replica: at most max_loras distinct adapters among the running requests "
+        "(vLLM's rule, default 1), slots (default max_loras) of slot_bytes taken "
+        "out of the KV, loads of size / host-to-device bandwidth, LRU eviction "
+        "(lsched.adapters). A cluster file says it per pool (adapters).",
+    ),
+]
+
+
+def adapters_spec(text: str | None) -> AdapterSpec | None:
+    """``--adapters`` parsed before any work (``None`` without it); an
+    InputError names the option."""
+    if text is None:
+        return None
+    from lsched.adapters import parse_adapters
+
+    try:
+        return parse_adapters(text)
+    except InputError as exc:
+        raise InputError(exc.message, field="--adapters") from None
 
 
 def prefix_cache_spec(text: str | None) -> PrefixCacheSpec | None:

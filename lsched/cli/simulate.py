@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
@@ -23,6 +23,7 @@ from lsched.atomic import check_output
 from lsched.checks import check_int
 from lsched.cli._common import (
     INTERRUPTED_EXIT,
+    AdaptersOpt,
     FormatOpt,
     JsonOpt,
     LimitOpt,
@@ -31,6 +32,7 @@ from lsched.cli._common import (
     PrefixCacheOpt,
     ReplicasOpt,
     TraceArg,
+    adapters_spec,
     predictor_seed,
     prefix_cache_spec,
     print_json,
@@ -62,6 +64,9 @@ from lsched.overrides import SET_HELP, deployment_profile, parse_overrides
 from lsched.policies import parse_policy
 from lsched.predictors import apply_predictor
 from lsched.prefix.spec import PrefixCacheSpec
+
+if TYPE_CHECKING:
+    from lsched.adapters import AdapterSpec
 from lsched.provenance import Provenance, provenance, write_frame
 from lsched.routers import parse_router
 from lsched.slo import SLO, parse_slo
@@ -205,10 +210,12 @@ def simulate_command(
     slo_override: SloOverrideOpt = False,
     prefix_cache: PrefixCacheOpt = None,
     tbt: TbtOpt = False,
+    adapters: AdaptersOpt = None,
 ) -> None:
     """Replay TRACE on a deployment under each policy; print their metrics."""
     slo = None if slo_text is None else parse_slo(slo_text, field="--slo")
     cache = prefix_cache_spec(prefix_cache)
+    lora = adapters_spec(adapters)
     _check_options(engine, requests_out, timeline_out)
     inputs = [trace, cluster_file, profile_file(model)]
     _check_outputs(requests_out, timeline_out, inputs)
@@ -216,7 +223,7 @@ def simulate_command(
         refuse_beside_cluster(
             {"--model": model, "--policy": policy, "--replicas": replicas,
              "--set": settings, "--kv-capacity-tokens": kv_capacity_tokens,
-             "--prefix-cache": prefix_cache}
+             "--prefix-cache": prefix_cache, "--adapters": adapters}
         )  # fmt: skip
         clusters = [load_cluster(cluster_file)]
         inputs += [pool.profile.path for pool in clusters[0].pools]
@@ -232,7 +239,7 @@ def simulate_command(
     else:
         instance, clusters = _colocated(
             trace, model, policy, replicas, dispatch, kv_capacity_tokens, settings,
-            format, limit, max_model_len, predictor, slo, slo_override, cache,
+            format, limit, max_model_len, predictor, slo, slo_override, cache, lora,
         )  # fmt: skip
     record = _provenance(trace, cluster_file, clusters, instance, predictor)
     log = tbt or timeline_out is not None  # every token's time is in the log
@@ -275,9 +282,11 @@ def _colocated(
     slo: SLO | None,
     slo_override: bool,
     cache: PrefixCacheSpec | None,
+    lora: AdapterSpec | None,
 ) -> tuple[Instance, list[Cluster]]:
     """The trace and one colocated cluster per ``--policy`` (no cluster file),
-    with a prefix cache on each replica where ``cache`` names one."""
+    with a prefix cache on each replica where ``cache`` names one and the
+    adapters of ``lora``."""
     if model is None:
         raise InputError("expected --model PROFILE or --cluster FILE", field="model")
     specs = [parse_policy(p) for p in policy or ["fcfs"]]
@@ -305,10 +314,14 @@ def _colocated(
     instance = with_slo(instance, slo, slo_override)
     try:
         clusters = [
-            Cluster.colocated(profile, spec, replicas, router, cache) for spec in specs
+            Cluster.colocated(profile, spec, replicas, router, cache, lora)
+            for spec in specs
         ]
     except InputError as exc:
-        if not (exc.field or "").startswith("pool pool0: prefix_cache"):
+        where = exc.field or ""
+        if where.startswith("pool pool0: adapters"):
+            raise InputError(exc.message, field="--adapters") from None
+        if not where.startswith("pool pool0: prefix_cache"):
             raise
         raise InputError(exc.message, field="--prefix-cache") from None
     return instance, clusters
@@ -432,7 +445,8 @@ def _print(instance: Instance, results: list[SimulationResult]) -> None:
         shown += SLO_ATTAINMENT_KEYS
     # what only some runs have (none is 0 there): KV moved between pools or tiers
     moved = ("transferred_bytes", *MIGRATION_METRICS, *SWAP_METRICS,
-             *PREFIX_METRICS, *HOST_PREFIX_METRICS, *TBT_TABLE)  # fmt: skip
+             *PREFIX_METRICS, *HOST_PREFIX_METRICS, "adapter_loads",
+             "adapter_load_s", *TBT_TABLE)  # fmt: skip
     shown += tuple(m for m in moved if any(m in r.metrics for r in results))
     print_table(
         f"{instance.name} on {results[0].profile} ({len(instance)} requests)",

@@ -25,9 +25,12 @@ Families (see :mod:`lsched.generators`):
 Arrivals, for every family: ``--rate R`` gives a Poisson process at ``R`` req/s;
 ``--rate R --cv C`` a Gamma renewal process with gap CV ``C`` (burstiness);
 neither gives the family's default (all at ``t = 0``, or the source rate for
-``resample``). An option that does not apply to the chosen family is an error,
-not silently ignored. The file is written atomically by
-``lsched.traces.write_trace`` (native CSV for ``.csv``, Parquet for ``.parquet``).
+``resample``). ``--adapters N[:alpha=A]`` adds an ``adapter`` column over
+``N`` adapters of power-law popularity with exponent ``A`` (default 1), drawn
+with ``--seed`` (:mod:`lsched.generators.adapters`). An option that does not
+apply to the chosen family is an error, not silently ignored. The file is
+written atomically by ``lsched.traces.write_trace`` (native CSV for ``.csv``,
+Parquet for ``.parquet``).
 """
 
 from __future__ import annotations
@@ -128,6 +131,12 @@ def gen(
     name: Annotated[
         str | None, typer.Option("--name", help="Instance name; default: derived.")
     ] = None,
+    adapters: Annotated[
+        str | None,
+        typer.Option(
+            "--adapters", help="N[:alpha=A]: an adapter column, power-law popularity."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a seeded instance and write it to --out."""
@@ -137,6 +146,7 @@ def gen(
             field="FAMILY",
         )
     check_output(out, (source,), "--out")
+    popularity = _popularity(adapters)  # refused before anything is generated
     given = {
         "--prompt": prompt,
         "--output": output,
@@ -149,6 +159,11 @@ def gen(
     check_applicable(family, given)
     instance = _build(family, n, seed, name, rate, cv, prompt, output, kv_capacity,
                       few_shot_tokens, source, trace_format, convention)  # fmt: skip
+    if popularity is not None:
+        from lsched.generators.adapters import assign_adapters
+
+        count, alpha = popularity
+        instance = assign_adapters(instance, count, alpha=alpha, seed=seed)
     from lsched.provenance import provenance
     from lsched.traces import write_trace  # pulls in pandas/pyarrow: load on use
 
@@ -159,6 +174,15 @@ def gen(
         print_json(record.attach(summary))
         return
     _print_summary(instance, summary)
+
+
+def _popularity(adapters: str | None) -> tuple[int, float] | None:
+    """``--adapters N[:alpha=A]`` as ``(N, A)``, or ``None`` without it."""
+    if adapters is None:
+        return None
+    from lsched.generators.adapters import parse_adapter_popularity
+
+    return parse_adapter_popularity(adapters)
 
 
 def _build(

@@ -36,6 +36,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
+from lsched.adapters import AdapterSpec
 from lsched.checks import check_choice, check_int, check_type
 from lsched.cluster import Cluster
 from lsched.errors import InputError
@@ -199,6 +200,9 @@ def check_inputs(instance: Instance, cluster: Cluster) -> None:
     _check_host(cut, cluster)
     if cluster.prefix_cached:
         _check_prefix_hashes(instance, cluster)
+    for pool in cluster.pools:
+        if pool.adapters is not None:  # every adapter named is known
+            pool.adapters.codes(instance.adapter, len(instance))
 
 
 def _check_prefix_hashes(instance: Instance, cluster: Cluster) -> None:
@@ -240,6 +244,7 @@ def simulate(
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
     prefix_cache: str | PrefixCacheSpec | None = None,
+    adapters: str | AdapterSpec | None = None,
 ) -> SimulationResult:
     """Replay ``instance`` on ``profile`` under ``policy``: one colocated pool
     (:meth:`lsched.cluster.Cluster.colocated`), see :func:`simulate_cluster`.
@@ -267,6 +272,12 @@ def simulate(
         A prefix cache on each replica (:mod:`lsched.evaluator.prefix`): a
         :class:`~lsched.prefix.spec.PrefixCacheSpec` or its text, e.g. ``"lru"``;
         ``None``: none. Such a run takes the Python engine.
+    adapters
+        The LoRA adapters each replica serves (:mod:`lsched.adapters`): an
+        :class:`~lsched.adapters.AdapterSpec` or its text, e.g.
+        ``"max_loras=2"``; ``None``: none (an ``adapter`` column is then
+        ignored). Such a run takes the Python engine, under a router that
+        reads no replica state.
 
     Raises
     ------
@@ -286,7 +297,7 @@ def simulate(
     if dispatch is None:
         dispatch = "round-robin" if assignment is None else "static"
     router = check_dispatch(dispatch, assignment is not None)
-    cluster = Cluster.colocated(profile, spec, replicas, router, prefix_cache)
+    cluster = Cluster.colocated(profile, spec, replicas, router, prefix_cache, adapters)
     return simulate_cluster(
         instance,
         cluster,

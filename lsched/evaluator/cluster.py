@@ -57,6 +57,7 @@ import numpy as np
 
 from lsched.cluster import Cluster
 from lsched.errors import InputError
+from lsched.evaluator.adapters import ReplicaAdapters
 from lsched.evaluator.compiled import kernel_for, load, run_replica
 from lsched.evaluator.engine import DONE, ReplicaEngine
 from lsched.evaluator.length import cluster_max_model_len, cut_to_length
@@ -280,6 +281,12 @@ class ClusterSim:
         self.paths = [
             "python: the router reads replica state" if self.joint else "python"
         ] * cluster.num_replicas
+        if self.joint and cluster.serves_adapters:
+            raise InputError(
+                "adapters are served under a router that reads no replica state "
+                "(round-robin, static); expected one of those",
+                field="router",
+            )
         if self.joint:
             self.engines: list[ReplicaEngine] = [
                 JointEngine(
@@ -302,8 +309,9 @@ class ClusterSim:
             ids = np.flatnonzero(self.where == c)
             pool = cluster.pool_of(c)
             self.paths[c] = _path(
-                pool.policy, engine, log, len(ids), pool.prefix_cache is not None
-            )
+                pool.policy, engine, log, len(ids), pool.prefix_cache is not None,
+                pool.adapters is not None,
+            )  # fmt: skip
             if self.paths[c] == "compiled":
                 replica: Any = CompiledEngine(
                     instance, ids, cluster.pool_of(c), on_finished
@@ -441,17 +449,24 @@ class ClusterSim:
 
 
 def _path(
-    spec: object, engine: str, log: bool, requests: int, prefix_cache: bool = False
+    spec: object,
+    engine: str,
+    log: bool,
+    requests: int,
+    prefix_cache: bool = False,
+    adapters: bool = False,
 ) -> str:
     """The path of a replica under ``spec`` serving ``requests`` (with a prefix
-    cache where ``prefix_cache``), with the reason where it is Python but
-    ``engine`` allowed the compiled one."""
+    cache where ``prefix_cache``, adapters where ``adapters``), with the reason
+    where it is Python but ``engine`` allowed the compiled one."""
     if engine == "python":
         return "python"
     if log:
         return "python: the iteration log was asked for"
     if prefix_cache:
         return "python: the prefix cache runs on the Python engine only"
+    if adapters:
+        return "python: adapters run on the Python engine only"
     if kernel_for(spec) is None:
         label = getattr(spec, "label", spec)
         return f"python: policy {label} has no compiled kernel"
@@ -525,9 +540,25 @@ def _replica_engine(
         priority=None if instance.priority is None else instance.priority[ids],
         tenant=None if instance.tenant is None else instance.tenant[ids],
         prefix=replica_prefix(instance, ids.tolist(), pool, len(ids), log),
+        adapters=replica_adapters(instance, ids, pool),
     )
     engine.ids = ids  # a stall names the request by its instance position
     return engine
+
+
+def replica_adapters(
+    instance: Instance, ids: np.ndarray, pool: Any
+) -> ReplicaAdapters | None:
+    """The adapters of a replica of ``pool`` serving requests ``ids`` (``None``
+    if the pool serves none): codes over the whole instance, so that a code
+    names the same adapter on every replica (:mod:`lsched.evaluator.adapters`)."""
+    spec = pool.adapters
+    if spec is None:
+        return None
+    codes, names = spec.codes(instance.adapter, len(instance))
+    h2d = pool.profile.host.h2d_bytes_per_s
+    load_s = [spec.size_of(name) / h2d for name in names]
+    return ReplicaAdapters(codes[ids], load_s, spec.num_slots, spec.max_loras, names)
 
 
 def request_hashes(instance: Instance, i: int) -> list[int]:

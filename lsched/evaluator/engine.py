@@ -79,6 +79,19 @@ blocks when it is preempted or completes. Policies see unreferenced cached
 blocks as free KV. With a host tier (rule 5) an admission's blocks copied from
 the host lengthen its iteration by the copy's seconds, before the forward pass,
 as a blocking swap does.
+
+Adapters
+--------
+A replica of a pool that serves LoRA adapters (:mod:`lsched.adapters`) has a
+:class:`~lsched.evaluator.adapters.ReplicaAdapters`
+(:attr:`ReplicaEngine.adapters`), whose module docstring states the rules:
+after a batch's admissions its running requests use at most ``max_loras``
+distinct adapters, the members' adapters are loaded before the iteration
+(lengthening it by the loads' seconds, as a blocking swap does), and the
+iteration time adds the profile's adapter columns (:mod:`lsched.profile.cost`).
+Such a replica runs every batch one iteration at a time (a held batch too: the
+policy is called again at the next boundary) and never holds the running
+requests itself; without adapters nothing of this runs.
 """
 
 from __future__ import annotations
@@ -94,6 +107,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lsched.evaluator.adapters import ReplicaAdapters
 from lsched.evaluator.prefix import ReplicaPrefix
 from lsched.evaluator.stretch import DecodeStretch, decode_rows
 from lsched.kv import KVHeld, KVLedger
@@ -210,6 +224,8 @@ class ReplicaEngine:
         Priorities and tenants shown to the policy, or ``None``.
     prefix
         The replica's prefix cache, or ``None`` (module docstring).
+    adapters
+        The replica's adapters, or ``None`` (module docstring).
 
     Notes
     -----
@@ -244,6 +260,7 @@ class ReplicaEngine:
         priority: np.ndarray | None = None,
         tenant: np.ndarray | None = None,
         prefix: ReplicaPrefix | None = None,
+        adapters: ReplicaAdapters | None = None,
     ) -> None:
         m = len(arrival_s)
         self.m = m
@@ -253,12 +270,15 @@ class ReplicaEngine:
         self._init_cost_model(profile)
         self.policy = policy
         self.limits = ReplicaLimits.from_profile(profile)
+        self.adapters = adapters
+        if adapters is not None:
+            self.limits = dataclasses.replace(self.limits, max_loras=adapters.max_loras)
         # the limits as plain ints, read at every event
         self._capacity = int(profile.kv_capacity_blocks)
         self._max_seqs = int(profile.max_num_seqs)
         self._max_tokens = int(profile.max_num_batched_tokens)
         # the policy's standing decision when nothing waits (policies.base)
-        self._idle_rule = holds_running_when_idle(policy)
+        self._idle_rule = holds_running_when_idle(policy) and adapters is None
         self._init_request_state(m)
         self.log = ReplicaLog() if log else None
         self.on_finished = on_finished
@@ -359,6 +379,9 @@ class ReplicaEngine:
         )
         # the limits shown while blocks are pinned: (pinned blocks, limits)
         self._pinned_limits: tuple[int, ReplicaLimits] = (0, self.limits)
+        self._adapter_view = (
+            None if self.adapters is None else _read_only(self.adapters.codes)
+        )
         # the running array of the last view, while the running set is unchanged:
         # a batch whose decode list *is* this array decodes every running request
         self._shown: np.ndarray | None = None
@@ -403,7 +426,10 @@ class ReplicaEngine:
             if self.prefix is not None:
                 batch, grow = self._prefix_admit(batch, grow)
             self._admit(batch.prefill)
-            if batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
+            if self.adapters is not None:
+                self._load_adapters(batch)
+                self._iteration(batch, grow)
+            elif batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
                 self._decode_stretch(batch)
             else:
                 self._iteration(batch, grow)
@@ -425,6 +451,8 @@ class ReplicaEngine:
         state["policy"] = snapshot_policy(self.policy)
         if self.prefix is not None:
             state["prefix"] = self.prefix.snapshot()
+        if self.adapters is not None:
+            state["adapters"] = self.adapters.snapshot()
         if self.log is not None:
             state["log"] = tuple(len(part) for part in vars(self.log).values())
         return state
@@ -444,6 +472,8 @@ class ReplicaEngine:
         restore_policy(self.policy, state["policy"])
         if self.prefix is not None:
             self.prefix.restore(state["prefix"])
+        if self.adapters is not None:
+            self.adapters.restore(state["adapters"])
         if self.log is not None:
             for part, length in zip(vars(self.log).values(), state["log"], strict=True):
                 del part[length:]
@@ -527,6 +557,7 @@ class ReplicaEngine:
             host_capacity_blocks=self.host.capacity_blocks,
             host_used_blocks=self.host.used_blocks,
             **self._prefix_view(),
+            adapter=None if self.adapters is None else self._adapter_view,
         )
 
     def _prefix_view(self) -> dict[str, Any]:
@@ -970,6 +1001,32 @@ class ReplicaEngine:
         if over > 0:
             prefix.evict(over, len(self.log.runs) - 1 if self.log is not None else -1)
 
+    # -- adapters -----------------------------------------------------------------
+
+    def _load_adapters(self, batch: Batch) -> None:
+        """Rules 1 to 3 of :mod:`lsched.evaluator.adapters` for an admitted
+        batch: its loads lengthen the iteration, as a blocking swap does."""
+        adapters = self.adapters
+        assert adapters is not None
+        adapters.check_running(self.running)
+        members = batch.prefill.tolist() + batch.decode.tolist()
+        run = len(self.log.runs) if self.log is not None else -1
+        self._copy_s += adapters.prepare(members, self.running, self.now_s, run)
+        if adapters.switch(batch.merged, members, run):
+            self._copy_s += self.time.merge_switch_s
+
+    def _adapter_seconds(self, batch: Batch) -> float:
+        """The adapter columns' time of a batch (:mod:`lsched.profile.cost`;
+        none for a merged batch)."""
+        adapters = self.adapters
+        assert adapters is not None
+        if batch.merged:
+            return 0.0
+        a, lora = adapters.batch_features(
+            batch.prefill.tolist(), batch.prefill_tokens.tolist(), batch.decode
+        )
+        return self.time.adapter_s * a + self.time.lora_token_s * lora
+
     # -- running iterations -------------------------------------------------------
 
     def _regime(self, phi: tuple[float, ...]) -> int:
@@ -1020,6 +1077,8 @@ class ReplicaEngine:
             1.0 if n_p else 0.0,
         )
         dt = self._seconds(phi)
+        if self.adapters is not None:
+            dt += self._adapter_seconds(batch)
         if not dt > 0:
             raise PolicyError(f"iteration time {dt} s is not positive for {phi}")
         if self._stall_s:  # blocking swaps run before the forward pass

@@ -27,8 +27,10 @@ from lsched.evaluator.cluster import REJECTED, ClusterRun
 from lsched.evaluator.engine import ReplicaEngine
 from lsched.evaluator.gaps import log_tbt
 from lsched.evaluator.result import (
+    ADAPTER_LOAD_COLUMNS,
     EVICTION_COLUMNS,
     MEMBER_COLUMNS,
+    MERGED_RUN_COLUMNS,
     PREFIX_METRICS,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
@@ -39,6 +41,7 @@ from lsched.evaluator.result import (
 from lsched.instance import Instance
 from lsched.metrics import (
     SLO_ATTAINMENT_KEYS,
+    adapter_latency,
     migration_metrics,
     schedule_metrics,
     tbt_metrics,
@@ -111,7 +114,9 @@ def collect(
     mean_capacity = capacity / replicas
     if capacity % replicas == 0:
         mean_capacity = capacity // replicas
-    tables = _log_tables(frames, cluster.prefix_cached) if log else {}
+    lora = cluster.serves_adapters
+    tables = _log_tables(frames, cluster.prefix_cached, lora) if log else {}
+    lora = {"adapter": _adapter_names(instance)} if cluster.serves_adapters else {}
     if log:  # every token's time is in the log: Mooncake's TBT
         columns["tbt_s"] = log_tbt(instance, cluster, tables["runs"], tables["members"])
     total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
@@ -132,8 +137,8 @@ def collect(
         profile=pools,
         replicas=replicas,
         requests=pd.DataFrame(
-            columns | stages | swaps | cached,
-            columns=[*REQUEST_COLUMNS, *_tbt(columns), *stages, *swaps, *cached],
+            columns | stages | swaps | cached | lora,
+            columns=[*REQUEST_COLUMNS, *_tbt(columns), *stages, *swaps, *cached, *lora],
         ),
         metrics=total,
         iterations=sum(e.iterations for e in engines),
@@ -143,6 +148,7 @@ def collect(
         pool_metrics=_pool_metrics(instance, columns, run, cluster, total),
         engine=path,
         migrations=run.migrations,
+        adapter_metrics=_adapter_frame(instance, columns, cluster),
     )
 
 
@@ -153,6 +159,8 @@ _LOG_TABLES: dict[str, tuple[str, ...]] = {
     "preemptions": ("run", "request"),
     "swaps": SWAP_COLUMNS,
     "evictions": EVICTION_COLUMNS,
+    "adapter_loads": ADAPTER_LOAD_COLUMNS,
+    "merged_runs": MERGED_RUN_COLUMNS,
 }
 
 
@@ -177,20 +185,52 @@ def _log_frames(
         ),
         "swaps": _swaps_frame(engine.log.swaps, ids, offset),
         "evictions": _evictions_frame(engine, offset),
+        "adapter_loads": _adapter_loads_frame(engine, offset),
+        "merged_runs": _merged_runs_frame(engine, offset),
     }
 
 
+def _merged_runs_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:
+    """A replica's merged runs and their adapters, runs numbered from
+    ``offset`` (none without adapters)."""
+    adapters = getattr(engine, "adapters", None)
+    merged = [] if adapters is None else adapters.merged
+    names = [] if adapters is None else adapters.names
+    return pd.DataFrame(
+        [(run + offset, names[c]) for run, c in merged],
+        columns=list(MERGED_RUN_COLUMNS),
+    )
+
+
+def _adapter_loads_frame(engine: ReplicaEngine, offset: int) -> pd.DataFrame:
+    """A replica's adapter loads, runs numbered from ``offset`` (none without
+    adapters)."""
+    adapters = getattr(engine, "adapters", None)
+    loads = [] if adapters is None else adapters.loads
+    names = [] if adapters is None else adapters.names
+    return pd.DataFrame(
+        [
+            (run + offset, names[c], start, end, names[e] if e >= 0 else "")
+            for run, c, start, end, e in loads
+        ],
+        columns=list(ADAPTER_LOAD_COLUMNS),
+    )
+
+
 def _log_tables(
-    frames: dict[str, list[pd.DataFrame]], cached: bool
+    frames: dict[str, list[pd.DataFrame]], cached: bool, lora: bool = False
 ) -> dict[str, pd.DataFrame | None]:
     """Every replica's log tables put together (``evictions`` only where a
-    replica has a prefix cache: ``cached``)."""
+    replica has a prefix cache: ``cached``; ``adapter_loads`` only where one
+    serves adapters: ``lora``)."""
     tables: dict[str, pd.DataFrame | None] = {
         name: _concat(frames[name], columns, index="run" if name == "runs" else None)
         for name, columns in _LOG_TABLES.items()
     }
     if not cached:
         tables["evictions"] = None
+    if not lora:
+        tables["adapter_loads"] = tables["merged_runs"] = None
     return tables
 
 
@@ -229,6 +269,41 @@ def _prefix_columns(n: int, run: ClusterRun, cached: bool) -> dict[str, np.ndarr
         if getattr(engine, "prefix", None) is not None:
             tokens[ids] += engine.prefix.cached[: len(ids)]
     return {"cached_tokens": tokens}
+
+
+def _adapter_names(instance: Instance) -> np.ndarray:
+    """Per request its adapter's name (``""``: the base model)."""
+    if instance.adapter is None:
+        return np.full(len(instance), "", dtype=object)
+    return instance.adapter.astype(object)
+
+
+def _adapter_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
+    """Adapter loads and their seconds over ``engines`` that serve adapters
+    (none if no engine does; :mod:`lsched.evaluator.adapters`)."""
+    served = [a for e in engines if (a := getattr(e, "adapters", None)) is not None]
+    if not served:
+        return {}
+    return {
+        "adapter_loads": float(sum(len(a.loads) for a in served)),
+        "adapter_load_s": sum(a.loaded_s for a in served),
+        "adapter_switches": float(sum(a.switches for a in served)),
+    }
+
+
+def _adapter_frame(
+    instance: Instance, columns: dict[str, np.ndarray], cluster: Cluster
+) -> pd.DataFrame | None:
+    """Per adapter, the served requests' mean TTFT and E2E
+    (:func:`lsched.metrics.adapter_latency`), where some pool serves adapters."""
+    if not cluster.serves_adapters:
+        return None
+    per = adapter_latency(
+        _adapter_names(instance),
+        columns["first_token_s"] - instance.arrival_s,
+        columns["completion_s"] - instance.arrival_s,
+    )
+    return pd.DataFrame.from_dict(per, orient="index").rename_axis("adapter")
 
 
 def _prefix_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
@@ -325,6 +400,7 @@ def _metrics(
         recomputed_tokens=int(columns["recomputed_tokens"][ids].sum()),
     )
     metrics |= _prefix_metrics(engines)
+    metrics |= _adapter_metrics(engines)
     if "tbt_s" in columns:  # over every request: a rejection is a miss
         ttft = columns["first_token_s"][rows] - instance.arrival_s[rows]
         metrics |= tbt_metrics(ttft, columns["tbt_s"][rows])

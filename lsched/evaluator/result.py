@@ -86,6 +86,18 @@ of every stage it copied, aborted moves included) and ``migration_downtime_s``
 ``migrations``: one row per copy stage (request, source, target, stage, start_s,
 end_s, blocks, bytes, last, outcome: ``migrated`` or ``aborted`` on a move's
 last row, else empty). A moved request's ``replica`` is the one it arrived at.
+
+A run on a cluster that serves LoRA adapters (:mod:`lsched.adapters`) adds per
+request ``adapter`` (its name, ``""`` for the base model), the metrics
+``adapter_loads`` and ``adapter_load_s`` (total, per replica and pool) and the
+table ``adapter_metrics``: per adapter its served requests and their mean TTFT
+and E2E (:func:`lsched.metrics.adapter_latency`); with the log, the table
+``adapter_loads`` (run, adapter, start_s, end_s, evicted): each adapter copied
+into a slot of the replica of run ``run`` before it (lengthening it), the
+copy's times, and the adapter it evicted (``""``: a free slot); and the table
+``merged_runs`` (run, adapter): the runs that ran merged (dLoRA), with their
+adapter. The metric ``adapter_switches`` counts the switches between merged and
+unmerged execution (:mod:`lsched.evaluator.adapters`, rule 4).
 """
 
 from __future__ import annotations
@@ -122,6 +134,16 @@ SWAP_METRICS: tuple[str, ...] = (
 PREFIX_METRICS: tuple[str, ...] = ("prefix_hit_ratio", "prefill_tokens_saved")
 #: The metrics a prefix cache with a host tier adds (module docstring).
 HOST_PREFIX_METRICS: tuple[str, ...] = ("host_hit_tokens", "host_copy_s")
+#: The log's adapter loads of a run that serves adapters (module docstring).
+ADAPTER_LOAD_COLUMNS: tuple[str, ...] = (
+    "run",
+    "adapter",
+    "start_s",
+    "end_s",
+    "evicted",
+)
+#: The log's merged runs of a run that serves adapters (module docstring).
+MERGED_RUN_COLUMNS: tuple[str, ...] = ("run", "adapter")
 #: The log's evictions of a run with a prefix cache.
 EVICTION_COLUMNS: tuple[str, ...] = ("run", "blocks")
 SWAP_COLUMNS: tuple[str, ...] = (
@@ -177,6 +199,9 @@ class SimulationResult:
     evictions
         The log's evictions, when it was asked for and a replica has a prefix
         cache.
+    adapter_loads, merged_runs
+        The log's adapter loads and merged runs, when it was asked for and a
+        replica serves adapters.
     replica_metrics, pool_metrics
         The metrics per replica (index ``replica``, with its ``pool``) and per
         pool (index ``pool``, with its ``profile``, ``policy``, ``replicas``).
@@ -188,6 +213,9 @@ class SimulationResult:
         not counted in ``runtime_s``.
     migrations
         A run with live migration: one row per copy stage (module docstring).
+    adapter_metrics
+        Per adapter (index ``adapter``), its served requests and their mean
+        TTFT and E2E, on a cluster that serves adapters; else ``None``.
     """
 
     policy: str
@@ -202,11 +230,14 @@ class SimulationResult:
     preemptions: pd.DataFrame | None = field(default=None)
     swaps: pd.DataFrame | None = field(default=None)
     evictions: pd.DataFrame | None = field(default=None)
+    adapter_loads: pd.DataFrame | None = field(default=None)
+    merged_runs: pd.DataFrame | None = field(default=None)
     replica_metrics: pd.DataFrame | None = field(default=None)
     pool_metrics: pd.DataFrame | None = field(default=None)
     engine: str = "python"
     compile_s: float = 0.0
     migrations: pd.DataFrame | None = field(default=None)
+    adapter_metrics: pd.DataFrame | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary the CLI prints per policy."""
@@ -221,7 +252,11 @@ class SimulationResult:
             "compile_s": self.compile_s,
             "pools": _records(self.pool_metrics),
             "per_replica": _records(self.replica_metrics),
-        }
+        } | (
+            {}
+            if self.adapter_metrics is None
+            else {"adapters": _records(self.adapter_metrics)}
+        )
 
     @property
     def metrics_frame(self) -> pd.DataFrame:
@@ -301,6 +336,8 @@ class SimulationResult:
                 "preemptions": self.preemptions,
                 "swaps": self.swaps,
                 "evictions": self.evictions,
+                "adapter_loads": self.adapter_loads,
+                "merged_runs": self.merged_runs,
             }
         for name, table in tables.items():
             if table is not None:

@@ -21,6 +21,7 @@ from lsched.policies.base import (
     ReplicaLimits,
     ReplicaView,
 )
+from lsched.policies.dlora import Dlora, DloraParams
 from lsched.policies.fastserve import FastServe, FastServeParams
 from lsched.policies.fcfs import Fcfs, FcfsParams
 from lsched.policies.hybrid import Hybrid, HybridParams
@@ -133,6 +134,12 @@ REGISTRY.register(
     Hybrid,
     HybridParams,
     "offline sort + Lagrangian prefill insertion (Pang et al. 2025)",
+)
+REGISTRY.register(
+    "dlora",
+    Dlora,
+    DloraParams,
+    "dLoRA: merged or unmerged LoRA batches, AIMD threshold (Wu et al. 2024)",
 )
 REGISTRY.register(
     "hybrid-lr",

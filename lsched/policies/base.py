@@ -136,6 +136,9 @@ class ReplicaLimits:
     ``kv`` is the replica's block arithmetic (:class:`lsched.kv.KVBlocks`), the one
     place that turns tokens into blocks; ``kv_capacity_blocks`` and ``block_tokens``
     are the data it is built from. A policy reads it as ``view.kv``.
+    ``max_loras``: on a replica that serves LoRA adapters, the most distinct
+    adapters its running requests may use (:mod:`lsched.adapters`); ``None``
+    elsewhere.
     """
 
     kv_capacity_blocks: int
@@ -143,6 +146,7 @@ class ReplicaLimits:
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int | None = None
+    max_loras: int | None = None
     kv: KVBlocks = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -249,6 +253,10 @@ class ReplicaView:
         host tier, on the host), and the tokens of a hash block ``B``; ``None``
         and 0 without a cache. Read it with
         :meth:`cached_prefix_blocks`.
+    adapter
+        On a replica that serves adapters, per request its adapter's code
+        (``-1``: the base model), else ``None``; admit through
+        :class:`LoraGate`.
     """
 
     now_s: float
@@ -272,6 +280,7 @@ class ReplicaView:
     host_used_blocks: int = 0
     cached_prefix: Callable[[int], int] | None = None
     prefix_block_tokens: int = 0
+    adapter: IntArray | None = None
 
     def cached_prefix_blocks(self, r: int) -> int:
         """Request ``r``'s leading hash blocks resident in the replica's prefix
@@ -330,6 +339,11 @@ class Batch:
         Ask to be called again at the first boundary at or after this time, even
         if no event happens (for policies that wait on a clock). With an empty
         batch, the replica idles until this time or the next arrival.
+    merged
+        On a replica that serves adapters: every member uses one adapter, run
+        merged into the base weights (dLoRA), at the base model's cost; a change
+        between merged and unmerged execution, or of the merged adapter, costs
+        the profile's ``merge_switch_s`` (:mod:`lsched.evaluator.adapters`).
     """
 
     prefill: IntArray = field(default_factory=lambda: _EMPTY)
@@ -341,6 +355,7 @@ class Batch:
     hold_context_tokens: int | None = None
     swap_out: IntArray = field(default_factory=lambda: _EMPTY)
     swap_in: IntArray = field(default_factory=lambda: _EMPTY)
+    merged: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -350,6 +365,47 @@ class Batch:
     def moves_kv(self) -> bool:
         """Whether the batch preempts or swaps (it then cannot be held)."""
         return len(self.preempt) + len(self.swap_out) + len(self.swap_in) > 0
+
+
+class LoraGate:
+    """vLLM V0's ``max_loras`` rule at admission (``vllm/core/scheduler.py``,
+    ``_schedule_prefills``: a waiting request whose adapter is not among the
+    running batch's adapters ``curr_loras``, which already number
+    ``max_loras``, is skipped and stays waiting; later requests may still be
+    admitted). Build it with :meth:`of` (``None`` on a replica without
+    adapters), ask :meth:`allows` before an admission and call :meth:`add`
+    after it.
+    """
+
+    def __init__(self, codes: IntArray, running: IntArray, max_loras: int) -> None:
+        self.codes = codes
+        self.max_loras = max_loras
+        self.used = {c for c in codes[running].tolist() if c >= 0}
+
+    @classmethod
+    def of(cls, view: ReplicaView) -> LoraGate | None:
+        """The gate of ``view``'s running requests, or ``None`` without adapters."""
+        if view.adapter is None or view.limits.max_loras is None:
+            return None
+        return cls(view.adapter, view.running, view.limits.max_loras)
+
+    def allows(self, r: int) -> bool:
+        """Whether admitting request ``r`` keeps the adapters within ``max_loras``."""
+        c = int(self.codes[r])
+        return c < 0 or c in self.used or len(self.used) < self.max_loras
+
+    def add(self, r: int) -> None:
+        """Request ``r`` was admitted."""
+        c = int(self.codes[r])
+        if c >= 0:
+            self.used.add(c)
+
+
+def gated(view: ReplicaView, gate: LoraGate | None, room: int) -> list[int]:
+    """The waiting requests an admission loop walks: the first ``room`` without
+    adapters (only they can be reached), all of them with a gate (skipped ones
+    make room for later ones)."""
+    return view.waiting[:room].tolist() if gate is None else view.waiting.tolist()
 
 
 def decode_all(

@@ -37,7 +37,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lsched.policies.base import Batch, ReplicaView, decode_all, running_state
+from lsched.policies.base import (
+    Batch,
+    LoraGate,
+    ReplicaView,
+    decode_all,
+    gated,
+    running_state,
+)
 
 
 @dataclass(frozen=True)
@@ -196,14 +203,19 @@ class Fcfs:
         kv = view.kv
         capacity = kv.capacity_blocks
         chunked = self.params.chunked
-        for w in view.waiting[:room].tolist():
-            if budget == 0:
+        gate = LoraGate.of(view)
+        for w in gated(view, gate, room):
+            if budget == 0 or len(admitted) >= room:
                 break
+            if gate is not None and not gate.allows(w):
+                continue
             want = int(prompt[w] + emitted[w])
             c = min(want, budget) if chunked else want
             grow = kv.blocks(c)
             if c > budget or used + grow > capacity:
                 break
+            if gate is not None:
+                gate.add(w)
             admitted.append(w)
             chunks.append(c)
             used += grow

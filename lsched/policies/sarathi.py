@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 from lsched.checks import check_int
 from lsched.errors import InputError
-from lsched.policies.base import Batch, ReplicaView, decode_all
+from lsched.policies.base import Batch, LoraGate, ReplicaView, decode_all
 from lsched.policies.vllm import plan_batch, running_pass, watermark_blocks
 
 
@@ -149,15 +149,20 @@ class Sarathi:
         kv = view.kv
         admitted: list[int] = []
         chunks: list[int] = []
+        gate = LoraGate.of(view)
         for w in view.waiting.tolist():
             if seqs >= limits.max_num_seqs or budget <= 0:
                 break
+            if gate is not None and not gate.allows(w):
+                continue
             whole = int(view.prompt_tokens[w] + view.emitted_tokens[w])
             need = kv.blocks(whole)
             spare = watermark_blocks(kv, self.params.watermark, need)
             if kv.capacity_blocks - used - need < spare:
                 break
             c = min(whole, budget)
+            if gate is not None:
+                gate.add(w)
             admitted.append(w)
             chunks.append(c)
             used += need

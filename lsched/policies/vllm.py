@@ -57,7 +57,14 @@ import numpy as np
 from lsched.checks import check_int, check_optional_int
 from lsched.errors import InputError
 from lsched.kv import KVBlocks
-from lsched.policies.base import Batch, ReplicaView, decode_all, running_state
+from lsched.policies.base import (
+    Batch,
+    LoraGate,
+    ReplicaView,
+    decode_all,
+    gated,
+    running_state,
+)
 
 # -- helpers shared by the engine policies ---------------------------------------
 
@@ -347,8 +354,9 @@ class Vllm:
         room = min(limits.max_num_seqs - seqs, budget)
         if room <= 0 or len(view.waiting) == 0:
             return admitted, chunks
+        gate = LoraGate.of(view)
         if priority is None:
-            waiting = view.waiting[:room].tolist()
+            waiting = gated(view, gate, room)
         else:
             waiting = view.waiting.tolist()
             waiting.sort(key=lambda w: (int(priority[w]), float(view.arrival_s[w]), w))
@@ -358,10 +366,14 @@ class Vllm:
         for w in waiting:
             if seqs >= limits.max_num_seqs or budget <= 0:
                 break
+            if gate is not None and not gate.allows(w):
+                continue
             c = self._chunk(int(prompt[w] + emitted[w]), budget)
             grow = kv.blocks(c)
             if used + grow > capacity:
                 break
+            if gate is not None:
+                gate.add(w)
             admitted.append(w)
             chunks.append(c)
             used += grow

@@ -27,12 +27,28 @@ An :class:`IterationTime` maps phi to seconds:
                                     decode steps held *before* their own token), or
                     P + D          ("batched": tokens the forward pass processes)
     t(phi)        = base(phi) + overhead_s + overhead_per_token_s * tokens(phi)
+                    + adapter_s * A + lora_token_s * L
 
 Inside a regime the time is a convex max of affine pieces (a roofline, or one
 linear model); a threshold regime models fits that change constants at a batch
 size, and the overhead models a simulator's fixed per-iteration cost. The overhead
 is affine in phi, so :attr:`IterationTime.effective_regimes` folds it into every
 piece for formulations that want pure max-affine pieces.
+
+Adapter columns (DESIGN.md, "Cost features"; :mod:`lsched.adapters`): a batch
+with LoRA adapters also has ``A``, its distinct adapters, and ``L``, its LoRA
+tokens (prefill chunk tokens and decode steps of requests with an adapter).
+Their weights ``adapter_s`` and ``lora_token_s`` default to 0, so a profile
+without them is unchanged; they are the same in every piece and regime, and
+``max_p (w_p . phi) + u . (A, L) = max_p (w_p . phi + u . (A, L))``: the time
+stays a convex piecewise-affine function of ``(phi, A, L)`` in each regime.
+The engine adds them only on a replica that serves adapters
+(:mod:`lsched.evaluator.adapters`); elsewhere ``A = L = 0``. A *merged* batch
+(dLoRA: one adapter folded into the base weights, :class:`lsched.policies.Batch`)
+runs at the base model's speed: ``A = L = 0``. ``merge_switch_s`` (default 0)
+is charged once to the first iteration after the replica changes between
+unmerged execution and merging an adapter, or between merged adapters (dLoRA's
+``switch_cost``): a constant per switch, outside phi.
 """
 
 from __future__ import annotations
@@ -209,6 +225,12 @@ class IterationTime:
     overhead_tokens
         Which tokens count for the per-token overhead: ``"context"`` (P + K - D)
         or ``"batched"`` (P + D); see :data:`OVERHEAD_TOKENS`.
+    adapter_s, lora_token_s
+        Seconds per distinct adapter and per LoRA token of a batch (>= 0; the
+        adapter columns of the module docstring).
+    merge_switch_s
+        Seconds a switch between unmerged and merged execution takes (>= 0;
+        module docstring).
 
     Raises
     ------
@@ -224,6 +246,9 @@ class IterationTime:
     overhead_s: float = 0.0
     overhead_per_token_s: float = 0.0
     overhead_tokens: str = "context"
+    adapter_s: float = 0.0
+    lora_token_s: float = 0.0
+    merge_switch_s: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -285,7 +310,10 @@ class IterationTime:
                 "several regimes need a switch_feature to choose between them",
                 field="iteration_time.switch_feature",
             )
-        for name in ("overhead_s", "overhead_per_token_s"):
+        for name in (
+            "overhead_s", "overhead_per_token_s", "adapter_s", "lora_token_s",
+            "merge_switch_s",
+        ):  # fmt: skip
             value = check_number(getattr(self, name), f"iteration_time.{name}")
             if value < 0:
                 raise InputError(
@@ -423,7 +451,18 @@ class IterationTime:
                 [dict(zip(FEATURES, piece.tolist(), strict=True)) for piece in w]
                 for w in self.regimes
             ],
-        }
+        } | self.adapter_weights
+
+    @property
+    def adapter_weights(self) -> dict[str, float]:
+        """The nonzero adapter costs (the adapter columns' weights and the merge
+        switch), by name (none: ``{}``)."""
+        pairs = (
+            ("adapter_s", self.adapter_s),
+            ("lora_token_s", self.lora_token_s),
+            ("merge_switch_s", self.merge_switch_s),
+        )
+        return {k: v for k, v in pairs if v}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IterationTime):
@@ -438,6 +477,7 @@ class IterationTime:
             == (other.switch_feature, other.thresholds, other.overhead_tokens)
             and (self.overhead_s, self.overhead_per_token_s)
             == (other.overhead_s, other.overhead_per_token_s)
+            and self.adapter_weights == other.adapter_weights
         )
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays

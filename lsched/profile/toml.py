@@ -91,6 +91,9 @@ _IT_KEYS = {
     "overhead_s",
     "overhead_per_token_s",
     "overhead_tokens",
+    "adapter_s",
+    "lora_token_s",
+    "merge_switch_s",
     "pieces",
     "regimes",
 }
@@ -208,6 +211,9 @@ def _iteration_time_from_dict(table: Mapping[str, Any]) -> IterationTime:
             table, "overhead_per_token_s", float, prefix, default=0.0
         ),
         overhead_tokens=_get(table, "overhead_tokens", str, prefix, default="context"),
+        adapter_s=_get(table, "adapter_s", float, prefix, default=0.0),
+        lora_token_s=_get(table, "lora_token_s", float, prefix, default=0.0),
+        merge_switch_s=_get(table, "merge_switch_s", float, prefix, default=0.0),
     )
 
 
@@ -415,6 +421,8 @@ def iteration_time_toml(it: IterationTime) -> str:
     out.append(f"overhead_s = {_toml_value(it.overhead_s)}\n")
     out.append(f"overhead_per_token_s = {_toml_value(it.overhead_per_token_s)}\n")
     out.append(f"overhead_tokens = {_toml_value(it.overhead_tokens)}\n")
+    for key, value in it.adapter_weights.items():  # written only where nonzero
+        out.append(f"{key} = {_toml_value(value)}\n")
     if it.num_regimes == 1:
         out.append(_pieces_toml(it.regimes[0]))
     else:

@@ -18,8 +18,9 @@ CSV layout (UTF-8, ``\\n`` line ends)::
   read down a text path where the checks locate it.
 * Optional columns appear in :data:`lsched.instance.OPTIONAL_COLUMNS` order and
   only when the instance has them. Header names and string fields (``tenant``,
-  ``prefix_hashes``) are always double-quoted, numbers never, so commas, quotes
-  and line breaks in a tenant survive and an empty tenant reads back as ``""``.
+  ``adapter``, ``prefix_hashes``) are always double-quoted, numbers never, so
+  commas, quotes and line breaks in a tenant survive and an empty tenant reads
+  back as ``""``.
 * ``prefix_hashes`` holds each request's block hashes separated by single spaces
   (an empty field: no hashes).
 * The ``# lsched`` line is optional on reading: a plain CSV whose header has
@@ -74,6 +75,7 @@ HASH_COLUMN = "prefix_hashes"
 NATIVE_COLUMNS = (*REQUIRED, *OPTIONAL_COLUMNS, HASH_COLUMN)
 _INT_COLUMNS = ("prompt_tokens", "output_tokens", "predicted_output_tokens", "priority")
 _FLOAT_COLUMNS = ("arrival_s", "ttft_deadline_s", "tpot_deadline_s")
+_STRING_COLUMNS = ("tenant", "adapter")
 #: pandas < 3 parses floats with a fast, not always correctly rounded, routine
 #: unless asked; pandas 3 rounds correctly by default and deprecates the option.
 _ROUND_TRIP: dict[str, Any] = (
@@ -176,7 +178,7 @@ def _typed_columns(raw: dict[str, Any], rows: RowLocator) -> dict[str, np.ndarra
             columns[name] = float_column(values, name, rows)
         elif name in _INT_COLUMNS:
             columns[name] = integer_column(values, name, rows)
-        elif name == "tenant":
+        elif name in _STRING_COLUMNS:
             columns[name] = string_column(values, name, rows)
     return columns
 
@@ -261,7 +263,7 @@ def read_csv(
     if first.startswith(CSV_MAGIC):
         metadata = _parse_metadata(first[len(CSV_MAGIC) :], file, 1)
         header_line = 2
-    strings = {"tenant": str, HASH_COLUMN: str}
+    strings = {**dict.fromkeys(_STRING_COLUMNS, str), HASH_COLUMN: str}
     exact = {
         **strings,
         **dict.fromkeys(_FLOAT_COLUMNS, "float64"),

@@ -137,6 +137,17 @@ rule                        what is checked
                             evictable blocks count in ``kv-capacity``; with a
                             host tier, blocks copied from the host were
                             resident in its cache (see "Prefix cache")
+``max-loras``               (adapters) a run's members use at most ``max_loras``
+                            distinct adapters (:mod:`lsched.validator.adapters`)
+``adapter-resident``        (adapters) a member's adapter is resident during its
+                            run; a load brings a non-resident adapter into a free
+                            slot or evicts a resident one no member uses
+``adapter-load``            (adapters) a run's loads go back to back from its
+                            start, each ``size / h2d_bytes_per_s``; they and the
+                            adapter columns lengthen the run (``run-duration``)
+``adapter-memory``          (adapters) at most ``slots`` adapters resident
+``merged-batch``            (adapters) a merged run's members all use its adapter;
+                            a change of mode costs ``merge_switch_s``
 ==========================  ==========================================================
 
 A cluster (:func:`validate_cluster`) is checked pool by pool: each pool's runs,

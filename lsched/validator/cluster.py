@@ -82,6 +82,7 @@ def validate_cluster(
                 replicas=pool.replicas, requests=claimed, metrics=pool_metrics,
                 rtol=rtol, swaps=pool_swaps, swap_mode=pools._swap_mode(pool),
                 swap_totals=False, prefix=pools._pool_evictions(result, pool, runs),
+                adapters=pools._pool_adapter_loads(result, pool, runs),
             )  # fmt: skip
             pools._add_pool_violations(out, pool, ids, report)
             first[ids] = report.first_token_s

@@ -13,6 +13,7 @@ import pandas as pd
 
 from lsched.instance import Instance
 from lsched.profile import DeploymentProfile
+from lsched.validator.adapters import _AdapterCheck, _check_adapters
 from lsched.validator.checks import (
     _check_durations,
     _check_features,
@@ -145,14 +146,16 @@ def _validate_log(
     swap_totals: bool = True,
     too_long: npt.NDArray[np.bool_] | None = None,
     prefix: tuple[Any, pd.DataFrame | None] = (None, None),
+    adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None] = (None, None, None),
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
     KV included). ``swap_totals``: compare the swap metrics with ``metrics``
     (a cluster compares its totals itself). ``instance`` has the outputs a
     served request emits (:func:`_fit`); ``too_long``: the requests that must
-    not run (prompt over ``max_model_len``), left out of the metrics;
-    ``prefix``: the prefix cache and the evictions table, if any."""
+    not run (prompt over ``max_model_len``), left out of the metrics; ``prefix``
+    and ``adapters``: the prefix cache and its evictions, the adapter spec and
+    its loads (``None`` and tables or ``None``)."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
@@ -168,8 +171,8 @@ def _validate_log(
     _check_order(log, replicas, out)
     _check_shape(log, out)
     carried = None if stages is None else stages.carried
-    spec, evictions = prefix
-    replay = _replay(instance, log, out, carried, sw, async_swaps, spec is not None)
+    cached = prefix[0] is not None  # the prefix cache's spec
+    replay = _replay(instance, log, out, carried, sw, async_swaps, cached)
     features = _run_features(log, replay)
     _check_features(log, features, out)
     _check_limits(profile, log, features, out)
@@ -180,10 +183,8 @@ def _validate_log(
     if sw is not None:
         stall, swap_kv, swap_metrics = _check_swaps(profile, log, sw, replay,
                                                     async_swaps, rtol, out)  # fmt: skip
-    cache = None
-    if spec is not None:  # a colocated or a prefill pool
-        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
-        stall = stall + cache.copy_s  # host-tier hits copied before their run
+    cache, lora, stall = _cache_and_adapters(instance, profile, log, replay, prefix,
+                                             adapters, stall, rtol, out)  # fmt: skip
     duration = duration + stall
     _check_durations(log, duration, stall, rtol, out)
     first, done = _request_times(profile, log, features, replay, len(instance))
@@ -208,6 +209,7 @@ def _validate_log(
                        replicas=replicas)  # fmt: skip
     if cache is not None:
         own |= cache.metrics
+    own |= lora.metrics  # none without adapters
     records = _own_records(replay, first, done, sw, log if cache else None)
     # Mooncake's TBT (not for a disaggregated pool: its gaps span two pools)
     tbt: dict[str, float] = {}
@@ -227,6 +229,31 @@ def _validate_log(
         tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
     )
     return report, float(duration.sum()), kv_token_seconds
+
+
+def _cache_and_adapters(
+    instance: Instance,
+    profile: DeploymentProfile,
+    log: _Log,
+    replay: _Replay,
+    prefix: tuple[Any, pd.DataFrame | None],
+    adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None],
+    stall: FloatArray,
+    rtol: float,
+    out: _Collector,
+) -> tuple[Any, _AdapterCheck, FloatArray]:
+    """The prefix cache's check (``None`` without a cache) and the adapters'
+    (:mod:`lsched.validator.adapters`), and ``stall`` (per run, the seconds of
+    its blocking copies) plus the seconds they add: host-tier hits copied,
+    adapters loaded, the adapter columns."""
+    spec, evictions = prefix
+    extra = stall
+    cache = None
+    if spec is not None:  # a colocated or a prefill pool
+        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
+        extra = extra + cache.copy_s  # host-tier hits copied before their run
+    lora = _check_adapters(instance, profile, log, *adapters, rtol, out)
+    return cache, lora, extra + lora.extra_s
 
 
 def _request_times(

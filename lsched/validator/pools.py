@@ -133,6 +133,21 @@ def _pool_evictions(
     return spec, evictions[evictions["run"].isin(runs.index)]
 
 
+def _pool_adapter_loads(
+    result: Any, pool: Any, runs: pd.DataFrame
+) -> tuple[Any, pd.DataFrame | None, pd.DataFrame | None]:
+    """A pool's adapter spec (``None`` without one), and the adapter loads and
+    merged runs of its ``runs`` from the result's tables."""
+    spec = getattr(pool, "adapters", None)
+    tables = [getattr(result, name, None) for name in ("adapter_loads", "merged_runs")]
+    if spec is None:
+        return spec, None, None
+    loads, merged = (
+        None if t is None else t[t["run"].isin(runs.index)] for t in tables
+    )
+    return spec, loads, merged
+
+
 def _add_pool_violations(
     out: _Collector, pool: Any, ids: IntArray, report: ValidationReport
 ) -> None:

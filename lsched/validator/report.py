@@ -112,6 +112,11 @@ RULES: tuple[str, ...] = (
     "swap-link",
     "host-capacity",
     "prefix-cache",
+    "max-loras",
+    "adapter-resident",
+    "adapter-load",
+    "adapter-memory",
+    "merged-batch",
 )
 
 #: Violations kept in a report; the rest are only counted.
