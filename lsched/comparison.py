@@ -115,6 +115,7 @@ from lsched.policies import PolicySpec, parse_policy
 from lsched.predictors import oracle
 from lsched.prefix.spec import PrefixCacheSpec, parse_prefix_cache
 from lsched.profile import DeploymentProfile
+from lsched.routers import migrates
 
 #: Policies compared by default: engines' rules and the OR literature's.
 DEFAULT_POLICIES: tuple[str, ...] = (
@@ -602,8 +603,9 @@ def compare_cluster(
         )  # fmt: skip
     instance = _served_with_predictions(instance, cluster_max_model_len(cluster))
     report = cluster_bound_report(
-        instance, cluster, objective, lp_time_limit=lp_time_limit
-    )
+        instance, cluster, objective, lp_time_limit=lp_time_limit,
+        migrates=migrates(cluster.router),
+    )  # fmt: skip
     bounds = sorted(report.bounds, key=lambda b: -b.value)
     detail = (
         f"{why_not_one_replica(cluster)}; the slot and timed models are of one "

@@ -101,3 +101,18 @@ def test_migrates_must_be_a_bool() -> None:
     with pytest.raises(InputError) as error:
         bound_report(INSTANCE, UNIT, lp_time_limit=0, migrates="yes")
     assert error.value.field == "migrates"
+
+
+def test_compare_on_a_migrating_cluster_scores_no_run_against_routed_bounds() -> None:
+    """``compare_cluster`` with a router that migrates (``llumnix``) passes
+    ``migrates`` to the bound suite: the routed bounds are listed as skipped,
+    and the runs' gaps are taken to none of them."""
+    from lsched.comparison import compare_cluster
+
+    cluster = Cluster(TWO_POOLS.pools, "llumnix")
+    got = compare_cluster(INSTANCE, cluster, policies=["fcfs"], lp_time_limit=0)
+    assert not {b.name for b in got.bounds} & ROUTED
+    skipped = {s.name: s for s in got.not_computed}
+    assert all("migrate" in skipped[name].detail for name in ROUTED)
+    plain = compare_cluster(INSTANCE, TWO_POOLS, policies=["fcfs"], lp_time_limit=0)
+    assert {b.name for b in plain.bounds} >= ROUTED

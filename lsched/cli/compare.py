@@ -48,6 +48,7 @@ from lsched.predictors import apply_predictor
 from lsched.prefix.spec import PrefixCacheSpec
 from lsched.profile import DeploymentProfile
 from lsched.provenance import Provenance, provenance, write_png
+from lsched.routers import migrates
 from lsched.traces import read_trace
 
 #: Per-policy metrics shown in the table (all are in the JSON).
@@ -392,8 +393,9 @@ def bound_command(
     ):
         if cluster_file is not None:
             report = cluster_bound_report(
-                instance, cluster, objective, lp_time_limit=lp_time_limit
-            )
+                instance, cluster, objective, lp_time_limit=lp_time_limit,
+                migrates=migrates(cluster.router),
+            )  # fmt: skip
         else:
             report = bound_report(instance, profile, objective, replicas=replicas,
                                   lp_time_limit=lp_time_limit)  # fmt: skip
