@@ -109,26 +109,15 @@ def collect(
     swaps = _swap_columns(n, run)
     cached = _prefix_columns(n, run, cluster.prefix_cached)
     replicas = cluster.num_replicas
-    capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
-    # the mean capacity of a replica: the total over C replicas is what counts
-    mean_capacity = capacity / replicas
-    if capacity % replicas == 0:
-        mean_capacity = capacity // replicas
-    lora = cluster.serves_adapters
-    tables = _log_tables(frames, cluster.prefix_cached, lora) if log else {}
-    lora = {"adapter": _adapter_names(instance)} if cluster.serves_adapters else {}
+    adapters = cluster.serves_adapters
+    tables = _log_tables(frames, cluster.prefix_cached, adapters) if log else {}
+    lora = {"adapter": _adapter_names(instance)} if adapters else {}
     if log:  # every token's time is in the log: Mooncake's TBT
         columns["tbt_s"] = log_tbt(instance, cluster, tables["runs"], tables["members"])
-    total = _metrics(instance, columns, engines, np.arange(n), replicas, mean_capacity)
-    if "transferred_bytes" in stages:
-        total["transferred_bytes"] = float(stages["transferred_bytes"].sum())
-    if "migrations" in stages:
-        total |= migration_metrics(
-            stages["migrations"],
-            stages["migration_aborts"],
-            stages["migrated_bytes"],
-            stages["migration_downtime_s"],
-        )
+    total = _metrics(
+        instance, columns, engines, np.arange(n), replicas, _mean_capacity(cluster)
+    )
+    total |= _moved_metrics(stages)
     if swaps:
         total |= _swap_metrics(cluster, run)
     pools = " + ".join(dict.fromkeys(p.profile.name for p in cluster.pools))
@@ -150,6 +139,30 @@ def collect(
         migrations=run.migrations,
         adapter_metrics=_adapter_frame(instance, columns, cluster),
     )
+
+
+def _mean_capacity(cluster: Cluster) -> float:
+    """The mean KV capacity of a replica, tokens: the total over the ``C``
+    replicas is what counts (an int where it divides)."""
+    capacity = sum(p.profile.kv_capacity_tokens * p.replicas for p in cluster.pools)
+    replicas = cluster.num_replicas
+    return capacity // replicas if capacity % replicas == 0 else capacity / replicas
+
+
+def _moved_metrics(stages: dict[str, np.ndarray]) -> dict[str, float]:
+    """The metrics of KV moved between replicas: disaggregated transfers' bytes,
+    live migrations (:func:`lsched.metrics.migration_metrics`)."""
+    moved: dict[str, float] = {}
+    if "transferred_bytes" in stages:
+        moved["transferred_bytes"] = float(stages["transferred_bytes"].sum())
+    if "migrations" in stages:
+        moved |= migration_metrics(
+            stages["migrations"],
+            stages["migration_aborts"],
+            stages["migrated_bytes"],
+            stages["migration_downtime_s"],
+        )
+    return moved
 
 
 #: The iteration log's tables and their columns (the index of ``runs``: ``run``).
