@@ -89,7 +89,11 @@ engine holds, has no such rule to meet). ``l_k`` is adapter ``k``'s load time
 prices no load). The ILP is solved by ``backend`` (``milp``: Pyomo + HiGHS)
 within ``time_limit_s``; every request whose replica changes in its best
 assignment is moved (:class:`~lsched.formulations.comigration.MigrationPlan`),
-by a live migration; its adapter is loaded on the target by the engine's own
+by a live migration, unless its target could not adopt it as the target
+stands (its running requests at ``max_num_seqs``, or its adapter one more than
+``max_loras`` allows beside theirs and the moves kept before it:
+:func:`adoptable`; the slots above count waiting requests' adapters too, which
+the rule does not); its adapter is loaded on the target by the engine's own
 rule when it first runs there.
 """
 
@@ -111,12 +115,14 @@ FREENESS_THRESHOLD = 3.0
 class RequestLoad:
     """One unfinished request of a replica that serves adapters: its instance
     position, adapter code (``-1``: the base model), KV blocks (held, or needed
-    to prefill if it waits) and whether a live migration may take it now."""
+    to prefill if it waits), whether a live migration may take it now and
+    whether it runs (else it waits)."""
 
     request: int
     adapter: int
     blocks: int
     movable: bool
+    running: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +387,31 @@ def _co_migrate(
     if result.start is None:
         return []
     plan = MigrationPlan.of(problem, result.start)
-    return [(requests[m.request], pair[m.source], pair[m.target]) for m in plan.moves]
+    moves = [(requests[m.request], pair[m.source], pair[m.target]) for m in plan.moves]
+    return adoptable(moves, loads)
+
+
+def adoptable(
+    moves: list[tuple[int, int, int]], loads: list[AdapterLoad]
+) -> list[tuple[int, int, int]]:
+    """The ``moves`` a target can adopt as it stands: in order, each while its
+    target runs fewer than ``max_num_seqs`` requests and its adapter is one of
+    the target's running requests' or these stay below ``max_loras``
+    (counting the moves kept before it)."""
+    adapter = {q.request: q.adapter for a in loads for q in a.requests}
+    running = [sum(q.running for q in a.requests) for a in loads]
+    used = [{q.adapter for q in a.requests if q.running and q.adapter >= 0}
+            for a in loads]  # fmt: skip
+    kept = []
+    for i, source, target in moves:
+        k, on = adapter[i], used[target]
+        room = running[target] < loads[target].max_num_seqs
+        if room and (k < 0 or k in on or len(on) < loads[target].max_loras):
+            kept.append((i, source, target))
+            running[target] += 1
+            if k >= 0:
+                on.add(k)
+    return kept
 
 
 def comigration_problem(

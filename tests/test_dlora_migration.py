@@ -4,6 +4,7 @@ by hand, the triggers, and bad input."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from lsched.errors import InputError
 from lsched.evaluator import simulate_cluster
 from lsched.evaluator.cluster import ClusterSim
 from lsched.instance import Instance
-from lsched.migrators import AdapterLoad, DLoraMigrator, RequestLoad
+from lsched.migrators import AdapterLoad, DLoraMigrator, RequestLoad, adoptable
 from lsched.profile import load_profile
 from lsched.routers import parse_router
 from lsched.tiers import HostTier
@@ -176,6 +177,21 @@ def test_the_two_triggers_pick_their_pairs() -> None:
     assert migrator.pair([_load(100, *many[:23]), _load(10), _load(10)]) is None
     held = [(i, 0, 1, True) for i in range(24)]
     assert migrator.pair([_load(100, *held), *full[1:]]) is None
+
+
+def test_a_move_is_kept_only_if_its_target_can_adopt_it() -> None:
+    """Replica 1 (max_loras 2) runs adapters 0 and 1, and a request of adapter 2
+    waits there: a move of adapter 0 is kept, one of adapter 2 or 3 is not (a
+    third running adapter, though the ILP's slots may allow 2), the base model
+    always. With one running request and ``max_num_seqs = 2`` only the first
+    move is kept."""
+    source = _load(100, (0, 0, 1, True), (1, 2, 1, True), (2, 3, 1, True),
+                   (3, -1, 1, True))  # fmt: skip
+    target = _load(100, (10, 0, 1, True), (11, 1, 1, True), (12, 2, 1, False, False))
+    moves = [(0, 0, 1), (1, 0, 1), (2, 0, 1), (3, 0, 1)]
+    assert adoptable(moves, [source, target]) == [(0, 0, 1), (3, 0, 1)]
+    narrow = replace(_load(100, (10, 0, 1, True)), max_num_seqs=2)
+    assert adoptable(moves, [source, narrow]) == [(0, 0, 1)]
 
 
 @pytest.mark.parametrize(

@@ -220,7 +220,7 @@ class MigrationEngine(StageEngine):
             for r in self.running
         ]  # fmt: skip
         requests += [
-            RequestLoad(ids[r], int(codes[r]), b, False)
+            RequestLoad(ids[r], int(codes[r]), b, False, False)
             for r, b in zip(waiting.tolist(), need, strict=False)
         ]
         return AdapterLoad(
