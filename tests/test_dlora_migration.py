@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_refused, run
+from reference_engine import simulate_naive_migration
 
 from lsched.adapters import AdapterSpec
 from lsched.cluster import Cluster, Link, Pool
 from lsched.errors import InputError
 from lsched.evaluator import simulate_cluster
 from lsched.evaluator.cluster import ClusterSim
+from lsched.evaluator.migration import MigrationSim
+from lsched.evaluator.records import collect
 from lsched.instance import Instance
 from lsched.migrators import AdapterLoad, DLoraMigrator, RequestLoad, adoptable
 from lsched.profile import load_profile
@@ -213,3 +216,60 @@ def test_bad_dlora_params_exit_2(
     trace = str(Path(__file__).parent / "data" / "traces" / "azure_sample.csv")
     args = ["simulate", trace, "--model", "llama-7b-dlora", "--router", router]
     assert_refused(*run(args, capsys), *needles)
+
+
+def _migrating_case(seed: int) -> tuple[Instance, Cluster]:
+    """A burst of 8-14 requests of 3 adapters on 2-3 unit-slot replicas of
+    tight KV, under ``dlora`` with a short tick and a low request threshold."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 15))
+    instance = Instance(
+        np.sort(rng.uniform(0.0, 3.0, n)).round(2),
+        rng.integers(1, 9, n),
+        rng.integers(4, 16, n),
+        adapter=rng.choice(["", "a", "b", "c"], size=n, p=[0.1, 0.5, 0.25, 0.15]),
+    )
+    spec = AdapterSpec(size_bytes=int(rng.integers(5, 30)), max_loras=2, slots=2)
+    # 40 to 80 tokens of KV beside the two slots (1 byte of KV per token)
+    kv = 2 * spec.size_bytes + int(rng.integers(40, 80))
+    profile = UNIT.replace(kv_capacity_tokens=kv)
+    router = (
+        f"dlora:interval_s={rng.choice([0.5, 1.0])},imbalance=1,"
+        f"kv_fraction={rng.choice([0.5, 0.9])},last_stage_blocks={rng.integers(1, 4)}"
+    )
+    link = Link("a", "a", bandwidth_bytes_per_s=float(rng.choice([4.0, 32.0])),
+                latency_s=float(rng.choice([0.0, 0.25])))  # fmt: skip
+    pool = Pool(profile, str(rng.choice(["vllm", "dlora"])), int(rng.integers(2, 4)),
+                name="a", adapters=spec)  # fmt: skip
+    return instance, Cluster((pool,), router, links=(link,))
+
+
+def test_co_migration_agrees_with_the_naive_engine() -> None:
+    """The naive engine replays the moves the fast run's migrator started, with
+    its own adapter residency and loads: every time to 1e-9, loads and the
+    validator."""
+    moved = 0
+    for seed in range(8):
+        instance, cluster = _migrating_case(seed)
+        sim = MigrationSim(instance, cluster, log=True)
+        sim.run()
+        got = collect(instance, cluster, sim.outcome(), True, 0.0)
+        migrator = sim.migrator
+        naive = simulate_naive_migration(
+            instance, cluster, sim.where, sim.starts, migrator.last_stage_blocks,
+            migrator.max_stages,
+        )  # fmt: skip
+        for column in ("first_token_s", "completion_s", "migration_downtime_s"):
+            np.testing.assert_allclose(
+                got.requests[column], getattr(naive, column), rtol=1e-9,
+                atol=1e-9, err_msg=column,
+            )  # fmt: skip
+        assert got.requests["migrations"].tolist() == naive.migrations.tolist()
+        assert got.metrics["adapter_loads"] == naive.adapter_loads
+        assert got.metrics["adapter_load_s"] == pytest.approx(
+            naive.adapter_load_s, rel=1e-9
+        )
+        report = validate_cluster(instance, cluster, got)
+        assert report.ok, report.violations[:3]
+        moved += int(got.metrics["migrations"])
+    assert moved > 0
