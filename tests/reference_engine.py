@@ -2194,16 +2194,7 @@ def simulate_naive_migration(
     ``where[i]`` (-1: rejected), with the migrations ``starts`` (request, source,
     target, t0), one iteration at a time (the rules in the comment above)."""
     n = len(instance)
-    cap = min(pool.profile.max_model_len for pool in cluster.pools)
-    stages: list[_Mover] = []
-    for pool in cluster.pools:
-        for _ in range(pool.replicas):
-            stages.append(_Mover(len(stages), pool, instance, None, cap))
-            if pool.adapters is not None:  # the pool's profile has its slots out
-                lora = _NaiveLora(pool.adapters, [], pool.profile)
-                every = _adapter_names(instance, list(range(n)))
-                lora.order = sorted({a for a in every if a})
-                stages[-1].lora = lora
+    stages = _movers(instance, cluster)
     output = [int(o) for o in instance.output_tokens]
     moved, aborts = [0] * n, [0] * n
     nbytes, down = [0.0] * n, [0.0] * n
@@ -2289,6 +2280,23 @@ def simulate_naive_migration(
             continue
         x.step(x.next_s)
     return _naive_migration_result(stages, n, moved, aborts, nbytes, down)
+
+
+def _movers(instance: Instance, cluster: Any) -> list[_Mover]:
+    """A :class:`_Mover` per replica of ``cluster``, with its pool's adapters
+    (the pool's profile has their slots out already), numbered over the
+    instance."""
+    cap = min(pool.profile.max_model_len for pool in cluster.pools)
+    names = _adapter_names(instance, list(range(len(instance))))
+    every = sorted({a for a in names if a})
+    stages: list[_Mover] = []
+    for pool in cluster.pools:
+        for _ in range(pool.replicas):
+            stages.append(_Mover(len(stages), pool, instance, None, cap))
+            if pool.adapters is not None:
+                stages[-1].lora = _NaiveLora(pool.adapters, [], pool.profile)
+                stages[-1].lora.order = every
+    return stages
 
 
 def _naive_migration_result(
