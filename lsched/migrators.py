@@ -322,6 +322,9 @@ class DLoraMigrator:
         The co-migration backend (:mod:`lsched.formulations.backends`).
     last_stage_blocks, max_stages
         The live copy's parameters (:mod:`lsched.evaluator.migration`).
+
+    On a cluster that serves no adapters it moves nothing (its loads carry no
+    :class:`AdapterLoad`).
     """
 
     interval_s: float = 10.0
