@@ -41,6 +41,12 @@ Built-in routers
     dispatch freeness (:mod:`lsched.migrators`), ties to the lowest id; every
     ``interval_s`` its migrator moves running requests live between replicas
     (:mod:`lsched.evaluator.migration`). Such a run takes the Python engine.
+``dlora:interval_s=10,kv_fraction=0.9,imbalance=16,time_limit_s=5,backend=milp``
+    dLoRA (:class:`Dlora`): each arrival to a replica where its adapter is
+    resident or used (dLoRA's ``select_engine``), of least execution cost;
+    every ``interval_s`` its migrator (:class:`~lsched.migrators.DLoraMigrator`)
+    solves dLoRA's co-migration ILP over two replicas when one's KV is full or
+    its requests exceed the mean, and moves requests live. Python engine.
 ``least-queued``
     The replica with the fewest *queued* requests (:meth:`ClusterView.queued`:
     unfinished and not in the iteration in flight), ties to the lowest id.
@@ -112,6 +118,10 @@ class RouterContext:
         ``B``, tokens per prefix hash block of every replica (0: no cache).
     decode_profiles
         On a disaggregated cluster, the profile of every decode replica.
+    adapter_codes
+        Where the cluster serves LoRA adapters, per request its adapter's code
+        (``-1``: the base model; :mod:`lsched.evaluator.adapters`), a column a
+        router may read of the arriving request; else ``None``.
     """
 
     replicas: int
@@ -121,6 +131,7 @@ class RouterContext:
     profiles: tuple[Any, ...] = ()
     hash_block_tokens: tuple[int, ...] = ()
     decode_profiles: tuple[Any, ...] = ()
+    adapter_codes: npt.NDArray[np.int64] | None = None
 
 
 class ClusterView:
@@ -538,6 +549,105 @@ class Llumnix:
         )
 
 
+#: dLoRA's speed of a merged batch relative to an unmerged one in its dispatch
+#: cost (``merge_speed_ratio`` in ``EngineManager.__init__``,
+#: ``vllm/engine/engine_manager.py`` of LLMServe/dLoRA-artifact).
+MERGE_SPEED_RATIO = 0.6
+
+
+@dataclass(frozen=True)
+class DloraRouterParams:
+    """``dlora``'s parameters: its migrator's (:class:`~lsched.migrators.
+    DLoraMigrator`: tick, KV fraction, request imbalance, the solve's time limit
+    and backend) and the live copy's (:mod:`lsched.evaluator.migration`)."""
+
+    interval_s: float = 10.0
+    kv_fraction: float = 0.9
+    imbalance: float = 16.0
+    time_limit_s: float = 5.0
+    backend: str = "milp"
+    last_stage_blocks: int = 16
+    max_stages: int = 3
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("interval_s", math.isfinite(self.interval_s) and self.interval_s > 0,
+             "finite seconds > 0"),
+            ("kv_fraction", 0 < self.kv_fraction <= 1, "a fraction in (0, 1]"),
+            ("imbalance", math.isfinite(self.imbalance) and self.imbalance >= 1,
+             "requests >= 1"),
+            ("time_limit_s", self.time_limit_s > 0, "seconds > 0"),
+            ("backend", self.backend in ("milp", "cpsat"), "milp or cpsat"),
+            ("last_stage_blocks", self.last_stage_blocks >= 1, "an integer >= 1"),
+            ("max_stages", self.max_stages >= 1, "an integer >= 1"),
+        )  # fmt: skip
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(
+                    f"got {name}={getattr(self, name)!r}; expected {expected}"
+                )
+
+
+class Dlora:
+    """dLoRA's dispatch and co-migration (dLoRA-artifact,
+    ``vllm/engine/engine_manager.py``).
+
+    Dispatch (``EngineManager.select_engine`` in its co-migration mode): the
+    candidates are the replicas where the request's adapter is *mapped*, here
+    resident or used by an unfinished request there (every replica for the base
+    model); among them the least execution cost (``get_engine_req_model_cnt``:
+    with ``n_a`` the unfinished requests of adapter ``a`` and ``S`` =
+    ``max_num_seqs``, ``sum_a floor(n_a / S) * 0.6 + floor(sum_a (n_a mod S) /
+    S)``, :data:`MERGE_SPEED_RATIO`), ties to the fewer unfinished requests,
+    then the lowest id (dLoRA takes the first in its mapping's order). With no
+    candidate: the replica with the fewest unfinished requests, ties to the
+    lowest id (dLoRA's ``engine_num_requests.index(min(...))``). Its
+    :attr:`migrator` is :class:`~lsched.migrators.DLoraMigrator`.
+    """
+
+    #: runs take the migration loop (:mod:`lsched.evaluator.migration`)
+    migrates = True
+
+    def __init__(self, params: DloraRouterParams, context: RouterContext) -> None:
+        from lsched.migrators import DLoraMigrator
+
+        self.codes = context.adapter_codes
+        self.migrator = DLoraMigrator(
+            params.interval_s, params.kv_fraction, params.imbalance,
+            params.time_limit_s, params.backend, params.last_stage_blocks,
+            params.max_stages,
+        )  # fmt: skip
+
+    def route(self, view: ClusterView) -> int:
+        loads = [view.replica_load(c) for c in range(view.replicas)]
+        count = [load.running + load.waiting for load in loads]
+        code = -1 if self.codes is None else int(self.codes[view.request])
+        mapped = [
+            c
+            for c, load in enumerate(loads)
+            if code < 0
+            or code in load.adapters.resident
+            or any(q.adapter == code for q in load.adapters.requests)
+        ]
+        if not mapped:
+            return min(range(view.replicas), key=lambda c: (count[c], c))
+        return min(mapped, key=lambda c: (_exec_cost(loads[c]), count[c], c))
+
+
+def _exec_cost(load: Any) -> float:
+    """dLoRA's execution cost of a replica (:class:`Dlora`)."""
+    adapters = load.adapters
+    if adapters is None:
+        return 0.0
+    seqs = adapters.max_num_seqs
+    counts: dict[int, int] = {}
+    for q in adapters.requests:
+        counts[q.adapter] = counts.get(q.adapter, 0) + 1
+    full = sum(n // seqs for n in counts.values())
+    rest = sum(n % seqs for n in counts.values())
+    return full * MERGE_SPEED_RATIO + rest // seqs
+
+
 def migrates(spec: Any) -> bool:
     """Whether the router of ``spec`` (a :class:`RouterSpec`) moves requests
     between replicas (it declares ``migrates = True``)."""
@@ -564,6 +674,7 @@ REGISTRY.register("random", Random, RandomParams, Random.__doc__)
 REGISTRY.register("conductor", Conductor, ConductorParams, Conductor.__doc__)
 REGISTRY.register("prefix", lambda params: LongestPrefix(), None, LongestPrefix.__doc__)
 REGISTRY.register("llumnix", Llumnix, LlumnixParams, Llumnix.__doc__)
+REGISTRY.register("dlora", Dlora, DloraRouterParams, Dlora.__doc__)
 
 
 @dataclass(frozen=True)

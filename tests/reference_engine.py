@@ -514,6 +514,7 @@ class _NaiveLora:
 
     def __init__(self, spec: Any, names: list[str], profile: DeploymentProfile):
         self.names = names
+        self.order: list[str] = []  # every adapter's name, sorted (codes())
         self.sizes = dict(spec.sizes or {})
         self.default_size = int(spec.size_bytes)
         self.max_loras = int(spec.max_loras)
@@ -532,8 +533,11 @@ class _NaiveLora:
 
     def codes(self) -> np.ndarray:
         """Per local request a number for its adapter (-1: none), for the view:
-        the policies compare them only for equality."""
-        order = sorted({a for a in self.names if a})
+        its rank among the adapters named (``order``, else those of its
+        requests; a replica whose requests come while it runs numbers them
+        over the whole instance, so that a number keeps its adapter: dlora
+        remembers the one it merged)."""
+        order = self.order or sorted({a for a in self.names if a})
         return _frozen([order.index(a) if a else -1 for a in self.names], int)
 
     def before(self, members: list[int], running: list[int]) -> float:
@@ -754,6 +758,7 @@ class _Replica:
                 max_num_seqs=limits.max_num_seqs,
                 max_num_batched_tokens=limits.max_num_batched_tokens,
                 max_model_len=limits.max_model_len,
+                max_loras=limits.max_loras,
             )
         return ReplicaView(
             now_s=t,
@@ -1634,13 +1639,14 @@ class _Stage(_Replica):
     def _view(self, t: float, num_arrived: int, waiting: list[int]) -> ReplicaView:
         limits = self.limits
         pinned = self.pinned_blocks()
-        if pinned:
+        if pinned or self.lora is not None:  # less the pinned blocks; max_loras
             limits = ReplicaLimits(
                 kv_capacity_blocks=limits.kv_capacity_blocks - pinned,
                 block_tokens=limits.block_tokens,
                 max_num_seqs=limits.max_num_seqs,
                 max_num_batched_tokens=limits.max_num_batched_tokens,
                 max_model_len=limits.max_model_len,
+                max_loras=None if self.lora is None else self.lora.max_loras,
             )
         instance, rows = self.instance, self.rows
         pred = _predictions(instance, rows, self.max_model_len)
@@ -1660,6 +1666,7 @@ class _Stage(_Replica):
             limits=limits,
             priority=None if prio is None else _frozen(prio[rows], int),
             tenant=None if tenant is None else _frozen(tenant[rows], str),
+            adapter=None if self.lora is None else self.lora.codes(),
         )
 
     def _adopt(self, t: float) -> None:
@@ -1758,7 +1765,7 @@ class _Stage(_Replica):
                 self.next_s = float(wake)
             return []
         self._validate(prefill, chunks, decode, m)
-        end, _ = self._iterate(t, prefill, chunks, decode, 0)
+        end, _ = self._iterate(t, prefill, chunks, decode, 0, merged=bool(batch.merged))
         self.busy = True
         self.next_s = end
         done = [
@@ -2073,9 +2080,12 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
 # with s_i + E - 1 tokens of KV and E tokens emitted; B adopts it running at
 # its first boundary at or after e (first token and admission kept; its blocks
 # stay reserved until then and become its own), unless B
-# runs max_num_seqs requests or its blocks do not fit (then the KV is dropped,
-# recomputed, and i waits to be prefilled again). Downtime: e - the last
-# stage's start. Simultaneous events: stage ends, then starts, then arrivals.
+# runs max_num_seqs requests, its blocks do not fit, or its adapter would make
+# B's running requests' adapters more than max_loras (then the KV is dropped,
+# recomputed, and i waits to be prefilled again). With adapters, i keeps its
+# adapter: B loads it by the adapter rules above when a batch first needs it.
+# Downtime: e - the last stage's start. Simultaneous events: stage ends, then
+# starts, then arrivals.
 _STAGE_END, _MOVE, _ARRIVE = 0, 1, 2
 
 
@@ -2083,7 +2093,8 @@ _STAGE_END, _MOVE, _ARRIVE = 0, 1, 2
 class NaiveMigrationResult:
     """What :func:`simulate_naive_migration` returns, per request in instance
     order: its first token and completion (wherever they happened), the moves
-    it completed and aborted, the bytes its stages copied and its downtime."""
+    it completed and aborted, the bytes its stages copied and its downtime;
+    with adapters, the loads of every replica and their seconds."""
 
     first_token_s: FloatArray
     completion_s: FloatArray
@@ -2092,6 +2103,8 @@ class NaiveMigrationResult:
     migrated_bytes: FloatArray
     migration_downtime_s: FloatArray
     emitted_tokens: IntArray
+    adapter_loads: int = 0
+    adapter_load_s: float = 0.0
 
 
 class _Mover(_Stage):
@@ -2102,6 +2115,19 @@ class _Mover(_Stage):
         super().__init__(*args)
         #: local id -> (tokens emitted, first token's time, admission) carried
         self.moved_in: dict[int, tuple[int, float, float]] = {}
+
+    def add(self, i: int, t: float, output: int, carried: int = 0) -> None:
+        super().add(i, t, output, carried)
+        if self.lora is not None:  # its adapter comes with it
+            self.lora.names.append(_adapter_names(self.instance, [i])[0])
+
+    def adapter_room(self, r: int) -> bool:
+        """Whether ``r`` may join the running requests within max_loras."""
+        lora = self.lora
+        if lora is None or not lora.names[r]:
+            return True
+        used = {lora.names[q] for q in self.running if lora.names[q]}
+        return len(used | {lora.names[r]}) <= lora.max_loras
 
     def local(self, i: int) -> int:
         """Request ``i``'s latest local id here."""
@@ -2130,7 +2156,8 @@ class _Mover(_Stage):
             fits = self.held_blocks() + _blocks(tokens, b) <= (
                 self.limits.kv_capacity_blocks
             )
-            if not fits or len(self.running) >= self.limits.max_num_seqs:
+            room = len(self.running) < self.limits.max_num_seqs
+            if not (fits and room and self.adapter_room(r)):
                 self.recomputed[r] += tokens  # dropped: prefilled again
                 continue
             self.status[r] = _RUNNING
@@ -2167,11 +2194,7 @@ def simulate_naive_migration(
     ``where[i]`` (-1: rejected), with the migrations ``starts`` (request, source,
     target, t0), one iteration at a time (the rules in the comment above)."""
     n = len(instance)
-    cap = min(pool.profile.max_model_len for pool in cluster.pools)
-    stages: list[_Mover] = []
-    for pool in cluster.pools:
-        for _ in range(pool.replicas):
-            stages.append(_Mover(len(stages), pool, instance, None, cap))
+    stages = _movers(instance, cluster)
     output = [int(o) for o in instance.output_tokens]
     moved, aborts = [0] * n, [0] * n
     nbytes, down = [0.0] * n, [0.0] * n
@@ -2259,6 +2282,23 @@ def simulate_naive_migration(
     return _naive_migration_result(stages, n, moved, aborts, nbytes, down)
 
 
+def _movers(instance: Instance, cluster: Any) -> list[_Mover]:
+    """A :class:`_Mover` per replica of ``cluster``, with its pool's adapters
+    (the pool's profile has their slots out already), numbered over the
+    instance."""
+    cap = min(pool.profile.max_model_len for pool in cluster.pools)
+    names = _adapter_names(instance, list(range(len(instance))))
+    every = sorted({a for a in names if a})
+    stages: list[_Mover] = []
+    for pool in cluster.pools:
+        for _ in range(pool.replicas):
+            stages.append(_Mover(len(stages), pool, instance, None, cap))
+            if pool.adapters is not None:
+                stages[-1].lora = _NaiveLora(pool.adapters, [], pool.profile)
+                stages[-1].lora.order = every
+    return stages
+
+
 def _naive_migration_result(
     stages: list[_Mover],
     n: int,
@@ -2286,4 +2326,6 @@ def _naive_migration_result(
         migrated_bytes=_frozen(nbytes, np.float64),
         migration_downtime_s=_frozen(down, np.float64),
         emitted_tokens=_frozen(emitted, np.int64),
+        adapter_loads=sum(x.lora.loads for x in stages if x.lora is not None),
+        adapter_load_s=sum(x.lora.load_s for x in stages if x.lora is not None),
     )

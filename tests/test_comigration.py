@@ -70,19 +70,25 @@ def _times(problem: CoMigrationProblem, where: tuple[int, ...]) -> list[float] |
 
 
 def _brute_force(problem: CoMigrationProblem) -> float:
-    """The least ``max_j T_j`` over every assignment."""
+    """The least ``max_j T_j`` over every assignment that leaves each immovable
+    request where it is."""
     best = math.inf
-    for where in itertools.product(range(problem.replicas), repeat=len(problem)):
+    choices = [
+        range(problem.replicas) if problem.movable[i] else [int(problem.replica[i])]
+        for i in range(len(problem))
+    ]
+    for where in itertools.product(*choices):
         times = _times(problem, where)
         if times is not None:
             best = min(best, max(times))
     return best
 
 
-def _random_case(seed: int) -> CoMigrationProblem:
+def _random_case(seed: int, masked: bool = False) -> CoMigrationProblem:
     """2-3 replicas, 3-5 requests, 2-3 adapters; times on a 10 ms grid and
     ``beta`` a whole number of milliseconds, so that CP-SAT's integer time is
-    exact; slots that let every request stay, sometimes one more."""
+    exact; slots that let every request stay, sometimes one more; where
+    ``masked``, each request immovable with probability 1/2."""
     rng = np.random.default_rng(seed)
     c, n, k = int(rng.integers(2, 4)), int(rng.integers(3, 6)), int(rng.integers(2, 4))
     replica = rng.integers(0, c, n)
@@ -100,6 +106,7 @@ def _random_case(seed: int) -> CoMigrationProblem:
         block_bytes=float(rng.integers(1, 50)) * 1e6,
         pcie_bytes_per_s=1e9,
         adapter_load_s=rng.integers(0, 30, k) / 100,
+        movable=rng.random(n) < 0.5 if masked else None,
     )
 
 
@@ -116,9 +123,11 @@ def test_hand_derived_case(backend: str) -> None:
     assert plan.replica_time_s.tolist() == pytest.approx([2.0, 1.55], abs=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_both_backends_meet_brute_force(seed: int) -> None:
-    problem = _random_case(seed)
+@pytest.mark.parametrize(
+    ("seed", "masked"), [(s, False) for s in range(20)] + [(s, True) for s in range(6)]
+)
+def test_both_backends_meet_brute_force(seed: int, masked: bool) -> None:
+    problem = _random_case(seed, masked)
     optimum = _brute_force(problem)
     assert free_bound(problem) <= optimum + 1e-12
     for backend in BACKENDS:
@@ -128,6 +137,28 @@ def test_both_backends_meet_brute_force(seed: int) -> None:
         assert result.bound <= optimum + 1e-9, backend
         times = _times(problem, tuple(result.start.tolist()))
         assert times is not None and max(times) == pytest.approx(result.objective)
+        stays = ~problem.movable
+        assert np.array_equal(result.start[stays], problem.replica[stays]), backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_immovable_request_stays_in_the_hand_derived_case(backend: str) -> None:
+    # request 2, the docstring's one move, must stay on replica 0. Replica 1
+    # (one slot) can take requests 0 and 1 (adapter 0) only if request 3
+    # (adapter 1) leaves it: T_1 = 1 + 1 + 2 x 0.05 = 2.1 (8 blocks, no
+    # overflow), T_0 = 1 + 0.5 + 0.05 = 1.55. Every other assignment keeps 0
+    # and 1 beside 2 on replica 0 (T_0 >= 3 + 0.1 x 4 = 3.4), or one of them
+    # beside 2 and the other on replica 1, whose one slot then holds adapter 0,
+    # so 3 moves to replica 0 too (T_0 >= 2.5 + 0.05).
+    problem = _hand_case(movable=np.array([True, True, False, True]))
+    result = solve(problem, backend, time_limit=10.0, num_workers=1)
+    assert result.status is Status.OPTIMAL
+    assert result.objective == pytest.approx(2.1, abs=1e-12)
+    assert MigrationPlan.of(problem, result.start).moves == (
+        Move(0, 0, 1),
+        Move(1, 0, 1),
+        Move(3, 1, 0),
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -172,6 +203,8 @@ def test_the_plan_lists_adapters_to_load() -> None:
         ({"adapter_load_s": [0.1]}, "adapter_load_s"),
         ({"block_bytes": 0.0}, "block_bytes"),
         ({"resident": np.array([[1, 0], [1, 1]])}, "resident"),
+        ({"movable": np.array([1, 1, 1, 1])}, "movable"),
+        ({"movable": np.array([True, True])}, "movable"),
     ],
 )
 def test_bad_data_names_the_field(changes: dict[str, Any], field: str) -> None:

@@ -276,8 +276,7 @@ def simulate(
         The LoRA adapters each replica serves (:mod:`lsched.adapters`): an
         :class:`~lsched.adapters.AdapterSpec` or its text, e.g.
         ``"max_loras=2"``; ``None``: none (an ``adapter`` column is then
-        ignored). Such a run takes the Python engine, under a router that
-        reads no replica state.
+        ignored). Such a run takes the Python engine.
 
     Raises
     ------

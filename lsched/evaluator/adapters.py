@@ -50,6 +50,14 @@ class ReplicaAdapters:
         The spec's slots and ``max_loras``.
     names
         Per adapter code, its name (for the log).
+
+    Attributes
+    ----------
+    instance_codes
+        On a replica that receives requests while it runs
+        (:class:`~lsched.evaluator.cluster.JointEngine`): per instance request,
+        its adapter's code, which the engine copies into :attr:`codes` when a
+        request is routed or migrated there; ``None`` elsewhere.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class ReplicaAdapters:
         names: list[str],
     ) -> None:
         self.codes = codes
+        self.instance_codes: np.ndarray | None = None
         self.load_s = load_s
         self.names = names
         self.slots = slots

@@ -42,8 +42,10 @@ engines run the cut instance; the records keep the tokens cut.
 
 Engine arrays. In the joint run each replica's engine has room for every request
 (one entry per instance request, ``+inf`` arrival times at the unused tail, which
-the engine never reaches); routing writes the next entry. A policy sees only its
-arrived requests' entries, as the policy contract says.
+the engine never reaches); routing writes the next entry (with, on a replica
+that serves adapters, the request's adapter code: codes are over the whole
+instance, so a code names the same adapter on every replica). A policy sees only
+its arrived requests' entries, as the policy contract says.
 """
 
 from __future__ import annotations
@@ -147,7 +149,15 @@ def router_context(
             for p in pools
         ),
         decode_profiles=tuple(p.profile for p in decode_pools),
+        adapter_codes=_adapter_codes(instance, pools),
     )
+
+
+def _adapter_codes(instance: Instance, pools: list[Any]) -> np.ndarray | None:
+    """Per request its adapter's code (``-1``: the base model) where some pool
+    serves adapters (the codes are the same on every pool), else ``None``."""
+    spec = next((p.adapters for p in pools if p.adapters is not None), None)
+    return None if spec is None else spec.codes(instance.adapter, len(instance))[0]
 
 
 def _view(
@@ -281,12 +291,6 @@ class ClusterSim:
         self.paths = [
             "python: the router reads replica state" if self.joint else "python"
         ] * cluster.num_replicas
-        if self.joint and cluster.serves_adapters:
-            raise InputError(
-                "adapters are served under a router that reads no replica state "
-                "(round-robin, static); expected one of those",
-                field="router",
-            )
         if self.joint:
             self.engines: list[ReplicaEngine] = [
                 JointEngine(
@@ -297,6 +301,7 @@ class ClusterSim:
                     log=log,
                     on_finished=on_finished,
                     prefix=replica_prefix(instance, [], cluster.pool_of(c), n, log),
+                    adapters=joint_adapters(instance, cluster.pool_of(c), n),
                 )
                 for c in range(cluster.num_replicas)
             ]
@@ -561,6 +566,21 @@ def replica_adapters(
     return ReplicaAdapters(codes[ids], load_s, spec.num_slots, spec.max_loras, names)
 
 
+def joint_adapters(
+    instance: Instance, pool: Any, capacity: int
+) -> ReplicaAdapters | None:
+    """The adapters of a replica of ``pool`` that receives requests while it
+    runs (:class:`JointEngine`), ``capacity`` local entries: every code ``-1``
+    until :meth:`JointEngine.add` writes the code of the request it routes
+    there (``None`` if the pool serves none)."""
+    adapters = replica_adapters(instance, np.zeros(0, dtype=np.int64), pool)
+    if adapters is None:
+        return None
+    adapters.instance_codes = pool.adapters.codes(instance.adapter, len(instance))[0]
+    adapters.codes = np.full(capacity, -1, dtype=np.int64)
+    return adapters
+
+
 def request_hashes(instance: Instance, i: int) -> list[int]:
     """Request ``i``'s prefix block hashes as Python ints (none without any)."""
     offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
@@ -614,6 +634,7 @@ class JointEngine(ReplicaEngine):
         log: bool,
         on_finished: Callable[[int], None] | None,
         prefix: ReplicaPrefix | None = None,
+        adapters: ReplicaAdapters | None = None,
     ) -> None:
         pred = instance.predicted_output_tokens
         # the arrays the engine shows read-only views of; add() writes into them
@@ -640,6 +661,7 @@ class JointEngine(ReplicaEngine):
             priority=self._prio,
             tenant=self._tenant,
             prefix=prefix,
+            adapters=adapters,
         )
         self.m = 0
         self.now_s = -math.inf
@@ -662,6 +684,8 @@ class JointEngine(ReplicaEngine):
             self._tenant[k] = instance.tenant[i]  # type: ignore[index]
         if self.prefix is not None:
             self.prefix.hashes.append(request_hashes(instance, i))
+        if self.adapters is not None:
+            self.adapters.codes[k] = self.adapters.instance_codes[i]
         self.m += 1
         self.ids.append(i)
 
@@ -689,8 +713,9 @@ class JointEngine(ReplicaEngine):
 
     def _routed_arrays(self) -> list[np.ndarray]:
         arrays = [self.arrival_s, self.prompt, self.output]
+        codes = None if self.adapters is None else self.adapters.codes
         return arrays + [
-            a for a in (self._pred, self._prio, self._tenant) if a is not None
+            a for a in (self._pred, self._prio, self._tenant, codes) if a is not None
         ]
 
     def advance(self, t: float) -> None:
@@ -718,7 +743,10 @@ class JointEngine(ReplicaEngine):
             if self.prefix is not None:
                 batch, grow = self._prefix_admit(batch, grow)
             self._admit(batch.prefill)
-            if batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
+            if self.adapters is not None:  # one iteration at a time, as alone
+                self._load_adapters(batch)
+                self._iteration(batch, grow)
+            elif batch.hold and len(batch.prefill) == 0 and not batch.moves_kv:
                 self.pending = batch
             else:
                 self._iteration(batch, grow)

@@ -111,6 +111,7 @@ import numpy as np
 
 from lsched.cluster import Cluster, Link
 from lsched.errors import InputError
+from lsched.evaluator.adapters import ReplicaAdapters
 from lsched.evaluator.cluster import (
     REJECTED,
     ClusterRun,
@@ -158,6 +159,7 @@ class StageEngine(JointEngine):
         *,
         log: bool,
         on_finished: Callable[[int], None] | None,
+        adapters: ReplicaAdapters | None = None,
     ) -> None:
         super().__init__(
             capacity,
@@ -167,6 +169,7 @@ class StageEngine(JointEngine):
             log=log,
             on_finished=on_finished,
             prefix=replica_prefix(instance, [], pool, capacity, log),
+            adapters=adapters,
         )
         self.role = pool.role
         #: prefill: (local id, pinned blocks, time) of every request that finished
@@ -335,7 +338,7 @@ class StageEngine(JointEngine):
             self.emitted[r] = self.carried_emitted[r]
             first = self.carried_first_s[r]  # token 1 came with it (prefilled)
             self.first_token_s[r] = self.arrival_s[r] if math.isnan(first) else first
-            room = len(self.running) < self._max_seqs
+            room = len(self.running) < self._max_seqs and self._adapter_room(r)
             if not (room and self.kv.fits(blocks, self.running)):
                 self.recomputed[r] += tokens  # dropped: prefilled again here
                 continue
@@ -353,6 +356,17 @@ class StageEngine(JointEngine):
             adopt = getattr(self.policy, "adopt", None)
             if adopt is not None:
                 adopt(adopted)
+
+    def _adapter_room(self, r: int) -> bool:
+        """Whether request ``r`` may join the running requests without making
+        their distinct adapters more than ``max_loras`` (rule 1 of
+        :mod:`lsched.evaluator.adapters`; always without adapters)."""
+        adapters = self.adapters
+        if adapters is None or adapters.codes[r] < 0:
+            return True
+        codes = adapters.codes
+        used = {int(codes[q]) for q in self.running if codes[q] >= 0}
+        return len(used | {int(codes[r])}) <= adapters.max_loras
 
 
 @dataclass

@@ -54,10 +54,15 @@ request at a time), with ``L`` = ``last_stage_blocks`` and ``S`` = ``max_stages`
    emitted on ``A``: ``B`` adopts it, running, at its first boundary at or after
    ``e`` (its blocks stay reserved until then and become ``i``'s own; its
    first token's time and admission are kept; if ``B`` then runs
-   ``max_num_seqs`` requests, ``i`` waits there to be prefilled again, as a
-   disaggregated decode replica's adoption does). Its next token comes from
-   ``B``. **Downtime** is ``e - u_last``: the last stage's ``latency_s + y /
-   bandwidth``.
+   ``max_num_seqs`` requests, or ``i``'s adapter would make the adapters of
+   ``B``'s running requests more than ``max_loras``, ``i`` waits there to be
+   prefilled again, as a disaggregated decode replica's adoption does). Its
+   next token comes from ``B``. **Downtime** is ``e - u_last``: the last
+   stage's ``latency_s + y / bandwidth``.
+6. *Adapters* (a pool that serves them, :mod:`lsched.evaluator.adapters`): the
+   request keeps its adapter. Nothing is copied for it: ``B`` loads it by its
+   own rule 2, before the first batch on ``B`` that holds ``i`` if it is not
+   resident there, and that batch's iteration is longer by its load time.
 
 KV on both sides is counted where it is: on ``A`` (running, then pinned for the
 last stage) until ``e``, on ``B`` (reserved) from each stage's start.
@@ -93,6 +98,7 @@ from lsched.evaluator.cluster import (
     _contexts,
     _decision,
     _view,
+    joint_adapters,
     make_policy,
     router_context,
 )
@@ -100,7 +106,7 @@ from lsched.evaluator.disagg import StageEngine
 from lsched.evaluator.engine import DONE, RUNNING
 from lsched.evaluator.length import cluster_max_model_len, cut_to_length
 from lsched.instance import Instance
-from lsched.migrators import MigrationView, ReplicaLoad
+from lsched.migrators import AdapterLoad, MigrationView, ReplicaLoad, RequestLoad
 from lsched.policies import ARRIVAL_TOLERANCE_S, ReplicaLimits
 from lsched.routers import Reject
 
@@ -120,13 +126,28 @@ class MigrationEngine(StageEngine):
                  *, log: bool, on_finished: Callable[[int], None] | None,
                  next_event_s: Callable[[], float]) -> None:  # fmt: skip
         super().__init__(
-            capacity, instance, pool, policy, log=log, on_finished=on_finished
-        )
+            capacity, instance, pool, policy, log=log, on_finished=on_finished,
+            adapters=joint_adapters(instance, pool, capacity),
+        )  # fmt: skip
         self.next_event_s = next_event_s
+        self.block_bytes = float(
+            pool.profile.block_tokens * pool.profile.kv_bytes_per_token
+        )
         self.migrating: set[int] = set()  # local ids being copied out
         #: local id of a request that landed -> the blocks reserved for it, its
         #: own from its adoption
         self.landed: dict[int, int] = {}
+        #: adapter code -> (requests finished here, their seconds from admission
+        #: to completion), with adapters (:class:`~lsched.migrators.AdapterLoad`)
+        self.finished_by_adapter: dict[int, tuple[int, float]] = {}
+
+    def _finish(self, finished: list[int], end: float) -> None:
+        if self.adapters is not None:
+            stats, codes = self.finished_by_adapter, self.adapters.codes
+            for r in finished:
+                count, seconds = stats.get(int(codes[r]), (0, 0.0))
+                stats[int(codes[r])] = (count + 1, seconds + end - self.admitted_s[r])
+        super()._finish(finished, end)
 
     def _adopt(self, k: int) -> None:
         for r in range(k, self.num_arrived):
@@ -181,6 +202,36 @@ class MigrationEngine(StageEngine):
             len(self.requeued) + len(self.swapped),
             candidates,
             kv.kv.block_tokens,
+            self._adapter_load(waiting, need),
+        )
+
+    def _adapter_load(self, waiting: np.ndarray, need: list[int]) -> AdapterLoad | None:
+        """Its requests and adapters (``None`` without adapters): a running
+        request holds its blocks and may move if it decodes and is not
+        migrating; a waiting one needs ``need`` blocks and stays."""
+        adapters = self.adapters
+        if adapters is None:
+            return None
+        codes, ids, kv = adapters.codes, self.ids, self.kv
+        processed, target = self.processed, self.target
+        requests = [
+            RequestLoad(ids[r], int(codes[r]), int(kv.kv.blocks(int(processed[r]))),
+                        bool(processed[r] >= target[r] and r not in self.migrating))
+            for r in self.running
+        ]  # fmt: skip
+        requests += [
+            RequestLoad(ids[r], int(codes[r]), b, False, False)
+            for r, b in zip(waiting.tolist(), need, strict=False)
+        ]
+        return AdapterLoad(
+            capacity_blocks=int(kv.kv.capacity_blocks),
+            block_bytes=self.block_bytes,
+            max_num_seqs=self._max_seqs,
+            max_loras=adapters.max_loras,
+            resident=tuple(adapters.resident),
+            load_s=tuple(adapters.load_s),
+            requests=tuple(requests),
+            finished=tuple((c, n, s) for c, (n, s) in self.finished_by_adapter.items()),
         )
 
 

@@ -25,7 +25,9 @@ outcome``) each copy stage. A *move* is a request's rows up to its first
     On every replica, after every run, the blocks of the requests resident
     there (``ceil(tokens / b)``: a request from its first run there, or from its
     arrival ``e`` when it migrated in, until its completion, its preemption, or
-    the end ``e`` of its move out: pinned while the last stage copies) plus the
+    the end ``e`` of its move out: pinned while the last stage copies; one whose
+    KV the target dropped at its adoption, to be prefilled again, holds none in
+    the runs that start from ``e`` on, the adoption's boundary or later) plus the
     blocks reserved there for the stages of moves under way are within the
     replica's capacity. A stage's blocks are reserved at the target's first
     boundary at or after the stage's start (they count for the runs that start
@@ -268,9 +270,9 @@ def _switch(
             seg[3] = move["end"]  # pinned on the source until the move lands
         seg = [move["target"], i, move["end"], math.inf, [(move["end"], carried)], True]
         segments.append(seg)
-    if row.kind != "decode":  # dropped on arrival: prefilled again
+    if row.kind != "decode":  # dropped at its adoption: prefilled again later
         assert seg is not None
-        seg[3] = float(row.start_s)
+        seg[3] = chain[-1]["end"]  # no run on the target starts before that
         return None
     return seg
 

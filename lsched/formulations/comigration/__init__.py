@@ -29,7 +29,10 @@ of adapter ``k`` at its adapter's mean execution time over finished requests
 any, line 56); ``e_i`` per request generalises it. Per replica: KV capacity
 ``G_j`` blocks (``engine_gpu_blocks``), adapter slots ``L_j``
 (``engine_lora_capacity``: dLoRA passes the number of adapters the engine holds
-now, line 404), resident adapters ``R_kj`` (``model_engine_mapping``). Constants:
+now, line 404), resident adapters ``R_kj`` (``model_engine_mapping``). A
+request may be *immovable* (``movable``, all by default): one a live migration
+cannot take now (prefilling, waiting, or already on its way) is priced where
+it is and stays there. Constants:
 ``m = 0.05`` s per moved request (``migration_ilp.py`` line 57), ``beta =
 block bytes / PCIe`` seconds per overflow block with PCIe ``32 GiB/s``
 (``engine_manager.py`` lines 21, 416: dLoRA's ``B = PCIE_BANDWIDTH /
@@ -43,6 +46,7 @@ placed on ``j``), overflow ``o_j >= 0`` (blocks), ``T`` (seconds)::
 
     min T
     s.t. sum_j x_ij = 1                          every request on one replica
+         x_ir_i = 1          for i not movable    an immovable request stays
          x_ij <= y_k(i)j                          only where its adapter is placed
          sum_k y_kj <= L_j                        adapter slots
          o_j >= sum_i b_i x_ij - G_j,  o_j >= 0   KV blocks over capacity
@@ -71,6 +75,10 @@ Where lsched departs
 * Adapter loads ``l_k y_kj`` are new: the artifact's ILP does not price them
   (it fills free adapter slots after it, line 441); ``l = 0`` (the default) is the
   artifact's model.
+* Immovable requests are new: the artifact moves any request the ILP moves
+  (its requests are those its engines report, ``get_migration_info``); a
+  live migration (:mod:`lsched.evaluator.migration`) takes only decoding
+  requests, so the others stay and are priced where they are.
 * ``y`` exists only for adapters some request uses: the others are needed
   nowhere. The artifact's ``alpha = 0.1`` and CPU blocks are passed but unused.
 
@@ -81,6 +89,7 @@ Given ``x``, the least placement ``y_kj = 1`` iff some request of ``k`` is on
 other feasible ``y`` only adds load terms. The least overflow is ``o_j = max(0,
 sum_{i on j} b_i - G_j)``. So the model's value of an assignment is ``max_j T_j``
 with these, and it is feasible iff no replica needs more than ``L_j`` adapters
+and every immovable request is where it is
 (:meth:`CoMigrationProblem.replica_times_s`, :mod:`.model`). Staying put is
 feasible (the problem refuses data where it is not) and is the warm start.
 

@@ -4,10 +4,11 @@ sees it.
 A schedule is a replica per request (int64). Its objective is the exact ``max_j
 T_j`` in seconds (:meth:`CoMigrationProblem.replica_times_s`), with each replica
 holding the least placement its requests need; it is feasible when every request
-is on a replica and no replica needs more adapters than its slots. The warm start
-is staying put (no move, ``x_i = r_i``), feasible by the problem's validation, or
-``initial_solution`` checked. The free bound is :func:`free_bound`; the objective
-is continuous, so a proven bound implies nothing stronger.
+is on a replica, every immovable request on its own, and no replica needs more
+adapters than its slots. The warm start is staying put (no move, ``x_i = r_i``),
+feasible by the problem's validation, or ``initial_solution`` checked. The free
+bound is :func:`free_bound`; the objective is continuous, so a proven bound
+implies nothing stronger.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ def objective_s(problem: CoMigrationProblem, where: IntArray) -> float:
 
 
 def is_feasible(problem: CoMigrationProblem, where: IntArray) -> bool:
-    """Whether ``where`` puts every request on a replica within adapter slots."""
+    """Whether ``where`` puts every request on a replica within adapter slots,
+    every immovable request where it is."""
     if where.shape != (len(problem),):
         return False
     if not np.all((where >= 0) & (where < problem.replicas)):
+        return False
+    if np.any((where != problem.replica) & ~problem.movable):
         return False
     return bool(np.all(problem.needed(where).sum(axis=0) <= problem.adapter_slots))
 
@@ -67,7 +71,7 @@ def start(
     if where.dtype.kind not in "iu" or not is_feasible(problem, where.astype(np.int64)):
         raise InputError(
             f"expected {len(problem)} replica ids from 0 to {problem.replicas - 1} "
-            "within every replica's adapter slots",
+            "within every replica's adapter slots, immovable requests in place",
             field="initial_solution",
         )
     return "initial_solution", where.astype(np.int64)

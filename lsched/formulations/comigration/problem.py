@@ -94,6 +94,19 @@ def _below(value: IntArray, name: str, limit: int, what: str) -> None:
         )
 
 
+def _mask(value: npt.ArrayLike | None, name: str, size: int) -> BoolArray:
+    """``value`` as a 1-D boolean array of ``size`` entries (all ``True`` if
+    ``None``)."""
+    if value is None:
+        return np.ones(size, dtype=np.bool_)
+    array = np.asarray(value)
+    if array.ndim != 1 or len(array) != size:
+        raise InputError(f"expected a 1-D array of {size} entries", field=name)
+    if array.dtype.kind != "b":
+        raise InputError(f"got {array.dtype} values; expected booleans", field=name)
+    return array.astype(np.bool_)
+
+
 def _residency(value: npt.ArrayLike, replicas: int) -> BoolArray:
     """``resident`` as a ``(K, C)`` boolean array, ``K >= 1``."""
     array = np.asarray(value)
@@ -139,6 +152,11 @@ class CoMigrationProblem:
         ``l_k >= 0``: seconds to load adapter ``k`` where it is not resident
         (its size / host-to-device bandwidth); zeros by default, as in dLoRA's
         ILP, which has no such term.
+    movable
+        Whether each request may move (boolean, read-only; all ``True`` by
+        default). An immovable request (one a live migration cannot take now:
+        prefilling, waiting, or already on its way) is priced where it is and
+        stays there: ``x_i r_i = 1``.
     move_s
         ``m``: seconds charged to the destination per moved request
         (:data:`MOVE_S`).
@@ -165,6 +183,7 @@ class CoMigrationProblem:
     resident: BoolArray
     block_bytes: float
     adapter_load_s: FloatArray | None = None
+    movable: BoolArray | None = None
     move_s: float = MOVE_S
     pcie_bytes_per_s: float = PCIE_BYTES_PER_S
     block_s: float = field(init=False)
@@ -197,6 +216,7 @@ class CoMigrationProblem:
             "adapter_slots": _integers(self.adapter_slots, "adapter_slots", replicas),
             "resident": resident,
             "adapter_load_s": _seconds(load, "adapter_load_s", adapters),
+            "movable": _mask(self.movable, "movable", n),
             "move_s": check_number(self.move_s, "move_s", 0.0, what="seconds"),
         }
         for name, value in derived.items():

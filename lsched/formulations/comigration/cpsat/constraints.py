@@ -1,7 +1,8 @@
 """Constraints of the co-migration CP-SAT model
 (:mod:`lsched.formulations.comigration`).
 
-Each request on exactly one replica; ``x_ij => y_k(i)j``; at most ``L_j``
+Each request on exactly one replica, an immovable one on its own; ``x_ij =>
+y_k(i)j``; at most ``L_j``
 adapters on replica ``j``; ``o_j >= sum_i b_i x_ij - G_j``.
 """
 
@@ -18,10 +19,13 @@ __all__ = ["add_constraints"]
 def add_constraints(
     model: cp_model.CpModel, problem: CoMigrationProblem, v: CpVariables
 ) -> None:
-    """Assignment, placement, slots and overflow rows."""
+    """Assignment (immovable requests in place), placement, slots and overflow
+    rows."""
     c = problem.replicas
     for i, row in enumerate(v.x):
         model.add_exactly_one(row)
+        if not problem.movable[i]:
+            model.add(row[int(problem.replica[i])] == 1)
         k = int(problem.adapter[i])
         for j in range(c):
             model.add_implication(row[j], v.y[k][j])
