@@ -45,8 +45,15 @@ one running request more on the target (``inf`` compares as larger than any
 number; a gap between two infinities is taken as 0). The ``llumnix`` router
 sends each arrival to the replica of highest ``F_d``.
 
-Priorities (the paper's headroom for high-priority requests) are not modelled:
-every request has the same priority here.
+Priorities (the paper's virtual usage for execution priorities): with
+``headroom_blocks = h > 0``, a replica that runs a request of priority ``<=
+high_priority`` (lsched's priorities: smaller is more urgent) counts ``h`` more
+blocks taken in both freenesses, the paper's headroom spread over its
+high-priority requests. So the dispatcher sends new requests elsewhere and the
+migrator moves requests off it, keeping its high-priority requests' batch
+small and their memory free. In the gap test a move takes the headroom with
+it when it moves the source's only high-priority request. ``h = 0`` (the
+default), or an instance without priorities, is the rule above.
 
 dLoRA (Wu et al., OSDI 2024; ``LLMServe/dLoRA-artifact``)
 ----------------------------------------------------------
@@ -188,6 +195,9 @@ class ReplicaLoad:
     adapters
         Its requests and adapters where the replica serves adapters, else
         ``None``.
+    priorities
+        ``(request, priority)`` of its running requests where the instance has
+        priorities (smaller is more urgent), else empty.
     """
 
     free_blocks: int
@@ -199,6 +209,7 @@ class ReplicaLoad:
     candidates: tuple[tuple[int, int], ...]
     block_tokens: int
     adapters: AdapterLoad | None = None
+    priorities: tuple[tuple[int, int], ...] = ()
 
     @property
     def freeness(self) -> float:
@@ -208,15 +219,25 @@ class ReplicaLoad:
     @property
     def dispatch_freeness(self) -> float:
         """Llumnix's freeness for dispatch (module docstring)."""
-        return freeness(
-            self.free_blocks - self.waiting_blocks, self.running + self.waiting
-        )
+        return self.dispatch_freeness_after(0)
 
-    def freeness_after(self, blocks: int, requests: int) -> float:
-        """The freeness with ``blocks`` more blocks taken and ``requests`` more
-        running (negative: a request moved out)."""
-        room = self.free_blocks - blocks - self.head_blocks
+    def dispatch_freeness_after(self, headroom_blocks: int) -> float:
+        """The dispatch freeness with ``headroom_blocks`` more taken."""
+        room = self.free_blocks - self.waiting_blocks - headroom_blocks
+        return freeness(room, self.running + self.waiting)
+
+    def freeness_after(
+        self, blocks: int, requests: int, headroom_blocks: int = 0
+    ) -> float:
+        """The freeness with ``blocks`` (and ``headroom_blocks``) more blocks
+        taken and ``requests`` more running (negative: a request moved out)."""
+        room = self.free_blocks - blocks - self.head_blocks - headroom_blocks
         return freeness(room, self.running + requests + (self.waiting > 0))
+
+    def runs_urgent(self, high_priority: int, without: int = -1) -> bool:
+        """Whether it runs a request of priority ``<= high_priority`` other than
+        request ``without``."""
+        return any(p <= high_priority for i, p in self.priorities if i != without)
 
 
 def freeness(room_blocks: int, requests: int) -> float:
@@ -259,10 +280,19 @@ class LlumnixMigrator:
     select: str = "last"
     last_stage_blocks: int = 16
     max_stages: int = 3
+    headroom_blocks: int = 0
+    high_priority: int = 0
+
+    def headroom(self, load: ReplicaLoad, without: int = -1, adds: bool = False) -> int:
+        """The blocks ``load`` keeps for high-priority requests (module
+        docstring): ``headroom_blocks`` while it runs one other than request
+        ``without``, or one moves in (``adds``)."""
+        urgent = adds or load.runs_urgent(self.high_priority, without)
+        return self.headroom_blocks if urgent else 0
 
     def decide(self, view: MigrationView) -> list[tuple[int, int, int]]:
         loads = view.loads
-        f = [load.freeness for load in loads]
+        f = [load.freeness_after(0, 0, self.headroom(load)) for load in loads]
         sources = sorted(
             (c for c, load in enumerate(loads)
              if f[c] < FREENESS_THRESHOLD or load.preempted),
@@ -293,8 +323,15 @@ class LlumnixMigrator:
         else:
             i, tokens = min(source.candidates, key=lambda c: (c[1], c[0]))
         x = -(-tokens // source.block_tokens)
-        before = _gap(target.freeness, source.freeness)
-        after = _gap(target.freeness_after(x, 1), source.freeness_after(-x, -1))
+        urgent = any(j == i and p <= self.high_priority for j, p in source.priorities)
+        before = _gap(
+            target.freeness_after(0, 0, self.headroom(target)),
+            source.freeness_after(0, 0, self.headroom(source)),
+        )
+        after = _gap(
+            target.freeness_after(x, 1, self.headroom(target, adds=urgent)),
+            source.freeness_after(-x, -1, self.headroom(source, without=i)),
+        )
         return i if after < before else None
 
 

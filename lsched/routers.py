@@ -40,7 +40,9 @@ Built-in routers
     Llumnix (:class:`Llumnix`): each arrival to the replica of highest
     dispatch freeness (:mod:`lsched.migrators`), ties to the lowest id; every
     ``interval_s`` its migrator moves running requests live between replicas
-    (:mod:`lsched.evaluator.migration`). Such a run takes the Python engine.
+    (:mod:`lsched.evaluator.migration`). ``headroom_blocks=H,high_priority=P``
+    keep ``H`` blocks free beside requests of priority ``<= P``. Such a run
+    takes the Python engine.
 ``dlora:interval_s=10,kv_fraction=0.9,imbalance=16,time_limit_s=5,backend=milp``
     dLoRA (:class:`Dlora`): each arrival to a replica where its adapter is
     resident or used (dLoRA's ``select_engine``), of least execution cost;
@@ -503,15 +505,23 @@ class Conductor:
 @dataclass(frozen=True)
 class LlumnixParams:
     """``llumnix``'s parameters: the migrator's tick, which request it moves
-    (``last`` admitted or ``shortest``), and the copy's last-stage threshold
-    and stage limit (:mod:`lsched.evaluator.migration`)."""
+    (``last`` admitted or ``shortest``), the copy's last-stage threshold and
+    stage limit (:mod:`lsched.evaluator.migration`), and the headroom kept on a
+    replica that runs a request of priority ``<= high_priority``
+    (:mod:`lsched.migrators`)."""
 
     interval_s: float = 0.05
     select: str = "last"
     last_stage_blocks: int = 16
     max_stages: int = 3
+    headroom_blocks: int = 0
+    high_priority: int = 0
 
     def __post_init__(self) -> None:
+        if not self.headroom_blocks >= 0:
+            raise ValueError(
+                f"got headroom_blocks={self.headroom_blocks}; expected blocks >= 0"
+            )
         if not (math.isfinite(self.interval_s) and self.interval_s > 0):
             raise ValueError(
                 f"got interval_s={self.interval_s}; expected finite seconds > 0"
@@ -540,13 +550,16 @@ class Llumnix:
             params.select,
             params.last_stage_blocks,
             params.max_stages,
+            params.headroom_blocks,
+            params.high_priority,
         )
 
     def route(self, view: ClusterView) -> int:
-        return min(
-            range(view.replicas),
-            key=lambda c: (-view.replica_load(c).dispatch_freeness, c),
-        )
+        def freeness(c: int) -> float:
+            load = view.replica_load(c)
+            return load.dispatch_freeness_after(self.migrator.headroom(load))
+
+        return min(range(view.replicas), key=lambda c: (-freeness(c), c))
 
 
 #: dLoRA's speed of a merged batch relative to an unmerged one in its dispatch

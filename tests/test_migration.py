@@ -191,6 +191,44 @@ def test_the_llumnix_router_sends_an_arrival_to_the_freest_replica() -> None:
     assert got.metrics["migrations"] == 0
 
 
+def test_llumnix_headroom_makes_a_replica_with_an_urgent_request_a_source() -> None:
+    """Replica 0: 10 free blocks, requests 0 (priority 0, 16 tokens = 1 block)
+    and 1 (priority 5, 32 tokens = 2 blocks) running; replica 1: 40 free, one
+    running. Without headroom F = 10 / 2 = 5 and 40: no source. With 8 blocks of
+    headroom for priority <= 0, replica 0 has F = (10 - 8) / 2 = 1: a source.
+    ``last`` moves request 1 (normal): the gap 40 - 1 = 39 becomes |(40 - 2) / 2
+    - (10 + 2 - 8) / 1| = 15, kept. Moving request 0 instead (``shortest``)
+    takes the headroom along: |(40 - 1 - 8) / 2 - (10 + 1) / 1| = 4.5, kept too."""
+    loads = (
+        ReplicaLoad(10, 0, 2, 0, 0, 0, ((0, 16), (1, 32)), 16,
+                    priorities=((0, 0), (1, 5))),
+        ReplicaLoad(40, 0, 1, 0, 0, 0, (), 16, priorities=((2, 5),)),
+    )  # fmt: skip
+    view = MigrationView(0.0, loads)
+    assert LlumnixMigrator().decide(view) == []
+    assert LlumnixMigrator(headroom_blocks=8).decide(view) == [(1, 0, 1)]
+    shortest = LlumnixMigrator(select="shortest", headroom_blocks=8)
+    assert shortest.decide(view) == [(0, 0, 1)]
+    # nothing is urgent at high_priority = -1: no headroom, no source
+    assert LlumnixMigrator(headroom_blocks=8, high_priority=-1).decide(view) == []
+
+
+def test_llumnix_dispatch_keeps_headroom_beside_an_urgent_request() -> None:
+    """Two unit-slot replicas of 16 tokens, 1 s iterations. Request 0 (priority
+    0, prompt 2) goes to replica 0; request 1 (prompt 4) at 0.5 s to replica 1
+    (idle: inf against 14 / 1). Request 2 at 1.5 s sees replica 0 at its
+    boundary 2 holding 3 tokens (dispatch freeness 13 / 1) and replica 1 at its
+    boundary 1.5 holding 4 (12 / 1), so it joins replica 0; with 4 blocks of
+    headroom replica 0 counts (13 - 4) / 1 = 9 and it joins replica 1. No
+    replica's freeness falls below 3: nothing migrates."""
+    unit = load_profile("unit-slot").replace(kv_capacity_tokens=16)
+    instance = Instance([0.0, 0.5, 1.5], [2, 4, 1], [8, 8, 1], priority=[0, 5, 5])
+    for router, replica in (("llumnix", 0), ("llumnix:headroom_blocks=4", 1)):
+        got = simulate_cluster(instance, Cluster((Pool(unit, "fcfs", 2),), router))
+        assert got.requests["replica"].tolist() == [0, 1, replica], router
+        assert got.metrics["migrations"] == 0
+
+
 @pytest.mark.parametrize(
     ("router", "needles"),
     [
@@ -198,6 +236,7 @@ def test_the_llumnix_router_sends_an_arrival_to_the_freest_replica() -> None:
         ("llumnix:interval_s=-1", ["interval_s=-1", "finite seconds > 0"]),
         ("llumnix:interval_s=inf", ["interval_s=inf", "finite seconds > 0"]),
         ("llumnix:last_stage_blocks=0", ["last_stage_blocks=0", ">= 1"]),
+        ("llumnix:headroom_blocks=-1", ["headroom_blocks=-1", "blocks >= 0"]),
         ("llumnix:max_stages=0", ["max_stages=0", ">= 1"]),
         ("llumnix:select=first", ["select='first'", "last or shortest"]),
     ],

@@ -203,7 +203,16 @@ class MigrationEngine(StageEngine):
             candidates,
             kv.kv.block_tokens,
             self._adapter_load(waiting, need),
+            self._priorities(),
         )
+
+    def _priorities(self) -> tuple[tuple[int, int], ...]:
+        """``(request, priority)`` of its running requests (none without
+        priorities)."""
+        priority = self._priority_view
+        if priority is None:
+            return ()
+        return tuple((self.ids[r], int(priority[r])) for r in self.running)
 
     def _adapter_load(self, waiting: np.ndarray, need: list[int]) -> AdapterLoad | None:
         """Its requests and adapters (``None`` without adapters): a running
