@@ -750,18 +750,29 @@ class DisaggSim:
 
     def outcome(self) -> ClusterRun:
         """Where every request went, the engines and the stages (after :meth:`run`)."""
-        ids = [np.array(e.ids, dtype=np.int64) for e in self.engines]
-        return ClusterRun(
-            self.where,
-            self.reasons,
-            [e if len(k) else None for e, k in zip(self.engines, ids, strict=True)],
-            ids,
-            stages={
+        return joint_outcome(
+            self,
+            {
                 "decode_replica": self.decode_replica,
                 "transfer_start_s": self.transfer_start_s,
                 "transfer_end_s": self.transfer_end_s,
                 "transferred_bytes": self.transferred_bytes,
             },
-            served=self.instance,
-            truncated=self.cut.truncated,
         )
+
+
+def joint_outcome(sim: Any, stages: dict[str, np.ndarray], **extra: Any) -> ClusterRun:
+    """The :class:`ClusterRun` of an event loop over :class:`StageEngine`
+    replicas (``sim``: ``engines``, ``where``, ``reasons``, ``instance``,
+    ``cut``), with its per-request ``stages`` columns and ``extra`` fields."""
+    ids = [np.array(e.ids, dtype=np.int64) for e in sim.engines]
+    return ClusterRun(
+        sim.where,
+        sim.reasons,
+        [e if len(k) else None for e, k in zip(sim.engines, ids, strict=True)],
+        ids,
+        stages=stages,
+        served=sim.instance,
+        truncated=sim.cut.truncated,
+        **extra,
+    )

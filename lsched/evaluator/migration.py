@@ -102,7 +102,7 @@ from lsched.evaluator.cluster import (
     make_policy,
     router_context,
 )
-from lsched.evaluator.disagg import StageEngine
+from lsched.evaluator.disagg import StageEngine, joint_outcome
 from lsched.evaluator.engine import DONE, RUNNING
 from lsched.evaluator.length import cluster_max_model_len, cut_to_length
 from lsched.instance import Instance
@@ -500,20 +500,14 @@ class MigrationSim:
 
     def outcome(self) -> ClusterRun:
         """Where every request went, the engines and the migration columns."""
-        ids = [np.array(e.ids, dtype=np.int64) for e in self.engines]
-        return ClusterRun(
-            self.where,
-            self.reasons,
-            [e if len(k) else None for e, k in zip(self.engines, ids, strict=True)],
-            ids,
-            stages={
+        return joint_outcome(
+            self,
+            {
                 "migrations": self.migrations,
                 "migration_aborts": self.aborts,
                 "migrated_bytes": self.migrated_bytes,
                 "migration_downtime_s": self.downtime_s,
             },
-            served=self.instance,
-            truncated=self.cut.truncated,
             migrations=pd.DataFrame(self.stage_rows, columns=list(STAGE_COLUMNS)),
         )
 
