@@ -296,3 +296,21 @@ def test_kv_taken_and_delivered_at_once_is_adopted_at_the_next_decision() -> Non
     # request 1 was taken at the boundary 2 and its KV arrived at once, but the
     # replica had decided the run [2, 3] already: adopted at 3, not at 2
     assert "request-record" in _forge("pull-at-once", decode_admitted_s={1: 2.0})
+
+
+def test_tbt_spans_both_pools() -> None:
+    """Mooncake's TBT over a request's tokens on both pools. ``fifo``: request
+    0's token 1 at 1 (prefill), tokens 2 and 3 at 4.5 and 5.5 (its KV arrives
+    at 3.5): gaps 3.5 and 1, TBT the largest, 3.5; request 1's token 1 at 1 and
+    token 2 at 5.5 (KV at 4.5): TBT 4.5. A forged ``tbt_s`` or TBT metric is
+    reported."""
+    instance, cluster, result = _run("fifo")
+    report = validate_cluster(instance, cluster, result)
+    report.raise_if_invalid()
+    assert report.requests["tbt_s"].tolist() == [3.5, 4.5]
+    assert result.requests["tbt_s"].tolist() == [3.5, 4.5]
+    assert report.metrics["tbt_mean_s"] == 4.0
+    assert "request-record" in _forge("fifo", tbt_s={0: 1.0})
+    metrics = dict(result.metrics, tbt_mean_s=3.0)
+    forged = validate_cluster(instance, cluster, replace(result, metrics=metrics))
+    assert forged.rules == {"metric"}

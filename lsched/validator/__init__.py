@@ -291,8 +291,8 @@ capacity (``effective_capacity_tbt_100ms``, ``_200ms``, ``_300ms``: the share of
 all requests with TTFT <= 30 s and TBT within the threshold, one with no gap
 meeting it, one rejected for length missing it) are recomputed from the tokens
 the walk counts, and compared where the claimed records and metrics carry them
-(a run simulated with its log does); not for a disaggregated cluster, whose
-requests' gaps span two pools.
+(a run simulated with its log does); on a disaggregated cluster from each
+request's tokens on both pools put together, token 1 from its prefill pool.
 """
 
 from lsched.validator.cluster import validate_cluster

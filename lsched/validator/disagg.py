@@ -35,6 +35,7 @@ from lsched.validator.report import (
     _frozen,
 )
 from lsched.validator.stages import _Stages
+from lsched.validator.tbt import _compare_tbt_metrics, _tbt_of
 from lsched.validator.transfers import _check_transfers
 
 #: Per pool: the pool, its requests, its busy seconds and its KV token-seconds.
@@ -85,12 +86,29 @@ def _validate_disaggregated(
             claimed["swap_outs"] = requests["swap_outs"].to_numpy()
         elif len(swaps):
             out.add("schema", "requests lacks column swap_outs (the log swaps)")
+    times: list[list[float]] = [[] for _ in range(len(instance))]
     parts = [
         _replay_pool(
-            instance, cluster, result, pool, lo, own, claimed, swaps, totals, rtol, out
+            instance,
+            cluster,
+            result,
+            pool,
+            lo,
+            own,
+            claimed,
+            swaps,
+            totals,
+            times,
+            rtol,
+            out,
         )
         for pool, lo in zip(cluster.pools, _first_replicas(cluster), strict=True)
     ]
+    tbt = _tbt_of([sorted(t) for t in times])
+    own["tbt_s"] = tbt
+    if "tbt_s" in requests:
+        claimed["tbt_s"] = requests["tbt_s"].to_numpy()
+    ttft = own["first_token_s"] - instance.arrival_s
     records = pd.DataFrame(own)
     records.index.name = "request"
     _compare_stage_records(own, claimed, rtol, out)
@@ -98,6 +116,7 @@ def _validate_disaggregated(
 
     metrics = _stage_metrics(instance, own, parts, result, rtol, out)
     metrics |= _check_swap_totals(totals, swaps, result.metrics, rtol, out)
+    metrics |= _compare_tbt_metrics(ttft, tbt, result.metrics, rtol, out)
     moved = float(own["transferred_bytes"].sum())
     metrics["transferred_bytes"] = moved
     if "transferred_bytes" in result.metrics:
@@ -152,12 +171,14 @@ def _replay_pool(
     claimed: dict[str, np.ndarray],
     swaps: pd.DataFrame | None,
     totals: dict[str, float] | None,
+    times: list[list[float]],
     rtol: float,
     out: _Collector,
 ) -> _Part:
     """Replay the log of ``pool`` (replicas from ``lo``) over the requests the
     claimed records give it, with what its stage adds; its violations join
-    ``out``, its records ``own``, its swap metrics ``totals``."""
+    ``out``, its records ``own``, its swap metrics ``totals``, the times of the
+    tokens each request emitted here ``times``."""
     hi = lo + pool.replicas
     holder = claimed["decode_replica" if pool.role == "decode" else "replica"]
     ids = np.flatnonzero((holder >= lo) & (holder < hi))
@@ -166,12 +187,15 @@ def _replay_pool(
     n = len(instance)
     runs, members, preempted, pool_swaps = _pool_log(result, lo, hi, ids, n, swaps)
     sub, stages = _pool_stage(instance, pool, ids, own)
+    local: list[list[float]] = []
     report, busy_s, kv_token_seconds = _validate_log(
         sub, pool.profile, runs, members, preempted, replicas=pool.replicas,
         requests=None, metrics=None, rtol=rtol, stages=stages,
         swaps=pool_swaps, swap_mode=_swap_mode(pool), swap_totals=False,
-        prefix=_pool_evictions(result, pool, runs),
+        prefix=_pool_evictions(result, pool, runs), token_times=local,
     )  # fmt: skip
+    for i, emitted in zip(ids.tolist(), local, strict=False):
+        times[i] += emitted
     _add_swap_totals(totals, report.metrics)
     _add_pool_violations(out, pool, ids, report)
     if report.requests is not None:

@@ -38,7 +38,7 @@ from lsched.validator.report import (
 from lsched.validator.schema import _check_schema, _check_swap_schema
 from lsched.validator.stages import _stage_kv, _Stages
 from lsched.validator.swaps import _check_swaps
-from lsched.validator.tbt import _check_tbt
+from lsched.validator.tbt import _check_tbt, _token_times
 from lsched.validator.timing import _iteration_end, _run_times
 
 
@@ -147,6 +147,7 @@ def _validate_log(
     too_long: npt.NDArray[np.bool_] | None = None,
     prefix: tuple[Any, pd.DataFrame | None] = (None, None),
     adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None] = (None, None, None),
+    token_times: list[list[float]] | None = None,
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
@@ -155,7 +156,10 @@ def _validate_log(
     served request emits (:func:`_fit`); ``too_long``: the requests that must
     not run (prompt over ``max_model_len``), left out of the metrics; ``prefix``
     and ``adapters``: the prefix cache and its evictions, the adapter spec and
-    its loads (``None`` and tables or ``None``)."""
+    its loads (``None`` and tables or ``None``); ``token_times``: for a pool of
+    a disaggregated cluster, filled with the times of the tokens each request
+    emitted here instead of checking TBT (its gaps may span two pools:
+    :mod:`lsched.validator.disagg`)."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
@@ -211,9 +215,12 @@ def _validate_log(
         own |= cache.metrics
     own |= lora.metrics  # none without adapters
     records = _own_records(replay, first, done, sw, log if cache else None)
-    # Mooncake's TBT (not for a disaggregated pool: its gaps span two pools)
+    # Mooncake's TBT; a pool of a disaggregated cluster gives its token times
+    # only (a request's gaps span two pools: lsched.validator.disagg takes them)
     tbt: dict[str, float] = {}
-    if stages is None:
+    if token_times is not None:
+        token_times[:] = _token_times(profile, log, features, replay, len(instance))
+    else:
         tbt = _check_tbt(instance, profile, log, features, replay, first, records,
                          metrics, rtol, out)  # fmt: skip
     if requests is not None:
