@@ -354,7 +354,10 @@ class DLoraMigrator:
         The request trigger's excess over the mean (``migration_req_thres``,
         16), ``>= 1``.
     time_limit_s
-        Seconds each solve may take.
+        Seconds each solve may take. A solve that finishes within it is
+        deterministic; one stopped by it applies its incumbent, which then
+        depends on the machine's speed (the run says nothing of it: keep the
+        limit above the solve times, ``benchmarks/comigration/README.md``).
     backend
         The co-migration backend (:mod:`lsched.formulations.backends`).
     last_stage_blocks, max_stages
