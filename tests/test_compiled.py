@@ -59,7 +59,7 @@ RESERVING = (
     "vllm-v0:kv_limit=false,prefill_token_budget=50,decode_context_cap=60",
     "vllm-v0:kv_limit=false,prefill_token_budget=50,back_pressure_tokens=60",
 )
-CASES = 150
+CASES = 100
 
 
 def _run(case: Case, engine: str) -> Any:

@@ -194,7 +194,7 @@ def _simulate(sc: Scenario, **kwargs: Any) -> Any:
     return simulate(sc.instance, sc.profile, sc.policy, replicas=sc.replicas, **kwargs)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_log_obeys_the_iteration_model(sc: Scenario) -> None:
     result = _simulate(sc, log=True)
@@ -209,7 +209,7 @@ def test_log_obeys_the_iteration_model(sc: Scenario) -> None:
     assert np.array_equal(rec["completion_s"][single], rec["first_token_s"][single])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_kv_bookkeeping_matches_the_naive_engine(sc: Scenario) -> None:
     fast = _simulate(sc, log=True)
@@ -225,7 +225,7 @@ def test_kv_bookkeeping_matches_the_naive_engine(sc: Scenario) -> None:
     assert kv * m["makespan_s"] == pytest.approx(naive.kv_token_seconds, rel=1e-9)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(scenarios())
 def test_same_input_same_result(sc: Scenario) -> None:
     one, two = _simulate(sc, log=True), _simulate(sc, log=True)

@@ -211,7 +211,7 @@ def _random_case(rng: np.random.Generator, policy: str) -> Case:
 def test_random_instances_agree_with_the_reference_engine(policy: str) -> None:
     rng = np.random.default_rng([20250701, POLICIES.index(policy)])
     preempted = blocks16 = 0
-    for _ in range(120):
+    for _ in range(80):
         case = _random_case(rng, policy)
         # chunked prefill by the budget and the idle-replica rule: never stalls
         naive, _ = agree_and_validate(case)
@@ -219,8 +219,8 @@ def test_random_instances_agree_with_the_reference_engine(policy: str) -> None:
         blocks16 += int(case.profile.block_tokens == 16)
     # the random cases reach the preemption paths (tight KV, small seq caps;
     # mc-sf and sorted-f preempt only after wrong predictions or chunked prefills)
-    assert preempted >= (10 if policy in ("sjf", "srpt") else 3), preempted
-    assert blocks16 >= 20
+    assert preempted >= (7 if policy in ("sjf", "srpt") else 2), preempted
+    assert blocks16 >= 13, blocks16
 
 
 # -- MC-SF on the Jaillet et al. family -------------------------------------------
