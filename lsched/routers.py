@@ -80,6 +80,7 @@ Register your own with :func:`register_router`::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lsched.errors import InputError
+from lsched.migrators import DLoraMigrator, LlumnixMigrator
 from lsched.profile.cost import batch_features
 from lsched.registry import Registry
 
@@ -510,12 +512,12 @@ class LlumnixParams:
     replica that runs a request of priority ``<= high_priority``
     (:mod:`lsched.migrators`)."""
 
-    interval_s: float = 0.05
-    select: str = "last"
-    last_stage_blocks: int = 16
-    max_stages: int = 3
-    headroom_blocks: int = 0
-    high_priority: int = 0
+    interval_s: float = LlumnixMigrator.interval_s
+    select: str = LlumnixMigrator.select
+    last_stage_blocks: int = LlumnixMigrator.last_stage_blocks
+    max_stages: int = LlumnixMigrator.max_stages
+    headroom_blocks: int = LlumnixMigrator.headroom_blocks
+    high_priority: int = LlumnixMigrator.high_priority
 
     def __post_init__(self) -> None:
         if not self.headroom_blocks >= 0:
@@ -543,16 +545,7 @@ class Llumnix:
     migrates = True
 
     def __init__(self, params: LlumnixParams) -> None:
-        from lsched.migrators import LlumnixMigrator
-
-        self.migrator = LlumnixMigrator(
-            params.interval_s,
-            params.select,
-            params.last_stage_blocks,
-            params.max_stages,
-            params.headroom_blocks,
-            params.high_priority,
-        )
+        self.migrator = LlumnixMigrator(**dataclasses.asdict(params))
 
     def route(self, view: ClusterView) -> int:
         def freeness(c: int) -> float:
@@ -574,13 +567,13 @@ class DloraRouterParams:
     DLoraMigrator`: tick, KV fraction, request imbalance, the solve's time limit
     and backend) and the live copy's (:mod:`lsched.evaluator.migration`)."""
 
-    interval_s: float = 10.0
-    kv_fraction: float = 0.9
-    imbalance: float = 16.0
-    time_limit_s: float = 5.0
-    backend: str = "milp"
-    last_stage_blocks: int = 16
-    max_stages: int = 3
+    interval_s: float = DLoraMigrator.interval_s
+    kv_fraction: float = DLoraMigrator.kv_fraction
+    imbalance: float = DLoraMigrator.imbalance
+    time_limit_s: float = DLoraMigrator.time_limit_s
+    backend: str = DLoraMigrator.backend
+    last_stage_blocks: int = DLoraMigrator.last_stage_blocks
+    max_stages: int = DLoraMigrator.max_stages
 
     def __post_init__(self) -> None:
         checks = (
@@ -622,14 +615,8 @@ class Dlora:
     migrates = True
 
     def __init__(self, params: DloraRouterParams, context: RouterContext) -> None:
-        from lsched.migrators import DLoraMigrator
-
         self.codes = context.adapter_codes
-        self.migrator = DLoraMigrator(
-            params.interval_s, params.kv_fraction, params.imbalance,
-            params.time_limit_s, params.backend, params.last_stage_blocks,
-            params.max_stages,
-        )  # fmt: skip
+        self.migrator = DLoraMigrator(**dataclasses.asdict(params))
 
     def route(self, view: ClusterView) -> int:
         loads = [view.replica_load(c) for c in range(view.replicas)]
