@@ -10,15 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_refused, run
-from reference_engine import simulate_naive_migration
+from test_migration_equivalence import run_both
 
 from lsched.adapters import AdapterSpec
 from lsched.cluster import Cluster, Link, Pool
 from lsched.errors import InputError
 from lsched.evaluator import simulate_cluster
 from lsched.evaluator.cluster import ClusterSim
-from lsched.evaluator.migration import MigrationSim
-from lsched.evaluator.records import collect
 from lsched.instance import Instance
 from lsched.migrators import AdapterLoad, DLoraMigrator, RequestLoad, adoptable
 from lsched.profile import load_profile
@@ -251,14 +249,7 @@ def test_co_migration_agrees_with_the_naive_engine() -> None:
     moved = 0
     for seed in range(8):
         instance, cluster = _migrating_case(seed)
-        sim = MigrationSim(instance, cluster, log=True)
-        sim.run()
-        got = collect(instance, cluster, sim.outcome(), True, 0.0)
-        migrator = sim.migrator
-        naive = simulate_naive_migration(
-            instance, cluster, sim.where, sim.starts, migrator.last_stage_blocks,
-            migrator.max_stages,
-        )  # fmt: skip
+        got, naive = run_both(instance, cluster)
         for column in ("first_token_s", "completion_s", "migration_downtime_s"):
             np.testing.assert_allclose(
                 got.requests[column], getattr(naive, column), rtol=1e-9,
