@@ -105,9 +105,11 @@ def solve(
     offset = problem.objective_offset
 
     def search(built: SlotModel, loaded: LoadedModel, build_s: float) -> Attempt:
-        outcome = highs.run_in(
+        # checked against HiGHS's mapping of a MIP start (run_in_from_start)
+        outcome, loaded, restarted = highs.run_in_from_start(
             run,
             loaded,
+            built.model,
             options={**highs.INTEGER_GAP, **params},
             start=highs.column_values(loaded, built.values(run.start)),
             start_objective=float(upper),
@@ -129,6 +131,7 @@ def solve(
                 "interrupted": outcome.interrupted,
                 "highs_runtime_s": outcome.runtime_s,
                 "build_s": build_s,
+                "restarted_without_start": restarted,
             },
         )
 
