@@ -29,6 +29,10 @@ its time limit or the wall-clock interrupt gives ``TIME_LIMIT``, a user's stop
 safe and the start is feasible); a solver error ``UNKNOWN``. The best
 schedule is always returned: HiGHS's if it is better and passes
 :func:`lsched.formulations.slot.incumbent.is_feasible`, else the starting one.
+HiGHS starts from the incumbent; where its objective is not that of the values
+it returns (HiGHS 1.16 can map a MIP start wrongly), it is solved again without
+the start (:func:`lsched.formulations.solvers.highs.run_in_from_start`,
+``info["restarted_without_start"]``).
 """
 
 from __future__ import annotations
