@@ -216,13 +216,9 @@ class ReplicaLoad:
         """Llumnix's freeness for migration (module docstring)."""
         return self.freeness_after(0, 0)
 
-    @property
-    def dispatch_freeness(self) -> float:
-        """Llumnix's freeness for dispatch (module docstring)."""
-        return self.dispatch_freeness_after(0)
-
     def dispatch_freeness_after(self, headroom_blocks: int) -> float:
-        """The dispatch freeness with ``headroom_blocks`` more taken."""
+        """Llumnix's freeness for dispatch (module docstring) with
+        ``headroom_blocks`` more taken."""
         room = self.free_blocks - self.waiting_blocks - headroom_blocks
         return freeness(room, self.running + self.waiting)
 
