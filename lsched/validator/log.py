@@ -151,15 +151,12 @@ def _validate_log(
 ) -> tuple[ValidationReport, float, float]:
     """:func:`validate_schedule`, and for a pool of a disaggregated cluster what its
     ``stages`` add; also returns the busy seconds and the KV token-seconds (pinned
-    KV included). ``swap_totals``: compare the swap metrics with ``metrics``
-    (a cluster compares its totals itself). ``instance`` has the outputs a
-    served request emits (:func:`_fit`); ``too_long``: the requests that must
-    not run (prompt over ``max_model_len``), left out of the metrics; ``prefix``
-    and ``adapters``: the prefix cache and its evictions, the adapter spec and
-    its loads (``None`` and tables or ``None``); ``token_times``: for a pool of
-    a disaggregated cluster, filled with the times of the tokens each request
-    emitted here instead of checking TBT (its gaps may span two pools:
-    :mod:`lsched.validator.disagg`)."""
+    KV included). ``swap_totals``: compare the swap metrics with ``metrics`` (a
+    cluster compares its totals itself). ``instance`` has the outputs a served
+    request emits (:func:`_fit`); ``too_long``: the requests that must not run,
+    left out of the metrics; ``prefix``, ``adapters``: the cache and its
+    evictions, the adapter spec and its loads; ``token_times``: filled with each
+    request's token times instead of checking TBT (:mod:`.disagg`)."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
     out = _Collector()
@@ -215,9 +212,7 @@ def _validate_log(
         own |= cache.metrics
     own |= lora.metrics  # none without adapters
     records = _own_records(replay, first, done, sw, log if cache else None)
-    # Mooncake's TBT; a pool of a disaggregated cluster gives its token times
-    # only (a request's gaps span two pools: lsched.validator.disagg takes them)
-    tbt: dict[str, float] = {}
+    tbt: dict[str, float] = {}  # Mooncake's; a disaggregated pool's times only
     if token_times is not None:
         token_times[:] = _token_times(profile, log, features, replay, len(instance))
     else:
@@ -228,14 +223,26 @@ def _validate_log(
     if metrics is not None:
         _compare_metrics(own, metrics, rtol, out)
     own |= tbt
-    if swap_metrics is not None:
-        if metrics is not None and swap_totals:
-            _compare_metrics(swap_metrics, metrics, rtol, out)
-        own |= swap_metrics
+    own |= _swap_part(swap_metrics, metrics if swap_totals else None, rtol, out)
     report = ValidationReport(
         tuple(out.kept), own, _frozen(first), _frozen(done), records, out.extra
     )
     return report, float(duration.sum()), kv_token_seconds
+
+
+def _swap_part(
+    swap_metrics: dict[str, float] | None,
+    metrics: Mapping[str, float] | None,
+    rtol: float,
+    out: _Collector,
+) -> dict[str, float]:
+    """The swap metrics (none without swaps), compared with the claimed
+    ``metrics`` where given."""
+    if swap_metrics is None:
+        return {}
+    if metrics is not None:
+        _compare_metrics(swap_metrics, metrics, rtol, out)
+    return swap_metrics
 
 
 def _cache_and_adapters(
