@@ -520,21 +520,30 @@ class LlumnixParams:
     high_priority: int = LlumnixMigrator.high_priority
 
     def __post_init__(self) -> None:
-        if not self.headroom_blocks >= 0:
-            raise ValueError(
-                f"got headroom_blocks={self.headroom_blocks}; expected blocks >= 0"
-            )
-        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
-            raise ValueError(
-                f"got interval_s={self.interval_s}; expected finite seconds > 0"
-            )
-        if self.select not in ("last", "shortest"):
-            raise ValueError(f"got select={self.select!r}; expected last or shortest")
-        for name in ("last_stage_blocks", "max_stages"):
-            if not getattr(self, name) >= 1:
-                raise ValueError(
-                    f"got {name}={getattr(self, name)}; expected an integer >= 1"
-                )
+        _check_params(self, (
+            *_migration_checks(self),
+            ("select", self.select in ("last", "shortest"), "last or shortest"),
+            ("headroom_blocks", self.headroom_blocks >= 0, "blocks >= 0"),
+        ))  # fmt: skip
+
+
+def _migration_checks(params: Any) -> tuple[tuple[str, bool, str], ...]:
+    """The checks of a migrating router's tick and live copy: ``(field, holds,
+    expected)``."""
+    interval = params.interval_s
+    return (
+        ("interval_s", math.isfinite(interval) and interval > 0, "finite seconds > 0"),
+        ("last_stage_blocks", params.last_stage_blocks >= 1, "an integer >= 1"),
+        ("max_stages", params.max_stages >= 1, "an integer >= 1"),
+    )
+
+
+def _check_params(params: Any, checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """Raise ``ValueError`` naming the first of ``checks`` that fails."""
+    for name, ok, expected in checks:
+        if not ok:
+            value = getattr(params, name)
+            raise ValueError(f"got {name}={value!r}; expected {expected}")
 
 
 class Llumnix:
@@ -576,22 +585,14 @@ class DloraRouterParams:
     max_stages: int = DLoraMigrator.max_stages
 
     def __post_init__(self) -> None:
-        checks = (
-            ("interval_s", math.isfinite(self.interval_s) and self.interval_s > 0,
-             "finite seconds > 0"),
+        _check_params(self, (
+            *_migration_checks(self),
             ("kv_fraction", 0 < self.kv_fraction <= 1, "a fraction in (0, 1]"),
             ("imbalance", math.isfinite(self.imbalance) and self.imbalance >= 1,
              "requests >= 1"),
             ("time_limit_s", self.time_limit_s > 0, "seconds > 0"),
             ("backend", self.backend in ("milp", "cpsat"), "milp or cpsat"),
-            ("last_stage_blocks", self.last_stage_blocks >= 1, "an integer >= 1"),
-            ("max_stages", self.max_stages >= 1, "an integer >= 1"),
-        )  # fmt: skip
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(
-                    f"got {name}={getattr(self, name)!r}; expected {expected}"
-                )
+        ))  # fmt: skip
 
 
 class Dlora:
