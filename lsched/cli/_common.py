@@ -7,9 +7,9 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -263,27 +263,29 @@ AdaptersOpt = Annotated[
 ]
 
 
-def adapters_spec(text: str | None) -> AdapterSpec | None:
-    """``--adapters`` parsed before any work (``None`` without it); an
-    InputError names the option."""
+T = TypeVar("T")
+
+
+def _parsed(text: str | None, parse: Callable[[str], T], option: str) -> T | None:
+    """``parse(text)`` (``None`` without ``text``); an InputError names
+    ``option``."""
     if text is None:
         return None
+    try:
+        return parse(text)
+    except InputError as exc:
+        raise InputError(exc.message, field=option) from None
+
+
+def adapters_spec(text: str | None) -> AdapterSpec | None:
+    """``--adapters`` parsed before any work (``None`` without it)."""
     from lsched.adapters import parse_adapters
 
-    try:
-        return parse_adapters(text)
-    except InputError as exc:
-        raise InputError(exc.message, field="--adapters") from None
+    return _parsed(text, parse_adapters, "--adapters")
 
 
 def prefix_cache_spec(text: str | None) -> PrefixCacheSpec | None:
-    """``--prefix-cache`` parsed before any work (``None`` without one); an
-    InputError names the option."""
-    if text is None:
-        return None
+    """``--prefix-cache`` parsed before any work (``None`` without one)."""
     from lsched.prefix.spec import parse_prefix_cache
 
-    try:
-        return parse_prefix_cache(text)
-    except InputError as exc:
-        raise InputError(exc.message, field="--prefix-cache") from None
+    return _parsed(text, parse_prefix_cache, "--prefix-cache")
