@@ -477,6 +477,15 @@ def _bucket_lp_applies(context: BoundContext) -> Why | None:
     return _size(context)
 
 
+def _buckets(context: BoundContext) -> tuple[float, float]:
+    """The serial horizon and the width of :data:`BUCKET_LP_BUCKETS` buckets up
+    to it, seconds (the bucket LP's and its Lagrangian's)."""
+    instance, profile = context.instance, context.profile
+    horizon = serial_horizon_s(instance, profile)
+    delta = (horizon - float(instance.arrival_s.min())) / BUCKET_LP_BUCKETS
+    return horizon, max(delta, 1e-9)
+
+
 def _bucket_lp(context: BoundContext) -> float | Why:
     """The bucket LP with :data:`BUCKET_LP_BUCKETS` buckets up to the serial
     horizon, its value at HiGHS's duals by the LP time limit."""
@@ -484,10 +493,9 @@ def _bucket_lp(context: BoundContext) -> float | Why:
     if context.lp_time_limit <= 0:
         return _lp_value(-math.inf, context)
     instance, profile = context.instance, context.profile
-    horizon = serial_horizon_s(instance, profile)
-    delta = (horizon - float(instance.arrival_s.min())) / BUCKET_LP_BUCKETS
-    found = bucket_lp(instance, profile, delta_s=max(delta, 1e-9),
-                      horizon_s=horizon, time_limit=context.lp_time_limit)  # fmt: skip
+    horizon, delta = _buckets(context)
+    found = bucket_lp(instance, profile, delta_s=delta, horizon_s=horizon,
+                      time_limit=context.lp_time_limit)  # fmt: skip
     return _lp_value(found.value, context)
 
 
@@ -505,13 +513,12 @@ def _bucket_lagrangian(context: BoundContext) -> float | Why:
     if context.lp_time_limit <= 0:
         return _lp_value(-math.inf, context)
     instance, profile = context.instance, context.profile
-    horizon = serial_horizon_s(instance, profile)
-    delta = (horizon - float(instance.arrival_s.min())) / BUCKET_LP_BUCKETS
+    horizon, delta = _buckets(context)
     spec = PolicySpec("priority", work_params(profile, chunk_tokens=384))
     run = simulate(oracle(instance), profile, spec).requests  # any run will do
     completion = run["completion_s"].to_numpy()
     found = bucket_lagrangian(
-        instance, profile, delta_s=max(delta, 1e-9), horizon_s=horizon,
+        instance, profile, delta_s=delta, horizon_s=horizon,
         completion_s=completion, first_token_s=run["first_token_s"].to_numpy(),
         upper_bound=float((completion - instance.arrival_s).sum()),
         time_limit=context.lp_time_limit,
