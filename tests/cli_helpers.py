@@ -29,6 +29,25 @@ def assert_refused(code: int, out: str, err: str, *needles: str) -> None:
     assert ".tmp" not in err  # the user's path, never a hidden temporary file
 
 
+def assert_router_refused(
+    router: str,
+    needles: list[str],
+    capsys: pytest.CaptureFixture[str],
+    model: str = "llama2-70b-a100-tp4",
+) -> None:
+    """``router`` is refused by :func:`lsched.routers.parse_router`, and by
+    ``lsched simulate --router`` on the sample trace: exit 2, one line with
+    every needle."""
+    from lsched.errors import InputError
+    from lsched.routers import parse_router
+
+    with pytest.raises(InputError):
+        parse_router(router)
+    trace = str(Path(__file__).parent / "data" / "traces" / "azure_sample.csv")
+    args = ["simulate", trace, "--model", model, "--router", router]
+    assert_refused(*run(args, capsys), *needles)
+
+
 def must_not_run(*args: object, **kwargs: object) -> None:
     """Stands in for the first piece of work of a command that must refuse first."""
     raise AssertionError("the command started working before checking its output")

@@ -5,22 +5,19 @@ by hand, the triggers, and bad input."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_refused, run
+from cli_helpers import assert_router_refused
 from test_migration_equivalence import run_both
 
 from lsched.adapters import AdapterSpec
 from lsched.cluster import Cluster, Link, Pool
-from lsched.errors import InputError
 from lsched.evaluator import simulate_cluster
 from lsched.evaluator.cluster import ClusterSim
 from lsched.instance import Instance
 from lsched.migrators import AdapterLoad, DLoraMigrator, RequestLoad, adoptable
 from lsched.profile import load_profile
-from lsched.routers import parse_router
 from lsched.tiers import HostTier
 from lsched.validator import validate_cluster
 
@@ -209,11 +206,7 @@ def test_a_move_is_kept_only_if_its_target_can_adopt_it() -> None:
 def test_bad_dlora_params_exit_2(
     router: str, needles: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(InputError):
-        parse_router(router)
-    trace = str(Path(__file__).parent / "data" / "traces" / "azure_sample.csv")
-    args = ["simulate", trace, "--model", "llama-7b-dlora", "--router", router]
-    assert_refused(*run(args, capsys), *needles)
+    assert_router_refused(router, needles, capsys, model="llama-7b-dlora")
 
 
 def _migrating_case(seed: int) -> tuple[Instance, Cluster]:
