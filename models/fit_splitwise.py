@@ -82,6 +82,24 @@ def _fit(hw_key: str, tp: int, csv_path: Path) -> FitResult:
     return fit_iteration_time(features, time_s)
 
 
+def _fit_and_hardware(fit: FitResult, gpu: str, tp: int, memory: int) -> str:
+    """The ``[fit]`` and ``[hardware]`` tables every generated profile has."""
+    return f"""\
+[fit]  # informational
+method = "nnls, relative least squares (lsched.calibration.fit_iteration_time)"
+observations = {fit.n}
+max_ape = {fit.max_ape!r}
+rmse_s = {fit.rmse_s!r}
+
+[hardware]
+gpu = "{gpu}"
+num_gpus = {tp}
+tensor_parallel = {tp}
+pipeline_parallel = 1
+gpu_memory_bytes = {memory}  # {memory // GIB} GiB
+"""
+
+
 def render(hw_key: str, tp: int, csv_path: Path) -> tuple[str, str]:
     """(file name, TOML text) for one hardware and TP degree."""
     tag, gpu, memory, memory_source = HARDWARE[hw_key]
@@ -124,19 +142,7 @@ max_model_len = 4096
 replicas = 1
 fit_mape = {fit.mape!r}  # fraction: {100 * fit.mape:.2f} %
 
-[fit]  # informational
-method = "nnls, relative least squares (lsched.calibration.fit_iteration_time)"
-observations = {fit.n}
-max_ape = {fit.max_ape!r}
-rmse_s = {fit.rmse_s!r}
-
-[hardware]
-gpu = "{gpu}"
-num_gpus = {tp}
-tensor_parallel = {tp}
-pipeline_parallel = 1
-gpu_memory_bytes = {memory}  # {memory // GIB} GiB
-
+{_fit_and_hardware(fit, gpu, tp, memory)}
 [model]
 name = "meta-llama/Llama-2-70b-hf"
 num_layers = {LAYERS}
@@ -326,19 +332,7 @@ max_model_len = {LONG_CONTEXT}
 replicas = 1
 fit_mape = {fit.mape!r}  # fraction: {100 * fit.mape:.2f} %, on Llama-2-70B prompts <= {MEASURED_PROMPT}
 
-[fit]  # informational
-method = "nnls, relative least squares (lsched.calibration.fit_iteration_time)"
-observations = {fit.n}
-max_ape = {fit.max_ape!r}
-rmse_s = {fit.rmse_s!r}
-
-[hardware]
-gpu = "{gpu}"
-num_gpus = {LONG_TP}
-tensor_parallel = {LONG_TP}
-pipeline_parallel = 1
-gpu_memory_bytes = {memory}  # {memory // GIB} GiB
-
+{_fit_and_hardware(fit, gpu, LONG_TP, memory)}
 [model]
 name = "meta-llama/Llama-3.1-70B"
 num_layers = {LAYERS}
