@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_helpers import run
+from prefix_helpers import hashed_instance
 
 from lsched.comparison import compare, is_slot_schedule, objective_value
 from lsched.errors import InputError
@@ -248,13 +249,12 @@ def _shared_prefix_instance() -> Instance:
     """Six 1,576-token prompts 0.5 s apart sharing their first three 512-token
     hash blocks (Mooncake's size), 8 output tokens each."""
     n, hashes = 6, [[1, 2, 3, 100 + i] for i in range(6)]
-    return Instance(
-        arrival_s=np.arange(n) * 0.5,
-        prompt_tokens=np.full(n, 3 * 512 + 40),
-        output_tokens=np.full(n, 8),
-        prefix_hash_offsets=np.arange(0, 4 * n + 1, 4),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": 512},
+    return hashed_instance(
+        np.arange(n) * 0.5,
+        np.full(n, 3 * 512 + 40),
+        np.full(n, 8),
+        hashes,
+        512,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import run
+from prefix_helpers import hashed_instance
 
 from lsched.cluster import Cluster, Pool
 from lsched.errors import InputError
@@ -200,13 +201,12 @@ def test_per_replica_hit_ratio_is_its_requests_cached_share() -> None:
     their prompts (no preemption here: one admission each); replica 0 (requests
     0, 2, 4) finds 4 tokens for requests 2 and 4: 8 / 16."""
     hashes = [[1, 2], [1, 3], [1, 2, 4], [5], [1, 2, 6], [5, 7]]
-    instance = Instance(
-        arrival_s=np.arange(6.0) * 0.01,
-        prompt_tokens=np.array([4, 4, 6, 2, 6, 4]),
-        output_tokens=np.array([3, 2, 2, 2, 2, 2]),
-        prefix_hash_offsets=np.cumsum([0] + [len(h) for h in hashes]),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": 2},
+    instance = hashed_instance(
+        np.arange(6.0) * 0.01,
+        np.array([4, 4, 6, 2, 6, 4]),
+        np.array([3, 2, 2, 2, 2, 2]),
+        hashes,
+        2,
     )
     unit = load_profile("unit-slot")
     result = simulate(instance, unit, "vllm", replicas=2, prefix_cache="lru")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cli_helpers import assert_refused, run, shared_prefix_trace
+from prefix_helpers import hashed_instance
 from reference_engine import simulate_naive
 
 from lsched.cluster import Cluster, Pool
@@ -24,24 +25,6 @@ from lsched.policies import Batch, ReplicaView
 from lsched.prefix import PrefixCacheSpec, parse_prefix_cache
 from lsched.profile import FEATURES, load_profile
 from lsched.validator import validate_cluster
-
-
-def _instance(
-    arrival_s: list[float],
-    prompts: list[int],
-    outputs: list[int],
-    hashes: list[list[int]],
-    block: int,
-) -> Instance:
-    offsets = np.concatenate([[0], np.cumsum([len(h) for h in hashes])])
-    return Instance(
-        arrival_s=np.array(arrival_s),
-        prompt_tokens=np.array(prompts),
-        output_tokens=np.array(outputs),
-        prefix_hash_offsets=offsets,
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": block},
-    )
 
 
 def test_a_cached_prefix_shortens_ttft_by_the_prefill_difference() -> None:
@@ -60,7 +43,9 @@ def test_a_cached_prefix_shortens_ttft_by_the_prefill_difference() -> None:
     0.01033 = 0.20430 s`` (0.26150 s -> 0.05720 s).
     """
     profile = load_profile("llama2-70b-a100-tp4")
-    instance = _instance([0.0, 10.0], [1100, 1100], [1, 3], [[1, 2, 3], [1, 2, 4]], 512)
+    instance = hashed_instance(
+        [0.0, 10.0], [1100, 1100], [1, 3], [[1, 2, 3], [1, 2, 4]], 512
+    )
     (w,) = profile.iteration_time.regimes[0]
     w_p, w_q = (
         w[FEATURES.index("prefill_tokens")],
@@ -140,7 +125,7 @@ def test_a_hit_that_does_not_fit_is_cut_to_whole_blocks() -> None:
     in 7.
     """
     profile = load_profile("unit-slot").replace(kv_capacity_tokens=7)
-    instance = _instance(
+    instance = hashed_instance(
         [0.0, 1.0, 1.0], [6, 2, 6], [1, 1, 2], [[1, 2, 3], [7], [1, 2, 3]], 2
     )
     naive = simulate_naive(instance, profile, _Spec(), prefix_cache=("lru", None))
@@ -161,7 +146,7 @@ def test_a_hit_that_does_not_fit_is_cut_to_whole_blocks() -> None:
 def test_a_cached_run_takes_the_python_engine() -> None:
     """The compiled kernels have no cache: a cached run says why it is on the
     Python engine, and gives the records the Python engine gives."""
-    instance = _instance([0.0, 1.0], [4, 4], [2, 2], [[1, 2], [1, 2]], 2)
+    instance = hashed_instance([0.0, 1.0], [4, 4], [2, 2], [[1, 2], [1, 2]], 2)
     profile = load_profile("unit-slot")
     compiled = simulate(
         instance, profile, "vllm", engine="compiled", prefix_cache="lru"
@@ -184,7 +169,7 @@ def test_a_cached_run_takes_the_python_engine() -> None:
 def test_bad_caches_are_refused(kwargs: dict[str, Any], message: str) -> None:
     """An unknown rule or key, a cache larger than the replica's KV, a cache
     with a policy that swaps: one line naming the field."""
-    instance = _instance([0.0], [4], [2], [[1, 2]], 2)
+    instance = hashed_instance([0.0], [4], [2], [[1, 2]], 2)
     profile = load_profile("unit-slot").replace(kv_capacity_tokens=10)
     policy = kwargs.pop("policy", "fcfs")
     with pytest.raises(InputError) as error:
@@ -198,7 +183,7 @@ def test_an_instance_without_hashes_or_with_too_many_is_refused() -> None:
     plain = Instance(np.zeros(1), np.array([4]), np.array([2]))
     with pytest.raises(InputError, match="needs the requests' prefix block hashes"):
         simulate(plain, profile, "fcfs", prefix_cache="lru")
-    three = _instance([0.0], [4], [2], [[1, 2, 3]], 2)  # ceil(4 / 2) = 2
+    three = hashed_instance([0.0], [4], [2], [[1, 2, 3]], 2)  # ceil(4 / 2) = 2
     with pytest.raises(InputError, match=r"request 0 has 3 hashes; expected at most"):
         simulate(three, profile, "fcfs", prefix_cache="lru")
 

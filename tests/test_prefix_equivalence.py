@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from prefix_helpers import hashed_instance
 from reference_engine import NaiveResult, simulate_naive
 from test_engine_equivalence import assert_same as assert_records_same
 
@@ -137,15 +138,7 @@ def cases(draw: st.DrawFn, policy: str) -> Case:
     arrivals = sorted(
         starts[draw(st.integers(0, bursts - 1))] + draw(jitters) for _ in range(n)
     )
-    offsets = np.concatenate([[0], np.cumsum([len(h) for h in hashes])])
-    instance = Instance(
-        arrival_s=np.array(arrivals, dtype=float),
-        prompt_tokens=np.array(prompts),
-        output_tokens=np.array(outputs),
-        prefix_hash_offsets=offsets,
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": big},
-    )
+    instance = hashed_instance(arrivals, prompts, outputs, hashes, big)
     block = draw(st.sampled_from([1, 2]))
     peak = max(_blocks(s + o - 1, block) for s, o in zip(prompts, outputs, strict=True))
     kv_blocks = draw(st.integers(peak, 3 * peak))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_refused, run
+from prefix_helpers import hashed_instance
 from reference_engine import simulate_naive
 from test_cached_bounds import PROFILES, _shared_prefix_instance
 
@@ -65,13 +66,12 @@ def _profile() -> DeploymentProfile:
 def _acb() -> Instance:
     """A at 0, C at 5, B at 10 (module docstring)."""
     hashes = [[1, 2, 3], [7, 8, 9], [1, 2, 4]]
-    return Instance(
-        arrival_s=np.array([0.0, 5.0, 10.0]),
-        prompt_tokens=np.array([1100, 1100, 1100]),
-        output_tokens=np.array([1, 1, 3]),
-        prefix_hash_offsets=np.array([0, 3, 6, 9]),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": 512},
+    return hashed_instance(
+        np.array([0.0, 5.0, 10.0]),
+        np.array([1100, 1100, 1100]),
+        np.array([1, 1, 3]),
+        hashes,
+        512,
     )
 
 

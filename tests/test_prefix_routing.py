@@ -24,6 +24,7 @@ import pytest
 from cli_helpers import assert_router_refused
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from prefix_helpers import hashed_instance
 from test_disagg_equivalence import Scenario, _differences, _run_both, scenarios
 
 from lsched.cluster import Cluster, Pool
@@ -61,13 +62,8 @@ def cached_scenarios(draw: st.DrawFn) -> Scenario:
     case = draw(scenarios())
     inst = case.instance
     hashes = _hashes(draw, inst.prompt_tokens.tolist())
-    instance = Instance(
-        inst.arrival_s,
-        inst.prompt_tokens,
-        inst.output_tokens,
-        prefix_hash_offsets=np.concatenate([[0], np.cumsum([len(h) for h in hashes])]),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": BLOCK},
+    instance = hashed_instance(
+        inst.arrival_s, inst.prompt_tokens, inst.output_tokens, hashes, BLOCK
     )
     eviction = draw(st.sampled_from(["lru", "lru_tail_first"]))
     pools = tuple(
@@ -114,15 +110,7 @@ def _instance(
     outputs: list[int],
     hashes: list[list[int]],
 ) -> Instance:
-    offsets = np.concatenate([[0], np.cumsum([len(h) for h in hashes])])
-    return Instance(
-        arrival_s=np.array(arrival_s),
-        prompt_tokens=np.array(prompts),
-        output_tokens=np.array(outputs),
-        prefix_hash_offsets=offsets,
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": BLOCK},
-    )
+    return hashed_instance(arrival_s, prompts, outputs, hashes, BLOCK)
 
 
 def _unit(weights: dict[str, float] | None = None) -> DeploymentProfile:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from prefix_helpers import hashed_instance
 
 from lsched.errors import InputError
 from lsched.evaluator import simulate
@@ -24,13 +25,12 @@ def _instance() -> Instance:
     cached; R1 (3, 4) matches nothing, R2 (1, 5) one block (2 tokens), R3 (1, 2,
     6) two blocks (4 tokens)."""
     hashes = [[1, 2], [3, 4], [1, 5], [1, 2, 6]]
-    return Instance(
-        arrival_s=np.array([0.0, 0.5, 0.6, 0.7]),
-        prompt_tokens=np.array([4, 4, 4, 6]),
-        output_tokens=np.array([2, 1, 1, 1]),
-        prefix_hash_offsets=np.cumsum([0] + [len(h) for h in hashes]),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": 2},
+    return hashed_instance(
+        np.array([0.0, 0.5, 0.6, 0.7]),
+        np.array([4, 4, 4, 6]),
+        np.array([2, 1, 1, 1]),
+        hashes,
+        2,
     )
 
 
@@ -73,13 +73,12 @@ def test_lpm_counts_prefixes_held_in_the_host_tier() -> None:
     on the GPU neither matches (arrival order: R2 first), with the host tier R3
     matches 4 tokens and goes first, taking them from the host."""
     hashes = [[1, 2], [7, 8, 9], [5, 6], [1, 2, 10]]
-    instance = Instance(
-        arrival_s=np.array([0.0, 1.5, 2.5, 2.6]),
-        prompt_tokens=np.array([4, 6, 4, 6]),
-        output_tokens=np.array([2, 2, 1, 1]),
-        prefix_hash_offsets=np.cumsum([0] + [len(h) for h in hashes]),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": 2},
+    instance = hashed_instance(
+        np.array([0.0, 1.5, 2.5, 2.6]),
+        np.array([4, 6, 4, 6]),
+        np.array([2, 2, 1, 1]),
+        hashes,
+        2,
     )
     profile = PROFILE.replace(kv_capacity_tokens=8)
     lpm = "sglang:schedule_policy=lpm"

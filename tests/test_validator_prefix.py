@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from prefix_helpers import hashed_instance
 
 from lsched.cluster import Cluster, Pool
 from lsched.evaluator import SimulationResult, simulate
@@ -34,13 +35,12 @@ from lsched.validator import ValidationReport, validate_cluster, validate_schedu
 def _abc() -> Instance:
     """A at 0, C at 2, B at 5 (module docstring)."""
     hashes = [[1, 2], [9], [1, 2]]
-    return Instance(
-        arrival_s=np.array([0.0, 2.0, 5.0]),
-        prompt_tokens=np.array([4, 2, 4]),
-        output_tokens=np.array([1, 1, 2]),
-        prefix_hash_offsets=np.array([0, 2, 3, 5]),
-        prefix_hash_values=np.array([h for own in hashes for h in own]),
-        params={"prefix_block_tokens": 2},
+    return hashed_instance(
+        np.array([0.0, 2.0, 5.0]),
+        np.array([4, 2, 4]),
+        np.array([1, 1, 2]),
+        hashes,
+        2,
     )
 
 
