@@ -55,6 +55,7 @@ import heapq
 import inspect
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -1507,6 +1508,27 @@ class _NaiveConductor:
         return x
 
 
+def _drive(
+    events: list[tuple[float, int, int, Any]],
+    stages: list[Any],
+    event: Callable[[float, int, Any], None],
+    step: Callable[[Any], None],
+) -> None:
+    """The clock of the naive cluster loops: the earliest of the next event and
+    the replica whose decision comes first (an event first within
+    ``ARRIVAL_TOLERANCE_S``, replicas by id), until neither is left."""
+    while True:
+        t_event = events[0][0] if events else math.inf
+        x = min(stages, key=lambda s: (s.next_s, s.index))
+        if t_event == math.inf and x.next_s == math.inf:
+            return
+        if t_event <= x.next_s + ARRIVAL_TOLERANCE_S:
+            t, kind, _, payload = heapq.heappop(events)
+            event(t, kind, payload)
+        else:
+            step(x)
+
+
 def _hashes(instance: Instance, i: int) -> list[int]:
     """Request ``i``'s prefix block hashes (none without any)."""
     offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
@@ -1973,24 +1995,17 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
         d.reserved.pop(i, None)  # pull: the reservation becomes its own blocks
         d.add(i, t, output[i], prompt[i])
 
-    for i in range(n):
-        push(arrival[i], _ARRIVAL, i)
-    while True:
-        t_event = events[0][0] if events else math.inf
-        x = min(stages, key=lambda s: (s.next_s, s.index))
-        if t_event == math.inf and x.next_s == math.inf:
-            break
-        if t_event <= x.next_s + ARRIVAL_TOLERANCE_S:
-            t, kind, _, payload = heapq.heappop(events)
-            if kind == _ARRIVAL:
-                arrive(payload)
-            elif kind == _PREFILLED:
-                prefilled(t, *payload)
-            elif kind == _DELIVER:
-                deliver(t, *payload)
-            else:
-                depart(t, *payload)
-            continue
+    def event(t: float, kind: int, payload: Any) -> None:
+        if kind == _ARRIVAL:
+            arrive(payload)
+        elif kind == _PREFILLED:
+            prefilled(t, *payload)
+        elif kind == _DELIVER:
+            deliver(t, *payload)
+        else:
+            depart(t, *payload)
+
+    def step(x: _Stage) -> None:
         t = x.next_s
         sources = dict(x.queue)
         done = x.step(t)
@@ -2001,6 +2016,10 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             i = x.rows[r]
             if x.role == "prefill" and x.moves(i):
                 push(x.completion_s[r], _PREFILLED, (x, i))
+
+    for i in range(n):
+        push(arrival[i], _ARRIVAL, i)
+    _drive(events, stages, event, step)
     for x in stages:
         if x.queue:
             raise PolicyError(
@@ -2259,26 +2278,21 @@ def simulate_naive_migration(
             push(float(instance.arrival_s[i]), _ARRIVE, i)
     for i, source, target, t0 in starts:
         push(t0, _MOVE, (i, source, target))
-    while True:
-        t_event = events[0][0] if events else math.inf
-        x = min(stages, key=lambda s: (s.next_s, s.index))
-        if t_event == math.inf and x.next_s == math.inf:
-            break
-        if t_event <= x.next_s + ARRIVAL_TOLERANCE_S:
-            t, kind, _, payload = heapq.heappop(events)
-            if kind == _ARRIVE:
-                stages[int(where[payload])].add(payload, t, output[payload])
-            elif kind == _MOVE:
-                i, source, target = payload
-                a = stages[source]
-                move = _NaiveMove(i, a, stages[target], a.preemptions[a.local(i)])
-                stage(move, t)
-            elif payload.last:
-                land(payload, t)
-            else:
-                stage(payload, t)
-            continue
-        x.step(x.next_s)
+
+    def event(t: float, kind: int, payload: Any) -> None:
+        if kind == _ARRIVE:
+            stages[int(where[payload])].add(payload, t, output[payload])
+        elif kind == _MOVE:
+            i, source, target = payload
+            a = stages[source]
+            move = _NaiveMove(i, a, stages[target], a.preemptions[a.local(i)])
+            stage(move, t)
+        elif payload.last:
+            land(payload, t)
+        else:
+            stage(payload, t)
+
+    _drive(events, stages, event, lambda x: x.step(x.next_s))
     return _naive_migration_result(stages, n, moved, aborts, nbytes, down)
 
 
