@@ -67,6 +67,11 @@ A disaggregated cluster::
     latency_s = 0.0001                  # optional; 0 by default
     sharing = "fifo"                    # or "share" (processor sharing)
 
+A prefill pool whose ``prefix_cache`` shares one KV pool among its replicas
+(``lru:pool_capacity_tokens=M``, Mooncake's) copies a prefix from one replica's
+host memory to another over a ``[[link]]`` from the pool to itself (ideal if
+none; :mod:`lsched.evaluator.prefix`, rule 6).
+
 A relative profile path is taken from the cluster file's folder.
 """
 
@@ -219,7 +224,9 @@ class Pool:
             cache = parse_prefix_cache(self.prefix_cache)
             cache.check_fits(self.profile.kv_capacity_tokens, f"pool {self.name}")
             host, per_token = self.profile.host, self.profile.kv_bytes_per_token
-            cache.check_host_fits(host.memory_bytes, per_token, f"pool {self.name}")
+            cache.check_host_fits(
+                host.memory_bytes, per_token, self.replicas, f"pool {self.name}"
+            )
         except InputError as exc:
             raise InputError(
                 exc.message, field=f"pool {self.name}: {exc.field}"
@@ -229,6 +236,14 @@ class Pool:
             raise InputError(
                 "a prefix cache on a decode pool; expected a prefill or colocated "
                 "pool (a decode replica prefills nothing it could reuse)",
+                field=where,
+            )
+        if cache.pool_capacity_tokens is not None and self.role != "prefill":
+            raise InputError(
+                "a KV pool shared by the replicas (pool_capacity_tokens) on a "
+                f"{self.role} pool; expected a prefill pool of a disaggregated "
+                "cluster (Mooncake's KV pool: the loop steps its replicas in time "
+                "order)",
                 field=where,
             )
         if getattr(getattr(self.policy, "params", None), "swaps", False):
@@ -364,12 +379,14 @@ class Cluster:
 
     def _check_link(self, k: int, link: Link) -> None:
         roles = {p.name: p.role for p in self.pools}
-        # prefill -> decode (KV transfers), or colocated -> colocated (live
-        # migration, lsched.evaluator.migration)
+        # prefill -> decode (KV transfers), colocated -> colocated (live
+        # migration, lsched.evaluator.migration), or a prefill pool to itself
+        # (copies within its KV pool, rule 6 of lsched.evaluator.prefix)
         colocated = roles.get(link.source) == "colocated"
+        within = link.source == link.target and roles.get(link.source) == "prefill"
         for end, name, role in (("from", link.source, "prefill"),
                                 ("to", link.target, "decode")):  # fmt: skip
-            role = "colocated" if colocated else role
+            role = "colocated" if colocated else "prefill" if within else role
             if name not in roles:
                 raise InputError(
                     f"no pool {name!r}; expected one of {sorted(roles)}",

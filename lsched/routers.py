@@ -27,15 +27,15 @@ Built-in routers
     "random" baseline (Qin et al., FAST 2025; ``serving-systems.md``).
 ``prefix``
     Longest cached prefix (Mooncake's "local cache-aware" scheduling): the
-    replica whose prefix cache holds the longest
-    leading run of the request's block hashes
+    replica that holds the longest leading run of the request's block hashes
+    itself, on its GPU, in its host tier or in its share of a KV pool
     (:meth:`ClusterView.cached_blocks`), ties to the fewer unfinished requests,
     then to the lowest id. Without a prefix cache every run is 0: it is
     ``least-outstanding``.
 ``conductor:ttft_slo_s=inf,tbt_slo_s=inf``
     Mooncake's Conductor (:class:`Conductor`): the replica with the smallest
-    predicted TTFT, or a rejection when that misses the TTFT SLO or the decode
-    pool would miss the TBT SLO.
+    predicted TTFT (queue, prefix copy and prefill), or a rejection when that
+    misses the TTFT SLO or the decode pool would miss the TBT SLO.
 ``llumnix:interval_s=0.05,select=last,last_stage_blocks=16,max_stages=3``
     Llumnix (:class:`Llumnix`): each arrival to the replica of highest
     dispatch freeness (:mod:`lsched.migrators`), ties to the lowest id; every
@@ -118,8 +118,6 @@ class RouterContext:
         A replica id per request given to ``simulate`` (for ``static``), or None.
     profiles
         The deployment profile of every replica (empty where the loop gives none).
-    hash_block_tokens
-        ``B``, tokens per prefix hash block of every replica (0: no cache).
     decode_profiles
         On a disaggregated cluster, the profile of every decode replica.
     adapter_codes
@@ -133,7 +131,6 @@ class RouterContext:
     kv_capacity_tokens: tuple[int, ...]
     assignment: npt.NDArray[np.int64] | None = None
     profiles: tuple[Any, ...] = ()
-    hash_block_tokens: tuple[int, ...] = ()
     decode_profiles: tuple[Any, ...] = ()
     adapter_codes: npt.NDArray[np.int64] | None = None
 
@@ -149,9 +146,11 @@ class ClusterView:
     per-replica state is computed on first use, for every replica at once; a
     stateless router never pays for it (and may not read it: the replicas have
     not run yet). :meth:`queued` is read at ``now_s`` itself.
-    :meth:`cached_blocks` reads a replica's prefix cache at that boundary (the
-    blocks of an iteration in flight counted) in O(blocks of the request), and
-    :attr:`decode_loads` the decode replicas of a disaggregated cluster.
+    :meth:`cached_blocks` and :meth:`prefix_fetch` read a replica's prefix
+    cache at that boundary (the blocks of an iteration in flight counted; a
+    shared KV pool as its writes stand at ``now_s``) in O(blocks of the
+    request), and :attr:`decode_loads` the decode replicas of a disaggregated
+    cluster.
     """
 
     __slots__ = (
@@ -184,7 +183,7 @@ class ClusterView:
         tenant: str | None = None,
         priority: int | None = None,
         queued: Callable[[int], int] | None = None,
-        lookup: Callable[[int], int] | None = None,
+        lookup: Callable[[int], tuple[int, int, float]] | None = None,
         decode: Callable[[], list[tuple[int, int]]] | None = None,
         replica_load: Callable[[int], Any] | None = None,
     ) -> None:
@@ -242,11 +241,25 @@ class ClusterView:
         return self._queued_cache[replica]
 
     def cached_blocks(self, replica: int) -> int:
-        """The leading run of the request's prefix block hashes resident in
-        ``replica``'s prefix cache on the GPU (0 without a cache or hashes; a
-        host-tier cache is not counted): read-only, O(blocks of the request)."""
+        """The leading run of the request's prefix block hashes that
+        ``replica`` holds itself: in its prefix cache on the GPU, its host
+        tier, or its share of a KV pool (blocks homed there; 0 without a cache
+        or hashes): read-only, O(blocks of the request)."""
+        return self._hit(replica)[0]
+
+    def prefix_fetch(self, replica: int) -> tuple[int, float]:
+        """``(cached tokens, copy seconds)``: the tokens an admission on
+        ``replica`` would take from its prefix cache, ``min(h B, s - 1)`` with
+        ``h`` the leading run of the request's hashes in any tier it reads (a
+        KV pool's blocks homed at other replicas included), and the seconds to
+        copy those not on its GPU (:mod:`lsched.evaluator.prefix`, rules 5 and
+        6; ``(0, 0.0)`` without a cache)."""
+        _, tokens, seconds = self._hit(replica)
+        return tokens, seconds
+
+    def _hit(self, replica: int) -> tuple[int, int, float]:
         if self._lookup is None:
-            return 0
+            return 0, 0, 0.0
         return self._lookup(replica)
 
     def replica_load(self, replica: int) -> Any:
@@ -427,23 +440,29 @@ def decode_step_seconds(profile: Any, steps: int, kv_tokens: int) -> float:
 
 class Conductor:
     """Mooncake's Conductor (Qin et al., FAST 2025, Algorithm 1;
-    ``/work/shared/reference/serving-systems.md``), on the replicas' local caches.
+    ``/work/shared/reference/serving-systems.md``).
 
     For every entry replica ``p`` (prefill or colocated) the predicted TTFT of a
-    request of ``s`` tokens is ``T_queue(p) + T_prefill(s, x_p)``:
+    request of ``s`` tokens is ``T_queue(p) + T_transfer(p) + T_prefill(s,
+    x_p)``:
 
-    * ``x_p = min(h_p B, s - 1)`` cached tokens, ``h_p`` the leading run of its
-      hashes in ``p``'s cache (:meth:`ClusterView.cached_blocks`);
+    * ``x_p`` the cached tokens an admission on ``p`` would take and
+      ``T_transfer(p)`` the seconds to copy those not on its GPU, from its host
+      tier or from a KV pool, another replica's share over the pool's link
+      included (:meth:`ClusterView.prefix_fetch`; rules 5 and 6 of
+      :mod:`lsched.evaluator.prefix`);
     * ``T_prefill`` the cost model's time of the remaining ``s - x_p`` tokens
       alone on ``p`` (:func:`prefill_seconds`);
     * ``T_queue(p) = max(0, busy_p - now)``, where ``busy_p`` is this router's
       ledger of ``p``'s work: each request it sends to ``p`` sets ``busy_p =
-      max(busy_p, now) + T_prefill`` (Mooncake's Conductor likewise sums the
-      predicted prefill times of the requests queued on an instance).
+      max(busy_p, now) + T_transfer + T_prefill`` (the copy blocks the replica;
+      Mooncake's Conductor likewise sums the predicted prefill times of the
+      requests queued on an instance).
 
-    The transfer term is 0: lsched does not copy a prefix between replicas
-    (Mooncake's ``T_transfer`` for a prefix fetched from the best holder), so
-    this is Conductor restricted to local hits. It picks the smallest
+    With a KV pool this is Mooncake's global cache-aware scheduling; with
+    replica-local caches, its local form. Mooncake copies from the best holder
+    only past a balancing threshold; lsched's admissions always copy what the
+    pool holds, and the prediction follows them. It picks the smallest
     prediction (ties to the lowest id) and rejects the request when that
     prediction exceeds ``ttft_slo_s``, or when the predicted TBT exceeds
     ``tbt_slo_s``: the time of one decode iteration, on the decode replica
@@ -466,13 +485,13 @@ class Conductor:
         self.busy_s = [0.0] * context.replicas
 
     def _ttft(self, view: ClusterView, c: int) -> tuple[float, float]:
-        """(predicted TTFT, predicted prefill seconds) on entry replica ``c``."""
-        s = view.prompt_tokens
-        blocks = self.context.hash_block_tokens
-        b = blocks[c] if blocks else 0
-        cached = min(view.cached_blocks(c) * b, s - 1)
-        prefill = prefill_seconds(self.context.profiles[c], s, cached)
-        return max(0.0, self.busy_s[c] - view.now_s) + prefill, prefill
+        """(predicted TTFT, predicted seconds of copy and prefill) on entry
+        replica ``c``."""
+        cached, copy_s = view.prefix_fetch(c)
+        work = copy_s + prefill_seconds(
+            self.context.profiles[c], view.prompt_tokens, cached
+        )
+        return max(0.0, self.busy_s[c] - view.now_s) + work, work
 
     def _tbt(self, view: ClusterView, c: int) -> float:
         """Predicted TBT (class docstring)."""
@@ -488,7 +507,7 @@ class Conductor:
     def route(self, view: ClusterView) -> int | Reject:
         predicted = [self._ttft(view, c) for c in range(view.replicas)]
         c = min(range(view.replicas), key=lambda c: (predicted[c][0], c))
-        ttft, prefill = predicted[c]
+        ttft, work = predicted[c]
         if ttft > self.params.ttft_slo_s:
             return Reject(
                 f"conductor: predicted TTFT {ttft:.3f} s > SLO "
@@ -500,7 +519,7 @@ class Conductor:
                 f"conductor: predicted TBT {tbt:.4f} s > SLO "
                 f"{self.params.tbt_slo_s:g} s"
             )
-        self.busy_s[c] = max(self.busy_s[c], view.now_s) + prefill
+        self.busy_s[c] = max(self.busy_s[c], view.now_s) + work
         return c
 
 

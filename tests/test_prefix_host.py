@@ -175,7 +175,9 @@ def test_forged_host_logs_fail() -> None:
         ("lru:capacity_tokens=512,host_capacity_tokens=4096",
          "expected at most one"),
         ("lru:host_tokens=4096", "expected some of ['capacity_tokens', "
-                                 "'host_capacity_tokens']"),
+                                 "'host_capacity_tokens', 'pool_capacity_tokens']"),
+        ("lru:host_capacity_tokens=512,pool_capacity_tokens=4096",
+         "got host_capacity_tokens and pool_capacity_tokens; expected at most one"),
     ],
 )  # fmt: skip
 def test_bad_host_caches_are_refused(text: str, message: str) -> None:

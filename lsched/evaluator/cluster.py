@@ -63,7 +63,7 @@ from lsched.evaluator.adapters import ReplicaAdapters
 from lsched.evaluator.compiled import kernel_for, load, run_replica
 from lsched.evaluator.engine import DONE, ReplicaEngine
 from lsched.evaluator.length import cluster_max_model_len, cut_to_length
-from lsched.evaluator.prefix import ReplicaPrefix
+from lsched.evaluator.prefix import KVPool, ReplicaPrefix
 from lsched.evaluator.stretch import DecodeStretch
 from lsched.instance import Instance
 from lsched.kv import KVBlocks
@@ -144,10 +144,6 @@ def router_context(
         kv_capacity_tokens=tuple(p.profile.kv_capacity_tokens for p in pools),
         assignment=assignment,
         profiles=tuple(p.profile for p in pools),
-        hash_block_tokens=tuple(
-            hash_block_tokens(instance, p.profile) if p.prefix_cache else 0
-            for p in pools
-        ),
         decode_profiles=tuple(p.profile for p in decode_pools),
         adapter_codes=_adapter_codes(instance, pools),
     )
@@ -166,7 +162,7 @@ def _view(
     i: int,
     state: Callable[[int], tuple[int, int]] | None,
     queued: Callable[[int], int] | None = None,
-    lookup: Callable[[int], int] | None = None,
+    lookup: Callable[[int], tuple[int, int, float]] | None = None,
     decode: Callable[[], list[tuple[int, int]]] | None = None,
     replica_load: Callable[[int], Any] | None = None,
 ) -> ClusterView:
@@ -365,7 +361,7 @@ class ClusterSim:
         i: int,
         state: Callable[[int], tuple[int, int]] | None,
         queued: Callable[[int], int] | None = None,
-        lookup: Callable[[int], int] | None = None,
+        lookup: Callable[[int], tuple[int, int, float]] | None = None,
     ) -> int:
         """Route request ``i``; its replica or :data:`REJECTED`."""
         view = _view(self.context, self.instance, i, state, queued, lookup)
@@ -398,11 +394,12 @@ class ClusterSim:
             for engine in engines:
                 engine.advance(t)
             hashes = request_hashes(self.instance, i)
+            s = int(self.instance.prompt_tokens[i])
             c = self._route(
                 i,
                 lambda c, t=t: engines[c].state_at(t),
                 lambda c, t=t: engines[c].queued_at(t),
-                lambda c, h=hashes, t=t: engines[c].cached_blocks(h, t),
+                lambda c, h=hashes, s=s, t=t: engines[c].prefix_hit(h, s, t),
             )
             if c != REJECTED:
                 engines[c].add(self.instance, i)
@@ -596,10 +593,12 @@ def hash_block_tokens(instance: Instance, profile: DeploymentProfile) -> int:
 
 
 def replica_prefix(
-    instance: Instance, ids: list[int], pool: Any, size: int, log: bool
-) -> ReplicaPrefix | None:
-    """The prefix cache of a replica of ``pool`` serving requests ``ids``, room
-    for ``size`` (``None`` if the pool has none)."""
+    instance: Instance, ids: list[int], pool: Any, size: int, log: bool,
+    kv_pool: KVPool | None = None, replica: int = 0,
+) -> ReplicaPrefix | None:  # fmt: skip
+    """The prefix cache of replica ``replica`` of ``pool`` serving requests
+    ``ids``, room for ``size``, sharing ``kv_pool`` if given (``None`` if the
+    pool has no cache)."""
     if pool.prefix_cache is None:
         return None
     offsets, values = instance.prefix_hash_offsets, instance.prefix_hash_values
@@ -611,7 +610,7 @@ def replica_prefix(
     block = hash_block_tokens(instance, profile)
     return ReplicaPrefix(
         pool.prefix_cache, block, profile.block_tokens, size, hashes, log,
-        profile.kv_bytes_per_token, profile.host.h2d_bytes_per_s,
+        profile.kv_bytes_per_token, profile.host.h2d_bytes_per_s, kv_pool, replica,
     )  # fmt: skip
 
 
@@ -816,18 +815,21 @@ class JointEngine(ReplicaEngine):
         members, finished = self.in_flight(t)
         return self.m - self.done - (members - finished)
 
-    def cached_blocks(self, hashes: list[int], t: float) -> int:
-        """The leading run of ``hashes`` resident in this replica's prefix cache
-        on the GPU (0 without one; a host-tier cache is not looked at) at the
-        first boundary at or after ``t``, after :meth:`advance` to ``t``:
+    def prefix_hit(
+        self, hashes: list[int], prompt: int, t: float
+    ) -> tuple[int, int, float]:
+        """What a request of ``hashes`` and ``prompt`` tokens finds in this
+        replica's prefix cache (:meth:`ReplicaPrefix.hit
+        <lsched.evaluator.prefix.ReplicaPrefix.hit>`: the run it holds itself,
+        the cached tokens an admission would take and their copy's seconds;
+        zeros without a cache) at the first boundary at or after ``t``, a
+        shared pool's writes by ``t`` counted, after :meth:`advance` to ``t``:
         read-only, O(len(hashes)) (plus the blocks a pending held stretch
         evicts by then)."""
         if self.prefix is None:
-            return 0
-        evicted = self._stretch_evictions(t)
-        if evicted:
-            return self.prefix.cache.lookup_after(hashes, evicted)
-        return self.prefix.cache.lookup(hashes)
+            return 0, 0, 0.0
+        self.prefix.sync(t)
+        return self.prefix.hit(hashes, prompt, self._stretch_evictions(t))
 
     def _stretch_evictions(self, t: float) -> int:
         """Evictable blocks the iterations of a pending held stretch that start

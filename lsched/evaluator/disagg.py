@@ -120,6 +120,7 @@ from lsched.evaluator.cluster import (
     _contexts,
     _decision,
     _view,
+    hash_block_tokens,
     make_policy,
     replica_prefix,
     request_hashes,
@@ -130,6 +131,7 @@ from lsched.evaluator.length import (
     cut_to_length,
     rejection_reason,
 )
+from lsched.evaluator.prefix import KVPool
 from lsched.instance import Instance
 from lsched.policies import (
     ARRIVAL_TOLERANCE_S,
@@ -143,6 +145,22 @@ from lsched.routers import Reject
 #: decode replica sees a request that arrives when another is routed), then
 #: prefill completions.
 _PROGRESS, _DELIVER, _PREFILLED = 0, 1, 2
+
+
+def kv_pools_of(instance: Instance, cluster: Cluster) -> dict[str, KVPool]:
+    """The KV pool of every pool whose replicas share one (rule 6 of
+    :mod:`lsched.evaluator.prefix`), by pool name, each with the link from the
+    pool to itself."""
+    pools = {}
+    for pool in cluster.pools:
+        spec = pool.prefix_cache
+        if spec is not None and spec.pool_capacity_tokens is not None:
+            link = cluster.link(pool.name, pool.name)
+            block = hash_block_tokens(instance, pool.profile)
+            pools[pool.name] = KVPool(
+                spec, block, link.latency_s, link.bandwidth_bytes_per_s
+            )
+    return pools
 
 
 class StageEngine(JointEngine):
@@ -160,6 +178,8 @@ class StageEngine(JointEngine):
         log: bool,
         on_finished: Callable[[int], None] | None,
         adapters: ReplicaAdapters | None = None,
+        kv_pool: KVPool | None = None,
+        replica: int = 0,
     ) -> None:
         super().__init__(
             capacity,
@@ -168,7 +188,7 @@ class StageEngine(JointEngine):
             policy,
             log=log,
             on_finished=on_finished,
-            prefix=replica_prefix(instance, [], pool, capacity, log),
+            prefix=replica_prefix(instance, [], pool, capacity, log, kv_pool, replica),
             adapters=adapters,
         )
         self.role = pool.role
@@ -441,6 +461,7 @@ class DisaggSim:
         self.paths = ["python: a disaggregated cluster"] * cluster.num_replicas
         self.compile_s = 0.0
         contexts = _contexts(instance, cluster)
+        kv_pools = kv_pools_of(instance, cluster)
         self.engines = [
             StageEngine(
                 n,
@@ -451,6 +472,8 @@ class DisaggSim:
                 on_finished=None
                 if cluster.pool_of(c).role == "prefill"
                 else on_finished,
+                kv_pool=kv_pools.get(cluster.pool_of(c).name),
+                replica=c,
             )
             for c in range(cluster.num_replicas)
         ]
@@ -557,10 +580,12 @@ class DisaggSim:
 
         hashes = request_hashes(instance, i)
 
-        def lookup(k: int) -> int:
+        s = int(instance.prompt_tokens[i])
+
+        def lookup(k: int) -> tuple[int, int, float]:
             engine = self.engines[int(entry[k])]
             engine.advance(t)
-            return engine.cached_blocks(hashes, t)
+            return engine.prefix_hit(hashes, s, t)
 
         def decode() -> list[tuple[int, int]]:
             return [self._decode_state(int(d), t) for d in self.decode]

@@ -565,6 +565,7 @@ class ReplicaEngine:
         prefix = self.prefix
         if prefix is None:
             return {}
+        prefix.sync(self.now_s)  # a decision here: a shared pool's writes so far
         return {
             "cached_prefix": prefix.resident,
             "prefix_block_tokens": prefix.block_tokens,
@@ -979,15 +980,15 @@ class ReplicaEngine:
             grow += kv.kv.decode_growth(self.processed[batch.decode])
         return grow
 
-    def _prefix_iteration(self, prefill: list[int]) -> None:
-        """After an iteration: the evictions it needed, then the blocks its
-        prefill members completed (rules 2 and 4)."""
+    def _prefix_iteration(self, prefill: list[int], end_s: float) -> None:
+        """After an iteration that ends at ``end_s``: the evictions it needed,
+        then the blocks its prefill members completed (rules 2 and 4)."""
         prefix = self.prefix
         assert prefix is not None
         self._prefix_evict()
         processed, prompt = self.processed, self.prompt
         for r in prefill:
-            prefix.computed(r, int(processed[r]), int(prompt[r]))
+            prefix.computed(r, int(processed[r]), int(prompt[r]), end_s)
 
     def _prefix_evict(self) -> None:
         """Evict the evictable blocks the KV held now needs (rule 4)."""
@@ -1109,7 +1110,7 @@ class ReplicaEngine:
             self._log_run(start, end, 1, phi, kv_tokens, prefill, chunk, before_p,
                           decode, before_d if n_d else decode[:0])  # fmt: skip
         if self.prefix is not None:
-            self._prefix_iteration(prefill.tolist() if n_p > _SMALL else ids)
+            self._prefix_iteration(prefill.tolist() if n_p > _SMALL else ids, end)
         self.iterations += 1
         self.busy_s += dt
         self.kv_token_seconds += kv_tokens * dt

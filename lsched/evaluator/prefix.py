@@ -87,8 +87,40 @@ Rules (DESIGN.md, "Clusters"; vLLM's automatic prefix caching)
 
    Bounds: a host hit is a hit (its blocks were computed by an earlier request)
    and its copy only lengthens an iteration, so every bound valid for any cache
-   (``seconds.cached_*``) holds for a run with a host tier. No pool shared by
-   the replicas is modelled (each replica has its own host cache).
+   (``seconds.cached_*``) holds for a run with a host tier, and with a KV pool.
+
+6. **KV pool** (a spec with ``pool_capacity_tokens = M``, on a prefill pool of
+   a disaggregated cluster: Mooncake's KV pool, Mooncake Store, spread over the
+   DRAM of the pool's replicas). The replicas share one :class:`KVPool`, a
+   :class:`~lsched.prefix.cache.PrefixCache` of ``M // B`` blocks with the
+   eviction rule, in place of rule 5's host caches. Each resident block has a
+   *home*, the replica whose write inserted it (whose DRAM holds it); a write of
+   a resident block makes it most recently used and keeps its home.
+
+   - *Writes* are rule 5's write-through, but the writes of an iteration that
+     ends at ``e`` take effect at ``e``: the pool applies writes in the order
+     of their times, then of their making. Every decision of a replica at a
+     boundary ``t`` (its policy's view, its admissions) and every router's read
+     at ``t`` sees exactly the writes with time ``<= t``. This is exact because
+     the disaggregated loop steps its prefill replicas one at a time, earliest
+     boundary first, ties to the lower replica id
+     (:mod:`lsched.evaluator.disagg`): a write at ``e`` is made by a step that
+     started before ``e``, so before any decision at ``e`` or later.
+   - *Hits.* Rule 1's ``h`` is the leading run of hashes resident in the GPU
+     cache or the pool. Of the ``ceil(x / B)`` blocks an admission takes, those
+     not resident on the GPU are copied: the tokens within ``x`` of those homed
+     at the admitting replica, ``y_l``, over its host-to-device bandwidth; those
+     homed at another replica, ``y_r``, over the cluster's link from the pool
+     to itself (Mooncake's transfer engine, GPUDirect RDMA into the GPU; an
+     ideal link if the cluster lists none): ``y_l * kv_bytes_per_token /
+     h2d_bytes_per_s + [y_r > 0] (latency_s + y_r * kv_bytes_per_token /
+     bandwidth_bytes_per_s)`` seconds, blocking as rule 5's copies. The copied
+     blocks are then written (most recently used, homes kept) at ``t`` and
+     pinned in the GPU cache as any hit. The copies do not contend for the link
+     (nor with the KV transfers to decode pools, which use other links).
+   - Mooncake's Conductor copies a prefix from its best holder only past a
+     balancing threshold; here an admission always takes every block the pool
+     holds, and :class:`~lsched.routers.Conductor` predicts exactly that.
 
 Swapping policies are refused with a cache (:class:`~lsched.cluster.Pool`), so
 the host tier's memory holds the host cache alone.
@@ -96,8 +128,10 @@ the host tier's memory holds the host cache alone.
 Records: per request its cached tokens (``x`` summed over its admissions);
 metrics ``prefill_tokens_saved`` (their sum) and ``prefix_hit_ratio`` (saved
 over ``sum T`` over admissions: ``sum_i x_i / sum_i s_i`` without preemption);
-with a host tier ``host_hit_tokens`` (``sum y``) and ``host_copy_s`` (the
-copies' seconds); the log's ``evictions`` table (run, blocks evicted before it).
+with a host tier or a KV pool ``host_hit_tokens`` (``sum y``, or ``sum y_l +
+y_r``) and ``host_copy_s`` (the copies' seconds); with a KV pool
+``remote_hit_tokens`` (``sum y_r``); the log's ``evictions`` table (run, blocks
+evicted before it).
 
 Cost: a lookup, an admission, a release and an insertion are O(blocks they
 touch); the capacity check is O(1) unless the replica is over its capacity
@@ -107,11 +141,69 @@ exactly (as a capacity check that could fail does without a cache).
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from collections.abc import Callable
+
 import numpy as np
 
 from lsched.kv import KVBlocks
 from lsched.prefix.cache import PrefixCache
 from lsched.prefix.spec import PrefixCacheSpec
+
+
+class KVPool:
+    """The KV pool a prefill pool's replicas share (rule 6 of the module
+    docstring): one cache with a home per block, and the writes not yet due.
+
+    Parameters
+    ----------
+    spec
+        The pool's cache (``pool_capacity_tokens``).
+    block_tokens
+        ``B``, tokens per hash block.
+    latency_s, bandwidth_bytes_per_s
+        The link from the pool to itself, for copies between replicas.
+    """
+
+    __slots__ = ("_made", "_pending", "cache", "home", "latency_s", "seconds_per_byte")
+
+    def __init__(self, spec: PrefixCacheSpec, block_tokens: int, latency_s: float,
+                 bandwidth_bytes_per_s: float) -> None:  # fmt: skip
+        assert spec.pool_capacity_tokens is not None
+        self.cache = PrefixCache(spec.pool_capacity_tokens, block_tokens, spec.eviction)
+        self.home: dict[int, int] = {}  # a resident block's replica (stale if not)
+        self.latency_s = latency_s
+        self.seconds_per_byte = 1.0 / bandwidth_bytes_per_s
+        self._pending: list[tuple[float, int, int, list[int]]] = []
+        self._made = itertools.count()
+
+    def write(self, replica: int, hashes: list[int], at_s: float) -> None:
+        """``replica`` writes ``hashes``, taking effect at ``at_s``."""
+        heapq.heappush(self._pending, (at_s, next(self._made), replica, hashes))
+
+    def sync(self, t: float) -> None:
+        """Apply the writes due by ``t``, by time, then in the order made."""
+        pending = self._pending
+        while pending and pending[0][0] <= t:
+            _, _, replica, hashes = heapq.heappop(pending)
+            self.put(replica, hashes)
+
+    def put(self, replica: int, hashes: list[int]) -> None:
+        """Write ``hashes`` now: each most recently used; a missing one is
+        inserted (evicting the least recently used when full), homed at
+        ``replica``."""
+        cache = self.cache
+        new = [b for b in hashes if b not in cache]
+        cache.release(hashes[: cache.acquire(hashes)])
+        for b in new:
+            if b in cache:
+                self.home[b] = replica
+
+
+def _leading(hashes: list[int], held: Callable[[int], bool]) -> int:
+    """The length of the leading run of ``hashes`` for which ``held`` holds."""
+    return next((k for k, b in enumerate(hashes) if not held(b)), len(hashes))
 
 
 class ReplicaPrefix:
@@ -135,12 +227,15 @@ class ReplicaPrefix:
     kv_bytes_per_token, h2d_bytes_per_s
         The replica's KV bytes per token and host-to-device bandwidth (bytes
         per second), for the host tier's copies.
+    pool, replica
+        The KV pool the replica shares (rule 6) and its replica id there, or
+        ``None``.
     """
 
     __slots__ = (
         "block_tokens", "cache", "cached", "capped", "charge", "copied",
         "copy_s", "evictions", "h2d", "hashes", "host", "needed",
-        "pinned", "written",
+        "pinned", "pool", "remote", "replica", "tier", "written",
     )  # fmt: skip
 
     def __init__(
@@ -153,15 +248,21 @@ class ReplicaPrefix:
         log: bool,
         kv_bytes_per_token: int = 0,
         h2d_bytes_per_s: float = 1.0,
+        pool: KVPool | None = None,
+        replica: int = 0,
     ) -> None:
         self.cache = PrefixCache(spec.capacity_tokens, block_tokens, spec.eviction)
         host = spec.host_capacity_tokens
         self.host = (
             None if host is None else PrefixCache(host, block_tokens, spec.eviction)
         )
+        self.pool, self.replica = pool, replica
+        #: the cache off the GPU that hits are copied from (rules 5 and 6)
+        self.tier = self.host if pool is None else pool.cache
         self.h2d = (kv_bytes_per_token, h2d_bytes_per_s)
-        self.written = [0] * size  # leading hash blocks written to the host
-        self.copied = 0  # tokens copied from the host tier
+        self.written = [0] * size  # leading hash blocks written off the GPU
+        self.copied = 0  # tokens copied from the host tier or the pool
+        self.remote = 0  # of those, tokens copied from another replica
         self.copy_s = 0.0  # seconds of those copies
         self.block_tokens = block_tokens
         self.charge = -(-block_tokens // kv_block_tokens)
@@ -185,15 +286,46 @@ class ReplicaPrefix:
 
     def resident(self, r: int) -> int:
         """Request ``r``'s leading run of hash blocks resident in the cache (in
-        either tier with a host tier, rule 5); read-only, O(its blocks)."""
-        hashes = self.hashes[r]
-        if self.host is None:
-            return self.cache.lookup(hashes)
-        cache, host = self.cache, self.host
-        return next(
-            (k for k, b in enumerate(hashes) if b not in cache and b not in host),
-            len(hashes),
-        )
+        either tier with a host tier or a pool, rules 5 and 6); read-only,
+        O(its blocks)."""
+        return self._run(self.hashes[r], self.cache.__contains__)
+
+    def _run(self, hashes: list[int], on_gpu: Callable[[int], bool]) -> int:
+        """The leading run of ``hashes`` resident on the GPU (``on_gpu``) or
+        in the tier."""
+        tier = self.tier
+        if tier is None:
+            return _leading(hashes, on_gpu)
+        return _leading(hashes, lambda b: on_gpu(b) or b in tier)
+
+    def sync(self, t: float) -> None:
+        """A decision at ``t``: the pool's writes due by then take effect."""
+        if self.pool is not None:
+            self.pool.sync(t)
+
+    def hit(
+        self, hashes: list[int], prompt: int, evicted: int = 0
+    ) -> tuple[int, int, float]:
+        """What a request of ``hashes`` and ``prompt`` tokens would find at an
+        admission now, the first ``evicted`` evictable GPU blocks gone
+        (read-only, O(its blocks + evicted)): the leading run of blocks the
+        replica holds itself (GPU, host tier, or pool blocks homed here), the
+        cached tokens ``min(h B, s - 1)`` it would take and their copy's
+        seconds (rules 1, 5 and 6)."""
+        cache, gone = self.cache, self.cache.first_evictable(evicted)
+
+        def on_gpu(b: int) -> bool:
+            return b in cache and b not in gone
+
+        local = self._run(hashes, on_gpu)
+        if self.pool is not None:
+            pool, me = self.pool, self.replica
+            local = _leading(
+                hashes, lambda b: on_gpu(b) or (b in pool.cache and pool.home[b] == me)
+            )
+        x = min(self._run(hashes, on_gpu) * self.block_tokens, prompt - 1)
+        local_tokens, remote_tokens = self._copied(hashes, x, on_gpu)
+        return local, x, self._copy_s(local_tokens, remote_tokens)
 
     def usable(self, want: int, chunk: int, kv: KVBlocks, slack: int) -> int:
         """Cached tokens an admission offered ``want`` takes with its policy's
@@ -205,48 +337,76 @@ class ReplicaPrefix:
     def take(self, r: int, tokens: int) -> float:
         """Request ``r`` starts with ``tokens`` cached tokens: it pins the hash
         blocks they reach into (all resident in a tier); the seconds of its
-        copy from the host tier (rule 5; 0 without one)."""
+        copy from the host tier or the pool (rules 5 and 6; 0 without one)."""
         self.cached[r] += tokens
         k = -(-tokens // self.block_tokens)
         hashes = self.hashes[r][:k]
         seconds = 0.0
-        if self.host is not None:
-            seconds = self._copy(hashes, tokens)
+        if self.tier is not None:
+            local, remote = self._copied(hashes, tokens, self.cache.__contains__)
+            seconds = self._copy_s(local, remote)
+            self.copied += local + remote
+            self.remote += remote
+            self.copy_s += seconds
+            self._write([b for b in hashes if b not in self.cache])
             self.written[r] = k
         self.pinned[r] = self.cache.acquire(hashes)
         return seconds
 
-    def _copy(self, hashes: list[int], tokens: int) -> float:
-        """Copy the blocks of ``hashes`` (``tokens`` tokens taken) not resident
-        on the GPU from the host cache; the copy's seconds (rule 5)."""
-        assert self.host is not None
+    def _copied(
+        self, hashes: list[int], tokens: int, on_gpu: Callable[[int], bool]
+    ) -> tuple[int, int]:
+        """The tokens of the first ``tokens`` of ``hashes`` not on the GPU,
+        copied from this replica's host memory and from another replica's
+        (rules 5 and 6)."""
         big = self.block_tokens
-        missing = [k for k, b in enumerate(hashes) if b not in self.cache]
-        if not missing:
-            return 0.0
-        copied = sum(min((k + 1) * big, tokens) - k * big for k in missing)
-        self._write([hashes[k] for k in missing])
-        seconds = copied * self.h2d[0] / self.h2d[1]
-        self.copied += copied
-        self.copy_s += seconds
+        local = remote = 0
+        home = None if self.pool is None else self.pool.home
+        for k, b in enumerate(hashes[: -(-tokens // big)]):
+            if on_gpu(b):
+                continue
+            size = min((k + 1) * big, tokens) - k * big
+            if home is None or home[b] == self.replica:
+                local += size
+            else:
+                remote += size
+        return local, remote
+
+    def _copy_s(self, local: int, remote: int) -> float:
+        """Seconds to copy ``local`` tokens over the host-to-device link and
+        ``remote`` ones from another replica (rule 6)."""
+        per_token, h2d = self.h2d
+        seconds = local * per_token / h2d
+        if remote:
+            assert self.pool is not None
+            pool = self.pool
+            seconds += pool.latency_s + remote * per_token * pool.seconds_per_byte
         return seconds
 
-    def _write(self, hashes: list[int]) -> None:
-        """Write ``hashes`` to the host cache: each most recently used,
-        inserted if missing (rule 5)."""
+    def _write(self, hashes: list[int], at_s: float | None = None) -> None:
+        """Write ``hashes`` off the GPU, each most recently used, inserted if
+        missing: to the host cache (rule 5), or to the pool at ``at_s``
+        (``None``: now; rule 6)."""
+        if self.pool is not None:
+            if at_s is None:
+                self.pool.put(self.replica, hashes)
+            else:
+                self.pool.write(self.replica, hashes, at_s)
+            return
         assert self.host is not None
         self.host.release(hashes[: self.host.acquire(hashes)])
 
-    def computed(self, r: int, processed: int, prompt: int) -> None:
+    def computed(self, r: int, processed: int, prompt: int, end_s: float) -> None:
         """Request ``r`` holds ``processed`` tokens of its ``prompt``-token
-        prefill: pin (insert) the blocks it completed (rule 2), write them
-        through to the host tier (rule 5)."""
+        prefill after the iteration that ends at ``end_s``: pin (insert) the
+        blocks it completed (rule 2), write them through to the host tier or
+        the pool (rules 5 and 6)."""
         hashes = self.hashes[r]
         done = len(hashes)
         if processed < prompt:
             done = min(done, processed // self.block_tokens)
-        if self.host is not None and done > self.written[r]:
-            self._write(hashes[self.written[r] : done])
+        if self.tier is not None and done > self.written[r]:
+            self._write(hashes[self.written[r] : done], end_s)
             self.written[r] = done
         if self.capped[r]:
             return
@@ -273,7 +433,8 @@ class ReplicaPrefix:
             self.evictions.append((run, blocks))
 
     def snapshot(self) -> tuple:
-        """The state, for :meth:`restore`."""
+        """The state, for :meth:`restore` (a shared pool is the cluster's, not
+        the replica's: not in it)."""
         return (
             self.cache.snapshot(),
             list(self.pinned),
@@ -284,13 +445,14 @@ class ReplicaPrefix:
             None if self.host is None else self.host.snapshot(),
             list(self.written),
             self.copied,
+            self.remote,
             self.copy_s,
         )
 
     def restore(self, state: tuple) -> None:
         """Put the cache back in a :meth:`snapshot`."""
         (cache, pinned, capped, cached, self.needed, logged, host, written,
-         self.copied, self.copy_s) = state  # fmt: skip
+         self.copied, self.remote, self.copy_s) = state  # fmt: skip
         self.cache.restore(cache)
         if self.host is not None:
             self.host.restore(host)
@@ -302,4 +464,4 @@ class ReplicaPrefix:
             del self.evictions[logged:]
 
 
-__all__ = ["ReplicaPrefix"]
+__all__ = ["KVPool", "ReplicaPrefix"]

@@ -322,8 +322,9 @@ def _adapter_frame(
 def _prefix_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
     """The prefix cache's metrics over ``engines`` that have one (none if no
     engine has): prefill tokens saved, and their share of the prefill targets of
-    the admissions; with a host tier, the tokens copied from it and the copies'
-    seconds (:mod:`lsched.evaluator.prefix`)."""
+    the admissions; with a host tier or a KV pool, the tokens copied from it
+    and the copies' seconds; with a KV pool, the tokens copied from another
+    replica (:mod:`lsched.evaluator.prefix`)."""
     prefixes = [e.prefix for e in engines if getattr(e, "prefix", None) is not None]
     if not prefixes:
         return {}
@@ -331,10 +332,12 @@ def _prefix_metrics(engines: list[ReplicaEngine]) -> dict[str, float]:
     needed = sum(p.needed for p in prefixes)
     ratio = saved / needed if needed else 0.0
     metrics = dict(zip(PREFIX_METRICS, (ratio, float(saved)), strict=True))
-    tiered = [p for p in prefixes if p.host is not None]
+    tiered = [p for p in prefixes if p.tier is not None]
     if tiered:
         metrics["host_hit_tokens"] = float(sum(p.copied for p in tiered))
         metrics["host_copy_s"] = sum(p.copy_s for p in tiered)
+    if any(p.pool is not None for p in prefixes):
+        metrics["remote_hit_tokens"] = float(sum(p.remote for p in prefixes))
     return metrics
 
 

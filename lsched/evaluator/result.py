@@ -70,7 +70,9 @@ targets of the admissions; per replica and pool too) and
 run ``run``, after its admissions took their cached prefixes. A prefill member's
 ``processed_before`` at its admission is its cached tokens. A cache with a host
 tier adds the metrics ``host_hit_tokens`` (cached tokens copied from the host
-tier) and ``host_copy_s`` (those copies' seconds, :data:`HOST_PREFIX_METRICS`).
+tier) and ``host_copy_s`` (those copies' seconds, :data:`HOST_PREFIX_METRICS`);
+a KV pool shared by a prefill pool's replicas adds these (its copies) and
+``remote_hit_tokens`` (the cached tokens copied from another replica's share).
 
 A run in which some request swapped adds per request ``swap_outs`` (times its KV
 went to the host tier) and the metrics ``swap_out_bytes``, ``swap_in_bytes``,
@@ -133,7 +135,11 @@ SWAP_METRICS: tuple[str, ...] = (
 #: The metrics of a run with a prefix cache (module docstring).
 PREFIX_METRICS: tuple[str, ...] = ("prefix_hit_ratio", "prefill_tokens_saved")
 #: The metrics a prefix cache with a host tier adds (module docstring).
-HOST_PREFIX_METRICS: tuple[str, ...] = ("host_hit_tokens", "host_copy_s")
+HOST_PREFIX_METRICS: tuple[str, ...] = (
+    "host_hit_tokens",
+    "host_copy_s",
+    "remote_hit_tokens",
+)
 #: The log's adapter loads of a run that serves adapters (module docstring).
 ADAPTER_LOAD_COLUMNS: tuple[str, ...] = (
     "run",

@@ -193,10 +193,15 @@ class PrefixCache:
                 return k
         return len(hashes)
 
+    def first_evictable(self, blocks: int) -> set[int]:
+        """The first ``blocks`` evictable blocks in eviction order (what
+        :meth:`evict` would remove), read-only; O(blocks)."""
+        return set(itertools.islice(self._evictable, blocks))
+
     def lookup_after(self, hashes: Sequence[int], evicted: int) -> int:
         """:meth:`lookup` as it will be once the first ``evicted`` evictable
         blocks in eviction order are gone (read-only; O(evicted + n))."""
-        gone = set(itertools.islice(self._evictable, evicted))
+        gone = self.first_evictable(evicted)
         refs, evictable = self._refs, self._evictable
         for k, block in enumerate(hashes):
             if block not in refs and (block not in evictable or block in gone):

@@ -9,6 +9,7 @@ take it::
 
     RULE[:capacity_tokens=N]
     RULE[:host_capacity_tokens=M]
+    RULE[:pool_capacity_tokens=M]
 
 ``RULE`` is an eviction rule of :data:`~lsched.prefix.cache.EVICTION_RULES`
 (``lru``, ``lru_tail_first``) or ``gpu``, the default rule (``lru``).
@@ -21,6 +22,11 @@ replica's KV (:meth:`PrefixCacheSpec.check_fits`) is refused.
 rule (e.g. ``lru:host_capacity_tokens=3000000``,
 Mooncake's 3M-token figure); ``M`` times the KV bytes per token over the host
 tier's ``memory_bytes`` (:meth:`PrefixCacheSpec.check_host_fits`) is refused.
+``pool_capacity_tokens`` instead makes the host tiers of a prefill pool's
+replicas one cache of ``M // B`` blocks (Mooncake's KV pool, Mooncake Store),
+spread over their host memory: ``M`` times the KV bytes per token over the
+replicas' ``memory_bytes`` together is refused (rule 6 of
+:mod:`lsched.evaluator.prefix`).
 """
 
 from __future__ import annotations
@@ -49,37 +55,45 @@ class PrefixCacheSpec:
         capacity only.
     host_capacity_tokens
         Tokens the host-tier cache holds, or ``None``: no host-tier cache.
+    pool_capacity_tokens
+        Tokens the KV pool shared by the pool's replicas holds, or ``None``:
+        no shared pool.
     """
 
     eviction: str = EVICTION_RULES[0]
     capacity_tokens: int | None = None
     host_capacity_tokens: int | None = None
+    pool_capacity_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.eviction, "prefix_cache", EVICTION_RULES)
-        check_optional_int(self.capacity_tokens, "prefix_cache.capacity_tokens", 1)
-        check_optional_int(
-            self.host_capacity_tokens, "prefix_cache.host_capacity_tokens", 1
-        )
-        if self.host_capacity_tokens is not None and self.capacity_tokens is not None:
+        for key in _KEYS:
+            check_optional_int(getattr(self, key), f"prefix_cache.{key}", 1)
+        given = [key for key in _KEYS if getattr(self, key) is not None]
+        if len(given) > 1:
             # a GPU cache with a capacity of its own evicts as admissions insert
             # blocks copied from the host, under later admissions' offers
             raise InputError(
-                "got both capacity_tokens and host_capacity_tokens; expected at "
-                "most one (a host tier with a GPU cache of its own capacity is "
-                "not modelled)",
+                f"got {' and '.join(given)}; expected at most one of them (a host "
+                "tier with a GPU cache of its own capacity is not modelled, and "
+                "a pool's shared KV pool takes the place of its host caches)",
                 field="prefix_cache",
             )
+
+    @property
+    def tiered(self) -> bool:
+        """Whether blocks are also kept off the GPU: a host tier or a KV pool."""
+        return (
+            self.host_capacity_tokens is not None
+            or self.pool_capacity_tokens is not None
+        )
 
     @property
     def label(self) -> str:
         """The text form (:func:`parse_prefix_cache` reads it back)."""
         keys = [
             f"{key}={value}"
-            for key, value in (
-                ("capacity_tokens", self.capacity_tokens),
-                ("host_capacity_tokens", self.host_capacity_tokens),
-            )
+            for key, value in ((key, getattr(self, key)) for key in _KEYS)
             if value is not None
         ]
         return ":".join([self.eviction, ",".join(keys)]) if keys else self.eviction
@@ -97,24 +111,29 @@ class PrefixCacheSpec:
             )
 
     def check_host_fits(
-        self, memory_bytes: int, kv_bytes_per_token: int, where: str
+        self, memory_bytes: int, kv_bytes_per_token: int, replicas: int, where: str
     ) -> None:
         """Raise :class:`InputError` if the host-tier cache's KV,
         ``host_capacity_tokens * kv_bytes_per_token`` bytes, exceeds the host
-        tier's ``memory_bytes`` (``where``: the replica's pool)."""
-        tokens = self.host_capacity_tokens
-        if tokens is not None and tokens * kv_bytes_per_token > memory_bytes:
+        tier's ``memory_bytes``, or the KV pool's exceeds the ``replicas``' host
+        memory together (``where``: the replicas' pool)."""
+        key, tokens = "host_capacity_tokens", self.host_capacity_tokens
+        memory, whose = memory_bytes, "a replica"
+        if self.pool_capacity_tokens is not None:
+            key, tokens = "pool_capacity_tokens", self.pool_capacity_tokens
+            memory, whose = replicas * memory_bytes, f"the {replicas} replica(s)"
+        if tokens is not None and tokens * kv_bytes_per_token > memory:
             raise InputError(
                 f"got {tokens} tokens ({tokens * kv_bytes_per_token} bytes); "
-                f"expected at most the {memory_bytes // kv_bytes_per_token} tokens "
-                f"that fit in the {memory_bytes} bytes of host memory of a replica "
+                f"expected at most the {memory // kv_bytes_per_token} tokens "
+                f"that fit in the {memory} bytes of host memory of {whose} "
                 f"of {where}",
-                field="prefix_cache.host_capacity_tokens",
+                field=f"prefix_cache.{key}",
             )
 
 
 #: The keys of the text form.
-_KEYS = ("capacity_tokens", "host_capacity_tokens")
+_KEYS = ("capacity_tokens", "host_capacity_tokens", "pool_capacity_tokens")
 
 
 def _token_count(values: dict[str, str], key: str) -> int | None:
@@ -132,14 +151,15 @@ def _token_count(values: dict[str, str], key: str) -> int | None:
 
 
 def parse_prefix_cache(text: object) -> PrefixCacheSpec:
-    """A spec from its text form ``RULE[:capacity_tokens=N]`` or
-    ``RULE[:host_capacity_tokens=M]`` (module docstring).
+    """A spec from its text form ``RULE[:capacity_tokens=N]``,
+    ``RULE[:host_capacity_tokens=M]`` or ``RULE[:pool_capacity_tokens=M]``
+    (module docstring).
 
     Raises
     ------
     InputError
-        An unknown rule or key, a capacity that is no integer >= 1, or both
-        capacities.
+        An unknown rule or key, a capacity that is no integer >= 1, or more
+        than one capacity.
     """
     if isinstance(text, PrefixCacheSpec):
         return text
