@@ -241,9 +241,11 @@ PrefixCacheOpt = Annotated[
         "and sharing its KV: gpu or lru (least recently used blocks evicted "
         "first), lru_tail_first; capacity_tokens caps it below the KV; "
         "host_capacity_tokens adds a cache of M tokens in the host tier "
-        "(Mooncake's KV pool: written through, hits copied at host-to-device "
-        "bandwidth; within host.memory_bytes). A cluster file says it per pool "
-        "(prefix_cache).",
+        "(written through, hits copied at host-to-device bandwidth; within "
+        "host.memory_bytes). A cluster file says it per pool (prefix_cache), "
+        "where a prefill pool may instead share one KV pool of M tokens among "
+        "its replicas (pool_capacity_tokens=M, Mooncake's; copies between "
+        "replicas over a [[link]] from the pool to itself).",
     ),
 ]
 
