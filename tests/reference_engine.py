@@ -27,7 +27,10 @@ with its own host-block arithmetic and its own copy links (nothing from
 (``prefix_cache``), restated from the docstrings of :mod:`lsched.evaluator.prefix`
 and :mod:`lsched.prefix.cache` (the comment above :class:`_NaiveCache`), with its
 own reference counts, eviction list and block arithmetic (nothing from
-:mod:`lsched.prefix` or the engine).
+:mod:`lsched.prefix` or the engine); :func:`simulate_naive_cluster` gives the
+replicas of a cluster's pools the same cache, with its host tier, and the
+replicas of a prefill pool with ``pool_capacity_tokens`` one shared KV pool
+(:class:`_NaivePool`: homes, writes due in time, copies between replicas).
 
 :func:`simulate_naive` serves LoRA adapters on request (``adapters``, an
 :class:`~lsched.adapters.AdapterSpec` read as plain data), restated from the
@@ -368,10 +371,42 @@ def check_peaks(
 # - after an iteration, each prefill member (before its GPU pins, and even if
 #   its GPU insertions stopped) writes its completed blocks past those written;
 #   a release resets what it has written to 0.
+#
+# With a KV pool (pool_capacity_tokens = M on a prefill pool of a disaggregated
+# cluster; rule 6 of lsched.evaluator.prefix: Mooncake's KV pool over the DRAM of
+# the pool's replicas), in place of each replica's host cache:
+#
+# - one cache of M // B blocks shared by the pool's replicas, same eviction rule,
+#   nothing pinned in it, written as a host cache is; each resident block has a
+#   home, the replica whose write inserted it (a write of a resident block makes
+#   it the most recently used and keeps its home);
+# - writes are the host tier's, each due at a time: a prefill member's completed
+#   blocks at the end of the iteration that completed them, an admission's
+#   copied blocks at the admission; the pool applies the writes due by t in the
+#   order of their due times, then of their making, before each decision of a
+#   replica at a boundary t and each router's read at t (every read at t sees
+#   exactly the writes due by t: the replicas step earliest boundary first, ties
+#   by id, so a write is made before its due time);
+# - lookup: the leading run of hashes resident on the GPU or in the pool;
+# - an admission taking x > 0 tokens in k = ceil(x / B) blocks copies those of
+#   its first k blocks not resident on the GPU: of their tokens within x, y_l
+#   homed at the admitting replica take y_l * kv_bytes_per_token /
+#   h2d_bytes_per_s seconds and y_r homed at another replica take, if y_r > 0,
+#   latency_s + y_r * kv_bytes_per_token / bandwidth_bytes_per_s over the
+#   cluster's link from the pool to itself (an ideal one if it lists none); the
+#   copies lengthen the admitting iteration as the host tier's do; the copied
+#   blocks are written (homes kept) at the admission, then pinned on the GPU;
+# - the metrics: host_hit_tokens sums y_l + y_r, host_copy_s the copies'
+#   seconds, remote_hit_tokens sums y_r.
+#
+# A prefill or colocated replica of a cluster runs the host tier as above too
+# (host_capacity_tokens: its own host cache), its writes applied at once.
 
 
 class _NaiveCache:
-    """One replica's prefix cache (the comment above), as plain lists and dicts."""
+    """One replica's prefix cache (the comment above), as plain lists and dicts;
+    with a host tier (``host``) or a share of its pool's KV pool (``pool``, the
+    replica being ``replica`` there)."""
 
     def __init__(
         self,
@@ -381,6 +416,8 @@ class _NaiveCache:
         eviction: str,
         capacity_tokens: int | None,
         host_capacity_tokens: int | None = None,
+        pool: _NaivePool | None = None,
+        replica: int = 0,
     ) -> None:
         self.hashes = hashes
         self.block = block
@@ -396,44 +433,117 @@ class _NaiveCache:
         self.needed = 0
         self.evicted = 0
         self.cut = 0  # admissions whose offered hit did not fit whole
+        self.dropped = 0  # blocks evicted by insertions into a full cache
         self.host: _NaiveCache | None = None
         if host_capacity_tokens is not None:
             self.host = _NaiveCache([], block, kv_block, eviction, host_capacity_tokens)
+        self.pool = pool
+        self.replica = replica
         self.written = [0] * m
-        self.copied = 0  # tokens copied from the host
+        self.copied = 0  # tokens copied from the host tier or the pool
+        self.remote = 0  # of those, tokens copied from another replica's share
         self.copy_s = 0.0
         self.pending_s = 0.0  # copies of the iteration being built
+
+    @property
+    def tiered(self) -> bool:
+        """Whether blocks are also kept off the GPU (a host tier or a pool)."""
+        return self.host is not None or self.pool is not None
 
     def resident(self, h: int) -> bool:
         return h in self.refs or h in self.free
 
-    def lookup(self, r: int) -> int:
+    def anywhere(self, h: int) -> bool:
+        """Resident on the GPU, on the host or in the pool (any home)."""
+        if self.resident(h):
+            return True
+        if self.host is not None and self.host.resident(h):
+            return True
+        return self.pool is not None and self.pool.cache.resident(h)
+
+    def own(self, h: int) -> bool:
+        """Held by this replica itself: on its GPU, on its host, or in the pool
+        homed here."""
+        if self.pool is not None and self.pool.holds(h, self.replica):
+            return True
+        return self.resident(h) or (self.host is not None and self.host.resident(h))
+
+    @staticmethod
+    def run(hs: list[int], held: Callable[[int], bool]) -> int:
+        """The leading run of ``hs`` for which ``held`` holds."""
         run = 0
-        for h in self.hashes[r]:
-            on_host = self.host is not None and self.host.resident(h)
-            if not self.resident(h) and not on_host:
+        for h in hs:
+            if not held(h):
                 break
             run += 1
         return run
 
-    def write(self, hs: list[int]) -> None:
-        """Write ``hs`` to the host cache."""
+    def lookup(self, r: int) -> int:
+        return self.run(self.hashes[r], self.anywhere)
+
+    def sync(self, t: float) -> None:
+        """A decision or a router's read at ``t``: the pool's writes due by then."""
+        if self.pool is not None:
+            self.pool.sync(t)
+
+    def write(self, hs: list[int], due: float) -> None:
+        """Write ``hs`` to the host cache now, or to the pool due at ``due``."""
+        if self.pool is not None:
+            self.pool.write(self.replica, hs, due)
+            return
         assert self.host is not None
         self.host.unpin(hs[: self.host.acquire(hs)])
 
-    def copy_from_host(self, r: int, x: int, bytes_per_token: int, rate: float) -> None:
-        """The host copy of admission ``r`` taking ``x`` tokens (before its pins)."""
+    def split(self, hs: list[int], x: int) -> tuple[int, int]:
+        """Tokens within the first ``x`` of ``hs`` in blocks not on the GPU:
+        (homed here or on the host, homed at another replica)."""
         big = self.block
-        k = -(-x // big)
+        local = remote = 0
+        for j, h in enumerate(hs[: -(-x // big)]):
+            if self.resident(h):
+                continue
+            tokens = min((j + 1) * big, x) - j * big
+            if self.pool is None or self.pool.home[h] == self.replica:
+                local += tokens
+            else:
+                remote += tokens
+        return local, remote
+
+    def seconds(self, local: int, remote: int, bytes_per_token: int,
+                h2d: float) -> float:  # fmt: skip
+        """The copy of ``local`` tokens over host-to-device and ``remote`` ones
+        over the pool's own link."""
+        seconds = local * bytes_per_token / h2d
+        if remote:
+            assert self.pool is not None
+            bandwidth = self.pool.bandwidth
+            seconds += self.pool.latency_s + remote * bytes_per_token / bandwidth
+        return seconds
+
+    def copy_in(self, r: int, x: int, bytes_per_token: int, h2d: float,
+                t: float) -> None:  # fmt: skip
+        """The copy of admission ``r`` at ``t`` taking ``x`` tokens (before its
+        pins), written to the tier at once."""
+        k = -(-x // self.block)
         hs = self.hashes[r][:k]
-        missing = [j for j in range(k) if not self.resident(hs[j])]
-        y = sum(min((j + 1) * big, x) - j * big for j in missing)
-        self.write([hs[j] for j in missing])
+        local, remote = self.split(hs, x)
+        self.write([h for h in hs if not self.resident(h)], t)
+        self.sync(t)
         self.written[r] = k
-        self.copied += y
-        seconds = y * bytes_per_token / rate
+        self.copied += local + remote
+        self.remote += remote
+        seconds = self.seconds(local, remote, bytes_per_token, h2d)
         self.copy_s += seconds
         self.pending_s += seconds
+
+    def fetch(self, hs: list[int], prompt: int, bytes_per_token: int,
+              h2d: float) -> tuple[int, float]:  # fmt: skip
+        """What an admission of a new request (``hs``, ``prompt`` tokens) would
+        take now, ignoring room: min(h B, s - 1) tokens and their copy's
+        seconds."""
+        x = min(self.run(hs, self.anywhere) * self.block, prompt - 1)
+        local, remote = self.split(hs, x)
+        return x, self.seconds(local, remote, bytes_per_token, h2d)
 
     def acquire(self, hs: list[int]) -> int:
         for h in hs:
@@ -453,6 +563,7 @@ class _NaiveCache:
                     return k
                 if full:
                     self.free.pop(0)
+                    self.dropped += 1
                 self.refs[h] = 0
             self.refs[h] += 1
         return len(hs)
@@ -470,11 +581,11 @@ class _NaiveCache:
         self.stopped[r] = False
         self.written[r] = 0
 
-    def completed(self, r: int, processed: int, prompt: int) -> None:
+    def completed(self, r: int, processed: int, prompt: int, end: float) -> None:
         n = len(self.hashes[r])
         done = n if processed >= prompt else min(n, processed // self.block)
-        if self.host is not None and done > self.written[r]:
-            self.write(self.hashes[r][self.written[r] : done])
+        if self.tiered and done > self.written[r]:
+            self.write(self.hashes[r][self.written[r] : done], end)
             self.written[r] = done
         if self.stopped[r]:
             return
@@ -490,6 +601,42 @@ class _NaiveCache:
             assert k <= len(self.free), "eviction cannot make room: a policy bug"
             del self.free[:k]
             self.evicted += k
+
+
+class _NaivePool:
+    """A prefill pool's KV pool (the comment above :class:`_NaiveCache`): a cache
+    of blocks no request pins, a home per resident block, the writes not yet
+    applied."""
+
+    def __init__(self, block: int, kv_block: int, eviction: str, capacity_tokens: int,
+                 latency_s: float, bandwidth: float) -> None:  # fmt: skip
+        self.cache = _NaiveCache([], block, kv_block, eviction, capacity_tokens)
+        self.home: dict[int, int] = {}
+        self.latency_s = latency_s
+        self.bandwidth = bandwidth
+        #: (due time, number in the order made, replica, hashes)
+        self.writes: list[tuple[float, int, int, list[int]]] = []
+        self.made = 0
+
+    def write(self, replica: int, hs: list[int], due: float) -> None:
+        self.made += 1
+        self.writes.append((due, self.made, replica, hs))
+
+    def sync(self, t: float) -> None:
+        """Apply the writes due by ``t``: by due time, then in the order made."""
+        due = sorted((w for w in self.writes if w[0] <= t), key=lambda w: w[:2])
+        self.writes = [w for w in self.writes if w[0] > t]
+        cache = self.cache
+        for _, _, replica, hs in due:
+            new = [h for h in hs if not cache.resident(h)]
+            cache.unpin(hs[: cache.acquire(hs)])
+            for h in new:
+                if cache.resident(h):
+                    self.home[h] = replica
+
+    def holds(self, h: int, replica: int) -> bool:
+        """Whether block ``h`` is in the pool, homed at ``replica``."""
+        return self.cache.resident(h) and self.home[h] == replica
 
 
 # Adapters, restated from lsched.adapters and lsched.evaluator.adapters:
@@ -1006,9 +1153,10 @@ class _Replica:
         held = sum(_blocks(x, b) for x in after.values()) + self.pinned_blocks()
         return self.limits.kv_capacity_blocks - held
 
-    def _take_cached(self, r: int, chunk: int, slack: int) -> tuple[int, int]:
-        """Admission of ``r`` with the policy's ``chunk``: the cached tokens it
-        takes (those that fit in ``slack``), its chunk left and the slack left."""
+    def _take_cached(self, r: int, chunk: int, slack: int, t: float) -> tuple[int, int]:
+        """Admission of ``r`` at ``t`` with the policy's ``chunk``: the cached
+        tokens it takes (those that fit in ``slack``), its chunk left and the
+        slack left."""
         cache = self.cache
         assert cache is not None
         b, big = self.limits.block_tokens, cache.block
@@ -1025,9 +1173,9 @@ class _Replica:
             cache.cut += 1
         slack -= extra(x)
         if x:
-            if cache.host is not None:
+            if cache.tiered:
                 rate = self.h2d_bytes_per_s
-                cache.copy_from_host(r, x, self.kv_bytes_per_token, rate)
+                cache.copy_in(r, x, self.kv_bytes_per_token, rate, t)
             got = cache.acquire(cache.hashes[r][: -(-x // big)])
             cache.pins[r] = got
             cache.cached[r] += x
@@ -1058,7 +1206,7 @@ class _Replica:
                 if math.isnan(self.admitted_s[r]):
                     self.admitted_s[r] = t
                 if self.cache is not None:
-                    chunks[k], slack = self._take_cached(r, chunks[k], slack)
+                    chunks[k], slack = self._take_cached(r, chunks[k], slack, t)
         if self.cache is not None:  # make room in the KV before the iteration
             grows = dict(zip(prefill, chunks, strict=True)) | dict.fromkeys(decode, 1)
             held = sum(
@@ -1097,7 +1245,7 @@ class _Replica:
             emitting.append(r)
         if self.cache is not None:  # the blocks the prefills completed
             for r in prefill:
-                self.cache.completed(r, self.processed[r], self.prompt[r])
+                self.cache.completed(r, self.processed[r], self.prompt[r], end)
         # KV held in this iteration: completing requests still hold theirs (DESIGN:
         # freed at the *end* of the completing iteration)
         kv_tokens = sum(self.processed[r] for r in self.running)
@@ -1412,13 +1560,16 @@ def _naive_cache(
 # replica's state at its first boundary at or after t); on a prefill replica once
 # its prefill ended by t (an iteration in flight at t has not finished its requests).
 # A decode replica counts the requests on their way to it. random: entry replica
-# default_rng([seed, i]).integers(E). prefix: the entry replica whose prefix cache
-# holds the longest leading run of request i's hashes at t (the cache after every
-# iteration that started before t), ties to least-outstanding's order. conductor
-# (TTFT SLO only): _NaiveConductor.
+# default_rng([seed, i]).integers(E). prefix: the entry replica that holds the
+# longest leading run of request i's hashes itself at t (on its GPU, on its host or
+# in the pool homed there; the cache after every iteration that started before t,
+# a pool's writes due by t applied), ties to least-outstanding's order. conductor:
+# _NaiveConductor.
 #
 # Prefix cache (a prefill or colocated pool's prefix_cache): each such replica runs
-# the cache of simulate_naive (_NaiveCache), its requests added as they reach it.
+# the cache of simulate_naive (_NaiveCache), its requests added as they reach it,
+# with its host tier, or, on a prefill pool with pool_capacity_tokens, the pool's
+# one KV pool (_NaivePool; the comment above _NaiveCache).
 
 _DEPART, _DELIVER, _PREFILLED, _ARRIVAL = 0, 1, 2, 3
 #: Routers the naive cluster engine implements.
@@ -1445,6 +1596,10 @@ class NaiveDisaggResult:
     ``emitted_tokens``: the tokens each request emitted where it completed (0
     if rejected). ``cached_tokens``: the cached tokens each request took on its
     prefill or colocated replica (a pool's ``prefix_cache``; 0 without one).
+    ``host_hit_tokens``, ``host_copy_s`` and ``remote_hit_tokens`` are the
+    fast engine's metrics of those names (0 without a host tier or a KV pool);
+    ``tier_evictions`` the blocks evicted from host tiers and KV pools, for the
+    coverage counts.
     """
 
     replica: IntArray
@@ -1466,6 +1621,10 @@ class NaiveDisaggResult:
     seatless_drops: int
     pull_stopped_by: dict[str, int]
     cached_tokens: IntArray
+    host_hit_tokens: int
+    host_copy_s: float
+    remote_hit_tokens: int
+    tier_evictions: int
 
 
 def _prefill_s(profile: DeploymentProfile, prompt: int, cached: int) -> float:
@@ -1481,31 +1640,53 @@ def _prefill_s(profile: DeploymentProfile, prompt: int, cached: int) -> float:
 
 
 class _NaiveConductor:
-    """``conductor:ttft_slo_s=S`` restated from the docstring of
-    :class:`lsched.routers.Conductor` (TTFT only): per entry replica, queue =
-    max(0, busy - t) plus the prefill of the tokens past its cached run; the
-    smallest (then the lowest id), rejected over ``S``; busy = max(busy, t) +
-    that prefill."""
+    """``conductor:ttft_slo_s=S,tbt_slo_s=U`` restated from the docstring of
+    :class:`lsched.routers.Conductor`: per entry replica, work = the copy of the
+    cached tokens x = min(h B, s - 1) it would take (h: the run on its GPU, host
+    or anywhere in its pool; :meth:`_Stage.prefix_fetch`) + the prefill of the
+    s - x tokens past them alone; predicted TTFT = max(0, busy - t) + work; the
+    smallest (then the lowest id), rejected over ``S``; then the predicted TBT,
+    the least over the decode replicas (none: the chosen replica itself) of one
+    decode iteration of u + 1 steps reading K + u + s + 1 KV tokens, (u, K) its
+    unfinished requests (those on their way counted) and KV tokens held at t,
+    rejected over ``U``; else busy = max(busy, t) + work."""
 
-    def __init__(self, slo: float) -> None:
-        self.slo = slo
+    def __init__(self, ttft_slo: float, tbt_slo: float) -> None:
+        self.ttft_slo = ttft_slo
+        self.tbt_slo = tbt_slo
         self.busy: dict[int, float] = {}
 
-    def choose(self, replicas: list[Any], i: int, t: float, s: int) -> Any:
-        """The replica for request ``i`` (``s`` tokens) at ``t``, or None."""
+    def choose(
+        self, entry: list[Any], decode: list[Any], i: int, t: float, s: int
+    ) -> tuple[Any, str]:
+        """The replica for request ``i`` (``s`` tokens) at ``t``, or None and
+        the reason."""
         best = None
-        for x in replicas:
-            block = 0 if x.cache is None else x.cache.block
-            prefill = _prefill_s(x.profile, s, min(x.cached_run(i) * block, s - 1))
-            ttft = max(0.0, self.busy.get(x.index, 0.0) - t) + prefill
+        for x in entry:
+            cached, copy_s = x.prefix_fetch(i, t)
+            work = copy_s + _prefill_s(x.profile, s, cached)
+            ttft = max(0.0, self.busy.get(x.index, 0.0) - t) + work
             if best is None or ttft < best[0]:
-                best = (ttft, prefill, x)
+                best = (ttft, work, x)
         assert best is not None
-        ttft, prefill, x = best
-        if ttft > self.slo:
-            return None
-        self.busy[x.index] = max(self.busy.get(x.index, 0.0), t) + prefill
-        return x
+        ttft, work, x = best
+        if ttft > self.ttft_slo:
+            return None, "conductor: predicted TTFT over its SLO"
+        tbt = min(
+            _decode_step_s(y.profile, u + 1, kv + u + s + 1)
+            for y in decode or [x]
+            for u, kv in [y.load(t)]
+        )
+        if tbt > self.tbt_slo:
+            return None, "conductor: predicted TBT over its SLO"
+        self.busy[x.index] = max(self.busy.get(x.index, 0.0), t) + work
+        return x, ""
+
+
+def _decode_step_s(profile: DeploymentProfile, steps: int, kv_tokens: int) -> float:
+    """One decode iteration of ``steps`` requests reading ``kv_tokens``."""
+    phi = np.array([1.0, 0.0, 0.0, steps, kv_tokens, 0.0])
+    return float(profile.iteration_time_s(phi))
 
 
 def _drive(
@@ -1542,8 +1723,8 @@ class _Stage(_Replica):
     :func:`simulate_naive_cluster` (local ids in the order requests reach it)."""
 
     def __init__(self, index: int, pool: Any, instance: Instance,
-                 tenants: tuple[str, ...] | None,
-                 max_model_len: int) -> None:  # fmt: skip
+                 tenants: tuple[str, ...] | None, max_model_len: int,
+                 kv_pool: _NaivePool | None = None) -> None:  # fmt: skip
         profile = pool.profile
         limits = ReplicaLimits(
             kv_capacity_blocks=profile.kv_capacity_blocks,
@@ -1583,25 +1764,38 @@ class _Stage(_Replica):
         self.finished_at: list[float] = []  # end of each completing iteration
         spec = getattr(pool, "prefix_cache", None)
         if spec is not None:  # a prefill or colocated pool's prefix cache
-            if spec.host_capacity_tokens is not None:
-                raise ValueError("the naive cluster engine has no host-tier cache")
             params = instance.params
             block = int(params.get("prefix_block_tokens", profile.block_tokens))
             self.cache = _NaiveCache(
-                [], block, profile.block_tokens, spec.eviction, spec.capacity_tokens
-            )
+                [], block, profile.block_tokens, spec.eviction, spec.capacity_tokens,
+                spec.host_capacity_tokens, kv_pool, index,
+            )  # fmt: skip
 
-    def cached_run(self, i: int) -> int:
-        """The leading run of request ``i``'s hashes resident here (0 without
-        a cache)."""
+    def cached_run(self, i: int, t: float) -> int:
+        """The leading run of request ``i``'s hashes this replica holds itself
+        at ``t`` (0 without a cache)."""
         if self.cache is None:
             return 0
-        run = 0
-        for h in _hashes(self.instance, i):
-            if not self.cache.resident(h):
-                break
-            run += 1
-        return run
+        self.cache.sync(t)
+        return self.cache.run(_hashes(self.instance, i), self.cache.own)
+
+    def prefix_fetch(self, i: int, t: float) -> tuple[int, float]:
+        """The cached tokens request ``i`` would take here at ``t`` and their
+        copy's seconds ((0, 0.0) without a cache)."""
+        if self.cache is None:
+            return 0, 0.0
+        self.cache.sync(t)
+        return self.cache.fetch(
+            _hashes(self.instance, i),
+            int(self.instance.prompt_tokens[i]),
+            self.kv_bytes_per_token,
+            self.h2d_bytes_per_s,
+        )
+
+    def load(self, t: float) -> tuple[int, int]:
+        """(unfinished requests, KV tokens its running requests hold) at
+        ``t``, as a router sees them."""
+        return self.outstanding(t), sum(self.processed[r] for r in self.running)
 
     def pinned_blocks(self) -> int:
         return sum(self.pins.values()) + sum(self.reserved.values())
@@ -1766,6 +1960,8 @@ class _Stage(_Replica):
         waiting = [r for r in range(m) if self.status[r] == _WAITING]
         if not self.running and not waiting:
             return []
+        if self.cache is not None:  # a decision at t: the pool's writes by then
+            self.cache.sync(t)
         batch = self.policy.decide(self._view(t, m, waiting))
         if not isinstance(batch, Batch):
             raise PolicyError(f"decide() returned {type(batch).__name__}, not Batch")
@@ -1854,9 +2050,11 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
     if all(int(s) > cap for s in instance.prompt_tokens):
         raise InputError("every prompt is over max_model_len", field="max_model_len")
     stages: list[_Stage] = []
+    kv_pools = _naive_pools(instance, cluster)
     for pool in cluster.pools:
         for _ in range(pool.replicas):
-            stages.append(_Stage(len(stages), pool, instance, tenants, cap))
+            kv_pool = kv_pools.get(pool.name)
+            stages.append(_Stage(len(stages), pool, instance, tenants, cap, kv_pool))
     entry = [x for x in stages if x.role in ("prefill", "colocated")]
     decode = [x for x in stages if x.role == "decode"]
     arrival = [float(a) for a in instance.arrival_s]
@@ -1873,9 +2071,8 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
 
     conductor = None
     if cluster.router.name == "conductor":
-        if cluster.router.params.tbt_slo_s != math.inf:
-            raise ValueError("the naive engine's conductor has no TBT SLO")
-        conductor = _NaiveConductor(cluster.router.params.ttft_slo_s)
+        params = cluster.router.params
+        conductor = _NaiveConductor(params.ttft_slo_s, params.tbt_slo_s)
     events: list[tuple[float, int, int, Any]] = []
     counter = itertools.count()
 
@@ -1893,7 +2090,8 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             return replicas[int(draw)]
         if spec.name == "prefix":  # longest cached run, then fewest unfinished
             return min(
-                replicas, key=lambda x: (-x.cached_run(i), x.outstanding(t), x.index)
+                replicas,
+                key=lambda x: (-x.cached_run(i, t), x.outstanding(t), x.index),
             )
         return min(replicas, key=lambda x: (x.outstanding(t), x.index))
 
@@ -1907,9 +2105,8 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             rejected[i] = f"peak KV {peak} tokens fits no decode replica"
             return
         if conductor is not None:
-            x = conductor.choose(entry, i, t, prompt[i])
+            x, rejected[i] = conductor.choose(entry, decode, i, t, prompt[i])
             if x is None:
-                rejected[i] = "conductor: predicted TTFT over its SLO"
                 return
         else:
             x = choose(cluster.router, entry, i, t)
@@ -2080,7 +2277,40 @@ def simulate_naive_cluster(instance: Instance, cluster: Any) -> NaiveDisaggResul
             for rule in ("threshold", "blocks", "slots")
         },
         cached_tokens=_frozen(cached, np.int64),
+        **_naive_copies(stages, list(kv_pools.values())),
     )
+
+
+def _naive_pools(instance: Instance, cluster: Any) -> dict[str, _NaivePool]:
+    """The KV pool of every prefill pool with ``pool_capacity_tokens``, by pool
+    name, with the cluster's link from the pool to itself."""
+    pools = {}
+    for pool in cluster.pools:
+        spec = pool.prefix_cache
+        if spec is None or spec.pool_capacity_tokens is None:
+            continue
+        link = cluster.link(pool.name, pool.name)
+        profile = pool.profile
+        block = int(instance.params.get("prefix_block_tokens", profile.block_tokens))
+        pools[pool.name] = _NaivePool(
+            block, profile.block_tokens, spec.eviction, spec.pool_capacity_tokens,
+            float(link.latency_s), float(link.bandwidth_bytes_per_s),
+        )  # fmt: skip
+    return pools
+
+
+def _naive_copies(stages: list[_Stage], pools: list[_NaivePool]) -> dict[str, Any]:
+    """The prefix copies' totals over the replicas: tokens copied from a host
+    tier or a pool, their seconds, tokens copied from another replica; and the
+    blocks evicted from the host tiers and the pools."""
+    caches = [x.cache for x in stages if x.cache is not None]
+    tiers = [c.host for c in caches if c.host is not None]
+    return {
+        "host_hit_tokens": sum(c.copied for c in caches),
+        "host_copy_s": sum(c.copy_s for c in caches),
+        "remote_hit_tokens": sum(c.remote for c in caches),
+        "tier_evictions": sum(c.dropped for c in tiers + [p.cache for p in pools]),
+    }
 
 
 # Live migration, restated from the docstring of lsched.evaluator.migration (with

@@ -2,22 +2,33 @@
 prefill replicas of a disaggregated cluster, against the naive engine.
 
 ``tests/reference_engine.py`` routes ``random`` (``default_rng([seed,
-i]).integers(E)``), ``prefix`` (longest run of the request's hashes resident
-in a replica's cache, ties to least-outstanding) and ``conductor`` with a TTFT
-SLO (its own prefill prediction and queue ledger) with its own cache
-(``_NaiveCache``) on each prefill or colocated replica. On Hypothesis-drawn
-small clusters of ``tests/test_disagg_equivalence.py`` (prefill, decode and
-sometimes colocated pools; pushing and pulling decode pools; ideal, fifo and
-shared links) whose requests share prefixes (prompts of 1 to 8 tokens in hash
-blocks of 2, each request's first blocks shared with one of two families) and
-whose prefill and colocated pools have an ``lru`` or ``lru_tail_first`` cache,
-both engines must give every request the same times, replicas and cached
-tokens, and the validator must find the fast log valid.
+i]).integers(E)``), ``prefix`` (longest run of the request's hashes a replica
+holds itself: GPU, host tier, or its share of a KV pool; ties to
+least-outstanding) and ``conductor`` with a TTFT and a TBT SLO (its own copy
+and prefill prediction, queue ledger and decode-step prediction) with its own
+cache (``_NaiveCache``) on each prefill or colocated replica, its own host
+tiers and its own KV pool (``_NaivePool``: homes, writes due at their
+iteration's end, copies from another replica over the pool's link). On
+Hypothesis-drawn small clusters of ``tests/test_disagg_equivalence.py``
+(prefill, decode and sometimes colocated pools; pushing and pulling decode
+pools; ideal, fifo and shared links), arrivals sometimes spread out, whose
+requests share prefixes (prompts of 1 to 8 tokens in hash blocks of 2, each
+request's first blocks, often all, shared with one of two families) and whose
+prefill and colocated pools have an ``lru`` or ``lru_tail_first`` cache (a
+prefill pool's on the GPU alone, with a host tier, or with a KV pool shared by
+two replicas or more over a drawn link to itself, tiers of 2 to 8 blocks), both
+engines must give every request the same times, replicas and cached tokens and
+the same ``host_hit_tokens``, ``host_copy_s`` and ``remote_hit_tokens``, the
+validator must find the fast log valid (without a KV pool), and the drawn runs
+must show copies from the host or the own share, copies from another
+replica's, evictions from full tiers and rejections on either SLO.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -25,9 +36,10 @@ from cli_helpers import assert_router_refused
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prefix_helpers import hashed_instance
+from reference_engine import simulate_naive_cluster
 from test_disagg_equivalence import Scenario, _differences, _run_both, scenarios
 
-from lsched.cluster import Cluster, Pool
+from lsched.cluster import Cluster, Link, Pool
 from lsched.evaluator import simulate, simulate_cluster
 from lsched.instance import Instance
 from lsched.prefix import PrefixCacheSpec
@@ -47,7 +59,7 @@ def _hashes(draw: st.DrawFn, prompts: list[int]) -> list[list[int]]:
     for i, s in enumerate(prompts):
         count = -(-s // BLOCK)
         family = draw(st.integers(0, 1))
-        shared = draw(st.integers(0, count))
+        shared = draw(st.integers(0, count) | st.just(count))
         content = [(family, k) for k in range(shared)]
         content += [(2 + i, k) for k in range(shared, count)]
         out.append([names.setdefault(tuple(content[: k + 1]), len(names) + 1)
@@ -57,35 +69,71 @@ def _hashes(draw: st.DrawFn, prompts: list[int]) -> list[list[int]]:
 
 @st.composite
 def cached_scenarios(draw: st.DrawFn) -> Scenario:
-    """A scenario of test_disagg_equivalence with shared prefixes, a cache on
-    its prefill and colocated pools and a cache-aware or random router."""
+    """A scenario of test_disagg_equivalence with shared prefixes, arrivals
+    sometimes spread out, a cache on its prefill and colocated pools (a
+    prefill pool's sometimes with a host tier or a KV pool) and a cache-aware,
+    round-robin or random router."""
     case = draw(scenarios())
     inst = case.instance
     hashes = _hashes(draw, inst.prompt_tokens.tolist())
+    # spread out, later requests find earlier ones' blocks in a tier
+    spread = draw(st.sampled_from([1.0, 4.0]))
     instance = hashed_instance(
-        inst.arrival_s, inst.prompt_tokens, inst.output_tokens, hashes, BLOCK
+        inst.arrival_s * spread, inst.prompt_tokens, inst.output_tokens, hashes, BLOCK
     )
     eviction = draw(st.sampled_from(["lru", "lru_tail_first"]))
-    pools = tuple(
-        p if p.role == "decode"
-        else dataclasses.replace(p, prefix_cache=PrefixCacheSpec(eviction, None))
-        for p in case.cluster.pools
-    )  # fmt: skip
-    routers = ["prefix", "prefix", "random:seed=0", "random:seed=7", "conductor",
-               "conductor:ttft_slo_s=1.5", "conductor:ttft_slo_s=1.5",
-               "conductor:ttft_slo_s=2.5"]  # fmt: skip
+    pools, links = [], list(case.cluster.links)
+    longest = int(inst.prompt_tokens.max())
+    for p in case.cluster.pools:
+        if p.role == "prefill":
+            p, own = _prefill_pool(draw, p, eviction, longest)
+            links += own
+        elif p.role == "colocated":
+            p = dataclasses.replace(p, prefix_cache=PrefixCacheSpec(eviction, None))
+        pools.append(p)
+    routers = ["prefix", "prefix", "random:seed=0", "random:seed=7", "round-robin",
+               "conductor", "conductor:ttft_slo_s=1.5", "conductor:ttft_slo_s=1.5",
+               "conductor:ttft_slo_s=2.5", "conductor:tbt_slo_s=0.6",
+               "conductor:ttft_slo_s=2.5,tbt_slo_s=1.05"]  # fmt: skip
     router = parse_router(draw(st.sampled_from(routers)))
-    cluster = dataclasses.replace(case.cluster, pools=pools, router=router)
+    cluster = dataclasses.replace(
+        case.cluster, pools=tuple(pools), links=tuple(links), router=router
+    )
     return Scenario(instance, cluster)
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(cached_scenarios())
-def test_cached_clusters_route_and_agree(case: Scenario) -> None:
+def _prefill_pool(
+    draw: st.DrawFn, pool: Pool, eviction: str, longest: int
+) -> tuple[Pool, list[Link]]:
+    """``pool`` with a prefix cache on the GPU alone, with a host tier, or with
+    a KV pool shared by its replicas (two at least), the tiers of a few hash
+    blocks (so that they evict); the GPU of a host tier's replica, and
+    sometimes of a KV pool's, holds the longest prompt alone (so that blocks
+    leave it and are copied back from the tier); and the KV pool's link to
+    itself, none (ideal) or a drawn one."""
+    tier = draw(st.sampled_from(["gpu", "host", "pool", "pool"]))
+    if tier == "gpu":
+        return dataclasses.replace(pool, prefix_cache=PrefixCacheSpec(eviction)), []
+    tokens = draw(st.sampled_from([4, 8, 16]))
+    spec = PrefixCacheSpec(eviction, **{f"{tier}_capacity_tokens": tokens})
+    profile, replicas, links = pool.profile, pool.replicas, []
+    if tier == "host" or draw(st.booleans()):
+        b = profile.block_tokens
+        profile = profile.replace(kv_capacity_tokens=-(-longest // b) * b)
+    if tier == "pool":
+        replicas = max(replicas, 2)
+        if draw(st.booleans()):
+            bandwidth = draw(st.sampled_from([math.inf, 1.0, 4.0]))
+            latency = draw(st.sampled_from([0.0, 0.3, 0.5]))
+            links.append(Link(pool.name, pool.name, bandwidth, latency))
+    pool = dataclasses.replace(
+        pool, profile=profile, replicas=replicas, prefix_cache=spec
+    )
+    return pool, links
+
+
+def _check(case: Scenario, seen: Counter[str]) -> None:
+    """Compare ``case`` on both engines and count what it showed into ``seen``."""
     event(case.cluster.router.label)
     fast, naive = _run_both(case.instance, case.cluster)
     if fast is None:
@@ -94,11 +142,48 @@ def test_cached_clusters_route_and_agree(case: Scenario) -> None:
     cached = fast.requests["cached_tokens"].to_numpy()
     np.testing.assert_array_equal(cached, naive.cached_tokens)
     assert not problems, "\n".join(problems[:20])
-    if cached.sum():
-        event("a hit")
-    if (fast.requests["rejected"].str.startswith("conductor")).any():
-        event("a conductor rejection")
-    validate_cluster(case.instance, case.cluster, fast).raise_if_invalid()
+    for metric in ("host_hit_tokens", "host_copy_s", "remote_hit_tokens"):
+        mine, theirs = fast.metrics.get(metric, 0.0), getattr(naive, metric)
+        assert math.isclose(mine, theirs, rel_tol=1e-9), (metric, mine, theirs)
+    reasons = fast.requests["rejected"]
+    happened = {
+        "a hit": cached.sum() > 0,
+        "a local copy": naive.host_hit_tokens > naive.remote_hit_tokens,
+        "a remote copy": naive.remote_hit_tokens > 0,
+        "a tier eviction": naive.tier_evictions > 0,
+        "a TTFT rejection": reasons.str.startswith("conductor: predicted TTFT").any(),
+        "a TBT rejection": reasons.str.startswith("conductor: predicted TBT").any(),
+    }
+    for what, yes in happened.items():
+        if yes:
+            seen[what] += 1
+            event(what)
+    pooled = any(
+        p.prefix_cache is not None and p.prefix_cache.pool_capacity_tokens is not None
+        for p in case.cluster.pools
+    )
+    if not pooled:  # the validator's pool rule lands separately
+        validate_cluster(case.instance, case.cluster, fast).raise_if_invalid()
+
+
+def test_cached_clusters_route_and_agree() -> None:
+    seen: Counter[str] = Counter()
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(cached_scenarios())
+    def check(case: Scenario) -> None:
+        _check(case, seen)
+
+    check()
+    # not vacuous: copies from the host tier, from another replica's share of a
+    # KV pool, evictions from full tiers, rejections on either SLO
+    for what in ("a hit", "a local copy", "a remote copy", "a tier eviction",
+                 "a TTFT rejection", "a TBT rejection"):  # fmt: skip
+        assert seen[what] >= 1, seen
 
 
 # -- hand-derived cases ---------------------------------------------------------------
@@ -259,6 +344,70 @@ def test_conductor_rejects_what_the_decode_pool_would_serve_too_slowly() -> None
     )
     assert got.metrics["num_rejected"] == 1
     validate_cluster(instance, cluster, got).raise_if_invalid()
+
+
+def _pool_cluster(router: str) -> Cluster:
+    """Two prefill replicas p0, p1 (iteration 1 + 0.1 P, 1 KV byte per token)
+    sharing a KV pool of 100 tokens over a link of 0.5 s and 10 bytes/s, and
+    one decode replica."""
+    prefill = _unit({"const": 1.0, "prefill_tokens": 0.1}).replace(kv_bytes_per_token=1)
+    spec = PrefixCacheSpec("lru", pool_capacity_tokens=100)
+    pools = (
+        Pool(prefill, "vllm", 2, name="p", role="prefill", prefix_cache=spec),
+        Pool(_unit(), "vllm", 1, name="d", role="decode"),
+    )
+    return Cluster(
+        pools, router=parse_router(router), links=(Link("p", "p", 10.0, 0.5),)
+    )
+
+
+def test_a_kv_pool_copies_a_prefix_from_another_replica() -> None:
+    """Mooncake's KV pool (rule 6 of ``lsched.evaluator.prefix``) on two
+    prefill replicas p0, p1 whose iteration takes 1 + 0.1 P, hash blocks of 2
+    tokens, 1 KV byte per token, a pool of 100 tokens (50 blocks: nothing is
+    evicted), the pool's link 0.5 s + bytes / 10 bytes/s; ``round-robin``
+    sends r0 and r2 to p0, r1 and r3 to p1; each emits one token (done on its
+    prefill replica):
+
+    * r0 (t=0, 20 tokens, hashes 1..10), p0: nothing cached; prefill [0, 3]
+      (1 + 0.1 x 20). Its 10 blocks are written to the pool due at t=3, homed
+      at p0.
+    * r1 (t=2, 2 tokens, hash 1), p1: the pool has applied the writes due by
+      t=2, none: **0** cached tokens (block 1 would give it min(2, 2 - 1) = 1).
+      Prefill [2, 3.2], TTFT 1.2. Its block 1, on p1's GPU, is written at 3.2:
+      already in the pool, touched, its home kept (p0).
+    * r2 (t=5, r0's prompt), p0: all 10 blocks on its GPU: x = min(10 x 2, 20
+      - 1) = **19**, no copy; a 1-token prefill of 1.1 s: TTFT 1.1.
+    * r3 (t=5, r0's prompt), p1: block 1 on its GPU, 2..10 in the pool homed
+      at p0: a run of 10, x = **19**; blocks 2..10 are copied from p0's share,
+      2 x 8 + 1 = 17 tokens: 0.5 + 17 / 10 = 2.2 s, then 1.1 s: TTFT **3.3**.
+
+    So 17 tokens copied, all remote, in 2.2 s. The ``prefix`` router sends
+    every request to p0 instead (r1: p0's GPU holds block 1, in the iteration
+    in flight; r2, r3: the run p0 holds itself is 10, p1's at most 1): no copy.
+    """
+    hashes = list(range(1, 11))
+    instance = _instance(
+        [0.0, 2.0, 5.0, 5.0], [20, 2, 20, 20], [1, 1, 1, 1],
+        [hashes, [1], hashes, hashes],
+    )  # fmt: skip
+    cluster = _pool_cluster("round-robin")
+    got = simulate_cluster(instance, cluster)
+    naive = simulate_naive_cluster(instance, cluster)
+    for replicas, cached, first, metrics in (
+        (got.requests["replica"], got.requests["cached_tokens"],
+         got.requests["first_token_s"], got.metrics),
+        (naive.replica, naive.cached_tokens, naive.first_token_s, vars(naive)),
+    ):  # fmt: skip
+        assert list(replicas) == [0, 1, 0, 1]
+        assert list(cached) == [0, 0, 19, 19]
+        ttft = np.asarray(first) - instance.arrival_s
+        np.testing.assert_allclose(ttft, [3.0, 1.2, 1.1, 3.3], rtol=1e-12)
+        assert metrics["remote_hit_tokens"] == metrics["host_hit_tokens"] == 17
+        assert math.isclose(metrics["host_copy_s"], 2.2, rel_tol=1e-12)
+    greedy = simulate_cluster(instance, _pool_cluster("prefix"))
+    assert greedy.requests["replica"].tolist() == [0, 0, 0, 0]
+    assert greedy.metrics["remote_hit_tokens"] == 0
 
 
 @pytest.mark.parametrize(
