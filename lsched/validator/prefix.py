@@ -331,8 +331,9 @@ class _PrefixReplay:
         return seconds + (0.0 if pool is None else pool.link_s(remote, per_token))
 
     def _not_due(self, i: int, h: int, pos: int) -> str:
-        """Why request ``i``'s hash block ``h`` is not resident, when a write to
-        the KV pool not yet due at run position ``pos`` holds it."""
+        """Why the ``h``-th hash block of request ``i`` is not resident at run
+        position ``pos``, when a write to the KV pool not yet due holds it
+        (else nothing)."""
         due = None
         if self.pool is not None and h < len(self.hashes[i]):
             due = self.pool.due_at(self.hashes[i][h])
