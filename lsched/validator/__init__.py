@@ -268,7 +268,15 @@ With a host tier (``host_capacity_tokens``) the replay keeps each replica's host
 cache too: the blocks an admission copies from it (those not on the GPU) must be
 resident there, and their copy, ``tokens x kv_bytes_per_token /
 h2d_bytes_per_s``, lengthens the admitting run (``run-duration``); the metrics
-``host_hit_tokens`` and ``host_copy_s`` are recomputed and compared.
+``host_hit_tokens`` and ``host_copy_s`` are recomputed and compared. With a KV
+pool shared by a prefill pool's replicas (``pool_capacity_tokens``, Mooncake's)
+the replay walks that pool's runs in time order with one pool cache whose
+writes are due at the end of the run that made them: a hit's blocks off the GPU
+must be in the pool when the run starts, and are copied over the host-to-device
+link (homed at the admitting replica) or the pool's link to itself (homed at
+another), in the run's duration; ``remote_hit_tokens`` joins the metrics. A
+disaggregated cluster compares each pool's cache metrics and their sums over
+the pools.
 
 Times the log states (``start_s``, ``end_s``, arrivals) are compared exactly; times
 the validator recomputes (durations, records, metrics) within ``rtol`` relative,

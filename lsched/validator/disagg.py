@@ -23,6 +23,7 @@ from lsched.validator.pools import (
     _pool_log,
     _swap_mode,
 )
+from lsched.validator.prefix import PREFIX_METRICS, TIER_METRICS
 from lsched.validator.report import (
     REQUEST_COLUMNS,
     STAGE_COLUMNS,
@@ -38,8 +39,9 @@ from lsched.validator.stages import _Stages
 from lsched.validator.tbt import _compare_tbt_metrics, _tbt_of
 from lsched.validator.transfers import _check_transfers
 
-#: Per pool: the pool, its requests, its busy seconds and its KV token-seconds.
-_Part = tuple[Any, IntArray, float, float]
+#: Per pool: the pool, its requests, its busy seconds, its KV token-seconds and
+#: its prefix cache's metrics (none without a cache).
+_Part = tuple[Any, IntArray, float, float, dict[str, float]]
 
 
 def _validate_disaggregated(
@@ -54,8 +56,12 @@ def _validate_disaggregated(
     dropped and prefilled again). The per-request records of both stages are put
     together and compared with the claimed ones; the transfers are checked
     against their links; each pool's metrics are recomputed as the records
-    define them (over the requests it served, with their end-to-end times).
-    Every request counts the outputs it emits within ``max_model_len`` (``fit``).
+    define them (over the requests it served, with their end-to-end times),
+    with its prefix cache's from the replay of its log (a prefill pool's KV
+    pool walked in time order over its replicas:
+    :mod:`lsched.validator.prefix`), and the caches' token and copy sums over
+    the pools compared with the cluster's. Every request counts the outputs it
+    emits within ``max_model_len`` (``fit``).
     """
     instance = fit.served
     out = _Collector()
@@ -115,6 +121,7 @@ def _validate_disaggregated(
     _check_transfers(instance, cluster, own, claimed, rtol, out, result.runs)
 
     metrics = _stage_metrics(instance, own, parts, result, rtol, out)
+    metrics |= _cache_totals(parts, result.metrics, rtol, out)
     metrics |= _check_swap_totals(totals, swaps, result.metrics, rtol, out)
     metrics |= _compare_tbt_metrics(ttft, tbt, result.metrics, rtol, out)
     moved = float(own["transferred_bytes"].sum())
@@ -183,7 +190,7 @@ def _replay_pool(
     holder = claimed["decode_replica" if pool.role == "decode" else "replica"]
     ids = np.flatnonzero((holder >= lo) & (holder < hi))
     if not len(ids):
-        return pool, ids, 0.0, 0.0
+        return pool, ids, 0.0, 0.0, {}
     n = len(instance)
     runs, members, preempted, pool_swaps = _pool_log(result, lo, hi, ids, n, swaps)
     sub, stages = _pool_stage(instance, pool, ids, own)
@@ -192,7 +199,7 @@ def _replay_pool(
         sub, pool.profile, runs, members, preempted, replicas=pool.replicas,
         requests=None, metrics=None, rtol=rtol, stages=stages,
         swaps=pool_swaps, swap_mode=_swap_mode(pool), swap_totals=False,
-        prefix=_pool_evictions(result, pool, runs), token_times=local,
+        prefix=_pool_evictions(result, pool, runs, cluster), token_times=local,
     )  # fmt: skip
     for i, emitted in zip(ids.tolist(), local, strict=False):
         times[i] += emitted
@@ -200,7 +207,12 @@ def _replay_pool(
     _add_pool_violations(out, pool, ids, report)
     if report.requests is not None:
         _merge_records(instance, pool, ids, lo, report.requests, own)
-    return pool, ids, busy_s, kv_token_seconds
+    cache = {
+        k: report.metrics[k]
+        for k in (*PREFIX_METRICS, *TIER_METRICS)
+        if k in report.metrics
+    }
+    return pool, ids, busy_s, kv_token_seconds, cache
 
 
 def _pool_stage(
@@ -295,11 +307,11 @@ def _stage_metrics(
     out: _Collector,
 ) -> dict[str, float]:
     """Each pool's metrics over the requests it served, with their end-to-end
-    times, as the records define them (``metrics[f"{pool}.{key}"]``), compared
-    with the pool's claimed metrics."""
+    times, as the records define them, and its prefix cache's
+    (``metrics[f"{pool}.{key}"]``), compared with the pool's claimed metrics."""
     metrics: dict[str, float] = {}
     skip = {"profile", "policy", "replicas", "iterations", "num_rejected"}
-    for pool, ids, busy_s, kv_token_seconds in parts:
+    for pool, ids, busy_s, kv_token_seconds, cache in parts:
         if not len(ids):
             continue
         mine_metrics = _metrics(
@@ -313,6 +325,7 @@ def _stage_metrics(
             preemptions=int(own["preemptions"][ids].sum()),
             recomputed=int(own["recomputed_tokens"][ids].sum()),
         )
+        mine_metrics |= cache  # its prefix cache's, replayed with its log
         if result.pool_metrics is not None:
             row = result.pool_metrics.loc[pool.name]
             theirs = {k: float(v) for k, v in row.items() if k not in skip}
@@ -324,3 +337,18 @@ def _stage_metrics(
             ]
         metrics |= {f"{pool.name}.{k}": v for k, v in mine_metrics.items()}
     return metrics
+
+
+def _cache_totals(
+    parts: list[_Part], claimed: dict[str, float], rtol: float, out: _Collector
+) -> dict[str, float]:
+    """The prefix caches' tokens saved and copied and their copies' seconds
+    summed over the pools that have them, compared with the cluster's claimed
+    metrics (``metric``)."""
+    totals: dict[str, float] = {}
+    for *_, cache in parts:
+        for key in ("prefill_tokens_saved", *TIER_METRICS):
+            if key in cache:
+                totals[key] = totals.get(key, 0.0) + cache[key]
+    _compare_metrics(totals, claimed, rtol, out)
+    return totals

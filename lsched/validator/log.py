@@ -104,7 +104,7 @@ def validate_schedule(
                                  metrics=metrics, rtol=rtol, swaps=swaps,
                                  swap_mode=swap_mode,
                                  too_long=fit.too_long,
-                                 prefix=(prefix_cache, evictions))  # fmt: skip
+                                 prefix=(prefix_cache, evictions, None))  # fmt: skip
     if report.requests is None:  # a log that failed the schema rule
         return report
     out = _Collector()
@@ -145,7 +145,7 @@ def _validate_log(
     swap_mode: str = "blocking",
     swap_totals: bool = True,
     too_long: npt.NDArray[np.bool_] | None = None,
-    prefix: tuple[Any, pd.DataFrame | None] = (None, None),
+    prefix: tuple[Any, pd.DataFrame | None, Any] = (None, None, None),
     adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None] = (None, None, None),
     token_times: list[list[float]] | None = None,
 ) -> tuple[ValidationReport, float, float]:
@@ -154,8 +154,9 @@ def _validate_log(
     KV included). ``swap_totals``: compare the swap metrics with ``metrics`` (a
     cluster compares its totals itself). ``instance`` has the outputs a served
     request emits (:func:`_fit`); ``too_long``: the requests that must not run,
-    left out of the metrics; ``prefix``, ``adapters``: the cache and its
-    evictions, the adapter spec and its loads; ``token_times``: filled with each
+    left out of the metrics; ``prefix``: the cache, its evictions and, with a
+    KV pool, the pool's link to itself (``None``: ideal); ``adapters``: the
+    adapter spec and its loads; ``token_times``: filled with each
     request's token times instead of checking TBT (:mod:`.disagg`)."""
     if swap_mode not in SWAP_MODES:
         raise ValueError(f"swap_mode: got {swap_mode!r}; expected one of {SWAP_MODES}")
@@ -250,7 +251,7 @@ def _cache_and_adapters(
     profile: DeploymentProfile,
     log: _Log,
     replay: _Replay,
-    prefix: tuple[Any, pd.DataFrame | None],
+    prefix: tuple[Any, pd.DataFrame | None, Any],
     adapters: tuple[Any, pd.DataFrame | None, pd.DataFrame | None],
     stall: FloatArray,
     rtol: float,
@@ -258,14 +259,15 @@ def _cache_and_adapters(
 ) -> tuple[Any, _AdapterCheck, FloatArray]:
     """The prefix cache's check (``None`` without a cache) and the adapters'
     (:mod:`lsched.validator.adapters`), and ``stall`` (per run, the seconds of
-    its blocking copies) plus the seconds they add: host-tier hits copied,
-    adapters loaded, the adapter columns."""
-    spec, evictions = prefix
+    its blocking copies) plus the seconds they add: hits copied from a host
+    tier or a KV pool, adapters loaded, the adapter columns."""
+    spec, evictions, link = prefix
     extra = stall
     cache = None
     if spec is not None:  # a colocated or a prefill pool
-        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out)
-        extra = extra + cache.copy_s  # host-tier hits copied before their run
+        cache = _check_prefix(instance, profile, log, replay, spec, evictions, out,
+                              link)  # fmt: skip
+        extra = extra + cache.copy_s  # hits copied from a host tier or a KV pool
     lora = _check_adapters(instance, profile, log, *adapters, rtol, out)
     return cache, lora, extra + lora.extra_s
 

@@ -122,15 +122,20 @@ def _pool_log(
 
 
 def _pool_evictions(
-    result: Any, pool: Any, runs: pd.DataFrame
-) -> tuple[Any, pd.DataFrame | None]:
-    """A pool's prefix cache (``None`` without one) and the evictions of its
-    ``runs`` from the result's table."""
+    result: Any, pool: Any, runs: pd.DataFrame, cluster: Any = None
+) -> tuple[Any, pd.DataFrame | None, Any]:
+    """A pool's prefix cache (``None`` without one), the evictions of its
+    ``runs`` from the result's table, and where its replicas share a KV pool
+    (``pool_capacity_tokens``) the ``cluster``'s link from the pool to itself
+    (else ``None``)."""
     spec = getattr(pool, "prefix_cache", None)
+    link = None
+    if cluster is not None and getattr(spec, "pool_capacity_tokens", None):
+        link = cluster.link(pool.name, pool.name)
     evictions = getattr(result, "evictions", None)
     if spec is None or evictions is None or "run" not in evictions.columns:
-        return spec, evictions
-    return spec, evictions[evictions["run"].isin(runs.index)]
+        return spec, evictions, link
+    return spec, evictions[evictions["run"].isin(runs.index)], link
 
 
 def _pool_adapter_loads(
