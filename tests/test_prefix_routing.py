@@ -158,12 +158,7 @@ def _check(case: Scenario, seen: Counter[str]) -> None:
         if yes:
             seen[what] += 1
             event(what)
-    pooled = any(
-        p.prefix_cache is not None and p.prefix_cache.pool_capacity_tokens is not None
-        for p in case.cluster.pools
-    )
-    if not pooled:  # the validator's pool rule lands separately
-        validate_cluster(case.instance, case.cluster, fast).raise_if_invalid()
+    validate_cluster(case.instance, case.cluster, fast).raise_if_invalid()
 
 
 def test_cached_clusters_route_and_agree() -> None:

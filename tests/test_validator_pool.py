@@ -29,31 +29,21 @@ So ``host_hit_tokens = 19 + 10 = 29``, ``remote_hit_tokens = 19``,
 ``host_copy_s = 2.4 + 0.5 = 2.9``, ``prefill_tokens_saved = 38`` and
 ``prefix_hit_ratio = 38 / (20 + 20 + 30 + 2 + 20)``.
 
-Random pool runs: the disaggregated scenarios of
-``tests/test_disagg_equivalence.py`` with shared prefixes and arrivals spread
-out, every prefill pool of 1 to 3 replicas sharing a KV pool of 1 to 5 hash
-blocks (evicting) or a roomy one, with a slow or a fast host-to-device link and
-an ideal or a finite link to itself, under cache-aware, Conductor, round-robin
-or random routing, must validate.
+Random pool runs are validated with the naive engine's equivalence in
+``tests/test_prefix_routing.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 from prefix_helpers import hashed_instance
-from test_disagg_equivalence import Scenario, scenarios
 
 from lsched.cluster import Cluster, Link, Pool
 from lsched.evaluator import SimulationResult, simulate_cluster
 from lsched.instance import Instance
-from lsched.policies import PolicyError
-from lsched.prefix import PrefixCacheSpec
 from lsched.profile import FEATURES, DeploymentProfile, IterationTime, load_profile
 from lsched.routers import parse_router
 from lsched.tiers import HostTier
@@ -204,90 +194,3 @@ def test_a_pool_smaller_than_claimed_fails() -> None:
     assert "[metric] pool p: host_hit_tokens = 29.0; the log gives 19.0" in [
         str(v) for v in report.violations
     ]
-
-
-# -- random pool runs -------------------------------------------------------------
-
-
-def _hashes(draw: st.DrawFn, prompts: list[int]) -> list[list[int]]:
-    """Chained hashes of ``ceil(s / BLOCK)`` blocks per prompt, the first ones
-    (often all) shared with one of two families (a hash names its prefix)."""
-    names: dict[tuple[tuple[int, int], ...], int] = {}
-    out = []
-    for i, s in enumerate(prompts):
-        count = -(-s // BLOCK)
-        family = draw(st.integers(0, 1))
-        shared = count if draw(st.booleans()) else draw(st.integers(0, count))
-        content = [(family, k) for k in range(shared)]
-        content += [(2 + i, k) for k in range(shared, count)]
-        out.append([names.setdefault(tuple(content[: k + 1]), len(names) + 1)
-                    for k in range(count)])  # fmt: skip
-    return out
-
-
-def _pooled(draw: st.DrawFn, pool: Pool, eviction: str) -> tuple[Pool, list[Link]]:
-    """A prefill pool of 1 to 3 replicas (one alone copies only from its own
-    share, but fills its GPU faster) sharing a KV pool (1 to 5 hash blocks,
-    or roomy), with a slow or fast host-to-device link, and its link to itself
-    (none: ideal)."""
-    tokens = draw(st.sampled_from([2, 4, 6, 10, 1000]))
-    h2d = draw(st.sampled_from([2.0, 5.0, 25e9]))
-    profile = pool.profile.replace(
-        host=HostTier(memory_bytes=10**6, h2d_bytes_per_s=h2d)
-    )
-    spec = PrefixCacheSpec(eviction, pool_capacity_tokens=tokens)
-    pool = dataclasses.replace(pool, profile=profile, prefix_cache=spec,
-                               replicas=draw(st.sampled_from([2, 3, 1])))  # fmt: skip
-    if draw(st.booleans()):
-        return pool, []
-    bandwidth = draw(st.sampled_from([1.0, 3.0, math.inf]))
-    latency = draw(st.sampled_from([0.0, 0.5]))
-    return pool, [Link(pool.name, pool.name, bandwidth, latency)]
-
-
-@st.composite
-def pool_scenarios(draw: st.DrawFn) -> Scenario:
-    """A disaggregated scenario with shared prefixes whose prefill pools share
-    KV pools (module docstring)."""
-    case = draw(scenarios())
-    inst = case.instance
-    hashes = _hashes(draw, inst.prompt_tokens.tolist())
-    # arrivals spread out, so that later requests find earlier ones' writes
-    gaps = draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.5]), min_size=len(inst),
-                         max_size=len(inst)))  # fmt: skip
-    instance = hashed_instance(
-        np.cumsum(gaps), inst.prompt_tokens, inst.output_tokens, hashes, BLOCK
-    )
-    eviction = draw(st.sampled_from(["lru", "lru_tail_first"]))
-    pools, links = [], list(case.cluster.links)
-    for pool in case.cluster.pools:
-        if pool.role == "prefill":
-            pool, own = _pooled(draw, pool, eviction)
-            links += own
-        pools.append(pool)
-    routers = ["prefix", "conductor", "conductor:ttft_slo_s=2.5", "round-robin",
-               "random:seed=3"]  # fmt: skip
-    router = parse_router(draw(st.sampled_from(routers)))
-    cluster = dataclasses.replace(
-        case.cluster, pools=tuple(pools), links=tuple(links), router=router
-    )
-    return Scenario(instance, cluster)
-
-
-@settings(
-    max_examples=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(pool_scenarios())
-def test_random_pool_runs_validate(case: Scenario) -> None:
-    try:
-        result = simulate_cluster(case.instance, case.cluster, log=True)
-    except PolicyError:
-        return
-    remote = result.metrics.get("remote_hit_tokens", 0.0)  # none if nothing ran
-    if remote:
-        event("a remote copy")
-    if result.metrics.get("host_hit_tokens", 0.0) > remote:
-        event("a local copy")
-    validate_cluster(case.instance, case.cluster, result).raise_if_invalid()
