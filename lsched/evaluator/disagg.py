@@ -34,9 +34,13 @@ as a colocated replica does (hits at admission, blocks cached as the prefill
 computes them, released when the request finishes its prefill). The blocks a
 finished request keeps pinned until its transfer ends are its own: its hash
 blocks become evictable at once, and count ``g`` each beside them (the KV on
-its way out is not shared with the cache). Routers read each entry replica's
-cache through :meth:`~lsched.routers.ClusterView.cached_blocks` and the decode
-replicas' loads through :attr:`~lsched.routers.ClusterView.decode_loads`.
+its way out is not shared with the cache). A prefill pool's replicas may share
+one KV pool (rule 6 there: :class:`~lsched.evaluator.prefix.KVPool`, one per
+such pool, with the pool's link to itself; exact because the prefill replicas
+step in time order, below). Routers read each entry replica's cache through
+:meth:`~lsched.routers.ClusterView.cached_blocks` and
+:meth:`~lsched.routers.ClusterView.prefix_fetch`, and the decode replicas'
+loads through :attr:`~lsched.routers.ClusterView.decode_loads`.
 
 *Pull* (a decode pool with ``pull = theta``, DistServe the system,
 ``distserve/decoding_stage_scheduler.py``): step 2 stops at the routing. The
