@@ -288,7 +288,10 @@ class ReplicaPrefix:
         """Request ``r``'s leading run of hash blocks resident in the cache (in
         either tier with a host tier or a pool, rules 5 and 6); read-only,
         O(its blocks)."""
-        return self._run(self.hashes[r], self.cache.__contains__)
+        hashes, cache, tier = self.hashes[r], self.cache, self.tier
+        if tier is None:  # the common case, in the cache's own loop
+            return cache.lookup(hashes)
+        return _leading(hashes, lambda b: b in cache or b in tier)
 
     def _run(self, hashes: list[int], on_gpu: Callable[[int], bool]) -> int:
         """The leading run of ``hashes`` resident on the GPU (``on_gpu``) or
