@@ -7,7 +7,6 @@ The naive engine's twin of the pool and its random equivalence are in
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +172,6 @@ def test_the_cli_refuses_a_kv_pool_on_a_colocated_pool(
 
 def test_a_pool_spec_reads_back_from_its_label() -> None:
     spec = parse_prefix_cache("lru_tail_first:pool_capacity_tokens=3000000")
-    assert spec.pool_capacity_tokens == 3_000_000 and spec.tiered
+    assert spec.pool_capacity_tokens == 3_000_000
+    assert spec.eviction == "lru_tail_first" and spec.host_capacity_tokens is None
     assert parse_prefix_cache(spec.label) == spec
-    assert dataclasses.replace(spec, pool_capacity_tokens=None).tiered is False

@@ -320,13 +320,14 @@ class ReplicaPrefix:
         def on_gpu(b: int) -> bool:
             return b in cache and b not in gone
 
-        local = self._run(hashes, on_gpu)
+        run = self._run(hashes, on_gpu)
+        local = run  # the pool's blocks homed elsewhere are not held here
         if self.pool is not None:
             pool, me = self.pool, self.replica
             local = _leading(
                 hashes, lambda b: on_gpu(b) or (b in pool.cache and pool.home[b] == me)
             )
-        x = min(self._run(hashes, on_gpu) * self.block_tokens, prompt - 1)
+        x = min(run * self.block_tokens, prompt - 1)
         local_tokens, remote_tokens = self._copied(hashes, x, on_gpu)
         return local, x, self._copy_s(local_tokens, remote_tokens)
 

@@ -198,16 +198,6 @@ class PrefixCache:
         :meth:`evict` would remove), read-only; O(blocks)."""
         return set(itertools.islice(self._evictable, blocks))
 
-    def lookup_after(self, hashes: Sequence[int], evicted: int) -> int:
-        """:meth:`lookup` as it will be once the first ``evicted`` evictable
-        blocks in eviction order are gone (read-only; O(evicted + n))."""
-        gone = self.first_evictable(evicted)
-        refs, evictable = self._refs, self._evictable
-        for k, block in enumerate(hashes):
-            if block not in refs and (block not in evictable or block in gone):
-                return k
-        return len(hashes)
-
     # -- changes ----------------------------------------------------------------------
 
     def acquire(self, hashes: Sequence[int]) -> int:

@@ -81,14 +81,6 @@ class PrefixCacheSpec:
             )
 
     @property
-    def tiered(self) -> bool:
-        """Whether blocks are also kept off the GPU: a host tier or a KV pool."""
-        return (
-            self.host_capacity_tokens is not None
-            or self.pool_capacity_tokens is not None
-        )
-
-    @property
     def label(self) -> str:
         """The text form (:func:`parse_prefix_cache` reads it back)."""
         keys = [
