@@ -53,14 +53,17 @@ def must_not_run(*args: object, **kwargs: object) -> None:
     raise AssertionError("the command started working before checking its output")
 
 
-def shared_prefix_trace(folder: Path) -> Path:
-    """``folder/shared.jsonl``: three Mooncake rows 1 s apart (timestamps in ms)
-    whose 600-token prompts share their first 512-token hash block, so the second
-    and third find it cached."""
+def shared_prefix_trace(
+    folder: Path, requests: int = 3, gap_ms: int = 1000, output_tokens: int = 4
+) -> Path:
+    """``folder/shared.jsonl``: ``requests`` Mooncake rows ``gap_ms`` apart
+    (timestamps in ms) of ``output_tokens`` tokens whose 600-token prompts share
+    their first 512-token hash block, so every row after the first finds it
+    cached."""
     rows = [
-        {"timestamp": 1000 * k, "input_length": 600, "output_length": 4,
-         "hash_ids": [0, 1 + k]}
-        for k in range(3)
+        {"timestamp": gap_ms * k, "input_length": 600,
+         "output_length": output_tokens, "hash_ids": [0, 1 + k]}
+        for k in range(requests)
     ]  # fmt: skip
     trace = folder / "shared.jsonl"
     trace.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_refused, run
+from cli_helpers import assert_refused, run, shared_prefix_trace
 from prefix_helpers import hashed_instance
 from reference_engine import simulate_naive
 from test_cached_bounds import PROFILES, _shared_prefix_instance
@@ -203,23 +203,12 @@ def test_a_host_cache_over_the_host_memory_is_refused() -> None:
     Pool(profile.replace(host=bigger), "vllm", prefix_cache=spec)
 
 
-def _trace(path: Path) -> str:
-    """Two 600-token prompts 10 s apart sharing their first 512-token block."""
-    rows = [
-        {"timestamp": 10_000 * k, "input_length": 600, "output_length": 2,
-         "hash_ids": [0, 1 + k]}
-        for k in range(2)
-    ]  # fmt: skip
-    trace = path / "shared.jsonl"
-    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(trace)
-
-
 def test_cli_host_tier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A host cache that fits reports its metrics (the GPU keeps the shared
     block: no copy); Mooncake's 3,000,000 tokens exceed the default host
     memory, refused with exit 2 from the flag and from a cluster file."""
-    trace = _trace(tmp_path)
+    # two 600-token prompts 10 s apart sharing their first 512-token block
+    trace = str(shared_prefix_trace(tmp_path, 2, 10_000, 2))
     args = ["simulate", trace, "--model", "llama2-70b-a100-tp4"]
     code, out, err = run(
         [*args, "--json", "--prefix-cache", "lru:host_capacity_tokens=50000"], capsys
