@@ -21,6 +21,7 @@ from lsched.formulations.comigration import (
     CoMigrationProblem,
     MigrationPlan,
     Move,
+    crowded_problem,
     free_bound,
 )
 from lsched.formulations.result import Status
@@ -221,36 +222,12 @@ def test_an_infeasible_initial_solution_names_the_field() -> None:
     assert error.value.field == "initial_solution"
 
 
-def _crowded(n: int, seed: int) -> CoMigrationProblem:
-    """Two replicas, 70 % of ``n`` requests on replica 0, 8 adapters of
-    popularity ``1 / (k + 1)``, 1-10 s per adapter, 1-128 blocks per request,
-    each replica 55 % of all blocks (``benchmarks/comigration``'s cases)."""
-    rng = np.random.default_rng(seed)
-    popularity = 1.0 / np.arange(1, 9)
-    adapter = rng.choice(8, size=n, p=popularity / popularity.sum())
-    replica = (rng.random(n) >= 0.7).astype(np.int64)
-    blocks = rng.integers(1, 129, n)
-    resident = np.zeros((8, 2), dtype=bool)
-    resident[adapter, replica] = True
-    capacity = int(0.55 * blocks.sum())
-    return CoMigrationProblem(
-        replica=replica,
-        adapter=adapter,
-        blocks=blocks,
-        exec_s=rng.uniform(1.0, 10.0, 8)[adapter],
-        capacity_blocks=[capacity, capacity],
-        adapter_slots=resident.sum(axis=0),
-        resident=resident,
-        block_bytes=8 * 2**20,
-    )
-
-
 def test_highs_answers_past_a_wrong_mip_start() -> None:
     """HiGHS 1.16 answers this case, from the no-move start, "optimal" with the
     start's own values and a smaller objective (its presolve mis-maps the start):
     the backend must solve again without the start and find better. Its root
     node alone (``mip_max_nodes=1``) finds 102.9 s against no move's 149.7 s."""
-    problem = _crowded(48, 2)
+    problem = crowded_problem(48, 8, 2)  # benchmarks/comigration's family
     result = solve(problem, "milp", time_limit=60.0, num_workers=1, mip_max_nodes=1)
     assert result.objective is not None
     assert result.objective <= 0.75 * result.info["initial_objective"]

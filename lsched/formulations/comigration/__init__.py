@@ -120,6 +120,7 @@ integer nanoseconds, :mod:`.cpsat.scale`), both through the solve driver
 returned assignment into moves and adapter loads.
 """
 
+from lsched.formulations.comigration.crowded import crowded_problem
 from lsched.formulations.comigration.model import COMIGRATION, free_bound
 from lsched.formulations.comigration.plan import MigrationPlan, Move
 from lsched.formulations.comigration.problem import (
@@ -135,5 +136,6 @@ __all__ = [
     "CoMigrationProblem",
     "MigrationPlan",
     "Move",
+    "crowded_problem",
     "free_bound",
 ]
